@@ -1,0 +1,204 @@
+"""Prompts in the paper's raw format and in chat format, with T_inst computed from token offsets.
+
+Raw format (the paper's)::
+
+    instructed        "{instruction} {Field}: {query}. Answer:"      answer follows after " "
+    instruction-only  "{instruction}"
+    query-only        "{Field}: {query}. Answer:"   (query_style="formatted")
+                      "{query}"                      (query_style="bare", the paper's default target)
+
+Chat format: the user turn ``"{instruction} {Field}: {query}."`` through the tokenizer's chat template with
+the generation prompt, plus an optional assistant prefill. The chat instruction-only prompt is the chat
+prompt cut right after the instruction, so its tokens are a prefix of the instructed prompt's tokens and
+its last token is T_inst in both.
+
+**T_inst** is the index of the token holding the instruction's last character, found from the tokenizer's
+offset mapping (never by counting words), so it is right for tokenizers that merge the space before a word
+into the next token (byte-level BPE: ``" Adjective"``) and for SentencePiece ones alike.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from .schema import Sample, Task, TaskError
+
+log = logging.getLogger(__name__)
+
+PromptFormat = Literal["raw", "chat"]
+QueryStyle = Literal["bare", "formatted"]
+PromptKind = Literal["instructed", "instruction_only", "query_only"]
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A tokenised prompt.
+
+    ``input_ids``: the token ids fed to the model (special tokens included); ``t_inst``: index of the
+    instruction's last token (``None`` without instruction); ``answer_sep``: the text between the prompt
+    and the answer (``" "`` in raw format).
+    """
+
+    text: str
+    input_ids: tuple[int, ...]
+    t_inst: int | None
+    answer_sep: str
+    kind: PromptKind
+    fmt: PromptFormat
+    add_special_tokens: bool
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def last(self) -> int:
+        return len(self.input_ids) - 1
+
+
+def _query_text(field: str, query: str) -> str:
+    """``"{Field}: {query}."``, without doubling a final punctuation mark of the query."""
+    end = "" if query.rstrip()[-1:] in ".?!" else "."
+    return f"{field}: {query}{end}"
+
+
+def _render(tokenizer: PreTrainedTokenizerBase, instruction: str | None, query: str | None, field: str,
+            fmt: PromptFormat, query_style: QueryStyle, prefill: str | None
+            ) -> tuple[str, tuple[int, int] | None, str, bool, PromptKind]:
+    """Text, instruction character span, answer separator, add_special_tokens, kind."""
+    if instruction is None and query is None:
+        raise ValueError("a prompt needs an instruction, a query, or both")
+    kind: PromptKind = ("instructed" if instruction is not None and query is not None
+                        else "instruction_only" if instruction is not None else "query_only")
+    if fmt == "raw":
+        if kind == "instructed":
+            text = f"{instruction} {_query_text(field, query)} Answer:"
+        elif kind == "instruction_only":
+            text = instruction
+        else:
+            text = f"{_query_text(field, query)} Answer:" if query_style == "formatted" else query
+        span = (0, len(instruction)) if instruction is not None else None
+        return text, span, " ", True, kind
+    if fmt != "chat":
+        raise ValueError(f"unknown prompt format {fmt!r}; use 'raw' or 'chat'")
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise TaskError("this tokenizer has no chat template; use --format raw, or set tokenizer.chat_template")
+    if kind == "query_only" and query_style == "bare":
+        content = query
+    elif kind == "instruction_only":
+        content = instruction
+    else:
+        content = " ".join(x for x in (instruction, _query_text(field, query) if query is not None else None) if x)
+    text = tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                         add_generation_prompt=True)
+    span = None
+    if instruction is not None:
+        start = text.find(content)
+        if start < 0:
+            raise TaskError("the chat template changed the user message; T_inst cannot be located from offsets")
+        span = (start, start + len(instruction))
+    if kind == "instruction_only":
+        text = text[: span[1]]  # a prefix of the instructed chat prompt, ending at T_inst
+        return text, span, " ", False, kind
+    if prefill:
+        text += prefill
+    sep = " " if prefill and not prefill.endswith((" ", "\n")) else ""
+    return text, span, sep, False, kind
+
+
+def find_t_inst(offsets: list[tuple[int, int]], span: tuple[int, int]) -> int:
+    """Index of the last token whose characters start inside the instruction span ``[start, end)``.
+
+    Special tokens (empty offsets) are skipped. Logs a warning when that token runs past the instruction
+    (a tokenizer merged the instruction's end with what follows).
+    """
+    start, end = span
+    best = None
+    for i, (a, b) in enumerate(offsets):
+        if b > a and a < end and b > start:
+            best = i
+    if best is None:
+        raise TaskError("no token covers the instruction; is the instruction empty?")
+    if offsets[best][1] > end:
+        log.warning("the instruction's last token %d spans past the instruction (chars %s, instruction ends at %d)",
+                    best, offsets[best], end)
+    return best
+
+
+def build_prompt(tokenizer: PreTrainedTokenizerBase, instruction: str | None = None, query: str | None = None,
+                 field: str = "", fmt: PromptFormat = "raw", query_style: QueryStyle = "formatted",
+                 prefill: str | None = None) -> Prompt:
+    """Render and tokenise one prompt; T_inst from the offset mapping (see the module docstring)."""
+    text, span, sep, special, kind = _render(tokenizer, instruction, query, field, fmt, query_style, prefill)
+    enc = tokenizer(text, add_special_tokens=special, return_offsets_mapping=True)
+    ids = tuple(enc["input_ids"])
+    t_inst = find_t_inst([tuple(o) for o in enc["offset_mapping"]], span) if span is not None else None
+    return Prompt(text, ids, t_inst, sep, kind, fmt, special)
+
+
+def instructed_prompt(tokenizer, task: Task, sample: Sample, instruction: str, fmt: PromptFormat = "raw",
+                      prefill: str | None = None) -> Prompt:
+    return build_prompt(tokenizer, instruction, sample.query, task.field, fmt, prefill=prefill)
+
+
+def instruction_prompt(tokenizer, instruction: str, fmt: PromptFormat = "raw") -> Prompt:
+    return build_prompt(tokenizer, instruction, None, "", fmt)
+
+
+def query_prompt(tokenizer, task: Task, sample: Sample, fmt: PromptFormat = "raw",
+                 query_style: QueryStyle = "formatted", prefill: str | None = None) -> Prompt:
+    return build_prompt(tokenizer, None, sample.query, task.field, fmt, query_style, prefill)
+
+
+def label_token_ids(tokenizer: PreTrainedTokenizerBase, prompt: Prompt, label: str) -> tuple[int, ...]:
+    """Token ids of ``label`` as the model would produce it after ``prompt`` (after ``answer_sep``).
+
+    Computed as the tokens of ``prompt + sep + label`` beyond the prompt's own tokens, so tokenizers that
+    merge the separating space into the label's first token are handled; falls back to tokenising
+    ``sep + label`` alone where the prompt's tokens are not a prefix of the joint encoding.
+    """
+    joint = tokenizer(prompt.text + prompt.answer_sep + label, add_special_tokens=prompt.add_special_tokens)["input_ids"]
+    n = len(prompt.input_ids)
+    if tuple(joint[:n]) == prompt.input_ids and len(joint) > n:
+        return tuple(joint[n:])
+    return tuple(tokenizer(prompt.answer_sep + label, add_special_tokens=False)["input_ids"])
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Left-padded batch. ``input_ids, attention_mask, position_ids: [batch, pos]``; ``pad[i]`` is the
+    number of pad tokens of row i, so token j of prompt i sits at column ``pad[i] + j``."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    pad: tuple[int, ...]
+
+    def column(self, row: int, pos: int) -> int:
+        """Batch column of token ``pos`` (negative counts from the end) of prompt ``row``."""
+        width = self.input_ids.shape[1]
+        return pos + width if pos < 0 else self.pad[row] + pos
+
+    def to(self, device) -> Batch:
+        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.position_ids.to(device), self.pad)
+
+
+def pad_left(sequences: list[tuple[int, ...]] | list[Prompt], pad_id: int) -> Batch:
+    """Left-pad token sequences; position ids count real tokens only (so absolute-position models such as
+    GPT-2 see the same positions as unpadded)."""
+    seqs = [s.input_ids if isinstance(s, Prompt) else tuple(s) for s in sequences]
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    pads = []
+    for i, s in enumerate(seqs):
+        p = width - len(s)
+        ids[i, p:] = torch.tensor(s, dtype=torch.long)
+        mask[i, p:] = 1
+        pads.append(p)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    return Batch(ids, mask, pos, tuple(pads))
