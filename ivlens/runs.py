@@ -1,0 +1,188 @@
+"""Run directories: ``runs/<date>-<command>-<name>/`` with ``manifest.json`` and Parquet results.
+
+Every write is atomic (a temporary file in the same directory, then ``os.replace``), so a killed run never
+leaves a half-written file. Long runs append **shards** (``<table>/shard-<key>.parquet``), one per unit of
+work with a deterministic key; on ``--resume`` a unit whose shard exists is skipped, so the finished table
+holds exactly the rows of an uninterrupted run, none lost or duplicated.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+import ivlens
+
+LIBRARIES = ("torch", "transformers", "nnsight", "trl", "scikit-learn", "numpy", "pandas", "pyarrow")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_parquet(path: Path, df: pd.DataFrame) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        df.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(ivlens.__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def library_versions() -> dict[str, str | None]:
+    out = {}
+    for lib in LIBRARIES:
+        try:
+            out[lib] = metadata.version(lib)
+        except metadata.PackageNotFoundError:
+            out[lib] = None
+    return out
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")[:60] or "run"
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple | set):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, Path):
+        return str(x)
+    if isinstance(x, str | int | float | bool) or x is None:
+        return x
+    return repr(x)
+
+
+@dataclass
+class RunDir:
+    """A run directory and its manifest. Create with :meth:`create`, reopen with :meth:`open`."""
+
+    path: Path
+    manifest: dict = field(default_factory=dict)
+    _t0: float = field(default_factory=time.perf_counter, repr=False)
+
+    @classmethod
+    def create(cls, command: str, name: str, *, out: str | Path | None = None, args: dict | None = None,
+               models: list[dict] | None = None, task: str | None = None, seed: int | None = None,
+               root: str | Path = "runs") -> RunDir:
+        """Make ``<root>/<date>-<command>-<name>/`` (or ``out``) and write its manifest."""
+        if out is None:
+            stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+            path = Path(root) / f"{stamp}-{_slug(command)}-{_slug(name)}"
+            n = 1
+            while path.exists():
+                n += 1
+                path = Path(root) / f"{stamp}-{_slug(command)}-{_slug(name)}-{n}"
+        else:
+            path = Path(out)
+        path.mkdir(parents=True, exist_ok=True)
+        manifest = {
+            "ivlens_version": ivlens.__version__,
+            "git_commit": git_commit(),
+            "command": command,
+            "name": name,
+            "created": _dt.datetime.now().isoformat(timespec="seconds"),
+            "args": _jsonable(args or {}),
+            "models": _jsonable(models or []),
+            "task": task,
+            "seed": seed,
+            "libraries": library_versions(),
+            "python": sys.version.split()[0],
+            "platform": platform.platform(),
+            "status": "running",
+        }
+        run = cls(path, manifest)
+        run.write_manifest()
+        return run
+
+    @classmethod
+    def open(cls, path: str | Path) -> RunDir:
+        """Reopen an existing run (for ``--resume``)."""
+        path = Path(path)
+        mf = path / "manifest.json"
+        if not mf.exists():
+            raise FileNotFoundError(f"{path}: no manifest.json; --resume needs the directory of an earlier run")
+        return cls(path, json.loads(mf.read_text()))
+
+    def write_manifest(self) -> None:
+        atomic_write_text(self.path / "manifest.json", json.dumps(self.manifest, indent=2, sort_keys=False))
+
+    def finish(self, **extra: Any) -> None:
+        self.manifest.update(_jsonable(extra))
+        self.manifest["status"] = "finished"
+        self.manifest["wall_seconds"] = round(self.manifest.get("wall_seconds", 0) + time.perf_counter() - self._t0, 3)
+        self.write_manifest()
+
+    # ------------------------------------------------------------------ tables
+    def write_table(self, name: str, df: pd.DataFrame) -> Path:
+        """Write ``<name>.parquet`` atomically."""
+        p = self.path / f"{name}.parquet"
+        atomic_write_parquet(p, df)
+        return p
+
+    def read_table(self, name: str) -> pd.DataFrame:
+        """A table written whole or as shards (shards concatenated in key order)."""
+        whole = self.path / f"{name}.parquet"
+        if whole.exists():
+            return pd.read_parquet(whole)
+        shards = sorted((self.path / name).glob("shard-*.parquet"))
+        if not shards:
+            raise FileNotFoundError(f"{self.path}: no table {name!r}")
+        return pd.concat([pd.read_parquet(s) for s in shards], ignore_index=True)
+
+    def shard_path(self, table: str, key: str) -> Path:
+        return self.path / table / f"shard-{_slug(key)}.parquet"
+
+    def has_shard(self, table: str, key: str) -> bool:
+        return self.shard_path(table, key).exists()
+
+    def write_shard(self, table: str, key: str, df: pd.DataFrame) -> Path:
+        """Write one unit of work's rows atomically; ``key`` must be deterministic for that unit."""
+        p = self.shard_path(table, key)
+        atomic_write_parquet(p, df)
+        return p
+
+    def figure_path(self, name: str) -> Path:
+        (self.path / "figures").mkdir(exist_ok=True)
+        return self.path / "figures" / name
