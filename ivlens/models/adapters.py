@@ -89,6 +89,7 @@ class ArchitectureSpec:
     qk_norm_scope: Literal["full", "head"] | None = None
     pos_embed: str | None = None
     rotary: bool = True
+    rotary_emb: str | None = None  # the model's rotary-embedding module (cos/sin per position)
     notes: str = ""
 
 
@@ -97,6 +98,7 @@ OLMO2 = ArchitectureSpec(
     class_names=("Olmo2ForCausalLM",),
     layers="model.layers",
     embed="model.embed_tokens",
+    rotary_emb="model.rotary_emb",
     final_norm="model.norm",
     unembed="lm_head",
     attn="self_attn",
@@ -121,6 +123,7 @@ LLAMA = ArchitectureSpec(
     class_names=("LlamaForCausalLM",),
     layers="model.layers",
     embed="model.embed_tokens",
+    rotary_emb="model.rotary_emb",
     final_norm="model.norm",
     unembed="lm_head",
     attn="self_attn",
@@ -142,6 +145,7 @@ QWEN2 = ArchitectureSpec(
     class_names=("Qwen2ForCausalLM",),
     layers="model.layers",
     embed="model.embed_tokens",
+    rotary_emb="model.rotary_emb",
     final_norm="model.norm",
     unembed="lm_head",
     attn="self_attn",
@@ -439,6 +443,79 @@ class ArchitectureAdapter:
             for h in handles:
                 h.remove()
 
+
+    # --------------------------------------------------- layer-level execution
+    # Running decoder layers one at a time, on a slice of positions, with the keys/values of earlier positions
+    # supplied from a cache: what the patching engine needs to start a patched row at layer l from a clean
+    # residual and to recompute only the positions a patch can change.
+    def embed_input(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        """The residual entering layer 0, ``[batch, pos, d_model]``: token embedding, plus the learned position
+        embedding where the architecture has one (GPT-2)."""
+        h = self.embed(input_ids)
+        if self.pos_embed is not None:
+            h = h + self.pos_embed(position_ids).to(h.dtype)
+        return h
+
+    def position_embeddings(self, hidden: torch.Tensor, position_ids: torch.Tensor):
+        """Rotary ``(cos, sin)``, each ``[batch, pos, d_head]``, for ``position_ids: [batch, pos]``; ``None`` for
+        architectures without rotary positions."""
+        if not self.spec.rotary_emb:
+            return None
+        return _get(self.model, self.spec.rotary_emb)(hidden, position_ids)
+
+    @staticmethod
+    def causal_mask(key_mask: torch.Tensor, n_query: int, dtype: torch.dtype) -> torch.Tensor:
+        """Additive attention mask ``[batch, 1, n_query, key]`` for queries that are the *last* ``n_query`` key
+        columns: query ``q`` (key column ``key - n_query + q``) sees key ``k`` iff ``k <= key - n_query + q`` and
+        ``key_mask[b, k] == 1`` (0 where allowed, the dtype's minimum elsewhere, as HF's eager mask)."""
+        n_key = key_mask.shape[1]
+        cols = torch.arange(n_key, device=key_mask.device)
+        q_cols = cols[n_key - n_query:]
+        allowed = (cols[None, :] <= q_cols[:, None])[None] & key_mask[:, None, :].bool()  # [batch, q, key]
+        mask = torch.zeros(allowed.shape, dtype=dtype, device=key_mask.device)
+        mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+        return mask[:, None]
+
+    def run_layer(self, l: int, hidden: torch.Tensor, *, attention_mask: torch.Tensor,  # noqa: E741
+                  position_ids: torch.Tensor, position_embeddings=None,
+                  cache: PrefixCache | None = None) -> torch.Tensor:
+        """``resid_post[l]`` for positions ``hidden: [batch, pos, d_model]`` (``resid_pre[l]`` there).
+
+        ``attention_mask``: from :meth:`causal_mask`, ``[batch, 1, pos, prefix + pos]``; ``cache``: the keys and
+        values of the ``prefix`` earlier positions (and, with ``record=True``, a place to keep this call's own).
+        """
+        if getattr(self.config, "use_sliding_window", False):
+            raise UnsupportedArchitectureError("layer-level execution does not support sliding-window attention")
+        kwargs = {"attention_mask": attention_mask, "position_ids": position_ids, "cache": cache}
+        if position_embeddings is not None:
+            kwargs["position_embeddings"] = position_embeddings
+        return self.resid_from_output(self._layers[l](hidden, **kwargs))
+
+    def logits(self, resid: torch.Tensor) -> torch.Tensor:
+        """Logits ``[..., d_vocab]`` from a final-layer residual ``[..., d_model]``: unembed(final_norm(resid))."""
+        return self.unembed(self.final_norm(resid))
+
+
+class PrefixCache:
+    """A one-layer stand-in for HF's key/value cache, for :meth:`ArchitectureAdapter.run_layer`.
+
+    The attention module calls ``update(k_new, v_new, layer_idx)`` with this call's keys/values
+    ``[batch, kv_head, pos, d_head]`` (after rotary) and attends over what it returns: the cached ``prefix`` keys
+    and values (``[batch, kv_head, prefix, d_head]`` or ``None``) followed by the new ones. With ``record=True`` the
+    new keys/values are kept in ``.new`` (so a clean run can fill the cache that patched runs reuse).
+    """
+
+    def __init__(self, keys: torch.Tensor | None = None, values: torch.Tensor | None = None, record: bool = False):
+        self.keys, self.values, self.record = keys, values, record
+        self.new: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int | None = None,
+               *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.record:
+            self.new = (key_states, value_states)
+        if self.keys is None or self.keys.shape[2] == 0:
+            return key_states, value_states
+        return torch.cat([self.keys, key_states], dim=2), torch.cat([self.values, value_states], dim=2)
 
 def get_adapter(model: nn.Module) -> ArchitectureAdapter:
     """The adapter for ``model``, chosen by its class (and its base classes), never by its name.
