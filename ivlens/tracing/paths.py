@@ -1,0 +1,196 @@
+"""Top-K paths with exact contributions, by beam search backwards from the output.
+
+A path runs from a source (the token embedding at position ``s``, a learned position embedding, or a bias term)
+through one edge per sublayer (a residual skip, ``head h`` of layer ``l`` from position ``i`` to ``j``, or the
+``mlp`` of layer ``l`` at ``j``) to the target. Skips are not listed in :attr:`Path.hops`; a path with no hops is
+the direct embedding → unembedding path.
+
+**Search.** A partial path from state ``x_k[t]`` to the output is a row vector ``ρ`` (``ρ_out`` pushed back through
+the chosen edges' transposes). Its exact total over *all* beginnings is ``ρ · f_k[t]``, with ``f`` the forward
+states of the frozen map from the selected sources. Going back one sublayer at a time, every partial path is
+extended by each incoming edge, scored by that exact total, and the ``beam`` best by ``|score|`` are kept; bias
+edges and (at ``k = 0``) the embeddings end a path with its exact value ``ρ · source``. The work is
+``O(L · beam · H · T · d_head)`` and never enumerates the exponentially many paths. With an unbounded beam the
+returned paths are *all* paths and sum to ``y`` exactly (a test); with a finite beam the search is a heuristic
+for the largest paths, but every reported value is exact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .graph import forward_states, source_mask
+from .surrogate import Surrogate, Target, _lin, _lin_T, mlp_linear, mlp_linear_T, readout_vector
+
+
+@dataclass(frozen=True)
+class Hop:
+    """One non-skip edge of a path: ``head`` ``h`` of ``layer`` from ``src`` to ``dst``, or the ``mlp`` at ``dst``."""
+
+    layer: int
+    kind: str
+    head: int
+    src: int
+    dst: int
+
+    def label(self) -> str:
+        return f"L{self.layer}H{self.head}" if self.kind == "head" else f"L{self.layer}MLP"
+
+    def to_dict(self) -> dict:
+        return {"layer": self.layer, "kind": self.kind, "head": self.head, "src": self.src, "dst": self.dst}
+
+
+@dataclass(frozen=True)
+class Path:
+    """A source → … → target path and its exact contribution ``value``.
+
+    ``source``: ``embed``, ``pos_embed``, ``attn_bias``, ``mlp_bias`` or ``final_bias``; ``layer``: the bias's
+    layer (``-1`` for embeddings); ``pos``: where the source enters; ``hops`` in forward order; ``merged_mlp``:
+    the path went through every MLP sublayer as the whole block ``I + MLP`` (the argmax tracer's convention).
+    """
+
+    source: str
+    layer: int
+    pos: int
+    hops: tuple[Hop, ...]
+    value: float
+    merged_mlp: bool = False
+
+    def describe(self, tokens: tuple[str, ...] | list[str] = ()) -> str:
+        def tok(i: int) -> str:
+            return f"{tokens[i]!r}@{i}" if tokens else f"@{i}"
+
+        start = tok(self.pos) if self.source in ("embed", "pos_embed") else f"{self.source}[L{self.layer}]{tok(self.pos)}"
+        parts = [start] + [f"{h.label()}→{tok(h.dst)}" if h.kind == "head" else h.label() for h in self.hops]
+        return " → ".join(parts) + f"  ({self.value:+.4g})"
+
+    def to_dict(self) -> dict:
+        return {"source": self.source, "layer": self.layer, "pos": self.pos, "value": self.value,
+                "hops": [h.to_dict() for h in self.hops], "merged_mlp": self.merged_mlp}
+
+
+def top_paths(sur: Surrogate, target: Target, k: int = 20, beam: int = 256, start_pos: int | None = None,
+              end_pos: int | None = None, with_bias: bool | None = None, merge_mlp: bool = False) -> list[Path]:
+    """The ``k`` largest (by ``|value|``) paths found by a beam search of width ``beam``.
+
+    ``start_pos``/``end_pos`` restrict the *sources* to the token positions ``start_pos … end_pos`` (inclusive,
+    negative counts from the end), e.g. the instruction's last token T_inst; biases are then left out unless
+    ``with_bias=True``. ``merge_mlp`` treats each MLP sublayer as the single edge ``I + MLP``.
+    """
+    T = sur.n_pos
+    restricted = start_pos is not None or end_pos is not None
+    sources = source_mask(T, start_pos, end_pos)
+    with_bias = (not restricted) if with_bias is None else with_bias
+    f = forward_states(sur, sources, with_bias=with_bias)
+    rho_out, const = readout_vector(sur, target)
+    t_out = sur.resolve_pos(target.pos)
+
+    done: list[tuple[float, str, int, int, tuple]] = []  # (value, source, layer, pos, hops)
+    if with_bias and const:
+        done.append((const, "final_bias", sur.n_layers, t_out, ()))
+    rho = rho_out[None]  # [beam, d_model]
+    pos = torch.tensor([t_out])  # [beam]
+    hops: list[tuple] = [()]
+
+    def keep(scores: Tensor, n: int) -> Tensor:
+        return scores.abs().flatten().topk(min(n, scores.numel())).indices
+
+    for l in reversed(range(sur.n_layers)):  # noqa: E741
+        att, mlp = sur.attn[l], sur.mlp[l]
+        # ---------------- MLP sublayer: state 2l+2 -> 2l+1
+        if with_bias:
+            vals = (rho * mlp.bias[pos]).sum(-1)
+            done += [(float(v), "mlp_bias", l, int(p), h) for v, p, h in zip(vals, pos, hops, strict=True) if v != 0]
+        back = mlp_linear_T(mlp, rho, pos)  # [beam, d_model]
+        if merge_mlp:
+            rho = rho + back
+        else:
+            m_prev = f[2 * l + 1][pos]
+            cand = torch.stack([rho, back], 1)  # [beam, 2, d_model]: skip, mlp
+            scores = (cand * m_prev[:, None]).sum(-1)  # [beam, 2]
+            sel = keep(scores, beam)
+            b, c = sel // 2, sel % 2
+            rho, pos = cand[b, c], pos[b]
+            hops = [hops[bi] if ci == 0 else ((l, "mlp", -1, int(p), int(p)),) + hops[bi]
+                    for bi, ci, p in zip(b.tolist(), c.tolist(), pos, strict=True)]
+        # ---------------- attention sublayer: state 2l+1 -> 2l
+        if with_bias:
+            vals = (rho * att.bias[pos]).sum(-1)
+            done += [(float(v), "attn_bias", l, int(p), h) for v, p, h in zip(vals, pos, hops, strict=True) if v != 0]
+        x_prev = f[2 * l]
+        W_V = att.W_V_heads()  # [head, d_head, d_model]
+        v = torch.einsum("hkd,sd->hsk", W_V, _lin(att.norm_in)(x_prev))  # [head, pos, d_head]
+        beta = torch.einsum("hdk,bd->bhk", att.W_O, _lin_T(att.norm_out)(rho, pos))  # [beam, head, d_head]
+        A = att.pattern[:, pos].transpose(0, 1)  # [beam, head, pos(s)]
+        head_scores = A * torch.einsum("bhk,hsk->bhs", beta, v)  # [beam, head, pos(s)]
+        head_scores = torch.where(A > 0, head_scores, torch.zeros_like(head_scores))
+        skip_scores = (rho * x_prev[pos]).sum(-1)  # [beam]
+        H = att.n_heads
+        scores = torch.cat([skip_scores[:, None], head_scores.reshape(len(pos), H * T)], 1)  # [beam, 1 + H*T]
+        live = torch.cat([torch.ones_like(skip_scores[:, None], dtype=torch.bool), (A > 0).reshape(len(pos), H * T)], 1)
+        flat = torch.where(live, scores.abs(), torch.full_like(scores, -1.0))
+        sel = flat.flatten().topk(min(beam, int(live.sum()))).indices
+        b, c = sel // (1 + H * T), sel % (1 + H * T)
+        is_head = c > 0
+        h_idx, s_idx = (c - 1).clamp(min=0) // T, (c - 1).clamp(min=0) % T
+        new_rho = rho[b].clone()
+        if bool(is_head.any()):
+            bh, hh, sh = b[is_head], h_idx[is_head], s_idx[is_head]
+            u = torch.einsum("nkd,nk->nd", W_V[hh], beta[bh, hh])  # W_Vᵀ β: [n, d_model]
+            new_rho[is_head] = A[bh, hh, sh][:, None] * _lin_T(att.norm_in)(u, sh)
+        new_pos = torch.where(is_head, s_idx, pos[b])
+        hops = [hops[bi] if not ih else ((l, "head", hi, si, int(pos[bi])),) + hops[bi]
+                for bi, ih, hi, si in zip(b.tolist(), is_head.tolist(), h_idx.tolist(), s_idx.tolist(), strict=True)]
+        rho, pos = new_rho, new_pos
+    # ---------------- sources: the embeddings at x_0
+    keep_src = sources[pos]
+    vals = (rho * sur.embed[pos]).sum(-1)
+    done += [(float(v), "embed", -1, int(p), h) for v, p, h, ok in zip(vals, pos, hops, keep_src, strict=True) if ok]
+    if sur.pos_embed is not None:
+        vals = (rho * sur.pos_embed[pos]).sum(-1)
+        done += [(float(v), "pos_embed", -1, int(p), h) for v, p, h, ok in zip(vals, pos, hops, keep_src, strict=True)
+                 if ok]
+    done.sort(key=lambda d: -abs(d[0]))
+    return [Path(src, layer, p, tuple(Hop(*h) for h in hs), val, merge_mlp) for val, src, layer, p, hs in done[:k]]
+
+
+# ------------------------------------------------------------------------ forward evaluation of one path
+def path_vector(sur: Surrogate, path: Path) -> Tensor:
+    """The vector ``[d_model]`` that ``path`` delivers to the residual stream at its last position, computed
+    *forwards* through the path's edges (an independent check of the backward search, and the argmax tracer's
+    per-path logit vector ``W_U · final_norm(path_vector)``)."""
+    one = torch.tensor  # readability: single-position index tensors
+    hops = {(h.layer, h.kind): h for h in path.hops}
+    if path.source in ("embed", "pos_embed"):
+        vec = (sur.embed if path.source == "embed" else sur.pos_embed)[path.pos]
+        first = 0  # first sublayer index the vector passes through
+    elif path.source == "attn_bias":
+        vec, first = sur.attn[path.layer].bias[path.pos], 2 * path.layer + 1
+    elif path.source == "mlp_bias":
+        vec, first = sur.mlp[path.layer].bias[path.pos], 2 * path.layer + 2
+    else:  # final bias: enters after the last layer
+        vec, first = torch.zeros_like(sur.embed[0]), 2 * sur.n_layers
+    t = path.pos
+    for k in range(first, 2 * sur.n_layers):
+        l = k // 2  # noqa: E741
+        if k % 2 == 0 and (l, "head") in hops:
+            h = hops[(l, "head")]
+            att = sur.attn[l]
+            n = _lin(att.norm_in)(vec[None], one([h.src]))[0]
+            z = att.pattern[h.head, h.dst, h.src] * (att.W_V_heads()[h.head] @ n)  # [d_head]
+            vec = _lin(att.norm_out)((att.W_O[h.head] @ z)[None], one([h.dst]))[0]
+            t = h.dst
+        elif k % 2 == 1 and (l, "mlp") in hops:
+            vec = mlp_linear(sur.mlp[l], vec[None], one([t]))[0]
+        elif k % 2 == 1 and path.merged_mlp:
+            vec = vec + mlp_linear(sur.mlp[l], vec[None], one([t]))[0]
+    return vec
+
+
+def path_value(sur: Surrogate, target: Target, path: Path) -> float:
+    """``ρ_out · path_vector`` (+ the constant for the final-bias path): the path's exact contribution."""
+    rho, const = readout_vector(sur, target)
+    return const if path.source == "final_bias" else float(rho @ path_vector(sur, path))
