@@ -157,37 +157,65 @@ def top_paths(sur: Surrogate, target: Target, k: int = 20, beam: int = 256, star
     return [Path(src, layer, p, tuple(Hop(*h) for h in hs), val, merge_mlp) for val, src, layer, p, hs in done[:k]]
 
 
-# ------------------------------------------------------------------------ forward evaluation of one path
-def path_vector(sur: Surrogate, path: Path) -> Tensor:
-    """The vector ``[d_model]`` that ``path`` delivers to the residual stream at its last position, computed
-    *forwards* through the path's edges (an independent check of the backward search, and the argmax tracer's
-    per-path logit vector ``W_U · final_norm(path_vector)``)."""
-    one = torch.tensor  # readability: single-position index tensors
-    hops = {(h.layer, h.kind): h for h in path.hops}
+# --------------------------------------------------------------------------- forward evaluation of paths
+def _start(sur: Surrogate, path: Path) -> tuple[Tensor, int]:
+    """The source vector ``[d_model]`` of ``path`` and the first sublayer index it passes through."""
     if path.source in ("embed", "pos_embed"):
-        vec = (sur.embed if path.source == "embed" else sur.pos_embed)[path.pos]
-        first = 0  # first sublayer index the vector passes through
-    elif path.source == "attn_bias":
-        vec, first = sur.attn[path.layer].bias[path.pos], 2 * path.layer + 1
-    elif path.source == "mlp_bias":
-        vec, first = sur.mlp[path.layer].bias[path.pos], 2 * path.layer + 2
-    else:  # final bias: enters after the last layer
-        vec, first = torch.zeros_like(sur.embed[0]), 2 * sur.n_layers
-    t = path.pos
-    for k in range(first, 2 * sur.n_layers):
+        return (sur.embed if path.source == "embed" else sur.pos_embed)[path.pos], 0
+    if path.source == "attn_bias":
+        return sur.attn[path.layer].bias[path.pos], 2 * path.layer + 1
+    if path.source == "mlp_bias":
+        return sur.mlp[path.layer].bias[path.pos], 2 * path.layer + 2
+    return torch.zeros_like(sur.embed[0]), 2 * sur.n_layers  # final bias: enters after the last layer
+
+
+def path_vectors(sur: Surrogate, paths: list[Path]) -> Tensor:
+    """``[n_paths, d_model]``: the vector each path delivers to the residual stream at its last position,
+    computed *forwards* through the path's edges, all paths batched per sublayer (an independent check of the
+    backward search, and the argmax tracer's per-path logit vector ``W_U · final_norm(vector)``)."""
+    n = len(paths)
+    starts = [_start(sur, p) for p in paths]
+    vec = torch.zeros(n, sur.embed.shape[1], dtype=sur.embed.dtype)
+    first = torch.tensor([f for _, f in starts])
+    start_vec = torch.stack([v for v, _ in starts])  # [n, d_model]
+    pos = torch.tensor([p.pos for p in paths])
+    heads: dict[int, list[tuple[int, Hop]]] = {}
+    for i, p in enumerate(paths):
+        for h in p.hops:
+            if h.kind == "head":
+                heads.setdefault(h.layer, []).append((i, h))
+    mlps = {(i, h.layer) for i, p in enumerate(paths) for h in p.hops if h.kind == "mlp"}
+    merged = torch.tensor([p.merged_mlp for p in paths])
+    for k in range(2 * sur.n_layers):
+        vec = torch.where((first == k)[:, None], start_vec, vec)
         l = k // 2  # noqa: E741
-        if k % 2 == 0 and (l, "head") in hops:
-            h = hops[(l, "head")]
+        if k % 2 == 0:
+            if l not in heads:
+                continue
             att = sur.attn[l]
-            n = _lin(att.norm_in)(vec[None], one([h.src]))[0]
-            z = att.pattern[h.head, h.dst, h.src] * (att.W_V_heads()[h.head] @ n)  # [d_head]
-            vec = _lin(att.norm_out)((att.W_O[h.head] @ z)[None], one([h.dst]))[0]
-            t = h.dst
-        elif k % 2 == 1 and (l, "mlp") in hops:
-            vec = mlp_linear(sur.mlp[l], vec[None], one([t]))[0]
-        elif k % 2 == 1 and path.merged_mlp:
-            vec = vec + mlp_linear(sur.mlp[l], vec[None], one([t]))[0]
-    return vec
+            r = torch.tensor([i for i, _ in heads[l]])
+            hs = [h for _, h in heads[l]]
+            h_idx, src, dst = (torch.tensor([getattr(h, a) for h in hs]) for a in ("head", "src", "dst"))
+            normed = _lin(att.norm_in)(vec[r], src)  # [m, d_model]
+            z = att.pattern[h_idx, dst, src][:, None] * torch.einsum("mkd,md->mk", att.W_V_heads()[h_idx], normed)
+            vec[r] = _lin(att.norm_out)(torch.einsum("mdk,mk->md", att.W_O[h_idx], z), dst)
+            pos[r] = dst
+        else:
+            own = torch.zeros(n, dtype=torch.bool)
+            own[[i for i, ll in mlps if ll == l]] = True
+            active = (own | merged) & (first <= k)
+            if not bool(active.any()):
+                continue
+            r = active.nonzero().flatten()
+            out = mlp_linear(sur.mlp[l], vec[r], pos[r])
+            vec[r] = torch.where(merged[r][:, None], vec[r] + out, out)
+    # sources entering after the last sublayer: the last MLP's bias, the final bias
+    return torch.where((first == 2 * sur.n_layers)[:, None], start_vec, vec)
+
+
+def path_vector(sur: Surrogate, path: Path) -> Tensor:
+    """``[d_model]``: :func:`path_vectors` for a single path."""
+    return path_vectors(sur, [path])[0]
 
 
 def path_value(sur: Surrogate, target: Target, path: Path) -> float:
