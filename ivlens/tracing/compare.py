@@ -1,0 +1,276 @@
+"""Instructions as circuit selectors: compare the exact graphs of one query under two instructions.
+
+For a query of a contrastive task, trace the prompt with instruction A (target: A's answer) and with
+instruction B (target: B's answer), and compare where their path mass flows:
+
+- **aligned positions.** The prompts differ only in the instruction, so positions are keyed by the tokens the
+  two prompts share: the common prefix by index (``pre i``), the common suffix by distance from the end
+  (``post −j``, the query and answer position), and everything in between (the differing instruction tokens)
+  pooled into one ``mid`` key (:func:`position_keys`);
+- **edge weights.** Each graph's absolute edge contributions (heads ``s → t``, MLPs, bias terms, embeddings; not
+  the residual skips) pooled over keyed positions and normalised to sum 1 (:func:`edge_weights`);
+- **weighted Jaccard** ``Σ min(a, b) / Σ max(a, b)`` of the two weight vectors, **top-k overlap**
+  ``|top_k(a) ∩ top_k(b)| / k``, **per-layer similarity** (weighted Jaccard within each layer's edges: where do
+  the computations part?) and the weighted Jaccard of the top paths (:func:`compare_graphs`);
+- **baseline**: the same comparison between two rephrasings of instruction A (same subtask, same answer), so
+  "the instructions select different circuits" means A-vs-B similarity is below rephrasing-vs-rephrasing
+  similarity (a paired Wilcoxon test over samples);
+- **head activity** (the paper's figure): for the paths leaving T_inst (sources restricted to that position,
+  no biases), the share of each layer's attention-cut mass that goes through each head (:func:`head_activity`),
+  per subtask and their difference.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .graph import AttributionGraph, compute_graph, source_mask
+from .paths import Path, top_paths
+from .surrogate import Surrogate, Target, build_surrogate
+
+log = logging.getLogger(__name__)
+
+
+def position_keys(ids_a: list[int], ids_b: list[int]) -> tuple[list[int], list[int], int]:
+    """Key index per position of each prompt: common prefix ``0 … P−1``, the differing middle ``P``, the
+    common suffix ``P+1 …`` (aligned from the end). Returns ``(keys_a, keys_b, n_keys)``."""
+    n = min(len(ids_a), len(ids_b))
+    pre = 0
+    while pre < n and ids_a[pre] == ids_b[pre]:
+        pre += 1
+    suf = 0
+    while suf < n - pre and ids_a[-1 - suf] == ids_b[-1 - suf]:
+        suf += 1
+
+    def keys(ids: list[int]) -> list[int]:
+        T = len(ids)
+        return [t if t < pre else (pre + 1 + t - (T - suf) if t >= T - suf else pre) for t in range(T)]
+
+    return keys(ids_a), keys(ids_b), pre + 1 + suf
+
+
+@dataclass(frozen=True)
+class EdgeWeights:
+    """Normalised absolute edge mass on keyed positions: ``values: [n]`` (sums to 1), ``layer: [n]`` the layer of
+    each entry (``-1`` embeddings)."""
+
+    values: Tensor
+    layer: Tensor
+
+
+def edge_weights(graph: AttributionGraph, keys: list[int], n_keys: int) -> EdgeWeights:
+    """Pool ``|edge contributions|`` onto keyed positions (see the module docstring) and normalise.
+
+    Layout: ``head [L, H, K(dst), K(src)]``, then ``mlp, attn_bias, mlp_bias [L, K]``, then ``embed [K]`` (and
+    ``pos_embed [K]``)."""
+    L, H, K = graph.n_layers, graph.n_heads, n_keys
+    k = torch.tensor(keys)
+    dt = graph.head.dtype
+    head = torch.zeros(L, H, K, K, dtype=dt)
+    pair = (k[:, None] * K + k[None, :]).reshape(-1)  # [T*T] keyed (dst, src)
+    head.view(L, H, K * K).index_add_(2, pair, graph.head.abs().reshape(L, H, -1))
+    per_pos = [torch.zeros(L, K, dtype=dt).index_add_(1, k, getattr(graph, n).abs())
+               for n in ("mlp", "attn_bias", "mlp_bias")]
+    inputs = [torch.zeros(K, dtype=dt).index_add_(0, k, graph.embed.abs())]
+    if graph.pos_embed is not None:
+        inputs.append(torch.zeros(K, dtype=dt).index_add_(0, k, graph.pos_embed.abs()))
+    values = torch.cat([head.reshape(-1)] + [p.reshape(-1) for p in per_pos] + inputs)
+    layer = torch.cat([torch.arange(L).repeat_interleave(H * K * K)]
+                      + [torch.arange(L).repeat_interleave(K)] * 3 + [torch.full((K,), -1)] * len(inputs))
+    total = values.sum()
+    return EdgeWeights(values / total if total > 0 else values, layer)
+
+
+def weighted_jaccard(a: Tensor, b: Tensor) -> float:
+    """``Σ min(a, b) / Σ max(a, b)`` for non-negative vectors (1 when both are zero)."""
+    mx = torch.maximum(a, b).sum()
+    return float(torch.minimum(a, b).sum() / mx) if mx > 0 else 1.0
+
+
+def top_k_overlap(a: Tensor, b: Tensor, k: int) -> float:
+    """Share of the ``k`` heaviest entries of ``a`` that are among the ``k`` heaviest of ``b``."""
+    k = min(k, a.numel())
+    ia, ib = set(a.topk(k).indices.tolist()), set(b.topk(k).indices.tolist())
+    return len(ia & ib) / k
+
+
+def _path_key(p: Path, keys: list[int]) -> tuple:
+    return (p.source, p.layer, keys[p.pos], tuple((h.layer, h.kind, h.head, keys[h.src], keys[h.dst]) for h in p.hops))
+
+
+def path_jaccard(pa: list[Path], keys_a: list[int], pb: list[Path], keys_b: list[int]) -> float:
+    """Weighted Jaccard of two top-path sets keyed by route (layers, heads, keyed positions), by ``|value|``."""
+    def weights(paths: list[Path], keys: list[int]) -> dict[tuple, float]:
+        total = sum(abs(p.value) for p in paths) or 1.0
+        out: dict[tuple, float] = {}
+        for p in paths:
+            key = _path_key(p, keys)
+            out[key] = out.get(key, 0.0) + abs(p.value) / total
+        return out
+
+    wa, wb = weights(pa, keys_a), weights(pb, keys_b)
+    union = set(wa) | set(wb)
+    mx = sum(max(wa.get(u, 0.0), wb.get(u, 0.0)) for u in union)
+    return sum(min(wa.get(u, 0.0), wb.get(u, 0.0)) for u in union) / mx if mx > 0 else 1.0
+
+
+@dataclass(frozen=True)
+class GraphComparison:
+    """``weighted_jaccard``, ``top_k_overlap`` (of edges), ``per_layer: [layer]`` similarity, ``path_jaccard``."""
+
+    weighted_jaccard: float
+    top_k_overlap: float
+    per_layer: list[float]
+    path_jaccard: float | None = None
+
+    def to_dict(self) -> dict:
+        return {"weighted_jaccard": self.weighted_jaccard, "top_k_overlap": self.top_k_overlap,
+                "per_layer": self.per_layer, "path_jaccard": self.path_jaccard}
+
+
+def compare_graphs(ga: AttributionGraph, ids_a: list[int], gb: AttributionGraph, ids_b: list[int], top_k: int = 50,
+                   paths_a: list[Path] | None = None, paths_b: list[Path] | None = None) -> GraphComparison:
+    """Compare two graphs of prompts that differ in their instruction (see the module docstring)."""
+    ka, kb, K = position_keys(ids_a, ids_b)
+    wa, wb = edge_weights(ga, ka, K), edge_weights(gb, kb, K)
+    per_layer = [weighted_jaccard(wa.values[wa.layer == l], wb.values[wb.layer == l]) for l in range(ga.n_layers)]  # noqa: E741
+    pj = path_jaccard(paths_a, ka, paths_b, kb) if paths_a is not None and paths_b is not None else None
+    return GraphComparison(weighted_jaccard(wa.values, wb.values), top_k_overlap(wa.values, wb.values, top_k),
+                           per_layer, pj)
+
+
+def head_activity(graph: AttributionGraph) -> Tensor:
+    """``[layer, head]``: share of each layer's attention-cut mass through each head, ``Σ_{t,s}|E[l,h,t,s]|`` over
+    ``Σ_{h,t,s}|E[l,h,t,s]| + Σ_t |skip[l,t]| + Σ_t |bias[l,t]|``. Use a graph restricted to the sources of
+    interest (e.g. T_inst) to get the paper's head activity for paths leaving them."""
+    heads = graph.head.abs().sum((2, 3))  # [layer, head]
+    total = heads.sum(1) + graph.attn_skip.abs().sum(1) + graph.attn_bias.abs().sum(1)
+    return heads / total.clamp_min(1e-30)[:, None]
+
+
+# ------------------------------------------------------------------------------- over samples of a task
+@dataclass
+class PromptTrace:
+    """One traced prompt: its ids, T_inst, target, surrogate, full graph, top paths, T_inst-restricted graph."""
+
+    ids: list[int]
+    t_inst: int | None
+    target: Target
+    sur: Surrogate
+    graph: AttributionGraph
+    paths: list[Path]
+    inst_graph: AttributionGraph | None
+
+
+def trace_for_compare(model, tokenizer, ids: list[int], target: Target, t_inst: int | None, paths_k: int = 100,
+                      beam: int = 128) -> PromptTrace:
+    """Everything :func:`compare_subtasks` needs of one prompt."""
+    sur = build_surrogate(model, ids, tokenizer=tokenizer)
+    graph = compute_graph(sur, target)
+    paths = top_paths(sur, target, k=paths_k, beam=beam)
+    inst = compute_graph(sur, target, source_mask(len(ids), t_inst, t_inst)) if t_inst is not None else None
+    return PromptTrace(list(ids), t_inst, target, sur, graph, paths, inst)
+
+
+@dataclass
+class SubtaskComparison:
+    """Per-sample comparisons (``rows``), their aggregates, and mean head activity per subtask.
+
+    ``ab`` / ``baseline``: lists of :class:`GraphComparison` (A vs B; rephrasing vs rephrasing);
+    ``head_activity``: subtask → ``[layer, head]`` mean share; ``completeness``: max relative error seen.
+    """
+
+    subtasks: tuple[str, str]
+    ab: list[GraphComparison] = field(default_factory=list)
+    baseline: list[GraphComparison] = field(default_factory=list)
+    head_activity: dict[str, Tensor] = field(default_factory=dict)
+    completeness: float = 0.0
+    rows: list[dict] = field(default_factory=list)
+
+    def curve(self, which: str = "ab") -> np.ndarray:
+        """Mean per-layer similarity ``[layer]`` over samples."""
+        comps = self.ab if which == "ab" else self.baseline
+        return np.mean([c.per_layer for c in comps], axis=0) if comps else np.array([])
+
+    def part_layer(self) -> int | None:
+        """First layer where A-vs-B similarity falls below the baseline by more than half the largest gap
+        (a descriptive marker of where the two computations part; ``None`` without a baseline)."""
+        if not self.baseline or not self.ab:
+            return None
+        gap = self.curve("baseline") - self.curve("ab")
+        if gap.max() <= 0:
+            return None
+        return int(np.argmax(gap >= 0.5 * gap.max()))
+
+    def summary(self) -> dict:
+        def agg(comps: list[GraphComparison], name: str) -> dict:
+            vals = [getattr(c, name) for c in comps if getattr(c, name) is not None]
+            return {"mean": float(np.mean(vals)), "std": float(np.std(vals)), "n": len(vals)} if vals else {}
+
+        out = {"subtasks": list(self.subtasks), "completeness_max_rel_err": self.completeness,
+               "part_layer": self.part_layer(), "per_layer_ab": self.curve("ab").tolist(),
+               "per_layer_baseline": self.curve("baseline").tolist()}
+        for name in ("weighted_jaccard", "top_k_overlap", "path_jaccard"):
+            out[name] = {"ab": agg(self.ab, name), "baseline": agg(self.baseline, name)}
+        n = min(len(self.ab), len(self.baseline))
+        if n >= 5:
+            from scipy.stats import wilcoxon
+
+            a = [c.weighted_jaccard for c in self.ab[:n]]
+            b = [c.weighted_jaccard for c in self.baseline[:n]]
+            if any(x != y for x, y in zip(a, b, strict=True)):
+                out["wilcoxon_ab_vs_baseline"] = {"statistic": float(wilcoxon(a, b).statistic),
+                                                  "pvalue": float(wilcoxon(a, b, alternative="less").pvalue)}
+        return out
+
+
+def compare_subtasks(model, tokenizer, task, samples, fmt: str = "raw", top_k: int = 50, paths_k: int = 100,
+                     beam: int = 128, progress: Callable[[], None] | None = None) -> SubtaskComparison:
+    """Trace every sample of a contrastive ``task`` under instruction A and B (each with its own answer as
+    target) and under two rephrasings of A (the baseline); compare; accumulate head activity per subtask.
+
+    ``samples``: :class:`ivlens.tasks.Sample` s; ``fmt``: prompt format (``raw`` | ``chat``).
+    """
+    from ivlens.tasks import instructed_prompt, label_token_ids
+
+    if not task.is_contrastive:
+        raise ValueError(f"task {task.name!r} is not contrastive: --compare needs two subtasks")
+    sa, sb = task.subtask_names
+    res = SubtaskComparison((sa, sb))
+    acts: dict[str, list[Tensor]] = {sa: [], sb: []}
+
+    def run(sub: str, instruction: str, sample) -> PromptTrace:
+        prompt = instructed_prompt(tokenizer, task, sample, instruction, fmt)
+        answer = label_token_ids(tokenizer, prompt, sample.answer(sub))[0]
+        tr = trace_for_compare(model, tokenizer, list(prompt.input_ids), Target.logit(answer), prompt.t_inst,
+                               paths_k, beam)
+        res.completeness = max(res.completeness, tr.graph.completeness_rel_err)
+        return tr
+
+    reph = task.subtasks[sa].rephrasings
+    for sample in samples:
+        ta, tb = run(sa, task.subtasks[sa].instruction, sample), run(sb, task.subtasks[sb].instruction, sample)
+        ab = compare_graphs(ta.graph, ta.ids, tb.graph, tb.ids, top_k, ta.paths, tb.paths)
+        res.ab.append(ab)
+        for sub, tr in ((sa, ta), (sb, tb)):
+            if tr.inst_graph is not None:
+                acts[sub].append(head_activity(tr.inst_graph))
+        row = {"sample": sample.index, "query": sample.query, **{f"ab_{k}": v for k, v in ab.to_dict().items()}}
+        if len(reph) >= 2:
+            r1, r2 = run(sa, reph[0], sample), run(sa, reph[1], sample)
+            base = compare_graphs(r1.graph, r1.ids, r2.graph, r2.ids, top_k, r1.paths, r2.paths)
+            res.baseline.append(base)
+            row.update({f"baseline_{k}": v for k, v in base.to_dict().items()})
+        res.rows.append(row)
+        if progress:
+            progress()
+    if len(reph) < 2:
+        log.warning("subtask %s has fewer than two rephrasings: no rephrasing baseline", sa)
+    res.head_activity = {s: torch.stack(v).mean(0) for s, v in acts.items() if v}
+    return res

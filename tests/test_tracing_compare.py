@@ -1,0 +1,71 @@
+"""Circuit-selector comparison: position alignment, similarity measures, the task-level loop."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ivlens.tasks import load_task
+from ivlens.testing.tiny import tiny_model, tiny_tokenizer
+from ivlens.tracing.compare import (
+    compare_graphs,
+    compare_subtasks,
+    edge_weights,
+    head_activity,
+    position_keys,
+    top_k_overlap,
+    weighted_jaccard,
+)
+from ivlens.tracing.graph import compute_graph, source_mask
+from ivlens.tracing.surrogate import Target, build_surrogate
+
+
+def test_position_keys_align_prefix_and_suffix():
+    a = [1, 2, 7, 8, 9, 5, 6]
+    b = [1, 2, 4, 5, 6]
+    ka, kb, K = position_keys(a, b)
+    assert K == 2 + 1 + 2
+    assert ka == [0, 1, 2, 2, 2, 3, 4] and kb == [0, 1, 2, 3, 4]
+    same, _, K2 = position_keys(a, a)
+    assert same == list(range(7)) and K2 == 8  # empty middle key
+
+
+def test_similarity_measures():
+    a = torch.tensor([0.5, 0.5, 0.0])
+    b = torch.tensor([0.5, 0.0, 0.5])
+    assert weighted_jaccard(a, a) == 1.0
+    assert weighted_jaccard(a, b) == pytest.approx(0.5 / 1.5)
+    assert top_k_overlap(a, a, 2) == 1.0 and top_k_overlap(a, b, 1) == 1.0
+
+
+def test_identical_prompts_are_identical_circuits():
+    model = tiny_model("llama", n_layers=2)
+    ids = list(range(10, 19))
+    g = compute_graph(build_surrogate(model, ids), Target.logit(5))
+    c = compare_graphs(g, ids, g, ids)
+    assert c.weighted_jaccard == pytest.approx(1.0) and c.top_k_overlap == 1.0
+    assert c.per_layer == pytest.approx([1.0, 1.0])
+    w = edge_weights(g, list(range(9)), 9)
+    assert float(w.values.sum()) == pytest.approx(1.0)
+    ids_b = [10, 11, 40, 41, 14, 15, 16, 17, 18]
+    gb = compute_graph(build_surrogate(model, ids_b), Target.logit(5))
+    assert compare_graphs(g, ids, gb, ids_b).weighted_jaccard < 1.0
+
+
+def test_head_activity_shares():
+    model = tiny_model("olmo2", n_layers=2)
+    sur = build_surrogate(model, list(range(10, 18)))
+    act = head_activity(compute_graph(sur, Target.logit(5), source_mask(8, 3, 3)))
+    assert act.shape == (2, 4) and (act >= 0).all() and (act.sum(1) <= 1 + 1e-6).all()
+
+
+def test_compare_subtasks_on_a_task():
+    task = load_task("adjectives")
+    res = compare_subtasks(tiny_model("olmo2", n_layers=2), tiny_tokenizer(), task, task.samples[:2], paths_k=20)
+    assert len(res.ab) == len(res.rows) == 2
+    assert res.completeness < 1e-4
+    s = res.summary()
+    assert len(s["per_layer_ab"]) == 2 and 0 <= s["weighted_jaccard"]["ab"]["mean"] <= 1
+    if task.subtasks["adj_comp"].rephrasings[1:]:
+        assert len(res.baseline) == 2 and len(s["per_layer_baseline"]) == 2
+    assert set(res.head_activity) == {"adj_comp", "adj_ant"}
