@@ -1,0 +1,166 @@
+"""The ``ivlens`` command line. Each command is a thin wrapper over the Python API."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from ivlens.cli_common import (
+    DeviceOpt,
+    DtypeOpt,
+    FormatOpt,
+    GgufOpt,
+    ModelOpt,
+    OutOpt,
+    RevisionOpt,
+    SeedOpt,
+    TaskOpt,
+    TrustOpt,
+    console,
+    err_console,
+    frame_table,
+    friendly_errors,
+    import_callable,
+    load_models,
+    progress_bar,
+    setup_logging,
+)
+
+app = typer.Typer(help="ivlens: instruction vectors, layer patching, probes and exact path tracing for causal LMs.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+tasks_app = typer.Typer(help="List, show and check tasks (built-in or YAML specs).", no_args_is_help=True)
+app.add_typer(tasks_app, name="tasks")
+
+
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log progress details")] = False) -> None:
+    setup_logging(verbose)
+
+
+# ----------------------------------------------------------------------------- tasks
+@tasks_app.command("list")
+def tasks_list() -> None:
+    """List the built-in tasks."""
+    import pandas as pd
+
+    from ivlens.tasks import builtin_names, load_task
+
+    rows = []
+    for name in builtin_names():
+        t = load_task(name)
+        rows.append({"task": name, "field": t.field, "samples": len(t.samples), "subtasks": ", ".join(t.subtasks),
+                     "rephrasings": sum(len(s.rephrasings) for s in t.subtasks.values()), "source": t.attribution})
+    console.print(frame_table(pd.DataFrame(rows), title="built-in tasks"))
+
+
+@tasks_app.command("show")
+def tasks_show(task: Annotated[str, typer.Argument(help="built-in name or YAML spec path")],
+               n: Annotated[int, typer.Option("--n", help="samples to print")] = 5) -> None:
+    """Show a task: subtasks, instructions, label spaces, example prompts."""
+    with friendly_errors():
+        from ivlens.tasks import load_task
+
+        t = load_task(task)
+    console.print(f"[bold]{t.name}[/]  field={t.field!r}  samples={len(t.samples)}  source={t.source}")
+    if t.attribution:
+        console.print(f"attribution: {t.attribution}")
+    for st in t.subtasks.values():
+        console.print(f"\n[bold]{st.name}[/]: {st.instruction}")
+        console.print(f"  rephrasings: {len(st.rephrasings)}  label space ({len(st.label_space)}): "
+                      f"{', '.join(st.label_space[:15])}{' ...' if len(st.label_space) > 15 else ''}")
+        for s in t.samples[:n]:
+            console.print(f"  {st.instruction} {t.field}: {s.query}. Answer: [green]{' | '.join(s.answers[st.name])}[/]",
+                          highlight=False)
+    for w in t.warnings:
+        console.print(f"[yellow]warning:[/] {w}")
+
+
+@tasks_app.command("check")
+def tasks_check(spec: Annotated[str, typer.Argument(help="built-in name or YAML spec path")],
+                model: Annotated[str | None, typer.Option("--model", "-m", help="check against this model's tokenizer")] = None,
+                gguf_file: GgufOpt = None, fmt: FormatOpt = "raw") -> None:
+    """Validate a task (columns, cells, instructions) and, with --model, its labels and prompt lengths."""
+    with friendly_errors():
+        from ivlens.tasks import load_task
+        from ivlens.tasks.validate import check_task
+
+        t = load_task(spec)
+        console.print(f"{t.name}: {len(t.samples)} samples, subtasks {', '.join(t.subtasks)}: file checks passed")
+        for w in t.warnings:
+            console.print(f"[yellow]warning:[/] {w}")
+        if model is None:
+            return
+        from transformers import AutoTokenizer
+
+        from ivlens.models.load import resolve_name
+
+        path, gguf = resolve_name(model, gguf_file)
+        tok = AutoTokenizer.from_pretrained(path, **({"gguf_file": gguf} if gguf else {}))
+        max_len = getattr(tok, "model_max_length", None)
+        max_len = max_len if max_len and max_len < 10**7 else None
+        issues = check_task(t, tok, max_len, fmt)
+    for issue in issues:
+        style = "red" if issue.severity == "error" else "yellow"
+        console.print(f"[{style}]{issue}[/]", highlight=False)
+    errors = sum(i.severity == "error" for i in issues)
+    console.print(f"{errors} error(s), {len(issues) - errors} warning(s) with the tokenizer of {model}")
+    if errors:
+        raise typer.Exit(1)
+
+
+# ----------------------------------------------------------------------------- eval
+@app.command("eval")
+def eval_cmd(
+    model: ModelOpt,
+    task: TaskOpt,
+    subtask: Annotated[str | None, typer.Option("--subtask", "-s", help="score only this subtask")] = None,
+    samples: Annotated[int | None, typer.Option("--samples", "-n", help="number of samples (default all)")] = None,
+    fmt: FormatOpt = "raw",
+    split: Annotated[str, typer.Option("--split", help="organisms: heldout | train | all queries")] = "all",
+    query_style: Annotated[str, typer.Option("--query-style", help="query-only prompt: formatted | bare")] = "formatted",
+    prefill: Annotated[str | None, typer.Option("--prefill", help="assistant prefill (chat format)")] = None,
+    judge: Annotated[str | None, typer.Option("--judge", help="IA judge 'module:function(answer, subtask, sample) -> bool'")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="prompts per generation batch")] = 16,
+    seed: SeedOpt = 0,
+    out: OutOpt = None,
+    gguf_file: GgufOpt = None,
+    dtype: DtypeOpt = "float32",
+    device: DeviceOpt = "cpu",
+    revision: RevisionOpt = None,
+    trust_remote_code: TrustOpt = False,
+) -> None:
+    """Instruction-following evaluation: IA, accuracy and first-token ranks, with the instruction, without it
+    and with the other subtask's instruction."""
+    from ivlens.api import run_eval
+
+    with friendly_errors():
+        lms = load_models(model, gguf_file, dtype, device, revision, trust_remote_code)
+        judge_fn = import_callable(judge) if judge else None
+        run, summary, decides = run_eval(lms, task, subtask=subtask, samples=samples, fmt=fmt, split=split,
+                                         query_style=query_style, prefill=prefill, judge=judge_fn,
+                                         batch_size=batch_size, seed=seed, out=out, progress=progress_bar)
+    console.print(frame_table(summary, title=f"eval: {task} ({fmt}, split {split})"))
+    if not decides.empty:
+        console.print(frame_table(decides, title="the instruction decides (both subtasks answered correctly)"))
+    console.print(f"results: {run.path}")
+
+
+# ----------------------------------------------------------------------------- main job
+@app.command("main")
+def main_job(
+    out: Annotated[str | None, typer.Option("--out", help="directory of the main job's results")] = None,
+    samples: Annotated[int | None, typer.Option("--samples", help="samples per task (default: all)")] = None,
+) -> None:
+    """The main job on the embedded default: build the model organisms if missing, then run every analysis
+    on base / SFT / DPO, and print where the results are."""
+    from ivlens.main_job import run_main_job
+
+    with friendly_errors():
+        path = run_main_job(out=out, samples=samples)
+    err_console.print("")
+    console.print(f"[bold green]main job finished.[/] results: {path}")
+
+
+# ----------------------------------------------------------------------------- analysis commands
+# Each analysis lives in its own package; its CLI function is registered here.

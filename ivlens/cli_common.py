@@ -1,0 +1,111 @@
+"""Options and helpers shared by the CLI commands: model loading options, console, progress, errors."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+console = Console(stderr=False)
+err_console = Console(stderr=True)
+
+ModelOpt = Annotated[list[str], typer.Option("--model", "-m", help="Hub id, local directory, .gguf file, "
+                                             "organism-base|sft|dpo or smollm2-135m-instruct; repeat for several")]
+GgufOpt = Annotated[str | None, typer.Option("--gguf-file", help="GGUF file inside the model repo/directory, or its path")]
+DtypeOpt = Annotated[str, typer.Option("--dtype", help="float32 | bfloat16 | float16")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="cpu | cuda | cuda:N | auto (accelerate device_map)")]
+RevisionOpt = Annotated[str | None, typer.Option("--revision", help="hub revision (branch, tag or commit)")]
+TrustOpt = Annotated[bool, typer.Option("--trust-remote-code", help="allow custom model code from the repo")]
+TaskOpt = Annotated[str, typer.Option("--task", "-t", help="built-in task name or path of a YAML task spec")]
+OutOpt = Annotated[str | None, typer.Option("--out", help="run directory (default runs/<date>-<command>-<name>)")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="seed of the sample selection")]
+FormatOpt = Annotated[str, typer.Option("--format", help="prompt format: raw (the paper's) | chat")]
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
+                        handlers=[RichHandler(console=err_console, show_path=False, show_time=False)], force=True)
+    for noisy in ("transformers", "nnsight", "httpx", "datasets"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def load_models(names: list[str], gguf_file: str | None, dtype: str, device: str, revision: str | None,
+                trust_remote_code: bool):
+    """Load every ``--model``; errors become a clean exit with the message."""
+    from ivlens.models.load import load_model
+
+    out = []
+    for name in names:
+        with console.status(f"loading {name}"):
+            out.append(load_model(name, gguf_file=gguf_file, dtype=dtype, device=device, revision=revision,
+                                  trust_remote_code=trust_remote_code))
+    return out
+
+
+def import_callable(spec: str):
+    """``package.module:function`` → the function (for user hooks such as ``--judge``)."""
+    if ":" not in spec:
+        raise typer.BadParameter(f"{spec!r}: expected 'module:function'")
+    mod, fn = spec.split(":", 1)
+    try:
+        return getattr(importlib.import_module(mod), fn)
+    except (ImportError, AttributeError) as e:
+        raise typer.BadParameter(f"cannot import {spec!r}: {e}") from None
+
+
+class RateColumn(ProgressColumn):
+    """Items per second."""
+
+    def render(self, task) -> Text:
+        return Text(f"{task.speed:.2f}/s" if task.speed else "  ?/s", style="progress.data.speed")
+
+
+@contextmanager
+def progress_bar(description: str, total: int) -> Iterator:
+    """A rich progress bar with rate and ETA; yields ``advance(n)``."""
+    cols = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
+            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
+    with Progress(*cols, console=err_console, transient=False) as p:
+        tid = p.add_task(description, total=total)
+        yield lambda n=1: p.advance(tid, n)
+
+
+def frame_table(df, title: str | None = None, floatfmt: str = "{:.3f}") -> Table:
+    """A pandas DataFrame as a rich table."""
+    table = Table(title=title, show_lines=False)
+    for col in df.columns:
+        table.add_column(str(col), justify="right" if df[col].dtype.kind in "if" else "left")
+    for _, row in df.iterrows():
+        table.add_row(*[floatfmt.format(v) if isinstance(v, float) else str(v) for v in row.tolist()])
+    return table
+
+
+@contextmanager
+def friendly_errors() -> Iterator[None]:
+    """Turn ivlens's own input errors into a one-line message and exit code 2 (never a deep traceback)."""
+    from ivlens.models.adapters import UnsupportedArchitectureError
+    from ivlens.models.load import ModelLoadError
+    from ivlens.tasks.schema import TaskError
+
+    try:
+        yield
+    except (TaskError, ModelLoadError, UnsupportedArchitectureError, FileNotFoundError) as e:
+        err_console.print(f"[bold red]error:[/] {e}")
+        raise typer.Exit(2) from None

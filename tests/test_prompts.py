@@ -1,0 +1,109 @@
+"""Prompt rendering and T_inst from offsets, on tokenizers that treat spaces differently."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+from ivlens.tasks import (
+    build_prompt,
+    instructed_prompt,
+    instruction_prompt,
+    label_token_ids,
+    load_task,
+    pad_left,
+)
+from ivlens.testing.tiny import _CORPUS, CHAT_TEMPLATE, tiny_tokenizer
+
+INSTR = "Given an adjective, state its antonym."
+
+
+def metaspace_tokenizer() -> PreTrainedTokenizerFast:
+    """SentencePiece-style: the space before a word becomes '▁' glued to the word."""
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    tok.train_from_iterator(_CORPUS, trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "</s>", "<s>"]))
+    out = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", bos_token="<s>", unk_token="<unk>",
+                                  pad_token="</s>")
+    out.chat_template = CHAT_TEMPLATE
+    return out
+
+
+def word_tokenizer() -> PreTrainedTokenizerFast:
+    """Whitespace/punctuation split: spaces belong to no token."""
+    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(_CORPUS, trainers.WordLevelTrainer(special_tokens=["[UNK]", "[PAD]"]))
+    out = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", eos_token="[PAD]")
+    out.chat_template = CHAT_TEMPLATE
+    return out
+
+
+TOKENIZERS = {"bytelevel": tiny_tokenizer, "metaspace": metaspace_tokenizer, "wordlevel": word_tokenizer}
+
+
+@pytest.fixture(params=list(TOKENIZERS))
+def any_tok(request):
+    return TOKENIZERS[request.param]()
+
+
+def _covered_text(tok, prompt, upto: int) -> str:
+    """Characters of the prompt text covered by tokens [0, upto] (from an independent encode)."""
+    enc = tok(prompt.text, add_special_tokens=prompt.add_special_tokens, return_offsets_mapping=True)
+    ends = [b for a, b in enc["offset_mapping"][: upto + 1] if b > a]
+    return prompt.text[: max(ends)]
+
+
+@pytest.mark.parametrize("fmt", ["raw", "chat"])
+def test_t_inst_is_the_instructions_last_token(any_tok, fmt):
+    p = build_prompt(any_tok, INSTR, "big", "Adjective", fmt)
+    covered = _covered_text(any_tok, p, p.t_inst)
+    assert covered.rstrip().endswith("antonym.") or covered.rstrip().endswith(".")
+    assert INSTR in covered
+    # the next token starts at or after the instruction's end
+    before = _covered_text(any_tok, p, p.t_inst - 1)
+    assert not before.rstrip().endswith(INSTR)
+    # the instruction-only prompt is a prefix of the instructed prompt and ends at T_inst
+    src = instruction_prompt(any_tok, INSTR, fmt)
+    assert src.t_inst == len(src) - 1 == p.t_inst
+    assert p.input_ids[: len(src)] == src.input_ids
+
+
+def test_raw_text_is_the_papers_format(tok):
+    t = load_task("adjectives")
+    p = instructed_prompt(tok, t, t.samples[0], INSTR)
+    assert p.text == "Given an adjective, state its antonym. Adjective: big. Answer:"
+    assert build_prompt(tok, None, "big", "Adjective").text == "Adjective: big. Answer:"
+    assert build_prompt(tok, None, "big", "Adjective", query_style="bare").text == "big"
+    assert build_prompt(tok, INSTR, "Is it?", "Q").text.endswith("Q: Is it? Answer:")  # no doubled punctuation
+
+
+def test_chat_prompt_uses_template_and_prefill(tok):
+    p = build_prompt(tok, INSTR, "big", "Adjective", "chat", prefill="Answer:")
+    assert p.text.startswith("<|user|>\n" + INSTR + " Adjective: big.") and p.text.endswith("<|assistant|>\nAnswer:")
+    assert p.answer_sep == " " and not p.add_special_tokens
+    q = build_prompt(tok, INSTR, "big", "Adjective", "chat")
+    assert q.answer_sep == ""
+
+
+def test_label_tokens_in_context(any_tok):
+    p = build_prompt(any_tok, INSTR, "big", "Adjective")
+    ids = label_token_ids(any_tok, p, "small")
+    joint = any_tok(p.text + " small", add_special_tokens=True)["input_ids"]
+    assert tuple(joint[len(p.input_ids):]) == ids
+
+
+def test_pad_left_positions_and_columns(tok):
+    a = build_prompt(tok, INSTR, "big", "Adjective")
+    b = build_prompt(tok, None, "big", "Adjective")
+    batch = pad_left([a, b], tok.pad_token_id)
+    assert batch.input_ids.shape == (2, len(a))
+    assert batch.pad == (0, len(a) - len(b))
+    assert batch.attention_mask[1].sum() == len(b)
+    assert batch.position_ids[1, -1] == len(b) - 1 and batch.position_ids[0, -1] == len(a) - 1
+    assert batch.input_ids[1, batch.column(1, 0)] == b.input_ids[0]
+    assert batch.column(0, a.t_inst) == a.t_inst
+    assert torch.equal(batch.input_ids[:, -1], torch.tensor([a.input_ids[-1], b.input_ids[-1]]))
