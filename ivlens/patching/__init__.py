@@ -1,0 +1,14 @@
+"""Instruction-vector localisation by layer patching: plans, the fast engine, metrics, interactions, figures.
+
+>>> from ivlens.patching import patch_sweep
+>>> res = patch_sweep(["organism-base", "organism-sft"], "adjectives", "adj_ant", layers="pairs", samples=100)
+"""
+
+from .engine import EngineStats, RowSpec, clean_run, patched_logits, source_vectors
+from .plan import PatchPlan, PatchRow, PlanError, parse_layer_sets, parse_positions
+from .sweep import SweepResult, patch_sweep, select_samples
+
+__all__ = [
+    "EngineStats", "PatchPlan", "PatchRow", "PlanError", "RowSpec", "SweepResult", "clean_run",
+    "parse_layer_sets", "parse_positions", "patch_sweep", "patched_logits", "select_samples", "source_vectors",
+]

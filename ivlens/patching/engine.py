@@ -1,0 +1,258 @@
+"""The patching engine: every layer set × position of many samples in a few batched, layer-level passes.
+
+Semantics. The IV at layer ``l`` is ``resid_post[l]`` (the output of decoder layer ``l``) at the source prompt's
+last token. Patching a layer set ``S`` at target position ``p`` runs the target prompt and, after every layer
+``l ∈ S``, replaces ``resid_post[l][p]`` with the IV of layer ``l``; the result is the logits at the last position.
+
+Only the work a patch changes is done:
+
+1. **Clean runs once.** Each target prompt runs once (its *clean* run), recording ``resid_post[l]`` and the
+   attention keys/values of every layer; each source prompt runs once, giving its IVs ``[layer, d_model]``.
+2. **Start at the first patched layer.** A row whose first patched layer is ``l0`` is identical to the clean run
+   up to ``resid_post[l0]``, so it starts from the clean residual there (with the IV written at ``p``) and runs
+   only layers ``l0+1 … L−1``.
+3. **Only positions from ``p`` on.** The model is causal, so positions before ``p`` never change; their keys and
+   values come from the clean run's cache and only the ``T − p`` positions from ``p`` on are recomputed (a
+   last-position patch computes one token per layer).
+
+Rows are grouped by the number of recomputed positions ``s = T − p`` (with left padding, the last ``s`` columns
+of the batch) and sorted by ``l0``; a group runs as one loop over the layers in which rows *join* at their start
+layer, so no layer-token is computed twice or padded. The layer-token evaluations executed therefore equal the
+minimum ``Σ_rows (L − 1 − l0) · (T − p)`` exactly (rows that coincide, e.g. ``first`` and ``last`` of a one-token
+prompt, are computed once). Architecture details (rotary embeddings, masks, the cache protocol) are the
+adapter's: :meth:`~ivlens.models.adapters.ArchitectureAdapter.run_layer`.
+
+Shapes: ``batch pos d_model layer kv_head d_head d_vocab``; ``rows`` counts patch configurations.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from ivlens.models.adapters import ArchitectureAdapter, PrefixCache
+from ivlens.tasks.prompts import Batch, pad_left
+
+from .plan import LayerSet
+
+log = logging.getLogger(__name__)
+
+#: Default activation-memory budget for one batched layer call when ``batch_size`` is automatic.
+DEFAULT_MEMORY_BUDGET = 1 << 30
+
+
+@dataclass
+class EngineStats:
+    """Work counters. ``executed_evals``: layer-token evaluations run for patched rows; ``minimal_evals``: the
+    minimum for the requested rows, ``Σ (L − 1 − l0)(T − p)``; ``baseline_evals``: those of clean, instructed and
+    source runs; ``layer_calls``: batched decoder-layer calls."""
+
+    executed_evals: int = 0
+    minimal_evals: int = 0
+    baseline_evals: int = 0
+    layer_calls: int = 0
+    rows: int = 0
+    unique_rows: int = 0
+
+    def add(self, other: EngineStats) -> None:
+        for k in self.__dataclass_fields__:
+            setattr(self, k, getattr(self, k) + getattr(other, k))
+
+    def to_dict(self) -> dict[str, int]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+@dataclass
+class CleanRun:
+    """A left-padded batch run unpatched, layer by layer.
+
+    ``resid[l]: [batch, pos, d_model]`` (``resid_post[l]``), ``keys[l], values[l]: [batch, kv_head, pos, d_head]``
+    (after rotary; empty lists unless recorded), ``last_logits: [batch, d_vocab]``.
+    """
+
+    batch: Batch
+    resid: list[torch.Tensor]
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    last_logits: torch.Tensor
+    lengths: tuple[int, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class RowSpec:
+    """One patched row: clean-run batch row ``target``, source row ``source`` (into the IV tensor), the layer set,
+    and ``token``: the patched position as an index into the target prompt's own tokens."""
+
+    target: int
+    source: int
+    layers: LayerSet
+    token: int
+
+
+def _device(adapter: ArchitectureAdapter) -> torch.device:
+    return adapter.embed.weight.device
+
+
+@torch.no_grad()
+def clean_run(adapter: ArchitectureAdapter, sequences: Sequence[Sequence[int]], pad_id: int,
+              record: bool = True, stats: EngineStats | None = None) -> CleanRun:
+    """Run ``sequences`` (token-id lists) unpatched as one left-padded batch through the adapter's layers.
+
+    With ``record`` the residual after every layer and every layer's keys/values are kept (the inputs of
+    :func:`patched_logits`); without, only the last-position logits.
+    """
+    batch = pad_left([tuple(s) for s in sequences], pad_id).to(_device(adapter))
+    h = adapter.embed_input(batch.input_ids, batch.position_ids)  # [batch, pos, d_model]
+    pe = adapter.position_embeddings(h, batch.position_ids)
+    mask = adapter.causal_mask(batch.attention_mask, h.shape[1], h.dtype)  # [batch, 1, pos, pos]
+    resid, keys, values = [], [], []
+    for layer in range(adapter.n_layers):
+        cache = PrefixCache(record=record)
+        h = adapter.run_layer(layer, h, attention_mask=mask, position_ids=batch.position_ids,
+                              position_embeddings=pe, cache=cache)
+        if record:
+            resid.append(h)
+            keys.append(cache.new[0])
+            values.append(cache.new[1])
+    lengths = tuple(len(s) for s in sequences)
+    if stats is not None:
+        stats.baseline_evals += adapter.n_layers * sum(lengths)
+        stats.layer_calls += adapter.n_layers
+    return CleanRun(batch, resid, keys, values, adapter.logits(h[:, -1]), lengths)
+
+
+@torch.no_grad()
+def source_vectors(adapter: ArchitectureAdapter, sequences: Sequence[Sequence[int]], pad_id: int,
+                   stats: EngineStats | None = None) -> torch.Tensor:
+    """IVs of source prompts: ``resid_post[l]`` at each prompt's last token, ``[n_sources, layer, d_model]``."""
+    run = clean_run(adapter, sequences, pad_id, record=True, stats=stats)
+    return torch.stack([r[:, -1] for r in run.resid], dim=1)
+
+
+def row_bytes(adapter: ArchitectureAdapter, n_keys: int, n_query: int) -> int:
+    """Rough activation bytes of one row in one layer call: gathered prefix keys/values, attention scores and
+    the MLP's hidden activations (used to pick the batch size)."""
+    cfg = adapter.config
+    d_mlp = getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * adapter.d_model
+    elems = (2 * 2 * adapter.n_kv_heads * adapter.d_head * n_keys  # prefix k/v, gathered and concatenated
+             + 2 * adapter.n_heads * n_query * n_keys  # scores and weights
+             + n_query * (8 * adapter.d_model + 3 * d_mlp))
+    return elems * adapter.embed.weight.element_size()
+
+
+def auto_batch_size(adapter: ArchitectureAdapter, n_keys: int, n_query: int,
+                    budget: int | None = None) -> int:
+    """Rows per layer call that fit ``budget`` bytes (default: ``IVLENS_PATCH_MEMORY`` or 1 GiB; on CUDA at most
+    half of the free memory)."""
+    if budget is None:
+        budget = int(os.environ.get("IVLENS_PATCH_MEMORY", DEFAULT_MEMORY_BUDGET))
+        dev = _device(adapter)
+        if dev.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(dev)
+            budget = min(budget, free // 2)
+    return max(1, budget // max(1, row_bytes(adapter, n_keys, n_query)))
+
+
+@torch.no_grad()
+def patched_logits(adapter: ArchitectureAdapter, clean: CleanRun, ivs: torch.Tensor, rows: Sequence[RowSpec],
+                   batch_size: int | None = None, stats: EngineStats | None = None,
+                   on_rows: Callable[[int], None] | None = None) -> torch.Tensor:
+    """Last-position logits of every patched row, ``[len(rows), d_vocab]``.
+
+    Args:
+        adapter: the target model's adapter.
+        clean: the targets' clean run (``record=True``).
+        ivs: ``[n_sources, layer, d_model]`` from :func:`source_vectors` (of this or another checkpoint of the same
+            shape).
+        rows: the configurations; ``RowSpec.target`` indexes ``clean``'s batch, ``RowSpec.source`` ``ivs``.
+        batch_size: rows per layer call (``None``: :func:`auto_batch_size`).
+        stats: counters to add to.
+        on_rows: called with the number of requested rows finished after each batch (progress bars).
+    """
+    L = adapter.n_layers
+    W = clean.batch.input_ids.shape[1]
+    ivs = ivs.to(device=_device(adapter), dtype=clean.resid[0].dtype)
+    st = EngineStats()
+    # Deduplicate rows that compute the same thing, and group by suffix length s = W − column.
+    unique: dict[tuple, int] = {}
+    where = []  # requested row -> unique index
+    for r in rows:
+        if not r.layers or r.layers[0] < 0 or r.layers[-1] >= L or list(r.layers) != sorted(set(r.layers)):
+            raise ValueError(f"bad layer set {r.layers}: sorted, distinct layers in 0..{L - 1} expected")
+        n_tok = clean.lengths[r.target]
+        if not 0 <= r.token < n_tok:
+            raise ValueError(f"patch position {r.token} outside the target prompt ({n_tok} tokens)")
+        col = clean.batch.pad[r.target] + r.token
+        key = (r.target, r.source, r.layers, col)
+        if key not in unique:
+            unique[key] = len(unique)
+        where.append(unique[key])
+        st.minimal_evals += (L - 1 - r.layers[0]) * (n_tok - r.token)
+    st.rows, st.unique_rows = len(rows), len(unique)
+    keys = list(unique)
+    groups: dict[int, list[int]] = defaultdict(list)
+    for u, (_t, _s, _layers, col) in enumerate(keys):
+        groups[W - col].append(u)
+    out = torch.empty((len(keys), adapter.d_vocab), dtype=clean.last_logits.dtype, device=_device(adapter))
+    for s, members in sorted(groups.items()):
+        members.sort(key=lambda u: keys[u][2][0])  # by first patched layer: rows join in order
+        bs = batch_size or auto_batch_size(adapter, W, s)
+        for i in range(0, len(members), bs):
+            chunk = members[i:i + bs]
+            out[chunk] = _run_group(adapter, clean, ivs, [keys[u] for u in chunk], s, st)
+            if on_rows is not None:
+                on_rows(len(chunk))
+    if stats is not None:
+        stats.add(st)
+    return out[torch.tensor(where, dtype=torch.long, device=out.device)] if where else out[:0]
+
+
+def _run_group(adapter: ArchitectureAdapter, clean: CleanRun, ivs: torch.Tensor, keys: list[tuple], s: int,
+               st: EngineStats) -> torch.Tensor:
+    """Rows sharing the suffix length ``s`` (the patched position is suffix column 0), sorted by first layer."""
+    L = adapter.n_layers
+    W = clean.batch.input_ids.shape[1]
+    dev = _device(adapter)
+    tgt = torch.tensor([k[0] for k in keys], dtype=torch.long, device=dev)  # [rows]
+    src = torch.tensor([k[1] for k in keys], dtype=torch.long, device=dev)
+    first = [k[2][0] for k in keys]
+    # rows_at[l]: rows that patch layer l (after computing it, or as their start)
+    rows_at: dict[int, list[int]] = defaultdict(list)
+    for i, k in enumerate(keys):
+        for layer in k[2]:
+            rows_at[layer].append(i)
+    pos_ids = clean.batch.position_ids[tgt, W - s:]  # [rows, s]
+    key_mask = clean.batch.attention_mask[tgt]  # [rows, W]
+    mask = adapter.causal_mask(key_mask, s, clean.resid[0].dtype)  # [rows, 1, s, W]
+    h = clean.resid[0].new_empty((0, s, adapter.d_model))
+    n_active = 0
+    for layer in range(-1, L):
+        # rows whose first patched layer is `layer` join: clean resid_post[layer] with the IV written at column 0
+        j = n_active
+        while j < len(keys) and first[j] == layer:
+            j += 1
+        if j > n_active:
+            new = clean.resid[layer][tgt[n_active:j], W - s:].clone()  # [new, s, d_model]
+            new[:, 0] = ivs[src[n_active:j], layer]
+            h = torch.cat([h, new]) if n_active else new
+            n_active = j
+        nxt = layer + 1
+        if nxt >= L or n_active == 0:
+            continue
+        a = slice(0, n_active)
+        pe = adapter.position_embeddings(h, pos_ids[a])
+        cache = PrefixCache(clean.keys[nxt][tgt[a], :, :W - s], clean.values[nxt][tgt[a], :, :W - s])
+        h = adapter.run_layer(nxt, h, attention_mask=mask[a], position_ids=pos_ids[a], position_embeddings=pe,
+                              cache=cache)
+        st.executed_evals += n_active * s
+        st.layer_calls += 1
+        patch = [i for i in rows_at.get(nxt, ()) if i < n_active and first[i] != nxt]
+        if patch:
+            idx = torch.tensor(patch, dtype=torch.long, device=dev)
+            h[idx, 0] = ivs[src[idx], nxt]
+    return adapter.logits(h[:, -1])

@@ -1,0 +1,175 @@
+"""The fast engine against the naive reference (plain hooks, one forward per layer set and position), to 1e-5."""
+
+from __future__ import annotations
+
+import itertools
+
+import patching_reference as ref
+import pytest
+import torch
+
+from ivlens.models.adapters import get_adapter
+from ivlens.models.load import LoadedModel
+from ivlens.patching.engine import EngineStats, RowSpec, clean_run, patched_logits, source_vectors
+from ivlens.patching.sweep import patch_sweep
+from ivlens.tasks import instructed_prompt, instruction_prompt, label_token_ids, load_task, query_prompt
+from ivlens.testing.tiny import ARCHS, tiny_model, tiny_tokenizer
+
+TOL = 1e-5
+
+
+def _model(arch: str, seed: int = 0):
+    kv = 2 if arch in ("llama", "qwen2") else None  # grouped-query attention where the architecture has it
+    return tiny_model(arch, seed=seed, n_layers=4, d_model=64, n_heads=4, n_kv_heads=kv)
+
+
+@pytest.fixture(scope="module")
+def task():
+    return load_task("adjectives")
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_engine_logits_match_reference(arch):
+    """Every layer set (singles, pairs, triplets, all four) at every position of prompts of different lengths."""
+    model = _model(arch)
+    adapter = get_adapter(model)
+    targets = [(5, 6, 7, 8, 9, 10), (11, 12, 13), (20,)]
+    sources = [(30, 31, 32, 33), (40, 41)]
+    clean = clean_run(adapter, targets, pad_id=1)
+    ivs = source_vectors(adapter, sources, pad_id=1)
+    sets = [c for k in range(1, 5) for c in itertools.combinations(range(4), k)]
+    rows = [RowSpec(t, t % 2, s, p) for t in range(3) for s in sets for p in range(len(targets[t]))]
+    stats = EngineStats()
+    got = patched_logits(adapter, clean, ivs, rows, batch_size=7, stats=stats)
+    ref_ivs = [ref.source_ivs(model, s) for s in sources]
+    for r, logits in zip(rows, got, strict=True):
+        want = ref.patched_logits(model, targets[r.target], ref_ivs[r.source], r.layers, r.token)
+        torch.testing.assert_close(logits, want, atol=TOL, rtol=0)
+    # The clean run's own logits equal HF's.
+    for i, t in enumerate(targets):
+        torch.testing.assert_close(clean.last_logits[i], ref.run_logits(model, t), atol=TOL, rtol=0)
+    # Only the minimum of layer-token work was done: Σ (L − 1 − l0)(T − p).
+    want_min = sum((4 - 1 - r.layers[0]) * (len(targets[r.target]) - r.token) for r in rows)
+    assert stats.minimal_evals == want_min
+    assert stats.executed_evals == want_min
+
+
+def test_engine_deduplicates_identical_rows():
+    model = _model("olmo2")
+    adapter = get_adapter(model)
+    clean = clean_run(adapter, [(20,)], pad_id=1)
+    ivs = source_vectors(adapter, [(30, 31)], pad_id=1)
+    stats = EngineStats()
+    rows = [RowSpec(0, 0, (1,), 0), RowSpec(0, 0, (1,), 0)]  # "first" and "last" of a one-token prompt
+    out = patched_logits(adapter, clean, ivs, rows, stats=stats)
+    assert stats.unique_rows == 1 and stats.executed_evals == 2 and stats.minimal_evals == 4
+    torch.testing.assert_close(out[0], out[1])
+
+
+def test_engine_rejects_bad_rows():
+    model = _model("llama")
+    adapter = get_adapter(model)
+    clean = clean_run(adapter, [(5, 6)], pad_id=1)
+    ivs = source_vectors(adapter, [(30, 31)], pad_id=1)
+    with pytest.raises(ValueError, match="0..3"):
+        patched_logits(adapter, clean, ivs, [RowSpec(0, 0, (4,), 0)])
+    with pytest.raises(ValueError, match="outside the target prompt"):
+        patched_logits(adapter, clean, ivs, [RowSpec(0, 0, (1,), 2)])
+
+
+def _reference_rows(model, tok, task, subtask, sample_ids, layer_sets, positions, mode, target, source_model=None):
+    """Per (sample, position name, layer set): the reference's metrics of the instructed label."""
+    src_model = source_model or model
+    a = task.subtask(subtask)
+    b = task.other(subtask)
+    ivs = ref.source_ivs(src_model, instruction_prompt(tok, a.instruction).input_ids)
+    out = {}
+    for i in sample_ids:
+        s = task.samples[i]
+        instructed = instructed_prompt(tok, task, s, a.instruction)
+        tgt = (query_prompt(tok, task, s, query_style=target) if mode == "transfer"
+               else instructed_prompt(tok, task, s, task.subtask(b).instruction))
+        label = label_token_ids(tok, instructed, s.answer(subtask))[0]
+        alt = label_token_ids(tok, instructed, s.answer(b))[0]
+        base_t = ref.run_logits(model, tgt.input_ids)
+        base_i = ref.run_logits(model, instructed.input_ids)
+        for pos in positions:
+            tok_idx = {"first": 0, "last": len(tgt) - 1, "t_inst": tgt.t_inst}.get(pos, pos)
+            tok_idx = tok_idx % len(tgt) if isinstance(tok_idx, int) else tok_idx
+            for layers in layer_sets:
+                lg = ref.patched_logits(model, tgt.input_ids, ivs, layers, tok_idx)
+                m = ref.label_metrics(lg, label)
+                m["logit_diff"] = float(lg[label] - lg[alt])
+                m["delta_logit_vs_target"] = m["logit"] - float(base_t[label])
+                m["delta_logit_vs_instructed"] = m["logit"] - float(base_i[label])
+                m["ia_top1"] = int(lg.argmax()) == label
+                out[(i, str(pos), ",".join(map(str, layers)))] = m
+    return out
+
+
+MODES = [("transfer", "bare", "first,last"), ("transfer", "formatted", "first,last,-2"),
+         ("contrastive", "bare", "t_inst,last")]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("mode,target,positions", MODES)
+def test_sweep_matches_reference(arch, mode, target, positions, task):
+    tok = tiny_tokenizer()
+    model = _model(arch)
+    lm = LoadedModel.wrap(model, tok, f"tiny-{arch}")
+    samples = [0, 5, 16]
+    res = patch_sweep(lm, task, "adj_ant", layers="triplets", positions=positions, samples=samples, mode=mode,
+                      target=target, batch_size=11, chunk_size=2)
+    sets = [c for k in (1, 2, 3) for c in itertools.combinations(range(4), k)]
+    pos_list = [int(p) if p.lstrip("-").isdigit() else p for p in positions.split(",")]
+    want = _reference_rows(model, tok, task, "adj_ant", samples, sets, pos_list, mode, target)
+    assert len(res.rows) == len(want) == len(samples) * len(sets) * len(pos_list)
+    for row in res.rows.itertuples():
+        w = want[(row.sample, row.position, row.layers)]
+        for k in ("logit", "prob", "rr", "logit_diff", "delta_logit_vs_target", "delta_logit_vs_instructed"):
+            assert getattr(row, k) == pytest.approx(w[k], abs=TOL), (k, row.layers, row.position)
+        assert row.rank == w["rank"] and row.ia_top1 == w["ia_top1"]
+
+
+@pytest.mark.parametrize("arch", ["olmo2", "gpt2"])
+def test_source_model_matches_reference(arch, task):
+    """IVs from another checkpoint (a different seed stands in for the SFT organism) patched into the base."""
+    tok = tiny_tokenizer()
+    base, other = _model(arch, seed=0), _model(arch, seed=1)
+    res = patch_sweep(LoadedModel.wrap(base, tok, "base"), task, "adj_ant", layers="pairs", positions="first,last",
+                      samples=[1, 2], source_model=LoadedModel.wrap(other, tok, "sft"))
+    sets = [c for k in (1, 2) for c in itertools.combinations(range(4), k)]
+    want = _reference_rows(base, tok, task, "adj_ant", [1, 2], sets, ["first", "last"], "transfer", "bare",
+                           source_model=other)
+    assert set(res.rows.source_model) == {"sft"} and set(res.rows.model) == {"base"}
+    for row in res.rows.itertuples():
+        assert row.logit == pytest.approx(want[(row.sample, row.position, row.layers)]["logit"], abs=TOL)
+    # and it differs from the base's own IV (so the source model was really used)
+    own = patch_sweep(LoadedModel.wrap(base, tok, "base"), task, "adj_ant", layers="pairs", samples=[1, 2])
+    assert (own.rows.logit - res.rows.logit).abs().max() > 1e-3
+
+
+def test_models_side_by_side_and_deterministic(task):
+    tok = tiny_tokenizer()
+    lms = [LoadedModel.wrap(_model("olmo2", seed=s), tok, n) for s, n in ((0, "base"), (1, "sft"), (2, "dpo"))]
+    a = patch_sweep(lms, task, "adj_ant", layers="pairs", samples=4, seed=3)
+    b = patch_sweep(lms, task, "adj_ant", layers="pairs", samples=4, seed=3)
+    assert list(a.rows.model.unique()) == ["base", "sft", "dpo"]
+    assert len(a.rows) == 3 * 4 * 10 * 2
+    assert a.rows.equals(b.rows) and a.baselines.equals(b.baselines)
+    c = patch_sweep(lms[:1], task, "adj_ant", layers="pairs", samples=4, seed=4)
+    assert set(c.rows["sample"]) != set(a.rows["sample"])
+
+
+def test_sweep_errors(task):
+    tok = tiny_tokenizer()
+    lm = LoadedModel.wrap(_model("olmo2"), tok, "m")
+    with pytest.raises(ValueError, match="valid indices 0 to 3"):
+        patch_sweep(lm, task, "adj_ant", layers="1,7", samples=2)
+    with pytest.raises(ValueError, match="contrastive"):
+        patch_sweep(lm, task, "adj_ant", positions="t_inst", samples=2)
+    bigger = LoadedModel.wrap(tiny_model("olmo2", n_layers=5, d_model=64), tok, "five")
+    with pytest.raises(ValueError, match="does not match"):
+        patch_sweep(lm, task, "adj_ant", samples=2, source_model=bigger)
+    with pytest.raises(ValueError, match="no subtask"):
+        patch_sweep(lm, task, "nope", samples=2)
