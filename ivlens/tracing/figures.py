@@ -1,0 +1,107 @@
+"""Tracer figures (matplotlib, Agg backend): top paths on the token × layer grid, per-layer path mass,
+overlap-by-layer curves and head-activity heatmaps. Each function takes plain data and writes one file."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path as FilePath
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .graph import AttributionGraph  # noqa: E402
+from .paths import Path  # noqa: E402
+
+
+def _save(fig, out: str | FilePath) -> FilePath:
+    out = FilePath(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=130, bbox_inches="tight")
+    plt.close(fig)
+    return out
+
+
+def plot_paths(paths: Sequence[Path], tokens: Sequence[str], n_layers: int, out: str | FilePath,
+               title: str = "top paths") -> FilePath:
+    """Each path as a polyline over (layer, position): residual segments horizontal, a head hop from ``src`` to
+    ``dst`` across its layer (labelled ``H<h>``), MLP hops as squares; line width by ``|value|``, colour by sign."""
+    T = len(tokens) or 1 + max([p.pos for p in paths] + [h.dst for p in paths for h in p.hops], default=0)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.35 * n_layers, 1.0 + 0.28 * T))
+    vmax = max((abs(p.value) for p in paths), default=1.0) or 1.0
+    for p in paths:
+        x, y = [-0.5 if p.source in ("embed", "pos_embed") else p.layer + 0.5], [p.pos]
+        for h in p.hops:
+            if h.kind == "head":
+                x += [h.layer, h.layer + 1]
+                y += [h.src, h.dst]
+                ax.annotate(f"H{h.head}", ((h.layer + 0.5), (h.src + h.dst) / 2), fontsize=6, ha="center")
+            else:
+                ax.scatter([h.layer + 0.5], [h.dst], marker="s", s=14, color="gray", zorder=3)
+        x.append(n_layers + 0.5)
+        y.append(y[-1])
+        ax.plot(x, y, color="tab:red" if p.value > 0 else "tab:blue", alpha=0.7,
+                linewidth=0.5 + 4.0 * abs(p.value) / vmax)
+    ax.set_yticks(range(T))
+    ax.set_yticklabels([f"{i} {t}" for i, t in enumerate(tokens)] if tokens else range(T), fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlim(-0.7, n_layers + 0.7)
+    ax.set_xlabel("layer")
+    ax.set_title(f"{title} (red +, blue −)", fontsize=9)
+    return _save(fig, out)
+
+
+def plot_layer_mass(graph: AttributionGraph, out: str | FilePath, title: str = "path mass per layer") -> FilePath:
+    """Stacked bars of the absolute edge mass per layer through heads, attention biases and MLPs."""
+    mass = graph.layer_mass().numpy()  # [layer, 3]
+    fig, ax = plt.subplots(figsize=(1.5 + 0.25 * graph.n_layers, 3))
+    bottom = np.zeros(graph.n_layers)
+    for i, name in enumerate(("heads", "attention bias", "MLP")):
+        ax.bar(range(graph.n_layers), mass[:, i], bottom=bottom, label=name)
+        bottom += mass[:, i]
+    ax.set_xlabel("layer")
+    ax.set_ylabel("Σ |edge contribution|")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    return _save(fig, out)
+
+
+def plot_overlap_curves(curves: Mapping[str, Sequence[float]], out: str | FilePath,
+                        title: str = "per-layer similarity of the two subtasks' graphs") -> FilePath:
+    """One line per curve (e.g. ``organism-sft A vs B`` and ``… rephrasings``): weighted Jaccard by layer."""
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    for name, ys in curves.items():
+        if len(ys):
+            ax.plot(range(len(ys)), ys, marker="o", markersize=3, label=name,
+                    linestyle="--" if "rephras" in name else "-")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("weighted Jaccard")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    return _save(fig, out)
+
+
+def plot_head_activity(activity: Mapping[str, np.ndarray], out: str | FilePath,
+                       title: str = "head activity of paths leaving T_inst") -> FilePath:
+    """Layer × head heatmaps, one per subtask, plus their difference when there are exactly two."""
+    names = list(activity)
+    mats = [np.asarray(activity[n]) for n in names]
+    if len(mats) == 2:
+        names.append(f"{names[0]} − {names[1]}")
+        mats.append(mats[0] - mats[1])
+    fig, axes = plt.subplots(1, len(mats), figsize=(3.2 * len(mats), 3.5), squeeze=False)
+    vmax = max(float(m.max()) for m in mats[:2]) or 1.0
+    for i, (ax, name, m) in enumerate(zip(axes[0], names, mats, strict=True)):
+        diff = i == 2
+        lim = float(np.abs(m).max()) or 1.0
+        im = ax.imshow(m, aspect="auto", cmap="RdBu_r" if diff else "viridis",
+                       vmin=-lim if diff else 0, vmax=lim if diff else vmax)
+        ax.set_title(name, fontsize=8)
+        ax.set_xlabel("head")
+        ax.set_ylabel("layer")
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.suptitle(title, fontsize=9)
+    return _save(fig, out)
