@@ -1,0 +1,192 @@
+"""Are layers' IV patches additive? Joint effects of pairs and triplets against the sum of single-layer effects.
+
+For a layer set ``S`` (``|S| ≥ 2``), sample ``i`` and an effect ``e`` (default: the change of the instructed
+label's logit against the target-only run, ``delta_logit_vs_target``):
+
+    joint_i       = e_i(S)
+    additive_i    = Σ_{l ∈ S} e_i({l})
+    interaction_i = joint_i − additive_i
+
+Across samples (per model, position and set):
+
+- a **paired t-test** and a **Wilcoxon signed-rank test** of ``joint`` against ``additive`` (two-sided), with the
+  p-values corrected over all multi-layer sets of a (model, position) by Holm (family-wise) or
+  Benjamini–Hochberg (false discovery rate). A set is *superadditive* when the corrected t-test p is below
+  ``alpha`` and the mean interaction is positive, *subadditive* when it is negative;
+- **the paper's criterion**: per sample, ``joint ≥ additive``; its rate is tested against 1/2 with an exact
+  two-sided sign test (a binomial test on the samples where joint ≠ additive);
+- for comparison, **the paper's released test**: a one-sample t-test of the 0/1 indicators against a mean of 50.
+  Indicators lie in [0, 1], so their mean is never near 50 and the test "passes" (p ≈ 0) for any data; it is
+  reported only to show that. See ``docs/patching.md``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+Correction = Literal["holm", "bh"]
+GROUP = ["model", "position"]
+
+
+def holm(p: np.ndarray) -> np.ndarray:
+    """Holm–Bonferroni adjusted p-values ``[m]``: ``p̃_(k) = max_{j ≤ k} min(1, (m − j + 1) p_(j))`` in sorted order."""
+    p = np.asarray(p, dtype=float)
+    m = len(p)
+    if m == 0:
+        return p
+    order = np.argsort(p)
+    adj = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+    out = np.empty(m)
+    out[order] = adj
+    return out
+
+
+def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
+    """Benjamini–Hochberg adjusted p-values ``[m]``: ``p̃_(k) = min_{j ≥ k} min(1, m p_(j) / j)``."""
+    p = np.asarray(p, dtype=float)
+    m = len(p)
+    if m == 0:
+        return p
+    order = np.argsort(p)
+    ranked = p[order] * m / np.arange(1, m + 1)
+    adj = np.minimum(1.0, np.minimum.accumulate(ranked[::-1])[::-1])
+    out = np.empty(m)
+    out[order] = adj
+    return out
+
+
+def correct(p: np.ndarray, method: Correction) -> np.ndarray:
+    if method == "holm":
+        return holm(p)
+    if method == "bh":
+        return benjamini_hochberg(p)
+    raise ValueError(f"unknown correction {method!r}; use holm or bh")
+
+
+def paired_tests(joint: np.ndarray, additive: np.ndarray) -> dict[str, float]:
+    """Tests of ``joint`` vs ``additive`` (both ``[n]``, paired by sample).
+
+    Returns mean joint/additive/interaction, its standard error, the paired t-test (``t``, ``p_t``), the Wilcoxon
+    signed-rank test (``p_wilcoxon``; 1 when every difference is 0), the paper's criterion rate
+    ``mean(joint ≥ additive)`` with its sign test ``p_sign``, and ``p_paper_released`` (a one-sample t-test of the
+    0/1 indicators against 50, as released with the paper; meaningless by construction).
+    """
+    joint, additive = np.asarray(joint, float), np.asarray(additive, float)
+    d = joint - additive
+    n = len(d)
+    out = {"n": n, "mean_joint": joint.mean(), "mean_additive": additive.mean(), "mean_interaction": d.mean(),
+           "sem_interaction": d.std(ddof=1) / np.sqrt(n) if n > 1 else np.nan}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # constant differences: scipy warns and returns nan
+        if n > 1 and np.ptp(d) > 0:
+            t = stats.ttest_rel(joint, additive)
+            out["t"], out["p_t"] = float(t.statistic), float(t.pvalue)
+        else:
+            out["t"] = np.nan if n < 2 or d.mean() == 0 else np.sign(d.mean()) * np.inf
+            out["p_t"] = 1.0 if n < 2 or d.mean() == 0 else 0.0
+        nz = d[d != 0]
+        out["p_wilcoxon"] = float(stats.wilcoxon(nz).pvalue) if len(nz) > 0 else 1.0
+        ind = (joint >= additive).astype(float)
+        out["criterion_rate"] = ind.mean()
+        k, m = int((d > 0).sum()), int((d != 0).sum())
+        out["p_sign"] = float(stats.binomtest(k, m, 0.5).pvalue) if m > 0 else 1.0
+        released = stats.ttest_1samp(ind, 50.0) if n > 1 else None
+        out["p_paper_released"] = float(released.pvalue) if released is not None and np.isfinite(
+            released.pvalue) else (0.0 if n > 1 else np.nan)
+    return out
+
+
+def per_sample_interactions(rows: pd.DataFrame, effect: str = "delta_logit_vs_target") -> pd.DataFrame:
+    """Joint, additive and interaction per (model, position, sample, multi-layer set).
+
+    ``rows``: the sweep's patch table. Sets whose singles are missing are dropped.
+    """
+    if effect not in rows.columns:
+        raise ValueError(f"unknown effect column {effect!r}; choose a metric column such as "
+                         "delta_logit_vs_target, delta_prob_vs_target, delta_logit_diff_vs_target")
+    singles = rows[rows.set_size == 1].set_index([*GROUP, "sample", "first_layer"])[effect]
+    multi = rows[rows.set_size >= 2][[*GROUP, "sample", "layers", "set_size", effect]].copy()
+    if multi.empty:
+        return multi.assign(joint=[], additive=[], interaction=[])
+    additive = np.zeros(len(multi))
+    ok = np.ones(len(multi), dtype=bool)
+    lookup = singles.to_dict()
+    for j, (model, pos, sample, layers) in enumerate(zip(multi.model, multi.position, multi["sample"],
+                                                         multi.layers, strict=True)):
+        for layer in layers.split(","):
+            v = lookup.get((model, pos, sample, int(layer)))
+            if v is None:
+                ok[j] = False
+                break
+            additive[j] += v
+    multi["joint"] = multi[effect].astype(float)
+    multi["additive"] = additive
+    multi["interaction"] = multi.joint - multi.additive
+    return multi[ok].drop(columns=[effect]).reset_index(drop=True)
+
+
+def interaction_stats(rows: pd.DataFrame, effect: str = "delta_logit_vs_target", correction: Correction = "holm",
+                      alpha: float = 0.05) -> pd.DataFrame:
+    """One row per (model, position, multi-layer set): :func:`paired_tests`, corrected p-values (over the sets of
+    each model and position) and a ``verdict`` (superadditive / subadditive / n.s.)."""
+    per = per_sample_interactions(rows, effect)
+    recs = []
+    for (model, pos, layers), g in per.groupby([*GROUP, "layers"], sort=False):
+        recs.append({"model": model, "position": pos, "layers": layers, "set_size": int(g.set_size.iloc[0]),
+                     **paired_tests(g.joint.to_numpy(), g.additive.to_numpy())})
+    out = pd.DataFrame(recs)
+    if out.empty:
+        return out
+    for col in ("p_t", "p_wilcoxon", "p_sign"):
+        out[f"{col}_adj"] = np.nan
+    for _, idx in out.groupby(GROUP, sort=False).groups.items():
+        for col in ("p_t", "p_wilcoxon", "p_sign"):
+            out.loc[idx, f"{col}_adj"] = correct(out.loc[idx, col].to_numpy(), correction)
+    sig = out.p_t_adj < alpha
+    out["verdict"] = np.where(sig & (out.mean_interaction > 0), "superadditive",
+                              np.where(sig & (out.mean_interaction < 0), "subadditive", "n.s."))
+    out["paper_criterion_holds"] = (out.p_sign_adj < alpha) & (out.criterion_rate > 0.5)
+    out["effect"], out["correction"] = effect, correction
+    return out
+
+
+def additivity_summary(stats_table: pd.DataFrame) -> pd.DataFrame:
+    """Per (model, position, set size): the number of sets and the fractions significantly super- and
+    subadditive, meeting the paper's criterion (sign test), and "passing" the paper's released test."""
+    if stats_table.empty:
+        return stats_table
+    g = stats_table.groupby([*GROUP, "set_size"], sort=False)
+    return g.apply(lambda x: pd.Series({
+        "n_sets": len(x),
+        "frac_superadditive": (x.verdict == "superadditive").mean(),
+        "frac_subadditive": (x.verdict == "subadditive").mean(),
+        "frac_paper_criterion": x.paper_criterion_holds.mean(),
+        "frac_paper_released_test": (x.p_paper_released < 0.05).mean(),
+        "mean_interaction": x.mean_interaction.mean(),
+    }), include_groups=False).reset_index()
+
+
+def single_layer_effects(rows: pd.DataFrame, effect: str = "delta_logit_vs_target") -> pd.DataFrame:
+    """Mean, standard error and IA of single-layer patches per (model, position, layer)."""
+    s = rows[rows.set_size == 1]
+    g = s.groupby([*GROUP, "first_layer"], sort=False)
+    out = g.agg(mean=(effect, "mean"), sem=(effect, "sem"), n=(effect, "size"), ia_top1=("ia_top1", "mean"),
+                ia_space=("ia_space", "mean")).reset_index().rename(columns={"first_layer": "layer"})
+    out["effect"] = effect
+    return out
+
+
+def strongest_sets(rows: pd.DataFrame, effect: str = "delta_logit_vs_target", k: int = 10) -> pd.DataFrame:
+    """The ``k`` layer sets with the largest mean effect per (model, position), with IA after patching."""
+    g = rows.groupby([*GROUP, "layers", "set_size"], sort=False)
+    t = g.agg(mean=(effect, "mean"), sem=(effect, "sem"), ia_top1=("ia_top1", "mean"),
+              ia_space=("ia_space", "mean")).reset_index()
+    t = t.sort_values([*GROUP, "mean"], ascending=[True, True, False])
+    out = t.groupby(GROUP, sort=False).head(k).reset_index(drop=True)
+    out["effect"] = effect
+    return out
