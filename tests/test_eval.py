@@ -94,3 +94,22 @@ def test_judge_hook_replaces_label_space_test(tok):
     t = load_task("animals")
     df = evaluate(lm, t, t.samples[:2], ["can_fly"], conditions=["instructed"], judge=lambda a, st, s: True)
     assert df["ia"].all()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["raw", "chat"])
+def test_eval_on_smollm2(fmt, tmp_path):
+    """Real pretrained weights: the evaluation runs in both formats and its first-token ranks agree with a
+    plain forward of the same prompt."""
+    from ivlens.models.load import load_model
+
+    lm = load_model("smollm2-135m-instruct")
+    run, summary, _ = run_eval([lm], "animals", samples=4, fmt=fmt, out=tmp_path / fmt)
+    res = run.read_table("results")
+    assert len(res) == 4 * 2 * 3 and summary["n"].sum() == len(res)
+    row = res.iloc[0]
+    enc = lm.tokenizer(row["prompt"], add_special_tokens=(fmt == "raw"), return_tensors="pt")
+    with torch.no_grad():
+        lg = lm.model(**enc).logits[0, -1]
+    assert row["first_token_logit"] <= lg.max().item() + 1e-4
+    assert (lg > row["first_token_logit"] + 1e-4).sum().item() <= row["first_token_rank"] <= (lg > row["first_token_logit"] - 1e-4).sum().item()

@@ -107,3 +107,21 @@ def test_pad_left_positions_and_columns(tok):
     assert batch.input_ids[1, batch.column(1, 0)] == b.input_ids[0]
     assert batch.column(0, a.t_inst) == a.t_inst
     assert torch.equal(batch.input_ids[:, -1], torch.tensor([a.input_ids[-1], b.input_ids[-1]]))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["raw", "chat"])
+def test_t_inst_on_smollm2_tokenizer(fmt):
+    """A real tokenizer (byte-level BPE with a system-prompt chat template)."""
+    from transformers import AutoTokenizer
+
+    from ivlens.models.load import smollm2_gguf
+
+    g = smollm2_gguf()
+    real = AutoTokenizer.from_pretrained(g.parent, gguf_file=g.name)
+    p = build_prompt(real, INSTR, "big", "Adjective", fmt)
+    assert real.convert_ids_to_tokens(p.input_ids[p.t_inst]) == "."
+    assert INSTR in _covered_text(real, p, p.t_inst)
+    assert INSTR not in _covered_text(real, p, p.t_inst - 1)
+    src = instruction_prompt(real, INSTR, fmt)
+    assert p.input_ids[: len(src)] == src.input_ids and src.t_inst == len(src) - 1

@@ -87,7 +87,10 @@ def resolve_name(name: str, gguf_file: str | None = None) -> tuple[str, str | No
             from ivlens.organism.paths import resolve_organism
         except ImportError as e:  # pragma: no cover - the organism package ships with ivlens
             raise ModelLoadError(f"cannot resolve {name!r}: {e}") from None
-        path = resolve_organism(name)
+        try:
+            path = resolve_organism(name)
+        except FileNotFoundError as e:
+            raise ModelLoadError(str(e)) from None
         if path is None:
             raise ModelLoadError(f"model organism {name!r} is not built yet: run `ivlens organism build` "
                                  "(a few minutes on 2 CPU cores), then retry")

@@ -1,0 +1,67 @@
+"""Model loading: local directories, safety rules, clear errors, GGUF (SmolLM2, slow)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from ivlens.models.load import ModelLoadError, load_model, resolve_name, weight_hash
+
+
+def test_load_local_directory(tiny_dir, arch):
+    d = tiny_dir(arch)
+    lm = load_model(str(d))
+    assert lm.adapter.spec.name == arch
+    assert lm.tokenizer.padding_side == "left" and lm.tokenizer.pad_token_id is not None
+    desc = lm.describe()
+    assert desc["weight_hash"] == weight_hash(str(d)) and len(desc["weight_hash"]) == 16
+    assert desc["dtype"] == "float32" and desc["n_layers"] == 4
+    assert not lm.model.training
+
+
+def test_bfloat16(tiny_dir):
+    lm = load_model(str(tiny_dir("llama")), dtype="bfloat16")
+    assert lm.adapter.embed.weight.dtype == torch.bfloat16
+
+
+def test_pickle_only_directory_is_refused(tmp_path, tiny_dir):
+    d = tiny_dir("llama")
+    for f in d.glob("*.safetensors"):
+        f.rename(f.with_suffix(".bin"))
+    with pytest.raises(ModelLoadError, match="pickled"):
+        load_model(str(d))
+
+
+def test_clear_errors():
+    with pytest.raises(ModelLoadError, match="float32"):
+        load_model("x", dtype="float8")
+    t = time.perf_counter()
+    with pytest.raises(ModelLoadError, match="HF_HUB_OFFLINE|could not load"):
+        load_model("some-org/definitely-not-local-model")
+    assert time.perf_counter() - t < 20  # offline: fails fast instead of retrying the hub
+
+
+def test_organism_name_resolution_errors_when_unbuilt(monkeypatch, tmp_path):
+    monkeypatch.setenv("IVLENS_CACHE", str(tmp_path))
+    with pytest.raises(ModelLoadError, match="ivlens organism build"):
+        load_model("organism-sft")
+
+
+def test_gguf_path_resolution(tmp_path):
+    g = tmp_path / "model.gguf"
+    g.write_bytes(b"")
+    assert resolve_name(str(g)) == (str(tmp_path), "model.gguf")
+    assert resolve_name("repo/id", str(g)) == (str(tmp_path), "model.gguf")
+    assert resolve_name("repo/id", "inside.gguf") == ("repo/id", "inside.gguf")
+
+
+@pytest.mark.slow
+def test_smollm2_gguf_loads_as_llama_and_answers():
+    lm = load_model("smollm2-135m-instruct")
+    assert type(lm.model).__name__ == "LlamaForCausalLM"
+    assert (lm.adapter.n_layers, lm.adapter.n_heads, lm.adapter.n_kv_heads, lm.adapter.d_model) == (30, 9, 3, 576)
+    ids = lm.tokenizer("The capital of France is", return_tensors="pt").input_ids
+    out = lm.model.generate(ids, max_new_tokens=3, do_sample=False)
+    assert "Paris" in lm.tokenizer.decode(out[0, ids.shape[1]:])
