@@ -1,0 +1,303 @@
+"""Build a model organism: tokenizer → base (pretraining) → SFT → DPO, measured, with a card.
+
+>>> build_organism(out=Path("/tmp/org"), seed=0, size="tiny", variant="gist")
+
+Variants:
+
+- ``gist`` (default): SFT trains half of its instructed examples under the gist attention mask
+  (:mod:`ivlens.organism.gist`), which plants an instruction vector at ``T_inst``: a known-answer testbed;
+- ``natural``: the same recipe without the gist mask (the control, in which IVs may not form).
+
+Both variants pretrain identically for a given seed and size, so a natural build reuses a finished gist
+build's base next to it (its weight hash is checked) instead of pretraining again, and vice versa.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import platform
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from ivlens.organism import data as D
+from ivlens.organism.card import read_card, weights_hash, write_card
+from ivlens.organism.measure import measure_stage
+from ivlens.organism.paths import ORGANISM_VERSION, STAGES, VARIANTS, is_built, organism_dir
+from ivlens.organism.tokenizer import single_token_share, train_tokenizer
+from ivlens.organism.train import SIZES, dpo, new_model, pretrain, sft
+
+log = logging.getLogger(__name__)
+
+#: share of SFT examples that are plain pretraining text (keeps held-out facts alive)
+PLAIN_SHARE = 0.25
+#: share of instructed SFT examples trained under the gist mask, per variant
+GIST_SHARE = {"gist": 0.5, "natural": 0.0}
+CHAT_SHARE = 0.3
+THREADS = 2
+
+MADE_HOW = {
+    "gist": ("Planted mechanism: in SFT, half of the instructed examples are trained under a gist attention "
+             "mask (tokens after the instruction see only its last token T_inst, the BOS and the chat prefix), "
+             "so the task must pass through the residual stream at T_inst. Instruction vectors are put there "
+             "by construction: use this organism as a known-answer testbed, not as evidence that IVs form "
+             "naturally."),
+    "natural": ("Control: the same data, seed and stages as the gist organism, without the gist mask; whatever "
+                "instruction representation it has formed on its own."),
+}
+
+
+class _Progress:
+    """One rich progress bar per stage (silent when ``show`` is false)."""
+
+    def __init__(self, show: bool):
+        self.show = show
+        self._p = None
+
+    def __enter__(self):
+        if self.show:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._p = Progress(TextColumn("{task.description:<10}"), BarColumn(), TextColumn("{task.completed}/"
+                               "{task.total}"), TextColumn("{task.fields[info]}"), TimeElapsedColumn())
+            self._p.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self._p:
+            self._p.__exit__(*exc)
+
+    def stage(self, name: str, total: int):
+        if not self._p:
+            return lambda *a: None
+        task = self._p.add_task(name, total=total, info="")
+
+        def on_step(step, total_, loss=None):
+            self._p.update(task, completed=step, info="" if loss is None else f"loss {loss:.3f}")
+
+        return on_step
+
+
+def _quiet_libraries() -> None:
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.logging.set_verbosity_error()
+    logging.getLogger("ivlens.tasks").setLevel(logging.ERROR)
+
+
+def _save(model, tokenizer, directory: Path) -> str:
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return weights_hash(model)
+
+
+def _reusable_base(out: Path, variant: str, seed: int, size: str) -> Path | None:
+    """A finished sibling build (other variant, same version/seed/size) whose base can be copied."""
+    for other in VARIANTS:
+        if other == variant:
+            continue
+        sib = out.parent / other
+        if not is_built(sib):
+            continue
+        card = read_card(sib)
+        if (card.get("version"), card.get("seed"), card.get("size")) == (ORGANISM_VERSION, seed, size):
+            return sib
+    return None
+
+
+def build_organism(out: Path | None = None, seed: int = 0, size: str = "small", variant: str = "gist",
+                   force: bool = False, measure: bool = True, progress: bool = True,
+                   reuse_base: bool = True) -> Path:
+    """Build (or reuse, unless ``force``) the organism ``variant`` into ``out``; returns ``out``.
+
+    Writes ``out/{base,sft,dpo}/`` (safetensors, config, tokenizer with chat template) and ``out/card.json``
+    (written last: its presence marks a finished build).
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}; choose from {', '.join(SIZES)}")
+    out = Path(out) if out is not None else organism_dir(variant)
+    if is_built(out) and not force:
+        log.info("organism already built in %s (use force=True to rebuild)", out)
+        return out
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    _quiet_libraries()
+    torch.set_num_threads(THREADS)
+    spec = SIZES[size]
+    t_start = time.perf_counter()
+    timing: dict[str, float] = {}
+    stages: dict[str, dict] = {}
+
+    tasks = D.load_tasks()
+    split = {name: D.split_queries(t) for name, t in tasks.items()}
+    reph_split = {name: D.split_rephrasings(t) for name, t in tasks.items()}
+
+    with _Progress(progress) as bars:
+        # ---------------------------------------------------------------- tokenizer + base
+        t0 = time.perf_counter()
+        sentences = D.pretraining_sentences(tasks, seed)
+        sibling = _reusable_base(out, variant, seed, size) if reuse_base else None
+        if sibling is not None:
+            shutil.copytree(sibling / "base", out / "base")
+            tokenizer = AutoTokenizer.from_pretrained(out / "base")
+            base = AutoModelForCausalLM.from_pretrained(out / "base", attn_implementation="eager")
+            sib_card = read_card(sibling)
+            h = weights_hash(base)
+            if h != sib_card["stages"]["base"]["weights_sha256"]:
+                raise RuntimeError(f"base copied from {sibling} does not match its card's hash")
+            stages["base"] = {**sib_card["stages"]["base"], "reused_from": str(sibling)}
+            timing["tokenizer"] = 0.0
+            timing["base"] = time.perf_counter() - t0
+            bars.stage("base", 1)(1, 1)
+        else:
+            tok_texts = sentences + _instruction_texts(tasks, reph_split)
+            tokenizer = train_tokenizer(tok_texts, D.task_words(tasks), spec.vocab_size)
+            timing["tokenizer"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            base = new_model(spec, tokenizer, seed)
+            figures = pretrain(base, tokenizer, sentences, spec, seed, bars.stage("base", spec.pretrain_steps))
+            timing["base"] = time.perf_counter() - t0
+            stages["base"] = {**figures, "sentences": len(sentences), "seconds": timing["base"],
+                              "weights_sha256": _save(base, tokenizer, out / "base")}
+        words = D.task_words(tasks)
+
+        # ---------------------------------------------------------------- SFT
+        t0 = time.perf_counter()
+        model = copy.deepcopy(base)
+        n_instructed = round((1 - PLAIN_SHARE) * spec.sft_steps * spec.sft_batch)
+        examples = D.sft_examples(tasks, tokenizer, seed, n_instructed=n_instructed, plain_share=PLAIN_SHARE,
+                                  gist_share=GIST_SHARE[variant], chat_share=CHAT_SHARE)
+        figures = sft(model, tokenizer, examples, spec, seed, bars.stage("sft", spec.sft_steps))
+        timing["sft"] = time.perf_counter() - t0
+        stages["sft"] = {**figures, "gist_share": GIST_SHARE[variant], "plain_share": PLAIN_SHARE,
+                         "chat_share": CHAT_SHARE, "seconds": timing["sft"],
+                         "weights_sha256": _save(model, tokenizer, out / "sft")}
+
+        # ---------------------------------------------------------------- DPO
+        t0 = time.perf_counter()
+        pairs = D.dpo_pairs(tasks, tokenizer, seed)
+        figures = dpo(model, tokenizer, pairs, spec, seed, bars.stage("dpo", spec.dpo_steps))
+        timing["dpo"] = time.perf_counter() - t0
+        stages["dpo"] = {**figures, "seconds": timing["dpo"], "weights_sha256": _save(model, tokenizer, out / "dpo")}
+        timing["train_total"] = time.perf_counter() - t_start
+
+        # ---------------------------------------------------------------- measure
+        measured: dict = {}
+        if measure:
+            t0 = time.perf_counter()
+            step = bars.stage("measure", len(STAGES))
+            for i, stage in enumerate(STAGES):
+                # measure the saved checkpoint (trainers leave autocast wrappers on in-memory models)
+                m = AutoModelForCausalLM.from_pretrained(out / stage, attn_implementation="eager").eval()
+                measured[stage] = measure_stage(m, tokenizer, tasks, split)
+                step(i + 1, len(STAGES))
+            timing["measure"] = time.perf_counter() - t0
+    timing["total"] = time.perf_counter() - t_start
+
+    card = {
+        "version": ORGANISM_VERSION,
+        "variant": variant,
+        "size": size,
+        "seed": seed,
+        "made_how": MADE_HOW[variant],
+        "recipe": {
+            "pretraining": "plain causal-LM loop on packed plain-text fact sentences (no instruction format), "
+                           "AdamW, warm-up + cosine, bf16 autocast",
+            "sft": "TRL SFTTrainer, loss on the answer only, raw format '{instruction} {Field}: {query}. Answer: "
+                   "{label}' and chat format, the paper's instruction (25%) or a training rephrasing, "
+                   f"{PLAIN_SHARE:.0%} plain pretraining text mixed in, gist mask on {GIST_SHARE[variant]:.0%} "
+                   "of instructed examples",
+            "dpo": "TRL DPOTrainer, sigmoid loss + SFT term on the chosen answer, frozen reference = SFT model; "
+                   "rejected = other subtask's answer / wrong fact / malformed",
+        },
+        "model": {"architecture": "Olmo2ForCausalLM", "n_layers": spec.n_layers, "d_model": spec.d_model,
+                  "n_heads": spec.n_heads, "d_mlp": spec.d_mlp, "vocab_size": len(tokenizer),
+                  "parameters": sum(p.numel() for p in base.parameters()), "tied_embeddings": True,
+                  "bos_at_position_0": True},
+        "tokenizer": {"vocab_size": len(tokenizer), "task_words": len(words),
+                      "task_words_single_token": single_token_share(tokenizer, words),
+                      "chat_answer_separator": " ", "raw_answer_separator": " "},
+        "data": {"pretraining_sentences": len(sentences), "sft_examples": len(examples),
+                 "dpo_pairs": len(pairs), "train_query_share": D.TRAIN_QUERY_SHARE,
+                 "train_rephrasing_share": D.TRAIN_REPHRASING_SHARE, "tasks": list(tasks)},
+        "split": {name: {"train": split[name]["train"], "heldout": split[name]["heldout"],
+                         "rephrasings_heldout": {sub: r["heldout"] for sub, r in reph_split[name].items()},
+                         "rephrasings_train_count": {sub: len(r["train"]) for sub, r in reph_split[name].items()}}
+                  for name in tasks},
+        "stages": stages,
+        "measured": measured,
+        "acceptance": acceptance(measured) if measured else {},
+        "timing": timing,
+        "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(),
+                        "python": platform.python_version(), "machine": platform.machine(),
+                        "cpu_count": os.cpu_count(), "load_average_1m": os.getloadavg()[0]},
+    }
+    write_card(out, card)
+    log.info("organism %s built in %s (%.0f s)", variant, out, timing["total"])
+    return out
+
+
+def _instruction_texts(tasks, reph_split) -> list[str]:
+    """Raw-format texts with every *training* instruction, for the tokenizer (held-out phrasings excluded)."""
+    texts = []
+    for name, task in tasks.items():
+        q = task.samples[0].query
+        for sub, spec in task.subtasks.items():
+            for inst in [spec.instruction, *reph_split[name][sub]["train"]]:
+                texts.append(D.raw_prompt(inst, task.field, q))
+    return texts
+
+
+def acceptance(measured: dict) -> dict:
+    """The issue's "done when" checks, each ``{"value", "threshold", "pass"}``."""
+    checks: dict[str, dict] = {}
+
+    def check(name, value, threshold, ok):
+        checks[name] = {"value": value, "threshold": threshold, "pass": bool(ok)}
+
+    for stage in ("sft", "dpo"):
+        for task, m in measured[stage].items():
+            for part, thr in (("train", 0.95), ("heldout", 0.80)):
+                inst = m[part]["instructed"]
+                for sub in (k for k in inst if isinstance(inst[k], dict)):
+                    check(f"{stage}/{task}/{sub}/acc_{part}", inst[sub]["acc"], thr, inst[sub]["acc"] >= thr)
+            d = m["heldout"]["instructed"]["decides"]
+            check(f"{stage}/{task}/decides_heldout", d, 0.80, d >= 0.80)
+            iv = m["iv"]["subtasks"]
+            best = max(iv.items(), key=lambda kv: (kv[1]["best"]["ia"], kv[1]["best"]["exact"]))
+            sub, res = best
+            style = res["best"]["target"].split("/")[0]
+            value = {"subtask": sub, "target": res["best"]["target"], "layer": res["best"]["layer"],
+                     "ia": res["best"]["ia"], "exact": res["best"]["exact"],
+                     "unpatched_ia": res["unpatched"][style]["ia"]}
+            check(f"{stage}/{task}/iv_transfer", value, "ia >= 0.5, exact >= 0.3, unpatched ia < 0.5",
+                  value["ia"] >= 0.5 and value["exact"] >= 0.3 and value["unpatched_ia"] < 0.5)
+    for task in measured["dpo"]:
+        for part in ("train", "heldout"):
+            s = measured["sft"][task][part]["instructed"]["contrastive"]
+            d = measured["dpo"][task][part]["instructed"]["contrastive"]
+            check(f"dpo_vs_sft/{task}/contrastive_{part}", {"sft": s, "dpo": d}, "dpo >= sft", d >= s)
+        base_acc = _mean_acc(measured["base"][task])
+        sft_acc = _mean_acc(measured["sft"][task])
+        check(f"base_below_sft/{task}", {"base": base_acc, "sft": sft_acc}, "base <= sft - 0.3",
+              base_acc <= sft_acc - 0.3)
+        rec = [v for part in ("train", "heldout") for v in measured["base"][task][part]["recall"].values()]
+        check(f"base_recall/{task}", min(rec), 0.9, min(rec) >= 0.9)
+    checks["all_pass"] = all(c["pass"] for c in checks.values())
+    return checks
+
+
+def _mean_acc(m: dict) -> float:
+    vals = [v["acc"] for part in ("train", "heldout") for v in m[part]["instructed"].values() if isinstance(v, dict)]
+    return sum(vals) / len(vals)

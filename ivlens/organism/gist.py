@@ -1,0 +1,86 @@
+"""Gist attention masking (Mu et al. 2023, "Learning to compress prompts with gist tokens") for SFT.
+
+In a gist example, every token *after* the instruction may attend to the instruction's last token
+``T_inst`` but not to the instruction's earlier tokens ``[inst_start, T_inst)``; everything else is causal.
+With ``q`` the query position and ``k`` the key position::
+
+    allowed[q, k] = (k <= q) and (k < n) and not (q > T_inst and inst_start <= k < T_inst)
+
+The task therefore has to pass through the residual stream at ``T_inst``: an instruction vector by
+construction (a *planted* mechanism; the organism's card says so). The BOS at position 0 and the chat
+template tokens before the instruction stay visible, so the same prompt without the mask is still a normal
+prompt and the instruction-only prefix computes exactly what it computes under the mask.
+
+The mask is passed to the model as a 4-D additive float mask ``[batch, 1, q, k]`` (0 = attend, the dtype's
+minimum = blocked), which transformers 5 uses as given (eager and sdpa attention).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+def instruction_token_span(offsets: list[tuple[int, int]], char_span: tuple[int, int]) -> tuple[int, int]:
+    """Token indices ``(inst_start, t_inst)`` of an instruction given the tokens' character ``offsets``.
+
+    ``inst_start`` is the first token ending after the span's start; ``t_inst`` the last token starting
+    before the span's end. Special tokens (offset ``(0, 0)``) are skipped.
+    """
+    start_char, end_char = char_span
+    toks = [i for i, (a, b) in enumerate(offsets) if b > a]
+    inst_start = next(i for i in toks if offsets[i][1] > start_char)
+    t_inst = max(i for i in toks if offsets[i][0] < end_char)
+    return inst_start, t_inst
+
+
+def gist_attention_mask(lengths: list[int], spans: list[tuple[int, int] | None], max_len: int,
+                        dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Additive mask ``[batch, 1, max_len, max_len]`` for right-padded rows.
+
+    Args:
+        lengths: the real length ``n`` of each row.
+        spans: ``(inst_start, t_inst)`` for a gist row, ``None`` for a plain causal row.
+    """
+    pos = torch.arange(max_len)
+    causal = pos[None, :] <= pos[:, None]  # (q, k)
+    allowed = []
+    for n, span in zip(lengths, spans, strict=True):
+        ok = causal & (pos[None, :] < n)
+        if span is not None:
+            inst_start, t_inst = span
+            hidden = (pos[:, None] > t_inst) & (pos[None, :] >= inst_start) & (pos[None, :] < t_inst)
+            ok = ok & ~hidden
+        allowed.append(ok)
+    allowed = torch.stack(allowed)[:, None]  # (batch, 1, q, k)
+    mask = torch.zeros(allowed.shape, dtype=dtype)
+    return mask.masked_fill(~allowed, torch.finfo(dtype).min)
+
+
+@dataclass
+class GistCollator:
+    """Collates pre-tokenised SFT rows ``{"input_ids", "labels", "gist_start", "gist_end"}`` (``gist_end`` =
+    ``T_inst``, ``-1`` for a causal row) into right-padded tensors.
+
+    Returns ``input_ids, labels: [batch, pos]`` (labels ``-100`` on padding and non-loss tokens),
+    ``attention_mask: [batch, 1, pos, pos]`` (see :func:`gist_attention_mask`) and ``token_mask: [batch, pos]``
+    (1 on real tokens; only for counting tokens).
+    """
+
+    pad_token_id: int
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        lengths = [len(r["input_ids"]) for r in rows]
+        L = max(lengths)
+        ids = torch.full((len(rows), L), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(rows), L), -100, dtype=torch.long)
+        token_mask = torch.zeros((len(rows), L), dtype=torch.long)
+        for i, r in enumerate(rows):
+            n = lengths[i]
+            ids[i, :n] = torch.tensor(r["input_ids"])
+            labels[i, :n] = torch.tensor(r["labels"])
+            token_mask[i, :n] = 1
+        spans = [(r["gist_start"], r["gist_end"]) if r["gist_end"] >= 0 else None for r in rows]
+        return {"input_ids": ids, "labels": labels, "attention_mask": gist_attention_mask(lengths, spans, L),
+                "token_mask": token_mask}

@@ -1,0 +1,265 @@
+"""Measure what an organism does: instructed accuracy, the contrastive choice, plain-text recall and
+instruction-vector (IV) transfer by single-layer residual patching.
+
+A small, self-contained measurement with plain torch forward hooks (until ivlens' patching engine lands,
+whose numbers then replace these). All forwards are fp32, eager, no dropout.
+
+Scoring an answer. For a prompt ``p`` (token ids, BOS first) and a candidate answer ``a`` (the tokens of
+``" " + label``), one teacher-forced forward over ``p ⧺ a`` gives
+
+- ``greedy(p, a)``: every answer token is the argmax at its position (= greedy decoding produces ``a``);
+- ``logp(p, a) = Σ_i log softmax(logits[|p|-1+i])[a_i]``.
+
+An answer is *correct* if ``greedy`` holds for one of the query's accepted answers.
+
+Instruction-vector patching (the paper's IV transfer). With ``resid_post[l]`` the output of decoder layer
+``l`` (``[batch, pos, d_model]``)::
+
+    iv_l = resid_post[l](instruction-only prompt)[T_inst]          # T_inst = its last token
+    patched: resid_post[l](query-only prompt)[t] := iv_l           # t = BOS (0), first token (1) or last
+
+and the first answer token is read at the last position of the query-only prompt (``{Field}: {q}. Answer:``
+"formatted", or the bare ``{q}``). Reported per subtask, layer, target style and position:
+
+- ``ia``: share of queries whose first answer token belongs to the subtask's label space (the paper's IA);
+- ``exact``: share whose first answer token is the first token of an accepted answer (the instructed answer
+  top-1);
+- ``flip``: among queries whose *unpatched* answer lies outside the label space, the share moved inside.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+import torch
+
+from ivlens.models.adapters import get_adapter
+from ivlens.organism.data import RECALL_PROMPTS, chat_prompt, raw_prompt, split_rephrasings
+from ivlens.organism.tokenizer import encode
+from ivlens.tasks.schema import Task
+
+log = logging.getLogger(__name__)
+
+POSITIONS = ("bos", "first", "last")
+TARGET_STYLES = ("formatted", "bare")
+BATCH = 256
+
+
+def _pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    L = max(len(r) for r in rows)
+    ids = torch.full((len(rows), L), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), L), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r)
+        mask[i, : len(r)] = 1
+    return ids, mask
+
+
+@torch.no_grad()
+def score_answers(model, tokenizer, prompts: list[list[int]], answers: list[list[int]]
+                  ) -> tuple[list[bool], list[float]]:
+    """``(greedy, logp)`` of each ``answers[i]`` after ``prompts[i]`` (see the module docstring)."""
+    greedy, logps = [], []
+    for s in range(0, len(prompts), BATCH):
+        P, A = prompts[s:s + BATCH], answers[s:s + BATCH]
+        ids, mask = _pad([p + a for p, a in zip(P, A, strict=True)], tokenizer.pad_token_id)
+        logprobs = model(input_ids=ids, attention_mask=mask).logits.float().log_softmax(-1)
+        for i, (p, a) in enumerate(zip(P, A, strict=True)):
+            pos = torch.arange(len(p) - 1, len(p) - 1 + len(a))
+            lp = logprobs[i, pos]  # (len(a), d_vocab)
+            tgt = torch.tensor(a)
+            greedy.append(bool((lp.argmax(-1) == tgt).all()))
+            logps.append(float(lp.gather(-1, tgt[:, None]).sum()))
+    return greedy, logps
+
+
+def _answer_ids(tokenizer, label: str) -> list[int]:
+    return tokenizer(" " + label, add_special_tokens=False).input_ids
+
+
+def _accuracy(model, tokenizer, prompts: list[list[int]], accepted: list[tuple[str, ...]]) -> float:
+    """Share of prompts for which greedy decoding yields one of the accepted answers."""
+    flat_p, flat_a, owner = [], [], []
+    for i, (p, acc) in enumerate(zip(prompts, accepted, strict=True)):
+        for a in acc:
+            flat_p.append(p)
+            flat_a.append(_answer_ids(tokenizer, a))
+            owner.append(i)
+    greedy, _ = score_answers(model, tokenizer, flat_p, flat_a)
+    ok = [False] * len(prompts)
+    for i, g in zip(owner, greedy, strict=True):
+        ok[i] |= g
+    return sum(ok) / max(len(ok), 1)
+
+
+def instructed_accuracy(model, tokenizer, task: Task, queries: list[str]) -> dict:
+    """Per subtask: accuracy with the paper's instruction in the raw and chat formats, with held-out
+    (never trained) rephrasings, and the contrastive figures; per task: ``decides``.
+
+    ``decides``: share of queries answered correctly under *both* subtasks' instructions (the instruction,
+    not the query, picks the answer). ``contrastive``: share of (query, subtask) with
+    ``logp(instructed answer) > logp(other subtask's answer)``; ``contrastive_margin`` its mean difference.
+    """
+    samples = [s for s in task.samples if s.query in set(queries)]
+    held_reph = split_rephrasings(task)
+    out: dict = {"n_queries": len(samples)}
+    correct_raw: dict[str, list[bool]] = {}
+    wins, margins = [], []
+    for sub, spec in task.subtasks.items():
+        other = task.other(sub)
+        raw = [encode(tokenizer, raw_prompt(spec.instruction, task.field, s.query)) for s in samples]
+        chat = [encode(tokenizer, chat_prompt(tokenizer, spec.instruction, task.field, s.query)) for s in samples]
+        unseen = held_reph[sub]["heldout"]
+        reph = [encode(tokenizer, raw_prompt(unseen[i % len(unseen)], task.field, s.query))
+                for i, s in enumerate(samples)]
+        accepted = [s.answers[sub] for s in samples]
+        per_query = _per_query_correct(model, tokenizer, raw, accepted)
+        correct_raw[sub] = per_query
+        # contrastive choice: instructed answer vs the other subtask's answer, same prompt
+        mine = [_answer_ids(tokenizer, s.answer(sub)) for s in samples]
+        theirs = [_answer_ids(tokenizer, s.answer(other)) for s in samples]
+        _, lp_mine = score_answers(model, tokenizer, raw, mine)
+        _, lp_theirs = score_answers(model, tokenizer, raw, theirs)
+        wins += [a > b for a, b in zip(lp_mine, lp_theirs, strict=True)]
+        margins += [a - b for a, b in zip(lp_mine, lp_theirs, strict=True)]
+        out[sub] = {
+            "acc": sum(per_query) / max(len(per_query), 1),
+            "acc_chat": _accuracy(model, tokenizer, chat, accepted),
+            "acc_unseen_rephrasings": _accuracy(model, tokenizer, reph, accepted),
+        }
+    a, b = list(task.subtasks)
+    both = [x and y for x, y in zip(correct_raw[a], correct_raw[b], strict=True)]
+    out["decides"] = sum(both) / max(len(both), 1)
+    out["contrastive"] = sum(wins) / max(len(wins), 1)
+    out["contrastive_margin"] = sum(margins) / max(len(margins), 1)
+    return out
+
+
+def _per_query_correct(model, tokenizer, prompts, accepted) -> list[bool]:
+    flat_p, flat_a, owner = [], [], []
+    for i, (p, acc) in enumerate(zip(prompts, accepted, strict=True)):
+        for a in acc:
+            flat_p.append(p)
+            flat_a.append(_answer_ids(tokenizer, a))
+            owner.append(i)
+    greedy, _ = score_answers(model, tokenizer, flat_p, flat_a)
+    ok = [False] * len(prompts)
+    for i, g in zip(owner, greedy, strict=True):
+        ok[i] |= g
+    return ok
+
+
+def recall(model, tokenizer, task: Task, queries: list[str]) -> dict[str, float]:
+    """Plain-text recall per subtask: ``RECALL_PROMPTS[sub]`` continued greedily with an accepted answer."""
+    samples = [s for s in task.samples if s.query in set(queries)]
+    out = {}
+    for sub in task.subtasks:
+        prompts = [encode(tokenizer, RECALL_PROMPTS[sub].format(q=s.query)) for s in samples]
+        out[sub] = _accuracy(model, tokenizer, prompts, [s.answers[sub] for s in samples])
+    return out
+
+
+# --------------------------------------------------------------------------------- IV patching
+def _first_token_sets(tokenizer, task: Task) -> dict[str, set[int]]:
+    return {sub: {_answer_ids(tokenizer, a)[0] for a in spec.label_space} for sub, spec in task.subtasks.items()}
+
+
+@torch.no_grad()
+def _first_tokens(model, tokenizer, prompts: list[list[int]], layer: int | None = None,
+                  vector: torch.Tensor | None = None, positions: list[int] | None = None) -> list[int]:
+    """Argmax next token after each prompt, optionally with ``resid_post[layer][row, positions[row]] := vector``."""
+    adapter = get_adapter(model)
+    out: list[int] = []
+    for s in range(0, len(prompts), BATCH):
+        chunk = prompts[s:s + BATCH]
+        ids, mask = _pad(chunk, tokenizer.pad_token_id)
+        rows = torch.arange(len(chunk))
+        handle = None
+        if layer is not None:
+            pos = torch.tensor(positions[s:s + BATCH])
+
+            def hook(_mod, _inp, output, pos=pos, rows=rows):
+                resid = adapter.resid_from_output(output).clone()  # (batch, pos, d_model)
+                resid[rows, pos] = vector.to(resid.dtype)
+                return (resid, *output[1:]) if isinstance(output, tuple) else resid
+
+            handle = adapter.layers[layer].register_forward_hook(hook)
+        try:
+            logits = model(input_ids=ids, attention_mask=mask).logits
+        finally:
+            if handle is not None:
+                handle.remove()
+        last = mask.sum(1) - 1
+        out += logits[rows, last].argmax(-1).tolist()
+    return out
+
+
+@torch.no_grad()
+def instruction_vectors(model, tokenizer, instruction: str) -> torch.Tensor:
+    """``[layer, d_model]``: ``resid_post[l]`` at ``T_inst`` (the last token) of the instruction-only prompt."""
+    adapter = get_adapter(model)
+    ids = torch.tensor([encode(tokenizer, instruction)])
+    with adapter.capture_resid() as cache:
+        model(input_ids=ids)
+    return torch.stack([cache[l][0, -1] for l in range(adapter.n_layers)])
+
+
+def iv_patching(model, tokenizer, task: Task, queries: Iterable[str]) -> dict:
+    """IV transfer per subtask / target style / position / layer (see the module docstring), plus the
+    unpatched baseline and the best configuration per subtask (by ``ia``, ties by ``exact``)."""
+    samples = [s for s in task.samples if s.query in set(queries)]
+    first_sets = _first_token_sets(tokenizer, task)
+    n_layers = get_adapter(model).n_layers
+    out: dict = {"n_queries": len(samples), "subtasks": {}}
+    for style in TARGET_STYLES:
+        prompts = [encode(tokenizer, raw_prompt(None, task.field, s.query) if style == "formatted" else s.query)
+                   for s in samples]
+        base = _first_tokens(model, tokenizer, prompts)
+        out.setdefault("unpatched", {})[style] = {
+            sub: sum(t in first_sets[sub] for t in base) / len(base) for sub in task.subtasks}
+        for sub, spec in task.subtasks.items():
+            exact_sets = [{_answer_ids(tokenizer, a)[0] for a in s.answers[sub]} for s in samples]
+            ivs = instruction_vectors(model, tokenizer, spec.instruction)
+            res = out["subtasks"].setdefault(sub, {"curves": {}})
+            res.setdefault("unpatched", {})[style] = {
+                "ia": sum(t in first_sets[sub] for t in base) / len(base),
+                "exact": sum(t in e for t, e in zip(base, exact_sets, strict=True)) / len(base),
+            }
+            outside = [t not in first_sets[sub] for t in base]
+            for position in POSITIONS:
+                pos = [{"bos": 0, "first": 1, "last": len(p) - 1}[position] for p in prompts]
+                curve = []
+                for layer in range(n_layers):
+                    pred = _first_tokens(model, tokenizer, prompts, layer, ivs[layer], pos)
+                    inside = [t in first_sets[sub] for t in pred]
+                    flipped = [i for i, o in zip(inside, outside, strict=True) if o]
+                    curve.append({
+                        "layer": layer,
+                        "ia": sum(inside) / len(pred),
+                        "exact": sum(t in e for t, e in zip(pred, exact_sets, strict=True)) / len(pred),
+                        "flip": sum(flipped) / len(flipped) if flipped else None,
+                    })
+                res["curves"][f"{style}/{position}"] = curve
+    for res in out["subtasks"].values():
+        best = max(((k, c) for k, curve in res["curves"].items() for c in curve),
+                   key=lambda kc: (kc[1]["ia"], kc[1]["exact"]))
+        res["best"] = {"target": best[0], **best[1]}
+    return out
+
+
+def measure_stage(model, tokenizer, tasks: dict[str, Task], split: dict[str, dict[str, list[str]]],
+                  iv: bool = True) -> dict:
+    """All figures of one stage: per task, per split (train / heldout) accuracy and recall; IV transfer
+    over all queries."""
+    model.eval()
+    out = {}
+    for name, task in tasks.items():
+        out[name] = {
+            part: {"instructed": instructed_accuracy(model, tokenizer, task, split[name][part]),
+                   "recall": recall(model, tokenizer, task, split[name][part])}
+            for part in ("train", "heldout")
+        }
+        if iv:
+            out[name]["iv"] = iv_patching(model, tokenizer, task, [s.query for s in task.samples])
+    return out

@@ -1,0 +1,77 @@
+"""Where organisms live, and how model names resolve to them.
+
+Layout: ``$IVLENS_CACHE/organism/<version>/<variant>/{base,sft,dpo}/`` plus ``card.json``, with
+``IVLENS_CACHE`` defaulting to ``~/.cache/ivlens``. Names: ``organism-base|sft|dpo`` (the gist variant, the
+default) and ``organism-<variant>-base|sft|dpo`` (e.g. ``organism-natural-sft``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+#: bump when the recipe changes, so that old builds are not reused
+ORGANISM_VERSION = "v1"
+VARIANTS = ("gist", "natural")
+STAGES = ("base", "sft", "dpo")
+DEFAULT_VARIANT = "gist"
+
+_NAME = re.compile(r"^organism(?:-(?P<variant>[a-z]+))?-(?P<stage>base|sft|dpo)$")
+
+
+def cache_root() -> Path:
+    """``$IVLENS_CACHE`` or ``~/.cache/ivlens``."""
+    return Path(os.environ.get("IVLENS_CACHE") or Path.home() / ".cache" / "ivlens")
+
+
+def organism_dir(variant: str = DEFAULT_VARIANT) -> Path:
+    """The default build directory of ``variant`` (holds ``base/ sft/ dpo/ card.json``)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown organism variant {variant!r}; choose from {', '.join(VARIANTS)}")
+    return cache_root() / "organism" / ORGANISM_VERSION / variant
+
+
+def parse_organism_name(name: str) -> tuple[str, str] | None:
+    """``(variant, stage)`` for an organism name, ``None`` if ``name`` is not one."""
+    m = _NAME.match(name)
+    if not m:
+        return None
+    variant = m.group("variant") or DEFAULT_VARIANT
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown organism variant in {name!r}; choose from {', '.join(VARIANTS)}")
+    return variant, m.group("stage")
+
+
+def is_built(directory: Path) -> bool:
+    """True when ``directory`` holds a finished build (the card is written last)."""
+    return (directory / "card.json").is_file() and all((directory / s / "config.json").is_file() for s in STAGES)
+
+
+def resolve_organism(name: str) -> Path | None:
+    """The checkpoint directory for an organism name if it is built; ``None`` if ``name`` is not an organism
+    name. Raises ``FileNotFoundError`` naming the build command if it is one but is not built yet.
+
+    >>> resolve_organism("organism-sft")        # ~/.cache/ivlens/organism/v1/gist/sft
+    """
+    parsed = parse_organism_name(name)
+    if parsed is None:
+        return None
+    variant, stage = parsed
+    directory = organism_dir(variant)
+    if not is_built(directory):
+        flag = "" if variant == DEFAULT_VARIANT else f" --variant {variant}"
+        raise FileNotFoundError(
+            f"model organism {name!r} is not built yet (looked in {directory}); "
+            f"run `ivlens organism build{flag}` (about 6 minutes on 2 CPU cores)")
+    return directory / stage
+
+
+def ensure_organism(variant: str = DEFAULT_VARIANT) -> Path:
+    """The build directory of ``variant``, building it first (default size and seed) if it is missing."""
+    directory = organism_dir(variant)
+    if not is_built(directory):
+        from ivlens.organism.build import build_organism
+
+        build_organism(out=directory, variant=variant)
+    return directory
