@@ -1,0 +1,28 @@
+"""Geometry of instruction vectors: collection at T_inst, linear probes, LDA/PCA, cosine similarity.
+
+>>> from ivlens.probing import probe_run
+>>> res = probe_run(["organism-base", "organism-sft", "organism-dpo"], ["adjectives", "animals"])
+"""
+
+from .collect import IVStore, collect_ivs, ivs_at_t_inst, load_layer, parse_layers
+from .instructions import LABEL_FAMILIES, InstructionRow, instruction_set, organism_heldout
+from .probes import (
+    LayerProbe,
+    LogisticProbe,
+    ProbeConfig,
+    class_cosine,
+    cv_accuracy,
+    heldout_accuracy,
+    lda_2d,
+    pca_2d,
+    probe_layer,
+    shuffled_cv_accuracy,
+)
+from .run import ProbeResult, analyse_store, probe_run
+
+__all__ = [
+    "LABEL_FAMILIES", "IVStore", "InstructionRow", "LayerProbe", "LogisticProbe", "ProbeConfig", "ProbeResult",
+    "analyse_store", "class_cosine", "collect_ivs", "cv_accuracy", "heldout_accuracy", "instruction_set",
+    "ivs_at_t_inst", "lda_2d", "load_layer", "organism_heldout", "parse_layers", "pca_2d", "probe_layer",
+    "probe_run", "shuffled_cv_accuracy",
+]

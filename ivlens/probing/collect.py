@@ -1,0 +1,180 @@
+"""Collecting instruction vectors (IVs): the residual stream at T_inst, at every layer, for many instructions.
+
+An IV is ``resid_post[l][T_inst]`` of the **instruction-only** prompt (``ivlens.tasks.prompts``): the
+residual after decoder layer ``l`` at the instruction's last token. Prompts are left-padded into batches
+(with position ids counting real tokens only, so padding changes nothing), and forward hooks on the decoder
+layers keep only the T_inst column of each row, so a batch never holds more than
+``[layer, batch, d_model]`` of activations.
+
+Storage (streamed, one shard per batch, so a large set is never held twice in memory)::
+
+    <run>/ivs/<model>/labels.parquet            one row per instruction (task, subtask, split, t_inst, ...)
+    <run>/ivs/<model>/shard-00000.safetensors   "resid": [layer, batch, d_model] float32, "rows": [batch]
+    <run>/ivs/<model>/meta.json                 layers, d_model, n, model description
+
+:func:`load_layer` reads one layer back from the shards (memory-mapped slices), ``X: [n, d_model]``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors import safe_open
+from safetensors.torch import save as st_save
+
+from ivlens.models.load import LoadedModel
+from ivlens.runs import atomic_write_bytes, atomic_write_parquet, atomic_write_text
+from ivlens.tasks.prompts import PromptFormat, instruction_prompt, pad_left
+
+from .instructions import InstructionRow
+
+log = logging.getLogger(__name__)
+
+
+def ivs_at_t_inst(loaded: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                  position_ids: torch.Tensor, columns: torch.Tensor, layers: list[int]) -> torch.Tensor:
+    """One forward; the residual after each of ``layers`` at one column per row.
+
+    Args:
+        input_ids, attention_mask, position_ids: ``[batch, pos]`` (left-padded batch).
+        columns: ``[batch]`` batch column of T_inst in each row.
+        layers: decoder layers to read (``resid_post``).
+
+    Returns:
+        ``[layer, batch, d_model]`` float32 on CPU, in the order of ``layers``.
+    """
+    adapter = loaded.adapter
+    rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+    out: dict[int, torch.Tensor] = {}
+    handles = []
+    for layer in layers:
+        def hook(_mod, _inp, output, layer=layer):
+            resid = adapter.resid_from_output(output)  # [batch, pos, d_model]
+            out[layer] = resid[rows, columns.to(resid.device)].detach().float().cpu()  # [batch, d_model]
+        handles.append(adapter.layer(layer).register_forward_hook(hook))
+    try:
+        with torch.inference_mode():
+            loaded.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    return torch.stack([out[layer] for layer in layers])  # [layer, batch, d_model]
+
+
+def parse_layers(spec: str | list[int] | None, n_layers: int) -> list[int]:
+    """``all`` / ``None`` → every layer; ``"0,3,-1"`` or a list → those layers (negative counts from the end)."""
+    if spec is None or (isinstance(spec, str) and spec.strip().lower() == "all"):
+        return list(range(n_layers))
+    items = [int(x) for x in spec.split(",") if x.strip()] if isinstance(spec, str) else list(spec)
+    layers = []
+    for x in items:
+        y = x + n_layers if x < 0 else x
+        if not 0 <= y < n_layers:
+            raise ValueError(f"layer {x} out of range: the model has {n_layers} layers (0..{n_layers - 1})")
+        if y not in layers:
+            layers.append(y)
+    return sorted(layers)
+
+
+@dataclass(frozen=True)
+class IVStore:
+    """A model's collected IVs on disk (see the module docstring)."""
+
+    path: Path
+
+    @property
+    def meta(self) -> dict:
+        return json.loads((self.path / "meta.json").read_text())
+
+    @property
+    def layers(self) -> list[int]:
+        return list(self.meta["layers"])
+
+    def labels(self) -> pd.DataFrame:
+        return pd.read_parquet(self.path / "labels.parquet")
+
+    def shards(self) -> list[Path]:
+        return sorted(self.path.glob("shard-*.safetensors"))
+
+    def load_layer(self, layer: int) -> np.ndarray:
+        """``X: [n, d_model]`` float32 for decoder layer ``layer``, rows in label order."""
+        return load_layer(self.path, layer)
+
+
+def load_layer(path: str | Path, layer: int) -> np.ndarray:
+    """Read decoder layer ``layer`` of a stored IV set: ``[n, d_model]`` float32, rows in label order."""
+    path = Path(path)
+    meta = json.loads((path / "meta.json").read_text())
+    if layer not in meta["layers"]:
+        raise KeyError(f"{path}: layer {layer} was not collected (collected: {meta['layers']})")
+    k = meta["layers"].index(layer)
+    X = np.empty((meta["n"], meta["d_model"]), dtype=np.float32)
+    for shard in sorted(path.glob("shard-*.safetensors")):
+        with safe_open(shard, framework="pt") as f:
+            rows = f.get_tensor("rows").numpy()
+            X[rows] = f.get_slice("resid")[k].numpy()  # [batch, d_model]: one layer's slice only
+    return X
+
+
+def _batches(n: int, size: int) -> Iterator[range]:
+    for start in range(0, n, size):
+        yield range(start, min(n, start + size))
+
+
+def collect_ivs(loaded: LoadedModel, rows: list[InstructionRow], out: str | Path, *,
+                layers: list[int] | None = None, batch_size: int = 32, fmt: PromptFormat = "raw",
+                resume: bool = False) -> IVStore:
+    """Run every instruction-only prompt and store its IVs at ``layers`` (default: all) under ``out``.
+
+    Batches are formed in row order; each is written as one shard right away (atomically), so with
+    ``resume=True`` the shards already on disk are kept and only the missing batches run.
+
+    Returns:
+        the :class:`IVStore` at ``out``.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    adapter = loaded.adapter
+    layers = list(range(adapter.n_layers)) if layers is None else sorted(layers)
+    tok = loaded.tokenizer
+    prompts = [instruction_prompt(tok, r.instruction, fmt) for r in rows]
+    labels = pd.DataFrame([r.to_dict() for r in rows])
+    labels.insert(0, "row", np.arange(len(rows)))
+    labels["n_tokens"] = [len(p) for p in prompts]
+    labels["t_inst"] = [p.t_inst for p in prompts]
+    meta = {"layers": layers, "d_model": adapter.d_model, "n": len(rows), "fmt": fmt, "batch_size": batch_size,
+            "model": loaded.describe()}
+    old = out / "meta.json"
+    if resume and old.exists():
+        prev = json.loads(old.read_text())
+        if {k: prev.get(k) for k in ("layers", "n", "batch_size", "fmt")} != \
+                {k: meta[k] for k in ("layers", "n", "batch_size", "fmt")}:
+            raise ValueError(f"{out}: cannot resume, the stored IVs were collected with other settings")
+    else:
+        for s in out.glob("shard-*.safetensors"):
+            s.unlink()
+    atomic_write_parquet(out / "labels.parquet", labels)
+    atomic_write_text(out / "meta.json", json.dumps(meta, indent=2))
+    device = loaded.device
+    n_batches = 0
+    for b, idx in enumerate(_batches(len(rows), batch_size)):
+        shard = out / f"shard-{b:05d}.safetensors"
+        if resume and shard.exists():
+            continue
+        batch = pad_left([prompts[i] for i in idx], tok.pad_token_id).to(device)
+        cols = torch.tensor([batch.column(j, prompts[i].t_inst) for j, i in enumerate(idx)], device=device)
+        resid = ivs_at_t_inst(loaded, batch.input_ids, batch.attention_mask, batch.position_ids, cols, layers)
+        atomic_write_bytes(shard, st_save({"resid": resid.contiguous(),
+                                           "rows": torch.tensor(list(idx), dtype=torch.long)}))
+        n_batches += 1
+    log.info("%s: %d instruction vectors at %d layers (%d new batches) in %s", loaded.name, len(rows),
+             len(layers), n_batches, out)
+    return IVStore(out)
