@@ -48,10 +48,18 @@ def test_engine_logits_match_reference(arch):
     # The clean run's own logits equal HF's.
     for i, t in enumerate(targets):
         torch.testing.assert_close(clean.last_logits[i], ref.run_logits(model, t), atol=TOL, rtol=0)
-    # Only the minimum of layer-token work was done: Σ (L − 1 − l0)(T − p).
+    # At most the minimum of layer-token work, Σ (L − 1 − l0)(T − p), was done; exactly that for the distinct
+    # computations once (S, last) is identified with ({max S}, last).
     want_min = sum((4 - 1 - r.layers[0]) * (len(targets[r.target]) - r.token) for r in rows)
     assert stats.minimal_evals == want_min
-    assert stats.executed_evals == want_min
+    distinct = {(r.target, r.source, r.layers[-1:] if r.token == len(targets[r.target]) - 1 else r.layers, r.token)
+                for r in rows}
+    assert stats.unique_rows == len(distinct)
+    assert stats.executed_evals == sum((4 - 1 - k[2][0]) * (len(targets[k[0]]) - k[3]) for k in distinct)
+    assert stats.executed_evals < want_min
+    # the last-position identity is exact: a set's logits equal its highest layer's alone
+    last = {(r.target, r.layers): i for i, r in enumerate(rows) if r.token == len(targets[r.target]) - 1}
+    torch.testing.assert_close(got[last[(0, (0, 2, 3))]], got[last[(0, (3,))]], atol=0, rtol=0)
 
 
 def test_engine_deduplicates_identical_rows():
@@ -60,9 +68,11 @@ def test_engine_deduplicates_identical_rows():
     clean = clean_run(adapter, [(20,)], pad_id=1)
     ivs = source_vectors(adapter, [(30, 31)], pad_id=1)
     stats = EngineStats()
-    rows = [RowSpec(0, 0, (1,), 0), RowSpec(0, 0, (1,), 0)]  # "first" and "last" of a one-token prompt
+    # "first" and "last" of a one-token prompt; and a pair at the last position equals its highest layer alone
+    rows = [RowSpec(0, 0, (1,), 0), RowSpec(0, 0, (1,), 0), RowSpec(0, 0, (0, 1), 0)]
     out = patched_logits(adapter, clean, ivs, rows, stats=stats)
-    assert stats.unique_rows == 1 and stats.executed_evals == 2 and stats.minimal_evals == 4
+    assert stats.unique_rows == 1 and stats.executed_evals == 2 and stats.minimal_evals == 2 + 2 + 3
+    torch.testing.assert_close(out[2], out[1])
     torch.testing.assert_close(out[0], out[1])
 
 

@@ -18,8 +18,10 @@ Only the work a patch changes is done:
 Rows are grouped by the number of recomputed positions ``s = T − p`` (with left padding, the last ``s`` columns
 of the batch) and sorted by ``l0``; a group runs as one loop over the layers in which rows *join* at their start
 layer, so no layer-token is computed twice or padded. The layer-token evaluations executed therefore equal the
-minimum ``Σ_rows (L − 1 − l0) · (T − p)`` exactly (rows that coincide, e.g. ``first`` and ``last`` of a one-token
-prompt, are computed once). Architecture details (rotary embeddings, masks, the cache protocol) are the
+minimum ``Σ_rows (L − 1 − l0) · (T − p)`` of the requested rows, or fewer: rows that compute the same thing are
+run once. Two kinds coincide: ``first`` and ``last`` of a one-token prompt, and, at the **last** position, a set
+and its highest layer alone (the patch at the highest layer overwrites the only residual that later layers read
+at that position, and earlier positions are untouched, so ``(S, last) ≡ ({max S}, last)`` exactly). Architecture details (rotary embeddings, masks, the cache protocol) are the
 adapter's: :meth:`~ivlens.models.adapters.ArchitectureAdapter.run_layer`.
 
 Shapes: ``batch pos d_model layer kv_head d_head d_vocab``; ``rows`` counts patch configurations.
@@ -188,7 +190,10 @@ def patched_logits(adapter: ArchitectureAdapter, clean: CleanRun, ivs: torch.Ten
         if not 0 <= r.token < n_tok:
             raise ValueError(f"patch position {r.token} outside the target prompt ({n_tok} tokens)")
         col = clean.batch.pad[r.target] + r.token
-        key = (r.target, r.source, r.layers, col)
+        # At the last position a patch overwrites the whole residual that later layers read there (earlier
+        # positions are untouched), so only the highest patched layer matters: (S, last) ≡ ({max S}, last).
+        layers = r.layers[-1:] if r.token == n_tok - 1 else r.layers
+        key = (r.target, r.source, layers, col)
         if key not in unique:
             unique[key] = len(unique)
         where.append(unique[key])
