@@ -164,3 +164,6 @@ def main_job(
 
 # ----------------------------------------------------------------------------- analysis commands
 # Each analysis lives in its own package; its CLI function is registered here.
+from ivlens.patching.cli import patch  # noqa: E402
+
+app.command("patch")(patch)

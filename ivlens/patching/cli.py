@@ -59,6 +59,19 @@ def patch(
     figures: bool = typer.Option(True, help="Write figures."),
 ) -> None:
     """Localise instruction vectors: patch IVs of layer sets into targets, then interactions and figures."""
+    args = dict(locals())
+    from ivlens.cli_common import friendly_errors
+
+    with friendly_errors():
+        try:
+            _patch(**args)
+        except ValueError as e:  # bad layer/position specs, modes, sample indices: one line, exit code 2
+            Console(stderr=True).print(f"[bold red]error:[/] {e}")
+            raise typer.Exit(2) from None
+
+
+def _patch(model, task, subtask, layers, positions, samples, mode, source_model, target, fmt, batch_size, chunk_size,
+           seed, effect, correction, alpha, dtype, device, threads, out, resume, figures) -> None:
     import torch
 
     from ivlens.models.load import load_model
