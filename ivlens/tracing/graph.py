@@ -138,8 +138,9 @@ def compute_graph(sur: Surrogate, target: Target, sources: Tensor | None = None,
     heads, a_skip, a_bias, m_out, m_skip, m_bias = [], [], [], [], [], []
     for l, (att, mlp) in enumerate(zip(sur.attn, sur.mlp, strict=True)):  # noqa: E741
         x, m, gm, gx = f[2 * l], f[2 * l + 1], g[2 * l + 1], g[2 * l + 2]
-        v = torch.einsum("hkd,sd->hsk", att.W_V_heads(), _lin(att.norm_in)(x))  # [head, pos(s), d_head]
-        beta = torch.einsum("hdk,td->htk", att.W_O, _lin_T(att.norm_out)(gm))  # [head, pos(t), d_head]
+        H, dh = att.n_heads, att.W_O.shape[-1]
+        v = (_lin(att.norm_in)(x) @ att.W_V_flat.T).view(T, H, dh).transpose(0, 1)  # [head, pos(s), d_head]
+        beta = (_lin_T(att.norm_out)(gm) @ att.W_O_flat).view(T, H, dh).transpose(0, 1)  # [head, pos(t), d_head]
         heads.append(att.pattern * torch.einsum("htk,hsk->hts", beta, v))  # [head, t, s]
         a_skip.append((gm * x).sum(-1))
         a_bias.append((gm * att.bias).sum(-1) if with_bias else torch.zeros(T, dtype=x.dtype))

@@ -121,14 +121,13 @@ def top_paths(sur: Surrogate, target: Target, k: int = 20, beam: int = 256, star
             vals = (rho * att.bias[pos]).sum(-1)
             done += [(float(v), "attn_bias", l, int(p), h) for v, p, h in zip(vals, pos, hops, strict=True) if v != 0]
         x_prev = f[2 * l]
-        W_V = att.W_V_heads()  # [head, d_head, d_model]
-        v = torch.einsum("hkd,sd->hsk", W_V, _lin(att.norm_in)(x_prev))  # [head, pos, d_head]
-        beta = torch.einsum("hdk,bd->bhk", att.W_O, _lin_T(att.norm_out)(rho, pos))  # [beam, head, d_head]
+        H, dh = att.n_heads, att.W_O.shape[-1]
+        v = (_lin(att.norm_in)(x_prev) @ att.W_V_flat.T).view(T, H, dh).transpose(0, 1)  # [head, pos, d_head]
+        beta = (_lin_T(att.norm_out)(rho, pos) @ att.W_O_flat).view(len(pos), H, dh)  # [beam, head, d_head]
         A = att.pattern[:, pos].transpose(0, 1)  # [beam, head, pos(s)]
         head_scores = A * torch.einsum("bhk,hsk->bhs", beta, v)  # [beam, head, pos(s)]
         head_scores = torch.where(A > 0, head_scores, torch.zeros_like(head_scores))
         skip_scores = (rho * x_prev[pos]).sum(-1)  # [beam]
-        H = att.n_heads
         scores = torch.cat([skip_scores[:, None], head_scores.reshape(len(pos), H * T)], 1)  # [beam, 1 + H*T]
         live = torch.cat([torch.ones_like(skip_scores[:, None], dtype=torch.bool), (A > 0).reshape(len(pos), H * T)], 1)
         flat = torch.where(live, scores.abs(), torch.full_like(scores, -1.0))
@@ -139,7 +138,9 @@ def top_paths(sur: Surrogate, target: Target, k: int = 20, beam: int = 256, star
         new_rho = rho[b].clone()
         if bool(is_head.any()):
             bh, hh, sh = b[is_head], h_idx[is_head], s_idx[is_head]
-            u = torch.einsum("nkd,nk->nd", W_V[hh], beta[bh, hh])  # W_Vᵀ β: [n, d_model]
+            onehot = torch.zeros(len(hh), H, dh, dtype=beta.dtype)
+            onehot[torch.arange(len(hh)), hh] = beta[bh, hh]
+            u = onehot.view(len(hh), H * dh) @ att.W_V_flat  # W_V^hᵀ β: [n, d_model]
             new_rho[is_head] = A[bh, hh, sh][:, None] * _lin_T(att.norm_in)(u, sh)
         new_pos = torch.where(is_head, s_idx, pos[b])
         hops = [hops[bi] if not ih else ((l, "head", hi, si, int(pos[bi])),) + hops[bi]
@@ -196,9 +197,12 @@ def path_vectors(sur: Surrogate, paths: list[Path]) -> Tensor:
             r = torch.tensor([i for i, _ in heads[l]])
             hs = [h for _, h in heads[l]]
             h_idx, src, dst = (torch.tensor([getattr(h, a) for h in hs]) for a in ("head", "src", "dst"))
+            m, H, dh = len(r), att.n_heads, att.W_O.shape[-1]
             normed = _lin(att.norm_in)(vec[r], src)  # [m, d_model]
-            z = att.pattern[h_idx, dst, src][:, None] * torch.einsum("mkd,md->mk", att.W_V_heads()[h_idx], normed)
-            vec[r] = _lin(att.norm_out)(torch.einsum("mdk,mk->md", att.W_O[h_idx], z), dst)
+            v_all = (normed @ att.W_V_flat.T).view(m, H, dh)  # every head's value of each path's vector
+            z = torch.zeros_like(v_all)
+            z[torch.arange(m), h_idx] = att.pattern[h_idx, dst, src][:, None] * v_all[torch.arange(m), h_idx]
+            vec[r] = _lin(att.norm_out)(z.view(m, H * dh) @ att.W_O_flat.T, dst)
             pos[r] = dst
         else:
             own = torch.zeros(n, dtype=torch.bool)

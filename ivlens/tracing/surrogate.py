@@ -42,6 +42,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 
 import torch
 from torch import Tensor
@@ -133,7 +134,17 @@ class FrozenAttention:
 
     def W_V_heads(self) -> Tensor:
         """``W_V`` per query head: ``[head, d_head, d_model]`` (KV heads repeated ``group`` times)."""
-        return self.W_V.repeat_interleave(self.group, dim=0)
+        return self.W_V_flat.view(self.n_heads, -1, self.W_V.shape[-1])
+
+    @cached_property
+    def W_V_flat(self) -> Tensor:
+        """``[head·d_head, d_model]``: all query heads' value maps stacked (one GEMM for every head)."""
+        return self.W_V.repeat_interleave(self.group, dim=0).reshape(-1, self.W_V.shape[-1]).contiguous()
+
+    @cached_property
+    def W_O_flat(self) -> Tensor:
+        """``[d_model, head·d_head]``: the output projection as one matrix."""
+        return self.W_O.permute(1, 0, 2).reshape(self.W_O.shape[1], -1).contiguous()
 
 
 @dataclass(frozen=True)
@@ -462,7 +473,7 @@ def build_surrogate(model, input_ids, adapter: ArchitectureAdapter | None = None
         if ap.b_V is not None:
             cv = cv + cast(ap.b_V).cpu()
         cv = cv.repeat_interleave(adapter.group_size, dim=0)  # [head, d_head]
-        b_attn = torch.einsum("ht,hdk,hk->td", A.sum(-1), W_O, cv)  # [pos, d_model]
+        b_attn = A.sum(-1).T @ torch.einsum("hdk,hk->hd", W_O, cv)  # [pos, d_model]
         if ap.b_O is not None:
             b_attn = b_attn + cast(ap.b_O).cpu()
         b_attn = _affine(norms["attn_out"], b_attn)
