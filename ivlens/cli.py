@@ -167,3 +167,7 @@ def main_job(
 from ivlens.patching.cli import patch  # noqa: E402
 
 app.command("patch")(patch)
+
+from ivlens.tracing.cli import trace  # noqa: E402
+
+app.command("trace")(trace)
