@@ -232,7 +232,7 @@ def build_organism(out: Path | None = None, seed: int = 0, size: str = "small", 
                  "dpo_pairs": len(pairs), "train_query_share": D.TRAIN_QUERY_SHARE,
                  "train_rephrasing_share": D.TRAIN_REPHRASING_SHARE, "tasks": list(tasks)},
         "split": {name: {"train": split[name]["train"], "heldout": split[name]["heldout"],
-                         "rephrasings_heldout": {sub: r["heldout"] for sub, r in reph_split[name].items()},
+                         "heldout_rephrasings": {sub: r["heldout"] for sub, r in reph_split[name].items()},
                          "rephrasings_train_count": {sub: len(r["train"]) for sub, r in reph_split[name].items()}}
                   for name in tasks},
         "stages": stages,

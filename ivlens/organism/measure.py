@@ -202,7 +202,7 @@ def instruction_vectors(model, tokenizer, instruction: str) -> torch.Tensor:
     ids = torch.tensor([encode(tokenizer, instruction)])
     with adapter.capture_resid() as cache:
         model(input_ids=ids)
-    return torch.stack([cache[l][0, -1] for l in range(adapter.n_layers)])
+    return torch.stack([cache[layer][0, -1] for layer in range(adapter.n_layers)])
 
 
 def iv_patching(model, tokenizer, task: Task, queries: Iterable[str]) -> dict:

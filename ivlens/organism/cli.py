@@ -1,0 +1,93 @@
+"""``ivlens organism build|info``: build the model organisms and show their cards."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+organism_app = typer.Typer(help="Build and inspect the model organisms (base → SFT → DPO, OLMo-2, offline).",
+                           no_args_is_help=True)
+
+
+@organism_app.command("build")
+def build_command(
+    out: Annotated[Path | None, typer.Option("--out", help="output directory (default: the user cache)")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="training seed (same seed → same weights)")] = 0,
+    size: Annotated[str, typer.Option("--size", help="small (the organism) | tiny (seconds, for tests)")] = "small",
+    variant: Annotated[str, typer.Option("--variant", help="gist (planted IVs, default) | natural (control)")] = "gist",
+    force: Annotated[bool, typer.Option("--force", help="rebuild even if a finished build exists")] = False,
+    no_measure: Annotated[bool, typer.Option("--no-measure", help="skip measuring (card without figures)")] = False,
+) -> None:
+    """Train base → SFT → DPO and write base/ sft/ dpo/ and card.json (about 6 minutes on 2 cores)."""
+    from rich.console import Console
+
+    from ivlens.organism.build import build_organism
+
+    console = Console()
+    try:
+        directory = build_organism(out=out, seed=seed, size=size, variant=variant, force=force,
+                                   measure=not no_measure)
+    except ValueError as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from e
+    console.print(f"organism ({variant}) in {directory}")
+    _print_summary(console, directory)
+
+
+@organism_app.command("info")
+def info_command(
+    variant: Annotated[str, typer.Option("--variant", help="gist | natural")] = "gist",
+    path: Annotated[Path | None, typer.Option("--path", help="a build directory (default: the user cache)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the whole card")] = False,
+) -> None:
+    """Show where an organism is and what its card measured."""
+    from rich.console import Console
+
+    from ivlens.organism.paths import is_built, organism_dir
+
+    console = Console()
+    directory = path or organism_dir(variant)
+    if not is_built(directory):
+        flag = "" if variant == "gist" else f" --variant {variant}"
+        console.print(f"no organism in {directory}: run `ivlens organism build{flag}`")
+        raise typer.Exit(1)
+    if as_json:
+        console.print_json((directory / "card.json").read_text())
+        return
+    _print_summary(console, directory)
+
+
+def _print_summary(console, directory: Path) -> None:
+    from rich.table import Table
+
+    card = json.loads((directory / "card.json").read_text())
+    console.print(f"version {card['version']} · variant {card['variant']} · size {card['size']} · "
+                  f"seed {card['seed']} · {card['model']['parameters']:,} parameters · "
+                  f"{card['timing']['total']:.0f} s")
+    measured = card.get("measured") or {}
+    if not measured:
+        return
+    table = Table(title="first-answer accuracy with the instruction (train / held-out queries)")
+    table.add_column("stage")
+    subs = [(t, s) for t, m in measured["sft"].items() for s in m["train"]["instructed"]
+            if isinstance(m["train"]["instructed"][s], dict)]
+    for _task, s in subs:
+        table.add_column(s)
+    table.add_column("decides (held-out)")
+    table.add_column("best IV transfer IA / exact")
+    for stage, m in measured.items():
+        cells = [f"{m[t]['train']['instructed'][s]['acc']:.2f} / {m[t]['heldout']['instructed'][s]['acc']:.2f}"
+                 for t, s in subs]
+        decides = " · ".join(f"{m[t]['heldout']['instructed']['decides']:.2f}" for t in m)
+        iv = " · ".join(
+            f"{sub} {r['best']['ia']:.2f}/{r['best']['exact']:.2f}" for t in m
+            for sub, r in m[t].get("iv", {}).get("subtasks", {}).items())
+        table.add_row(stage, *cells, decides, iv)
+    console.print(table)
+    acc = card.get("acceptance", {})
+    if acc:
+        failed = [k for k, v in acc.items() if k != "all_pass" and not v["pass"]]
+        console.print("acceptance: all pass" if acc.get("all_pass") else f"acceptance: failing {failed}")

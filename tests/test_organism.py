@@ -1,0 +1,201 @@
+"""Model organisms: data, tokenizer, gist mask, names, and a cut-down (``--size tiny``) build.
+
+Fast tests run the whole pipeline on the tiny size (seconds of training, too short to learn the tasks);
+the real build and its acceptance figures are checked by ``test_organism_build_slow.py`` (``-m slow``).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from ivlens.organism import data as D
+from ivlens.organism.card import organism_split, read_card
+from ivlens.organism.gist import gist_attention_mask, instruction_token_span
+from ivlens.organism.paths import organism_dir, parse_organism_name, resolve_organism
+from ivlens.organism.tokenizer import train_tokenizer
+from ivlens.testing.tiny import tiny_model
+
+
+@pytest.fixture(scope="module")
+def tasks():
+    return D.load_tasks()
+
+
+@pytest.fixture(scope="module")
+def org_tok(tasks):
+    return train_tokenizer(D.pretraining_sentences(tasks, 0)[:3000], D.task_words(tasks), 1200)
+
+
+# ------------------------------------------------------------------------------------------ data
+def test_query_split_is_fixed_disjoint_and_complete(tasks):
+    for task in tasks.values():
+        a, b = D.split_queries(task), D.split_queries(task)
+        assert a == b
+        assert not set(a["train"]) & set(a["heldout"])
+        assert sorted(a["train"] + a["heldout"]) == sorted(s.query for s in task.samples)
+        assert abs(len(a["train"]) / len(task.samples) - D.TRAIN_QUERY_SHARE) < 0.01
+
+
+def test_sft_uses_training_queries_and_phrasings_only(tasks, org_tok):
+    ex = D.sft_examples(tasks, org_tok, 0, n_instructed=600, plain_share=0.25, gist_share=0.5, chat_share=0.3)
+    held_q = {q for t in tasks.values() for q in D.split_queries(t)["heldout"]}
+    held_r = {r for t in tasks.values() for s in D.split_rephrasings(t).values() for r in s["heldout"]}
+    instructed = [e for e in ex if e.kind != "plain"]
+    assert len(instructed) == 600 and abs(sum(e.kind == "plain" for e in ex) / len(ex) - 0.25) < 0.01
+    for e in instructed:
+        a, b = e.instruction_span
+        instruction = e.prompt[a:b]
+        assert instruction not in held_r
+        query = e.prompt.rsplit(": ", 1)[1].split(".")[0]
+        assert query not in held_q, e.prompt
+        assert "Answer:" in e.prompt or "<|assistant|>" in e.prompt
+
+
+def test_pretraining_states_every_fact_without_instruction_format(tasks):
+    sents = D.pretraining_sentences(tasks, 0)
+    text = "\n".join(sents)
+    assert "Answer:" not in text and "Adjective:" not in text
+    for s in tasks["adjectives"].samples:
+        for a in s.answers["adj_ant"]:
+            assert f"the antonym of {s.query} is {a}." in text
+    assert "can the penguin fly? no." in text
+
+
+def test_dpo_pairs_are_contrastive(tasks, org_tok):
+    pairs = D.dpo_pairs(tasks, org_tok, 0)
+    assert pairs and all(p["chosen"] != p["rejected"] for p in pairs)
+    assert {p["kind"] for p in pairs} == {"other_subtask", "wrong_fact", "malformed"}
+    assert not any(p["prompt"].startswith(org_tok.bos_token) for p in pairs)
+
+
+# ------------------------------------------------------------------------------------- tokenizer
+def test_tokenizer_bos_offsets_and_chat_template(org_tok):
+    enc = org_tok("Given an adjective, state its antonym. Adjective: big. Answer:", return_offsets_mapping=True)
+    assert enc.input_ids[0] == org_tok.bos_token_id
+    assert org_tok.convert_ids_to_tokens(org_tok(" small", add_special_tokens=False).input_ids) == ["Ġsmall"]
+    chat = org_tok.apply_chat_template([{"role": "user", "content": "Adjective: big."}], add_generation_prompt=True,
+                                       tokenize=False)
+    assert chat.startswith(org_tok.bos_token) and chat.endswith("<|assistant|>")
+    span = instruction_token_span(enc.offset_mapping, (0, len("Given an adjective, state its antonym.")))
+    toks = org_tok.convert_ids_to_tokens(enc.input_ids)
+    assert span[0] == 1 and toks[span[1]] == "."
+    inst_only = org_tok("Given an adjective, state its antonym.").input_ids
+    assert enc.input_ids[: len(inst_only)] == inst_only  # T_inst is the same token in both prompts
+
+
+# ------------------------------------------------------------------------------------- gist mask
+def test_gist_mask_causal_rows_match_2d_mask_and_gist_hides_instruction():
+    model = tiny_model("olmo2")
+    ids = torch.randint(5, 300, (2, 9))
+    am = torch.ones(2, 9, dtype=torch.long)
+    am[1, 6:] = 0
+    ref = model(ids, attention_mask=am).logits
+    causal = model(ids, attention_mask=gist_attention_mask([9, 6], [None, None], 9)).logits
+    torch.testing.assert_close(causal[0], ref[0])
+    torch.testing.assert_close(causal[1, :6], ref[1, :6])
+    gist = model(ids, attention_mask=gist_attention_mask([9, 6], [(1, 4), None], 9)).logits
+    torch.testing.assert_close(gist[0, :5], causal[0, :5])  # up to T_inst nothing changes
+    assert (gist[0, 5:] - causal[0, 5:]).abs().max() > 1e-3
+    # after T_inst, changing a hidden instruction token changes nothing
+    ids2 = ids.clone()
+    ids2[0, 2] = (ids[0, 2] + 1) % 300 + 5
+    m = gist_attention_mask([9], [(1, 4)], 9)
+    a = model(ids[:1], attention_mask=m).logits
+    b = model(ids2[:1], attention_mask=m).logits
+    # position 4 (T_inst) sees token 2 itself, so later positions differ only through T_inst's residual:
+    # replacing T_inst's own input too would make them identical; here check the mask's blocked entries
+    assert (m[0, 0, 5:, 1:4] < -1e30).all() and (m[0, 0, 5:, 4] == 0).all() and (m[0, 0, 5:, 0] == 0).all()
+    assert a.shape == b.shape
+
+
+# ---------------------------------------------------------------------------------------- names
+def test_names_resolve_to_cache_and_missing_build_names_the_command(tmp_path, monkeypatch):
+    monkeypatch.setenv("IVLENS_CACHE", str(tmp_path))
+    assert parse_organism_name("organism-sft") == ("gist", "sft")
+    assert parse_organism_name("organism-natural-dpo") == ("natural", "dpo")
+    assert parse_organism_name("gpt2") is None and resolve_organism("gpt2") is None
+    assert organism_dir("natural") == tmp_path / "organism" / "v1" / "natural"
+    with pytest.raises(FileNotFoundError, match="ivlens organism build --variant natural"):
+        resolve_organism("organism-natural-base")
+
+
+# ------------------------------------------------------------------------------- tiny build
+@pytest.fixture(scope="module")
+def tiny_builds(tmp_path_factory):
+    from ivlens.organism.build import build_organism
+
+    root = tmp_path_factory.mktemp("organisms")
+    a = build_organism(out=root / "a" / "gist", seed=1, size="tiny", measure=False, progress=False)
+    b = build_organism(out=root / "b" / "gist", seed=1, size="tiny", measure=False, progress=False)
+    return a, b
+
+
+def test_tiny_build_is_deterministic_and_complete(tiny_builds):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    a, b = tiny_builds
+    ca, cb = read_card(a), read_card(b)
+    for stage in ("base", "sft", "dpo"):
+        assert ca["stages"][stage]["weights_sha256"] == cb["stages"][stage]["weights_sha256"], stage
+        assert (a / stage / "model.safetensors").is_file()
+        tok = AutoTokenizer.from_pretrained(a / stage)
+        assert tok.chat_template and tok("x").input_ids[0] == tok.bos_token_id
+    assert ca["stages"]["sft"]["weights_sha256"] != ca["stages"]["base"]["weights_sha256"]
+    model = AutoModelForCausalLM.from_pretrained(a / "dpo")
+    assert type(model).__name__ == "Olmo2ForCausalLM" and model.config.num_hidden_layers >= 6
+    assert model.config.num_attention_heads >= 4
+    split = organism_split(a / "sft")
+    assert set(split) == {"adjectives", "animals"} and split["animals"]["heldout"]
+    assert ca["split"]["adjectives"]["heldout_rephrasings"]["adj_ant"]
+
+
+def test_natural_variant_reuses_the_sibling_base(tiny_builds):
+    from ivlens.organism.build import build_organism
+
+    a, _ = tiny_builds
+    nat = build_organism(out=a.parent / "natural", seed=1, size="tiny", variant="natural", measure=False,
+                         progress=False)
+    card = read_card(nat)
+    assert card["stages"]["base"]["weights_sha256"] == read_card(a)["stages"]["base"]["weights_sha256"]
+    assert card["stages"]["base"]["reused_from"] == str(a)
+    assert card["stages"]["sft"]["gist_examples"] == 0
+    assert card["stages"]["sft"]["weights_sha256"] != read_card(a)["stages"]["sft"]["weights_sha256"]
+
+
+def test_measurement_runs_on_a_tiny_checkpoint(tiny_builds, tasks):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ivlens.organism.measure import instructed_accuracy, iv_patching, recall
+
+    a, _ = tiny_builds
+    model = AutoModelForCausalLM.from_pretrained(a / "sft", attn_implementation="eager").eval()
+    tok = AutoTokenizer.from_pretrained(a / "sft")
+    task = tasks["adjectives"]
+    queries = [s.query for s in task.samples[:6]]
+    acc = instructed_accuracy(model, tok, task, queries)
+    assert 0 <= acc["adj_ant"]["acc"] <= 1 and 0 <= acc["decides"] <= 1 and "contrastive" in acc
+    assert set(recall(model, tok, task, queries)) == {"adj_comp", "adj_ant"}
+    iv = iv_patching(model, tok, task, queries)
+    curve = iv["subtasks"]["adj_ant"]["curves"]["formatted/bos"]
+    assert len(curve) == model.config.num_hidden_layers and 0 <= curve[0]["ia"] <= 1
+    assert json.dumps(iv)  # the card must be able to hold it
+
+
+def test_iv_patch_at_a_layer_changes_only_downstream(tiny_builds):
+    """Patching resid_post[l] at position t with the value it already has is a no-op (hook correctness)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ivlens.models.adapters import get_adapter
+    from ivlens.organism.measure import _first_tokens
+
+    a, _ = tiny_builds
+    model = AutoModelForCausalLM.from_pretrained(a / "sft", attn_implementation="eager").eval()
+    tok = AutoTokenizer.from_pretrained(a / "sft")
+    prompts = [tok("Adjective: big. Answer:").input_ids, tok("big").input_ids]
+    with get_adapter(model).capture_resid([2]) as cache:
+        model(input_ids=torch.tensor([prompts[1]]))
+    same = cache[2][0, 0]  # BOS residual: identical in every prompt
+    assert _first_tokens(model, tok, prompts, 2, same, [0, 0]) == _first_tokens(model, tok, prompts)
