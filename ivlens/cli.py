@@ -31,6 +31,9 @@ app = typer.Typer(help="ivlens: instruction vectors, layer patching, probes and 
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 tasks_app = typer.Typer(help="List, show and check tasks (built-in or YAML specs).", no_args_is_help=True)
 app.add_typer(tasks_app, name="tasks")
+from ivlens.organism.cli import organism_app  # noqa: E402
+
+app.add_typer(organism_app, name="organism")
 
 
 @app.callback()
