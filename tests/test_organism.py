@@ -99,16 +99,11 @@ def test_gist_mask_causal_rows_match_2d_mask_and_gist_hides_instruction():
     gist = model(ids, attention_mask=gist_attention_mask([9, 6], [(1, 4), None], 9)).logits
     torch.testing.assert_close(gist[0, :5], causal[0, :5])  # up to T_inst nothing changes
     assert (gist[0, 5:] - causal[0, 5:]).abs().max() > 1e-3
-    # after T_inst, changing a hidden instruction token changes nothing
-    ids2 = ids.clone()
-    ids2[0, 2] = (ids[0, 2] + 1) % 300 + 5
-    m = gist_attention_mask([9], [(1, 4)], 9)
-    a = model(ids[:1], attention_mask=m).logits
-    b = model(ids2[:1], attention_mask=m).logits
-    # position 4 (T_inst) sees token 2 itself, so later positions differ only through T_inst's residual:
-    # replacing T_inst's own input too would make them identical; here check the mask's blocked entries
-    assert (m[0, 0, 5:, 1:4] < -1e30).all() and (m[0, 0, 5:, 4] == 0).all() and (m[0, 0, 5:, 0] == 0).all()
-    assert a.shape == b.shape
+    m = gist_attention_mask([9], [(1, 4)], 9)[0, 0]  # (q, k)
+    assert (m[5:, 1:4] < -1e30).all()  # after T_inst: instruction tokens before T_inst hidden
+    assert (m[5:, 4] == 0).all() and (m[5:, 0] == 0).all()  # T_inst and BOS visible
+    causal = torch.ones(9, 9, dtype=torch.bool).tril()
+    assert ((m[:5] == 0) == causal[:5]).all()  # plain causal up to T_inst
 
 
 # ---------------------------------------------------------------------------------------- names
