@@ -79,7 +79,7 @@ class LogisticProbe:
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> LogisticProbe:
         self.classes_ = np.unique(y)
-        Xs = torch.as_tensor(np.asarray(X)).to(torch.float64)  # [n, d]
+        Xs = torch.as_tensor(np.asarray(X)).to(torch.float64, copy=True)  # [n, d]; never alias the caller's X
         mean, scale = Xs.mean(0), Xs.std(0, unbiased=False)
         scale[scale == 0] = 1.0
         Xs.sub_(mean).div_(scale)  # standardised on the training rows only
