@@ -174,3 +174,7 @@ app.command("patch")(patch)
 from ivlens.tracing.cli import trace  # noqa: E402
 
 app.command("trace")(trace)
+
+from ivlens.probing.cli import probe  # noqa: E402
+
+app.command("probe")(probe)
