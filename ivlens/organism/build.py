@@ -73,12 +73,15 @@ class _Progress:
             self._p.__exit__(*exc)
 
     def stage(self, name: str, total: int):
-        if not self._p:
-            return lambda *a: None
-        task = self._p.add_task(name, total=total, info="")
+        task = self._p.add_task(name, total=total, info="") if self._p else None
+        every = max(1, total // 10)
 
         def on_step(step, total_, loss=None):
-            self._p.update(task, completed=step, info="" if loss is None else f"loss {loss:.3f}")
+            info = "" if loss is None else f"loss {loss:.3f}"
+            if task is not None:
+                self._p.update(task, completed=step, info=info)
+            if step % every == 0 or step == total:
+                log.info("%s: step %d/%d %s", name, step, total, info)
 
         return on_step
 
