@@ -31,6 +31,12 @@ class RateColumn(ProgressColumn):
         return Text(f"{task.speed:,.0f} rows/s" if task.speed else "… rows/s", style="cyan")
 
 
+def progress_columns(console: Console | None = None) -> Progress:
+    """A rich progress bar for patched rows: bar, done/total, rows per second, elapsed time and ETA."""
+    return Progress(TextColumn("[bold]patch"), BarColumn(), MofNCompleteColumn(), RateColumn(), TimeElapsedColumn(),
+                    TextColumn("ETA"), TimeRemainingColumn(), console=console or Console(stderr=True))
+
+
 def patch(
     model: list[str] = typer.Option(..., "--model", "-m", help="Model name or path; repeat to put models side by "
                                     "side (e.g. organism-base, organism-sft, organism-dpo)."),
@@ -99,8 +105,7 @@ def _patch(model, task, subtask, layers, positions, samples, mode, source_model,
         run = RunDir.create("patch", f"{a['task']}-{a['subtask'] or 'default'}", out=out, args=a,
                             models=[lm.describe() for lm in lms] + ([src.describe()] if src else []),
                             task=a["task"], seed=a["seed"])
-    with Progress(TextColumn("[bold]patch"), BarColumn(), MofNCompleteColumn(), RateColumn(), TimeElapsedColumn(),
-                  TextColumn("ETA"), TimeRemainingColumn(), console=console) as bar:
+    with progress_columns(console) as bar:
         tid = bar.add_task("rows", total=None)
 
         def progress(done: int, total: int) -> None:
