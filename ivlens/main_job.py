@@ -18,6 +18,7 @@ import pandas as pd
 
 from .cli_common import console, frame_table, progress_bar
 from .models.load import LoadedModel, load_model
+from .patching.main_step import step_patch
 from .runs import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ def step_eval(ctx: MainContext) -> str:
 #: The main job's steps, in order. Each analysis adds its step here when it lands.
 STEPS: list[tuple[str, Callable[[MainContext], str]]] = [
     ("eval", step_eval),
+    ("patch", step_patch),
 ]
 
 
