@@ -59,6 +59,7 @@ def patch(
     dtype: str = typer.Option("float32", help="float32 | bfloat16 | float16."),
     device: str = typer.Option("cpu", help="cpu | cuda | auto."),
     threads: int | None = typer.Option(None, help="torch CPU threads (default: torch's choice)."),
+    backend: str = typer.Option("torch", help="torch (the fast engine) | nnsight (whole forwards via nnsight)."),
     out: Path | None = typer.Option(None, help="Run directory (default runs/<date>-patch-<task>-<subtask>)."),
     resume: Path | None = typer.Option(None, help="Resume this run directory: finished shards are kept and the "
                                        "run's recorded options are used."),
@@ -77,7 +78,7 @@ def patch(
 
 
 def _patch(model, task, subtask, layers, positions, samples, mode, source_model, target, fmt, batch_size, chunk_size,
-           seed, effect, correction, alpha, dtype, device, threads, out, resume, figures) -> None:
+           seed, effect, correction, alpha, dtype, device, threads, backend, out, resume, figures) -> None:
     import torch
 
     from ivlens.models.load import load_model
@@ -97,7 +98,7 @@ def _patch(model, task, subtask, layers, positions, samples, mode, source_model,
         a = {"model": list(model), "task": task, "subtask": subtask, "layers": layers, "positions": positions,
              "samples": samples, "mode": mode, "source_model": source_model, "target": target, "fmt": fmt,
              "batch_size": batch_size, "chunk_size": chunk_size, "seed": seed, "effect": effect,
-             "correction": correction, "alpha": alpha, "dtype": dtype, "device": device}
+             "correction": correction, "alpha": alpha, "dtype": dtype, "device": device, "backend": backend}
         run = None
     lms = [load_model(m, dtype=a["dtype"], device=a["device"]) for m in a["model"]]
     src = load_model(a["source_model"], dtype=a["dtype"], device=a["device"]) if a["source_model"] else None
@@ -114,7 +115,7 @@ def _patch(model, task, subtask, layers, positions, samples, mode, source_model,
         res = patch_sweep(lms, a["task"], a["subtask"], layers=a["layers"], positions=a["positions"],
                           samples=a["samples"], mode=a["mode"], source_model=src, target=a["target"], fmt=a["fmt"],
                           batch_size=a["batch_size"], chunk_size=a["chunk_size"], seed=a["seed"], run=run,
-                          progress=progress)
+                          backend=a.get("backend", "torch"), progress=progress)
     an = analyse(res.rows, effect=a["effect"], correction=a["correction"], alpha=a["alpha"], run=run,
                  make_figures=figures)
     run.finish(engine={k: v.to_dict() for k, v in res.stats.items()}, n_rows=len(res.rows))

@@ -147,7 +147,7 @@ def _pad_id(lm: LoadedModel) -> int:
 
 def _chunk_rows(lm: LoadedModel, prompts: list[SamplePrompts], plan: PatchPlan, ivs: torch.Tensor,
                 space: torch.Tensor, stats: EngineStats, batch_size: int | None,
-                on_rows: Callable[[int], None] | None) -> tuple[list[dict], list[dict]]:
+                on_rows: Callable[[int], None] | None, backend: str = "torch") -> tuple[list[dict], list[dict]]:
     """Run one chunk of samples; records of patched rows and of baselines."""
     adapter, pad = lm.adapter, _pad_id(lm)
     clean = clean_run(adapter, [p.target.input_ids for p in prompts], pad, record=True, stats=stats)
@@ -158,7 +158,11 @@ def _chunk_rows(lm: LoadedModel, prompts: list[SamplePrompts], plan: PatchPlan, 
             for layers in plan.layer_sets:
                 specs.append(RowSpec(b, 0, layers, tok_idx))
                 meta.append((b, pos_name, tok_idx, layers))
-    logits = patched_logits(adapter, clean, ivs, specs, batch_size=batch_size, stats=stats, on_rows=on_rows)
+    if backend == "nnsight":
+        from .nnsight_backend import patched_logits_nnsight as run_rows
+    else:
+        run_rows = patched_logits
+    logits = run_rows(adapter, clean, ivs, specs, batch_size=batch_size, stats=stats, on_rows=on_rows)
     dev = logits.device
     label = torch.tensor([p.label_token for p in prompts], device=dev)
     alt = torch.tensor([p.alt_token for p in prompts], device=dev)
@@ -203,7 +207,7 @@ def patch_sweep(models: LoadedModel | str | Sequence[LoadedModel | str], task: T
                 samples: int | Sequence[int] | None = None, mode: Mode = "transfer",
                 source_model: LoadedModel | str | None = None, target: str = "bare", fmt: str = "raw",
                 batch_size: int | None = None, chunk_size: int = 25, seed: int = 0, run: RunDir | None = None,
-                dtype: str = "float32", device: str = "cpu",
+                dtype: str = "float32", device: str = "cpu", backend: str = "torch",
                 progress: Callable[[int, int], None] | None = None) -> SweepResult:
     """Patch IVs into targets for every layer set × position × sample, for one or more models side by side.
 
@@ -219,6 +223,8 @@ def patch_sweep(models: LoadedModel | str | Sequence[LoadedModel | str], task: T
         batch_size: rows per batched layer call (``None``: automatic from a memory budget).
         chunk_size: samples per shard (the unit of streaming and of ``--resume``).
         run: a :class:`~ivlens.runs.RunDir` to stream shards to (and to resume from); ``None`` keeps results in memory.
+        backend: ``torch`` (the fast layer-level engine) or ``nnsight`` (whole batched forwards through nnsight
+            envoys: slower, remote-ready; same results).
         progress: ``progress(done_rows, total_rows)`` after each batch.
 
     Returns:
@@ -229,6 +235,8 @@ def patch_sweep(models: LoadedModel | str | Sequence[LoadedModel | str], task: T
     >>> res = patch_sweep(lm, "adjectives", "adj_ant", layers="pairs", samples=20)
     >>> res.rows.groupby("layers").delta_logit_vs_target.mean()
     """
+    if backend not in ("torch", "nnsight"):
+        raise ValueError(f"unknown backend {backend!r}; use torch or nnsight")
     task = load_task(task) if isinstance(task, str) else task
     subtask = subtask or task.subtask_names[0]
     task.subtask(subtask)
@@ -278,7 +286,7 @@ def patch_sweep(models: LoadedModel | str | Sequence[LoadedModel | str], task: T
                 if progress:
                     progress(min(_base + _acc[0], total), total)
 
-            rows, base = _chunk_rows(lm, prompts, plan, ivs, space, st, batch_size, on_rows)
+            rows, base = _chunk_rows(lm, prompts, plan, ivs, space, st, batch_size, on_rows, backend)
             rows_df = pd.DataFrame([{**const, **r} for r in rows])
             base_df = pd.DataFrame([{**const, **r} for r in base])
             if run is not None:
