@@ -215,3 +215,25 @@ def test_sweep_errors(task):
         patch_sweep(lm, task, "adj_ant", samples=2, source_model=bigger)
     with pytest.raises(ValueError, match="no subtask"):
         patch_sweep(lm, task, "nope", samples=2)
+
+
+def test_first_position_skips_a_bos(task):
+    """With a tokenizer that prepends BOS (as the organisms' does), 'first' is the first real token."""
+    from tokenizers import processors
+
+    tok = tiny_tokenizer()
+    tok._tokenizer.post_processor = processors.TemplateProcessing(
+        single="<|bos|> $A", special_tokens=[("<|bos|>", tok.bos_token_id)])
+    model = _model("olmo2")
+    res = patch_sweep(LoadedModel.wrap(model, tok, "bos"), task, "adj_ant", layers="single", positions="first",
+                      samples=[0, 2])
+    assert (res.rows.pos_index == 1).all()
+    a = task.subtask("adj_ant")
+    ivs = ref.source_ivs(model, instruction_prompt(tok, a.instruction).input_ids)
+    assert instruction_prompt(tok, a.instruction).input_ids[0] == tok.bos_token_id
+    for row in res.rows.itertuples():
+        s = task.samples[row.sample]
+        tgt = query_prompt(tok, task, s, query_style="bare")
+        label = label_token_ids(tok, instructed_prompt(tok, task, s, a.instruction), s.answer("adj_ant"))[0]
+        want = ref.patched_logits(model, tgt.input_ids, ivs, (row.first_layer,), 1)[label]
+        assert row.logit == pytest.approx(float(want), abs=TOL)

@@ -12,8 +12,8 @@ Layer-set specs (``layers=``):
 - an explicit list ``"3,5,7;2,4"``: those sets (``;`` separates sets, ``,`` layers), plus the singles of their
   layers (needed for the additive prediction of :mod:`ivlens.patching.interactions`).
 
-Position specs (``positions=``, comma-separated): ``first`` (the first token of the target prompt that is not a
-BOS the tokenizer added), ``last``, ``t_inst`` (the target's last instruction token; contrastive mode), or an
+Position specs (``positions=``, comma-separated): ``first`` (the first token of the target prompt after a leading
+BOS, if it has one; in chat format that is the template's first token), ``last``, ``t_inst`` (the target's last instruction token; contrastive mode), or an
 integer index into the target prompt's tokens (negative counts from the end).
 """
 

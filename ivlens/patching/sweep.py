@@ -96,8 +96,7 @@ def select_samples(task: Task, samples: int | Sequence[int] | None, seed: int = 
 
 
 def _has_bos(tok, prompt: Prompt) -> bool:
-    return (prompt.add_special_tokens and tok.bos_token_id is not None and len(prompt.input_ids) > 1
-            and prompt.input_ids[0] == tok.bos_token_id)
+    return tok.bos_token_id is not None and len(prompt.input_ids) > 1 and prompt.input_ids[0] == tok.bos_token_id
 
 
 def prepare(lm: LoadedModel, task: Task, subtask: str, plan: PatchPlan, sample_ids: Sequence[int], mode: Mode,
