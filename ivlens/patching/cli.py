@@ -85,6 +85,7 @@ def _patch(model, task, subtask, layers, positions, samples, mode, source_model,
     from ivlens.runs import RunDir
 
     from .analysis import analyse
+    from .plan import PatchPlan
     from .sweep import patch_sweep
 
     console = Console(stderr=True)
@@ -102,6 +103,8 @@ def _patch(model, task, subtask, layers, positions, samples, mode, source_model,
         run = None
     lms = [load_model(m, dtype=a["dtype"], device=a["device"]) for m in a["model"]]
     src = load_model(a["source_model"], dtype=a["dtype"], device=a["device"]) if a["source_model"] else None
+    for lm in lms:  # fail on bad specs before a run directory is made
+        PatchPlan.build(a["layers"], a["positions"], lm.adapter.n_layers)
     if run is None:
         run = RunDir.create("patch", f"{a['task']}-{a['subtask'] or 'default'}", out=out, args=a,
                             models=[lm.describe() for lm in lms] + ([src.describe()] if src else []),

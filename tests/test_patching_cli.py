@@ -1,0 +1,49 @@
+"""``ivlens patch`` through the registered CLI: models side by side, contrastive mode, --source-model, errors."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from ivlens.cli import app
+from ivlens.runs import RunDir
+from ivlens.testing.tiny import tiny_model, tiny_tokenizer
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory):
+    dirs = []
+    for seed in (0, 1):
+        d = tmp_path_factory.mktemp(f"m{seed}")
+        tiny_model("llama", seed=seed, n_layers=4, d_model=64, n_kv_heads=2).save_pretrained(d)
+        tiny_tokenizer().save_pretrained(d)
+        dirs.append(str(d))
+    return dirs
+
+
+def test_contrastive_side_by_side_with_source_model(model_dirs, tmp_path):
+    out = tmp_path / "run"
+    res = CliRunner().invoke(app, ["patch", "--model", model_dirs[0], "--model", model_dirs[1], "--task", "adjectives",
+                                   "--subtask", "adj_comp", "--mode", "contrastive", "--positions", "t_inst,last",
+                                   "--layers", "1,3;0,2", "--samples", "3", "--source-model", model_dirs[1],
+                                   "--out", str(out), "--correction", "bh"])
+    assert res.exit_code == 0, res.output
+    run = RunDir.open(out)
+    rows = run.read_table("patch")
+    assert rows.model.nunique() == 2 and set(rows.source_model) == {model_dirs[1]}
+    assert set(rows.layers) == {"0", "1", "2", "3", "1,3", "0,2"} and set(rows.position) == {"t_inst", "last"}
+    assert rows.logit_diff.notna().all() and (rows.target == "instructed").all()
+    assert set(run.read_table("interactions").correction) == {"bh"}
+    assert run.manifest["status"] == "finished" and run.manifest["engine"]
+    assert (out / "figures" / "pair_heatmaps.png").exists()
+
+
+@pytest.mark.parametrize("args,msg", [(["--layers", "0,4"], "valid indices 0 to 3"),
+                                      (["--positions", "middle"], "unknown position"),
+                                      (["--mode", "contrastive", "--task", "object_counting"], "two subtasks")])
+def test_errors_are_one_line(model_dirs, tmp_path, args, msg):
+    res = CliRunner().invoke(app, ["patch", "--model", model_dirs[0], "--samples", "2", "--out", str(tmp_path / "r"),
+                                   *args])
+    assert res.exit_code == 2 and msg in res.output and "Traceback" not in res.output
+    if "contrastive" not in args:
+        assert not (tmp_path / "r").exists()
