@@ -193,6 +193,18 @@ def _chunk_rows(lm: LoadedModel, prompts: list[SamplePrompts], plan: PatchPlan, 
     return rows, base
 
 
+class _ChunkProgress:
+    """Advances ``progress(done, total)`` batch by batch within one chunk (never past the chunk's end)."""
+
+    def __init__(self, progress: Callable[[int, int], None] | None, start: int, end: int, total: int):
+        self.progress, self.done, self.end, self.total = progress, start, end, total
+
+    def __call__(self, n: int) -> None:
+        self.done = min(self.done + n, self.end)
+        if self.progress:
+            self.progress(self.done, self.total)
+
+
 def _as_loaded(m: LoadedModel | str, dtype: str, device: str) -> LoadedModel:
     if isinstance(m, LoadedModel):
         return m
@@ -280,11 +292,7 @@ def patch_sweep(models: LoadedModel | str | Sequence[LoadedModel | str], task: T
                 ivs = source_vectors(s_lm.adapter, [src_ids], _pad_id(s_lm), stats=st)
                 space = label_space_tokens(lm, task, subtask, prompts[0].instructed)
 
-            def on_rows(n: int, _base=done, _acc=[0]) -> None:  # noqa: B006 - per-chunk accumulator
-                _acc[0] += n
-                if progress:
-                    progress(min(_base + _acc[0], total), total)
-
+            on_rows = _ChunkProgress(progress, done, done + n_rows, total)
             rows, base = _chunk_rows(lm, prompts, plan, ivs, space, st, batch_size, on_rows, backend)
             rows_df = pd.DataFrame([{**const, **r} for r in rows])
             base_df = pd.DataFrame([{**const, **r} for r in base])
