@@ -59,7 +59,7 @@ def probe(
     acc = res.accuracy[res.accuracy.target == "subtask"]
     main = acc[acc.probe == acc.probe.iloc[0]]
     table = main.pivot(index="layer", columns="model", values="cv_mean")[list(dict.fromkeys(main.model))]
-    console.print(frame_table(table.reset_index(), title=f"probe '{main.probe.iloc[0]}': CV accuracy by layer "
+    console.print(frame_table(table.reset_index().astype({"layer": str}), title=f"probe '{main.probe.iloc[0]}': CV accuracy by layer "
                                                          f"(majority {main.majority.mean():.2f}, shuffled "
                                                          f"{main.shuffled_mean.mean():.2f})"))
     console.print(f"results: {res.run.path}")
