@@ -65,10 +65,61 @@ def step_eval(ctx: MainContext) -> str:
     return "\n".join(parts)
 
 
+def step_probe(ctx: MainContext) -> str:
+    """``ivlens probe --model organism-{base,sft,dpo} --tasks adjectives,animals --layers all``: are the IVs of
+    rephrased instructions linearly separable, and do probes generalise to phrasings kept out of training?"""
+    from .probing.run import probe_run
+
+    res = probe_run(ctx.models, list(TASKS), layers="all", varying="instructions", out=ctx.root / "probe")
+    acc = res.accuracy[res.accuracy["probe"] == "all"]
+    cols = [c for c in ("cv_mean", "heldout_acc", "shuffled_mean", "majority") if c in acc.columns]
+    table = acc.pivot_table(index="layer", columns="model", values=cols[0], sort=False).reset_index()
+    console.print(frame_table(table, title=f"probe accuracy by layer ({cols[0]}, all four subtasks)"))
+    parts = [f"## Linear probes on instruction vectors ({res.run.path})\n",
+             "`ivlens probe --model organism-base --model organism-sft --model organism-dpo "
+             "--tasks adjectives,animals --layers all`\n",
+             f"{cols[0]} (stratified 5-fold CV; four subtasks, 200 rephrasings each)\n", markdown_table(table), ""]
+    for col in cols[1:]:
+        t = acc.pivot_table(index="layer", columns="model", values=col, sort=False).reset_index()
+        parts += [f"{col}\n", markdown_table(t), ""]
+    parts.append(f"Figures: {res.run.path / 'figures'}\n")
+    return "\n".join(parts)
+
+
+def step_trace(ctx: MainContext) -> str:
+    """``ivlens trace --compare`` on both tasks: do the two subtasks' exact path graphs share early layers and
+    part in later ones, compared with two rephrasings of the same instruction?"""
+    from .runs import RunDir
+    from .tracing.run import compare_run
+
+    n = min(ctx.samples or 20, 20)
+    parts = ["## Circuit selectors: exact path graphs of instruction A vs B\n"]
+    for task in TASKS:
+        run = RunDir.create("trace", f"{task}-compare", out=ctx.root / "trace" / task, task=task,
+                            models=[m.describe() for m in ctx.models],
+                            args={"compare": True, "samples": n, "split": "heldout"})
+        summaries = compare_run(ctx.models, task, run, samples=n, split="heldout", progress=progress_bar)
+        run.finish(summary=summaries)
+        rows = []
+        for name, s in summaries.items():
+            wj = s["weighted_jaccard"]
+            rows.append({"model": name, "jaccard A vs B": wj["ab"].get("mean", float("nan")),
+                         "jaccard rephrasings": wj["baseline"].get("mean", float("nan")),
+                         "part layer": s["part_layer"], "max completeness err": s["completeness_max_rel_err"]})
+        table = pd.DataFrame(rows)
+        console.print(frame_table(table, title=f"circuit selectors: {task} ({n} held-out queries)"))
+        parts += [f"### {task} ({run.path})\n",
+                  f"`ivlens trace --model organism-base --model organism-sft --model organism-dpo --task {task} "
+                  f"--compare --samples {n} --split heldout`\n", markdown_table(table), ""]
+    return "\n".join(parts)
+
+
 #: The main job's steps, in order. Each analysis adds its step here when it lands.
 STEPS: list[tuple[str, Callable[[MainContext], str]]] = [
     ("eval", step_eval),
     ("patch", step_patch),
+    ("probe", step_probe),
+    ("trace", step_trace),
 ]
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 import typer
@@ -68,7 +67,15 @@ def trace(
                                   "beam": beam, "threshold_rank": threshold_rank, "start_pos": start_pos,
                                   "end_pos": end_pos, "from_inst": from_inst, "format": fmt})
         if compare:
-            summaries = _compare(lms, task, samples, split, seed, fmt, top_k, beam, run)
+            from ivlens.tracing.run import compare_run
+
+            summaries = compare_run(lms, task, run, samples=samples, split=split, seed=seed, fmt=fmt, top_k=top_k,
+                                    beam=beam, progress=progress_bar)
+            for name, s in summaries.items():
+                wj = s["weighted_jaccard"]
+                console.print(f"[bold]{name}[/]: weighted Jaccard A vs B {wj['ab'].get('mean', float('nan')):.3f}, "
+                              f"rephrasings {wj['baseline'].get('mean', float('nan')):.3f}; parts at layer "
+                              f"{s['part_layer']}; completeness error ≤ {s['completeness_max_rel_err']:.1e}")
             run.finish(summary=summaries)
         else:
             for lm in lms:
@@ -122,43 +129,7 @@ def _single(lm, task, subtask, sample, prompt, target, method, top_k, beam, thre
                       f"(all enumerated paths: {a.cosine_all:.3f}, {a.norm_ratio_all:.3f})")
 
 
-def _compare(lms, task, samples, split, seed, fmt, top_k, beam, run) -> dict:
-    import pandas as pd
-
-    from ivlens.api import split_queries
-    from ivlens.tasks import load_task
-    from ivlens.tasks.selection import select_samples
-    from ivlens.tracing.compare import compare_subtasks
-    from ivlens.tracing.figures import plot_head_activity, plot_overlap_curves
-
-    t = load_task(task)
-    curves, summaries, rows = {}, {}, []
-    for lm in lms:
-        chosen = select_samples(t, samples, seed, split_queries(lm, t, split))
-        with progress_bar(f"trace --compare {lm.name}", len(chosen)) as advance:
-            res = compare_subtasks(lm.model, lm.tokenizer, t, chosen, fmt=fmt, top_k=top_k, beam=beam,
-                                   progress=advance)
-        s = res.summary()
-        summaries[lm.name] = s
-        curves[f"{lm.name}: A vs B"] = s["per_layer_ab"]
-        if s["per_layer_baseline"]:
-            curves[f"{lm.name}: rephrasings"] = s["per_layer_baseline"]
-        rows += [dict(r, model=lm.name) for r in res.rows]
-        plot_head_activity({k: v.numpy() for k, v in res.head_activity.items()},
-                           run.figure_path(f"head_activity-{_slug(lm.name)}.png"),
-                           title=f"{lm.name}: head activity of paths leaving T_inst")
-        wj = s["weighted_jaccard"]
-        console.print(f"[bold]{lm.name}[/]: weighted Jaccard A vs B {wj['ab'].get('mean', float('nan')):.3f}, "
-                      f"rephrasings {wj['baseline'].get('mean', float('nan')):.3f}; parts at layer {s['part_layer']}; "
-                      f"completeness error ≤ {s['completeness_max_rel_err']:.1e}")
-    plot_overlap_curves(curves, run.figure_path("overlap_by_layer.png"))
-    df = pd.DataFrame(rows)
-    for c in [c for c in df.columns if c.endswith("per_layer")]:
-        df[c] = df[c].map(lambda v: json.dumps(v))
-    run.write_table("compare", df)
-    (run.path / "compare.json").write_text(json.dumps(summaries, indent=1))
-    return summaries
-
-
 def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
+    from ivlens.tracing.run import slug
+
+    return slug(name)
