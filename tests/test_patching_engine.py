@@ -55,8 +55,16 @@ def test_engine_logits_match_reference(arch):
     distinct = {(r.target, r.source, r.layers[-1:] if r.token == len(targets[r.target]) - 1 else r.layers, r.token)
                 for r in rows}
     assert stats.unique_rows == len(distinct)
-    assert stats.executed_evals == sum((4 - 1 - k[2][0]) * (len(targets[k[0]]) - k[3]) for k in distinct)
     assert stats.executed_evals < want_min
+    # In one batch, layer k runs once per distinct (target, source, position, S ∩ [0, k−1]): the trie's size.
+    one = EngineStats()
+    got_one = patched_logits(adapter, clean, ivs, rows, batch_size=10_000, stats=one)
+    torch.testing.assert_close(got_one, got, atol=1e-6, rtol=0)
+    trie = sum(len(targets[t]) - tok
+               for k in range(1, 4)
+               for (t, src, tok, prefix) in {(t, src, tok, tuple(x for x in ls if x < k)) for t, src, ls, tok in distinct}
+               if prefix)
+    assert one.executed_evals == trie < sum((4 - 1 - d[2][0]) * (len(targets[d[0]]) - d[3]) for d in distinct)
     # the last-position identity is exact: a set's logits equal its highest layer's alone
     last = {(r.target, r.layers): i for i, r in enumerate(rows) if r.token == len(targets[r.target]) - 1}
     torch.testing.assert_close(got[last[(0, (0, 2, 3))]], got[last[(0, (3,))]], atol=0, rtol=0)

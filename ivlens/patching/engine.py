@@ -16,13 +16,17 @@ Only the work a patch changes is done:
    last-position patch computes one token per layer).
 
 Rows are grouped by the number of recomputed positions ``s = T − p`` (with left padding, the last ``s`` columns
-of the batch) and sorted by ``l0``; a group runs as one loop over the layers in which rows *join* at their start
-layer, so no layer-token is computed twice or padded. The layer-token evaluations executed therefore equal the
-minimum ``Σ_rows (L − 1 − l0) · (T − p)`` of the requested rows, or fewer: rows that compute the same thing are
-run once. Two kinds coincide: ``first`` and ``last`` of a one-token prompt, and, at the **last** position, a set
-and its highest layer alone (the patch at the highest layer overwrites the only residual that later layers read
-at that position, and earlier positions are untouched, so ``(S, last) ≡ ({max S}, last)`` exactly). Architecture details (rotary embeddings, masks, the cache protocol) are the
-adapter's: :meth:`~ivlens.models.adapters.ArchitectureAdapter.run_layer`.
+of the batch). Within a group, computation is shared as a **trie over layer sets**: entering layer ``k`` a row's
+state depends only on its target, its source and ``S ∩ [0, k−1]``, so rows that agree on their patches below
+``k`` (e.g. ``(0, 3)``, ``(0, 4)`` and ``(0, 3, 5)`` below layer 3) are one state there, and each layer runs once per
+distinct patch prefix. The layer-token evaluations executed are therefore at most the per-row minimum
+``Σ_rows (L − 1 − l0) · (T − p)`` (nothing padded or recomputed), and usually well below it. Rows that compute the
+same thing also run once: ``first`` and ``last`` of a one-token prompt, and, at the **last** position, a set and its
+highest layer alone (the patch at the highest layer overwrites the only residual that later layers read at that
+position, and earlier positions are untouched, so ``(S, last) ≡ ({max S}, last)`` exactly).
+
+Architecture details (rotary embeddings, masks, the cache protocol) are the adapter's:
+:meth:`~ivlens.models.adapters.ArchitectureAdapter.run_layer`.
 
 Shapes: ``batch pos d_model layer kv_head d_head d_vocab``; ``rows`` counts patch configurations.
 """
@@ -205,7 +209,7 @@ def patched_logits(adapter: ArchitectureAdapter, clean: CleanRun, ivs: torch.Ten
         groups[W - col].append(u)
     out = torch.empty((len(keys), adapter.d_vocab), dtype=clean.last_logits.dtype, device=_device(adapter))
     for s, members in sorted(groups.items()):
-        members.sort(key=lambda u: keys[u][2][0])  # by first patched layer: rows join in order
+        members.sort(key=lambda u: keys[u][:3])  # rows of one target and source together: they share states
         bs = batch_size or auto_batch_size(adapter, W, s)
         for i in range(0, len(members), bs):
             chunk = members[i:i + bs]
@@ -219,45 +223,56 @@ def patched_logits(adapter: ArchitectureAdapter, clean: CleanRun, ivs: torch.Ten
 
 def _run_group(adapter: ArchitectureAdapter, clean: CleanRun, ivs: torch.Tensor, keys: list[tuple], s: int,
                st: EngineStats) -> torch.Tensor:
-    """Rows sharing the suffix length ``s`` (the patched position is suffix column 0), sorted by first layer."""
+    """Logits ``[len(keys), d_vocab]`` of rows sharing the suffix length ``s`` (the patched position is suffix
+    column 0), computed as a trie over their layer sets.
+
+    Entering layer ``k``, a row's state depends only on ``(target, source, S ∩ [0, k−1])``, so rows that agree on
+    their patches below ``k`` share one state there; a row starts (``S ∩ [0, k] ≠ ∅``) from the clean
+    ``resid_post[k]``. Each layer therefore runs once per *distinct* patch prefix, not once per row.
+    """
     L = adapter.n_layers
     W = clean.batch.input_ids.shape[1]
     dev = _device(adapter)
-    tgt = torch.tensor([k[0] for k in keys], dtype=torch.long, device=dev)  # [rows]
-    src = torch.tensor([k[1] for k in keys], dtype=torch.long, device=dev)
-    first = [k[2][0] for k in keys]
-    # rows_at[l]: rows that patch layer l (after computing it, or as their start)
-    rows_at: dict[int, list[int]] = defaultdict(list)
-    for i, k in enumerate(keys):
-        for layer in k[2]:
-            rows_at[layer].append(i)
-    pos_ids = clean.batch.position_ids[tgt, W - s:]  # [rows, s]
-    key_mask = clean.batch.attention_mask[tgt]  # [rows, W]
-    mask = adapter.causal_mask(key_mask, s, clean.resid[0].dtype)  # [rows, 1, s, W]
-    h = clean.resid[0].new_empty((0, s, adapter.d_model))
-    n_active = 0
-    for layer in range(-1, L):
-        # rows whose first patched layer is `layer` join: clean resid_post[layer] with the IV written at column 0
-        j = n_active
-        while j < len(keys) and first[j] == layer:
-            j += 1
-        if j > n_active:
-            new = clean.resid[layer][tgt[n_active:j], W - s:].clone()  # [new, s, d_model]
-            new[:, 0] = ivs[src[n_active:j], layer]
-            h = torch.cat([h, new]) if n_active else new
-            n_active = j
-        nxt = layer + 1
-        if nxt >= L or n_active == 0:
+    state_of: dict[tuple, int] = {}  # (target, source, prefix) -> row of h
+    h = clean.resid[0].new_empty((0, s, adapter.d_model))  # states: [n_states, s, d_model]
+    h_tgt = torch.empty(0, dtype=torch.long, device=dev)  # target (clean batch row) of each state
+    for k in range(L):
+        if k > 0 and h.shape[0]:
+            # layer k on every state (prefixes ⊆ [0, k−1]); earlier positions' keys/values from the clean run
+            pos = clean.batch.position_ids[h_tgt, W - s:]  # [n_states, s]
+            mask = adapter.causal_mask(clean.batch.attention_mask[h_tgt], s, h.dtype)  # [n_states, 1, s, W]
+            cache = PrefixCache(clean.keys[k][h_tgt, :, :W - s], clean.values[k][h_tgt, :, :W - s])
+            h = adapter.run_layer(k, h, attention_mask=mask, position_ids=pos,
+                                  position_embeddings=adapter.position_embeddings(h, pos), cache=cache)
+            st.executed_evals += h.shape[0] * s
+            st.layer_calls += 1
+        # states after patching at layer k: prefixes S ∩ [0, k]
+        new: dict[tuple, int] = {}
+        from_idx, tgt, patch_src, patched = [], [], [], []
+        for t, src, layers, _col in keys:
+            before = tuple(x for x in layers if x < k)
+            after = before + (k,) if k in layers else before
+            if not after or (t, src, after) in new:
+                continue
+            new[(t, src, after)] = len(from_idx)
+            from_idx.append(state_of[(t, src, before)] if before else -1)
+            tgt.append(t)
+            if k in layers:
+                patched.append(len(from_idx) - 1)
+                patch_src.append(src)
+        if not new:
             continue
-        a = slice(0, n_active)
-        pe = adapter.position_embeddings(h, pos_ids[a])
-        cache = PrefixCache(clean.keys[nxt][tgt[a], :, :W - s], clean.values[nxt][tgt[a], :, :W - s])
-        h = adapter.run_layer(nxt, h, attention_mask=mask[a], position_ids=pos_ids[a], position_embeddings=pe,
-                              cache=cache)
-        st.executed_evals += n_active * s
-        st.layer_calls += 1
-        patch = [i for i in rows_at.get(nxt, ()) if i < n_active and first[i] != nxt]
-        if patch:
-            idx = torch.tensor(patch, dtype=torch.long, device=dev)
-            h[idx, 0] = ivs[src[idx], nxt]
-    return adapter.logits(h[:, -1])
+        f = torch.tensor(from_idx, dtype=torch.long, device=dev)
+        h_tgt = torch.tensor(tgt, dtype=torch.long, device=dev)
+        h_new = h.new_empty((len(from_idx), s, adapter.d_model))
+        carried = f >= 0
+        if carried.any():
+            h_new[carried] = h[f[carried]]
+        if (~carried).any():  # starting here: the clean residual after layer k
+            h_new[~carried] = clean.resid[k][h_tgt[~carried], W - s:]
+        if patched:
+            pi = torch.tensor(patched, dtype=torch.long, device=dev)
+            h_new[pi, 0] = ivs[torch.tensor(patch_src, dtype=torch.long, device=dev), k]
+        h, state_of = h_new, new
+    rows = torch.tensor([state_of[(t, src, layers)] for t, src, layers, _col in keys], dtype=torch.long, device=dev)
+    return adapter.logits(h[rows, -1])
