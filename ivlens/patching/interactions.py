@@ -168,7 +168,7 @@ def additivity_summary(stats_table: pd.DataFrame) -> pd.DataFrame:
         "frac_paper_criterion": x.paper_criterion_holds.mean(),
         "frac_paper_released_test": (x.p_paper_released < 0.05).mean(),
         "mean_interaction": x.mean_interaction.mean(),
-    }), include_groups=False).reset_index()
+    }), include_groups=False).reset_index().astype({"n_sets": int})
 
 
 def single_layer_effects(rows: pd.DataFrame, effect: str = "delta_logit_vs_target") -> pd.DataFrame:
