@@ -55,8 +55,9 @@ DEFAULT_MEMORY_BUDGET = 1 << 30
 @dataclass
 class EngineStats:
     """Work counters. ``executed_evals``: layer-token evaluations run for patched rows; ``minimal_evals``: the
-    minimum for the requested rows, ``Σ (L − 1 − l0)(T − p)``; ``baseline_evals``: those of clean, instructed and
-    source runs; ``layer_calls``: batched decoder-layer calls."""
+    per-row minimum for the requested rows, ``Σ (L − 1 − l0)(T − p)`` (what a row needs on its own; sharing
+    between rows goes below it); ``baseline_evals``: those of clean, instructed and source runs; ``layer_calls``:
+    batched decoder-layer calls; ``unique_rows``: distinct computations among ``rows``."""
 
     executed_evals: int = 0
     minimal_evals: int = 0
