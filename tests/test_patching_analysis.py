@@ -49,6 +49,8 @@ class _Ctx:
 
 def test_main_job_step(models, tmp_path):
     md = step_patch(_Ctx(tmp_path, models, 3))
-    assert "strongest layer" in md and "frac_superadditive" in md
-    rows = RunDir.open(tmp_path / "patch").read_table("patch")
-    assert list(rows.model.unique()) == ["base", "sft", "dpo"] and rows["sample"].nunique() == 3
+    assert "strongest layer" in md and "frac_superadditive" in md and "formatted target" in md
+    for target in ("bare", "formatted"):
+        rows = RunDir.open(tmp_path / f"patch-{target}").read_table("patch")
+        assert list(rows.model.unique()) == ["base", "sft", "dpo"] and rows["sample"].nunique() == 3
+        assert set(rows.target) == {target}
