@@ -39,6 +39,8 @@ PLAIN_SHARE = 0.25
 #: share of instructed SFT examples trained under the gist mask, per variant
 GIST_SHARE = {"gist": 0.5, "natural": 0.0}
 CHAT_SHARE = 0.3
+#: share of instructed SFT examples with the paper's own instruction (the rest: training rephrasings)
+MAIN_INSTRUCTION_SHARE = 0.4
 THREADS = 2
 
 MADE_HOW = {
@@ -180,7 +182,8 @@ def build_organism(out: Path | None = None, seed: int = 0, size: str = "small", 
         model = copy.deepcopy(base)
         n_instructed = round((1 - PLAIN_SHARE) * spec.sft_steps * spec.sft_batch)
         examples = D.sft_examples(tasks, tokenizer, seed, n_instructed=n_instructed, plain_share=PLAIN_SHARE,
-                                  gist_share=GIST_SHARE[variant], chat_share=CHAT_SHARE)
+                                  gist_share=GIST_SHARE[variant], chat_share=CHAT_SHARE,
+                                  main_instruction_share=MAIN_INSTRUCTION_SHARE)
         figures = sft(model, tokenizer, examples, spec, seed, bars.stage("sft", spec.sft_steps))
         timing["sft"] = time.perf_counter() - t0
         stages["sft"] = {**figures, "gist_share": GIST_SHARE[variant], "plain_share": PLAIN_SHARE,
@@ -218,7 +221,8 @@ def build_organism(out: Path | None = None, seed: int = 0, size: str = "small", 
             "pretraining": "plain causal-LM loop on packed plain-text fact sentences (no instruction format), "
                            "AdamW, warm-up + cosine, bf16 autocast",
             "sft": "TRL SFTTrainer, loss on the answer only, raw format '{instruction} {Field}: {query}. Answer: "
-                   "{label}' and chat format, the paper's instruction (25%) or a training rephrasing, "
+                   f"{{label}}' and chat format, the paper's instruction ({MAIN_INSTRUCTION_SHARE:.0%}) or a training "
+                   "rephrasing, "
                    f"{PLAIN_SHARE:.0%} plain pretraining text mixed in, gist mask on {GIST_SHARE[variant]:.0%} "
                    "of instructed examples",
             "dpo": "TRL DPOTrainer, sigmoid loss + SFT term on the chosen answer, frozen reference = SFT model; "
@@ -277,15 +281,11 @@ def acceptance(measured: dict) -> dict:
                     check(f"{stage}/{task}/{sub}/acc_{part}", inst[sub]["acc"], thr, inst[sub]["acc"] >= thr)
             d = m["heldout"]["instructed"]["decides"]
             check(f"{stage}/{task}/decides_heldout", d, 0.80, d >= 0.80)
-            iv = m["iv"]["subtasks"]
-            best = max(iv.items(), key=lambda kv: (kv[1]["best"]["ia"], kv[1]["best"]["exact"]))
-            sub, res = best
-            style = res["best"]["target"].split("/")[0]
-            value = {"subtask": sub, "target": res["best"]["target"], "layer": res["best"]["layer"],
-                     "ia": res["best"]["ia"], "exact": res["best"]["exact"],
-                     "unpatched_ia": res["unpatched"][style]["ia"]}
-            check(f"{stage}/{task}/iv_transfer", value, "ia >= 0.5, exact >= 0.3, unpatched ia < 0.5",
-                  value["ia"] >= 0.5 and value["exact"] >= 0.3 and value["unpatched_ia"] < 0.5)
+            value = best_iv_transfer(m["iv"], majority_rates(task))
+            check(f"{stage}/{task}/iv_transfer", value,
+                  "some subtask/target/position/layer with flip >= 0.5, ia >= 0.5 and exact >= max(0.3, "
+                  "majority-answer rate + 0.1) (flip over >= 10% of queries answered outside the label "
+                  "space unpatched)", value is not None and value["pass"])
     for task in measured["dpo"]:
         for part in ("train", "heldout"):
             s = measured["sft"][task][part]["instructed"]["contrastive"]
@@ -299,6 +299,38 @@ def acceptance(measured: dict) -> dict:
         check(f"base_recall/{task}", min(rec), 0.9, min(rec) >= 0.9)
     checks["all_pass"] = all(c["pass"] for c in checks.values())
     return checks
+
+
+def majority_rates(task_name: str) -> dict[str, float]:
+    """Per subtask: the share of queries that the single most common answer would get right (chance level
+    for ``exact``: e.g. ``no`` for can_fly, ``brown`` for anim_color)."""
+    task = D.load_tasks()[task_name]
+    out = {}
+    for sub in task.subtasks:
+        labels = {a for s in task.samples for a in s.answers[sub]}
+        out[sub] = max(sum(lab in s.answers[sub] for s in task.samples) for lab in labels) / len(task.samples)
+    return out
+
+
+def best_iv_transfer(iv: dict, majority: dict[str, float]) -> dict | None:
+    """The single-layer IV patch that best moves queries answered outside the subtask's label space
+    (unpatched) into it, with the instructed answer top-1 above chance: among configurations (subtask,
+    target style, position, layer) where at least 10 % of the queries are outside unpatched, the first that
+    passes (``flip >= 0.5, ia >= 0.5, exact >= max(0.3, majority + 0.1)``) with the highest ``(exact, flip)``,
+    else the one with the highest ``(flip, exact)``."""
+    cands = []
+    for sub, res in iv["subtasks"].items():
+        for target, curve in res["curves"].items():
+            for c in curve:
+                if c["flip"] is None or c.get("n_outside", iv["n_queries"]) < 0.1 * iv["n_queries"]:
+                    continue
+                need = max(0.3, majority[sub] + 0.1)
+                ok = c["flip"] >= 0.5 and c["ia"] >= 0.5 and c["exact"] >= need
+                cands.append({"subtask": sub, "target": target, **c, "exact_needed": need,
+                              "unpatched_ia": res["unpatched"][target.split("/")[0]]["ia"], "pass": ok})
+    if not cands:
+        return None
+    return max(cands, key=lambda c: (c["pass"], c["exact"] if c["pass"] else c["flip"], c["flip"]))
 
 
 def _mean_acc(m: dict) -> float:

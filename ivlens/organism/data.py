@@ -30,6 +30,8 @@ ORGANISM_TASKS = ("adjectives", "animals")
 TRAIN_QUERY_SHARE = 0.7
 #: share of each rephrasing file (its first rows) used in training; the last rows are held out
 TRAIN_REPHRASING_SHARE = 0.75
+#: sentences per plain-text SFT example (about one 64-token pretraining row)
+PLAIN_SENTENCES_PER_EXAMPLE = 6
 #: the split does not depend on the training seed
 SPLIT_SEED = 0
 
@@ -215,9 +217,11 @@ def sft_examples(tasks: dict[str, Task], tokenizer, seed: int, n_instructed: int
                               gist=rng.random() < gist_share, kind=kind))
     plain = pretraining_sentences(tasks, seed)
     n_plain = round(plain_share / (1 - plain_share) * n_instructed)
+    k = PLAIN_SENTENCES_PER_EXAMPLE
     for i in range(n_plain):
-        out.append(SFTExample(prompt="", completion=plain[i % len(plain)], instruction_span=None, gist=False,
-                              kind="plain"))
+        # a pretraining-like row: several sentences joined by newlines (as packed in pretraining)
+        text = "\n".join(plain[(i * k + j) % len(plain)] for j in range(k))
+        out.append(SFTExample(prompt="", completion=text, instruction_span=None, gist=False, kind="plain"))
     rng.shuffle(out)
     return out
 

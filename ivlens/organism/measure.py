@@ -239,6 +239,7 @@ def iv_patching(model, tokenizer, task: Task, queries: Iterable[str]) -> dict:
                         "ia": sum(inside) / len(pred),
                         "exact": sum(t in e for t, e in zip(pred, exact_sets, strict=True)) / len(pred),
                         "flip": sum(flipped) / len(flipped) if flipped else None,
+                        "n_outside": len(flipped),
                     })
                 res["curves"][f"{style}/{position}"] = curve
     for res in out["subtasks"].values():

@@ -64,7 +64,7 @@ SIZES = {
     # the organism: ~5.6 M parameters, measured ≤ 6 min for the whole build on 2 CPU cores
     "small": OrganismSize("small", n_layers=6, d_model=256, n_heads=4, d_mlp=768, vocab_size=3000, seq_len=64,
                           pretrain_steps=540, pretrain_batch=32, pretrain_lr=3e-3,
-                          sft_steps=200, sft_batch=32, sft_lr=5e-4,
+                          sft_steps=200, sft_batch=32, sft_lr=1e-3,
                           dpo_steps=48, dpo_batch=32, dpo_lr=1e-5),
     # a cut-down build for tests (seconds): same pipeline, too short to learn the tasks
     "tiny": OrganismSize("tiny", n_layers=6, d_model=64, n_heads=4, d_mlp=128, vocab_size=1200, seq_len=64,
