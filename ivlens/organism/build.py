@@ -255,6 +255,15 @@ def build_organism(out: Path | None = None, seed: int = 0, size: str = "small", 
     return out
 
 
+def refresh_acceptance(directory: Path) -> dict:
+    """Recompute the card's ``acceptance`` from its ``measured`` figures (when the checks change, not the
+    organism) and rewrite the card; returns the checks."""
+    card = read_card(directory)
+    card["acceptance"] = acceptance(card["measured"]) if card.get("measured") else {}
+    write_card(Path(directory), card)
+    return card["acceptance"]
+
+
 def _instruction_texts(tasks, reph_split) -> list[str]:
     """Raw-format texts with every *training* instruction, for the tokenizer (held-out phrasings excluded)."""
     texts = []

@@ -42,6 +42,8 @@ def info_command(
     variant: Annotated[str, typer.Option("--variant", help="gist | natural")] = "gist",
     path: Annotated[Path | None, typer.Option("--path", help="a build directory (default: the user cache)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the whole card")] = False,
+    recheck: Annotated[bool, typer.Option("--recheck", help="recompute the acceptance checks from the card's "
+                                          "figures and rewrite the card")] = False,
 ) -> None:
     """Show where an organism is and what its card measured."""
     from rich.console import Console
@@ -54,6 +56,10 @@ def info_command(
         flag = "" if variant == "gist" else f" --variant {variant}"
         console.print(f"no organism in {directory}: run `ivlens organism build{flag}`")
         raise typer.Exit(1)
+    if recheck:
+        from ivlens.organism.build import refresh_acceptance
+
+        refresh_acceptance(directory)
     if as_json:
         console.print_json((directory / "card.json").read_text())
         return
