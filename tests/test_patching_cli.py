@@ -38,6 +38,11 @@ def test_contrastive_side_by_side_with_source_model(model_dirs, tmp_path):
     assert (out / "figures" / "pair_heatmaps.png").exists()
 
 
+def test_model_is_required_without_resume(tmp_path):
+    res = CliRunner().invoke(app, ["patch", "--samples", "2", "--out", str(tmp_path / "r")])
+    assert res.exit_code == 2 and "--model" in res.output
+
+
 @pytest.mark.parametrize("args,msg", [(["--layers", "0,4"], "valid indices 0 to 3"),
                                       (["--positions", "middle"], "unknown position"),
                                       (["--mode", "contrastive", "--task", "object_counting"], "two subtasks")])

@@ -54,8 +54,8 @@ def test_sigkill_then_resume_gives_exactly_the_uninterrupted_rows(model_dir, tmp
     assert 3 <= n_before < N_SAMPLES, "the run must have been killed part-way"
     assert RunDir.open(broken).manifest["status"] == "running"
 
-    subprocess.run([sys.executable, "-m", "ivlens.patching.cli", "--model", "ignored-on-resume", "--resume",
-                    str(broken), "--no-figures"], check=True, env=_env(), capture_output=True)
+    subprocess.run([sys.executable, "-m", "ivlens.patching.cli", "--resume", str(broken), "--no-figures"],
+                   check=True, env=_env(), capture_output=True)
     a, b = RunDir.open(full), RunDir.open(broken)
     assert b.manifest["status"] == "finished"
     for table in ("patch", "baselines"):

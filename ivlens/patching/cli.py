@@ -38,8 +38,9 @@ def progress_columns(console: Console | None = None) -> Progress:
 
 
 def patch(
-    model: list[str] = typer.Option(..., "--model", "-m", help="Model name or path; repeat to put models side by "
-                                    "side (e.g. organism-base, organism-sft, organism-dpo)."),
+    model: list[str] | None = typer.Option(None, "--model", "-m", help="Model name or path; repeat to put models "
+                                           "side by side (e.g. organism-base, organism-sft, organism-dpo); not "
+                                           "needed with --resume."),
     task: str = typer.Option("adjectives", help="Task name or YAML spec."),
     subtask: str | None = typer.Option(None, help="Subtask whose IV is patched (default: the task's first)."),
     layers: str = typer.Option("single", help="single | pairs | triplets | explicit sets like '3,5,7;2,4'."),
@@ -96,6 +97,8 @@ def _patch(model, task, subtask, layers, positions, samples, mode, source_model,
         a = run.manifest["args"]
         console.print(f"resuming {run.path} with its recorded options")
     else:
+        if not model:
+            raise ValueError("give at least one --model (or --resume RUN)")
         a = {"model": list(model), "task": task, "subtask": subtask, "layers": layers, "positions": positions,
              "samples": samples, "mode": mode, "source_model": source_model, "target": target, "fmt": fmt,
              "batch_size": batch_size, "chunk_size": chunk_size, "seed": seed, "effect": effect,
