@@ -130,6 +130,11 @@ def run_main_job(out: str | Path | None = None, samples: int | None = None, vari
     t0 = time.perf_counter()
     root = Path(out) if out else Path("runs") / f"{_dt.datetime.now():%Y%m%d-%H%M%S}-main-organisms"
     root.mkdir(parents=True, exist_ok=True)
+    from .organism.paths import is_built, organism_dir
+
+    if not is_built(organism_dir(variant)):
+        console.print(f"[bold]building the {variant} model organisms[/] into {organism_dir(variant)} "
+                      "(first run only; about 6 minutes on 2 CPU cores)")
     ensure_organism(variant)
     prefix = "organism" if variant == "gist" else f"organism-{variant}"
     models = [load_model(f"{prefix}-{stage}") for stage in STAGES]
