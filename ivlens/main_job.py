@@ -130,6 +130,7 @@ def run_main_job(out: str | Path | None = None, samples: int | None = None, vari
     t0 = time.perf_counter()
     root = Path(out) if out else Path("runs") / f"{_dt.datetime.now():%Y%m%d-%H%M%S}-main-organisms"
     root.mkdir(parents=True, exist_ok=True)
+    root = root.resolve()
     from .organism.paths import is_built, organism_dir
 
     if not is_built(organism_dir(variant)):
