@@ -80,16 +80,7 @@ def _answer_ids(tokenizer, label: str) -> list[int]:
 
 def _accuracy(model, tokenizer, prompts: list[list[int]], accepted: list[tuple[str, ...]]) -> float:
     """Share of prompts for which greedy decoding yields one of the accepted answers."""
-    flat_p, flat_a, owner = [], [], []
-    for i, (p, acc) in enumerate(zip(prompts, accepted, strict=True)):
-        for a in acc:
-            flat_p.append(p)
-            flat_a.append(_answer_ids(tokenizer, a))
-            owner.append(i)
-    greedy, _ = score_answers(model, tokenizer, flat_p, flat_a)
-    ok = [False] * len(prompts)
-    for i, g in zip(owner, greedy, strict=True):
-        ok[i] |= g
+    ok = _per_query_correct(model, tokenizer, prompts, accepted)
     return sum(ok) / max(len(ok), 1)
 
 
@@ -137,6 +128,7 @@ def instructed_accuracy(model, tokenizer, task: Task, queries: list[str]) -> dic
 
 
 def _per_query_correct(model, tokenizer, prompts, accepted) -> list[bool]:
+    """Per prompt: does greedy decoding yield one of its accepted answers?"""
     flat_p, flat_a, owner = [], [], []
     for i, (p, acc) in enumerate(zip(prompts, accepted, strict=True)):
         for a in acc:
