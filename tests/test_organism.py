@@ -112,7 +112,7 @@ def test_names_resolve_to_cache_and_missing_build_names_the_command(tmp_path, mo
     assert parse_organism_name("organism-sft") == ("gist", "sft")
     assert parse_organism_name("organism-natural-dpo") == ("natural", "dpo")
     assert parse_organism_name("gpt2") is None and resolve_organism("gpt2") is None
-    assert organism_dir("natural") == tmp_path / "organism" / "v1" / "natural"
+    assert organism_dir("natural") == tmp_path / "organism" / "v2" / "natural"
     with pytest.raises(FileNotFoundError, match="ivlens organism build --variant natural"):
         resolve_organism("organism-natural-base")
 

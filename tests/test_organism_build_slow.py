@@ -1,13 +1,14 @@
 """The real organism build, its name resolution and its acceptance figures (``pytest -m slow``; one full
 build, about 6-8 min on 2 free cores).
 
-Set ``IVLENS_ORGANISM_DIR`` to an existing build (e.g. ``~/.cache/ivlens/organism/v1/gist``) to check its
+Set ``IVLENS_ORGANISM_DIR`` to an existing build (e.g. ``~/.cache/ivlens/organism/v2/gist``) to check its
 card instead of building afresh.
 
 Issue 4's thresholds are recorded per figure in the card (``acceptance``). The gist organism (seed 0) meets
-all of them except adjective accuracy, which sits just below: those few figures are held here to the
-floor the build reached (so a regression fails the test), and the gap stays open in the issue tracker and in
-the card's ``all_pass: false``.
+all of them except the stricter of the two IV-transfer rules on adjectives: patching adj_ant's IV gives
+IA 0.61 (≥ 0.5) and the right answer top-1 for 0.58, but moves only 0.39-0.41 of the off-label answers into
+the label space (the card's rule asks 0.5). That figure is held here to the floor the build reaches (so a
+regression fails the test); the gap stays visible in the card's ``all_pass: false``.
 """
 
 from __future__ import annotations
@@ -19,23 +20,16 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-#: Acceptance figures the seed-0 gist build does not reach yet, with the floor it reaches (measured: train
-#: 0.918-0.938, adj_comp held-out 0.762-0.786, instruction decides 0.690).
+#: Acceptance figures the seed-0 gist build does not fully reach: key -> floors of its value's fields.
 SHORTFALL_FLOORS = {
-    "sft/adjectives/adj_comp/acc_train": 0.90,
-    "sft/adjectives/adj_ant/acc_train": 0.90,
-    "sft/adjectives/adj_comp/acc_heldout": 0.74,
-    "sft/adjectives/decides_heldout": 0.65,
-    "dpo/adjectives/adj_comp/acc_train": 0.90,
-    "dpo/adjectives/adj_ant/acc_train": 0.90,
-    "dpo/adjectives/adj_comp/acc_heldout": 0.74,
-    "dpo/adjectives/decides_heldout": 0.65,
+    "sft/adjectives/iv_transfer": {"ia": 0.55, "exact": 0.5, "flip": 0.35},
+    "dpo/adjectives/iv_transfer": {"ia": 0.55, "exact": 0.5, "flip": 0.35},
 }
 
 
 @pytest.fixture(scope="module")
 def gist_cache(tmp_path_factory) -> Path:
-    """A cache root holding a gist build in the standard layout (``<root>/organism/v1/gist``)."""
+    """A cache root holding a gist build in the standard layout (``<root>/organism/v2/gist``)."""
     given = os.environ.get("IVLENS_ORGANISM_DIR")
     if given:
         return Path(given).parent.parent.parent
@@ -56,14 +50,15 @@ def test_gist_organism_acceptance_figures(gist_cache):
     checks = {k: v for k, v in card["acceptance"].items() if k != "all_pass"}
     failing = {k: v for k, v in checks.items() if not v["pass"] and k not in SHORTFALL_FLOORS}
     assert not failing, failing
-    below_floor = {k: checks[k]["value"] for k, floor in SHORTFALL_FLOORS.items()
-                   if k in checks and not checks[k]["pass"] and checks[k]["value"] < floor}
+    below_floor = {k: checks[k]["value"] for k, floors in SHORTFALL_FLOORS.items()
+                   if any(checks[k]["value"][f] < floor for f, floor in floors.items())}
     assert not below_floor, below_floor
-    # the planted instruction vectors transfer in both tasks, for SFT and DPO
-    for key in ("sft/adjectives/iv_transfer", "dpo/adjectives/iv_transfer", "sft/animals/iv_transfer",
-                "dpo/animals/iv_transfer"):
-        assert checks[key]["pass"] and checks[key]["value"]["ia"] >= 0.5, checks[key]
-
+    # every accuracy threshold passes, for both tasks and both post-trained stages
+    accuracy = {k: v for k, v in checks.items() if "/acc_" in k or "decides" in k}
+    assert len(accuracy) == 20 and all(v["pass"] for v in accuracy.values())
+    # the planted instruction vectors transfer on animals outright
+    for key in ("sft/animals/iv_transfer", "dpo/animals/iv_transfer"):
+        assert checks[key]["pass"] and checks[key]["value"]["ia"] >= 0.9, checks[key]
 
 def test_gist_organism_resolves_by_name_and_loads(gist_cache, monkeypatch):
     from ivlens.models.load import load_model

@@ -219,7 +219,7 @@ def build_organism(out: Path | None = None, seed: int = 0, size: str = "small", 
         "made_how": MADE_HOW[variant],
         "recipe": {
             "pretraining": "plain causal-LM loop on packed plain-text fact sentences (no instruction format), "
-                           "AdamW, warm-up + cosine, bf16 autocast",
+                           "AdamW, warm-up + cosine, fp32",
             "sft": "TRL SFTTrainer, loss on the answer only, raw format '{instruction} {Field}: {query}. Answer: "
                    f"{{label}}' and chat format, the paper's instruction ({MAIN_INSTRUCTION_SHARE:.0%}) or a training "
                    "rephrasing, "
