@@ -47,17 +47,10 @@ def holm(p: np.ndarray) -> np.ndarray:
 
 
 def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
-    """Benjamini–Hochberg adjusted p-values ``[m]``: ``p̃_(k) = min_{j ≥ k} min(1, m p_(j) / j)``."""
+    """Benjamini–Hochberg adjusted p-values ``[m]``: ``p̃_(k) = min_{j ≥ k} min(1, m p_(j) / j)``
+    (scipy's ``false_discovery_control``)."""
     p = np.asarray(p, dtype=float)
-    m = len(p)
-    if m == 0:
-        return p
-    order = np.argsort(p)
-    ranked = p[order] * m / np.arange(1, m + 1)
-    adj = np.minimum(1.0, np.minimum.accumulate(ranked[::-1])[::-1])
-    out = np.empty(m)
-    out[order] = adj
-    return out
+    return p if len(p) == 0 else stats.false_discovery_control(p, method="bh")
 
 
 def correct(p: np.ndarray, method: Correction) -> np.ndarray:
