@@ -140,6 +140,7 @@ def _reference_rows(model, tok, task, subtask, sample_ids, layer_sets, positions
         tgt = (query_prompt(tok, task, s, query_style=target) if mode == "transfer"
                else instructed_prompt(tok, task, s, task.subtask(b).instruction))
         label = label_token_ids(tok, instructed, s.answer(subtask))[0]
+        space = {label_token_ids(tok, instructed, lab)[0] for lab in a.label_space}
         alt = label_token_ids(tok, instructed, s.answer(b))[0]
         base_t = ref.run_logits(model, tgt.input_ids)
         base_i = ref.run_logits(model, instructed.input_ids)
@@ -152,7 +153,8 @@ def _reference_rows(model, tok, task, subtask, sample_ids, layer_sets, positions
                 m["logit_diff"] = float(lg[label] - lg[alt])
                 m["delta_logit_vs_target"] = m["logit"] - float(base_t[label])
                 m["delta_logit_vs_instructed"] = m["logit"] - float(base_i[label])
-                m["ia_top1"] = int(lg.argmax()) == label
+                m["acc_top1"] = int(lg.argmax()) == label
+                m["ia"] = int(lg.argmax()) in space
                 out[(i, str(pos), ",".join(map(str, layers)))] = m
     return out
 
@@ -178,7 +180,7 @@ def test_sweep_matches_reference(arch, mode, target, positions, task):
         w = want[(row.sample, row.position, row.layers)]
         for k in ("logit", "prob", "rr", "logit_diff", "delta_logit_vs_target", "delta_logit_vs_instructed"):
             assert getattr(row, k) == pytest.approx(w[k], abs=TOL), (k, row.layers, row.position)
-        assert row.rank == w["rank"] and row.ia_top1 == w["ia_top1"]
+        assert row.rank == w["rank"] and row.acc_top1 == w["acc_top1"] and row.ia == w["ia"]
 
 
 @pytest.mark.parametrize("arch", ["olmo2", "gpt2"])

@@ -33,7 +33,7 @@ def _table(joint_fn, n_samples=30, n_layers=4, seed=0):
             e = single[layers[0]] if len(layers) == 1 else joint_fn(layers, add, rng)
             recs.append({"model": "m", "position": "last", "sample": s, "layers": ",".join(map(str, layers)),
                          "set_size": len(layers), "first_layer": layers[0], "delta_logit_vs_target": e,
-                         "ia_top1": e > 2, "ia_space": e > 1})
+                         "ia": e > 0, "acc_top1": e > 2, "acc_space": e > 1})
     return pd.DataFrame(recs)
 
 

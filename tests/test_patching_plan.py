@@ -45,6 +45,9 @@ def test_positions():
     assert resolve_position("last", 5) == 4
     assert resolve_position(-2, 5) == 3
     assert resolve_position("t_inst", 9, t_inst=6) == 6
+    assert resolve_position("bos", 5, has_bos=True) == 0
+    with pytest.raises(PlanError, match="BOS"):
+        resolve_position("bos", 5)
     with pytest.raises(PlanError, match="valid -5 to 4"):
         resolve_position(5, 5)
     with pytest.raises(PlanError, match="contrastive"):
@@ -69,8 +72,9 @@ def test_label_metrics_by_hand():
     assert m["prob"][0].item() == pytest.approx(p0)
     assert m["rank"].tolist() == [2, 2]  # row 1: a tie with token 2 counts in the label's favour
     assert m["rr"].tolist() == [0.5, 0.5]
-    assert m["top1"].tolist() == [1, 0] and m["ia_top1"].tolist() == [False, False]
-    assert m["ia_space"].tolist() == [True, False]  # within {0, 2}: row 0 picks 2 (the label), row 1 picks 0
+    assert m["top1"].tolist() == [1, 0] and m["acc_top1"].tolist() == [False, False]
+    assert m["acc_space"].tolist() == [True, False]  # within {0, 2}: row 0 picks 2 (the label), row 1 picks 0
+    assert m["ia"].tolist() == [False, True]  # the top-1 token (1, 0) lies in the label space {0, 2} only in row 1
     assert m["logit_diff"][0].item() == -1.0 and torch.isnan(m["logit_diff"][1])
     d = deltas(m, label_metrics(logits + 1.0, label, alt), "target")
     assert d["delta_logit_vs_target"].tolist() == [-1.0, -1.0]

@@ -44,7 +44,7 @@ def patch(
     task: str = typer.Option("adjectives", help="Task name or YAML spec."),
     subtask: str | None = typer.Option(None, help="Subtask whose IV is patched (default: the task's first)."),
     layers: str = typer.Option("single", help="single | pairs | triplets | explicit sets like '3,5,7;2,4'."),
-    positions: str = typer.Option("first,last", help="Target positions: first, last, t_inst, or token indices."),
+    positions: str = typer.Option("first,last", help="Target positions: bos, first, last, t_inst, or token indices."),
     samples: int | None = typer.Option(None, help="Number of samples (drawn with --seed); default all."),
     mode: str = typer.Option("transfer", help="transfer (IV into the query-only prompt) | contrastive (subtask A's "
                              "IV into subtask B's instructed prompt at T_inst)."),

@@ -91,10 +91,10 @@ def plot_pair_heatmaps(rows: pd.DataFrame, stats: pd.DataFrame, singles: pd.Data
 
 
 def strongest_markdown(top: pd.DataFrame) -> str:
-    """The strongest sets as a Markdown table (model, position, layers, mean ± sem, IA)."""
-    lines = ["| model | position | layers | mean effect | s.e.m. | IA top-1 | IA label space |",
-             "|---|---|---|---|---|---|---|"]
+    """The strongest sets as a Markdown table (model, position, layers, mean ± sem, IA, accuracy)."""
+    lines = ["| model | position | layers | mean effect | s.e.m. | IA | accuracy (top-1) | accuracy within label space |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in top.itertuples():
         lines.append(f"| {r.model} | {r.position} | {r.layers} | {r.mean:.3f} | {r.sem:.3f} | "
-                     f"{r.ia_top1:.2f} | {r.ia_space:.2f} |")
+                     f"{r.ia:.2f} | {r.acc_top1:.2f} | {r.acc_space:.2f} |")
     return "\n".join(lines) + "\n"

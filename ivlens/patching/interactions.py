@@ -165,20 +165,20 @@ def additivity_summary(stats_table: pd.DataFrame) -> pd.DataFrame:
 
 
 def single_layer_effects(rows: pd.DataFrame, effect: str = "delta_logit_vs_target") -> pd.DataFrame:
-    """Mean, standard error and IA of single-layer patches per (model, position, layer)."""
+    """Mean, standard error, IA and accuracy of single-layer patches per (model, position, layer)."""
     s = rows[rows.set_size == 1]
     g = s.groupby([*GROUP, "first_layer"], sort=False)
-    out = g.agg(mean=(effect, "mean"), sem=(effect, "sem"), n=(effect, "size"), ia_top1=("ia_top1", "mean"),
-                ia_space=("ia_space", "mean")).reset_index().rename(columns={"first_layer": "layer"})
+    out = g.agg(mean=(effect, "mean"), sem=(effect, "sem"), n=(effect, "size"), ia=("ia", "mean"),
+                acc_top1=("acc_top1", "mean"), acc_space=("acc_space", "mean")).reset_index().rename(columns={"first_layer": "layer"})
     out["effect"] = effect
     return out
 
 
 def strongest_sets(rows: pd.DataFrame, effect: str = "delta_logit_vs_target", k: int = 10) -> pd.DataFrame:
-    """The ``k`` layer sets with the largest mean effect per (model, position), with IA after patching."""
+    """The ``k`` layer sets with the largest mean effect per (model, position), with IA and accuracy after patching."""
     g = rows.groupby([*GROUP, "layers", "set_size"], sort=False)
-    t = g.agg(mean=(effect, "mean"), sem=(effect, "sem"), ia_top1=("ia_top1", "mean"),
-              ia_space=("ia_space", "mean")).reset_index()
+    t = g.agg(mean=(effect, "mean"), sem=(effect, "sem"), ia=("ia", "mean"),
+              acc_top1=("acc_top1", "mean"), acc_space=("acc_space", "mean")).reset_index()
     t = t.sort_values([*GROUP, "mean"], ascending=[True, True, False])
     out = t.groupby(GROUP, sort=False).head(k).reset_index(drop=True)
     out["effect"] = effect

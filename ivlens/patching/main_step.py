@@ -15,7 +15,7 @@ TASK, SUBTASK = "adjectives", "adj_ant"
 def headline(an_single: pd.DataFrame, additivity: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per model × position: the strongest single layer; and the additivity fractions per set size."""
     best = an_single.loc[an_single.groupby(["model", "position"], sort=False)["mean"].idxmax()]
-    best = best[["model", "position", "layer", "mean", "sem", "ia_top1"]].rename(
+    best = best[["model", "position", "layer", "mean", "sem", "ia", "acc_top1"]].rename(
         columns={"layer": "strongest layer", "mean": "mean effect"})
     add = additivity[["model", "position", "set_size", "n_sets", "frac_superadditive", "frac_subadditive",
                       "frac_paper_criterion", "frac_paper_released_test"]] if not additivity.empty else additivity

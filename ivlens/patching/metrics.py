@@ -4,8 +4,10 @@ For a row with logits ``z`` and label token ``y`` (the first token of the instru
 
 - ``logit = z[y]``; ``prob = softmax(z)[y]``;
 - ``rank = 1 + #{v : z[v] > z[y]}`` (1 = top-1; ties count in the label's favour); ``rr = 1 / rank``;
-- ``ia_top1``: ``argmax_v z[v] == y`` (instruction accuracy among all tokens);
-- ``ia_space``: ``argmax_{v in S} z[v] == y`` over the first tokens ``S`` of the subtask's label space;
+- ``ia``: ``argmax_v z[v] ∈ S``, the top-1 token is the first token of some answer in the subtask's label space
+  ``S`` (the paper's instruction-following accuracy, IA: the model does the instructed subtask);
+- ``acc_top1``: ``argmax_v z[v] == y`` (plain accuracy: the top-1 token is the right answer's);
+- ``acc_space``: ``argmax_{v in S} z[v] == y`` (the right answer wins within the label space);
 - ``logit_diff = z[y] − z[y_alt]`` where an alternative label exists (the other subtask's answer).
 
 Deltas compare a patched row with the target-only run (``*_vs_target``) and with the instructed run
@@ -31,8 +33,8 @@ def label_metrics(logits: torch.Tensor, label: torch.Tensor, alt: torch.Tensor |
         space: ``[k]`` token ids of the label space's first tokens, or ``None``.
 
     Returns:
-        ``logit, prob, rr, logit_diff: [rows]`` float, ``rank, top1: [rows]`` int64, ``ia_top1, ia_space: [rows]``
-        bool (``logit_diff`` NaN without ``alt``; ``ia_space`` False without ``space``).
+        ``logit, prob, rr, logit_diff: [rows]`` float, ``rank, top1: [rows]`` int64, ``ia, acc_top1, acc_space: [rows]``
+        bool (``logit_diff`` NaN without ``alt``; ``ia`` and ``acc_space`` False without ``space``).
     """
     z = logits.float()
     rows = torch.arange(z.shape[0], device=z.device)
@@ -41,7 +43,7 @@ def label_metrics(logits: torch.Tensor, label: torch.Tensor, alt: torch.Tensor |
     logp = zy - torch.logsumexp(z, dim=-1)
     top1 = z.argmax(-1)
     out = {"logit": zy, "prob": logp.exp(), "rank": rank, "rr": 1.0 / rank.float(), "top1": top1,
-           "ia_top1": top1 == label}
+           "acc_top1": top1 == label}
     if alt is not None:
         has = alt >= 0
         za = z[rows, alt.clamp(min=0)]
@@ -50,9 +52,11 @@ def label_metrics(logits: torch.Tensor, label: torch.Tensor, alt: torch.Tensor |
         out["logit_diff"] = torch.full_like(zy, float("nan"))
     if space is not None and space.numel():
         zs = z[:, space]  # [rows, k]
-        out["ia_space"] = space[zs.argmax(-1)] == label
+        out["acc_space"] = space[zs.argmax(-1)] == label
+        out["ia"] = torch.isin(top1, space)
     else:
-        out["ia_space"] = torch.zeros_like(label, dtype=torch.bool)
+        out["acc_space"] = torch.zeros_like(label, dtype=torch.bool)
+        out["ia"] = torch.zeros_like(label, dtype=torch.bool)
     return out
 
 

@@ -12,7 +12,8 @@ Layer-set specs (``layers=``):
 - an explicit list ``"3,5,7;2,4"``: those sets (``;`` separates sets, ``,`` layers), plus the singles of their
   layers (needed for the additive prediction of :mod:`ivlens.patching.interactions`).
 
-Position specs (``positions=``, comma-separated): ``first`` (the first token of the target prompt after a leading
+Position specs (``positions=``, comma-separated): ``bos`` (index 0 of a target that starts with the tokenizer's
+BOS token; an error for one that does not), ``first`` (the first token of the target prompt after a leading
 BOS, if it has one; in chat format that is the template's first token), ``last``, ``t_inst`` (the target's last instruction token; contrastive mode), or an
 integer index into the target prompt's tokens (negative counts from the end).
 """
@@ -25,7 +26,7 @@ from typing import Any
 
 LayerSet = tuple[int, ...]
 NAMED_LAYER_SPECS = ("single", "pairs", "triplets")
-NAMED_POSITIONS = ("first", "last", "t_inst")
+NAMED_POSITIONS = ("bos", "first", "last", "t_inst")
 
 
 class PlanError(ValueError):
@@ -89,7 +90,7 @@ def parse_positions(spec: str | list | tuple) -> tuple[str | int, ...]:
         elif x in NAMED_POSITIONS:
             out.append(x)
         else:
-            raise PlanError(f"unknown position {x!r}; use first, last, t_inst or a token index such as 3 or -2")
+            raise PlanError(f"unknown position {x!r}; use bos, first, last, t_inst or a token index such as 3 or -2")
     if not out:
         raise PlanError("no positions given; use e.g. 'first,last'")
     if len(set(out)) != len(out):
@@ -102,6 +103,11 @@ def resolve_position(position: str | int, n_tokens: int, *, t_inst: int | None =
     """Token index (0-based, into the target prompt's ``n_tokens`` tokens) of a position spec."""
     if position == "first":
         return 1 if has_bos and n_tokens > 1 else 0
+    if position == "bos":
+        if not has_bos:
+            raise PlanError("position 'bos' needs a target prompt that starts with the tokenizer's BOS token; "
+                            "this one does not: use first or a token index")
+        return 0
     if position == "last":
         return n_tokens - 1
     if position == "t_inst":

@@ -240,8 +240,8 @@ def patch_sweep(models: LoadedModel | str | Sequence[LoadedModel | str], task: T
 
     Returns:
         :class:`SweepResult`. ``rows`` columns: model, source_model, task, subtask, mode, target, sample, query,
-        label, position, pos_index, layers, set_size, first_layer, logit, prob, rank, rr, logit_diff, top1, ia_top1,
-        ia_space and ``delta_<metric>_vs_{target,instructed}``.
+        label, position, pos_index, layers, set_size, first_layer, logit, prob, rank, rr, logit_diff, top1, ia,
+        acc_top1, acc_space and ``delta_<metric>_vs_{target,instructed}``.
 
     >>> res = patch_sweep(lm, "adjectives", "adj_ant", layers="pairs", samples=20)
     >>> res.rows.groupby("layers").delta_logit_vs_target.mean()
