@@ -33,6 +33,7 @@ class MainContext:
     models: list[LoadedModel]
     samples: int | None
     sections: list[str] = field(default_factory=list)
+    variant: str = "gist"
 
 
 def markdown_table(df: pd.DataFrame) -> str:
@@ -41,6 +42,46 @@ def markdown_table(df: pd.DataFrame) -> str:
     head = "| " + " | ".join(map(str, df.columns)) + " |"
     rule = "|" + "|".join(" --- " for _ in df.columns) + "|"
     return "\n".join([head, rule, *("| " + " | ".join(r) + " |" for r in cells)])
+
+
+def step_organism(ctx: MainContext) -> str:
+    """What the organism build measured (its ``card.json``): per stage, task and subtask, the single-layer IV patch
+    (through the patching engine) that gives the instructed answer top-1 most often, among the target/position
+    configurations where at least 10 % of the queries answer outside the subtask's label space unpatched."""
+    from .organism.card import read_card
+    from .organism.paths import organism_dir
+
+    directory = organism_dir(ctx.variant)
+    card = read_card(directory)
+    rows = []
+    for stage, tasks in card.get("measured", {}).items():
+        for task, m in tasks.items():
+            for sub, res in m["iv"]["subtasks"].items():
+                target, c = max(((k, c) for k, curve in res["curves"].items() for c in curve
+                                 if c["flip"] is not None and c["n_outside"] >= 0.1 * m["iv"]["n_queries"]),
+                                key=lambda kc: (kc[1]["exact"], kc[1]["flip"]), default=(None, None))
+                if c is None:
+                    continue
+                rows.append({"stage": stage, "task": task, "subtask": sub, "target/position": target,
+                             "layer": c["layer"], "IA unpatched": res["unpatched"][target.split("/")[0]]["ia"],
+                             "IA patched": c["ia"], "accuracy patched": c["exact"], "flip": c["flip"]})
+    table = pd.DataFrame(rows)
+    acc = card.get("acceptance", {})
+    failing = [k for k, v in acc.items() if k != "all_pass" and not v["pass"]]
+    verdict = ("every check of the organism issue passes" if acc.get("all_pass")
+               else f"checks not met: {', '.join(failing)}")
+    console.print(frame_table(table, title=f"IV transfer measured in the {ctx.variant} organism build"))
+    return "\n".join([
+        f"## The organisms ({directory})\n",
+        f"{card['made_how']}\n",
+        f"Build: {card['timing']['total']:.0f} s on {card['environment']['threads']} threads; {verdict} "
+        "(`ivlens organism info`).\n",
+        "Single-layer IV transfer: per subtask the target/position/layer whose patch gives the instructed answer "
+        "top-1 most often (`accuracy patched`), among those where ≥ 10 % of the queries answer outside the label "
+        "space unpatched; `flip` is the share of those moved inside (IA alone can mislead: most adjectives lie in "
+        "the antonym label space):\n",
+        markdown_table(table) if not table.empty else "(no subtask had off-label answers to move)", "",
+    ])
 
 
 def step_eval(ctx: MainContext) -> str:
@@ -116,6 +157,7 @@ def step_trace(ctx: MainContext) -> str:
 
 #: The main job's steps, in order. Each analysis adds its step here when it lands.
 STEPS: list[tuple[str, Callable[[MainContext], str]]] = [
+    ("organism", step_organism),
     ("eval", step_eval),
     ("patch", step_patch),
     ("probe", step_probe),
@@ -135,13 +177,13 @@ def run_main_job(out: str | Path | None = None, samples: int | None = None, vari
 
     if not is_built(organism_dir(variant)):
         console.print(f"[bold]building the {variant} model organisms[/] into {organism_dir(variant)} "
-                      "(first run only; about 6 minutes on 2 CPU cores)")
+                      "(first run only; about 5 minutes on 2 CPU cores)")
     ensure_organism(variant)
     prefix = "organism" if variant == "gist" else f"organism-{variant}"
     models = [load_model(f"{prefix}-{stage}") for stage in STAGES]
     for m, stage in zip(models, STAGES, strict=True):
         m.name = stage
-    ctx = MainContext(root, models, samples)
+    ctx = MainContext(root, models, samples, variant=variant)
     sections = [f"# ivlens main job: {variant} model organisms (base / SFT / DPO)\n"]
     for name, step in STEPS:
         t = time.perf_counter()

@@ -14,7 +14,7 @@ import torch
 from ivlens.organism import data as D
 from ivlens.organism.card import organism_split, read_card
 from ivlens.organism.gist import gist_attention_mask, instruction_token_span
-from ivlens.organism.paths import organism_dir, parse_organism_name, resolve_organism
+from ivlens.organism.paths import ORGANISM_VERSION, organism_dir, parse_organism_name, resolve_organism
 from ivlens.organism.tokenizer import train_tokenizer
 from ivlens.testing.tiny import tiny_model
 
@@ -112,7 +112,7 @@ def test_names_resolve_to_cache_and_missing_build_names_the_command(tmp_path, mo
     assert parse_organism_name("organism-sft") == ("gist", "sft")
     assert parse_organism_name("organism-natural-dpo") == ("natural", "dpo")
     assert parse_organism_name("gpt2") is None and resolve_organism("gpt2") is None
-    assert organism_dir("natural") == tmp_path / "organism" / "v2" / "natural"
+    assert organism_dir("natural") == tmp_path / "organism" / ORGANISM_VERSION / "natural"
     with pytest.raises(FileNotFoundError, match="ivlens organism build --variant natural"):
         resolve_organism("organism-natural-base")
 
@@ -161,36 +161,72 @@ def test_natural_variant_reuses_the_sibling_base(tiny_builds):
 
 
 def test_measurement_runs_on_a_tiny_checkpoint(tiny_builds, tasks):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from ivlens.organism.measure import instructed_accuracy, iv_patching, recall
+    from ivlens.models.load import load_model
+    from ivlens.organism.measure import instructed_accuracy, iv_transfer, recall
 
     a, _ = tiny_builds
-    model = AutoModelForCausalLM.from_pretrained(a / "sft", attn_implementation="eager").eval()
-    tok = AutoTokenizer.from_pretrained(a / "sft")
+    lm = load_model(str(a / "sft"))
+    model, tok = lm.model, lm.tokenizer
     task = tasks["adjectives"]
     queries = [s.query for s in task.samples[:6]]
     acc = instructed_accuracy(model, tok, task, queries)
     assert 0 <= acc["adj_ant"]["acc"] <= 1 and 0 <= acc["decides"] <= 1 and "contrastive" in acc
     assert set(recall(model, tok, task, queries)) == {"adj_comp", "adj_ant"}
-    iv = iv_patching(model, tok, task, queries)
+    iv = iv_transfer(lm, task, samples=list(range(6)))
+    assert set(iv["subtasks"]["adj_ant"]["curves"]) == {f"{t}/{p}" for t in ("formatted", "bare")
+                                                        for p in ("bos", "first", "last")}
     curve = iv["subtasks"]["adj_ant"]["curves"]["formatted/bos"]
-    assert len(curve) == model.config.num_hidden_layers and 0 <= curve[0]["ia"] <= 1
+    assert [c["layer"] for c in curve] == list(range(model.config.num_hidden_layers))
+    assert all(0 <= c["ia"] <= 1 and 0 <= c["exact"] <= c["ia"] for c in curve)
     assert json.dumps(iv)  # the card must be able to hold it
 
 
-def test_iv_patch_at_a_layer_changes_only_downstream(tiny_builds):
-    """Patching resid_post[l] at position t with the value it already has is a no-op (hook correctness)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from ivlens.models.adapters import get_adapter
-    from ivlens.organism.measure import _first_tokens
+def test_iv_transfer_matches_a_hook_reference(tiny_builds, tasks):
+    """The card's IV figures (through the patching engine) equal a plain forward-hook patch: the residual after
+    layer l at T_inst of the instruction-only prompt replaces the query-only prompt's residual there."""
+    from ivlens.models.load import load_model
+    from ivlens.organism.measure import iv_transfer
 
     a, _ = tiny_builds
-    model = AutoModelForCausalLM.from_pretrained(a / "sft", attn_implementation="eager").eval()
-    tok = AutoTokenizer.from_pretrained(a / "sft")
-    prompts = [tok("Adjective: big. Answer:").input_ids, tok("big").input_ids]
-    with get_adapter(model).capture_resid([2]) as cache:
-        model(input_ids=torch.tensor([prompts[1]]))
-    same = cache[2][0, 0]  # BOS residual: identical in every prompt
-    assert _first_tokens(model, tok, prompts, 2, same, [0, 0]) == _first_tokens(model, tok, prompts)
+    lm = load_model(str(a / "sft"))
+    model, tok = lm.model, lm.tokenizer
+    task = tasks["adjectives"]
+    sub, layer = "adj_comp", 2
+    spec = task.subtask(sub)
+    samples = list(range(8))
+    got = iv_transfer(lm, task, samples=samples)["subtasks"][sub]["curves"]["formatted/first"][layer]
+
+    space = {tok(" " + lab, add_special_tokens=False).input_ids[0] for lab in spec.label_space}
+    with torch.no_grad():
+        src = model(input_ids=torch.tensor([tok(spec.instruction).input_ids]), output_hidden_states=True)
+        iv = src.hidden_states[layer + 1][0, -1]  # resid after layer `layer` at T_inst
+
+        def patch(_mod, _inp, out):
+            hidden = (out[0] if isinstance(out, tuple) else out).clone()
+            hidden[0, 1] = iv  # position 1: the first token after the BOS
+            return (hidden, *out[1:]) if isinstance(out, tuple) else hidden
+
+        inside = []
+        for i in samples:
+            ids = torch.tensor([tok(f"{task.field}: {task.samples[i].query}. Answer:").input_ids])
+            handle = model.model.layers[layer].register_forward_hook(patch)
+            try:
+                top = int(model(input_ids=ids).logits[0, -1].argmax())
+            finally:
+                handle.remove()
+            inside.append(top in space)
+    assert got["ia"] == pytest.approx(sum(inside) / len(inside))
+
+
+def test_main_job_reports_the_cards_iv_transfer(tmp_path, monkeypatch):
+    """The main job's organism section reads a measured build's card (a tiny one here: it fails the checks)."""
+    from ivlens.main_job import MainContext, step_organism
+    from ivlens.organism.build import build_organism
+
+    monkeypatch.setenv("IVLENS_CACHE", str(tmp_path))
+    build_organism(out=organism_dir("gist"), seed=1, size="tiny", progress=False)
+    card = read_card(organism_dir("gist"))
+    assert set(card["measured"]) == {"base", "sft", "dpo"} and "all_pass" in card["acceptance"]
+    md = step_organism(MainContext(tmp_path, [], None))
+    assert "| stage | task | subtask | target/position | layer |" in md
+    assert "checks not met" in md and card["made_how"] in md

@@ -4,7 +4,7 @@
 
 Variants:
 
-- ``gist`` (default): SFT trains half of its instructed examples under the gist attention mask
+- ``gist`` (default): SFT trains 80 % of its instructed examples under the gist attention mask
   (:mod:`ivlens.organism.gist`), which plants an instruction vector at ``T_inst``: a known-answer testbed;
 - ``natural``: the same recipe without the gist mask (the control, in which IVs may not form).
 
@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from ivlens.models.load import load_model
 from ivlens.organism import data as D
 from ivlens.organism.card import read_card, weights_hash, write_card
 from ivlens.organism.measure import measure_stage
@@ -37,18 +38,18 @@ log = logging.getLogger(__name__)
 #: share of SFT examples that are plain pretraining text (keeps held-out facts alive)
 PLAIN_SHARE = 0.25
 #: share of instructed SFT examples trained under the gist mask, per variant
-GIST_SHARE = {"gist": 0.5, "natural": 0.0}
+GIST_SHARE = {"gist": 0.8, "natural": 0.0}
 CHAT_SHARE = 0.3
 #: share of instructed SFT examples with the paper's own instruction (the rest: training rephrasings)
 MAIN_INSTRUCTION_SHARE = 0.4
 THREADS = 2
 
 MADE_HOW = {
-    "gist": ("Planted mechanism: in SFT, half of the instructed examples are trained under a gist attention "
-             "mask (tokens after the instruction see only its last token T_inst, the BOS and the chat prefix), "
-             "so the task must pass through the residual stream at T_inst. Instruction vectors are put there "
-             "by construction: use this organism as a known-answer testbed, not as evidence that IVs form "
-             "naturally."),
+    "gist": (f"Planted mechanism: in SFT, {GIST_SHARE['gist']:.0%} of the instructed examples are trained under a "
+             "gist attention mask (tokens after the instruction see only its last token T_inst, the BOS and the "
+             "chat prefix), so the task must pass through the residual stream at T_inst. Instruction vectors are "
+             "put there by construction: use this organism as a known-answer testbed, not as evidence that IVs "
+             "form naturally."),
     "natural": ("Control: the same data, seed and stages as the gist organism, without the gist mask; whatever "
                 "instruction representation it has formed on its own."),
 }
@@ -94,6 +95,7 @@ def _quiet_libraries() -> None:
 
     datasets.disable_progress_bars()
     transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()  # "Loading weights" / "Writing model shards"
     logging.getLogger("ivlens.tasks").setLevel(logging.ERROR)
 
 
@@ -204,9 +206,8 @@ def build_organism(out: Path | None = None, seed: int = 0, size: str = "small", 
             t0 = time.perf_counter()
             step = bars.stage("measure", len(STAGES))
             for i, stage in enumerate(STAGES):
-                # measure the saved checkpoint (trainers leave autocast wrappers on in-memory models)
-                m = AutoModelForCausalLM.from_pretrained(out / stage, attn_implementation="eager").eval()
-                measured[stage] = measure_stage(m, tokenizer, tasks, split)
+                # measure the saved checkpoint, loaded as any user would load it
+                measured[stage] = measure_stage(load_model(str(out / stage)), tasks, split)
                 step(i + 1, len(STAGES))
             timing["measure"] = time.perf_counter() - t0
     timing["total"] = time.perf_counter() - t_start
@@ -293,7 +294,7 @@ def acceptance(measured: dict) -> dict:
             value = best_iv_transfer(m["iv"], majority_rates(task))
             check(f"{stage}/{task}/iv_transfer", value,
                   "some subtask/target/position/layer with flip >= 0.5, ia >= 0.5 and exact >= max(0.3, "
-                  "majority-answer rate + 0.1) (flip over >= 10% of queries answered outside the label "
+                  "ia * majority-answer rate + 0.1) (flip over >= 10% of queries answered outside the label "
                   "space unpatched)", value is not None and value["pass"])
     for task in measured["dpo"]:
         for part in ("train", "heldout"):
@@ -325,17 +326,23 @@ def best_iv_transfer(iv: dict, majority: dict[str, float]) -> dict | None:
     """The single-layer IV patch that best moves queries answered outside the subtask's label space
     (unpatched) into it, with the instructed answer top-1 above chance: among configurations (subtask,
     target style, position, layer) where at least 10 % of the queries are outside unpatched, the first that
-    passes (``flip >= 0.5, ia >= 0.5, exact >= max(0.3, majority + 0.1)``) with the highest ``(exact, flip)``,
-    else the one with the highest ``(flip, exact)``."""
+    passes (``flip >= 0.5, ia >= 0.5, exact >= max(0.3, ia * majority + 0.1)``) with the highest
+    ``(exact, flip)``, else the one with the highest ``(flip, exact)``.
+
+    Chance level of ``exact``: a model that answers inside the label space for a share ``ia`` of the queries
+    and there always gives the subtask's most common answer is right for ``ia * majority`` of them (``no``
+    for can_fly: 0.62 of all queries); ``exact`` must beat that by 0.1. ``exact / ia`` (reported as
+    ``acc_in_space``) is the accuracy among the answers that follow the instruction."""
     cands = []
     for sub, res in iv["subtasks"].items():
         for target, curve in res["curves"].items():
             for c in curve:
                 if c["flip"] is None or c.get("n_outside", iv["n_queries"]) < 0.1 * iv["n_queries"]:
                     continue
-                need = max(0.3, majority[sub] + 0.1)
+                need = max(0.3, c["ia"] * majority[sub] + 0.1)
                 ok = c["flip"] >= 0.5 and c["ia"] >= 0.5 and c["exact"] >= need
                 cands.append({"subtask": sub, "target": target, **c, "exact_needed": need,
+                              "acc_in_space": c["exact"] / c["ia"] if c["ia"] else None,
                               "unpatched_ia": res["unpatched"][target.split("/")[0]]["ia"], "pass": ok})
     if not cands:
         return None

@@ -1,8 +1,8 @@
 """Measure what an organism does: instructed accuracy, the contrastive choice, plain-text recall and
 instruction-vector (IV) transfer by single-layer residual patching.
 
-A small, self-contained measurement with plain torch forward hooks (until ivlens' patching engine lands,
-whose numbers then replace these). All forwards are fp32, eager, no dropout.
+Accuracy and recall are teacher-forced scores with plain forwards; IV transfer goes through ivlens' own
+patching engine (:func:`ivlens.patching.sweep.patch_sweep`). All forwards are fp32, no dropout.
 
 Scoring an answer. For a prompt ``p`` (token ids, BOS first) and a candidate answer ``a`` (the tokens of
 ``" " + label``), one teacher-forced forward over ``p ⧺ a`` gives
@@ -30,18 +30,16 @@ and the first answer token is read at the last position of the query-only prompt
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 
 import torch
 
-from ivlens.models.adapters import get_adapter
+from ivlens.models.load import LoadedModel
 from ivlens.organism.data import RECALL_PROMPTS, chat_prompt, raw_prompt, split_rephrasings
 from ivlens.organism.tokenizer import encode
 from ivlens.tasks.schema import Task
 
 log = logging.getLogger(__name__)
 
-POSITIONS = ("bos", "first", "last")
 TARGET_STYLES = ("formatted", "bare")
 BATCH = 256
 
@@ -153,87 +151,47 @@ def recall(model, tokenizer, task: Task, queries: list[str]) -> dict[str, float]
 
 
 # --------------------------------------------------------------------------------- IV patching
-def _first_token_sets(tokenizer, task: Task) -> dict[str, set[int]]:
-    return {sub: {_answer_ids(tokenizer, a)[0] for a in spec.label_space} for sub, spec in task.subtasks.items()}
+#: patch targets in the query-only prompt: the BOS (index 0), the first token after it, the last token
+IV_POSITIONS = {"bos": 0, "first": "first", "last": "last"}
 
 
-@torch.no_grad()
-def _first_tokens(model, tokenizer, prompts: list[list[int]], layer: int | None = None,
-                  vector: torch.Tensor | None = None, positions: list[int] | None = None) -> list[int]:
-    """Argmax next token after each prompt, optionally with ``resid_post[layer][row, positions[row]] := vector``."""
-    adapter = get_adapter(model)
-    out: list[int] = []
-    for s in range(0, len(prompts), BATCH):
-        chunk = prompts[s:s + BATCH]
-        ids, mask = _pad(chunk, tokenizer.pad_token_id)
-        rows = torch.arange(len(chunk))
-        handle = None
-        if layer is not None:
-            pos = torch.tensor(positions[s:s + BATCH])
+def iv_transfer(lm: LoadedModel, task: Task, samples: list[int] | None = None) -> dict:
+    """Single-layer IV transfer per subtask, target style and position, through ivlens' patching engine
+    (:func:`ivlens.patching.sweep.patch_sweep`, transfer mode; see the module docstring for ``ia``, ``exact``
+    and ``flip``), plus the unpatched baseline and the best configuration per subtask (by ``ia``, then
+    ``exact``). ``exact`` accepts every answer of a query (merged duplicates have several)."""
+    from ivlens.patching.sweep import patch_sweep
+    from ivlens.tasks.prompts import instructed_prompt, label_token_ids
 
-            def hook(_mod, _inp, output, pos=pos, rows=rows):
-                resid = adapter.resid_from_output(output).clone()  # (batch, pos, d_model)
-                resid[rows, pos] = vector.to(resid.dtype)
-                return (resid, *output[1:]) if isinstance(output, tuple) else resid
-
-            handle = adapter.layers[layer].register_forward_hook(hook)
-        try:
-            logits = model(input_ids=ids, attention_mask=mask).logits
-        finally:
-            if handle is not None:
-                handle.remove()
-        last = mask.sum(1) - 1
-        out += logits[rows, last].argmax(-1).tolist()
-    return out
-
-
-@torch.no_grad()
-def instruction_vectors(model, tokenizer, instruction: str) -> torch.Tensor:
-    """``[layer, d_model]``: ``resid_post[l]`` at ``T_inst`` (the last token) of the instruction-only prompt."""
-    adapter = get_adapter(model)
-    ids = torch.tensor([encode(tokenizer, instruction)])
-    with adapter.capture_resid() as cache:
-        model(input_ids=ids)
-    return torch.stack([cache[layer][0, -1] for layer in range(adapter.n_layers)])
-
-
-def iv_patching(model, tokenizer, task: Task, queries: Iterable[str]) -> dict:
-    """IV transfer per subtask / target style / position / layer (see the module docstring), plus the
-    unpatched baseline and the best configuration per subtask (by ``ia``, ties by ``exact``)."""
-    samples = [s for s in task.samples if s.query in set(queries)]
-    first_sets = _first_token_sets(tokenizer, task)
-    n_layers = get_adapter(model).n_layers
-    out: dict = {"n_queries": len(samples), "subtasks": {}}
-    for style in TARGET_STYLES:
-        prompts = [encode(tokenizer, raw_prompt(None, task.field, s.query) if style == "formatted" else s.query)
-                   for s in samples]
-        base = _first_tokens(model, tokenizer, prompts)
-        out.setdefault("unpatched", {})[style] = {
-            sub: sum(t in first_sets[sub] for t in base) / len(base) for sub in task.subtasks}
-        for sub, spec in task.subtasks.items():
-            exact_sets = [{_answer_ids(tokenizer, a)[0] for a in s.answers[sub]} for s in samples]
-            ivs = instruction_vectors(model, tokenizer, spec.instruction)
-            res = out["subtasks"].setdefault(sub, {"curves": {}})
-            res.setdefault("unpatched", {})[style] = {
-                "ia": sum(t in first_sets[sub] for t in base) / len(base),
-                "exact": sum(t in e for t, e in zip(base, exact_sets, strict=True)) / len(base),
-            }
-            outside = [t not in first_sets[sub] for t in base]
-            for position in POSITIONS:
-                pos = [{"bos": 0, "first": 1, "last": len(p) - 1}[position] for p in prompts]
+    sample_ids = list(range(len(task.samples))) if samples is None else list(samples)
+    positions = ",".join(str(v) for v in IV_POSITIONS.values())
+    pos_name = {str(v): k for k, v in IV_POSITIONS.items()}
+    out: dict = {"n_queries": len(sample_ids), "subtasks": {}, "unpatched": {}}
+    for sub, spec in task.subtasks.items():
+        accepted = {}
+        for i in sample_ids:
+            s = task.samples[i]
+            prompt = instructed_prompt(lm.tokenizer, task, s, spec.instruction)
+            accepted[i] = {label_token_ids(lm.tokenizer, prompt, a)[0] for a in s.answers[sub]}
+        res = out["subtasks"].setdefault(sub, {"curves": {}, "unpatched": {}})
+        for style in TARGET_STYLES:
+            sweep = patch_sweep(lm, task, sub, layers="single", positions=positions, samples=sample_ids,
+                                target=style, chunk_size=len(sample_ids))
+            base = sweep.baselines[sweep.baselines.run == "target"].set_index("sample")
+            rows = sweep.rows.assign(exact=[int(t) in accepted[i] for i, t in zip(sweep.rows["sample"],
+                                                                                   sweep.rows["top1"], strict=True)])
+            base_exact = [int(t) in accepted[i] for i, t in zip(base.index, base["top1"], strict=True)]
+            res["unpatched"][style] = {"ia": float(base["ia"].mean()), "exact": sum(base_exact) / len(base)}
+            out["unpatched"].setdefault(style, {})[sub] = float(base["ia"].mean())
+            outside = set(base.index[~base["ia"].astype(bool)])
+            for position, grp in rows.groupby("position", sort=False):
                 curve = []
-                for layer in range(n_layers):
-                    pred = _first_tokens(model, tokenizer, prompts, layer, ivs[layer], pos)
-                    inside = [t in first_sets[sub] for t in pred]
-                    flipped = [i for i, o in zip(inside, outside, strict=True) if o]
-                    curve.append({
-                        "layer": layer,
-                        "ia": sum(inside) / len(pred),
-                        "exact": sum(t in e for t, e in zip(pred, exact_sets, strict=True)) / len(pred),
-                        "flip": sum(flipped) / len(flipped) if flipped else None,
-                        "n_outside": len(flipped),
-                    })
-                res["curves"][f"{style}/{position}"] = curve
+                for layer, g in grp.groupby("first_layer"):
+                    moved = g[g["sample"].isin(outside)]
+                    curve.append({"layer": int(layer), "ia": float(g["ia"].mean()), "exact": float(g["exact"].mean()),
+                                  "flip": float(moved["ia"].mean()) if len(moved) else None,
+                                  "n_outside": len(moved)})
+                res["curves"][f"{style}/{pos_name[position]}"] = curve
     for res in out["subtasks"].values():
         best = max(((k, c) for k, curve in res["curves"].items() for c in curve),
                    key=lambda kc: (kc[1]["ia"], kc[1]["exact"]))
@@ -241,11 +199,11 @@ def iv_patching(model, tokenizer, task: Task, queries: Iterable[str]) -> dict:
     return out
 
 
-def measure_stage(model, tokenizer, tasks: dict[str, Task], split: dict[str, dict[str, list[str]]],
+def measure_stage(lm: LoadedModel, tasks: dict[str, Task], split: dict[str, dict[str, list[str]]],
                   iv: bool = True) -> dict:
     """All figures of one stage: per task, per split (train / heldout) accuracy and recall; IV transfer
     over all queries."""
-    model.eval()
+    model, tokenizer = lm.model.eval(), lm.tokenizer
     out = {}
     for name, task in tasks.items():
         out[name] = {
@@ -254,5 +212,5 @@ def measure_stage(model, tokenizer, tasks: dict[str, Task], split: dict[str, dic
             for part in ("train", "heldout")
         }
         if iv:
-            out[name]["iv"] = iv_patching(model, tokenizer, task, [s.query for s in task.samples])
+            out[name]["iv"] = iv_transfer(lm, task)
     return out
