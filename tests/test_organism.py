@@ -230,3 +230,13 @@ def test_main_job_reports_the_cards_iv_transfer(tmp_path, monkeypatch):
     md = step_organism(MainContext(tmp_path, [], None))
     assert "| stage | task | subtask | target/position | layer |" in md
     assert "checks not met" in md and card["made_how"] in md
+
+    from typer.testing import CliRunner
+
+    from ivlens.cli import app
+
+    res = CliRunner().invoke(app, ["organism", "info", "--path", str(organism_dir("gist"))], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    assert "IV transfer" in res.output and "acceptance: failing" in res.output
+    sft_iv = card["acceptance"]["sft/adjectives/iv_transfer"]["value"]
+    assert f"{sft_iv['subtask']} {sft_iv['target']} L{sft_iv['layer']}" in res.output

@@ -83,17 +83,17 @@ def _print_summary(console, directory: Path) -> None:
     for _task, s in subs:
         table.add_column(s)
     table.add_column("decides (held-out)")
-    table.add_column("best IV transfer IA / exact")
+    table.add_column("IV transfer: subtask target L layer, IA unpatched → patched, exact")
+    acc = card.get("acceptance", {})
     for stage, m in measured.items():
         cells = [f"{m[t]['train']['instructed'][s]['acc']:.2f} / {m[t]['heldout']['instructed'][s]['acc']:.2f}"
                  for t, s in subs]
         decides = " · ".join(f"{m[t]['heldout']['instructed']['decides']:.2f}" for t in m)
-        iv = " · ".join(
-            f"{sub} {r['best']['ia']:.2f}/{r['best']['exact']:.2f}" for t in m
-            for sub, r in m[t].get("iv", {}).get("subtasks", {}).items())
+        ivs = [acc.get(f"{stage}/{t}/iv_transfer", {}).get("value") for t in m]
+        iv = " · ".join(f"{v['subtask']} {v['target']} L{v['layer']}, {v['unpatched_ia']:.2f} → {v['ia']:.2f}, "
+                        f"{v['exact']:.2f}" for v in ivs if v) or "-"
         table.add_row(stage, *cells, decides, iv)
     console.print(table)
-    acc = card.get("acceptance", {})
     if acc:
         failed = [k for k, v in acc.items() if k != "all_pass" and not v["pass"]]
         console.print("acceptance: all pass" if acc.get("all_pass") else f"acceptance: failing {failed}")

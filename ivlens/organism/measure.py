@@ -158,8 +158,8 @@ IV_POSITIONS = {"bos": 0, "first": "first", "last": "last"}
 def iv_transfer(lm: LoadedModel, task: Task, samples: list[int] | None = None) -> dict:
     """Single-layer IV transfer per subtask, target style and position, through ivlens' patching engine
     (:func:`ivlens.patching.sweep.patch_sweep`, transfer mode; see the module docstring for ``ia``, ``exact``
-    and ``flip``), plus the unpatched baseline and the best configuration per subtask (by ``ia``, then
-    ``exact``). ``exact`` accepts every answer of a query (merged duplicates have several)."""
+    and ``flip``), plus the unpatched baseline and the best configuration per subtask (by ``exact``, then
+    ``ia``: IA alone rewards answers that merely lie in a broad label space). ``exact`` accepts every answer of a query (merged duplicates have several)."""
     from ivlens.patching.sweep import patch_sweep
     from ivlens.tasks.prompts import instructed_prompt, label_token_ids
 
@@ -194,7 +194,7 @@ def iv_transfer(lm: LoadedModel, task: Task, samples: list[int] | None = None) -
                 res["curves"][f"{style}/{pos_name[position]}"] = curve
     for res in out["subtasks"].values():
         best = max(((k, c) for k, curve in res["curves"].items() for c in curve),
-                   key=lambda kc: (kc[1]["ia"], kc[1]["exact"]))
+                   key=lambda kc: (kc[1]["exact"], kc[1]["ia"]))
         res["best"] = {"target": best[0], **best[1]}
     return out
 
