@@ -89,6 +89,23 @@ def test_chat_prompt_uses_template_and_prefill(tok):
     assert q.answer_sep == ""
 
 
+def test_chat_answer_separator_comes_from_the_template(tok):
+    from ivlens.organism.tokenizer import CHAT_TEMPLATE as ORGANISM_TEMPLATE
+    from ivlens.tasks.prompts import chat_answer_separator
+
+    assert chat_answer_separator(tok) == ""  # "<|assistant|>\n{content}"
+    tok.chat_template = ORGANISM_TEMPLATE  # "<|assistant|> {content}<|endoftext|>"
+    tok.bos_token = "<|endoftext|>"
+    assert chat_answer_separator(tok) == " "
+    p = build_prompt(tok, INSTR, "big", "Adjective", "chat")
+    assert p.text.endswith("<|assistant|>") and p.answer_sep == " "
+    assert label_token_ids(tok, p, "small") == tuple(tok(" small", add_special_tokens=False)["input_ids"])
+    # a template that refuses an assistant turn: no separator assumed
+    tok.chat_template = ("{% for m in messages %}{% if m['role'] == 'assistant' %}{{ raise_exception('no') }}"
+                         "{% endif %}{{ m['content'] }}{% endfor %}{% if add_generation_prompt %}A:{% endif %}")
+    assert chat_answer_separator(tok) == ""
+
+
 def test_label_tokens_in_context(any_tok):
     p = build_prompt(any_tok, INSTR, "big", "Adjective")
     ids = label_token_ids(any_tok, p, "small")

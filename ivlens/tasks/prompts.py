@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from jinja2 import TemplateError
 from transformers import PreTrainedTokenizerBase
 
 from .schema import Sample, Task, TaskError
@@ -106,8 +107,31 @@ def _render(tokenizer: PreTrainedTokenizerBase, instruction: str | None, query: 
         return text, span, " ", False, kind
     if prefill:
         text += prefill
-    sep = " " if prefill and not prefill.endswith((" ", "\n")) else ""
+        sep = "" if prefill.endswith((" ", "\n")) else " "
+    else:
+        sep = chat_answer_separator(tokenizer)
     return text, span, sep, False, kind
+
+
+def chat_answer_separator(tokenizer: PreTrainedTokenizerBase) -> str:
+    """The text a chat template puts between its generation prompt and the assistant's content.
+
+    Found by rendering a conversation with an assistant turn ``"§"`` and the same conversation's generation
+    prompt: the assistant content starts right after ``sep``. ``""`` for OLMo-2/Llama-style templates
+    (``<|assistant|>\\n`` then the content); ``" "`` for templates that write ``<|assistant|> {content}``.
+    Falls back to ``""`` when the two renderings do not line up (unusual templates).
+    """
+    user = [{"role": "user", "content": "x"}]
+    marker = "\u00a7"
+    try:
+        prompt = tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+        full = tokenizer.apply_chat_template([*user, {"role": "assistant", "content": marker}], tokenize=False)
+    except (TemplateError, ValueError, KeyError, TypeError):  # cannot render an assistant turn: no separator
+        return ""
+    if not full.startswith(prompt) or marker not in full[len(prompt):]:
+        return ""
+    sep = full[len(prompt):full.index(marker, len(prompt))]
+    return sep if sep.strip() == "" else ""
 
 
 def find_t_inst(offsets: list[tuple[int, int]], span: tuple[int, int]) -> int:
