@@ -21,7 +21,7 @@ def build_command(
     force: Annotated[bool, typer.Option("--force", help="rebuild even if a finished build exists")] = False,
     no_measure: Annotated[bool, typer.Option("--no-measure", help="skip measuring (card without figures)")] = False,
 ) -> None:
-    """Train base → SFT → DPO and write base/ sft/ dpo/ and card.json (about 6 minutes on 2 cores)."""
+    """Train base → SFT → DPO and write base/ sft/ dpo/ and card.json (about 5 minutes on 2 cores)."""
     from rich.console import Console
 
     from ivlens.organism.build import build_organism
