@@ -159,7 +159,8 @@ def iv_transfer(lm: LoadedModel, task: Task, samples: list[int] | None = None) -
     """Single-layer IV transfer per subtask, target style and position, through ivlens' patching engine
     (:func:`ivlens.patching.sweep.patch_sweep`, transfer mode; see the module docstring for ``ia``, ``exact``
     and ``flip``), plus the unpatched baseline and the best configuration per subtask (by ``exact``, then
-    ``ia``: IA alone rewards answers that merely lie in a broad label space). ``exact`` accepts every answer of a query (merged duplicates have several)."""
+    ``ia``: IA alone rewards answers that merely lie in a broad label space). ``exact`` accepts every answer
+    of a query (merged duplicates have several)."""
     from ivlens.patching.sweep import patch_sweep
     from ivlens.tasks.prompts import instructed_prompt, label_token_ids
 

@@ -92,7 +92,8 @@ def plot_pair_heatmaps(rows: pd.DataFrame, stats: pd.DataFrame, singles: pd.Data
 
 def strongest_markdown(top: pd.DataFrame) -> str:
     """The strongest sets as a Markdown table (model, position, layers, mean ± sem, IA, accuracy)."""
-    lines = ["| model | position | layers | mean effect | s.e.m. | IA | accuracy (top-1) | accuracy within label space |",
+    lines = ["| model | position | layers | mean effect | s.e.m. | IA | accuracy (top-1) "
+             "| accuracy within label space |",
              "|---|---|---|---|---|---|---|---|"]
     for r in top.itertuples():
         lines.append(f"| {r.model} | {r.position} | {r.layers} | {r.mean:.3f} | {r.sem:.3f} | "

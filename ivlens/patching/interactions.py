@@ -169,7 +169,8 @@ def single_layer_effects(rows: pd.DataFrame, effect: str = "delta_logit_vs_targe
     s = rows[rows.set_size == 1]
     g = s.groupby([*GROUP, "first_layer"], sort=False)
     out = g.agg(mean=(effect, "mean"), sem=(effect, "sem"), n=(effect, "size"), ia=("ia", "mean"),
-                acc_top1=("acc_top1", "mean"), acc_space=("acc_space", "mean")).reset_index().rename(columns={"first_layer": "layer"})
+                acc_top1=("acc_top1", "mean"), acc_space=("acc_space", "mean"))
+    out = out.reset_index().rename(columns={"first_layer": "layer"})
     out["effect"] = effect
     return out
 

@@ -14,8 +14,9 @@ Layer-set specs (``layers=``):
 
 Position specs (``positions=``, comma-separated): ``bos`` (index 0 of a target that starts with the tokenizer's
 BOS token; an error for one that does not), ``first`` (the first token of the target prompt after a leading
-BOS, if it has one; in chat format that is the template's first token), ``last``, ``t_inst`` (the target's last instruction token; contrastive mode), or an
-integer index into the target prompt's tokens (negative counts from the end).
+BOS, if it has one; in chat format that is the template's first token), ``last``, ``t_inst`` (the target's last
+instruction token; contrastive mode), or an integer index into the target prompt's tokens (negative counts from
+the end).
 """
 
 from __future__ import annotations
