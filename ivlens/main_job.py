@@ -49,6 +49,7 @@ def step_organism(ctx: MainContext) -> str:
     (through the patching engine) that gives the instructed answer top-1 most often, among the target/position
     configurations where at least 10 % of the queries answer outside the subtask's label space unpatched."""
     from .organism.card import read_card
+    from .organism.measure import testable_configs
     from .organism.paths import organism_dir
 
     directory = organism_dir(ctx.variant)
@@ -57,9 +58,8 @@ def step_organism(ctx: MainContext) -> str:
     for stage, tasks in card.get("measured", {}).items():
         for task, m in tasks.items():
             for sub, res in m["iv"]["subtasks"].items():
-                target, c = max(((k, c) for k, curve in res["curves"].items() for c in curve
-                                 if c["flip"] is not None and c["n_outside"] >= 0.1 * m["iv"]["n_queries"]),
-                                key=lambda kc: (kc[1]["exact"], kc[1]["flip"]), default=(None, None))
+                target, c = max(testable_configs(m["iv"], sub), key=lambda kc: (kc[1]["exact"], kc[1]["flip"]),
+                                default=(None, None))
                 if c is None:
                     continue
                 rows.append({"stage": stage, "task": task, "subtask": sub, "target/position": target,

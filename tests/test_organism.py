@@ -240,3 +240,15 @@ def test_main_job_reports_the_cards_iv_transfer(tmp_path, monkeypatch):
     assert "IV transfer" in res.output and "acceptance: failing" in res.output
     sft_iv = card["acceptance"]["sft/adjectives/iv_transfer"]["value"]
     assert f"{sft_iv['subtask']} {sft_iv['target']} L{sft_iv['layer']}" in res.output
+
+
+def test_testable_configs_need_queries_to_move():
+    from ivlens.organism.measure import testable_configs
+
+    point = {"layer": 0, "ia": 0.9, "exact": 0.8}
+    iv = {"n_queries": 100, "subtasks": {"s": {"curves": {"formatted/first": [
+        {**point, "flip": 0.9, "n_outside": 10},     # 10 % outside: testable
+        {**point, "flip": 0.9, "n_outside": 9},      # too few to move
+        {**point, "flip": None, "n_outside": 0},     # nothing outside
+    ]}}}}
+    assert testable_configs(iv, "s") == [("formatted/first", iv["subtasks"]["s"]["curves"]["formatted/first"][0])]

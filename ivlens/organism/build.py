@@ -28,7 +28,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from ivlens.models.load import load_model
 from ivlens.organism import data as D
 from ivlens.organism.card import read_card, weights_hash, write_card
-from ivlens.organism.measure import measure_stage
+from ivlens.organism.measure import measure_stage, testable_configs
 from ivlens.organism.paths import ORGANISM_VERSION, STAGES, VARIANTS, is_built, organism_dir
 from ivlens.organism.tokenizer import single_token_share, train_tokenizer
 from ivlens.organism.train import SIZES, dpo, new_model, pretrain, sft
@@ -335,15 +335,12 @@ def best_iv_transfer(iv: dict, majority: dict[str, float]) -> dict | None:
     ``acc_in_space``) is the accuracy among the answers that follow the instruction."""
     cands = []
     for sub, res in iv["subtasks"].items():
-        for target, curve in res["curves"].items():
-            for c in curve:
-                if c["flip"] is None or c.get("n_outside", iv["n_queries"]) < 0.1 * iv["n_queries"]:
-                    continue
-                need = max(0.3, c["ia"] * majority[sub] + 0.1)
-                ok = c["flip"] >= 0.5 and c["ia"] >= 0.5 and c["exact"] >= need
-                cands.append({"subtask": sub, "target": target, **c, "exact_needed": need,
-                              "acc_in_space": c["exact"] / c["ia"] if c["ia"] else None,
-                              "unpatched_ia": res["unpatched"][target.split("/")[0]]["ia"], "pass": ok})
+        for target, c in testable_configs(iv, sub):
+            need = max(0.3, c["ia"] * majority[sub] + 0.1)
+            ok = c["flip"] >= 0.5 and c["ia"] >= 0.5 and c["exact"] >= need
+            cands.append({"subtask": sub, "target": target, **c, "exact_needed": need,
+                          "acc_in_space": c["exact"] / c["ia"] if c["ia"] else None,
+                          "unpatched_ia": res["unpatched"][target.split("/")[0]]["ia"], "pass": ok})
     if not cands:
         return None
     return max(cands, key=lambda c: (c["pass"], c["exact"] if c["pass"] else c["flip"], c["flip"]))

@@ -158,9 +158,8 @@ IV_POSITIONS = {"bos": 0, "first": "first", "last": "last"}
 def iv_transfer(lm: LoadedModel, task: Task, samples: list[int] | None = None) -> dict:
     """Single-layer IV transfer per subtask, target style and position, through ivlens' patching engine
     (:func:`ivlens.patching.sweep.patch_sweep`, transfer mode; see the module docstring for ``ia``, ``exact``
-    and ``flip``), plus the unpatched baseline and the best configuration per subtask (by ``exact``, then
-    ``ia``: IA alone rewards answers that merely lie in a broad label space). ``exact`` accepts every answer
-    of a query (merged duplicates have several)."""
+    and ``flip``) and the unpatched baseline. ``exact`` accepts every answer of a query (merged duplicates have
+    several)."""
     from ivlens.patching.sweep import patch_sweep
     from ivlens.tasks.prompts import instructed_prompt, label_token_ids
 
@@ -193,11 +192,20 @@ def iv_transfer(lm: LoadedModel, task: Task, samples: list[int] | None = None) -
                                   "flip": float(moved["ia"].mean()) if len(moved) else None,
                                   "n_outside": len(moved)})
                 res["curves"][f"{style}/{pos_name[position]}"] = curve
-    for res in out["subtasks"].values():
-        best = max(((k, c) for k, curve in res["curves"].items() for c in curve),
-                   key=lambda kc: (kc[1]["exact"], kc[1]["ia"]))
-        res["best"] = {"target": best[0], **best[1]}
     return out
+
+
+#: a configuration tests IV transfer only where at least this share of the queries answers outside the
+#: subtask's label space unpatched (otherwise there is nothing to move)
+MIN_OUTSIDE_SHARE = 0.1
+
+
+def testable_configs(iv: dict, subtask: str) -> list[tuple[str, dict]]:
+    """``(target/position, curve point)`` of every single-layer patch of ``subtask`` in ``iv`` (an
+    :func:`iv_transfer` result) that has queries to move: ``n_outside >= MIN_OUTSIDE_SHARE * n_queries``."""
+    res = iv["subtasks"][subtask]
+    return [(target, c) for target, curve in res["curves"].items() for c in curve
+            if c["flip"] is not None and c.get("n_outside", iv["n_queries"]) >= MIN_OUTSIDE_SHARE * iv["n_queries"]]
 
 
 def measure_stage(lm: LoadedModel, tasks: dict[str, Task], split: dict[str, dict[str, list[str]]],
