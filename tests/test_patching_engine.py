@@ -247,3 +247,31 @@ def test_first_position_skips_a_bos(task):
         label = label_token_ids(tok, instructed_prompt(tok, task, s, a.instruction), s.answer("adj_ant"))[0]
         want = ref.patched_logits(model, tgt.input_ids, ivs, (row.first_layer,), 1)[label]
         assert row.logit == pytest.approx(float(want), abs=TOL)
+
+
+def test_engine_sliding_window_matches_reference():
+    """Sliding-window layers (window 3, shorter than the prompts) interleaved with full ones, as Gemma-2/OLMo-3:
+    the engine's masks and prefix caches apply each layer's window, equal to HF's own forward."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    cfg = Qwen2Config(vocab_size=384, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                      use_sliding_window=True, sliding_window=3, max_window_layers=0,
+                      layer_types=["sliding_attention", "full_attention"] * 2, pad_token_id=1, eos_token_id=0)
+    cfg._attn_implementation = "eager"
+    model = Qwen2ForCausalLM(cfg).eval()
+    adapter = get_adapter(model)
+    assert [adapter.sliding_window(layer) for layer in range(4)] == [3, None, 3, None]
+    targets = [(5, 6, 7, 8, 9, 10, 11), (12, 13, 14, 15)]
+    clean = clean_run(adapter, targets, pad_id=1)
+    for i, t in enumerate(targets):
+        torch.testing.assert_close(clean.last_logits[i], ref.run_logits(model, t), atol=TOL, rtol=0)
+    ivs = source_vectors(adapter, [(30, 31, 32)], pad_id=1)
+    sets = [c for k in range(1, 4) for c in itertools.combinations(range(4), k)]
+    rows = [RowSpec(t, 0, s, p) for t in range(2) for s in sets for p in range(len(targets[t]))]
+    got = patched_logits(adapter, clean, ivs, rows, batch_size=9)
+    ref_ivs = ref.source_ivs(model, (30, 31, 32))
+    for r, logits in zip(rows, got, strict=True):
+        want = ref.patched_logits(model, targets[r.target], ref_ivs, r.layers, r.token)
+        torch.testing.assert_close(logits, want, atol=TOL, rtol=0)

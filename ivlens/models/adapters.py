@@ -456,36 +456,68 @@ class ArchitectureAdapter:
             h = h + self.pos_embed(position_ids).to(h.dtype)
         return h
 
-    def position_embeddings(self, hidden: torch.Tensor, position_ids: torch.Tensor):
-        """Rotary ``(cos, sin)``, each ``[batch, pos, d_head]``, for ``position_ids: [batch, pos]``; ``None`` for
-        architectures without rotary positions."""
+    def layer_type(self, l: int) -> str:  # noqa: E741
+        """``full_attention`` or ``sliding_attention`` (HF's ``config.layer_types``; every layer of a model with a
+        ``sliding_window`` and no ``layer_types``, as Mistral, is sliding)."""
+        types = getattr(self.config, "layer_types", None)
+        if types:
+            return types[l]
+        return "sliding_attention" if getattr(self.config, "sliding_window", None) else "full_attention"
+
+    def sliding_window(self, l: int) -> int | None:  # noqa: E741
+        """Keys a query of layer ``l`` sees (itself included: HF's ``kv > q − window``), ``None`` for full attention."""
+        if self.layer_type(l) != "sliding_attention":
+            return None
+        return getattr(self.config, "sliding_window", None)
+
+    def position_embeddings(self, hidden: torch.Tensor, position_ids: torch.Tensor, layer: int = 0):
+        """Rotary ``(cos, sin)``, each ``[batch, pos, d_head]``, of layer ``layer`` for ``position_ids: [batch, pos]``
+        (models with per-layer-type rotary bases, as OLMo-3 and Gemma-3, get the base of that layer's type);
+        ``None`` for architectures without rotary positions."""
         if not self.spec.rotary_emb:
             return None
-        return _get(self.model, self.spec.rotary_emb)(hidden, position_ids)
+        rotary = _get(self.model, self.spec.rotary_emb)
+        if getattr(rotary, "layer_types", None):
+            return rotary(hidden, position_ids, self.layer_type(layer))
+        return rotary(hidden, position_ids)
 
     @staticmethod
-    def causal_mask(key_mask: torch.Tensor, n_query: int, dtype: torch.dtype) -> torch.Tensor:
+    def causal_mask(key_mask: torch.Tensor, n_query: int, dtype: torch.dtype, window: int | None = None) -> torch.Tensor:
         """Additive attention mask ``[batch, 1, n_query, key]`` for queries that are the *last* ``n_query`` key
-        columns: query ``q`` (key column ``key - n_query + q``) sees key ``k`` iff ``k <= key - n_query + q`` and
-        ``key_mask[b, k] == 1`` (0 where allowed, the dtype's minimum elsewhere, as HF's eager mask)."""
+        columns: query ``q`` (key column ``c_q = key - n_query + q``) sees key ``k`` iff ``k <= c_q``,
+        ``key_mask[b, k] == 1`` and, with a sliding ``window``, ``k > c_q - window`` (0 where allowed, the dtype's
+        minimum elsewhere, as HF's eager mask). Left padding shifts query and key columns alike, so a window in
+        columns is a window in positions."""
         n_key = key_mask.shape[1]
         cols = torch.arange(n_key, device=key_mask.device)
         q_cols = cols[n_key - n_query:]
-        allowed = (cols[None, :] <= q_cols[:, None])[None] & key_mask[:, None, :].bool()  # [batch, q, key]
+        allowed = cols[None, :] <= q_cols[:, None]  # [q, key]
+        if window is not None:
+            allowed = allowed & (cols[None, :] > q_cols[:, None] - window)
+        allowed = allowed[None] & key_mask[:, None, :].bool()  # [batch, q, key]
         mask = torch.zeros(allowed.shape, dtype=dtype, device=key_mask.device)
         mask.masked_fill_(~allowed, torch.finfo(dtype).min)
         return mask[:, None]
+
+    def layer_mask(self, l: int, key_mask: torch.Tensor, n_query: int, dtype: torch.dtype,  # noqa: E741
+                   masks: dict | None = None) -> torch.Tensor:
+        """:meth:`causal_mask` with layer ``l``'s sliding window; ``masks`` memoises one mask per window."""
+        window = self.sliding_window(l)
+        if masks is not None and window in masks:
+            return masks[window]
+        mask = self.causal_mask(key_mask, n_query, dtype, window)
+        if masks is not None:
+            masks[window] = mask
+        return mask
 
     def run_layer(self, l: int, hidden: torch.Tensor, *, attention_mask: torch.Tensor,  # noqa: E741
                   position_ids: torch.Tensor, position_embeddings=None,
                   cache: PrefixCache | None = None) -> torch.Tensor:
         """``resid_post[l]`` for positions ``hidden: [batch, pos, d_model]`` (``resid_pre[l]`` there).
 
-        ``attention_mask``: from :meth:`causal_mask`, ``[batch, 1, pos, prefix + pos]``; ``cache``: the keys and
+        ``attention_mask``: from :meth:`layer_mask` (layer ``l``'s window), ``[batch, 1, pos, prefix + pos]``; ``cache``: the keys and
         values of the ``prefix`` earlier positions (and, with ``record=True``, a place to keep this call's own).
         """
-        if getattr(self.config, "use_sliding_window", False):
-            raise UnsupportedArchitectureError("layer-level execution does not support sliding-window attention")
         kwargs = {"attention_mask": attention_mask, "position_ids": position_ids, "cache": cache}
         if position_embeddings is not None:
             kwargs["position_embeddings"] = position_embeddings

@@ -115,13 +115,17 @@ def clean_run(adapter: ArchitectureAdapter, sequences: Sequence[Sequence[int]], 
     """
     batch = pad_left([tuple(s) for s in sequences], pad_id).to(_device(adapter))
     h = adapter.embed_input(batch.input_ids, batch.position_ids)  # [batch, pos, d_model]
-    pe = adapter.position_embeddings(h, batch.position_ids)
-    mask = adapter.causal_mask(batch.attention_mask, h.shape[1], h.dtype)  # [batch, 1, pos, pos]
+    masks: dict = {}  # one [batch, 1, pos, pos] mask per sliding window
+    pes: dict = {}  # one rotary (cos, sin) per layer type
     resid, keys, values = [], [], []
     for layer in range(adapter.n_layers):
         cache = PrefixCache(record=record)
+        mask = adapter.layer_mask(layer, batch.attention_mask, h.shape[1], h.dtype, masks)
+        kind = adapter.layer_type(layer)
+        if kind not in pes:
+            pes[kind] = adapter.position_embeddings(h, batch.position_ids, layer)
         h = adapter.run_layer(layer, h, attention_mask=mask, position_ids=batch.position_ids,
-                              position_embeddings=pe, cache=cache)
+                              position_embeddings=pes[kind], cache=cache)
         if record:
             resid.append(h)
             keys.append(cache.new[0])
@@ -241,10 +245,10 @@ def _run_group(adapter: ArchitectureAdapter, clean: CleanRun, ivs: torch.Tensor,
         if k > 0 and h.shape[0]:
             # layer k on every state (prefixes ⊆ [0, k−1]); earlier positions' keys/values from the clean run
             pos = clean.batch.position_ids[h_tgt, W - s:]  # [n_states, s]
-            mask = adapter.causal_mask(clean.batch.attention_mask[h_tgt], s, h.dtype)  # [n_states, 1, s, W]
+            mask = adapter.layer_mask(k, clean.batch.attention_mask[h_tgt], s, h.dtype)  # [n_states, 1, s, W]
             cache = PrefixCache(clean.keys[k][h_tgt, :, :W - s], clean.values[k][h_tgt, :, :W - s])
             h = adapter.run_layer(k, h, attention_mask=mask, position_ids=pos,
-                                  position_embeddings=adapter.position_embeddings(h, pos), cache=cache)
+                                  position_embeddings=adapter.position_embeddings(h, pos, k), cache=cache)
             st.executed_evals += h.shape[0] * s
             st.layer_calls += 1
         # states after patching at layer k: prefixes S ∩ [0, k]
