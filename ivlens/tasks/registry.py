@@ -131,13 +131,20 @@ def _builtin(name: str) -> Task:
     return _load_contrastive(name) if name in CONTRASTIVE else _load_bigbench(name)
 
 
+def _exists(key: str) -> bool:
+    try:
+        return Path(key).exists()
+    except OSError:  # a name too long for a path
+        return False
+
+
 def load_task(name_or_path: str | Path) -> Task:
     """A built-in task by name (``adjectives``, ``animals``, ``metaphor_boolean``, ``object_counting``,
     ``implicatures``, ``snarks``) or a user task from a YAML spec path."""
     key = str(name_or_path)
     if key in CONTRASTIVE or key in BIGBENCH_TASKS:
         return _builtin(key)
-    if key.endswith((".yaml", ".yml")) or Path(key).exists():
+    if key.endswith((".yaml", ".yml")) or _exists(key):
         return load_task_spec(key)
     raise TaskError(f"unknown task {key!r}: built-in tasks are {', '.join(builtin_names())}; "
                     "or pass the path of a YAML task spec (see `ivlens tasks show --help`)")

@@ -12,7 +12,27 @@ from pathlib import Path
 
 
 class TaskError(ValueError):
-    """A task file or spec is invalid. The message names the file, the row and the fix."""
+    """A task file or spec is invalid, or a task lacks what an analysis needs.
+
+    The message reads ``<file>, row <n>: <problem>; <fix>`` (``line <n>`` for JSONL and YAML, where rows are
+    lines). The parts stay available as attributes for callers that format errors themselves; a bare
+    message (``TaskError("...")``) is kept as it is.
+    """
+
+    def __init__(self, problem: str, *, file: str | Path | None = None, row: int | None = None,
+                 line: int | None = None, fix: str | None = None):
+        self.problem = problem
+        self.file = str(file) if file is not None else None
+        self.row = row
+        self.line = line
+        self.fix = fix
+        where = self.file or ""
+        if where and row is not None:
+            where += f", row {row}"
+        elif where and line is not None:
+            where += f", line {line}"
+        message = f"{where}: {problem}" if where else problem
+        super().__init__(f"{message}; {fix}" if fix else message)
 
 
 @dataclass(frozen=True)
@@ -58,6 +78,7 @@ class Task:
     description: str = ""
     attribution: str = ""
     warnings: tuple[str, ...] = field(default=(), compare=False)
+    spec: str = ""  # the YAML spec of a user task ("" for built-in tasks)
 
     @property
     def subtask_names(self) -> list[str]:
