@@ -108,18 +108,19 @@ class TaskSpec(BaseModel):
 
 
 # ------------------------------------------------------------------------------------------- bytes → text
-def _read_bytes(path: Path, missing: str | None = None) -> bytes:
-    """The file's bytes; every way of not being a readable file is a :class:`TaskError`."""
+def _read_bytes(path: Path, missing: str | None = None, named_by: str | None = None) -> bytes:
+    """The file's bytes; every way of not being a readable file is a :class:`TaskError`. ``named_by`` is
+    where the path comes from (``"`data:` in spec.yaml"``), for the fix."""
+    key = f"set {named_by} to" if named_by else "point to"
     try:
         if path.is_dir():
-            raise TaskError("is a directory, not a file", file=path,
-                            fix="point to the file inside it (relative paths in a spec are relative to the spec)")
+            raise TaskError("is a directory, not a file", file=path, fix=f"{key} a file inside it")
         return path.read_bytes()
     except TaskError:
         raise
     except (FileNotFoundError, NotADirectoryError):
-        raise TaskError("file not found", file=path, fix=missing or
-                        "check the path (relative paths in a spec are relative to the spec)") from None
+        raise TaskError("file not found", file=path, fix=missing or f"check the path{f' ({named_by})' if named_by else ''}; "
+                        "relative paths in a spec are relative to the spec") from None
     except OSError as e:
         raise TaskError(f"cannot read it ({e.strerror or e})", file=path,
                         fix="check the path and the file's permissions") from None
@@ -267,24 +268,25 @@ def _read_jsonl(path: Path, text: str, header_hint: str) -> tuple[list[str], lis
     return columns, rows
 
 
-def read_rows(path: Path, header_hint: str = TASK_HEADER) -> tuple[list[str], list[dict[str, str]]]:
+def read_rows(path: Path, header_hint: str = TASK_HEADER, named_by: str | None = None
+              ) -> tuple[list[str], list[dict[str, str]]]:
     """Columns and rows of a CSV or JSONL file (``.jsonl``/``.ndjson``; anything else is read as CSV).
 
     Rows are numbered from 1 (header and blank lines excluded) in errors; ``header_hint`` is the header
-    that error messages suggest.
+    that error messages suggest, ``named_by`` the spec key that names the file (``"`data:` in spec.yaml"``).
 
     Raises:
         TaskError: the file is missing, not UTF-8 text or malformed (module docstring).
     """
-    text = decode_text(path, _read_bytes(path))
+    text = decode_text(path, _read_bytes(path, named_by=named_by))
     if path.suffix.lower() in (".jsonl", ".ndjson"):
         return _read_jsonl(path, text, header_hint)
     return _read_csv(path, text, header_hint)
 
 
-def read_rephrasings(path: Path) -> tuple[str, ...]:
+def read_rephrasings(path: Path, named_by: str | None = None) -> tuple[str, ...]:
     """The ``instruction`` column of an ``index,instruction`` CSV, in file order."""
-    columns, rows = read_rows(path, REPHRASING_HEADER)
+    columns, rows = read_rows(path, REPHRASING_HEADER, named_by)
     if "instruction" not in columns:
         raise TaskError(f"no 'instruction' column (found {columns})", file=path,
                         fix=f"a rephrasing file has the columns {REPHRASING_HEADER}")
@@ -385,7 +387,7 @@ _EXPECTED = {
 def _explain(err: dict[str, Any]) -> tuple[str, str]:
     """(where and what, fix) for one pydantic error of a task spec."""
     loc_parts = [str(x) for x in err["loc"]]
-    loc = ".".join(loc_parts) or "(top level)"
+    loc = ".".join(p if p.isidentifier() or p == "[key]" else repr(p) for p in loc_parts) or "(top level)"
     key = next((p for p in reversed(loc_parts) if p in _EXPECTED), loc_parts[-1] if loc_parts else "")
     kind = err["type"]
     if kind == "missing":
@@ -403,7 +405,10 @@ def _explain(err: dict[str, Any]) -> tuple[str, str]:
     fix = f"write it as {_EXPECTED.get(key, 'described in the README')}"
     if _EXPECTED.get(key) == "text" and not isinstance(err.get("input"), dict | list):
         fix += f" (quote it: `{key}: \"{err.get('input')}\"`)"
-    return f"{loc}: {err['msg'].lower()} (got {got})", fix
+    msg = err["msg"][:1].lower() + err["msg"][1:]
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        msg = "should be a mapping"
+    return f"{loc}: {msg} (got {got})", fix
 
 
 def load_task_spec(spec_path: str | Path) -> Task:
@@ -435,7 +440,8 @@ def load_task_spec(spec_path: str | Path) -> Task:
         lines = text.splitlines()
         tab = mark is not None and mark.line < len(lines) and "\t" in lines[mark.line]
         raise TaskError(f"not valid YAML ({problem})", file=spec_path, line=mark.line + 1 if mark else None,
-                        fix="indent with spaces, not tabs" if tab else
+                        fix="indent with spaces, not tabs" if tab else "keep one of them"
+                        if "appears twice" in str(problem) else
                         "check the indentation and quoting there (quote values that contain ': ' or ' #')"
                         ) from None
     except RecursionError:
@@ -452,14 +458,14 @@ def load_task_spec(spec_path: str | Path) -> Task:
         problems = [_explain(err) for err in e.errors()]
         if len(problems) == 1:
             raise TaskError(f"invalid task spec: {problems[0][0]}", file=spec_path, fix=problems[0][1]) from None
-        raise TaskError("invalid task spec: " + "; ".join(f"{what} ({fix})" for what, fix in problems),
+        raise TaskError("invalid task spec: " + "; ".join(f"{what} - {fix}" for what, fix in problems),
                         file=spec_path, fix="correct each key listed") from None
     if not spec.subtasks:
         raise TaskError("no subtasks", file=spec_path,
                         fix="list at least one under `subtasks:` with its instruction")
     base = spec_path.parent
     data_path = (base / spec.data).resolve()
-    columns, rows = read_rows(data_path, "query," + ",".join(spec.subtasks))
+    columns, rows = read_rows(data_path, "query," + ",".join(spec.subtasks), f"`data:` in {spec_path}")
     names = list(spec.subtasks)
     samples, warnings = build_samples(data_path, columns, rows, names)
     subtasks = {}
@@ -468,7 +474,8 @@ def load_task_spec(spec_path: str | Path) -> Task:
         subtasks[name] = Subtask(
             name=name,
             instruction=st.instruction.strip(),
-            rephrasings=read_rephrasings(reph_path) if reph_path else (),
+            rephrasings=read_rephrasings(reph_path, f"`subtasks.{name}.rephrasings:` in {spec_path}")
+            if reph_path else (),
             label_space=tuple(st.label_space) if st.label_space else default_label_space(samples, name),
             rephrasings_file=str(reph_path) if reph_path else None,
         )
