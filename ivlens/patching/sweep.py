@@ -29,7 +29,7 @@ import torch
 
 from ivlens.models.load import LoadedModel
 from ivlens.runs import RunDir
-from ivlens.tasks import Task, TaskError, load_task
+from ivlens.tasks import Task, TaskError, load_task, require_contrastive
 from ivlens.tasks.prompts import (
     Prompt,
     instructed_prompt,
@@ -251,6 +251,8 @@ def patch_sweep(models: LoadedModel | str | Sequence[LoadedModel | str], task: T
     task = load_task(task) if isinstance(task, str) else task
     subtask = subtask or task.subtask_names[0]
     task.subtask(subtask)
+    if mode == "contrastive":
+        require_contrastive(task, analysis="--mode contrastive")  # before any model is loaded
     model_list = [models] if isinstance(models, LoadedModel | str) else list(models)
     if not model_list:
         raise ValueError("patch_sweep needs at least one model")

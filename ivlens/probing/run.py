@@ -33,6 +33,7 @@ import pandas as pd
 from ivlens.models.load import LoadedModel, load_model
 from ivlens.runs import RunDir
 from ivlens.tasks.prompts import PromptFormat
+from ivlens.tasks.requirements import require_rephrasings
 from ivlens.tasks.schema import Task
 
 from . import figures
@@ -163,6 +164,8 @@ def probe_run(models: Sequence[str | LoadedModel], tasks: Sequence[str | Task], 
     names = [m if isinstance(m, str) else m.name for m in models]
     if len(set(names)) != len(names):
         raise ValueError(f"model names must be distinct to compare them side by side: {names}")
+    if varying == "instructions":
+        require_rephrasings(tasks, n=2, analysis="probing")  # before any model is loaded
     task_names = [t if isinstance(t, str) else t.name for t in tasks]
     if run is None:
         run = RunDir.create("probe", "+".join(model_slug(n) for n in names)[:60], out=out,

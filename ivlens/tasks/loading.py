@@ -159,24 +159,29 @@ def _read_csv(path: Path, text: str, header_hint: str) -> tuple[list[str], list[
     reader = csv.reader(io.StringIO(text, newline=""))
     header: list[str] | None = None
     rows: list[dict[str, str]] = []
+    end = 0  # the line the previous record ended on
     try:
         for cells in reader:
+            start, end = end + 1, reader.line_num
             if header is None:
                 if not any(c.strip() for c in cells):
                     continue  # blank lines before the header
-                header = _check_header(path, [c.strip() for c in cells], reader.line_num, header_hint)
+                header = _check_header(path, [c.strip() for c in cells], end, header_hint)
                 continue
             if not any(c.strip() for c in cells):
                 continue  # a blank line or a row of empty cells (",,")
             n = len(rows) + 1
             if len(cells) > len(header):
-                raise TaskError(f"more cells than columns ({len(cells)} cells under a {len(header)}-column "
-                                f"header, line {reader.line_num})", file=path, row=n,
+                raise TaskError(f"more cells than columns ({len(cells)} under a {len(header)}-column header, "
+                                f"line {end})", file=path, row=n,
                                 fix="quote cells that contain commas")
             if len(cells) < len(header):
-                raise TaskError(f"fewer cells than columns ({len(cells)} cells under a {len(header)}-column "
-                                f"header, line {reader.line_num})", file=path, row=n,
-                                fix="fill in the missing cells or delete the row")
+                unclosed = end > start and any(c.count("\n") for c in cells)
+                raise TaskError(f"fewer cells than columns ({len(cells)} under a {len(header)}-column header, "
+                                f"lines {start}-{end})" if unclosed else f"fewer cells than columns ({len(cells)} "
+                                f"under a {len(header)}-column header, line {end})", file=path, row=n,
+                                fix=f"close the quote opened on line {start}" if unclosed else
+                                "fill in the missing cells or delete the row")
             rows.append(dict(zip(header, cells, strict=True)))
     except csv.Error as e:
         limit = "field larger than field limit" in str(e)
