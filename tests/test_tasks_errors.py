@@ -108,8 +108,8 @@ def test_accepted_variants(tmp_path):
 
 
 @pytest.mark.parametrize(("reph", "message"), [
-    (b"index,instruction\n", "r.csv: no rephrasings, only the header; add one instruction per row, or drop "
-     "`rephrasings:` from the spec"),
+    (b"index,instruction\n", "r.csv: no rephrasings, only the header; add one instruction per row, or remove "
+     "`subtasks.ant.rephrasings:` in spec.yaml"),
     (b"index,instruction\n0,Give the opposite, please.\n", "r.csv, row 1: more cells than columns (3 under a "
      "2-column header, line 2); quote cells that contain commas"),
     (b"index,text\n0,x\n", "r.csv: no 'instruction' column (found ['index', 'text']); a rephrasing file has the "

@@ -18,17 +18,17 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from ivlens.tasks import Task, TaskError, load_task
 from ivlens.tasks.loading import read_rephrasings, read_rows
 
 settings.register_profile(
-    "ivlens-tasks", max_examples=60, derandomize=True, deadline=None, database=None, print_blob=True,
+    "ivlens-tasks", max_examples=120, derandomize=True, deadline=None, database=None, print_blob=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example],
 )
-settings.register_profile("ivlens-tasks-deep", parent=settings.get_profile("ivlens-tasks"), max_examples=1200,
+settings.register_profile("ivlens-tasks-deep", parent=settings.get_profile("ivlens-tasks"), max_examples=2400,
                           derandomize=False)
 FUZZ = settings.get_profile(os.environ.get("IVLENS_FUZZ_PROFILE", "ivlens-tasks"))
 
@@ -67,13 +67,17 @@ def _write(d: Path, *, data: bytes | None = None, data_name: str = "t.csv", reph
 def _outcome(load, d: Path | None = None):
     """``load()``'s task, or its TaskError after checking that the error names a file and the fix."""
     try:
-        return load()
+        out = load()
+        event("loaded")
+        return out
     except TaskError as e:
+        event(f"TaskError: {e.problem.split('(')[0][:40]}")  # shown by --hypothesis-show-statistics
         msg = str(e)
         assert e.file, f"no file named: {msg!r}"
         assert e.file in msg and e.fix and msg.endswith(e.fix), msg
         if d is not None and not e.file.startswith("built-in"):
-            assert Path(e.file.strip("'")).parent.resolve() == d.resolve(), msg
+            named = Path(e.file.strip("'")).resolve()
+            assert d.resolve() in (named, named.parent), msg  # a file of the task (or its folder)
         assert e.row is None or e.row >= 1, msg
         assert e.line is None or e.line >= 1, msg
         assert "\n" not in msg, f"not one line: {msg!r}"
@@ -92,25 +96,35 @@ def _check_task(t: Task) -> None:
 
 
 # ------------------------------------------------------------------------------------------ strategies
+# Each strategy mostly builds a good file and damages one thing in it, so that the later checks (columns,
+# cells, rephrasings, spec keys) are reached as often as the early ones (encoding, header).
+def mostly(draw, good, bad, p_good: int = 7):
+    """``good`` in about ``p_good`` draws out of 10, else a draw from ``bad`` (both strategies)."""
+    return draw(good if draw(st.integers(0, 9)) < p_good else bad)
+
+
 NAMES = st.sampled_from(["query", "comp", "ant", "", " comp ", "Query", "extra", "a,b", 'q"x', "index",
                          "instruction", "\ufeffquery"])
+GOOD_CELLS = st.sampled_from(["big", "bigger", "small", "hot", "cold", " tall ", "a,b", 'say "hi"', "x\ny", "é",
+                              "\u2028"])
 CELLS = st.one_of(
     st.text(max_size=12),
-    st.sampled_from(["big", "bigger", "small", "", " ", '"', '"open', "a,b", "a;b", "x\ny", "x\r\ny", "é",
-                     "\u2028", "\x00", "\t", "#", "null", HUGE]),
+    st.sampled_from(["", " ", '"', '"open', "a;b", "x\r\ny", "\x00", "\t", "#", "null", HUGE]),
 )
-ENCODINGS = st.sampled_from(["utf-8", "utf-8-sig", "utf-16", "utf-16-le", "utf-16-be", "latin-1", "cp1252"])
+ENCODINGS = st.sampled_from(["utf-8-sig", "utf-16", "utf-16-le", "utf-16-be", "latin-1", "cp1252"])
 
 
 @st.composite
-def csv_files(draw, names=NAMES) -> bytes:
+def csv_files(draw, good_header=("query", "comp", "ant"), names=NAMES) -> bytes:
     """Tables with arbitrary headers, ragged rows and awkward cells, written with an arbitrary delimiter,
     quoting and encoding, then possibly damaged."""
-    header = draw(st.one_of(st.just(["query", "comp", "ant"]), st.lists(names, max_size=5)))
-    rows = draw(st.lists(st.one_of(st.lists(CELLS, min_size=3, max_size=3), st.lists(CELLS, max_size=5)),
-                         max_size=5))
-    delimiter = draw(st.sampled_from([",", ",", ";", "\t", "|"]))
-    quoting = draw(st.sampled_from(["minimal", "all", "none", "raw"]))
+    header = mostly(draw, st.just(list(good_header)), st.lists(names, max_size=5))
+    n = len(good_header)
+    good_row = st.lists(GOOD_CELLS, min_size=n, max_size=n)
+    bad_row = st.one_of(st.lists(CELLS, min_size=n, max_size=n), st.lists(st.one_of(GOOD_CELLS, CELLS), max_size=5))
+    rows = draw(st.lists(st.integers(0, 9).flatmap(lambda k: good_row if k < 8 else bad_row), max_size=5))
+    delimiter = mostly(draw, st.just(","), st.sampled_from([";", "\t", "|"]), 8)
+    quoting = draw(st.sampled_from(["minimal", "minimal", "all", "none", "raw"]))
     buf = io.StringIO(newline="")
     lineterminator = draw(st.sampled_from(["\n", "\r\n", "\r"]))
     if quoting != "raw":
@@ -123,8 +137,8 @@ def csv_files(draw, names=NAMES) -> bytes:
     if quoting == "raw":  # joined by hand: unbalanced quotes, unescaped delimiters
         buf = io.StringIO(newline="")
         buf.write(lineterminator.join(delimiter.join(r) for r in [header, *rows]))
-    data = buf.getvalue().encode(draw(ENCODINGS), errors="replace")
-    damage = draw(st.sampled_from(["none", "none", "truncate", "blank lines", "junk"]))
+    data = buf.getvalue().encode(mostly(draw, st.just("utf-8"), ENCODINGS, 8), errors="replace")
+    damage = mostly(draw, st.just("none"), st.sampled_from(["truncate", "blank lines", "junk"]))
     if damage == "truncate" and data:
         data = data[:draw(st.integers(0, len(data) - 1))]
     elif damage == "blank lines":
@@ -144,10 +158,12 @@ JSON_VALUES = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st
 def jsonl_files(draw) -> bytes:
     lines = []
     for _ in range(draw(st.integers(0, 5))):
-        kind = draw(st.sampled_from(["object", "object", "good", "junk", "scalar", "duplicate", "blank"]))
+        kind = mostly(draw, st.just("good"), st.sampled_from(["object", "junk", "scalar", "duplicate", "blank"]), 8)
         if kind == "good":
-            lines.append(json.dumps({"query": draw(st.text(max_size=8)), "comp": "bigger", "ant": "small"},
-                                    ensure_ascii=draw(st.booleans())))
+            obj = {"query": draw(st.one_of(GOOD_CELLS, st.text(max_size=8))),
+                   "comp": draw(st.one_of(GOOD_CELLS, st.integers(), st.booleans(), st.floats())),
+                   "ant": mostly(draw, GOOD_CELLS, st.none(), 9)}
+            lines.append(json.dumps(obj, ensure_ascii=draw(st.booleans())))
         elif kind == "object":
             obj = draw(st.dictionaries(NAMES, JSON_VALUES, max_size=4))
             lines.append(json.dumps(obj, ensure_ascii=draw(st.booleans())))
@@ -160,9 +176,9 @@ def jsonl_files(draw) -> bytes:
         else:
             lines.append("   ")
     text = draw(st.sampled_from(["\n", "\r\n"])).join(lines)
-    for bad in draw(st.lists(st.sampled_from(['"\\ud800"', "[" * 3000, "\u2028"]), max_size=1)):
+    for bad in draw(st.lists(st.sampled_from(['"\\ud800"', "[" * 3000, '"\u2028"']), max_size=1)):
         text += "\n" + '{"query": ' + bad + ', "comp": "x", "ant": "y"}'
-    return text.encode(draw(ENCODINGS), errors="replace")
+    return text.encode(mostly(draw, st.just("utf-8"), ENCODINGS, 8), errors="replace")
 
 
 SCALARS = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=10),
@@ -170,30 +186,37 @@ SCALARS = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan
 ANY = st.recursive(SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=3),
                                                     st.dictionaries(st.text(max_size=6), inner, max_size=3)),
                    max_leaves=8)
+GOOD_SUBTASK = st.fixed_dictionaries(
+    {"instruction": st.sampled_from(["Do it.", "Give the antonym."])},
+    optional={"rephrasings": st.sampled_from(["r.csv", "r.csv", "t.csv", "missing.csv", ".", ""]),
+              "label_space": st.one_of(st.lists(GOOD_CELLS, max_size=3), st.lists(st.sampled_from(["", " "]),
+                                                                                   min_size=1, max_size=2))})
+BAD_SUBTASK = st.one_of(
+    st.fixed_dictionaries({"instruction": st.sampled_from(["", " ", "Do it."])},
+                          optional={"rephrasings": SCALARS, "label_space": ANY, "other": ANY}), ANY)
 
 
 @st.composite
 def spec_documents(draw) -> dict | list | str | int | None:
     """Task specs with missing, unknown and wrongly typed keys, or not a mapping at all."""
-    if draw(st.integers(0, 9)) == 0:
+    if draw(st.integers(0, 19)) == 0:
         return draw(ANY)
     spec: dict = {}
     for key in ("name", "data", "field", "subtasks", "description", "extra"):
-        choice = draw(st.sampled_from(["good", "good", "good", "missing", "any"]))
+        choice = mostly(draw, st.just("good"), st.sampled_from(["missing", "any"]), 8)
         if choice == "missing" or (key == "extra" and choice == "good"):
             continue
         if choice == "any":
             spec[key] = draw(ANY)
         elif key == "subtasks":
-            spec[key] = draw(st.dictionaries(NAMES, st.one_of(
-                st.fixed_dictionaries({"instruction": st.sampled_from(["Do it.", "", " "])},
-                                      optional={"rephrasings": SCALARS, "label_space": ANY, "other": ANY}),
-                ANY), max_size=3))
+            names = mostly(draw, st.just(["comp", "ant"]), st.lists(NAMES, max_size=3, unique=True), 8)
+            spec[key] = {n: mostly(draw, GOOD_SUBTASK, BAD_SUBTASK, 8) for n in names}
         else:
             spec[key] = SPEC.get(key, "text")
     return spec
 
 
+GOOD_YAML = yaml.safe_dump(SPEC, sort_keys=False).splitlines(keepends=True)
 YAML_SNIPPETS = st.sampled_from([
     "name: fuzz\n", "data: t.csv\n", "field: Word\n", "subtasks:\n", "  comp:\n", "    instruction: Do it.\n",
     "  ant:\n", "    instruction: &i Say it.\n", "    rephrasings: *i\n", "    rephrasings: r.csv\n",
@@ -201,7 +224,26 @@ YAML_SNIPPETS = st.sampled_from([
     "---\n", "- a\n", "? [a, b]\n: c\n", "!!python/object/apply:os.getcwd []\n", "data: .\n", "data: ''\n",
     "    label_space: [yes, no, '']\n", "subtasks: [1, 2]\n", "name: 2020-01-01\n", "*undefined\n", "{a: [\n",
     "name: 'unclosed\n", "%YAML 1.1\n---\n", "data: t.csv # comment\n", "    label_space: *i\n",
+    "    label_space: [small, cold]\n", "description: a task\n", "  other:\n", "    extra: 1\n",
 ])
+
+
+@st.composite
+def yaml_texts(draw) -> str:
+    """The good spec's lines with a few lines deleted, duplicated, tab-indented or inserted from snippets."""
+    lines = list(GOOD_YAML)
+    for _ in range(draw(st.integers(0, 3))):
+        i = draw(st.integers(0, len(lines)))
+        op = draw(st.sampled_from(["insert", "insert", "delete", "duplicate", "tab"]))
+        if op == "insert" or not lines or i == len(lines):
+            lines.insert(i, draw(YAML_SNIPPETS))
+        elif op == "delete":
+            del lines[i]
+        elif op == "duplicate":
+            lines.insert(i, lines[i])
+        else:
+            lines[i] = lines[i].replace("  ", "\t", 1)
+    return "".join(lines)
 
 
 # ------------------------------------------------------------------------------------------ properties
@@ -214,7 +256,8 @@ def test_task_csv_loads_or_explains(workdir, data):
 
 
 @FUZZ
-@given(data=csv_files(names=st.sampled_from(["index", "instruction", "", "Instruction", "extra", "index"])))
+@given(data=csv_files(good_header=("index", "instruction"),
+                      names=st.sampled_from(["index", "instruction", "", "Instruction", "extra", "index"])))
 def test_rephrasing_csv_loads_or_explains(workdir, data):
     (workdir / "r.csv").write_bytes(data)
     out = _outcome(lambda: read_rephrasings(workdir / "r.csv"), workdir)
@@ -260,9 +303,9 @@ def test_random_spec_documents_load_or_explain(workdir, doc, tabs):
 
 
 @FUZZ
-@given(snippets=st.lists(YAML_SNIPPETS, max_size=8))
-def test_yaml_fragments_load_or_explain(workdir, snippets):
-    t = _outcome(lambda: load_task(_write(workdir, spec="".join(snippets))), workdir)
+@given(text=yaml_texts())
+def test_damaged_yaml_loads_or_explains(workdir, text):
+    t = _outcome(lambda: load_task(_write(workdir, spec=text)), workdir)
     if isinstance(t, Task):
         _check_task(t)
 

@@ -119,8 +119,9 @@ def _read_bytes(path: Path, missing: str | None = None, named_by: str | None = N
     except TaskError:
         raise
     except (FileNotFoundError, NotADirectoryError):
-        raise TaskError("file not found", file=path, fix=missing or f"check the path{f' ({named_by})' if named_by else ''}; "
-                        "relative paths in a spec are relative to the spec") from None
+        source = f" ({named_by})" if named_by else ""
+        raise TaskError("file not found", file=path, fix=missing or f"check the path{source}; relative paths "
+                        "in a spec are relative to the spec") from None
     except OSError as e:
         raise TaskError(f"cannot read it ({e.strerror or e})", file=path,
                         fix="check the path and the file's permissions") from None
@@ -176,10 +177,10 @@ def _read_csv(path: Path, text: str, header_hint: str) -> tuple[list[str], list[
                                 f"line {end})", file=path, row=n,
                                 fix="quote cells that contain commas")
             if len(cells) < len(header):
-                unclosed = end > start and any(c.count("\n") for c in cells)
+                unclosed = end > start and any("\n" in c for c in cells)  # a quoted cell ran over lines
+                where = f"lines {start}-{end}" if unclosed else f"line {end}"
                 raise TaskError(f"fewer cells than columns ({len(cells)} under a {len(header)}-column header, "
-                                f"lines {start}-{end})" if unclosed else f"fewer cells than columns ({len(cells)} "
-                                f"under a {len(header)}-column header, line {end})", file=path, row=n,
+                                f"{where})", file=path, row=n,
                                 fix=f"close the quote opened on line {start}" if unclosed else
                                 "fill in the missing cells or delete the row")
             rows.append(dict(zip(header, cells, strict=True)))
@@ -297,7 +298,7 @@ def read_rephrasings(path: Path, named_by: str | None = None) -> tuple[str, ...]
                         fix=f"a rephrasing file has the columns {REPHRASING_HEADER}")
     if not rows:
         raise TaskError("no rephrasings, only the header", file=path,
-                        fix="add one instruction per row, or drop `rephrasings:` from the spec")
+                        fix="add one instruction per row" + (f", or remove {named_by}" if named_by else ""))
     out = []
     for i, r in enumerate(rows, 1):
         text = r.get("instruction", "").strip()
