@@ -138,6 +138,15 @@ def test_malformed_rephrasings(tmp_path, reph, message):
     ("name: a\nsubtasks:\n\tcomp: x\n",
      "spec.yaml, line 3: not valid YAML (found character '\\t' that cannot start any token); indent with spaces, "
      "not tabs"),
+    ("name: !!int x\n", "spec.yaml: not valid YAML (a tagged value cannot be built: invalid literal for int() "
+     "with base 10: 'x'); remove the `!!` tag or correct the value"),
+    ({"name": "my\x00task"}, "spec.yaml: invalid task spec: name: the task name contains the control character "
+     "'\\x00'; remove it"),
+    ('name: "\\ud800"\ndata: t.csv\nfield: W\nsubtasks: {comp: {instruction: x}, ant: {instruction: y}}\n',
+     "spec.yaml: invalid task spec: name: the task name contains an unpaired surrogate ('\\ud800'); write the "
+     "character itself or a valid \\u escape pair"),
+    ({"subtasks": {1: {"instruction": "x"}}}, "spec.yaml: invalid task spec: subtasks.'1': the key 1 is not text; "
+     "quote it (`\"1\":`) or rename it"),
     ("- name: a\n", "spec.yaml: expected a mapping with keys name, data, field, subtasks (found list); write the "
      "spec as in the README's Tasks section"),
     ("field: x\n", "spec.yaml: invalid task spec: name: missing - add `name: <task name>`; data: missing - add "

@@ -183,8 +183,9 @@ def jsonl_files(draw) -> bytes:
 
 SCALARS = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=10),
                     st.sampled_from(["t.csv", "r.csv", ".", "", "missing.csv", "spec.yaml", "a\x00b", "x" * 300]))
+KEYS = st.one_of(st.text(max_size=6), st.integers(), st.none(), st.booleans())
 ANY = st.recursive(SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=3),
-                                                    st.dictionaries(st.text(max_size=6), inner, max_size=3)),
+                                                    st.dictionaries(KEYS, inner, max_size=3)),
                    max_leaves=8)
 GOOD_SUBTASK = st.fixed_dictionaries(
     {"instruction": st.sampled_from(["Do it.", "Give the antonym."])},
@@ -209,7 +210,7 @@ def spec_documents(draw) -> dict | list | str | int | None:
         if choice == "any":
             spec[key] = draw(ANY)
         elif key == "subtasks":
-            names = mostly(draw, st.just(["comp", "ant"]), st.lists(NAMES, max_size=3, unique=True), 8)
+            names = mostly(draw, st.just(["comp", "ant"]), st.lists(st.one_of(NAMES, KEYS), max_size=3, unique=True), 8)
             spec[key] = {n: mostly(draw, GOOD_SUBTASK, BAD_SUBTASK, 8) for n in names}
         else:
             spec[key] = SPEC.get(key, "text")
@@ -225,6 +226,9 @@ YAML_SNIPPETS = st.sampled_from([
     "    label_space: [yes, no, '']\n", "subtasks: [1, 2]\n", "name: 2020-01-01\n", "*undefined\n", "{a: [\n",
     "name: 'unclosed\n", "%YAML 1.1\n---\n", "data: t.csv # comment\n", "    label_space: *i\n",
     "    label_space: [small, cold]\n", "description: a task\n", "  other:\n", "    extra: 1\n",
+    "name: !!int x\n", "name: !!binary AAEC\n", 'name: "\\ud800"\n', "field: !!timestamp 2020-13-45\n",
+    "1: x\n", "null: x\n", "  2: {instruction: x}\n", "    instruction: !!float nan\n", 'field: "\\x07"\n',
+    "    label_space: !!set {a, b}\n", "    instruction: \"a\\nb\\tc\"\n", "name: !!float 1e99999\n",
 ])
 
 

@@ -23,11 +23,12 @@ import csv
 import io
 import json
 import logging
+import unicodedata
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 
 from .schema import Sample, Subtask, Task, TaskError
 
@@ -38,12 +39,24 @@ REPHRASING_HEADER = "index,instruction"
 _SEPARATORS = {";": "semicolons", "\t": "tabs", "|": "'|'"}
 
 
+def _text(v: str, what: str, lines: bool = False) -> str:
+    """``v`` unless it holds what no later step can print or tokenize: an unpaired surrogate (from a ``\\ud800``
+    escape) or a control character (tabs and newlines allowed where ``lines``)."""
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"the {what} contains an unpaired surrogate ({v[e.start]!r}); write the character itself "
+                         "or a valid \\u escape pair") from None
+    bad = [c for c in v if unicodedata.category(c) == "Cc" and not (lines and c in "\t\n\r")]
+    if bad:
+        raise ValueError(f"the {what} contains the control character {bad[0]!r}; remove it")
+    return v
+
+
 def _path_text(v: str, what: str) -> str:
     if not v.strip():
         raise ValueError(f"the {what} path is empty; write the file's name, relative to the spec")
-    if "\x00" in v:
-        raise ValueError(f"the {what} path contains a NUL character; write the file's name, relative to the spec")
-    return v
+    return _text(v, f"{what} path")
 
 
 class SubtaskSpec(BaseModel):
@@ -54,10 +67,10 @@ class SubtaskSpec(BaseModel):
 
     @field_validator("instruction")
     @classmethod
-    def _non_empty(cls, v: str) -> str:
+    def _instruction(cls, v: str) -> str:
         if not v.strip():
             raise ValueError("the instruction is empty; write the instruction text for this subtask")
-        return v
+        return _text(v, "instruction", lines=True)
 
     @field_validator("rephrasings")
     @classmethod
@@ -69,7 +82,7 @@ class SubtaskSpec(BaseModel):
     def _labels(cls, v: list[str] | None) -> list[str] | None:
         if v is not None and any(not x.strip() for x in v):
             raise ValueError("an empty label; remove it or write the answer it stands for")
-        return v
+        return v if v is None else [_text(x, "label") for x in v]
 
 
 class TaskSpec(BaseModel):
@@ -87,7 +100,12 @@ class TaskSpec(BaseModel):
     def _name(cls, v: str) -> str:
         if not v.strip():
             raise ValueError("the task name is empty; write a short name, e.g. `name: my_task`")
-        return v
+        return _text(v, "task name")
+
+    @field_validator("field", "description")
+    @classmethod
+    def _plain(cls, v: str, info: ValidationInfo) -> str:
+        return _text(v, info.field_name, lines=info.field_name == "description")
 
     @field_validator("data")
     @classmethod
@@ -104,6 +122,7 @@ class TaskSpec(BaseModel):
             if name == "query":
                 raise ValueError("a subtask is named 'query', the name of the query column; "
                                  "rename the subtask (and its column in the data file)")
+            _text(name, "subtask name")
         return v
 
 
@@ -403,6 +422,9 @@ def _explain(err: dict[str, Any]) -> tuple[str, str]:
     if kind == "extra_forbidden":
         model = SubtaskSpec if len(loc_parts) == 3 else TaskSpec
         return f"{loc}: unknown key", f"remove it; the keys are {', '.join(model.model_fields)}"
+    if kind == "invalid_key" or loc_parts[-1:] == ["[key]"]:  # a YAML key such as `1:` or `null:`
+        parent = ".".join(loc.split(".")[:-1]) or "(top level)"
+        return f"{parent}: the key {err.get('input')!r} is not text", f"quote it (`\"{err.get('input')}\":`) or rename it"
     if kind == "value_error":
         what, _, fix = str(err["ctx"]["error"]).partition("; ")
         return f"{loc}: {what}", fix or "correct it"
@@ -453,6 +475,9 @@ def load_task_spec(spec_path: str | Path) -> Task:
     except RecursionError:
         raise TaskError("not valid YAML (nested too deeply)", file=spec_path,
                         fix="write the spec as in the README's Tasks section") from None
+    except (ValueError, TypeError, OverflowError) as e:  # a tagged value PyYAML cannot build: `!!int x`
+        raise TaskError(f"not valid YAML (a tagged value cannot be built: {e})", file=spec_path,
+                        fix="remove the `!!` tag or correct the value") from None
     if not isinstance(raw, dict):
         data_file = spec_path.suffix.lower() in (".csv", ".tsv", ".jsonl", ".ndjson")
         raise TaskError(f"expected a mapping with keys name, data, field, subtasks (found {type(raw).__name__})",
