@@ -168,6 +168,16 @@ def test_spec_errors_name_the_spec_for_non_utf8_and_data_files(tmp_path):
     assert _error(tmp_path, tmp_path).replace(str(tmp_path), "") == ": is a directory, not a file; point to a file inside it"
 
 
+def test_a_pipe_is_refused_not_read(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "pipe.csv")
+    p = _task(tmp_path, spec={"data": "pipe.csv"})
+    (tmp_path / "t.csv").unlink()
+    assert _error(tmp_path, p) == ("pipe.csv: not a regular file (a pipe, socket or device); set `data:` in "
+                                   f"{tmp_path}/spec.yaml to a saved file").replace(f"{tmp_path}/", "")
+
+
 # ------------------------------------------------------------------------------------------ requirements
 def test_require_rephrasings(tmp_path):
     require_rephrasings(["adjectives", "animals"], n=2)

@@ -134,6 +134,8 @@ def _read_bytes(path: Path, missing: str | None = None, named_by: str | None = N
     try:
         if path.is_dir():
             raise TaskError("is a directory, not a file", file=path, fix=f"{key} a file inside it")
+        if path.exists() and not path.is_file():  # reading a pipe would wait forever
+            raise TaskError("not a regular file (a pipe, socket or device)", file=path, fix=f"{key} a saved file")
         return path.read_bytes()
     except TaskError:
         raise
