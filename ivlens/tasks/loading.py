@@ -13,7 +13,11 @@ bytes and decoded here, so encodings get their own message:
   columns, ragged rows and over-long cells (an unclosed quote) are refused with their row and line;
   rows whose cells are all blank are skipped and not counted;
 - JSONL: one object per line (``\\n``-separated, so a raw U+2028 inside a string is fine), scalar values,
-  the keys of the first line on every line, no duplicate keys.
+  the keys of the first line on every line, no duplicate keys;
+- YAML spec: read with a safe loader that also refuses a key given twice; YAML errors give their line and,
+  for tab indentation, "indent with spaces"; keys are checked by :class:`TaskSpec`, one message listing
+  every wrong, missing or unknown key with its fix; text may not hold control characters or unpaired
+  surrogates (``"\\ud800"``), which no later step could tokenize or print.
 """
 
 from __future__ import annotations
