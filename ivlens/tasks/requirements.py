@@ -25,8 +25,9 @@ def _as_task(t: TaskLike) -> Task:
     return t if isinstance(t, Task) else load_task(t)
 
 
-def _where(task: Task) -> str:
-    return task.spec or f"built-in task {task.name!r}"
+def _where(task: Task) -> str | None:
+    """The spec to name in a message (a built-in task has none: its name is in the message)."""
+    return task.spec or None
 
 
 def require_rephrasings(tasks: TaskLike | Iterable[TaskLike], n: int = 2, analysis: str = "probing") -> None:
