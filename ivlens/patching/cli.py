@@ -65,13 +65,20 @@ def patch(
     resume: Path | None = typer.Option(None, help="Resume this run directory: finished shards are kept and the "
                                        "run's recorded options are used."),
     figures: bool = typer.Option(True, help="Write figures."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (rows, FLOPs, peak memory, time on "
+                                 "--device) from the models' configs, without loading weights, and exit."),
 ) -> None:
     """Localise instruction vectors: patch IVs of layer sets into targets, then interactions and figures."""
     args = dict(locals())
+    dry = args.pop("dry_run")
     from ivlens.cli_common import friendly_errors
 
     with friendly_errors():
         try:
+            if dry:
+                from ivlens.dry_run import patch_dry_run
+
+                return patch_dry_run(args)
             _patch(**args)
         except ValueError as e:  # bad layer/position specs, modes, sample indices: one line, exit code 2
             Console(stderr=True).print(f"[bold red]error:[/] {e}")
