@@ -29,6 +29,7 @@ from ivlens.estimate.plans import (
     Plan,
     Rates,
     TrainStage,
+    add_startup,
     eval_plan,
     max_trace_tokens,
     patch_plan,
@@ -50,10 +51,11 @@ def _infos(models: Sequence[str], gguf_file: str | None = None, revision: str | 
             for m in models]
 
 
-def _with_note(plan: Plan, info: ModelInfo) -> Plan:
+def _with_note(plan: Plan, info: ModelInfo, dtype: str = "float32", first: bool = True) -> Plan:
+    """The tokenizer note, and the cost of starting the process (``first`` plan only) and loading the model."""
     if info.tokenizer_note:
         plan.notes.insert(0, info.tokenizer_note)
-    return plan
+    return add_startup(plan, info.shape, dtype, imports=first, gguf=info.gguf)
 
 
 def _budget(memory_budget, device: str) -> int:
@@ -126,7 +128,7 @@ def patch_plans(models: Sequence[str], task: str, subtask: str | None, *, layers
                        engine_work=engine_work)
         p.notes.append(f"{t.name}/{sub.name}, {len(ids)} samples, {layers} × {positions}, target {target}, "
                        f"memory budget {budget / 2**30:.2f} GiB")
-        plans.append(_with_note(p, info))
+        plans.append(_with_note(p, info, dtype, not plans))
     return plans
 
 
@@ -154,7 +156,7 @@ def probe_plans(models: Sequence[str], tasks: Sequence[str], *, layers: str = "a
         n_probes = 1 + (n_tasks if n_tasks >= 2 else 0)
         p = probe_plan(info.shape, lengths, n_layers, n_probes, dtype=dtype, batch_size=batch_size, budget=budget,
                        folds=folds, n_classes=len(classes), model=info.name)
-        plans.append(_with_note(p, info))
+        plans.append(_with_note(p, info, dtype, not plans))
     return plans
 
 
@@ -201,7 +203,7 @@ def trace_plans(models: Sequence[str], *, task: str | None = None, subtask: str 
         budget = trace_budget(memory_budget, device, info.shape, dtype)
         mode = "compare" if compare else "single"
         p = trace_plan(info.shape, lengths, dtype=dtype, beam=beam, mode=mode, budget=budget, model=info.name)
-        plans.append(_with_note(p, info))
+        plans.append(_with_note(p, info, dtype, not plans))
     return plans
 
 
@@ -244,7 +246,7 @@ def eval_plans(models: Sequence[str], task: str, *, subtask: str | None = None, 
         probe = build_prompt(tok, t.subtasks[subs[0]].instruction, chosen[0].query, t.field, fmt, query_style)
         longest = max(len(label_token_ids(tok, probe, lab)) for st in t.subtasks.values() for lab in st.label_space)
         p = eval_plan(info.shape, lengths, min(longest + 2, 16), dtype=dtype, batch_size=batch_size, model=info.name)
-        plans.append(_with_note(p, info))
+        plans.append(_with_note(p, info, dtype, not plans))
     return plans
 
 

@@ -6,7 +6,7 @@ one. Without a tokenizer, :class:`ApproxTokenizer` stands in: one token per punc
 :data:`CHARS_PER_TOKEN` letters of a word (what BPE vocabularies of 50k–100k entries give on the tasks'
 English: within ±20 % of SmolLM2's tokenizer), so prompt lengths are estimates and the plan says so.
 
->>> info = model_info("tests/data/olmo2-1b-config")     # a directory holding only config.json
+>>> info = model_info("tests/data/olmo2-0425-1b-config")   # a directory holding only config.json
 >>> info.shape.n_layers, info.shape.d_model, info.tokenizer_note
 (16, 2048, 'no tokenizer in ...: prompt lengths estimated (1 token per word of up to 6 letters, ...)')
 """
@@ -75,6 +75,7 @@ class ModelInfo:
     tokenizer: object
     tokenizer_note: str | None = None
     config: object = field(default=None, repr=False)
+    gguf: bool = False
 
 
 def _config(path: str, gguf: str | None, revision: str | None, trust_remote_code: bool):
@@ -115,7 +116,7 @@ def model_info(name: str, *, gguf_file: str | None = None, revision: str | None 
     shape = ModelShape.from_config(config, n_params=n_params)
     del model
     tok, note = _tokenizer(path, gguf, revision, trust_remote_code, config)
-    return ModelInfo(name, path, shape, tok, note, config)
+    return ModelInfo(name, path, shape, tok, note, config, gguf is not None)
 
 
 def _tokenizer(path, gguf, revision, trust_remote_code, config):

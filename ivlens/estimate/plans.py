@@ -44,6 +44,12 @@ OPS_PER_ROW = 12
 ROW_RECORD_BYTES = 2500
 ROW_TABLE_BYTES = 600
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+#: Starting the interpreter and importing torch, transformers, pandas and ivlens, in op latencies (~3 s here).
+IMPORT_OPS = 600_000
+#: Loading weights reads and copies each byte about this many times (safetensors: read, cast, place).
+LOAD_COPIES = 3
+#: Dequantizing a GGUF checkpoint, op latencies per parameter (~40 ns a parameter here).
+GGUF_OPS_PER_PARAM = 0.008
 
 
 @dataclass(frozen=True)
@@ -88,6 +94,16 @@ class Plan:
 def seconds(plan: Plan, rates: Rates) -> float:
     """Estimated wall time of ``plan`` at ``rates`` (see the module docstring)."""
     return plan.flops / rates.gemm + plan.kernel_calls * rates.op_latency + plan.stream_bytes / rates.copy
+
+
+def add_startup(plan: Plan, shape: ModelShape, dtype: str, *, imports: bool = True, gguf: bool = False) -> Plan:
+    """Add starting the process (``imports``) and loading ``shape``'s weights to ``plan``; a GGUF checkpoint is
+    dequantized while loading, which also holds a second copy of the weights for a moment."""
+    plan.kernel_calls += (IMPORT_OPS if imports else 0) + (shape.n_params * GGUF_OPS_PER_PARAM if gguf else 0)
+    plan.stream_bytes += LOAD_COPIES * weight_bytes(shape, dtype)
+    if gguf:
+        plan.memory["GGUF dequantization (while loading)"] = weight_bytes(shape, "float32")
+    return plan
 
 
 def weight_bytes(shape: ModelShape, dtype: str) -> int:
