@@ -32,6 +32,9 @@ TRIPLETS = ["--task", "adjectives", "--subtask", "adj_ant", "--layers", "triplet
 CASES: dict[str, list[str]] = {
     "smollm2 patch triplets, 2 samples": ["patch", "--model", "smollm2-135m-instruct", *TRIPLETS, "--samples", "2",
                                           "--no-figures"],
+    "smollm2 eval, 10 samples": ["eval", "--model", "smollm2-135m-instruct", "--task", "adjectives", "--samples", "10"],
+    "smollm2 trace, one prompt": ["trace", "--model", "smollm2-135m-instruct", "--task", "adjectives", "--subtask",
+                                  "adj_ant", "--sample", "0"],
     "organism patch triplets, 100 samples": ["patch", "--model", "organism-sft", *TRIPLETS, "--samples", "100",
                                              "--no-figures"],
     "organism probe": ["probe", "--model", "organism-sft", "--tasks", "adjectives,animals"],
