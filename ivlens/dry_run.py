@@ -21,7 +21,14 @@ from collections.abc import Sequence
 import torch
 from rich.console import Console
 
-from ivlens.estimate.calibrate import copy_rate, gemm_rate, model_gemm_shapes, op_latency
+from ivlens.estimate.calibrate import (
+    copy_rate,
+    gemm_rate,
+    layer_latency,
+    machine_load,
+    model_gemm_shapes,
+    op_latency,
+)
 from ivlens.estimate.flops import ModelShape
 from ivlens.estimate.model import ModelInfo, model_info
 from ivlens.estimate.plans import (
@@ -29,6 +36,7 @@ from ivlens.estimate.plans import (
     Plan,
     Rates,
     TrainStage,
+    add_figures,
     add_startup,
     eval_plan,
     max_trace_tokens,
@@ -97,7 +105,7 @@ def patch_plans(models: Sequence[str], task: str, subtask: str | None, *, layers
                 positions: str = "first,last", samples: int | None = None, mode: str = "transfer",
                 target: str = "bare", fmt: str = "raw", chunk_size: int = 25, batch_size: int | None = None,
                 seed: int = 0, dtype: str = "float32", device: str = "cpu", memory_budget=None,
-                infos: Sequence[ModelInfo] | None = None) -> list[Plan]:
+                figures: bool = True, infos: Sequence[ModelInfo] | None = None) -> list[Plan]:
     """The plan of ``ivlens patch`` with these options, one per model (see :func:`ivlens.patching.sweep.patch_sweep`)."""
     from ivlens.patching.plan import PatchPlan, resolve_position
     from ivlens.patching.sweep import select_samples
@@ -128,6 +136,7 @@ def patch_plans(models: Sequence[str], task: str, subtask: str | None, *, layers
                        engine_work=engine_work)
         p.notes.append(f"{t.name}/{sub.name}, {len(ids)} samples, {layers} × {positions}, target {target}, "
                        f"memory budget {budget / 2**30:.2f} GiB")
+        add_figures(p, 2 if figures and not plans else 0)  # single layers and pair heatmaps, once
         plans.append(_with_note(p, info, dtype, not plans))
     return plans
 
@@ -156,6 +165,7 @@ def probe_plans(models: Sequence[str], tasks: Sequence[str], *, layers: str = "a
         n_probes = 1 + (n_tasks if n_tasks >= 2 else 0)
         p = probe_plan(info.shape, lengths, n_layers, n_probes, dtype=dtype, batch_size=batch_size, budget=budget,
                        folds=folds, n_classes=len(classes), model=info.name)
+        add_figures(p, n_probes + 5 if not plans else 0)  # accuracy per probe, LDA, PCA, 3 similarity maps
         plans.append(_with_note(p, info, dtype, not plans))
     return plans
 
@@ -203,6 +213,7 @@ def trace_plans(models: Sequence[str], *, task: str | None = None, subtask: str 
         budget = trace_budget(memory_budget, device, info.shape, dtype)
         mode = "compare" if compare else "single"
         p = trace_plan(info.shape, lengths, dtype=dtype, beam=beam, mode=mode, budget=budget, model=info.name)
+        add_figures(p, 1 + (not plans) if compare else 2)  # head activity (+ overlap curves) | paths, layer mass
         plans.append(_with_note(p, info, dtype, not plans))
     return plans
 
@@ -270,16 +281,25 @@ def organism_plans(size: str = "small", variant: str = "gist") -> list[Plan]:
 
 
 # --------------------------------------------------------------------------------------------- printing
-def measure_rates(shape: ModelShape, device: str = "cpu", dtype: str = "float32") -> tuple[Rates, str | None]:
-    """This device's rates on ``shape``'s matrices; falls back to the CPU (with a note) when ``device`` is not
-    available here."""
+def measure_rates(shape: ModelShape, device: str = "cpu", dtype: str = "float32",
+                  config=None) -> tuple[Rates, str | None]:
+    """This device's rates on ``shape``'s matrices (per CPU-second on a CPU, with the machine's load); falls back to
+    the CPU (with a note) when ``device`` is not available here."""
     note = None
     dev = "cpu" if device == "auto" else device
     if dev.startswith("cuda") and not torch.cuda.is_available():
         note = f"--device {device} is not available on this machine: timed on the CPU instead"
         dev = "cpu"
-    rate = gemm_rate(model_gemm_shapes(shape), dev, dtype)
-    return Rates(rate, op_latency(dev, dtype), copy_rate(dev), dev, dtype), note
+    cpu = dev == "cpu"
+    rate = gemm_rate(model_gemm_shapes(shape), dev, dtype, cpu_time=cpu)
+    cores, others = machine_load() if cpu else (0, 0.0)
+    if config is None:  # an OLMo-2 layer stands in
+        from transformers import AutoConfig
+
+        config = AutoConfig.for_model("olmo2")
+    lat = layer_latency(config, dev, dtype, cpu_time=cpu)
+    return Rates(rate, op_latency(dev, dtype, cpu_time=cpu), copy_rate(dev, cpu_time=cpu), lat, dev, dtype,
+                 threads=torch.get_num_threads(), cores=cores, others=others), note
 
 
 # --------------------------------------------------------------------------------------------- printing
@@ -295,29 +315,34 @@ def _gb(n: float) -> str:
 
 
 def print_plans(plans: Sequence[Plan], shapes: Sequence[ModelShape], device: str = "cpu", dtype: str = "float32",
-                together: bool = False, console: Console | None = None) -> dict:
+                together: bool = False, console: Console | None = None, configs: Sequence | None = None) -> dict:
     """Print every plan (counts, FLOPs, peak memory, time on ``device``) and, for several, the total; returns the
     same figures as a dict. ``together``: the command loads all its models at once (patch, trace, eval), so the
     peak holds every model's weights; otherwise (probe) one model at a time."""
     console = console or Console(soft_wrap=True)
     out: dict = {"plans": [], "device": device, "dtype": dtype}
     total_s = 0.0
-    for p, shape in zip(plans, shapes, strict=True):
-        rates, note = measure_rates(shape, device, dtype)
+    for i, (p, shape) in enumerate(zip(plans, shapes, strict=True)):
+        rates, note = measure_rates(shape, device, dtype, configs[i] if configs else None)
         sec = seconds(p, rates)
         total_s += sec
         d = p.to_dict(rates)
         d["rates"] = {"gemm_flops_per_s": rates.gemm, "op_latency_s": rates.op_latency,
-                      "copy_bytes_per_s": rates.copy, "device": rates.device}
+                      "copy_bytes_per_s": rates.copy, "layer_latency_s": rates.layer_latency, "device": rates.device, "threads": rates.threads,
+                      "cores": rates.cores, "others": rates.others, "per_cpu_second": bool(rates.cores)}
         out["plans"].append(d)
         console.print(f"[bold]dry run: {p.command}[/] · {p.model} ({shape.arch}, {shape.n_layers} layers, d_model "
                       f"{shape.d_model}, {shape.n_params / 1e9:.3g} B parameters, {dtype})", highlight=False)
         console.print("  " + " · ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in p.counts.items()), highlight=False)
         console.print(f"  FLOPs {p.flops:.3g} · peak memory ≈ {_gb(p.peak_bytes)} ("
                       + ", ".join(f"{k} {_gb(v)}" for k, v in p.memory.items()) + ")", highlight=False)
+        per = " per CPU-second" if rates.cores else ""
+        share = (f"; {rates.parallel_cores():.2g} of {rates.cores} cores free for its {rates.threads} threads "
+                 f"(load {rates.others:.1f})" if rates.cores else "")
         console.print(f"  time ≈ {_human_time(sec)} on {rates.device} (measured here: GEMM {rates.gemm / 1e9:.1f} "
-                      f"GFLOP/s on the model's shapes, {rates.op_latency * 1e6:.1f} µs per small kernel, "
-                      f"{rates.copy / 1e9:.1f} GB/s copies)", highlight=False)
+                      f"GFLOP{per} on the model's shapes, {rates.layer_latency * 1e3:.2f} ms per layer call, "
+                      f"{rates.op_latency * 1e6:.1f} µs per small kernel, "
+                      f"{rates.copy / 1e9:.1f} GB{per} copied{share})", highlight=False)
         for n in ([note] if note else []) + p.notes:
             console.print(f"  note: {n}", highlight=False)
         if not p.fits:
@@ -345,10 +370,12 @@ def patch_dry_run(a: dict) -> dict:
     plans = patch_plans([], a["task"], a["subtask"], layers=a["layers"], positions=a["positions"],
                         samples=a["samples"], mode=a["mode"], target=a["target"], fmt=a["fmt"],
                         chunk_size=a["chunk_size"], batch_size=a["batch_size"], seed=a["seed"], dtype=a["dtype"],
-                        device=a["device"], memory_budget=a.get("memory_budget"), infos=infos)
+                        device=a["device"], memory_budget=a.get("memory_budget"), figures=a.get("figures", True),
+                        infos=infos)
     if a.get("source_model"):
         plans[0].notes.append(f"IVs from {a['source_model']}: one more model in memory, one source run")
-    return print_plans(plans, [i.shape for i in infos], a["device"], a["dtype"], together=True)
+    return print_plans(plans, [i.shape for i in infos], a["device"], a["dtype"], together=True,
+                       configs=[i.config for i in infos])
 
 
 def probe_dry_run(models: list[str], tasks: list[str], *, dtype: str = "float32", device: str = "cpu",
@@ -356,7 +383,8 @@ def probe_dry_run(models: list[str], tasks: list[str], *, dtype: str = "float32"
     """``ivlens probe --dry-run``."""
     infos = _infos(models)
     plans = probe_plans([], tasks, dtype=dtype, device=device, infos=infos, **kw)
-    return print_plans(plans, [i.shape for i in infos], device, dtype, together=False)
+    return print_plans(plans, [i.shape for i in infos], device, dtype, together=False,
+                       configs=[i.config for i in infos])
 
 
 def trace_dry_run(models: list[str], *, dtype: str = "float32", device: str = "cpu", gguf_file=None,
@@ -364,7 +392,8 @@ def trace_dry_run(models: list[str], *, dtype: str = "float32", device: str = "c
     """``ivlens trace --dry-run``."""
     infos = _infos(models, gguf_file, revision, trust_remote_code)
     plans = trace_plans([], dtype=dtype, device=device, infos=infos, **kw)
-    return print_plans(plans, [i.shape for i in infos], device, dtype, together=True)
+    return print_plans(plans, [i.shape for i in infos], device, dtype, together=True,
+                       configs=[i.config for i in infos])
 
 
 def eval_dry_run(models: list[str], task: str, *, dtype: str = "float32", device: str = "cpu", gguf_file=None,
@@ -372,7 +401,8 @@ def eval_dry_run(models: list[str], task: str, *, dtype: str = "float32", device
     """``ivlens eval --dry-run``."""
     infos = _infos(models, gguf_file, revision, trust_remote_code)
     plans = eval_plans([], task, dtype=dtype, infos=infos, **kw)
-    return print_plans(plans, [i.shape for i in infos], device, dtype, together=True)
+    return print_plans(plans, [i.shape for i in infos], device, dtype, together=True,
+                       configs=[i.config for i in infos])
 
 
 def organism_dry_run(size: str = "small", variant: str = "gist") -> dict:

@@ -5,13 +5,14 @@ command's options, and returns a :class:`Plan`: counts (rows, forward passes, to
 of small kernel calls, bytes moved by memory-bound steps, and the parts of peak memory. :func:`seconds` turns a
 plan into time with the rates of :class:`Rates` (measured by :mod:`ivlens.estimate.calibrate`):
 
-    time = FLOPs / GEMM rate  +  kernel calls × op latency  +  streamed bytes / copy rate
+    time = FLOPs / GEMM rate  +  layer calls × layer latency  +  small ops × op latency  +  bytes / copy rate
 
-The kernel-call term is what dominates small models (the organisms: 6 layers of width 256), the FLOP term
-what dominates real ones. The constants below (kernels per layer call, Python work per result row, bytes per
-result row, the interpreter's own memory) were fitted once on this project's 2-core CPU against measured runs
-(``benchmarks/estimate_check.py`` prints the ratios); they are counts of operations, not seconds, so they carry
-over to other machines through the measured op latency.
+(on a CPU: CPU-seconds, divided by the share of the cores the run will get). The layer-call term dominates
+small models (the organisms: 6 layers of width 256), the FLOP term real ones. The constants below (Python work
+per result row, process start, loading, figures, bytes per result row, the interpreter's own memory) were
+fitted on this project's 2-core CPU against measured runs (``benchmarks/estimate_check.py`` prints the
+ratios); they count small operations, not seconds, so they carry over to other machines through the measured
+op latency.
 
 Peak memory = the runtime (Python, torch, transformers, pandas) + the weights in the chosen dtype + what the
 command holds at its peak (clean runs and a batch for patching, a batch's logits for probing, ``L·H·T²``
@@ -36,32 +37,51 @@ from .flops import (
 
 #: Memory of the interpreter with torch, transformers, pandas and ivlens imported (measured: ~600 MB).
 RUNTIME_BYTES = 600 << 20
-#: Small kernel calls (and their Python dispatch) per decoder-layer call of the patching engine or of HF.
-OPS_PER_LAYER_CALL = 60
 #: Python work per result row (metrics gathered, a record built, Parquet), in units of one op latency.
 OPS_PER_ROW = 12
 #: Bytes per result row held while a chunk is being turned into records, and per row of the final table.
 ROW_RECORD_BYTES = 2500
 ROW_TABLE_BYTES = 600
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-#: Starting the interpreter and importing torch, transformers, pandas and ivlens, in op latencies (~3 s here).
-IMPORT_OPS = 600_000
+#: Starting the interpreter and importing torch, transformers, pandas and ivlens, in op latencies (~4.6 CPU-seconds here).
+IMPORT_OPS = 3_800_000
 #: Loading weights reads and copies each byte about this many times (safetensors: read, cast, place).
 LOAD_COPIES = 3
-#: Dequantizing a GGUF checkpoint, op latencies per parameter (~40 ns a parameter here).
-GGUF_OPS_PER_PARAM = 0.008
+#: Dequantizing a GGUF checkpoint and converting its tokenizer, op latencies per parameter (~0.11 CPU-µs here).
+GGUF_OPS_PER_PARAM = 0.09
+#: One figure written with matplotlib (the first also imports it), in op latencies.
+FIGURE_OPS = 250_000
 
 
 @dataclass(frozen=True)
 class Rates:
     """A device's measured speeds: ``gemm`` FLOP/s on the model's shapes, ``op_latency`` seconds per small kernel
-    call, ``copy`` bytes/s of streaming memory traffic."""
+    call, ``copy`` bytes/s of streaming memory traffic.
+
+    On a CPU they are per CPU-second of the measuring process (all its threads), and ``threads`` (torch's
+    intra-op threads), ``cores`` and ``others`` (other runnable work, the load average) say how many cores a
+    run will get (:meth:`parallel_cores`: the matrix products use them all, the rest at most one).
+    ``layer_latency``: the fixed cost of one decoder-layer call (dispatch, small kernels, thread hand-offs),
+    measured on a narrow copy of the model's own layer. On a GPU the rates are per wall second and ``cores``
+    is 0 (no sharing model)."""
 
     gemm: float
     op_latency: float
     copy: float
+    layer_latency: float = 0.0
     device: str = "cpu"
     dtype: str = "float32"
+    threads: int = 1
+    cores: int = 0
+    others: float = 0.0
+
+    def parallel_cores(self) -> float:
+        """Cores the matrix products get: all ``threads`` on an idle machine, a fair share of a busy one."""
+        if not self.cores:
+            return 1.0
+        k = min(self.threads, self.cores)
+        return k if self.others + k <= self.cores else self.cores * k / (self.others + k)
+
 
 
 @dataclass
@@ -72,6 +92,7 @@ class Plan:
     model: str
     counts: dict[str, int] = field(default_factory=dict)
     flops: float = 0.0
+    layer_calls: float = 0.0
     kernel_calls: float = 0.0
     stream_bytes: float = 0.0
     memory: dict[str, int] = field(default_factory=dict)
@@ -84,7 +105,7 @@ class Plan:
 
     def to_dict(self, rates: Rates | None = None) -> dict:
         out = {"command": self.command, "model": self.model, "counts": dict(self.counts), "flops": self.flops,
-               "kernel_calls": self.kernel_calls, "stream_bytes": self.stream_bytes, "memory": dict(self.memory),
+               "layer_calls": self.layer_calls, "kernel_calls": self.kernel_calls, "stream_bytes": self.stream_bytes, "memory": dict(self.memory),
                "peak_bytes": self.peak_bytes, "notes": list(self.notes), "fits": self.fits}
         if rates is not None:
             out["seconds"] = seconds(self, rates)
@@ -92,8 +113,11 @@ class Plan:
 
 
 def seconds(plan: Plan, rates: Rates) -> float:
-    """Estimated wall time of ``plan`` at ``rates`` (see the module docstring)."""
-    return plan.flops / rates.gemm + plan.kernel_calls * rates.op_latency + plan.stream_bytes / rates.copy
+    """Estimated wall time of ``plan`` at ``rates`` (see the module docstring and :class:`Rates`)."""
+    par = rates.parallel_cores()
+    return (plan.flops / (rates.gemm * par)
+            + (plan.layer_calls * rates.layer_latency + plan.kernel_calls * rates.op_latency
+               + plan.stream_bytes / rates.copy) / min(1.0, par))
 
 
 def add_startup(plan: Plan, shape: ModelShape, dtype: str, *, imports: bool = True, gguf: bool = False) -> Plan:
@@ -103,6 +127,14 @@ def add_startup(plan: Plan, shape: ModelShape, dtype: str, *, imports: bool = Tr
     plan.stream_bytes += LOAD_COPIES * weight_bytes(shape, dtype)
     if gguf:
         plan.memory["GGUF dequantization (while loading)"] = weight_bytes(shape, "float32")
+    return plan
+
+
+def add_figures(plan: Plan, n: int) -> Plan:
+    """Add writing ``n`` matplotlib figures (and importing matplotlib for the first) to ``plan``."""
+    if n:
+        plan.kernel_calls += FIGURE_OPS * (n + 2)
+        plan.counts["figures"] = plan.counts.get("figures", 0) + n
     return plan
 
 
@@ -215,7 +247,8 @@ def patch_plan(shape: ModelShape, targets: Sequence[PatchTarget], layer_sets: Se
     plan.counts = {"samples": n, "rows": rows, "distinct_rows": unembed, "layer_sets": len(layer_sets),
                    "forward_passes": 1 + 2 * n, "layer_token_evals": evals, "layer_calls": calls + base_calls}
     plan.flops = flops
-    plan.kernel_calls = (calls + base_calls) * OPS_PER_LAYER_CALL + rows * OPS_PER_ROW
+    plan.layer_calls = calls + base_calls
+    plan.kernel_calls = rows * OPS_PER_ROW
     plan.stream_bytes = unembed * shape.d_vocab * 4 * 6  # log-sum-exp, ranks, top-1 over each logits row
     # memory: the clean run of one chunk (residuals + keys/values of every layer), one group, the records
     c = min(chunk_size, n)
@@ -262,7 +295,8 @@ def probe_plan(shape: ModelShape, lengths: Sequence[int], n_layers_probed: int, 
     plan.counts = {"instructions": n, "forward_passes": len(batches), "batch_prompts": bs,
                    "longest_prompt": max(lengths), "layers": n_layers_probed, "probe_fits": fits}
     plan.flops = flops
-    plan.kernel_calls = len(batches) * shape.n_layers * OPS_PER_LAYER_CALL + fits * iters * 2 * 25
+    plan.layer_calls = len(batches) * shape.n_layers
+    plan.kernel_calls = fits * iters * 2 * 25
     plan.memory = {**_base_memory(shape, dtype), "one batch's forward": bs * probe_row_bytes(shape, max(lengths), dtype),
                    "one layer's IVs (probing)": n * d * 4 * 4}
     return plan
@@ -313,7 +347,8 @@ def trace_plan(shape: ModelShape, lengths: Sequence[int], *, dtype: str = "float
     plan = Plan("trace", model)
     plan.counts = {"prompts": len(lengths), "max_tokens": T, "graph_entries": L * shape.n_heads * T * T}
     plan.flops = flops
-    plan.kernel_calls = len(lengths) * L * (OPS_PER_LAYER_CALL * (3 + graphs) + beam // 4)
+    plan.layer_calls = len(lengths) * L * (3 + graphs)  # the forward, the surrogate, frozen passes
+    plan.kernel_calls = len(lengths) * L * beam // 4
     work = trace_bytes(shape, T, dtype, beam, mode)
     graph = trace_graph_bytes(shape, T, mode)
     plan.memory = {**_base_memory(shape, dtype), "graph (L·H·T² tensors)": graph, "other tracer state": work - graph}
@@ -360,7 +395,8 @@ def eval_plan(shape: ModelShape, lengths: Sequence[int], max_new_tokens: int, *,
     plan.counts = {"prompts": len(lengths), "batches": len(batches), "generation_steps": steps,
                    "new_tokens_per_prompt": max_new_tokens}
     plan.flops = flops
-    plan.kernel_calls = steps * L * OPS_PER_LAYER_CALL + steps * 40
+    plan.layer_calls = steps * L
+    plan.kernel_calls = steps * 40
     plan.stream_bytes = stream
     plan.memory = {**_base_memory(shape, dtype), "KV cache": kv,
                    "prefill logits": batch_size * w * shape.d_vocab * 4 * 2,
@@ -385,21 +421,23 @@ class TrainStage:
 def train_plan(shape: ModelShape, stages: Sequence[TrainStage], *, measure_prompts: int = 0,
                measure_tokens: int = 24, model: str = "") -> Plan:
     """Training stages on ``shape`` (fp32, AdamW), then ``measure_prompts`` short forwards (the card's checks)."""
-    flops, calls = 0.0, 0.0
+    flops, calls, layer_calls = 0.0, 0.0, 0.0
     counts: dict[str, int] = {}
     for st in stages:
         fwd = prompt_flops(shape, st.seq_len, logit_rows=st.seq_len)
         flops += st.steps * st.batch * st.passes * fwd
         n_param_tensors = shape.n_layers * 12 + 3
-        calls += st.steps * (st.passes * shape.n_layers * OPS_PER_LAYER_CALL + n_param_tensors * 6)
+        layer_calls += st.steps * st.passes * shape.n_layers
+        calls += st.steps * n_param_tensors * 6
         counts[f"{st.name}_steps"] = st.steps
         counts[f"{st.name}_sequences"] = st.steps * st.batch
     flops += measure_prompts * prompt_flops(shape, measure_tokens, logit_rows=measure_tokens)
-    calls += measure_prompts / 16 * shape.n_layers * OPS_PER_LAYER_CALL
+    layer_calls += measure_prompts / 16 * shape.n_layers
     plan = Plan("organism build", model)
     plan.counts = counts | {"measure_forwards": measure_prompts}
     plan.flops = flops
     plan.kernel_calls = calls
+    plan.layer_calls = layer_calls
     big = max(stages, key=lambda s: s.batch * s.seq_len * (2 if s.passes > 3 else 1))
     acts = big.batch * big.seq_len * (2 if big.passes > 3 else 1) * shape.n_layers * (
         12 * shape.d_model + 4 * shape.d_mlp + 2 * shape.n_heads * big.seq_len) * 4
