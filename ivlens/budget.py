@@ -5,7 +5,8 @@ one number of bytes, given on the command line as ``--memory-budget`` (``4GB``, 
 ``800000000``) or chosen automatically:
 
 - on CUDA: half of the device's free memory (``torch.cuda.mem_get_info``), since the weights are already there;
-- on CPU (and ``auto``, whose activations live in host memory before they move): a quarter of the available
+  with ``auto`` (accelerate's ``device_map``), half of the least free memory among the visible GPUs;
+- on CPU (and ``auto`` without a GPU): a quarter of the available
   RAM (``psutil``), at most :data:`CPU_DEFAULT_CAP`. Past a few hundred megabytes of activations, bigger
   batches do not make CPU matrix products faster, and other processes share the machine.
 
@@ -61,8 +62,13 @@ def parse_bytes(text: str | int | float) -> int:
 
 
 def available_bytes(device: str | torch.device = "cpu") -> int:
-    """Free memory where activations of ``device`` live: the CUDA device's free memory, else available RAM."""
-    dev = torch.device("cpu" if str(device) == "auto" else device)
+    """Free memory where activations of ``device`` live: the CUDA device's free memory; for ``auto`` (a model spread
+    over the visible GPUs) the least free memory among them, or the available RAM when there is no GPU."""
+    if str(device) == "auto":
+        if torch.cuda.is_available():
+            return min(int(torch.cuda.mem_get_info(i)[0]) for i in range(torch.cuda.device_count()))
+        device = "cpu"
+    dev = torch.device(device)
     if dev.type == "cuda":
         free, _total = torch.cuda.mem_get_info(dev)
         return int(free)
@@ -80,7 +86,8 @@ def resolve_memory_budget(requested: str | int | float | None, device: str | tor
     """
     if requested is not None and str(requested).strip().lower() != "auto":
         return parse_bytes(requested)
-    kind = "cuda" if str(device).startswith("cuda") else "cpu"
+    gpu = str(device).startswith("cuda") or (str(device) == "auto" and torch.cuda.is_available())
+    kind = "cuda" if gpu else "cpu"
     budget = int(available_bytes(device) * DEFAULT_SHARE[kind])
     if kind == "cpu":
         budget = min(budget, CPU_DEFAULT_CAP)
