@@ -180,3 +180,32 @@ def test_cli_memory_budget(tmp_path):
     assert "Traceback" not in bad.output and not (tmp_path / "bad").exists()
     ok = CliRunner().invoke(app, [*base, "--memory-budget", "64MiB", "--out", str(tmp_path / "ok")])
     assert ok.exit_code == 0, ok.output
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_and_split_devices_match_cpu():
+    """On a GPU: the whole model on CUDA (fp32 and bf16), and a model spread over CPU and CUDA layer by layer (as
+    accelerate's device_map places it), against the CPU engine."""
+    import copy
+
+    model, adapter, clean, ivs, rows, label, alt, space = _setup()
+    want = patched_metrics(adapter, clean, ivs, rows, label, alt, space)
+
+    def check(m, tol):
+        a = get_adapter(m)
+        got = patched_metrics(a, clean_run(a, TARGETS, pad_id=1), source_vectors(a, SOURCES, pad_id=1), rows,
+                              label, alt, space)
+        for k in ("logit", "prob", "logit_diff"):
+            torch.testing.assert_close(got[k], want[k], atol=tol, rtol=0, equal_nan=True, msg=k)
+        assert (got["top1"] == want["top1"]).float().mean() > 0.95
+
+    check(copy.deepcopy(model).cuda(), 1e-4)
+    check(copy.deepcopy(model).cuda().to(torch.bfloat16), 0.02)
+    split = copy.deepcopy(model)
+    a2 = get_adapter(split)
+    for k in range(2, a2.n_layers):
+        a2.layer(k).cuda()
+    a2.final_norm.cuda()
+    if a2.unembed.weight is not a2.embed.weight:
+        a2.unembed.cuda()
+    check(split, 1e-4)
