@@ -41,6 +41,7 @@ CASES: dict[str, list[str]] = {
     "organism eval": ["eval", "--model", "organism-sft", "--task", "adjectives", "--samples", "50"],
     "organism trace --compare": ["trace", "--model", "organism-sft", "--task", "animals", "--compare",
                                  "--samples", "10"],
+    "organism build --size tiny": ["organism", "build", "--size", "tiny", "--no-measure", "--force"],
 }
 #: The paper's setting on real shapes: estimates only (no weights here).
 PAPER = {

@@ -262,7 +262,7 @@ def eval_plans(models: Sequence[str], task: str, *, subtask: str | None = None, 
 
 
 # --------------------------------------------------------------------------------------------- organism
-def organism_plans(size: str = "small", variant: str = "gist") -> list[Plan]:
+def organism_plans(size: str = "small", variant: str = "gist", measure: bool = True) -> list[Plan]:
     """The plan of ``ivlens organism build`` (the sizes of :data:`ivlens.organism.train.SIZES`)."""
     from ivlens.organism.train import SIZES
 
@@ -274,7 +274,9 @@ def organism_plans(size: str = "small", variant: str = "gist") -> list[Plan]:
               TrainStage("sft", spec.sft_steps, spec.sft_batch, spec.seq_len),
               TrainStage("dpo", spec.dpo_steps, spec.dpo_batch, spec.seq_len, passes=8)]
     # the card's measurements: per stage and task, ~110 samples × ~16 scored prompts, and single-layer IV transfer
-    plan = train_plan(shape, stages, measure_prompts=3 * 2 * 110 * 16, model=f"organism-{variant} ({size})")
+    plan = train_plan(shape, stages, measure_prompts=3 * 2 * 110 * 16 if measure else 0,
+                      model=f"organism-{variant} ({size})")
+    add_startup(plan, shape, "float32")
     plan.notes.append(f"{variant} variant, {shape.n_params / 1e6:.1f} M parameters; tokenizer training and data "
                       "generation not counted")
     return [plan]
@@ -405,12 +407,12 @@ def eval_dry_run(models: list[str], task: str, *, dtype: str = "float32", device
                        configs=[i.config for i in infos])
 
 
-def organism_dry_run(size: str = "small", variant: str = "gist") -> dict:
+def organism_dry_run(size: str = "small", variant: str = "gist", measure: bool = True) -> dict:
     """``ivlens organism build --dry-run`` (on the CPU, fp32: how the organisms are built)."""
     from ivlens.organism.train import SIZES
 
     spec = SIZES[size]
     shape = ModelShape("olmo2", spec.n_layers, spec.d_model, spec.n_heads, spec.n_heads, spec.d_model // spec.n_heads,
                        spec.d_mlp, spec.vocab_size, gated_mlp=True, tied=True)
-    plans = organism_plans(size, variant)
+    plans = organism_plans(size, variant, measure)
     return print_plans(plans, [shape.with_params(shape.count_params())], "cpu", "float32")

@@ -29,7 +29,7 @@ def build_command(
     if dry_run:
         from ivlens.dry_run import organism_dry_run
 
-        organism_dry_run(size, variant)
+        organism_dry_run(size, variant, measure=not no_measure)
         return
 
     from ivlens.organism.build import build_organism
