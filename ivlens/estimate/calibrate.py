@@ -45,9 +45,10 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def model_gemm_shapes(shape: ModelShape, rows: int = 256) -> tuple[GemmShape, ...]:
-    """The model's own matrix products for ``rows`` tokens at once: q/o projection, MLP up and down, the
-    unembedding."""
+def model_gemm_shapes(shape: ModelShape, rows: int | None = None) -> tuple[GemmShape, ...]:
+    """The model's own matrix products for ``rows`` tokens at once (default: 256, or 1024 for models of width up
+    to 512, whose batched calls hold more tokens): q/o projection, MLP up and down, the unembedding."""
+    rows = rows or (1024 if shape.d_model <= 512 else 256)
     q = shape.n_heads * shape.d_head
     return ((rows, shape.d_model, q), (rows, shape.d_model, shape.d_mlp), (rows, shape.d_mlp, shape.d_model),
             (rows, shape.d_model, shape.d_vocab))
@@ -59,7 +60,7 @@ def _clock(device: torch.device, cpu_time: bool):
 
 def gemm_rate(shapes: Sequence[GemmShape], device: str | torch.device = "cpu",
               dtype: str | torch.dtype = "float32", budget_s: float = 0.4,
-              max_weight_elems: int = 1 << 22, max_rows: int = 512, cpu_time: bool = False) -> float:
+              max_weight_elems: int = 1 << 22, max_rows: int = 1024, cpu_time: bool = False) -> float:
     """FLOP/s of ``[m, k] × [k, n]`` products of ``shapes`` on ``device`` in ``dtype``: total FLOPs over total
     time, after one warm-up each; about ``budget_s`` seconds (cached per process). ``cpu_time``: FLOPs per
     CPU-second of this process (all threads) instead of per wall second (CPU only)."""
@@ -135,7 +136,7 @@ def copy_rate(device: str | torch.device = "cpu", n_bytes: int = 64 << 20, budge
 
 
 def layer_latency(config, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32",
-                  rows: int = 16, n_tokens: int = 8, budget_s: float = 0.3, cpu_time: bool = False) -> float:
+                  rows: int = 16, n_tokens: int = 8, budget_s: float = 0.4, cpu_time: bool = False) -> float:
     """Seconds per call of one decoder layer of ``config``'s architecture made narrow (width 64, the same
     modules and kernels), on ``rows × n_tokens`` tokens: the fixed cost of a layer call (Python, dispatch,
     small kernels, thread hand-offs) without its FLOPs, which :func:`gemm_rate` covers."""
@@ -169,7 +170,7 @@ def layer_latency(config, device: str | torch.device = "cpu", dtype: str | torch
         _sync(device)
         clock = _clock(device, cpu_time)
         reps, t0, w0 = 0, clock(), time.perf_counter()
-        while time.perf_counter() - w0 < budget_s or reps < 5:
+        while time.perf_counter() - w0 < budget_s or reps < 8:
             call()
             reps += 1
         _sync(device)
