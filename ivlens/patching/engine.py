@@ -340,7 +340,7 @@ def _group_trie(keys: list[RowKey], members: list[int], s: int, n_layers: int) -
     t = np.array([keys[u][0] for u in members], dtype=np.int64)
     src = np.array([keys[u][1] for u in members], dtype=np.int64)
     # (target, source) → owner id; layer sets → bit masks (object ints past 62 layers)
-    pairs, owner = np.unique(np.stack([t, src], 1), axis=0, return_inverse=True)
+    _, owner = np.unique(np.stack([t, src], 1), axis=0, return_inverse=True)
     owner = owner.reshape(-1)
     big = L > 62
     mask = np.array([sum(1 << x for x in keys[u][2]) for u in members], dtype=object if big else np.int64)
@@ -370,7 +370,6 @@ def _group_trie(keys: list[RowKey], members: list[int], s: int, n_layers: int) -
         steps.append(_Step(parent=state[rep], target=t[rep], patch=np.flatnonzero(hit[rep]), src=src[rep][hit[rep]]))
         state = new_state
         n_states = len(rep)
-    del pairs
     return _Group(s=s, members=np.asarray(members, dtype=np.int64), steps=steps, final=state, runs=runs)
 
 
