@@ -29,17 +29,30 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data"
 TRIPLETS = ["--task", "adjectives", "--subtask", "adj_ant", "--layers", "triplets", "--positions", "first,last"]
 
+
+
+def _organism() -> str:
+    """``organism-sft`` when the build has finished, else a finished stage's directory (same shape and cost)."""
+    from ivlens.organism.paths import is_built, organism_dir
+
+    d = organism_dir("gist")
+    if is_built(d):
+        return "organism-sft"
+    return next((str(d / s) for s in ("sft", "base") if (d / s / "model.safetensors").exists()), "organism-sft")
+
+
+ORG = _organism()
 CASES: dict[str, list[str]] = {
     "smollm2 patch triplets, 2 samples": ["patch", "--model", "smollm2-135m-instruct", *TRIPLETS, "--samples", "2",
                                           "--no-figures"],
     "smollm2 eval, 10 samples": ["eval", "--model", "smollm2-135m-instruct", "--task", "adjectives", "--samples", "10"],
     "smollm2 trace, one prompt": ["trace", "--model", "smollm2-135m-instruct", "--task", "adjectives", "--subtask",
                                   "adj_ant", "--sample", "0"],
-    "organism patch triplets, 100 samples": ["patch", "--model", "organism-sft", *TRIPLETS, "--samples", "100",
+    "organism patch triplets, 100 samples": ["patch", "--model", ORG, *TRIPLETS, "--samples", "100",
                                              "--no-figures"],
-    "organism probe": ["probe", "--model", "organism-sft", "--tasks", "adjectives,animals"],
-    "organism eval": ["eval", "--model", "organism-sft", "--task", "adjectives", "--samples", "50"],
-    "organism trace --compare": ["trace", "--model", "organism-sft", "--task", "animals", "--compare",
+    "organism probe": ["probe", "--model", ORG, "--tasks", "adjectives,animals"],
+    "organism eval": ["eval", "--model", ORG, "--task", "adjectives", "--samples", "50"],
+    "organism trace --compare": ["trace", "--model", ORG, "--task", "animals", "--compare",
                                  "--samples", "10"],
     "organism build --size tiny": ["organism", "build", "--size", "tiny", "--no-measure", "--force"],
 }

@@ -15,6 +15,7 @@ commands call when given ``--dry-run`` (they then exit 0).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 
@@ -341,7 +342,12 @@ def print_plans(plans: Sequence[Plan], shapes: Sequence[ModelShape], device: str
         per = " per CPU-second" if rates.cores else ""
         share = (f"; {rates.parallel_cores():.2g} of {rates.cores} cores free for its {rates.threads} threads "
                  f"(load {rates.others:.1f})" if rates.cores else "")
-        console.print(f"  time ≈ {_human_time(sec)} on {rates.device} (measured here: GEMM {rates.gemm / 1e9:.1f} "
+        idle = ""
+        if rates.cores and rates.others + rates.threads > rates.cores:
+            idle_s = seconds(p, dataclasses.replace(rates, others=0.0))
+            idle = f" now, ≈ {_human_time(idle_s)} with the machine to itself"
+            d["idle_seconds"] = idle_s
+        console.print(f"  time ≈ {_human_time(sec)}{idle} on {rates.device} (measured here: GEMM {rates.gemm / 1e9:.1f} "
                       f"GFLOP{per} on the model's shapes, {rates.layer_latency * 1e3:.2f} ms per layer call, "
                       f"{rates.op_latency * 1e6:.1f} µs per small kernel, "
                       f"{rates.copy / 1e9:.1f} GB{per} copied{share})", highlight=False)
@@ -352,11 +358,13 @@ def print_plans(plans: Sequence[Plan], shapes: Sequence[ModelShape], device: str
     peak = max(p.peak_bytes for p in plans)
     if together and len(plans) > 1:
         peak += sum(p.memory.get("weights", 0) for p in plans) - max(p.memory.get("weights", 0) for p in plans)
+    idle_total = sum(d.get("idle_seconds", d["seconds"]) for d in out["plans"])
     if len(plans) > 1:
         how = "all models loaded together" if together else "models loaded one after another"
-        console.print(f"[bold]total[/]: time ≈ {_human_time(total_s)}, peak memory ≈ {_gb(peak)} ({how})",
+        idle = f" now, ≈ {_human_time(idle_total)} with the machine to itself" if idle_total < total_s else ""
+        console.print(f"[bold]total[/]: time ≈ {_human_time(total_s)}{idle}, peak memory ≈ {_gb(peak)} ({how})",
                       highlight=False)
-    out["total_seconds"], out["peak_bytes"] = total_s, peak
+    out["total_seconds"], out["idle_seconds"], out["peak_bytes"] = total_s, idle_total, peak
     return out
 
 
