@@ -352,7 +352,11 @@ def trace_plan(shape: ModelShape, lengths: Sequence[int], *, dtype: str = "float
     work = trace_bytes(shape, T, dtype, beam, mode)
     graph = trace_graph_bytes(shape, T, mode)
     plan.memory = {**_base_memory(shape, dtype), "graph (L·H·T² tensors)": graph, "other tracer state": work - graph}
-    if budget is not None and work > budget:
+    if budget is not None and budget <= 0:
+        plan.fits = False
+        plan.notes.append(f"the weights ({weight_bytes(shape, dtype) / 1e9:.1f} GB in {dtype}) leave no memory for the "
+                          "tracer on this machine; the working memory it needs is listed above")
+    elif budget is not None and work > budget:
         plan.fits = False
         plan.notes.append(f"the tracer's working memory ({work / 1e9:.2f} GB) exceeds the budget "
                           f"({budget / 1e9:.2f} GB): at most {max_trace_tokens(shape, budget, dtype, beam, mode)} "
