@@ -8,6 +8,7 @@ import typer
 
 from ivlens.cli_common import (
     DeviceOpt,
+    DryRunOpt,
     DtypeOpt,
     FormatOpt,
     GgufOpt,
@@ -132,12 +133,20 @@ def eval_cmd(
     device: DeviceOpt = "cpu",
     revision: RevisionOpt = None,
     trust_remote_code: TrustOpt = False,
+    dry_run: DryRunOpt = False,
 ) -> None:
     """Instruction-following evaluation: IA, accuracy and first-token ranks, with the instruction, without it
     and with the other subtask's instruction."""
     from ivlens.api import run_eval
 
     with friendly_errors():
+        if dry_run:
+            from ivlens.dry_run import eval_dry_run
+
+            eval_dry_run(model, task, subtask=subtask, samples=samples, fmt=fmt, query_style=query_style,
+                         batch_size=batch_size, seed=seed, dtype=dtype, device=device, gguf_file=gguf_file,
+                         revision=revision, trust_remote_code=trust_remote_code)
+            return
         lms = load_models(model, gguf_file, dtype, device, revision, trust_remote_code)
         judge_fn = import_callable(judge) if judge else None
         run, summary, decides = run_eval(lms, task, subtask=subtask, samples=samples, fmt=fmt, split=split,

@@ -36,6 +36,11 @@ TrustOpt = Annotated[bool, typer.Option("--trust-remote-code", help="allow custo
 TaskOpt = Annotated[str, typer.Option("--task", "-t", help="built-in task name or path of a YAML task spec")]
 OutOpt = Annotated[str | None, typer.Option("--out", help="run directory (default runs/<date>-<command>-<name>)")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="seed of the sample selection")]
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="print the plan (forward passes, FLOPs, peak memory, "
+                                         "time on --device) from the models' configs, without loading weights, "
+                                         "and exit")]
+MemoryBudgetOpt = Annotated[str | None, typer.Option("--memory-budget", help="working memory beyond the weights "
+                                                     "(4GB, 512MiB, 1.5G; default: a safe share of free memory)")]
 FormatOpt = Annotated[str, typer.Option("--format", help="prompt format: raw (the paper's) | chat")]
 
 

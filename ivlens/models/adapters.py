@@ -524,8 +524,14 @@ class ArchitectureAdapter:
         return self.resid_from_output(self._layers[l](hidden, **kwargs))
 
     def logits(self, resid: torch.Tensor) -> torch.Tensor:
-        """Logits ``[..., d_vocab]`` from a final-layer residual ``[..., d_model]``: unembed(final_norm(resid))."""
-        return self.unembed(self.final_norm(resid))
+        """Logits ``[..., d_vocab]`` from a final-layer residual ``[..., d_model]``: unembed(final_norm(resid)), each
+        on its own module's device (a model spread over devices with accelerate's ``device_map``)."""
+        norm_w = getattr(self.final_norm, "weight", None)
+        if norm_w is not None and norm_w.device.type != "meta":
+            resid = resid.to(norm_w.device)
+        x = self.final_norm(resid)
+        w = self.unembed.weight
+        return self.unembed(x.to(w.device) if w.device.type != "meta" else x)
 
 
 class PrefixCache:

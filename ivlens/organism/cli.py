@@ -20,9 +20,17 @@ def build_command(
     variant: Annotated[str, typer.Option("--variant", help="gist (planted IVs, default) | natural (control)")] = "gist",
     force: Annotated[bool, typer.Option("--force", help="rebuild even if a finished build exists")] = False,
     no_measure: Annotated[bool, typer.Option("--no-measure", help="skip measuring (card without figures)")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan (training steps, FLOPs, peak memory, "
+                                          "time on this CPU) and exit")] = False,
 ) -> None:
     """Train base → SFT → DPO and write base/ sft/ dpo/ and card.json (about 5 minutes on 2 cores)."""
     from rich.console import Console
+
+    if dry_run:
+        from ivlens.dry_run import organism_dry_run
+
+        organism_dry_run(size, variant, measure=not no_measure)
+        return
 
     from ivlens.organism.build import build_organism
 

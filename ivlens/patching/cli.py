@@ -51,7 +51,12 @@ def patch(
     source_model: str | None = typer.Option(None, help="Take the IVs from this checkpoint (same shape)."),
     target: str = typer.Option("bare", help="Query-only target: bare (the paper's) | formatted."),
     fmt: str = typer.Option("raw", "--format", help="Prompt format: raw | chat."),
-    batch_size: int | None = typer.Option(None, help="Rows per batched layer call (default: automatic)."),
+    batch_size: int | None = typer.Option(None, help="Rows per bounded trie of batched layer calls (default: from "
+                                          "--memory-budget)."),
+    memory_budget: str | None = typer.Option(None, "--memory-budget", help="Working memory beyond the weights, e.g. "
+                                             "4GB, 512MiB, 1.5G (default: a quarter of the free RAM, at most 1 GiB; "
+                                             "half the free GPU memory on CUDA). Batch sizes and engine passes "
+                                             "follow from it; results do not."),
     chunk_size: int = typer.Option(25, help="Samples per result shard (the unit of --resume)."),
     seed: int = typer.Option(0, help="Seed of the sample draw."),
     effect: str = typer.Option("delta_logit_vs_target", help="Effect column for interactions and figures."),
@@ -65,23 +70,31 @@ def patch(
     resume: Path | None = typer.Option(None, help="Resume this run directory: finished shards are kept and the "
                                        "run's recorded options are used."),
     figures: bool = typer.Option(True, help="Write figures."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (rows, FLOPs, peak memory, time on "
+                                 "--device) from the models' configs, without loading weights, and exit."),
 ) -> None:
     """Localise instruction vectors: patch IVs of layer sets into targets, then interactions and figures."""
     args = dict(locals())
+    dry = args.pop("dry_run")
     from ivlens.cli_common import friendly_errors
 
     with friendly_errors():
         try:
+            if dry:
+                from ivlens.dry_run import patch_dry_run
+
+                return patch_dry_run(args)
             _patch(**args)
         except ValueError as e:  # bad layer/position specs, modes, sample indices: one line, exit code 2
             Console(stderr=True).print(f"[bold red]error:[/] {e}")
             raise typer.Exit(2) from None
 
 
-def _patch(model, task, subtask, layers, positions, samples, mode, source_model, target, fmt, batch_size, chunk_size,
-           seed, effect, correction, alpha, dtype, device, threads, backend, out, resume, figures) -> None:
+def _patch(model, task, subtask, layers, positions, samples, mode, source_model, target, fmt, batch_size, memory_budget,
+           chunk_size, seed, effect, correction, alpha, dtype, device, threads, backend, out, resume, figures) -> None:
     import torch
 
+    from ivlens.budget import parse_bytes
     from ivlens.models.load import load_model
     from ivlens.runs import RunDir
 
@@ -90,19 +103,23 @@ def _patch(model, task, subtask, layers, positions, samples, mode, source_model,
     from .sweep import patch_sweep
 
     console = Console(stderr=True)
+    if memory_budget is not None and memory_budget.strip().lower() != "auto":
+        parse_bytes(memory_budget)  # a bad value fails here, before any model loads
     if threads:
         torch.set_num_threads(threads)
     if resume is not None:
         run = RunDir.open(resume)
-        a = run.manifest["args"]
+        a = dict(run.manifest["args"])
+        if memory_budget is not None:  # memory does not change results: the new budget applies
+            a["memory_budget"] = memory_budget
         console.print(f"resuming {run.path} with its recorded options")
     else:
         if not model:
             raise ValueError("give at least one --model (or --resume RUN)")
         a = {"model": list(model), "task": task, "subtask": subtask, "layers": layers, "positions": positions,
              "samples": samples, "mode": mode, "source_model": source_model, "target": target, "fmt": fmt,
-             "batch_size": batch_size, "chunk_size": chunk_size, "seed": seed, "effect": effect,
-             "correction": correction, "alpha": alpha, "dtype": dtype, "device": device, "backend": backend}
+             "batch_size": batch_size, "memory_budget": memory_budget, "chunk_size": chunk_size, "seed": seed,
+             "effect": effect, "correction": correction, "alpha": alpha, "dtype": dtype, "device": device, "backend": backend}
         run = None
     lms = [load_model(m, dtype=a["dtype"], device=a["device"]) for m in a["model"]]
     src = load_model(a["source_model"], dtype=a["dtype"], device=a["device"]) if a["source_model"] else None
@@ -120,7 +137,8 @@ def _patch(model, task, subtask, layers, positions, samples, mode, source_model,
 
         res = patch_sweep(lms, a["task"], a["subtask"], layers=a["layers"], positions=a["positions"],
                           samples=a["samples"], mode=a["mode"], source_model=src, target=a["target"], fmt=a["fmt"],
-                          batch_size=a["batch_size"], chunk_size=a["chunk_size"], seed=a["seed"], run=run,
+                          batch_size=a["batch_size"], memory_budget=a.get("memory_budget"),
+                          chunk_size=a["chunk_size"], seed=a["seed"], run=run, device=a["device"],
                           backend=a.get("backend", "torch"), progress=progress)
     an = analyse(res.rows, effect=a["effect"], correction=a["correction"], alpha=a["alpha"], run=run,
                  make_figures=figures)

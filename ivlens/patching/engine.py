@@ -2,7 +2,9 @@
 
 Semantics. The IV at layer ``l`` is ``resid_post[l]`` (the output of decoder layer ``l``) at the source prompt's
 last token. Patching a layer set ``S`` at target position ``p`` runs the target prompt and, after every layer
-``l ∈ S``, replaces ``resid_post[l][p]`` with the IV of layer ``l``; the result is the logits at the last position.
+``l ∈ S``, replaces ``resid_post[l][p]`` with the IV of layer ``l``; the result is the logits at the last position,
+reduced at once to the row's metrics (:func:`patched_metrics`; :func:`patched_logits` keeps the logits, for tests
+and small row counts).
 
 Only the work a patch changes is done:
 
@@ -25,6 +27,22 @@ same thing also run once: ``first`` and ``last`` of a one-token prompt, and, at 
 highest layer alone (the patch at the highest layer overwrites the only residual that later layers read at that
 position, and earlier positions are untouched, so ``(S, last) ≡ ({max S}, last)`` exactly).
 
+**Bounded memory.** A trie holds at most one state per row at every layer, so the rows of one suffix length are
+cut into *groups* of at most ``G`` rows (``G`` from the memory budget, :func:`auto_batch_size`), each run as its own
+trie. Rows are sorted by ``(target, source, layer set)``, so a subtree of the trie (the rows of one target and
+source that share a patch prefix) is a contiguous run; groups are packed from whole subtrees, and a subtree larger
+than ``G`` is split at its children, so sharing is lost only at the few roots that are cut. Each group's final
+residuals are unembedded in sub-batches of at most ``U`` rows (:func:`metric_row_bytes`) and reduced to the
+metrics of :func:`ivlens.patching.metrics.label_metrics` at once; no tensor grows with the number of rows, layer
+sets or samples beyond one group (the per-row results are a few scalars each).
+
+**Counting without running.** :func:`plan_work` builds the same groups and tries from the row specs alone (no
+tensors) and returns the :class:`EngineStats` the engine will report, so cost estimates reuse the engine's plan.
+
+**Devices.** Each layer runs on its own parameters' device (a model spread with accelerate's
+``device_map="auto"``): states, masks, caches, rotary embeddings and IVs move to it; metrics are computed on the
+unembedding's device, in float32 whatever the model's dtype.
+
 Architecture details (rotary embeddings, masks, the cache protocol) are the adapter's:
 :meth:`~ivlens.models.adapters.ArchitectureAdapter.run_layer`.
 
@@ -34,22 +52,19 @@ Shapes: ``batch pos d_model layer kv_head d_head d_vocab``; ``rows`` counts patc
 from __future__ import annotations
 
 import logging
-import os
-from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from ivlens.models.adapters import ArchitectureAdapter, PrefixCache
 from ivlens.tasks.prompts import Batch, pad_left
 
+from .metrics import label_metrics
 from .plan import LayerSet
 
 log = logging.getLogger(__name__)
-
-#: Default activation-memory budget for one batched layer call when ``batch_size`` is automatic.
-DEFAULT_MEMORY_BUDGET = 1 << 30
 
 
 @dataclass
@@ -57,7 +72,8 @@ class EngineStats:
     """Work counters. ``executed_evals``: layer-token evaluations run for patched rows; ``minimal_evals``: the
     per-row minimum for the requested rows, ``Σ (L − 1 − l0)(T − p)`` (what a row needs on its own; sharing
     between rows goes below it); ``baseline_evals``: those of clean, instructed and source runs; ``layer_calls``:
-    batched decoder-layer calls; ``unique_rows``: distinct computations among ``rows``."""
+    batched decoder-layer calls for patched rows; ``unique_rows``: distinct computations among ``rows``;
+    ``unembed_rows``: final residuals unembedded for patched rows; ``groups``: bounded tries run."""
 
     executed_evals: int = 0
     minimal_evals: int = 0
@@ -65,6 +81,8 @@ class EngineStats:
     layer_calls: int = 0
     rows: int = 0
     unique_rows: int = 0
+    unembed_rows: int = 0
+    groups: int = 0
 
     def add(self, other: EngineStats) -> None:
         for k in self.__dataclass_fields__:
@@ -78,8 +96,8 @@ class EngineStats:
 class CleanRun:
     """A left-padded batch run unpatched, layer by layer.
 
-    ``resid[l]: [batch, pos, d_model]`` (``resid_post[l]``), ``keys[l], values[l]: [batch, kv_head, pos, d_head]``
-    (after rotary; empty lists unless recorded), ``last_logits: [batch, d_vocab]``.
+    ``resid[l]: [batch, pos, d_model]`` (``resid_post[l]``, on layer ``l``'s device), ``keys[l], values[l]:
+    [batch, kv_head, pos, d_head]`` (after rotary; empty lists unless recorded), ``last_logits: [batch, d_vocab]``.
     """
 
     batch: Batch
@@ -105,27 +123,56 @@ def _device(adapter: ArchitectureAdapter) -> torch.device:
     return adapter.embed.weight.device
 
 
+def layer_device(adapter: ArchitectureAdapter, layer: int) -> torch.device:
+    """The device layer ``layer`` computes on: its parameters' device, or accelerate's execution device for a layer
+    whose weights are offloaded (``meta`` parameters behind a hook)."""
+    mod = adapter.layer(layer)
+    hook = getattr(mod, "_hf_hook", None)
+    if hook is not None and getattr(hook, "execution_device", None) is not None:
+        return torch.device(hook.execution_device)
+    p = next(mod.parameters(), None)
+    return p.device if p is not None else _device(adapter)
+
+
+def unembed_device(adapter: ArchitectureAdapter) -> torch.device:
+    w = adapter.unembed.weight
+    return w.device if w.device.type != "meta" else _device(adapter)
+
+
+def _to(x, dev: torch.device):
+    if x is None:
+        return None
+    if isinstance(x, tuple | list):
+        return type(x)(_to(v, dev) for v in x)
+    return x.to(dev)
+
+
 @torch.no_grad()
 def clean_run(adapter: ArchitectureAdapter, sequences: Sequence[Sequence[int]], pad_id: int,
               record: bool = True, stats: EngineStats | None = None) -> CleanRun:
     """Run ``sequences`` (token-id lists) unpatched as one left-padded batch through the adapter's layers.
 
     With ``record`` the residual after every layer and every layer's keys/values are kept (the inputs of
-    :func:`patched_logits`); without, only the last-position logits.
+    :func:`patched_metrics`); without, only the last-position logits.
     """
     batch = pad_left([tuple(s) for s in sequences], pad_id).to(_device(adapter))
     h = adapter.embed_input(batch.input_ids, batch.position_ids)  # [batch, pos, d_model]
-    masks: dict = {}  # one [batch, 1, pos, pos] mask per sliding window
-    pes: dict = {}  # one rotary (cos, sin) per layer type
+    masks: dict = {}  # one [batch, 1, pos, pos] mask per (sliding window, device)
+    pes: dict = {}  # one rotary (cos, sin) per (layer type, device)
     resid, keys, values = [], [], []
     for layer in range(adapter.n_layers):
+        dev = layer_device(adapter, layer)
+        h = h.to(dev)
         cache = PrefixCache(record=record)
-        mask = adapter.layer_mask(layer, batch.attention_mask, h.shape[1], h.dtype, masks)
+        window = adapter.sliding_window(layer)
+        if (window, dev) not in masks:
+            masks[window, dev] = adapter.layer_mask(layer, batch.attention_mask.to(dev), h.shape[1], h.dtype)
+        pos = batch.position_ids.to(dev)
         kind = adapter.layer_type(layer)
-        if kind not in pes:
-            pes[kind] = adapter.position_embeddings(h, batch.position_ids, layer)
-        h = adapter.run_layer(layer, h, attention_mask=mask, position_ids=batch.position_ids,
-                              position_embeddings=pes[kind], cache=cache)
+        if (kind, dev) not in pes:
+            pes[kind, dev] = _to(adapter.position_embeddings(h, pos, layer), dev)
+        h = adapter.run_layer(layer, h, attention_mask=masks[window, dev], position_ids=pos,
+                              position_embeddings=pes[kind, dev], cache=cache)
         if record:
             resid.append(h)
             keys.append(cache.new[0])
@@ -140,40 +187,357 @@ def clean_run(adapter: ArchitectureAdapter, sequences: Sequence[Sequence[int]], 
 @torch.no_grad()
 def source_vectors(adapter: ArchitectureAdapter, sequences: Sequence[Sequence[int]], pad_id: int,
                    stats: EngineStats | None = None) -> torch.Tensor:
-    """IVs of source prompts: ``resid_post[l]`` at each prompt's last token, ``[n_sources, layer, d_model]``."""
+    """IVs of source prompts: ``resid_post[l]`` at each prompt's last token, ``[n_sources, layer, d_model]`` (on the
+    embedding's device)."""
     run = clean_run(adapter, sequences, pad_id, record=True, stats=stats)
-    return torch.stack([r[:, -1] for r in run.resid], dim=1)
+    dev = _device(adapter)
+    return torch.stack([r[:, -1].to(dev) for r in run.resid], dim=1)
+
+
+# ------------------------------------------------------------------------------------------------ memory model
+def _d_mlp(adapter: ArchitectureAdapter) -> int:
+    cfg = adapter.config
+    return getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * adapter.d_model
 
 
 def row_bytes(adapter: ArchitectureAdapter, n_keys: int, n_query: int) -> int:
-    """Rough activation bytes of one row in one layer call: gathered prefix keys/values, attention scores and
-    the MLP's hidden activations (used to pick the batch size)."""
-    cfg = adapter.config
-    d_mlp = getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * adapter.d_model
-    elems = (2 * 2 * adapter.n_kv_heads * adapter.d_head * n_keys  # prefix k/v, gathered and concatenated
-             + 2 * adapter.n_heads * n_query * n_keys  # scores and weights
-             + n_query * (8 * adapter.d_model + 3 * d_mlp))
-    return elems * adapter.embed.weight.element_size()
+    """Peak bytes one trie state (one row of a group) holds during one layer call with ``n_query`` recomputed
+    positions attending to ``n_keys`` keys: the state before, after and re-gathered; the layer's activations
+    (norms, q/k/v before and after rotary, the attention output, the gated MLP's three hidden vectors, the
+    residual adds); the prefix keys/values gathered from the clean cache and concatenated with the new ones, and
+    repeated for grouped-query heads; scores and weights; the mask and rotary tables; index vectors."""
+    d, H, KV, dh, d_mlp = adapter.d_model, adapter.n_heads, adapter.n_kv_heads, adapter.d_head, _d_mlp(adapter)
+    elems = (n_query * (10 * d + 4 * H * dh + 4 * KV * dh + 3 * d_mlp)  # states and activations per token
+             + 2 * KV * dh * (n_keys - n_query)  # prefix keys/values gathered from the clean run
+             + 2 * KV * dh * n_keys  # concatenated with this call's
+             + 2 * H * dh * n_keys  # repeated for grouped-query attention (eager)
+             + 3 * H * n_query * n_keys  # scores, softmax in float32, weights
+             + n_query * n_keys + 2 * n_query * dh)  # mask, rotary cos/sin
+    return elems * adapter.embed.weight.element_size() + 64
 
 
-def auto_batch_size(adapter: ArchitectureAdapter, n_keys: int, n_query: int,
-                    budget: int | None = None) -> int:
-    """Rows per layer call that fit ``budget`` bytes (default: ``IVLENS_PATCH_MEMORY`` or 1 GiB; on CUDA at most
-    half of the free memory)."""
+def metric_row_bytes(adapter: ArchitectureAdapter) -> int:
+    """Peak bytes of one row's unembedding and metric reduction: the logits in the model's dtype, their float32
+    copy, the log-sum-exp temporary, the rank comparison and its count."""
+    elt = adapter.unembed.weight.element_size()
+    return adapter.d_vocab * (elt + 4 + 4 + 1 + 8) + 8 * adapter.d_model
+
+
+def auto_batch_size(adapter: ArchitectureAdapter, n_keys: int, n_query: int, budget: int | None = None) -> int:
+    """Rows per group (one bounded trie) that fit ``budget`` bytes (default: :func:`ivlens.budget.resolve_memory_budget`
+    for the model's device)."""
     if budget is None:
-        budget = int(os.environ.get("IVLENS_PATCH_MEMORY", DEFAULT_MEMORY_BUDGET))
-        dev = _device(adapter)
-        if dev.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(dev)
-            budget = min(budget, free // 2)
-    return max(1, budget // max(1, row_bytes(adapter, n_keys, n_query)))
+        from ivlens.budget import resolve_memory_budget
+
+        budget = resolve_memory_budget(None, _device(adapter))
+    return max(1, budget // row_bytes(adapter, n_keys, n_query))
+
+
+def metric_batch_size(adapter: ArchitectureAdapter, budget: int | None = None) -> int:
+    """Rows unembedded and reduced at once within ``budget`` bytes."""
+    if budget is None:
+        from ivlens.budget import resolve_memory_budget
+
+        budget = resolve_memory_budget(None, unembed_device(adapter))
+    return max(1, budget // metric_row_bytes(adapter))
+
+
+# ------------------------------------------------------------------------------------------------ the plan
+RowKey = tuple[int, int, LayerSet, int]  # (target, source, layer set after the last-position identity, token)
+
+
+@dataclass
+class _Step:
+    """The trie entering layer ``k`` → leaving it. ``parent[j]``: the state (index before the step) that state ``j``
+    continues, ``-1`` where it starts from the clean ``resid_post[k]``; ``target[j]``: its target; states
+    ``patch[i]`` get source ``src[i]``'s IV at suffix column 0. ``None`` as a step: the states pass unchanged."""
+
+    parent: np.ndarray
+    target: np.ndarray
+    patch: np.ndarray
+    src: np.ndarray
+
+
+@dataclass
+class _Group:
+    """One bounded trie: unique rows ``members`` (indices into the unique keys) with suffix length ``s``; ``steps[k]``
+    for every layer; ``final[i]``: the state of member ``i`` after the last layer; ``runs[k]``: states entering
+    layer ``k`` (layer ``k`` runs on them when ``k > 0`` and there are any)."""
+
+    s: int
+    members: np.ndarray
+    steps: list[_Step | None]
+    final: np.ndarray
+    runs: list[int]
+
+
+def _dedup(rows: Sequence[RowSpec], lengths: Sequence[int], n_layers: int,
+           ) -> tuple[list[RowKey], np.ndarray, int]:
+    """Validate ``rows``; distinct computations (keys), the requested row → key index map, and the per-row minimal
+    layer-token evaluations."""
+    L = n_layers
+    unique: dict[RowKey, int] = {}
+    where = np.empty(len(rows), dtype=np.int64)
+    minimal = 0
+    for i, r in enumerate(rows):
+        layers = r.layers
+        if not layers or layers[0] < 0 or layers[-1] >= L or any(a >= b for a, b in zip(layers[:-1], layers[1:], strict=True)):
+            raise ValueError(f"bad layer set {layers}: sorted, distinct layers in 0..{L - 1} expected")
+        n_tok = lengths[r.target]
+        if not 0 <= r.token < n_tok:
+            raise ValueError(f"patch position {r.token} outside the target prompt ({n_tok} tokens)")
+        # At the last position a patch overwrites the whole residual that later layers read there (earlier
+        # positions are untouched), so only the highest patched layer matters: (S, last) ≡ ({max S}, last).
+        key = (r.target, r.source, layers[-1:] if r.token == n_tok - 1 else layers, r.token)
+        u = unique.get(key)
+        if u is None:
+            u = unique[key] = len(unique)
+        where[i] = u
+        minimal += (L - 1 - layers[0]) * (n_tok - r.token)
+    return list(unique), where, minimal
+
+
+def _partition(keys: list[RowKey], members: list[int], cap: int) -> list[list[int]]:
+    """Cut ``members`` (sorted by ``(target, source, layers)``) into groups of at most ``cap`` rows made of whole trie
+    subtrees where possible (a subtree: the rows of one target and source whose layer sets share a prefix)."""
+    groups: list[list[int]] = []
+    cur: list[int] = []
+
+    def add(block: list[int], depth: int) -> None:
+        nonlocal cur
+        if len(cur) + len(block) <= cap:
+            cur.extend(block)
+            return
+        if len(block) <= cap:
+            groups.append(cur)
+            cur = list(block)
+            return
+        # too big for one group: split at the next layer of the sets (the set that ends here first)
+        start = 0
+        for i in range(1, len(block) + 1):
+            if i == len(block) or _at(keys[block[i]], depth) != _at(keys[block[start]], depth):
+                add(block[start:i], depth + 1)
+                start = i
+
+    start = 0
+    for i in range(1, len(members) + 1):  # blocks of one (target, source)
+        if i == len(members) or keys[members[i]][:2] != keys[members[start]][:2]:
+            add(members[start:i], 0)
+            start = i
+    if cur:
+        groups.append(cur)
+    return [g for g in groups if g]
+
+
+def _at(key: RowKey, depth: int) -> int:
+    layers = key[2]
+    return layers[depth] if depth < len(layers) else -1
+
+
+def _group_trie(keys: list[RowKey], members: list[int], s: int, n_layers: int) -> _Group:
+    """The trie of one group, as index arrays per layer (numpy; no model tensors)."""
+    L = n_layers
+    t = np.array([keys[u][0] for u in members], dtype=np.int64)
+    src = np.array([keys[u][1] for u in members], dtype=np.int64)
+    # (target, source) → owner id; layer sets → bit masks (object ints past 62 layers)
+    _, owner = np.unique(np.stack([t, src], 1), axis=0, return_inverse=True)
+    owner = owner.reshape(-1)
+    big = L > 62
+    mask = np.array([sum(1 << x for x in keys[u][2]) for u in members], dtype=object if big else np.int64)
+    state = np.full(len(members), -1, dtype=np.int64)  # each row's state entering the layer (-1: none yet)
+    n_states = 0
+    steps: list[_Step | None] = []
+    runs: list[int] = []
+    for k in range(L):
+        runs.append(n_states)
+        bit = (mask >> k) & 1
+        hit = (bit != 0) if not big else np.array([b != 0 for b in bit], dtype=bool)
+        if not hit.any():  # nobody patches or starts here: states pass through unchanged
+            steps.append(None)
+            continue
+        active = (state >= 0) | hit
+        prefix = mask & ((1 << (k + 1)) - 1)
+        if big:
+            _, pid = np.unique(prefix[active].astype(str), return_inverse=True)
+        else:
+            _, pid = np.unique(prefix[active], return_inverse=True)
+        idx = np.flatnonzero(active)
+        key2 = np.stack([owner[idx], pid.reshape(-1)], 1)
+        _, first, inv = np.unique(key2, axis=0, return_index=True, return_inverse=True)
+        rep = idx[first]  # a representative row of each new state
+        new_state = np.full(len(members), -1, dtype=np.int64)
+        new_state[idx] = inv.reshape(-1)
+        steps.append(_Step(parent=state[rep], target=t[rep], patch=np.flatnonzero(hit[rep]), src=src[rep][hit[rep]]))
+        state = new_state
+        n_states = len(rep)
+    return _Group(s=s, members=np.asarray(members, dtype=np.int64), steps=steps, final=state, runs=runs)
+
+
+def _plan_groups(keys: list[RowKey], lengths: Sequence[int], n_layers: int,
+                 group_rows: int | Callable[[int], int]) -> Iterator[_Group]:
+    """Groups of every suffix length (shortest first), each planned as a trie, lazily (one in memory at a time)."""
+    by_s: dict[int, list[int]] = {}
+    for u, (t, _src, _layers, tok) in enumerate(keys):
+        by_s.setdefault(lengths[t] - tok, []).append(u)
+    for s in sorted(by_s):
+        members = sorted(by_s[s], key=lambda u: keys[u][:3])  # one target and source together: they share states
+        cap = group_rows(s) if callable(group_rows) else group_rows
+        for g in _partition(keys, members, max(1, cap)):
+            yield _group_trie(keys, g, s, n_layers)
+
+
+def plan_work(rows: Sequence[RowSpec], lengths: Sequence[int], n_layers: int, *,
+              group_rows: int | Callable[[int], int]) -> EngineStats:
+    """The work the engine will do for ``rows``, counted without running anything (no tensors).
+
+    Args:
+        rows: the row specs, as for :func:`patched_metrics` (``target`` indexes ``lengths``).
+        lengths: tokens of each target prompt (unpadded).
+        n_layers: decoder layers of the model.
+        group_rows: rows per bounded trie, a number or a function of the suffix length ``s`` (the engine uses
+            ``batch_size`` or :func:`auto_batch_size` ``(adapter, max(lengths), s, budget)``).
+
+    Returns:
+        :class:`EngineStats` with ``executed_evals, minimal_evals, layer_calls, rows, unique_rows, unembed_rows,
+        groups`` exactly as the engine reports them for these rows (``baseline_evals`` 0: clean and source runs
+        are the caller's: ``n_layers × Σ tokens`` each).
+
+    >>> st = plan_work([RowSpec(0, 0, (1, 3), 0)], lengths=[5], n_layers=6, group_rows=1024)
+    >>> st.executed_evals, st.unembed_rows
+    (20, 1)
+    """
+    keys, _where, minimal = _dedup(rows, lengths, n_layers)
+    st = EngineStats(minimal_evals=minimal, rows=len(rows), unique_rows=len(keys))
+    for g in _plan_groups(keys, lengths, n_layers, group_rows):
+        _count(g, st)
+    return st
+
+
+def _count(g: _Group, st: EngineStats) -> None:
+    for k in range(1, len(g.runs)):
+        if g.runs[k]:
+            st.executed_evals += g.runs[k] * g.s
+            st.layer_calls += 1
+    st.unembed_rows += len(g.members)
+    st.groups += 1
+
+
+# ------------------------------------------------------------------------------------------------ execution
+def _execute(adapter: ArchitectureAdapter, clean: CleanRun, ivs: torch.Tensor, rows: Sequence[RowSpec],
+             keys: list[RowKey], where: np.ndarray, minimal: int,
+             sink: Callable[[np.ndarray, np.ndarray, torch.Tensor], None], batch_size: int | None,
+             memory_budget: int | None, stats: EngineStats | None, on_rows: Callable[[int], None] | None) -> None:
+    """Run every group of the deduplicated ``keys``; ``sink(unique_idx, targets, resid_last: [n, d_model])``
+    receives each group's final residuals at the last position."""
+    L = adapter.n_layers
+    W = clean.batch.input_ids.shape[1]
+    st = EngineStats(minimal_evals=minimal, rows=len(rows), unique_rows=len(keys))
+    if memory_budget is None and batch_size is None:
+        from ivlens.budget import resolve_memory_budget
+
+        memory_budget = resolve_memory_budget(None, _device(adapter))
+
+    def cap(s: int) -> int:
+        return batch_size or auto_batch_size(adapter, W, s, memory_budget)
+
+    done = np.zeros(len(keys), dtype=np.int64)  # requested rows per unique row, for progress
+    np.add.at(done, where, 1)
+    ivs = ivs.to(dtype=clean.resid[0].dtype)
+    per_layer_ivs: dict[int, torch.Tensor] = {}
+    for g in _plan_groups(keys, clean.lengths, L, cap):
+        h = _run_group(adapter, clean, ivs, g, per_layer_ivs)  # [n_states, d_model] at the last position
+        targets = np.array([keys[u][0] for u in g.members], dtype=np.int64)
+        sink(g.members, targets, h[torch.from_numpy(g.final).to(h.device)])
+        del h
+        _count(g, st)
+        if on_rows is not None:
+            on_rows(int(done[g.members].sum()))
+    if stats is not None:
+        stats.add(st)
+
+
+def _take(x: torch.Tensor, idx: torch.Tensor, single: bool) -> torch.Tensor:
+    """``x[idx]`` along dim 0; a broadcast view (no copy) when every index is the same."""
+    if single:
+        return x[idx[:1]].expand(len(idx), *x.shape[1:])
+    return x[idx]
+
+
+def _run_group(adapter: ArchitectureAdapter, clean: CleanRun, ivs: torch.Tensor, g: _Group,
+               per_layer_ivs: dict[int, torch.Tensor]) -> torch.Tensor:
+    """Run one group's trie; the last position of every final state, ``[n_states, d_model]``.
+
+    Entering layer ``k``, a row's state depends only on ``(target, source, S ∩ [0, k−1])``, so rows that agree on
+    their patches below ``k`` share one state there; a row starts (``S ∩ [0, k] ≠ ∅``) from the clean
+    ``resid_post[k]``. Each layer therefore runs once per *distinct* patch prefix, not once per row. Masks, positions
+    and rotary tables are made once per target (and window / layer type / device) and gathered per state.
+    """
+    s = g.s
+    W = clean.batch.input_ids.shape[1]
+    h: torch.Tensor | None = None  # states: [n_states, s, d_model]
+    h_tgt: torch.Tensor | None = None  # target (clean batch row) of each state
+    single = False  # every state has the same target
+    per_target: dict = {}  # (what, window or layer type, device) -> [batch, ...] for every target
+    for k, step in enumerate(g.steps):
+        dev = layer_device(adapter, k)
+        if h is not None and h.device != dev:
+            h, h_tgt = h.to(dev), h_tgt.to(dev)
+        if k > 0 and h is not None and h.shape[0]:
+            # layer k on every state (prefixes ⊆ [0, k−1]); earlier positions' keys/values from the clean run
+            window, kind = adapter.sliding_window(k), adapter.layer_type(k)
+            if ("pos", dev) not in per_target:
+                per_target["pos", dev] = clean.batch.position_ids.to(dev)[:, W - s:]  # [batch, s]
+            pos_all = per_target["pos", dev]
+            if ("mask", window, dev) not in per_target:  # [batch, 1, s, W]
+                per_target["mask", window, dev] = adapter.layer_mask(k, clean.batch.attention_mask.to(dev), s, h.dtype)
+            if ("pe", kind, dev) not in per_target:  # rotary (cos, sin), each [batch, s, d_head], or None
+                per_target["pe", kind, dev] = _to(adapter.position_embeddings(h[:1], pos_all, k), dev)
+            pe = per_target["pe", kind, dev]
+            pos = _take(pos_all, h_tgt, single)
+            mask = _take(per_target["mask", window, dev], h_tgt, single)
+            pe = tuple(_take(x, h_tgt, single) for x in pe) if pe is not None else None
+            cache = PrefixCache(_take(clean.keys[k][:, :, :W - s], h_tgt, single),
+                                _take(clean.values[k][:, :, :W - s], h_tgt, single))
+            h = adapter.run_layer(k, h, attention_mask=mask, position_ids=pos, position_embeddings=pe, cache=cache)
+            del mask, cache, pe
+        if step is None:
+            continue
+        # states after patching at layer k: prefixes S ∩ [0, k]
+        parent = torch.from_numpy(step.parent).to(dev)
+        tgt = torch.from_numpy(step.target).to(dev)
+        carried = step.parent >= 0
+        resid_k = clean.resid[k]
+        if carried.all():
+            h_new = h[parent]
+        else:
+            h_new = resid_k.new_empty((len(step.parent), s, adapter.d_model))
+            if carried.any():
+                ci = torch.from_numpy(np.flatnonzero(carried)).to(dev)
+                h_new[ci] = h[parent[ci]]
+            si = torch.from_numpy(np.flatnonzero(~carried)).to(dev)
+            h_new[si] = resid_k[:, W - s:][tgt[si]]  # starting here: the clean residual after layer k
+        if len(step.patch):
+            if k not in per_layer_ivs:
+                per_layer_ivs[k] = ivs[:, k].to(dev)
+            pi = torch.from_numpy(step.patch).to(dev)
+            h_new[pi, 0] = per_layer_ivs[k][torch.from_numpy(step.src).to(dev)]
+        h, h_tgt = h_new, tgt
+        single = bool((step.target == step.target[0]).all())
+    return h[:, -1]
+
+
+def _check_inputs(clean: CleanRun, rows: Sequence[RowSpec]) -> None:
+    if rows and not clean.resid:
+        raise ValueError("patched rows need a clean run with record=True")
 
 
 @torch.no_grad()
-def patched_logits(adapter: ArchitectureAdapter, clean: CleanRun, ivs: torch.Tensor, rows: Sequence[RowSpec],
-                   batch_size: int | None = None, stats: EngineStats | None = None,
-                   on_rows: Callable[[int], None] | None = None) -> torch.Tensor:
-    """Last-position logits of every patched row, ``[len(rows), d_vocab]``.
+def patched_metrics(adapter: ArchitectureAdapter, clean: CleanRun, ivs: torch.Tensor, rows: Sequence[RowSpec],
+                    label: torch.Tensor, alt: torch.Tensor | None = None, space: torch.Tensor | None = None, *,
+                    batch_size: int | None = None, memory_budget: int | None = None,
+                    stats: EngineStats | None = None, on_rows: Callable[[int], None] | None = None,
+                    ) -> dict[str, torch.Tensor]:
+    """The metrics of every patched row (:func:`ivlens.patching.metrics.label_metrics`), in bounded memory.
 
     Args:
         adapter: the target model's adapter.
@@ -181,103 +545,75 @@ def patched_logits(adapter: ArchitectureAdapter, clean: CleanRun, ivs: torch.Ten
         ivs: ``[n_sources, layer, d_model]`` from :func:`source_vectors` (of this or another checkpoint of the same
             shape).
         rows: the configurations; ``RowSpec.target`` indexes ``clean``'s batch, ``RowSpec.source`` ``ivs``.
-        batch_size: rows per layer call (``None``: :func:`auto_batch_size`).
+        label: ``[batch]`` label token per target; alt: ``[batch]`` alternative label (``-1``: none) or ``None``;
+            space: ``[k]`` the label space's first tokens, or ``None``.
+        batch_size: rows per group (one bounded trie); ``None``: from ``memory_budget``.
+        memory_budget: bytes of working memory (``None``: :func:`ivlens.budget.resolve_memory_budget`'s default);
+            sizes the groups and the unembedding sub-batches.
         stats: counters to add to.
-        on_rows: called with the number of requested rows finished after each batch (progress bars).
+        on_rows: called with the number of requested rows finished after each group (progress bars).
+
+    Returns:
+        ``{metric: [len(rows)]}`` on the CPU, the keys and dtypes of ``label_metrics`` (float32 metrics computed
+        from float32 logits whatever the model's dtype).
+
+    >>> m = patched_metrics(adapter, clean, ivs, rows, label=torch.tensor([42]))
+    >>> m["logit"].shape
     """
-    L = adapter.n_layers
-    W = clean.batch.input_ids.shape[1]
-    ivs = ivs.to(device=_device(adapter), dtype=clean.resid[0].dtype)
-    st = EngineStats()
-    # Deduplicate rows that compute the same thing, and group by suffix length s = W − column.
-    unique: dict[tuple, int] = {}
-    where = []  # requested row -> unique index
-    for r in rows:
-        if not r.layers or r.layers[0] < 0 or r.layers[-1] >= L or list(r.layers) != sorted(set(r.layers)):
-            raise ValueError(f"bad layer set {r.layers}: sorted, distinct layers in 0..{L - 1} expected")
-        n_tok = clean.lengths[r.target]
-        if not 0 <= r.token < n_tok:
-            raise ValueError(f"patch position {r.token} outside the target prompt ({n_tok} tokens)")
-        col = clean.batch.pad[r.target] + r.token
-        # At the last position a patch overwrites the whole residual that later layers read there (earlier
-        # positions are untouched), so only the highest patched layer matters: (S, last) ≡ ({max S}, last).
-        layers = r.layers[-1:] if r.token == n_tok - 1 else r.layers
-        key = (r.target, r.source, layers, col)
-        if key not in unique:
-            unique[key] = len(unique)
-        where.append(unique[key])
-        st.minimal_evals += (L - 1 - r.layers[0]) * (n_tok - r.token)
-    st.rows, st.unique_rows = len(rows), len(unique)
-    keys = list(unique)
-    groups: dict[int, list[int]] = defaultdict(list)
-    for u, (_t, _s, _layers, col) in enumerate(keys):
-        groups[W - col].append(u)
-    out = torch.empty((len(keys), adapter.d_vocab), dtype=clean.last_logits.dtype, device=_device(adapter))
-    for s, members in sorted(groups.items()):
-        members.sort(key=lambda u: keys[u][:3])  # rows of one target and source together: they share states
-        bs = batch_size or auto_batch_size(adapter, W, s)
-        for i in range(0, len(members), bs):
-            chunk = members[i:i + bs]
-            out[chunk] = _run_group(adapter, clean, ivs, [keys[u] for u in chunk], s, st)
-            if on_rows is not None:
-                on_rows(len(chunk))
-    if stats is not None:
-        stats.add(st)
-    return out[torch.tensor(where, dtype=torch.long, device=out.device)] if where else out[:0]
+    _check_inputs(clean, rows)
+    udev = unembed_device(adapter)
+    label, alt = label.to(udev), (alt.to(udev) if alt is not None else None)
+    space = space.to(udev) if space is not None else None
+    sub = batch_size or metric_batch_size(adapter, memory_budget)
+    out: dict[str, torch.Tensor] = {}
+
+    def sink(members: np.ndarray, targets: np.ndarray, resid: torch.Tensor) -> None:
+        resid = resid.to(udev)
+        t_all = torch.from_numpy(targets).to(udev)
+        for i in range(0, len(members), sub):
+            t = t_all[i:i + sub]
+            logits = adapter.logits(resid[i:i + sub])  # [n, d_vocab]
+            m = label_metrics(logits, label[t], alt[t] if alt is not None else None, space)
+            del logits
+            idx = torch.from_numpy(members[i:i + sub])
+            for name, v in m.items():
+                if name not in out:
+                    out[name] = torch.empty(n_unique, dtype=v.dtype)
+                out[name][idx] = v.cpu()
+
+    keys, where, minimal = _dedup(rows, clean.lengths, adapter.n_layers)
+    n_unique = len(keys)
+    _execute(adapter, clean, ivs, rows, keys, where, minimal, sink, batch_size, memory_budget, stats, on_rows)
+    if not out:  # no rows: empty columns of the right dtypes
+        m = label_metrics(clean.last_logits[:0], label[:0], alt[:0] if alt is not None else None, space)
+        return {k: v.cpu() for k, v in m.items()}
+    w = torch.from_numpy(where)
+    return {k: v[w] for k, v in out.items()}
 
 
-def _run_group(adapter: ArchitectureAdapter, clean: CleanRun, ivs: torch.Tensor, keys: list[tuple], s: int,
-               st: EngineStats) -> torch.Tensor:
-    """Logits ``[len(keys), d_vocab]`` of rows sharing the suffix length ``s`` (the patched position is suffix
-    column 0), computed as a trie over their layer sets.
+@torch.no_grad()
+def patched_logits(adapter: ArchitectureAdapter, clean: CleanRun, ivs: torch.Tensor, rows: Sequence[RowSpec],
+                   batch_size: int | None = None, stats: EngineStats | None = None,
+                   on_rows: Callable[[int], None] | None = None,
+                   memory_budget: int | None = None) -> torch.Tensor:
+    """Last-position logits of every patched row, ``[len(rows), d_vocab]`` (on the unembedding's device).
 
-    Entering layer ``k``, a row's state depends only on ``(target, source, S ∩ [0, k−1])``, so rows that agree on
-    their patches below ``k`` share one state there; a row starts (``S ∩ [0, k] ≠ ∅``) from the clean
-    ``resid_post[k]``. Each layer therefore runs once per *distinct* patch prefix, not once per row.
+    The same engine as :func:`patched_metrics`, but the result grows with the rows (``d_vocab`` floats each): for
+    tests and a few hundred rows, not for sweeps. Arguments as :func:`patched_metrics`.
     """
-    L = adapter.n_layers
-    W = clean.batch.input_ids.shape[1]
-    dev = _device(adapter)
-    state_of: dict[tuple, int] = {}  # (target, source, prefix) -> row of h
-    h = clean.resid[0].new_empty((0, s, adapter.d_model))  # states: [n_states, s, d_model]
-    h_tgt = torch.empty(0, dtype=torch.long, device=dev)  # target (clean batch row) of each state
-    for k in range(L):
-        if k > 0 and h.shape[0]:
-            # layer k on every state (prefixes ⊆ [0, k−1]); earlier positions' keys/values from the clean run
-            pos = clean.batch.position_ids[h_tgt, W - s:]  # [n_states, s]
-            mask = adapter.layer_mask(k, clean.batch.attention_mask[h_tgt], s, h.dtype)  # [n_states, 1, s, W]
-            cache = PrefixCache(clean.keys[k][h_tgt, :, :W - s], clean.values[k][h_tgt, :, :W - s])
-            h = adapter.run_layer(k, h, attention_mask=mask, position_ids=pos,
-                                  position_embeddings=adapter.position_embeddings(h, pos, k), cache=cache)
-            st.executed_evals += h.shape[0] * s
-            st.layer_calls += 1
-        # states after patching at layer k: prefixes S ∩ [0, k]
-        new: dict[tuple, int] = {}
-        from_idx, tgt, patch_src, patched = [], [], [], []
-        for t, src, layers, _col in keys:
-            before = tuple(x for x in layers if x < k)
-            after = before + (k,) if k in layers else before
-            if not after or (t, src, after) in new:
-                continue
-            new[(t, src, after)] = len(from_idx)
-            from_idx.append(state_of[(t, src, before)] if before else -1)
-            tgt.append(t)
-            if k in layers:
-                patched.append(len(from_idx) - 1)
-                patch_src.append(src)
-        if not new:
-            continue
-        f = torch.tensor(from_idx, dtype=torch.long, device=dev)
-        h_tgt = torch.tensor(tgt, dtype=torch.long, device=dev)
-        h_new = h.new_empty((len(from_idx), s, adapter.d_model))
-        carried = f >= 0
-        if carried.any():
-            h_new[carried] = h[f[carried]]
-        if (~carried).any():  # starting here: the clean residual after layer k
-            h_new[~carried] = clean.resid[k][h_tgt[~carried], W - s:]
-        if patched:
-            pi = torch.tensor(patched, dtype=torch.long, device=dev)
-            h_new[pi, 0] = ivs[torch.tensor(patch_src, dtype=torch.long, device=dev), k]
-        h, state_of = h_new, new
-    rows = torch.tensor([state_of[(t, src, layers)] for t, src, layers, _col in keys], dtype=torch.long, device=dev)
-    return adapter.logits(h[rows, -1])
+    _check_inputs(clean, rows)
+    udev = unembed_device(adapter)
+    store: dict[str, torch.Tensor] = {}
+
+    def sink(members: np.ndarray, _targets: np.ndarray, resid: torch.Tensor) -> None:
+        logits = adapter.logits(resid.to(udev))
+        if "out" not in store:
+            store["out"] = logits.new_empty((n_unique, adapter.d_vocab))
+        store["out"][torch.from_numpy(members).to(udev)] = logits
+
+    keys, where, minimal = _dedup(rows, clean.lengths, adapter.n_layers)
+    n_unique = len(keys)
+    _execute(adapter, clean, ivs, rows, keys, where, minimal, sink, batch_size, memory_budget, stats, on_rows)
+    if "out" not in store:
+        return clean.last_logits[:0]
+    return store["out"][torch.from_numpy(where).to(udev)]

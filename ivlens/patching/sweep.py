@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ivlens.budget import resolve_memory_budget
 from ivlens.models.load import LoadedModel
 from ivlens.runs import RunDir
 from ivlens.tasks import Task, TaskError, load_task, require_contrastive
@@ -38,7 +39,7 @@ from ivlens.tasks.prompts import (
     query_prompt,
 )
 
-from .engine import EngineStats, RowSpec, clean_run, patched_logits, source_vectors
+from .engine import EngineStats, RowSpec, clean_run, patched_metrics, source_vectors
 from .metrics import deltas, label_metrics
 from .plan import PatchPlan, layer_set_label, resolve_position
 
@@ -144,53 +145,105 @@ def _pad_id(lm: LoadedModel) -> int:
     return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
 
+def clean_bytes_per_sample(lm: LoadedModel, n_tokens: int) -> int:
+    """Bytes a target's recorded clean run holds: ``resid_post`` and keys/values of every layer."""
+    a = lm.adapter
+    per_token = a.d_model + 2 * a.n_kv_heads * a.d_head
+    return a.n_layers * n_tokens * per_token * a.embed.weight.element_size()
+
+
+def _passes(lm: LoadedModel, prompts: list[SamplePrompts], memory_budget: int) -> list[list[int]]:
+    """Split a chunk's samples into engine passes whose recorded clean runs take at most a quarter of the budget
+    (rows of different targets never share a trie state, so nothing is lost)."""
+    out: list[list[int]] = [[]]
+    width = 0
+    for b, p in enumerate(prompts):
+        w = max(width, len(p.target), len(p.instructed))
+        if out[-1] and clean_bytes_per_sample(lm, w) * (len(out[-1]) + 1) > memory_budget // 4:
+            out.append([])
+            w = max(len(p.target), len(p.instructed))
+        out[-1].append(b)
+        width = w
+    return out
+
+
 def _chunk_rows(lm: LoadedModel, prompts: list[SamplePrompts], plan: PatchPlan, ivs: torch.Tensor,
                 space: torch.Tensor, stats: EngineStats, batch_size: int | None,
-                on_rows: Callable[[int], None] | None, backend: str = "torch") -> tuple[list[dict], list[dict]]:
-    """Run one chunk of samples; records of patched rows and of baselines."""
+                on_rows: Callable[[int], None] | None, backend: str = "torch",
+                memory_budget: int | None = None) -> tuple[dict[str, np.ndarray], list[dict]]:
+    """Run one chunk of samples: columns of the patched rows (sample-major, then position, then layer set) and
+    records of the baselines. The samples run in passes bounded by ``memory_budget``."""
+    if backend == "nnsight":
+        from .nnsight_backend import patched_metrics_nnsight as run_rows
+    else:
+        run_rows = patched_metrics
+    budget = memory_budget if memory_budget is not None else resolve_memory_budget(None, lm.device)
+    parts: list[dict[str, np.ndarray]] = []
+    base = []
+    for idx in _passes(lm, prompts, budget):
+        cols, b_recs = _pass_rows(lm, [prompts[b] for b in idx], plan, ivs, space, stats, batch_size, on_rows,
+                                  run_rows, budget)
+        parts.append(cols)
+        base.extend(b_recs)
+    cols = {k: np.concatenate([c[k] for c in parts]) for k in parts[0]}
+    base.sort(key=lambda r: r["run"] != "target")  # target-only runs first, then instructed (as one pass gives)
+    return cols, base
+
+
+def _pass_rows(lm: LoadedModel, prompts: list[SamplePrompts], plan: PatchPlan, ivs: torch.Tensor,
+               space: torch.Tensor, stats: EngineStats, batch_size: int | None,
+               on_rows: Callable[[int], None] | None, run_rows, budget: int) -> tuple[dict[str, np.ndarray], list]:
     adapter, pad = lm.adapter, _pad_id(lm)
     clean = clean_run(adapter, [p.target.input_ids for p in prompts], pad, record=True, stats=stats)
     instr = clean_run(adapter, [p.instructed.input_ids for p in prompts], pad, record=False, stats=stats)
-    specs, meta = [], []
-    for b, p in enumerate(prompts):
-        for pos_name, tok_idx in zip(plan.positions, p.positions, strict=True):
-            for layers in plan.layer_sets:
-                specs.append(RowSpec(b, 0, layers, tok_idx))
-                meta.append((b, pos_name, tok_idx, layers))
-    if backend == "nnsight":
-        from .nnsight_backend import patched_logits_nnsight as run_rows
-    else:
-        run_rows = patched_logits
-    logits = run_rows(adapter, clean, ivs, specs, batch_size=batch_size, stats=stats, on_rows=on_rows)
-    dev = logits.device
-    label = torch.tensor([p.label_token for p in prompts], device=dev)
-    alt = torch.tensor([p.alt_token for p in prompts], device=dev)
-    space = space.to(dev)
-    base_t = label_metrics(clean.last_logits, label, alt, space)
-    base_i = label_metrics(instr.last_logits, label, alt, space)
-    row_b = torch.tensor([m[0] for m in meta], dtype=torch.long, device=dev)
-    got = label_metrics(logits, label[row_b], alt[row_b], space)
+    n_sets, n_pos, B = len(plan.layer_sets), len(plan.positions), len(prompts)
+    specs = [RowSpec(b, 0, layers, tok_idx) for b, p in enumerate(prompts)
+             for tok_idx in p.positions for layers in plan.layer_sets]
+    label = torch.tensor([p.label_token for p in prompts])
+    alt = torch.tensor([p.alt_token for p in prompts])
+    got = run_rows(adapter, clean, ivs, specs, label, alt, space, batch_size=batch_size, memory_budget=budget,
+                   stats=stats, on_rows=on_rows)
+    base_t = {k: v.cpu() for k, v in label_metrics(clean.last_logits, label.to(clean.last_logits.device),
+                                                   alt.to(clean.last_logits.device),
+                                                   space.to(clean.last_logits.device)).items()}
+    base_i = {k: v.cpu() for k, v in label_metrics(instr.last_logits, label.to(instr.last_logits.device),
+                                                   alt.to(instr.last_logits.device),
+                                                   space.to(instr.last_logits.device)).items()}
+    del clean, instr
+    per_sample = n_pos * n_sets
+    row_b = torch.arange(B).repeat_interleave(per_sample)  # [rows]: the target of each row
     got.update(deltas(got, {k: v[row_b] for k, v in base_t.items()}, "target"))
     got.update(deltas(got, {k: v[row_b] for k, v in base_i.items()}, "instructed"))
-    cols = {k: v.cpu().numpy() for k, v in got.items()}
-    rows = []
-    for j, (b, pos_name, tok_idx, layers) in enumerate(meta):
-        p = prompts[b]
-        rec = {"sample": p.sample, "query": p.query, "label": p.label, "alt_label": p.alt_label,
-               "label_token": p.label_token, "position": str(pos_name), "pos_index": tok_idx,
-               "n_tokens": len(p.target), "layers": layer_set_label(layers), "set_size": len(layers),
-               "first_layer": layers[0]}
-        rec.update({k: v[j].item() for k, v in cols.items()})
-        rows.append(rec)
+
+    def per_b(values) -> np.ndarray:  # one value per sample, repeated over its rows
+        return np.repeat(np.asarray(values, dtype=object if isinstance(values[0], str | None) else None),
+                         per_sample)
+
+    labels = np.array([layer_set_label(x) for x in plan.layer_sets], dtype=object)
+    cols: dict[str, np.ndarray] = {
+        "sample": per_b([p.sample for p in prompts]),
+        "query": per_b([p.query for p in prompts]),
+        "label": per_b([p.label for p in prompts]),
+        "alt_label": per_b([p.alt_label for p in prompts]),
+        "label_token": per_b([p.label_token for p in prompts]),
+        "position": np.tile(np.repeat(np.array([str(x) for x in plan.positions], dtype=object), n_sets), B),
+        "pos_index": np.repeat(np.array([p.positions for p in prompts], dtype=np.int64).reshape(-1), n_sets),
+        "n_tokens": per_b([len(p.target) for p in prompts]),
+        "layers": np.tile(labels, B * n_pos),
+        "set_size": np.tile(np.array([len(x) for x in plan.layer_sets], dtype=np.int64), B * n_pos),
+        "first_layer": np.tile(np.array([x[0] for x in plan.layer_sets], dtype=np.int64), B * n_pos),
+    }
+    for k, v in got.items():  # floats as float64, as Python floats were before
+        cols[k] = v.double().numpy() if v.is_floating_point() else v.numpy()
     base = []
     for name, m in (("target", base_t), ("instructed", base_i)):
-        mc = {k: v.cpu().numpy() for k, v in m.items()}
+        mc = {k: v.numpy() for k, v in m.items()}
         for b, p in enumerate(prompts):
             rec = {"sample": p.sample, "query": p.query, "label": p.label, "run": name,
                    "n_tokens": len(p.target if name == "target" else p.instructed)}
             rec.update({k: v[b].item() for k, v in mc.items()})
             base.append(rec)
-    return rows, base
+    return cols, base
 
 
 class _ChunkProgress:
@@ -219,6 +272,7 @@ def patch_sweep(models: LoadedModel | str | Sequence[LoadedModel | str], task: T
                 source_model: LoadedModel | str | None = None, target: str = "bare", fmt: str = "raw",
                 batch_size: int | None = None, chunk_size: int = 25, seed: int = 0, run: RunDir | None = None,
                 dtype: str = "float32", device: str = "cpu", backend: str = "torch",
+                memory_budget: int | str | None = None,
                 progress: Callable[[int, int], None] | None = None) -> SweepResult:
     """Patch IVs into targets for every layer set × position × sample, for one or more models side by side.
 
@@ -231,7 +285,10 @@ def patch_sweep(models: LoadedModel | str | Sequence[LoadedModel | str], task: T
         mode: ``transfer`` or ``contrastive``.
         source_model: take the IVs from this checkpoint instead (same layer count and width).
         target: ``bare`` or ``formatted`` query-only target (transfer mode); fmt: ``raw`` or ``chat``.
-        batch_size: rows per batched layer call (``None``: automatic from a memory budget).
+        batch_size: rows per bounded trie (one group of batched layer calls; ``None``: from ``memory_budget``).
+        memory_budget: bytes (or ``"4GB"``, ``"512MiB"``) of working memory beyond the weights; ``None``: the
+            default of :func:`ivlens.budget.resolve_memory_budget` for the model's device. Sizes the groups, the
+            unembedding sub-batches and the samples per engine pass; results do not depend on it.
         chunk_size: samples per shard (the unit of streaming and of ``--resume``).
         run: a :class:`~ivlens.runs.RunDir` to stream shards to (and to resume from); ``None`` keeps results in memory.
         backend: ``torch`` (the fast layer-level engine) or ``nnsight`` (whole batched forwards through nnsight
@@ -295,8 +352,12 @@ def patch_sweep(models: LoadedModel | str | Sequence[LoadedModel | str], task: T
                 space = label_space_tokens(lm, task, subtask, prompts[0].instructed)
 
             on_rows = _ChunkProgress(progress, done, done + n_rows, total)
-            rows, base = _chunk_rows(lm, prompts, plan, ivs, space, st, batch_size, on_rows, backend)
-            rows_df = pd.DataFrame([{**const, **r} for r in rows])
+            budget = resolve_memory_budget(memory_budget, device if device == "auto" else lm.device)
+            cols, base = _chunk_rows(lm, prompts, plan, ivs, space, st, batch_size, on_rows, backend, budget)
+            n = len(cols["sample"])
+            rows_df = pd.DataFrame({**{k: np.repeat(np.array([v], dtype=object), n) for k, v in const.items()},
+                                    **cols})
+            del cols
             base_df = pd.DataFrame([{**const, **r} for r in base])
             if run is not None:
                 run.write_shard(BASELINES, key, base_df)
@@ -307,7 +368,7 @@ def patch_sweep(models: LoadedModel | str | Sequence[LoadedModel | str], task: T
             done += n_rows
             if progress:
                 progress(done, total)
-            log.info("%s chunk %d/%d: %d rows", name, ci + 1, len(chunks), len(rows))
+            log.info("%s chunk %d/%d: %d rows", name, ci + 1, len(chunks), len(rows_df))
     if run is not None:
         rows_df, base_df = run.read_table(TABLE), run.read_table(BASELINES)
     else:

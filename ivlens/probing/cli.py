@@ -33,7 +33,12 @@ def probe(
     folds: Annotated[int, typer.Option("--folds", help="stratified CV folds")] = 5,
     figure_layers: Annotated[str | None, typer.Option("--figure-layers", help="layers of the LDA/PCA scatters "
                                                       "and heatmaps (default first, middle, last)")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="instructions per forward")] = 32,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="instructions per forward (default: as many "
+                                                   "as fit --memory-budget)")] = None,
+    memory_budget: Annotated[str | None, typer.Option("--memory-budget", help="working memory beyond the weights "
+                                                      "(4GB, 512MiB; default: a safe share of free memory)")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan (forwards, FLOPs, peak memory, time) "
+                                          "from the models' configs, without loading weights, and exit")] = False,
     fmt: FormatOpt = "raw",
     seed: Annotated[int, typer.Option("--seed", help="seed of the CV folds and label shuffles")] = 0,
     out: OutOpt = None,
@@ -52,9 +57,16 @@ def probe(
         user = dict(read_user_instructions(s) for s in instructions or [])
         task_list = [t.strip() for t in tasks.split(",") if t.strip()]
         fig_at = [int(x) for x in figure_layers.split(",")] if figure_layers else None
+        if dry_run:
+            from ivlens.dry_run import probe_dry_run
+
+            probe_dry_run(model, task_list, layers=layers, varying=varying, user_instructions=user, fmt=fmt,
+                          batch_size=batch_size, folds=folds, max_per_subtask=max_per_subtask, dtype=dtype,
+                          device=device, memory_budget=memory_budget)
+            return
         res = probe_run(model, task_list, layers=layers, varying=varying, out=out, user_instructions=user,
                         fmt=fmt, batch_size=batch_size, cfg=ProbeConfig(folds=folds, seed=seed),
-                        figure_at=fig_at, max_per_subtask=max_per_subtask,
+                        figure_at=fig_at, max_per_subtask=max_per_subtask, memory_budget=memory_budget,
                         load_kwargs={"dtype": dtype, "device": device})
     acc = res.accuracy[res.accuracy.target == "subtask"]
     main = acc[acc.probe == acc.probe.iloc[0]]

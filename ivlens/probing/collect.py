@@ -60,9 +60,9 @@ def ivs_at_t_inst(loaded: LoadedModel, input_ids: torch.Tensor, attention_mask: 
             out[layer] = resid[rows, columns.to(resid.device)].detach().float().cpu()  # [batch, d_model]
         handles.append(adapter.layer(layer).register_forward_hook(hook))
     try:
-        with torch.inference_mode():
+        with torch.inference_mode():  # logits of the last position only: [batch, pos, d_vocab] is never made
             loaded.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                         use_cache=False)
+                         use_cache=False, logits_to_keep=1)
     finally:
         for h in handles:
             h.remove()
@@ -129,13 +129,27 @@ def _batches(n: int, size: int) -> Iterator[range]:
         yield range(start, min(n, start + size))
 
 
+def auto_batch_size(loaded: LoadedModel, n_tokens: int, memory_budget: str | int | None = None) -> int:
+    """Prompts per forward that fit the memory budget (:func:`ivlens.budget.resolve_memory_budget`) for prompts
+    of up to ``n_tokens`` tokens (the cost per prompt: :func:`ivlens.estimate.plans.probe_batch_size`)."""
+    from ivlens.budget import resolve_memory_budget
+    from ivlens.estimate.flops import ModelShape
+    from ivlens.estimate.plans import probe_batch_size
+
+    shape = ModelShape.from_config(loaded.model.config)
+    dtype = str(loaded.model.dtype).removeprefix("torch.")
+    return probe_batch_size(shape, n_tokens, resolve_memory_budget(memory_budget, loaded.device), dtype)
+
+
 def collect_ivs(loaded: LoadedModel, rows: list[InstructionRow], out: str | Path, *,
-                layers: list[int] | None = None, batch_size: int = 32, fmt: PromptFormat = "raw",
-                resume: bool = False) -> IVStore:
+                layers: list[int] | None = None, batch_size: int | None = None, fmt: PromptFormat = "raw",
+                resume: bool = False, memory_budget: str | int | None = None) -> IVStore:
     """Run every instruction-only prompt and store its IVs at ``layers`` (default: all) under ``out``.
 
     Batches are formed in row order; each is written as one shard right away (atomically), so with
-    ``resume=True`` the shards already on disk are kept and only the missing batches run.
+    ``resume=True`` the shards already on disk are kept and only the missing batches run. ``batch_size=None``
+    picks as many prompts per forward as fit ``memory_budget`` (:func:`auto_batch_size`; a resumed collection
+    keeps the batch size it was started with).
 
     Returns:
         the :class:`IVStore` at ``out``.
@@ -150,9 +164,12 @@ def collect_ivs(loaded: LoadedModel, rows: list[InstructionRow], out: str | Path
     labels.insert(0, "row", np.arange(len(rows)))
     labels["n_tokens"] = [len(p) for p in prompts]
     labels["t_inst"] = [p.t_inst for p in prompts]
+    old = out / "meta.json"
+    if batch_size is None:
+        prev = json.loads(old.read_text()).get("batch_size") if resume and old.exists() else None
+        batch_size = prev or auto_batch_size(loaded, max((len(p) for p in prompts), default=1), memory_budget)
     meta = {"layers": layers, "d_model": adapter.d_model, "n": len(rows), "fmt": fmt, "batch_size": batch_size,
             "model": loaded.describe()}
-    old = out / "meta.json"
     if resume and old.exists():
         prev = json.loads(old.read_text())
         if {k: prev.get(k) for k in ("layers", "n", "batch_size", "fmt")} != \

@@ -138,8 +138,9 @@ def probe_run(models: Sequence[str | LoadedModel], tasks: Sequence[str | Task], 
               layers: str | list[int] | None = "all", varying: Varying = "instructions",
               run: RunDir | None = None, out: str | Path | None = None,
               user_instructions: dict[str, str | Path] | None = None, fmt: PromptFormat = "raw",
-              batch_size: int = 32, cfg: ProbeConfig = ProbeConfig(), figure_at: list[int] | None = None,
-              max_per_subtask: int | None = None, load_kwargs: dict | None = None) -> ProbeResult:
+              batch_size: int | None = None, cfg: ProbeConfig = ProbeConfig(), figure_at: list[int] | None = None,
+              max_per_subtask: int | None = None, load_kwargs: dict | None = None,
+              memory_budget: str | int | None = None) -> ProbeResult:
     """Collect IVs of ``tasks`` ' instructions in every model and analyse their geometry layer by layer.
 
     Models given by name are loaded one at a time and released after collection, so three 7B models do
@@ -154,6 +155,8 @@ def probe_run(models: Sequence[str | LoadedModel], tasks: Sequence[str | Task], 
         user_instructions: extra classes ``{name: CSV index,instruction}``.
         figure_at: layers of the LDA/PCA scatters and heatmaps (default: first, middle, last probed).
         max_per_subtask: use only the first N rephrasings of each file (quick runs).
+        batch_size: prompts per forward of IV collection (``None``: as many as fit ``memory_budget``,
+            ``--memory-budget``; default a safe share of free memory, :mod:`ivlens.budget`).
 
     Returns:
         :class:`ProbeResult`.
@@ -180,7 +183,7 @@ def probe_run(models: Sequence[str | LoadedModel], tasks: Sequence[str | Task], 
         rows = instruction_set(list(tasks), varying, user_instructions, held, max_per_subtask)
         model_layers = parse_layers(layers, loaded.adapter.n_layers)
         store = collect_ivs(loaded, rows, run.path / "ivs" / model_slug(loaded.name), layers=model_layers,
-                            batch_size=batch_size, fmt=fmt)
+                            batch_size=batch_size, fmt=fmt, memory_budget=memory_budget)
         described.append(loaded.describe() | {"heldout_from_card": held is not None})
         if held is not None:
             log.info("%s: held-out phrasings from the organism card", loaded.name)

@@ -8,15 +8,18 @@ import typer
 
 from ivlens.cli_common import (
     DeviceOpt,
+    DryRunOpt,
     DtypeOpt,
     FormatOpt,
     GgufOpt,
+    MemoryBudgetOpt,
     ModelOpt,
     OutOpt,
     RevisionOpt,
     SeedOpt,
     TrustOpt,
     console,
+    err_console,
     friendly_errors,
     load_models,
     progress_bar,
@@ -40,6 +43,8 @@ def trace(
     start_pos: Annotated[int | None, typer.Option("--start-pos", help="first source position of the paths (negative from the end)")] = None,
     end_pos: Annotated[int | None, typer.Option("--end-pos", help="last source position of the paths (inclusive)")] = None,
     from_inst: Annotated[bool, typer.Option("--from-inst", help="sources = T_inst (task prompts): paths leaving the instruction")] = False,
+    max_tokens: Annotated[int | None, typer.Option("--max-tokens", help="trace only the last N tokens of the prompt "
+                                                   "(the graph costs L·H·T²)")] = None,
     fmt: FormatOpt = "raw",
     seed: SeedOpt = 0,
     out: OutOpt = None,
@@ -48,6 +53,8 @@ def trace(
     device: DeviceOpt = "cpu",
     revision: RevisionOpt = None,
     trust_remote_code: TrustOpt = False,
+    memory_budget: MemoryBudgetOpt = None,
+    dry_run: DryRunOpt = False,
 ) -> None:
     """Exact path tracing: the answer's logit decomposed into paths (token → heads/MLPs → answer) under the
     frozen linear surrogate; or (--compare) the two subtasks' graphs compared layer by layer."""
@@ -58,7 +65,20 @@ def trace(
             raise typer.BadParameter("--compare needs --task")
         if not compare and (prompt is None) == (task is None):
             raise typer.BadParameter("give either --prompt TEXT or --task T (with --sample i)")
+        if compare and max_tokens is not None:
+            raise typer.BadParameter("--max-tokens cuts one traced prompt; --compare traces whole task prompts")
+        if dry_run:
+            from ivlens.dry_run import trace_dry_run
+
+            trace_dry_run(model, task=task, subtask=subtask, sample=sample, prompt=prompt, compare=compare,
+                          samples=samples, fmt=fmt, beam=beam, max_tokens=max_tokens, seed=seed, dtype=dtype,
+                          device=device, memory_budget=memory_budget, gguf_file=gguf_file, revision=revision,
+                          trust_remote_code=trust_remote_code)
+            return
         lms = load_models(model, gguf_file, dtype, device, revision, trust_remote_code)
+        for lm in lms:  # say what the graph costs before building it; refuse when it will not fit
+            _check_memory(lm, task, subtask, sample, prompt, compare, samples, seed, fmt, beam, max_tokens, dtype,
+                          device, memory_budget)
         name = task or "prompt"
         run = RunDir.create("trace", f"{name}-compare" if compare else name, out=out, task=task, seed=seed,
                             models=[m.describe() for m in lms],
@@ -80,13 +100,38 @@ def trace(
         else:
             for lm in lms:
                 _single(lm, task, subtask, sample, prompt, target, method, top_k, beam, threshold_rank,
-                        start_pos, end_pos, from_inst, fmt, run)
+                        start_pos, end_pos, from_inst, fmt, run, max_tokens)
             run.finish()
     console.print(f"results: {run.path}")
 
 
+def _check_memory(lm, task, subtask, sample, prompt, compare, samples, seed, fmt, beam, max_tokens, dtype, device,
+                  memory_budget) -> None:
+    """Exit with one message when tracing ``lm``'s longest prompt would not fit the memory budget."""
+    import logging
+
+    from ivlens.dry_run import trace_budget, trace_plans, trace_refusal
+    from ivlens.estimate.flops import ModelShape
+    from ivlens.estimate.model import ModelInfo
+
+    shape = ModelShape.from_config(lm.model.config)
+    info = ModelInfo(lm.name, str(lm.path), shape, lm.tokenizer)
+    plan = trace_plans([], task=task, subtask=subtask, sample=sample, prompt=prompt, compare=compare,
+                       samples=samples, fmt=fmt, beam=beam, max_tokens=max_tokens, seed=seed, dtype=dtype,
+                       infos=[info])[0]
+    n = plan.counts["max_tokens"]
+    mode = "compare" if compare else "single"
+    budget = trace_budget(memory_budget, device)  # weights are loaded: available memory already excludes them
+    logging.getLogger(__name__).info("%s: tracing up to %d tokens needs about %.2f GB (graph %.2f GB)", lm.name, n,
+                                     plan.peak_bytes / 1e9, plan.memory["graph (L·H·T² tensors)"] / 1e9)
+    msg = trace_refusal(shape, n, budget, dtype, beam, mode)
+    if msg is not None:
+        err_console.print(f"[bold red]error:[/] {lm.name}: {msg}")
+        raise typer.Exit(2)
+
+
 def _single(lm, task, subtask, sample, prompt, target, method, top_k, beam, threshold_rank, start_pos, end_pos,
-            from_inst, fmt, run) -> None:
+            from_inst, fmt, run, max_tokens=None) -> None:
     from rich.table import Table
 
     from ivlens.tracing import trace_prompt, write_trace
@@ -102,9 +147,17 @@ def _single(lm, task, subtask, sample, prompt, target, method, top_k, beam, thre
         ids, t_inst = list(p.input_ids), p.t_inst
         if target is None:
             target = label_token_ids(lm.tokenizer, p, smp.answer(sub.name))[0]
+    if max_tokens is not None:
+        if ids is None:
+            ids = list(lm.tokenizer(prompt)["input_ids"])
+        cut = max(0, len(ids) - max_tokens)
+        if cut:
+            console.print(f"--max-tokens {max_tokens}: tracing the last {max_tokens} of {len(ids)} tokens")
+            ids = ids[cut:]
+            t_inst = None if t_inst is None or t_inst < cut else t_inst - cut
     if from_inst:
         if t_inst is None:
-            raise typer.BadParameter("--from-inst needs a task prompt with an instruction")
+            raise typer.BadParameter("--from-inst needs a task prompt with an instruction (inside --max-tokens)")
         start_pos = end_pos = t_inst
     with console.status(f"tracing with {lm.name}"):
         res = trace_prompt(lm.model, lm.tokenizer, ids if ids is not None else prompt, target=target, method=method,

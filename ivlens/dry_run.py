@@ -1,0 +1,426 @@
+"""``--dry-run`` of the long commands (patch, probe, trace, eval, organism build): plans from configs and prompt
+lengths (no weights loaded), the device's measured rates, and what is printed.
+
+This is the CLI floor: it knows the commands' options, prompts and samples; the maths on counts is in
+:mod:`ivlens.estimate` (``flops``, ``plans``, ``calibrate``, ``model``), which knows nothing above it.
+Each ``*_plans`` function mirrors its command's choices (samples, prompts, positions, layer sets, batch sizes)
+and returns one plan per model; :func:`print_plans` prints them; the ``*_dry_run`` entry points are what the
+commands call when given ``--dry-run`` (they then exit 0).
+
+>>> plans = patch_plans(["tests/data/olmo2-1124-7b-config"], "adjectives", "adj_ant", layers="triplets",
+...                     positions="first,last", samples=100)
+>>> plans[0].counts["rows"], plans[0].peak_bytes / 1e9
+(1097600, 31.8...)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+
+import torch
+from rich.console import Console
+
+from ivlens.estimate.calibrate import (
+    copy_rate,
+    gemm_rate,
+    layer_latency,
+    machine_load,
+    model_gemm_shapes,
+    op_latency,
+)
+from ivlens.estimate.flops import ModelShape
+from ivlens.estimate.model import ModelInfo, model_info
+from ivlens.estimate.plans import (
+    PatchTarget,
+    Plan,
+    Rates,
+    TrainStage,
+    add_figures,
+    add_startup,
+    eval_plan,
+    max_trace_tokens,
+    patch_plan,
+    probe_plan,
+    seconds,
+    trace_bytes,
+    trace_plan,
+    train_plan,
+    trie_work,
+    weight_bytes,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _infos(models: Sequence[str], gguf_file: str | None = None, revision: str | None = None,
+           trust_remote_code: bool = False) -> list[ModelInfo]:
+    return [model_info(m, gguf_file=gguf_file, revision=revision, trust_remote_code=trust_remote_code)
+            for m in models]
+
+
+def _with_note(plan: Plan, info: ModelInfo, dtype: str = "float32", first: bool = True) -> Plan:
+    """The tokenizer note, and the cost of starting the process (``first`` plan only) and loading the model."""
+    if info.tokenizer_note:
+        plan.notes.insert(0, info.tokenizer_note)
+    return add_startup(plan, info.shape, dtype, imports=first, gguf=info.gguf)
+
+
+def _budget(memory_budget, device: str) -> int:
+    from ivlens.budget import resolve_memory_budget
+
+    return resolve_memory_budget(memory_budget, device)
+
+
+# --------------------------------------------------------------------------------------------- patch
+_ENGINE_CACHE: dict[tuple, tuple[int, int]] = {}
+
+
+def engine_work(chunk: Sequence[PatchTarget], layer_sets, n_layers: int, group_rows) -> tuple[int, int, int]:
+    """The patching engine's own count (:func:`ivlens.patching.engine.plan_work`) for one chunk: executed layer-token
+    evaluations, unembedded rows and layer calls, without running anything.
+
+    ``plan_work`` runs once per distinct target shape (length, positions) and the counts add up over targets
+    (groups hold whole targets' tries); the layer calls are counted per suffix length over the whole chunk, as
+    the engine groups them (:func:`ivlens.estimate.plans.trie_work`)."""
+    try:
+        from ivlens.patching.engine import RowSpec, plan_work
+    except ImportError:  # an engine without a counting function: the trie's own count
+        return trie_work(chunk, layer_sets, n_layers, group_rows)
+    evals = unembed = 0
+    sets = tuple(layer_sets)
+    for t in chunk:
+        key = (t.n_tokens, t.positions, n_layers, hash(sets))
+        if key not in _ENGINE_CACHE:
+            rows = [RowSpec(0, 0, s, p) for p in t.positions for s in sets]
+            st = plan_work(rows, [t.n_tokens], n_layers, group_rows=1 << 40)
+            _ENGINE_CACHE[key] = (st.executed_evals, st.unembed_rows)
+        e, u = _ENGINE_CACHE[key]
+        evals, unembed = evals + e, unembed + u
+    _, _, calls = trie_work(chunk, layer_sets, n_layers, group_rows)
+    return evals, unembed, calls
+
+
+def patch_plans(models: Sequence[str], task: str, subtask: str | None, *, layers: str = "single",
+                positions: str = "first,last", samples: int | None = None, mode: str = "transfer",
+                target: str = "bare", fmt: str = "raw", chunk_size: int = 25, batch_size: int | None = None,
+                seed: int = 0, dtype: str = "float32", device: str = "cpu", memory_budget=None,
+                figures: bool = True, infos: Sequence[ModelInfo] | None = None) -> list[Plan]:
+    """The plan of ``ivlens patch`` with these options, one per model (see :func:`ivlens.patching.sweep.patch_sweep`)."""
+    from ivlens.patching.plan import PatchPlan, resolve_position
+    from ivlens.patching.sweep import select_samples
+    from ivlens.tasks import instructed_prompt, instruction_prompt, load_task, query_prompt
+
+    t = load_task(task)
+    sub = t.subtask(subtask or t.subtask_names[0])
+    other = t.other(sub.name) if t.is_contrastive else None
+    ids = select_samples(t, samples, seed)
+    budget = _budget(memory_budget, device)
+    plans = []
+    for info in infos or _infos(models):
+        tok = info.tokenizer
+        plan = PatchPlan.build(layers, positions, info.shape.n_layers)
+        targets = []
+        for i in ids:
+            s = t.samples[i]
+            instructed = instructed_prompt(tok, t, s, sub.instruction, fmt)
+            tgt = (query_prompt(tok, t, s, fmt, query_style=target) if mode == "transfer"
+                   else instructed_prompt(tok, t, s, t.subtask(other).instruction, fmt))
+            has_bos = tok.bos_token_id is not None and len(tgt.input_ids) > 1 and tgt.input_ids[0] == tok.bos_token_id
+            pos = tuple(dict.fromkeys(resolve_position(p, len(tgt), t_inst=tgt.t_inst, has_bos=has_bos)
+                                      for p in plan.positions))
+            targets.append(PatchTarget(len(tgt), pos, len(instructed)))
+        src = len(instruction_prompt(tok, sub.instruction, fmt))
+        p = patch_plan(info.shape, targets, plan.layer_sets, src, dtype=dtype, chunk_size=chunk_size,
+                       budget=budget, batch_size=batch_size, n_positions=len(plan.positions), model=info.name,
+                       engine_work=engine_work)
+        p.notes.append(f"{t.name}/{sub.name}, {len(ids)} samples, {layers} × {positions}, target {target}, "
+                       f"memory budget {budget / 2**30:.2f} GiB")
+        add_figures(p, 2 if figures and not plans else 0)  # single layers and pair heatmaps, once
+        plans.append(_with_note(p, info, dtype, not plans))
+    return plans
+
+
+# --------------------------------------------------------------------------------------------- probe
+def probe_plans(models: Sequence[str], tasks: Sequence[str], *, layers: str = "all", varying: str = "instructions",
+                user_instructions: dict | None = None, fmt: str = "raw", batch_size: int | None = None,
+                folds: int = 5, max_per_subtask: int | None = None, dtype: str = "float32", device: str = "cpu",
+                memory_budget=None, infos: Sequence[ModelInfo] | None = None) -> list[Plan]:
+    """The plan of ``ivlens probe``, one per model."""
+    from pathlib import Path
+
+    from ivlens.probing.collect import parse_layers
+    from ivlens.probing.instructions import instruction_set, organism_heldout
+    from ivlens.tasks import instruction_prompt
+
+    budget = _budget(memory_budget, device)
+    plans = []
+    for info in infos or _infos(models):
+        held = organism_heldout(Path(info.path)) if Path(info.path).is_dir() else None
+        rows = instruction_set(list(tasks), varying, user_instructions, held, max_per_subtask)
+        lengths = [len(instruction_prompt(info.tokenizer, r.instruction, fmt)) for r in rows]
+        n_layers = len(parse_layers(layers, info.shape.n_layers))
+        classes = {(r.task, r.subtask) for r in rows}
+        n_tasks = len({r.task for r in rows})
+        n_probes = 1 + (n_tasks if n_tasks >= 2 else 0)
+        p = probe_plan(info.shape, lengths, n_layers, n_probes, dtype=dtype, batch_size=batch_size, budget=budget,
+                       folds=folds, n_classes=len(classes), model=info.name)
+        add_figures(p, n_probes + 5 if not plans else 0)  # accuracy per probe, LDA, PCA, 3 similarity maps
+        plans.append(_with_note(p, info, dtype, not plans))
+    return plans
+
+
+# --------------------------------------------------------------------------------------------- trace
+def trace_budget(memory_budget, device: str, shape: ModelShape | None = None, dtype: str = "float32") -> int:
+    """The tracer's working-memory budget: ``--memory-budget`` if given, else 80 % of the memory available
+    now, less the weights when they are not loaded yet (``shape``). The graph cannot be split into batches,
+    so the whole free memory is the natural limit, not the batch budget of the other analyses."""
+    if memory_budget is not None and str(memory_budget).lower() != "auto":
+        return _budget(memory_budget, device)
+    from ivlens.budget import available_bytes
+
+    free = int(available_bytes(device) * 0.8)
+    return max(0, free - (weight_bytes(shape, dtype) if shape is not None else 0))
+
+
+def trace_plans(models: Sequence[str], *, task: str | None = None, subtask: str | None = None,
+                sample: int | None = None, prompt: str | None = None, compare: bool = False,
+                samples: int | None = 50, fmt: str = "raw", beam: int = 256, max_tokens: int | None = None,
+                seed: int = 0, dtype: str = "float32", device: str = "cpu", memory_budget=None,
+                infos: Sequence[ModelInfo] | None = None) -> list[Plan]:
+    """The plan of ``ivlens trace`` (one prompt, or ``--compare``: four prompts per sample), one per model."""
+    from ivlens.tasks import instructed_prompt, load_task
+    from ivlens.tasks.selection import select_samples
+
+    plans = []
+    for info in infos or _infos(models):
+        tok = info.tokenizer
+        if compare:
+            t = load_task(task)
+            chosen = select_samples(t, samples, seed)
+            sa, sb = t.subtask_names
+            reph = t.subtasks[sa].rephrasings
+            instr = [t.subtasks[sa].instruction, t.subtasks[sb].instruction, *reph[:2]]
+            lengths = [len(instructed_prompt(tok, t, s, i, fmt)) for s in chosen for i in instr]
+        elif task is not None:
+            t = load_task(task)
+            st = t.subtask(subtask or t.subtask_names[0])
+            lengths = [len(instructed_prompt(tok, t, t.samples[sample or 0], st.instruction, fmt))]
+        else:
+            lengths = [len(tok(prompt)["input_ids"])]
+        if max_tokens is not None:
+            lengths = [min(n, max_tokens) for n in lengths]
+        budget = trace_budget(memory_budget, device, info.shape, dtype)
+        mode = "compare" if compare else "single"
+        p = trace_plan(info.shape, lengths, dtype=dtype, beam=beam, mode=mode, budget=budget, model=info.name)
+        add_figures(p, 1 + (not plans) if compare else 2)  # head activity (+ overlap curves) | paths, layer mass
+        plans.append(_with_note(p, info, dtype, not plans))
+    return plans
+
+
+def trace_refusal(shape: ModelShape, n_tokens: int, budget: int, dtype: str = "float32", beam: int = 256,
+                  mode: str = "single") -> str | None:
+    """``None`` when tracing ``n_tokens`` tokens fits ``budget``; else the one message that says what it costs and
+    which options make it fit."""
+    need = trace_bytes(shape, n_tokens, dtype, beam, mode)
+    if need <= budget:
+        return None
+    L, H = shape.n_layers, shape.n_heads
+    fit = max_trace_tokens(shape, budget, dtype, beam, mode)
+    return (f"tracing {n_tokens} tokens needs about {need / 1e9:.2f} GB of working memory (its attribution graph is "
+            f"L·H·T² = {L}·{H}·{n_tokens}² = {L * H * n_tokens**2:,} entries per tensor), over the memory budget of "
+            f"{budget / 1e9:.2f} GB. Trace a shorter context with --max-tokens {fit} (keeps the last {fit} tokens), "
+            "choose a shorter prompt or sample, or raise --memory-budget.")
+
+
+# --------------------------------------------------------------------------------------------- eval
+def eval_plans(models: Sequence[str], task: str, *, subtask: str | None = None, samples: int | None = None,
+               fmt: str = "raw", query_style: str = "formatted", batch_size: int = 16, seed: int = 0,
+               dtype: str = "float32", infos: Sequence[ModelInfo] | None = None, **_) -> list[Plan]:
+    """The plan of ``ivlens eval``, one per model (every condition of every sample and scored subtask)."""
+    from ivlens.tasks import build_prompt, label_token_ids, load_task
+    from ivlens.tasks.selection import select_samples
+
+    t = load_task(task)
+    subs = [t.subtask(subtask).name] if subtask else t.subtask_names
+    chosen = select_samples(t, samples, seed)
+    plans = []
+    for info in infos or _infos(models):
+        tok = info.tokenizer
+        lengths = []
+        for s in chosen:
+            for st in subs:
+                instrs = [t.subtasks[st].instruction, None]
+                if t.is_contrastive:
+                    instrs.append(t.subtasks[t.other(st)].instruction)
+                lengths += [len(build_prompt(tok, i, s.query, t.field, fmt, query_style)) for i in instrs]
+        probe = build_prompt(tok, t.subtasks[subs[0]].instruction, chosen[0].query, t.field, fmt, query_style)
+        longest = max(len(label_token_ids(tok, probe, lab)) for st in t.subtasks.values() for lab in st.label_space)
+        p = eval_plan(info.shape, lengths, min(longest + 2, 16), dtype=dtype, batch_size=batch_size, model=info.name)
+        plans.append(_with_note(p, info, dtype, not plans))
+    return plans
+
+
+# --------------------------------------------------------------------------------------------- organism
+def organism_plans(size: str = "small", variant: str = "gist", measure: bool = True) -> list[Plan]:
+    """The plan of ``ivlens organism build`` (the sizes of :data:`ivlens.organism.train.SIZES`)."""
+    from ivlens.organism.train import SIZES
+
+    spec = SIZES[size]
+    shape = ModelShape("olmo2", spec.n_layers, spec.d_model, spec.n_heads, spec.n_heads, spec.d_model // spec.n_heads,
+                       spec.d_mlp, spec.vocab_size, gated_mlp=True, tied=True)
+    shape = shape.with_params(shape.count_params())
+    stages = [TrainStage("pretrain", spec.pretrain_steps, spec.pretrain_batch, spec.seq_len),
+              TrainStage("sft", spec.sft_steps, spec.sft_batch, spec.seq_len),
+              TrainStage("dpo", spec.dpo_steps, spec.dpo_batch, spec.seq_len, passes=8)]
+    # the card's measurements: per stage and task, ~110 samples × ~16 scored prompts, and single-layer IV transfer
+    plan = train_plan(shape, stages, measure_prompts=3 * 2 * 110 * 16 if measure else 0,
+                      model=f"organism-{variant} ({size})")
+    add_startup(plan, shape, "float32")
+    plan.notes.append(f"{variant} variant, {shape.n_params / 1e6:.1f} M parameters; tokenizer training and data "
+                      "generation not counted")
+    return [plan]
+
+
+# --------------------------------------------------------------------------------------------- printing
+def measure_rates(shape: ModelShape, device: str = "cpu", dtype: str = "float32",
+                  config=None) -> tuple[Rates, str | None]:
+    """This device's rates on ``shape``'s matrices (per CPU-second on a CPU, with the machine's load); falls back to
+    the CPU (with a note) when ``device`` is not available here."""
+    note = None
+    dev = "cpu" if device == "auto" else device
+    if dev.startswith("cuda") and not torch.cuda.is_available():
+        note = f"--device {device} is not available on this machine: timed on the CPU instead"
+        dev = "cpu"
+    cpu = dev == "cpu"
+    rate = gemm_rate(model_gemm_shapes(shape), dev, dtype, cpu_time=cpu)
+    cores, others = machine_load() if cpu else (0, 0.0)
+    if config is None:  # an OLMo-2 layer stands in
+        from transformers import AutoConfig
+
+        config = AutoConfig.for_model("olmo2")
+    lat = layer_latency(config, dev, dtype, cpu_time=cpu)
+    return Rates(rate, op_latency(dev, dtype, cpu_time=cpu), copy_rate(dev, cpu_time=cpu), lat, dev, dtype,
+                 threads=torch.get_num_threads(), cores=cores, others=others), note
+
+
+# --------------------------------------------------------------------------------------------- printing
+def _human_time(s: float) -> str:
+    for unit, n in (("days", 86400), ("h", 3600), ("min", 60)):
+        if s >= 2 * n:
+            return f"{s / n:.1f} {unit}"
+    return f"{s:.1f} s"
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.2f} GB"
+
+
+def print_plans(plans: Sequence[Plan], shapes: Sequence[ModelShape], device: str = "cpu", dtype: str = "float32",
+                together: bool = False, console: Console | None = None, configs: Sequence | None = None) -> dict:
+    """Print every plan (counts, FLOPs, peak memory, time on ``device``) and, for several, the total; returns the
+    same figures as a dict. ``together``: the command loads all its models at once (patch, trace, eval), so the
+    peak holds every model's weights; otherwise (probe) one model at a time."""
+    console = console or Console(soft_wrap=True)
+    out: dict = {"plans": [], "device": device, "dtype": dtype}
+    total_s = 0.0
+    for i, (p, shape) in enumerate(zip(plans, shapes, strict=True)):
+        rates, note = measure_rates(shape, device, dtype, configs[i] if configs else None)
+        sec = seconds(p, rates)
+        total_s += sec
+        d = p.to_dict(rates)
+        d["rates"] = {"gemm_flops_per_s": rates.gemm, "op_latency_s": rates.op_latency,
+                      "copy_bytes_per_s": rates.copy, "layer_latency_s": rates.layer_latency, "device": rates.device, "threads": rates.threads,
+                      "cores": rates.cores, "others": rates.others, "per_cpu_second": bool(rates.cores)}
+        out["plans"].append(d)
+        console.print(f"[bold]dry run: {p.command}[/] · {p.model} ({shape.arch}, {shape.n_layers} layers, d_model "
+                      f"{shape.d_model}, {shape.n_params / 1e9:.3g} B parameters, {dtype})", highlight=False)
+        console.print("  " + " · ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in p.counts.items()), highlight=False)
+        console.print(f"  FLOPs {p.flops:.3g} · peak memory ≈ {_gb(p.peak_bytes)} ("
+                      + ", ".join(f"{k} {_gb(v)}" for k, v in p.memory.items()) + ")", highlight=False)
+        per = " per CPU-second" if rates.cores else ""
+        share = (f"; {rates.parallel_cores():.2g} of {rates.cores} cores free for its {rates.threads} threads "
+                 f"(load {rates.others:.1f})" if rates.cores else "")
+        idle = ""
+        if rates.cores and rates.others + rates.threads > rates.cores:
+            idle_s = seconds(p, dataclasses.replace(rates, others=0.0))
+            idle = f" now, ≈ {_human_time(idle_s)} with the machine to itself"
+            d["idle_seconds"] = idle_s
+        console.print(f"  time ≈ {_human_time(sec)}{idle} on {rates.device} (measured here: GEMM {rates.gemm / 1e9:.1f} "
+                      f"GFLOP{per} on the model's shapes, {rates.layer_latency * 1e3:.2f} ms per layer call, "
+                      f"{rates.op_latency * 1e6:.1f} µs per small kernel, "
+                      f"{rates.copy / 1e9:.1f} GB{per} copied{share})", highlight=False)
+        for n in ([note] if note else []) + p.notes:
+            console.print(f"  note: {n}", highlight=False)
+        if not p.fits:
+            console.print("  [bold red]does not fit the memory budget[/]")
+    peak = max(p.peak_bytes for p in plans)
+    if together and len(plans) > 1:
+        peak += sum(p.memory.get("weights", 0) for p in plans) - max(p.memory.get("weights", 0) for p in plans)
+    idle_total = sum(d.get("idle_seconds", d["seconds"]) for d in out["plans"])
+    if len(plans) > 1:
+        how = "all models loaded together" if together else "models loaded one after another"
+        idle = f" now, ≈ {_human_time(idle_total)} with the machine to itself" if idle_total < total_s else ""
+        console.print(f"[bold]total[/]: time ≈ {_human_time(total_s)}{idle}, peak memory ≈ {_gb(peak)} ({how})",
+                      highlight=False)
+    out["total_seconds"], out["idle_seconds"], out["peak_bytes"] = total_s, idle_total, peak
+    return out
+
+
+def patch_dry_run(a: dict) -> dict:
+    """``ivlens patch --dry-run``: ``a`` holds the command's options (or a resumed run's recorded ones)."""
+    if a.get("resume") is not None:
+        from ivlens.runs import RunDir
+
+        a = {**RunDir.open(a["resume"]).manifest["args"], "memory_budget": a.get("memory_budget")}
+    if not a.get("model"):
+        raise ValueError("give at least one --model (or --resume RUN)")
+    infos = _infos(list(a["model"]))
+    plans = patch_plans([], a["task"], a["subtask"], layers=a["layers"], positions=a["positions"],
+                        samples=a["samples"], mode=a["mode"], target=a["target"], fmt=a["fmt"],
+                        chunk_size=a["chunk_size"], batch_size=a["batch_size"], seed=a["seed"], dtype=a["dtype"],
+                        device=a["device"], memory_budget=a.get("memory_budget"), figures=a.get("figures", True),
+                        infos=infos)
+    if a.get("source_model"):
+        plans[0].notes.append(f"IVs from {a['source_model']}: one more model in memory, one source run")
+    return print_plans(plans, [i.shape for i in infos], a["device"], a["dtype"], together=True,
+                       configs=[i.config for i in infos])
+
+
+def probe_dry_run(models: list[str], tasks: list[str], *, dtype: str = "float32", device: str = "cpu",
+                  **kw) -> dict:
+    """``ivlens probe --dry-run``."""
+    infos = _infos(models)
+    plans = probe_plans([], tasks, dtype=dtype, device=device, infos=infos, **kw)
+    return print_plans(plans, [i.shape for i in infos], device, dtype, together=False,
+                       configs=[i.config for i in infos])
+
+
+def trace_dry_run(models: list[str], *, dtype: str = "float32", device: str = "cpu", gguf_file=None,
+                  revision=None, trust_remote_code: bool = False, **kw) -> dict:
+    """``ivlens trace --dry-run``."""
+    infos = _infos(models, gguf_file, revision, trust_remote_code)
+    plans = trace_plans([], dtype=dtype, device=device, infos=infos, **kw)
+    return print_plans(plans, [i.shape for i in infos], device, dtype, together=True,
+                       configs=[i.config for i in infos])
+
+
+def eval_dry_run(models: list[str], task: str, *, dtype: str = "float32", device: str = "cpu", gguf_file=None,
+                 revision=None, trust_remote_code: bool = False, **kw) -> dict:
+    """``ivlens eval --dry-run``."""
+    infos = _infos(models, gguf_file, revision, trust_remote_code)
+    plans = eval_plans([], task, dtype=dtype, infos=infos, **kw)
+    return print_plans(plans, [i.shape for i in infos], device, dtype, together=True,
+                       configs=[i.config for i in infos])
+
+
+def organism_dry_run(size: str = "small", variant: str = "gist", measure: bool = True) -> dict:
+    """``ivlens organism build --dry-run`` (on the CPU, fp32: how the organisms are built)."""
+    from ivlens.organism.train import SIZES
+
+    spec = SIZES[size]
+    shape = ModelShape("olmo2", spec.n_layers, spec.d_model, spec.n_heads, spec.n_heads, spec.d_model // spec.n_heads,
+                       spec.d_mlp, spec.vocab_size, gated_mlp=True, tied=True)
+    plans = organism_plans(size, variant, measure)
+    return print_plans(plans, [shape.with_params(shape.count_params())], "cpu", "float32")

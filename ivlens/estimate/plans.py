@@ -1,0 +1,451 @@
+"""The work of each long command, as counts: what ``--dry-run`` prints before anything runs.
+
+Every function here is pure: it takes sizes (:class:`~ivlens.estimate.flops.ModelShape`), prompt lengths and the
+command's options, and returns a :class:`Plan`: counts (rows, forward passes, tokens), matrix FLOPs, the number
+of small kernel calls, bytes moved by memory-bound steps, and the parts of peak memory. :func:`seconds` turns a
+plan into time with the rates of :class:`Rates` (measured by :mod:`ivlens.estimate.calibrate`):
+
+    time = FLOPs / GEMM rate  +  layer calls × layer latency  +  small ops × op latency  +  bytes / copy rate
+
+(on a CPU: CPU-seconds, divided by the share of the cores the run will get). The layer-call term dominates
+small models (the organisms: 6 layers of width 256), the FLOP term real ones. The constants below (Python work
+per result row, process start, loading, figures, bytes per result row, the interpreter's own memory) were
+fitted on this project's 2-core CPU against measured runs (``benchmarks/estimate_check.py`` prints the
+ratios); they count small operations, not seconds, so they carry over to other machines through the measured
+op latency.
+
+Peak memory = the runtime (Python, torch, transformers, pandas) + the weights in the chosen dtype + what the
+command holds at its peak (clean runs and a batch for patching, a batch's logits for probing, ``L·H·T²``
+attention patterns and edge contributions for tracing, ...).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from .flops import (
+    ModelShape,
+    attention_flops,
+    layer_flops,
+    mlp_flops,
+    projection_flops,
+    prompt_flops,
+    unembed_flops,
+)
+
+#: Memory of the interpreter with torch, transformers, pandas and ivlens imported (measured: ~600 MB).
+RUNTIME_BYTES = 600 << 20
+#: Python work per result row (metrics gathered, a record built, Parquet), in units of one op latency.
+OPS_PER_ROW = 12
+#: Bytes per result row held while a chunk is being turned into records, and per row of the final table.
+ROW_RECORD_BYTES = 2500
+ROW_TABLE_BYTES = 600
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+#: Starting the interpreter and importing torch, transformers, pandas and ivlens, in op latencies (~4.6 CPU-seconds here).
+IMPORT_OPS = 3_800_000
+#: Loading weights reads and copies each byte about this many times (safetensors: read, cast, place).
+LOAD_COPIES = 3
+#: Dequantizing a GGUF checkpoint and converting its tokenizer, op latencies per parameter (~0.11 CPU-µs here).
+GGUF_OPS_PER_PARAM = 0.09
+#: One figure written with matplotlib (the first also imports it), in op latencies.
+FIGURE_OPS = 250_000
+
+
+@dataclass(frozen=True)
+class Rates:
+    """A device's measured speeds: ``gemm`` FLOP/s on the model's shapes, ``op_latency`` seconds per small kernel
+    call, ``copy`` bytes/s of streaming memory traffic.
+
+    On a CPU they are per CPU-second of the measuring process (all its threads), and ``threads`` (torch's
+    intra-op threads), ``cores`` and ``others`` (other runnable work, the load average) say how many cores a
+    run will get (:meth:`parallel_cores`: the matrix products use them all, the rest at most one).
+    ``layer_latency``: the fixed cost of one decoder-layer call (dispatch, small kernels, thread hand-offs),
+    measured on a narrow copy of the model's own layer. On a GPU the rates are per wall second and ``cores``
+    is 0 (no sharing model)."""
+
+    gemm: float
+    op_latency: float
+    copy: float
+    layer_latency: float = 0.0
+    device: str = "cpu"
+    dtype: str = "float32"
+    threads: int = 1
+    cores: int = 0
+    others: float = 0.0
+
+    def parallel_cores(self) -> float:
+        """Cores the matrix products get: all ``threads`` on an idle machine, a fair share of a busy one."""
+        if not self.cores:
+            return 1.0
+        k = min(self.threads, self.cores)
+        return k if self.others + k <= self.cores else self.cores * k / (self.others + k)
+
+
+
+@dataclass
+class Plan:
+    """One command's work on one model (or several: :meth:`merge`)."""
+
+    command: str
+    model: str
+    counts: dict[str, int] = field(default_factory=dict)
+    flops: float = 0.0
+    layer_calls: float = 0.0
+    kernel_calls: float = 0.0
+    stream_bytes: float = 0.0
+    memory: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    fits: bool = True
+
+    @property
+    def peak_bytes(self) -> int:
+        return int(sum(self.memory.values()))
+
+    def to_dict(self, rates: Rates | None = None) -> dict:
+        out = {"command": self.command, "model": self.model, "counts": dict(self.counts), "flops": self.flops,
+               "layer_calls": self.layer_calls, "kernel_calls": self.kernel_calls, "stream_bytes": self.stream_bytes, "memory": dict(self.memory),
+               "peak_bytes": self.peak_bytes, "notes": list(self.notes), "fits": self.fits}
+        if rates is not None:
+            out["seconds"] = seconds(self, rates)
+        return out
+
+
+def seconds(plan: Plan, rates: Rates) -> float:
+    """Estimated wall time of ``plan`` at ``rates`` (see the module docstring and :class:`Rates`)."""
+    par = rates.parallel_cores()
+    return (plan.flops / (rates.gemm * par)
+            + (plan.layer_calls * rates.layer_latency + plan.kernel_calls * rates.op_latency
+               + plan.stream_bytes / rates.copy) / min(1.0, par))
+
+
+def add_startup(plan: Plan, shape: ModelShape, dtype: str, *, imports: bool = True, gguf: bool = False) -> Plan:
+    """Add starting the process (``imports``) and loading ``shape``'s weights to ``plan``; a GGUF checkpoint is
+    dequantized while loading, which also holds a second copy of the weights for a moment."""
+    plan.kernel_calls += (IMPORT_OPS if imports else 0) + (shape.n_params * GGUF_OPS_PER_PARAM if gguf else 0)
+    plan.stream_bytes += LOAD_COPIES * weight_bytes(shape, dtype)
+    if gguf:
+        plan.memory["GGUF dequantization (while loading)"] = weight_bytes(shape, "float32")
+    return plan
+
+
+def add_figures(plan: Plan, n: int) -> Plan:
+    """Add writing ``n`` matplotlib figures (and importing matplotlib for the first) to ``plan``."""
+    if n:
+        plan.kernel_calls += FIGURE_OPS * (n + 2)
+        plan.counts["figures"] = plan.counts.get("figures", 0) + n
+    return plan
+
+
+def weight_bytes(shape: ModelShape, dtype: str) -> int:
+    return shape.n_params * DTYPE_BYTES[dtype]
+
+
+def _base_memory(shape: ModelShape, dtype: str) -> dict[str, int]:
+    return {"runtime": RUNTIME_BYTES, "weights": weight_bytes(shape, dtype)}
+
+
+# --------------------------------------------------------------------------------------------- patch
+def trie_states(layer_sets: Sequence[tuple[int, ...]], n_layers: int, last: bool) -> int:
+    """Layer evaluations per recomputed token for one (target, source, position) of the patching engine: the
+    number of distinct non-empty patch prefixes ``S ∩ [0, k−1]`` entering each layer ``k ≥ 1`` (the engine's
+    trie). At the **last** position a set runs as its highest layer alone, so only those count."""
+    sets = {(s[-1],) for s in layer_sets} if last else set(layer_sets)
+    total = 0
+    for k in range(1, n_layers):
+        total += len({p for p in (tuple(x for x in s if x < k) for s in sets) if p})
+    return total
+
+
+def patch_row_bytes(shape: ModelShape, n_keys: int, n_query: int, dtype: str = "float32") -> int:
+    """Peak bytes of one trie state in one layer call of the patching engine (the same count as
+    :func:`ivlens.patching.engine.row_bytes`, from sizes instead of an adapter; a test keeps them equal)."""
+    d, H, KV, dh, d_mlp = shape.d_model, shape.n_heads, shape.n_kv_heads, shape.d_head, shape.d_mlp
+    elems = (n_query * (10 * d + 4 * H * dh + 4 * KV * dh + 3 * d_mlp)
+             + 2 * KV * dh * (n_keys - n_query) + 2 * KV * dh * n_keys + 2 * H * dh * n_keys
+             + 3 * H * n_query * n_keys + n_query * n_keys + 2 * n_query * dh)
+    return elems * DTYPE_BYTES[dtype] + 64
+
+
+def patch_metric_row_bytes(shape: ModelShape, dtype: str = "float32") -> int:
+    """Peak bytes of one row's unembedding and metrics (as :func:`ivlens.patching.engine.metric_row_bytes`)."""
+    return shape.d_vocab * (DTYPE_BYTES[dtype] + 4 + 4 + 1 + 8) + 8 * shape.d_model
+
+
+@dataclass(frozen=True)
+class PatchTarget:
+    """One sample as the engine sees it: target length, patched token indices, instructed-prompt length."""
+
+    n_tokens: int
+    positions: tuple[int, ...]
+    instructed_tokens: int
+
+
+#: ``engine_work(chunk, layer_sets, n_layers, group_rows) -> (executed_evals, unembed_rows, layer_calls)``: the
+#: engine's own count for one chunk of targets (``ivlens.patching.engine.plan_work``), passed in by the caller.
+EngineWork = Callable[[Sequence[PatchTarget], Sequence[tuple[int, ...]], int, Callable[[int], int]],
+                      tuple[int, int, int]]
+
+
+def trie_work(chunk: Sequence[PatchTarget], layer_sets: Sequence[tuple[int, ...]], n_layers: int,
+              group_rows: Callable[[int], int]) -> tuple[int, int, int]:
+    """A stand-in for the engine's count: :func:`trie_states` per target and position, one group per
+    ``group_rows(s)`` rows of each suffix length ``s`` (exact when every group holds whole targets)."""
+    evals = unembed = calls = 0
+    per_s: dict[int, int] = {}
+    cache: dict[bool, int] = {}
+    highest = len({x[-1] for x in layer_sets})
+    for t in chunk:
+        for p in t.positions:
+            last = p == t.n_tokens - 1
+            if last not in cache:
+                cache[last] = trie_states(layer_sets, n_layers, last)
+            evals += cache[last] * (t.n_tokens - p)
+            k = highest if last else len(layer_sets)
+            unembed += k
+            per_s[t.n_tokens - p] = per_s.get(t.n_tokens - p, 0) + k
+    calls = sum(math.ceil(n / max(1, group_rows(s))) * (n_layers - 1) for s, n in per_s.items())
+    return evals, unembed, calls
+
+
+def patch_plan(shape: ModelShape, targets: Sequence[PatchTarget], layer_sets: Sequence[tuple[int, ...]],
+               source_tokens: int, *, dtype: str = "float32", chunk_size: int = 25, budget: int = 1 << 30,
+               batch_size: int | None = None, n_positions: int | None = None, engine_work: EngineWork | None = None,
+               model: str = "") -> Plan:
+    """A patch sweep of ``layer_sets`` at each target's positions (transfer or contrastive: the same work).
+
+    Work per model: one source run; per chunk of ``chunk_size`` samples, a padded clean run of the targets
+    (recording residuals and keys/values) and an unpatched instructed run; then the patched rows through the
+    engine's bounded tries (``engine_work``, default :func:`trie_work`), one unembedding and metric reduction
+    per distinct row. ``n_positions``: positions requested per sample (default: each target's distinct
+    ``positions``; ``first`` and ``last`` of a one-token target are one computation but two result rows).
+    """
+    L, n = shape.n_layers, len(targets)
+    engine_work = engine_work or trie_work
+    plan = Plan("patch", model)
+    rows = (n * n_positions if n_positions else sum(len(t.positions) for t in targets)) * len(layer_sets)
+    chunks = [targets[i:i + chunk_size] for i in range(0, n, chunk_size)]
+    flops = prompt_flops(shape, source_tokens)
+    evals = unembed = calls = 0
+    base_calls = L
+    widest = 0
+    for c in chunks:
+        w_t, w_i = max(t.n_tokens for t in c), max(t.instructed_tokens for t in c)
+        widest = max(widest, w_t)
+        flops += len(c) * (prompt_flops(shape, w_t) + prompt_flops(shape, w_i))  # padding is computed too
+        base_calls += 2 * L
+
+        def group_rows(s: int, w_t: int = w_t) -> int:
+            return batch_size or max(1, budget // patch_row_bytes(shape, w_t, s, dtype))
+
+        e, u, k = engine_work(c, layer_sets, L, group_rows)
+        evals, unembed, calls = evals + e, unembed + u, calls + k
+        # each executed layer-token evaluation attends to about the whole padded target
+        flops += e * (projection_flops(shape) + mlp_flops(shape) + attention_flops(shape, w_t))
+    flops += unembed * unembed_flops(shape)
+    plan.counts = {"samples": n, "rows": rows, "distinct_rows": unembed, "layer_sets": len(layer_sets),
+                   "forward_passes": 1 + 2 * n, "layer_token_evals": evals, "layer_calls": calls + base_calls}
+    plan.flops = flops
+    plan.layer_calls = calls + base_calls
+    plan.kernel_calls = rows * OPS_PER_ROW
+    plan.stream_bytes = unembed * shape.d_vocab * 4 * 6  # log-sum-exp, ranks, top-1 over each logits row
+    # memory: the clean run of one chunk (residuals + keys/values of every layer), one group, the records
+    c = min(chunk_size, n)
+    clean = L * c * widest * (shape.d_model + 2 * shape.n_kv_heads * shape.d_head) * DTYPE_BYTES[dtype]
+    s_max = max(t.n_tokens - min(t.positions) for t in targets)
+    need = max(patch_row_bytes(shape, widest, s_max, dtype) * min(rows, 1 << 20), patch_metric_row_bytes(shape, dtype))
+    rows_chunk = rows * c // max(1, n)
+    plan.memory = {**_base_memory(shape, dtype), "clean runs (one chunk)": clean, "engine working set": min(budget, need),
+                   "row records (one chunk)": rows_chunk * ROW_RECORD_BYTES, "result table": rows * ROW_TABLE_BYTES}
+    return plan
+
+
+# --------------------------------------------------------------------------------------------- probe
+def probe_row_bytes(shape: ModelShape, n_tokens: int, dtype: str = "float32") -> int:
+    """Peak activation bytes of one prompt in IV collection's forward: eager attention scores and weights
+    ``[head, pos, pos]``, the layer's hidden states and MLP activations, one logits row (``logits_to_keep=1``)."""
+    b = DTYPE_BYTES[dtype]
+    return (2 * shape.n_heads * n_tokens * n_tokens * b + n_tokens * (6 * shape.d_model + 3 * shape.d_mlp) * b
+            + shape.d_vocab * (b + 4))
+
+
+def probe_batch_size(shape: ModelShape, n_tokens: int, budget: int, dtype: str = "float32") -> int:
+    """Prompts (of up to ``n_tokens`` tokens) per forward of IV collection that fit ``budget`` bytes (at most
+    256: beyond that a CPU forward gets no faster)."""
+    return max(1, min(256, budget // max(1, probe_row_bytes(shape, n_tokens, dtype))))
+
+
+def probe_plan(shape: ModelShape, lengths: Sequence[int], n_layers_probed: int, n_probes: int, *,
+               dtype: str = "float32", batch_size: int | None = None, budget: int = 1 << 30, folds: int = 5,
+               n_shuffles: int = 1, n_classes: int = 4, model: str = "") -> Plan:
+    """IV collection of ``len(lengths)`` instruction-only prompts in left-padded batches (in row order, padded to
+    the batch's longest), then per probed layer ``n_probes`` logistic probes (``folds`` CV fits, as many per
+    shuffle, one held-out fit), LDA, PCA and similarities."""
+    n = len(lengths)
+    bs = batch_size or probe_batch_size(shape, max(lengths), budget, dtype)
+    batches = [lengths[i:i + bs] for i in range(0, n, bs)]
+    flops = sum(len(b) * prompt_flops(shape, max(b)) for b in batches)
+    d = shape.d_model
+    fits = n_layers_probed * n_probes * (folds * (1 + n_shuffles) + 1)
+    iters = 40  # L-BFGS iterations to convergence (10-40 measured), two loss evaluations each
+    flops += fits * iters * 2 * 3 * 2 * n * d * n_classes
+    flops += n_layers_probed * 3 * 4 * n * d * min(n, d)  # LDA, PCA, similarity
+    plan = Plan("probe", model)
+    plan.counts = {"instructions": n, "forward_passes": len(batches), "batch_prompts": bs,
+                   "longest_prompt": max(lengths), "layers": n_layers_probed, "probe_fits": fits}
+    plan.flops = flops
+    plan.layer_calls = len(batches) * shape.n_layers
+    plan.kernel_calls = fits * iters * 2 * 25
+    plan.memory = {**_base_memory(shape, dtype), "one batch's forward": bs * probe_row_bytes(shape, max(lengths), dtype),
+                   "one layer's IVs (probing)": n * d * 4 * 4}
+    return plan
+
+
+# --------------------------------------------------------------------------------------------- trace
+#: ``L·H·T²`` fp32 tensors alive at the tracer's peak: one trace holds the forward pass's attention weights, the
+#: frozen patterns, the full and the restricted graph's head edges, and one temporary; ``--compare`` keeps the
+#: four traces of a sample (A, B, two rephrasings: patterns and two graphs each) until they are compared.
+GRAPH_COPIES = {"single": 5, "compare": 14}
+
+
+def trace_graph_bytes(shape: ModelShape, n_tokens: int, mode: str = "single") -> int:
+    """Bytes of the tracer's ``L·H·T²`` tensors (fp32) at its peak; see :data:`GRAPH_COPIES`."""
+    return 4 * GRAPH_COPIES[mode] * shape.n_layers * shape.n_heads * n_tokens * n_tokens
+
+
+def trace_bytes(shape: ModelShape, n_tokens: int, dtype: str = "float32", beam: int = 256,
+                mode: str = "single") -> int:
+    """Working memory of tracing a prompt of ``n_tokens`` tokens (beyond runtime and weights): the ``L·H·T²``
+    tensors, frozen MLP slopes ``[layer, pos, d_mlp]``, forward states and gradients ``[2L+1, pos, d_model]``,
+    the logits ``[pos, d_vocab]``, fp32 copies of the weights when the model is not fp32, and the beam."""
+    L, T = shape.n_layers, n_tokens
+    alive = 4 if mode == "compare" else 1
+    out = trace_graph_bytes(shape, T, mode)
+    out += alive * (4 * L * T * shape.d_mlp * 2 + 4 * 2 * (2 * L + 1) * T * shape.d_model) + 4 * T * shape.d_vocab * 2
+    out += 4 * beam * T * shape.d_model * 2
+    if dtype != "float32":
+        out += shape.n_params * 4
+    return out
+
+
+def trace_plan(shape: ModelShape, lengths: Sequence[int], *, dtype: str = "float32", beam: int = 256,
+               mode: str = "single", budget: int | None = None, model: str = "") -> Plan:
+    """Tracing ``len(lengths)`` prompts one at a time: a forward with eager attention, the frozen surrogate, the
+    attribution graph (one frozen forward and backward), and a beam search over paths. ``budget``: mark the plan
+    as not fitting (``fits = False``) when the longest prompt's working memory exceeds it."""
+    L, d = shape.n_layers, shape.d_model
+    graphs = 2 if mode == "compare" else 1
+    flops = 0.0
+    for T in lengths:
+        flops += prompt_flops(shape, T, logit_rows=T)  # the model's own forward
+        frozen = T * (projection_flops(shape) + mlp_flops(shape)) + attention_flops(shape, 1) * T * T // 2
+        flops += L * (2 + graphs) * frozen  # surrogate build, frozen forward(s), backward
+        flops += graphs * L * 2 * shape.n_heads * T * T * shape.d_head  # per-head edges
+        flops += L * 2 * beam * (shape.n_heads + 1) * T * d * 2  # beam expansion through heads and MLPs
+    T = max(lengths)
+    plan = Plan("trace", model)
+    plan.counts = {"prompts": len(lengths), "max_tokens": T, "graph_entries": L * shape.n_heads * T * T}
+    plan.flops = flops
+    plan.layer_calls = len(lengths) * L * (3 + graphs)  # the forward, the surrogate, frozen passes
+    plan.kernel_calls = len(lengths) * L * beam // 4
+    work = trace_bytes(shape, T, dtype, beam, mode)
+    graph = trace_graph_bytes(shape, T, mode)
+    plan.memory = {**_base_memory(shape, dtype), "graph (L·H·T² tensors)": graph, "other tracer state": work - graph}
+    if budget is not None and budget <= 0:
+        plan.fits = False
+        plan.notes.append(f"the weights ({weight_bytes(shape, dtype) / 1e9:.1f} GB in {dtype}) leave no memory for the "
+                          "tracer on this machine; the working memory it needs is listed above")
+    elif budget is not None and work > budget:
+        plan.fits = False
+        plan.notes.append(f"the tracer's working memory ({work / 1e9:.2f} GB) exceeds the budget "
+                          f"({budget / 1e9:.2f} GB): at most {max_trace_tokens(shape, budget, dtype, beam, mode)} "
+                          "tokens fit (--max-tokens)")
+    return plan
+
+
+def max_trace_tokens(shape: ModelShape, budget: int, dtype: str = "float32", beam: int = 256,
+                     mode: str = "single") -> int:
+    """The longest prompt whose tracer working memory fits ``budget`` bytes (0 if none)."""
+    lo, hi = 0, 1 << 16
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if trace_bytes(shape, mid, dtype, beam, mode) <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+# --------------------------------------------------------------------------------------------- eval
+def eval_plan(shape: ModelShape, lengths: Sequence[int], max_new_tokens: int, *, dtype: str = "float32",
+              batch_size: int = 16, model: str = "") -> Plan:
+    """Greedy generation of ``max_new_tokens`` for each prompt (lengths ``lengths``), ``batch_size`` at a time:
+    a padded prefill (logits at every position), then one step per new token that reads every weight once."""
+    L = shape.n_layers
+    batches = [list(lengths[i:i + batch_size]) for i in range(0, len(lengths), batch_size)]
+    flops, steps, stream = 0.0, 0, 0.0
+    kv = 0
+    for b in batches:
+        w = max(b)
+        flops += len(b) * prompt_flops(shape, w, logit_rows=w)
+        for t in range(1, max_new_tokens):
+            flops += len(b) * (L * layer_flops(shape, w + t) + unembed_flops(shape))
+        steps += max_new_tokens
+        stream += (max_new_tokens - 1) * weight_bytes(shape, dtype)  # few rows per step: bound by reading weights
+        kv = max(kv, len(b) * L * 2 * shape.n_kv_heads * shape.d_head * (w + max_new_tokens) * DTYPE_BYTES[dtype])
+    w = max(lengths)
+    plan = Plan("eval", model)
+    plan.counts = {"prompts": len(lengths), "batches": len(batches), "generation_steps": steps,
+                   "new_tokens_per_prompt": max_new_tokens}
+    plan.flops = flops
+    plan.layer_calls = steps * L
+    plan.kernel_calls = steps * 40
+    plan.stream_bytes = stream
+    plan.memory = {**_base_memory(shape, dtype), "KV cache": kv,
+                   "prefill logits": batch_size * w * shape.d_vocab * 4 * 2,
+                   "prefill activations": batch_size * (2 * shape.n_heads * w * w + w * 3 * shape.d_mlp)
+                   * DTYPE_BYTES[dtype]}
+    return plan
+
+
+# --------------------------------------------------------------------------------------------- organism build
+@dataclass(frozen=True)
+class TrainStage:
+    """One training stage: ``steps`` optimiser steps of ``batch`` sequences of ``seq_len`` tokens; ``passes``
+    forward-equivalents per sequence (3: forward + backward; DPO: 2 × 3 policy + 2 reference forwards = 8)."""
+
+    name: str
+    steps: int
+    batch: int
+    seq_len: int
+    passes: int = 3
+
+
+def train_plan(shape: ModelShape, stages: Sequence[TrainStage], *, measure_prompts: int = 0,
+               measure_tokens: int = 24, model: str = "") -> Plan:
+    """Training stages on ``shape`` (fp32, AdamW), then ``measure_prompts`` short forwards (the card's checks)."""
+    flops, calls, layer_calls = 0.0, 0.0, 0.0
+    counts: dict[str, int] = {}
+    for st in stages:
+        fwd = prompt_flops(shape, st.seq_len, logit_rows=st.seq_len)
+        flops += st.steps * st.batch * st.passes * fwd
+        n_param_tensors = shape.n_layers * 12 + 3
+        layer_calls += st.steps * st.passes * shape.n_layers
+        calls += st.steps * n_param_tensors * 6
+        counts[f"{st.name}_steps"] = st.steps
+        counts[f"{st.name}_sequences"] = st.steps * st.batch
+    flops += measure_prompts * prompt_flops(shape, measure_tokens, logit_rows=measure_tokens)
+    layer_calls += measure_prompts / 16 * shape.n_layers
+    plan = Plan("organism build", model)
+    plan.counts = counts | {"measure_forwards": measure_prompts}
+    plan.flops = flops
+    plan.kernel_calls = calls
+    plan.layer_calls = layer_calls
+    big = max(stages, key=lambda s: s.batch * s.seq_len * (2 if s.passes > 3 else 1))
+    acts = big.batch * big.seq_len * (2 if big.passes > 3 else 1) * shape.n_layers * (
+        12 * shape.d_model + 4 * shape.d_mlp + 2 * shape.n_heads * big.seq_len) * 4
+    plan.memory = {"runtime": RUNTIME_BYTES + (300 << 20),  # + trl, datasets
+                   "weights, grads, AdamW states (+ DPO reference)": shape.n_params * 4 * 5,
+                   "activations of one batch": acts + big.batch * big.seq_len * shape.d_vocab * 4 * 3}
+    return plan

@@ -1,0 +1,233 @@
+"""Cost estimates: FLOP counts from configs, the estimator's counts against the engine's own counters, dry runs
+from config-only directories (no weights loaded), and the tracer's memory refusal. No timings: the speed and
+accuracy of the estimates are checked by ``benchmarks/estimate_check.py``."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import typer
+from typer.testing import CliRunner
+
+from ivlens.estimate.flops import ModelShape, layer_flops, prompt_flops, unembed_flops
+from ivlens.estimate.model import ApproxTokenizer, model_info
+from ivlens.estimate.plans import (
+    PatchTarget,
+    patch_plan,
+    patch_row_bytes,
+    trace_bytes,
+    trie_states,
+    trie_work,
+)
+from ivlens.testing.tiny import ARCHS, tiny_model, tiny_tokenizer
+
+DATA = Path(__file__).parent / "data"
+OLMO_1B = DATA / "olmo2-0425-1b-config"
+OLMO_7B = DATA / "olmo2-1124-7b-config"
+
+
+# ------------------------------------------------------------------------------------------------ FLOPs
+def test_layer_flops_by_hand():
+    s = ModelShape("llama", n_layers=2, d_model=8, n_heads=4, n_kv_heads=2, d_head=2, d_mlp=16, d_vocab=10)
+    proj = 2 * 8 * 8 + 2 * 2 * 8 * 4 + 2 * 8 * 8  # q, k and v (2 KV heads of 2), o
+    attn = 2 * 2 * 4 * 2 * 5  # scores and mix over 5 keys
+    mlp = 3 * 2 * 8 * 16
+    assert layer_flops(s, 5) == proj + attn + mlp
+    assert unembed_flops(s) == 2 * 8 * 10
+    # a whole prompt: token t attends to t + 1 keys
+    assert prompt_flops(s, 3) == 2 * sum(layer_flops(s, t + 1) for t in range(3)) + unembed_flops(s)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_shape_from_config_matches_the_model(arch, tmp_path):
+    from ivlens.models.adapters import get_adapter
+
+    model = tiny_model(arch)
+    ad = get_adapter(model)
+    model.config.save_pretrained(tmp_path)  # config only: no weights, no tokenizer
+    info = model_info(str(tmp_path))
+    s = info.shape
+    assert (s.n_layers, s.d_model, s.n_heads, s.n_kv_heads, s.d_head, s.d_vocab) == (
+        ad.n_layers, ad.d_model, ad.n_heads, ad.n_kv_heads, ad.d_head, ad.d_vocab)
+    assert s.gated_mlp == (ad.spec.mlp_kind == "gated")
+    assert s.n_params == sum(p.numel() for p in model.parameters())  # counted on the meta device
+    assert isinstance(info.tokenizer, ApproxTokenizer) and "no tokenizer" in info.tokenizer_note
+
+
+def test_olmo2_configs():
+    one, seven = model_info(str(OLMO_1B)).shape, model_info(str(OLMO_7B)).shape
+    assert (one.n_layers, one.d_model, one.n_heads, one.d_mlp, one.d_vocab, one.tied) == (16, 2048, 16, 8192, 100352, False)
+    assert (seven.n_layers, seven.d_model, seven.d_mlp) == (32, 4096, 11008)
+    assert 1.4e9 < one.n_params < 1.6e9 and 7.2e9 < seven.n_params < 7.4e9
+
+
+def test_approx_tokenizer_close_to_a_real_one():
+    from ivlens.tasks import instructed_prompt, load_task
+
+    tok, approx = tiny_tokenizer(), ApproxTokenizer(None, 0)
+    t = load_task("adjectives")
+    p = instructed_prompt(approx, t, t.samples[0], t.subtasks["adj_ant"].instruction)
+    assert p.t_inst is not None and 10 <= len(p) <= 30  # "Given an adjective, state its antonym. Adjective: big. Answer:"
+    assert tok is not None
+
+
+# ------------------------------------------------------------------------------------------------ engine counts
+def _engine_stats(adapter, tok, lengths_rows):
+    from ivlens.patching.engine import EngineStats, RowSpec, clean_run, patched_logits, source_vectors
+
+    seqs = [list(range(5, 5 + n)) for n, _ in lengths_rows]
+    clean = clean_run(adapter, seqs, tok.pad_token_id)
+    ivs = source_vectors(adapter, [[7, 8, 9]], tok.pad_token_id)
+    rows = [RowSpec(b, 0, s, p) for b, (_n, spec) in enumerate(lengths_rows) for p, sets in spec for s in sets]
+    st = EngineStats()
+    patched_logits(adapter, clean, ivs, rows, batch_size=1 << 20, stats=st)
+    return st
+
+
+def test_estimator_counts_equal_the_engine_counters():
+    from ivlens.models.adapters import get_adapter
+    from ivlens.patching.plan import parse_layer_sets
+
+    model = tiny_model("llama", n_layers=5)
+    ad, tok = get_adapter(model), tiny_tokenizer()
+    sets = parse_layer_sets("triplets", 5)
+    targets = [PatchTarget(4, (0, 3), 6), PatchTarget(6, (1, 5), 8), PatchTarget(1, (0,), 3)]
+    st = _engine_stats(ad, tok, [(t.n_tokens, [(p, sets) for p in t.positions]) for t in targets])
+    evals, unembed, _calls = trie_work(targets, sets, 5, lambda s: 1 << 20)
+    assert evals == st.executed_evals
+    assert unembed == st.unique_rows
+    assert trie_states(sets, 5, last=True) == sum(range(1, 5))  # singles of the highest layer
+    from ivlens.dry_run import engine_work
+
+    assert engine_work(targets, sets, 5, lambda s: 1 << 20)[:2] == (evals, unembed)
+
+
+def test_patch_row_bytes_mirrors_the_engine():
+    from ivlens.models.adapters import get_adapter
+    from ivlens.patching import engine
+
+    if not hasattr(engine, "plan_work"):
+        pytest.skip("engine without bounded groups")
+    model = tiny_model("qwen2")
+    ad = get_adapter(model)
+    s = ModelShape.from_config(model.config)
+    for n_keys, n_query in ((7, 1), (12, 5)):
+        assert patch_row_bytes(s, n_keys, n_query) == engine.row_bytes(ad, n_keys, n_query)
+
+
+def test_patch_plan_scales_with_samples():
+    s = model_info(str(OLMO_1B)).shape
+    sets = tuple((i,) for i in range(16))
+    one = patch_plan(s, [PatchTarget(3, (0, 2), 14)] * 4, sets, 10, chunk_size=2)
+    two = patch_plan(s, [PatchTarget(3, (0, 2), 14)] * 8, sets, 10, chunk_size=2)
+    assert two.counts["rows"] == 2 * one.counts["rows"] == 2 * 4 * 2 * 16
+    assert two.counts["layer_token_evals"] == 2 * one.counts["layer_token_evals"]
+    assert two.memory["clean runs (one chunk)"] == one.memory["clean runs (one chunk)"]  # bounded by the chunk
+
+
+# ------------------------------------------------------------------------------------------------ dry runs
+def _app():
+    from ivlens.cli import app
+
+    return app
+
+
+@pytest.fixture
+def no_weights(monkeypatch):
+    """Fail any attempt to load weights (the CLI is imported first, so its own names stay unpatched afterwards)."""
+    import transformers
+
+    import ivlens.cli  # noqa: F401
+
+    def refuse(*a, **k):
+        raise AssertionError("a dry run loaded weights")
+
+    monkeypatch.setattr("ivlens.models.load.load_model", refuse)
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", refuse)
+    monkeypatch.setattr("ivlens.cli_common.load_models", refuse)
+
+
+def test_patch_dry_run_from_config_only(no_weights):
+    r = CliRunner().invoke(_app(), ["patch", "--model", str(OLMO_7B), "--task", "adjectives", "--subtask", "adj_ant",
+                                    "--layers", "triplets", "--positions", "first,last", "--samples", "3",
+                                    "--dry-run"])
+    assert r.exit_code == 0, r.output
+    assert "dry run: patch" in r.output and "rows 32,928" in r.output  # 5,488 sets × 2 positions × 3 samples
+    assert "no tokenizer" in r.output and "peak memory" in r.output and "time ≈" in r.output
+
+
+def test_probe_eval_trace_dry_runs(no_weights, tmp_path):
+    runner = CliRunner()
+    cases = [["probe", "--model", str(OLMO_1B), "--tasks", "adjectives,animals", "--dry-run"],
+             ["eval", "--model", str(OLMO_1B), "--task", "adjectives", "--samples", "4", "--dry-run"],
+             ["trace", "--model", str(OLMO_1B), "--task", "adjectives", "--subtask", "adj_ant", "--sample", "0",
+              "--dry-run"],
+             ["trace", "--model", str(OLMO_1B), "--task", "animals", "--compare", "--samples", "2", "--dry-run"],
+             ["organism", "build", "--dry-run", "--out", str(tmp_path / "never")]]
+    for args in cases:
+        r = runner.invoke(_app(), args)
+        assert r.exit_code == 0, (args, r.output)
+        assert f"dry run: {args[0] if args[0] != 'organism' else 'organism build'}" in r.output, r.output
+    assert not (tmp_path / "never").exists()
+
+
+def test_dry_run_with_a_tokenizer_uses_it(tiny_dir, no_weights):
+    d = tiny_dir("olmo2")
+    r = CliRunner().invoke(_app(), ["patch", "--model", str(d), "--task", "adjectives", "--layers", "pairs",
+                                    "--samples", "2", "--dry-run"])
+    assert r.exit_code == 0, r.output
+    assert "no tokenizer" not in r.output
+
+
+# ------------------------------------------------------------------------------------------------ tracer memory
+def test_trace_refusal_names_max_tokens(tmp_path):
+    from ivlens.dry_run import trace_refusal
+
+    s = model_info(str(OLMO_7B)).shape
+    assert trace_refusal(s, 32, 1 << 34) is None
+    msg = trace_refusal(s, 4096, 1 << 30)
+    assert "--max-tokens" in msg and "L·H·T²" in msg and "--memory-budget" in msg
+    n = int(msg.split("--max-tokens ")[1].split()[0])
+    assert trace_bytes(s, n) <= 1 << 30 < trace_bytes(s, n + 1)
+
+
+def test_trace_cli_refuses_and_max_tokens_fits(tiny_dir, tmp_path):
+    from ivlens.tracing.cli import trace
+
+    app = typer.Typer()
+    app.command("trace")(trace)
+    app.command("noop")(lambda: None)
+    d = tiny_dir("olmo2", n_layers=2)
+    long = " ".join(["the owl can fly"] * 40)
+    r = CliRunner().invoke(app, ["trace", "--model", str(d), "--prompt", long, "--memory-budget", "16MiB",
+                                 "--out", str(tmp_path / "a")])
+    assert r.exit_code == 2, r.output
+    assert "--max-tokens" in r.output and "memory budget" in r.output
+    r = CliRunner().invoke(app, ["trace", "--model", str(d), "--prompt", long, "--max-tokens", "12", "--top-k", "3",
+                                 "--out", str(tmp_path / "b")])
+    assert r.exit_code == 0, r.output
+    paths = json.loads(next((tmp_path / "b").glob("*.paths.json")).read_text())
+    assert paths["n_tokens"] == 12
+
+
+# ------------------------------------------------------------------------------------------------ probe batches
+def test_probe_collection_sizes_batches_from_the_budget(tiny_dir, tmp_path):
+    from ivlens.models.load import load_model
+    from ivlens.probing.collect import auto_batch_size, collect_ivs
+    from ivlens.probing.instructions import instruction_set
+
+    lm = load_model(str(tiny_dir("llama")))
+    rows = instruction_set(["adjectives"], max_per_subtask=6)
+    small = auto_batch_size(lm, 30, "16MiB")
+    assert 1 <= small <= auto_batch_size(lm, 30, "1GiB")
+    a = collect_ivs(lm, rows, tmp_path / "a", memory_budget="16MiB")
+    b = collect_ivs(lm, rows, tmp_path / "b", batch_size=1)
+    assert json.loads((tmp_path / "a" / "meta.json").read_text())["batch_size"] >= 1
+    for layer in a.layers:
+        torch.testing.assert_close(torch.from_numpy(a.load_layer(layer)), torch.from_numpy(b.load_layer(layer)),
+                                   atol=1e-5, rtol=1e-5)
+    shutil.rmtree(tmp_path / "a")
