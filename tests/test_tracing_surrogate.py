@@ -219,6 +219,23 @@ def test_softcap_target_is_the_capped_logit(capped):
     assert slopes[0] != pytest.approx(slopes[1])  # a difference: two slopes
 
 
+def test_saturated_softcap_is_exact():
+    """A cap far below the logits (slopes ≪ 1): the capped logit is still decomposed exactly."""
+    model = tiny_model("gemma2", seed=6)
+    model.config.final_logit_softcapping = 0.02
+    ids = _ids(seed=4)
+    sur = build_surrogate(model, ids)
+    with torch.no_grad():
+        hf = model(ids[None]).logits[0, -1]
+    for k in (int(hf.argmax()), int(hf.argmin())):
+        graph = compute_graph(sur, Target.logit(k))
+        (_, _, z, s), = graph.target_info["softcap"]["tokens"]
+        assert s < 0.5 and abs(z) > 0.04
+        assert graph.real == pytest.approx(float(hf[k]), rel=1e-6)
+        assert graph.completeness_rel_err < 1e-4
+        torch.testing.assert_close(cut_totals(graph), torch.full((sur.n_states,), graph.real), rtol=1e-4, atol=0)
+
+
 def test_uncapped_target_is_the_logit(case):
     _, _, sur = case
     if sur.final_softcap is not None:
