@@ -10,8 +10,10 @@ import torch
 
 
 def _layers(model):
-    base = getattr(model, "model", None) or model.transformer
-    return base.layers if hasattr(base, "layers") else base.h
+    """The decoder blocks: the model's ``nn.ModuleList`` of ``num_hidden_layers`` modules (``model.layers``,
+    ``transformer.h``, ``gpt_neox.layers``, ...), found without ivlens."""
+    n = model.config.num_hidden_layers
+    return next(m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) == n)
 
 
 @torch.no_grad()

@@ -19,7 +19,7 @@ TOL = 1e-5
 
 
 def _model(arch: str, seed: int = 0):
-    kv = 2 if arch in ("llama", "qwen2") else None  # grouped-query attention where the architecture has it
+    kv = None if arch in ("gpt2", "gpt_neox") else 2  # grouped-query attention where the architecture has it
     return tiny_model(arch, seed=seed, n_layers=4, d_model=64, n_heads=4, n_kv_heads=kv)
 
 
