@@ -95,6 +95,7 @@ def test_trace_every_family_from_disk(app, arch, tmp_path):
     assert graph["real"] == pytest.approx(own, rel=1e-5, abs=1e-6)
     capped = getattr(model.config, "final_logit_softcapping", None) is not None
     assert paths["target_definition"] == graph["target"]["definition"] == ("capped_logit" if capped else "logit")
+    assert ("soft-capped" in r.output) == capped
     assert graph["parallel_residual"] == paths["parallel_residual"] == bool(
         getattr(model.config, "use_parallel_residual", False))
     assert len(paths["paths"]) == 3
