@@ -172,10 +172,13 @@ def test_completeness_smollm2():
     model = AutoModelForCausalLM.from_pretrained(d, gguf_file=gguf, dtype=torch.float32).eval()
     ids = tok("The capital of France is", return_tensors="pt").input_ids[0]
     sur = build_surrogate(model, ids, tokenizer=tok)
+    with torch.no_grad():  # an independent forward, in the model's own attention implementation
+        own = model(ids[None]).logits[0, -1].float()
     paris = tok(" Paris", add_special_tokens=False).input_ids[0]
     assert int(sur.logits[-1].argmax()) == paris
     for tgt in (Target.logit(paris), Target.diff(paris, tok(" London", add_special_tokens=False).input_ids[0])):
         graph = compute_graph(sur, tgt)
+        assert graph.real == pytest.approx(float(sum(c * own[k] for k, c in tgt.coef)), rel=1e-4)
         assert graph.completeness_rel_err < 1e-4, graph.completeness_rel_err
         torch.testing.assert_close(cut_totals(graph), torch.full((sur.n_states,), graph.real), rtol=1e-4, atol=0)
 
