@@ -454,9 +454,9 @@ def _freeze_norm(params: NormParams | None, x: Tensor | None, dtype: torch.dtype
     if x is None:
         raise TracingError(f"the norm {type(params.module).__name__} did not run during the forward pass")
     return FrozenNorm(
-        weight=params.weight.detach().to(dtype),
-        bias=None if params.bias is None else params.bias.detach().to(dtype),
-        inv_scale=(1.0 / params.scale(x)).squeeze(-1).to(dtype),
+        weight=params.weight.detach().to(dtype).cpu(),
+        bias=None if params.bias is None else params.bias.detach().to(dtype).cpu(),
+        inv_scale=(1.0 / params.scale(x.cpu())).squeeze(-1).to(dtype),
         center=params.kind == "layer",
     )
 
@@ -546,9 +546,10 @@ def build_surrogate(model, input_ids, adapter: ArchitectureAdapter | None = None
                     dtype: torch.dtype = torch.float32, tokenizer=None) -> Surrogate:
     """Run ``model`` once on ``input_ids`` (``[pos]`` or ``[1, pos]``) and freeze it into a :class:`Surrogate`.
 
-    The maths runs in ``dtype`` (fp32 by default; the model may be bf16). What the adapter describes is folded in:
-    the embedding scale into the embedding source, the value clamp into a mask and constants, the parallel
-    residual into the state layout, a final soft-cap into the target (:func:`logit_slopes`). Raises
+    The maths runs in ``dtype`` on the CPU (fp32 by default; the model may be bf16, and on a GPU). What the
+    adapter describes is folded in: the embedding scale into the embedding source, the value clamp into a mask and
+    constants, the parallel residual into the state layout, a final soft-cap into the target
+    (:func:`logit_slopes`). Raises
     :class:`~ivlens.models.adapters.UnsupportedArchitectureError` for a model without an adapter, and
     :class:`TracingError` where the frozen map would not reproduce the model (embeddings transformed before
     the first layer in a way the adapter does not describe).
@@ -588,7 +589,7 @@ def build_surrogate(model, input_ids, adapter: ArchitectureAdapter | None = None
                  for r in ("attn_in", "attn_out", "mlp_in", "mlp_out")}
         # ---- attention
         ap = adapter.attention_params(l)
-        A = rec.patterns[l].to(dtype)  # [head, pos, pos]
+        A = rec.patterns[l].to(dtype).cpu()  # [head, pos, pos]
         W_V, W_O = cast(ap.W_V).cpu(), cast(ap.W_O).cpu()
         T, d = embed.shape
         # constant per KV head and position written through V: W_V b_norm_in + b_V  -> [kv_head, pos, d_head]
