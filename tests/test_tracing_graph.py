@@ -104,9 +104,10 @@ def test_restricted_paths_and_merged_mlp(arch):
         assert path_value(sur, tgt, p) == pytest.approx(p.value, rel=1e-4, abs=1e-8)
 
 
-def test_beam_finds_the_top_paths():
+@pytest.mark.parametrize("arch", ["llama", "gpt_neox"])
+def test_beam_finds_the_top_paths(arch):
     """A narrow beam's best path equals the best of the exhaustive enumeration on a small model."""
-    sur = _sur("llama", n_layers=2, n_pos=5)
+    sur = _sur(arch, n_layers=2, n_pos=5)
     tgt = Target.logit(42)
     exhaustive = top_paths(sur, tgt, k=5, beam=10**6)
     narrow = top_paths(sur, tgt, k=5, beam=64)
