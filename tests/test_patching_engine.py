@@ -127,38 +127,6 @@ def test_engine_rejects_bad_rows():
         patched_logits(adapter, clean, ivs, [RowSpec(0, 0, (1,), 2)])
 
 
-def _reference_rows(model, tok, task, subtask, sample_ids, layer_sets, positions, mode, target, source_model=None):
-    """Per (sample, position name, layer set): the reference's metrics of the instructed label."""
-    src_model = source_model or model
-    a = task.subtask(subtask)
-    b = task.other(subtask)
-    ivs = ref.source_ivs(src_model, instruction_prompt(tok, a.instruction).input_ids)
-    out = {}
-    for i in sample_ids:
-        s = task.samples[i]
-        instructed = instructed_prompt(tok, task, s, a.instruction)
-        tgt = (query_prompt(tok, task, s, query_style=target) if mode == "transfer"
-               else instructed_prompt(tok, task, s, task.subtask(b).instruction))
-        label = label_token_ids(tok, instructed, s.answer(subtask))[0]
-        space = {label_token_ids(tok, instructed, lab)[0] for lab in a.label_space}
-        alt = label_token_ids(tok, instructed, s.answer(b))[0]
-        base_t = ref.run_logits(model, tgt.input_ids)
-        base_i = ref.run_logits(model, instructed.input_ids)
-        for pos in positions:
-            tok_idx = {"first": 0, "last": len(tgt) - 1, "t_inst": tgt.t_inst}.get(pos, pos)
-            tok_idx = tok_idx % len(tgt) if isinstance(tok_idx, int) else tok_idx
-            for layers in layer_sets:
-                lg = ref.patched_logits(model, tgt.input_ids, ivs, layers, tok_idx)
-                m = ref.label_metrics(lg, label)
-                m["logit_diff"] = float(lg[label] - lg[alt])
-                m["delta_logit_vs_target"] = m["logit"] - float(base_t[label])
-                m["delta_logit_vs_instructed"] = m["logit"] - float(base_i[label])
-                m["acc_top1"] = int(lg.argmax()) == label
-                m["ia"] = int(lg.argmax()) in space
-                out[(i, str(pos), ",".join(map(str, layers)))] = m
-    return out
-
-
 MODES = [("transfer", "bare", "first,last"), ("transfer", "formatted", "first,last,-2"),
          ("contrastive", "bare", "t_inst,last")]
 
@@ -174,7 +142,7 @@ def test_sweep_matches_reference(arch, mode, target, positions, task):
                       target=target, batch_size=11, chunk_size=2)
     sets = [c for k in (1, 2, 3) for c in itertools.combinations(range(4), k)]
     pos_list = [int(p) if p.lstrip("-").isdigit() else p for p in positions.split(",")]
-    want = _reference_rows(model, tok, task, "adj_ant", samples, sets, pos_list, mode, target)
+    want = ref.reference_rows(model, tok, task, "adj_ant", samples, sets, pos_list, mode, target)
     assert len(res.rows) == len(want) == len(samples) * len(sets) * len(pos_list)
     for row in res.rows.itertuples():
         w = want[(row.sample, row.position, row.layers)]
@@ -191,7 +159,7 @@ def test_source_model_matches_reference(arch, task):
     res = patch_sweep(LoadedModel.wrap(base, tok, "base"), task, "adj_ant", layers="pairs", positions="first,last",
                       samples=[1, 2], source_model=LoadedModel.wrap(other, tok, "sft"))
     sets = [c for k in (1, 2) for c in itertools.combinations(range(4), k)]
-    want = _reference_rows(base, tok, task, "adj_ant", [1, 2], sets, ["first", "last"], "transfer", "bare",
+    want = ref.reference_rows(base, tok, task, "adj_ant", [1, 2], sets, ["first", "last"], "transfer", "bare",
                            source_model=other)
     assert set(res.rows.source_model) == {"sft"} and set(res.rows.model) == {"base"}
     for row in res.rows.itertuples():
