@@ -282,3 +282,13 @@ def test_derivation_names_what_is_missing():
         layer.mlp.up_proj, layer.mlp.wu = None, layer.mlp.up_proj
     with pytest.raises(UnsupportedArchitectureError, match="missing the MLP module"):
         derive_spec(model, Family("x", ("LlamaForCausalLM",)))
+
+
+def test_derivation_leaves_the_model_as_it_was():
+    """The probe forward runs in eval mode (dropout off) and restores training mode; no hooks are left behind."""
+    model = tiny_model("gpt2")
+    model.train()
+    ad = get_adapter(model)
+    assert ad.spec.norms == {"attn_in": "ln_1", "mlp_in": "ln_2"}
+    assert all(m.training for m in model.modules())
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())

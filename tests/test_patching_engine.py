@@ -243,3 +243,19 @@ def test_engine_sliding_window_matches_reference():
     for r, logits in zip(rows, got, strict=True):
         want = ref.patched_logits(model, targets[r.target], ref_ivs, r.layers, r.token)
         torch.testing.assert_close(logits, want, atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "gemma2", "olmo", "phi3", "mistral"])
+def test_engine_mqa_matches_reference(arch):
+    """Multi-query attention (one KV head) through the engine: single / pair / triplet sets, first and last."""
+    model = tiny_model(arch, n_kv_heads=1)
+    adapter = get_adapter(model)
+    assert adapter.n_kv_heads == 1
+    targets, source = [(5, 6, 7, 8, 9, 10), (11, 12, 13, 14)], (30, 31, 32, 33)
+    clean = clean_run(adapter, targets, pad_id=1)
+    ivs = source_vectors(adapter, [source], pad_id=1)
+    ref_ivs = ref.source_ivs(model, source)
+    rows = [RowSpec(t, 0, s, p) for t in range(2) for s in [(1,), (0, 2), (0, 1, 3)] for p in (0, len(targets[t]) - 1)]
+    for r, logits in zip(rows, patched_logits(adapter, clean, ivs, rows), strict=True):
+        want = ref.patched_logits(model, targets[r.target], ref_ivs, r.layers, r.token)
+        torch.testing.assert_close(logits, want, atol=TOL, rtol=0)

@@ -218,12 +218,16 @@ def _probe_roles(model: nn.Module, block: nn.Module, attn: nn.Module, mlp: nn.Mo
     vocab = getattr(cfg, "vocab_size", None) or 8
     device = next(model.parameters()).device
     ids = (torch.arange(4, device=device)[None] * 7 + 3) % vocab
+    training = [m for m in model.modules() if m.training]  # dropout off for the probe, restored after
+    model.eval()
     try:
         with torch.no_grad():
             model(input_ids=ids, use_cache=False)
     finally:
         for h in handles:
             h.remove()
+        for m in training:
+            m.train()
 
     def same(a: str, b: str) -> bool:
         x, y = seen.get(a), seen.get(b)
