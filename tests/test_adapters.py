@@ -150,7 +150,7 @@ def test_attention_params_reproduce_attention(arch):
         assert p.W_Q.shape == (ad.n_heads, ad.d_head, ad.d_model)
         assert p.W_K.shape == p.W_V.shape == (ad.n_kv_heads, ad.d_head, ad.d_model)
         assert p.W_O.shape == (ad.n_heads, ad.d_model, ad.d_head)
-    want = {"mistral": {TINY_WINDOW}, "gemma2": {None, TINY_WINDOW}, "gemma3": {None, TINY_WINDOW},
+    want = {"mistral": {TINY_WINDOW}, "starcoder2": {TINY_WINDOW}, "gemma2": {None, TINY_WINDOW}, "gemma3": {None, TINY_WINDOW},
             "olmo3": {None, TINY_WINDOW}, "qwen3": {None, TINY_WINDOW}}.get(arch, {None})
     assert windows == want
 
@@ -198,12 +198,9 @@ def test_norms_by_role_reproduce_modules(arch):
     params = [ad.norm(1, r) for r in roles] + [ad.final_norm_params()] + list(ad.qk_norms(1) or ())
     assert (ad.qk_norms(1) is not None) == (arch in ("olmo2", "olmo3", "qwen3", "gemma3"))
     for n in params:
-        if n.module is ad.final_norm:
-            x, y = _io(n.module, model, IDS)
-        else:
-            x, y = _io(n.module, model, IDS)
+        x, y = _io(n.module, model, IDS)
         torch.testing.assert_close(n.apply(x), y.float(), rtol=1e-5, atol=1e-5)
-        assert n.kind == ("layer" if arch in ("gpt2", "gpt_neox", "olmo") else "rms")
+        assert n.kind == ("layer" if arch in ("gpt2", "gpt_neox", "olmo", "starcoder2") else "rms")
         if arch.startswith("gemma"):  # effective weight 1 + w
             torch.testing.assert_close(n.weight, 1 + n.module.weight.float())
             assert n.offset == 1.0

@@ -40,11 +40,13 @@ from transformers import (
     Qwen3ForCausalLM,
     StableLmConfig,
     StableLmForCausalLM,
+    Starcoder2Config,
+    Starcoder2ForCausalLM,
 )
 
 #: Every architecture with a tiny random model, one per supported family (tests parametrise over these).
 ARCHS = ("olmo2", "llama", "qwen2", "gpt2", "gemma", "gemma2", "gemma3", "qwen3", "olmo3", "olmo", "mistral", "phi3",
-         "gpt_neox")
+         "gpt_neox", "starcoder2")
 #: Tiny models of classes that have *no* adapter (eval and IV collection must still work on them).
 NO_ADAPTER_ARCHS = ("stablelm",)
 TINY_VOCAB = 384
@@ -153,6 +155,8 @@ def tiny_config(arch: str, n_layers: int = 4, d_model: int = 64, n_heads: int = 
                              num_attention_heads=n_heads, max_position_embeddings=256, use_parallel_residual=True,
                              rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
                                               "partial_rotary_factor": 0.5}, **common)
+    if arch == "starcoder2":  # registered by one line of data: LayerNorm with biases, plain MLP, sliding window
+        return Starcoder2Config(**dec, sliding_window=TINY_WINDOW, use_bias=True)
     if arch == "stablelm":  # no adapter: LayerNorm, partial rotary; for the adapter-free analyses
         return StableLmConfig(**dec, partial_rotary_factor=0.5)
     raise ValueError(f"unknown tiny architecture {arch!r}; choose from {ARCHS + NO_ADAPTER_ARCHS}")
@@ -162,7 +166,7 @@ _CLASSES = {"olmo2": Olmo2ForCausalLM, "llama": LlamaForCausalLM, "qwen2": Qwen2
             "gemma": GemmaForCausalLM, "gemma2": Gemma2ForCausalLM, "gemma3": Gemma3ForCausalLM,
             "qwen3": Qwen3ForCausalLM, "olmo3": Olmo3ForCausalLM, "olmo": OlmoForCausalLM,
             "mistral": MistralForCausalLM, "phi3": Phi3ForCausalLM, "gpt_neox": GPTNeoXForCausalLM,
-            "stablelm": StableLmForCausalLM}
+            "starcoder2": Starcoder2ForCausalLM, "stablelm": StableLmForCausalLM}
 
 #: Families whose norms compute ``x̂ · (1 + w)``: their HF init is ``w = 0``, randomised around 0, not 1.
 _ONE_PLUS_W = ("gemma", "gemma2", "gemma3")

@@ -65,6 +65,8 @@ FAMILIES: tuple[Family, ...] = (
     Family("gpt_neox", ("GPTNeoXForCausalLM",), qkv_layout="per_head",
            notes="parallel residual, partial rotary (rotary_pct), query_key_value per head [(q, k, v), d_head], "
                  "LayerNorm and projections with biases, untied embed_out"),
+    # Registered with nothing but its class: everything else derives (the example of docs/architectures.md).
+    Family("starcoder2", ("Starcoder2ForCausalLM",), notes="LayerNorm with biases, plain GELU MLP, sliding window"),
     Family("gpt2", ("GPT2LMHeadModel",),
            notes="pre-LayerNorm with biases, learned absolute positions, fused Conv1D q/k/v"),
 )
