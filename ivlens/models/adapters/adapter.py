@@ -49,7 +49,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from .derive import get_module, resid_from_output, text_config
+from .derive import get_module, norm_eps, resid_from_output, text_config
 from .spec import (
     ArchitectureSpec,
     AttentionParams,
@@ -239,13 +239,7 @@ class ArchitectureAdapter:
     def _norm_params(self, module: nn.Module) -> NormParams:
         """The norm written out: effective weight ``w + offset`` (float32 where the offset is added, as Gemma
         computes ``1 + w.float()``), ones for a norm without weight (OLMo-1)."""
-        eps = None
-        for attr in ("variance_epsilon", "eps", "epsilon", "layer_norm_eps"):
-            value = getattr(module, attr, None)
-            if isinstance(value, (int, float)):
-                eps = float(value)
-                break
-        eps = eps if eps is not None else self.spec.norm_eps
+        eps = norm_eps(module, self.spec.norm_eps)
         if eps is None:
             raise UnsupportedArchitectureError(f"norm {type(module).__name__} exposes no epsilon")
         w = getattr(module, "weight", None)
