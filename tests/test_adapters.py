@@ -289,3 +289,22 @@ def test_derivation_leaves_the_model_as_it_was():
     assert ad.spec.norms == {"attn_in": "ln_1", "mlp_in": "ln_2"}
     assert all(m.training for m in model.modules())
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+@pytest.mark.parametrize("multipliers", [dict(residual_multiplier=0.5), dict(embedding_multiplier=2.0),
+                                         dict(logits_scaling=4.0)])
+def test_derivation_refuses_what_the_vocabulary_cannot_say(multipliers):
+    """Granite's block is Llama's plus multipliers: the probe forward sees that the residual, the embedding or the
+    logits are scaled otherwise than the adapter would compute them, and the derivation refuses (never a guess)."""
+    from transformers import GraniteConfig, GraniteForCausalLM
+
+    cfg = GraniteConfig(vocab_size=384, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, **{"residual_multiplier": 1.0,
+                                                                         "embedding_multiplier": 1.0,
+                                                                         "logits_scaling": 1.0, **multipliers})
+    model = GraniteForCausalLM(cfg).eval()
+    with pytest.raises(UnsupportedArchitectureError, match="cannot derive an adapter for GraniteForCausalLM"):
+        derive_spec(model, Family("granite", ("GraniteForCausalLM",)))
+    plain = GraniteForCausalLM(GraniteConfig(**{**cfg.to_dict(), "residual_multiplier": 1.0,
+                                                "embedding_multiplier": 1.0, "logits_scaling": 1.0})).eval()
+    assert derive_spec(plain, Family("granite", ("GraniteForCausalLM",))).norm_kind == "rms"

@@ -12,7 +12,9 @@ a line of data (:mod:`.registry`), not code:
   the cache keyword from the block's ``forward`` signature.
 - **norm roles and the residual shape** (one probe forward of four tokens, hooks on block 0): a norm whose output
   is the attention's input is ``attn_in``, one whose input is the attention's output ``attn_out`` (and so for the
-  MLP); the MLP reads the same block input as attention → ``parallel_residual``. Values are compared, not guessed
+  MLP); the MLP reads the same block input as attention → ``parallel_residual``; and the block's output must be
+  its input plus the two sublayers' (normed) outputs, else the block does something the vocabulary cannot say
+  (a residual multiplier) and the derivation refuses. Values are compared, not guessed
   from names (``post_attention_layernorm`` is the MLP's *input* norm in Llama and the attention's *output* norm in
   OLMo-2 and Gemma-2).
 - **the norm formula** (numerically, on random inputs): RMS or LayerNorm, weight ``w`` or ``1 + w`` (Gemma), or no
@@ -189,9 +191,10 @@ def _best_formula(module, w, b, eps, d, device, xs, y) -> tuple[float, str, floa
 
 
 # --------------------------------------------------------------------------------------------- the probe
-def _probe_roles(model: nn.Module, block: nn.Module, attn: nn.Module, mlp: nn.Module,
-                 norms: dict[str, nn.Module]) -> tuple[dict[str, str], bool, list[str]]:
-    """Norm roles and parallel residual from one probe forward (hooks on one block; values compared)."""
+def _probe_roles(model: nn.Module, block: nn.Module, attn: nn.Module, mlp: nn.Module, norms: dict[str, nn.Module],
+                 last: nn.Module) -> tuple[dict[str, str], bool, list[str], dict[str, torch.Tensor]]:
+    """Norm roles and parallel residual from one probe forward (hooks on the first block; values compared); also
+    returns what was seen (``ids``, ``logits``, the last block's output ``last.out``) for :func:`_check_ends`."""
     seen: dict[str, torch.Tensor] = {}
 
     def first_arg(args, kwargs):
@@ -210,6 +213,7 @@ def _probe_roles(model: nn.Module, block: nn.Module, attn: nn.Module, mlp: nn.Mo
         handles.append(mod.register_forward_hook(post, with_kwargs=True))
 
     watch("block", block)
+    watch("last", last)
     watch("attn", attn)
     watch("mlp", mlp)
     for path, mod in norms.items():
@@ -222,7 +226,8 @@ def _probe_roles(model: nn.Module, block: nn.Module, attn: nn.Module, mlp: nn.Mo
     model.eval()
     try:
         with torch.no_grad():
-            model(input_ids=ids, use_cache=False)
+            seen["logits"] = model(input_ids=ids, use_cache=False).logits.detach()
+            seen["ids"] = ids
     finally:
         for h in handles:
             h.remove()
@@ -251,7 +256,51 @@ def _probe_roles(model: nn.Module, block: nn.Module, attn: nn.Module, mlp: nn.Mo
     attn_read = f"norm:{by_role['attn_in']}.in" if "attn_in" in by_role else "attn.in"
     mlp_read = f"norm:{by_role['mlp_in']}.in" if "mlp_in" in by_role else "mlp.in"
     parallel = same(attn_read, "block.in") and same(mlp_read, "block.in")
-    return roles, parallel, problems
+    if not problems and not _residual_adds_up(seen, by_role, parallel):
+        problems.append("a block output equal to its input plus the attention and MLP outputs (after their output "
+                        "norms); this block scales or mixes them otherwise (e.g. a residual multiplier)")
+    return roles, parallel, problems, seen
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    tol = 1e-4 if b.dtype == torch.float32 else 5e-2
+    return a.shape == b.shape and bool(((a.float() - b.float()).abs() <= tol * (1 + b.float().abs())).all())
+
+
+def _check_ends(model: nn.Module, found: dict, seen: dict[str, torch.Tensor]) -> list[str]:
+    """The ends of the network are what the adapter will compute: the first block's input is the token embedding
+    (plus learned positions), and the logits are ``unembed(final_norm(last block output))``, soft-capped where the
+    config says so. A model that scales either otherwise (Granite's ``embedding_multiplier``, ``logits_scaling``;
+    Cohere's ``logit_scale``) is refused."""
+    problems = []
+    ids = seen["ids"]
+    with torch.no_grad():
+        h = get_module(model, found["embed"])(ids)
+        if found.get("pos_embed"):
+            h = h + get_module(model, found["pos_embed"])(torch.arange(ids.shape[1], device=ids.device)[None])
+        if not _close(h, seen["block.in"]):
+            problems.append("a first layer that reads the token embedding as its embedding module returns it (the "
+                            "model scales or transforms it in between)")
+        z = get_module(model, found["unembed"])(get_module(model, found["final_norm"])(seen["last.out"]))
+        cap = getattr(text_config(model), "final_logit_softcapping", None)
+        if cap is not None:
+            z = torch.tanh(z / cap) * cap
+        if not _close(z, seen["logits"]):
+            problems.append("logits equal to unembed(final_norm(last layer output)) (the model scales them "
+                            "otherwise)")
+    return problems
+
+
+def _residual_adds_up(seen: dict[str, torch.Tensor], by_role: dict[str, str], parallel: bool) -> bool:
+    """The block output is ``x + attn + mlp`` (each after its output norm, if any), up to rounding."""
+    attn = seen[f"norm:{by_role['attn_out']}.out"] if "attn_out" in by_role else seen.get("attn.out")
+    mlp = seen[f"norm:{by_role['mlp_out']}.out"] if "mlp_out" in by_role else seen.get("mlp.out")
+    x, out = seen.get("block.in"), seen.get("block.out")
+    if any(t is None for t in (attn, mlp, x, out)):
+        return False
+    want = (x.float() + attn.float() + mlp.float())
+    tol = 1e-4 if out.dtype == torch.float32 else 5e-2
+    return bool(((want - out.float()).abs() <= tol * (1 + out.float().abs())).all())
 
 
 # ------------------------------------------------------------------------------------------ derivation
@@ -340,8 +389,9 @@ def derive_spec(model: nn.Module, family: Family) -> ArchitectureSpec:
     inner = tuple(p + "." for p in (attn_path, mlp_path) if p)
     block_norms = {n: m for n, m in block.named_modules() if n and not n.startswith(inner) and is_norm(m)}
     if attn is not None and mlp is not None and "final_norm" in d.found:
-        roles, parallel, problems = _probe_roles(model, block, attn, mlp, block_norms)
-        d.missing += problems
+        roles, parallel, problems, seen = _probe_roles(model, block, attn, mlp, block_norms, layers[-1])
+        ends_known = {"embed", "unembed"} <= d.found.keys()
+        d.missing += problems or (_check_ends(model, d.found, seen) if ends_known else [])
         d.found["norms"] = {r: p for p, r in roles.items()}
         d.found["parallel_residual"] = parallel
         # the norm formula, the same for every norm of the model
