@@ -98,3 +98,33 @@ def test_every_family_has_a_tiny_model():
     classes = {type(tiny_model(a, n_layers=1)).__name__ for a in ARCHS}
     assert classes == {c for f in FAMILIES for c in f.classes}
     assert len(list(itertools.chain(ARCHS))) == len(FAMILIES)
+
+
+@pytest.mark.slow
+def test_smollm2_eval_patch_probe_through_the_cli(tmp_path, task):
+    """The real SmolLM2-135M-Instruct weights (LlamaForCausalLM from GGUF) the way a user runs them: eval, patch
+    (equal to a naive hooked forward per row within 1e-4) and probe."""
+    from ivlens.models.load import load_model
+
+    name = "smollm2-135m-instruct"
+    r = runner.invoke(app, ["eval", "--model", name, "--task", "adjectives", "--subtask", "adj_ant", "--samples", "2",
+                            "--out", str(tmp_path / "eval")])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["patch", "--model", name, "--task", "adjectives", "--subtask", "adj_ant",
+                            "--layers", "5;10,20;3,15,27", "--positions", "first,last", "--samples", "1",
+                            "--no-figures", "--out", str(tmp_path / "patch")])
+    assert r.exit_code == 0, r.output
+    rows = RunDir.open(tmp_path / "patch").read_table("patch")
+    lm = load_model(name)
+    assert len(rows) == (6 + 2) * 2  # the CLI adds the single layers of the listed sets (3, 5, 10, 15, 20, 27)
+    sets = [(5,), (15,), (10, 20), (3, 15, 27)]  # a naive forward per row is slow on 135 M: check a subset
+    want = ref.reference_rows(lm.model, lm.tokenizer, task, "adj_ant", sorted(set(rows["sample"])), sets,
+                              ["first", "last"], "transfer", "bare")
+    rows = rows[rows.layers.isin({",".join(map(str, s)) for s in sets})]
+    assert len(rows) == len(want) == len(sets) * 2
+    for row in rows.itertuples():
+        assert row.logit == pytest.approx(want[(row.sample, row.position, row.layers)]["logit"], abs=TOL)
+    r = runner.invoke(app, ["probe", "--model", name, "--tasks", "adjectives,animals", "--layers", "0,15,-1",
+                            "--max-per-subtask", "8", "--folds", "2", "--out", str(tmp_path / "probe")])
+    assert r.exit_code == 0, r.output
+    assert sorted(pd.read_parquet(tmp_path / "probe" / "probe_accuracy.parquet").layer.unique()) == [0, 15, 29]
