@@ -10,8 +10,10 @@ import torch
 
 
 def _layers(model):
-    base = getattr(model, "model", None) or model.transformer
-    return base.layers if hasattr(base, "layers") else base.h
+    """The decoder blocks: the model's ``nn.ModuleList`` of ``num_hidden_layers`` modules (``model.layers``,
+    ``transformer.h``, ``gpt_neox.layers``, ...), found without ivlens."""
+    n = model.config.num_hidden_layers
+    return next(m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) == n)
 
 
 @torch.no_grad()
@@ -63,3 +65,38 @@ def label_metrics(logits: torch.Tensor, label: int) -> dict[str, float]:
     prob = float(torch.softmax(logits.double(), -1)[label])
     rank = 1 + int((logits > logits[label]).sum())
     return {"logit": logit, "prob": prob, "rank": rank, "rr": 1.0 / rank}
+
+
+def reference_rows(model, tok, task, subtask, sample_ids, layer_sets, positions, mode, target, source_model=None):
+    """Per (sample, position name, layer set): the reference's metrics of the instructed label, for the prompts
+    :func:`ivlens.patching.sweep.patch_sweep` builds (one naive hooked forward per row)."""
+    from ivlens.tasks import instructed_prompt, instruction_prompt, label_token_ids, query_prompt
+
+    src_model = source_model or model
+    a = task.subtask(subtask)
+    b = task.other(subtask)
+    ivs = source_ivs(src_model, instruction_prompt(tok, a.instruction).input_ids)
+    out = {}
+    for i in sample_ids:
+        s = task.samples[i]
+        instructed = instructed_prompt(tok, task, s, a.instruction)
+        tgt = (query_prompt(tok, task, s, query_style=target) if mode == "transfer"
+               else instructed_prompt(tok, task, s, task.subtask(b).instruction))
+        label = label_token_ids(tok, instructed, s.answer(subtask))[0]
+        space = {label_token_ids(tok, instructed, lab)[0] for lab in a.label_space}
+        alt = label_token_ids(tok, instructed, s.answer(b))[0]
+        base_t = run_logits(model, tgt.input_ids)
+        base_i = run_logits(model, instructed.input_ids)
+        for pos in positions:
+            tok_idx = {"first": 0, "last": len(tgt) - 1, "t_inst": tgt.t_inst}.get(pos, pos)
+            tok_idx = tok_idx % len(tgt) if isinstance(tok_idx, int) else tok_idx
+            for layers in layer_sets:
+                lg = patched_logits(model, tgt.input_ids, ivs, layers, tok_idx)
+                m = label_metrics(lg, label)
+                m["logit_diff"] = float(lg[label] - lg[alt])
+                m["delta_logit_vs_target"] = m["logit"] - float(base_t[label])
+                m["delta_logit_vs_instructed"] = m["logit"] - float(base_i[label])
+                m["acc_top1"] = int(lg.argmax()) == label
+                m["ia"] = int(lg.argmax()) in space
+                out[(i, str(pos), ",".join(map(str, layers)))] = m
+    return out

@@ -26,6 +26,30 @@ def test_bfloat16(tiny_dir):
     assert lm.adapter.embed.weight.dtype == torch.bfloat16
 
 
+@pytest.mark.parametrize("arch", ["gemma2", "gpt_neox", "olmo"])
+def test_bfloat16_adapters_derive(tiny_dir, arch):
+    """The adapter derives in bfloat16 too (norm formula within bf16 tolerance), and its logits are the model's."""
+    lm = load_model(str(tiny_dir(arch)), dtype="bfloat16")
+    ad = lm.adapter
+    assert ad.spec.norm_weight_offset == (1.0 if arch == "gemma2" else 0.0)
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    with torch.no_grad(), ad.capture_resid([ad.n_layers - 1]) as cache:
+        logits = lm.model(ids).logits
+    torch.testing.assert_close(ad.logits(cache[ad.n_layers - 1]), logits, rtol=0, atol=0)
+
+
+def test_load_without_adapter(tiny_dir):
+    """Any causal LM loads; the adapter is asked for only by the analyses that need it."""
+    from ivlens.models.adapters import UnsupportedArchitectureError
+
+    lm = load_model(str(tiny_dir("stablelm")))
+    desc = lm.describe()
+    assert desc["architecture"] == "StableLmForCausalLM" and desc["adapter"] is None
+    assert (desc["n_layers"], desc["d_model"], lm.n_layers) == (4, 64, 4) and not lm.has_adapter
+    with pytest.raises(UnsupportedArchitectureError, match="no architecture adapter for StableLmForCausalLM"):
+        _ = lm.adapter
+
+
 def test_pickle_only_directory_is_refused(tmp_path, tiny_dir):
     d = tiny_dir("llama")
     for f in d.glob("*.safetensors"):

@@ -19,7 +19,7 @@ TOL = 1e-5
 
 
 def _model(arch: str, seed: int = 0):
-    kv = 2 if arch in ("llama", "qwen2") else None  # grouped-query attention where the architecture has it
+    kv = None if arch in ("gpt2", "gpt_neox") else 2  # grouped-query attention where the architecture has it
     return tiny_model(arch, seed=seed, n_layers=4, d_model=64, n_heads=4, n_kv_heads=kv)
 
 
@@ -127,38 +127,6 @@ def test_engine_rejects_bad_rows():
         patched_logits(adapter, clean, ivs, [RowSpec(0, 0, (1,), 2)])
 
 
-def _reference_rows(model, tok, task, subtask, sample_ids, layer_sets, positions, mode, target, source_model=None):
-    """Per (sample, position name, layer set): the reference's metrics of the instructed label."""
-    src_model = source_model or model
-    a = task.subtask(subtask)
-    b = task.other(subtask)
-    ivs = ref.source_ivs(src_model, instruction_prompt(tok, a.instruction).input_ids)
-    out = {}
-    for i in sample_ids:
-        s = task.samples[i]
-        instructed = instructed_prompt(tok, task, s, a.instruction)
-        tgt = (query_prompt(tok, task, s, query_style=target) if mode == "transfer"
-               else instructed_prompt(tok, task, s, task.subtask(b).instruction))
-        label = label_token_ids(tok, instructed, s.answer(subtask))[0]
-        space = {label_token_ids(tok, instructed, lab)[0] for lab in a.label_space}
-        alt = label_token_ids(tok, instructed, s.answer(b))[0]
-        base_t = ref.run_logits(model, tgt.input_ids)
-        base_i = ref.run_logits(model, instructed.input_ids)
-        for pos in positions:
-            tok_idx = {"first": 0, "last": len(tgt) - 1, "t_inst": tgt.t_inst}.get(pos, pos)
-            tok_idx = tok_idx % len(tgt) if isinstance(tok_idx, int) else tok_idx
-            for layers in layer_sets:
-                lg = ref.patched_logits(model, tgt.input_ids, ivs, layers, tok_idx)
-                m = ref.label_metrics(lg, label)
-                m["logit_diff"] = float(lg[label] - lg[alt])
-                m["delta_logit_vs_target"] = m["logit"] - float(base_t[label])
-                m["delta_logit_vs_instructed"] = m["logit"] - float(base_i[label])
-                m["acc_top1"] = int(lg.argmax()) == label
-                m["ia"] = int(lg.argmax()) in space
-                out[(i, str(pos), ",".join(map(str, layers)))] = m
-    return out
-
-
 MODES = [("transfer", "bare", "first,last"), ("transfer", "formatted", "first,last,-2"),
          ("contrastive", "bare", "t_inst,last")]
 
@@ -174,7 +142,7 @@ def test_sweep_matches_reference(arch, mode, target, positions, task):
                       target=target, batch_size=11, chunk_size=2)
     sets = [c for k in (1, 2, 3) for c in itertools.combinations(range(4), k)]
     pos_list = [int(p) if p.lstrip("-").isdigit() else p for p in positions.split(",")]
-    want = _reference_rows(model, tok, task, "adj_ant", samples, sets, pos_list, mode, target)
+    want = ref.reference_rows(model, tok, task, "adj_ant", samples, sets, pos_list, mode, target)
     assert len(res.rows) == len(want) == len(samples) * len(sets) * len(pos_list)
     for row in res.rows.itertuples():
         w = want[(row.sample, row.position, row.layers)]
@@ -191,7 +159,7 @@ def test_source_model_matches_reference(arch, task):
     res = patch_sweep(LoadedModel.wrap(base, tok, "base"), task, "adj_ant", layers="pairs", positions="first,last",
                       samples=[1, 2], source_model=LoadedModel.wrap(other, tok, "sft"))
     sets = [c for k in (1, 2) for c in itertools.combinations(range(4), k)]
-    want = _reference_rows(base, tok, task, "adj_ant", [1, 2], sets, ["first", "last"], "transfer", "bare",
+    want = ref.reference_rows(base, tok, task, "adj_ant", [1, 2], sets, ["first", "last"], "transfer", "bare",
                            source_model=other)
     assert set(res.rows.source_model) == {"sft"} and set(res.rows.model) == {"base"}
     for row in res.rows.itertuples():
@@ -273,5 +241,21 @@ def test_engine_sliding_window_matches_reference():
     got = patched_logits(adapter, clean, ivs, rows, batch_size=9)
     ref_ivs = ref.source_ivs(model, (30, 31, 32))
     for r, logits in zip(rows, got, strict=True):
+        want = ref.patched_logits(model, targets[r.target], ref_ivs, r.layers, r.token)
+        torch.testing.assert_close(logits, want, atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "gemma2", "olmo", "phi3", "mistral"])
+def test_engine_mqa_matches_reference(arch):
+    """Multi-query attention (one KV head) through the engine: single / pair / triplet sets, first and last."""
+    model = tiny_model(arch, n_kv_heads=1)
+    adapter = get_adapter(model)
+    assert adapter.n_kv_heads == 1
+    targets, source = [(5, 6, 7, 8, 9, 10), (11, 12, 13, 14)], (30, 31, 32, 33)
+    clean = clean_run(adapter, targets, pad_id=1)
+    ivs = source_vectors(adapter, [source], pad_id=1)
+    ref_ivs = ref.source_ivs(model, source)
+    rows = [RowSpec(t, 0, s, p) for t in range(2) for s in [(1,), (0, 2), (0, 1, 3)] for p in (0, len(targets[t]) - 1)]
+    for r, logits in zip(rows, patched_logits(adapter, clean, ivs, rows), strict=True):
         want = ref.patched_logits(model, targets[r.target], ref_ivs, r.layers, r.token)
         torch.testing.assert_close(logits, want, atol=TOL, rtol=0)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from patching_reference import _layers
 
 from ivlens.models.load import LoadedModel
 from ivlens.probing.collect import collect_ivs, load_layer, parse_layers
@@ -16,7 +17,7 @@ from ivlens.probing.instructions import (
     rewrite_label_space,
 )
 from ivlens.tasks.prompts import instruction_prompt
-from ivlens.testing.tiny import tiny_model, tiny_tokenizer
+from ivlens.testing.tiny import ARCHS, NO_ADAPTER_ARCHS, tiny_model, tiny_tokenizer
 
 TEXTS = [
     "Given an adjective, state its antonym.",
@@ -47,18 +48,21 @@ def _plain_hook_readout(model, layer_module, ids: list[int], t_inst: int) -> tor
     return got["h"]
 
 
+@pytest.mark.parametrize("arch", ARCHS + NO_ADAPTER_ARCHS)
 @pytest.mark.parametrize("fmt", ["raw", "chat"])
 def test_collected_iv_equals_plain_hook_at_t_inst(arch, tmp_path, fmt):
-    model = tiny_model(arch)
+    """Every family, and a class without an adapter (IV collection needs none)."""
+    model = tiny_model(arch, n_kv_heads=None if arch in ("gpt2", "gpt_neox") else 2)
     tok = tiny_tokenizer()
     loaded = LoadedModel.wrap(model, tok, f"tiny-{arch}")
     store = collect_ivs(loaded, _rows(TEXTS), tmp_path / "ivs", batch_size=3, fmt=fmt)  # 2 batches, left-padded
     labels = store.labels()
     assert len(set(labels.n_tokens)) > 1  # the batches really are padded
-    layers = loaded.adapter.layers
-    for layer in range(loaded.adapter.n_layers):
+    layers = _layers(model)  # found without ivlens
+    assert loaded.n_layers == len(layers) == 4
+    for layer in range(loaded.n_layers):
         X = store.load_layer(layer)
-        assert X.shape == (len(TEXTS), loaded.adapter.d_model) and X.dtype == np.float32
+        assert X.shape == (len(TEXTS), loaded.d_model) and X.dtype == np.float32
         for i, text in enumerate(TEXTS):
             p = instruction_prompt(tok, text, fmt)
             ref = _plain_hook_readout(model, layers[layer], list(p.input_ids), p.t_inst)
@@ -67,7 +71,7 @@ def test_collected_iv_equals_plain_hook_at_t_inst(arch, tmp_path, fmt):
 
 def test_collect_layer_subset_and_resume(tmp_path):
     loaded = LoadedModel.wrap(tiny_model("llama"), tiny_tokenizer(), "tiny")
-    layers = parse_layers("0,-1", loaded.adapter.n_layers)
+    layers = parse_layers("0,-1", loaded.n_layers)
     assert layers == [0, 3]
     store = collect_ivs(loaded, _rows(TEXTS), tmp_path, layers=layers, batch_size=2)
     assert store.layers == [0, 3] and len(store.shards()) == 3

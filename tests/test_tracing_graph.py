@@ -7,15 +7,13 @@ import json
 import pytest
 import torch
 
-from ivlens.testing.tiny import tiny_model
+from ivlens.testing.tiny import ARCHS, TINY_WINDOW, tiny_model
 from ivlens.tracing.graph import compute_graph, cut_totals, edge_list, graph_to_json, source_mask
 from ivlens.tracing.paths import path_value, top_paths
 from ivlens.tracing.surrogate import Target, build_surrogate, frozen_forward, readout
 
-ARCHS = ["olmo2", "llama", "qwen2", "gpt2"]
 
-
-def _sur(arch: str, n_layers: int = 2, n_pos: int = 5, **kw):
+def _sur(arch: str, n_layers: int = 2, n_pos: int = TINY_WINDOW + 2, **kw):
     model = tiny_model(arch, seed=2, n_layers=n_layers, d_model=32, n_heads=2, **kw)
     ids = torch.randint(5, 300, (n_pos,), generator=torch.Generator().manual_seed(1))
     return build_surrogate(model, ids)
@@ -32,7 +30,7 @@ def test_restricted_sources_cuts(arch):
     ref = float(readout(sur, tgt, frozen_forward(sur, x0, with_bias=False)[-1], with_bias=False))
     assert not g.with_bias
     assert g.value == pytest.approx(ref, rel=1e-4)
-    torch.testing.assert_close(cut_totals(g), torch.full((7,), ref), rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(cut_totals(g), torch.full((sur.n_states,), ref), rtol=1e-4, atol=1e-7)
 
 
 def test_source_mask():
@@ -65,7 +63,7 @@ def test_edge_list_pruning_and_json():
 @pytest.mark.parametrize("arch", ARCHS)
 def test_all_paths_sum_to_logit(arch):
     """With an unbounded beam the search enumerates every path; they sum to y, each value checked forwards."""
-    sur = _sur(arch, n_pos=4, n_kv_heads=1) if arch != "gpt2" else _sur(arch, n_pos=4)
+    sur = _sur(arch, n_pos=TINY_WINDOW + 1, n_kv_heads=1)  # MQA where the family has it; the window bites
     tgt = Target.logit(19)
     paths = top_paths(sur, tgt, k=10**6, beam=10**6)
     g = compute_graph(sur, tgt)
@@ -80,10 +78,19 @@ def test_all_paths_sum_to_logit(arch):
     through = sum(p.value for p in paths if any(h.kind == "head" and (h.layer, h.head, h.src, h.dst) ==
                                                 (e.layer, e.head, e.src, e.dst) for h in p.hops))
     assert through == pytest.approx(e.value, rel=1e-4, abs=1e-8)
+    # the paths through one MLP edge too
+    e = next(e for e in edge_list(g) if e.kind == "mlp")
+    through = sum(p.value for p in paths if any(h.kind == "mlp" and (h.layer, h.dst) == (e.layer, e.dst)
+                                                for h in p.hops))
+    assert through == pytest.approx(e.value, rel=1e-4, abs=1e-8)
+    if sur.parallel:  # one step per layer: never a head and the MLP of the same layer
+        assert all(len({h.layer for h in p.hops}) == len(p.hops) for p in paths)
+        assert any(h.kind == "mlp" for p in paths for h in p.hops)
 
 
-def test_restricted_paths_and_merged_mlp():
-    sur = _sur("olmo2", n_pos=4)
+@pytest.mark.parametrize("arch", ["olmo2", "gpt_neox", "gemma2"])
+def test_restricted_paths_and_merged_mlp(arch):
+    sur = _sur(arch, n_pos=4)
     tgt = Target.logit(3)
     restricted = top_paths(sur, tgt, k=10**6, beam=10**6, start_pos=2, end_pos=2)
     assert {p.pos for p in restricted} == {2} and all(p.source == "embed" for p in restricted)
@@ -91,15 +98,29 @@ def test_restricted_paths_and_merged_mlp():
     merged = top_paths(sur, tgt, k=10**6, beam=10**6, merge_mlp=True)
     assert all(h.kind == "head" for p in merged for h in p.hops)
     assert sum(p.value for p in merged) == pytest.approx(compute_graph(sur, tgt).real, rel=1e-4)
+    if sur.parallel:
+        assert all(len({h.layer for h in p.hops}) == len(p.hops) for p in merged)
     for p in merged[:20]:
         assert path_value(sur, tgt, p) == pytest.approx(p.value, rel=1e-4, abs=1e-8)
 
 
-def test_beam_finds_the_top_paths():
+@pytest.mark.parametrize("arch", ["llama", "gpt_neox"])
+def test_beam_finds_the_top_paths(arch):
     """A narrow beam's best path equals the best of the exhaustive enumeration on a small model."""
-    sur = _sur("llama", n_layers=2, n_pos=5)
+    sur = _sur(arch, n_layers=2, n_pos=5)
     tgt = Target.logit(42)
     exhaustive = top_paths(sur, tgt, k=5, beam=10**6)
     narrow = top_paths(sur, tgt, k=5, beam=64)
     assert narrow[0].value == pytest.approx(exhaustive[0].value)
     assert "→" in narrow[0].describe() or narrow[0].hops == ()
+
+
+def test_parallel_residual_graph_shape():
+    """GPT-NeoX: one state per layer, one skip per layer, L + 1 cuts, and the JSON says so."""
+    sur = _sur("gpt_neox", n_layers=3)
+    assert sur.parallel and sur.n_states == 4
+    g = compute_graph(sur, Target.logit(7))
+    assert g.parallel and g.mlp_skip is None and g.attn_skip.shape == (3, sur.n_pos)
+    assert cut_totals(g).shape == (4,)
+    assert all(e.kind != "mlp_skip" for e in edge_list(g, include_skip=True))
+    assert graph_to_json(g)["parallel_residual"] is True

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
 
 from ivlens.models.adapters import UnsupportedArchitectureError, get_adapter
-from ivlens.testing.tiny import tiny_model
+from ivlens.testing.tiny import ARCHS, TINY_WINDOW, tiny_model
 from ivlens.tracing.graph import compute_graph, cut_totals
 from ivlens.tracing.surrogate import (
     Target,
@@ -24,11 +26,15 @@ from ivlens.tracing.surrogate import (
     real_target,
 )
 
-CASES = [("olmo2", None), ("olmo2", 2), ("llama", None), ("llama", 2), ("llama", 1), ("qwen2", None),
-         ("qwen2", 2), ("gpt2", None)]
+#: Families whose attention is multi-head only (their configs have no key/value head count).
+MHA_ONLY = ("gpt2", "gpt_neox")
+#: Every tiny family with MHA, and GQA where the family allows it (MQA: the exhaustive path test of every family in
+#: test_tracing_graph.py, and Llama here).
+CASES = [(a, kv) for a in ARCHS for kv in ((None,) if a in MHA_ONLY else (None, 2))] + [("llama", 1)]
+N_POS = 11  # longer than the tiny models' sliding window (TINY_WINDOW)
 
 
-def _ids(n: int = 11, seed: int = 0) -> torch.Tensor:
+def _ids(n: int = N_POS, seed: int = 0) -> torch.Tensor:
     return torch.randint(5, 300, (n,), generator=torch.Generator().manual_seed(seed))
 
 
@@ -47,8 +53,21 @@ def test_states_match_real_residual_stream(case):
     with torch.no_grad(), ad.capture_resid() as cache:
         model(ids[None])
     states = frozen_forward(sur, sur.x0)
+    assert len(states) == sur.n_states == (ad.n_layers + 1 if ad.parallel_residual else 2 * ad.n_layers + 1)
     for l in range(ad.n_layers):  # noqa: E741
-        torch.testing.assert_close(states[2 * l + 2], cache[l][0], atol=2e-5, rtol=1e-4)
+        torch.testing.assert_close(states[sur.state_in(l, "mlp") + 1], cache[l][0], atol=2e-5, rtol=1e-4)
+
+
+def test_real_is_the_models_own_logit(case):
+    """The traced ``real`` is the logit of an independent HF forward (soft-capped where the model caps)."""
+    model, ids, sur = case
+    with torch.no_grad():
+        logits = model(ids[None]).logits[0].float()
+    for tgt in (Target.logit(17), Target.diff(17, 40, pos=-3)):
+        graph = compute_graph(sur, tgt)
+        row = logits[tgt.pos]
+        assert graph.real == pytest.approx(float(sum(c * row[k] for k, c in tgt.coef)), rel=1e-5, abs=1e-6)
+        assert graph.completeness_rel_err < 1e-4
 
 
 @pytest.mark.parametrize("kind", ["logit", "diff"])
@@ -60,7 +79,7 @@ def test_completeness(case, kind):
     real = real_target(sur, tgt)
     assert abs(graph.value - real) <= 1e-4 * abs(real)
     assert graph.completeness_rel_err < 1e-4
-    torch.testing.assert_close(cut_totals(graph), torch.full((2 * sur.n_layers + 1,), real), rtol=1e-4, atol=0)
+    torch.testing.assert_close(cut_totals(graph), torch.full((sur.n_states,), real), rtol=1e-4, atol=0)
 
 
 def test_backward_matches_autograd(case):
@@ -92,6 +111,23 @@ def test_every_position_is_complete(case):
         tgt = Target.logit(100, pos=pos)
         g = compute_graph(sur, tgt)
         assert abs(g.value - real_target(sur, tgt)) <= 1e-4 * abs(real_target(sur, tgt)) + 1e-7
+
+
+def test_tiny_families_exercise_their_maths(case):
+    """The features the tracer must fold in really act on the tiny models (else the tests above prove little)."""
+    model, _, sur = case
+    ad = get_adapter(model)
+    windows = [ad.sliding_window(l) for l in range(ad.n_layers)]  # noqa: E741
+    for l, w in enumerate(windows):  # noqa: E741
+        if w is not None:  # query t sees keys t-w+1 … t only, and the prompt is longer than the window
+            assert w == TINY_WINDOW < sur.n_pos
+            assert (sur.attn[l].pattern.tril(-w) == 0).all()
+    if ad.embed_scale is not None:
+        torch.testing.assert_close(sur.embed, ad.embed.weight[sur.input_ids].float() * ad.embed_scale)
+    if ad.qkv_clip is not None:  # the clamp bites on some values, not all
+        masks = torch.stack([a.v_mask for a in sur.attn])
+        assert 0 < float(masks.mean()) < 1
+    assert sur.parallel == ad.parallel_residual
 
 
 def test_plain_slope_limit():
@@ -136,9 +172,76 @@ def test_completeness_smollm2():
     model = AutoModelForCausalLM.from_pretrained(d, gguf_file=gguf, dtype=torch.float32).eval()
     ids = tok("The capital of France is", return_tensors="pt").input_ids[0]
     sur = build_surrogate(model, ids, tokenizer=tok)
+    with torch.no_grad():  # an independent forward, in the model's own attention implementation
+        own = model(ids[None]).logits[0, -1].float()
     paris = tok(" Paris", add_special_tokens=False).input_ids[0]
     assert int(sur.logits[-1].argmax()) == paris
     for tgt in (Target.logit(paris), Target.diff(paris, tok(" London", add_special_tokens=False).input_ids[0])):
         graph = compute_graph(sur, tgt)
+        assert graph.real == pytest.approx(float(sum(c * own[k] for k, c in tgt.coef)), rel=1e-4)
         assert graph.completeness_rel_err < 1e-4, graph.completeness_rel_err
-        torch.testing.assert_close(cut_totals(graph), torch.full((2 * sur.n_layers + 1,), graph.real), rtol=1e-4, atol=0)
+        torch.testing.assert_close(cut_totals(graph), torch.full((sur.n_states,), graph.real), rtol=1e-4, atol=0)
+
+
+# ------------------------------------------------------------------------------------- final-logit soft-cap
+@pytest.fixture(scope="module")
+def capped():
+    model = tiny_model("gemma2", seed=5)
+    assert model.config.final_logit_softcapping is not None
+    ids = _ids(seed=2)
+    return model, ids, build_surrogate(model, ids)
+
+
+def test_softcap_target_is_the_capped_logit(capped):
+    """The target is the model's capped logit c·tanh(z/c) = s·z with s frozen per token; exact for a logit and for
+    a difference (each token with its own slope); z checked against the same model with the cap switched off."""
+    model, ids, sur = capped
+    c = model.config.final_logit_softcapping
+    with torch.no_grad():
+        capped_logits = model(ids[None]).logits[0]
+        model.config.final_logit_softcapping = None
+        try:
+            raw = model(ids[None]).logits[0]
+        finally:
+            model.config.final_logit_softcapping = c
+    torch.testing.assert_close(sur.pre_logits, raw, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(c * torch.tanh(raw / c), capped_logits, atol=1e-6, rtol=1e-5)
+    a, b = int(raw[-1].argmax()), int(raw[-1].argmin())
+    for tgt in (Target.logit(a), Target.diff(a, b), Target.logit(b, pos=4)):
+        graph = compute_graph(sur, tgt)
+        info = graph.target_info
+        assert info["definition"] == "capped_logit" and info["softcap"]["cap"] == pytest.approx(c)
+        expect = 0.0
+        for k, coef, z, s in info["softcap"]["tokens"]:
+            assert 0 < s <= 1 and s * z == pytest.approx(c * math.tanh(z / c), rel=1e-5)
+            expect += coef * float(capped_logits[tgt.pos, k])
+        assert graph.real == pytest.approx(expect, rel=1e-6)
+        assert graph.completeness_rel_err < 1e-4
+        torch.testing.assert_close(cut_totals(graph), torch.full((sur.n_states,), graph.real), rtol=1e-4, atol=0)
+    slopes = [t[3] for t in compute_graph(sur, Target.diff(a, b)).target_info["softcap"]["tokens"]]
+    assert slopes[0] != pytest.approx(slopes[1])  # a difference: two slopes
+
+
+def test_saturated_softcap_is_exact():
+    """A cap far below the logits (slopes ≪ 1): the capped logit is still decomposed exactly."""
+    model = tiny_model("gemma2", seed=6)
+    model.config.final_logit_softcapping = 0.02
+    ids = _ids(seed=4)
+    sur = build_surrogate(model, ids)
+    with torch.no_grad():
+        hf = model(ids[None]).logits[0, -1]
+    for k in (int(hf.argmax()), int(hf.argmin())):
+        graph = compute_graph(sur, Target.logit(k))
+        (_, _, z, s), = graph.target_info["softcap"]["tokens"]
+        assert s < 0.5 and abs(z) > 0.04
+        assert graph.real == pytest.approx(float(hf[k]), rel=1e-6)
+        assert graph.completeness_rel_err < 1e-4
+        torch.testing.assert_close(cut_totals(graph), torch.full((sur.n_states,), graph.real), rtol=1e-4, atol=0)
+
+
+def test_uncapped_target_is_the_logit(case):
+    _, _, sur = case
+    if sur.final_softcap is not None:
+        pytest.skip("soft-capped family")
+    info = compute_graph(sur, Target.logit(5)).target_info
+    assert info == {"definition": "logit", "softcap": None}

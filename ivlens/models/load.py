@@ -16,12 +16,14 @@ import hashlib
 import importlib.util
 import logging
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from .adapters import ArchitectureAdapter, get_adapter
+from .adapters import ArchitectureAdapter, family_of, find_decoder_layers, get_adapter
+from .adapters.derive import text_config
 
 log = logging.getLogger(__name__)
 
@@ -37,33 +39,66 @@ class ModelLoadError(RuntimeError):
 
 @dataclass
 class LoadedModel:
-    """A model ready for analysis: the HF model (eval mode), its tokenizer (left padding) and its adapter."""
+    """A model ready for analysis: the HF model (eval mode) and its tokenizer (left padding).
+
+    Loading never needs an architecture adapter: generation (``ivlens eval``) and the residual stream at a token
+    (IV collection for the probes, through :attr:`layers`) work on any ``AutoModelForCausalLM``. :attr:`adapter` is
+    built on first use, by patching and tracing, and raises :class:`UnsupportedArchitectureError` naming what is
+    missing for a class without one.
+    """
 
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
-    adapter: ArchitectureAdapter
     name: str
     path: str
     revision: str | None = None
     weight_hash: str | None = None
     gguf_file: str | None = None
 
+    @cached_property
+    def adapter(self) -> ArchitectureAdapter:
+        """The architecture adapter (patching, tracing); raises :class:`UnsupportedArchitectureError` if the
+        model's class has none."""
+        return get_adapter(self.model)
+
+    @property
+    def has_adapter(self) -> bool:
+        return family_of(self.model) is not None
+
+    @cached_property
+    def layers(self) -> torch.nn.ModuleList:
+        """The decoder blocks, found in the module tree of any causal LM (no adapter needed); the output of block
+        ``l`` is ``resid_post[l]`` (:func:`~ivlens.models.adapters.resid_from_output`)."""
+        return find_decoder_layers(self.model)[1]
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def d_model(self) -> int:
+        return self.model.get_input_embeddings().weight.shape[1]
+
     @property
     def device(self) -> torch.device:
-        return self.adapter.embed.weight.device
+        return self.model.get_input_embeddings().weight.device
 
     def describe(self) -> dict:
         """What a manifest records about the model."""
+        cfg, fam = text_config(self.model), family_of(self.model)
         return {"name": self.name, "path": self.path, "revision": self.revision, "weight_hash": self.weight_hash,
                 "gguf_file": self.gguf_file, "architecture": type(self.model).__name__,
-                "dtype": str(self.adapter.embed.weight.dtype).removeprefix("torch."),
-                "n_layers": self.adapter.n_layers, "n_heads": self.adapter.n_heads, "d_model": self.adapter.d_model}
+                "adapter": fam.name if fam else None,
+                "dtype": str(self.model.get_input_embeddings().weight.dtype).removeprefix("torch."),
+                "n_layers": self.n_layers,
+                "n_heads": getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head", None),
+                "d_model": self.d_model}
 
     @classmethod
     def wrap(cls, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, name: str = "in-memory") -> LoadedModel:
         """Wrap an already constructed model (tests, notebooks)."""
         _prepare_tokenizer(tokenizer)
-        return cls(model.eval(), tokenizer, get_adapter(model), name, name)
+        return cls(model.eval(), tokenizer, name, name)
 
 
 def smollm2_gguf() -> Path:
@@ -134,7 +169,8 @@ def _prepare_tokenizer(tok: PreTrainedTokenizerBase) -> None:
 def load_model(name: str, *, gguf_file: str | None = None, dtype: str = "float32", device: str = "cpu",
                revision: str | None = None, trust_remote_code: bool = False, attn_implementation: str = "eager",
                allow_pickle: bool = False) -> LoadedModel:
-    """Load a causal LM and its tokenizer, and pick its architecture adapter.
+    """Load a causal LM and its tokenizer (any ``AutoModelForCausalLM``; the architecture adapter is picked only
+    when an analysis asks for :attr:`LoadedModel.adapter`).
 
     Args:
         name: hub id, local directory, ``.gguf`` file, or an ivlens name (``organism-sft``, ``smollm2-135m-instruct``).
@@ -177,6 +213,5 @@ def load_model(name: str, *, gguf_file: str | None = None, dtype: str = "float32
     if device not in ("auto", "cpu"):
         model = model.to(device)
     _prepare_tokenizer(tok)
-    adapter = get_adapter(model)
     rev = revision or getattr(model.config, "_commit_hash", None)
-    return LoadedModel(model.eval(), tok, adapter, name, path, rev, weight_hash(path, gguf) if local else None, gguf)
+    return LoadedModel(model.eval(), tok, name, path, rev, weight_hash(path, gguf) if local else None, gguf)

@@ -29,6 +29,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save as st_save
 
+from ivlens.models.adapters import resid_from_output
 from ivlens.models.load import LoadedModel
 from ivlens.runs import atomic_write_bytes, atomic_write_parquet, atomic_write_text
 from ivlens.tasks.prompts import PromptFormat, instruction_prompt, pad_left
@@ -50,15 +51,14 @@ def ivs_at_t_inst(loaded: LoadedModel, input_ids: torch.Tensor, attention_mask: 
     Returns:
         ``[layer, batch, d_model]`` float32 on CPU, in the order of ``layers``.
     """
-    adapter = loaded.adapter
     rows = torch.arange(input_ids.shape[0], device=input_ids.device)
     out: dict[int, torch.Tensor] = {}
     handles = []
     for layer in layers:
         def hook(_mod, _inp, output, layer=layer):
-            resid = adapter.resid_from_output(output)  # [batch, pos, d_model]
+            resid = resid_from_output(output)  # [batch, pos, d_model]
             out[layer] = resid[rows, columns.to(resid.device)].detach().float().cpu()  # [batch, d_model]
-        handles.append(adapter.layer(layer).register_forward_hook(hook))
+        handles.append(loaded.layers[layer].register_forward_hook(hook))
     try:
         with torch.inference_mode():  # logits of the last position only: [batch, pos, d_vocab] is never made
             loaded.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
@@ -156,8 +156,7 @@ def collect_ivs(loaded: LoadedModel, rows: list[InstructionRow], out: str | Path
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    adapter = loaded.adapter
-    layers = list(range(adapter.n_layers)) if layers is None else sorted(layers)
+    layers = list(range(loaded.n_layers)) if layers is None else sorted(layers)
     tok = loaded.tokenizer
     prompts = [instruction_prompt(tok, r.instruction, fmt) for r in rows]
     labels = pd.DataFrame([r.to_dict() for r in rows])
@@ -168,7 +167,7 @@ def collect_ivs(loaded: LoadedModel, rows: list[InstructionRow], out: str | Path
     if batch_size is None:
         prev = json.loads(old.read_text()).get("batch_size") if resume and old.exists() else None
         batch_size = prev or auto_batch_size(loaded, max((len(p) for p in prompts), default=1), memory_budget)
-    meta = {"layers": layers, "d_model": adapter.d_model, "n": len(rows), "fmt": fmt, "batch_size": batch_size,
+    meta = {"layers": layers, "d_model": loaded.d_model, "n": len(rows), "fmt": fmt, "batch_size": batch_size,
             "model": loaded.describe()}
     if resume and old.exists():
         prev = json.loads(old.read_text())

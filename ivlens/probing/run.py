@@ -181,7 +181,7 @@ def probe_run(models: Sequence[str | LoadedModel], tasks: Sequence[str | Task], 
         loaded = m if isinstance(m, LoadedModel) else load_model(m, **(load_kwargs or {}))
         held = organism_heldout(loaded.path)
         rows = instruction_set(list(tasks), varying, user_instructions, held, max_per_subtask)
-        model_layers = parse_layers(layers, loaded.adapter.n_layers)
+        model_layers = parse_layers(layers, loaded.n_layers)
         store = collect_ivs(loaded, rows, run.path / "ivs" / model_slug(loaded.name), layers=model_layers,
                             batch_size=batch_size, fmt=fmt, memory_budget=memory_budget)
         described.append(loaded.describe() | {"heldout_from_card": held is not None})

@@ -10,19 +10,45 @@ from functools import lru_cache
 
 import torch
 from transformers import (
+    Gemma2Config,
+    Gemma2ForCausalLM,
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
+    GemmaConfig,
+    GemmaForCausalLM,
     GPT2Config,
     GPT2LMHeadModel,
+    GPTNeoXConfig,
+    GPTNeoXForCausalLM,
     LlamaConfig,
     LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
     Olmo2Config,
     Olmo2ForCausalLM,
+    Olmo3Config,
+    Olmo3ForCausalLM,
+    OlmoConfig,
+    OlmoForCausalLM,
+    Phi3Config,
+    Phi3ForCausalLM,
     PreTrainedModel,
     PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+    StableLmConfig,
+    StableLmForCausalLM,
+    Starcoder2Config,
+    Starcoder2ForCausalLM,
 )
 
-ARCHS = ("olmo2", "llama", "qwen2", "gpt2")
+#: Every architecture with a tiny random model, one per supported family (tests parametrise over these).
+ARCHS = ("olmo2", "llama", "qwen2", "gpt2", "gemma", "gemma2", "gemma3", "qwen3", "olmo3", "olmo", "mistral", "phi3",
+         "gpt_neox", "starcoder2")
+#: Tiny models of classes that have *no* adapter (eval and IV collection must still work on them).
+NO_ADAPTER_ARCHS = ("stablelm",)
 TINY_VOCAB = 384
 
 _CORPUS = [
@@ -73,28 +99,77 @@ def tiny_tokenizer(chat_template: bool = True) -> PreTrainedTokenizerFast:
     return tok
 
 
+#: The sliding window of the tiny models that have one: shorter than every test prompt, so it bites.
+TINY_WINDOW = 3
+
+
 def tiny_config(arch: str, n_layers: int = 4, d_model: int = 64, n_heads: int = 4, n_kv_heads: int | None = None):
-    """A config for a tiny model of ``arch`` (one of :data:`ARCHS`); GQA when ``n_kv_heads < n_heads``."""
+    """A config for a tiny model of ``arch`` (one of :data:`ARCHS`); GQA when ``n_kv_heads < n_heads``, MQA at 1.
+
+    Each family's distinguishing features are switched on and sized so that they change the output of a random
+    model: sliding windows of :data:`TINY_WINDOW` tokens (interleaved with full layers where the family has
+    ``layer_types``), Gemma-2's attention and final soft-caps, Gemma-3's local RoPE base, OLMo-1's ``clip_qkv``,
+    partial rotary (Phi-3, GPT-NeoX), explicit ``head_dim`` unequal to ``d_model / n_heads`` (Gemma, Qwen3).
+    GPT-2 and GPT-NeoX have multi-head attention only (``n_kv_heads`` is ignored).
+    """
     kv = n_kv_heads or n_heads
     common = dict(vocab_size=TINY_VOCAB, pad_token_id=1, eos_token_id=0, bos_token_id=2)
+    dec = dict(hidden_size=d_model, intermediate_size=2 * d_model, num_hidden_layers=n_layers,
+               num_attention_heads=n_heads, num_key_value_heads=kv, max_position_embeddings=256,
+               tie_word_embeddings=False, **common)
+    half = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(n_layers)]
     if arch == "olmo2":
-        return Olmo2Config(hidden_size=d_model, intermediate_size=2 * d_model, num_hidden_layers=n_layers,
-                           num_attention_heads=n_heads, num_key_value_heads=kv, max_position_embeddings=256,
-                           tie_word_embeddings=False, **common)
+        return Olmo2Config(**dec)
     if arch == "llama":
-        return LlamaConfig(hidden_size=d_model, intermediate_size=2 * d_model, num_hidden_layers=n_layers,
-                           num_attention_heads=n_heads, num_key_value_heads=kv, max_position_embeddings=256,
-                           tie_word_embeddings=False, **common)
+        return LlamaConfig(**dec)
     if arch == "qwen2":
-        return Qwen2Config(hidden_size=d_model, intermediate_size=2 * d_model, num_hidden_layers=n_layers,
-                           num_attention_heads=n_heads, num_key_value_heads=kv, max_position_embeddings=256,
-                           tie_word_embeddings=False, **common)
+        return Qwen2Config(**dec)
     if arch == "gpt2":
         return GPT2Config(n_embd=d_model, n_layer=n_layers, n_head=n_heads, n_positions=256, **common)
-    raise ValueError(f"unknown tiny architecture {arch!r}; choose from {ARCHS}")
+    if arch == "gemma":  # tied unembedding, embeddings x sqrt(d_model), (1 + w) norms, GeGLU
+        return GemmaConfig(**{**dec, "tie_word_embeddings": True}, head_dim=2 * d_model // n_heads)
+    if arch == "gemma2":  # sandwich norms, query_pre_attn_scalar, both soft-caps, alternate sliding layers
+        return Gemma2Config(**{**dec, "tie_word_embeddings": True}, head_dim=d_model // n_heads,
+                            query_pre_attn_scalar=d_model // n_heads // 2, sliding_window=TINY_WINDOW,
+                            layer_types=half, attn_logit_softcapping=0.05, final_logit_softcapping=0.5)
+    if arch == "gemma3":  # + QK-norm per head, local RoPE base on the sliding layers
+        return Gemma3TextConfig(**{**dec, "tie_word_embeddings": True}, head_dim=d_model // n_heads,
+                                query_pre_attn_scalar=2 * d_model // n_heads, sliding_window=TINY_WINDOW,
+                                layer_types=["sliding_attention"] * (n_layers - 1) + ["full_attention"],
+                                rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10.0},
+                                                 "full_attention": {"rope_type": "default", "rope_theta": 10000.0}})
+    if arch == "qwen3":  # QK-norm per head, explicit head_dim, sliding layers from max_window_layers on
+        return Qwen3Config(**dec, head_dim=24, use_sliding_window=True, sliding_window=TINY_WINDOW,
+                           max_window_layers=n_layers // 2)
+    if arch == "olmo3":  # OLMo-2's post-norm + sliding layers (3 of every 4)
+        return Olmo3Config(**dec, sliding_window=TINY_WINDOW)
+    if arch == "olmo":  # non-parametric LayerNorm, q/k/v clamped at clip_qkv
+        return OlmoConfig(**dec, clip_qkv=0.2)
+    if arch == "mistral":  # every layer sliding
+        return MistralConfig(**dec, sliding_window=TINY_WINDOW)
+    if arch == "phi3":  # fused qkv_proj and gate_up_proj, partial rotary
+        return Phi3Config(**dec, sliding_window=None,
+                          rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5})
+    if arch == "gpt_neox":  # parallel residual, partial rotary, interleaved fused qkv, LayerNorm with bias
+        return GPTNeoXConfig(hidden_size=d_model, intermediate_size=4 * d_model, num_hidden_layers=n_layers,
+                             num_attention_heads=n_heads, max_position_embeddings=256, use_parallel_residual=True,
+                             rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                              "partial_rotary_factor": 0.5}, **common)
+    if arch == "starcoder2":  # registered by one line of data: LayerNorm with biases, plain MLP, sliding window
+        return Starcoder2Config(**dec, sliding_window=TINY_WINDOW, use_bias=True)
+    if arch == "stablelm":  # no adapter: LayerNorm, partial rotary; for the adapter-free analyses
+        return StableLmConfig(**dec, partial_rotary_factor=0.5)
+    raise ValueError(f"unknown tiny architecture {arch!r}; choose from {ARCHS + NO_ADAPTER_ARCHS}")
 
 
-_CLASSES = {"olmo2": Olmo2ForCausalLM, "llama": LlamaForCausalLM, "qwen2": Qwen2ForCausalLM, "gpt2": GPT2LMHeadModel}
+_CLASSES = {"olmo2": Olmo2ForCausalLM, "llama": LlamaForCausalLM, "qwen2": Qwen2ForCausalLM, "gpt2": GPT2LMHeadModel,
+            "gemma": GemmaForCausalLM, "gemma2": Gemma2ForCausalLM, "gemma3": Gemma3ForCausalLM,
+            "qwen3": Qwen3ForCausalLM, "olmo3": Olmo3ForCausalLM, "olmo": OlmoForCausalLM,
+            "mistral": MistralForCausalLM, "phi3": Phi3ForCausalLM, "gpt_neox": GPTNeoXForCausalLM,
+            "starcoder2": Starcoder2ForCausalLM, "stablelm": StableLmForCausalLM}
+
+#: Families whose norms compute ``x̂ · (1 + w)``: their HF init is ``w = 0``, randomised around 0, not 1.
+_ONE_PLUS_W = ("gemma", "gemma2", "gemma3")
 
 
 def tiny_model(arch: str, seed: int = 0, attn_implementation: str = "eager", **kw) -> PreTrainedModel:
@@ -107,10 +182,11 @@ def tiny_model(arch: str, seed: int = 0, attn_implementation: str = "eager", **k
     cfg = tiny_config(arch, **kw)
     cfg._attn_implementation = attn_implementation
     model = _CLASSES[arch](cfg)
+    centre = 0.0 if arch in _ONE_PLUS_W else 1.0
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" in name or ".ln_" in name or name.endswith("ln_f.weight") or name.endswith("ln_f.bias"):
-                p.copy_(1.0 + 0.2 * torch.randn_like(p) if name.endswith("weight") else 0.1 * torch.randn_like(p))
+                p.copy_(centre + 0.2 * torch.randn_like(p) if name.endswith("weight") else 0.1 * torch.randn_like(p))
             elif name.endswith("bias"):
                 p.copy_(0.05 * torch.randn_like(p))
     return model.eval()

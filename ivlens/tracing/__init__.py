@@ -59,6 +59,9 @@ class TraceResult:
     def summary(self) -> dict:
         tok = self.sur.tokens
         out = {"method": self.method, "n_tokens": self.sur.n_pos, "target": [list(c) for c in self.target.coef],
+               "target_definition": self.full_graph.target_info["definition"],
+               "softcap": self.full_graph.target_info["softcap"],
+               "parallel_residual": self.sur.parallel,
                "value": self.full_graph.value,
                "real": self.full_graph.real, "completeness_rel_err": self.full_graph.completeness_rel_err,
                "sources": [int(i) for i in self.graph.sources.nonzero().flatten()],

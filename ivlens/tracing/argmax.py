@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from .paths import Path, path_vectors, top_paths
-from .surrogate import Surrogate, Target
+from .surrogate import Surrogate, Target, logit_slopes
 
 
 def argmax_patterns(sur: Surrogate) -> list[Tensor]:
@@ -88,13 +88,17 @@ def _cos_ratio(a: Tensor, b: Tensor) -> tuple[float, float]:
 
 
 def path_logits(sur: Surrogate, paths: list[Path], pos: int, chunk: int = 256):
-    """Yield ``(paths_chunk, logits: [n, d_vocab])``: each path's logit vector ``W_U · final_norm_lin(v)``."""
+    """Yield ``(paths_chunk, logits: [n, d_vocab])``: each path's logit vector ``W_U · final_norm_lin(v)``
+    (under a final soft-cap times the frozen slope of every token, as the exact tracer defines its target, so
+    the vectors of all paths and biases sum to the model's capped logits)."""
     t = sur.resolve_pos(pos)
+    slope = logit_slopes(sur, list(range(sur.W_U.shape[0])), pos) if sur.final_softcap is not None else None
     for i in range(0, len(paths), chunk):
         part = paths[i : i + chunk]
         vecs = path_vectors(sur, part)  # [n, d_model]
         normed = sur.final_norm.apply(vecs, torch.full((len(part),), t))
-        yield part, normed @ sur.W_U.T
+        logits = normed @ sur.W_U.T
+        yield part, logits if slope is None else logits * slope
 
 
 def argmax_trace(sur: Surrogate, target: Target, threshold_rank: int = 10, max_paths: int = 1000,

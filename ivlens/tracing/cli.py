@@ -169,6 +169,10 @@ def _single(lm, task, subtask, sample, prompt, target, method, top_k, beam, thre
                   f"Σ paths = {res.full_graph.value:.6g}, model = {res.full_graph.real:.6g} "
                   f"(completeness error {res.full_graph.completeness_rel_err:.2e})"
                   + (f"; T_inst = {t_inst}" if t_inst is not None else ""))
+    cap = res.full_graph.target_info["softcap"]
+    if cap is not None:
+        console.print(f"target: the model's soft-capped logit {cap['cap']:g}·tanh(z/{cap['cap']:g}) = s·z, slope s frozen "
+                      "per token: " + ", ".join(f"token {k}: z = {z:.4g}, s = {s:.4g}" for k, _, z, s in cap["tokens"]))
     table = Table(title=f"top {len(res.paths)} exact paths", show_lines=False)
     table.add_column("contribution", justify="right")
     table.add_column("path")

@@ -147,10 +147,13 @@ def compare_graphs(ga: AttributionGraph, ids_a: list[int], gb: AttributionGraph,
 
 def head_activity(graph: AttributionGraph) -> Tensor:
     """``[layer, head]``: share of each layer's attention-cut mass through each head, ``Σ_{t,s}|E[l,h,t,s]|`` over
-    ``Σ_{h,t,s}|E[l,h,t,s]| + Σ_t |skip[l,t]| + Σ_t |bias[l,t]|``. Use a graph restricted to the sources of
-    interest (e.g. T_inst) to get the paper's head activity for paths leaving them."""
+    ``Σ_{h,t,s}|E[l,h,t,s]| + Σ_t |skip[l,t]| + Σ_t |bias[l,t]|`` (parallel residual: the cut is the whole layer,
+    so its MLP and MLP bias count too). Use a graph restricted to the sources of interest (e.g. T_inst) to get
+    the paper's head activity for paths leaving them."""
     heads = graph.head.abs().sum((2, 3))  # [layer, head]
     total = heads.sum(1) + graph.attn_skip.abs().sum(1) + graph.attn_bias.abs().sum(1)
+    if graph.parallel:
+        total = total + graph.mlp.abs().sum(1) + graph.mlp_bias.abs().sum(1)
     return heads / total.clamp_min(1e-30)[:, None]
 
 

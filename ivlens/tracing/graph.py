@@ -18,8 +18,12 @@ contribution over all paths through it is ``g_{k+1}[t]ᵀ M_edge f_k[s]``; for a
 
 so all heads, positions and layers cost ``O(L · H · T² · d_head)`` time and ``L · H · T²`` memory.
 
-**Cuts.** The edges of any sublayer plus the bias sources that enter *after* it sum to ``y``: every path
-either crosses the cut or starts behind it (:func:`cut_totals`). With ``sources`` restricted to some positions
+**Parallel residual** (GPT-NeoX): attention and MLP of layer ``l`` both read ``x_l`` and write ``x_{l+1}``, so the
+states are ``x_0 … x_L`` and layer ``l``'s edges are its heads, its ``mlp``, *one* skip and both biases, all from
+``x_l`` to ``x_{l+1}`` (``mlp_skip`` is ``None``; ``attn_skip`` is the layer's skip).
+
+**Cuts.** The edges of any sublayer (parallel: of any layer) plus the bias sources that enter *after* it sum to
+``y``: every path either crosses the cut or starts behind it (:func:`cut_totals`). With ``sources`` restricted to some positions
 (``--start-pos/--end-pos``) and biases off, the forward pass starts from those embeddings only, so every edge
 carries the mass of the paths *leaving those positions*, and the cuts sum to that part of ``y``.
 """
@@ -41,6 +45,7 @@ from .surrogate import (
     mlp_linear,
     readout_vector,
     real_target,
+    target_info,
 )
 
 EDGE_KINDS = ("embed", "pos_embed", "head", "attn_skip", "attn_bias", "mlp", "mlp_skip", "mlp_bias", "final_bias")
@@ -50,10 +55,12 @@ EDGE_KINDS = ("embed", "pos_embed", "head", "attn_skip", "attn_bias", "mlp", "ml
 class AttributionGraph:
     """Edge contributions of one prompt and target (see the module docstring for the edge kinds).
 
-    ``head: [layer, head, pos(t), pos(s)]``; ``attn_skip, attn_bias, mlp, mlp_skip, mlp_bias: [layer, pos]``;
+    ``head: [layer, head, pos(t), pos(s)]``; ``attn_skip, attn_bias, mlp, mlp_skip, mlp_bias: [layer, pos]``
+    (``parallel``: ``attn_skip`` is the skip across the whole layer and ``mlp_skip`` is ``None``);
     ``embed, pos_embed: [pos]``; ``final_bias`` a float. ``value`` is the surrogate's ``y`` (the sum over the
     selected sources), ``real`` the model's own target value; ``sources: [pos]`` the positions whose
-    embeddings were fed forward; ``with_bias`` whether bias sources are included.
+    embeddings were fed forward; ``with_bias`` whether bias sources are included; ``target_info`` what ``y`` is
+    (the logit, or a soft-capped logit through its frozen slope: :func:`~ivlens.tracing.surrogate.target_info`).
     """
 
     target: Target
@@ -63,7 +70,7 @@ class AttributionGraph:
     attn_skip: Tensor
     attn_bias: Tensor
     mlp: Tensor
-    mlp_skip: Tensor
+    mlp_skip: Tensor | None
     mlp_bias: Tensor
     embed: Tensor
     pos_embed: Tensor | None
@@ -71,6 +78,8 @@ class AttributionGraph:
     sources: Tensor
     with_bias: bool
     tokens: tuple[str, ...] = field(default=(), compare=False)
+    parallel: bool = False
+    target_info: dict = field(default_factory=lambda: {"definition": "logit", "softcap": None}, compare=False)
 
     @property
     def n_layers(self) -> int:
@@ -136,17 +145,21 @@ def compute_graph(sur: Surrogate, target: Target, sources: Tensor | None = None,
     f = forward_states(sur, sources, with_bias)
     g = backward(sur, target)
     heads, a_skip, a_bias, m_out, m_skip, m_bias = [], [], [], [], [], []
+    zeros = torch.zeros(T, dtype=sur.embed.dtype)
     for l, (att, mlp) in enumerate(zip(sur.attn, sur.mlp, strict=True)):  # noqa: E741
-        x, m, gm, gx = f[2 * l], f[2 * l + 1], g[2 * l + 1], g[2 * l + 2]
-        H, dh = att.n_heads, att.W_O.shape[-1]
-        v = (_lin(att.norm_in)(x) @ att.W_V_flat.T).view(T, H, dh).transpose(0, 1)  # [head, pos(s), d_head]
+        ka, km = sur.state_in(l, "attn"), sur.state_in(l, "mlp")
+        x, gm = f[ka], g[ka + 1]  # attention reads x, its output is read by gm
+        m, gx = f[km], g[km + 1]  # the MLP's
+        H, dh = att.n_heads, att.d_head
+        v = att.values(_lin(att.norm_in)(x)).view(T, H, dh).transpose(0, 1)  # [head, pos(s), d_head]
         beta = (_lin_T(att.norm_out)(gm) @ att.W_O_flat).view(T, H, dh).transpose(0, 1)  # [head, pos(t), d_head]
         heads.append(att.pattern * torch.einsum("htk,hsk->hts", beta, v))  # [head, t, s]
         a_skip.append((gm * x).sum(-1))
-        a_bias.append((gm * att.bias).sum(-1) if with_bias else torch.zeros(T, dtype=x.dtype))
+        a_bias.append((gm * att.bias).sum(-1) if with_bias else zeros)
         m_out.append((gx * mlp_linear(mlp, m)).sum(-1))
-        m_skip.append((gx * m).sum(-1))
-        m_bias.append((gx * mlp.bias).sum(-1) if with_bias else torch.zeros(T, dtype=x.dtype))
+        if not sur.parallel:  # parallel: one skip per layer (a_skip)
+            m_skip.append((gx * m).sum(-1))
+        m_bias.append((gx * mlp.bias).sum(-1) if with_bias else zeros)
     mask = sources.to(sur.embed.dtype)[:, None]
     embed = (g[0] * sur.embed * mask).sum(-1)
     pos_embed = None if sur.pos_embed is None else (g[0] * sur.pos_embed * mask).sum(-1)
@@ -157,31 +170,36 @@ def compute_graph(sur: Surrogate, target: Target, sources: Tensor | None = None,
                   + a_bias_t.sum() + m_bias_t.sum()) + final_bias
     return AttributionGraph(
         target=target, value=value, real=real_target(sur, target), head=torch.stack(heads),
-        attn_skip=torch.stack(a_skip), attn_bias=a_bias_t, mlp=torch.stack(m_out), mlp_skip=torch.stack(m_skip),
-        mlp_bias=m_bias_t, embed=embed, pos_embed=pos_embed, final_bias=final_bias, sources=sources,
-        with_bias=with_bias, tokens=sur.tokens,
+        attn_skip=torch.stack(a_skip), attn_bias=a_bias_t, mlp=torch.stack(m_out),
+        mlp_skip=torch.stack(m_skip) if m_skip else None, mlp_bias=m_bias_t, embed=embed, pos_embed=pos_embed,
+        final_bias=final_bias, sources=sources, with_bias=with_bias, tokens=sur.tokens, parallel=sur.parallel,
+        target_info=target_info(sur, target),
     )
 
 
 def cut_totals(graph: AttributionGraph) -> Tensor:
-    """``[2L + 1]``: for the input cut and each sublayer ``k``, its edges plus the bias sources entering after
-    it (and the final bias). Every entry equals ``graph.value`` (the completeness of every layer cut).
+    """``[n_states]``: for the input cut and each step between states, its edges plus the bias sources entering
+    after it (and the final bias). Every entry equals ``graph.value`` (the completeness of every layer cut).
 
-    Entry 0 is the input cut (embeddings + all biases); entry ``2l+1`` the attention sublayer of layer ``l``,
-    entry ``2l+2`` its MLP sublayer.
+    Entry 0 is the input cut (embeddings + all biases). Sequential: entry ``2l+1`` is the attention sublayer of
+    layer ``l``, entry ``2l+2`` its MLP sublayer (``2L + 1`` entries). Parallel residual: entry ``l+1`` is the
+    whole layer ``l`` (heads, MLP, skip and both biases; ``L + 1`` entries).
     """
     L = graph.n_layers
-    # bias sources per sublayer in forward order: attn_0, mlp_0, attn_1, ...
-    bias = torch.stack([graph.attn_bias.sum(-1), graph.mlp_bias.sum(-1)], dim=1).reshape(2 * L)
-    after = bias.flip(0).cumsum(0).flip(0)  # after[k] = Σ_{j >= k} bias_j
-    after = torch.cat([after, after.new_zeros(1)])
+    if graph.parallel:  # per layer: (its edges, its bias sources)
+        steps = [(graph.head[l].sum() + graph.attn_skip[l].sum() + graph.mlp[l].sum() + graph.attn_bias[l].sum()
+                  + graph.mlp_bias[l].sum(), graph.attn_bias[l].sum() + graph.mlp_bias[l].sum()) for l in range(L)]  # noqa: E741
+    else:  # per sublayer in forward order: attn_0, mlp_0, attn_1, ...
+        steps = []
+        for l in range(L):  # noqa: E741
+            steps.append((graph.head[l].sum() + graph.attn_skip[l].sum() + graph.attn_bias[l].sum(),
+                          graph.attn_bias[l].sum()))
+            steps.append((graph.mlp[l].sum() + graph.mlp_skip[l].sum() + graph.mlp_bias[l].sum(),
+                          graph.mlp_bias[l].sum()))
+    bias = torch.stack([b for _, b in steps])
+    after = torch.cat([bias.flip(0).cumsum(0).flip(0), bias.new_zeros(1)])  # after[k] = Σ_{j >= k} bias_j
     inputs = graph.embed.sum() + (graph.pos_embed.sum() if graph.pos_embed is not None else 0.0)
-    totals = [inputs + after[0]]
-    for l in range(L):  # noqa: E741
-        attn = graph.head[l].sum() + graph.attn_skip[l].sum() + graph.attn_bias[l].sum()
-        totals.append(attn + after[2 * l + 1])
-        mlp = graph.mlp[l].sum() + graph.mlp_skip[l].sum() + graph.mlp_bias[l].sum()
-        totals.append(mlp + after[2 * l + 2])
+    totals = [inputs + after[0]] + [edges + after[k + 1] for k, (edges, _) in enumerate(steps)]
     return torch.stack([t + graph.final_bias for t in totals])
 
 
@@ -208,7 +226,9 @@ def _flat(graph: AttributionGraph, include_skip: bool) -> tuple[Tensor, list[tup
     blocks: list[tuple[str, Tensor]] = [("head", graph.head)]
     blocks += [(k, getattr(graph, k)) for k in ("mlp", "attn_bias", "mlp_bias")]
     if include_skip:
-        blocks += [("attn_skip", graph.attn_skip), ("mlp_skip", graph.mlp_skip)]
+        blocks.append(("attn_skip", graph.attn_skip))
+        if graph.mlp_skip is not None:
+            blocks.append(("mlp_skip", graph.mlp_skip))
     blocks.append(("embed", graph.embed))
     if graph.pos_embed is not None:
         blocks.append(("pos_embed", graph.pos_embed))
@@ -259,7 +279,8 @@ def graph_to_json(graph: AttributionGraph, top_k: int | None = 200, threshold: f
     return {
         "schema": "ivlens.tracing.graph/1",
         "tokens": list(graph.tokens),
-        "target": {"coef": [[k, c] for k, c in graph.target.coef], "pos": graph.target_pos},
+        "target": {"coef": [[k, c] for k, c in graph.target.coef], "pos": graph.target_pos, **graph.target_info},
+        "parallel_residual": graph.parallel,
         "value": graph.value,
         "real": graph.real,
         "completeness_rel_err": graph.completeness_rel_err,

@@ -13,6 +13,10 @@ edges and (at ``k = 0``) the embeddings end a path with its exact value ``ρ · 
 ``O(L · beam · H · T · d_head)`` and never enumerates the exponentially many paths. With an unbounded beam the
 returned paths are *all* paths and sum to ``y`` exactly (a test); with a finite beam the search is a heuristic
 for the largest paths, but every reported value is exact.
+
+**Parallel residual** (GPT-NeoX): a layer's attention and MLP read the same state, so a path crosses layer ``l``
+in one step, by exactly one of: the skip, the ``mlp`` at ``j``, or one head ``i → j`` (never the MLP *and* a head
+of the same layer: those are two different paths). With ``merge_mlp`` the non-head edge is ``I + MLP``.
 """
 
 from __future__ import annotations
@@ -98,8 +102,58 @@ def top_paths(sur: Surrogate, target: Target, k: int = 20, beam: int = 256, star
     def keep(scores: Tensor, n: int) -> Tensor:
         return scores.abs().flatten().topk(min(n, scores.numel())).indices
 
+    def head_step(l: int, local: list[Tensor], local_hop: list[str | None], bias_rows: list[Tensor]):  # noqa: E741
+        """Extend every partial path (``rho`` at ``pos``) across attention sublayer ``l`` (parallel: across layer
+        ``l``) by the edges that stay at ``pos`` (``local``: ``[beam, d_model]`` each, hop kind or ``None`` for the
+        skip) or by one head; keep the ``beam`` best. Bias rows (``[pos, d_model]``) end paths."""
+        nonlocal rho, pos, hops, done
+        att = sur.attn[l]
+        if with_bias:
+            for kind, b in zip(("attn_bias", "mlp_bias"), bias_rows, strict=False):
+                vals = (rho * b[pos]).sum(-1)
+                done += [(float(v), kind, l, int(p), h) for v, p, h in zip(vals, pos, hops, strict=True) if v != 0]
+        x_prev = f[sur.state_in(l, "attn")]
+        H, dh, n_loc = att.n_heads, att.d_head, len(local)
+        v = att.values(_lin(att.norm_in)(x_prev)).view(T, H, dh).transpose(0, 1)  # [head, pos, d_head]
+        beta = (_lin_T(att.norm_out)(rho, pos) @ att.W_O_flat).view(len(pos), H, dh)  # [beam, head, d_head]
+        A = att.pattern[:, pos].transpose(0, 1)  # [beam, head, pos(s)]
+        head_scores = A * torch.einsum("bhk,hsk->bhs", beta, v)  # [beam, head, pos(s)]
+        cand = torch.stack(local, 1)  # [beam, n_loc, d_model]
+        loc_scores = (cand * x_prev[pos][:, None]).sum(-1)  # [beam, n_loc]
+        scores = torch.cat([loc_scores, head_scores.reshape(len(pos), H * T)], 1)  # [beam, n_loc + H*T]
+        live = torch.cat([torch.ones_like(loc_scores, dtype=torch.bool), (A > 0).reshape(len(pos), H * T)], 1)
+        flat = torch.where(live, scores.abs(), torch.full_like(scores, -1.0))
+        width = n_loc + H * T
+        sel = flat.flatten().topk(min(beam, int(live.sum()))).indices
+        b, c = sel // width, sel % width
+        is_head = c >= n_loc
+        h_idx, s_idx = (c - n_loc).clamp(min=0) // T, (c - n_loc).clamp(min=0) % T
+        new_rho = cand[b, c.clamp(max=n_loc - 1)].clone()
+        if bool(is_head.any()):
+            bh, hh, sh = b[is_head], h_idx[is_head], s_idx[is_head]
+            onehot = torch.zeros(len(hh), H, dh, dtype=beta.dtype)
+            onehot[torch.arange(len(hh)), hh] = beta[bh, hh]
+            u = att.values_T(onehot.view(len(hh), H * dh), sh)  # W_V^hᵀ M_s β: [n, d_model]
+            new_rho[is_head] = A[bh, hh, sh][:, None] * _lin_T(att.norm_in)(u, sh)
+        new_pos = torch.where(is_head, s_idx, pos[b])
+        new_hops = []
+        for bi, ci, hi, si in zip(b.tolist(), c.tolist(), h_idx.tolist(), s_idx.tolist(), strict=True):
+            p = int(pos[bi])
+            if ci >= n_loc:
+                new_hops.append(((l, "head", hi, si, p),) + hops[bi])
+            elif local_hop[ci] is not None:
+                new_hops.append(((l, local_hop[ci], -1, p, p),) + hops[bi])
+            else:
+                new_hops.append(hops[bi])
+        rho, pos, hops = new_rho, new_pos, new_hops
+
     for l in reversed(range(sur.n_layers)):  # noqa: E741
         att, mlp = sur.attn[l], sur.mlp[l]
+        if sur.parallel:  # ---------------- the whole layer: state l+1 -> l
+            back = mlp_linear_T(mlp, rho, pos)  # [beam, d_model]
+            local, local_hop = ([rho + back], [None]) if merge_mlp else ([rho, back], [None, "mlp"])
+            head_step(l, local, local_hop, [att.bias, mlp.bias])
+            continue
         # ---------------- MLP sublayer: state 2l+2 -> 2l+1
         if with_bias:
             vals = (rho * mlp.bias[pos]).sum(-1)
@@ -117,35 +171,7 @@ def top_paths(sur: Surrogate, target: Target, k: int = 20, beam: int = 256, star
             hops = [hops[bi] if ci == 0 else ((l, "mlp", -1, int(p), int(p)),) + hops[bi]
                     for bi, ci, p in zip(b.tolist(), c.tolist(), pos, strict=True)]
         # ---------------- attention sublayer: state 2l+1 -> 2l
-        if with_bias:
-            vals = (rho * att.bias[pos]).sum(-1)
-            done += [(float(v), "attn_bias", l, int(p), h) for v, p, h in zip(vals, pos, hops, strict=True) if v != 0]
-        x_prev = f[2 * l]
-        H, dh = att.n_heads, att.W_O.shape[-1]
-        v = (_lin(att.norm_in)(x_prev) @ att.W_V_flat.T).view(T, H, dh).transpose(0, 1)  # [head, pos, d_head]
-        beta = (_lin_T(att.norm_out)(rho, pos) @ att.W_O_flat).view(len(pos), H, dh)  # [beam, head, d_head]
-        A = att.pattern[:, pos].transpose(0, 1)  # [beam, head, pos(s)]
-        head_scores = A * torch.einsum("bhk,hsk->bhs", beta, v)  # [beam, head, pos(s)]
-        head_scores = torch.where(A > 0, head_scores, torch.zeros_like(head_scores))
-        skip_scores = (rho * x_prev[pos]).sum(-1)  # [beam]
-        scores = torch.cat([skip_scores[:, None], head_scores.reshape(len(pos), H * T)], 1)  # [beam, 1 + H*T]
-        live = torch.cat([torch.ones_like(skip_scores[:, None], dtype=torch.bool), (A > 0).reshape(len(pos), H * T)], 1)
-        flat = torch.where(live, scores.abs(), torch.full_like(scores, -1.0))
-        sel = flat.flatten().topk(min(beam, int(live.sum()))).indices
-        b, c = sel // (1 + H * T), sel % (1 + H * T)
-        is_head = c > 0
-        h_idx, s_idx = (c - 1).clamp(min=0) // T, (c - 1).clamp(min=0) % T
-        new_rho = rho[b].clone()
-        if bool(is_head.any()):
-            bh, hh, sh = b[is_head], h_idx[is_head], s_idx[is_head]
-            onehot = torch.zeros(len(hh), H, dh, dtype=beta.dtype)
-            onehot[torch.arange(len(hh)), hh] = beta[bh, hh]
-            u = onehot.view(len(hh), H * dh) @ att.W_V_flat  # W_V^hᵀ β: [n, d_model]
-            new_rho[is_head] = A[bh, hh, sh][:, None] * _lin_T(att.norm_in)(u, sh)
-        new_pos = torch.where(is_head, s_idx, pos[b])
-        hops = [hops[bi] if not ih else ((l, "head", hi, si, int(pos[bi])),) + hops[bi]
-                for bi, ih, hi, si in zip(b.tolist(), is_head.tolist(), h_idx.tolist(), s_idx.tolist(), strict=True)]
-        rho, pos = new_rho, new_pos
+        head_step(l, [rho], [None], [att.bias])
     # ---------------- sources: the embeddings at x_0
     keep_src = sources[pos]
     vals = (rho * sur.embed[pos]).sum(-1)
@@ -160,14 +186,14 @@ def top_paths(sur: Surrogate, target: Target, k: int = 20, beam: int = 256, star
 
 # --------------------------------------------------------------------------- forward evaluation of paths
 def _start(sur: Surrogate, path: Path) -> tuple[Tensor, int]:
-    """The source vector ``[d_model]`` of ``path`` and the first sublayer index it passes through."""
+    """The source vector ``[d_model]`` of ``path`` and the first step (sublayer; parallel: layer) it crosses."""
     if path.source in ("embed", "pos_embed"):
         return (sur.embed if path.source == "embed" else sur.pos_embed)[path.pos], 0
-    if path.source == "attn_bias":
-        return sur.attn[path.layer].bias[path.pos], 2 * path.layer + 1
-    if path.source == "mlp_bias":
-        return sur.mlp[path.layer].bias[path.pos], 2 * path.layer + 2
-    return torch.zeros_like(sur.embed[0]), 2 * sur.n_layers  # final bias: enters after the last layer
+    if path.source in ("attn_bias", "mlp_bias"):
+        att = path.source == "attn_bias"
+        vec = (sur.attn if att else sur.mlp)[path.layer].bias[path.pos]
+        return vec, sur.state_in(path.layer, "attn" if att else "mlp") + 1
+    return torch.zeros_like(sur.embed[0]), sur.n_states - 1  # final bias: enters after the last layer
 
 
 def path_vectors(sur: Surrogate, paths: list[Path]) -> Tensor:
@@ -187,34 +213,48 @@ def path_vectors(sur: Surrogate, paths: list[Path]) -> Tensor:
                 heads.setdefault(h.layer, []).append((i, h))
     mlps = {(i, h.layer) for i, p in enumerate(paths) for h in p.hops if h.kind == "mlp"}
     merged = torch.tensor([p.merged_mlp for p in paths])
-    for k in range(2 * sur.n_layers):
+
+    def head_edges(l: int) -> Tensor:  # noqa: E741
+        """Move the paths with a head hop in layer ``l``; returns their rows."""
+        att = sur.attn[l]
+        r = torch.tensor([i for i, _ in heads[l]])
+        hs = [h for _, h in heads[l]]
+        h_idx, src, dst = (torch.tensor([getattr(h, a) for h in hs]) for a in ("head", "src", "dst"))
+        m, H, dh = len(r), att.n_heads, att.d_head
+        v_all = att.values(_lin(att.norm_in)(vec[r], src), src).view(m, H, dh)  # every head's value of each path
+        z = torch.zeros_like(v_all)
+        z[torch.arange(m), h_idx] = att.pattern[h_idx, dst, src][:, None] * v_all[torch.arange(m), h_idx]
+        vec[r] = _lin(att.norm_out)(z.view(m, H * dh) @ att.W_O_flat.T, dst)
+        pos[r] = dst
+        return r
+
+    def mlp_edges(l: int, k: int, exclude: Tensor | None = None) -> None:  # noqa: E741
+        """Move the paths through layer ``l``'s MLP (their own hop, or merged ``I + MLP``) at step ``k``."""
+        own = torch.zeros(n, dtype=torch.bool)
+        own[[i for i, ll in mlps if ll == l]] = True
+        active = (own | merged) & (first <= k)
+        if exclude is not None:
+            active[exclude] = False
+        if not bool(active.any()):
+            return
+        r = active.nonzero().flatten()
+        out = mlp_linear(sur.mlp[l], vec[r], pos[r])
+        vec[r] = torch.where(merged[r][:, None], vec[r] + out, out)
+
+    for k in range(sur.n_states - 1):
         vec = torch.where((first == k)[:, None], start_vec, vec)
+        if sur.parallel:  # layer k: one head, or the MLP (merged: I + MLP), or the skip
+            moved = head_edges(k) if k in heads else None
+            mlp_edges(k, k, exclude=moved)
+            continue
         l = k // 2  # noqa: E741
         if k % 2 == 0:
-            if l not in heads:
-                continue
-            att = sur.attn[l]
-            r = torch.tensor([i for i, _ in heads[l]])
-            hs = [h for _, h in heads[l]]
-            h_idx, src, dst = (torch.tensor([getattr(h, a) for h in hs]) for a in ("head", "src", "dst"))
-            m, H, dh = len(r), att.n_heads, att.W_O.shape[-1]
-            normed = _lin(att.norm_in)(vec[r], src)  # [m, d_model]
-            v_all = (normed @ att.W_V_flat.T).view(m, H, dh)  # every head's value of each path's vector
-            z = torch.zeros_like(v_all)
-            z[torch.arange(m), h_idx] = att.pattern[h_idx, dst, src][:, None] * v_all[torch.arange(m), h_idx]
-            vec[r] = _lin(att.norm_out)(z.view(m, H * dh) @ att.W_O_flat.T, dst)
-            pos[r] = dst
+            if l in heads:
+                head_edges(l)
         else:
-            own = torch.zeros(n, dtype=torch.bool)
-            own[[i for i, ll in mlps if ll == l]] = True
-            active = (own | merged) & (first <= k)
-            if not bool(active.any()):
-                continue
-            r = active.nonzero().flatten()
-            out = mlp_linear(sur.mlp[l], vec[r], pos[r])
-            vec[r] = torch.where(merged[r][:, None], vec[r] + out, out)
-    # sources entering after the last sublayer: the last MLP's bias, the final bias
-    return torch.where((first == 2 * sur.n_layers)[:, None], start_vec, vec)
+            mlp_edges(l, k)
+    # sources entering after the last step: the last MLP's bias, the final bias
+    return torch.where((first == sur.n_states - 1)[:, None], start_vec, vec)
 
 
 def path_vector(sur: Surrogate, path: Path) -> Tensor:

@@ -12,24 +12,30 @@ Run the model once on a prompt and freeze every non-linear factor at its value o
   ``W_out act(W_in n + b)`` freezes the elementwise slope ``act(u)/u`` (its ``u → 0`` limit ``act'(0)``).
 
 Where the norms sit comes from the adapter's roles: pre-norm (Llama, Qwen2, GPT-2: ``attn_in``/``mlp_in``),
-post-norm on the block outputs (OLMo-2: ``x + norm(attn(x))``, ``attn_out``/``mlp_out``), or both (sandwich).
-No architecture name appears below.
+post-norm on the block outputs (OLMo-2: ``x + norm(attn(x))``, ``attn_out``/``mlp_out``), or both (sandwich,
+Gemma-2/3). The rest of what the adapter describes is folded in as well: the embedding scale (Gemma's √d_model)
+into the embedding source; a value clamp (OLMo-1's ``clip_qkv``) into a 0/1 mask on the values plus constants;
+sliding windows, soft-capped attention scores, QK-norms and partial rotary into the frozen patterns; the parallel
+residual (GPT-NeoX) into the state layout (one state per layer); a final-logit soft-cap ``c·tanh(z/c)`` into the
+target, through its frozen slope (:func:`logit_slopes`). No architecture name appears below.
 
 The network is then affine in the residual stream. With the residual states numbered by sublayer,
 
     x_0 = embed(tokens) [+ pos_embed],   x_{2l+1} = x_{2l} + Attn_l x_{2l} + a_l,   x_{2l+2} = x_{2l+1} + MLP_l x_{2l+1} + m_l
 
 (``Attn_l``, ``MLP_l`` linear, ``a_l, m_l: [pos, d_model]`` the constant bias terms they write, every bias of the
-sublayer pushed through the frozen maps), and the target scalar is
+sublayer pushed through the frozen maps; parallel residual: ``x_{l+1} = x_l + Attn_l x_l + MLP_l x_l + a_l + m_l``),
+and the target scalar is
 
     y = e · (w_f ⊙ C x_{2L}[T] / σ_f[T] + b_f) + b_U·coef,    e = Σ_k coef_k W_U[k]
 
-(a label's logit: one ``k`` with coefficient 1; a logit difference: ``+1`` and ``−1``). ``y`` equals the
-model's real logit (difference) up to float error: that is the completeness test.
+(a label's logit: one ``k`` with coefficient 1; a logit difference: ``+1`` and ``−1``; under a final soft-cap each
+coefficient times the token's frozen slope). ``y`` equals the model's real logit (difference) up to float error:
+that is the completeness test.
 
 Shape vocabulary: ``pos`` (T tokens), ``d_model`` (d), ``head`` (H), ``kv_head`` (KV), ``d_head`` (dh),
 ``d_mlp`` (dm), ``d_vocab`` (V); states are indexed by ``k = 0 … 2L`` (``2l``: before layer ``l``'s attention,
-``2l+1``: before its MLP).
+``2l+1``: before its MLP; parallel residual: ``k = 0 … L``, ``l`` before layer ``l``; :meth:`Surrogate.state_in`).
 
 >>> sur = build_surrogate(model, input_ids)                  # one real forward
 >>> tgt = Target.logit(answer_id)
@@ -117,7 +123,10 @@ class FrozenAttention:
     ``pattern: [head, pos, pos]`` (query t, key s), ``W_V: [kv_head, d_head, d_model]``,
     ``W_O: [head, d_model, d_head]``, ``group``: query heads per KV head; ``norm_in`` (pre-norm) and
     ``norm_out`` (post-norm) frozen or ``None``; ``bias: [pos, d_model]`` the constant the sublayer adds to the
-    residual (``W_O (W_V b_norm_in + b_V)`` weighted by the pattern's row sums, ``b_O``, then ``norm_out``).
+    residual (``W_O (W_V b_norm_in + b_V)`` weighted by the pattern, ``b_O``, then ``norm_out``);
+    ``v_mask: [kv_head, pos, d_head] | None``: where a value clamp (OLMo-1's ``clip_qkv``) did *not* bite. A clamp
+    is piecewise linear, so frozen it is ``v = M ⊙ (W_V n + b_V) + (1 − M) ⊙ (±clip)``: the mask multiplies the
+    linear part and the clamped entries join the constant ``bias``.
     """
 
     pattern: Tensor
@@ -127,10 +136,37 @@ class FrozenAttention:
     norm_in: FrozenNorm | None
     norm_out: FrozenNorm | None
     bias: Tensor
+    v_mask: Tensor | None = None
 
     @property
     def n_heads(self) -> int:
         return self.W_O.shape[0]
+
+    @property
+    def d_head(self) -> int:
+        return self.W_O.shape[-1]
+
+    @cached_property
+    def v_mask_flat(self) -> Tensor | None:
+        """``[pos, head·d_head]``: the value clamp's 0/1 mask per query head (``None``: no clamp)."""
+        if self.v_mask is None:
+            return None
+        m = self.v_mask.repeat_interleave(self.group, dim=0)  # [head, pos, d_head]
+        return m.transpose(0, 1).reshape(m.shape[1], -1).contiguous()
+
+    def values(self, normed: Tensor, pos: Tensor | None = None) -> Tensor:
+        """Every query head's frozen value of ``normed: [n, d_model]`` (rows at positions ``pos: [n]``, default
+        all): ``[n, head·d_head]``, ``M_s ⊙ W_V^h n`` (``M`` the value clamp's mask, 1 without one)."""
+        v = normed @ self.W_V_flat.T
+        if self.v_mask_flat is None:
+            return v
+        return v * (self.v_mask_flat if pos is None else self.v_mask_flat[pos])
+
+    def values_T(self, beta: Tensor, pos: Tensor | None = None) -> Tensor:
+        """Transpose of :meth:`values`: ``beta: [n, head·d_head] → [n, d_model]``."""
+        if self.v_mask_flat is not None:
+            beta = beta * (self.v_mask_flat if pos is None else self.v_mask_flat[pos])
+        return beta @ self.W_V_flat
 
     def W_V_heads(self) -> Tensor:
         """``W_V`` per query head: ``[head, d_head, d_model]`` (KV heads repeated ``group`` times)."""
@@ -191,10 +227,15 @@ class Target:
 class Surrogate:
     """The frozen linear map of one forward pass (build with :func:`build_surrogate`).
 
-    ``input_ids: [pos]``; ``embed: [pos, d_model]`` token embeddings, ``pos_embed: [pos, d_model] | None``
-    (learned absolute positions), ``x0 = embed + pos_embed``; ``attn[l]``, ``mlp[l]`` the frozen sublayers;
+    ``input_ids: [pos]``; ``embed: [pos, d_model]`` token embeddings (times the model's embedding scale, e.g.
+    Gemma's √d_model: the scale belongs to the embedding source), ``pos_embed: [pos, d_model] | None`` (learned
+    absolute positions), ``x0 = embed + pos_embed``; ``attn[l]``, ``mlp[l]`` the frozen sublayers;
     ``final_norm`` frozen; ``W_U: [d_vocab, d_model]``, ``b_U: [d_vocab] | None``; ``logits: [pos, d_vocab]``
-    the model's real logits (fp32), kept to check completeness and the argmax tracer's error.
+    the model's real logits (fp32, after any final soft-cap), kept to check completeness and the argmax tracer's
+    error. ``parallel``: the layer's attention and MLP read the same state (GPT-NeoX's parallel residual), so
+    there is one state per layer instead of one per sublayer (see :meth:`state_in`). ``final_softcap``: the cap
+    ``c`` of a final-logit soft-cap ``c·tanh(z/c)`` (Gemma-2), with ``pre_logits: [pos, d_vocab]`` the model's
+    logits ``z`` before it (see :func:`logit_slopes`).
     """
 
     input_ids: Tensor
@@ -208,10 +249,25 @@ class Surrogate:
     logits: Tensor
     arch: str = ""
     tokens: tuple[str, ...] = field(default=(), compare=False)
+    parallel: bool = False
+    final_softcap: float | None = None
+    pre_logits: Tensor | None = field(default=None, compare=False)
 
     @property
     def n_layers(self) -> int:
         return len(self.attn)
+
+    @property
+    def n_states(self) -> int:
+        """Residual states ``x_0 … x_{n_states − 1}``: ``2L + 1`` (one after each sublayer), ``L + 1`` (parallel)."""
+        return self.n_layers + 1 if self.parallel else 2 * self.n_layers + 1
+
+    def state_in(self, layer: int, sub: str) -> int:
+        """Index of the state that sublayer ``sub`` (``"attn"`` or ``"mlp"``) of ``layer`` reads; it writes
+        ``state_in + 1``. Sequential: attention ``2l → 2l+1``, MLP ``2l+1 → 2l+2``; parallel: both ``l → l+1``."""
+        if self.parallel:
+            return layer
+        return 2 * layer + (sub == "mlp")
 
     @property
     def n_pos(self) -> int:
@@ -240,19 +296,19 @@ class Surrogate:
 # ------------------------------------------------------------------------------- the frozen linear map
 def attn_linear(att: FrozenAttention, x: Tensor) -> Tensor:
     """Linear part of the attention sublayer: ``x: [pos, d] → [pos, d]``,
-    ``Post_t Σ_h W_O^h Σ_s A_h[t, s] W_V^h Pre_s x[s]``."""
-    v = torch.einsum("jkd,sd->jsk", att.W_V, _lin(att.norm_in)(x))  # [kv_head, pos, d_head]
-    v = v.repeat_interleave(att.group, dim=0)  # [head, pos, d_head]
+    ``Post_t Σ_h W_O^h Σ_s A_h[t, s] M_s W_V^h Pre_s x[s]``."""
+    T, H, dh = x.shape[0], att.n_heads, att.d_head
+    v = att.values(_lin(att.norm_in)(x)).view(T, H, dh).transpose(0, 1)  # [head, pos, d_head]
     z = torch.einsum("hts,hsk->htk", att.pattern, v)  # [head, pos, d_head]
     return _lin(att.norm_out)(torch.einsum("hdk,htk->td", att.W_O, z))
 
 
 def attn_linear_T(att: FrozenAttention, rho: Tensor) -> Tensor:
     """Transpose (VJP) of :func:`attn_linear`: ``ρ: [pos, d] → [pos, d]``."""
+    T = rho.shape[0]
     beta = torch.einsum("hdk,td->htk", att.W_O, _lin_T(att.norm_out)(rho))  # [head, pos(t), d_head]
     gz = torch.einsum("hts,htk->hsk", att.pattern, beta)  # [head, pos(s), d_head]
-    gz = gz.reshape(-1, att.group, *gz.shape[1:]).sum(1)  # [kv_head, pos, d_head]
-    return _lin_T(att.norm_in)(torch.einsum("jkd,jsk->sd", att.W_V, gz))
+    return _lin_T(att.norm_in)(att.values_T(gz.transpose(0, 1).reshape(T, -1)))
 
 
 def mlp_linear(mlp: FrozenMLP, x: Tensor, pos: Tensor | None = None) -> Tensor:
@@ -271,14 +327,19 @@ def mlp_linear_T(mlp: FrozenMLP, rho: Tensor, pos: Tensor | None = None) -> Tens
 
 
 def frozen_forward(sur: Surrogate, x0: Tensor, with_bias: bool = True) -> list[Tensor]:
-    """The residual states ``[x_0, …, x_{2L}]`` (each ``[pos, d_model]``) of the frozen map from ``x0``.
+    """The residual states ``[x_0, …, x_{n_states − 1}]`` (each ``[pos, d_model]``) of the frozen map from ``x0``.
 
-    ``x_{k+1} = x_k + Sub_k x_k (+ bias_k)``. With ``with_bias=False`` the map is linear, so feeding a masked
-    ``x0`` gives the part of every state that comes from the unmasked sources only.
+    Sequential: ``x_{k+1} = x_k + Sub_k x_k (+ bias_k)`` per sublayer; parallel residual:
+    ``x_{l+1} = x_l + Attn_l x_l + MLP_l x_l (+ a_l + m_l)`` per layer. With ``with_bias=False`` the map is linear,
+    so feeding a masked ``x0`` gives the part of every state that comes from the unmasked sources only.
     """
     states = [x0]
     x = x0
     for att, mlp in zip(sur.attn, sur.mlp, strict=True):
+        if sur.parallel:
+            x = x + attn_linear(att, x) + mlp_linear(mlp, x) + (att.bias + mlp.bias if with_bias else 0)
+            states.append(x)
+            continue
         x = x + attn_linear(att, x) + (att.bias if with_bias else 0)
         states.append(x)
         x = x + mlp_linear(mlp, x) + (mlp.bias if with_bias else 0)
@@ -286,10 +347,42 @@ def frozen_forward(sur: Surrogate, x0: Tensor, with_bias: bool = True) -> list[T
     return states
 
 
+def logit_slopes(sur: Surrogate, tokens: list[int], pos: int = -1) -> Tensor:
+    """``[len(tokens)]``: the frozen slope ``s = tanh(z/c) / (z/c)`` of a final soft-cap at each token's pre-cap
+    logit ``z`` (position ``pos``), so the model's capped logit is exactly ``s · z``; ones without a soft-cap.
+
+    The tracer decomposes the *capped* logit the model outputs: ``s`` is frozen like a norm's divisor, and ``z``
+    is linear in the residual stream, so ``s · z`` decomposes exactly. The limit at ``z = 0`` is 1.
+    """
+    if sur.final_softcap is None or sur.pre_logits is None:
+        return torch.ones(len(tokens), dtype=sur.W_U.dtype)
+    z = sur.pre_logits[sur.resolve_pos(pos), torch.tensor(tokens, dtype=torch.long)].double() / sur.final_softcap
+    small = z.abs() < 1e-6
+    s = torch.where(small, torch.ones_like(z), torch.tanh(z) / torch.where(small, torch.ones_like(z), z))
+    return s.to(sur.W_U.dtype)
+
+
+def target_info(sur: Surrogate, target: Target) -> dict:
+    """What the target scalar is, for the trace output: ``definition`` (``"logit"``, or ``"capped_logit"``
+    under a final soft-cap) and, with a cap, ``softcap: {cap, tokens: [[token, coef, pre_cap_logit, slope]]}``."""
+    if sur.final_softcap is None:
+        return {"definition": "logit", "softcap": None}
+    t = sur.resolve_pos(target.pos)
+    slopes = logit_slopes(sur, target.tokens, target.pos).tolist()
+    return {"definition": "capped_logit",
+            "description": "the model's soft-capped logit c·tanh(z/c) = s·z, with the slope s = tanh(z/c)/(z/c) "
+                           "frozen per token at its pre-cap logit z",
+            "softcap": {"cap": sur.final_softcap,
+                        "tokens": [[k, c, float(sur.pre_logits[t, k]), s]
+                                   for (k, c), s in zip(target.coef, slopes, strict=True)]}}
+
+
 def target_vector(sur: Surrogate, target: Target) -> tuple[Tensor, float]:
-    """``e = Σ_k coef_k W_U[k]: [d_model]`` and the unembedding bias constant ``Σ_k coef_k b_U[k]``."""
+    """``e = Σ_k coef_k s_k W_U[k]: [d_model]`` and the unembedding bias constant ``Σ_k coef_k s_k b_U[k]``
+    (``s_k`` the frozen soft-cap slope of :func:`logit_slopes`, 1 without a final soft-cap)."""
     idx = torch.tensor(target.tokens, dtype=torch.long)
     coef = torch.tensor([c for _, c in target.coef], dtype=sur.W_U.dtype)
+    coef = coef * logit_slopes(sur, target.tokens, target.pos)
     e = coef @ sur.W_U[idx]
     b = float(coef @ sur.b_U[idx]) if sur.b_U is not None else 0.0
     return e, b
@@ -312,16 +405,20 @@ def readout(sur: Surrogate, target: Target, x_last: Tensor, with_bias: bool = Tr
 
 
 def backward(sur: Surrogate, target: Target) -> list[Tensor]:
-    """``g_k = ∂y/∂x_k: [pos, d_model]`` for every state ``k = 0 … 2L`` of the frozen map (one backward pass).
+    """``g_k = ∂y/∂x_k: [pos, d_model]`` for every state ``k`` of the frozen map (one backward pass).
 
-    ``g_{2L} = ρ_out`` at the target position; ``g_k = g_{k+1} + Sub_kᵀ g_{k+1}``. Independent of the input
-    (the map is linear).
+    ``g_last = ρ_out`` at the target position; ``g_k = g_{k+1} + Sub_kᵀ g_{k+1}`` (parallel residual:
+    ``g_l = g_{l+1} + Attn_lᵀ g_{l+1} + MLP_lᵀ g_{l+1}``). Independent of the input (the map is linear).
     """
     rho, _ = readout_vector(sur, target)
     g = torch.zeros_like(sur.embed)
     g[sur.resolve_pos(target.pos)] = rho
     grads = [g]
     for att, mlp in zip(reversed(sur.attn), reversed(sur.mlp), strict=True):
+        if sur.parallel:
+            g = g + attn_linear_T(att, g) + mlp_linear_T(mlp, g)
+            grads.append(g)
+            continue
         g = g + mlp_linear_T(mlp, g)
         grads.append(g)
         g = g + attn_linear_T(att, g)
@@ -330,7 +427,8 @@ def backward(sur: Surrogate, target: Target) -> list[Tensor]:
 
 
 def real_target(sur: Surrogate, target: Target) -> float:
-    """The model's own value of the target scalar (from the recorded fp32 logits)."""
+    """The model's own value of the target scalar (from the recorded fp32 logits, soft-capped where the model
+    caps them)."""
     row = sur.logits[sur.resolve_pos(target.pos)]
     return float(sum(c * row[k] for k, c in target.coef))
 
@@ -356,9 +454,9 @@ def _freeze_norm(params: NormParams | None, x: Tensor | None, dtype: torch.dtype
     if x is None:
         raise TracingError(f"the norm {type(params.module).__name__} did not run during the forward pass")
     return FrozenNorm(
-        weight=params.weight.detach().to(dtype),
-        bias=None if params.bias is None else params.bias.detach().to(dtype),
-        inv_scale=(1.0 / params.scale(x)).squeeze(-1).to(dtype),
+        weight=params.weight.detach().to(dtype).cpu(),
+        bias=None if params.bias is None else params.bias.detach().to(dtype).cpu(),
+        inv_scale=(1.0 / params.scale(x.cpu())).squeeze(-1).to(dtype),
         center=params.kind == "layer",
     )
 
@@ -396,12 +494,18 @@ class _Recorder:
         ad = self.adapter
         self._record_input("layer0", ad.layer(0))
         self._record_input("final", ad.final_norm)
+        if ad.final_logit_softcap is not None:  # the logits before the cap
+            def unembed_hook(_mod, _args, out):
+                self.inputs["pre_logits"] = out[0].detach().float()
+            self.handles.append(ad.unembed.register_forward_hook(unembed_hook))
         for l in range(ad.n_layers):  # noqa: E741
             for role in ("attn_in", "attn_out", "mlp_in", "mlp_out"):
                 p = ad.norm(l, role)
                 if p is not None:
                     self._record_input((l, role), p.module)
             self._record_input((l, "mlp"), ad.mlp(l))
+            if ad.qkv_clip is not None:  # the clamp's masks need the projections' real input
+                self._record_input((l, "attn"), ad.attn(l))
 
             def attn_hook(_mod, _args, out, l=l):  # noqa: E741
                 w = out[1] if isinstance(out, tuple) and len(out) > 1 else None
@@ -424,15 +528,31 @@ def _check_supported(adapter: ArchitectureAdapter) -> None:
         raise UnsupportedArchitectureError(f"the tracer cannot freeze MLPs of kind {spec.mlp_kind!r}")
 
 
+def _value_clamp(ap, n: Tensor, clip: float, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """OLMo-1's ``clip_qkv`` on the values, frozen: ``(mask, clamped)``, each ``[kv_head, pos, d_head]``.
+
+    ``n: [pos, d_model]`` is the attention module's real input; ``v = W_V n + b_V`` is clamped to ``[−clip, clip]``,
+    so ``mask`` is 1 where it was not (the linear map passes) and ``clamped`` the value where it was.
+    """
+    v = torch.einsum("jkd,sd->jsk", ap.W_V.detach().to(dtype).cpu(), n.to(dtype))  # [kv_head, pos, d_head]
+    if ap.b_V is not None:
+        v = v + ap.b_V.detach().to(dtype).cpu()[:, None]
+    mask = ((v >= -clip) & (v <= clip)).to(dtype)
+    return mask, v.clamp(-clip, clip)
+
+
 @torch.no_grad()
 def build_surrogate(model, input_ids, adapter: ArchitectureAdapter | None = None,
                     dtype: torch.dtype = torch.float32, tokenizer=None) -> Surrogate:
     """Run ``model`` once on ``input_ids`` (``[pos]`` or ``[1, pos]``) and freeze it into a :class:`Surrogate`.
 
-    The maths runs in ``dtype`` (fp32 by default; the model may be bf16). Raises
+    The maths runs in ``dtype`` on the CPU (fp32 by default; the model may be bf16, and on a GPU). What the
+    adapter describes is folded in: the embedding scale into the embedding source, the value clamp into a mask and
+    constants, the parallel residual into the state layout, a final soft-cap into the target
+    (:func:`logit_slopes`). Raises
     :class:`~ivlens.models.adapters.UnsupportedArchitectureError` for a model without an adapter, and
-    :class:`TracingError` where the frozen map would not reproduce the model (embedding scaled or otherwise
-    transformed before the first layer).
+    :class:`TracingError` where the frozen map would not reproduce the model (embeddings transformed before
+    the first layer in a way the adapter does not describe).
     """
     adapter = adapter or get_adapter(model)
     _check_supported(adapter)
@@ -446,7 +566,11 @@ def build_surrogate(model, input_ids, adapter: ArchitectureAdapter | None = None
 
     inp = {k: v.cpu() for k, v in rec.inputs.items()}
     pos_ids = torch.arange(ids.shape[1])
-    embed = adapter.embed.weight[ids[0].to(device)].detach().to(dtype).cpu()
+    w_emb = adapter.embed.weight
+    embed = w_emb[ids[0].to(device)].detach()
+    if adapter.embed_scale is not None:  # in the weight's dtype, as the model multiplies
+        embed = embed * torch.tensor(adapter.embed_scale, dtype=w_emb.dtype, device=device)
+    embed = embed.to(dtype).cpu()
     pe = adapter.pos_embed
     pos_embed = None if pe is None else pe.weight[pos_ids.to(device)].detach().to(dtype).cpu()
     x0 = embed if pos_embed is None else embed + pos_embed
@@ -454,30 +578,38 @@ def build_surrogate(model, input_ids, adapter: ArchitectureAdapter | None = None
     if err > 1e-3 * (1 + inp["layer0"].abs().max().item()):
         raise TracingError(
             f"the first layer's input differs from the embeddings by {err:.3g}: this model transforms its "
-            "embeddings before layer 0 (scaling, dropout in train mode?), which the adapter does not describe. "
-            "Call model.eval(), or extend the adapter with the embedding transform.")
+            f"embeddings before layer 0 (scaling other than the adapter's embed_scale {adapter.embed_scale}, "
+            "dropout in train mode?), which the adapter does not describe. Call model.eval(), or extend the "
+            "adapter with the embedding transform.")
 
     attn, mlps = [], []
+    clip = adapter.qkv_clip
     for l in range(adapter.n_layers):  # noqa: E741
         norms = {r: _freeze_norm(adapter.norm(l, r), inp.get((l, r)), dtype)
                  for r in ("attn_in", "attn_out", "mlp_in", "mlp_out")}
         # ---- attention
         ap = adapter.attention_params(l)
-        A = rec.patterns[l].to(dtype)  # [head, pos, pos]
+        A = rec.patterns[l].to(dtype).cpu()  # [head, pos, pos]
         W_V, W_O = cast(ap.W_V).cpu(), cast(ap.W_O).cpu()
         T, d = embed.shape
-        # constant per KV head written through V: W_V b_norm_in + b_V  -> [kv_head, d_head]
+        # constant per KV head and position written through V: W_V b_norm_in + b_V  -> [kv_head, pos, d_head]
         cv = torch.zeros(W_V.shape[:2], dtype=dtype)
         if norms["attn_in"] is not None and norms["attn_in"].bias is not None:
             cv = cv + W_V @ norms["attn_in"].bias
         if ap.b_V is not None:
             cv = cv + cast(ap.b_V).cpu()
-        cv = cv.repeat_interleave(adapter.group_size, dim=0)  # [head, d_head]
-        b_attn = A.sum(-1).T @ torch.einsum("hdk,hk->hd", W_O, cv)  # [pos, d_model]
+        cv = cv[:, None].expand(-1, T, -1)
+        v_mask = None
+        if clip is not None:  # clamped entries: a constant; the others keep the linear map and its constant
+            v_mask, clamped = _value_clamp(ap, inp[(l, "attn")], clip, dtype)
+            cv = torch.where(v_mask.bool(), cv, clamped)
+        cv = cv.repeat_interleave(adapter.group_size, dim=0)  # [head, pos, d_head]
+        b_attn = torch.einsum("hdk,htk->td", W_O, torch.einsum("hts,hsk->htk", A, cv))  # [pos, d_model]
         if ap.b_O is not None:
             b_attn = b_attn + cast(ap.b_O).cpu()
         b_attn = _affine(norms["attn_out"], b_attn)
-        attn.append(FrozenAttention(A, W_V, W_O, adapter.group_size, norms["attn_in"], norms["attn_out"], b_attn))
+        attn.append(FrozenAttention(A, W_V, W_O, adapter.group_size, norms["attn_in"], norms["attn_out"], b_attn,
+                                    v_mask))
         # ---- MLP: n is the MLP module's real input (already normed in pre-norm architectures)
         mp = adapter.mlp_params(l)
         n = inp[(l, "mlp")].to(dtype)  # [pos, d_model]
@@ -501,5 +633,8 @@ def build_surrogate(model, input_ids, adapter: ArchitectureAdapter | None = None
     W_U = cast(adapter.unembed.weight).cpu()
     b_U = cast(getattr(adapter.unembed, "bias", None))
     tokens = tuple(tokenizer.convert_ids_to_tokens(ids[0].tolist())) if tokenizer is not None else ()
+    cap = adapter.final_logit_softcap
     return Surrogate(ids[0], embed, pos_embed, tuple(attn), tuple(mlps), final, W_U,
-                     None if b_U is None else b_U.cpu(), logits, adapter.spec.name, tokens)
+                     None if b_U is None else b_U.cpu(), logits, adapter.spec.name, tokens,
+                     parallel=bool(adapter.parallel_residual), final_softcap=None if cap is None else float(cap),
+                     pre_logits=inp.get("pre_logits"))
