@@ -65,7 +65,7 @@ def study(tmp_path_factory) -> Path:
     org.write_table("iv_transfer", iv_transfer_table(_card()))
     org.finish()
 
-    run_eval(models, "adjectives", samples=3, out=root / "eval" / "adjectives")
+    run_eval(models, "adjectives", samples=2, out=root / "eval" / "adjectives")
 
     run = RunDir.create("patch", "adjectives-adj_ant-formatted", out=root / "patch-formatted", models=described,
                         task="adjectives", seed=0, args={"task": "adjectives", "subtask": "adj_ant",
@@ -75,7 +75,7 @@ def study(tmp_path_factory) -> Path:
     analyse(res.rows, run=run, make_figures=False)
     run.finish()
 
-    probe_run(models, ["adjectives", "animals"], layers="all", out=root / "probe", max_per_subtask=8)
+    probe_run(models, ["adjectives", "animals"], layers="0,-1", out=root / "probe", max_per_subtask=8)
 
     run = RunDir.create("trace", "adjectives-compare", out=root / "trace" / "adjectives", models=described,
                         task="adjectives", args={"compare": True, "samples": 1})
@@ -85,6 +85,12 @@ def study(tmp_path_factory) -> Path:
     unfinished = RunDir.create("eval", "killed", out=root / "eval" / "killed", models=described)
     assert unfinished.manifest["status"] == "running"
     return root
+
+
+@pytest.fixture(scope="module")
+def page(study) -> Path:
+    """The study's report, built once for the tests that only read it."""
+    return build_report(study)
 
 
 def test_reader_finds_every_run(study):
@@ -98,8 +104,8 @@ def test_reader_finds_every_run(study):
     assert not any(r.rel.startswith("probe/ivs") for r in st.runs)
 
 
-def test_report_has_every_section_figure_and_link(study, tmp_path):
-    path = build_report(study)
+def test_report_has_every_section_figure_and_link(study, page, tmp_path):
+    path = page
     assert path == study / "report.html"
     text = path.read_text()
     for sid in SECTIONS:
@@ -124,8 +130,8 @@ def test_report_has_every_section_figure_and_link(study, tmp_path):
     assert hrefs and all((other.parent / h).exists() for h in hrefs)
 
 
-def test_report_makes_no_network_request(study):
-    text = build_report(study).read_text()
+def test_report_makes_no_network_request(page):
+    text = page.read_text()
     external = re.findall(r'(?:src|href)\s*=\s*"((?:https?:)?//[^"]*)"', text)
     assert set(external) <= {"https://arxiv.org/abs/2602.07930"}, external  # the paper, a plain link
     assert "@import" not in text and "url(http" not in text and "<link rel=\"stylesheet\"" not in text
@@ -146,8 +152,8 @@ def test_cli_report(study, tmp_path):
     res = CliRunner().invoke(app, ["report", str(study / "patch-formatted"), "--out", str(out)])
     assert res.exit_code == 0, res.output
     assert out.exists() and '<section id="patching">' in out.read_text()
-    res = CliRunner().invoke(app, ["report", str(tmp_path / "nothing-here")])
-    assert res.exit_code == 2 and "not a directory" in res.output
+    res = CliRunner().invoke(app, ["report", str(tmp_path / "nothing-here")], env={"COLUMNS": "300"})
+    assert res.exit_code == 2 and "not a directory" in " ".join(res.output.split())
 
 
 # ----------------------------------------------------------------------------- in a real browser
@@ -158,7 +164,8 @@ needs_chromium = pytest.mark.skipif(browser.find_chromium() is None,
 CHECK = """(() => {
   const ids = Array.from(document.querySelectorAll("section")).map(s => s.id);
   const imgs = Array.from(document.images);
-  const t = document.querySelector("table.sortable");
+  const t = Array.from(document.querySelectorAll("table.sortable"))
+    .find(x => Array.from(x.tHead.rows[0].cells).some(c => c.textContent === "wall s"));
   const col = Array.from(t.tHead.rows[0].cells).findIndex(c => c.textContent === "wall s");
   const read = () => Array.from(t.tBodies[0].rows).map(r => r.cells[col].getAttribute("data-sort"));
   t.tHead.rows[0].cells[col].click();
@@ -170,8 +177,7 @@ CHECK = """(() => {
 
 
 @needs_chromium
-def test_report_in_headless_chromium(study):
-    page = build_report(study)
+def test_report_in_headless_chromium(page):
     res = browser.load_page(page.resolve().as_uri(), expression=CHECK, screenshot=True)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     (ARTIFACTS / "report.png").write_bytes(res.screenshot)
