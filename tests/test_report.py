@@ -209,3 +209,28 @@ def test_eval_table_from_a_frame():  # the table helper on its own: integers sta
 
     out = table(pd.DataFrame({"seed": [0, None], "x": [0.5, float("nan")], "name": ["a", "<b>"]}), "cap `c`")
     assert ">0<" in out and ">0.000<" not in out and ">–<" in out and "&lt;b&gt;" in out and "<code>c</code>" in out
+
+
+def test_the_main_job_writes_the_report_and_prints_its_path(tmp_path, monkeypatch):
+    """``ivlens main`` ends with the report next to summary.md (the steps replaced by one quick eval here)."""
+    import ivlens.main_job as mj
+    import ivlens.organism.paths as op
+    from ivlens.api import run_eval
+    from ivlens.cli import app
+
+    tok = tiny_tokenizer()
+    monkeypatch.setattr(op, "ensure_organism", lambda variant: None)
+    monkeypatch.setattr(op, "is_built", lambda d: True)
+    monkeypatch.setattr(mj, "load_model", lambda name: LoadedModel.wrap(tiny_model("olmo2"), tok, name))
+
+    def step(ctx):
+        run_eval(ctx.models, "adjectives", samples=1, out=ctx.root / "eval" / "adjectives")
+        return "## eval\n"
+
+    monkeypatch.setattr(mj, "STEPS", [("eval", step)])
+    res = CliRunner().invoke(app, ["main", "--out", str(tmp_path / "main")], env={"COLUMNS": "300"})
+    assert res.exit_code == 0, res.output
+    report = tmp_path / "main" / "report.html"
+    assert report.exists() and (tmp_path / "main" / "summary.md").exists()
+    assert f"report: {report}" in " ".join(res.output.split())
+    assert '<section id="eval">' in report.read_text() and "report.html" in (tmp_path / "main" / "summary.md").read_text()

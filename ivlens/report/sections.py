@@ -281,7 +281,8 @@ def patching_section(ctx: Context) -> h.Section | None:
                           else "rows: the two lower layers a,b; columns: the highest layer c")
                 s.add(h.figure(figures.set_heatmaps(inter, singles, ctx.models, size, value, n_layers),
                                f"{name.capitalize()} of layers: {what}{diag}, {layout}; rows of panels: position, "
-                               "columns: model; one colour scale for all panels, red positive, blue negative.",
+                               "columns: model; one colour scale per position, shared by the models (its bar "
+                               "on the right), red positive, blue negative.",
                                ctx.data(run, "interactions", "single_layer")))
         if not inter.empty:
             verdicts = (inter.groupby(["model", "position", "set_size", "verdict"], sort=False).size()
