@@ -234,3 +234,17 @@ def test_the_main_job_writes_the_report_and_prints_its_path(tmp_path, monkeypatc
     assert report.exists() and (tmp_path / "main" / "summary.md").exists()
     assert f"report: {report}" in " ".join(res.output.split())
     assert '<section id="eval">' in report.read_text() and "report.html" in (tmp_path / "main" / "summary.md").read_text()
+
+
+def test_report_of_a_single_prompt_trace(tiny_dir, tmp_path):
+    """``ivlens trace`` without --compare: the report draws and lists each model's top paths."""
+    from ivlens.cli import app
+
+    out = tmp_path / "trace"
+    r = CliRunner().invoke(app, ["trace", "--model", str(tiny_dir("olmo2", n_layers=2)), "--task", "adjectives",
+                                 "--subtask", "adj_ant", "--sample", "0", "--top-k", "5", "--beam", "16",
+                                 "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    text = build_report(out).read_text()
+    assert '<section id="tracing">' in text and "single-prompt trace" in text and "could not be drawn" not in text
+    assert text.count("<figure>") == 1 and ".paths.json" in text

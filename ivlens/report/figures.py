@@ -293,7 +293,8 @@ def sample_paths(rows: pd.DataFrame, models: Sequence[str], top: int = 10) -> by
             t_inst = g.t_inst.iloc[0]
             if pd.notna(t_inst):
                 ax.axhline(float(t_inst), color="green", lw=0.8, alpha=0.5, ls=":")
-            ax.set_title(f"{m} · {sub} (query {g['query'].iloc[0]!r})", fontsize=9)
+            query = g["query"].iloc[0] if "query" in g else ""
+            ax.set_title(f"{m} · {sub}" + (f" (query {query!r})" if query else ""), fontsize=9)
             if j:
                 ax.set_ylabel("")
     fig.tight_layout()

@@ -82,6 +82,10 @@ class Run:
         return pd.concat([pd.read_parquet(s, columns=columns) for s in sorted(p.glob("shard-*.parquet"))],
                          ignore_index=True)
 
+    def names(self, suffix: str) -> list[str]:
+        """Names of the run's own files ending in ``suffix`` (e.g. ``.paths.json``), without it, sorted."""
+        return sorted(p.name[: -len(suffix)] for p in self.path.glob(f"*{suffix}") if p.is_file())
+
     def json(self, name: str) -> dict | list | None:
         """``<name>.json`` parsed, or None when absent."""
         p = self.path / f"{name}.json"

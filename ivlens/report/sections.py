@@ -7,6 +7,7 @@ the study's order (base / SFT / DPO).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -356,7 +357,8 @@ def probing_section(ctx: Context) -> h.Section | None:
 def tracing_section(ctx: Context) -> h.Section | None:
     """Circuit selectors."""
     runs = [r for r in ctx.study.of("trace") if r.json("compare") is not None]
-    if not runs:
+    singles = [r for r in ctx.study.of("trace") if r.json("compare") is None and r.names(".paths.json")]
+    if not runs and not singles:
         return None
     s = h.Section("tracing", "Circuit selectors (exact path tracing)")
     s.add(h.para("With norms, attention patterns and MLP gates frozen at their values on the prompt, the answer's "
@@ -403,7 +405,37 @@ def tracing_section(ctx: Context) -> h.Section | None:
                            ctx.data(run, "sample_paths")))
         else:
             s.add(h.note("This run predates the stored sample paths (sample_paths.parquet): no path drawing."))
+    for run in singles:
+        s.add(*_single_traces(ctx, run))
     return s
+
+
+def _single_traces(ctx: Context, run: Run) -> list[str]:
+    """A single-prompt trace run (``ivlens trace`` without ``--compare``): per model, its top paths drawn and
+    listed, from ``<model>.paths.json``."""
+    blocks = [h.heading(f"single-prompt trace ({run.rel}): {run.manifest.get('task') or 'a prompt'}")]
+    rows, names = [], run.names(".paths.json")
+    for name in names:
+        summ = run.json(f"{name}.paths")
+        for rank, p in enumerate(summ.get("paths", [])):
+            rows.append({"model": name, "subtask": run.args.get("subtask") or "prompt", "sample": run.args.get("sample"),
+                         "query": "", "rank": rank, "value": p["value"], "source": p["source"], "layer": p["layer"],
+                         "pos": p["pos"], "hops": json.dumps(p["hops"]), "text": p.get("text", ""),
+                         "tokens": json.dumps(summ.get("tokens") or []), "t_inst": None,
+                         "n_layers": summ.get("n_layers") or _n_layers(run)})
+        blocks.append(h.para(f"{name}: the paths sum to {summ.get('value', float('nan')):.4g}; the model's logit is "
+                             f"{summ.get('real', float('nan')):.4g} (completeness error "
+                             f"{summ.get('completeness_rel_err', float('nan')):.1e})."))
+    table = pd.DataFrame(rows)
+    data = [(f"{run.rel}/{n}.paths.json", ctx.href(run, f"{n}.paths.json")) for n in names]
+    if not table.empty and all(json.loads(t) for t in table.tokens):
+        blocks.append(h.figure(figures.sample_paths(table, ctx.models),
+                               "The top 10 exact paths of the prompt per model, over the token × layer grid (red "
+                               "raises the target's logit, blue lowers it, width by size).", data))
+    if not table.empty:
+        blocks.append(h.table(table[["model", "rank", "value", "text"]], "The top exact paths and their "
+                                                                         "contributions.", data))
+    return blocks
 
 
 SECTIONS = (setup_section, organism_section, eval_section, patching_section, probing_section, tracing_section)
