@@ -13,6 +13,7 @@ import os
 import re
 from pathlib import Path
 
+import browser  # tests/browser.py
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -157,7 +158,6 @@ def test_cli_report(study, tmp_path):
 
 
 # ----------------------------------------------------------------------------- in a real browser
-browser = pytest.importorskip("browser", reason="tests/browser.py")
 needs_chromium = pytest.mark.skipif(browser.find_chromium() is None,
                                     reason="no chromium: apt-get install -y chromium (scripts/test.sh does it as root)")
 

@@ -91,7 +91,7 @@ def table(df: pd.DataFrame, caption: str | None = None, data: Sequence[tuple[str
     shown = df.head(max_rows).copy()
     for c in shown.columns:  # integer columns that gained a NaN (and so became float) print as integers
         col = shown[c]
-        if col.dtype.kind == "f" and col.notna().any() and (col.dropna() % 1 == 0).all():
+        if col.dtype.kind == "f" and col.isna().any() and col.notna().any() and (col.dropna() % 1 == 0).all():
             shown[c] = col.astype("Int64").astype(object).where(col.notna(), None)
     head = "".join(f"<th>{esc(c)}</th>" for c in shown.columns)
     body = []
@@ -107,8 +107,8 @@ def table(df: pd.DataFrame, caption: str | None = None, data: Sequence[tuple[str
         cap += f" Data: {links(data)}."
     if len(df) > len(shown):
         cap += f" First {len(shown)} of {len(df)} rows."
-    cap_html = f"<caption>{cap.strip()}</caption>" if cap else ""
-    return (f'<div class="tablewrap"><table class="sortable">{cap_html}<thead><tr>{head}</tr></thead>'
+    cap_html = f'<p class="tcap">{cap.strip()}</p>' if cap else ""
+    return (f'<div class="tablewrap">{cap_html}<table class="sortable"><thead><tr>{head}</tr></thead>'
             f'<tbody>{"".join(body)}</tbody></table></div>')
 
 
@@ -145,7 +145,7 @@ figure img { max-width: 100%; height: auto; border: 1px solid var(--line); }
 figcaption { color: var(--muted); font-size: .9rem; max-width: 62rem; margin-top: .3rem; }
 .tablewrap { overflow-x: auto; margin: .5rem 0 1.2rem; }
 table { border-collapse: collapse; font-size: .85rem; }
-caption { caption-side: top; text-align: left; color: var(--muted); padding: .2rem 0 .4rem; max-width: 62rem; }
+p.tcap { color: var(--muted); font-size: .9rem; margin: .2rem 0 .4rem; }
 th, td { border: 1px solid var(--line); padding: .2rem .5rem; text-align: left; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 th { background: var(--soft); cursor: pointer; user-select: none; vertical-align: bottom; }
