@@ -147,9 +147,9 @@ figcaption { color: var(--muted); font-size: .9rem; max-width: 62rem; margin-top
 table { border-collapse: collapse; font-size: .85rem; }
 p.tcap { color: var(--muted); font-size: .9rem; margin: .2rem 0 .4rem; }
 th, td { border: 1px solid var(--line); padding: .2rem .5rem; text-align: left; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 th { background: var(--soft); cursor: pointer; user-select: none; vertical-align: bottom; }
-td { overflow-wrap: anywhere; }
+td { overflow-wrap: break-word; }
 th[aria-sort="ascending"]::after { content: " ▲"; }
 th[aria-sort="descending"]::after { content: " ▼"; }
 dl { display: grid; grid-template-columns: max-content 1fr; gap: .15rem 1rem; }

@@ -88,6 +88,14 @@ def setup_section(ctx: Context) -> h.Section:
     """Setup."""
     s = h.Section("setup", "Setup")
     st = ctx.study
+    s.add(h.para("What this is: a study of how language models follow instructions. An instruction's *instruction "
+                 "vector* (IV) is the residual stream at the instruction's last token (T_inst). The analyses ask "
+                 "whether the models follow the instructions (instruction following), at which layers an IV "
+                 "patched into a prompt without instruction makes the model do the task (IV localisation), whether "
+                 "IVs of differently worded instructions are linearly separable by task (probes), and whether "
+                 "two instructions route the same query through different paths of the network (circuit "
+                 "selectors). Checkpoints of one model after pretraining (base), supervised fine-tuning (SFT) and "
+                 "preference optimisation (DPO) are shown side by side.".replace("*", "")))
     s.add(h.para(f"This report reads {len(st.runs)} run director{'y' if len(st.runs) == 1 else 'ies'} under "
                  f"`{st.root}`. Every table and figure below links the Parquet file it was drawn from; the paths "
                  "are relative to this page, so the page and its directory can be moved together."))
