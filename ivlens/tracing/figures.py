@@ -57,6 +57,9 @@ def draw_paths(ax, paths: Sequence[Path], tokens: Sequence[str], n_layers: int, 
     ax.set_yticklabels([f"{i} {t}" for i, t in enumerate(tokens)] if tokens else range(T), fontsize=7)
     ax.set_ylim(T - 0.5, -0.5)
     ax.set_xlim(-0.7, n_layers + 0.7)
+    # layer l spans [l, l + 1] (its head hops cross it); the path starts at the embedding, ends at the logit
+    ax.set_xticks([-0.5, *(i + 0.5 for i in range(n_layers)), n_layers + 0.5],
+                  ["emb", *(str(i) for i in range(n_layers)), "logit"], fontsize=7)
     ax.set_xlabel("layer")
 
 
