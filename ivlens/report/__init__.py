@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -69,5 +70,8 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     path = Path(out) if out is not None else study.root / REPORT_NAME
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, render_report(study, path.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    path.chmod(0o666 & ~umask)  # a page to share: readable like any file the user writes (mkstemp made it 0600)
     log.info("report written to %s in %.1f s", path, time.perf_counter() - t0)
     return path
