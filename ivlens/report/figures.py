@@ -292,7 +292,8 @@ def sample_paths(rows: pd.DataFrame, models: Sequence[str], top: int = 10) -> by
             draw_paths(ax, paths, tokens, n_layers)
             t_inst = g.t_inst.iloc[0]
             if pd.notna(t_inst):
-                ax.axhline(float(t_inst), color="green", lw=0.8, alpha=0.5, ls=":")
+                ax.axhline(float(t_inst), color="tab:green", lw=1.4, alpha=0.9, ls=":")
+                ax.get_yticklabels()[int(t_inst)].set_color("tab:green")
             query = g["query"].iloc[0] if "query" in g else ""
             ax.set_title(f"{m} · {sub}" + (f" (query {query!r})" if query else ""), fontsize=9)
             if j:

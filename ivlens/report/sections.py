@@ -409,7 +409,7 @@ def tracing_section(ctx: Context) -> h.Section | None:
                            "over the token × layer grid: a path enters at its token (left), hops through heads "
                            "(labelled H<head>, from the source to the destination token) and MLPs (grey squares) "
                            "and reaches the answer at the last token (right); red paths raise the answer's logit, "
-                           "blue ones lower it, width by size; the dotted green line marks T_inst.",
+                           "blue ones lower it, width by size; the dotted green line and green token mark T_inst.",
                            ctx.data(run, "sample_paths")))
         else:
             s.add(h.note("This run predates the stored sample paths (sample_paths.parquet): no path drawing."))
