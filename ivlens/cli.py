@@ -172,6 +172,24 @@ def main_job(
         path = run_main_job(out=out, samples=samples)
     err_console.print("")
     console.print(f"[bold green]main job finished.[/] results: {path}")
+    report = path / "report.html"
+    if report.exists():
+        console.print(f"report: {report}")
+
+
+# ----------------------------------------------------------------------------- report
+@app.command("report")
+def report_cmd(
+    run_dir: Annotated[str, typer.Argument(help="a run directory, or a directory of run directories (a study)")],
+    out: Annotated[str | None, typer.Option("--out", help="the HTML file to write (default RUN_DIR/report.html)")]
+    = None,
+) -> None:
+    """Write one self-contained HTML report (figures and tables embedded; opens offline) of finished runs."""
+    from ivlens.report import build_report
+
+    with friendly_errors():
+        path = build_report(run_dir, out)
+    console.print(f"report: {path}")
 
 
 # ----------------------------------------------------------------------------- analysis commands

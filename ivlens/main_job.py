@@ -2,7 +2,7 @@
 
 Builds the organisms into the user cache if they are missing, then runs each step on base / SFT / DPO
 side by side, writing one run directory per step under one parent directory, plus ``summary.md`` with
-the headline tables. Each step is a function ``step(ctx) -> markdown``.
+the headline tables and ``report.html`` (:mod:`ivlens.report`) with the figures. Each step is a function ``step(ctx) -> markdown``.
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ def step_organism(ctx: MainContext) -> str:
 
     directory = organism_dir(ctx.variant)
     card = read_card(directory)
+    write_organism_run(ctx, card, directory)
     rows = []
     for stage, tasks in card.get("measured", {}).items():
         for task, m in tasks.items():
@@ -82,6 +83,22 @@ def step_organism(ctx: MainContext) -> str:
         "the antonym label space):\n",
         markdown_table(table) if not table.empty else "(no subtask had off-label answers to move)", "",
     ])
+
+
+def write_organism_run(ctx: MainContext, card: dict, directory: Path) -> Path:
+    """``<root>/organism/``: a run directory holding the card (``card.json``) and its IV transfer curves
+    (``iv_transfer.parquet``), so that the report reads the organism like every other step."""
+    import json
+
+    from .organism.card import iv_transfer_table
+    from .runs import RunDir
+
+    run = RunDir.create("organism", ctx.variant, out=ctx.root / "organism", models=[m.describe() for m in ctx.models],
+                        args={"variant": ctx.variant, "path": str(directory)}, seed=card.get("seed"))
+    atomic_write_text(run.path / "card.json", json.dumps(card, indent=2) + "\n")
+    run.write_table("iv_transfer", iv_transfer_table(card))
+    run.finish()
+    return run.path
 
 
 def step_eval(ctx: MainContext) -> str:
@@ -191,6 +208,13 @@ def run_main_job(out: str | Path | None = None, samples: int | None = None, vari
         sections.append(step(ctx))
         log.info("step %s took %.1f s", name, time.perf_counter() - t)
         atomic_write_text(root / "summary.md", "\n".join(sections))
-    sections.append(f"\n_total wall time: {time.perf_counter() - t0:.0f} s_\n")
+    sections.append(f"\n_total wall time of the analyses: {time.perf_counter() - t0:.0f} s_\n")
+    t = time.perf_counter()
+    console.rule("[bold]report")
+    from .report import build_report
+
+    report = build_report(root)
+    log.info("report took %.1f s", time.perf_counter() - t)
+    sections.append(f"The HTML report (figures, tables, setup): {report.name} ({time.perf_counter() - t:.0f} s)\n")
     atomic_write_text(root / "summary.md", "\n".join(sections))
     return root

@@ -3,6 +3,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
+# The report's browser test needs a real headless Chromium: install Debian's where it is missing and we are root
+# (CI runs as root on a fresh Debian-like machine); elsewhere that test is skipped with the command to run.
+if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "[ivlens] installing chromium for the report's browser test" >&2
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ||
+    echo "[ivlens] could not install chromium: the browser test will be skipped" >&2
+fi
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
 .venv/bin/ruff check ivlens tests benchmarks

@@ -51,3 +51,22 @@ def organism_split(model_dir: str | Path) -> dict[str, dict[str, list[str]]]:
     """
     split = read_card(model_dir)["split"]
     return {task: {"train": list(s["train"]), "heldout": list(s["heldout"])} for task, s in split.items()}
+
+
+def iv_transfer_table(card: dict):
+    """The card's single-layer IV transfer curves as one long table: stage, task, subtask, target, position,
+    layer, ia, exact, flip, n_outside (one row per point of :func:`ivlens.organism.measure.measure_stage`'s
+    curves), for reports that read tables rather than the card's nested JSON."""
+    import pandas as pd
+
+    rows = []
+    for stage, tasks in (card.get("measured") or {}).items():
+        for task, m in tasks.items():
+            for sub, res in (m.get("iv") or {}).get("subtasks", {}).items():
+                for key, points in res.get("curves", {}).items():
+                    target, _, position = key.partition("/")
+                    rows += [{"stage": stage, "task": task, "subtask": sub, "target": target, "position": position,
+                              **{k: p.get(k) for k in ("layer", "ia", "exact", "flip", "n_outside")}}
+                             for p in points]
+    return pd.DataFrame(rows, columns=["stage", "task", "subtask", "target", "position", "layer", "ia", "exact",
+                                       "flip", "n_outside"])

@@ -65,7 +65,7 @@ class TraceResult:
                "value": self.full_graph.value,
                "real": self.full_graph.real, "completeness_rel_err": self.full_graph.completeness_rel_err,
                "sources": [int(i) for i in self.graph.sources.nonzero().flatten()],
-               "restricted_value": self.graph.value,
+               "restricted_value": self.graph.value, "tokens": list(tok), "n_layers": self.sur.n_layers,
                "paths": [dict(p.to_dict(), text=p.describe(tok)) for p in self.paths]}
         if self.argmax is not None:
             out["argmax"] = self.argmax.to_dict(tok)

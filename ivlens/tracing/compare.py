@@ -22,6 +22,7 @@ instruction B (target: B's answer), and compare where their path mass flows:
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -186,7 +187,8 @@ class SubtaskComparison:
     """Per-sample comparisons (``rows``), their aggregates, and mean head activity per subtask.
 
     ``ab`` / ``baseline``: lists of :class:`GraphComparison` (A vs B; rephrasing vs rephrasing);
-    ``head_activity``: subtask → ``[layer, head]`` mean share; ``completeness``: max relative error seen.
+    ``head_activity``: subtask → ``[layer, head]`` mean share; ``completeness``: max relative error seen;
+    ``example``: the top paths of the first sample under A and B, one dict per path (see :func:`example_rows`).
     """
 
     subtasks: tuple[str, str]
@@ -195,6 +197,7 @@ class SubtaskComparison:
     head_activity: dict[str, Tensor] = field(default_factory=dict)
     completeness: float = 0.0
     rows: list[dict] = field(default_factory=list)
+    example: list[dict] = field(default_factory=list)
 
     def curve(self, which: str = "ab") -> np.ndarray:
         """Mean per-layer similarity ``[layer]`` over samples."""
@@ -233,8 +236,24 @@ class SubtaskComparison:
         return out
 
 
+def example_rows(sample, traces: dict[str, PromptTrace], k: int = 20) -> list[dict]:
+    """The top ``k`` exact paths of one sample under each subtask's instruction, one row per path: subtask,
+    sample, query, rank, value, source, layer, pos, hops (JSON), tokens (JSON), t_inst, n_layers — what a
+    report needs to draw them over the token × layer grid without the model."""
+    rows = []
+    for sub, tr in traces.items():
+        tokens = json.dumps(list(tr.sur.tokens) or [str(i) for i in tr.ids])
+        for rank, p in enumerate(tr.paths[:k]):
+            rows.append({"subtask": sub, "sample": sample.index, "query": sample.query, "rank": rank,
+                         "value": float(p.value), "source": p.source, "layer": p.layer, "pos": p.pos,
+                         "hops": json.dumps([h.to_dict() for h in p.hops]), "tokens": tokens,
+                         "t_inst": tr.t_inst, "n_layers": tr.sur.n_layers, "target_value": float(tr.graph.value)})
+    return rows
+
+
 def compare_subtasks(model, tokenizer, task, samples, fmt: str = "raw", top_k: int = 50, paths_k: int = 100,
-                     beam: int = 128, progress: Callable[[], None] | None = None) -> SubtaskComparison:
+                     beam: int = 128, progress: Callable[[], None] | None = None,
+                     example_k: int = 20) -> SubtaskComparison:
     """Trace every sample of a contrastive ``task`` under instruction A and B (each with its own answer as
     target) and under two rephrasings of A (the baseline); compare; accumulate head activity per subtask.
 
@@ -271,6 +290,8 @@ def compare_subtasks(model, tokenizer, task, samples, fmt: str = "raw", top_k: i
             res.baseline.append(base)
             row.update({f"baseline_{k}": v for k, v in base.to_dict().items()})
         res.rows.append(row)
+        if not res.example:
+            res.example = example_rows(sample, {sa: ta, sb: tb}, example_k)
         if progress:
             progress()
     if len(reph) < 2:

@@ -30,7 +30,16 @@ def plot_paths(paths: Sequence[Path], tokens: Sequence[str], n_layers: int, out:
     ``dst`` across its layer (labelled ``H<h>``), MLP hops as squares; line width by ``|value|``, colour by sign."""
     T = len(tokens) or 1 + max([p.pos for p in paths] + [h.dst for p in paths for h in p.hops], default=0)
     fig, ax = plt.subplots(figsize=(1.0 + 0.35 * n_layers, 1.0 + 0.28 * T))
-    vmax = max((abs(p.value) for p in paths), default=1.0) or 1.0
+    draw_paths(ax, paths, tokens, n_layers)
+    ax.set_title(f"{title} (red +, blue −)", fontsize=9)
+    return _save(fig, out)
+
+
+def draw_paths(ax, paths: Sequence[Path], tokens: Sequence[str], n_layers: int, vmax: float | None = None) -> None:
+    """Draw ``paths`` on ``ax`` over the token × layer grid (see :func:`plot_paths`); ``vmax``: the ``|value|``
+    drawn at full width (default: the largest here), so that several panels can share one scale."""
+    T = len(tokens) or 1 + max([p.pos for p in paths] + [h.dst for p in paths for h in p.hops], default=0)
+    vmax = vmax or max((abs(p.value) for p in paths), default=1.0) or 1.0
     for p in paths:
         x, y = [-0.5 if p.source in ("embed", "pos_embed") else p.layer + 0.5], [p.pos]
         for h in p.hops:
@@ -46,11 +55,12 @@ def plot_paths(paths: Sequence[Path], tokens: Sequence[str], n_layers: int, out:
                 linewidth=0.5 + 4.0 * abs(p.value) / vmax)
     ax.set_yticks(range(T))
     ax.set_yticklabels([f"{i} {t}" for i, t in enumerate(tokens)] if tokens else range(T), fontsize=7)
-    ax.invert_yaxis()
+    ax.set_ylim(T - 0.5, -0.5)
     ax.set_xlim(-0.7, n_layers + 0.7)
+    # layer l spans [l, l + 1] (its head hops cross it); the path starts at the embedding, ends at the logit
+    ax.set_xticks([-0.5, *(i + 0.5 for i in range(n_layers)), n_layers + 0.5],
+                  ["emb", *(str(i) for i in range(n_layers)), "logit"], fontsize=7)
     ax.set_xlabel("layer")
-    ax.set_title(f"{title} (red +, blue −)", fontsize=9)
-    return _save(fig, out)
 
 
 def plot_layer_mass(graph: AttributionGraph, out: str | FilePath, title: str = "path mass per layer") -> FilePath:

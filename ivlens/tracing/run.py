@@ -1,5 +1,6 @@
 """Run-level tracing analyses: the circuit-selector comparison over samples and models, written to a run
-directory (``compare.parquet``, ``compare.json``, figures). The CLI and the main job both call this."""
+directory (``compare.parquet``, ``compare.json``, ``sample_paths.parquet``: the top paths of the first sample under
+A and B, figures). The CLI and the main job both call this."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def compare_run(models: Sequence[LoadedModel], task: str | Task, run: RunDir, *,
     from ivlens.api import split_queries
 
     t = task if isinstance(task, Task) else load_task(task)
-    curves, summaries, rows = {}, {}, []
+    curves, summaries, rows, examples = {}, {}, [], []
     for lm in models:
         chosen = select_samples(t, samples, seed, split_queries(lm, t, split))
         ctx = progress(f"trace --compare {lm.name}", len(chosen)) if progress else nullcontext(None)
@@ -45,6 +46,7 @@ def compare_run(models: Sequence[LoadedModel], task: str | Task, run: RunDir, *,
         if s["per_layer_baseline"]:
             curves[f"{lm.name}: rephrasings"] = s["per_layer_baseline"]
         rows += [dict(r, model=lm.name) for r in res.rows]
+        examples += [dict(r, model=lm.name) for r in res.example]
         plot_head_activity({k: v.numpy() for k, v in res.head_activity.items()},
                            run.figure_path(f"head_activity-{slug(lm.name)}.png"),
                            title=f"{lm.name}: head activity of paths leaving T_inst")
@@ -53,5 +55,7 @@ def compare_run(models: Sequence[LoadedModel], task: str | Task, run: RunDir, *,
     for c in [c for c in df.columns if c.endswith("per_layer")]:
         df[c] = df[c].map(json.dumps)
     run.write_table("compare", df)
+    if examples:
+        run.write_table("sample_paths", pd.DataFrame(examples))
     (run.path / "compare.json").write_text(json.dumps(summaries, indent=1))
     return summaries

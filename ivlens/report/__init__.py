@@ -1,0 +1,77 @@
+"""``ivlens report``: one self-contained HTML page from finished run directories.
+
+Floor 3: the report reads only what runs wrote (``manifest.json``, Parquet tables, JSON) through
+:mod:`ivlens.report.reader`; :mod:`~ivlens.report.figures` draws, :mod:`~ivlens.report.sections` says what each
+section shows, :mod:`~ivlens.report.html` writes the page. The page embeds its figures as ``data:`` URIs and
+makes no network request, so it opens offline from a ``file://`` URL.
+
+>>> from ivlens.report import build_report
+>>> build_report("runs/20261130-104832-main-organisms")   # writes report.html in that directory
+PosixPath('runs/20261130-104832-main-organisms/report.html')
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+import time
+from pathlib import Path
+
+from . import html as h
+from .reader import Run, Study, read_study
+from .sections import OMITTED, SECTIONS, Context
+
+log = logging.getLogger(__name__)
+
+__all__ = ["REPORT_NAME", "Run", "Study", "build_report", "read_study", "render_report"]
+
+REPORT_NAME = "report.html"
+
+
+def render_report(study: Study, page_dir: Path) -> str:
+    """The page's HTML for ``study``, with links relative to ``page_dir``."""
+    ctx = Context(study, Path(page_dir).resolve())
+    sections, omitted = [], []
+    for fn in SECTIONS:
+        t = time.perf_counter()
+        sec = fn(ctx)
+        log.info("report section %s: %.1f s", fn.__name__, time.perf_counter() - t)
+        if sec is None:
+            omitted.append(OMITTED[fn.__name__])
+        else:
+            sections.append(sec)
+    commands = sorted({r.command for r in study.runs})
+    subtitle = [
+        h.esc(f"ivlens report of {study.root.name}: {', '.join(commands)} on "
+              f"{', '.join(study.model_order) or 'no model'}; built {_dt.datetime.now():%Y-%m-%d %H:%M}."),
+        "Instruction vectors, layer patching, probes and exact path tracing, after "
+        f'<a href="{h.PAPER_URL}">Bigoulaeva et al., <i>Patches of Nonlinearity: Instruction Vectors in LLMs</i> '
+        "(arXiv 2602.07930)</a>.",
+    ]
+    if omitted:
+        subtitle.append(h.inline("Not in this run directory, so omitted: " + "; ".join(
+            f"{what} (no finished `{cmd}` run)" for what, cmd in omitted) + "."))
+    return h.page(f"ivlens report: {study.root.name}", subtitle, sections)
+
+
+def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Write the report of ``run_dir`` (a study directory or a single run) to ``out`` (default
+    ``<run_dir>/report.html``) and return its path.
+
+    Args:
+        run_dir: a run directory (holding ``manifest.json``) or a directory of run directories.
+        out: the HTML file to write; links to the Parquet tables are relative to its folder.
+    """
+    from ivlens.runs import atomic_write_text
+
+    t0 = time.perf_counter()
+    study = read_study(run_dir)
+    path = Path(out) if out is not None else study.root / REPORT_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, render_report(study, path.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    path.chmod(0o666 & ~umask)  # a page to share: readable like any file the user writes (mkstemp made it 0600)
+    log.info("report written to %s in %.1f s", path, time.perf_counter() - t0)
+    return path
