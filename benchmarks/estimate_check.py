@@ -125,8 +125,10 @@ def main() -> None:
             continue
         try:
             est = estimate(args)
-        except Exception as e:  # a missing model: skip the case, say why
-            print(json.dumps({"case": name, "skipped": str(e)[:300]}), flush=True)
+        except (Exception, SystemExit) as e:  # a missing model: skip the case, say why
+            est = {"error": str(e)[:300]}
+        if "total_seconds" not in est:  # the dry run refused (its message is above)
+            print(json.dumps({"case": name, "skipped": est.get("error", "dry run failed")}), flush=True)
             continue
         row = {"case": name, "command": "ivlens " + " ".join(args),
                "est_seconds": est["total_seconds"], "est_peak_bytes": est["peak_bytes"]}

@@ -4,11 +4,20 @@
 >>> res = patch_sweep(["organism-base", "organism-sft"], "adjectives", "adj_ant", layers="pairs", samples=100)
 """
 
-from .engine import EngineStats, RowSpec, clean_run, patched_logits, source_vectors
+from .engine import (
+    EngineStats,
+    RowSpec,
+    clean_run,
+    patched_logits,
+    patched_metrics,
+    plan_work,
+    source_vectors,
+)
 from .plan import PatchPlan, PatchRow, PlanError, parse_layer_sets, parse_positions
 from .sweep import SweepResult, patch_sweep, select_samples
 
 __all__ = [
     "EngineStats", "PatchPlan", "PatchRow", "PlanError", "RowSpec", "SweepResult", "clean_run",
-    "parse_layer_sets", "parse_positions", "patch_sweep", "patched_logits", "select_samples", "source_vectors",
+    "parse_layer_sets", "parse_positions", "patch_sweep", "patched_logits", "patched_metrics", "plan_work",
+    "select_samples", "source_vectors",
 ]
