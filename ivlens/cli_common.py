@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -112,5 +113,5 @@ def friendly_errors() -> Iterator[None]:
     try:
         yield
     except (TaskError, ModelLoadError, UnsupportedArchitectureError, FileNotFoundError) as e:
-        err_console.print(f"[bold red]error:[/] {e}")
+        err_console.print(f"[bold red]error:[/] {escape(str(e))}")  # user text is never rich markup
         raise typer.Exit(2) from None

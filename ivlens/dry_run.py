@@ -55,9 +55,9 @@ log = logging.getLogger(__name__)
 
 
 def _infos(models: Sequence[str], gguf_file: str | None = None, revision: str | None = None,
-           trust_remote_code: bool = False) -> list[ModelInfo]:
-    return [model_info(m, gguf_file=gguf_file, revision=revision, trust_remote_code=trust_remote_code)
-            for m in models]
+           trust_remote_code: bool = False, require_adapter: bool = False) -> list[ModelInfo]:
+    return [model_info(m, gguf_file=gguf_file, revision=revision, trust_remote_code=trust_remote_code,
+                       require_adapter=require_adapter) for m in models]
 
 
 def _with_note(plan: Plan, info: ModelInfo, dtype: str = "float32", first: bool = True) -> Plan:
@@ -376,7 +376,7 @@ def patch_dry_run(a: dict) -> dict:
         a = {**RunDir.open(a["resume"]).manifest["args"], "memory_budget": a.get("memory_budget")}
     if not a.get("model"):
         raise ValueError("give at least one --model (or --resume RUN)")
-    infos = _infos(list(a["model"]))
+    infos = _infos(list(a["model"]), require_adapter=True)
     plans = patch_plans([], a["task"], a["subtask"], layers=a["layers"], positions=a["positions"],
                         samples=a["samples"], mode=a["mode"], target=a["target"], fmt=a["fmt"],
                         chunk_size=a["chunk_size"], batch_size=a["batch_size"], seed=a["seed"], dtype=a["dtype"],
@@ -400,7 +400,7 @@ def probe_dry_run(models: list[str], tasks: list[str], *, dtype: str = "float32"
 def trace_dry_run(models: list[str], *, dtype: str = "float32", device: str = "cpu", gguf_file=None,
                   revision=None, trust_remote_code: bool = False, **kw) -> dict:
     """``ivlens trace --dry-run``."""
-    infos = _infos(models, gguf_file, revision, trust_remote_code)
+    infos = _infos(models, gguf_file, revision, trust_remote_code, require_adapter=True)
     plans = trace_plans([], dtype=dtype, device=device, infos=infos, **kw)
     return print_plans(plans, [i.shape for i in infos], device, dtype, together=True,
                        configs=[i.config for i in infos])

@@ -53,7 +53,7 @@ def test_shape_from_config_matches_the_model(arch, tmp_path):
     s = info.shape
     assert (s.n_layers, s.d_model, s.n_heads, s.n_kv_heads, s.d_head, s.d_vocab) == (
         ad.n_layers, ad.d_model, ad.n_heads, ad.n_kv_heads, ad.d_head, ad.d_vocab)
-    assert s.gated_mlp == (ad.spec.mlp_kind == "gated")
+    assert s.gated_mlp == (ad.mlp_params(0).kind == "gated")
     assert s.n_params == sum(p.numel() for p in model.parameters())  # counted on the meta device
     assert isinstance(info.tokenizer, ApproxTokenizer) and "no tokenizer" in info.tokenizer_note
 

@@ -68,8 +68,6 @@ def test_analysis_requirements_are_one_error(tmp_path, tiny_dir):
                 "--no-figures"], "--mode contrastive needs a task with two subtasks; task 'mytask' has 1 (comp)")
 
 
-@pytest.mark.xfail(reason="ivlens/cli_common.py friendly_errors prints the message as rich markup: a column "
-                   "named '[/bold]' raises MarkupError; fix there with rich.markup.escape(str(e))", strict=False)
 def test_user_text_in_an_error_is_not_markup(tmp_path):
     _one_error(["tasks", "check", _spec(tmp_path, b"query,comp,ant,[/bold]\nbig,bigger,small,x\n")],
                "unexpected column(s) ['[/bold]']")

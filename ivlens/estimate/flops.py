@@ -38,6 +38,10 @@ def _first(config, *names, default=None):
     return default
 
 
+#: HF ``model_type``s whose MLP is plain ``W_out act(W_in x + b)`` (every other family counted as gated).
+PLAIN_MLP_MODEL_TYPES = frozenset({"gpt2", "gpt_neox", "gptj", "starcoder2", "falcon", "bloom", "opt", "phi"})
+
+
 @dataclass(frozen=True)
 class ModelShape:
     """The sizes the cost model needs (one vocabulary: ``layer d_model head kv_head d_head d_mlp d_vocab``).
@@ -68,11 +72,12 @@ class ModelShape:
         d = _first(config, "hidden_size", "n_embd", "d_model")
         n_heads = _first(config, "num_attention_heads", "n_head")
         archs = getattr(config, "architectures", None) or []
-        spec = next((ARCHITECTURES[a] for a in archs if a in ARCHITECTURES), None)
+        family = next((ARCHITECTURES[a] for a in archs if a in ARCHITECTURES), None)
         model_type = getattr(config, "model_type", "") or ""
-        gated = spec.mlp_kind == "gated" if spec is not None else model_type not in ("gpt2", "gpt_neox", "gptj")
+        # From the config alone (no module tree to derive from): the families whose MLP is a plain act(W_in x).
+        gated = model_type not in PLAIN_MLP_MODEL_TYPES
         shape = cls(
-            arch=spec.name if spec is not None else model_type,
+            arch=family.name if family is not None else model_type,
             n_layers=_first(config, "num_hidden_layers", "n_layer"),
             d_model=d,
             n_heads=n_heads,

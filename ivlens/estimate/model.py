@@ -96,13 +96,16 @@ def meta_model(config):
 
 
 def model_info(name: str, *, gguf_file: str | None = None, revision: str | None = None,
-               trust_remote_code: bool = False) -> ModelInfo:
+               trust_remote_code: bool = False, require_adapter: bool = False) -> ModelInfo:
     """Sizes and tokenizer of ``name`` (hub id, local directory, ``.gguf``, ivlens name) without its weights.
 
-    Raises :class:`~ivlens.models.load.ModelLoadError` when no config can be read, and
-    :class:`~ivlens.models.adapters.UnsupportedArchitectureError` for an architecture without an adapter.
+    Raises :class:`~ivlens.models.load.ModelLoadError` when no config can be read, and, with
+    ``require_adapter`` (patching, tracing), :class:`~ivlens.models.adapters.UnsupportedArchitectureError` for a
+    class with no registered family (the meta-device weights cannot run the adapter's probe forward, so only the
+    registration is checked here; the real run derives and verifies the adapter).
     """
-    from ivlens.models.adapters import get_adapter
+    from ivlens.models.adapters import ARCHITECTURES, UnsupportedArchitectureError
+    from ivlens.models.adapters.registry import family_of
     from ivlens.models.load import ModelLoadError, resolve_name
 
     path, gguf = resolve_name(name, gguf_file)
@@ -111,7 +114,11 @@ def model_info(name: str, *, gguf_file: str | None = None, revision: str | None 
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"could not read the config of {name!r}: {e}") from None
     model = meta_model(config)
-    get_adapter(model)  # fail now, not after the estimate, for an architecture ivlens cannot analyse
+    if require_adapter and family_of(model) is None:  # fail now, not after the estimate
+        raise UnsupportedArchitectureError(
+            f"ivlens has no architecture adapter for {type(model).__name__} (patching and tracing need one; eval "
+            f"and probes do not). Supported: {', '.join(sorted(ARCHITECTURES))}. docs/architectures.md says how "
+            "to add one.")
     n_params = sum(p.numel() for p in model.parameters())  # shared (tied) matrices counted once
     shape = ModelShape.from_config(config, n_params=n_params)
     del model
