@@ -110,8 +110,6 @@ def test_patch_row_bytes_mirrors_the_engine():
     from ivlens.models.adapters import get_adapter
     from ivlens.patching import engine
 
-    if not hasattr(engine, "plan_work"):
-        pytest.skip("engine without bounded groups")
     model = tiny_model("qwen2")
     ad = get_adapter(model)
     s = ModelShape.from_config(model.config)

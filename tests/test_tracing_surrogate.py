@@ -239,9 +239,11 @@ def test_saturated_softcap_is_exact():
         torch.testing.assert_close(cut_totals(graph), torch.full((sur.n_states,), graph.real), rtol=1e-4, atol=0)
 
 
-def test_uncapped_target_is_the_logit(case):
+def test_target_definition_follows_the_final_softcap(case):
+    """Uncapped families trace the plain logit; a soft-capped one (Gemma-2) says it traces the capped logit."""
     _, _, sur = case
-    if sur.final_softcap is not None:
-        pytest.skip("soft-capped family")
     info = compute_graph(sur, Target.logit(5)).target_info
-    assert info == {"definition": "logit", "softcap": None}
+    if sur.final_softcap is None:
+        assert info == {"definition": "logit", "softcap": None}
+    else:
+        assert info["definition"] == "capped_logit" and info["softcap"] is not None
