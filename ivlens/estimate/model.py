@@ -143,7 +143,7 @@ def _tokenizer(path, gguf, revision, trust_remote_code, config):
         _prepare_tokenizer(tok)
         return tok, None
     except (OSError, ValueError, TypeError, KeyError):
-        pass
+        pass  # no usable tokenizer: fall through to the approximate one below, and the plan says so
     eos = config.eos_token_id[0] if isinstance(config.eos_token_id, list) else config.eos_token_id
     note = (f"no tokenizer in {path}: prompt lengths estimated (1 token per word of up to {CHARS_PER_TOKEN} "
             f"letters, per {CHARS_PER_TOKEN} letters of longer words and per punctuation mark"

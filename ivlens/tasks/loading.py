@@ -238,7 +238,7 @@ def _check_header(path: Path, header: list[str], line: int, header_hint: str) ->
 
 
 class _DuplicateKey(Exception):
-    pass
+    """A YAML mapping repeats a key (PyYAML would silently keep the last one)."""
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
