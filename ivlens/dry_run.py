@@ -109,13 +109,13 @@ def patch_plans(models: Sequence[str], task: str, subtask: str | None, *, layers
                 figures: bool = True, infos: Sequence[ModelInfo] | None = None) -> list[Plan]:
     """The plan of ``ivlens patch`` with these options, one per model (see :func:`ivlens.patching.sweep.patch_sweep`)."""
     from ivlens.patching.plan import PatchPlan, resolve_position
-    from ivlens.patching.sweep import select_samples
     from ivlens.tasks import instructed_prompt, instruction_prompt, load_task, query_prompt
+    from ivlens.tasks.selection import sample_indices
 
     t = load_task(task)
     sub = t.subtask(subtask or t.subtask_names[0])
     other = t.other(sub.name) if t.is_contrastive else None
-    ids = select_samples(t, samples, seed)
+    ids = sample_indices(t, samples, seed)
     budget = _budget(memory_budget, device)
     plans = []
     for info in infos or _infos(models):
