@@ -117,6 +117,7 @@ def tasks_check(spec: Annotated[str, typer.Argument(help="built-in name or YAML 
 # ----------------------------------------------------------------------------- eval
 @app.command("eval")
 def eval_cmd(
+    ctx: typer.Context,
     model: ModelOpt = None,
     task: Annotated[str | None, typer.Option("--task", "-t", help="built-in task name or path of a YAML task spec")]
     = None,
@@ -150,7 +151,7 @@ def eval_cmd(
                    "format": fmt, "split": split, "query_style": query_style, "prefill": prefill, "judge": judge,
                    "batch_size": batch_size, "chunk_size": chunk_size, "seed": seed, "gguf_file": gguf_file,
                    "dtype": dtype, "device": device, "revision": revision, "trust_remote_code": trust_remote_code}
-        spec = build_spec(EvalSpec, options, resume, params={"models": "model", "format": "fmt"})
+        spec = build_spec(ctx, EvalSpec, options, resume, params={"models": "model", "format": "fmt"})
         if dry_run:
             from ivlens.dry_run import eval_dry_run
 
@@ -213,3 +214,22 @@ app.command("trace")(trace)
 from ivlens.probing.cli import probe  # noqa: E402
 
 app.command("probe")(probe)
+
+
+def main() -> None:
+    """The ``ivlens`` command: the typer app, with usage errors (a bad choice, a malformed number, a missing
+    option) reported as one red line and exit code 2, like every other input error."""
+    import sys
+
+    from typer._click.exceptions import UsageError  # typer's own click: its usage errors (no public alias)
+
+    from ivlens.cli_common import error_line
+
+    try:
+        code = app(standalone_mode=False)
+    except UsageError as e:
+        error_line(e.format_message().replace("Value error, ", ""))
+        sys.exit(2)
+    except typer.Abort:
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -8,7 +8,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
@@ -63,7 +62,7 @@ def setup_logging(verbose: bool = False) -> None:
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
-def build_spec(spec_cls: type[Spec], options: dict[str, Any], resume: Path | None = None,
+def build_spec(ctx: typer.Context, spec_cls: type[Spec], options: dict[str, Any], resume: Path | None = None,
                params: dict[str, str] | None = None) -> Spec:
     """The spec of a command from its options (``{field: value}``). With ``--resume``, the run's stored spec,
     overridden by the options given on the command line only (``params``: field → CLI parameter name where
@@ -72,10 +71,13 @@ def build_spec(spec_cls: type[Spec], options: dict[str, Any], resume: Path | Non
         return spec_cls(**options)
     from ivlens.api import stored_spec
 
-    ctx = click.get_current_context()
     params = params or {}
-    sources = (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)
-    given = {f: v for f, v in options.items() if ctx.get_parameter_source(params.get(f, f)) in sources}
+
+    def given_on_command_line(field: str) -> bool:
+        source = ctx.get_parameter_source(params.get(field, field))
+        return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
+
+    given = {f: v for f, v in options.items() if given_on_command_line(f)}
     return spec_cls(**{**stored_spec(resume).model_dump(), **given})
 
 
@@ -120,10 +122,10 @@ def friendly_errors() -> Iterator[None]:
 
     try:
         yield
-    except (IvlensError, FileNotFoundError, click.BadParameter) as e:
+    except (IvlensError, FileNotFoundError, typer.BadParameter) as e:
         if _verbose:
             err_console.print_exception()
         hint = getattr(e, "param_hint", None)
-        msg = e.format_message() if isinstance(e, click.BadParameter) else str(e)
-        error_line(f"{hint}: {msg}" if isinstance(e, click.BadParameter) and isinstance(hint, str) else msg)
+        msg = e.format_message() if isinstance(e, typer.BadParameter) else str(e)
+        error_line(f"{hint}: {msg}" if isinstance(e, typer.BadParameter) and isinstance(hint, str) else msg)
         raise typer.Exit(2) from None

@@ -222,7 +222,7 @@ def test_the_main_job_writes_the_report_and_prints_its_path(tmp_path, monkeypatc
     from ivlens.specs import EvalSpec
 
     tok = tiny_tokenizer()
-    monkeypatch.setattr(op, "ensure_organism", lambda variant: None)
+    monkeypatch.setattr("ivlens.api.run_organism", lambda spec, out=None: out)
     monkeypatch.setattr(op, "is_built", lambda d: True)
     monkeypatch.setattr(mj, "load_model", lambda name: LoadedModel.wrap(tiny_model("olmo2"), tok, name))
 

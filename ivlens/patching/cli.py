@@ -40,6 +40,7 @@ def progress_columns(console: Console | None = None) -> Progress:
 
 
 def patch(
+    ctx: typer.Context,
     model: list[str] | None = typer.Option(None, "--model", "-m", help="Model name or path; repeat to put models "
                                            "side by side (e.g. organism-base, organism-sft, organism-dpo); not "
                                            "needed with --resume."),
@@ -89,7 +90,7 @@ def patch(
                "dtype": dtype, "device": device, "threads": threads, "backend": backend, "figures": figures}
     console = Console(stderr=True)
     with friendly_errors():
-        spec = build_spec(PatchSpec, options, resume, params={"models": "model", "format": "fmt"})
+        spec = build_spec(ctx, PatchSpec, options, resume, params={"models": "model", "format": "fmt"})
         if dry_run:
             from ivlens.dry_run import patch_dry_run
 

@@ -22,6 +22,7 @@ from ivlens.specs import Varying
 
 
 def probe(
+    ctx: typer.Context,
     model: ModelOpt = None,
     tasks: Annotated[str, typer.Option("--tasks", "-t", help="comma-separated built-in tasks or YAML specs")]
     = "adjectives,animals",
@@ -63,7 +64,7 @@ def probe(
                    "layers": layers, "varying": varying, "instructions": user, "max_per_subtask": max_per_subtask,
                    "folds": folds, "figure_layers": fig_at, "batch_size": batch_size, "memory_budget": memory_budget,
                    "format": fmt, "seed": seed, "dtype": dtype, "device": device}
-        spec = build_spec(ProbeSpec, options, resume, params={"models": "model", "format": "fmt",
+        spec = build_spec(ctx, ProbeSpec, options, resume, params={"models": "model", "format": "fmt",
                                                               "instructions": "instructions"})
         if dry_run:
             from ivlens.dry_run import probe_dry_run

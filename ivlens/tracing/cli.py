@@ -31,6 +31,7 @@ from ivlens.specs import TraceMethod
 
 
 def trace(
+    ctx: typer.Context,
     model: ModelOpt = None,
     task: Annotated[str | None, typer.Option("--task", "-t", help="built-in task or YAML spec (with --sample/--compare)")] = None,
     subtask: Annotated[str | None, typer.Option("--subtask", "-s", help="subtask whose instruction and answer to trace")] = None,
@@ -73,7 +74,7 @@ def trace(
                "gguf_file": gguf_file, "dtype": dtype, "device": device, "revision": revision,
                "trust_remote_code": trust_remote_code, "memory_budget": memory_budget}
     with friendly_errors():
-        spec = build_spec(TraceSpec, options, resume, params={"models": "model", "format": "fmt"})
+        spec = build_spec(ctx, TraceSpec, options, resume, params={"models": "model", "format": "fmt"})
         if dry_run:
             from ivlens.dry_run import trace_dry_run
 
