@@ -116,7 +116,7 @@ def path_jaccard(pa: list[Path], keys_a: list[int], pb: list[Path], keys_b: list
         return out
 
     wa, wb = weights(pa, keys_a), weights(pb, keys_b)
-    union = set(wa) | set(wb)
+    union = list(dict.fromkeys([*wa, *wb]))  # a fixed order (a set's depends on the hash seed): same sums each run
     mx = sum(max(wa.get(u, 0.0), wb.get(u, 0.0)) for u in union)
     return sum(min(wa.get(u, 0.0), wb.get(u, 0.0)) for u in union) / mx if mx > 0 else 1.0
 
