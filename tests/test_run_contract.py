@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from ivlens.cli import app
@@ -40,7 +41,7 @@ def test_spec_hash_is_the_content_hash_and_ignores_result_neutral_options():
     assert a.hash() == content_hash({"analysis": "patch", "spec": a.result_fields()})
     assert a.hash() == PatchSpec(models=("m",), samples=3, memory_budget="1GB", batch_size=7).hash()
     assert a.hash() != PatchSpec(models=("m",), samples=4).hash()
-    with pytest.raises(Exception):  # frozen
+    with pytest.raises(ValidationError, match="frozen"):
         a.samples = 5
 
 
