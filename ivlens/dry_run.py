@@ -369,13 +369,8 @@ def print_plans(plans: Sequence[Plan], shapes: Sequence[ModelShape], device: str
 
 
 def patch_dry_run(a: dict) -> dict:
-    """``ivlens patch --dry-run``: ``a`` holds the command's options (or a resumed run's recorded ones)."""
-    if a.get("resume") is not None:
-        from ivlens.runs import RunDir
-
-        a = {**RunDir.open(a["resume"]).manifest["args"], "memory_budget": a.get("memory_budget")}
-    if not a.get("model"):
-        raise ValueError("give at least one --model (or --resume RUN)")
+    """``ivlens patch --dry-run``: ``a`` holds the command's options (a validated spec's fields; with
+    ``--resume``, the resumed run's, see :func:`ivlens.cli_common.build_spec`)."""
     infos = _infos(list(a["model"]), require_adapter=True)
     plans = patch_plans([], a["task"], a["subtask"], layers=a["layers"], positions=a["positions"],
                         samples=a["samples"], mode=a["mode"], target=a["target"], fmt=a["fmt"],

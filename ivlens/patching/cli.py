@@ -116,7 +116,7 @@ def patch(
 def _dry_run_args(spec, out) -> dict:
     """The options of :func:`ivlens.dry_run.patch_dry_run` from a spec (its historical argument names)."""
     d = spec.model_dump()
-    return {**d, "model": list(d.pop("models")), "fmt": d.pop("format"), "out": out, "resume": None}
+    return {**d, "model": list(d.pop("models")), "fmt": d.pop("format"), "out": out}
 
 
 app = typer.Typer(add_completion=False)
