@@ -81,8 +81,9 @@ def run_one(args) -> dict:
     from ivlens.estimate.calibrate import gemm_rate, model_gemm_shapes
     from ivlens.estimate.flops import ModelShape, layer_flops, unembed_flops
     from ivlens.models.load import load_model
-    from ivlens.patching import patch_sweep, select_samples
+    from ivlens.patching import patch_sweep
     from ivlens.tasks import load_task
+    from ivlens.tasks.selection import sample_indices
 
     torch.set_num_threads(args.threads)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
@@ -96,7 +97,7 @@ def run_one(args) -> dict:
     shapes = model_gemm_shapes(shape)
     task = load_task("adjectives")
     samples = args.samples or (8 if args.model == "smollm2" else 2)
-    sample_ids = select_samples(task, samples, seed=args.seed)
+    sample_ids = sample_indices(task, samples, seed=args.seed)
     # warm-up: one sample, single layers (allocator, kernels), not timed
     patch_sweep(lm, task, "adj_ant", layers="single", positions="first,last", samples=sample_ids[:1])
     rate_before = gemm_rate(shapes, "cpu", args.dtype)

@@ -32,9 +32,10 @@ import torch  # noqa: E402
 from nnsight import NNsight  # noqa: E402
 
 from ivlens.models.load import LoadedModel, load_model  # noqa: E402
-from ivlens.patching import PatchPlan, patch_sweep, select_samples  # noqa: E402
+from ivlens.patching import PatchPlan, patch_sweep  # noqa: E402
 from ivlens.patching.sweep import prepare  # noqa: E402
 from ivlens.tasks import instruction_prompt, load_task  # noqa: E402
+from ivlens.tasks.selection import sample_indices  # noqa: E402
 
 
 def stand_in() -> LoadedModel:
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     lm = stand_in() if args.model == "tiny" else load_model(args.model)
     task = load_task(args.task)
-    sample_ids = select_samples(task, args.samples)
+    sample_ids = sample_indices(task, args.samples)
     plan = PatchPlan.build(args.layers, args.positions, lm.adapter.n_layers)
     print(f"model {lm.name}: {lm.adapter.n_layers} layers, d_model {lm.adapter.d_model}; {len(sample_ids)} samples × "
           f"{len(plan.layer_sets)} layer sets × {len(plan.positions)} positions = "

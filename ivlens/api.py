@@ -1,70 +1,138 @@
-"""High-level Python API: each function runs one analysis end to end and writes a run directory.
+"""The run contract: one ``run_<analysis>(spec)`` per analysis, the only way to run one.
 
-The CLI commands are thin wrappers over these functions.
+Each function validates its spec (:mod:`ivlens.specs`) and the models before any directory is made, creates the
+run directory (or, with ``resume``, reopens it after checking that its stored spec matches), computes, writes
+and finishes. The manifest records the spec and its hash. The CLI commands and the main job are thin callers;
+``models`` lets a caller pass models it already loaded (in the order of ``spec.models``).
 
 >>> from ivlens.api import run_eval
->>> from ivlens.models import load_model
->>> run, summary, decides = run_eval([load_model("organism-sft")], "adjectives", split="heldout")
+>>> from ivlens.specs import EvalSpec
+>>> run, summary, decides = run_eval(EvalSpec(models=("organism-sft",), task="adjectives", split="heldout"))
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+import importlib
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from .eval import Judge, evaluate, instruction_decides, summarize
-from .models.load import LoadedModel
+from .models.load import LoadedModel, load_model
 from .runs import RunDir
-from .tasks import Task, TaskError, load_task
-from .tasks.selection import select_samples
+from .specs import (
+    EvalSpec,
+    OrganismSpec,
+    PatchSpec,
+    ProbeSpec,
+    Spec,
+    SpecError,
+    TraceSpec,
+    spec_from_manifest,
+)
+from .tasks import Task, TaskError, load_task, selection
+
+log = logging.getLogger(__name__)
 
 
 def split_queries(lm: LoadedModel, task: Task, split: str) -> list[str] | None:
     """Queries of ``split`` (``train`` / ``heldout``) recorded in a model organism's card; None for ``all``."""
-    if split == "all":
-        return None
-    if split not in ("train", "heldout"):
-        raise TaskError(f"--split must be heldout, train or all (got {split!r})")
-    from .organism.card import organism_split
-
-    splits = organism_split(Path(lm.path))
-    if splits is None:
-        raise TaskError(f"--split {split} needs a model organism (a card.json next to the weights); "
-                        f"{lm.name} has none: use --split all")
-    if task.name not in splits:
-        raise TaskError(f"the organism's card has no split for task {task.name!r} (it has {', '.join(splits)})")
-    return list(splits[task.name][split])
+    return selection.split_queries(lm.path, lm.name, task, split)
 
 
-def run_eval(models: Sequence[LoadedModel], task: str | Task, *, subtask: str | None = None, samples: int | None = None,
-             fmt: str = "raw", split: str = "all", query_style: str = "formatted", prefill: str | None = None,
-             judge: Judge | None = None, batch_size: int = 16, seed: int = 0, out: str | Path | None = None,
-             run: RunDir | None = None, progress: Callable | None = None
+def stored_spec(run_dir: str | Path) -> Spec:
+    """The spec recorded in an earlier run's manifest (for ``--resume``)."""
+    return spec_from_manifest(RunDir.open(run_dir).manifest)
+
+
+def start_run(spec: Spec, name: str, *, out: str | Path | None = None, resume: str | Path | None = None,
+              models: Sequence[LoadedModel] = (), task: str | None = None) -> RunDir:
+    """A new run directory for ``spec``, or the run at ``resume`` when its stored spec matches ``spec`` in every
+    option that can change a result (else :class:`SpecError` naming each option, old → new)."""
+    described = [m.describe() for m in models]
+    if resume is not None:
+        run = RunDir.open(resume)
+        old = spec_from_manifest(run.manifest)
+        if type(old) is not type(spec):
+            raise SpecError(f"--resume {resume}: that is a {old.analysis} run, not {spec.analysis}")
+        diffs = old.differences(spec)
+        if diffs:
+            raise SpecError(f"--resume {resume}: the run was made with other options: {'; '.join(diffs)}")
+        run.manifest.update(spec=spec.model_dump(mode="json"), status="running")  # neutral options: the new values
+        run.write_manifest()
+        return run
+    dump = spec.model_dump(mode="json")
+    return RunDir.create(spec.analysis, name, out=out, args=dump, models=described, task=task,
+                         seed=getattr(spec, "seed", None), spec=dump, spec_hash=spec.hash())
+
+
+def _load(names: Sequence[str], spec: Spec, given: Sequence[LoadedModel] | None) -> list[LoadedModel]:
+    if given is not None:
+        if len(given) != len(names):
+            raise SpecError(f"--model: {len(names)} models in the spec but {len(given)} loaded models given")
+        return list(given)
+    return [load_model(n, **spec.load_kwargs()) for n in names]
+
+
+def import_callable(path: str) -> Callable:
+    """``package.module:function`` → the function (for user hooks such as ``--judge``)."""
+    mod, _, fn = path.partition(":")
+    try:
+        return getattr(importlib.import_module(mod), fn)
+    except (ImportError, AttributeError) as e:
+        raise SpecError(f"--judge: cannot import {path!r}: {e}") from None
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run with ``n`` torch CPU threads, then restore the previous count."""
+    import torch
+
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+# --------------------------------------------------------------------------------------------- eval
+def run_eval(spec: EvalSpec, *, models: Sequence[LoadedModel] | None = None, out: str | Path | None = None,
+             resume: str | Path | None = None, progress: Callable | None = None
              ) -> tuple[RunDir, pd.DataFrame, pd.DataFrame]:
-    """Evaluate every model on ``task``; writes ``results.parquet`` (one row per sample × subtask × condition),
-    ``summary.parquet`` and ``decides.parquet`` to the run directory. Returns ``(run, summary, decides)``."""
-    t = task if isinstance(task, Task) else load_task(task)
-    subtasks = [t.subtask(subtask).name] if subtask else t.subtask_names
-    if run is None:
-        run = RunDir.create("eval", f"{t.name}", out=out, task=t.name, seed=seed,
-                            models=[m.describe() for m in models],
-                            args={"subtask": subtask, "samples": samples, "format": fmt, "split": split,
-                                  "query_style": query_style, "prefill": prefill, "batch_size": batch_size,
-                                  "judge": getattr(judge, "__name__", None)})
-    frames = []
-    for lm in models:
-        chosen = select_samples(t, samples, seed, split_queries(lm, t, split))
-        n_items = len(chosen) * len(subtasks) * (3 if t.is_contrastive else 2)
-        ctx = progress(f"eval {lm.name}", n_items) if progress else contextlib.nullcontext(None)
+    """Evaluate every model on ``spec.task``; writes ``results.parquet`` (one row per sample × subtask ×
+    condition, streamed as shards of ``spec.chunk_size`` samples), ``summary.parquet`` and ``decides.parquet``.
+    Returns ``(run, summary, decides)``."""
+    from .eval import evaluate, instruction_decides, summarize
+
+    t = load_task(spec.task)
+    subtasks = [t.subtask(spec.subtask).name] if spec.subtask else t.subtask_names
+    judge = import_callable(spec.judge) if spec.judge else None
+    lms = _load(spec.models, spec, models)
+    chosen = {lm.name: selection.select_samples(t, spec.samples, spec.seed, split_queries(lm, t, spec.split))
+              for lm in lms}
+    run = start_run(spec, t.name, out=out, resume=resume, models=lms, task=t.name)
+    for mi, lm in enumerate(lms):
+        picked = chosen[lm.name]
+        per_sample = len(subtasks) * (3 if t.is_contrastive else 2)  # scored subtasks × conditions
+        ctx = progress(f"eval {lm.name}", len(picked) * per_sample) if progress else contextlib.nullcontext(None)
         with ctx as advance:
-            df = evaluate(lm, t, chosen, subtasks, fmt=fmt, query_style=query_style, prefill=prefill,
-                          batch_size=batch_size, judge=judge, progress=advance)
-        df.insert(1, "split", split)
-        frames.append(df)
-    results = pd.concat(frames, ignore_index=True)
+            for ci in range(0, len(picked), spec.chunk_size):
+                key = f"m{mi}-c{ci // spec.chunk_size:05d}"
+                chunk = picked[ci:ci + spec.chunk_size]
+                if run.has_shard("results", key):
+                    if advance:
+                        advance(len(chunk) * per_sample)
+                    continue
+                df = evaluate(lm, t, chunk, subtasks, fmt=spec.format, query_style=spec.query_style,
+                              prefill=spec.prefill, batch_size=spec.batch_size, judge=judge, progress=advance)
+                df.insert(1, "split", spec.split)
+                run.write_shard("results", key, df)
+    results = run.read_table("results")
     summary = summarize(results)
     decides = instruction_decides(results) if t.is_contrastive and len(subtasks) == 2 else pd.DataFrame()
     run.write_table("results", results)
@@ -73,3 +141,141 @@ def run_eval(models: Sequence[LoadedModel], task: str | Task, *, subtask: str | 
         run.write_table("decides", decides)
     run.finish()
     return run, summary, decides
+
+
+# --------------------------------------------------------------------------------------------- patch
+@dataclass
+class PatchResult:
+    """What :func:`run_patch` produced: the run, the sweep (rows, baselines, engine stats) and its analysis."""
+
+    run: RunDir
+    sweep: object  # ivlens.patching.sweep.SweepResult
+    analysis: object  # ivlens.patching.analysis.Analysis
+
+
+def run_patch(spec: PatchSpec, *, models: Sequence[LoadedModel] | None = None,
+              source: LoadedModel | None = None, out: str | Path | None = None, resume: str | Path | None = None,
+              progress: Callable[[int, int], None] | None = None) -> PatchResult:
+    """Patch the IVs of ``spec.layers`` × ``spec.positions`` into every selected sample's target, for every model
+    side by side (shards of ``spec.chunk_size`` samples), then interactions and figures."""
+    from .budget import parse_bytes
+    from .patching.analysis import analyse
+    from .patching.plan import PatchPlan
+    from .patching.sweep import patch_sweep
+    from .tasks import require_contrastive
+
+    if spec.memory_budget is not None and spec.memory_budget.strip().lower() != "auto":
+        parse_bytes(spec.memory_budget)  # a bad value fails here, before any model loads
+    t = load_task(spec.task)
+    subtask = t.subtask(spec.subtask or t.subtask_names[0]).name
+    if spec.mode == "contrastive":
+        require_contrastive(t, analysis="--mode contrastive")
+    lms = _load(spec.models, spec, models)
+    src = source if source is not None else (load_model(spec.source_model, **spec.load_kwargs())
+                                             if spec.source_model else None)
+    for lm in lms:  # fail on bad specs before a run directory is made
+        PatchPlan.build(spec.layers, spec.positions, lm.adapter.n_layers)
+        selection.sample_indices(t, spec.samples, spec.seed, split_queries(lm, t, spec.split))
+    run = start_run(spec, f"{t.name}-{subtask}", out=out, resume=resume, models=lms + ([src] if src else []),
+                    task=t.name)
+    with torch_threads(spec.threads):
+        res = patch_sweep(lms, t, subtask, layers=spec.layers, positions=spec.positions, samples=spec.samples,
+                          split=spec.split, mode=spec.mode, source_model=src, target=spec.target, fmt=spec.format,
+                          batch_size=spec.batch_size, memory_budget=spec.memory_budget, chunk_size=spec.chunk_size,
+                          seed=spec.seed, run=run, device=spec.device, backend=spec.backend, progress=progress)
+        an = analyse(res.rows, effect=spec.effect, correction=spec.correction, alpha=spec.alpha, run=run,
+                     make_figures=spec.figures)
+    run.finish(engine={k: v.to_dict() for k, v in res.stats.items()}, n_rows=len(res.rows))
+    return PatchResult(run, res, an)
+
+
+# --------------------------------------------------------------------------------------------- probe
+def run_probe(spec: ProbeSpec, *, models: Sequence[LoadedModel] | None = None, out: str | Path | None = None,
+              resume: str | Path | None = None):
+    """Collect the IVs of ``spec.tasks`` ' instructions in every model (streamed, resumable) and probe, project
+    and compare them layer by layer. Returns :class:`ivlens.probing.run.ProbeResult`."""
+    from .probing.probes import ProbeConfig
+    from .probing.run import model_slug, probe_run
+    from .tasks.requirements import require_rephrasings
+
+    if spec.varying == "instructions":
+        require_rephrasings(list(spec.tasks), n=2, analysis="probing")  # before any model is loaded
+    for task in spec.tasks:
+        load_task(task)
+    names = [m.name for m in models] if models is not None else list(spec.models)
+    run = start_run(spec, "+".join(model_slug(n) for n in names)[:60], out=out, resume=resume,
+                    task=",".join(spec.tasks))
+    return probe_run(list(models) if models is not None else list(spec.models), list(spec.tasks),
+                     layers=spec.layers, varying=spec.varying, run=run, user_instructions=dict(spec.instructions), fmt=spec.format,
+                     batch_size=spec.batch_size, cfg=ProbeConfig(folds=spec.folds, seed=spec.seed),
+                     figure_at=list(spec.figure_layers) if spec.figure_layers is not None else None,
+                     max_per_subtask=spec.max_per_subtask, memory_budget=spec.memory_budget,
+                     load_kwargs=spec.load_kwargs(), resume=resume is not None)
+
+
+# --------------------------------------------------------------------------------------------- trace
+@dataclass
+class TraceRunResult:
+    """What :func:`run_trace` produced: ``summaries`` (``--compare``: model → summary) or ``traces`` (one
+    :class:`ivlens.tracing.run.SingleTrace` per model)."""
+
+    run: RunDir
+    summaries: dict[str, dict] | None = None
+    traces: list | None = None
+
+
+def run_trace(spec: TraceSpec, *, models: Sequence[LoadedModel] | None = None, out: str | Path | None = None,
+              resume: str | Path | None = None, progress: Callable | None = None) -> TraceRunResult:
+    """Trace one prompt per model, or (``spec.compare``) compare the two subtasks' graphs over the selected
+    samples (one resumable part per model × sample)."""
+    from .tracing.run import check_trace_memory, compare_run, trace_single
+
+    if spec.task is not None:
+        t = load_task(spec.task)
+        if spec.subtask is not None:
+            t.subtask(spec.subtask)
+        if spec.sample is not None and spec.sample >= len(t.samples):
+            raise TaskError(f"--sample {spec.sample} is out of range: task {t.name!r} has samples "
+                            f"0..{len(t.samples) - 1}")
+        if spec.compare and not t.is_contrastive:
+            raise TaskError(f"--compare needs a task with two subtasks; {t.name!r} has {len(t.subtasks)}")
+    lms = _load(spec.models, spec, models)
+    for lm in lms:  # say what the graph costs before building it; refuse when it will not fit
+        check_trace_memory(lm, task=spec.task, subtask=spec.subtask, sample=spec.sample, prompt=spec.prompt,
+                           compare=spec.compare, samples=spec.samples, seed=spec.seed, fmt=spec.format,
+                           beam=spec.beam, max_tokens=spec.max_tokens, dtype=spec.dtype, device=spec.device,
+                           memory_budget=spec.memory_budget)
+    name = spec.task or "prompt"
+    run = start_run(spec, f"{name}-compare" if spec.compare else name, out=out, resume=resume, models=lms,
+                    task=spec.task)
+    if spec.compare:
+        summaries = compare_run(lms, spec.task, run, samples=spec.samples, split=spec.split, seed=spec.seed,
+                                fmt=spec.format, top_k=spec.top_k, beam=spec.beam, progress=progress)
+        run.finish(summary=summaries)
+        return TraceRunResult(run, summaries=summaries)
+    target: str | int | None = spec.target
+    traces = [trace_single(lm, run, task=spec.task, subtask=spec.subtask, sample=spec.sample, prompt=spec.prompt,
+                           target=target, method=spec.method, top_k=spec.top_k, beam=spec.beam,
+                           threshold_rank=spec.threshold_rank, start_pos=spec.start_pos, end_pos=spec.end_pos,
+                           from_inst=spec.from_inst, fmt=spec.format, max_tokens=spec.max_tokens) for lm in lms]
+    run.finish()
+    return TraceRunResult(run, traces=traces)
+
+
+# --------------------------------------------------------------------------------------------- organism
+def run_organism(spec: OrganismSpec, *, out: str | Path | None = None, progress: bool = True) -> Path:
+    """Build (or reuse, unless ``spec.force``) the model organism; its build directory is its run directory
+    (``card.json`` records the spec and its hash). Returns the directory."""
+    import json
+
+    from .organism.build import build_organism
+    from .organism.card import CARD_NAME, read_card
+    from .runs import atomic_write_text
+
+    directory = build_organism(out=Path(out) if out is not None else None, seed=spec.seed, size=spec.size,
+                               variant=spec.variant, force=spec.force, measure=spec.measure, progress=progress)
+    card = read_card(directory)
+    if card.get("spec_hash") != spec.hash():
+        card.update(spec=spec.model_dump(mode="json"), spec_hash=spec.hash())
+        atomic_write_text(Path(directory) / CARD_NAME, json.dumps(card, indent=2) + "\n")
+    return directory

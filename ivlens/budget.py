@@ -25,6 +25,8 @@ import re
 
 import torch
 
+from ivlens.errors import IvlensError
+
 #: The smallest budget accepted: below this nothing useful fits one batch.
 MIN_BUDGET = 16 << 20
 #: The automatic CPU budget never exceeds this (see the module docstring).
@@ -38,7 +40,7 @@ _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
 FORMS = "a number of bytes with an optional unit: 800000000, 512MiB, 4GB, 1.5G (units B, KB/MB/GB/TB, KiB/MiB/GiB/TiB)"
 
 
-class BudgetError(ValueError):
+class BudgetError(IvlensError, ValueError):
     """A memory budget that cannot be read or is too small; the message names ``--memory-budget`` and the forms."""
 
 

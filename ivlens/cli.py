@@ -14,19 +14,20 @@ from ivlens.cli_common import (
     GgufOpt,
     ModelOpt,
     OutOpt,
+    ResumeOpt,
     RevisionOpt,
     SeedOpt,
-    TaskOpt,
+    SplitOpt,
     TrustOpt,
+    build_spec,
     console,
     err_console,
     frame_table,
     friendly_errors,
-    import_callable,
-    load_models,
     progress_bar,
     setup_logging,
 )
+from ivlens.specs import QueryStyle
 
 app = typer.Typer(help="ivlens: instruction vectors, layer patching, probes and exact path tracing for causal LMs.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -116,18 +117,23 @@ def tasks_check(spec: Annotated[str, typer.Argument(help="built-in name or YAML 
 # ----------------------------------------------------------------------------- eval
 @app.command("eval")
 def eval_cmd(
-    model: ModelOpt,
-    task: TaskOpt,
+    ctx: typer.Context,
+    model: ModelOpt = None,
+    task: Annotated[str | None, typer.Option("--task", "-t", help="built-in task name or path of a YAML task spec")]
+    = None,
     subtask: Annotated[str | None, typer.Option("--subtask", "-s", help="score only this subtask")] = None,
     samples: Annotated[int | None, typer.Option("--samples", "-n", help="number of samples (default all)")] = None,
     fmt: FormatOpt = "raw",
-    split: Annotated[str, typer.Option("--split", help="organisms: heldout | train | all queries")] = "all",
-    query_style: Annotated[str, typer.Option("--query-style", help="query-only prompt: formatted | bare")] = "formatted",
+    split: SplitOpt = "all",
+    query_style: Annotated[QueryStyle, typer.Option("--query-style", help="query-only prompt")] = "formatted",
     prefill: Annotated[str | None, typer.Option("--prefill", help="assistant prefill (chat format)")] = None,
     judge: Annotated[str | None, typer.Option("--judge", help="IA judge 'module:function(answer, subtask, sample) -> bool'")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="prompts per generation batch")] = 16,
+    chunk_size: Annotated[int, typer.Option("--chunk-size", help="samples per result shard (the unit of --resume)")]
+    = 8,
     seed: SeedOpt = 0,
     out: OutOpt = None,
+    resume: ResumeOpt = None,
     gguf_file: GgufOpt = None,
     dtype: DtypeOpt = "float32",
     device: DeviceOpt = "cpu",
@@ -138,21 +144,24 @@ def eval_cmd(
     """Instruction-following evaluation: IA, accuracy and first-token ranks, with the instruction, without it
     and with the other subtask's instruction."""
     from ivlens.api import run_eval
+    from ivlens.specs import EvalSpec
 
     with friendly_errors():
+        options = {"models": tuple(model or ()), "task": task, "subtask": subtask, "samples": samples,
+                   "format": fmt, "split": split, "query_style": query_style, "prefill": prefill, "judge": judge,
+                   "batch_size": batch_size, "chunk_size": chunk_size, "seed": seed, "gguf_file": gguf_file,
+                   "dtype": dtype, "device": device, "revision": revision, "trust_remote_code": trust_remote_code}
+        spec = build_spec(ctx, EvalSpec, options, resume, params={"models": "model", "format": "fmt"})
         if dry_run:
             from ivlens.dry_run import eval_dry_run
 
-            eval_dry_run(model, task, subtask=subtask, samples=samples, fmt=fmt, query_style=query_style,
-                         batch_size=batch_size, seed=seed, dtype=dtype, device=device, gguf_file=gguf_file,
-                         revision=revision, trust_remote_code=trust_remote_code)
+            eval_dry_run(list(spec.models), spec.task, subtask=spec.subtask, samples=spec.samples, fmt=spec.format,
+                         query_style=spec.query_style, batch_size=spec.batch_size, seed=spec.seed, dtype=spec.dtype,
+                         device=spec.device, gguf_file=spec.gguf_file, revision=spec.revision,
+                         trust_remote_code=spec.trust_remote_code)
             return
-        lms = load_models(model, gguf_file, dtype, device, revision, trust_remote_code)
-        judge_fn = import_callable(judge) if judge else None
-        run, summary, decides = run_eval(lms, task, subtask=subtask, samples=samples, fmt=fmt, split=split,
-                                         query_style=query_style, prefill=prefill, judge=judge_fn,
-                                         batch_size=batch_size, seed=seed, out=out, progress=progress_bar)
-    console.print(frame_table(summary, title=f"eval: {task} ({fmt}, split {split})"))
+        run, summary, decides = run_eval(spec, out=out, resume=resume, progress=progress_bar)
+    console.print(frame_table(summary, title=f"eval: {spec.task} ({spec.format}, split {spec.split})"))
     if not decides.empty:
         console.print(frame_table(decides, title="the instruction decides (both subtasks answered correctly)"))
     console.print(f"results: {run.path}")
@@ -205,3 +214,22 @@ app.command("trace")(trace)
 from ivlens.probing.cli import probe  # noqa: E402
 
 app.command("probe")(probe)
+
+
+def main() -> None:
+    """The ``ivlens`` command: the typer app, with usage errors (a bad choice, a malformed number, a missing
+    option) reported as one red line and exit code 2, like every other input error."""
+    import sys
+
+    from typer._click.exceptions import UsageError  # typer's own click: its usage errors (no public alias)
+
+    from ivlens.cli_common import error_line
+
+    try:
+        code = app(standalone_mode=False)
+    except UsageError as e:
+        error_line(e.format_message().replace("Value error, ", ""))
+        sys.exit(2)
+    except typer.Abort:
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -24,13 +24,16 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from ivlens.specs import Dtype, Format, Spec, Split
+
 console = Console(stderr=False)
 err_console = Console(stderr=True)
+_verbose = False  # set by --verbose (setup_logging): the error boundary then shows tracebacks
 
-ModelOpt = Annotated[list[str], typer.Option("--model", "-m", help="Hub id, local directory, .gguf file, "
+ModelOpt = Annotated[list[str] | None, typer.Option("--model", "-m", help="Hub id, local directory, .gguf file, "
                                              "organism-base|sft|dpo or smollm2-135m-instruct; repeat for several")]
 GgufOpt = Annotated[str | None, typer.Option("--gguf-file", help="GGUF file inside the model repo/directory, or its path")]
-DtypeOpt = Annotated[str, typer.Option("--dtype", help="float32 | bfloat16 | float16")]
+DtypeOpt = Annotated[Dtype, typer.Option("--dtype", help="weights' dtype")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu | cuda | cuda:N | auto (accelerate device_map)")]
 RevisionOpt = Annotated[str | None, typer.Option("--revision", help="hub revision (branch, tag or commit)")]
 TrustOpt = Annotated[bool, typer.Option("--trust-remote-code", help="allow custom model code from the repo")]
@@ -42,38 +45,40 @@ DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="print the plan (forw
                                          "and exit")]
 MemoryBudgetOpt = Annotated[str | None, typer.Option("--memory-budget", help="working memory beyond the weights "
                                                      "(4GB, 512MiB, 1.5G; default: a safe share of free memory)")]
-FormatOpt = Annotated[str, typer.Option("--format", help="prompt format: raw (the paper's) | chat")]
+FormatOpt = Annotated[Format, typer.Option("--format", help="prompt format: raw (the paper's) or chat")]
+SplitOpt = Annotated[Split, typer.Option("--split", help="queries: an organism's heldout or train split (from its "
+                                         "card), or all")]
+ResumeOpt = Annotated[Path | None, typer.Option("--resume", help="resume this run directory: finished shards are "
+                                                "kept; options not given take the run's recorded values, and a "
+                                                "given option that differs is an error")]
 
 
 def setup_logging(verbose: bool = False) -> None:
+    global _verbose
+    _verbose = verbose
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
                         handlers=[RichHandler(console=err_console, show_path=False, show_time=False)], force=True)
     for noisy in ("transformers", "nnsight", "httpx", "datasets"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
-def load_models(names: list[str], gguf_file: str | None, dtype: str, device: str, revision: str | None,
-                trust_remote_code: bool):
-    """Load every ``--model``; errors become a clean exit with the message."""
-    from ivlens.models.load import load_model
+def build_spec(ctx: typer.Context, spec_cls: type[Spec], options: dict[str, Any], resume: Path | None = None,
+               params: dict[str, str] | None = None) -> Spec:
+    """The spec of a command from its options (``{field: value}``). With ``--resume``, the run's stored spec,
+    overridden by the options given on the command line only (``params``: field → CLI parameter name where
+    they differ), so ``--resume RUN`` alone continues the run and a given option that differs is reported."""
+    if resume is None:
+        return spec_cls(**options)
+    from ivlens.api import stored_spec
 
-    out = []
-    for name in names:
-        with console.status(f"loading {name}"):
-            out.append(load_model(name, gguf_file=gguf_file, dtype=dtype, device=device, revision=revision,
-                                  trust_remote_code=trust_remote_code))
-    return out
+    params = params or {}
 
+    def given_on_command_line(field: str) -> bool:
+        source = ctx.get_parameter_source(params.get(field, field))
+        return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
 
-def import_callable(spec: str):
-    """``package.module:function`` → the function (for user hooks such as ``--judge``)."""
-    if ":" not in spec:
-        raise typer.BadParameter(f"{spec!r}: expected 'module:function'")
-    mod, fn = spec.split(":", 1)
-    try:
-        return getattr(importlib.import_module(mod), fn)
-    except (ImportError, AttributeError) as e:
-        raise typer.BadParameter(f"cannot import {spec!r}: {e}") from None
+    given = {f: v for f, v in options.items() if given_on_command_line(f)}
+    return spec_cls(**{**stored_spec(resume).model_dump(), **given})
 
 
 class RateColumn(ProgressColumn):
@@ -103,15 +108,24 @@ def frame_table(df, title: str | None = None, floatfmt: str = "{:.3f}") -> Table
     return table
 
 
+def error_line(message: str) -> None:
+    """Print one red ``error:`` line (user text is never rich markup)."""
+    err_console.print(f"[bold red]error:[/] {escape(' '.join(message.split()))}", highlight=False, soft_wrap=True)
+
+
 @contextmanager
 def friendly_errors() -> Iterator[None]:
-    """Turn ivlens's own input errors into a one-line message and exit code 2 (never a deep traceback)."""
-    from ivlens.models.adapters import UnsupportedArchitectureError
-    from ivlens.models.load import ModelLoadError
-    from ivlens.tasks.schema import TaskError
+    """The CLI's error boundary: any ivlens error (:class:`ivlens.errors.IvlensError`: task, spec, model load,
+    plan, budget, tracing…), a missing file or a bad parameter ends in one red line and exit code 2; the
+    traceback only with ``--verbose``."""
+    from ivlens.errors import IvlensError
 
     try:
         yield
-    except (TaskError, ModelLoadError, UnsupportedArchitectureError, FileNotFoundError) as e:
-        err_console.print(f"[bold red]error:[/] {escape(str(e))}")  # user text is never rich markup
+    except (IvlensError, FileNotFoundError, typer.BadParameter) as e:
+        if _verbose:
+            err_console.print_exception()
+        hint = getattr(e, "param_hint", None)
+        msg = e.format_message() if isinstance(e, typer.BadParameter) else str(e)
+        error_line(f"{hint}: {msg}" if isinstance(e, typer.BadParameter) and isinstance(hint, str) else msg)
         raise typer.Exit(2) from None

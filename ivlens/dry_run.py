@@ -109,13 +109,13 @@ def patch_plans(models: Sequence[str], task: str, subtask: str | None, *, layers
                 figures: bool = True, infos: Sequence[ModelInfo] | None = None) -> list[Plan]:
     """The plan of ``ivlens patch`` with these options, one per model (see :func:`ivlens.patching.sweep.patch_sweep`)."""
     from ivlens.patching.plan import PatchPlan, resolve_position
-    from ivlens.patching.sweep import select_samples
     from ivlens.tasks import instructed_prompt, instruction_prompt, load_task, query_prompt
+    from ivlens.tasks.selection import sample_indices
 
     t = load_task(task)
     sub = t.subtask(subtask or t.subtask_names[0])
     other = t.other(sub.name) if t.is_contrastive else None
-    ids = select_samples(t, samples, seed)
+    ids = sample_indices(t, samples, seed)
     budget = _budget(memory_budget, device)
     plans = []
     for info in infos or _infos(models):
@@ -369,13 +369,8 @@ def print_plans(plans: Sequence[Plan], shapes: Sequence[ModelShape], device: str
 
 
 def patch_dry_run(a: dict) -> dict:
-    """``ivlens patch --dry-run``: ``a`` holds the command's options (or a resumed run's recorded ones)."""
-    if a.get("resume") is not None:
-        from ivlens.runs import RunDir
-
-        a = {**RunDir.open(a["resume"]).manifest["args"], "memory_budget": a.get("memory_budget")}
-    if not a.get("model"):
-        raise ValueError("give at least one --model (or --resume RUN)")
+    """``ivlens patch --dry-run``: ``a`` holds the command's options (a validated spec's fields; with
+    ``--resume``, the resumed run's, see :func:`ivlens.cli_common.build_spec`)."""
     infos = _infos(list(a["model"]), require_adapter=True)
     plans = patch_plans([], a["task"], a["subtask"], layers=a["layers"], positions=a["positions"],
                         samples=a["samples"], mode=a["mode"], target=a["target"], fmt=a["fmt"],

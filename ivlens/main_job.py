@@ -30,8 +30,9 @@ TASKS = ("adjectives", "animals")
 @dataclass
 class MainContext:
     root: Path
-    models: list[LoadedModel]
+    models: list[LoadedModel]  # loaded from ``model_names``, renamed base / sft / dpo
     samples: int | None
+    model_names: tuple[str, ...] = ()
     sections: list[str] = field(default_factory=list)
     variant: str = "gist"
 
@@ -104,12 +105,14 @@ def write_organism_run(ctx: MainContext, card: dict, directory: Path) -> Path:
 def step_eval(ctx: MainContext) -> str:
     """IA and accuracy of base / SFT / DPO on both tasks, held-out and training queries."""
     from .api import run_eval
+    from .specs import EvalSpec
 
     parts = ["## Instruction following (ivlens eval)\n"]
     for task in TASKS:
         for split in ("heldout", "train"):
-            run, summary, decides = run_eval(ctx.models, task, split=split, samples=ctx.samples,
-                                             out=ctx.root / "eval" / f"{task}-{split}", progress=progress_bar)
+            spec = EvalSpec(models=ctx.model_names, task=task, split=split, samples=ctx.samples)
+            run, summary, decides = run_eval(spec, models=ctx.models, out=ctx.root / "eval" / f"{task}-{split}",
+                                             progress=progress_bar)
             table = summary.pivot_table(index=["subtask", "condition"], columns="model",
                                         values="accuracy", sort=False).reset_index()
             ia = summary.pivot_table(index=["subtask", "condition"], columns="model", values="ia",
@@ -126,9 +129,11 @@ def step_eval(ctx: MainContext) -> str:
 def step_probe(ctx: MainContext) -> str:
     """``ivlens probe --model organism-{base,sft,dpo} --tasks adjectives,animals --layers all``: are the IVs of
     rephrased instructions linearly separable, and do probes generalise to phrasings kept out of training?"""
-    from .probing.run import probe_run
+    from .api import run_probe
+    from .specs import ProbeSpec
 
-    res = probe_run(ctx.models, list(TASKS), layers="all", varying="instructions", out=ctx.root / "probe")
+    spec = ProbeSpec(models=ctx.model_names, tasks=TASKS, layers="all", varying="instructions")
+    res = run_probe(spec, models=ctx.models, out=ctx.root / "probe")
     acc = res.accuracy[res.accuracy["probe"] == "all"]
     cols = [c for c in ("cv_mean", "heldout_acc", "shuffled_mean", "majority") if c in acc.columns]
     table = acc.pivot_table(index="layer", columns="model", values=cols[0], sort=False).reset_index()
@@ -147,19 +152,17 @@ def step_probe(ctx: MainContext) -> str:
 def step_trace(ctx: MainContext) -> str:
     """``ivlens trace --compare`` on both tasks: do the two subtasks' exact path graphs share early layers and
     part in later ones, compared with two rephrasings of the same instruction?"""
-    from .runs import RunDir
-    from .tracing.run import compare_run
+    from .api import run_trace
+    from .specs import TraceSpec
 
     n = min(ctx.samples or 20, 20)
     parts = ["## Circuit selectors: exact path graphs of instruction A vs B\n"]
     for task in TASKS:
-        run = RunDir.create("trace", f"{task}-compare", out=ctx.root / "trace" / task, task=task,
-                            models=[m.describe() for m in ctx.models],
-                            args={"compare": True, "samples": n, "split": "heldout"})
-        summaries = compare_run(ctx.models, task, run, samples=n, split="heldout", progress=progress_bar)
-        run.finish(summary=summaries)
+        spec = TraceSpec(models=ctx.model_names, task=task, compare=True, samples=n, split="heldout")
+        res = run_trace(spec, models=ctx.models, out=ctx.root / "trace" / task, progress=progress_bar)
+        run = res.run
         rows = []
-        for name, s in summaries.items():
+        for name, s in res.summaries.items():
             wj = s["weighted_jaccard"]
             rows.append({"model": name, "jaccard A vs B": wj["ab"].get("mean", float("nan")),
                          "jaccard rephrasings": wj["baseline"].get("mean", float("nan")),
@@ -184,7 +187,8 @@ STEPS: list[tuple[str, Callable[[MainContext], str]]] = [
 
 def run_main_job(out: str | Path | None = None, samples: int | None = None, variant: str = "gist") -> Path:
     """Run every step on the organisms; returns the parent results directory."""
-    from .organism.paths import ensure_organism
+    from .api import run_organism
+    from .specs import OrganismSpec
 
     t0 = time.perf_counter()
     root = Path(out) if out else Path("runs") / f"{_dt.datetime.now():%Y%m%d-%H%M%S}-main-organisms"
@@ -195,12 +199,13 @@ def run_main_job(out: str | Path | None = None, samples: int | None = None, vari
     if not is_built(organism_dir(variant)):
         console.print(f"[bold]building the {variant} model organisms[/] into {organism_dir(variant)} "
                       "(first run only; about 5 minutes on 2 CPU cores)")
-    ensure_organism(variant)
+    run_organism(OrganismSpec(variant=variant), out=organism_dir(variant))
     prefix = "organism" if variant == "gist" else f"organism-{variant}"
-    models = [load_model(f"{prefix}-{stage}") for stage in STAGES]
+    names = tuple(f"{prefix}-{stage}" for stage in STAGES)
+    models = [load_model(name) for name in names]
     for m, stage in zip(models, STAGES, strict=True):
         m.name = stage
-    ctx = MainContext(root, models, samples, variant=variant)
+    ctx = MainContext(root, models, samples, model_names=names, variant=variant)
     sections = [f"# ivlens main job: {variant} model organisms (base / SFT / DPO)\n"]
     for name, step in STEPS:
         t = time.perf_counter()

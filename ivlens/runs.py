@@ -9,8 +9,10 @@ holds exactly the rows of an uninterrupted run, none lost or duplicated.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import os
+import pickle
 import platform
 import re
 import subprocess
@@ -94,6 +96,16 @@ def _jsonable(x: Any) -> Any:
     return repr(x)
 
 
+def canonical_json(obj: Any) -> str:
+    """The one canonical JSON text of ``obj``: sorted keys, no spaces, paths and tuples as strings and lists."""
+    return json.dumps(_jsonable(obj), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def content_hash(obj: Any) -> str:
+    """sha256 (hex) of :func:`canonical_json`: the content hash of specs and anything else ivlens compares."""
+    return hashlib.sha256(canonical_json(obj).encode("utf-8")).hexdigest()
+
+
 @dataclass
 class RunDir:
     """A run directory and its manifest. Create with :meth:`create`, reopen with :meth:`open`."""
@@ -105,8 +117,9 @@ class RunDir:
     @classmethod
     def create(cls, command: str, name: str, *, out: str | Path | None = None, args: dict | None = None,
                models: list[dict] | None = None, task: str | None = None, seed: int | None = None,
-               root: str | Path = "runs") -> RunDir:
-        """Make ``<root>/<date>-<command>-<name>/`` (or ``out``) and write its manifest."""
+               root: str | Path = "runs", spec: dict | None = None, spec_hash: str | None = None) -> RunDir:
+        """Make ``<root>/<date>-<command>-<name>/`` (or ``out``) and write its manifest (with the run's spec and
+        its content hash when given: see :mod:`ivlens.specs`)."""
         if out is None:
             stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
             path = Path(root) / f"{stamp}-{_slug(command)}-{_slug(name)}"
@@ -127,6 +140,7 @@ class RunDir:
             "models": _jsonable(models or []),
             "task": task,
             "seed": seed,
+            **({"spec": _jsonable(spec), "spec_hash": spec_hash} if spec is not None else {}),
             "libraries": library_versions(),
             "python": sys.version.split()[0],
             "platform": platform.platform(),
@@ -182,6 +196,23 @@ class RunDir:
         p = self.shard_path(table, key)
         atomic_write_parquet(p, df)
         return p
+
+    def part_path(self, name: str, key: str) -> Path:
+        return self.path / name / f"part-{_slug(key)}.pkl"
+
+    def has_part(self, name: str, key: str) -> bool:
+        return self.part_path(name, key).exists()
+
+    def write_part(self, name: str, key: str, obj: Any) -> Path:
+        """Write one unit of work's Python result (pickled, atomically): for results that are not one table
+        (a unit of ``trace --compare`` holds graph comparisons and head activity). Read back only files this
+        run wrote."""
+        p = self.part_path(name, key)
+        atomic_write_bytes(p, pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
+        return p
+
+    def read_part(self, name: str, key: str) -> Any:
+        return pickle.loads(self.part_path(name, key).read_bytes())
 
     def figure_path(self, name: str) -> Path:
         (self.path / "figures").mkdir(exist_ok=True)

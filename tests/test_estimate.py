@@ -146,7 +146,6 @@ def no_weights(monkeypatch):
 
     monkeypatch.setattr("ivlens.models.load.load_model", refuse)
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", refuse)
-    monkeypatch.setattr("ivlens.cli_common.load_models", refuse)
 
 
 def test_patch_dry_run_from_config_only(no_weights):

@@ -18,6 +18,7 @@ from ivlens.eval import (
 )
 from ivlens.models.load import LoadedModel
 from ivlens.runs import RunDir
+from ivlens.specs import EvalSpec
 from ivlens.tasks import build_prompt, label_token_ids, load_task
 from ivlens.tasks.selection import select_samples
 from ivlens.testing.tiny import tiny_model
@@ -77,15 +78,17 @@ def test_summary_and_decides():
 
 def test_run_eval_writes_run_directory(tmp_path, tok):
     lm = LoadedModel.wrap(tiny_model("gpt2"), tok, "tiny-gpt2")
-    run, summary, decides = run_eval([lm], "animals", samples=4, out=tmp_path / "run", seed=2)
+    spec = EvalSpec(models=("tiny-gpt2",), task="animals", samples=4, seed=2)
+    run, summary, decides = run_eval(spec, models=[lm], out=tmp_path / "run")
     assert (tmp_path / "run" / "manifest.json").exists()
     res = RunDir.open(tmp_path / "run").read_table("results")
     assert len(res) == 4 * 2 * 3 and set(res["split"]) == {"all"}
     assert run.manifest["status"] == "finished" and run.manifest["seed"] == 2
     assert run.manifest["models"][0]["architecture"] == "GPT2LMHeadModel"
     assert len(summary) == 6 and len(decides) == 1
+    assert run.manifest["spec"] == spec.model_dump(mode="json") and run.manifest["spec_hash"] == spec.hash()
     # same seed, same samples, same numbers
-    _, summary2, _ = run_eval([lm], "animals", samples=4, out=tmp_path / "run2", seed=2)
+    _, summary2, _ = run_eval(spec, models=[lm], out=tmp_path / "run2")
     pd.testing.assert_frame_equal(summary, summary2)
 
 
@@ -104,7 +107,8 @@ def test_eval_on_smollm2(fmt, tmp_path):
     from ivlens.models.load import load_model
 
     lm = load_model("smollm2-135m-instruct")
-    run, summary, _ = run_eval([lm], "animals", samples=4, fmt=fmt, out=tmp_path / fmt)
+    spec = EvalSpec(models=("smollm2-135m-instruct",), task="animals", samples=4, format=fmt)
+    run, summary, _ = run_eval(spec, models=[lm], out=tmp_path / fmt)
     res = run.read_table("results")
     assert len(res) == 4 * 2 * 3 and summary["n"].sum() == len(res)
     row = res.iloc[0]

@@ -44,6 +44,7 @@ class _Ctx:
     root: Path
     models: list
     samples: int | None
+    model_names: tuple = ("organism-base", "organism-sft", "organism-dpo")
     sections: list = field(default_factory=list)
 
 

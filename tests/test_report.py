@@ -54,6 +54,7 @@ def study(tmp_path_factory) -> Path:
     from ivlens.patching.sweep import patch_sweep
     from ivlens.probing import probe_run
     from ivlens.runs import atomic_write_text
+    from ivlens.specs import EvalSpec
     from ivlens.tracing.run import compare_run
 
     root = tmp_path_factory.mktemp("study")
@@ -66,7 +67,8 @@ def study(tmp_path_factory) -> Path:
     org.write_table("iv_transfer", iv_transfer_table(_card()))
     org.finish()
 
-    run_eval(models, "adjectives", samples=2, out=root / "eval" / "adjectives")
+    run_eval(EvalSpec(models=("base", "sft", "dpo"), task="adjectives", samples=2), models=models,
+             out=root / "eval" / "adjectives")
 
     run = RunDir.create("patch", "adjectives-adj_ant-formatted", out=root / "patch-formatted", models=described,
                         task="adjectives", seed=0, args={"task": "adjectives", "subtask": "adj_ant",
@@ -217,14 +219,16 @@ def test_the_main_job_writes_the_report_and_prints_its_path(tmp_path, monkeypatc
     import ivlens.organism.paths as op
     from ivlens.api import run_eval
     from ivlens.cli import app
+    from ivlens.specs import EvalSpec
 
     tok = tiny_tokenizer()
-    monkeypatch.setattr(op, "ensure_organism", lambda variant: None)
+    monkeypatch.setattr("ivlens.api.run_organism", lambda spec, out=None: out)
     monkeypatch.setattr(op, "is_built", lambda d: True)
     monkeypatch.setattr(mj, "load_model", lambda name: LoadedModel.wrap(tiny_model("olmo2"), tok, name))
 
     def step(ctx):
-        run_eval(ctx.models, "adjectives", samples=1, out=ctx.root / "eval" / "adjectives")
+        run_eval(EvalSpec(models=tuple(m.name for m in ctx.models), task="adjectives", samples=1), models=ctx.models,
+                 out=ctx.root / "eval" / "adjectives")
         return "## eval\n"
 
     monkeypatch.setattr(mj, "STEPS", [("eval", step)])

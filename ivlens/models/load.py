@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from ivlens.errors import IvlensError
+
 from .adapters import ArchitectureAdapter, family_of, find_decoder_layers, get_adapter
 from .adapters.derive import text_config
 
@@ -33,7 +35,7 @@ SMOLLM2 = "smollm2-135m-instruct"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(IvlensError, RuntimeError):
     """A model could not be loaded; the message says why and what to do."""
 
 

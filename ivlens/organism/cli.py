@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from ivlens.specs import OrganismSize, OrganismVariant
+
 organism_app = typer.Typer(help="Build and inspect the model organisms (base → SFT → DPO, OLMo-2, offline).",
                            no_args_is_help=True)
 
@@ -16,8 +18,10 @@ organism_app = typer.Typer(help="Build and inspect the model organisms (base →
 def build_command(
     out: Annotated[Path | None, typer.Option("--out", help="output directory (default: the user cache)")] = None,
     seed: Annotated[int, typer.Option("--seed", help="training seed (same seed → same weights)")] = 0,
-    size: Annotated[str, typer.Option("--size", help="small (the organism) | tiny (seconds, for tests)")] = "small",
-    variant: Annotated[str, typer.Option("--variant", help="gist (planted IVs, default) | natural (control)")] = "gist",
+    size: Annotated[OrganismSize, typer.Option("--size", help="small (the organism) or tiny (seconds, for tests)")]
+    = "small",
+    variant: Annotated[OrganismVariant, typer.Option("--variant", help="gist (planted IVs, default) or natural "
+                                                     "(control)")] = "gist",
     force: Annotated[bool, typer.Option("--force", help="rebuild even if a finished build exists")] = False,
     no_measure: Annotated[bool, typer.Option("--no-measure", help="skip measuring (card without figures)")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan (training steps, FLOPs, peak memory, "
@@ -26,28 +30,26 @@ def build_command(
     """Train base → SFT → DPO and write base/ sft/ dpo/ and card.json (about 5 minutes on 2 cores)."""
     from rich.console import Console
 
-    if dry_run:
-        from ivlens.dry_run import organism_dry_run
+    from ivlens.api import run_organism
+    from ivlens.cli_common import friendly_errors
+    from ivlens.specs import OrganismSpec
 
-        organism_dry_run(size, variant, measure=not no_measure)
-        return
+    with friendly_errors():
+        spec = OrganismSpec(seed=seed, size=size, variant=variant, force=force, measure=not no_measure)
+        if dry_run:
+            from ivlens.dry_run import organism_dry_run
 
-    from ivlens.organism.build import build_organism
-
+            organism_dry_run(spec.size, spec.variant, measure=spec.measure)
+            return
+        directory = run_organism(spec, out=out)
     console = Console()
-    try:
-        directory = build_organism(out=out, seed=seed, size=size, variant=variant, force=force,
-                                   measure=not no_measure)
-    except ValueError as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2) from e
     console.print(f"organism ({variant}) in {directory}")
     _print_summary(console, directory)
 
 
 @organism_app.command("info")
 def info_command(
-    variant: Annotated[str, typer.Option("--variant", help="gist | natural")] = "gist",
+    variant: Annotated[OrganismVariant, typer.Option("--variant", help="which organism")] = "gist",
     path: Annotated[Path | None, typer.Option("--path", help="a build directory (default: the user cache)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the whole card")] = False,
     recheck: Annotated[bool, typer.Option("--recheck", help="recompute the acceptance checks from the card's "

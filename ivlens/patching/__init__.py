@@ -14,10 +14,10 @@ from .engine import (
     source_vectors,
 )
 from .plan import PatchPlan, PatchRow, PlanError, parse_layer_sets, parse_positions
-from .sweep import SweepResult, patch_sweep, select_samples
+from .sweep import SweepResult, patch_sweep
 
 __all__ = [
     "EngineStats", "PatchPlan", "PatchRow", "PlanError", "RowSpec", "SweepResult", "clean_run",
     "parse_layer_sets", "parse_positions", "patch_sweep", "patched_logits", "patched_metrics", "plan_work",
-    "select_samples", "source_vectors",
+    "source_vectors",
 ]

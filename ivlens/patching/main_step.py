@@ -4,11 +4,6 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ivlens.runs import RunDir
-
-from .analysis import analyse
-from .sweep import patch_sweep
-
 TASK, SUBTASK = "adjectives", "adj_ant"
 
 
@@ -27,24 +22,22 @@ def step_patch(ctx) -> str:
     --positions first,last --samples 100 --target {bare,formatted}`` (``ctx.samples`` if set), then interactions
     and figures. The bare target is the paper's; on a one-word query its first and last positions coincide, so
     the formatted target (``Adjective: big. Answer:``) is the one where the first position is informative."""
+    from ivlens.api import run_patch
     from ivlens.main_job import markdown_table
+    from ivlens.specs import PatchSpec
 
     from .cli import progress_columns
 
     samples = ctx.samples or 100
     parts = ["## Where the IV lives: layer patching\n"]
     for target in ("bare", "formatted"):
-        args = {"task": TASK, "subtask": SUBTASK, "layers": "triplets", "positions": "first,last",
-                "samples": samples, "target": target}
-        run = RunDir.create("patch", f"{TASK}-{SUBTASK}-{target}", out=ctx.root / f"patch-{target}", args=args,
-                            models=[m.describe() for m in ctx.models], task=TASK, seed=0)
+        spec = PatchSpec(models=ctx.model_names, task=TASK, subtask=SUBTASK,
+                         layers="triplets", positions="first,last", samples=samples, target=target)
         with progress_columns() as bar:
             tid = bar.add_task("patch", total=None)
-            res = patch_sweep(ctx.models, TASK, SUBTASK, layers="triplets", positions="first,last", samples=samples,
-                              target=target, run=run, progress=lambda d, t, tid=tid, bar=bar: bar.update(
-                                  tid, completed=d, total=t))
-        an = analyse(res.rows, run=run)
-        run.finish(engine={k: v.to_dict() for k, v in res.stats.items()}, n_rows=len(res.rows))
+            res = run_patch(spec, models=ctx.models, out=ctx.root / f"patch-{target}",
+                            progress=lambda d, t, tid=tid, bar=bar: bar.update(tid, completed=d, total=t))
+        run, an = res.run, res.analysis
         best, add = headline(an.single_layer, an.additivity)
         parts += [
             f"### {target} target ({run.path})\n",

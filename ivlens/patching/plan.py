@@ -25,12 +25,14 @@ import itertools
 from dataclasses import dataclass
 from typing import Any
 
+from ivlens.errors import IvlensError
+
 LayerSet = tuple[int, ...]
 NAMED_LAYER_SPECS = ("single", "pairs", "triplets")
 NAMED_POSITIONS = ("bos", "first", "last", "t_inst")
 
 
-class PlanError(ValueError):
+class PlanError(IvlensError, ValueError):
     """A layer or position spec is invalid; the message names the valid choices."""
 
 

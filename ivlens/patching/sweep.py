@@ -38,6 +38,7 @@ from ivlens.tasks.prompts import (
     label_token_ids,
     query_prompt,
 )
+from ivlens.tasks.selection import sample_indices, split_queries
 
 from .engine import EngineStats, RowSpec, clean_run, patched_metrics, source_vectors
 from .metrics import deltas, label_metrics
@@ -74,26 +75,6 @@ class SweepResult:
     baselines: pd.DataFrame
     stats: dict[str, EngineStats] = field(default_factory=dict)
     run: RunDir | None = None
-
-
-def select_samples(task: Task, samples: int | Sequence[int] | None, seed: int = 0) -> list[int]:
-    """Sample indices: all (``None``), an explicit list, or ``n`` drawn without replacement with ``seed`` (sorted;
-    all of them when ``n`` ≥ the task's size)."""
-    n_total = len(task.samples)
-    if samples is None:
-        return list(range(n_total))
-    if isinstance(samples, int):
-        if samples < 1:
-            raise ValueError(f"--samples must be positive, got {samples}")
-        if samples >= n_total:
-            return list(range(n_total))
-        rng = np.random.default_rng(seed)
-        return sorted(int(i) for i in rng.choice(n_total, size=samples, replace=False))
-    out = [int(i) for i in samples]
-    bad = [i for i in out if not 0 <= i < n_total]
-    if bad:
-        raise ValueError(f"sample indices {bad} out of range: task {task.name!r} has {n_total} samples")
-    return out
 
 
 def _has_bos(tok, prompt: Prompt) -> bool:
@@ -268,7 +249,7 @@ def _as_loaded(m: LoadedModel | str, dtype: str, device: str) -> LoadedModel:
 
 def patch_sweep(models: LoadedModel | str | Sequence[LoadedModel | str], task: Task | str, subtask: str | None = None,
                 *, layers: str | list = "single", positions: str | list = "first,last",
-                samples: int | Sequence[int] | None = None, mode: Mode = "transfer",
+                samples: int | Sequence[int] | None = None, split: str = "all", mode: Mode = "transfer",
                 source_model: LoadedModel | str | None = None, target: str = "bare", fmt: str = "raw",
                 batch_size: int | None = None, chunk_size: int = 25, seed: int = 0, run: RunDir | None = None,
                 dtype: str = "float32", device: str = "cpu", backend: str = "torch",
@@ -281,7 +262,9 @@ def patch_sweep(models: LoadedModel | str | Sequence[LoadedModel | str], task: T
         task, subtask: a :class:`~ivlens.tasks.Task` or its name; the subtask whose IV is patched (default: first).
         layers: ``single``, ``pairs``, ``triplets`` or ``"3,5,7;2,4"`` (see :mod:`ivlens.patching.plan`).
         positions: ``"first,last"``, ``"t_inst"`` (contrastive), token indices.
-        samples: ``None`` (all), ``n`` (drawn with ``seed``), or a list of indices.
+        samples: ``None`` (all), ``n`` (drawn with ``seed`` by :func:`ivlens.tasks.selection.select_samples`,
+            the selector of every analysis), or a list of indices.
+        split: ``all``, or an organism's ``heldout`` / ``train`` queries (from its card), per model.
         mode: ``transfer`` or ``contrastive``.
         source_model: take the IVs from this checkpoint instead (same layer count and width).
         target: ``bare`` or ``formatted`` query-only target (transfer mode); fmt: ``raw`` or ``chat``.
@@ -318,14 +301,14 @@ def patch_sweep(models: LoadedModel | str | Sequence[LoadedModel | str], task: T
     names = [lm.name for lm in lms]
     if len(set(names)) != len(names):
         names = [f"{n}#{i}" for i, n in enumerate(names)]
-    sample_ids = select_samples(task, samples, seed)
-    chunks = [sample_ids[i:i + chunk_size] for i in range(0, len(sample_ids), chunk_size)]
+    ids_per_model = [sample_indices(task, samples, seed, split_queries(lm.path, lm.name, task, split)) for lm in lms]
     plans = [PatchPlan.build(layers, positions, lm.adapter.n_layers) for lm in lms]
-    total = sum(len(sample_ids) * len(p.rows) for p in plans)
+    total = sum(len(ids) * len(p.rows) for ids, p in zip(ids_per_model, plans, strict=True))
     done = 0
     stats: dict[str, EngineStats] = {}
     all_rows, all_base = [], []
-    for mi, (lm, name, plan) in enumerate(zip(lms, names, plans, strict=True)):
+    for mi, (lm, name, plan, sample_ids) in enumerate(zip(lms, names, plans, ids_per_model, strict=True)):
+        chunks = [sample_ids[i:i + chunk_size] for i in range(0, len(sample_ids), chunk_size)]
         st = stats.setdefault(name, EngineStats())
         s_lm = src_lm or lm
         if s_lm.adapter.n_layers != lm.adapter.n_layers or s_lm.adapter.d_model != lm.adapter.d_model:

@@ -1,4 +1,4 @@
-"""``ivlens probe``: the CLI body (registered in ``ivlens.cli``); a thin wrapper over :func:`probe_run`."""
+"""``ivlens probe``: the CLI body (registered in ``ivlens.cli``); a thin wrapper over :func:`ivlens.api.run_probe`."""
 
 from __future__ import annotations
 
@@ -12,20 +12,24 @@ from ivlens.cli_common import (
     FormatOpt,
     ModelOpt,
     OutOpt,
+    ResumeOpt,
+    build_spec,
     console,
     frame_table,
     friendly_errors,
 )
+from ivlens.specs import Varying
 
 
 def probe(
-    model: ModelOpt,
+    ctx: typer.Context,
+    model: ModelOpt = None,
     tasks: Annotated[str, typer.Option("--tasks", "-t", help="comma-separated built-in tasks or YAML specs")]
     = "adjectives,animals",
     layers: Annotated[str, typer.Option("--layers", help="all | comma-separated layers (negative from the end)")]
     = "all",
-    varying: Annotated[str, typer.Option("--varying", help="instructions (rephrasings) | labels (label-space "
-                                         "variants: yes/no -> Y/N, ...)")] = "instructions",
+    varying: Annotated[Varying, typer.Option("--varying", help="instructions (rephrasings) or labels (label-space "
+                                             "variants: yes/no -> Y/N, ...)")] = "instructions",
     instructions: Annotated[list[str] | None, typer.Option(
         "--instructions", help="extra class from a CSV index,instruction: NAME=PATH (repeatable)")] = None,
     max_per_subtask: Annotated[int | None, typer.Option("--max-per-subtask", help="first N rephrasings of "
@@ -42,32 +46,35 @@ def probe(
     fmt: FormatOpt = "raw",
     seed: Annotated[int, typer.Option("--seed", help="seed of the CV folds and label shuffles")] = 0,
     out: OutOpt = None,
+    resume: ResumeOpt = None,
     dtype: DtypeOpt = "float32",
     device: DeviceOpt = "cpu",
 ) -> None:
     """Linear probes, LDA and cosine similarity of instruction vectors (residual at T_inst) by layer,
     for every --model side by side."""
-    from ivlens.probing.instructions import read_user_instructions
-    from ivlens.probing.probes import ProbeConfig
-    from ivlens.probing.run import probe_run
+    from ivlens.api import run_probe
+    from ivlens.specs import ProbeSpec
 
     with friendly_errors():
-        if varying not in ("instructions", "labels"):
-            raise typer.BadParameter("use instructions or labels", param_hint="--varying")
-        user = dict(read_user_instructions(s) for s in instructions or [])
-        task_list = [t.strip() for t in tasks.split(",") if t.strip()]
-        fig_at = [int(x) for x in figure_layers.split(",")] if figure_layers else None
+        from ivlens.probing.instructions import read_user_instructions
+
+        user = {name: str(path) for name, path in map(read_user_instructions, instructions or [])}
+        fig_at = tuple(_int(x, "--figure-layers") for x in figure_layers.split(",")) if figure_layers else None
+        options = {"models": tuple(model or ()), "tasks": tuple(t.strip() for t in tasks.split(",") if t.strip()),
+                   "layers": layers, "varying": varying, "instructions": user, "max_per_subtask": max_per_subtask,
+                   "folds": folds, "figure_layers": fig_at, "batch_size": batch_size, "memory_budget": memory_budget,
+                   "format": fmt, "seed": seed, "dtype": dtype, "device": device}
+        spec = build_spec(ctx, ProbeSpec, options, resume, params={"models": "model", "format": "fmt",
+                                                              "instructions": "instructions"})
         if dry_run:
             from ivlens.dry_run import probe_dry_run
-
-            probe_dry_run(model, task_list, layers=layers, varying=varying, user_instructions=user, fmt=fmt,
-                          batch_size=batch_size, folds=folds, max_per_subtask=max_per_subtask, dtype=dtype,
-                          device=device, memory_budget=memory_budget)
+            probe_dry_run(list(spec.models), list(spec.tasks), layers=spec.layers, varying=spec.varying,
+                          user_instructions=dict(spec.instructions),
+                          fmt=spec.format, batch_size=spec.batch_size, folds=spec.folds,
+                          max_per_subtask=spec.max_per_subtask, dtype=spec.dtype, device=spec.device,
+                          memory_budget=spec.memory_budget)
             return
-        res = probe_run(model, task_list, layers=layers, varying=varying, out=out, user_instructions=user,
-                        fmt=fmt, batch_size=batch_size, cfg=ProbeConfig(folds=folds, seed=seed),
-                        figure_at=fig_at, max_per_subtask=max_per_subtask, memory_budget=memory_budget,
-                        load_kwargs={"dtype": dtype, "device": device})
+        res = run_probe(spec, out=out, resume=resume)
     acc = res.accuracy[res.accuracy.target == "subtask"]
     main = acc[acc.probe == acc.probe.iloc[0]]
     table = main.pivot(index="layer", columns="model", values="cv_mean")[list(dict.fromkeys(main.model))]
@@ -75,3 +82,10 @@ def probe(
                                                          f"(majority {main.majority.mean():.2f}, shuffled "
                                                          f"{main.shuffled_mean.mean():.2f})"))
     console.print(f"results: {res.run.path}")
+
+
+def _int(text: str, option: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a layer number", param_hint=option) from None

@@ -140,7 +140,7 @@ def probe_run(models: Sequence[str | LoadedModel], tasks: Sequence[str | Task], 
               user_instructions: dict[str, str | Path] | None = None, fmt: PromptFormat = "raw",
               batch_size: int | None = None, cfg: ProbeConfig = ProbeConfig(), figure_at: list[int] | None = None,
               max_per_subtask: int | None = None, load_kwargs: dict | None = None,
-              memory_budget: str | int | None = None) -> ProbeResult:
+              memory_budget: str | int | None = None, resume: bool = False) -> ProbeResult:
     """Collect IVs of ``tasks`` ' instructions in every model and analyse their geometry layer by layer.
 
     Models given by name are loaded one at a time and released after collection, so three 7B models do
@@ -157,6 +157,7 @@ def probe_run(models: Sequence[str | LoadedModel], tasks: Sequence[str | Task], 
         max_per_subtask: use only the first N rephrasings of each file (quick runs).
         batch_size: prompts per forward of IV collection (``None``: as many as fit ``memory_budget``,
             ``--memory-budget``; default a safe share of free memory, :mod:`ivlens.budget`).
+        resume: keep the IV shards already in ``run`` (a killed run resumed; see :func:`collect_ivs`).
 
     Returns:
         :class:`ProbeResult`.
@@ -183,7 +184,7 @@ def probe_run(models: Sequence[str | LoadedModel], tasks: Sequence[str | Task], 
         rows = instruction_set(list(tasks), varying, user_instructions, held, max_per_subtask)
         model_layers = parse_layers(layers, loaded.n_layers)
         store = collect_ivs(loaded, rows, run.path / "ivs" / model_slug(loaded.name), layers=model_layers,
-                            batch_size=batch_size, fmt=fmt, memory_budget=memory_budget)
+                            batch_size=batch_size, fmt=fmt, memory_budget=memory_budget, resume=resume)
         described.append(loaded.describe() | {"heldout_from_card": held is not None})
         if held is not None:
             log.info("%s: held-out phrasings from the organism card", loaded.name)

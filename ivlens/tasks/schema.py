@@ -10,8 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ivlens.errors import IvlensError
 
-class TaskError(ValueError):
+
+class TaskError(IvlensError, ValueError):
     """A task file or spec is invalid, or a task lacks what an analysis needs.
 
     The message reads ``<file>, row <n>: <problem>; <fix>`` (``line <n>`` for JSONL and YAML, where rows are

@@ -1,11 +1,21 @@
-"""Seeded, deterministic sample selection shared by every analysis."""
+"""THE seeded sample selector: every analysis (eval, patch, probe, trace) draws its queries here.
+
+``select_samples(task, n, seed, queries)`` draws ``n`` samples without replacement with ``random.Random(seed)``
+from the task's samples restricted to ``queries`` (a split), so the same ``--samples``, ``--seed`` and ``--split``
+pick the same queries in every analysis. :func:`split_queries` reads a split from a model organism's card.
+"""
 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Literal, get_args
 
 from .schema import Sample, Task, TaskError
+
+Split = Literal["heldout", "train", "all"]
+SPLITS: tuple[str, ...] = get_args(Split)
 
 
 def select_samples(task: Task, n: int | None = None, seed: int = 0, queries: Iterable[str] | None = None
@@ -19,9 +29,41 @@ def select_samples(task: Task, n: int | None = None, seed: int = 0, queries: Ite
         pool = [s for s in pool if s.query in wanted]
         if not pool:
             raise TaskError(f"task {task.name!r}: none of the requested queries is in the task file")
+    if n is not None and n <= 0:
+        raise TaskError(f"--samples must be positive (got {n})")
     if n is None or n >= len(pool):
         return pool
-    if n <= 0:
-        raise TaskError(f"--samples must be positive (got {n})")
     picked = random.Random(seed).sample(range(len(pool)), n)
     return [pool[i] for i in sorted(picked)]
+
+
+def sample_indices(task: Task, samples: int | Sequence[int] | None = None, seed: int = 0,
+                   queries: Iterable[str] | None = None) -> list[int]:
+    """Indices into ``task.samples``: an explicit list (checked against the task's size), or the draw of
+    :func:`select_samples` for a count ``samples`` (``None``: all) within ``queries``."""
+    if samples is None or isinstance(samples, int):
+        return [s.index for s in select_samples(task, samples, seed, queries)]
+    out = [int(i) for i in samples]
+    bad = [i for i in out if not 0 <= i < len(task.samples)]
+    if bad:
+        raise TaskError(f"sample indices {bad} out of range: task {task.name!r} has {len(task.samples)} samples")
+    return out
+
+
+def split_queries(model_path: str | Path, model_name: str, task: Task, split: str) -> list[str] | None:
+    """Queries of ``split`` (``train`` / ``heldout``) recorded in the card of the model organism at
+    ``model_path``; None for ``all`` (every query of the task)."""
+    if split == "all":
+        return None
+    if split not in SPLITS:
+        raise TaskError(f"--split {split!r} is not one of {', '.join(SPLITS)}")
+    from ivlens.organism.card import organism_split  # the card format lives with the organism
+
+    try:
+        splits = organism_split(Path(model_path))
+    except FileNotFoundError:
+        raise TaskError(f"--split {split} needs a model organism (a card.json next to the weights); "
+                        f"{model_name} has none: use --split all") from None
+    if task.name not in splits:
+        raise TaskError(f"the organism's card has no split for task {task.name!r} (it has {', '.join(splits)})")
+    return list(splits[task.name][split])

@@ -116,7 +116,7 @@ def path_jaccard(pa: list[Path], keys_a: list[int], pb: list[Path], keys_b: list
         return out
 
     wa, wb = weights(pa, keys_a), weights(pb, keys_b)
-    union = set(wa) | set(wb)
+    union = list(dict.fromkeys([*wa, *wb]))  # a fixed order (a set's depends on the hash seed): same sums each run
     mx = sum(max(wa.get(u, 0.0), wb.get(u, 0.0)) for u in union)
     return sum(min(wa.get(u, 0.0), wb.get(u, 0.0)) for u in union) / mx if mx > 0 else 1.0
 
@@ -187,7 +187,8 @@ class SubtaskComparison:
     """Per-sample comparisons (``rows``), their aggregates, and mean head activity per subtask.
 
     ``ab`` / ``baseline``: lists of :class:`GraphComparison` (A vs B; rephrasing vs rephrasing);
-    ``head_activity``: subtask → ``[layer, head]`` mean share; ``completeness``: max relative error seen;
+    ``head_activity``: subtask → ``[layer, head]`` mean share over samples (``head_samples``: the per-sample
+    ``[layer, head]`` shares it averages); ``completeness``: max relative error seen;
     ``example``: the top paths of the first sample under A and B, one dict per path (see :func:`example_rows`).
     """
 
@@ -198,6 +199,23 @@ class SubtaskComparison:
     completeness: float = 0.0
     rows: list[dict] = field(default_factory=list)
     example: list[dict] = field(default_factory=list)
+    head_samples: dict[str, list[Tensor]] = field(default_factory=dict)
+
+    @classmethod
+    def merge(cls, parts: list[SubtaskComparison]) -> SubtaskComparison:
+        """One comparison from comparisons of consecutive groups of samples (in sample order): equal to the
+        comparison of all the samples at once (lists concatenated, head activity averaged per sample)."""
+        out = cls(parts[0].subtasks)
+        for p in parts:
+            out.ab += p.ab
+            out.baseline += p.baseline
+            out.rows += p.rows
+            out.example = out.example or p.example
+            out.completeness = max(out.completeness, p.completeness)
+            for sub, acts in p.head_samples.items():
+                out.head_samples.setdefault(sub, []).extend(acts)
+        out.head_activity = {s: torch.stack(v).mean(0) for s, v in out.head_samples.items() if v}
+        return out
 
     def curve(self, which: str = "ab") -> np.ndarray:
         """Mean per-layer similarity ``[layer]`` over samples."""
@@ -296,5 +314,6 @@ def compare_subtasks(model, tokenizer, task, samples, fmt: str = "raw", top_k: i
             progress()
     if len(reph) < 2:
         log.warning("subtask %s has fewer than two rephrasings: no rephrasing baseline", sa)
-    res.head_activity = {s: torch.stack(v).mean(0) for s, v in acts.items() if v}
+    res.head_samples = {s: v for s, v in acts.items() if v}
+    res.head_activity = {s: torch.stack(v).mean(0) for s, v in res.head_samples.items()}
     return res

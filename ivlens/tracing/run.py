@@ -1,21 +1,31 @@
-"""Run-level tracing analyses: the circuit-selector comparison over samples and models, written to a run
-directory (``compare.parquet``, ``compare.json``, ``sample_paths.parquet``: the top paths of the first sample under
-A and B, figures). The CLI and the main job both call this."""
+"""Run-level tracing analyses, written to a run directory; :func:`ivlens.api.run_trace` calls these.
+
+- :func:`compare_run`: the circuit-selector comparison over samples and models (``compare.parquet``,
+  ``compare.json``, ``sample_paths.parquet``: the top paths of the first sample under A and B, figures). Each
+  (model, sample) is one unit of work saved as a part, so a killed run resumes where it stopped.
+- :func:`trace_single`: one prompt's exact paths for one model (``<model>.graph.json``, ``<model>.paths.json``).
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
 
 import pandas as pd
 
 from ivlens.models.load import LoadedModel
-from ivlens.runs import RunDir
+from ivlens.runs import RunDir, atomic_write_text
 from ivlens.tasks import Task, load_task
-from ivlens.tasks.selection import select_samples
+from ivlens.tasks.selection import select_samples, split_queries
 
-from .compare import compare_subtasks
+from .compare import SubtaskComparison, compare_subtasks
 from .figures import plot_head_activity, plot_overlap_curves
+
+log = logging.getLogger(__name__)
+PARTS = "compare_parts"
 
 
 def slug(name: str) -> str:
@@ -27,19 +37,26 @@ def compare_run(models: Sequence[LoadedModel], task: str | Task, run: RunDir, *,
                 progress: Callable | None = None) -> dict[str, dict]:
     """Trace every selected sample under instruction A and B (and two rephrasings, the baseline) for each
     model; returns ``{model: summary}`` (weighted Jaccard A vs B and baseline, per-layer curves, the layer
-    where the computations part, completeness error) and writes the tables and figures to ``run``."""
-    from contextlib import nullcontext
+    where the computations part, completeness error) and writes the tables and figures to ``run``.
 
-    from ivlens.api import split_queries
-
+    Each sample's comparison is saved as a part (``compare_parts/part-m<i>-s<index>.pkl``) as soon as it is
+    done; samples whose part exists are not traced again."""
     t = task if isinstance(task, Task) else load_task(task)
     curves, summaries, rows, examples = {}, {}, [], []
-    for lm in models:
-        chosen = select_samples(t, samples, seed, split_queries(lm, t, split))
+    for mi, lm in enumerate(models):
+        chosen = select_samples(t, samples, seed, split_queries(lm.path, lm.name, t, split))
         ctx = progress(f"trace --compare {lm.name}", len(chosen)) if progress else nullcontext(None)
+        parts = []
         with ctx as advance:
-            res = compare_subtasks(lm.model, lm.tokenizer, t, chosen, fmt=fmt, top_k=top_k, beam=beam,
-                                   progress=advance)
+            for sample in chosen:
+                key = f"m{mi}-s{sample.index:05d}"
+                if not run.has_part(PARTS, key):
+                    run.write_part(PARTS, key, compare_subtasks(lm.model, lm.tokenizer, t, [sample], fmt=fmt,
+                                                                top_k=top_k, beam=beam))
+                parts.append(run.read_part(PARTS, key))
+                if advance:
+                    advance()
+        res = SubtaskComparison.merge(parts)
         s = res.summary()
         summaries[lm.name] = s
         curves[f"{lm.name}: A vs B"] = s["per_layer_ab"]
@@ -57,5 +74,77 @@ def compare_run(models: Sequence[LoadedModel], task: str | Task, run: RunDir, *,
     run.write_table("compare", df)
     if examples:
         run.write_table("sample_paths", pd.DataFrame(examples))
-    (run.path / "compare.json").write_text(json.dumps(summaries, indent=1))
+    atomic_write_text(run.path / "compare.json", json.dumps(summaries, indent=1))
     return summaries
+
+
+@dataclass
+class SingleTrace:
+    """One model's trace of one prompt: the :class:`ivlens.tracing.TraceResult`, T_inst in the traced ids
+    (``None`` without a task instruction) and how many leading tokens ``max_tokens`` cut."""
+
+    model: str
+    result: object
+    t_inst: int | None
+    cut: int
+
+
+def trace_single(lm: LoadedModel, run: RunDir, *, task: str | None, subtask: str | None, sample: int | None,
+                 prompt: str | None, target: str | int | None, method: str, top_k: int, beam: int,
+                 threshold_rank: int, start_pos: int | None, end_pos: int | None, from_inst: bool, fmt: str,
+                 max_tokens: int | None) -> SingleTrace:
+    """Trace a task sample's instructed prompt (or ``prompt``) with ``lm`` and write it to ``run``."""
+    from ivlens.tasks import TaskError, instructed_prompt, label_token_ids
+
+    from . import trace_prompt, write_trace
+
+    ids, t_inst = None, None
+    if task is not None:
+        t = load_task(task)
+        sub = t.subtask(subtask)
+        index = sample or 0
+        if not 0 <= index < len(t.samples):
+            raise TaskError(f"--sample {index} is out of range: task {t.name!r} has samples 0..{len(t.samples) - 1}")
+        smp = t.samples[index]
+        p = instructed_prompt(lm.tokenizer, t, smp, sub.instruction, fmt)
+        ids, t_inst = list(p.input_ids), p.t_inst
+        if target is None:
+            target = label_token_ids(lm.tokenizer, p, smp.answer(sub.name))[0]
+    cut = 0
+    if max_tokens is not None:
+        if ids is None:
+            ids = list(lm.tokenizer(prompt)["input_ids"])
+        cut = max(0, len(ids) - max_tokens)
+        if cut:
+            ids = ids[cut:]
+            t_inst = None if t_inst is None or t_inst < cut else t_inst - cut
+    if from_inst:
+        if t_inst is None:
+            raise TaskError("--from-inst needs a task prompt with an instruction (inside --max-tokens)")
+        start_pos = end_pos = t_inst
+    res = trace_prompt(lm.model, lm.tokenizer, ids if ids is not None else prompt, target=target, method=method,
+                       top_k=top_k, beam=beam, threshold_rank=threshold_rank, start_pos=start_pos, end_pos=end_pos)
+    write_trace(res, run.path, name=slug(lm.name))
+    return SingleTrace(lm.name, res, t_inst, cut)
+
+
+def check_trace_memory(lm: LoadedModel, *, task, subtask, sample, prompt, compare, samples, seed, fmt, beam,
+                       max_tokens, dtype, device, memory_budget) -> None:
+    """Raise :class:`ivlens.budget.BudgetError` when tracing ``lm``'s longest prompt would not fit the budget."""
+    from ivlens.budget import BudgetError
+    from ivlens.dry_run import trace_budget, trace_plans, trace_refusal
+    from ivlens.estimate.flops import ModelShape
+    from ivlens.estimate.model import ModelInfo
+
+    shape = ModelShape.from_config(lm.model.config)
+    info = ModelInfo(lm.name, str(lm.path), shape, lm.tokenizer)
+    plan = trace_plans([], task=task, subtask=subtask, sample=sample, prompt=prompt, compare=compare,
+                       samples=samples, fmt=fmt, beam=beam, max_tokens=max_tokens, seed=seed, dtype=dtype,
+                       infos=[info])[0]
+    n = plan.counts["max_tokens"]
+    budget = trace_budget(memory_budget, device)  # weights are loaded: available memory already excludes them
+    log.info("%s: tracing up to %d tokens needs about %.2f GB (graph %.2f GB)", lm.name, n,
+             plan.peak_bytes / 1e9, plan.memory["graph (L·H·T² tensors)"] / 1e9)
+    msg = trace_refusal(shape, n, budget, dtype, beam, "compare" if compare else "single")
+    if msg is not None:
+        raise BudgetError(f"{lm.name}: {msg}")

@@ -53,6 +53,7 @@ from functools import cached_property
 import torch
 from torch import Tensor
 
+from ivlens.errors import IvlensError
 from ivlens.models.adapters import (
     ArchitectureAdapter,
     NormParams,
@@ -63,7 +64,7 @@ from ivlens.models.adapters import (
 log = logging.getLogger(__name__)
 
 
-class TracingError(RuntimeError):
+class TracingError(IvlensError, RuntimeError):
     """The tracer cannot decompose this model or input; the message says why and what to do."""
 
 

@@ -15,13 +15,15 @@ from typing import Literal
 import torch
 from torch import nn
 
+from ivlens.errors import IvlensError
+
 NormKind = Literal["rms", "layer"]
 NormRole = Literal["attn_in", "attn_out", "mlp_in", "mlp_out"]
 NORM_ROLES: tuple[NormRole, ...] = ("attn_in", "attn_out", "mlp_in", "mlp_out")
 QKVLayout = Literal["concat", "per_head"]
 
 
-class UnsupportedArchitectureError(TypeError):
+class UnsupportedArchitectureError(IvlensError, TypeError):
     """The model's class has no adapter (or one cannot be derived); the message says what is missing and how to
     add it."""
 

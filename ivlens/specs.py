@@ -1,0 +1,261 @@
+"""Run specs: one typed, frozen pydantic model per analysis, the whole of what a run is asked to do.
+
+Every analysis is one spec plus one ``run_<analysis>(spec)`` in :mod:`ivlens.api`; the CLI, the main job and
+the tests build a spec and call that function. A spec:
+
+- has one field per CLI option, named like the option (``--memory-budget`` ↔ ``memory_budget``);
+- types every option with a fixed set of values as a ``Literal`` and forbids unknown fields;
+- raises :class:`SpecError` (one line: the option, the value, the allowed values) on bad input;
+- hashes to :meth:`Spec.hash`, the sha256 of its canonical JSON (:func:`ivlens.runs.content_hash`) without the
+  options that cannot change a result (``result_neutral``: memory budget, batch size, threads, figures);
+- is stored in the run's ``manifest.json`` (``spec``, ``spec_hash``); ``--resume`` compares it with
+  :meth:`Spec.differences`.
+
+>>> spec = EvalSpec(models=("organism-sft",), task="adjectives", samples=20, split="heldout")
+>>> spec.hash()[:12]
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, ClassVar, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import IvlensError
+from .runs import content_hash
+
+Format = Literal["raw", "chat"]
+Split = Literal["heldout", "train", "all"]
+Dtype = Literal["float32", "bfloat16", "float16"]
+QueryStyle = Literal["formatted", "bare"]
+PatchMode = Literal["transfer", "contrastive"]
+PatchTarget = Literal["bare", "formatted"]
+Correction = Literal["holm", "bh"]
+Backend = Literal["torch", "nnsight"]
+Varying = Literal["instructions", "labels"]
+TraceMethod = Literal["exact", "argmax"]
+OrganismSize = Literal["small", "tiny"]
+OrganismVariant = Literal["gist", "natural"]
+
+_DEVICE = re.compile(r"^(cpu|auto|mps|cuda(:\d+)?)$")
+
+
+class SpecError(IvlensError, ValueError):
+    """A spec that does not validate: the message names the option, the value and what is allowed."""
+
+
+_OPTION_NAMES = {"models": "--model"}  # a repeatable option named in the singular
+
+
+def option_name(field: str) -> str:
+    """The CLI option of a spec field: ``memory_budget`` → ``--memory-budget``, ``models`` → ``--model``."""
+    return _OPTION_NAMES.get(field, "--" + field.replace("_", "-"))
+
+
+def _describe_error(spec_cls: type[BaseModel], err: dict) -> str:
+    """One pydantic error as ``--option: 'value' is not ...; allowed: ...``."""
+    field = str(err["loc"][0]) if err.get("loc") else ""
+    opt = option_name(field) if field else spec_cls.__name__
+    value = err.get("input")
+    kind = err.get("type", "")
+    if kind == "extra_forbidden":
+        allowed = ", ".join(option_name(f) for f in spec_cls.model_fields)
+        return f"{opt}: unknown option for {spec_cls.__name__} (allowed: {allowed})"
+    if kind == "literal_error":
+        ann = spec_cls.model_fields[field].annotation
+        allowed = [a for a in get_args(ann) if a is not None]
+        allowed = [x for a in allowed for x in (get_args(a) or (a,))]
+        return f"{opt}: {value!r} is not one of {', '.join(map(str, allowed))}"
+    if kind == "too_short":
+        return f"{opt}: give at least one"
+    msg = err.get("msg", "invalid").removeprefix("Value error, ")
+    return f"{opt}: {value!r}: {msg}" if field else msg
+
+
+class Spec(BaseModel):
+    """Base of every analysis spec: frozen, no unknown fields, validated into :class:`SpecError`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    #: the analysis this spec runs (the run directory's ``command``)
+    analysis: ClassVar[str] = ""
+    #: fields that never change a result: left out of the hash, and a resumed run takes the new value
+    result_neutral: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as e:
+            raise SpecError("; ".join(_describe_error(type(self), err) for err in e.errors())) from None
+
+    def result_fields(self) -> dict[str, Any]:
+        """The JSON form of the fields that can change a result."""
+        return {k: v for k, v in self.model_dump(mode="json").items() if k not in self.result_neutral}
+
+    def hash(self) -> str:
+        """sha256 (hex) of the canonical JSON of :meth:`result_fields` and the analysis name."""
+        return content_hash({"analysis": self.analysis, "spec": self.result_fields()})
+
+    def differences(self, other: Spec) -> list[str]:
+        """``--option old → new`` for every result field where ``other`` differs from this spec."""
+        mine, theirs = self.result_fields(), other.result_fields()
+        return [f"{option_name(k)} {mine.get(k)!r} → {theirs.get(k)!r}" for k in dict.fromkeys([*mine, *theirs])
+                if mine.get(k) != theirs.get(k)]
+
+
+class _ModelsSpec(Spec):
+    """Models and how to load them, shared by the analyses."""
+
+    models: tuple[str, ...] = Field(min_length=1)
+    gguf_file: str | None = None
+    dtype: Dtype = "float32"
+    device: str = "cpu"
+    revision: str | None = None
+    trust_remote_code: bool = False
+
+    @field_validator("device")
+    @classmethod
+    def _device_kind(cls, v: str) -> str:
+        if not _DEVICE.match(v):
+            raise ValueError("not one of cpu, cuda, cuda:N, mps, auto")
+        return v
+
+    @field_validator("models")
+    @classmethod
+    def _distinct(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(v)) != len(v):
+            raise ValueError("models must be distinct to compare them side by side")
+        return v
+
+    def load_kwargs(self) -> dict[str, Any]:
+        return {"gguf_file": self.gguf_file, "dtype": self.dtype, "device": self.device, "revision": self.revision,
+                "trust_remote_code": self.trust_remote_code}
+
+
+class EvalSpec(_ModelsSpec):
+    """``ivlens eval``: instruction-following accuracy with, without and against the instruction."""
+
+    analysis: ClassVar[str] = "eval"
+    result_neutral: ClassVar[frozenset[str]] = frozenset({"batch_size"})
+
+    task: str
+    subtask: str | None = None
+    samples: int | None = Field(default=None, gt=0)
+    format: Format = "raw"
+    split: Split = "all"
+    query_style: QueryStyle = "formatted"
+    prefill: str | None = None
+    judge: str | None = Field(default=None, pattern=r"^[\w.]+:\w+$")
+    batch_size: int = Field(default=16, gt=0)
+    chunk_size: int = Field(default=8, gt=0)
+    seed: int = 0
+
+
+class PatchSpec(_ModelsSpec):
+    """``ivlens patch``: IVs of layer sets patched into targets, then interactions and figures."""
+
+    analysis: ClassVar[str] = "patch"
+    result_neutral: ClassVar[frozenset[str]] = frozenset({"batch_size", "memory_budget", "threads", "figures"})
+
+    task: str = "adjectives"
+    subtask: str | None = None
+    layers: str = "single"
+    positions: str = "first,last"
+    samples: int | None = Field(default=None, gt=0)
+    split: Split = "all"
+    mode: PatchMode = "transfer"
+    source_model: str | None = None
+    target: PatchTarget = "bare"
+    format: Format = "raw"
+    batch_size: int | None = Field(default=None, gt=0)
+    memory_budget: str | None = None
+    chunk_size: int = Field(default=25, gt=0)
+    seed: int = 0
+    effect: str = "delta_logit_vs_target"
+    correction: Correction = "holm"
+    alpha: float = Field(default=0.05, gt=0, lt=1)
+    threads: int | None = Field(default=None, gt=0)
+    backend: Backend = "torch"
+    figures: bool = True
+
+
+class ProbeSpec(_ModelsSpec):
+    """``ivlens probe``: probes, LDA and similarity of IVs (residual at T_inst of instruction-only prompts)."""
+
+    analysis: ClassVar[str] = "probe"
+    result_neutral: ClassVar[frozenset[str]] = frozenset({"batch_size", "memory_budget"})
+
+    tasks: tuple[str, ...] = ("adjectives", "animals")
+    layers: str = "all"
+    varying: Varying = "instructions"
+    instructions: dict[str, str] = Field(default_factory=dict)  # extra class name → CSV path
+    max_per_subtask: int | None = Field(default=None, gt=0)
+    folds: int = Field(default=5, ge=2)
+    figure_layers: tuple[int, ...] | None = None
+    batch_size: int | None = Field(default=None, gt=0)
+    memory_budget: str | None = None
+    format: Format = "raw"
+    seed: int = 0
+
+
+class TraceSpec(_ModelsSpec):
+    """``ivlens trace``: one prompt's exact paths, or (``compare``) the two subtasks' graphs over samples."""
+
+    analysis: ClassVar[str] = "trace"
+    result_neutral: ClassVar[frozenset[str]] = frozenset({"memory_budget"})
+
+    task: str | None = None
+    subtask: str | None = None
+    sample: int | None = Field(default=None, ge=0)
+    prompt: str | None = None
+    target: str | None = None
+    method: TraceMethod = "exact"
+    compare: bool = False
+    samples: int | None = Field(default=50, gt=0)
+    split: Split = "all"
+    top_k: int = Field(default=20, gt=0)
+    beam: int = Field(default=256, gt=0)
+    threshold_rank: int = Field(default=10, gt=0)
+    start_pos: int | None = None
+    end_pos: int | None = None
+    from_inst: bool = False
+    max_tokens: int | None = Field(default=None, gt=0)
+    memory_budget: str | None = None
+    format: Format = "raw"
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _one_input(self) -> TraceSpec:
+        if self.compare and self.task is None:
+            raise ValueError("--compare needs --task")
+        if not self.compare and (self.prompt is None) == (self.task is None):
+            raise ValueError("give either --prompt TEXT or --task T (with --sample i)")
+        if self.compare and self.max_tokens is not None:
+            raise ValueError("--max-tokens cuts one traced prompt; --compare traces whole task prompts")
+        return self
+
+
+class OrganismSpec(Spec):
+    """``ivlens organism build``: train base → SFT → DPO and write the card."""
+
+    analysis: ClassVar[str] = "organism"
+    result_neutral: ClassVar[frozenset[str]] = frozenset({"force"})
+
+    seed: int = 0
+    size: OrganismSize = "small"
+    variant: OrganismVariant = "gist"
+    force: bool = False
+    measure: bool = True
+
+
+SPECS: dict[str, type[Spec]] = {s.analysis: s for s in (EvalSpec, PatchSpec, ProbeSpec, TraceSpec, OrganismSpec)}
+
+
+def spec_from_manifest(manifest: dict) -> Spec:
+    """The spec a run directory's manifest records (``command`` picks the class)."""
+    cls = SPECS.get(manifest.get("command", ""))
+    if cls is None or "spec" not in manifest:
+        raise SpecError(f"this run directory records no {', '.join(SPECS)} spec (made by an older ivlens?): "
+                        "start a new run instead of --resume")
+    return cls(**manifest["spec"])

@@ -1,0 +1,187 @@
+"""The run contract: specs (typed, frozen, hashed), ``--resume`` checks, one sample selector, one error line.
+
+The SIGKILL tests start ``python -m ivlens`` on a tiny random model, kill it once some units of work are on
+disk, resume it, and compare every table with an uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from pydantic import ValidationError
+from typer.testing import CliRunner
+
+from ivlens.cli import app
+from ivlens.runs import RunDir, content_hash
+from ivlens.specs import EvalSpec, PatchSpec, ProbeSpec, SpecError, TraceSpec
+from ivlens.testing.tiny import tiny_model, tiny_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("model")
+    tiny_model("olmo2", n_layers=4, d_model=64, n_heads=4).save_pretrained(d)
+    tiny_tokenizer().save_pretrained(d)
+    return d
+
+
+# ------------------------------------------------------------------------------------------ specs
+def test_spec_hash_is_the_content_hash_and_ignores_result_neutral_options():
+    a = PatchSpec(models=("m",), samples=3)
+    assert a.hash() == content_hash({"analysis": "patch", "spec": a.result_fields()})
+    assert a.hash() == PatchSpec(models=("m",), samples=3, memory_budget="1GB", batch_size=7).hash()
+    assert a.hash() != PatchSpec(models=("m",), samples=4).hash()
+    with pytest.raises(ValidationError, match="frozen"):
+        a.samples = 5
+
+
+@pytest.mark.parametrize("spec_cls, options, expected", [
+    (EvalSpec, {"models": ("m",), "task": "t", "format": "foo"}, "--format: 'foo' is not one of raw, chat"),
+    (EvalSpec, {"models": ("m",), "task": "t", "splitt": "all"}, "--splitt: unknown option for EvalSpec"),
+    (PatchSpec, {"models": ("m",), "correction": "bonf"}, "--correction: 'bonf' is not one of holm, bh"),
+    (ProbeSpec, {"models": ("m",), "varying": "x"}, "--varying: 'x' is not one of instructions, labels"),
+    (TraceSpec, {"models": ("m",), "task": "t", "method": "sideways"}, "--method: 'sideways' is not one of"),
+    (TraceSpec, {"models": ("m",)}, "give either --prompt TEXT or --task T"),
+    (PatchSpec, {"models": ()}, "--model: give at least one"),
+    (PatchSpec, {"models": ("m",), "device": "gpu"}, "--device: 'gpu': not one of cpu, cuda"),
+])
+def test_bad_specs_raise_one_line_naming_the_option(spec_cls, options, expected):
+    with pytest.raises(SpecError) as e:
+        spec_cls(**options)
+    assert expected in str(e.value) and "\n" not in str(e.value)
+
+
+# ------------------------------------------------------------------------------------------ one selector
+def test_every_analysis_picks_the_same_queries(model_dir, tmp_path):
+    """eval, patch and trace --compare draw the same queries for the same --samples/--seed/--split (probe
+    uses instruction-only prompts: no queries to draw)."""
+    from ivlens.api import run_eval, run_patch, run_trace
+    from ivlens.models.load import load_model
+
+    lm = load_model(str(model_dir))
+    common = {"models": (str(model_dir),), "samples": 3, "seed": 5, "split": "all"}
+    _, _, _ = run_eval(EvalSpec(task="adjectives", subtask="adj_ant", **common), models=[lm], out=tmp_path / "e")
+    run_patch(PatchSpec(task="adjectives", subtask="adj_ant", layers="0", positions="last", figures=False,
+                        **common), models=[lm], out=tmp_path / "p")
+    run_trace(TraceSpec(task="adjectives", compare=True, top_k=5, beam=8, **common), models=[lm],
+              out=tmp_path / "t")
+    picked = {
+        "eval": set(RunDir.open(tmp_path / "e").read_table("results")["query"]),
+        "patch": set(RunDir.open(tmp_path / "p").read_table("patch")["query"]),
+        "trace": set(RunDir.open(tmp_path / "t").read_table("compare")["query"]),
+    }
+    assert len(picked["eval"]) == 3 and picked["eval"] == picked["patch"] == picked["trace"], picked
+
+
+# ------------------------------------------------------------------------------------------ resume
+def _env():
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+            "PYTHONPATH": str(ROOT)}
+
+
+def _ivlens(*args: str) -> list[str]:
+    return [sys.executable, "-m", "ivlens", *args]
+
+
+def _kill_when(cmd: list[str], ready, timeout: float = 120) -> None:
+    """Start ``cmd``, SIGKILL it as soon as ``ready()`` holds, and check that it really died part-way."""
+    proc = subprocess.Popen(cmd, env=_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while time.time() < deadline and not ready() and proc.poll() is None:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+
+
+def _run(cmd: list[str]) -> None:
+    r = subprocess.run(cmd, env=_env(), cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+def _count(d: Path, pattern: str) -> int:
+    return len(list(d.glob(pattern)))
+
+
+def _same_tables(full: Path, resumed: Path, tables: list[str]) -> None:
+    a, b = RunDir.open(full), RunDir.open(resumed)
+    assert b.manifest["status"] == "finished" and b.manifest["spec_hash"] == a.manifest["spec_hash"]
+    for t in tables:
+        pd.testing.assert_frame_equal(a.read_table(t), b.read_table(t), check_exact=True)
+
+
+@pytest.mark.slow  # three CLI processes each (about 25 s on 2 busy cores)
+@pytest.mark.parametrize("analysis, args, marker, n_units, tables", [
+    ("eval", ["--task", "adjectives", "--samples", "12", "--chunk-size", "1", "--batch-size", "4"],
+     "results/shard-*.parquet", 12, ["results", "summary", "decides"]),
+    ("patch", ["--task", "adjectives", "--subtask", "adj_ant", "--layers", "pairs", "--samples", "12",
+               "--chunk-size", "1", "--threads", "1", "--no-figures"],
+     "patch/shard-*.parquet", 12, ["patch", "baselines", "single_layer", "interactions"]),
+    ("trace", ["--task", "adjectives", "--compare", "--samples", "8", "--top-k", "5", "--beam", "8"],
+     "compare_parts/part-*.pkl", 8, ["compare", "sample_paths"]),
+])
+def test_sigkill_then_resume_equals_an_uninterrupted_run(model_dir, tmp_path, analysis, args, marker, n_units,
+                                                         tables):
+    full, broken = tmp_path / "full", tmp_path / "broken"
+    base = [analysis, "--model", str(model_dir), *args]
+    _run(_ivlens(*base, "--out", str(full)))
+    _kill_when(_ivlens(*base, "--out", str(broken)), lambda: _count(broken, marker) >= 2)
+    done = _count(broken, marker)
+    assert 2 <= done < n_units and RunDir.open(broken).manifest["status"] == "running"
+    _run(_ivlens(analysis, "--resume", str(broken)))
+    assert _count(broken, marker) == n_units
+    _same_tables(full, broken, tables)
+
+
+@pytest.mark.slow
+def test_probe_sigkill_then_resume_equals_an_uninterrupted_run(model_dir, tmp_path):
+    full, broken = tmp_path / "full", tmp_path / "broken"
+    base = ["probe", "--model", str(model_dir), "--tasks", "adjectives,animals", "--layers", "0,-1",
+            "--max-per-subtask", "24", "--batch-size", "2", "--folds", "2"]
+    _run(_ivlens(*base, "--out", str(full)))
+    shards = "ivs/*/shard-*.safetensors"
+    _kill_when(_ivlens(*base, "--out", str(broken)), lambda: _count(broken, shards) >= 3)
+    n_total = _count(full, shards)
+    assert 3 <= _count(broken, shards) < n_total
+    _run(_ivlens("probe", "--resume", str(broken)))
+    assert _count(broken, shards) == n_total
+    _same_tables(full, broken, ["instructions", "probe_accuracy", "projections", "similarity"])
+
+
+def test_resume_with_a_different_option_names_it(model_dir, tmp_path):
+    run = tmp_path / "run"
+    _run(_ivlens("eval", "--model", str(model_dir), "--task", "animals", "--samples", "2", "--out", str(run)))
+    r = CliRunner().invoke(app, ["eval", "--resume", str(run), "--samples", "3", "--format", "chat"])
+    assert r.exit_code == 2
+    line = " ".join(r.output.split())
+    assert "--samples 2 → 3" in line and "--format 'raw' → 'chat'" in line and "Traceback" not in r.output
+    stored = json.loads((run / "manifest.json").read_text())["spec"]
+    assert stored["samples"] == 2 and stored["format"] == "raw"
+
+
+# ------------------------------------------------------------------------------------------ one error line
+@pytest.mark.parametrize("args, expected", [
+    (["eval", "--model", "m", "--task", "adjectives", "--format", "foo"], "'foo' is not one of 'raw', 'chat'"),
+    (["trace", "--model", "m", "--method", "sideways"], "'sideways' is not one of 'exact', 'argmax'"),
+    (["patch", "--model", "m", "--split", "some"], "is not one of 'heldout', 'train', 'all'"),
+    (["probe", "--model", "m", "--varying", "x"], "is not one of 'instructions', 'labels'"),
+    (["organism", "build", "--size", "huge"], "'huge' is not one of 'small', 'tiny'"),
+    (["eval", "--model", "m", "--task", "no-such-task"], "unknown task 'no-such-task'"),
+    (["trace", "--model", "m"], "give either --prompt TEXT or --task T"),
+    (["patch", "--resume", "/no/such/run"], "no manifest.json"),
+])
+def test_bad_input_ends_in_one_red_line_and_exit_code_2(args, expected):
+    r = subprocess.run(_ivlens(*args), env={**_env(), "COLUMNS": "400"}, cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2, r.stderr
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and expected in lines[0], r.stderr
