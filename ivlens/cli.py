@@ -18,6 +18,7 @@ from ivlens.cli_common import (
     SeedOpt,
     TaskOpt,
     TrustOpt,
+    cli_logging,
     console,
     err_console,
     frame_table,
@@ -25,7 +26,6 @@ from ivlens.cli_common import (
     import_callable,
     load_models,
     progress_bar,
-    setup_logging,
 )
 
 app = typer.Typer(help="ivlens: instruction vectors, layer patching, probes and exact path tracing for causal LMs.",
@@ -38,8 +38,10 @@ app.add_typer(organism_app, name="organism")
 
 
 @app.callback()
-def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log progress details")] = False) -> None:
-    setup_logging(verbose)
+def _main(ctx: typer.Context,
+          verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log progress details and show "
+                                                "third-party progress bars")] = False) -> None:
+    ctx.with_resource(cli_logging(verbose))
 
 
 # ----------------------------------------------------------------------------- tasks

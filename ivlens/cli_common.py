@@ -45,11 +45,24 @@ MemoryBudgetOpt = Annotated[str | None, typer.Option("--memory-budget", help="wo
 FormatOpt = Annotated[str, typer.Option("--format", help="prompt format: raw (the paper's) | chat")]
 
 
-def setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
-                        handlers=[RichHandler(console=err_console, show_path=False, show_time=False)], force=True)
-    for noisy in ("transformers", "nnsight", "httpx", "datasets"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
+@contextmanager
+def cli_logging(verbose: bool = False) -> Iterator[None]:
+    """Logging for one CLI invocation: ivlens's records through rich on stderr (INFO with ``--verbose``,
+    else WARNING), third-party progress bars and chatter off unless ``--verbose``
+    (:func:`ivlens.scoped.quiet_libraries`). The root logger is restored afterwards, so invoking the CLI
+    in-process (tests, notebooks) leaves logging as it was."""
+    from ivlens.scoped import quiet_libraries
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    root.handlers = [RichHandler(console=err_console, show_path=False, show_time=False)]
+    root.handlers[0].setFormatter(logging.Formatter("%(message)s"))
+    root.setLevel(logging.INFO if verbose else logging.WARNING)
+    try:
+        with quiet_libraries(verbose):
+            yield
+    finally:
+        root.handlers, root.level = handlers, level
 
 
 def load_models(names: list[str], gguf_file: str | None, dtype: str, device: str, revision: str | None,

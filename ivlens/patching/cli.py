@@ -77,6 +77,7 @@ def patch(
     args = dict(locals())
     dry = args.pop("dry_run")
     from ivlens.cli_common import friendly_errors
+    from ivlens.scoped import torch_threads
 
     with friendly_errors():
         try:
@@ -84,7 +85,8 @@ def patch(
                 from ivlens.dry_run import patch_dry_run
 
                 return patch_dry_run(args)
-            _patch(**args)
+            with torch_threads(args["threads"]):
+                _patch(**args)
         except ValueError as e:  # bad layer/position specs, modes, sample indices: one line, exit code 2
             Console(stderr=True).print(f"[bold red]error:[/] {e}")
             raise typer.Exit(2) from None
@@ -92,7 +94,6 @@ def patch(
 
 def _patch(model, task, subtask, layers, positions, samples, mode, source_model, target, fmt, batch_size, memory_budget,
            chunk_size, seed, effect, correction, alpha, dtype, device, threads, backend, out, resume, figures) -> None:
-    import torch
 
     from ivlens.budget import parse_bytes
     from ivlens.models.load import load_model
@@ -105,8 +106,6 @@ def _patch(model, task, subtask, layers, positions, samples, mode, source_model,
     console = Console(stderr=True)
     if memory_budget is not None and memory_budget.strip().lower() != "auto":
         parse_bytes(memory_budget)  # a bad value fails here, before any model loads
-    if threads:
-        torch.set_num_threads(threads)
     if resume is not None:
         run = RunDir.open(resume)
         a = dict(run.manifest["args"])

@@ -9,10 +9,11 @@ and instructions compared as circuit selectors. The maths is in ``docs/tracing.m
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path as FilePath
+
+from ivlens.runs import atomic_write_json
 
 from .argmax import ArgmaxTrace, argmax_trace
 from .compare import SubtaskComparison, compare_graphs, compare_subtasks, head_activity
@@ -102,8 +103,8 @@ def write_trace(res: TraceResult, out: str | FilePath, name: str = "trace", json
     out = FilePath(out)
     out.mkdir(parents=True, exist_ok=True)
     files = [out / f"{name}.graph.json", out / f"{name}.paths.json"]
-    files[0].write_text(json.dumps(graph_to_json(res.graph, top_k=json_top_k), indent=1))
-    files[1].write_text(json.dumps(res.summary(), indent=1))
+    atomic_write_json(files[0], graph_to_json(res.graph, top_k=json_top_k), indent=1)
+    atomic_write_json(files[1], res.summary(), indent=1)
     tokens = list(res.sur.tokens) or [str(i) for i in res.sur.input_ids.tolist()]
     files.append(plot_paths(res.paths, tokens, res.sur.n_layers, out / "figures" / f"{name}.paths.png"))
     files.append(plot_layer_mass(res.graph, out / "figures" / f"{name}.layer_mass.png"))

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 import pandas as pd
 
 from ivlens.models.load import LoadedModel
-from ivlens.runs import RunDir
+from ivlens.runs import RunDir, atomic_write_json
 from ivlens.tasks import Task, load_task
 from ivlens.tasks.selection import select_samples
 
@@ -57,5 +57,5 @@ def compare_run(models: Sequence[LoadedModel], task: str | Task, run: RunDir, *,
     run.write_table("compare", df)
     if examples:
         run.write_table("sample_paths", pd.DataFrame(examples))
-    (run.path / "compare.json").write_text(json.dumps(summaries, indent=1))
+    atomic_write_json(run.path / "compare.json", summaries, indent=1)
     return summaries
