@@ -42,9 +42,9 @@ def split_queries(lm: LoadedModel, task: Task, split: str) -> list[str] | None:
 def run_eval(models: Sequence[LoadedModel], task: str | Task, *, subtask: str | None = None, samples: int | None = None,
              fmt: str = "raw", split: str = "all", query_style: str = "formatted", prefill: str | None = None,
              judge: Judge | None = None, batch_size: int = 16, seed: int = 0, out: str | Path | None = None,
-             run: RunDir | None = None, progress: Callable | None = None
+             run: RunDir | None = None, progress: Callable | None = None, score: str = "first-token",
              ) -> tuple[RunDir, pd.DataFrame, pd.DataFrame]:
-    """Evaluate every model on ``task``; writes ``results.parquet`` (one row per sample × subtask × condition),
+    """Evaluate every model on ``task`` (``score``: ``first-token`` or ``answer``, see :mod:`ivlens.eval`); writes ``results.parquet`` (one row per sample × subtask × condition),
     ``summary.parquet`` and ``decides.parquet`` to the run directory. Returns ``(run, summary, decides)``."""
     t = task if isinstance(task, Task) else load_task(task)
     subtasks = [t.subtask(subtask).name] if subtask else t.subtask_names
@@ -53,7 +53,7 @@ def run_eval(models: Sequence[LoadedModel], task: str | Task, *, subtask: str | 
                             models=[m.describe() for m in models],
                             args={"subtask": subtask, "samples": samples, "format": fmt, "split": split,
                                   "query_style": query_style, "prefill": prefill, "batch_size": batch_size,
-                                  "judge": getattr(judge, "__name__", None)})
+                                  "judge": getattr(judge, "__name__", None), "score": score})
     frames = []
     for lm in models:
         chosen = select_samples(t, samples, seed, split_queries(lm, t, split))
@@ -61,7 +61,7 @@ def run_eval(models: Sequence[LoadedModel], task: str | Task, *, subtask: str | 
         ctx = progress(f"eval {lm.name}", n_items) if progress else contextlib.nullcontext(None)
         with ctx as advance:
             df = evaluate(lm, t, chosen, subtasks, fmt=fmt, query_style=query_style, prefill=prefill,
-                          batch_size=batch_size, judge=judge, progress=advance)
+                          batch_size=batch_size, judge=judge, progress=advance, score=score)
         df.insert(1, "split", split)
         frames.append(df)
     results = pd.concat(frames, ignore_index=True)

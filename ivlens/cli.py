@@ -15,6 +15,7 @@ from ivlens.cli_common import (
     ModelOpt,
     OutOpt,
     RevisionOpt,
+    ScoreOpt,
     SeedOpt,
     TaskOpt,
     TrustOpt,
@@ -128,6 +129,7 @@ def eval_cmd(
     prefill: Annotated[str | None, typer.Option("--prefill", help="assistant prefill (chat format)")] = None,
     judge: Annotated[str | None, typer.Option("--judge", help="IA judge 'module:function(answer, subtask, sample) -> bool'")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="prompts per generation batch")] = 16,
+    score: ScoreOpt = "first-token",
     seed: SeedOpt = 0,
     out: OutOpt = None,
     gguf_file: GgufOpt = None,
@@ -153,7 +155,8 @@ def eval_cmd(
         judge_fn = import_callable(judge) if judge else None
         run, summary, decides = run_eval(lms, task, subtask=subtask, samples=samples, fmt=fmt, split=split,
                                          query_style=query_style, prefill=prefill, judge=judge_fn,
-                                         batch_size=batch_size, seed=seed, out=out, progress=progress_bar)
+                                         batch_size=batch_size, seed=seed, out=out, progress=progress_bar,
+                                         score=score)
     console.print(frame_table(summary, title=f"eval: {task} ({fmt}, split {split})"))
     if not decides.empty:
         console.print(frame_table(decides, title="the instruction decides (both subtasks answered correctly)"))

@@ -81,3 +81,113 @@ def test_answer_metrics_rank_the_label_among_the_candidates():
     assert m["acc_space"].tolist() == [True, False]
     assert m["prob"][0].item() == pytest.approx(math.exp(-1.0))
     assert m["logit_diff"][0].item() == pytest.approx(1.0) and math.isnan(m["logit_diff"][1].item())
+
+
+# ------------------------------------------------------------------------------- the sweep and eval
+@pytest.fixture(scope="module")
+def animals():
+    from ivlens.tasks import load_task
+
+    return load_task("animals")
+
+
+def test_sweep_answer_scores_match_the_reference(animals):
+    from ivlens.models.load import LoadedModel
+    from ivlens.patching.sweep import patch_sweep
+    from ivlens.tasks import instruction_prompt, label_token_ids, query_prompt
+    from ivlens.tasks.prompts import AnswerCandidates
+    from ivlens.testing.tiny import tiny_tokenizer
+
+    model = tiny_model("qwen2", n_layers=3, d_model=48)
+    lm = LoadedModel.wrap(model, tiny_tokenizer(), "tiny")
+    tok = lm.tokenizer
+    res = patch_sweep(lm, animals, "anim_color", layers="single", positions="first,last", samples=[0, 3],
+                      target="formatted", score="answer")
+    rows = res.rows
+    assert set(rows["score"]) == {"answer"} and len(rows) == 2 * 2 * 3
+    cands = AnswerCandidates.of(animals, "anim_color")
+    ivs = ref.source_ivs(model, instruction_prompt(tok, animals.subtask("anim_color").instruction).input_ids)
+    for r in rows.iloc[[0, 5, 11]].itertuples():
+        target = query_prompt(tok, animals, animals.samples[r.sample], query_style="formatted")
+        layers = tuple(int(x) for x in str(r.layers).split(","))
+        scores = torch.tensor([ref.patched_continuation_logprob(model, target.input_ids,
+                                                                label_token_ids(tok, target, c), ivs, layers,
+                                                                r.pos_index) for c in cands.labels])
+        y = cands.index(r.label)
+        assert r.logit == pytest.approx(scores[y].item(), abs=TOL)
+        assert r.rank == 1 + int((scores > scores[y]).sum())
+        assert r.ia == bool(cands.in_space[int(scores.argmax())])
+    base = res.baselines
+    assert set(base["run"]) == {"target", "instructed"} and base["logit"].notna().all()
+
+
+def test_eval_answer_scores_rank_whole_labels(animals):
+    from ivlens.eval import evaluate, summarize
+    from ivlens.models.load import LoadedModel
+    from ivlens.tasks import label_token_ids
+    from ivlens.tasks.prompts import AnswerCandidates
+    from ivlens.testing.tiny import tiny_tokenizer
+
+    lm = LoadedModel.wrap(tiny_model("llama", n_layers=2, d_model=32), tiny_tokenizer(), "tiny")
+    df = evaluate(lm, animals, animals.samples[:2], ["can_fly"], score="answer", max_new_tokens=2)
+    cands = AnswerCandidates.of(animals, "can_fly")
+    for r in df.itertuples():
+        prompt = next(it.prompt for it in _items(lm, animals, r))
+        scores = torch.tensor([ref.patched_continuation_logprob(lm.model, prompt.input_ids,  # no patch: plain forward
+                                                                label_token_ids(lm.tokenizer, prompt, c), None, (), 0)
+                               for c in cands.labels])
+        best = max((cands.index(a) for a in animals.samples[r.sample].answers["can_fly"]), key=lambda i: scores[i])
+        assert r.answer_logprob == pytest.approx(scores[best].item(), abs=1e-5)
+        assert r.answer_rank == int((scores > scores[best]).sum())
+    summary = summarize(df)
+    assert {"answer_ia", "answer_accuracy", "top1", "mrr"} <= set(summary.columns)
+    with pytest.raises(ValueError, match="unknown score"):
+        evaluate(lm, animals, animals.samples[:1], ["can_fly"], score="whole")
+
+
+def _items(lm, task, row):
+    from ivlens.eval import build_items
+
+    return build_items(lm, task, [task.samples[row.sample]], [row.subtask], "raw", [row.condition])
+
+
+# ------------------------------------------------------------------------------- SmolLM2 on numbers
+@pytest.mark.slow
+def test_smollm2_numbers_answer_scores_tell_instructed_from_query_only(caplog):
+    """With SmolLM2's tokenizer every number starts with the same token, so first-token metrics are identical
+    with and without the instruction; answer-level scores are not, and eval and patch warn at run time."""
+    from ivlens.eval import evaluate, summarize
+    from ivlens.models.load import load_model
+    from ivlens.patching.sweep import patch_sweep
+    from ivlens.tasks import load_task
+
+    lm = load_model("smollm2-135m-instruct")
+    task = load_task("object_counting")
+    samples = task.samples[:4]
+    with caplog.at_level("WARNING"):
+        first = evaluate(lm, task, samples, conditions=("instructed", "query_only"), max_new_tokens=3)
+    assert "--score answer" in caplog.text and "first token" in caplog.text
+    by_cond = first.groupby("condition")
+    assert by_cond["first_token_rank_in_space"].apply(lambda x: (x == 0).all()).all()  # cannot tell labels apart
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        answer = evaluate(lm, task, samples, conditions=("instructed", "query_only"), max_new_tokens=3,
+                          score="answer")
+    assert "--score answer" not in caplog.text  # asked for: no warning
+    inst = answer[answer.condition == "instructed"].set_index("sample")
+    query = answer[answer.condition == "query_only"].set_index("sample")
+    assert (inst["answer_logprob"] != query["answer_logprob"]).all()
+    s = summarize(answer).set_index("condition")
+    assert s.loc["instructed", "mrr"] != s.loc["query_only", "mrr"] or \
+        (inst["answer_rank"] != query["answer_rank"]).any()
+    assert (answer["answer_rank_in_space"] > 0).any()  # the rank inside the label space now moves
+
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        ft = patch_sweep(lm, task, layers="20", positions="last", samples=[0], score="first-token")
+    assert "--score answer" in caplog.text
+    assert (ft.rows["rank"] == 1).all() or ft.rows["acc_space"].all()
+    ans = patch_sweep(lm, task, layers="20", positions="last", samples=[0], score="answer")
+    base = ans.baselines.set_index("run")
+    assert base.loc["target", "logit"] != base.loc["instructed", "logit"]
+    assert ans.rows["delta_logit_vs_target"].abs().max() > 0

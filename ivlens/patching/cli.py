@@ -21,6 +21,8 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from ivlens.cli_common import ScoreOpt
+
 log = logging.getLogger(__name__)
 
 
@@ -59,6 +61,7 @@ def patch(
                                              "follow from it; results do not."),
     chunk_size: int = typer.Option(25, help="Samples per result shard (the unit of --resume)."),
     seed: int = typer.Option(0, help="Seed of the sample draw."),
+    score: ScoreOpt = "first-token",
     effect: str = typer.Option("delta_logit_vs_target", help="Effect column for interactions and figures."),
     correction: str = typer.Option("holm", help="Multiple-comparison correction: holm | bh."),
     alpha: float = typer.Option(0.05, help="Significance level after correction."),
@@ -93,7 +96,8 @@ def patch(
 
 
 def _patch(model, task, subtask, layers, positions, samples, mode, source_model, target, fmt, batch_size, memory_budget,
-           chunk_size, seed, effect, correction, alpha, dtype, device, threads, backend, out, resume, figures) -> None:
+           chunk_size, seed, score, effect, correction, alpha, dtype, device, threads, backend, out, resume,
+           figures) -> None:
 
     from ivlens.budget import parse_bytes
     from ivlens.models.load import load_model
@@ -118,7 +122,7 @@ def _patch(model, task, subtask, layers, positions, samples, mode, source_model,
         a = {"model": list(model), "task": task, "subtask": subtask, "layers": layers, "positions": positions,
              "samples": samples, "mode": mode, "source_model": source_model, "target": target, "fmt": fmt,
              "batch_size": batch_size, "memory_budget": memory_budget, "chunk_size": chunk_size, "seed": seed,
-             "effect": effect, "correction": correction, "alpha": alpha, "dtype": dtype, "device": device, "backend": backend}
+             "score": score, "effect": effect, "correction": correction, "alpha": alpha, "dtype": dtype, "device": device, "backend": backend}
         run = None
     lms = [load_model(m, dtype=a["dtype"], device=a["device"]) for m in a["model"]]
     src = load_model(a["source_model"], dtype=a["dtype"], device=a["device"]) if a["source_model"] else None
@@ -138,7 +142,8 @@ def _patch(model, task, subtask, layers, positions, samples, mode, source_model,
                           samples=a["samples"], mode=a["mode"], source_model=src, target=a["target"], fmt=a["fmt"],
                           batch_size=a["batch_size"], memory_budget=a.get("memory_budget"),
                           chunk_size=a["chunk_size"], seed=a["seed"], run=run, device=a["device"],
-                          backend=a.get("backend", "torch"), progress=progress)
+                          backend=a.get("backend", "torch"), score=a.get("score", "first-token"),
+                          progress=progress)
     an = analyse(res.rows, effect=a["effect"], correction=a["correction"], alpha=a["alpha"], run=run,
                  make_figures=figures)
     run.finish(engine={k: v.to_dict() for k, v in res.stats.items()}, n_rows=len(res.rows))
