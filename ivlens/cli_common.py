@@ -6,9 +6,8 @@ import importlib
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated
+from typing import Annotated, Literal
 
-import click
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
@@ -43,7 +42,7 @@ DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="print the plan (forw
                                          "and exit")]
 MemoryBudgetOpt = Annotated[str | None, typer.Option("--memory-budget", help="working memory beyond the weights "
                                                      "(4GB, 512MiB, 1.5G; default: a safe share of free memory)")]
-ScoreOpt = Annotated[str, typer.Option("--score", click_type=click.Choice(["first-token", "answer"]),
+ScoreOpt = Annotated[Literal["first-token", "answer"], typer.Option("--score",
                                        help="first-token: the label's first token (the paper's); answer: whole labels "
                                        "by teacher-forced log-probability, ranked among the label space (use when "
                                        "labels share their first token, e.g. numbers)")]

@@ -191,3 +191,25 @@ def test_smollm2_numbers_answer_scores_tell_instructed_from_query_only(caplog):
     base = ans.baselines.set_index("run")
     assert base.loc["target", "logit"] != base.loc["instructed", "logit"]
     assert ans.rows["delta_logit_vs_target"].abs().max() > 0
+
+
+def test_cli_score_option_in_eval_and_patch(tiny_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from ivlens.cli import app
+    from ivlens.runs import RunDir
+
+    model = str(tiny_dir("llama", n_layers=2, d_model=32))
+    r = CliRunner().invoke(app, ["eval", "--model", model, "--task", "animals", "--subtask", "can_fly", "--samples", "2",
+                                 "--score", "answer", "--out", str(tmp_path / "e")])
+    assert r.exit_code == 0, r.output
+    results = RunDir.open(tmp_path / "e").read_table("results")
+    assert set(results["score"]) == {"answer"} and results["answer_rank"].notna().all()
+    r = CliRunner().invoke(app, ["patch", "--model", model, "--task", "animals", "--subtask", "can_fly", "--samples",
+                                 "1", "--layers", "single", "--positions", "last", "--score", "answer", "--no-figures",
+                                 "--out", str(tmp_path / "p")])
+    assert r.exit_code == 0, r.output
+    run = RunDir.open(tmp_path / "p")
+    assert run.manifest["args"]["score"] == "answer" and set(run.read_table("patch")["score"]) == {"answer"}
+    r = CliRunner().invoke(app, ["eval", "--model", model, "--task", "animals", "--score", "whole"])
+    assert r.exit_code == 2 and "first-token" in r.output

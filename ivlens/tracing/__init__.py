@@ -25,7 +25,7 @@ __all__ = [
     "ArgmaxTrace", "AttributionGraph", "Path", "SubtaskComparison", "Surrogate", "Target", "TraceResult",
     "TracingError", "argmax_trace", "build_surrogate", "compare_graphs", "compare_subtasks", "compute_graph",
     "cut_totals", "edge_list", "graph_to_json", "head_activity", "resolve_target", "source_mask", "top_paths",
-    "trace_prompt", "write_trace",
+    "trace_prompt", "traced_token_line", "write_trace",
 ]
 
 
@@ -42,6 +42,19 @@ def resolve_target(tokenizer, target, logits_last) -> Target:
     if not ids:
         raise TracingError(f"the target {target!r} tokenises to nothing")
     return Target.logit(ids[0])
+
+
+def traced_token_line(tokenizer, label: str, ids: Sequence[int]) -> str | None:
+    """One line naming the token traced for a label of several tokens (its first: the model's next-token
+    decision), or ``None`` for a one-token label.
+
+    >>> traced_token_line(tok, "elephant", [412, 9, 77])
+    "target 'elephant' is 3 tokens ['Ġele', 'ph', 'ant']: tracing token 0, 'Ġele' (id 412)"
+    """
+    if len(ids) <= 1:
+        return None
+    pieces = tokenizer.convert_ids_to_tokens(list(ids))
+    return f"target {label!r} is {len(ids)} tokens {pieces}: tracing token 0, {pieces[0]!r} (id {ids[0]})"
 
 
 @dataclass

@@ -132,11 +132,14 @@ def _check_memory(lm, task, subtask, sample, prompt, compare, samples, seed, fmt
 
 def _single(lm, task, subtask, sample, prompt, target, method, top_k, beam, threshold_rank, start_pos, end_pos,
             from_inst, fmt, run, max_tokens=None) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
-    from ivlens.tracing import trace_prompt, write_trace
+    from ivlens.tracing import trace_prompt, traced_token_line, write_trace
 
-    ids, t_inst = None, None
+    ids, t_inst, note = None, None, None
+    if isinstance(target, str):
+        note = traced_token_line(lm.tokenizer, target, lm.tokenizer(target, add_special_tokens=False)["input_ids"])
     if task is not None:
         from ivlens.tasks import instructed_prompt, label_token_ids, load_task
 
@@ -146,7 +149,11 @@ def _single(lm, task, subtask, sample, prompt, target, method, top_k, beam, thre
         p = instructed_prompt(lm.tokenizer, t, smp, sub.instruction, fmt)
         ids, t_inst = list(p.input_ids), p.t_inst
         if target is None:
-            target = label_token_ids(lm.tokenizer, p, smp.answer(sub.name))[0]
+            answer_ids = label_token_ids(lm.tokenizer, p, smp.answer(sub.name))
+            note = traced_token_line(lm.tokenizer, smp.answer(sub.name), answer_ids)
+            target = answer_ids[0]
+    if note is not None:
+        console.print(escape(note), highlight=False)
     if max_tokens is not None:
         if ids is None:
             ids = list(lm.tokenizer(prompt)["input_ids"])
