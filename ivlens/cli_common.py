@@ -111,10 +111,19 @@ def progress_bar(description: str, total: int) -> Iterator:
 
 
 def frame_table(df, title: str | None = None, floatfmt: str = "{:.3f}") -> Table:
-    """A pandas DataFrame as a rich table."""
+    """A pandas DataFrame as a rich table that stays readable in a narrow terminal: text cells (the values that
+    identify a row: model, task, condition) fold onto further lines instead of being cut to "smollm2…", numbers
+    never wrap, and a text column with one value in every row moves into the title (``model: smollm2-…``)."""
+    constant = [c for c in df.columns if len(df) > 1 and df[c].dtype.kind not in "iufb" and df[c].nunique() == 1]
+    if constant:
+        shared = " · ".join(f"{c}: {df[c].iloc[0]}" for c in constant)
+        title = f"{title}\n{shared}" if title else shared
+        df = df.drop(columns=constant)
     table = Table(title=title, show_lines=False)
     for col in df.columns:
-        table.add_column(str(col), justify="right" if df[col].dtype.kind in "if" else "left")
+        numeric = df[col].dtype.kind in "iufb"
+        table.add_column(str(col), justify="right" if numeric else "left", overflow="fold", no_wrap=numeric,
+                         min_width=len(str(col)) if numeric else None)
     for _, row in df.iterrows():
         table.add_row(*[floatfmt.format(v) if isinstance(v, float) else str(v) for v in row.tolist()])
     return table
