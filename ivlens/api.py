@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +23,7 @@ import pandas as pd
 
 from .models.load import LoadedModel, load_model
 from .runs import RunDir
+from .scoped import torch_threads
 from .specs import (
     EvalSpec,
     OrganismSpec,
@@ -86,20 +87,6 @@ def import_callable(path: str) -> Callable:
         raise SpecError(f"--judge: cannot import {path!r}: {e}") from None
 
 
-@contextlib.contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """Run with ``n`` torch CPU threads, then restore the previous count."""
-    import torch
-
-    before = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 # --------------------------------------------------------------------------------------------- eval
 def run_eval(spec: EvalSpec, *, models: Sequence[LoadedModel] | None = None, out: str | Path | None = None,
              resume: str | Path | None = None, progress: Callable | None = None
@@ -129,7 +116,8 @@ def run_eval(spec: EvalSpec, *, models: Sequence[LoadedModel] | None = None, out
                         advance(len(chunk) * per_sample)
                     continue
                 df = evaluate(lm, t, chunk, subtasks, fmt=spec.format, query_style=spec.query_style,
-                              prefill=spec.prefill, batch_size=spec.batch_size, judge=judge, progress=advance)
+                              prefill=spec.prefill, batch_size=spec.batch_size, judge=judge, progress=advance,
+                              score=spec.score)
                 df.insert(1, "split", spec.split)
                 run.write_shard("results", key, df)
     results = run.read_table("results")
@@ -182,7 +170,8 @@ def run_patch(spec: PatchSpec, *, models: Sequence[LoadedModel] | None = None,
         res = patch_sweep(lms, t, subtask, layers=spec.layers, positions=spec.positions, samples=spec.samples,
                           split=spec.split, mode=spec.mode, source_model=src, target=spec.target, fmt=spec.format,
                           batch_size=spec.batch_size, memory_budget=spec.memory_budget, chunk_size=spec.chunk_size,
-                          seed=spec.seed, run=run, device=spec.device, backend=spec.backend, progress=progress)
+                          seed=spec.seed, run=run, device=spec.device, backend=spec.backend, score=spec.score,
+                          progress=progress)
         an = analyse(res.rows, effect=spec.effect, correction=spec.correction, alpha=spec.alpha, run=run,
                      make_figures=spec.figures)
     run.finish(engine={k: v.to_dict() for k, v in res.stats.items()}, n_rows=len(res.rows))

@@ -16,16 +16,17 @@ from ivlens.cli_common import (
     OutOpt,
     ResumeOpt,
     RevisionOpt,
+    ScoreOpt,
     SeedOpt,
     SplitOpt,
     TrustOpt,
     build_spec,
+    cli_logging,
     console,
     err_console,
     frame_table,
     friendly_errors,
     progress_bar,
-    setup_logging,
 )
 from ivlens.specs import QueryStyle
 
@@ -39,8 +40,10 @@ app.add_typer(organism_app, name="organism")
 
 
 @app.callback()
-def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log progress details")] = False) -> None:
-    setup_logging(verbose)
+def _main(ctx: typer.Context,
+          verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log progress details and show "
+                                                "third-party progress bars")] = False) -> None:
+    ctx.with_resource(cli_logging(verbose))
 
 
 # ----------------------------------------------------------------------------- tasks
@@ -131,6 +134,7 @@ def eval_cmd(
     batch_size: Annotated[int, typer.Option("--batch-size", help="prompts per generation batch")] = 16,
     chunk_size: Annotated[int, typer.Option("--chunk-size", help="samples per result shard (the unit of --resume)")]
     = 8,
+    score: ScoreOpt = "first-token",
     seed: SeedOpt = 0,
     out: OutOpt = None,
     resume: ResumeOpt = None,
@@ -149,7 +153,7 @@ def eval_cmd(
     with friendly_errors():
         options = {"models": tuple(model or ()), "task": task, "subtask": subtask, "samples": samples,
                    "format": fmt, "split": split, "query_style": query_style, "prefill": prefill, "judge": judge,
-                   "batch_size": batch_size, "chunk_size": chunk_size, "seed": seed, "gguf_file": gguf_file,
+                   "batch_size": batch_size, "chunk_size": chunk_size, "score": score, "seed": seed, "gguf_file": gguf_file,
                    "dtype": dtype, "device": device, "revision": revision, "trust_remote_code": trust_remote_code}
         spec = build_spec(ctx, EvalSpec, options, resume, params={"models": "model", "format": "fmt"})
         if dry_run:

@@ -24,11 +24,11 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from ivlens.specs import Dtype, Format, Spec, Split
+from ivlens.specs import Dtype, Format, Score, Spec, Split
 
 console = Console(stderr=False)
 err_console = Console(stderr=True)
-_verbose = False  # set by --verbose (setup_logging): the error boundary then shows tracebacks
+_verbose = False  # set by --verbose (cli_logging): the error boundary then shows tracebacks
 
 ModelOpt = Annotated[list[str] | None, typer.Option("--model", "-m", help="Hub id, local directory, .gguf file, "
                                              "organism-base|sft|dpo or smollm2-135m-instruct; repeat for several")]
@@ -51,15 +51,32 @@ SplitOpt = Annotated[Split, typer.Option("--split", help="queries: an organism's
 ResumeOpt = Annotated[Path | None, typer.Option("--resume", help="resume this run directory: finished shards are "
                                                 "kept; options not given take the run's recorded values, and a "
                                                 "given option that differs is an error")]
+ScoreOpt = Annotated[Score, typer.Option("--score", help="first-token: the label's first token (the paper's); "
+                                         "answer: whole labels by teacher-forced log-probability, ranked among the "
+                                         "label space (use when labels share their first token, e.g. numbers)")]
 
 
-def setup_logging(verbose: bool = False) -> None:
+@contextmanager
+def cli_logging(verbose: bool = False) -> Iterator[None]:
+    """Logging for one CLI invocation: ivlens's records through rich on stderr (INFO with ``--verbose``,
+    else WARNING), third-party progress bars and chatter off unless ``--verbose``
+    (:func:`ivlens.scoped.quiet_libraries`); ``--verbose`` also makes the error boundary show tracebacks. The
+    root logger is restored afterwards, so invoking the CLI in-process (tests, notebooks) leaves logging as it
+    was."""
+    from ivlens.scoped import quiet_libraries
+
     global _verbose
+    root = logging.getLogger()
+    handlers, level, was_verbose = list(root.handlers), root.level, _verbose
     _verbose = verbose
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
-                        handlers=[RichHandler(console=err_console, show_path=False, show_time=False)], force=True)
-    for noisy in ("transformers", "nnsight", "httpx", "datasets"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
+    root.handlers = [RichHandler(console=err_console, show_path=False, show_time=False)]
+    root.handlers[0].setFormatter(logging.Formatter("%(message)s"))
+    root.setLevel(logging.INFO if verbose else logging.WARNING)
+    try:
+        with quiet_libraries(verbose):
+            yield
+    finally:
+        root.handlers, root.level, _verbose = handlers, level, was_verbose
 
 
 def build_spec(ctx: typer.Context, spec_cls: type[Spec], options: dict[str, Any], resume: Path | None = None,
@@ -99,10 +116,19 @@ def progress_bar(description: str, total: int) -> Iterator:
 
 
 def frame_table(df, title: str | None = None, floatfmt: str = "{:.3f}") -> Table:
-    """A pandas DataFrame as a rich table."""
+    """A pandas DataFrame as a rich table that stays readable in a narrow terminal: text cells (the values that
+    identify a row: model, task, condition) fold onto further lines instead of being cut to "smollm2…", numbers
+    never wrap, and a text column with one value in every row moves into the title (``model: smollm2-…``)."""
+    constant = [c for c in df.columns if len(df) > 1 and df[c].dtype.kind not in "iufb" and df[c].nunique() == 1]
+    if constant:
+        shared = " · ".join(f"{c}: {df[c].iloc[0]}" for c in constant)
+        title = f"{title}\n{shared}" if title else shared
+        df = df.drop(columns=constant)
     table = Table(title=title, show_lines=False)
     for col in df.columns:
-        table.add_column(str(col), justify="right" if df[col].dtype.kind in "if" else "left")
+        numeric = df[col].dtype.kind in "iufb"
+        table.add_column(str(col), justify="right" if numeric else "left", overflow="fold", no_wrap=numeric,
+                         min_width=len(str(col)) if numeric else None)
     for _, row in df.iterrows():
         table.add_row(*[floatfmt.format(v) if isinstance(v, float) else str(v) for v in row.tolist()])
     return table

@@ -18,6 +18,13 @@ Metrics per row:
 - **first-token view**: the logit, probability and rank (0 = top-1) of the first token of S's answer among
   all tokens at the answer position, and its rank among the first tokens of S's label space.
 
+With ``score="answer"`` each row also scores every candidate label (every subtask's label space) by its
+teacher-forced log-probability after the prompt (:func:`ivlens.patching.metrics.continuation_logprobs`):
+``answer_logprob`` (the best accepted answer's), ``answer_rank`` (0 = top-1 among the candidates),
+``answer_rank_in_space`` (among S's label space), ``answer_top1``, ``answer_ia`` (the best candidate lies in S's
+label space) and ``answer_accuracy`` (it is an accepted answer). Labels that share their first token (numbers
+with many tokenizers) are told apart only this way; :func:`summarize` then ranks by them.
+
 For contrastive tasks, ``ia_other`` / ``acc_other`` say whether the answer followed the *other* subtask.
 """
 
@@ -32,13 +39,27 @@ import pandas as pd
 import torch
 
 from .models.load import LoadedModel
-from .tasks.prompts import Prompt, PromptFormat, QueryStyle, build_prompt, label_token_ids, pad_left
+from .patching.metrics import continuation_logprobs
+from .tasks.prompts import (
+    AnswerCandidates,
+    Prompt,
+    PromptFormat,
+    QueryStyle,
+    build_prompt,
+    label_token_ids,
+    pad_left,
+    right_aligned,
+)
 from .tasks.schema import Sample, Subtask, Task
+from .tasks.validate import warn_first_token_clashes
 
 log = logging.getLogger(__name__)
 
 Judge = Callable[[str, Subtask, Sample], bool]
 CONDITIONS = ("instructed", "query_only", "other_instruction")
+SCORES = ("first-token", "answer")
+#: candidate sequences per forward pass of answer-level scoring
+ANSWER_BATCH = 16
 _STRIP = " \t\r\n.,;:!?\"'`()[]{}*"
 
 
@@ -112,12 +133,49 @@ def generate_batch(lm: LoadedModel, prompts: Sequence[Prompt], max_new_tokens: i
     return texts, out.logits[0].float()
 
 
+@torch.no_grad()
+def candidate_logprobs(lm: LoadedModel, prompt: Prompt, labels: Sequence[str]) -> torch.Tensor:
+    """Teacher-forced log-probability of each label after ``prompt``, ``[len(labels)]`` float32: one forward of
+    ``prompt + label[:-1]`` per label (batched, left-padded), summing the label tokens' log-probabilities."""
+    conts = [label_token_ids(lm.tokenizer, prompt, lab) for lab in labels]
+    out = []
+    for start in range(0, len(conts), ANSWER_BATCH):
+        part = conts[start:start + ANSWER_BATCH]
+        tokens = right_aligned(part)  # [n, tail]
+        batch = pad_left([prompt.input_ids + c[:-1] for c in part], lm.tokenizer.pad_token_id).to(lm.device)
+        logits = lm.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                          position_ids=batch.position_ids).logits[:, -tokens.shape[1]:]  # [n, tail, d_vocab]
+        out.append(continuation_logprobs(logits, tokens.to(logits.device)).cpu())
+    return torch.cat(out)
+
+
+def answer_scores(lm: LoadedModel, task: Task, item: EvalItem, candidates: AnswerCandidates) -> dict:
+    """The ``answer_*`` columns of one row (see the module docstring)."""
+    scores = candidate_logprobs(lm, item.prompt, candidates.labels)  # [k]
+    accepted = [candidates.index(a) for a in item.sample.answers[item.scored]]
+    best = max(accepted, key=lambda i: scores[i].item())
+    top = int(scores.argmax())
+    rank = int((scores > scores[best]).sum())
+    return {"answer_logprob": scores[best].item(), "answer_rank": rank,
+            "answer_rank_in_space": int((scores[candidates.in_space] > scores[best]).sum()),
+            "answer_top1": rank == 0, "answer_ia": bool(candidates.in_space[top]), "answer_accuracy": top in accepted}
+
+
 def evaluate(lm: LoadedModel, task: Task, samples: Sequence[Sample], subtasks: Sequence[str] | None = None,
              fmt: PromptFormat = "raw", conditions: Sequence[str] = CONDITIONS, query_style: QueryStyle = "formatted",
              prefill: str | None = None, batch_size: int = 16, judge: Judge | None = None,
-             max_new_tokens: int | None = None, progress: Callable[[int], None] | None = None) -> pd.DataFrame:
-    """One row per (sample, scored subtask, condition); see the module docstring for the metrics."""
+             max_new_tokens: int | None = None, progress: Callable[[int], None] | None = None,
+             score: str = "first-token") -> pd.DataFrame:
+    """One row per (sample, scored subtask, condition); see the module docstring for the metrics.
+
+    ``score``: ``first-token`` (default) or ``answer`` (adds the ``answer_*`` columns: whole labels scored by
+    their teacher-forced log-probability). Under ``first-token`` a warning names ``--score answer`` when the
+    subtasks' labels share first tokens."""
+    if score not in SCORES:
+        raise ValueError(f"unknown score {score!r}; use {' or '.join(SCORES)}")
     subtasks = list(subtasks or task.subtask_names)
+    warn_first_token_clashes(lm.tokenizer, task, subtasks, fmt, score)
+    candidates = {st: AnswerCandidates.of(task, st) for st in subtasks} if score == "answer" else {}
     items = build_items(lm, task, samples, subtasks, fmt, conditions, query_style, prefill)
     tok = lm.tokenizer
     if max_new_tokens is None:
@@ -155,8 +213,10 @@ def evaluate(lm: LoadedModel, task: Task, samples: Sequence[Sample], subtasks: S
                 "accuracy": any(matches(text, a) for a in accepted), "expected": " | ".join(accepted),
                 "first_token_logit": lg[best].item(), "first_token_prob": lp[best].exp().item(),
                 "first_token_rank": rank, "first_token_rank_in_space": space_rank,
-                "first_token_top1": rank == 0,
+                "first_token_top1": rank == 0, "score": score,
             }
+            if score == "answer":
+                row.update(answer_scores(lm, task, it, candidates[it.scored]))
             if task.is_contrastive:
                 other = task.other(it.scored)
                 row["ia_other"] = in_label_space(text, task.subtasks[other].label_space)
@@ -168,11 +228,16 @@ def evaluate(lm: LoadedModel, task: Task, samples: Sequence[Sample], subtasks: S
 
 
 def summarize(results: pd.DataFrame) -> pd.DataFrame:
-    """Per model × task × subtask × condition: n, IA, accuracy, first-token top-1 and mean reciprocal rank."""
-    df = results.assign(rr=1.0 / (results["first_token_rank"] + 1))
+    """Per model × task × subtask × condition: n, IA, accuracy (of the generated answer), top-1 and mean reciprocal
+    rank: of the first token, or under answer-level scoring of the whole label among the candidates (then also
+    ``answer_ia`` and ``answer_accuracy``, from the label scores)."""
+    answer = "answer_rank" in results.columns
+    rank = results["answer_rank"] if answer else results["first_token_rank"]
+    df = results.assign(rr=1.0 / (rank + 1), top1=rank == 0)
+    extra = {"answer_ia": ("answer_ia", "mean"), "answer_accuracy": ("answer_accuracy", "mean")} if answer else {}
     agg = df.groupby(["model", "task", "subtask", "condition"], sort=False).agg(
         n=("accuracy", "size"), ia=("ia", "mean"), accuracy=("accuracy", "mean"),
-        top1=("first_token_top1", "mean"), mrr=("rr", "mean"),
+        top1=("top1", "mean"), mrr=("rr", "mean"), **extra,
     ).reset_index()
     return agg
 

@@ -19,7 +19,7 @@ import pandas as pd
 from .cli_common import console, frame_table, progress_bar
 from .models.load import LoadedModel, load_model
 from .patching.main_step import step_patch
-from .runs import atomic_write_text
+from .runs import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -89,14 +89,13 @@ def step_organism(ctx: MainContext) -> str:
 def write_organism_run(ctx: MainContext, card: dict, directory: Path) -> Path:
     """``<root>/organism/``: a run directory holding the card (``card.json``) and its IV transfer curves
     (``iv_transfer.parquet``), so that the report reads the organism like every other step."""
-    import json
 
     from .organism.card import iv_transfer_table
     from .runs import RunDir
 
     run = RunDir.create("organism", ctx.variant, out=ctx.root / "organism", models=[m.describe() for m in ctx.models],
                         args={"variant": ctx.variant, "path": str(directory)}, seed=card.get("seed"))
-    atomic_write_text(run.path / "card.json", json.dumps(card, indent=2) + "\n")
+    atomic_write_json(run.path / "card.json", card)
     run.write_table("iv_transfer", iv_transfer_table(card))
     run.finish()
     return run.path

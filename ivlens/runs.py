@@ -49,6 +49,12 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def atomic_write_json(path: Path, obj: Any, indent: int | None = 2) -> None:
+    """Write ``obj`` as JSON (UTF-8, trailing newline) atomically: the one way ivlens writes a JSON file
+    (manifests, cards, graphs, comparisons), so a killed process leaves the old file or the new one."""
+    atomic_write_text(Path(path), json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
+
+
 def atomic_write_parquet(path: Path, df: pd.DataFrame) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -160,7 +166,7 @@ class RunDir:
         return cls(path, json.loads(mf.read_text()))
 
     def write_manifest(self) -> None:
-        atomic_write_text(self.path / "manifest.json", json.dumps(self.manifest, indent=2, sort_keys=False))
+        atomic_write_json(self.path / "manifest.json", self.manifest)
 
     def finish(self, **extra: Any) -> None:
         self.manifest.update(_jsonable(extra))

@@ -34,6 +34,7 @@ PatchTarget = Literal["bare", "formatted"]
 Correction = Literal["holm", "bh"]
 Backend = Literal["torch", "nnsight"]
 Varying = Literal["instructions", "labels"]
+Score = Literal["first-token", "answer"]
 TraceMethod = Literal["exact", "argmax"]
 OrganismSize = Literal["small", "tiny"]
 OrganismVariant = Literal["gist", "natural"]
@@ -147,6 +148,7 @@ class EvalSpec(_ModelsSpec):
     query_style: QueryStyle = "formatted"
     prefill: str | None = None
     judge: str | None = Field(default=None, pattern=r"^[\w.]+:\w+$")
+    score: Score = "first-token"
     batch_size: int = Field(default=16, gt=0)
     chunk_size: int = Field(default=8, gt=0)
     seed: int = 0
@@ -168,6 +170,7 @@ class PatchSpec(_ModelsSpec):
     source_model: str | None = None
     target: PatchTarget = "bare"
     format: Format = "raw"
+    score: Score = "first-token"
     batch_size: int | None = Field(default=None, gt=0)
     memory_budget: str | None = None
     chunk_size: int = Field(default=25, gt=0)

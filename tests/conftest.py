@@ -9,7 +9,72 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import datasets  # noqa: E402, F401  (sets its logger's level on import: once here, not inside the first test using it)
+
 from ivlens.testing.tiny import ARCHS, tiny_model, tiny_tokenizer  # noqa: E402
+
+#: loggers whose levels a test must leave as it found them
+WATCHED_LOGGERS = ("", "transformers", "ivlens", "ivlens.tasks", "datasets", "nnsight", "huggingface_hub")
+#: environment variables a test must leave as it found them (monkeypatch.setenv restores before the check)
+WATCHED_ENV = ("HF_HUB_OFFLINE", "TOKENIZERS_PARALLELISM", "IVLENS_CACHE", "TQDM_DISABLE", "WANDB_DISABLED",
+               "CUDA_VISIBLE_DEVICES", "TRANSFORMERS_VERBOSITY", "HF_DATASETS_OFFLINE", "OMP_NUM_THREADS",
+               "PYTORCH_ENABLE_MPS_FALLBACK", "ACCELERATE_USE_CPU", "COLUMNS")
+
+
+def global_state() -> dict:
+    """Process-wide settings that library code could change and must restore."""
+    import logging
+
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    return {
+        "torch threads": torch.get_num_threads(),
+        "grad mode": torch.is_grad_enabled(),
+        "default dtype": torch.get_default_dtype(),
+        "deterministic algorithms": torch.are_deterministic_algorithms_enabled(),
+        "transformers verbosity": hf_logging.get_verbosity(),
+        "transformers progress bars": hf_logging.is_progress_bar_enabled(),
+        **{f"logger {name or 'root'} level": logging.getLogger(name).level for name in WATCHED_LOGGERS},
+        "root logger handlers": tuple(logging.getLogger().handlers),
+        **{f"env {k}": os.environ.get(k) for k in WATCHED_ENV},
+    }
+
+
+@pytest.fixture(autouse=True)
+def leaves_global_state_unchanged(request):
+    """Fail the test that changes a process-wide setting without restoring it (and restore it, so the next
+    test starts clean)."""
+    before = global_state()
+    yield
+    after = global_state()
+    leaked = {k: (before[k], after[k]) for k in before if before[k] != after[k]}
+    if leaked:
+        _restore(before)
+        pytest.fail(f"{request.node.nodeid} leaked global state: "
+                    + "; ".join(f"{k}: {b!r} -> {a!r}" for k, (b, a) in leaked.items()), pytrace=False)
+
+
+def _restore(state: dict) -> None:
+    import logging
+
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    torch.set_num_threads(state["torch threads"])
+    torch.set_grad_enabled(state["grad mode"])
+    torch.set_default_dtype(state["default dtype"])
+    torch.use_deterministic_algorithms(state["deterministic algorithms"])
+    hf_logging.set_verbosity(state["transformers verbosity"])
+    (hf_logging.enable_progress_bar if state["transformers progress bars"] else hf_logging.disable_progress_bar)()
+    for name in WATCHED_LOGGERS:
+        logging.getLogger(name).setLevel(state[f"logger {name or 'root'} level"])
+    logging.getLogger().handlers = list(state["root logger handlers"])
+    for k in WATCHED_ENV:
+        if state[f"env {k}"] is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = state[f"env {k}"]
 
 
 @pytest.fixture(params=ARCHS)

@@ -59,6 +59,30 @@ def patched_logits(model, target_ids, ivs, layers, token) -> torch.Tensor:
             h.remove()
 
 
+@torch.no_grad()
+def patched_continuation_logprob(model, prompt_ids, continuation, ivs, layers, token) -> float:
+    """Teacher-forced log-probability of ``continuation`` after ``prompt_ids`` with the IVs patched in at ``token``
+    (of the prompt) after each layer of ``layers``: one hooked forward of ``prompt + continuation``, summing
+    ``log softmax(logits[len(prompt) - 1 + i])[continuation[i]]`` in float64."""
+    ids = list(prompt_ids) + list(continuation)
+    handles = []
+    for layer_idx in layers:
+        def hook(_m, _inp, o, layer_idx=layer_idx):
+            t = o[0] if isinstance(o, tuple) else o
+            t = t.clone()
+            t[0, token] = ivs[layer_idx]
+            return (t, *o[1:]) if isinstance(o, tuple) else t
+        handles.append(_layers(model)[layer_idx].register_forward_hook(hook))
+    try:
+        logits = model(input_ids=torch.tensor([ids])).logits[0].double()  # [pos, d_vocab]
+    finally:
+        for h in handles:
+            h.remove()
+    logp = logits.log_softmax(-1)
+    n = len(prompt_ids)
+    return float(sum(logp[n - 1 + i, c] for i, c in enumerate(continuation)))
+
+
 def label_metrics(logits: torch.Tensor, label: int) -> dict[str, float]:
     """logit, probability, rank (1 + #strictly larger logits) and reciprocal rank, written out plainly."""
     logit = float(logits[label])

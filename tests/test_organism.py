@@ -14,7 +14,13 @@ import torch
 from ivlens.organism import data as D
 from ivlens.organism.card import organism_split, read_card
 from ivlens.organism.gist import gist_attention_mask, instruction_token_span
-from ivlens.organism.paths import ORGANISM_VERSION, organism_dir, parse_organism_name, resolve_organism
+from ivlens.organism.paths import (
+    BUILD_MARKER,
+    ORGANISM_VERSION,
+    organism_dir,
+    parse_organism_name,
+    resolve_organism,
+)
 from ivlens.organism.tokenizer import train_tokenizer
 from ivlens.testing.tiny import tiny_model
 
@@ -133,6 +139,9 @@ def test_tiny_build_is_deterministic_and_complete(tiny_builds):
 
     a, b = tiny_builds
     ca, cb = read_card(a), read_card(b)
+    marker = json.loads((a / BUILD_MARKER).read_text())
+    assert marker["weights_sha256"] == {s: ca["stages"][s]["weights_sha256"] for s in ("base", "sft", "dpo")}
+    assert sorted(p.name for p in a.parent.iterdir()) == ["gist"]  # the staging directory was moved into place
     for stage in ("base", "sft", "dpo"):
         assert ca["stages"][stage]["weights_sha256"] == cb["stages"][stage]["weights_sha256"], stage
         assert (a / stage / "model.safetensors").is_file()

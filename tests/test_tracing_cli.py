@@ -119,3 +119,23 @@ def test_trace_smollm2_cli(app, tmp_path):
         logits = model(tok(prompt, return_tensors="pt").input_ids).logits[0, -1]
     (k, c), = graph["target"]["coef"]
     assert graph["real"] == pytest.approx(c * float(logits[k]), rel=1e-4)
+
+
+def test_a_multi_token_target_says_which_token_is_traced(app, model_dir, tmp_path):
+    tok = tiny_tokenizer()
+    label = "hippopotamus"
+    ids = tok(label, add_special_tokens=False)["input_ids"]
+    assert len(ids) > 1  # the tiny BPE splits it
+    r = CliRunner().invoke(app, ["trace", "--model", str(model_dir), "--prompt", "the owl can fly", "--target", label,
+                                 "--top-k", "3", "--out", str(tmp_path)], env={"COLUMNS": "200"})
+    assert r.exit_code == 0, r.output
+    pieces = tok.convert_ids_to_tokens(ids)
+    line = next(x for x in r.output.splitlines() if "tracing token" in x)
+    assert f"target {label!r} is {len(ids)} tokens" in line and f"tracing token 0, {pieces[0]!r} (id {ids[0]})" in line
+    summary = json.loads(next(tmp_path.glob("*.paths.json")).read_text())
+    assert summary["target"] == [[ids[0], 1.0]]
+    # a one-token target needs no such line
+    one = tok.convert_tokens_to_string([pieces[0]])
+    r = CliRunner().invoke(app, ["trace", "--model", str(model_dir), "--prompt", "the owl can fly", "--target", one,
+                                 "--top-k", "3", "--out", str(tmp_path / "one")])
+    assert r.exit_code == 0 and "tracing token" not in r.output

@@ -12,6 +12,7 @@ Weights load safely: safetensors only (a directory holding only pickled ``*.bin`
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.util
 import logging
@@ -98,7 +99,9 @@ class LoadedModel:
 
     @classmethod
     def wrap(cls, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, name: str = "in-memory") -> LoadedModel:
-        """Wrap an already constructed model (tests, notebooks)."""
+        """Wrap an already constructed model (tests, notebooks). The tokenizer is copied before it is set to
+        left padding, so the caller's tokenizer keeps its padding side and pad token."""
+        tokenizer = copy.deepcopy(tokenizer)
         _prepare_tokenizer(tokenizer)
         return cls(model.eval(), tokenizer, name, name)
 

@@ -29,9 +29,17 @@ from ivlens.models.load import load_model
 from ivlens.organism import data as D
 from ivlens.organism.card import read_card, weights_hash, write_card
 from ivlens.organism.measure import measure_stage, testable_configs
-from ivlens.organism.paths import ORGANISM_VERSION, STAGES, VARIANTS, is_built, organism_dir
+from ivlens.organism.paths import (
+    ORGANISM_VERSION,
+    STAGES,
+    VARIANTS,
+    is_built,
+    organism_dir,
+    write_build_marker,
+)
 from ivlens.organism.tokenizer import single_token_share, train_tokenizer
 from ivlens.organism.train import SIZES, dpo, new_model, pretrain, sft
+from ivlens.scoped import quiet_libraries, torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -89,16 +97,6 @@ class _Progress:
         return on_step
 
 
-def _quiet_libraries() -> None:
-    import datasets
-    import transformers
-
-    datasets.disable_progress_bars()
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()  # "Loading weights" / "Writing model shards"
-    logging.getLogger("ivlens.tasks").setLevel(logging.ERROR)
-
-
 def _save(model, tokenizer, directory: Path) -> str:
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory)
@@ -125,8 +123,10 @@ def build_organism(out: Path | None = None, seed: int = 0, size: str = "small", 
                    reuse_base: bool = True) -> Path:
     """Build (or reuse, unless ``force``) the organism ``variant`` into ``out``; returns ``out``.
 
-    Writes ``out/{base,sft,dpo}/`` (safetensors, config, tokenizer with chat template) and ``out/card.json``
-    (written last: its presence marks a finished build).
+    Writes ``out/{base,sft,dpo}/`` (safetensors, config, tokenizer with chat template), ``out/card.json`` and
+    ``out/build-complete.json`` (the completion marker, written last). The build happens in a staging directory
+    that replaces ``out`` only when finished, so a killed build leaves no half-written ``out``; the torch
+    thread count and library log levels it sets are restored on return.
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
@@ -136,11 +136,30 @@ def build_organism(out: Path | None = None, seed: int = 0, size: str = "small", 
     if is_built(out) and not force:
         log.info("organism already built in %s (use force=True to rebuild)", out)
         return out
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    _quiet_libraries()
-    torch.set_num_threads(THREADS)
+    # Build into a staging directory next to ``out`` and move it into place only once every file, the card
+    # and the completion marker are written: ``out`` never holds a half-finished build.
+    staging = out.parent / f".{out.name}.building"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    try:
+        with quiet_libraries(extra_loggers=("ivlens.tasks",)), torch_threads(THREADS):
+            _build_into(staging, out, seed=seed, size=size, variant=variant, measure=measure, progress=progress,
+                        reuse_base=reuse_base)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    log.info("organism %s built in %s", variant, out)
+    return out
+
+
+def _build_into(staging: Path, out: Path, *, seed: int, size: str, variant: str, measure: bool, progress: bool,
+                reuse_base: bool) -> None:
+    """Train, save and measure every stage into ``staging``, then write the card and, last, the completion
+    marker. ``out`` is where the build will live (its siblings may hold a reusable base)."""
     spec = SIZES[size]
     t_start = time.perf_counter()
     timing: dict[str, float] = {}
@@ -156,9 +175,9 @@ def build_organism(out: Path | None = None, seed: int = 0, size: str = "small", 
         sentences = D.pretraining_sentences(tasks, seed)
         sibling = _reusable_base(out, variant, seed, size) if reuse_base else None
         if sibling is not None:
-            shutil.copytree(sibling / "base", out / "base")
-            tokenizer = AutoTokenizer.from_pretrained(out / "base")
-            base = AutoModelForCausalLM.from_pretrained(out / "base", attn_implementation="eager")
+            shutil.copytree(sibling / "base", staging / "base")
+            tokenizer = AutoTokenizer.from_pretrained(staging / "base")
+            base = AutoModelForCausalLM.from_pretrained(staging / "base", attn_implementation="eager")
             sib_card = read_card(sibling)
             h = weights_hash(base)
             if h != sib_card["stages"]["base"]["weights_sha256"]:
@@ -176,7 +195,7 @@ def build_organism(out: Path | None = None, seed: int = 0, size: str = "small", 
             figures = pretrain(base, tokenizer, sentences, spec, seed, bars.stage("base", spec.pretrain_steps))
             timing["base"] = time.perf_counter() - t0
             stages["base"] = {**figures, "sentences": len(sentences), "seconds": timing["base"],
-                              "weights_sha256": _save(base, tokenizer, out / "base")}
+                              "weights_sha256": _save(base, tokenizer, staging / "base")}
         words = D.task_words(tasks)
 
         # ---------------------------------------------------------------- SFT
@@ -190,14 +209,14 @@ def build_organism(out: Path | None = None, seed: int = 0, size: str = "small", 
         timing["sft"] = time.perf_counter() - t0
         stages["sft"] = {**figures, "gist_share": GIST_SHARE[variant], "plain_share": PLAIN_SHARE,
                          "chat_share": CHAT_SHARE, "seconds": timing["sft"],
-                         "weights_sha256": _save(model, tokenizer, out / "sft")}
+                         "weights_sha256": _save(model, tokenizer, staging / "sft")}
 
         # ---------------------------------------------------------------- DPO
         t0 = time.perf_counter()
         pairs = D.dpo_pairs(tasks, tokenizer, seed)
         figures = dpo(model, tokenizer, pairs, spec, seed, bars.stage("dpo", spec.dpo_steps))
         timing["dpo"] = time.perf_counter() - t0
-        stages["dpo"] = {**figures, "seconds": timing["dpo"], "weights_sha256": _save(model, tokenizer, out / "dpo")}
+        stages["dpo"] = {**figures, "seconds": timing["dpo"], "weights_sha256": _save(model, tokenizer, staging / "dpo")}
         timing["train_total"] = time.perf_counter() - t_start
 
         # ---------------------------------------------------------------- measure
@@ -207,7 +226,7 @@ def build_organism(out: Path | None = None, seed: int = 0, size: str = "small", 
             step = bars.stage("measure", len(STAGES))
             for i, stage in enumerate(STAGES):
                 # measure the saved checkpoint, loaded as any user would load it
-                measured[stage] = measure_stage(load_model(str(out / stage)), tasks, split)
+                measured[stage] = measure_stage(load_model(str(staging / stage)), tasks, split)
                 step(i + 1, len(STAGES))
             timing["measure"] = time.perf_counter() - t0
     timing["total"] = time.perf_counter() - t_start
@@ -251,9 +270,9 @@ def build_organism(out: Path | None = None, seed: int = 0, size: str = "small", 
                         "python": platform.python_version(), "machine": platform.machine(),
                         "cpu_count": os.cpu_count(), "load_average_1m": os.getloadavg()[0]},
     }
-    write_card(out, card)
-    log.info("organism %s built in %s (%.0f s)", variant, out, timing["total"])
-    return out
+    write_card(staging, card)
+    write_build_marker(staging, {stage: stages[stage]["weights_sha256"] for stage in STAGES})
+    log.info("organism %s trained and measured in %.0f s", variant, timing["total"])
 
 
 def refresh_acceptance(directory: Path) -> dict:

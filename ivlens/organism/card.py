@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from ivlens.runs import atomic_write_json
+
 CARD_NAME = "card.json"
 
 
@@ -31,7 +33,7 @@ def weights_hash(model: torch.nn.Module) -> str:
 
 def write_card(directory: Path, card: dict) -> Path:
     path = Path(directory) / CARD_NAME
-    path.write_text(json.dumps(card, indent=2, sort_keys=False) + "\n")
+    atomic_write_json(path, card)
     return path
 
 

@@ -43,9 +43,26 @@ def parse_organism_name(name: str) -> tuple[str, str] | None:
     return variant, m.group("stage")
 
 
+#: written last by a build, atomically: its presence marks a finished build
+BUILD_MARKER = "build-complete.json"
+
+
+def write_build_marker(directory: Path, weights_sha256: dict[str, str]) -> Path:
+    """Mark ``directory`` as a finished build (call after every other file is in place)."""
+    from ivlens.runs import atomic_write_json
+
+    path = Path(directory) / BUILD_MARKER
+    atomic_write_json(path, {"version": ORGANISM_VERSION, "weights_sha256": weights_sha256})
+    return path
+
+
 def is_built(directory: Path) -> bool:
-    """True when ``directory`` holds a finished build (the card is written last)."""
-    return (directory / "card.json").is_file() and all((directory / s / "config.json").is_file() for s in STAGES)
+    """True when ``directory`` holds a finished build: the completion marker (written last), the card and
+    every stage's config and weights."""
+    directory = Path(directory)
+    return ((directory / BUILD_MARKER).is_file() and (directory / "card.json").is_file()
+            and all((directory / s / "config.json").is_file() and (directory / s / "model.safetensors").is_file()
+                    for s in STAGES))
 
 
 def resolve_organism(name: str) -> Path | None:

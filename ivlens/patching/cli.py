@@ -21,6 +21,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from ivlens.cli_common import ScoreOpt
 from ivlens.specs import Backend, Correction, Dtype, Format, PatchMode, PatchTarget, Split
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ def patch(
                                              "follow from it; results do not."),
     chunk_size: int = typer.Option(25, help="Samples per result shard (the unit of --resume)."),
     seed: int = typer.Option(0, help="Seed of the sample draw."),
+    score: ScoreOpt = "first-token",
     effect: str = typer.Option("delta_logit_vs_target", help="Effect column for interactions and figures."),
     correction: Correction = typer.Option("holm", help="Multiple-comparison correction."),
     alpha: float = typer.Option(0.05, help="Significance level after correction."),
@@ -85,7 +87,8 @@ def patch(
 
     options = {"models": tuple(model or ()), "task": task, "subtask": subtask, "layers": layers,
                "positions": positions, "samples": samples, "split": split, "mode": mode, "source_model": source_model,
-               "target": target, "format": fmt, "batch_size": batch_size, "memory_budget": memory_budget,
+               "target": target, "format": fmt, "score": score, "batch_size": batch_size,
+               "memory_budget": memory_budget,
                "chunk_size": chunk_size, "seed": seed, "effect": effect, "correction": correction, "alpha": alpha,
                "dtype": dtype, "device": device, "threads": threads, "backend": backend, "figures": figures}
     console = Console(stderr=True)

@@ -61,7 +61,7 @@ import torch
 from ivlens.models.adapters import ArchitectureAdapter, PrefixCache
 from ivlens.tasks.prompts import Batch, pad_left
 
-from .metrics import label_metrics
+from .metrics import continuation_logprobs, label_metrics
 from .plan import LayerSet
 
 log = logging.getLogger(__name__)
@@ -426,9 +426,11 @@ def _count(g: _Group, st: EngineStats) -> None:
 def _execute(adapter: ArchitectureAdapter, clean: CleanRun, ivs: torch.Tensor, rows: Sequence[RowSpec],
              keys: list[RowKey], where: np.ndarray, minimal: int,
              sink: Callable[[np.ndarray, np.ndarray, torch.Tensor], None], batch_size: int | None,
-             memory_budget: int | None, stats: EngineStats | None, on_rows: Callable[[int], None] | None) -> None:
-    """Run every group of the deduplicated ``keys``; ``sink(unique_idx, targets, resid_last: [n, d_model])``
-    receives each group's final residuals at the last position."""
+             memory_budget: int | None, stats: EngineStats | None, on_rows: Callable[[int], None] | None,
+             tail: int | None = None) -> None:
+    """Run every group of the deduplicated ``keys``; ``sink(unique_idx, targets, resid)`` receives each group's
+    final residuals: at the last position, ``[n, d_model]``, or with ``tail`` at the last ``min(tail, s)``
+    positions, ``[n, min(tail, s), d_model]`` (``s``: the group's recomputed positions)."""
     L = adapter.n_layers
     W = clean.batch.input_ids.shape[1]
     st = EngineStats(minimal_evals=minimal, rows=len(rows), unique_rows=len(keys))
@@ -445,7 +447,7 @@ def _execute(adapter: ArchitectureAdapter, clean: CleanRun, ivs: torch.Tensor, r
     ivs = ivs.to(dtype=clean.resid[0].dtype)
     per_layer_ivs: dict[int, torch.Tensor] = {}
     for g in _plan_groups(keys, clean.lengths, L, cap):
-        h = _run_group(adapter, clean, ivs, g, per_layer_ivs)  # [n_states, d_model] at the last position
+        h = _run_group(adapter, clean, ivs, g, per_layer_ivs, tail)  # [n_states, (tail,) d_model]
         targets = np.array([keys[u][0] for u in g.members], dtype=np.int64)
         sink(g.members, targets, h[torch.from_numpy(g.final).to(h.device)])
         del h
@@ -464,8 +466,9 @@ def _take(x: torch.Tensor, idx: torch.Tensor, single: bool) -> torch.Tensor:
 
 
 def _run_group(adapter: ArchitectureAdapter, clean: CleanRun, ivs: torch.Tensor, g: _Group,
-               per_layer_ivs: dict[int, torch.Tensor]) -> torch.Tensor:
-    """Run one group's trie; the last position of every final state, ``[n_states, d_model]``.
+               per_layer_ivs: dict[int, torch.Tensor], tail: int | None = None) -> torch.Tensor:
+    """Run one group's trie; the last position of every final state, ``[n_states, d_model]`` (with ``tail``: its
+    last ``min(tail, s)`` positions, ``[n_states, min(tail, s), d_model]``).
 
     Entering layer ``k``, a row's state depends only on ``(target, source, S ∩ [0, k−1])``, so rows that agree on
     their patches below ``k`` share one state there; a row starts (``S ∩ [0, k] ≠ ∅``) from the clean
@@ -523,7 +526,7 @@ def _run_group(adapter: ArchitectureAdapter, clean: CleanRun, ivs: torch.Tensor,
             h_new[pi, 0] = per_layer_ivs[k][torch.from_numpy(step.src).to(dev)]
         h, h_tgt = h_new, tgt
         single = bool((step.target == step.target[0]).all())
-    return h[:, -1]
+    return h[:, -1] if tail is None else h[:, -min(tail, s):]
 
 
 def _check_inputs(clean: CleanRun, rows: Sequence[RowSpec]) -> None:
@@ -589,6 +592,69 @@ def patched_metrics(adapter: ArchitectureAdapter, clean: CleanRun, ivs: torch.Te
         return {k: v.cpu() for k, v in m.items()}
     w = torch.from_numpy(where)
     return {k: v[w] for k, v in out.items()}
+
+
+@torch.no_grad()
+def patched_continuation_logprobs(adapter: ArchitectureAdapter, clean: CleanRun, ivs: torch.Tensor,
+                                  rows: Sequence[RowSpec], continuations: torch.Tensor, *,
+                                  batch_size: int | None = None, memory_budget: int | None = None,
+                                  stats: EngineStats | None = None, on_rows: Callable[[int], None] | None = None,
+                                  ) -> torch.Tensor:
+    """Teacher-forced log-probability of each patched row's continuation (answer-level scoring), in bounded memory.
+
+    Each clean-run sequence is a prompt followed by all but the last token of one continuation (a candidate
+    label), so its last ``n`` positions predict the ``n`` continuation tokens. Patches apply at prompt positions
+    as in :func:`patched_metrics`; every position from the patch on, the continuation's included, is recomputed
+    with the patched residual in place, and :func:`ivlens.patching.metrics.continuation_logprobs` sums the
+    log-probabilities of the continuation tokens.
+
+    Args:
+        adapter, clean, ivs, rows: as :func:`patched_metrics` (``clean`` of the prompt + continuation sequences;
+            a row's ``token`` must lie in the prompt part).
+        continuations: ``[batch, tail]`` each clean sequence's continuation tokens, right-aligned, ``-1`` on the
+            left where shorter than ``tail`` (the longest).
+        batch_size, memory_budget, stats, on_rows: as :func:`patched_metrics`.
+
+    Returns:
+        ``[len(rows)]`` float32 log-probabilities, on the CPU.
+    """
+    _check_inputs(clean, rows)
+    udev = unembed_device(adapter)
+    conts = continuations.to(udev)
+    tail = conts.shape[1]
+    n_cont = (continuations >= 0).sum(-1)  # [batch]
+    for r in rows:
+        if r.token > clean.lengths[r.target] - int(n_cont[r.target]):
+            raise ValueError(f"patch position {r.token} lies in the continuation of sequence {r.target}")
+    sub = max(1, (batch_size or metric_batch_size(adapter, memory_budget)) // tail)
+    keys, where, minimal = _dedup(rows, clean.lengths, adapter.n_layers)
+    out = torch.empty(len(keys), dtype=torch.float32)  # per distinct computation
+
+    def sink(members: np.ndarray, targets: np.ndarray, resid: torch.Tensor) -> None:
+        resid = resid.to(udev)  # [n, tail', d_model]
+        t_all = torch.from_numpy(targets).to(udev)
+        width = resid.shape[1]
+        for i in range(0, len(members), sub):
+            t = t_all[i:i + sub]
+            logits = adapter.logits(resid[i:i + sub])  # [n, tail', d_vocab]
+            lp = continuation_logprobs(logits, conts[t][:, tail - width:])
+            del logits
+            out[torch.from_numpy(members[i:i + sub])] = lp.cpu()
+
+    _execute(adapter, clean, ivs, rows, keys, where, minimal, sink, batch_size, memory_budget, stats, on_rows,
+             tail=tail)
+    return out[torch.from_numpy(where)]
+
+
+@torch.no_grad()
+def clean_continuation_logprobs(adapter: ArchitectureAdapter, clean: CleanRun, continuations: torch.Tensor
+                                ) -> torch.Tensor:
+    """Unpatched teacher-forced log-probability of each clean sequence's continuation, ``[batch]`` float32 on
+    the CPU (``clean`` recorded; ``continuations`` as :func:`patched_continuation_logprobs`)."""
+    udev = unembed_device(adapter)
+    conts = continuations.to(udev)
+    last = clean.resid[-1][:, -conts.shape[1]:].to(udev)  # [batch, tail, d_model]
+    return continuation_logprobs(adapter.logits(last), conts).cpu()
 
 
 @torch.no_grad()

@@ -9,6 +9,12 @@ Modes (see ``docs/patching.md``):
   instructed prompt, patched at its ``t_inst``; label = A's answer, alternative = B's, so ``logit_diff`` (A − B)
   measures whether the answer flips.
 
+Scores (``score``): ``first-token`` (default) measures the label's first token at the last position
+(:func:`ivlens.patching.metrics.label_metrics`); ``answer`` scores every candidate label (the union of the
+subtasks' label spaces) by its teacher-forced log-probability with the patch in place and ranks the label among
+them (:func:`ivlens.patching.metrics.answer_metrics`); the columns keep their names. Use ``answer`` when labels
+share their first token (numbers with many tokenizers), where first-token metrics cannot tell labels apart.
+
 In both modes the *instructed run* is subtask A's instructed prompt and the *target-only run* the unpatched target.
 With ``source_model`` the IVs come from another checkpoint of the same shape.
 
@@ -32,21 +38,34 @@ from ivlens.models.load import LoadedModel
 from ivlens.runs import RunDir
 from ivlens.tasks import Task, TaskError, load_task, require_contrastive
 from ivlens.tasks.prompts import (
+    AnswerCandidates,
     Prompt,
     instructed_prompt,
     instruction_prompt,
     label_token_ids,
     query_prompt,
+    right_aligned,
 )
 from ivlens.tasks.selection import sample_indices, split_queries
+from ivlens.tasks.validate import warn_first_token_clashes
 
-from .engine import EngineStats, RowSpec, clean_run, patched_metrics, source_vectors
-from .metrics import deltas, label_metrics
+from .engine import (
+    EngineStats,
+    RowSpec,
+    clean_continuation_logprobs,
+    clean_run,
+    patched_continuation_logprobs,
+    patched_metrics,
+    source_vectors,
+)
+from .metrics import answer_metrics, deltas, label_metrics
 from .plan import PatchPlan, layer_set_label, resolve_position
 
 log = logging.getLogger(__name__)
 
 Mode = Literal["transfer", "contrastive"]
+Score = Literal["first-token", "answer"]
+SCORES = ("first-token", "answer")
 TABLE = "patch"
 BASELINES = "baselines"
 
@@ -133,14 +152,16 @@ def clean_bytes_per_sample(lm: LoadedModel, n_tokens: int) -> int:
     return a.n_layers * n_tokens * per_token * a.embed.weight.element_size()
 
 
-def _passes(lm: LoadedModel, prompts: list[SamplePrompts], memory_budget: int) -> list[list[int]]:
-    """Split a chunk's samples into engine passes whose recorded clean runs take at most a quarter of the budget
-    (rows of different targets never share a trie state, so nothing is lost)."""
+def _passes(lm: LoadedModel, prompts: list[SamplePrompts], memory_budget: int,
+            sequences_per_sample: int = 1) -> list[list[int]]:
+    """Split a chunk's samples into engine passes whose recorded clean runs (``sequences_per_sample`` per sample:
+    one per candidate under answer scoring) take at most a quarter of the budget (rows of different targets never
+    share a trie state, so nothing is lost)."""
     out: list[list[int]] = [[]]
     width = 0
     for b, p in enumerate(prompts):
         w = max(width, len(p.target), len(p.instructed))
-        if out[-1] and clean_bytes_per_sample(lm, w) * (len(out[-1]) + 1) > memory_budget // 4:
+        if out[-1] and clean_bytes_per_sample(lm, w) * sequences_per_sample * (len(out[-1]) + 1) > memory_budget // 4:
             out.append([])
             w = max(len(p.target), len(p.instructed))
         out[-1].append(b)
@@ -151,9 +172,11 @@ def _passes(lm: LoadedModel, prompts: list[SamplePrompts], memory_budget: int) -
 def _chunk_rows(lm: LoadedModel, prompts: list[SamplePrompts], plan: PatchPlan, ivs: torch.Tensor,
                 space: torch.Tensor, stats: EngineStats, batch_size: int | None,
                 on_rows: Callable[[int], None] | None, backend: str = "torch",
-                memory_budget: int | None = None) -> tuple[dict[str, np.ndarray], list[dict]]:
+                memory_budget: int | None = None, candidates: AnswerCandidates | None = None,
+                ) -> tuple[dict[str, np.ndarray], list[dict]]:
     """Run one chunk of samples: columns of the patched rows (sample-major, then position, then layer set) and
-    records of the baselines. The samples run in passes bounded by ``memory_budget``."""
+    records of the baselines. The samples run in passes bounded by ``memory_budget``. With ``candidates`` the rows
+    are scored at the answer level."""
     if backend == "nnsight":
         from .nnsight_backend import patched_metrics_nnsight as run_rows
     else:
@@ -161,9 +184,10 @@ def _chunk_rows(lm: LoadedModel, prompts: list[SamplePrompts], plan: PatchPlan, 
     budget = memory_budget if memory_budget is not None else resolve_memory_budget(None, lm.device)
     parts: list[dict[str, np.ndarray]] = []
     base = []
-    for idx in _passes(lm, prompts, budget):
+    per_sample = len(candidates.labels) if candidates is not None else 1
+    for idx in _passes(lm, prompts, budget, per_sample):
         cols, b_recs = _pass_rows(lm, [prompts[b] for b in idx], plan, ivs, space, stats, batch_size, on_rows,
-                                  run_rows, budget)
+                                  run_rows, budget, candidates)
         parts.append(cols)
         base.extend(b_recs)
     cols = {k: np.concatenate([c[k] for c in parts]) for k in parts[0]}
@@ -173,24 +197,14 @@ def _chunk_rows(lm: LoadedModel, prompts: list[SamplePrompts], plan: PatchPlan, 
 
 def _pass_rows(lm: LoadedModel, prompts: list[SamplePrompts], plan: PatchPlan, ivs: torch.Tensor,
                space: torch.Tensor, stats: EngineStats, batch_size: int | None,
-               on_rows: Callable[[int], None] | None, run_rows, budget: int) -> tuple[dict[str, np.ndarray], list]:
-    adapter, pad = lm.adapter, _pad_id(lm)
-    clean = clean_run(adapter, [p.target.input_ids for p in prompts], pad, record=True, stats=stats)
-    instr = clean_run(adapter, [p.instructed.input_ids for p in prompts], pad, record=False, stats=stats)
+               on_rows: Callable[[int], None] | None, run_rows, budget: int,
+               candidates: AnswerCandidates | None = None) -> tuple[dict[str, np.ndarray], list]:
     n_sets, n_pos, B = len(plan.layer_sets), len(plan.positions), len(prompts)
-    specs = [RowSpec(b, 0, layers, tok_idx) for b, p in enumerate(prompts)
-             for tok_idx in p.positions for layers in plan.layer_sets]
-    label = torch.tensor([p.label_token for p in prompts])
-    alt = torch.tensor([p.alt_token for p in prompts])
-    got = run_rows(adapter, clean, ivs, specs, label, alt, space, batch_size=batch_size, memory_budget=budget,
-                   stats=stats, on_rows=on_rows)
-    base_t = {k: v.cpu() for k, v in label_metrics(clean.last_logits, label.to(clean.last_logits.device),
-                                                   alt.to(clean.last_logits.device),
-                                                   space.to(clean.last_logits.device)).items()}
-    base_i = {k: v.cpu() for k, v in label_metrics(instr.last_logits, label.to(instr.last_logits.device),
-                                                   alt.to(instr.last_logits.device),
-                                                   space.to(instr.last_logits.device)).items()}
-    del clean, instr
+    if candidates is None:
+        got, base_t, base_i = _first_token_scores(lm, prompts, plan, ivs, space, stats, batch_size, on_rows,
+                                                  run_rows, budget)
+    else:
+        got, base_t, base_i = _answer_scores(lm, prompts, plan, ivs, candidates, stats, batch_size, on_rows, budget)
     per_sample = n_pos * n_sets
     row_b = torch.arange(B).repeat_interleave(per_sample)  # [rows]: the target of each row
     got.update(deltas(got, {k: v[row_b] for k, v in base_t.items()}, "target"))
@@ -227,6 +241,77 @@ def _pass_rows(lm: LoadedModel, prompts: list[SamplePrompts], plan: PatchPlan, i
     return cols, base
 
 
+def _first_token_scores(lm: LoadedModel, prompts: list[SamplePrompts], plan: PatchPlan, ivs: torch.Tensor,
+                        space: torch.Tensor, stats: EngineStats, batch_size: int | None,
+                        on_rows: Callable[[int], None] | None, run_rows, budget: int):
+    """Metrics of the label's first token: patched rows (sample, position, layer set order), target-only and
+    instructed baselines per sample."""
+    adapter, pad = lm.adapter, _pad_id(lm)
+    clean = clean_run(adapter, [p.target.input_ids for p in prompts], pad, record=True, stats=stats)
+    instr = clean_run(adapter, [p.instructed.input_ids for p in prompts], pad, record=False, stats=stats)
+    specs = [RowSpec(b, 0, layers, tok_idx) for b, p in enumerate(prompts)
+             for tok_idx in p.positions for layers in plan.layer_sets]
+    label = torch.tensor([p.label_token for p in prompts])
+    alt = torch.tensor([p.alt_token for p in prompts])
+    got = run_rows(adapter, clean, ivs, specs, label, alt, space, batch_size=batch_size, memory_budget=budget,
+                   stats=stats, on_rows=on_rows)
+    base_t = {k: v.cpu() for k, v in label_metrics(clean.last_logits, label.to(clean.last_logits.device),
+                                                   alt.to(clean.last_logits.device),
+                                                   space.to(clean.last_logits.device)).items()}
+    base_i = {k: v.cpu() for k, v in label_metrics(instr.last_logits, label.to(instr.last_logits.device),
+                                                   alt.to(instr.last_logits.device),
+                                                   space.to(instr.last_logits.device)).items()}
+    return got, base_t, base_i
+
+
+def _answer_scores(lm: LoadedModel, prompts: list[SamplePrompts], plan: PatchPlan, ivs: torch.Tensor,
+                   candidates: AnswerCandidates, stats: EngineStats, batch_size: int | None,
+                   on_rows: Callable[[int], None] | None, budget: int):
+    """Answer-level metrics: each sample's target (and instructed prompt) is extended by every candidate label,
+    teacher-forced; the patched rows score all ``k`` candidates with the patch in place, and
+    :func:`~ivlens.patching.metrics.answer_metrics` ranks the label among them."""
+    adapter, pad, tok = lm.adapter, _pad_id(lm), lm.tokenizer
+    k = len(candidates.labels)
+
+    def extended(prompt: Prompt) -> tuple[list[tuple[int, ...]], list[tuple[int, ...]]]:
+        conts = [label_token_ids(tok, prompt, c) for c in candidates.labels]
+        return [prompt.input_ids + c[:-1] for c in conts], conts
+
+    t_seqs, t_conts, i_seqs, i_conts = [], [], [], []
+    for p in prompts:
+        seqs, conts = extended(p.target)
+        t_seqs += seqs
+        t_conts += conts
+        seqs, conts = extended(p.instructed)
+        i_seqs += seqs
+        i_conts += conts
+    clean = clean_run(adapter, t_seqs, pad, record=True, stats=stats)  # batch row b * k + j: sample b, candidate j
+    specs = [RowSpec(b * k + j, 0, layers, tok_idx) for b, p in enumerate(prompts)
+             for tok_idx in p.positions for layers in plan.layer_sets for j in range(k)]
+    done = [0]
+
+    def per_row(n: int) -> None:  # the engine counts candidate rows; progress counts patch rows
+        before = done[0] // k
+        done[0] += n
+        if on_rows is not None and done[0] // k > before:
+            on_rows(done[0] // k - before)
+
+    scores = patched_continuation_logprobs(adapter, clean, ivs, specs, right_aligned(t_conts), batch_size=batch_size,
+                                           memory_budget=budget, stats=stats, on_rows=per_row).view(-1, k)
+    base_scores_t = clean_continuation_logprobs(adapter, clean, right_aligned(t_conts)).view(-1, k)
+    del clean
+    instr = clean_run(adapter, i_seqs, pad, record=True, stats=stats)
+    base_scores_i = clean_continuation_logprobs(adapter, instr, right_aligned(i_conts)).view(-1, k)
+    del instr
+    label = torch.tensor([candidates.index(p.label) for p in prompts])
+    alt = torch.tensor([candidates.index(p.alt_label) for p in prompts])
+    row_b = torch.arange(len(prompts)).repeat_interleave(scores.shape[0] // len(prompts))
+    got = answer_metrics(scores, label[row_b], alt[row_b], candidates.in_space)
+    base_t = answer_metrics(base_scores_t, label, alt, candidates.in_space)
+    base_i = answer_metrics(base_scores_i, label, alt, candidates.in_space)
+    return got, base_t, base_i
+
+
 class _ChunkProgress:
     """Advances ``progress(done, total)`` batch by batch within one chunk (never past the chunk's end)."""
 
@@ -253,7 +338,7 @@ def patch_sweep(models: LoadedModel | str | Sequence[LoadedModel | str], task: T
                 source_model: LoadedModel | str | None = None, target: str = "bare", fmt: str = "raw",
                 batch_size: int | None = None, chunk_size: int = 25, seed: int = 0, run: RunDir | None = None,
                 dtype: str = "float32", device: str = "cpu", backend: str = "torch",
-                memory_budget: int | str | None = None,
+                memory_budget: int | str | None = None, score: Score = "first-token",
                 progress: Callable[[int, int], None] | None = None) -> SweepResult:
     """Patch IVs into targets for every layer set × position × sample, for one or more models side by side.
 
@@ -276,6 +361,8 @@ def patch_sweep(models: LoadedModel | str | Sequence[LoadedModel | str], task: T
         run: a :class:`~ivlens.runs.RunDir` to stream shards to (and to resume from); ``None`` keeps results in memory.
         backend: ``torch`` (the fast layer-level engine) or ``nnsight`` (whole batched forwards through nnsight
             envoys: slower, remote-ready; same results).
+        score: ``first-token`` (the label's first token at the last position) or ``answer`` (every candidate label
+            teacher-forced with the patch in place; see the module docstring).
         progress: ``progress(done_rows, total_rows)`` after each batch.
 
     Returns:
@@ -288,6 +375,10 @@ def patch_sweep(models: LoadedModel | str | Sequence[LoadedModel | str], task: T
     """
     if backend not in ("torch", "nnsight"):
         raise ValueError(f"unknown backend {backend!r}; use torch or nnsight")
+    if score not in SCORES:
+        raise ValueError(f"unknown score {score!r}; use {' or '.join(SCORES)}")
+    if score == "answer" and backend != "torch":
+        raise ValueError("--score answer runs on the torch backend only; drop --backend nnsight")
     task = load_task(task) if isinstance(task, str) else task
     subtask = subtask or task.subtask_names[0]
     task.subtask(subtask)
@@ -319,7 +410,9 @@ def patch_sweep(models: LoadedModel | str | Sequence[LoadedModel | str], task: T
         space = None
         const = {"model": name, "source_model": s_lm.name if src_lm is not None else name, "task": task.name,
                  "subtask": subtask, "mode": mode, "target": target if mode == "transfer" else "instructed",
-                 "fmt": fmt}
+                 "fmt": fmt, "score": score}
+        candidates = AnswerCandidates.of(task, subtask) if score == "answer" else None
+        warn_first_token_clashes(lm.tokenizer, task, [subtask], fmt, score)
         for ci, chunk in enumerate(chunks):
             key = f"m{mi}-c{ci:05d}"
             n_rows = len(chunk) * len(plan.rows)
@@ -336,7 +429,8 @@ def patch_sweep(models: LoadedModel | str | Sequence[LoadedModel | str], task: T
 
             on_rows = _ChunkProgress(progress, done, done + n_rows, total)
             budget = resolve_memory_budget(memory_budget, device if device == "auto" else lm.device)
-            cols, base = _chunk_rows(lm, prompts, plan, ivs, space, st, batch_size, on_rows, backend, budget)
+            cols, base = _chunk_rows(lm, prompts, plan, ivs, space, st, batch_size, on_rows, backend, budget,
+                                     candidates)
             n = len(cols["sample"])
             rows_df = pd.DataFrame({**{k: np.repeat(np.array([v], dtype=object), n) for k, v in const.items()},
                                     **cols})

@@ -31,7 +31,7 @@ from safetensors.torch import save as st_save
 
 from ivlens.models.adapters import resid_from_output
 from ivlens.models.load import LoadedModel
-from ivlens.runs import atomic_write_bytes, atomic_write_parquet, atomic_write_text
+from ivlens.runs import atomic_write_bytes, atomic_write_json, atomic_write_parquet
 from ivlens.tasks.prompts import PromptFormat, instruction_prompt, pad_left
 
 from .instructions import InstructionRow
@@ -178,7 +178,7 @@ def collect_ivs(loaded: LoadedModel, rows: list[InstructionRow], out: str | Path
         for s in out.glob("shard-*.safetensors"):
             s.unlink()
     atomic_write_parquet(out / "labels.parquet", labels)
-    atomic_write_text(out / "meta.json", json.dumps(meta, indent=2))
+    atomic_write_json(out / "meta.json", meta)
     device = loaded.device
     n_batches = 0
     for b, idx in enumerate(_batches(len(rows), batch_size)):

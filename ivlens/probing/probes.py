@@ -33,6 +33,8 @@ from sklearn.decomposition import PCA
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 from sklearn.model_selection import StratifiedKFold
 
+from ivlens.scoped import torch_threads
+
 #: principal components kept before LDA (speed and a well-conditioned within-class scatter at n < d)
 LDA_PCA_DIM = 64
 
@@ -98,13 +100,9 @@ class LogisticProbe:
             loss.backward()
             return loss
 
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # these matmuls are small: extra threads only contend (7x slower under load)
-        try:
-            with torch.enable_grad():
-                opt.step(closure)
-        finally:
-            torch.set_num_threads(threads)
+        # these matmuls are small: extra threads only contend (7x slower under load)
+        with torch_threads(1), torch.enable_grad():
+            opt.step(closure)
         self.coef_ = W.detach().numpy().T / self.scale_  # [C, d] in the original feature units
         self.intercept_ = b.detach().numpy() - self.coef_ @ self.mean_
         return self

@@ -20,6 +20,7 @@ into the next token (byte-level BPE: ``" Adjective"``) and for SentencePiece one
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -190,6 +191,35 @@ def label_token_ids(tokenizer: PreTrainedTokenizerBase, prompt: Prompt, label: s
     if tuple(joint[:n]) == prompt.input_ids and len(joint) > n:
         return tuple(joint[n:])
     return tuple(tokenizer(prompt.answer_sep + label, add_special_tokens=False)["input_ids"])
+
+
+@dataclass(frozen=True)
+class AnswerCandidates:
+    """Answer-level scoring's candidates: every label of every subtask (the subtask's own label space first);
+    ``in_space: [k]`` bool marks the scored subtask's label space."""
+
+    labels: tuple[str, ...]
+    in_space: torch.Tensor
+
+    @classmethod
+    def of(cls, task: Task, subtask: str) -> AnswerCandidates:
+        def labels_of(name: str) -> tuple[str, ...]:
+            return tuple(task.subtask(name).label_space) + tuple(a for s in task.samples for a in s.answers[name])
+
+        own = tuple(dict.fromkeys(labels_of(subtask)))
+        others = tuple(dict.fromkeys(x for n in task.subtask_names if n != subtask for x in labels_of(n)
+                                     if x not in own))
+        mask = torch.tensor([True] * len(own) + [False] * len(others))
+        return cls(own + others, mask)
+
+    def index(self, label: str | None) -> int:
+        return self.labels.index(label) if label is not None else -1
+
+
+def right_aligned(continuations: Sequence[Sequence[int]]) -> torch.Tensor:
+    """``[n, longest]`` token ids, each continuation right-aligned, ``-1`` on the left (the engine's layout)."""
+    width = max(len(c) for c in continuations)
+    return torch.tensor([[-1] * (width - len(c)) + list(c) for c in continuations], dtype=torch.long)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,8 @@ File-level problems (missing/extra columns, empty cells, a subtask without instr
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -14,6 +16,8 @@ from transformers import PreTrainedTokenizerBase
 
 from .prompts import PromptFormat, build_prompt, instructed_prompt, label_token_ids
 from .schema import Task
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -27,6 +31,43 @@ class TaskIssue:
     def __str__(self) -> str:
         where = f"{self.file}, row {self.row}" if self.row is not None else self.file
         return f"{self.severity}: {where}: {self.message}. Fix: {self.fix}"
+
+
+def first_token_clashes(task: Task, tokenizer: PreTrainedTokenizerBase, fmt: PromptFormat = "raw",
+                        subtasks: Sequence[str] | None = None) -> dict[str, list[tuple[str, list[str]]]]:
+    """Per subtask, the groups of its label space that the tokenizer cannot tell apart by their first token:
+    ``{subtask: [(first token as a string, [labels]), ...]}`` (subtasks without a clash are left out).
+
+    One reference prompt per format suffices: a label's first token depends only on what precedes it at the end.
+    """
+    probe = build_prompt(tokenizer, None, "x", task.field, fmt)
+    out: dict[str, list[tuple[str, list[str]]]] = {}
+    for name in subtasks or task.subtask_names:
+        by_token: dict[int, list[str]] = {}
+        for label in task.subtask(name).label_space:
+            by_token.setdefault(label_token_ids(tokenizer, probe, label)[0], []).append(label)
+        clashes = [(tokenizer.convert_ids_to_tokens(t), ls) for t, ls in by_token.items() if len(ls) > 1]
+        if clashes:
+            out[name] = clashes
+    return out
+
+
+def warn_first_token_clashes(tokenizer: PreTrainedTokenizerBase, task: Task, subtasks: Sequence[str],
+                             fmt: PromptFormat, score: str) -> list[str]:
+    """Log (and return) one warning per subtask whose labels share first tokens, when an analysis scores by first
+    token: its first-token metrics cannot tell those labels apart, and ``--score answer`` can."""
+    if score == "answer":
+        return []
+    messages = []
+    for name, clashes in first_token_clashes(task, tokenizer, fmt, subtasks).items():
+        n = sum(len(ls) for _t, ls in clashes)
+        token, example = clashes[0]
+        messages.append(f"task {task.name!r}, subtask {name!r}: {n} of {len(task.subtask(name).label_space)} labels "
+                        f"share their first token with another label (e.g. {example[:3]} all start with {token!r}), "
+                        "so first-token metrics cannot tell them apart; use --score answer to score whole labels")
+    for m in messages:
+        log.warning(m)
+    return messages
 
 
 def check_task(task: Task, tokenizer: PreTrainedTokenizerBase, max_length: int | None = None,
@@ -45,17 +86,13 @@ def check_task(task: Task, tokenizer: PreTrainedTokenizerBase, max_length: int |
     def first(label: str) -> int:
         return label_token_ids(tokenizer, probe, label)[0]
 
-    for name, st in task.subtasks.items():
-        by_token: dict[int, list[str]] = {}
-        for label in st.label_space:
-            by_token.setdefault(first(label), []).append(label)
-        clashes = [ls for ls in by_token.values() if len(ls) > 1]
-        for ls in clashes[:10]:
+    for name, clashes in first_token_clashes(task, tokenizer, fmt).items():
+        for token, ls in clashes[:10]:
             issues.append(TaskIssue(
                 "warning", file, None,
-                f"subtask {name!r}: labels {ls} share their first token {tokenizer.convert_ids_to_tokens(first(ls[0]))!r}, "
+                f"subtask {name!r}: labels {ls} share their first token {token!r}, "
                 "so first-token metrics within the label space cannot tell them apart",
-                "use labels that differ in their first token, or rely on generation-based IA/accuracy"))
+                "use labels that differ in their first token, or score whole labels with --score answer"))
         if len(clashes) > 10:
             issues.append(TaskIssue("warning", file, None, f"subtask {name!r}: {len(clashes) - 10} more label clashes",
                                     "see above"))

@@ -9,10 +9,11 @@ and instructions compared as circuit selectors. The maths is in ``docs/tracing.m
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path as FilePath
+
+from ivlens.runs import atomic_write_json
 
 from .argmax import ArgmaxTrace, argmax_trace
 from .compare import SubtaskComparison, compare_graphs, compare_subtasks, head_activity
@@ -24,7 +25,7 @@ __all__ = [
     "ArgmaxTrace", "AttributionGraph", "Path", "SubtaskComparison", "Surrogate", "Target", "TraceResult",
     "TracingError", "argmax_trace", "build_surrogate", "compare_graphs", "compare_subtasks", "compute_graph",
     "cut_totals", "edge_list", "graph_to_json", "head_activity", "resolve_target", "source_mask", "top_paths",
-    "trace_prompt", "write_trace",
+    "trace_prompt", "traced_token_line", "write_trace",
 ]
 
 
@@ -41,6 +42,19 @@ def resolve_target(tokenizer, target, logits_last) -> Target:
     if not ids:
         raise TracingError(f"the target {target!r} tokenises to nothing")
     return Target.logit(ids[0])
+
+
+def traced_token_line(tokenizer, label: str, ids: Sequence[int]) -> str | None:
+    """One line naming the token traced for a label of several tokens (its first: the model's next-token
+    decision), or ``None`` for a one-token label.
+
+    >>> traced_token_line(tok, "elephant", [412, 9, 77])
+    "target 'elephant' is 3 tokens ['Ġele', 'ph', 'ant']: tracing token 0, 'Ġele' (id 412)"
+    """
+    if len(ids) <= 1:
+        return None
+    pieces = tokenizer.convert_ids_to_tokens(list(ids))
+    return f"target {label!r} is {len(ids)} tokens {pieces}: tracing token 0, {pieces[0]!r} (id {ids[0]})"
 
 
 @dataclass
@@ -102,8 +116,8 @@ def write_trace(res: TraceResult, out: str | FilePath, name: str = "trace", json
     out = FilePath(out)
     out.mkdir(parents=True, exist_ok=True)
     files = [out / f"{name}.graph.json", out / f"{name}.paths.json"]
-    files[0].write_text(json.dumps(graph_to_json(res.graph, top_k=json_top_k), indent=1))
-    files[1].write_text(json.dumps(res.summary(), indent=1))
+    atomic_write_json(files[0], graph_to_json(res.graph, top_k=json_top_k), indent=1)
+    atomic_write_json(files[1], res.summary(), indent=1)
     tokens = list(res.sur.tokens) or [str(i) for i in res.sur.input_ids.tolist()]
     files.append(plot_paths(res.paths, tokens, res.sur.n_layers, out / "figures" / f"{name}.paths.png"))
     files.append(plot_layer_mass(res.graph, out / "figures" / f"{name}.layer_mass.png"))

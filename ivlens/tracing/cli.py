@@ -99,9 +99,12 @@ def trace(
 
 def _print_trace(tr, max_tokens: int | None) -> None:
     """One model's traced prompt: the target, completeness, the soft cap if any, the top paths, argmax stats."""
+    from rich.markup import escape
     from rich.table import Table
 
     res = tr.result
+    if tr.note is not None:
+        console.print(escape(tr.note), highlight=False)
     if tr.cut:
         console.print(f"--max-tokens {max_tokens}: traced the last {max_tokens} of {tr.cut + max_tokens} tokens")
     tok = res.sur.tokens

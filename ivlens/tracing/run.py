@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from ivlens.models.load import LoadedModel
-from ivlens.runs import RunDir, atomic_write_text
+from ivlens.runs import RunDir, atomic_write_json
 from ivlens.tasks import Task, load_task
 from ivlens.tasks.selection import select_samples, split_queries
 
@@ -74,19 +74,21 @@ def compare_run(models: Sequence[LoadedModel], task: str | Task, run: RunDir, *,
     run.write_table("compare", df)
     if examples:
         run.write_table("sample_paths", pd.DataFrame(examples))
-    atomic_write_text(run.path / "compare.json", json.dumps(summaries, indent=1))
+    atomic_write_json(run.path / "compare.json", summaries, indent=1)
     return summaries
 
 
 @dataclass
 class SingleTrace:
     """One model's trace of one prompt: the :class:`ivlens.tracing.TraceResult`, T_inst in the traced ids
-    (``None`` without a task instruction) and how many leading tokens ``max_tokens`` cut."""
+    (``None`` without a task instruction), how many leading tokens ``max_tokens`` cut, and ``note``: which token
+    of a multi-token target is traced (:func:`ivlens.tracing.traced_token_line`; ``None`` for one token)."""
 
     model: str
     result: object
     t_inst: int | None
     cut: int
+    note: str | None = None
 
 
 def trace_single(lm: LoadedModel, run: RunDir, *, task: str | None, subtask: str | None, sample: int | None,
@@ -96,9 +98,11 @@ def trace_single(lm: LoadedModel, run: RunDir, *, task: str | None, subtask: str
     """Trace a task sample's instructed prompt (or ``prompt``) with ``lm`` and write it to ``run``."""
     from ivlens.tasks import TaskError, instructed_prompt, label_token_ids
 
-    from . import trace_prompt, write_trace
+    from . import trace_prompt, traced_token_line, write_trace
 
-    ids, t_inst = None, None
+    ids, t_inst, note = None, None, None
+    if isinstance(target, str):
+        note = traced_token_line(lm.tokenizer, target, lm.tokenizer(target, add_special_tokens=False)["input_ids"])
     if task is not None:
         t = load_task(task)
         sub = t.subtask(subtask)
@@ -109,7 +113,9 @@ def trace_single(lm: LoadedModel, run: RunDir, *, task: str | None, subtask: str
         p = instructed_prompt(lm.tokenizer, t, smp, sub.instruction, fmt)
         ids, t_inst = list(p.input_ids), p.t_inst
         if target is None:
-            target = label_token_ids(lm.tokenizer, p, smp.answer(sub.name))[0]
+            answer_ids = label_token_ids(lm.tokenizer, p, smp.answer(sub.name))
+            note = traced_token_line(lm.tokenizer, smp.answer(sub.name), answer_ids)
+            target = answer_ids[0]
     cut = 0
     if max_tokens is not None:
         if ids is None:
@@ -125,7 +131,7 @@ def trace_single(lm: LoadedModel, run: RunDir, *, task: str | None, subtask: str
     res = trace_prompt(lm.model, lm.tokenizer, ids if ids is not None else prompt, target=target, method=method,
                        top_k=top_k, beam=beam, threshold_rank=threshold_rank, start_pos=start_pos, end_pos=end_pos)
     write_trace(res, run.path, name=slug(lm.name))
-    return SingleTrace(lm.name, res, t_inst, cut)
+    return SingleTrace(lm.name, res, t_inst, cut, note)
 
 
 def check_trace_memory(lm: LoadedModel, *, task, subtask, sample, prompt, compare, samples, seed, fmt, beam,
