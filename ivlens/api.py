@@ -179,10 +179,26 @@ def run_patch(spec: PatchSpec, *, models: Sequence[LoadedModel] | None = None,
 
 
 # --------------------------------------------------------------------------------------------- probe
+def _config_layers(name: str, spec: Spec) -> int | None:
+    """The number of decoder layers of model ``name`` from its config alone (no weights loaded); ``None`` when
+    the config cannot be read here (loading the model then reports why)."""
+    from .estimate.flops import ModelShape
+    from .estimate.model import read_config
+    from .models.load import resolve_name
+
+    try:
+        path, gguf = resolve_name(name, getattr(spec, "gguf_file", None))
+        config = read_config(path, gguf, getattr(spec, "revision", None), getattr(spec, "trust_remote_code", False))
+        return ModelShape.from_config(config).n_layers
+    except (OSError, ValueError, TypeError):
+        return None
+
+
 def run_probe(spec: ProbeSpec, *, models: Sequence[LoadedModel] | None = None, out: str | Path | None = None,
               resume: str | Path | None = None):
     """Collect the IVs of ``spec.tasks`` ' instructions in every model (streamed, resumable) and probe, project
     and compare them layer by layer. Returns :class:`ivlens.probing.run.ProbeResult`."""
+    from .probing.collect import parse_layers
     from .probing.probes import ProbeConfig
     from .probing.run import model_slug, probe_run
     from .tasks.requirements import require_rephrasings
@@ -192,6 +208,11 @@ def run_probe(spec: ProbeSpec, *, models: Sequence[LoadedModel] | None = None, o
     for task in spec.tasks:
         load_task(task)
     names = [m.name for m in models] if models is not None else list(spec.models)
+    if spec.layers is not None and spec.layers.strip().lower() != "all":  # refuse bad layers before any work
+        for m in models if models is not None else spec.models:
+            n_layers = m.n_layers if isinstance(m, LoadedModel) else _config_layers(m, spec)
+            if n_layers is not None:
+                parse_layers(spec.layers, n_layers)
     run = start_run(spec, "+".join(model_slug(n) for n in names)[:60], out=out, resume=resume,
                     task=",".join(spec.tasks))
     return probe_run(list(models) if models is not None else list(spec.models), list(spec.tasks),

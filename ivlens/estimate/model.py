@@ -78,7 +78,8 @@ class ModelInfo:
     gguf: bool = False
 
 
-def _config(path: str, gguf: str | None, revision: str | None, trust_remote_code: bool):
+def read_config(path: str, gguf: str | None, revision: str | None, trust_remote_code: bool):
+    """The model's ``transformers`` config from its directory, hub id or GGUF header (no weights read)."""
     from transformers import AutoConfig
 
     kw = {"revision": revision, "trust_remote_code": trust_remote_code}
@@ -110,7 +111,7 @@ def model_info(name: str, *, gguf_file: str | None = None, revision: str | None 
 
     path, gguf = resolve_name(name, gguf_file)
     try:
-        config = _config(path, gguf, revision, trust_remote_code)
+        config = read_config(path, gguf, revision, trust_remote_code)
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"could not read the config of {name!r}: {e}") from None
     model = meta_model(config)

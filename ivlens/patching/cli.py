@@ -40,6 +40,25 @@ def progress_columns(console: Console | None = None) -> Progress:
                     TextColumn("ETA"), TimeRemainingColumn(), console=console or Console(stderr=True))
 
 
+class _RowsBar:
+    """The rows bar as a ``progress(done, total)`` callback, shown from the first report on (so input refused
+    before any work prints its error line alone)."""
+
+    def __init__(self, console: Console):
+        self.console, self.bar, self.task_id = console, None, None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            self.bar = progress_columns(self.console)
+            self.bar.start()
+            self.task_id = self.bar.add_task("rows", total=None)
+        self.bar.update(self.task_id, completed=done, total=total)
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
 def patch(
     ctx: typer.Context,
     model: list[str] | None = typer.Option(None, "--model", "-m", help="Model name or path; repeat to put models "
@@ -100,10 +119,11 @@ def patch(
             return patch_dry_run(_dry_run_args(spec, out))
         if resume is not None:
             console.print(f"resuming {resume}")
-        with progress_columns(console) as bar:
-            tid = bar.add_task("rows", total=None)
-            res = run_patch(spec, out=out, resume=resume,
-                            progress=lambda done, total: bar.update(tid, completed=done, total=total))
+        bar = _RowsBar(console)
+        try:
+            res = run_patch(spec, out=out, resume=resume, progress=bar)
+        finally:
+            bar.stop()
     an = res.analysis
     best = an.single_layer.loc[an.single_layer.groupby(["model", "position"], sort=False)["mean"].idxmax()]
     for r in best.itertuples():

@@ -73,12 +73,18 @@ def parse_layers(spec: str | list[int] | None, n_layers: int) -> list[int]:
     """``all`` / ``None`` → every layer; ``"0,3,-1"`` or a list → those layers (negative counts from the end)."""
     if spec is None or (isinstance(spec, str) and spec.strip().lower() == "all"):
         return list(range(n_layers))
-    items = [int(x) for x in spec.split(",") if x.strip()] if isinstance(spec, str) else list(spec)
+    from ivlens.specs import SpecError
+
+    try:
+        items = [int(x) for x in spec.split(",") if x.strip()] if isinstance(spec, str) else list(spec)
+    except ValueError:
+        raise SpecError(f"--layers: cannot read {spec!r}; give 'all' or layer indices such as 0,3,-1") from None
     layers = []
     for x in items:
         y = x + n_layers if x < 0 else x
         if not 0 <= y < n_layers:
-            raise ValueError(f"layer {x} out of range: the model has {n_layers} layers (0..{n_layers - 1})")
+            raise SpecError(f"--layers: layer {x} is out of range: the model has {n_layers} layers "
+                            f"(0..{n_layers - 1}, or -{n_layers}..-1 from the end)")
         if y not in layers:
             layers.append(y)
     return sorted(layers)

@@ -32,6 +32,7 @@ import pandas as pd
 
 from ivlens.models.load import LoadedModel, load_model
 from ivlens.runs import RunDir
+from ivlens.specs import SpecError
 from ivlens.tasks.prompts import PromptFormat
 from ivlens.tasks.requirements import require_rephrasings
 from ivlens.tasks.schema import Task
@@ -167,11 +168,14 @@ def probe_run(models: Sequence[str | LoadedModel], tasks: Sequence[str | Task], 
     """
     names = [m if isinstance(m, str) else m.name for m in models]
     if len(set(names)) != len(names):
-        raise ValueError(f"model names must be distinct to compare them side by side: {names}")
+        raise SpecError(f"--model: names must be distinct to compare them side by side: {names}")
     if varying == "instructions":
         require_rephrasings(tasks, n=2, analysis="probing")  # before any model is loaded
     task_names = [t if isinstance(t, str) else t.name for t in tasks]
     if run is None:
+        for m in models:  # refuse bad layers before a run directory exists
+            if isinstance(m, LoadedModel):
+                parse_layers(layers, m.n_layers)
         run = RunDir.create("probe", "+".join(model_slug(n) for n in names)[:60], out=out,
                             args={"tasks": task_names, "layers": layers, "varying": varying, "fmt": fmt,
                                   "batch_size": batch_size, "probe": asdict(cfg),

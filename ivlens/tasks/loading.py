@@ -364,8 +364,8 @@ def build_samples(path: Path, columns: list[str], rows: list[dict[str, str]], su
         if len(nums) > 1:
             answers = "; ".join(f"{s}: {' / '.join(merged[q][s])}" for s in subtasks)
             warnings.append(f"{path.name}: query {q!r} appears in rows {nums}; every listed answer is accepted ({answers})")
-    for w in warnings:
-        log.warning(w)
+    for w in warnings:  # kept in Task.warnings and shown by `ivlens tasks show/check`; not repeated by every command
+        log.info(w)
     samples = tuple(
         Sample(index=k, query=q, answers={s: tuple(a) for s, a in ans.items()}, rows=tuple(row_numbers[q]))
         for k, (q, ans) in enumerate(merged.items())

@@ -1,0 +1,80 @@
+"""A battery of ordinary mistakes across every command (issue 14, "Done when": at least 25 bad invocations):
+each ends in exactly one ``error:`` line on stderr naming the option or file, exit code 2 and no traceback.
+
+The commands run in-process through :func:`ivlens.cli.main`, the console script itself (so typer's own usage
+errors go through the same boundary as ivlens's), on a tiny random OLMo-2 directory.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from ivlens.cli import main
+
+M = "{model}"  # replaced by the tiny model's directory
+
+BATTERY: list[tuple[list[str], str]] = [
+    # bad choices (typer checks Literal options and lists the allowed values)
+    (["eval", "-m", M, "--task", "adjectives", "--format", "foo"], "'foo' is not one of"),
+    (["eval", "-m", M, "--task", "adjectives", "--dtype", "float8"], "'float8' is not one of"),
+    (["eval", "-m", M, "--task", "adjectives", "--score", "last-token"], "'last-token' is not one of"),
+    (["patch", "-m", M, "--mode", "sideways"], "'sideways' is not one of"),
+    (["patch", "-m", M, "--target", "elsewhere"], "'elsewhere' is not one of"),
+    (["probe", "-m", M, "--varying", "x"], "'x' is not one of"),
+    (["trace", "-m", M, "--method", "sideways"], "'sideways' is not one of"),
+    (["organism", "build", "--size", "huge"], "'huge' is not one of"),
+    (["organism", "build", "--variant", "other"], "'other' is not one of"),
+    # malformed values
+    (["patch", "-m", M, "--samples", "many"], "--samples"),
+    (["eval", "-m", M, "--task", "adjectives", "--samples", "0"], "--samples"),
+    (["eval", "-m", M, "--task", "adjectives", "--judge", "not a callable"], "--judge"),
+    (["eval", "-m", M, "--task", "adjectives", "--device", "tpu"], "--device"),
+    (["patch", "-m", M, "--memory-budget", "lots"], "lots"),
+    (["patch", "-m", M, "--positions", "zzz"], "zzz"),
+    # out-of-range indices
+    (["patch", "-m", M, "--layers", "0,99", "--no-figures"], "99"),
+    (["probe", "-m", M, "--layers", "0,99"], "99"),
+    (["trace", "-m", M, "--task", "adjectives", "--sample", "9999"], "--sample 9999 is out of range"),
+    # missing files and names
+    (["eval", "-m", "/no/such/model", "--task", "adjectives"], "/no/such/model"),
+    (["eval", "-m", M, "--task", "no-such-task"], "unknown task 'no-such-task'"),
+    (["eval", "-m", M, "--task", "adjectives", "--subtask", "nope"], "nope"),
+    (["probe", "-m", M, "--tasks", "no-such-task"], "unknown task 'no-such-task'"),
+    (["tasks", "show", "no-such-task"], "unknown task 'no-such-task'"),
+    (["tasks", "check", "/no/such/spec.yaml"], "/no/such/spec.yaml"),
+    (["patch", "--resume", "/no/such/run"], "no manifest.json"),
+    (["report", "/no/such/run"], "/no/such/run"),
+    # impossible combinations of options
+    (["eval", "-m", M, "--task", "adjectives", "--split", "heldout"], "--split heldout needs a model organism"),
+    (["trace", "-m", M], "give either --prompt TEXT or --task T"),
+    (["eval", "-m", M], "--task"),
+]
+
+
+@pytest.mark.parametrize(("args", "needle"), BATTERY, ids=[" ".join(a[:3]) + f" #{i}" for i, (a, _) in
+                                                        enumerate(BATTERY)])
+def test_bad_invocation_is_one_line_and_exit_2(args, needle, tiny_dir, tmp_path, monkeypatch, capsys):
+    model = str(tiny_dir("olmo2"))
+    capsys.readouterr()  # the fixture's own output (saving the tiny model) is not the command's
+    argv = [a.replace(M, model) for a in args]
+    if argv[0] in ("eval", "patch", "probe", "trace") and "--resume" not in argv:
+        argv += ["--out", str(tmp_path / "run")]
+    monkeypatch.setattr(sys, "argv", ["ivlens", *argv])
+    monkeypatch.setenv("COLUMNS", "400")  # one line, not wrapped by rich
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert exit_info.value.code == 2, (argv, err)
+    assert "Traceback" not in err, (argv, err)
+    assert len(lines) == 1 and lines[0].startswith("error:"), (argv, err)
+    assert needle in lines[0], (argv, err)
+    assert not (tmp_path / "run").exists(), "a refused invocation must not leave a run directory"
+
+
+def test_the_battery_is_large_enough():
+    assert len(BATTERY) >= 25
+    commands = {a[0] for a, _ in BATTERY}
+    assert commands >= {"eval", "patch", "probe", "trace", "organism", "tasks", "report"}
