@@ -67,9 +67,20 @@ def _with_note(plan: Plan, info: ModelInfo, dtype: str = "float32", first: bool 
     return add_startup(plan, info.shape, dtype, imports=first, gguf=info.gguf)
 
 
-def _budget(memory_budget, device: str) -> int:
-    from ivlens.budget import resolve_memory_budget
+#: the working memory a dry run assumes for a GPU it cannot see (half of an 80 GB card's free memory, the default
+#: share ``resolve_memory_budget`` takes on a real one); ``--memory-budget`` sizes for another card
+ABSENT_GPU_BUDGET = 40 << 30
 
+
+def _budget(memory_budget, device: str) -> int:
+    from ivlens.budget import parse_bytes, resolve_memory_budget
+
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        if memory_budget is not None and str(memory_budget).strip().lower() != "auto":
+            return parse_bytes(memory_budget)
+        log.warning("--device %s is not on this machine: sizing for a working memory of %d GiB (half of an 80 GB "
+                    "GPU); pass --memory-budget to size for another card", device, ABSENT_GPU_BUDGET >> 30)
+        return ABSENT_GPU_BUDGET
     return resolve_memory_budget(memory_budget, device)
 
 

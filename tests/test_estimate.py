@@ -157,6 +157,22 @@ def test_patch_dry_run_from_config_only(no_weights):
     assert "no tokenizer" in r.output and "peak memory" in r.output and "time ≈" in r.output
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks sizing a GPU run from a machine without one")
+def test_patch_dry_run_for_an_absent_gpu(no_weights, caplog):
+    """Sizing a GPU run from a CPU machine: the plan uses the stated GPU working memory (or --memory-budget) and
+    says it was timed on the CPU; no error."""
+    from ivlens.dry_run import ABSENT_GPU_BUDGET
+
+    args = ["patch", "--model", str(OLMO_1B), "--task", "adjectives", "--subtask", "adj_ant", "--layers", "pairs",
+            "--samples", "2", "--device", "cuda", "--dtype", "bfloat16", "--dry-run"]
+    r = CliRunner().invoke(_app(), args)
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())
+    assert f"memory budget {ABSENT_GPU_BUDGET / 2**30:.2f} GiB" in text and "timed on the CPU instead" in text
+    r = CliRunner().invoke(_app(), [*args, "--memory-budget", "20GiB"])
+    assert r.exit_code == 0 and "memory budget 20.00 GiB" in " ".join(r.output.split()), r.output
+
+
 def test_probe_eval_trace_dry_runs(no_weights, tmp_path):
     runner = CliRunner()
     cases = [["probe", "--model", str(OLMO_1B), "--tasks", "adjectives,animals", "--dry-run"],
