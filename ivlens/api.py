@@ -263,13 +263,16 @@ def run_trace(spec: TraceSpec, *, models: Sequence[LoadedModel] | None = None, o
 
 
 # --------------------------------------------------------------------------------------------- organism
-def run_organism(spec: OrganismSpec, *, out: str | Path | None = None, progress: bool = True) -> Path:
+def run_organism(spec: OrganismSpec, *, out: str | Path | None = None, progress: bool = True,
+                 run_dir: str | Path | None = None) -> Path:
     """Build (or reuse, unless ``spec.force``) the model organism; its build directory is its run directory
-    (``card.json`` records the spec and its hash). Returns the directory."""
+    (``card.json`` records the spec and its hash). With ``run_dir``, also write a run directory there holding the
+    card and its IV-transfer table, so that a study's report reads the organism like any other run. Returns the
+    build directory."""
     import json
 
     from .organism.build import build_organism
-    from .organism.card import CARD_NAME, read_card
+    from .organism.card import CARD_NAME, read_card, write_card_run
     from .runs import atomic_write_text
 
     directory = build_organism(out=Path(out) if out is not None else None, seed=spec.seed, size=spec.size,
@@ -278,4 +281,24 @@ def run_organism(spec: OrganismSpec, *, out: str | Path | None = None, progress:
     if card.get("spec_hash") != spec.hash():
         card.update(spec=spec.model_dump(mode="json"), spec_hash=spec.hash())
         atomic_write_text(Path(directory) / CARD_NAME, json.dumps(card, indent=2) + "\n")
+    if run_dir is not None:
+        dump = spec.model_dump(mode="json")
+        run = RunDir.create("organism", spec.variant, out=run_dir, args={**dump, "path": str(directory)},
+                            seed=spec.seed, spec=dump, spec_hash=spec.hash())
+        write_card_run(run, card)
+        run.finish()
     return directory
+
+
+# --------------------------------------------------------------------------------------------- any
+def run_spec(spec: Spec, *, models: Sequence[LoadedModel] | None = None, out: str | Path | None = None,
+             resume: str | Path | None = None) -> Path:
+    """Run any analysis's spec into ``out`` (or finish the run at ``resume``) through its ``run_<analysis>``;
+    returns the run directory. The study runner and ``ivlens merge`` call this."""
+    if isinstance(spec, OrganismSpec):
+        run_organism(spec, run_dir=out if out is not None else resume, progress=False)
+        return Path(out if out is not None else resume)
+    runner = {EvalSpec: run_eval, PatchSpec: run_patch, ProbeSpec: run_probe, TraceSpec: run_trace}[type(spec)]
+    result = runner(spec, models=models, out=out, resume=resume)
+    run = result[0] if isinstance(result, tuple) else result.run
+    return run.path

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -28,6 +28,8 @@ from ivlens.cli_common import (
     setup_logging,
 )
 from ivlens.specs import QueryStyle
+
+Executor = Literal["local", "ray"]
 
 app = typer.Typer(help="ivlens: instruction vectors, layer patching, probes and exact path tracing for causal LMs.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -167,23 +169,48 @@ def eval_cmd(
     console.print(f"results: {run.path}")
 
 
-# ----------------------------------------------------------------------------- main job
-@app.command("main")
-def main_job(
-    out: Annotated[str | None, typer.Option("--out", help="directory of the main job's results")] = None,
-    samples: Annotated[int | None, typer.Option("--samples", help="samples per task (default: all)")] = None,
+# ----------------------------------------------------------------------------- study
+@app.command("run")
+def run_cmd(
+    study_file: Annotated[str, typer.Argument(help="the study: a YAML file of models × tasks × analyses "
+                                                   "(examples/organism.yaml is the main job)")],
+    out: Annotated[str | None, typer.Option("--out", help="the study directory (default runs/<study name>); a "
+                                            "rerun skips finished steps and resumes unfinished ones")] = None,
+    dry_run: DryRunOpt = False,
+    executor: Annotated[Executor, typer.Option("--executor", help="where steps run: here, one after another "
+                                               "(local), or as Ray tasks (ray)")] = "local",
+    ray_address: Annotated[str | None, typer.Option("--ray-address", help="a Ray cluster to join (default: "
+                                                    "start a local instance)")] = None,
+    shards: Annotated[int, typer.Option("--shards", min=1, help="with --executor ray: Ray tasks per step, each a "
+                                        "share of the step's units of work (models × samples)")] = 2,
 ) -> None:
-    """The main job on the embedded default: build the model organisms if missing, then run every analysis
-    on base / SFT / DPO, and print where the results are."""
-    from ivlens.main_job import run_main_job
+    """Run a study: every step (one analysis run) not done yet, into one study directory, then its report."""
+    from ivlens.study import load_study, run_study
 
     with friendly_errors():
-        path = run_main_job(out=out, samples=samples)
-    err_console.print("")
-    console.print(f"[bold green]main job finished.[/] results: {path}")
-    report = path / "report.html"
-    if report.exists():
-        console.print(f"report: {report}")
+        study = load_study(study_file)
+        if dry_run:
+            from ivlens.study.dry_run import dry_run_study
+
+            dry_run_study(study, console)
+            return
+        if executor == "ray":
+            from ivlens.study.ray_executor import RayExecutor
+
+            chosen = RayExecutor(address=ray_address, shards=shards)
+        else:
+            from ivlens.study.executors import LocalExecutor
+
+            chosen = LocalExecutor()
+        result = run_study(study, out, executor=chosen,
+                           say=lambda line: err_console.print(line, highlight=False))
+    rows = [{"step": rel, "before": state, "seconds": result.seconds.get(rel, 0.0)}
+            for rel, state in result.states.items()]
+    import pandas as pd
+
+    console.print(frame_table(pd.DataFrame(rows), title=f"study {study.name}", floatfmt="{:.1f}"))
+    console.print(f"[bold green]study finished.[/] results: {result.directory}")
+    console.print(f"report: {result.report}")
 
 
 # ----------------------------------------------------------------------------- report
