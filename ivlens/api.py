@@ -23,6 +23,7 @@ import pandas as pd
 
 from .models.load import LoadedModel, load_model
 from .runs import RunDir
+from .sharding import owner
 from .specs import (
     EvalSpec,
     OrganismSpec,
@@ -67,6 +68,12 @@ def start_run(spec: Spec, name: str, *, out: str | Path | None = None, resume: s
     dump = spec.model_dump(mode="json")
     return RunDir.create(spec.analysis, name, out=out, args=dump, models=described, task=task,
                          seed=getattr(spec, "seed", None), spec=dump, spec_hash=spec.hash())
+
+
+def stop_shard(run: RunDir, spec: Spec) -> None:
+    """End a sharded run after its units of work: the manifest says which shard it holds, and
+    :func:`ivlens.merge.merge_runs` finishes the merged run."""
+    run.end("shard", shard=getattr(spec, "shard", None))
 
 
 def _load(names: Sequence[str], spec: Spec, given: Sequence[LoadedModel] | None) -> list[LoadedModel]:
@@ -116,6 +123,7 @@ def run_eval(spec: EvalSpec, *, models: Sequence[LoadedModel] | None = None, out
     chosen = {lm.name: selection.select_samples(t, spec.samples, spec.seed, split_queries(lm, t, spec.split))
               for lm in lms}
     run = start_run(spec, t.name, out=out, resume=resume, models=lms, task=t.name)
+    owns, unit = owner(spec.shard), -1
     for mi, lm in enumerate(lms):
         picked = chosen[lm.name]
         per_sample = len(subtasks) * (3 if t.is_contrastive else 2)  # scored subtasks × conditions
@@ -124,7 +132,8 @@ def run_eval(spec: EvalSpec, *, models: Sequence[LoadedModel] | None = None, out
             for ci in range(0, len(picked), spec.chunk_size):
                 key = f"m{mi}-c{ci // spec.chunk_size:05d}"
                 chunk = picked[ci:ci + spec.chunk_size]
-                if run.has_shard("results", key):
+                unit += 1
+                if run.has_shard("results", key) or not owns(unit):
                     if advance:
                         advance(len(chunk) * per_sample)
                     continue
@@ -132,6 +141,9 @@ def run_eval(spec: EvalSpec, *, models: Sequence[LoadedModel] | None = None, out
                               prefill=spec.prefill, batch_size=spec.batch_size, judge=judge, progress=advance)
                 df.insert(1, "split", spec.split)
                 run.write_shard("results", key, df)
+    if spec.shard is not None:
+        stop_shard(run, spec)
+        return run, pd.DataFrame(), pd.DataFrame()
     results = run.read_table("results")
     summary = summarize(results)
     decides = instruction_decides(results) if t.is_contrastive and len(subtasks) == 2 else pd.DataFrame()
@@ -150,7 +162,7 @@ class PatchResult:
 
     run: RunDir
     sweep: object  # ivlens.patching.sweep.SweepResult
-    analysis: object  # ivlens.patching.analysis.Analysis
+    analysis: object  # ivlens.patching.analysis.Analysis; None for one shard (``spec.shard``)
 
 
 def run_patch(spec: PatchSpec, *, models: Sequence[LoadedModel] | None = None,
@@ -182,7 +194,11 @@ def run_patch(spec: PatchSpec, *, models: Sequence[LoadedModel] | None = None,
         res = patch_sweep(lms, t, subtask, layers=spec.layers, positions=spec.positions, samples=spec.samples,
                           split=spec.split, mode=spec.mode, source_model=src, target=spec.target, fmt=spec.format,
                           batch_size=spec.batch_size, memory_budget=spec.memory_budget, chunk_size=spec.chunk_size,
-                          seed=spec.seed, run=run, device=spec.device, backend=spec.backend, progress=progress)
+                          seed=spec.seed, run=run, device=spec.device, backend=spec.backend, progress=progress,
+                          owns=owner(spec.shard))
+        if spec.shard is not None:
+            stop_shard(run, spec)
+            return PatchResult(run, res, None)
         an = analyse(res.rows, effect=spec.effect, correction=spec.correction, alpha=spec.alpha, run=run,
                      make_figures=spec.figures)
     run.finish(engine={k: v.to_dict() for k, v in res.stats.items()}, n_rows=len(res.rows))
@@ -195,7 +211,7 @@ def run_probe(spec: ProbeSpec, *, models: Sequence[LoadedModel] | None = None, o
     """Collect the IVs of ``spec.tasks`` ' instructions in every model (streamed, resumable) and probe, project
     and compare them layer by layer. Returns :class:`ivlens.probing.run.ProbeResult`."""
     from .probing.probes import ProbeConfig
-    from .probing.run import model_slug, probe_run
+    from .probing.run import ProbeResult, model_slug, probe_run
     from .tasks.requirements import require_rephrasings
 
     if spec.varying == "instructions":
@@ -205,12 +221,16 @@ def run_probe(spec: ProbeSpec, *, models: Sequence[LoadedModel] | None = None, o
     names = [m.name for m in models] if models is not None else list(spec.models)
     run = start_run(spec, "+".join(model_slug(n) for n in names)[:60], out=out, resume=resume,
                     task=",".join(spec.tasks))
-    return probe_run(list(models) if models is not None else list(spec.models), list(spec.tasks),
-                     layers=spec.layers, varying=spec.varying, run=run, user_instructions=dict(spec.instructions), fmt=spec.format,
-                     batch_size=spec.batch_size, cfg=ProbeConfig(folds=spec.folds, seed=spec.seed),
-                     figure_at=list(spec.figure_layers) if spec.figure_layers is not None else None,
-                     max_per_subtask=spec.max_per_subtask, memory_budget=spec.memory_budget,
-                     load_kwargs=spec.load_kwargs(), resume=resume is not None)
+    res = probe_run(list(models) if models is not None else list(spec.models), list(spec.tasks),
+                    layers=spec.layers, varying=spec.varying, run=run, user_instructions=dict(spec.instructions), fmt=spec.format,
+                    batch_size=spec.batch_size, cfg=ProbeConfig(folds=spec.folds, seed=spec.seed),
+                    figure_at=list(spec.figure_layers) if spec.figure_layers is not None else None,
+                    max_per_subtask=spec.max_per_subtask, memory_budget=spec.memory_budget,
+                    load_kwargs=spec.load_kwargs(), resume=resume is not None, shard=spec.shard)
+    if spec.shard is not None:
+        stop_shard(run, spec)
+        return ProbeResult(run, pd.DataFrame(), pd.DataFrame(), pd.DataFrame())
+    return res
 
 
 # --------------------------------------------------------------------------------------------- trace
@@ -250,7 +270,11 @@ def run_trace(spec: TraceSpec, *, models: Sequence[LoadedModel] | None = None, o
                     task=spec.task)
     if spec.compare:
         summaries = compare_run(lms, spec.task, run, samples=spec.samples, split=spec.split, seed=spec.seed,
-                                fmt=spec.format, top_k=spec.top_k, beam=spec.beam, progress=progress)
+                                fmt=spec.format, top_k=spec.top_k, beam=spec.beam, progress=progress,
+                                owns=owner(spec.shard) if spec.shard is not None else None)
+        if spec.shard is not None:
+            stop_shard(run, spec)
+            return TraceRunResult(run, summaries={})
         run.finish(summary=summaries)
         return TraceRunResult(run, summaries=summaries)
     target: str | int | None = spec.target

@@ -17,6 +17,7 @@ from ivlens.cli_common import (
     ResumeOpt,
     RevisionOpt,
     SeedOpt,
+    ShardOpt,
     SplitOpt,
     TrustOpt,
     build_spec,
@@ -26,6 +27,7 @@ from ivlens.cli_common import (
     friendly_errors,
     progress_bar,
     setup_logging,
+    shard_written,
 )
 from ivlens.specs import QueryStyle
 
@@ -136,6 +138,7 @@ def eval_cmd(
     seed: SeedOpt = 0,
     out: OutOpt = None,
     resume: ResumeOpt = None,
+    shard: ShardOpt = None,
     gguf_file: GgufOpt = None,
     dtype: DtypeOpt = "float32",
     device: DeviceOpt = "cpu",
@@ -152,7 +155,8 @@ def eval_cmd(
         options = {"models": tuple(model or ()), "task": task, "subtask": subtask, "samples": samples,
                    "format": fmt, "split": split, "query_style": query_style, "prefill": prefill, "judge": judge,
                    "batch_size": batch_size, "chunk_size": chunk_size, "seed": seed, "gguf_file": gguf_file,
-                   "dtype": dtype, "device": device, "revision": revision, "trust_remote_code": trust_remote_code}
+                   "dtype": dtype, "device": device, "revision": revision, "trust_remote_code": trust_remote_code,
+                   "shard": shard}
         spec = build_spec(ctx, EvalSpec, options, resume, params={"models": "model", "format": "fmt"})
         if dry_run:
             from ivlens.dry_run import eval_dry_run
@@ -163,6 +167,8 @@ def eval_cmd(
                          trust_remote_code=spec.trust_remote_code)
             return
         run, summary, decides = run_eval(spec, out=out, resume=resume, progress=progress_bar)
+    if spec.shard is not None:
+        return shard_written(run.path, spec.shard)
     console.print(frame_table(summary, title=f"eval: {spec.task} ({spec.format}, split {spec.split})"))
     if not decides.empty:
         console.print(frame_table(decides, title="the instruction decides (both subtasks answered correctly)"))
@@ -211,6 +217,21 @@ def run_cmd(
     console.print(frame_table(pd.DataFrame(rows), title=f"study {study.name}", floatfmt="{:.1f}"))
     console.print(f"[bold green]study finished.[/] results: {result.directory}")
     console.print(f"report: {result.report}")
+
+
+# ----------------------------------------------------------------------------- merge
+@app.command("merge")
+def merge_cmd(
+    runs: Annotated[list[str], typer.Argument(help="the run directories of the shards (--shard 0/n … n-1/n)")],
+    out: Annotated[str, typer.Option("--out", help="the merged run directory (new)")],
+) -> None:
+    """Join the shards of one sweep (eval, patch, probe, trace --compare run with --shard i/n, e.g. as SLURM
+    array jobs) into one run equal to the unsharded run, and finish it (tables, figures, manifest)."""
+    from ivlens.merge import merge_runs
+
+    with friendly_errors():
+        path = merge_runs(runs, out)
+    console.print(f"merged {len(runs)} shards: {path}")
 
 
 # ----------------------------------------------------------------------------- report
