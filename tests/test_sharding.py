@@ -13,18 +13,6 @@ from ivlens.merge import MergeError, merge_runs
 from ivlens.runs import RunDir
 from ivlens.sharding import Shard
 from ivlens.specs import EvalSpec, PatchSpec, ProbeSpec, SpecError, TraceSpec
-from ivlens.testing.tiny import tiny_model, tiny_tokenizer
-
-
-@pytest.fixture(scope="module")
-def two_models(tmp_path_factory):
-    dirs = []
-    for seed in (0, 1):
-        d = tmp_path_factory.mktemp(f"m{seed}")
-        tiny_model("olmo2", seed=seed, n_layers=4, d_model=64, n_heads=4).save_pretrained(d)
-        tiny_tokenizer().save_pretrained(d)
-        dirs.append(str(d))
-    return tuple(dirs)
 
 
 def test_a_shard_owns_every_nth_unit():
@@ -50,9 +38,9 @@ SWEEPS = {
 
 
 @pytest.mark.parametrize("analysis", list(SWEEPS))
-def test_merged_shards_equal_the_unsharded_run(two_models, tmp_path, analysis):
+def test_merged_shards_equal_the_unsharded_run(two_tiny_dirs, tmp_path, analysis):
     spec_cls, options, tables = SWEEPS[analysis]
-    spec = spec_cls(models=two_models, **options)
+    spec = spec_cls(models=two_tiny_dirs, **options)
     whole = run_spec(spec, out=tmp_path / "whole")
     shards = [run_spec(spec.model_copy(update={"shard": f"{i}/3"}), out=tmp_path / f"shard{i}") for i in range(3)]
     for s in shards:
@@ -65,8 +53,8 @@ def test_merged_shards_equal_the_unsharded_run(two_models, tmp_path, analysis):
         pd.testing.assert_frame_equal(a.read_table(t), b.read_table(t), check_exact=True, obj=t)
 
 
-def test_merge_refuses_incomplete_or_mixed_shards(two_models, tmp_path):
-    spec = EvalSpec(models=two_models[:1], task="animals", samples=2, chunk_size=1)
+def test_merge_refuses_incomplete_or_mixed_shards(two_tiny_dirs, tmp_path):
+    spec = EvalSpec(models=two_tiny_dirs[:1], task="animals", samples=2, chunk_size=1)
     s0 = run_spec(spec.model_copy(update={"shard": "0/2"}), out=tmp_path / "s0")
     other = run_spec(spec.model_copy(update={"samples": 3, "shard": "1/2"}), out=tmp_path / "other")
     with pytest.raises(MergeError, match="missing 1/2"):
@@ -77,8 +65,8 @@ def test_merge_refuses_incomplete_or_mixed_shards(two_models, tmp_path):
     assert r.exit_code == 2 and "missing 1/2" in r.output
 
 
-def test_the_cli_shards_and_merges(two_models, tmp_path):
-    common = ["eval", "--model", two_models[0], "--task", "animals", "--samples", "2", "--chunk-size", "1"]
+def test_the_cli_shards_and_merges(two_tiny_dirs, tmp_path):
+    common = ["eval", "--model", two_tiny_dirs[0], "--task", "animals", "--samples", "2", "--chunk-size", "1"]
     runner = CliRunner()
     for i in range(2):
         r = runner.invoke(app, [*common, "--shard", f"{i}/2", "--out", str(tmp_path / f"s{i}")])

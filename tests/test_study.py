@@ -16,25 +16,13 @@ from typer.testing import CliRunner
 from ivlens.cli import app
 from ivlens.runs import RunDir
 from ivlens.study import StudyError, StudySpec, load_study, plan_steps, run_study
-from ivlens.testing.tiny import tiny_model, tiny_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
 from test_run_contract import _env, _kill_when  # noqa: E402  (the SIGKILL helpers of the run contract's tests)
 
 
-@pytest.fixture(scope="module")
-def tiny_dirs(tmp_path_factory):
-    dirs = []
-    for seed in (0, 1):
-        d = tmp_path_factory.mktemp(f"model{seed}")
-        tiny_model("olmo2", seed=seed, n_layers=4, d_model=64, n_heads=4).save_pretrained(d)
-        tiny_tokenizer().save_pretrained(d)
-        dirs.append(str(d))
-    return dirs
-
-
-def tiny_study(dirs: list[str], name: str = "tiny") -> dict:
+def tiny_study(dirs: tuple[str, ...] | list[str], name: str = "tiny") -> dict:
     """Every analysis on two tiny models, small enough for the default suite (patch in 1-sample shards)."""
     return {
         "name": name,
@@ -149,10 +137,10 @@ def _ivlens_run(study: Path, out: Path) -> None:
     assert r.returncode == 0, r.stderr[-3000:]
 
 
-def test_a_killed_study_resumes_and_equals_an_uninterrupted_one(tiny_dirs, tmp_path):
+def test_a_killed_study_resumes_and_equals_an_uninterrupted_one(two_tiny_dirs, tmp_path):
     """Both runs in processes with the same threads, so that their floats agree bit for bit."""
     study = tmp_path / "tiny.yaml"
-    study.write_text(yaml.safe_dump(tiny_study(tiny_dirs)))
+    study.write_text(yaml.safe_dump(tiny_study(two_tiny_dirs)))
     full, broken = tmp_path / "full", tmp_path / "broken"
     _ivlens_run(study, full)
     assert list(_tables(full)) and '<section id="patching">' in (full / "report.html").read_text()
@@ -172,8 +160,8 @@ def test_a_killed_study_resumes_and_equals_an_uninterrupted_one(tiny_dirs, tmp_p
     assert set(again.states.values()) == {"done"} and again.seconds == {}
 
 
-def test_a_study_runs_its_steps_skips_them_when_done_and_refuses_other_options(tiny_dirs, tmp_path):
-    data = tiny_study(tiny_dirs)
+def test_a_study_runs_its_steps_skips_them_when_done_and_refuses_other_options(two_tiny_dirs, tmp_path):
+    data = tiny_study(two_tiny_dirs)
     data["analyses"] = {"eval": {"tasks": ["adjectives"], "samples": 2}}
     first = run_study(StudySpec(**data), tmp_path / "s")
     assert first.states == {"eval/adjectives": "new"} and '<section id="eval">' in first.report.read_text()
