@@ -46,7 +46,8 @@ def tiny_study(dirs: tuple[str, ...] | list[str], name: str = "tiny") -> dict:
     ({"analyses": {"patch": {"layerz": "pairs"}}}, "analyses.patch: --layerz: unknown option for PatchSpec"),
     ({"analyses": {"patch": {"correction": ["holm", "bonf"]}}}, "--correction: 'bonf' is not one of holm, bh"),
     ({"analyses": {"eval": {"tasks": ["snarks"]}}}, "analyses.eval.tasks: ['snarks'] are not tasks of the study"),
-    ({"analyses": {"eval": {"task": "adjectives"}}}, "analyses.eval.task: set by the study"),
+    ({"analyses": {"eval": {"task": "adjectives"}}}, "analyses.eval.task: set by the study; give the block's tasks"),
+    ({"analyses": {"patch": {"shard": "0/2"}}}, "analyses.patch.shard: set by the study; the executor shards steps"),
     ({"models": {"a": {"model": "m", "cfg": "x"}}}, "models.a.cfg: unknown key (allowed: model, config)"),
 ])
 def test_a_bad_study_is_one_line_naming_the_key_and_the_allowed_values(change, expected):

@@ -23,6 +23,10 @@ from .spec import StudyError, StudySpec
 ORDER = ("organism", "eval", "patch", "probe", "trace")
 #: Analyses with one ``task`` per run (one step per study task); probe takes them all (``tasks``).
 PER_TASK = frozenset({"eval", "patch", "trace"})
+#: Spec options a study block may not set, and what to do instead.
+RESERVED = {"models": "give the study's models (models: {label: model})",
+            "task": "give the block's tasks (tasks: [...]), a subset of the study's",
+            "shard": "the executor shards steps (ivlens run --executor ray --shards N)"}
 
 
 @dataclass(frozen=True)
@@ -77,10 +81,9 @@ def plan_steps(study: StudySpec) -> list[Step]:
         for bi, block in enumerate(blocks):
             where = f"analyses.{analysis}" + (f"[{bi}]" if len(blocks) > 1 else "")
             block = dict(block)
-            for reserved in ("models", "task"):
+            for reserved, instead in RESERVED.items():
                 if reserved in block:
-                    raise StudyError(f"{where}.{reserved}: set by the study (its models and tasks); give "
-                                     f"{'the study-level models' if reserved == 'models' else 'tasks: [...]'}")
+                    raise StudyError(f"{where}.{reserved}: set by the study; {instead}")
             tasks = tuple(block.pop("tasks", study.tasks))
             if isinstance(tasks, str):
                 tasks = (tasks,)
