@@ -24,6 +24,7 @@ import pandas as pd
 from .models.load import LoadedModel, load_model
 from .runs import RunDir
 from .scoped import torch_threads
+from .sharding import owner
 from .specs import (
     EvalSpec,
     OrganismSpec,
@@ -70,6 +71,12 @@ def start_run(spec: Spec, name: str, *, out: str | Path | None = None, resume: s
                          seed=getattr(spec, "seed", None), spec=dump, spec_hash=spec.hash())
 
 
+def stop_shard(run: RunDir, spec: Spec) -> None:
+    """End a sharded run after its units of work: the manifest says which shard it holds, and
+    :func:`ivlens.merge.merge_runs` finishes the merged run."""
+    run.end("shard", shard=getattr(spec, "shard", None))
+
+
 def _load(names: Sequence[str], spec: Spec, given: Sequence[LoadedModel] | None) -> list[LoadedModel]:
     if given is not None:
         if len(given) != len(names):
@@ -103,6 +110,7 @@ def run_eval(spec: EvalSpec, *, models: Sequence[LoadedModel] | None = None, out
     chosen = {lm.name: selection.select_samples(t, spec.samples, spec.seed, split_queries(lm, t, spec.split))
               for lm in lms}
     run = start_run(spec, t.name, out=out, resume=resume, models=lms, task=t.name)
+    owns, unit = owner(spec.shard), -1
     for mi, lm in enumerate(lms):
         picked = chosen[lm.name]
         per_sample = len(subtasks) * (3 if t.is_contrastive else 2)  # scored subtasks × conditions
@@ -111,7 +119,8 @@ def run_eval(spec: EvalSpec, *, models: Sequence[LoadedModel] | None = None, out
             for ci in range(0, len(picked), spec.chunk_size):
                 key = f"m{mi}-c{ci // spec.chunk_size:05d}"
                 chunk = picked[ci:ci + spec.chunk_size]
-                if run.has_shard("results", key):
+                unit += 1
+                if run.has_shard("results", key) or not owns(unit):
                     if advance:
                         advance(len(chunk) * per_sample)
                     continue
@@ -120,6 +129,9 @@ def run_eval(spec: EvalSpec, *, models: Sequence[LoadedModel] | None = None, out
                               score=spec.score)
                 df.insert(1, "split", spec.split)
                 run.write_shard("results", key, df)
+    if spec.shard is not None:
+        stop_shard(run, spec)
+        return run, pd.DataFrame(), pd.DataFrame()
     results = run.read_table("results")
     summary = summarize(results)
     decides = instruction_decides(results) if t.is_contrastive and len(subtasks) == 2 else pd.DataFrame()
@@ -138,7 +150,7 @@ class PatchResult:
 
     run: RunDir
     sweep: object  # ivlens.patching.sweep.SweepResult
-    analysis: object  # ivlens.patching.analysis.Analysis
+    analysis: object  # ivlens.patching.analysis.Analysis; None for one shard (``spec.shard``)
 
 
 def run_patch(spec: PatchSpec, *, models: Sequence[LoadedModel] | None = None,
@@ -171,7 +183,10 @@ def run_patch(spec: PatchSpec, *, models: Sequence[LoadedModel] | None = None,
                           split=spec.split, mode=spec.mode, source_model=src, target=spec.target, fmt=spec.format,
                           batch_size=spec.batch_size, memory_budget=spec.memory_budget, chunk_size=spec.chunk_size,
                           seed=spec.seed, run=run, device=spec.device, backend=spec.backend, score=spec.score,
-                          progress=progress)
+                          progress=progress, owns=owner(spec.shard))
+        if spec.shard is not None:
+            stop_shard(run, spec)
+            return PatchResult(run, res, None)
         an = analyse(res.rows, effect=spec.effect, correction=spec.correction, alpha=spec.alpha, run=run,
                      make_figures=spec.figures)
     run.finish(engine={k: v.to_dict() for k, v in res.stats.items()}, n_rows=len(res.rows))
@@ -200,7 +215,7 @@ def run_probe(spec: ProbeSpec, *, models: Sequence[LoadedModel] | None = None, o
     and compare them layer by layer. Returns :class:`ivlens.probing.run.ProbeResult`."""
     from .probing.collect import parse_layers
     from .probing.probes import ProbeConfig
-    from .probing.run import model_slug, probe_run
+    from .probing.run import ProbeResult, model_slug, probe_run
     from .tasks.requirements import require_rephrasings
 
     if spec.varying == "instructions":
@@ -215,12 +230,16 @@ def run_probe(spec: ProbeSpec, *, models: Sequence[LoadedModel] | None = None, o
                 parse_layers(spec.layers, n_layers)
     run = start_run(spec, "+".join(model_slug(n) for n in names)[:60], out=out, resume=resume,
                     task=",".join(spec.tasks))
-    return probe_run(list(models) if models is not None else list(spec.models), list(spec.tasks),
-                     layers=spec.layers, varying=spec.varying, run=run, user_instructions=dict(spec.instructions), fmt=spec.format,
-                     batch_size=spec.batch_size, cfg=ProbeConfig(folds=spec.folds, seed=spec.seed),
-                     figure_at=list(spec.figure_layers) if spec.figure_layers is not None else None,
-                     max_per_subtask=spec.max_per_subtask, memory_budget=spec.memory_budget,
-                     load_kwargs=spec.load_kwargs(), resume=resume is not None)
+    res = probe_run(list(models) if models is not None else list(spec.models), list(spec.tasks),
+                    layers=spec.layers, varying=spec.varying, run=run, user_instructions=dict(spec.instructions), fmt=spec.format,
+                    batch_size=spec.batch_size, cfg=ProbeConfig(folds=spec.folds, seed=spec.seed),
+                    figure_at=list(spec.figure_layers) if spec.figure_layers is not None else None,
+                    max_per_subtask=spec.max_per_subtask, memory_budget=spec.memory_budget,
+                    load_kwargs=spec.load_kwargs(), resume=resume is not None, shard=spec.shard)
+    if spec.shard is not None:
+        stop_shard(run, spec)
+        return ProbeResult(run, pd.DataFrame(), pd.DataFrame(), pd.DataFrame())
+    return res
 
 
 # --------------------------------------------------------------------------------------------- trace
@@ -260,7 +279,11 @@ def run_trace(spec: TraceSpec, *, models: Sequence[LoadedModel] | None = None, o
                     task=spec.task)
     if spec.compare:
         summaries = compare_run(lms, spec.task, run, samples=spec.samples, split=spec.split, seed=spec.seed,
-                                fmt=spec.format, top_k=spec.top_k, beam=spec.beam, progress=progress)
+                                fmt=spec.format, top_k=spec.top_k, beam=spec.beam, progress=progress,
+                                owns=owner(spec.shard) if spec.shard is not None else None)
+        if spec.shard is not None:
+            stop_shard(run, spec)
+            return TraceRunResult(run, summaries={})
         run.finish(summary=summaries)
         return TraceRunResult(run, summaries=summaries)
     target: str | int | None = spec.target
@@ -273,13 +296,16 @@ def run_trace(spec: TraceSpec, *, models: Sequence[LoadedModel] | None = None, o
 
 
 # --------------------------------------------------------------------------------------------- organism
-def run_organism(spec: OrganismSpec, *, out: str | Path | None = None, progress: bool = True) -> Path:
+def run_organism(spec: OrganismSpec, *, out: str | Path | None = None, progress: bool = True,
+                 run_dir: str | Path | None = None) -> Path:
     """Build (or reuse, unless ``spec.force``) the model organism; its build directory is its run directory
-    (``card.json`` records the spec and its hash). Returns the directory."""
+    (``card.json`` records the spec and its hash). With ``run_dir``, also write a run directory there holding the
+    card and its IV-transfer table, so that a study's report reads the organism like any other run. Returns the
+    build directory."""
     import json
 
     from .organism.build import build_organism
-    from .organism.card import CARD_NAME, read_card
+    from .organism.card import CARD_NAME, read_card, write_card_run
     from .runs import atomic_write_text
 
     directory = build_organism(out=Path(out) if out is not None else None, seed=spec.seed, size=spec.size,
@@ -288,4 +314,24 @@ def run_organism(spec: OrganismSpec, *, out: str | Path | None = None, progress:
     if card.get("spec_hash") != spec.hash():
         card.update(spec=spec.model_dump(mode="json"), spec_hash=spec.hash())
         atomic_write_text(Path(directory) / CARD_NAME, json.dumps(card, indent=2) + "\n")
+    if run_dir is not None:
+        dump = spec.model_dump(mode="json")
+        run = RunDir.create("organism", spec.variant, out=run_dir, args={**dump, "path": str(directory)},
+                            seed=spec.seed, spec=dump, spec_hash=spec.hash())
+        write_card_run(run, card)
+        run.finish()
     return directory
+
+
+# --------------------------------------------------------------------------------------------- any
+def run_spec(spec: Spec, *, models: Sequence[LoadedModel] | None = None, out: str | Path | None = None,
+             resume: str | Path | None = None) -> Path:
+    """Run any analysis's spec into ``out`` (or finish the run at ``resume``) through its ``run_<analysis>``;
+    returns the run directory. The study runner and ``ivlens merge`` call this."""
+    if isinstance(spec, OrganismSpec):
+        run_organism(spec, run_dir=out if out is not None else resume, progress=False)
+        return Path(out if out is not None else resume)
+    runner = {EvalSpec: run_eval, PatchSpec: run_patch, ProbeSpec: run_probe, TraceSpec: run_trace}[type(spec)]
+    result = runner(spec, models=models, out=out, resume=resume)
+    run = result[0] if isinstance(result, tuple) else result.run
+    return run.path

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -18,6 +18,7 @@ from ivlens.cli_common import (
     RevisionOpt,
     ScoreOpt,
     SeedOpt,
+    ShardOpt,
     SplitOpt,
     TrustOpt,
     build_spec,
@@ -27,8 +28,11 @@ from ivlens.cli_common import (
     frame_table,
     friendly_errors,
     progress_bar,
+    shard_written,
 )
 from ivlens.specs import QueryStyle
+
+Executor = Literal["local", "ray"]
 
 app = typer.Typer(help="ivlens: instruction vectors, layer patching, probes and exact path tracing for causal LMs.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -138,6 +142,7 @@ def eval_cmd(
     seed: SeedOpt = 0,
     out: OutOpt = None,
     resume: ResumeOpt = None,
+    shard: ShardOpt = None,
     gguf_file: GgufOpt = None,
     dtype: DtypeOpt = "float32",
     device: DeviceOpt = "cpu",
@@ -153,8 +158,9 @@ def eval_cmd(
     with friendly_errors():
         options = {"models": tuple(model or ()), "task": task, "subtask": subtask, "samples": samples,
                    "format": fmt, "split": split, "query_style": query_style, "prefill": prefill, "judge": judge,
-                   "batch_size": batch_size, "chunk_size": chunk_size, "score": score, "seed": seed, "gguf_file": gguf_file,
-                   "dtype": dtype, "device": device, "revision": revision, "trust_remote_code": trust_remote_code}
+                   "batch_size": batch_size, "chunk_size": chunk_size, "score": score, "seed": seed,
+                   "gguf_file": gguf_file, "dtype": dtype, "device": device, "revision": revision,
+                   "trust_remote_code": trust_remote_code, "shard": shard}
         spec = build_spec(ctx, EvalSpec, options, resume, params={"models": "model", "format": "fmt"})
         if dry_run:
             from ivlens.dry_run import eval_dry_run
@@ -165,29 +171,71 @@ def eval_cmd(
                          trust_remote_code=spec.trust_remote_code)
             return
         run, summary, decides = run_eval(spec, out=out, resume=resume, progress=progress_bar)
+    if spec.shard is not None:
+        return shard_written(run.path, spec.shard)
     console.print(frame_table(summary, title=f"eval: {spec.task} ({spec.format}, split {spec.split})"))
     if not decides.empty:
         console.print(frame_table(decides, title="the instruction decides (both subtasks answered correctly)"))
     console.print(f"results: {run.path}")
 
 
-# ----------------------------------------------------------------------------- main job
-@app.command("main")
-def main_job(
-    out: Annotated[str | None, typer.Option("--out", help="directory of the main job's results")] = None,
-    samples: Annotated[int | None, typer.Option("--samples", help="samples per task (default: all)")] = None,
+# ----------------------------------------------------------------------------- study
+@app.command("run")
+def run_cmd(
+    study_file: Annotated[str, typer.Argument(help="the study: a YAML file of models × tasks × analyses "
+                                                   "(examples/organism.yaml is the main job)")],
+    out: Annotated[str | None, typer.Option("--out", help="the study directory (default runs/<study name>); a "
+                                            "rerun skips finished steps and resumes unfinished ones")] = None,
+    dry_run: DryRunOpt = False,
+    executor: Annotated[Executor, typer.Option("--executor", help="where steps run: here, one after another "
+                                               "(local), or as Ray tasks (ray)")] = "local",
+    ray_address: Annotated[str | None, typer.Option("--ray-address", help="a Ray cluster to join (default: "
+                                                    "start a local instance)")] = None,
+    shards: Annotated[int, typer.Option("--shards", min=1, help="with --executor ray: Ray tasks per step, each a "
+                                        "share of the step's units of work (models × samples)")] = 2,
 ) -> None:
-    """The main job on the embedded default: build the model organisms if missing, then run every analysis
-    on base / SFT / DPO, and print where the results are."""
-    from ivlens.main_job import run_main_job
+    """Run a study: every step (one analysis run) not done yet, into one study directory, then its report."""
+    from ivlens.study import load_study, run_study
 
     with friendly_errors():
-        path = run_main_job(out=out, samples=samples)
-    err_console.print("")
-    console.print(f"[bold green]main job finished.[/] results: {path}")
-    report = path / "report.html"
-    if report.exists():
-        console.print(f"report: {report}")
+        study = load_study(study_file)
+        if dry_run:
+            from ivlens.study.dry_run import dry_run_study
+
+            dry_run_study(study, console)
+            return
+        if executor == "ray":
+            from ivlens.study.ray_executor import RayExecutor
+
+            chosen = RayExecutor(address=ray_address, shards=shards)
+        else:
+            from ivlens.study.executors import LocalExecutor
+
+            chosen = LocalExecutor()
+        result = run_study(study, out, executor=chosen,
+                           say=lambda line: err_console.print(line, highlight=False))
+    rows = [{"step": rel, "before": state, "seconds": result.seconds.get(rel, 0.0)}
+            for rel, state in result.states.items()]
+    import pandas as pd
+
+    console.print(frame_table(pd.DataFrame(rows), title=f"study {study.name}", floatfmt="{:.1f}"))
+    console.print(f"[bold green]study finished.[/] results: {result.directory}")
+    console.print(f"report: {result.report}")
+
+
+# ----------------------------------------------------------------------------- merge
+@app.command("merge")
+def merge_cmd(
+    runs: Annotated[list[str], typer.Argument(help="the run directories of the shards (--shard 0/n … n-1/n)")],
+    out: Annotated[str, typer.Option("--out", help="the merged run directory (new)")],
+) -> None:
+    """Join the shards of one sweep (eval, patch, probe, trace --compare run with --shard i/n, e.g. as SLURM
+    array jobs) into one run equal to the unsharded run, and finish it (tables, figures, manifest)."""
+    from ivlens.merge import merge_runs
+
+    with friendly_errors():
+        path = merge_runs(runs, out)
+    console.print(f"merged {len(runs)} shards: {path}")
 
 
 # ----------------------------------------------------------------------------- report

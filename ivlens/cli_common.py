@@ -48,6 +48,8 @@ MemoryBudgetOpt = Annotated[str | None, typer.Option("--memory-budget", help="wo
 FormatOpt = Annotated[Format, typer.Option("--format", help="prompt format: raw (the paper's) or chat")]
 SplitOpt = Annotated[Split, typer.Option("--split", help="queries: an organism's heldout or train split (from its "
                                          "card), or all")]
+ShardOpt = Annotated[str | None, typer.Option("--shard", help="i/n: compute only shard i of n of the units of work "
+                                              "(a SLURM array job's share); `ivlens merge` joins the shards")]
 ResumeOpt = Annotated[Path | None, typer.Option("--resume", help="resume this run directory: finished shards are "
                                                 "kept; options not given take the run's recorded values, and a "
                                                 "given option that differs is an error")]
@@ -155,3 +157,8 @@ def friendly_errors() -> Iterator[None]:
         msg = e.format_message() if isinstance(e, typer.BadParameter) else str(e)
         error_line(f"{hint}: {msg}" if isinstance(e, typer.BadParameter) and isinstance(hint, str) else msg)
         raise typer.Exit(2) from None
+
+
+def shard_written(path: Path, shard: str) -> None:
+    """What a sharded command prints instead of its tables."""
+    console.print(f"shard {shard} written: {path} (join the shards with `ivlens merge RUN... --out DIR`)")

@@ -67,6 +67,12 @@ def _with_note(plan: Plan, info: ModelInfo, dtype: str = "float32", first: bool 
     return add_startup(plan, info.shape, dtype, imports=first, gguf=info.gguf)
 
 
+def here(device: str) -> str:
+    """``device``, or the CPU when it is a GPU this machine does not have (a GPU run planned on a laptop; the
+    printed plan says it was timed on the CPU)."""
+    return "cpu" if str(device).startswith("cuda") and not torch.cuda.is_available() else device
+
+
 #: the working memory a dry run assumes for a GPU it cannot see (half of an 80 GB card's free memory, the default
 #: share ``resolve_memory_budget`` takes on a real one); ``--memory-budget`` sizes for another card
 ABSENT_GPU_BUDGET = 40 << 30
@@ -75,7 +81,7 @@ ABSENT_GPU_BUDGET = 40 << 30
 def _budget(memory_budget, device: str) -> int:
     from ivlens.budget import parse_bytes, resolve_memory_budget
 
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
+    if here(device) != device and str(device).startswith("cuda"):
         if memory_budget is not None and str(memory_budget).strip().lower() != "auto":
             return parse_bytes(memory_budget)
         log.warning("--device %s is not on this machine: sizing for a working memory of %d GiB (half of an 80 GB "
@@ -191,7 +197,7 @@ def trace_budget(memory_budget, device: str, shape: ModelShape | None = None, dt
         return _budget(memory_budget, device)
     from ivlens.budget import available_bytes
 
-    free = int(available_bytes(device) * 0.8)
+    free = int(available_bytes(here(device)) * 0.8)
     return max(0, free - (weight_bytes(shape, dtype) if shape is not None else 0))
 
 
@@ -279,9 +285,7 @@ def organism_plans(size: str = "small", variant: str = "gist", measure: bool = T
     from ivlens.organism.train import SIZES
 
     spec = SIZES[size]
-    shape = ModelShape("olmo2", spec.n_layers, spec.d_model, spec.n_heads, spec.n_heads, spec.d_model // spec.n_heads,
-                       spec.d_mlp, spec.vocab_size, gated_mlp=True, tied=True)
-    shape = shape.with_params(shape.count_params())
+    shape = organism_shape(size)
     stages = [TrainStage("pretrain", spec.pretrain_steps, spec.pretrain_batch, spec.seq_len),
               TrainStage("sft", spec.sft_steps, spec.sft_batch, spec.seq_len),
               TrainStage("dpo", spec.dpo_steps, spec.dpo_batch, spec.seq_len, passes=8)]
@@ -317,14 +321,14 @@ def measure_rates(shape: ModelShape, device: str = "cpu", dtype: str = "float32"
 
 
 # --------------------------------------------------------------------------------------------- printing
-def _human_time(s: float) -> str:
+def human_time(s: float) -> str:
     for unit, n in (("days", 86400), ("h", 3600), ("min", 60)):
         if s >= 2 * n:
             return f"{s / n:.1f} {unit}"
     return f"{s:.1f} s"
 
 
-def _gb(n: float) -> str:
+def gigabytes(n: float) -> str:
     return f"{n / 1e9:.2f} GB"
 
 
@@ -348,17 +352,17 @@ def print_plans(plans: Sequence[Plan], shapes: Sequence[ModelShape], device: str
         console.print(f"[bold]dry run: {p.command}[/] · {p.model} ({shape.arch}, {shape.n_layers} layers, d_model "
                       f"{shape.d_model}, {shape.n_params / 1e9:.3g} B parameters, {dtype})", highlight=False)
         console.print("  " + " · ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in p.counts.items()), highlight=False)
-        console.print(f"  FLOPs {p.flops:.3g} · peak memory ≈ {_gb(p.peak_bytes)} ("
-                      + ", ".join(f"{k} {_gb(v)}" for k, v in p.memory.items()) + ")", highlight=False)
+        console.print(f"  FLOPs {p.flops:.3g} · peak memory ≈ {gigabytes(p.peak_bytes)} ("
+                      + ", ".join(f"{k} {gigabytes(v)}" for k, v in p.memory.items()) + ")", highlight=False)
         per = " per CPU-second" if rates.cores else ""
         share = (f"; {rates.parallel_cores():.2g} of {rates.cores} cores free for its {rates.threads} threads "
                  f"(load {rates.others:.1f})" if rates.cores else "")
         idle = ""
         if rates.cores and rates.others + rates.threads > rates.cores:
             idle_s = seconds(p, dataclasses.replace(rates, others=0.0))
-            idle = f" now, ≈ {_human_time(idle_s)} with the machine to itself"
+            idle = f" now, ≈ {human_time(idle_s)} with the machine to itself"
             d["idle_seconds"] = idle_s
-        console.print(f"  time ≈ {_human_time(sec)}{idle} on {rates.device} (measured here: GEMM {rates.gemm / 1e9:.1f} "
+        console.print(f"  time ≈ {human_time(sec)}{idle} on {rates.device} (measured here: GEMM {rates.gemm / 1e9:.1f} "
                       f"GFLOP{per} on the model's shapes, {rates.layer_latency * 1e3:.2f} ms per layer call, "
                       f"{rates.op_latency * 1e6:.1f} µs per small kernel, "
                       f"{rates.copy / 1e9:.1f} GB{per} copied{share})", highlight=False)
@@ -372,8 +376,8 @@ def print_plans(plans: Sequence[Plan], shapes: Sequence[ModelShape], device: str
     idle_total = sum(d.get("idle_seconds", d["seconds"]) for d in out["plans"])
     if len(plans) > 1:
         how = "all models loaded together" if together else "models loaded one after another"
-        idle = f" now, ≈ {_human_time(idle_total)} with the machine to itself" if idle_total < total_s else ""
-        console.print(f"[bold]total[/]: time ≈ {_human_time(total_s)}{idle}, peak memory ≈ {_gb(peak)} ({how})",
+        idle = f" now, ≈ {human_time(idle_total)} with the machine to itself" if idle_total < total_s else ""
+        console.print(f"[bold]total[/]: time ≈ {human_time(total_s)}{idle}, peak memory ≈ {gigabytes(peak)} ({how})",
                       highlight=False)
     out["total_seconds"], out["idle_seconds"], out["peak_bytes"] = total_s, idle_total, peak
     return out
@@ -423,10 +427,63 @@ def eval_dry_run(models: list[str], task: str, *, dtype: str = "float32", device
 
 def organism_dry_run(size: str = "small", variant: str = "gist", measure: bool = True) -> dict:
     """``ivlens organism build --dry-run`` (on the CPU, fp32: how the organisms are built)."""
+    plans = organism_plans(size, variant, measure)
+    return print_plans(plans, [organism_shape(size)], "cpu", "float32")
+
+
+# --------------------------------------------------------------------------------------------- any spec
+def spec_plans(spec, infos: Sequence[ModelInfo] = ()) -> tuple[list[Plan], bool]:
+    """The plans of any analysis's spec (:mod:`ivlens.specs`) on the models described by ``infos`` (in
+    ``spec.models`` order; none for the organism build), and whether the analysis holds its models together."""
+    from ivlens.specs import EvalSpec, OrganismSpec, PatchSpec, ProbeSpec, TraceSpec
+
+    s = spec
+    if isinstance(s, OrganismSpec):
+        return organism_plans(s.size, s.variant, s.measure), False
+    if isinstance(s, EvalSpec):
+        return eval_plans([], s.task, subtask=s.subtask, samples=s.samples, fmt=s.format,
+                          query_style=s.query_style, batch_size=s.batch_size, seed=s.seed, dtype=s.dtype,
+                          infos=infos), True
+    if isinstance(s, PatchSpec):
+        return patch_plans([], s.task, s.subtask, layers=s.layers, positions=s.positions, samples=s.samples,
+                           mode=s.mode, target=s.target, fmt=s.format, chunk_size=s.chunk_size,
+                           batch_size=s.batch_size, seed=s.seed, dtype=s.dtype, device=s.device,
+                           memory_budget=s.memory_budget, figures=s.figures, infos=infos), True
+    if isinstance(s, ProbeSpec):
+        return probe_plans([], list(s.tasks), layers=s.layers, varying=s.varying,
+                           user_instructions=dict(s.instructions), fmt=s.format, batch_size=s.batch_size,
+                           folds=s.folds, max_per_subtask=s.max_per_subtask, dtype=s.dtype, device=s.device,
+                           memory_budget=s.memory_budget, infos=infos), False
+    if isinstance(s, TraceSpec):
+        return trace_plans([], task=s.task, subtask=s.subtask, sample=s.sample, prompt=s.prompt, compare=s.compare,
+                           samples=s.samples, fmt=s.format, beam=s.beam, max_tokens=s.max_tokens, seed=s.seed,
+                           dtype=s.dtype, device=s.device, memory_budget=s.memory_budget, infos=infos), True
+    raise TypeError(f"no dry run for {type(spec).__name__}")
+
+
+def organism_shape(size: str = "small") -> ModelShape:
+    """The organism's sizes (:data:`ivlens.organism.train.SIZES`) as a :class:`ModelShape`."""
     from ivlens.organism.train import SIZES
 
     spec = SIZES[size]
     shape = ModelShape("olmo2", spec.n_layers, spec.d_model, spec.n_heads, spec.n_heads, spec.d_model // spec.n_heads,
                        spec.d_mlp, spec.vocab_size, gated_mlp=True, tied=True)
-    plans = organism_plans(size, variant, measure)
-    return print_plans(plans, [shape.with_params(shape.count_params())], "cpu", "float32")
+    return shape.with_params(shape.count_params())
+
+
+def organism_recipe_info(name: str, size: str = "small") -> ModelInfo:
+    """A dry run's view of an organism that is not built yet: its recipe's sizes and config
+    (:data:`ivlens.organism.train.SIZES`), and prompt lengths estimated by
+    :class:`~ivlens.estimate.model.ApproxTokenizer`."""
+    from transformers import Olmo2Config
+
+    from ivlens.estimate.model import ApproxTokenizer
+    from ivlens.organism.train import SIZES
+
+    s = SIZES[size]
+    config = Olmo2Config(vocab_size=s.vocab_size, hidden_size=s.d_model, intermediate_size=s.d_mlp,
+                         num_hidden_layers=s.n_layers, num_attention_heads=s.n_heads, num_key_value_heads=s.n_heads,
+                         max_position_embeddings=256, tie_word_embeddings=True, bos_token_id=None)
+    note = (f"{name} is not built yet: sized from its recipe ({size}), prompt lengths estimated (no tokenizer "
+            "until the build has trained one)")
+    return ModelInfo(name, f"{name} (recipe)", organism_shape(size), ApproxTokenizer(None, 0, 0), note, config)

@@ -169,8 +169,12 @@ class RunDir:
         atomic_write_json(self.path / "manifest.json", self.manifest)
 
     def finish(self, **extra: Any) -> None:
+        self.end("finished", **extra)
+
+    def end(self, status: str, **extra: Any) -> None:
+        """Record ``status`` (``finished``; ``shard`` for one shard of a sweep), ``extra`` and the wall time."""
         self.manifest.update(_jsonable(extra))
-        self.manifest["status"] = "finished"
+        self.manifest["status"] = status
         self.manifest["wall_seconds"] = round(self.manifest.get("wall_seconds", 0) + time.perf_counter() - self._t0, 3)
         self.write_manifest()
 

@@ -114,6 +114,20 @@ class _ModelsSpec(Spec):
     device: str = "cpu"
     revision: str | None = None
     trust_remote_code: bool = False
+    #: ``i/n``: compute only shard i of n of the units of work, for ``ivlens merge`` (:mod:`ivlens.sharding`)
+    shard: str | None = None
+
+    @field_validator("shard")
+    @classmethod
+    def _shard_form(cls, v: str | None) -> str | None:
+        if v is not None:
+            from .sharding import Shard
+
+            try:
+                Shard.parse(v)
+            except IvlensError:
+                raise ValueError("give i/n with 0 ≤ i < n (e.g. 0/4 … 3/4)") from None
+        return v
 
     @field_validator("device")
     @classmethod
@@ -138,7 +152,7 @@ class EvalSpec(_ModelsSpec):
     """``ivlens eval``: instruction-following accuracy with, without and against the instruction."""
 
     analysis: ClassVar[str] = "eval"
-    result_neutral: ClassVar[frozenset[str]] = frozenset({"batch_size"})
+    result_neutral: ClassVar[frozenset[str]] = frozenset({"batch_size", "shard"})
 
     task: str
     subtask: str | None = None
@@ -158,7 +172,7 @@ class PatchSpec(_ModelsSpec):
     """``ivlens patch``: IVs of layer sets patched into targets, then interactions and figures."""
 
     analysis: ClassVar[str] = "patch"
-    result_neutral: ClassVar[frozenset[str]] = frozenset({"batch_size", "memory_budget", "threads", "figures"})
+    result_neutral: ClassVar[frozenset[str]] = frozenset({"batch_size", "memory_budget", "threads", "figures", "shard"})
 
     task: str = "adjectives"
     subtask: str | None = None
@@ -187,7 +201,7 @@ class ProbeSpec(_ModelsSpec):
     """``ivlens probe``: probes, LDA and similarity of IVs (residual at T_inst of instruction-only prompts)."""
 
     analysis: ClassVar[str] = "probe"
-    result_neutral: ClassVar[frozenset[str]] = frozenset({"batch_size", "memory_budget"})
+    result_neutral: ClassVar[frozenset[str]] = frozenset({"batch_size", "memory_budget", "shard"})
 
     tasks: tuple[str, ...] = ("adjectives", "animals")
     layers: str = "all"
@@ -206,7 +220,7 @@ class TraceSpec(_ModelsSpec):
     """``ivlens trace``: one prompt's exact paths, or (``compare``) the two subtasks' graphs over samples."""
 
     analysis: ClassVar[str] = "trace"
-    result_neutral: ClassVar[frozenset[str]] = frozenset({"memory_budget"})
+    result_neutral: ClassVar[frozenset[str]] = frozenset({"memory_budget", "shard"})
 
     task: str | None = None
     subtask: str | None = None
@@ -234,6 +248,8 @@ class TraceSpec(_ModelsSpec):
             raise ValueError("--compare needs --task")
         if not self.compare and (self.prompt is None) == (self.task is None):
             raise ValueError("give either --prompt TEXT or --task T (with --sample i)")
+        if self.shard is not None and not self.compare:
+            raise ValueError("--shard splits the samples of --compare; one traced prompt is one unit of work")
         if self.compare and self.max_tokens is not None:
             raise ValueError("--max-tokens cuts one traced prompt; --compare traces whole task prompts")
         return self

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The main job on the embedded default: set up .venv, build the model organisms if missing, run every
+# The main job (examples/organism.yaml): set up .venv, build the model organisms if missing, run every
 # analysis on them, and print where the results are.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} TOKENIZERS_PARALLELISM=false
-exec .venv/bin/ivlens main "$@"
+exec .venv/bin/ivlens run examples/organism.yaml "$@"

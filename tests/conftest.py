@@ -98,3 +98,16 @@ def tiny_dir(tmp_path_factory):
         return d
 
     return make
+
+
+@pytest.fixture(scope="session")
+def two_tiny_dirs(tmp_path_factory) -> tuple[str, str]:
+    """Two tiny OLMo-2 checkpoints (seeds 0 and 1, 4 layers, d_model 64) saved with the tiny tokenizer: the
+    models of the study and shard tests."""
+    dirs = []
+    for seed in (0, 1):
+        d = tmp_path_factory.mktemp(f"tiny-olmo2-seed{seed}")
+        tiny_model("olmo2", seed=seed, n_layers=4, d_model=64, n_heads=4).save_pretrained(d)
+        tiny_tokenizer().save_pretrained(d)
+        dirs.append(str(d))
+    return dirs[0], dirs[1]

@@ -13,7 +13,7 @@ runner = CliRunner()
 def test_help_lists_commands():
     r = runner.invoke(app, ["--help"])
     assert r.exit_code == 0
-    for cmd in ("eval", "tasks", "main"):
+    for cmd in ("eval", "tasks", "run", "merge"):
         assert cmd in r.output
 
 

@@ -227,18 +227,24 @@ def test_iv_transfer_matches_a_hook_reference(tiny_builds, tasks):
     assert got["ia"] == pytest.approx(sum(inside) / len(inside))
 
 
-def test_main_job_reports_the_cards_iv_transfer(tmp_path, monkeypatch):
-    """The main job's organism section reads a measured build's card (a tiny one here: it fails the checks)."""
-    from ivlens.main_job import MainContext, step_organism
+def test_the_organism_step_puts_the_card_and_its_iv_transfer_in_a_run(tmp_path, monkeypatch):
+    """The study's organism step (``run_organism(spec, run_dir=...)``) reads a measured build's card into a run
+    directory, as the report expects (a tiny build here: it fails the checks)."""
+    from ivlens.api import run_organism
     from ivlens.organism.build import build_organism
+    from ivlens.report.reader import read_study
+    from ivlens.specs import OrganismSpec
 
     monkeypatch.setenv("IVLENS_CACHE", str(tmp_path))
     build_organism(out=organism_dir("gist"), seed=1, size="tiny", progress=False)
     card = read_card(organism_dir("gist"))
     assert set(card["measured"]) == {"base", "sft", "dpo"} and "all_pass" in card["acceptance"]
-    md = step_organism(MainContext(tmp_path, [], None))
-    assert "| stage | task | subtask | target/position | layer |" in md
-    assert "checks not met" in md and card["made_how"] in md
+    spec = OrganismSpec(seed=1, size="tiny")
+    run_organism(spec, run_dir=tmp_path / "study" / "organism", progress=False)  # reuses the build
+    [run] = read_study(tmp_path / "study").of("organism")
+    assert run.manifest["spec_hash"] == spec.hash() and run.json("card")["made_how"] == card["made_how"]
+    iv = run.table("iv_transfer")
+    assert set(iv.stage) == {"base", "sft", "dpo"} and {"layer", "exact", "flip"} <= set(iv.columns)
 
     from typer.testing import CliRunner
 

@@ -1,15 +1,11 @@
-"""Analysis tables, figures and the main job's patching step on tiny models."""
+"""Analysis tables and figures of a patch sweep on tiny models."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 
 from ivlens.models.load import LoadedModel
 from ivlens.patching.analysis import analyse
-from ivlens.patching.main_step import step_patch
 from ivlens.patching.sweep import patch_sweep
 from ivlens.runs import RunDir
 from ivlens.testing.tiny import tiny_model, tiny_tokenizer
@@ -37,21 +33,3 @@ def test_analyse_writes_tables_and_figures(models, tmp_path):
     for (model, sample, layers), v in last.items():
         top = layers.split(",")[-1]
         assert v == pytest.approx(last[(model, sample, top)], abs=1e-6)
-
-
-@dataclass
-class _Ctx:
-    root: Path
-    models: list
-    samples: int | None
-    model_names: tuple = ("organism-base", "organism-sft", "organism-dpo")
-    sections: list = field(default_factory=list)
-
-
-def test_main_job_step(models, tmp_path):
-    md = step_patch(_Ctx(tmp_path, models, 3))
-    assert "strongest layer" in md and "frac_superadditive" in md and "formatted target" in md
-    for target in ("bare", "formatted"):
-        rows = RunDir.open(tmp_path / f"patch-{target}").read_table("patch")
-        assert list(rows.model.unique()) == ["base", "sft", "dpo"] and rows["sample"].nunique() == 3
-        assert set(rows.target) == {target}

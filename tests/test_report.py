@@ -213,32 +213,20 @@ def test_eval_table_from_a_frame():  # the table helper on its own: integers sta
     assert ">0<" in out and ">0.000<" not in out and ">–<" in out and "&lt;b&gt;" in out and "<code>c</code>" in out
 
 
-def test_the_main_job_writes_the_report_and_prints_its_path(tmp_path, monkeypatch):
-    """``ivlens main`` ends with the report next to summary.md (the steps replaced by one quick eval here)."""
-    import ivlens.main_job as mj
-    import ivlens.organism.paths as op
-    from ivlens.api import run_eval
+def test_ivlens_run_ends_with_the_report_and_prints_its_path(tiny_dir, tmp_path):
+    """``ivlens run STUDY.yaml`` (the main job's command) writes the report of its study directory."""
+    import yaml
+
     from ivlens.cli import app
-    from ivlens.specs import EvalSpec
 
-    tok = tiny_tokenizer()
-    monkeypatch.setattr("ivlens.api.run_organism", lambda spec, out=None: out)
-    monkeypatch.setattr(op, "is_built", lambda d: True)
-    monkeypatch.setattr(mj, "load_model", lambda name: LoadedModel.wrap(tiny_model("olmo2"), tok, name))
-
-    def step(ctx):
-        run_eval(EvalSpec(models=tuple(m.name for m in ctx.models), task="adjectives", samples=1), models=ctx.models,
-                 out=ctx.root / "eval" / "adjectives")
-        return "## eval\n"
-
-    monkeypatch.setattr(mj, "STEPS", [("eval", step)])
-    res = CliRunner().invoke(app, ["main", "--out", str(tmp_path / "main")], env={"COLUMNS": "300"})
+    study = tmp_path / "study.yaml"
+    study.write_text(yaml.safe_dump({"name": "quick", "models": {"base": str(tiny_dir("olmo2"))},
+                                     "tasks": ["adjectives"], "analyses": {"eval": {"samples": 1}}}))
+    res = CliRunner().invoke(app, ["run", str(study), "--out", str(tmp_path / "main")], env={"COLUMNS": "300"})
     assert res.exit_code == 0, res.output
     report = tmp_path / "main" / "report.html"
-    assert report.exists() and (tmp_path / "main" / "summary.md").exists()
-    assert f"report: {report}" in " ".join(res.output.split())
-    assert '<section id="eval">' in report.read_text() and "report.html" in (tmp_path / "main" / "summary.md").read_text()
-
+    assert report.exists() and f"report: {report}" in " ".join(res.output.split())
+    assert '<section id="eval">' in report.read_text() and (tmp_path / "main" / "study.json").is_file()
 
 def test_report_of_a_single_prompt_trace(tiny_dir, tmp_path):
     """``ivlens trace`` without --compare: the report draws and lists each model's top paths."""

@@ -72,3 +72,12 @@ def iv_transfer_table(card: dict):
                              for p in points]
     return pd.DataFrame(rows, columns=["stage", "task", "subtask", "target", "position", "layer", "ia", "exact",
                                        "flip", "n_outside"])
+
+
+def write_card_run(run, card: dict) -> None:
+    """Put ``card`` (``card.json``) and its IV-transfer curves (``iv_transfer.parquet``) into the run directory
+    ``run`` (a :class:`ivlens.runs.RunDir`), where the report reads the organism like every other analysis."""
+    from ivlens.runs import atomic_write_text
+
+    atomic_write_text(run.path / CARD_NAME, json.dumps(card, indent=2) + "\n")
+    run.write_table("iv_transfer", iv_transfer_table(card))

@@ -21,7 +21,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from ivlens.cli_common import ScoreOpt
+from ivlens.cli_common import ScoreOpt, ShardOpt
 from ivlens.specs import Backend, Correction, Dtype, Format, PatchMode, PatchTarget, Split
 
 log = logging.getLogger(__name__)
@@ -96,12 +96,13 @@ def patch(
                                        "not given take the run's recorded values, and a given option that differs "
                                        "is an error (memory budget, batch size, threads and figures may change)."),
     figures: bool = typer.Option(True, help="Write figures."),
+    shard: ShardOpt = None,
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (rows, FLOPs, peak memory, time on "
                                  "--device) from the models' configs, without loading weights, and exit."),
 ) -> None:
     """Localise instruction vectors: patch IVs of layer sets into targets, then interactions and figures."""
     from ivlens.api import run_patch
-    from ivlens.cli_common import build_spec, friendly_errors
+    from ivlens.cli_common import build_spec, friendly_errors, shard_written
     from ivlens.specs import PatchSpec
 
     options = {"models": tuple(model or ()), "task": task, "subtask": subtask, "layers": layers,
@@ -109,7 +110,8 @@ def patch(
                "target": target, "format": fmt, "score": score, "batch_size": batch_size,
                "memory_budget": memory_budget,
                "chunk_size": chunk_size, "seed": seed, "effect": effect, "correction": correction, "alpha": alpha,
-               "dtype": dtype, "device": device, "threads": threads, "backend": backend, "figures": figures}
+               "dtype": dtype, "device": device, "threads": threads, "backend": backend, "figures": figures,
+               "shard": shard}
     console = Console(stderr=True)
     with friendly_errors():
         spec = build_spec(ctx, PatchSpec, options, resume, params={"models": "model", "format": "fmt"})
@@ -124,6 +126,8 @@ def patch(
             res = run_patch(spec, out=out, resume=resume, progress=bar)
         finally:
             bar.stop()
+    if spec.shard is not None:
+        return shard_written(res.run.path, spec.shard)
     an = res.analysis
     best = an.single_layer.loc[an.single_layer.groupby(["model", "position"], sort=False)["mean"].idxmax()]
     for r in best.itertuples():

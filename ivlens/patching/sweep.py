@@ -339,7 +339,8 @@ def patch_sweep(models: LoadedModel | str | Sequence[LoadedModel | str], task: T
                 batch_size: int | None = None, chunk_size: int = 25, seed: int = 0, run: RunDir | None = None,
                 dtype: str = "float32", device: str = "cpu", backend: str = "torch",
                 memory_budget: int | str | None = None, score: Score = "first-token",
-                progress: Callable[[int, int], None] | None = None) -> SweepResult:
+                progress: Callable[[int, int], None] | None = None,
+                owns: Callable[[int], bool] | None = None) -> SweepResult:
     """Patch IVs into targets for every layer set × position × sample, for one or more models side by side.
 
     Args:
@@ -364,6 +365,8 @@ def patch_sweep(models: LoadedModel | str | Sequence[LoadedModel | str], task: T
         score: ``first-token`` (the label's first token at the last position) or ``answer`` (every candidate label
             teacher-forced with the patch in place; see the module docstring).
         progress: ``progress(done_rows, total_rows)`` after each batch.
+        owns: ``owns(unit) -> bool``: run only these units of work (chunks, numbered model by model; a shard,
+            :mod:`ivlens.sharding`); the result then holds only their rows.
 
     Returns:
         :class:`SweepResult`. ``rows`` columns: model, source_model, task, subtask, mode, target, sample, query,
@@ -398,6 +401,7 @@ def patch_sweep(models: LoadedModel | str | Sequence[LoadedModel | str], task: T
     done = 0
     stats: dict[str, EngineStats] = {}
     all_rows, all_base = [], []
+    unit = -1
     for mi, (lm, name, plan, sample_ids) in enumerate(zip(lms, names, plans, ids_per_model, strict=True)):
         chunks = [sample_ids[i:i + chunk_size] for i in range(0, len(sample_ids), chunk_size)]
         st = stats.setdefault(name, EngineStats())
@@ -416,7 +420,8 @@ def patch_sweep(models: LoadedModel | str | Sequence[LoadedModel | str], task: T
         for ci, chunk in enumerate(chunks):
             key = f"m{mi}-c{ci:05d}"
             n_rows = len(chunk) * len(plan.rows)
-            if run is not None and run.has_shard(TABLE, key):
+            unit += 1
+            if (run is not None and run.has_shard(TABLE, key)) or (owns is not None and not owns(unit)):
                 done += n_rows
                 if progress:
                     progress(done, total)
@@ -446,8 +451,10 @@ def patch_sweep(models: LoadedModel | str | Sequence[LoadedModel | str], task: T
             if progress:
                 progress(done, total)
             log.info("%s chunk %d/%d: %d rows", name, ci + 1, len(chunks), len(rows_df))
-    if run is not None:
+    if run is not None and (run.path / TABLE).is_dir():
         rows_df, base_df = run.read_table(TABLE), run.read_table(BASELINES)
+    elif run is not None:  # a shard that owns no chunk
+        rows_df, base_df = pd.DataFrame(), pd.DataFrame()
     else:
         rows_df, base_df = pd.concat(all_rows, ignore_index=True), pd.concat(all_base, ignore_index=True)
     return SweepResult(rows_df, base_df, stats, run)

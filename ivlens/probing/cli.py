@@ -13,10 +13,12 @@ from ivlens.cli_common import (
     ModelOpt,
     OutOpt,
     ResumeOpt,
+    ShardOpt,
     build_spec,
     console,
     frame_table,
     friendly_errors,
+    shard_written,
 )
 from ivlens.specs import Varying
 
@@ -47,6 +49,7 @@ def probe(
     seed: Annotated[int, typer.Option("--seed", help="seed of the CV folds and label shuffles")] = 0,
     out: OutOpt = None,
     resume: ResumeOpt = None,
+    shard: ShardOpt = None,
     dtype: DtypeOpt = "float32",
     device: DeviceOpt = "cpu",
 ) -> None:
@@ -63,7 +66,7 @@ def probe(
         options = {"models": tuple(model or ()), "tasks": tuple(t.strip() for t in tasks.split(",") if t.strip()),
                    "layers": layers, "varying": varying, "instructions": user, "max_per_subtask": max_per_subtask,
                    "folds": folds, "figure_layers": fig_at, "batch_size": batch_size, "memory_budget": memory_budget,
-                   "format": fmt, "seed": seed, "dtype": dtype, "device": device}
+                   "format": fmt, "seed": seed, "dtype": dtype, "device": device, "shard": shard}
         spec = build_spec(ctx, ProbeSpec, options, resume, params={"models": "model", "format": "fmt",
                                                               "instructions": "instructions"})
         if dry_run:
@@ -75,6 +78,8 @@ def probe(
                           memory_budget=spec.memory_budget)
             return
         res = run_probe(spec, out=out, resume=resume)
+    if spec.shard is not None:
+        return shard_written(res.run.path, spec.shard)
     acc = res.accuracy[res.accuracy.target == "subtask"]
     main = acc[acc.probe == acc.probe.iloc[0]]
     table = main.pivot(index="layer", columns="model", values="cv_mean")[list(dict.fromkeys(main.model))]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,6 +107,12 @@ class IVStore:
     def labels(self) -> pd.DataFrame:
         return pd.read_parquet(self.path / "labels.parquet")
 
+    @property
+    def n_batches(self) -> int:
+        """Batches (units of work) of the collection: ``ceil(n / batch_size)``."""
+        meta = self.meta
+        return -(-meta["n"] // meta["batch_size"])
+
     def shards(self) -> list[Path]:
         return sorted(self.path.glob("shard-*.safetensors"))
 
@@ -149,13 +155,15 @@ def auto_batch_size(loaded: LoadedModel, n_tokens: int, memory_budget: str | int
 
 def collect_ivs(loaded: LoadedModel, rows: list[InstructionRow], out: str | Path, *,
                 layers: list[int] | None = None, batch_size: int | None = None, fmt: PromptFormat = "raw",
-                resume: bool = False, memory_budget: str | int | None = None) -> IVStore:
+                resume: bool = False, memory_budget: str | int | None = None,
+                owns: Callable[[int], bool] | None = None) -> IVStore:
     """Run every instruction-only prompt and store its IVs at ``layers`` (default: all) under ``out``.
 
     Batches are formed in row order; each is written as one shard right away (atomically), so with
     ``resume=True`` the shards already on disk are kept and only the missing batches run. ``batch_size=None``
     picks as many prompts per forward as fit ``memory_budget`` (:func:`auto_batch_size`; a resumed collection
-    keeps the batch size it was started with).
+    keeps the batch size it was started with). ``owns(batch) -> bool``: collect only those batches (a shard,
+    :mod:`ivlens.sharding`; the labels and meta are written whole).
 
     Returns:
         the :class:`IVStore` at ``out``.
@@ -189,7 +197,7 @@ def collect_ivs(loaded: LoadedModel, rows: list[InstructionRow], out: str | Path
     n_batches = 0
     for b, idx in enumerate(_batches(len(rows), batch_size)):
         shard = out / f"shard-{b:05d}.safetensors"
-        if resume and shard.exists():
+        if (resume and shard.exists()) or (owns is not None and not owns(b)):
             continue
         batch = pad_left([prompts[i] for i in idx], tok.pad_token_id).to(device)
         cols = torch.tensor([batch.column(j, prompts[i].t_inst) for j, i in enumerate(idx)], device=device)

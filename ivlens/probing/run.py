@@ -32,6 +32,7 @@ import pandas as pd
 
 from ivlens.models.load import LoadedModel, load_model
 from ivlens.runs import RunDir
+from ivlens.sharding import owner
 from ivlens.specs import SpecError
 from ivlens.tasks.prompts import PromptFormat
 from ivlens.tasks.requirements import require_rephrasings
@@ -141,7 +142,8 @@ def probe_run(models: Sequence[str | LoadedModel], tasks: Sequence[str | Task], 
               user_instructions: dict[str, str | Path] | None = None, fmt: PromptFormat = "raw",
               batch_size: int | None = None, cfg: ProbeConfig = ProbeConfig(), figure_at: list[int] | None = None,
               max_per_subtask: int | None = None, load_kwargs: dict | None = None,
-              memory_budget: str | int | None = None, resume: bool = False) -> ProbeResult:
+              memory_budget: str | int | None = None, resume: bool = False,
+              shard: str | None = None) -> ProbeResult | None:
     """Collect IVs of ``tasks`` ' instructions in every model and analyse their geometry layer by layer.
 
     Models given by name are loaded one at a time and released after collection, so three 7B models do
@@ -159,6 +161,8 @@ def probe_run(models: Sequence[str | LoadedModel], tasks: Sequence[str | Task], 
         batch_size: prompts per forward of IV collection (``None``: as many as fit ``memory_budget``,
             ``--memory-budget``; default a safe share of free memory, :mod:`ivlens.budget`).
         resume: keep the IV shards already in ``run`` (a killed run resumed; see :func:`collect_ivs`).
+        shard: ``"i/n"``: collect only that share of the batches (numbered model by model,
+            :mod:`ivlens.sharding`) and stop before the probes (returns ``None``); ``ivlens merge`` finishes.
 
     Returns:
         :class:`ProbeResult`.
@@ -182,13 +186,18 @@ def probe_run(models: Sequence[str | LoadedModel], tasks: Sequence[str | Task], 
                                   "user_instructions": user_instructions, "max_per_subtask": max_per_subtask},
                             task=",".join(task_names), seed=cfg.seed)
     accs, projs, sims, described, probed_layers = [], [], [], [], []
+    owns, first_unit = owner(shard), 0
     for m in models:
         loaded = m if isinstance(m, LoadedModel) else load_model(m, **(load_kwargs or {}))
         held = organism_heldout(loaded.path)
         rows = instruction_set(list(tasks), varying, user_instructions, held, max_per_subtask)
         model_layers = parse_layers(layers, loaded.n_layers)
         store = collect_ivs(loaded, rows, run.path / "ivs" / model_slug(loaded.name), layers=model_layers,
-                            batch_size=batch_size, fmt=fmt, memory_budget=memory_budget, resume=resume)
+                            batch_size=batch_size, fmt=fmt, memory_budget=memory_budget, resume=resume,
+                            owns=lambda b, first=first_unit: owns(first + b))
+        first_unit += store.n_batches
+        if shard is not None:
+            continue
         described.append(loaded.describe() | {"heldout_from_card": held is not None})
         if held is not None:
             log.info("%s: held-out phrasings from the organism card", loaded.name)
@@ -201,6 +210,8 @@ def probe_run(models: Sequence[str | LoadedModel], tasks: Sequence[str | Task], 
         sims.append(sim)
         probed_layers = model_layers if not probed_layers else [x for x in probed_layers if x in model_layers]
         run.write_table("instructions", store.labels())  # identical across models unless a card differs
+    if shard is not None:
+        return None
     accuracy = pd.concat(accs, ignore_index=True)
     projections = pd.concat(projs, ignore_index=True)
     similarity = pd.concat(sims, ignore_index=True)

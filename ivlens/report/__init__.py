@@ -6,8 +6,8 @@ section shows, :mod:`~ivlens.report.html` writes the page. The page embeds its f
 makes no network request, so it opens offline from a ``file://`` URL.
 
 >>> from ivlens.report import build_report
->>> build_report("runs/20261130-104832-main-organisms")   # writes report.html in that directory
-PosixPath('runs/20261130-104832-main-organisms/report.html')
+>>> build_report("runs/organism")   # writes report.html in that directory
+PosixPath('runs/organism/report.html')
 """
 
 from __future__ import annotations

@@ -4,9 +4,9 @@ A *study* is any directory: a single analysis's run directory (it holds ``manife
 holds several (the main job's results directory, ``ivlens run``'s study directory). :func:`read_study` finds
 every run below it; the report asks each :class:`Run` for its tables by name and never builds paths itself.
 
->>> study = read_study("runs/20261130-104832-main-organisms")
+>>> study = read_study("runs/organism")
 >>> [r.rel for r in study.of("patch")]
-['patch-bare', 'patch-formatted']
+['patch/adjectives-bare', 'patch/adjectives-formatted']
 >>> study.of("patch")[0].table("single_layer").head()
 """
 

@@ -20,12 +20,14 @@ from ivlens.cli_common import (
     ResumeOpt,
     RevisionOpt,
     SeedOpt,
+    ShardOpt,
     SplitOpt,
     TrustOpt,
     build_spec,
     console,
     friendly_errors,
     progress_bar,
+    shard_written,
 )
 from ivlens.specs import TraceMethod
 
@@ -54,6 +56,7 @@ def trace(
     seed: SeedOpt = 0,
     out: OutOpt = None,
     resume: ResumeOpt = None,
+    shard: ShardOpt = None,
     gguf_file: GgufOpt = None,
     dtype: DtypeOpt = "float32",
     device: DeviceOpt = "cpu",
@@ -72,7 +75,7 @@ def trace(
                "top_k": top_k, "beam": beam, "threshold_rank": threshold_rank, "start_pos": start_pos,
                "end_pos": end_pos, "from_inst": from_inst, "max_tokens": max_tokens, "format": fmt, "seed": seed,
                "gguf_file": gguf_file, "dtype": dtype, "device": device, "revision": revision,
-               "trust_remote_code": trust_remote_code, "memory_budget": memory_budget}
+               "trust_remote_code": trust_remote_code, "memory_budget": memory_budget, "shard": shard}
     with friendly_errors():
         spec = build_spec(ctx, TraceSpec, options, resume, params={"models": "model", "format": "fmt"})
         if dry_run:
@@ -86,6 +89,8 @@ def trace(
             return
         with console.status("tracing") if not spec.compare else nullcontext():
             res = run_trace(spec, out=out, resume=resume, progress=progress_bar if spec.compare else None)
+    if spec.shard is not None:
+        return shard_written(res.run.path, spec.shard)
     if res.summaries is not None:
         for name, s in res.summaries.items():
             wj = s["weighted_jaccard"]

@@ -34,15 +34,25 @@ def slug(name: str) -> str:
 
 def compare_run(models: Sequence[LoadedModel], task: str | Task, run: RunDir, *, samples: int | None = 50,
                 split: str = "all", seed: int = 0, fmt: str = "raw", top_k: int = 20, beam: int = 256,
-                progress: Callable | None = None) -> dict[str, dict]:
+                progress: Callable | None = None, owns: Callable[[int], bool] | None = None) -> dict[str, dict]:
     """Trace every selected sample under instruction A and B (and two rephrasings, the baseline) for each
     model; returns ``{model: summary}`` (weighted Jaccard A vs B and baseline, per-layer curves, the layer
     where the computations part, completeness error) and writes the tables and figures to ``run``.
 
     Each sample's comparison is saved as a part (``compare_parts/part-m<i>-s<index>.pkl``) as soon as it is
-    done; samples whose part exists are not traced again."""
+    done; samples whose part exists are not traced again. ``owns(unit) -> bool``: trace only these units (model
+    by model, sample by sample: a shard, :mod:`ivlens.sharding`) and stop there, before the summaries."""
     t = task if isinstance(task, Task) else load_task(task)
     curves, summaries, rows, examples = {}, {}, [], []
+    if owns is not None:
+        unit = -1
+        for mi, lm in enumerate(models):
+            for sample in select_samples(t, samples, seed, split_queries(lm.path, lm.name, t, split)):
+                key, unit = f"m{mi}-s{sample.index:05d}", unit + 1
+                if owns(unit) and not run.has_part(PARTS, key):
+                    run.write_part(PARTS, key, compare_subtasks(lm.model, lm.tokenizer, t, [sample], fmt=fmt,
+                                                                top_k=top_k, beam=beam))
+        return {}
     for mi, lm in enumerate(models):
         chosen = select_samples(t, samples, seed, split_queries(lm.path, lm.name, t, split))
         ctx = progress(f"trace --compare {lm.name}", len(chosen)) if progress else nullcontext(None)

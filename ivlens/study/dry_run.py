@@ -1,0 +1,97 @@
+"""``ivlens run STUDY.yaml --dry-run``: every step's plan (rows, forward passes, peak memory, time) from the
+models' configs alone, then one line per step and the study's total.
+
+Each model is sized from its study ``config`` directory when given (a hub checkpoint planned with no weights),
+else from the model itself (its ``config.json`` and tokenizer; an organism not built yet from its recipe). The
+plans are :mod:`ivlens.dry_run`'s, the ones each command's own ``--dry-run`` prints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from rich.console import Console
+from rich.table import Table
+
+from ivlens.dry_run import organism_recipe_info, print_plans, spec_plans
+from ivlens.estimate.model import ModelInfo, model_info
+from ivlens.estimate.plans import Plan
+
+from .plan import Step, plan_steps
+from .spec import StudySpec
+
+#: Analyses that need an architecture adapter (checked from the config in a dry run).
+NEEDS_ADAPTER = frozenset({"patch", "trace"})
+
+
+def _info(name: str, require_adapter: bool, cache: dict) -> ModelInfo:
+    key = (name, require_adapter)
+    if key not in cache:
+        from ivlens.organism.paths import is_built, organism_dir, parse_organism_name
+
+        parsed = parse_organism_name(name)
+        if parsed is not None and not is_built(organism_dir(parsed[0])):
+            cache[key] = organism_recipe_info(name)
+        else:
+            cache[key] = model_info(name, require_adapter=require_adapter)
+    return cache[key]
+
+
+def step_infos(step: Step, cache: dict) -> list[ModelInfo]:
+    """The sizes of a step's models, each named by its study label."""
+    need = step.analysis in NEEDS_ADAPTER
+    return [dataclasses.replace(_info(path, need, cache), name=label)
+            for path, label in zip(step.sizing, step.labels, strict=True)]
+
+
+def headline_counts(plan: Plan) -> tuple[int | None, int | None]:
+    """``(rows, forward passes)`` of a plan: result rows (patch), prompts (trace, eval) or instructions (probe);
+    whole forwards, counting each generation step of eval as one batched forward and each trained sequence."""
+    c = plan.counts
+    rows = c.get("rows", c.get("prompts", c.get("instructions")))
+    forwards = c.get("forward_passes", c.get("generation_steps"))
+    if forwards is None and "measure_forwards" in c:  # an organism build: training steps and measurements
+        forwards = sum(v for k, v in c.items() if k.endswith("_steps")) + c["measure_forwards"]
+    if forwards is None and plan.command.startswith("trace"):
+        forwards = c.get("prompts")
+    return rows, forwards
+
+
+def dry_run_study(study: StudySpec, console: Console | None = None) -> dict:
+    """Print every step's plans and a table of steps; return ``{"steps": [...], "total_seconds", "peak_bytes"}``."""
+    console = console or Console(soft_wrap=True)
+    steps = plan_steps(study)
+    cache: dict = {}
+    out = {"steps": [], "total_seconds": 0.0, "peak_bytes": 0}
+    for n, step in enumerate(steps, 1):
+        console.rule(f"[bold]step {n}/{len(steps)}: {step.rel}[/] (ivlens {step.analysis})")
+        infos = step_infos(step, cache)
+        plans, together = spec_plans(step.spec, infos)
+        if infos:
+            shapes, configs = [i.shape for i in infos], [i.config for i in infos]
+        else:  # the organism build
+            from ivlens.dry_run import organism_shape
+
+            shapes, configs = [organism_shape(step.spec.size)], None
+        printed = print_plans(plans, shapes, step.spec.load_kwargs()["device"] if infos else "cpu",
+                              step.spec.load_kwargs()["dtype"] if infos else "float32", together=together,
+                              console=console, configs=configs)
+        rows = forwards = 0
+        for p in plans:
+            r, f = headline_counts(p)
+            rows, forwards = rows + (r or 0), forwards + (f or 0)
+        out["steps"].append({"step": step.rel, "analysis": step.analysis, "rows": rows, "forward_passes": forwards,
+                             "peak_bytes": printed["peak_bytes"], "seconds": printed["total_seconds"]})
+        out["total_seconds"] += printed["total_seconds"]
+        out["peak_bytes"] = max(out["peak_bytes"], printed["peak_bytes"])
+    table = Table(title=f"study {study.name}: {len(steps)} steps on {', '.join(study.labels) or 'no model'}")
+    for col in ("step", "rows", "forward passes", "peak memory", "time"):
+        table.add_column(col, justify="left" if col == "step" else "right")
+    from ivlens.dry_run import gigabytes, human_time
+
+    for s in out["steps"]:
+        table.add_row(s["step"], f"{s['rows']:,}", f"{s['forward_passes']:,}", gigabytes(s["peak_bytes"]),
+                      human_time(s["seconds"]))
+    table.add_row("[bold]total[/]", "", "", gigabytes(out["peak_bytes"]), human_time(out["total_seconds"]))
+    console.print(table)
+    return out

@@ -1,0 +1,123 @@
+"""A study's steps: each one ``run_<analysis>(spec)`` call and the run directory it writes (pure: no I/O).
+
+:func:`plan_steps` expands every analysis block of a :class:`~ivlens.study.spec.StudySpec` into steps, one per
+task (eval, patch, trace) and per value of each swept option (a list where the spec takes one value), in the
+order organism, eval, patch, probe, trace. Each step's spec is built, and so validated, here: a bad option is
+reported with the block it came from before anything runs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+from ivlens.runs import content_hash
+from ivlens.specs import SPECS, Spec, SpecError
+
+from .spec import StudyError, StudySpec
+
+#: The order steps run in: the organisms first (the other steps load them).
+ORDER = ("organism", "eval", "patch", "probe", "trace")
+#: Analyses with one ``task`` per run (one step per study task); probe takes them all (``tasks``).
+PER_TASK = frozenset({"eval", "patch", "trace"})
+#: Spec options a study block may not set, and what to do instead.
+RESERVED = {"models": "give the study's models (models: {label: model})",
+            "task": "give the block's tasks (tasks: [...]), a subset of the study's",
+            "shard": "the executor shards steps (ivlens run --executor ray --shards N)"}
+
+
+@dataclass(frozen=True)
+class Step:
+    """One run of one analysis: its spec, the labels its models take in the tables (in ``spec.models`` order),
+    the run directory relative to the study directory, and the configs a dry run sizes instead of each model."""
+
+    analysis: str
+    spec: Spec
+    rel: str
+    labels: tuple[str, ...] = ()
+    sizing: tuple[str, ...] = ()
+
+    def key(self) -> str:
+        """What makes two steps the same computation: the spec's hash and the models' labels."""
+        return content_hash({"spec_hash": self.spec.hash(), "labels": list(self.labels)})
+
+
+def _takes_many(annotation: Any) -> bool:
+    """Whether a spec field itself holds several values (a tuple or mapping), so a list is its value, not a sweep."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_takes_many(a) for a in typing.get_args(annotation))
+    return origin in (tuple, dict, list) or annotation in (tuple, dict, list)
+
+
+def _sweeps(spec_cls: type[Spec], block: dict[str, Any]) -> tuple[dict[str, Any], dict[str, list]]:
+    fixed, swept = {}, {}
+    for k, v in block.items():
+        field = spec_cls.model_fields.get(k)
+        if isinstance(v, list) and field is not None and not _takes_many(field.annotation):
+            if not v:
+                raise StudyError(f"{k}: an empty list sweeps nothing; give one value or several")
+            swept[k] = v
+        else:
+            fixed[k] = v
+    return fixed, swept
+
+
+def _slug(value: Any) -> str:
+    return "".join(c if c.isalnum() or c in "._" else "-" for c in str(value)).strip("-") or "x"
+
+
+def plan_steps(study: StudySpec) -> list[Step]:
+    """Every step of ``study``, validated, in run order. Raises :class:`StudyError` naming the block and option."""
+    models = tuple(e.model for e in study.models.values())
+    sizing = tuple(e.config or e.model for e in study.models.values())
+    steps: list[Step] = []
+    for analysis in sorted(study.analyses, key=ORDER.index):
+        spec_cls = SPECS[analysis]
+        blocks = study.analyses[analysis]
+        for bi, block in enumerate(blocks):
+            where = f"analyses.{analysis}" + (f"[{bi}]" if len(blocks) > 1 else "")
+            block = dict(block)
+            for reserved, instead in RESERVED.items():
+                if reserved in block:
+                    raise StudyError(f"{where}.{reserved}: set by the study; {instead}")
+            tasks = tuple(block.pop("tasks", study.tasks))
+            if isinstance(tasks, str):
+                tasks = (tasks,)
+            unknown = [t for t in tasks if t not in study.tasks]
+            if unknown and analysis != "organism":
+                raise StudyError(f"{where}.tasks: {unknown} are not tasks of the study (its tasks: "
+                                 f"{', '.join(study.tasks) or 'none'})")
+            fixed, swept = _sweeps(spec_cls, block)
+            base: dict[str, Any] = {}
+            if analysis != "organism":
+                if not models:
+                    raise StudyError(f"{where}: the study names no models (models: {{label: model}})")
+                base = {**study.load_options(), "models": models}
+                if analysis == "probe":
+                    base["tasks"] = tasks
+            for values in itertools.product(*swept.values()) if swept else [()]:
+                options = {**base, **fixed, **dict(zip(swept, values, strict=True))}
+                for task in (tasks if analysis in PER_TASK else [None]):
+                    if task is not None:
+                        options["task"] = task
+                    try:
+                        spec = spec_cls(**options)
+                    except SpecError as e:
+                        raise StudyError(f"{where}: {e}") from None
+                    parts = ([task] if task is not None else []) + [_slug(v) for v in values]
+                    if len(blocks) > 1:
+                        parts.insert(0, str(bi))
+                    rel = f"{analysis}/{'-'.join(parts)}" if parts else analysis
+                    labels = study.labels if analysis != "organism" else ()
+                    steps.append(Step(analysis, spec, rel, labels, sizing if analysis != "organism" else ()))
+    seen: dict[str, Step] = {}
+    for s in steps:
+        if s.rel in seen:
+            raise StudyError(f"two steps would write {s.rel}: give the blocks of analyses.{s.analysis} different "
+                             "tasks or options")
+        seen[s.rel] = s
+    return steps

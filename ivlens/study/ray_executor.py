@@ -1,0 +1,142 @@
+"""Run a study's steps as Ray tasks: every unit of work (a step's models × task × analysis × one shard of its
+samples) is one task that declares its resources, on a local Ray instance or a cluster (``--ray-address``).
+
+A step becomes ``shards`` tasks, each running the step's spec with ``shard=i/n`` (:mod:`ivlens.sharding`) into
+``<study>/.shards/<step>/<i>``, then one task that merges them into the step's directory
+(:func:`ivlens.merge.merge_runs`): the step's run directory is the one an unsharded local run writes, table for
+table. The organism build runs first, as one task (the other steps load what it builds). Finished shards are
+kept until their merge, so a killed study resumes shard by shard.
+
+Ray is optional (``pip install 'ivlens[ray]'``); it is imported only here.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from ivlens.errors import IvlensError
+
+from .executors import Work, execute_step, load_labelled
+
+log = logging.getLogger(__name__)
+
+SHARDS_DIR = ".shards"  # hidden: the report never reads a shard
+
+
+def study_directory(work: Work) -> Path:
+    """The study directory of a step (its directory is ``<study>/<step.rel>``)."""
+    return work.directory.parents[len(Path(work.step.rel).parts) - 1]
+
+
+def shard_task(work: Work, shard: str, directory: str) -> str:
+    """One unit of work: the step's share ``shard`` into ``directory`` (resumed when it holds an unfinished
+    run of that shard). Runs in a Ray worker."""
+    d = Path(directory)
+    return str(execute_step(Work(work.step, d, resume=(d / "manifest.json").is_file()), shard=shard))
+
+
+def merge_task(work: Work, shards: list[str]) -> str:
+    """Merge a step's shards into its directory with its labelled models, then drop the shards. Runs in a Ray
+    worker."""
+    from ivlens.merge import merge_runs
+
+    models = [load_labelled(work.step, i) for i in range(len(work.step.labels))]
+    path = merge_runs(shards, work.directory, models=models or None)
+    shutil.rmtree(Path(shards[0]).parent, ignore_errors=True)
+    return str(path)
+
+
+def step_task(work: Work) -> str:
+    """A step that is not split (the organism build; a step an earlier local run left unfinished)."""
+    return str(execute_step(work))
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise IvlensError("--executor ray needs Ray: pip install 'ivlens[ray]'") from None
+    return ray
+
+
+class RayExecutor:
+    """Hand the steps to Ray (see the module docstring). ``address``: a cluster to join (default: start a local
+    instance with ``num_cpus`` CPUs); ``shards``: tasks per step."""
+
+    def __init__(self, address: str | None = None, shards: int = 2, num_cpus: int | None = 2):
+        if shards < 1:
+            raise IvlensError(f"--shards {shards}: give at least 1")
+        self.address, self.shards, self.num_cpus = address, shards, num_cpus
+
+    def _init(self, ray) -> bool:
+        if ray.is_initialized():
+            return False
+        if self.address is not None:
+            ray.init(address=self.address, log_to_driver=False)
+        else:  # a local instance: its workers import this ivlens (a checkout need not be installed)
+            import ivlens
+
+            ray.init(num_cpus=self.num_cpus, include_dashboard=False, log_to_driver=False,
+                     runtime_env={"env_vars": {"PYTHONPATH": str(Path(ivlens.__file__).resolve().parents[1])}})
+        return True
+
+    @staticmethod
+    def resources(work: Work) -> dict:
+        """What one task of ``work`` asks Ray for: one CPU, and one GPU when the step runs on CUDA."""
+        device = str(work.step.spec.load_kwargs()["device"]) if work.step.labels else "cpu"
+        return {"num_cpus": 1, "num_gpus": 1 if device.startswith("cuda") else 0}
+
+    def run(self, work: Sequence[Work], on_start: Callable[[Work], None],
+            on_done: Callable[[Work, float], None]) -> None:
+        ray = _import_ray()
+        started_here = self._init(ray)
+        try:
+            self._run(ray, work, on_start, on_done)
+        finally:
+            if started_here:
+                ray.shutdown()
+
+    def _run(self, ray, work: Sequence[Work], on_start, on_done) -> None:
+        shard_fn, merge_fn, step_fn = (ray.remote(f) for f in (shard_task, merge_task, step_task))
+        whole = [w for w in work if w.step.analysis == "organism" or w.resume]
+        split = [w for w in work if w not in whole]
+        t0: dict[str, float] = {}
+        for w in [w for w in whole if w.step.analysis == "organism"]:  # the others load what it builds
+            on_start(w)
+            t0[w.step.rel] = time.perf_counter()
+            ray.get(step_fn.options(**self.resources(w)).remote(w))
+            on_done(w, time.perf_counter() - t0[w.step.rel])
+        pending: dict = {}  # object ref → (kind, work)
+        for w in [w for w in whole if w.step.analysis != "organism"]:
+            on_start(w)
+            t0[w.step.rel] = time.perf_counter()
+            pending[step_fn.options(**self.resources(w)).remote(w)] = ("step", w)
+        shard_dirs: dict[str, list[str]] = {}
+        left: dict[str, int] = {}
+        for w in split:
+            on_start(w)
+            t0[w.step.rel] = time.perf_counter()
+            root = study_directory(w) / SHARDS_DIR / w.step.rel
+            shard_dirs[w.step.rel] = [str(root / str(i)) for i in range(self.shards)]
+            left[w.step.rel] = self.shards
+            for i, d in enumerate(shard_dirs[w.step.rel]):
+                ref = shard_fn.options(**self.resources(w)).remote(w, f"{i}/{self.shards}", d)
+                pending[ref] = ("shard", w)
+        while pending:
+            [ready], _ = ray.wait(list(pending), num_returns=1)
+            kind, w = pending.pop(ready)
+            ray.get(ready)  # raises the task's error here
+            if kind == "shard":
+                left[w.step.rel] -= 1
+                if left[w.step.rel] == 0:
+                    pending[merge_fn.options(**self.resources(w)).remote(w, shard_dirs[w.step.rel])] = ("merge", w)
+            else:
+                on_done(w, time.perf_counter() - t0[w.step.rel])
+        for w in split[:1]:  # every step merged: the shards' folder holds nothing left
+            root = study_directory(w) / SHARDS_DIR
+            if not any(p.is_file() for p in root.rglob("*")):
+                shutil.rmtree(root, ignore_errors=True)

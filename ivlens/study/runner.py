@@ -1,0 +1,113 @@
+"""``ivlens run STUDY.yaml``: run a study's steps into one study directory, skip what is done, then report.
+
+The study directory (``--out``, default ``runs/<study name>``) holds one run directory per step
+(``<analysis>/<task>-<swept values>``), ``study.json`` (the study and each step's state) and ``report.html``.
+Before running, each step's directory is checked (:func:`step_state`):
+
+- no run there: the step runs;
+- a finished run of the same spec hash and model labels: skipped;
+- an unfinished run of the same spec (a killed study): resumed, keeping its finished units of work;
+- a run of other options: refused, naming them (a study directory holds one study's results).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from ivlens.runs import atomic_write_text
+from ivlens.specs import spec_from_manifest
+
+from .executors import Executor, LocalExecutor, Work
+from .plan import Step, plan_steps
+from .spec import StudyError, StudySpec
+
+log = logging.getLogger(__name__)
+
+State = Literal["new", "resume", "done"]
+STUDY_FILE = "study.json"
+
+
+def default_directory(study: StudySpec) -> Path:
+    return Path("runs") / study.name
+
+
+def step_state(step: Step, directory: Path) -> State:
+    """What to do with ``step`` given what its directory holds (see the module docstring)."""
+    manifest_path = directory / "manifest.json"
+    if not manifest_path.is_file():
+        return "new"
+    manifest = json.loads(manifest_path.read_text())
+    if manifest.get("spec_hash") != step.spec.hash():
+        try:
+            diffs = "; ".join(spec_from_manifest(manifest).differences(step.spec)) or "another analysis"
+        except Exception:  # noqa: BLE001 - a manifest of an older ivlens: say so rather than fail here
+            diffs = "a run without a recorded spec"
+        raise StudyError(f"{directory} holds a run made with other options ({diffs}): give the study another "
+                         "--out, or remove that directory to run the step again")
+    finished = manifest.get("status") == "finished"
+    names = [str(m.get("name")) for m in manifest.get("models") or []][:len(step.labels)]
+    if finished and step.labels and names != list(step.labels):
+        raise StudyError(f"{directory} holds a run of models labelled {names}, not {list(step.labels)}: give the "
+                         "study another --out, or remove that directory")
+    return "done" if finished else "resume"
+
+
+@dataclass
+class StudyResult:
+    """What :func:`run_study` did: the study directory, each step's state before the run and its seconds."""
+
+    directory: Path
+    states: dict[str, State] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    report: Path | None = None
+
+
+def _record(directory: Path, study: StudySpec, steps: list[Step], result: StudyResult) -> None:
+    doc = {"study": study.model_dump(mode="json"),
+           "steps": [{"run": s.rel, "analysis": s.analysis, "spec_hash": s.spec.hash(), "key": s.key(),
+                      "state_before": result.states.get(s.rel), "seconds": result.seconds.get(s.rel)}
+                     for s in steps]}
+    atomic_write_text(directory / STUDY_FILE, json.dumps(doc, indent=2) + "\n")
+
+
+def run_study(study: StudySpec, out: str | Path | None = None, *, executor: Executor | None = None,
+              report: bool = True, say: Callable[[str], None] | None = None) -> StudyResult:
+    """Run every step of ``study`` not already done into the study directory, then write its report.
+    ``say(line)`` hears what happens to each step (skipped, started, resumed, finished)."""
+    say = say or log.info
+    steps = plan_steps(study)
+    directory = Path(out) if out is not None else default_directory(study)
+    directory.mkdir(parents=True, exist_ok=True)
+    directory = directory.resolve()
+    result = StudyResult(directory)
+    work = []
+    for s in steps:
+        state = step_state(s, directory / s.rel)
+        result.states[s.rel] = state
+        if state == "done":
+            say(f"{s.rel}: done before (spec {s.spec.hash()[:12]}), skipped")
+        else:
+            work.append(Work(s, directory / s.rel, resume=state == "resume"))
+    _record(directory, study, steps, result)
+
+    def on_start(w: Work) -> None:
+        say(f"{w.step.rel}: {'resuming' if w.resume else 'running'} ivlens {w.step.analysis}"
+            + (" (building the organisms if missing: about 5 minutes on 2 CPU cores)"
+               if w.step.analysis == "organism" else ""))
+
+    def on_done(w: Work, seconds: float) -> None:
+        result.seconds[w.step.rel] = round(seconds, 3)
+        say(f"{w.step.rel}: finished in {seconds:.1f} s")
+        _record(directory, study, steps, result)
+
+    (executor or LocalExecutor()).run(work, on_start, on_done)
+    if report:
+        from ivlens.report import build_report
+
+        result.report = build_report(directory)
+    return result

@@ -1,0 +1,175 @@
+"""``ivlens run STUDY.yaml``: the study file's validation, its steps, dry runs of the examples, and a tiny study
+run, killed with SIGKILL and resumed, equal to an uninterrupted one; a rerun skips every finished step."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from ivlens.cli import app
+from ivlens.runs import RunDir
+from ivlens.study import StudyError, StudySpec, load_study, plan_steps, run_study
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+from test_run_contract import _env, _kill_when  # noqa: E402  (the SIGKILL helpers of the run contract's tests)
+
+
+def tiny_study(dirs: tuple[str, ...] | list[str], name: str = "tiny") -> dict:
+    """Every analysis on two tiny models, small enough for the default suite (patch in 1-sample shards)."""
+    return {
+        "name": name,
+        "models": {"base": dirs[0], "sft": {"model": dirs[1]}},
+        "tasks": ["adjectives", "animals"],
+        "analyses": {
+            "eval": {"tasks": ["adjectives"], "samples": 3, "split": ["all"]},
+            "patch": {"tasks": ["adjectives"], "subtask": "adj_ant", "layers": "pairs", "samples": 6,
+                      "chunk_size": 1, "threads": 1, "figures": False},
+            "probe": {"layers": "0,-1", "max_per_subtask": 12, "folds": 2, "batch_size": 4},
+            "trace": {"tasks": ["animals"], "compare": True, "samples": 2, "top_k": 5, "beam": 8},
+        },
+    }
+
+
+# ------------------------------------------------------------------------------------------ the study file
+@pytest.mark.parametrize("change, expected", [
+    ({"modelz": {}}, "modelz: unknown key (allowed: name, models, tasks"),
+    ({"dtype": "int4"}, "dtype: 'int4' is not one of float32, bfloat16, float16"),
+    ({"analyses": {"eval": {}, "sweep": {}}}, "unknown analysis 'sweep' (allowed: eval, patch, probe, trace, organism)"),
+    ({"analyses": {"patch": {"layerz": "pairs"}}}, "analyses.patch: --layerz: unknown option for PatchSpec"),
+    ({"analyses": {"patch": {"correction": ["holm", "bonf"]}}}, "--correction: 'bonf' is not one of holm, bh"),
+    ({"analyses": {"eval": {"tasks": ["snarks"]}}}, "analyses.eval.tasks: ['snarks'] are not tasks of the study"),
+    ({"analyses": {"eval": {"task": "adjectives"}}}, "analyses.eval.task: set by the study; give the block's tasks"),
+    ({"analyses": {"patch": {"shard": "0/2"}}}, "analyses.patch.shard: set by the study; the executor shards steps"),
+    ({"models": {"a": {"model": "m", "cfg": "x"}}}, "models.a.cfg: unknown key (allowed: model, config)"),
+])
+def test_a_bad_study_is_one_line_naming_the_key_and_the_allowed_values(change, expected):
+    data = {**tiny_study(["m0", "m1"]), **change}
+    with pytest.raises(StudyError) as e:
+        plan_steps(StudySpec(**data))
+    assert expected in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def test_the_cli_reports_a_bad_study_in_one_red_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**tiny_study(["m0", "m1"]), "analyses": {"eval": {"split": "sometimes"}}}))
+    r = subprocess.run([sys.executable, "-m", "ivlens", "run", str(bad)], env={**_env(), "COLUMNS": "400"},
+                       cwd=ROOT, capture_output=True, text=True)
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert "analyses.eval: --split: 'sometimes' is not one of heldout, train, all" in lines[0]
+
+
+def test_steps_one_per_task_and_swept_value_in_run_order():
+    study = StudySpec(**{**tiny_study(["m0", "m1"]), "analyses": {
+        "trace": {"tasks": ["animals"], "compare": True},
+        "eval": {"split": ["heldout", "train"], "samples": 5},
+        "patch": [{"tasks": ["adjectives"], "target": "bare"}, {"tasks": ["animals"], "target": "formatted"}],
+        "probe": {"layers": "all"},
+        "organism": {"variant": "natural", "size": "tiny"},
+    }})
+    steps = plan_steps(study)
+    assert [s.rel for s in steps] == [
+        "organism", "eval/adjectives-heldout", "eval/animals-heldout", "eval/adjectives-train",
+        "eval/animals-train", "patch/0-adjectives", "patch/1-animals", "probe", "trace/animals"]
+    ev = steps[1].spec
+    assert (ev.models, ev.task, ev.split, ev.samples) == (("m0", "m1"), "adjectives", "heldout", 5)
+    assert steps[7].spec.tasks == ("adjectives", "animals") and steps[1].labels == ("base", "sft")
+    assert steps[0].labels == () and steps[0].spec.variant == "natural"
+    assert steps[5].spec.target == "bare" and steps[6].spec.target == "formatted"
+
+
+@pytest.mark.parametrize("example, layers", [("olmo2-1b.yaml", 16), ("olmo2-7b.yaml", 32)])
+def test_the_olmo2_examples_validate_and_dry_run_from_their_configs(example, layers):
+    """The paper's setting: three checkpoints, six tasks, triplets at first and last; planned from config.json."""
+    study = load_study(ROOT / "examples" / example)
+    steps = plan_steps(study)
+    assert len(study.models) == 3 and len(study.tasks) == 6
+    patch = [s for s in steps if s.analysis == "patch"]
+    assert len(patch) == 6 and all(s.spec.layers == "triplets" and s.spec.positions == "first,last" for s in patch)
+    r = CliRunner().invoke(app, ["run", str(ROOT / "examples" / example), "--dry-run"], env={"COLUMNS": "200"})
+    assert r.exit_code == 0, r.output
+    out = " ".join(r.output.split())
+    assert f"{len(steps)} steps on base, sft, dpo" in out and f"{layers} layers" in out
+    for s in steps:
+        assert s.rel in out
+    assert "dry run: patch · dpo" in out and "rows" in out and "forward passes" in out and "peak memory" in out
+
+
+def test_the_main_job_study_dry_runs_without_organisms(tmp_path, monkeypatch):
+    monkeypatch.setenv("IVLENS_CACHE", str(tmp_path))  # nothing built: sized from the organisms' recipe
+    r = CliRunner().invoke(app, ["run", str(ROOT / "examples" / "organism.yaml"), "--dry-run"],
+                           env={"COLUMNS": "200"})
+    assert r.exit_code == 0, r.output
+    out = " ".join(r.output.split())
+    assert "10 steps on base, sft, dpo" in out and "organism-sft is not built yet: sized from its recipe" in out
+    for rel in ("organism", "eval/adjectives-heldout", "patch/adjectives-formatted", "probe", "trace/animals"):
+        assert rel in out
+
+
+# ------------------------------------------------------------------------------------------ running a study
+def _tables(directory: Path) -> dict[str, pd.DataFrame]:
+    wanted = {"eval": ["results", "summary"], "patch": ["patch", "baselines", "single_layer", "interactions"],
+              "probe": ["instructions", "probe_accuracy", "similarity"], "trace": ["compare", "sample_paths"]}
+    out = {}
+    for mf in sorted(directory.rglob("manifest.json")):
+        run = RunDir.open(mf.parent)
+        for t in wanted[run.manifest["command"]]:
+            out[f"{mf.parent.relative_to(directory)}/{t}"] = run.read_table(t)
+    return out
+
+
+def _same(a: dict[str, pd.DataFrame], b: dict[str, pd.DataFrame]) -> None:
+    assert list(a) == list(b)
+    for k in a:
+        pd.testing.assert_frame_equal(a[k], b[k], check_exact=True, obj=k)
+
+
+def _ivlens_run(study: Path, out: Path) -> None:
+    r = subprocess.run([sys.executable, "-m", "ivlens", "run", str(study), "--out", str(out)], env=_env(),
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
+def test_a_killed_study_resumes_and_equals_an_uninterrupted_one(two_tiny_dirs, tmp_path):
+    """Both runs in processes with the same threads, so that their floats agree bit for bit."""
+    study = tmp_path / "tiny.yaml"
+    study.write_text(yaml.safe_dump(tiny_study(two_tiny_dirs)))
+    full, broken = tmp_path / "full", tmp_path / "broken"
+    _ivlens_run(study, full)
+    assert list(_tables(full)) and '<section id="patching">' in (full / "report.html").read_text()
+
+    shards = broken / "patch" / "adjectives" / "patch"
+    _kill_when([sys.executable, "-m", "ivlens", "run", str(study), "--out", str(broken)],
+               lambda: len(list(shards.glob("shard-*.parquet"))) >= 2)
+    assert RunDir.open(broken / "eval" / "adjectives-all").manifest["status"] == "finished"
+    assert RunDir.open(broken / "patch" / "adjectives").manifest["status"] == "running"
+    _ivlens_run(study, broken)
+    states = {s["run"]: s["state_before"] for s in json.loads((broken / "study.json").read_text())["steps"]}
+    assert states["eval/adjectives-all"] == "done" and states["patch/adjectives"] == "resume"
+    assert states["probe"] == "new" and (broken / "report.html").is_file()
+    _same(_tables(full), _tables(broken))
+
+    again = run_study(load_study(study), broken, report=False)  # everything finished: every step skipped
+    assert set(again.states.values()) == {"done"} and again.seconds == {}
+
+
+def test_a_study_runs_its_steps_skips_them_when_done_and_refuses_other_options(two_tiny_dirs, tmp_path):
+    data = tiny_study(two_tiny_dirs)
+    data["analyses"] = {"eval": {"tasks": ["adjectives"], "samples": 2}}
+    first = run_study(StudySpec(**data), tmp_path / "s")
+    assert first.states == {"eval/adjectives": "new"} and '<section id="eval">' in first.report.read_text()
+    summary = RunDir.open(tmp_path / "s" / "eval" / "adjectives").read_table("summary")
+    assert list(summary.model.unique()) == ["base", "sft"]  # the study's labels name the models
+    again = run_study(StudySpec(**data), tmp_path / "s", report=False)
+    assert again.states == {"eval/adjectives": "done"} and again.seconds == {}
+    data["analyses"]["eval"]["samples"] = 3
+    with pytest.raises(StudyError, match=r"eval/adjectives holds a run made with other options \(--samples 2 → 3\)"):
+        run_study(StudySpec(**data), tmp_path / "s", report=False)
