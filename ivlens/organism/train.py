@@ -70,7 +70,7 @@ SIZES = {
     # the organism: ~4.6 M parameters, the whole build ≤ 6 min on 2 CPU cores (benchmarks/organism_build.py)
     "small": OrganismSize("small", n_layers=6, d_model=256, n_heads=4, d_mlp=512, vocab_size=3000, seq_len=64,
                           pretrain_steps=440, pretrain_batch=32, pretrain_lr=3e-3,
-                          sft_steps=200, sft_batch=32, sft_lr=1e-3,
+                          sft_steps=300, sft_batch=32, sft_lr=2e-3,
                           dpo_steps=48, dpo_batch=32, dpo_lr=1e-5),
     # a cut-down build for tests (seconds): same pipeline, too short to learn the tasks
     "tiny": OrganismSize("tiny", n_layers=6, d_model=64, n_heads=4, d_mlp=128, vocab_size=1200, seq_len=64,
