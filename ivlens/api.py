@@ -36,6 +36,7 @@ from .specs import (
     spec_from_manifest,
 )
 from .tasks import Task, TaskError, load_task, selection
+from .tasks.validate import warn_first_token_clashes
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,7 @@ def run_eval(spec: EvalSpec, *, models: Sequence[LoadedModel] | None = None, out
     owns, unit = owner(spec.shard), -1
     for mi, lm in enumerate(lms):
         picked = chosen[lm.name]
+        warn_first_token_clashes(lm.tokenizer, t, subtasks, spec.format, spec.score)  # once, not per chunk
         per_sample = len(subtasks) * (3 if t.is_contrastive else 2)  # scored subtasks × conditions
         ctx = progress(f"eval {lm.name}", len(picked) * per_sample) if progress else contextlib.nullcontext(None)
         with ctx as advance:
@@ -126,7 +128,7 @@ def run_eval(spec: EvalSpec, *, models: Sequence[LoadedModel] | None = None, out
                     continue
                 df = evaluate(lm, t, chunk, subtasks, fmt=spec.format, query_style=spec.query_style,
                               prefill=spec.prefill, batch_size=spec.batch_size, judge=judge, progress=advance,
-                              score=spec.score)
+                              score=spec.score, warn_clashes=False)
                 df.insert(1, "split", spec.split)
                 run.write_shard("results", key, df)
     if spec.shard is not None:

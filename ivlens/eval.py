@@ -165,16 +165,17 @@ def evaluate(lm: LoadedModel, task: Task, samples: Sequence[Sample], subtasks: S
              fmt: PromptFormat = "raw", conditions: Sequence[str] = CONDITIONS, query_style: QueryStyle = "formatted",
              prefill: str | None = None, batch_size: int = 16, judge: Judge | None = None,
              max_new_tokens: int | None = None, progress: Callable[[int], None] | None = None,
-             score: str = "first-token") -> pd.DataFrame:
+             score: str = "first-token", warn_clashes: bool = True) -> pd.DataFrame:
     """One row per (sample, scored subtask, condition); see the module docstring for the metrics.
 
     ``score``: ``first-token`` (default) or ``answer`` (adds the ``answer_*`` columns: whole labels scored by
     their teacher-forced log-probability). Under ``first-token`` a warning names ``--score answer`` when the
-    subtasks' labels share first tokens."""
+    subtasks' labels share first tokens (``warn_clashes=False``: the caller warned once for all its chunks)."""
     if score not in SCORES:
         raise ValueError(f"unknown score {score!r}; use {' or '.join(SCORES)}")
     subtasks = list(subtasks or task.subtask_names)
-    warn_first_token_clashes(lm.tokenizer, task, subtasks, fmt, score)
+    if warn_clashes:
+        warn_first_token_clashes(lm.tokenizer, task, subtasks, fmt, score)
     candidates = {st: AnswerCandidates.of(task, st) for st in subtasks} if score == "answer" else {}
     items = build_items(lm, task, samples, subtasks, fmt, conditions, query_style, prefill)
     tok = lm.tokenizer
