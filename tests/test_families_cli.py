@@ -122,8 +122,8 @@ def test_smollm2_eval_patch_probe_through_the_cli(tmp_path, task):
                               ["first", "last"], "transfer", "bare")
     rows = rows[rows.layers.isin({",".join(map(str, s)) for s in sets})]
     assert len(rows) == len(want) == len(sets) * 2
-    for row in rows.itertuples():
-        assert row.logit == pytest.approx(want[(row.sample, row.position, row.layers)]["logit"], abs=TOL)
+    for row in rows.itertuples():  # fp32 over 30 layers: relative error (measured up to 3.8e-5 at logit 10.2)
+        assert row.logit == pytest.approx(want[(row.sample, row.position, row.layers)]["logit"], rel=1e-4, abs=TOL)
     r = runner.invoke(app, ["probe", "--model", name, "--tasks", "adjectives,animals", "--layers", "0,15,-1",
                             "--max-per-subtask", "8", "--folds", "2", "--out", str(tmp_path / "probe")])
     assert r.exit_code == 0, r.output
