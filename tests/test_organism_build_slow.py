@@ -1,5 +1,5 @@
 """The real organism build, its name resolution and its acceptance figures (``pytest -m slow``; one full
-build, about 5 min on 2 free cores).
+build, about 6 min on 2 free cores).
 
 Set ``IVLENS_ORGANISM_DIR`` to an existing build (e.g. ``~/.cache/ivlens/organism/v4/gist``) to check its
 card instead of building afresh.

@@ -27,7 +27,7 @@ def build_command(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan (training steps, FLOPs, peak memory, "
                                           "time on this CPU) and exit")] = False,
 ) -> None:
-    """Train base → SFT → DPO and write base/ sft/ dpo/ and card.json (about 5 minutes on 2 cores)."""
+    """Train base → SFT → DPO and write base/ sft/ dpo/ and card.json (about 6 minutes on 2 cores)."""
     from rich.console import Console
 
     from ivlens.api import run_organism

@@ -97,7 +97,7 @@ def run_study(study: StudySpec, out: str | Path | None = None, *, executor: Exec
 
     def on_start(w: Work) -> None:
         say(f"{w.step.rel}: {'resuming' if w.resume else 'running'} ivlens {w.step.analysis}"
-            + (" (building the organisms if missing: about 5 minutes on 2 CPU cores)"
+            + (" (building the organisms if missing: about 6 minutes on 2 CPU cores)"
                if w.step.analysis == "organism" else ""))
 
     def on_done(w: Work, seconds: float) -> None:
