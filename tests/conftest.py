@@ -11,7 +11,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import datasets  # noqa: E402, F401  (sets its logger's level on import: once here, not inside the first test using it)
 
-from ivlens.testing.tiny import ARCHS, tiny_model, tiny_tokenizer  # noqa: E402
+from ivlens.testing.tiny import ARCHS, save_tiny_checkpoint, tiny_tokenizer  # noqa: E402
 
 #: loggers whose levels a test must leave as it found them
 WATCHED_LOGGERS = ("", "transformers", "ivlens", "ivlens.tasks", "datasets", "nnsight", "huggingface_hub")
@@ -92,10 +92,7 @@ def tiny_dir(tmp_path_factory):
     """Factory: save a tiny model of ``arch`` with the tiny tokenizer to a directory and return its path."""
 
     def make(arch: str = "olmo2", **kw):
-        d = tmp_path_factory.mktemp(f"tiny-{arch}")
-        tiny_model(arch, **kw).save_pretrained(d)
-        tiny_tokenizer().save_pretrained(d)
-        return d
+        return save_tiny_checkpoint(tmp_path_factory.mktemp(f"tiny-{arch}"), arch, **kw)
 
     return make
 
@@ -104,10 +101,6 @@ def tiny_dir(tmp_path_factory):
 def two_tiny_dirs(tmp_path_factory) -> tuple[str, str]:
     """Two tiny OLMo-2 checkpoints (seeds 0 and 1, 4 layers, d_model 64) saved with the tiny tokenizer: the
     models of the study and shard tests."""
-    dirs = []
-    for seed in (0, 1):
-        d = tmp_path_factory.mktemp(f"tiny-olmo2-seed{seed}")
-        tiny_model("olmo2", seed=seed, n_layers=4, d_model=64, n_heads=4).save_pretrained(d)
-        tiny_tokenizer().save_pretrained(d)
-        dirs.append(str(d))
-    return dirs[0], dirs[1]
+    a, b = (str(save_tiny_checkpoint(tmp_path_factory.mktemp(f"tiny-olmo2-seed{seed}"), "olmo2", seed=seed,
+                                     n_layers=4, d_model=64, n_heads=4)) for seed in (0, 1))
+    return a, b

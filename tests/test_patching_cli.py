@@ -7,18 +7,13 @@ from typer.testing import CliRunner
 
 from ivlens.cli import app
 from ivlens.runs import RunDir
-from ivlens.testing.tiny import tiny_model, tiny_tokenizer
+from ivlens.testing.tiny import save_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
 def model_dirs(tmp_path_factory):
-    dirs = []
-    for seed in (0, 1):
-        d = tmp_path_factory.mktemp(f"m{seed}")
-        tiny_model("llama", seed=seed, n_layers=4, d_model=64, n_kv_heads=2).save_pretrained(d)
-        tiny_tokenizer().save_pretrained(d)
-        dirs.append(str(d))
-    return dirs
+    return [str(save_tiny_checkpoint(tmp_path_factory.mktemp(f"m{seed}"), "llama", seed=seed, n_layers=4, d_model=64,
+                                     n_kv_heads=2)) for seed in (0, 1)]
 
 
 def test_contrastive_side_by_side_with_source_model(model_dirs, tmp_path):

@@ -190,3 +190,11 @@ def tiny_model(arch: str, seed: int = 0, attn_implementation: str = "eager", **k
             elif name.endswith("bias"):
                 p.copy_(0.05 * torch.randn_like(p))
     return model.eval()
+
+
+def save_tiny_checkpoint(directory, arch: str = "olmo2", **model_kwargs):
+    """Save ``tiny_model(arch, **model_kwargs)`` with :func:`tiny_tokenizer` to ``directory`` (a model directory
+    any ``load_model`` accepts) and return the directory."""
+    tiny_model(arch, **model_kwargs).save_pretrained(directory)
+    tiny_tokenizer().save_pretrained(directory)
+    return directory
