@@ -163,12 +163,9 @@ def eval_cmd(
                    "trust_remote_code": trust_remote_code, "shard": shard}
         spec = build_spec(ctx, EvalSpec, options, resume, params={"models": "model", "format": "fmt"})
         if dry_run:
-            from ivlens.dry_run import eval_dry_run
+            from ivlens.dry_run import dry_run as print_dry_run
 
-            eval_dry_run(list(spec.models), spec.task, subtask=spec.subtask, samples=spec.samples, fmt=spec.format,
-                         query_style=spec.query_style, batch_size=spec.batch_size, seed=spec.seed, dtype=spec.dtype,
-                         device=spec.device, gguf_file=spec.gguf_file, revision=spec.revision,
-                         trust_remote_code=spec.trust_remote_code)
+            print_dry_run(spec)
             return
         run, summary, decides = run_eval(spec, out=out, resume=resume, progress=progress_bar)
     if spec.shard is not None:

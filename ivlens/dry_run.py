@@ -4,8 +4,9 @@ lengths (no weights loaded), the device's measured rates, and what is printed.
 This is the CLI floor: it knows the commands' options, prompts and samples; the maths on counts is in
 :mod:`ivlens.estimate` (``flops``, ``plans``, ``calibrate``, ``model``), which knows nothing above it.
 Each ``*_plans`` function mirrors its command's choices (samples, prompts, positions, layer sets, batch sizes)
-and returns one plan per model; :func:`print_plans` prints them; the ``*_dry_run`` entry points are what the
-commands call when given ``--dry-run`` (they then exit 0).
+and returns one plan per model; :func:`spec_plans` picks them for any analysis's spec, :func:`print_plans`
+prints them, and :func:`dry_run` (spec → printed plan) is what every command calls when given ``--dry-run`` (it
+then exits 0) and what ``ivlens run --dry-run`` calls per step.
 
 >>> plans = patch_plans(["tests/data/olmo2-1124-7b-config"], "adjectives", "adj_ant", layers="triplets",
 ...                     positions="first,last", samples=100)
@@ -29,8 +30,9 @@ from ivlens.estimate.calibrate import (
     machine_load,
     model_gemm_shapes,
     op_latency,
+    train_step_latency,
 )
-from ivlens.estimate.flops import ModelShape
+from ivlens.estimate.flops import ModelShape, prompt_flops
 from ivlens.estimate.model import ModelInfo, model_info
 from ivlens.estimate.plans import (
     PatchTarget,
@@ -90,6 +92,24 @@ def _budget(memory_budget, device: str) -> int:
     return resolve_memory_budget(memory_budget, device)
 
 
+def chosen_samples(task, samples, seed: int, split: str, info: ModelInfo) -> list:
+    """The samples the command will run on ``info``'s model: the one seeded selector
+    (:func:`ivlens.tasks.selection.select_samples`) within ``split``'s queries, read from the organism's card as
+    the command does, or, for an organism not built yet, from its recipe's fixed split
+    (:func:`ivlens.organism.data.split_queries`, what the build will record)."""
+    from ivlens.tasks.selection import select_samples, split_queries
+
+    queries = None
+    if split != "all":
+        if info.path.endswith(RECIPE_SUFFIX):  # an organism not built yet (organism_recipe_info)
+            from ivlens.organism.data import split_queries as recipe_split
+
+            queries = recipe_split(task)[split]
+        else:
+            queries = split_queries(info.path, info.name, task, split)
+    return select_samples(task, samples, seed, queries)
+
+
 # --------------------------------------------------------------------------------------------- patch
 _ENGINE_CACHE: dict[tuple, tuple[int, int]] = {}
 
@@ -123,37 +143,50 @@ def patch_plans(models: Sequence[str], task: str, subtask: str | None, *, layers
                 positions: str = "first,last", samples: int | None = None, mode: str = "transfer",
                 target: str = "bare", fmt: str = "raw", chunk_size: int = 25, batch_size: int | None = None,
                 seed: int = 0, dtype: str = "float32", device: str = "cpu", memory_budget=None,
-                figures: bool = True, infos: Sequence[ModelInfo] | None = None) -> list[Plan]:
-    """The plan of ``ivlens patch`` with these options, one per model (see :func:`ivlens.patching.sweep.patch_sweep`)."""
+                figures: bool = True, split: str = "all", score: str = "first-token",
+                infos: Sequence[ModelInfo] | None = None) -> list[Plan]:
+    """The plan of ``ivlens patch`` with these options, one per model (see :func:`ivlens.patching.sweep.patch_sweep`).
+
+    ``score="answer"``: every sample's target runs once per candidate label, extended by that label's tokens
+    (teacher-forced), so the engine's work is about ``k`` times the first-token sweep's for ``k`` candidates."""
     from ivlens.patching.plan import PatchPlan, resolve_position
-    from ivlens.tasks import instructed_prompt, instruction_prompt, load_task, query_prompt
-    from ivlens.tasks.selection import sample_indices
+    from ivlens.tasks import instructed_prompt, instruction_prompt, label_token_ids, load_task, query_prompt
+    from ivlens.tasks.prompts import AnswerCandidates
 
     t = load_task(task)
     sub = t.subtask(subtask or t.subtask_names[0])
     other = t.other(sub.name) if t.is_contrastive else None
-    ids = sample_indices(t, samples, seed)
     budget = _budget(memory_budget, device)
     plans = []
     for info in infos or _infos(models):
         tok = info.tokenizer
+        chosen = chosen_samples(t, samples, seed, split, info)
         plan = PatchPlan.build(layers, positions, info.shape.n_layers)
+        labels = AnswerCandidates.of(t, sub.name).labels if score == "answer" else ()
         targets = []
-        for i in ids:
-            s = t.samples[i]
+        for s in chosen:
             instructed = instructed_prompt(tok, t, s, sub.instruction, fmt)
             tgt = (query_prompt(tok, t, s, fmt, query_style=target) if mode == "transfer"
                    else instructed_prompt(tok, t, s, t.subtask(other).instruction, fmt))
             has_bos = tok.bos_token_id is not None and len(tgt.input_ids) > 1 and tgt.input_ids[0] == tok.bos_token_id
             pos = tuple(dict.fromkeys(resolve_position(p, len(tgt), t_inst=tgt.t_inst, has_bos=has_bos)
                                       for p in plan.positions))
-            targets.append(PatchTarget(len(tgt), pos, len(instructed)))
+            if not labels:
+                targets.append(PatchTarget(len(tgt), pos, len(instructed)))
+                continue
+            for label in labels:  # the target extended by the label's tokens but its last
+                extra = len(label_token_ids(tok, tgt, label)) - 1
+                targets.append(PatchTarget(len(tgt) + extra, pos, len(instructed) + extra))
         src = len(instruction_prompt(tok, sub.instruction, fmt))
-        p = patch_plan(info.shape, targets, plan.layer_sets, src, dtype=dtype, chunk_size=chunk_size,
+        p = patch_plan(info.shape, targets, plan.layer_sets, src, dtype=dtype, chunk_size=chunk_size * max(1, len(labels)),
                        budget=budget, batch_size=batch_size, n_positions=len(plan.positions), model=info.name,
                        engine_work=engine_work)
-        p.notes.append(f"{t.name}/{sub.name}, {len(ids)} samples, {layers} × {positions}, target {target}, "
-                       f"memory budget {budget / 2**30:.2f} GiB")
+        if labels:  # result rows are per sample, not per candidate
+            p.counts = {"samples": len(chosen), "answer_candidates": len(labels),
+                        **{k: v // (len(labels) if k == "rows" else 1) for k, v in p.counts.items() if k != "samples"}}
+            p.kernel_calls //= len(labels)
+        p.notes.append(f"{t.name}/{sub.name}, {len(chosen)} samples ({split}), {layers} × {positions}, target "
+                       f"{target}, score {score}, memory budget {budget / 2**30:.2f} GiB")
         add_figures(p, 2 if figures and not plans else 0)  # single layers and pair heatmaps, once
         plans.append(_with_note(p, info, dtype, not plans))
     return plans
@@ -204,18 +237,17 @@ def trace_budget(memory_budget, device: str, shape: ModelShape | None = None, dt
 def trace_plans(models: Sequence[str], *, task: str | None = None, subtask: str | None = None,
                 sample: int | None = None, prompt: str | None = None, compare: bool = False,
                 samples: int | None = 50, fmt: str = "raw", beam: int = 256, max_tokens: int | None = None,
-                seed: int = 0, dtype: str = "float32", device: str = "cpu", memory_budget=None,
+                seed: int = 0, dtype: str = "float32", device: str = "cpu", memory_budget=None, split: str = "all",
                 infos: Sequence[ModelInfo] | None = None) -> list[Plan]:
     """The plan of ``ivlens trace`` (one prompt, or ``--compare``: four prompts per sample), one per model."""
     from ivlens.tasks import instructed_prompt, load_task
-    from ivlens.tasks.selection import select_samples
 
     plans = []
     for info in infos or _infos(models):
         tok = info.tokenizer
         if compare:
             t = load_task(task)
-            chosen = select_samples(t, samples, seed)
+            chosen = chosen_samples(t, samples, seed, split, info)
             sa, sb = t.subtask_names
             reph = t.subtasks[sa].rephrasings
             instr = [t.subtasks[sa].instruction, t.subtasks[sb].instruction, *reph[:2]]
@@ -254,17 +286,17 @@ def trace_refusal(shape: ModelShape, n_tokens: int, budget: int, dtype: str = "f
 # --------------------------------------------------------------------------------------------- eval
 def eval_plans(models: Sequence[str], task: str, *, subtask: str | None = None, samples: int | None = None,
                fmt: str = "raw", query_style: str = "formatted", batch_size: int = 16, seed: int = 0,
-               dtype: str = "float32", infos: Sequence[ModelInfo] | None = None, **_) -> list[Plan]:
+               dtype: str = "float32", split: str = "all", score: str = "first-token",
+               infos: Sequence[ModelInfo] | None = None, **_) -> list[Plan]:
     """The plan of ``ivlens eval``, one per model (every condition of every sample and scored subtask)."""
     from ivlens.tasks import build_prompt, label_token_ids, load_task
-    from ivlens.tasks.selection import select_samples
 
     t = load_task(task)
     subs = [t.subtask(subtask).name] if subtask else t.subtask_names
-    chosen = select_samples(t, samples, seed)
     plans = []
     for info in infos or _infos(models):
         tok = info.tokenizer
+        chosen = chosen_samples(t, samples, seed, split, info)
         lengths = []
         for s in chosen:
             for st in subs:
@@ -275,26 +307,56 @@ def eval_plans(models: Sequence[str], task: str, *, subtask: str | None = None, 
         probe = build_prompt(tok, t.subtasks[subs[0]].instruction, chosen[0].query, t.field, fmt, query_style)
         longest = max(len(label_token_ids(tok, probe, lab)) for st in t.subtasks.values() for lab in st.label_space)
         p = eval_plan(info.shape, lengths, min(longest + 2, 16), dtype=dtype, batch_size=batch_size, model=info.name)
+        if score == "answer":  # each prompt + every candidate label, teacher-forced, ANSWER_BATCH per forward
+            from ivlens.eval import ANSWER_BATCH
+            from ivlens.tasks.prompts import AnswerCandidates
+
+            k = len(AnswerCandidates.of(t, subs[0]).labels)
+            forwards = len(lengths) * -(-k // ANSWER_BATCH)
+            p.flops += sum(k * prompt_flops(info.shape, n + longest, logit_rows=longest) for n in lengths)
+            p.layer_calls += forwards * info.shape.n_layers
+            p.counts |= {"answer_candidates": k, "scoring_forwards": forwards}
         plans.append(_with_note(p, info, dtype, not plans))
     return plans
 
 
 # --------------------------------------------------------------------------------------------- organism
-def organism_plans(size: str = "small", variant: str = "gist", measure: bool = True) -> list[Plan]:
-    """The plan of ``ivlens organism build`` (the sizes of :data:`ivlens.organism.train.SIZES`)."""
+#: Padded tokens per row of each training stage: pretraining rows are packed to ``seq_len``; SFT batches pad to
+#: their longest row (54 tokens on average in the v4 build: plain-text rows are long), DPO batches to their
+#: longest prompt + answer (29).
+TRAIN_ROW_TOKENS = {"sft": 56, "dpo": 32}
+
+
+def organism_plans(size: str = "small", variant: str = "gist", measure: bool = True, device: str = "cpu",
+                   time_steps: bool = True) -> list[Plan]:
+    """The plan of ``ivlens organism build`` (the sizes of :data:`ivlens.organism.train.SIZES`).
+
+    ``time_steps``: time one real optimiser step of each stage on ``device`` (a model of the organism's config,
+    random weights; about 3 s in all) instead of modelling training from FLOPs and layer calls; a DPO step is a
+    training step on the chosen and rejected rows together plus a no-grad forward of the reference model."""
     from ivlens.organism.train import SIZES
 
     spec = SIZES[size]
     shape = organism_shape(size)
-    stages = [TrainStage("pretrain", spec.pretrain_steps, spec.pretrain_batch, spec.seq_len),
-              TrainStage("sft", spec.sft_steps, spec.sft_batch, spec.seq_len),
-              TrainStage("dpo", spec.dpo_steps, spec.dpo_batch, spec.seq_len, passes=8)]
+    seq = {"pretrain": spec.seq_len, **{k: min(v, spec.seq_len) for k, v in TRAIN_ROW_TOKENS.items()}}
+    stages = [TrainStage("pretrain", spec.pretrain_steps, spec.pretrain_batch, seq["pretrain"]),
+              TrainStage("sft", spec.sft_steps, spec.sft_batch, seq["sft"]),
+              TrainStage("dpo", spec.dpo_steps, spec.dpo_batch, seq["dpo"], passes=8)]
+    step_seconds = None
+    if time_steps:
+        config, cpu = organism_recipe_info("organism", size).config, device == "cpu"
+        step_seconds = {st.name: train_step_latency(config, st.batch, st.seq_len, device, cpu_time=cpu)
+                        for st in stages[:2]}
+        dpo = stages[2]
+        step_seconds["dpo"] = (train_step_latency(config, 2 * dpo.batch, dpo.seq_len, device, cpu_time=cpu)
+                               + train_step_latency(config, 2 * dpo.batch, dpo.seq_len, device, forward_only=True,
+                                                    cpu_time=cpu))
     # the card's measurements: per stage and task, ~110 samples × ~16 scored prompts, and single-layer IV transfer
-    plan = train_plan(shape, stages, measure_prompts=3 * 2 * 110 * 16 if measure else 0,
+    plan = train_plan(shape, stages, measure_prompts=3 * 2 * 110 * 16 if measure else 0, step_seconds=step_seconds,
                       model=f"organism-{variant} ({size})")
     add_startup(plan, shape, "float32")
     plan.notes.append(f"{variant} variant, {shape.n_params / 1e6:.1f} M parameters; tokenizer training and data "
-                      "generation not counted")
+                      "generation not counted" + ("; training time from one timed step per stage" if time_steps else ""))
     return [plan]
 
 
@@ -383,54 +445,6 @@ def print_plans(plans: Sequence[Plan], shapes: Sequence[ModelShape], device: str
     return out
 
 
-def patch_dry_run(a: dict) -> dict:
-    """``ivlens patch --dry-run``: ``a`` holds the command's options (a validated spec's fields; with
-    ``--resume``, the resumed run's, see :func:`ivlens.cli_common.build_spec`)."""
-    infos = _infos(list(a["model"]), require_adapter=True)
-    plans = patch_plans([], a["task"], a["subtask"], layers=a["layers"], positions=a["positions"],
-                        samples=a["samples"], mode=a["mode"], target=a["target"], fmt=a["fmt"],
-                        chunk_size=a["chunk_size"], batch_size=a["batch_size"], seed=a["seed"], dtype=a["dtype"],
-                        device=a["device"], memory_budget=a.get("memory_budget"), figures=a.get("figures", True),
-                        infos=infos)
-    if a.get("source_model"):
-        plans[0].notes.append(f"IVs from {a['source_model']}: one more model in memory, one source run")
-    return print_plans(plans, [i.shape for i in infos], a["device"], a["dtype"], together=True,
-                       configs=[i.config for i in infos])
-
-
-def probe_dry_run(models: list[str], tasks: list[str], *, dtype: str = "float32", device: str = "cpu",
-                  **kw) -> dict:
-    """``ivlens probe --dry-run``."""
-    infos = _infos(models)
-    plans = probe_plans([], tasks, dtype=dtype, device=device, infos=infos, **kw)
-    return print_plans(plans, [i.shape for i in infos], device, dtype, together=False,
-                       configs=[i.config for i in infos])
-
-
-def trace_dry_run(models: list[str], *, dtype: str = "float32", device: str = "cpu", gguf_file=None,
-                  revision=None, trust_remote_code: bool = False, **kw) -> dict:
-    """``ivlens trace --dry-run``."""
-    infos = _infos(models, gguf_file, revision, trust_remote_code, require_adapter=True)
-    plans = trace_plans([], dtype=dtype, device=device, infos=infos, **kw)
-    return print_plans(plans, [i.shape for i in infos], device, dtype, together=True,
-                       configs=[i.config for i in infos])
-
-
-def eval_dry_run(models: list[str], task: str, *, dtype: str = "float32", device: str = "cpu", gguf_file=None,
-                 revision=None, trust_remote_code: bool = False, **kw) -> dict:
-    """``ivlens eval --dry-run``."""
-    infos = _infos(models, gguf_file, revision, trust_remote_code)
-    plans = eval_plans([], task, dtype=dtype, infos=infos, **kw)
-    return print_plans(plans, [i.shape for i in infos], device, dtype, together=True,
-                       configs=[i.config for i in infos])
-
-
-def organism_dry_run(size: str = "small", variant: str = "gist", measure: bool = True) -> dict:
-    """``ivlens organism build --dry-run`` (on the CPU, fp32: how the organisms are built)."""
-    plans = organism_plans(size, variant, measure)
-    return print_plans(plans, [organism_shape(size)], "cpu", "float32")
-
-
 # --------------------------------------------------------------------------------------------- any spec
 def spec_plans(spec, infos: Sequence[ModelInfo] = ()) -> tuple[list[Plan], bool]:
     """The plans of any analysis's spec (:mod:`ivlens.specs`) on the models described by ``infos`` (in
@@ -443,12 +457,13 @@ def spec_plans(spec, infos: Sequence[ModelInfo] = ()) -> tuple[list[Plan], bool]
     if isinstance(s, EvalSpec):
         return eval_plans([], s.task, subtask=s.subtask, samples=s.samples, fmt=s.format,
                           query_style=s.query_style, batch_size=s.batch_size, seed=s.seed, dtype=s.dtype,
-                          infos=infos), True
+                          split=s.split, score=s.score, infos=infos), True
     if isinstance(s, PatchSpec):
         return patch_plans([], s.task, s.subtask, layers=s.layers, positions=s.positions, samples=s.samples,
                            mode=s.mode, target=s.target, fmt=s.format, chunk_size=s.chunk_size,
                            batch_size=s.batch_size, seed=s.seed, dtype=s.dtype, device=s.device,
-                           memory_budget=s.memory_budget, figures=s.figures, infos=infos), True
+                           memory_budget=s.memory_budget, figures=s.figures, split=s.split, score=s.score,
+                           infos=infos), True
     if isinstance(s, ProbeSpec):
         return probe_plans([], list(s.tasks), layers=s.layers, varying=s.varying,
                            user_instructions=dict(s.instructions), fmt=s.format, batch_size=s.batch_size,
@@ -457,8 +472,26 @@ def spec_plans(spec, infos: Sequence[ModelInfo] = ()) -> tuple[list[Plan], bool]
     if isinstance(s, TraceSpec):
         return trace_plans([], task=s.task, subtask=s.subtask, sample=s.sample, prompt=s.prompt, compare=s.compare,
                            samples=s.samples, fmt=s.format, beam=s.beam, max_tokens=s.max_tokens, seed=s.seed,
-                           dtype=s.dtype, device=s.device, memory_budget=s.memory_budget, infos=infos), True
+                           dtype=s.dtype, device=s.device, memory_budget=s.memory_budget, split=s.split,
+                           infos=infos), True
     raise TypeError(f"no dry run for {type(spec).__name__}")
+
+
+def dry_run(spec, console: Console | None = None) -> dict:
+    """``--dry-run`` of any analysis's spec, what every command's ``--dry-run`` calls: its plans on the models'
+    configs (no weights loaded), printed with this device's rates; returns the figures of :func:`print_plans`."""
+    from ivlens.specs import EvalSpec, OrganismSpec, PatchSpec, ProbeSpec
+
+    if isinstance(spec, OrganismSpec):  # built on the CPU in fp32
+        plans, _ = spec_plans(spec)
+        return print_plans(plans, [organism_shape(spec.size)], "cpu", "float32", console=console)
+    infos = _infos(list(spec.models), spec.gguf_file, spec.revision, spec.trust_remote_code,
+                   require_adapter=not isinstance(spec, EvalSpec | ProbeSpec))
+    plans, together = spec_plans(spec, infos)
+    if isinstance(spec, PatchSpec) and spec.source_model:
+        plans[0].notes.append(f"IVs from {spec.source_model}: one more model in memory, one source run")
+    return print_plans(plans, [i.shape for i in infos], spec.device, spec.dtype, together=together,
+                       console=console, configs=[i.config for i in infos])
 
 
 def organism_shape(size: str = "small") -> ModelShape:
@@ -469,6 +502,10 @@ def organism_shape(size: str = "small") -> ModelShape:
     shape = ModelShape("olmo2", spec.n_layers, spec.d_model, spec.n_heads, spec.n_heads, spec.d_model // spec.n_heads,
                        spec.d_mlp, spec.vocab_size, gated_mlp=True, tied=True)
     return shape.with_params(shape.count_params())
+
+
+#: the ``path`` of a :class:`ModelInfo` that stands for an organism not built yet
+RECIPE_SUFFIX = " (recipe)"
 
 
 def organism_recipe_info(name: str, size: str = "small") -> ModelInfo:
@@ -486,4 +523,4 @@ def organism_recipe_info(name: str, size: str = "small") -> ModelInfo:
                          max_position_embeddings=256, tie_word_embeddings=True, bos_token_id=None)
     note = (f"{name} is not built yet: sized from its recipe ({size}), prompt lengths estimated (no tokenizer "
             "until the build has trained one)")
-    return ModelInfo(name, f"{name} (recipe)", organism_shape(size), ApproxTokenizer(None, 0, 0), note, config)
+    return ModelInfo(name, f"{name}{RECIPE_SUFFIX}", organism_shape(size), ApproxTokenizer(None, 0, 0), note, config)

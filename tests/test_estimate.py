@@ -136,10 +136,14 @@ def _app():
 
 @pytest.fixture
 def no_weights(monkeypatch):
-    """Fail any attempt to load weights (the CLI is imported first, so its own names stay unpatched afterwards)."""
+    """Fail any attempt to load weights. The modules that bind ``load_model`` by name are imported first, so
+    their names stay unpatched after this test (a first import under the patch would keep the refusal)."""
     import transformers
 
+    import ivlens.api  # noqa: F401
     import ivlens.cli  # noqa: F401
+    import ivlens.organism.build  # noqa: F401
+    import ivlens.probing.run  # noqa: F401
 
     def refuse(*a, **k):
         raise AssertionError("a dry run loaded weights")
@@ -245,3 +249,77 @@ def test_probe_collection_sizes_batches_from_the_budget(tiny_dir, tmp_path):
         torch.testing.assert_close(torch.from_numpy(a.load_layer(layer)), torch.from_numpy(b.load_layer(layer)),
                                    atol=1e-5, rtol=1e-5)
     shutil.rmtree(tmp_path / "a")
+
+
+# ------------------------------------------------------------------------------------------------ what a run selects
+def test_dry_run_selects_the_split_the_command_will_run():
+    """``--split`` restricts the samples in the dry run as in the run: an organism's recipe split before it is
+    built; a model without a card is refused as the command refuses it."""
+    from ivlens.dry_run import eval_plans, organism_recipe_info, patch_plans
+    from ivlens.organism.data import split_queries
+    from ivlens.tasks import TaskError, load_task
+
+    task = load_task("adjectives")
+    held = len(split_queries(task)["heldout"])
+    info = organism_recipe_info("organism-sft")
+    p_all, = patch_plans([], "adjectives", "adj_ant", layers="single", positions="last", infos=[info])
+    p_held, = patch_plans([], "adjectives", "adj_ant", layers="single", positions="last", split="heldout",
+                          infos=[info])
+    assert p_all.counts["samples"] == len(task.samples) and p_held.counts["samples"] == held < len(task.samples)
+    e_held, = eval_plans([], "adjectives", split="heldout", infos=[info])
+    e_all, = eval_plans([], "adjectives", infos=[info])
+    assert e_held.counts["prompts"] * len(task.samples) == e_all.counts["prompts"] * held
+    with pytest.raises(TaskError, match="--split heldout needs a model organism"):
+        patch_plans([], "adjectives", "adj_ant", split="heldout", infos=[model_info(str(OLMO_1B))])
+
+
+def test_dry_run_of_answer_scoring_counts_every_candidate():
+    """``--score answer`` runs each target once per candidate label: the same result rows, about k times the
+    engine's work; eval scores k candidates per prompt on top of generation."""
+    from ivlens.dry_run import eval_plans, patch_plans
+    from ivlens.tasks import load_task
+    from ivlens.tasks.prompts import AnswerCandidates
+
+    k = len(AnswerCandidates.of(load_task("adjectives"), "adj_ant").labels)
+    info = model_info(str(OLMO_1B))
+    kw = dict(layers="pairs", positions="first,last", samples=3, infos=[info])
+    first, = patch_plans([], "adjectives", "adj_ant", **kw)
+    answer, = patch_plans([], "adjectives", "adj_ant", score="answer", **kw)
+    assert answer.counts["rows"] == first.counts["rows"] and answer.counts["answer_candidates"] == k > 1
+    # ≥ k×: in an extended target the last position is no longer the last token, so no set collapses to its top
+    assert answer.counts["distinct_rows"] >= k * first.counts["distinct_rows"]
+    assert answer.counts["layer_token_evals"] >= k * first.counts["layer_token_evals"]
+    assert answer.flops > k * 0.9 * (first.flops - prompt_flops(info.shape, 1))
+    g_first, = eval_plans([], "adjectives", samples=3, infos=[info])
+    g_answer, = eval_plans([], "adjectives", samples=3, score="answer", infos=[info])
+    assert g_answer.counts["answer_candidates"] == k and g_answer.flops > g_first.flops
+
+
+def test_train_plan_takes_measured_steps():
+    """With measured step times the training stages cost ``steps × step`` (CPU-seconds over the cores the run
+    gets), not the FLOP model; the FLOPs are still counted for the printout."""
+    from ivlens.estimate.plans import TRAINER_OPS_PER_STEP, Rates, TrainStage, seconds, train_plan
+
+    shape = ModelShape("olmo2", n_layers=6, d_model=256, n_heads=4, n_kv_heads=4, d_head=64, d_mlp=512,
+                       d_vocab=3000, n_params=4_700_000)
+    stages = [TrainStage("pretrain", 100, 32, 64), TrainStage("sft", 50, 32, 56)]
+    modelled = train_plan(shape, stages)
+    timed = train_plan(shape, stages, step_seconds={"pretrain": 0.5, "sft": 0.3})
+    assert timed.flops == modelled.flops and timed.measured_flops == modelled.flops
+    assert timed.measured_seconds == pytest.approx(100 * 0.5 + 50 * 0.3)
+    rates = Rates(gemm=1e11, op_latency=1e-6, copy=1e10, layer_latency=1e-3, threads=2, cores=2, others=0.0)
+    overhead = 150 * TRAINER_OPS_PER_STEP * 1e-6
+    assert seconds(timed, rates) == pytest.approx((100 * 0.5 + 50 * 0.3) / 2 + overhead)
+
+
+def test_train_step_latency_times_a_real_step():
+    from transformers import Olmo2Config
+
+    from ivlens.estimate.calibrate import train_step_latency
+
+    cfg = Olmo2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=4)
+    before = torch.random.get_rng_state()
+    step = train_step_latency(cfg, 4, 16, steps=2)
+    fwd = train_step_latency(cfg, 4, 16, forward_only=True, steps=2)
+    assert 0 < fwd < step < 5 and torch.equal(torch.random.get_rng_state(), before)  # the caller's seed untouched

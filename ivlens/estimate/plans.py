@@ -22,7 +22,7 @@ attention patterns and edge contributions for tracing, ...).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .flops import (
@@ -49,6 +49,9 @@ IMPORT_OPS = 3_800_000
 LOAD_COPIES = 3
 #: Dequantizing a GGUF checkpoint and converting its tokenizer, op latencies per parameter (~0.11 CPU-µs here).
 GGUF_OPS_PER_PARAM = 0.09
+#: Python work of one ``transformers.Trainer`` step around the model's own (data loader, collator, callbacks,
+#: logging), in op latencies (fitted: build stage times against their measured steps on this project's CPU).
+TRAINER_OPS_PER_STEP = 5_000
 #: One figure written with matplotlib (the first also imports it), in op latencies.
 FIGURE_OPS = 250_000
 
@@ -108,6 +111,9 @@ class Plan:
     memory: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     fits: bool = True
+    #: work timed directly by a micro-benchmark of the same step (CPU-seconds on a CPU), and the FLOPs it covers
+    measured_seconds: float = 0.0
+    measured_flops: float = 0.0
 
     @property
     def peak_bytes(self) -> int:
@@ -124,8 +130,8 @@ class Plan:
 
 def seconds(plan: Plan, rates: Rates) -> float:
     """Estimated wall time of ``plan`` at ``rates`` (see the module docstring and :class:`Rates`)."""
-    return (plan.flops / (rates.gemm * rates.parallel_cores())
-            + (plan.layer_calls * rates.layer_latency + plan.kernel_calls * rates.op_latency
+    return ((plan.flops - plan.measured_flops) / rates.gemm + plan.measured_seconds) / rates.parallel_cores() + (
+            (plan.layer_calls * rates.layer_latency + plan.kernel_calls * rates.op_latency
                + plan.stream_bytes / rates.copy) / rates.barrier_cores())
 
 
@@ -432,23 +438,34 @@ class TrainStage:
 
 
 def train_plan(shape: ModelShape, stages: Sequence[TrainStage], *, measure_prompts: int = 0,
-               measure_tokens: int = 24, model: str = "") -> Plan:
-    """Training stages on ``shape`` (fp32, AdamW), then ``measure_prompts`` short forwards (the card's checks)."""
-    flops, calls, layer_calls = 0.0, 0.0, 0.0
+               measure_tokens: int = 24, step_seconds: Mapping[str, float] | None = None, model: str = "") -> Plan:
+    """Training stages on ``shape`` (fp32, AdamW), then ``measure_prompts`` short forwards (the card's checks).
+
+    ``step_seconds``: the measured seconds (CPU-seconds on a CPU) of one optimiser step of each stage, by name
+    (:func:`ivlens.estimate.calibrate.train_step_latency`): the stages' time is then ``steps × step`` (in
+    :attr:`Plan.measured_seconds`) instead of the FLOP and layer-call model, which misjudges small models'
+    training (backward and optimiser kernels, thread hand-offs) by a factor of 3 either way."""
+    flops, calls, layer_calls, measured, measured_flops = 0.0, 0.0, 0.0, 0.0, 0.0
     counts: dict[str, int] = {}
     for st in stages:
         fwd = prompt_flops(shape, st.seq_len, logit_rows=st.seq_len)
         flops += st.steps * st.batch * st.passes * fwd
+        counts[f"{st.name}_steps"] = st.steps
+        counts[f"{st.name}_sequences"] = st.steps * st.batch
+        if step_seconds is not None and st.name in step_seconds:
+            measured += st.steps * step_seconds[st.name]
+            measured_flops += st.steps * st.batch * st.passes * fwd
+            calls += st.steps * TRAINER_OPS_PER_STEP
+            continue
         n_param_tensors = shape.n_layers * 12 + 3
         layer_calls += st.steps * st.passes * shape.n_layers
         calls += st.steps * n_param_tensors * 6
-        counts[f"{st.name}_steps"] = st.steps
-        counts[f"{st.name}_sequences"] = st.steps * st.batch
     flops += measure_prompts * prompt_flops(shape, measure_tokens, logit_rows=measure_tokens)
     layer_calls += measure_prompts / 16 * shape.n_layers
     plan = Plan("organism build", model)
     plan.counts = counts | {"measure_forwards": measure_prompts}
     plan.flops = flops
+    plan.measured_seconds, plan.measured_flops = measured, measured_flops
     plan.kernel_calls = calls
     plan.layer_calls = layer_calls
     big = max(stages, key=lambda s: s.batch * s.seq_len * (2 if s.passes > 3 else 1))

@@ -37,9 +37,9 @@ def build_command(
     with friendly_errors():
         spec = OrganismSpec(seed=seed, size=size, variant=variant, force=force, measure=not no_measure)
         if dry_run:
-            from ivlens.dry_run import organism_dry_run
+            from ivlens.dry_run import dry_run as print_dry_run
 
-            organism_dry_run(spec.size, spec.variant, measure=spec.measure)
+            print_dry_run(spec)
             return
         directory = run_organism(spec, out=out)
     console = Console()

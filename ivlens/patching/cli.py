@@ -116,9 +116,9 @@ def patch(
     with friendly_errors():
         spec = build_spec(ctx, PatchSpec, options, resume, params={"models": "model", "format": "fmt"})
         if dry_run:
-            from ivlens.dry_run import patch_dry_run
+            from ivlens.dry_run import dry_run as print_dry_run
 
-            return patch_dry_run(_dry_run_args(spec, out))
+            return print_dry_run(spec)
         if resume is not None:
             console.print(f"resuming {resume}")
         bar = _RowsBar(console)
@@ -138,12 +138,6 @@ def patch(
             console.print(f"{r.model} · {r.position} · size {r.set_size}: {r.frac_superadditive:.0%} superadditive, "
                           f"{r.frac_subadditive:.0%} subadditive of {int(r.n_sets)} sets ({spec.correction})")
     console.print(f"results: {res.run.path}")
-
-
-def _dry_run_args(spec, out) -> dict:
-    """The options of :func:`ivlens.dry_run.patch_dry_run` from a spec (its historical argument names)."""
-    d = spec.model_dump()
-    return {**d, "model": list(d.pop("models")), "fmt": d.pop("format"), "out": out}
 
 
 app = typer.Typer(add_completion=False)

@@ -70,12 +70,9 @@ def probe(
         spec = build_spec(ctx, ProbeSpec, options, resume, params={"models": "model", "format": "fmt",
                                                               "instructions": "instructions"})
         if dry_run:
-            from ivlens.dry_run import probe_dry_run
-            probe_dry_run(list(spec.models), list(spec.tasks), layers=spec.layers, varying=spec.varying,
-                          user_instructions=dict(spec.instructions),
-                          fmt=spec.format, batch_size=spec.batch_size, folds=spec.folds,
-                          max_per_subtask=spec.max_per_subtask, dtype=spec.dtype, device=spec.device,
-                          memory_budget=spec.memory_budget)
+            from ivlens.dry_run import dry_run as print_dry_run
+
+            print_dry_run(spec)
             return
         res = run_probe(spec, out=out, resume=resume)
     if spec.shard is not None:

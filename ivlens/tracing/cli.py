@@ -79,13 +79,9 @@ def trace(
     with friendly_errors():
         spec = build_spec(ctx, TraceSpec, options, resume, params={"models": "model", "format": "fmt"})
         if dry_run:
-            from ivlens.dry_run import trace_dry_run
+            from ivlens.dry_run import dry_run as print_dry_run
 
-            trace_dry_run(list(spec.models), task=spec.task, subtask=spec.subtask, sample=spec.sample,
-                          prompt=spec.prompt, compare=spec.compare, samples=spec.samples, fmt=spec.format,
-                          beam=spec.beam, max_tokens=spec.max_tokens, seed=spec.seed, dtype=spec.dtype,
-                          device=spec.device, memory_budget=spec.memory_budget, gguf_file=spec.gguf_file,
-                          revision=spec.revision, trust_remote_code=spec.trust_remote_code)
+            print_dry_run(spec)
             return
         with console.status("tracing") if not spec.compare else nullcontext():
             res = run_trace(spec, out=out, resume=resume, progress=progress_bar if spec.compare else None)
