@@ -333,11 +333,15 @@ def gigabytes(n: float) -> str:
 
 
 def print_plans(plans: Sequence[Plan], shapes: Sequence[ModelShape], device: str = "cpu", dtype: str = "float32",
-                together: bool = False, console: Console | None = None, configs: Sequence | None = None) -> dict:
+                together: bool = False, console: Console | None = None, configs: Sequence | None = None,
+                remote: bool = False) -> dict:
     """Print every plan (counts, FLOPs, peak memory, time on ``device``) and, for several, the total; returns the
     same figures as a dict. ``together``: the command loads all its models at once (patch, trace, eval), so the
-    peak holds every model's weights; otherwise (probe) one model at a time."""
+    peak holds every model's weights; otherwise (probe) one model at a time. ``remote``: the compute runs on
+    NDIF (:func:`print_remote_plans`)."""
     console = console or Console(soft_wrap=True)
+    if remote:
+        return print_remote_plans(plans, shapes, console)
     out: dict = {"plans": [], "device": device, "dtype": dtype}
     total_s = 0.0
     for i, (p, shape) in enumerate(zip(plans, shapes, strict=True)):
@@ -383,6 +387,21 @@ def print_plans(plans: Sequence[Plan], shapes: Sequence[ModelShape], device: str
     return out
 
 
+def print_remote_plans(plans: Sequence[Plan], shapes: Sequence[ModelShape], console: Console) -> dict:
+    """``--remote``: the work each plan sends to NDIF (rows, forward passes), and no local memory or time: the
+    compute runs on NDIF's GPUs, whose speed and queue this machine cannot measure."""
+    out: dict = {"plans": [], "remote": "ndif", "total_seconds": 0.0, "idle_seconds": 0.0, "peak_bytes": 0}
+    for p, shape in zip(plans, shapes, strict=True):
+        console.print(f"[bold]dry run: {p.command}[/] · {p.model} ({shape.arch}, {shape.n_layers} layers, d_model "
+                      f"{shape.d_model}, {shape.n_params / 1e9:.3g} B parameters) on NDIF", highlight=False)
+        console.print("  " + " · ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in p.counts.items()), highlight=False)
+        console.print("  note: --remote: the compute runs on NDIF, so no local memory or time estimate applies (only "
+                      "the model's config and tokenizer are read here)", highlight=False)
+        out["plans"].append({"command": p.command, "model": p.model, "counts": dict(p.counts), "flops": p.flops,
+                             "remote": "ndif"})
+    return out
+
+
 def patch_dry_run(a: dict) -> dict:
     """``ivlens patch --dry-run``: ``a`` holds the command's options (a validated spec's fields; with
     ``--resume``, the resumed run's, see :func:`ivlens.cli_common.build_spec`)."""
@@ -395,16 +414,16 @@ def patch_dry_run(a: dict) -> dict:
     if a.get("source_model"):
         plans[0].notes.append(f"IVs from {a['source_model']}: one more model in memory, one source run")
     return print_plans(plans, [i.shape for i in infos], a["device"], a["dtype"], together=True,
-                       configs=[i.config for i in infos])
+                       configs=[i.config for i in infos], remote=bool(a.get("remote")))
 
 
 def probe_dry_run(models: list[str], tasks: list[str], *, dtype: str = "float32", device: str = "cpu",
-                  **kw) -> dict:
+                  remote: bool = False, **kw) -> dict:
     """``ivlens probe --dry-run``."""
     infos = _infos(models)
     plans = probe_plans([], tasks, dtype=dtype, device=device, infos=infos, **kw)
     return print_plans(plans, [i.shape for i in infos], device, dtype, together=False,
-                       configs=[i.config for i in infos])
+                       configs=[i.config for i in infos], remote=remote)
 
 
 def trace_dry_run(models: list[str], *, dtype: str = "float32", device: str = "cpu", gguf_file=None,
