@@ -394,10 +394,14 @@ def print_remote_plans(plans: Sequence[Plan], shapes: Sequence[ModelShape], cons
     for p, shape in zip(plans, shapes, strict=True):
         console.print(f"[bold]dry run: {p.command}[/] · {p.model} ({shape.arch}, {shape.n_layers} layers, d_model "
                       f"{shape.d_model}, {shape.n_params / 1e9:.3g} B parameters) on NDIF", highlight=False)
-        console.print("  " + " · ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in p.counts.items()), highlight=False)
+        counts = dict(p.counts)
+        if p.command.startswith("patch"):  # no trie sharing on NDIF: every row is one whole forward
+            counts = {k: counts[k] for k in ("samples", "rows", "layer_sets") if k in counts}
+            counts["forward_passes"] = counts.get("rows", 0) + 2 * counts.get("samples", 0) + 1
+        console.print("  " + " · ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in counts.items()), highlight=False)
         console.print("  note: --remote: the compute runs on NDIF, so no local memory or time estimate applies (only "
                       "the model's config and tokenizer are read here)", highlight=False)
-        out["plans"].append({"command": p.command, "model": p.model, "counts": dict(p.counts), "flops": p.flops,
+        out["plans"].append({"command": p.command, "model": p.model, "counts": counts, "flops": p.flops,
                              "remote": "ndif"})
     return out
 

@@ -191,3 +191,21 @@ def _wrap(lm: LoadedModel, name: str):
         nn = TransformersModel(lm.model, task="text-generation", tokenizer=lm.tokenizer)
     nn.repo_id = name
     return nn
+
+
+def test_dry_run_says_the_compute_runs_on_ndif(capsys, monkeypatch):
+    import sys
+
+    from ivlens.cli import main
+
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.setattr(sys, "argv", ["ivlens", "patch", "--model", "tests/data/olmo2-1124-7b-config", "--layers",
+                                      "pairs", "--samples", "3", "--dry-run", "--remote"])
+    with pytest.raises(SystemExit) as done:
+        main()
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert "on NDIF" in out and "no local memory or time estimate applies" in out
+    assert "time ≈" not in out and "peak memory" not in out
+    # 3 samples × 2 positions (first, last) × 528 layer sets (32 single + 496 pairs), 2 baselines per sample, 1 source
+    assert "rows 3,168" in out and "forward passes 3,175" in out
