@@ -83,6 +83,10 @@ def _load(names: Sequence[str], spec: Spec, given: Sequence[LoadedModel] | None)
         if len(given) != len(names):
             raise SpecError(f"--model: {len(names)} models in the spec but {len(given)} loaded models given")
         return list(given)
+    if getattr(spec, "remote", False):  # NDIF: config and tokenizer here, the weights stay there
+        from .ndif import open_remote_models
+
+        return open_remote_models(names, revision=spec.revision)
     return [load_model(n, **spec.load_kwargs()) for n in names]
 
 
@@ -173,10 +177,15 @@ def run_patch(spec: PatchSpec, *, models: Sequence[LoadedModel] | None = None,
     if spec.mode == "contrastive":
         require_contrastive(t, analysis="--mode contrastive")
     lms = _load(spec.models, spec, models)
-    src = source if source is not None else (load_model(spec.source_model, **spec.load_kwargs())
-                                             if spec.source_model else None)
+    if source is None and spec.source_model and spec.remote:
+        from .ndif import open_remote_models
+
+        source = open_remote_models([spec.source_model], revision=spec.revision, option="--source-model")[0]
+    elif source is None and spec.source_model:
+        source = load_model(spec.source_model, **spec.load_kwargs())
+    src = source
     for lm in lms:  # fail on bad specs before a run directory is made
-        PatchPlan.build(spec.layers, spec.positions, lm.adapter.n_layers)
+        PatchPlan.build(spec.layers, spec.positions, lm.n_layers)
         selection.sample_indices(t, spec.samples, spec.seed, split_queries(lm, t, spec.split))
     run = start_run(spec, f"{t.name}-{subtask}", out=out, resume=resume, models=lms + ([src] if src else []),
                     task=t.name)
@@ -224,6 +233,8 @@ def run_probe(spec: ProbeSpec, *, models: Sequence[LoadedModel] | None = None, o
         require_rephrasings(list(spec.tasks), n=2, analysis="probing")  # before any model is loaded
     for task in spec.tasks:
         load_task(task)
+    if spec.remote and models is None:  # NDIF: refused here (key, hub ids) before any run directory is made
+        models = _load(spec.models, spec, None)
     names = [m.name for m in models] if models is not None else list(spec.models)
     if spec.layers is not None and spec.layers.strip().lower() != "all":  # refuse bad layers before any work
         for m in models if models is not None else spec.models:

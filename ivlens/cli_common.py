@@ -50,6 +50,8 @@ SplitOpt = Annotated[Split, typer.Option("--split", help="queries: an organism's
                                          "card), or all")]
 ShardOpt = Annotated[str | None, typer.Option("--shard", help="i/n: compute only shard i of n of the units of work "
                                               "(a SLURM array job's share); `ivlens merge` joins the shards")]
+RemoteOpt = Annotated[bool, typer.Option("--remote", help="run the model work through nnsight on NDIF (a hub id "
+                                          "NDIF hosts; key from NDIF_API_KEY; docs/remote.md)")]
 ResumeOpt = Annotated[Path | None, typer.Option("--resume", help="resume this run directory: finished shards are "
                                                 "kept; options not given take the run's recorded values, and a "
                                                 "given option that differs is an error")]

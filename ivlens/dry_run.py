@@ -395,11 +395,15 @@ def gigabytes(n: float) -> str:
 
 
 def print_plans(plans: Sequence[Plan], shapes: Sequence[ModelShape], device: str = "cpu", dtype: str = "float32",
-                together: bool = False, console: Console | None = None, configs: Sequence | None = None) -> dict:
+                together: bool = False, console: Console | None = None, configs: Sequence | None = None,
+                remote: bool = False) -> dict:
     """Print every plan (counts, FLOPs, peak memory, time on ``device``) and, for several, the total; returns the
     same figures as a dict. ``together``: the command loads all its models at once (patch, trace, eval), so the
-    peak holds every model's weights; otherwise (probe) one model at a time."""
+    peak holds every model's weights; otherwise (probe) one model at a time. ``remote``: the compute runs on
+    NDIF (:func:`print_remote_plans`)."""
     console = console or Console(soft_wrap=True)
+    if remote:
+        return print_remote_plans(plans, shapes, console)
     out: dict = {"plans": [], "device": device, "dtype": dtype}
     total_s = 0.0
     for i, (p, shape) in enumerate(zip(plans, shapes, strict=True)):
@@ -442,6 +446,25 @@ def print_plans(plans: Sequence[Plan], shapes: Sequence[ModelShape], device: str
         console.print(f"[bold]total[/]: time ≈ {human_time(total_s)}{idle}, peak memory ≈ {gigabytes(peak)} ({how})",
                       highlight=False)
     out["total_seconds"], out["idle_seconds"], out["peak_bytes"] = total_s, idle_total, peak
+    return out
+
+
+def print_remote_plans(plans: Sequence[Plan], shapes: Sequence[ModelShape], console: Console) -> dict:
+    """``--remote``: the work each plan sends to NDIF (rows, forward passes), and no local memory or time: the
+    compute runs on NDIF's GPUs, whose speed and queue this machine cannot measure."""
+    out: dict = {"plans": [], "remote": "ndif", "total_seconds": 0.0, "idle_seconds": 0.0, "peak_bytes": 0}
+    for p, shape in zip(plans, shapes, strict=True):
+        console.print(f"[bold]dry run: {p.command}[/] · {p.model} ({shape.arch}, {shape.n_layers} layers, d_model "
+                      f"{shape.d_model}, {shape.n_params / 1e9:.3g} B parameters) on NDIF", highlight=False)
+        counts = dict(p.counts)
+        if p.command.startswith("patch"):  # no trie sharing on NDIF: every row is one whole forward
+            counts = {k: counts[k] for k in ("samples", "rows", "layer_sets") if k in counts}
+            counts["forward_passes"] = counts.get("rows", 0) + 2 * counts.get("samples", 0) + 1
+        console.print("  " + " · ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in counts.items()), highlight=False)
+        console.print("  note: --remote: the compute runs on NDIF, so no local memory or time estimate applies (only "
+                      "the model's config and tokenizer are read here)", highlight=False)
+        out["plans"].append({"command": p.command, "model": p.model, "counts": counts, "flops": p.flops,
+                             "remote": "ndif"})
     return out
 
 
@@ -491,7 +514,7 @@ def dry_run(spec, console: Console | None = None) -> dict:
     if isinstance(spec, PatchSpec) and spec.source_model:
         plans[0].notes.append(f"IVs from {spec.source_model}: one more model in memory, one source run")
     return print_plans(plans, [i.shape for i in infos], spec.device, spec.dtype, together=together,
-                       console=console, configs=[i.config for i in infos])
+                       console=console, configs=[i.config for i in infos], remote=getattr(spec, "remote", False))
 
 
 def organism_shape(size: str = "small") -> ModelShape:

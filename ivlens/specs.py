@@ -148,6 +148,36 @@ class _ModelsSpec(Spec):
                 "trust_remote_code": self.trust_remote_code}
 
 
+class _RemoteSpec(_ModelsSpec):
+    """``--remote``: the analysis's model work runs through its nnsight program on NDIF (:mod:`ivlens.ndif`).
+
+    Options that load or place local weights cannot apply there and are refused with it. ``remote`` enters the
+    hash only when set, so the runs made before the option existed keep their hashes."""
+
+    remote: bool = False
+
+    @model_validator(mode="after")
+    def _remote_options(self) -> _RemoteSpec:
+        if not self.remote:
+            return self
+        for field, default, why in (
+                ("gguf_file", None, "NDIF runs hub checkpoints, not GGUF files"),
+                ("trust_remote_code", False, "NDIF runs the checkpoints it hosts, with no code from their repositories"),
+                ("device", "cpu", "the model runs on NDIF's GPUs, not on a local device"),
+                ("dtype", "float32", "NDIF runs the checkpoint in the dtype it hosts"),
+                ("score", "first-token", "answer scoring runs on the local torch engine only")):
+            if getattr(self, field, default) != default:
+                raise ValueError(f"--remote cannot honour {option_name(field)} {getattr(self, field)!r}: {why}; "
+                                 f"drop {option_name(field)} or --remote")
+        return self
+
+    def result_fields(self) -> dict[str, Any]:
+        fields = super().result_fields()
+        if not self.remote:
+            fields.pop("remote", None)
+        return fields
+
+
 class EvalSpec(_ModelsSpec):
     """``ivlens eval``: instruction-following accuracy with, without and against the instruction."""
 
@@ -168,7 +198,7 @@ class EvalSpec(_ModelsSpec):
     seed: int = 0
 
 
-class PatchSpec(_ModelsSpec):
+class PatchSpec(_RemoteSpec):
     """``ivlens patch``: IVs of layer sets patched into targets, then interactions and figures."""
 
     analysis: ClassVar[str] = "patch"
@@ -197,7 +227,7 @@ class PatchSpec(_ModelsSpec):
     figures: bool = True
 
 
-class ProbeSpec(_ModelsSpec):
+class ProbeSpec(_RemoteSpec):
     """``ivlens probe``: probes, LDA and similarity of IVs (residual at T_inst of instruction-only prompts)."""
 
     analysis: ClassVar[str] = "probe"

@@ -50,6 +50,10 @@ BATTERY: list[tuple[list[str], str]] = [
     (["eval", "-m", M, "--task", "adjectives", "--split", "heldout"], "--split heldout needs a model organism"),
     (["trace", "-m", M], "give either --prompt TEXT or --task T"),
     (["eval", "-m", M], "--task"),
+    # --remote (NDIF): no key, a local model, an option it cannot honour
+    (["patch", "-m", "allenai/OLMo-2-0425-1B", "--remote"], "--remote needs NDIF_API_KEY"),
+    (["probe", "-m", M, "--remote"], "--model"),
+    (["patch", "-m", "allenai/OLMo-2-0425-1B", "--remote", "--device", "cuda"], "--remote cannot honour --device"),
 ]
 
 
@@ -63,6 +67,7 @@ def test_bad_invocation_is_one_line_and_exit_2(args, needle, tiny_dir, tmp_path,
         argv += ["--out", str(tmp_path / "run")]
     monkeypatch.setattr(sys, "argv", ["ivlens", *argv])
     monkeypatch.setenv("COLUMNS", "400")  # one line, not wrapped by rich
+    monkeypatch.delenv("NDIF_API_KEY", raising=False)
     with pytest.raises(SystemExit) as exit_info:
         main()
     err = capsys.readouterr().err

@@ -21,7 +21,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from ivlens.cli_common import ScoreOpt, ShardOpt
+from ivlens.cli_common import RemoteOpt, ScoreOpt, ShardOpt
 from ivlens.specs import Backend, Correction, Dtype, Format, PatchMode, PatchTarget, Split
 
 log = logging.getLogger(__name__)
@@ -97,6 +97,7 @@ def patch(
                                        "is an error (memory budget, batch size, threads and figures may change)."),
     figures: bool = typer.Option(True, help="Write figures."),
     shard: ShardOpt = None,
+    remote: RemoteOpt = False,
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (rows, FLOPs, peak memory, time on "
                                  "--device) from the models' configs, without loading weights, and exit."),
 ) -> None:
@@ -111,7 +112,7 @@ def patch(
                "memory_budget": memory_budget,
                "chunk_size": chunk_size, "seed": seed, "effect": effect, "correction": correction, "alpha": alpha,
                "dtype": dtype, "device": device, "threads": threads, "backend": backend, "figures": figures,
-               "shard": shard}
+               "shard": shard, "remote": remote}
     console = Console(stderr=True)
     with friendly_errors():
         spec = build_spec(ctx, PatchSpec, options, resume, params={"models": "model", "format": "fmt"})

@@ -177,6 +177,8 @@ def _chunk_rows(lm: LoadedModel, prompts: list[SamplePrompts], plan: PatchPlan, 
     """Run one chunk of samples: columns of the patched rows (sample-major, then position, then layer set) and
     records of the baselines. The samples run in passes bounded by ``memory_budget``. With ``candidates`` the rows
     are scored at the answer level."""
+    if _through_nnsight(lm):  # --remote: every forward is a trace of the nnsight program
+        return _nnsight_chunk_rows(lm, prompts, plan, ivs, space, stats, batch_size, on_rows, memory_budget)
     if backend == "nnsight":
         from .nnsight_backend import patched_metrics_nnsight as run_rows
     else:
@@ -195,12 +197,37 @@ def _chunk_rows(lm: LoadedModel, prompts: list[SamplePrompts], plan: PatchPlan, 
     return cols, base
 
 
+def _through_nnsight(lm: LoadedModel) -> bool:
+    from ivlens.ndif import NNsightModel
+
+    return isinstance(lm, NNsightModel)
+
+
+def _nnsight_chunk_rows(lm: LoadedModel, prompts: list[SamplePrompts], plan: PatchPlan, ivs: torch.Tensor,
+                        space: torch.Tensor, stats: EngineStats, batch_size: int | None,
+                        on_rows: Callable[[int], None] | None, memory_budget: int | None):
+    """One chunk through the nnsight programs (:mod:`ivlens.patching.nnsight_rows`): one pass, rows per trace
+    from the budget."""
+    budget = memory_budget if memory_budget is not None else resolve_memory_budget(None, lm.device)
+    cols, base = _pass_rows(lm, prompts, plan, ivs, space, stats, batch_size, on_rows, None, budget)
+    base.sort(key=lambda r: r["run"] != "target")
+    return cols, base
+
+
 def _pass_rows(lm: LoadedModel, prompts: list[SamplePrompts], plan: PatchPlan, ivs: torch.Tensor,
                space: torch.Tensor, stats: EngineStats, batch_size: int | None,
                on_rows: Callable[[int], None] | None, run_rows, budget: int,
                candidates: AnswerCandidates | None = None) -> tuple[dict[str, np.ndarray], list]:
     n_sets, n_pos, B = len(plan.layer_sets), len(plan.positions), len(prompts)
-    if candidates is None:
+    if _through_nnsight(lm):
+        from .nnsight_rows import first_token_scores_nnsight
+
+        got, base_t, base_i = first_token_scores_nnsight(
+            lm, [p.target.input_ids for p in prompts], [p.instructed.input_ids for p in prompts],
+            [p.positions for p in prompts], plan.layer_sets, ivs, torch.tensor([p.label_token for p in prompts]),
+            torch.tensor([p.alt_token for p in prompts]), space, _pad_id(lm), stats=stats, batch_size=batch_size,
+            memory_budget=budget, on_rows=on_rows)
+    elif candidates is None:
         got, base_t, base_i = _first_token_scores(lm, prompts, plan, ivs, space, stats, batch_size, on_rows,
                                                   run_rows, budget)
     else:
@@ -382,6 +409,10 @@ def patch_sweep(models: LoadedModel | str | Sequence[LoadedModel | str], task: T
         raise ValueError(f"unknown score {score!r}; use {' or '.join(SCORES)}")
     if score == "answer" and backend != "torch":
         raise ValueError("--score answer runs on the torch backend only; drop --backend nnsight")
+    through_nnsight = [m for m in ([models] if isinstance(models, LoadedModel | str) else list(models))
+                       if _through_nnsight(m)]
+    if score == "answer" and through_nnsight:
+        raise ValueError("--score answer runs on the torch engine only; drop --remote")
     task = load_task(task) if isinstance(task, str) else task
     subtask = subtask or task.subtask_names[0]
     task.subtask(subtask)
@@ -396,7 +427,7 @@ def patch_sweep(models: LoadedModel | str | Sequence[LoadedModel | str], task: T
     if len(set(names)) != len(names):
         names = [f"{n}#{i}" for i, n in enumerate(names)]
     ids_per_model = [sample_indices(task, samples, seed, split_queries(lm.path, lm.name, task, split)) for lm in lms]
-    plans = [PatchPlan.build(layers, positions, lm.adapter.n_layers) for lm in lms]
+    plans = [PatchPlan.build(layers, positions, lm.n_layers) for lm in lms]
     total = sum(len(ids) * len(p.rows) for ids, p in zip(ids_per_model, plans, strict=True))
     done = 0
     stats: dict[str, EngineStats] = {}
@@ -406,10 +437,10 @@ def patch_sweep(models: LoadedModel | str | Sequence[LoadedModel | str], task: T
         chunks = [sample_ids[i:i + chunk_size] for i in range(0, len(sample_ids), chunk_size)]
         st = stats.setdefault(name, EngineStats())
         s_lm = src_lm or lm
-        if s_lm.adapter.n_layers != lm.adapter.n_layers or s_lm.adapter.d_model != lm.adapter.d_model:
-            raise ValueError(f"source model {s_lm.name} ({s_lm.adapter.n_layers} layers, d_model "
-                             f"{s_lm.adapter.d_model}) does not match {lm.name} ({lm.adapter.n_layers} layers, "
-                             f"d_model {lm.adapter.d_model})")
+        if s_lm.n_layers != lm.n_layers or s_lm.d_model != lm.d_model:
+            raise ValueError(f"source model {s_lm.name} ({s_lm.n_layers} layers, d_model "
+                             f"{s_lm.d_model}) does not match {lm.name} ({lm.n_layers} layers, "
+                             f"d_model {lm.d_model})")
         ivs = None
         space = None
         const = {"model": name, "source_model": s_lm.name if src_lm is not None else name, "task": task.name,
@@ -429,7 +460,12 @@ def patch_sweep(models: LoadedModel | str | Sequence[LoadedModel | str], task: T
             prompts, instruction = prepare(lm, task, subtask, plan, chunk, mode, target, fmt)
             if ivs is None:  # one source run per instruction (and model), only when there is work left
                 src_ids = instruction_prompt(s_lm.tokenizer, instruction, fmt).input_ids
-                ivs = source_vectors(s_lm.adapter, [src_ids], _pad_id(s_lm), stats=st)
+                if _through_nnsight(s_lm):
+                    from .nnsight_rows import source_vectors_nnsight
+
+                    ivs = source_vectors_nnsight(s_lm, [src_ids], _pad_id(s_lm), stats=st)
+                else:
+                    ivs = source_vectors(s_lm.adapter, [src_ids], _pad_id(s_lm), stats=st)
                 space = label_space_tokens(lm, task, subtask, prompts[0].instructed)
 
             on_rows = _ChunkProgress(progress, done, done + n_rows, total)

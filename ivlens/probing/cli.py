@@ -12,6 +12,7 @@ from ivlens.cli_common import (
     FormatOpt,
     ModelOpt,
     OutOpt,
+    RemoteOpt,
     ResumeOpt,
     ShardOpt,
     build_spec,
@@ -50,6 +51,7 @@ def probe(
     out: OutOpt = None,
     resume: ResumeOpt = None,
     shard: ShardOpt = None,
+    remote: RemoteOpt = False,
     dtype: DtypeOpt = "float32",
     device: DeviceOpt = "cpu",
 ) -> None:
@@ -66,7 +68,8 @@ def probe(
         options = {"models": tuple(model or ()), "tasks": tuple(t.strip() for t in tasks.split(",") if t.strip()),
                    "layers": layers, "varying": varying, "instructions": user, "max_per_subtask": max_per_subtask,
                    "folds": folds, "figure_layers": fig_at, "batch_size": batch_size, "memory_budget": memory_budget,
-                   "format": fmt, "seed": seed, "dtype": dtype, "device": device, "shard": shard}
+                   "format": fmt, "seed": seed, "dtype": dtype, "device": device, "shard": shard,
+                   "remote": remote}
         spec = build_spec(ctx, ProbeSpec, options, resume, params={"models": "model", "format": "fmt",
                                                               "instructions": "instructions"})
         if dry_run:

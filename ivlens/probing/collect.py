@@ -69,6 +69,12 @@ def ivs_at_t_inst(loaded: LoadedModel, input_ids: torch.Tensor, attention_mask: 
     return torch.stack([out[layer] for layer in layers])  # [layer, batch, d_model]
 
 
+def _through_nnsight(loaded: LoadedModel) -> bool:
+    from ivlens.ndif import NNsightModel
+
+    return isinstance(loaded, NNsightModel)
+
+
 def parse_layers(spec: str | list[int] | None, n_layers: int) -> list[int]:
     """``all`` / ``None`` → every layer; ``"0,3,-1"`` or a list → those layers (negative counts from the end)."""
     if spec is None or (isinstance(spec, str) and spec.strip().lower() == "all"):
@@ -201,7 +207,12 @@ def collect_ivs(loaded: LoadedModel, rows: list[InstructionRow], out: str | Path
             continue
         batch = pad_left([prompts[i] for i in idx], tok.pad_token_id).to(device)
         cols = torch.tensor([batch.column(j, prompts[i].t_inst) for j, i in enumerate(idx)], device=device)
-        resid = ivs_at_t_inst(loaded, batch.input_ids, batch.attention_mask, batch.position_ids, cols, layers)
+        if _through_nnsight(loaded):  # --remote: the nnsight program, on NDIF
+            from ivlens.nnsight_program import residuals_at
+
+            resid = residuals_at(loaded, batch, cols.tolist(), layers)
+        else:
+            resid = ivs_at_t_inst(loaded, batch.input_ids, batch.attention_mask, batch.position_ids, cols, layers)
         atomic_write_bytes(shard, st_save({"resid": resid.contiguous(),
                                            "rows": torch.tensor(list(idx), dtype=torch.long)}))
         n_batches += 1

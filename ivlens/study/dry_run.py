@@ -75,7 +75,7 @@ def dry_run_study(study: StudySpec, console: Console | None = None) -> dict:
             shapes, configs = [organism_shape(step.spec.size)], None
         printed = print_plans(plans, shapes, step.spec.load_kwargs()["device"] if infos else "cpu",
                               step.spec.load_kwargs()["dtype"] if infos else "float32", together=together,
-                              console=console, configs=configs)
+                              console=console, configs=configs, remote=getattr(step.spec, "remote", False))
         rows = forwards = 0
         for p in plans:
             r, f = headline_counts(p)
