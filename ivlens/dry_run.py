@@ -30,7 +30,7 @@ from ivlens.estimate.calibrate import (
     model_gemm_shapes,
     op_latency,
 )
-from ivlens.estimate.flops import ModelShape
+from ivlens.estimate.flops import ModelShape, prompt_flops
 from ivlens.estimate.model import ModelInfo, model_info
 from ivlens.estimate.plans import (
     PatchTarget,
@@ -157,6 +157,72 @@ def patch_plans(models: Sequence[str], task: str, subtask: str | None, *, layers
         add_figures(p, 2 if figures and not plans else 0)  # single layers and pair heatmaps, once
         plans.append(_with_note(p, info, dtype, not plans))
     return plans
+
+
+# --------------------------------------------------------------------------------------------- steer
+def steer_plans(spec, infos: Sequence[ModelInfo] | None = None) -> list[Plan]:
+    """The plan of ``ivlens steer`` for a :class:`~ivlens.specs.SteerSpec`, one per model: patching's plan
+    (:func:`ivlens.estimate.plans.patch_plan`) with the engine's own count of the additive rows
+    (:func:`ivlens.patching.engine.plan_work` with ``edit="add"``), plus the IV collection of the vectors."""
+    from ivlens.patching.engine import RowSpec, plan_work
+    from ivlens.probing.collect import parse_layers
+    from ivlens.probing.instructions import instruction_set
+    from ivlens.steering.plan import parse_steer_positions, resolve_span
+    from ivlens.steering.vectors import parse_alphas, parse_vectors
+    from ivlens.tasks import instructed_prompt, instruction_prompt, load_task, query_prompt
+    from ivlens.tasks.selection import sample_indices
+
+    t = load_task(spec.task)
+    sub = t.subtask(spec.subtask or t.subtask_names[0])
+    ids = sample_indices(t, spec.samples, spec.seed)
+    n_src = len(parse_vectors(spec.vectors)) * len(parse_alphas(spec.alphas))
+    positions = parse_steer_positions(spec.positions)
+    budget = _budget(spec.memory_budget, spec.device)
+    n_instr = len(instruction_set([t], "instructions", None, None, spec.max_per_subtask))
+    plans = []
+    for info in infos or _infos(list(spec.models), require_adapter=True):
+        tok, L = info.tokenizer, info.shape.n_layers
+        layers = parse_layers(spec.layers, L)
+        targets, spans = [], {}
+        for i in ids:
+            s = t.samples[i]
+            tgt = query_prompt(tok, t, s, spec.format, query_style=spec.target)
+            has_bos = tok.bos_token_id is not None and len(tgt.input_ids) > 1 and tgt.input_ids[0] == tok.bos_token_id
+            sp = tuple(resolve_span(p, len(tgt), has_bos=has_bos) for p in positions)
+            spans[len(tgt), tuple(x[0] for x in sp)] = sp
+            targets.append(PatchTarget(len(tgt), tuple(x[0] for x in sp),
+                                       len(instructed_prompt(tok, t, s, sub.instruction, spec.format))))
+
+        def work(chunk, _sets, n_layers, group_rows, spans=spans, layers=layers):
+            rows, lengths = [], []
+            for b, tg in enumerate(chunk):
+                lengths.append(tg.n_tokens)
+                rows += [RowSpec(b, v, (layer,), tok_i, span) for v in range(n_src) for layer in layers
+                         for tok_i, span in spans[tg.n_tokens, tg.positions]]
+            st = plan_work(rows, lengths, n_layers, group_rows=group_rows, edit="add")
+            return st.executed_evals, st.unembed_rows, st.layer_calls
+
+        src = len(instruction_prompt(tok, sub.instruction, spec.format))
+        p = patch_plan(info.shape, targets, [(layer,) for layer in layers] * n_src, src, dtype=spec.dtype,
+                       chunk_size=spec.chunk_size, budget=budget, batch_size=spec.batch_size,
+                       n_positions=len(positions), model=info.name, engine_work=work)
+        p.command = "steer"
+        p.flops += n_instr * prompt_flops(info.shape, src)
+        p.counts["forward_passes"] += n_instr
+        p.notes.append(f"{t.name}/{sub.name}, {len(ids)} samples, {n_src} vector × α, {len(layers)} layers × "
+                       f"{spec.positions}; {n_instr} instruction IVs for the vectors; memory budget "
+                       f"{budget / 2**30:.2f} GiB")
+        add_figures(p, len(parse_vectors(spec.vectors)) if spec.figures and not plans else 0)
+        plans.append(_with_note(p, info, spec.dtype, not plans))
+    return plans
+
+
+def steer_dry_run(spec) -> dict:
+    """``ivlens steer --dry-run``: the plan from the models' configs alone."""
+    infos = _infos(list(spec.models), require_adapter=True)
+    plans = steer_plans(spec, infos)
+    return print_plans(plans, [i.shape for i in infos], spec.device, spec.dtype, together=True,
+                       configs=[i.config for i in infos])
 
 
 # --------------------------------------------------------------------------------------------- probe
@@ -435,9 +501,11 @@ def organism_dry_run(size: str = "small", variant: str = "gist", measure: bool =
 def spec_plans(spec, infos: Sequence[ModelInfo] = ()) -> tuple[list[Plan], bool]:
     """The plans of any analysis's spec (:mod:`ivlens.specs`) on the models described by ``infos`` (in
     ``spec.models`` order; none for the organism build), and whether the analysis holds its models together."""
-    from ivlens.specs import EvalSpec, OrganismSpec, PatchSpec, ProbeSpec, TraceSpec
+    from ivlens.specs import EvalSpec, OrganismSpec, PatchSpec, ProbeSpec, SteerSpec, TraceSpec
 
     s = spec
+    if isinstance(s, SteerSpec):
+        return steer_plans(s, infos), True
     if isinstance(s, OrganismSpec):
         return organism_plans(s.size, s.variant, s.measure), False
     if isinstance(s, EvalSpec):
