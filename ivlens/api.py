@@ -32,6 +32,7 @@ from .specs import (
     ProbeSpec,
     Spec,
     SpecError,
+    SteerSpec,
     TraceSpec,
     spec_from_manifest,
 )
@@ -204,6 +205,63 @@ def run_patch(spec: PatchSpec, *, models: Sequence[LoadedModel] | None = None,
     return PatchResult(run, res, an)
 
 
+# --------------------------------------------------------------------------------------------- steer
+@dataclass
+class SteerRunResult:
+    """What :func:`run_steer` produced: the run, the sweep (rows, baselines, vectors, engine stats) and the
+    dose-response table."""
+
+    run: RunDir
+    sweep: object  # ivlens.steering.sweep.SteerResult
+    dose: pd.DataFrame
+
+
+def run_steer(spec: SteerSpec, *, models: Sequence[LoadedModel] | None = None, out: str | Path | None = None,
+              resume: str | Path | None = None, progress: Callable[[int, int], None] | None = None
+              ) -> SteerRunResult:
+    """Steer every model with ``spec.vectors`` × ``spec.alphas`` × ``spec.layers`` × ``spec.positions`` on the
+    selected samples' query-only prompts (shards of ``spec.chunk_size`` samples, resumable), then the
+    dose-response table and figure."""
+    from .budget import parse_bytes
+    from .probing.collect import parse_layers
+    from .steering.analysis import dose_response
+    from .steering.figures import plot_dose_response
+    from .steering.plan import SteerPlan, parse_steer_positions
+    from .steering.sweep import steer_sweep
+    from .steering.vectors import parse_alphas, parse_vectors
+    from .tasks import require_contrastive
+
+    if spec.memory_budget is not None and spec.memory_budget.strip().lower() != "auto":
+        parse_bytes(spec.memory_budget)
+    t = load_task(spec.task)
+    subtask = t.subtask(spec.subtask or t.subtask_names[0]).name
+    vectors = parse_vectors(spec.vectors)
+    if any(v != "mean" for v in vectors):
+        require_contrastive(t, analysis="--vectors diff and probe:")
+    lms = _load(spec.models, spec, models)
+    plans = []
+    for lm in lms:  # fail on bad specs before a run directory is made
+        plans.append(SteerPlan(vectors, parse_alphas(spec.alphas), tuple(parse_layers(spec.layers, lm.n_layers)),
+                               parse_steer_positions(spec.positions)))
+        selection.sample_indices(t, spec.samples, spec.seed, split_queries(lm, t, spec.split))
+    if len({p.layers for p in plans}) > 1:
+        raise SpecError("--model: the models have different numbers of layers; steer them in separate runs")
+    run = start_run(spec, f"{t.name}-{subtask}", out=out, resume=resume, models=lms, task=t.name)
+    with torch_threads(spec.threads):
+        res = steer_sweep(lms, [lm.name for lm in lms], t, subtask, plans[0], run, samples=spec.samples,
+                          split=spec.split, target=spec.target, fmt=spec.format, seed=spec.seed,
+                          chunk_size=spec.chunk_size, batch_size=spec.batch_size, memory_budget=spec.memory_budget,
+                          max_per_subtask=spec.max_per_subtask, progress=progress)
+    dose = dose_response(res.rows)
+    run.write_table("dose_response", dose)
+    run.write_table("vectors", res.vectors)
+    if spec.figures:
+        plot_dose_response(dose, run.figure_path("dose_response.png").parent)
+    run.finish(engine={k: v.to_dict() for k, v in res.stats.items()}, n_rows=len(res.rows),
+               plan=plans[0].to_dict())
+    return SteerRunResult(run, res, dose)
+
+
 # --------------------------------------------------------------------------------------------- probe
 def _config_layers(name: str, spec: Spec) -> int | None:
     """The number of decoder layers of model ``name`` from its config alone (no weights loaded); ``None`` when
@@ -344,7 +402,8 @@ def run_spec(spec: Spec, *, models: Sequence[LoadedModel] | None = None, out: st
     if isinstance(spec, OrganismSpec):
         run_organism(spec, run_dir=out if out is not None else resume, progress=False)
         return Path(out if out is not None else resume)
-    runner = {EvalSpec: run_eval, PatchSpec: run_patch, ProbeSpec: run_probe, TraceSpec: run_trace}[type(spec)]
+    runner = {EvalSpec: run_eval, PatchSpec: run_patch, ProbeSpec: run_probe, TraceSpec: run_trace,
+              SteerSpec: run_steer}[type(spec)]
     result = runner(spec, models=models, out=out, resume=resume)
     run = result[0] if isinstance(result, tuple) else result.run
     return run.path

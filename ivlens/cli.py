@@ -264,6 +264,10 @@ from ivlens.probing.cli import probe  # noqa: E402
 
 app.command("probe")(probe)
 
+from ivlens.steering.cli import steer  # noqa: E402
+
+app.command("steer")(steer)
+
 
 def main() -> None:
     """The ``ivlens`` command: the typer app, with usage errors (a bad choice, a malformed number, a missing

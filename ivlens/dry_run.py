@@ -192,6 +192,62 @@ def patch_plans(models: Sequence[str], task: str, subtask: str | None, *, layers
     return plans
 
 
+# --------------------------------------------------------------------------------------------- steer
+def steer_plans(spec, infos: Sequence[ModelInfo] | None = None) -> list[Plan]:
+    """The plan of ``ivlens steer`` for a :class:`~ivlens.specs.SteerSpec`, one per model: patching's plan
+    (:func:`ivlens.estimate.plans.patch_plan`) with the engine's own count of the additive rows
+    (:func:`ivlens.patching.engine.plan_work` with ``edit="add"``), plus the IV collection of the vectors."""
+    from ivlens.patching.engine import RowSpec, plan_work
+    from ivlens.probing.collect import parse_layers
+    from ivlens.probing.instructions import instruction_set
+    from ivlens.steering.plan import parse_steer_positions, resolve_span
+    from ivlens.steering.vectors import parse_alphas, parse_vectors
+    from ivlens.tasks import instructed_prompt, instruction_prompt, load_task, query_prompt
+
+    t = load_task(spec.task)
+    sub = t.subtask(spec.subtask or t.subtask_names[0])
+    n_src = len(parse_vectors(spec.vectors)) * len(parse_alphas(spec.alphas))
+    positions = parse_steer_positions(spec.positions)
+    budget = _budget(spec.memory_budget, spec.device)
+    n_instr = len(instruction_set([t], "instructions", None, None, spec.max_per_subtask))
+    plans = []
+    for info in infos or _infos(list(spec.models), require_adapter=True):
+        tok, L = info.tokenizer, info.shape.n_layers
+        layers = parse_layers(spec.layers, L)
+        chosen = chosen_samples(t, spec.samples, spec.seed, spec.split, info)
+        targets, spans = [], {}
+        for s in chosen:
+            tgt = query_prompt(tok, t, s, spec.format, query_style=spec.target)
+            has_bos = tok.bos_token_id is not None and len(tgt.input_ids) > 1 and tgt.input_ids[0] == tok.bos_token_id
+            sp = tuple(resolve_span(p, len(tgt), has_bos=has_bos) for p in positions)
+            spans[len(tgt), tuple(x[0] for x in sp)] = sp
+            targets.append(PatchTarget(len(tgt), tuple(x[0] for x in sp),
+                                       len(instructed_prompt(tok, t, s, sub.instruction, spec.format))))
+
+        def work(chunk, _sets, n_layers, group_rows, spans=spans, layers=layers):
+            rows, lengths = [], []
+            for b, tg in enumerate(chunk):
+                lengths.append(tg.n_tokens)
+                rows += [RowSpec(b, v, (layer,), tok_i, span) for v in range(n_src) for layer in layers
+                         for tok_i, span in spans[tg.n_tokens, tg.positions]]
+            st = plan_work(rows, lengths, n_layers, group_rows=group_rows, edit="add")
+            return st.executed_evals, st.unembed_rows, st.layer_calls
+
+        src = len(instruction_prompt(tok, sub.instruction, spec.format))
+        p = patch_plan(info.shape, targets, [(layer,) for layer in layers] * n_src, src, dtype=spec.dtype,
+                       chunk_size=spec.chunk_size, budget=budget, batch_size=spec.batch_size,
+                       n_positions=len(positions), model=info.name, engine_work=work)
+        p.command = "steer"
+        p.flops += n_instr * prompt_flops(info.shape, src)
+        p.counts["forward_passes"] += n_instr
+        p.notes.append(f"{t.name}/{sub.name}, {len(chosen)} samples ({spec.split}), {n_src} vector × α, {len(layers)} layers × "
+                       f"{spec.positions}; {n_instr} instruction IVs for the vectors; memory budget "
+                       f"{budget / 2**30:.2f} GiB")
+        add_figures(p, len(parse_vectors(spec.vectors)) if spec.figures and not plans else 0)
+        plans.append(_with_note(p, info, spec.dtype, not plans))
+    return plans
+
+
 # --------------------------------------------------------------------------------------------- probe
 def probe_plans(models: Sequence[str], tasks: Sequence[str], *, layers: str = "all", varying: str = "instructions",
                 user_instructions: dict | None = None, fmt: str = "raw", batch_size: int | None = None,
@@ -472,9 +528,11 @@ def print_remote_plans(plans: Sequence[Plan], shapes: Sequence[ModelShape], cons
 def spec_plans(spec, infos: Sequence[ModelInfo] = ()) -> tuple[list[Plan], bool]:
     """The plans of any analysis's spec (:mod:`ivlens.specs`) on the models described by ``infos`` (in
     ``spec.models`` order; none for the organism build), and whether the analysis holds its models together."""
-    from ivlens.specs import EvalSpec, OrganismSpec, PatchSpec, ProbeSpec, TraceSpec
+    from ivlens.specs import EvalSpec, OrganismSpec, PatchSpec, ProbeSpec, SteerSpec, TraceSpec
 
     s = spec
+    if isinstance(s, SteerSpec):
+        return steer_plans(s, infos), True
     if isinstance(s, OrganismSpec):
         return organism_plans(s.size, s.variant, s.measure), False
     if isinstance(s, EvalSpec):

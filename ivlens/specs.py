@@ -227,6 +227,43 @@ class PatchSpec(_RemoteSpec):
     figures: bool = True
 
 
+class SteerSpec(_ModelsSpec):
+    """``ivlens steer``: add ``α · v`` (an IV direction) to the query-only prompt's residual, per layer and α."""
+
+    analysis: ClassVar[str] = "steer"
+    result_neutral: ClassVar[frozenset[str]] = frozenset({"batch_size", "memory_budget", "threads", "figures"})
+
+    task: str = "adjectives"
+    subtask: str | None = None
+    vectors: str = "mean,diff"
+    alphas: str = "0,0.5,1,2,4,8"
+    layers: str = "all"
+    positions: str = "first,last,all"
+    samples: int | None = Field(default=None, gt=0)
+    split: Split = "all"
+    target: PatchTarget = "bare"
+    format: Format = "raw"
+    max_per_subtask: int | None = Field(default=None, gt=0)
+    batch_size: int | None = Field(default=None, gt=0)
+    memory_budget: str | None = None
+    chunk_size: int = Field(default=25, gt=0)
+    seed: int = 0
+    threads: int | None = Field(default=None, gt=0)
+    figures: bool = True
+
+    @model_validator(mode="after")
+    def _grid(self) -> SteerSpec:
+        from .steering.plan import parse_steer_positions
+        from .steering.vectors import parse_alphas, parse_vectors
+
+        parse_vectors(self.vectors)
+        parse_alphas(self.alphas)
+        parse_steer_positions(self.positions)
+        if self.shard is not None:
+            raise ValueError("--shard is not supported by steer yet; run it whole (it resumes with --resume)")
+        return self
+
+
 class ProbeSpec(_RemoteSpec):
     """``ivlens probe``: probes, LDA and similarity of IVs (residual at T_inst of instruction-only prompts)."""
 
@@ -298,7 +335,8 @@ class OrganismSpec(Spec):
     measure: bool = True
 
 
-SPECS: dict[str, type[Spec]] = {s.analysis: s for s in (EvalSpec, PatchSpec, ProbeSpec, TraceSpec, OrganismSpec)}
+SPECS: dict[str, type[Spec]] = {s.analysis: s for s in (EvalSpec, PatchSpec, ProbeSpec, TraceSpec, OrganismSpec,
+                                                         SteerSpec)}
 
 
 def spec_from_manifest(manifest: dict) -> Spec:

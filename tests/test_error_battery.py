@@ -54,6 +54,14 @@ BATTERY: list[tuple[list[str], str]] = [
     (["patch", "-m", "allenai/OLMo-2-0425-1B", "--remote"], "--remote needs NDIF_API_KEY"),
     (["probe", "-m", M, "--remote"], "--model"),
     (["patch", "-m", "allenai/OLMo-2-0425-1B", "--remote", "--device", "cuda"], "--remote cannot honour --device"),
+    # steer
+    (["steer", "-m", M, "--alphas", "0,big"], "--alphas: cannot read"),
+    (["steer", "-m", M, "--positions", "t_inst"], "t_inst needs an instruction"),
+    (["steer", "-m", M, "--positions", "middle"], "'middle'"),
+    (["steer", "-m", M, "--vectors", "mean,sideways"], "'sideways' is not one of mean, diff, probe:RUN_DIR"),
+    (["steer", "-m", M, "--vectors", "probe:/no/such/run"], "/no/such/run is not a probe run directory"),
+    (["steer", "-m", M, "--layers", "0,99", "--no-figures"], "99"),
+    (["steer", "-m", M, "--subtask", "nope"], "nope"),
 ]
 
 
@@ -63,7 +71,7 @@ def test_bad_invocation_is_one_line_and_exit_2(args, needle, tiny_dir, tmp_path,
     model = str(tiny_dir("olmo2"))
     capsys.readouterr()  # the fixture's own output (saving the tiny model) is not the command's
     argv = [a.replace(M, model) for a in args]
-    if argv[0] in ("eval", "patch", "probe", "trace") and "--resume" not in argv:
+    if argv[0] in ("eval", "patch", "probe", "trace", "steer") and "--resume" not in argv:
         argv += ["--out", str(tmp_path / "run")]
     monkeypatch.setattr(sys, "argv", ["ivlens", *argv])
     monkeypatch.setenv("COLUMNS", "400")  # one line, not wrapped by rich

@@ -42,7 +42,7 @@ def tiny_study(dirs: tuple[str, ...] | list[str], name: str = "tiny") -> dict:
 @pytest.mark.parametrize("change, expected", [
     ({"modelz": {}}, "modelz: unknown key (allowed: name, models, tasks"),
     ({"dtype": "int4"}, "dtype: 'int4' is not one of float32, bfloat16, float16"),
-    ({"analyses": {"eval": {}, "sweep": {}}}, "unknown analysis 'sweep' (allowed: eval, patch, probe, trace, organism)"),
+    ({"analyses": {"eval": {}, "sweep": {}}}, "unknown analysis 'sweep' (allowed: eval, patch, probe, trace, organism, steer)"),
     ({"analyses": {"patch": {"layerz": "pairs"}}}, "analyses.patch: --layerz: unknown option for PatchSpec"),
     ({"analyses": {"patch": {"correction": ["holm", "bonf"]}}}, "--correction: 'bonf' is not one of holm, bh"),
     ({"analyses": {"eval": {"tasks": ["snarks"]}}}, "analyses.eval.tasks: ['snarks'] are not tasks of the study"),
@@ -109,8 +109,9 @@ def test_the_main_job_study_dry_runs_without_organisms(tmp_path, monkeypatch):
                            env={"COLUMNS": "200"})
     assert r.exit_code == 0, r.output
     out = " ".join(r.output.split())
-    assert "10 steps on base, sft, dpo" in out and "organism-sft is not built yet: sized from its recipe" in out
-    for rel in ("organism", "eval/adjectives-heldout", "patch/adjectives-formatted", "probe", "trace/animals"):
+    assert "12 steps on base, sft, dpo" in out and "organism-sft is not built yet: sized from its recipe" in out
+    for rel in ("organism", "eval/adjectives-heldout", "patch/adjectives-formatted", "probe", "trace/animals",
+                "steer/adjectives-bare"):
         assert rel in out
 
 

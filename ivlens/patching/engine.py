@@ -36,6 +36,11 @@ residuals are unembedded in sub-batches of at most ``U`` rows (:func:`metric_row
 metrics of :func:`ivlens.patching.metrics.label_metrics` at once; no tensor grows with the number of rows, layer
 sets or samples beyond one group (the per-row results are a few scalars each).
 
+**Additive edits (steering).** With ``edit="add"`` the same rows *add* their vector instead of replacing the
+residual: after every layer ``l ∈ S``, ``resid_post[l][p : p + span] += v[l]`` (``RowSpec.span`` positions from
+``p``; ``ivlens steer`` passes ``α · v`` as the "IVs"). Everything above holds unchanged (a row still equals the
+clean run up to ``l0`` and before ``p``), except the last-position identity, which needs a replacement.
+
 **Counting without running.** :func:`plan_work` builds the same groups and tries from the row specs alone (no
 tensors) and returns the :class:`EngineStats` the engine will report, so cost estimates reuse the engine's plan.
 
@@ -111,12 +116,14 @@ class CleanRun:
 @dataclass(frozen=True)
 class RowSpec:
     """One patched row: clean-run batch row ``target``, source row ``source`` (into the IV tensor), the layer set,
-    and ``token``: the patched position as an index into the target prompt's own tokens."""
+    and ``token``: the patched position as an index into the target prompt's own tokens; ``span``: positions
+    ``token … token + span − 1`` are edited (``1`` for patching; additive edits may cover more, e.g. every token)."""
 
     target: int
     source: int
     layers: LayerSet
     token: int
+    span: int = 1
 
 
 def _device(adapter: ArchitectureAdapter) -> torch.device:
@@ -243,19 +250,23 @@ def metric_batch_size(adapter: ArchitectureAdapter, budget: int | None = None) -
 
 
 # ------------------------------------------------------------------------------------------------ the plan
-RowKey = tuple[int, int, LayerSet, int]  # (target, source, layer set after the last-position identity, token)
+RowKey = tuple[int, int, LayerSet, int, int]  # (target, source, layer set after the last-position identity, token, span)
+Edit = str  # "replace" (patching: the vector replaces the residual) or "add" (steering: it is added)
+EDITS = ("replace", "add")
 
 
 @dataclass
 class _Step:
     """The trie entering layer ``k`` → leaving it. ``parent[j]``: the state (index before the step) that state ``j``
     continues, ``-1`` where it starts from the clean ``resid_post[k]``; ``target[j]``: its target; states
-    ``patch[i]`` get source ``src[i]``'s IV at suffix column 0. ``None`` as a step: the states pass unchanged."""
+    ``patch[i]`` get source ``src[i]``'s IV at suffix columns ``0 … span[i] − 1``. ``None`` as a step: the states
+    pass unchanged."""
 
     parent: np.ndarray
     target: np.ndarray
     patch: np.ndarray
     src: np.ndarray
+    span: np.ndarray
 
 
 @dataclass
@@ -271,10 +282,12 @@ class _Group:
     runs: list[int]
 
 
-def _dedup(rows: Sequence[RowSpec], lengths: Sequence[int], n_layers: int,
+def _dedup(rows: Sequence[RowSpec], lengths: Sequence[int], n_layers: int, edit: Edit = "replace",
            ) -> tuple[list[RowKey], np.ndarray, int]:
     """Validate ``rows``; distinct computations (keys), the requested row → key index map, and the per-row minimal
     layer-token evaluations."""
+    if edit not in EDITS:
+        raise ValueError(f"unknown edit {edit!r}; use {' or '.join(EDITS)}")
     L = n_layers
     unique: dict[RowKey, int] = {}
     where = np.empty(len(rows), dtype=np.int64)
@@ -286,9 +299,13 @@ def _dedup(rows: Sequence[RowSpec], lengths: Sequence[int], n_layers: int,
         n_tok = lengths[r.target]
         if not 0 <= r.token < n_tok:
             raise ValueError(f"patch position {r.token} outside the target prompt ({n_tok} tokens)")
+        if not 1 <= r.span <= n_tok - r.token:
+            raise ValueError(f"edit span {r.span} from position {r.token} outside the target prompt ({n_tok} tokens)")
         # At the last position a patch overwrites the whole residual that later layers read there (earlier
         # positions are untouched), so only the highest patched layer matters: (S, last) ≡ ({max S}, last).
-        key = (r.target, r.source, layers[-1:] if r.token == n_tok - 1 else layers, r.token)
+        # An addition keeps what was there, so the identity is a replacement's only.
+        last = edit == "replace" and r.token == n_tok - 1
+        key = (r.target, r.source, layers[-1:] if last else layers, r.token, r.span)
         u = unique.get(key)
         if u is None:
             u = unique[key] = len(unique)
@@ -298,8 +315,9 @@ def _dedup(rows: Sequence[RowSpec], lengths: Sequence[int], n_layers: int,
 
 
 def _partition(keys: list[RowKey], members: list[int], cap: int) -> list[list[int]]:
-    """Cut ``members`` (sorted by ``(target, source, layers)``) into groups of at most ``cap`` rows made of whole trie
-    subtrees where possible (a subtree: the rows of one target and source whose layer sets share a prefix)."""
+    """Cut ``members`` (sorted by ``(target, source, span, layers)``) into groups of at most ``cap`` rows made of
+    whole trie subtrees where possible (a subtree: the rows of one target, source and span whose layer sets share
+    a prefix)."""
     groups: list[list[int]] = []
     cur: list[int] = []
 
@@ -320,13 +338,18 @@ def _partition(keys: list[RowKey], members: list[int], cap: int) -> list[list[in
                 start = i
 
     start = 0
-    for i in range(1, len(members) + 1):  # blocks of one (target, source)
-        if i == len(members) or keys[members[i]][:2] != keys[members[start]][:2]:
+    for i in range(1, len(members) + 1):  # blocks of one (target, source, span)
+        if i == len(members) or _owner(keys[members[i]]) != _owner(keys[members[start]]):
             add(members[start:i], 0)
             start = i
     if cur:
         groups.append(cur)
     return [g for g in groups if g]
+
+
+def _owner(key: RowKey) -> tuple[int, int, int]:
+    """What a trie state is specific to besides its patch prefix: ``(target, source, span)``."""
+    return key[0], key[1], key[4]
 
 
 def _at(key: RowKey, depth: int) -> int:
@@ -339,8 +362,9 @@ def _group_trie(keys: list[RowKey], members: list[int], s: int, n_layers: int) -
     L = n_layers
     t = np.array([keys[u][0] for u in members], dtype=np.int64)
     src = np.array([keys[u][1] for u in members], dtype=np.int64)
-    # (target, source) → owner id; layer sets → bit masks (object ints past 62 layers)
-    _, owner = np.unique(np.stack([t, src], 1), axis=0, return_inverse=True)
+    span = np.array([keys[u][4] for u in members], dtype=np.int64)
+    # (target, source, span) → owner id; layer sets → bit masks (object ints past 62 layers)
+    _, owner = np.unique(np.stack([t, src, span], 1), axis=0, return_inverse=True)
     owner = owner.reshape(-1)
     big = L > 62
     mask = np.array([sum(1 << x for x in keys[u][2]) for u in members], dtype=object if big else np.int64)
@@ -367,7 +391,8 @@ def _group_trie(keys: list[RowKey], members: list[int], s: int, n_layers: int) -
         rep = idx[first]  # a representative row of each new state
         new_state = np.full(len(members), -1, dtype=np.int64)
         new_state[idx] = inv.reshape(-1)
-        steps.append(_Step(parent=state[rep], target=t[rep], patch=np.flatnonzero(hit[rep]), src=src[rep][hit[rep]]))
+        steps.append(_Step(parent=state[rep], target=t[rep], patch=np.flatnonzero(hit[rep]), src=src[rep][hit[rep]],
+                           span=span[rep][hit[rep]]))
         state = new_state
         n_states = len(rep)
     return _Group(s=s, members=np.asarray(members, dtype=np.int64), steps=steps, final=state, runs=runs)
@@ -377,17 +402,18 @@ def _plan_groups(keys: list[RowKey], lengths: Sequence[int], n_layers: int,
                  group_rows: int | Callable[[int], int]) -> Iterator[_Group]:
     """Groups of every suffix length (shortest first), each planned as a trie, lazily (one in memory at a time)."""
     by_s: dict[int, list[int]] = {}
-    for u, (t, _src, _layers, tok) in enumerate(keys):
-        by_s.setdefault(lengths[t] - tok, []).append(u)
+    for u, key in enumerate(keys):
+        by_s.setdefault(lengths[key[0]] - key[3], []).append(u)
     for s in sorted(by_s):
-        members = sorted(by_s[s], key=lambda u: keys[u][:3])  # one target and source together: they share states
+        # one target, source and span together: they share states
+        members = sorted(by_s[s], key=lambda u: (*_owner(keys[u]), keys[u][2]))
         cap = group_rows(s) if callable(group_rows) else group_rows
         for g in _partition(keys, members, max(1, cap)):
             yield _group_trie(keys, g, s, n_layers)
 
 
 def plan_work(rows: Sequence[RowSpec], lengths: Sequence[int], n_layers: int, *,
-              group_rows: int | Callable[[int], int]) -> EngineStats:
+              group_rows: int | Callable[[int], int], edit: Edit = "replace") -> EngineStats:
     """The work the engine will do for ``rows``, counted without running anything (no tensors).
 
     Args:
@@ -396,6 +422,7 @@ def plan_work(rows: Sequence[RowSpec], lengths: Sequence[int], n_layers: int, *,
         n_layers: decoder layers of the model.
         group_rows: rows per bounded trie, a number or a function of the suffix length ``s`` (the engine uses
             ``batch_size`` or :func:`auto_batch_size` ``(adapter, max(lengths), s, budget)``).
+        edit: ``replace`` (patching) or ``add`` (steering), as the engine will run them.
 
     Returns:
         :class:`EngineStats` with ``executed_evals, minimal_evals, layer_calls, rows, unique_rows, unembed_rows,
@@ -406,7 +433,7 @@ def plan_work(rows: Sequence[RowSpec], lengths: Sequence[int], n_layers: int, *,
     >>> st.executed_evals, st.unembed_rows
     (20, 1)
     """
-    keys, _where, minimal = _dedup(rows, lengths, n_layers)
+    keys, _where, minimal = _dedup(rows, lengths, n_layers, edit)
     st = EngineStats(minimal_evals=minimal, rows=len(rows), unique_rows=len(keys))
     for g in _plan_groups(keys, lengths, n_layers, group_rows):
         _count(g, st)
@@ -427,7 +454,7 @@ def _execute(adapter: ArchitectureAdapter, clean: CleanRun, ivs: torch.Tensor, r
              keys: list[RowKey], where: np.ndarray, minimal: int,
              sink: Callable[[np.ndarray, np.ndarray, torch.Tensor], None], batch_size: int | None,
              memory_budget: int | None, stats: EngineStats | None, on_rows: Callable[[int], None] | None,
-             tail: int | None = None) -> None:
+             tail: int | None = None, edit: Edit = "replace") -> None:
     """Run every group of the deduplicated ``keys``; ``sink(unique_idx, targets, resid)`` receives each group's
     final residuals: at the last position, ``[n, d_model]``, or with ``tail`` at the last ``min(tail, s)``
     positions, ``[n, min(tail, s), d_model]`` (``s``: the group's recomputed positions)."""
@@ -447,7 +474,7 @@ def _execute(adapter: ArchitectureAdapter, clean: CleanRun, ivs: torch.Tensor, r
     ivs = ivs.to(dtype=clean.resid[0].dtype)
     per_layer_ivs: dict[int, torch.Tensor] = {}
     for g in _plan_groups(keys, clean.lengths, L, cap):
-        h = _run_group(adapter, clean, ivs, g, per_layer_ivs, tail)  # [n_states, (tail,) d_model]
+        h = _run_group(adapter, clean, ivs, g, per_layer_ivs, tail, edit)  # [n_states, (tail,) d_model]
         targets = np.array([keys[u][0] for u in g.members], dtype=np.int64)
         sink(g.members, targets, h[torch.from_numpy(g.final).to(h.device)])
         del h
@@ -466,7 +493,8 @@ def _take(x: torch.Tensor, idx: torch.Tensor, single: bool) -> torch.Tensor:
 
 
 def _run_group(adapter: ArchitectureAdapter, clean: CleanRun, ivs: torch.Tensor, g: _Group,
-               per_layer_ivs: dict[int, torch.Tensor], tail: int | None = None) -> torch.Tensor:
+               per_layer_ivs: dict[int, torch.Tensor], tail: int | None = None, edit: Edit = "replace",
+               ) -> torch.Tensor:
     """Run one group's trie; the last position of every final state, ``[n_states, d_model]`` (with ``tail``: its
     last ``min(tail, s)`` positions, ``[n_states, min(tail, s), d_model]``).
 
@@ -522,8 +550,15 @@ def _run_group(adapter: ArchitectureAdapter, clean: CleanRun, ivs: torch.Tensor,
         if len(step.patch):
             if k not in per_layer_ivs:
                 per_layer_ivs[k] = ivs[:, k].to(dev)
-            pi = torch.from_numpy(step.patch).to(dev)
-            h_new[pi, 0] = per_layer_ivs[k][torch.from_numpy(step.src).to(dev)]
+            vec = per_layer_ivs[k][torch.from_numpy(step.src).to(dev)]  # [n_patched, d_model]
+            for width in np.unique(step.span):  # the span's columns of the suffix (one for a patch)
+                sel = step.span == width
+                pi = torch.from_numpy(step.patch[sel]).to(dev)
+                v = vec[torch.from_numpy(np.flatnonzero(sel)).to(dev), None]  # [n, 1, d_model]
+                if edit == "replace":  # the vector replaces the residual
+                    h_new[pi, :width] = v
+                else:  # the vector is added to it (steering)
+                    h_new[pi, :width] += v
         h, h_tgt = h_new, tgt
         single = bool((step.target == step.target[0]).all())
     return h[:, -1] if tail is None else h[:, -min(tail, s):]
@@ -539,7 +574,7 @@ def patched_metrics(adapter: ArchitectureAdapter, clean: CleanRun, ivs: torch.Te
                     label: torch.Tensor, alt: torch.Tensor | None = None, space: torch.Tensor | None = None, *,
                     batch_size: int | None = None, memory_budget: int | None = None,
                     stats: EngineStats | None = None, on_rows: Callable[[int], None] | None = None,
-                    ) -> dict[str, torch.Tensor]:
+                    edit: Edit = "replace") -> dict[str, torch.Tensor]:
     """The metrics of every patched row (:func:`ivlens.patching.metrics.label_metrics`), in bounded memory.
 
     Args:
@@ -555,6 +590,7 @@ def patched_metrics(adapter: ArchitectureAdapter, clean: CleanRun, ivs: torch.Te
             sizes the groups and the unembedding sub-batches.
         stats: counters to add to.
         on_rows: called with the number of requested rows finished after each group (progress bars).
+        edit: ``replace`` (patching: ``ivs`` replace the residual) or ``add`` (steering: they are added to it).
 
     Returns:
         ``{metric: [len(rows)]}`` on the CPU, the keys and dtypes of ``label_metrics`` (float32 metrics computed
@@ -584,9 +620,10 @@ def patched_metrics(adapter: ArchitectureAdapter, clean: CleanRun, ivs: torch.Te
                     out[name] = torch.empty(n_unique, dtype=v.dtype)
                 out[name][idx] = v.cpu()
 
-    keys, where, minimal = _dedup(rows, clean.lengths, adapter.n_layers)
+    keys, where, minimal = _dedup(rows, clean.lengths, adapter.n_layers, edit)
     n_unique = len(keys)
-    _execute(adapter, clean, ivs, rows, keys, where, minimal, sink, batch_size, memory_budget, stats, on_rows)
+    _execute(adapter, clean, ivs, rows, keys, where, minimal, sink, batch_size, memory_budget, stats, on_rows,
+             edit=edit)
     if not out:  # no rows: empty columns of the right dtypes
         m = label_metrics(clean.last_logits[:0], label[:0], alt[:0] if alt is not None else None, space)
         return {k: v.cpu() for k, v in m.items()}
@@ -661,7 +698,7 @@ def clean_continuation_logprobs(adapter: ArchitectureAdapter, clean: CleanRun, c
 def patched_logits(adapter: ArchitectureAdapter, clean: CleanRun, ivs: torch.Tensor, rows: Sequence[RowSpec],
                    batch_size: int | None = None, stats: EngineStats | None = None,
                    on_rows: Callable[[int], None] | None = None,
-                   memory_budget: int | None = None) -> torch.Tensor:
+                   memory_budget: int | None = None, edit: Edit = "replace") -> torch.Tensor:
     """Last-position logits of every patched row, ``[len(rows), d_vocab]`` (on the unembedding's device).
 
     The same engine as :func:`patched_metrics`, but the result grows with the rows (``d_vocab`` floats each): for
@@ -677,9 +714,10 @@ def patched_logits(adapter: ArchitectureAdapter, clean: CleanRun, ivs: torch.Ten
             store["out"] = logits.new_empty((n_unique, adapter.d_vocab))
         store["out"][torch.from_numpy(members).to(udev)] = logits
 
-    keys, where, minimal = _dedup(rows, clean.lengths, adapter.n_layers)
+    keys, where, minimal = _dedup(rows, clean.lengths, adapter.n_layers, edit)
     n_unique = len(keys)
-    _execute(adapter, clean, ivs, rows, keys, where, minimal, sink, batch_size, memory_budget, stats, on_rows)
+    _execute(adapter, clean, ivs, rows, keys, where, minimal, sink, batch_size, memory_budget, stats, on_rows,
+             edit=edit)
     if "out" not in store:
         return clean.last_logits[:0]
     return store["out"][torch.from_numpy(where).to(udev)]

@@ -446,10 +446,84 @@ def _single_traces(ctx: Context, run: Run) -> list[str]:
     return blocks
 
 
-SECTIONS = (setup_section, organism_section, eval_section, patching_section, probing_section, tracing_section)
+# ----------------------------------------------------------------------------- steering
+def _matching_patch(ctx: Context, steer: pd.DataFrame) -> tuple[Run, pd.DataFrame] | None:
+    """The study's patch run of the same task, subtask, target and format as a steering table, with its rows."""
+    key = steer[["task", "subtask", "target", "fmt"]].iloc[0].to_dict()
+    for run in ctx.study.of("patch"):
+        if not run.has("patch"):
+            continue
+        rows = run.table("patch")
+        if rows.empty or rows.get("mode", pd.Series(["transfer"])).iloc[0] != "transfer":
+            continue
+        if all(str(rows[k].iloc[0]) == str(v) for k, v in key.items() if k in rows):
+            return run, rows
+    return None
+
+
+@_guard
+def steering_section(ctx: Context) -> h.Section | None:
+    """Steering with IV directions."""
+    from ivlens.runs import atomic_write_parquet
+    from ivlens.steering.analysis import compare_with_patching
+    from ivlens.steering.figures import dose_response_curves, versus_patching
+
+    runs = [r for r in ctx.study.of("steer") if r.has("dose_response")]
+    if not runs:
+        return None
+    s = h.Section("steering", "Steering with IV directions, against patching")
+    s.add(h.para("Instead of patching the IV, a single direction `v` is added to the query-only prompt's residual "
+                 "stream after one layer: `α · s_l · v̂`, with `v̂` the unit direction (mean IV of the instructed "
+                 "subtask A, the difference of A's and B's mean IVs, or a probe run's class-mean difference) and "
+                 "`s_l` the mean norm of A's IVs at that layer, so α = 1 adds a vector as long as a typical IV. "
+                 "It is added at the first position (where patching writes the IV), at the last, or at every "
+                 "token. Metrics are patching's: IA (the top token is in A's label space), accuracy, the label's "
+                 "logit. See docs/steering.md."))
+    for run in runs:
+        dose = run.table("dose_response")
+        rows = run.table("steer")
+        base = run.table("baselines")
+        head = rows[["task", "subtask", "target"]].iloc[0]
+        s.add(h.heading(f"{head.task} · {head.subtask} · {head.target} target · "
+                        f"{rows['sample'].nunique()} samples ({run.rel})"))
+        for vector in dict.fromkeys(dose.vector):
+            s.add(h.figure(dose_response_curves(dose, ctx.models, vector),
+                           f"Dose-response, vector {vector}: IA (± s.e.m. band) against α (symmetric log scale) "
+                           "for each steered layer (dark: early, light: late); rows of panels: where α·v is "
+                           "added, columns: model.", ctx.data(run, "dose_response")))
+        match = _matching_patch(ctx, rows)
+        if match is None:
+            s.add(h.note("No patch run of the same task, subtask, target and format in this study: no "
+                         "comparison with patching."))
+            continue
+        prun, prows = match
+        cmp = compare_with_patching(rows, prows)
+        out = ctx.page_dir / "report_data" / f"steer_vs_patch-{run.rel.replace('/', '-')}.parquet"
+        atomic_write_parquet(out, cmp)
+        link = (f"report_data/{out.name}", os.path.relpath(out, ctx.page_dir).replace(os.sep, "/"))
+        unsteered = base[base.run == "target"].groupby("model", as_index=False).ia.mean()
+        s.add(h.figure(versus_patching(cmp, ctx.models, unsteered),
+                       "Best steering IA per layer (over vectors, positions and α) against the best patching IA "
+                       f"of that single layer and of the best pair or triplet containing it ({prun.rel}); "
+                       "dotted: the unsteered query-only IA; crosses: steering significantly below the "
+                       "single-layer patch (paired t-test over shared samples, Holm over layers).",
+                       [link, *ctx.data(run, "steer"), *ctx.data(prun, "patch")]))
+        shown = cmp[["model", "layer", "steer_ia", "steer_vector", "steer_position", "steer_alpha", "patch_ia",
+                     "set_ia", "set_layers", "n", "diff", "p_t_adj", "verdict"]]
+        s.add(h.table(shown, "Steering against patching per layer: best steering IA and its configuration, the "
+                             "single-layer patch IA, the best set containing the layer, the paired difference "
+                             "(steering − single-layer patch) and its Holm-corrected p. The best configuration "
+                             "is chosen on the tested samples, among more choices for steering (vectors × "
+                             "positions × α) than for patching (positions), so a shortfall is conservative.",
+                       [link]))
+    return s
+
+
+SECTIONS = (setup_section, organism_section, eval_section, patching_section, probing_section, steering_section, tracing_section)
 #: What an omitted section would have shown, and the analysis that writes it.
 OMITTED = {"organism_section": ("the organism card", "organism"),
            "eval_section": ("instruction following", "eval"),
            "patching_section": ("IV localisation", "patch"),
            "probing_section": ("probes", "probe"),
-           "tracing_section": ("circuit selectors", "trace --compare")}
+           "tracing_section": ("circuit selectors", "trace --compare"),
+           "steering_section": ("steering against patching", "steer")}

@@ -20,9 +20,9 @@ from ivlens.specs import SPECS, Spec, SpecError
 from .spec import StudyError, StudySpec
 
 #: The order steps run in: the organisms first (the other steps load them).
-ORDER = ("organism", "eval", "patch", "probe", "trace")
+ORDER = ("organism", "eval", "patch", "probe", "steer", "trace")
 #: Analyses with one ``task`` per run (one step per study task); probe takes them all (``tasks``).
-PER_TASK = frozenset({"eval", "patch", "trace"})
+PER_TASK = frozenset({"eval", "patch", "trace", "steer"})
 #: Spec options a study block may not set, and what to do instead.
 RESERVED = {"models": "give the study's models (models: {label: model})",
             "task": "give the block's tasks (tasks: [...]), a subset of the study's",

@@ -1,0 +1,105 @@
+"""From a steering table to dose-response curves and the comparison with patching (pure: tables in, tables out).
+
+- :func:`dose_response`: per (model, vector, position, layer, α) the mean and s.e.m. over samples of IA,
+  accuracy, the label's logit and its change against the unsteered query-only run: patching's columns and its
+  statistics (:func:`ivlens.patching.interactions.single_layer_effects` reports mean ± s.e.m. the same way).
+- :func:`best_per_layer`: per (model, layer) the steering configuration (vector, position, α) of highest IA.
+- :func:`compare_with_patching`: per (model, layer) the best steering IA against the best patching IA of the
+  single layer and of the best layer set (pair or triplet) containing the layer, with a paired t-test and a
+  Wilcoxon test over the samples both runs share (:func:`~ivlens.patching.interactions.paired_tests`), Holm- or
+  BH-corrected over the layers of a model, as patching corrects over its sets.
+
+The best configuration is chosen on the same samples it is tested on, on both sides (steering chooses among
+vectors × positions × α, patching among positions); the test therefore favours the side with more choices,
+steering, and a "falls short" verdict is conservative.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ivlens.patching.interactions import Correction, correct, paired_tests
+
+KEYS = ["model", "vector", "position", "layer", "alpha"]
+METRICS = ("ia", "acc_top1", "logit", "delta_logit_vs_target")
+
+
+def dose_response(rows: pd.DataFrame) -> pd.DataFrame:
+    """Mean and s.e.m. of :data:`METRICS` per (model, vector, position, layer, α), with ``n`` samples."""
+    g = rows.groupby(KEYS, sort=False)
+    agg = {"n": ("sample", "size")}
+    for m in METRICS:
+        agg[m] = (m, "mean")
+        agg[f"{m}_sem"] = (m, "sem")
+    return g.agg(**agg).reset_index()
+
+
+def best_per_layer(dose: pd.DataFrame) -> pd.DataFrame:
+    """The configuration of highest mean IA per (model, layer) (ties: larger logit change, then smaller α)."""
+    d = dose.sort_values(["model", "layer", "ia", "delta_logit_vs_target", "alpha"],
+                         ascending=[True, True, False, False, True])
+    return d.groupby(["model", "layer"], sort=False).head(1).reset_index(drop=True)
+
+
+def _best_patch(patch: pd.DataFrame, layer: int, sets: bool) -> tuple[str, str, float] | None:
+    """``(layers, position, mean IA)`` of the best single-layer patch at ``layer`` (or, with ``sets``, the best
+    pair or triplet containing it), or ``None`` when the table has none."""
+    sizes = patch.set_size > 1 if sets else patch.set_size == 1
+    has = patch.layers.astype(str).str.split(",").apply(lambda s: str(layer) in s)
+    p = patch[sizes & has]
+    if p.empty:
+        return None
+    m = p.groupby(["layers", "position"], sort=False).ia.mean().sort_values(ascending=False, kind="stable")
+    (layers, position), ia = m.index[0], float(m.iloc[0])
+    return layers, position, ia
+
+
+def compare_with_patching(steer: pd.DataFrame, patch: pd.DataFrame, *, correction: Correction = "holm",
+                          alpha: float = 0.05) -> pd.DataFrame:
+    """Best steering IA against best patching IA per (model, layer); see the module docstring.
+
+    Args:
+        steer: a steering table (rows of :func:`ivlens.steering.sweep.steer_sweep`).
+        patch: a patch table of the same task, subtask, target and format (``ivlens patch`` rows).
+
+    Returns:
+        one row per (model, layer): ``steer_ia`` and its configuration (``steer_vector``, ``steer_position``,
+        ``steer_alpha``), ``patch_ia`` / ``patch_position`` (single layer), ``set_ia`` / ``set_layers`` /
+        ``set_position`` (best set containing the layer), ``n`` shared samples, ``diff`` (steer − single-layer
+        patch, on those samples), ``p_t``, ``p_wilcoxon`` and their corrected ``p_t_adj``, and ``verdict``:
+        ``falls short`` / ``exceeds`` (significantly below / above the single-layer patch after correction) or
+        ``no significant difference``.
+    """
+    best = best_per_layer(dose_response(steer))
+    out = []
+    for r in best.itertuples():
+        pm = patch[patch.model == r.model]
+        single = _best_patch(pm, r.layer, sets=False)
+        multi = _best_patch(pm, r.layer, sets=True)
+        rec = {"model": r.model, "layer": r.layer, "steer_ia": r.ia, "steer_vector": r.vector,
+               "steer_position": r.position, "steer_alpha": r.alpha,
+               "patch_ia": single[2] if single else np.nan, "patch_position": single[1] if single else None,
+               "set_ia": multi[2] if multi else np.nan, "set_layers": multi[0] if multi else None,
+               "set_position": multi[1] if multi else None}
+        if single:
+            s = steer[(steer.model == r.model) & (steer.layer == r.layer) & (steer.vector == r.vector)
+                      & (steer.position == r.position) & (steer.alpha == r.alpha)].groupby("sample").ia.mean()
+            p = pm[(pm.set_size == 1) & (pm.layers.astype(str) == str(r.layer))
+                   & (pm.position == single[1])].groupby("sample").ia.mean()
+            shared = s.index.intersection(p.index)
+            t = paired_tests(s[shared].to_numpy(float), p[shared].to_numpy(float))
+            rec.update(n=len(shared), diff=t["mean_interaction"], p_t=t["p_t"], p_wilcoxon=t["p_wilcoxon"])
+        out.append(rec)
+    table = pd.DataFrame(out)
+    if "p_t" not in table:
+        return table
+    table["p_t_adj"] = np.nan
+    for _m, idx in table.groupby("model", sort=False).groups.items():
+        p = table.loc[idx, "p_t"].fillna(1.0).to_numpy()
+        table.loc[idx, "p_t_adj"] = correct(p, correction)
+    sig = table.p_t_adj < alpha
+    table["verdict"] = np.where(sig & (table["diff"] < 0), "falls short",
+                                np.where(sig & (table["diff"] > 0), "exceeds", "no significant difference"))
+    table.loc[table.patch_ia.isna(), "verdict"] = None
+    return table

@@ -1,0 +1,207 @@
+"""Steering sweeps: directions from IVs, then every vector × α × layer × position × sample through the patching
+engine as additive edits, streamed to Parquet shards.
+
+Per model: the IVs of the task's instructions and rephrasings are collected into ``<run>/ivs/<model>/``
+(:func:`ivlens.probing.collect.collect_ivs`, resumable), the directions computed from them
+(:mod:`ivlens.steering.vectors`) and saved to ``<run>/vectors/<model>.safetensors``. Then per chunk of samples:
+one clean run of the query-only targets and one instructed run, and the rows through
+:func:`ivlens.patching.engine.patched_metrics` with ``edit="add"``: each row starts from the clean residual after
+its layer, and only the positions from its first edited token on are recomputed. Prompts, labels, the label space
+and the metrics are patching's (:func:`ivlens.patching.sweep.prepare`, :mod:`ivlens.patching.metrics`), so a
+steered row and a patched row of the same sample are comparable column by column.
+
+Shards: ``steer/shard-m<model>-c<chunk>.parquet`` and ``baselines/…``, written atomically when a chunk is done; a
+resumed sweep skips finished chunks.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import save as st_save
+
+from ivlens.budget import resolve_memory_budget
+from ivlens.models.load import LoadedModel
+from ivlens.patching.engine import EngineStats, RowSpec, clean_run, patched_metrics
+from ivlens.patching.metrics import deltas, label_metrics
+from ivlens.patching.plan import PatchPlan
+from ivlens.patching.sweep import _ChunkProgress, _has_bos, _pad_id, _passes, label_space_tokens, prepare
+from ivlens.probing.collect import IVStore, collect_ivs
+from ivlens.probing.instructions import instruction_set, organism_heldout
+from ivlens.probing.run import model_slug
+from ivlens.runs import RunDir, atomic_write_bytes
+from ivlens.specs import SpecError
+from ivlens.tasks import Task
+from ivlens.tasks.selection import sample_indices, split_queries
+
+from .plan import SteerPlan, resolve_span
+from .vectors import NAMED_VECTORS, Directions, directions
+
+log = logging.getLogger(__name__)
+
+TABLE = "steer"
+BASELINES = "baselines"
+
+
+@dataclass
+class SteerResult:
+    """``rows``: one row per (model, sample, vector, α, layer, position); ``baselines``: target-only and instructed
+    metrics per (model, sample); ``vectors``: per (model, vector, layer) the direction's raw norm and the scale."""
+
+    rows: pd.DataFrame
+    baselines: pd.DataFrame
+    vectors: pd.DataFrame
+    stats: dict[str, EngineStats] = field(default_factory=dict)
+
+
+def model_directions(lm: LoadedModel, task: Task, subtask: str, names: tuple[str, ...], run: RunDir, *,
+                     fmt: str = "raw", max_per_subtask: int | None = None, memory_budget=None) -> Directions:
+    """Collect (or reuse) ``lm``'s IVs of the task's instructions in ``run`` and compute the directions."""
+    other = task.other(subtask) if task.is_contrastive else None
+    rows = instruction_set([task], "instructions", None, organism_heldout(lm.path), max_per_subtask)
+    store = collect_ivs(lm, rows, run.path / "ivs" / model_slug(lm.name), fmt=fmt, resume=True,
+                        memory_budget=memory_budget)
+    sources = {"task": store}
+    for name in names:
+        if name not in NAMED_VECTORS:
+            path = Path(name.removeprefix("probe:"))
+            store_p = IVStore(path / "ivs" / model_slug(lm.name))
+            if not (store_p.path / "meta.json").is_file():
+                raise SpecError(f"--vectors: {name}: {path} holds no IVs of model {lm.name} (collect them with "
+                                f"ivlens probe --model {lm.name})")
+            sources[name] = store_p
+    xs, is_a, is_b = {}, {}, {}
+    for key, st in sources.items():
+        labels = st.labels()
+        if st.layers != list(range(lm.n_layers)):
+            raise SpecError(f"--vectors: {key}: IVs of layers {st.layers} stored; steering needs every layer "
+                            f"(0..{lm.n_layers - 1}): rerun the probe with --layers all")
+        xs[key] = [st.load_layer(layer) for layer in range(lm.n_layers)]
+        in_task = (labels.task == task.name).to_numpy()
+        is_a[key] = in_task & (labels.subtask == subtask).to_numpy()
+        is_b[key] = in_task & (labels.subtask == other).to_numpy() if other else np.zeros(len(labels), bool)
+        if not is_a[key].any():
+            raise SpecError(f"--vectors: {key} holds no IVs of {task.name}/{subtask}")
+    return directions(names, xs, is_a, is_b, scale_from="task")
+
+
+def _rows_of_chunk(lm: LoadedModel, prompts, plan: SteerPlan, edits: torch.Tensor, space: torch.Tensor,
+                   stats: EngineStats, batch_size: int | None, budget: int, on_rows) -> tuple[dict, list[dict]]:
+    """Columns of the steered rows of one chunk (sample-major, then the plan's row order) and baseline records."""
+    parts, base = [], []
+    n_alpha = len(plan.alphas)
+    for idx in _passes(lm, prompts, budget):
+        ps = [prompts[b] for b in idx]
+        adapter, pad = lm.adapter, _pad_id(lm)
+        clean = clean_run(adapter, [p.target.input_ids for p in ps], pad, record=True, stats=stats)
+        instr = clean_run(adapter, [p.instructed.input_ids for p in ps], pad, record=False, stats=stats)
+        spans = [{pos: resolve_span(pos, len(p.target), has_bos=_has_bos(lm.tokenizer, p.target))
+                  for pos in plan.positions} for p in ps]
+        specs = [RowSpec(b, v * n_alpha + a, (layer,), *spans[b][pos])
+                 for b in range(len(ps)) for v, a, layer, pos in plan.rows]
+        label = torch.tensor([p.label_token for p in ps])
+        alt = torch.tensor([p.alt_token for p in ps])
+        got = patched_metrics(adapter, clean, edits, specs, label, alt, space, batch_size=batch_size,
+                              memory_budget=budget, stats=stats, on_rows=on_rows, edit="add")
+        dev = clean.last_logits.device
+        base_t = {k: v.cpu() for k, v in label_metrics(clean.last_logits, label.to(dev), alt.to(dev),
+                                                       space.to(dev)).items()}
+        base_i = {k: v.cpu() for k, v in label_metrics(instr.last_logits, label.to(dev), alt.to(dev),
+                                                       space.to(dev)).items()}
+        per = len(plan.rows)
+        row_b = torch.arange(len(ps)).repeat_interleave(per)
+        got.update(deltas(got, {k: v[row_b] for k, v in base_t.items()}, "target"))
+        got.update(deltas(got, {k: v[row_b] for k, v in base_i.items()}, "instructed"))
+        cols = {
+            "sample": np.repeat([p.sample for p in ps], per),
+            "query": np.repeat(np.array([p.query for p in ps], dtype=object), per),
+            "label": np.repeat(np.array([p.label for p in ps], dtype=object), per),
+            "alt_label": np.repeat(np.array([p.alt_label for p in ps], dtype=object), per),
+            "label_token": np.repeat([p.label_token for p in ps], per),
+            "vector": np.tile(np.array([plan.vectors[r[0]] for r in plan.rows], dtype=object), len(ps)),
+            "alpha": np.tile(np.array([plan.alphas[r[1]] for r in plan.rows]), len(ps)),
+            "layer": np.tile(np.array([r[2] for r in plan.rows], dtype=np.int64), len(ps)),
+            "position": np.tile(np.array([str(r[3]) for r in plan.rows], dtype=object), len(ps)),
+            "pos_index": np.array([s.token for s in specs], dtype=np.int64),
+            "span": np.array([s.span for s in specs], dtype=np.int64),
+            "n_tokens": np.repeat([len(p.target) for p in ps], per),
+        }
+        for k, v in got.items():
+            cols[k] = v.double().numpy() if v.is_floating_point() else v.numpy()
+        parts.append(cols)
+        for name, m in (("target", base_t), ("instructed", base_i)):
+            for b, p in enumerate(ps):
+                base.append({"sample": p.sample, "query": p.query, "label": p.label, "run": name,
+                             "n_tokens": len(p.target if name == "target" else p.instructed),
+                             **{k: v[b].item() for k, v in m.items()}})
+    base.sort(key=lambda r: r["run"] != "target")
+    return {k: np.concatenate([c[k] for c in parts]) for k in parts[0]}, base
+
+
+def steer_sweep(lms: Sequence[LoadedModel], names: Sequence[str], task: Task, subtask: str, plan: SteerPlan,
+                run: RunDir, *, samples: int | None = None, split: str = "all", target: str = "bare",
+                fmt: str = "raw", seed: int = 0, chunk_size: int = 25, batch_size: int | None = None,
+                memory_budget=None, max_per_subtask: int | None = None,
+                progress: Callable[[int, int], None] | None = None) -> SteerResult:
+    """Steer every model (``names``: their labels in the tables) over ``plan`` for the selected samples.
+
+    Args:
+        lms: loaded models (side by side); task, subtask: the instructed subtask A (its label is scored).
+        plan: vectors × α × layers × positions (:class:`~ivlens.steering.plan.SteerPlan`).
+        run: the run directory shards stream to (and are resumed from).
+        samples, split, seed: the samples, drawn as in every analysis; target: ``bare`` or ``formatted``.
+        memory_budget: bytes or ``"4GB"`` (sizes the engine's groups; results do not depend on it).
+        max_per_subtask: rephrasings per subtask used for the directions (default all).
+        progress: ``progress(done_rows, total_rows)``.
+
+    Returns:
+        :class:`SteerResult` read back from the run's shards.
+    """
+    ids_per_model = [sample_indices(task, samples, seed, split_queries(lm.path, lm.name, task, split)) for lm in lms]
+    total = sum(len(ids) * len(plan.rows) for ids in ids_per_model)
+    done, stats, vec_rows = 0, {}, []
+    for mi, (lm, name, sample_ids) in enumerate(zip(lms, names, ids_per_model, strict=True)):
+        st = stats.setdefault(name, EngineStats())
+        dirs = model_directions(lm, task, subtask, plan.vectors, run, fmt=fmt, max_per_subtask=max_per_subtask,
+                                memory_budget=memory_budget)
+        atomic_write_bytes(run.path / "vectors" / f"{model_slug(name)}.safetensors",
+                           st_save({"unit": dirs.unit.contiguous(), "scale": dirs.scale.contiguous()},
+                                   metadata={"vectors": ",".join(dirs.names)}))
+        vec_rows += [{"model": name, "vector": v, "layer": layer, "raw_norm": float(dirs.raw_norm[i, layer]),
+                      "scale": float(dirs.scale[layer])}
+                     for i, v in enumerate(dirs.names) for layer in range(lm.n_layers)]
+        edits = dirs.edits(plan.alphas).to(lm.adapter.embed.weight.dtype)
+        budget = resolve_memory_budget(memory_budget, lm.device)
+        const = {"model": name, "task": task.name, "subtask": subtask, "target": target, "fmt": fmt}
+        space = None
+        for ci in range(0, len(sample_ids), chunk_size):
+            chunk = sample_ids[ci:ci + chunk_size]
+            key = f"m{mi}-c{ci // chunk_size:05d}"
+            n_rows = len(chunk) * len(plan.rows)
+            if run.has_shard(TABLE, key):
+                done += n_rows
+                if progress:
+                    progress(done, total)
+                continue
+            prompts, _ = prepare(lm, task, subtask, PatchPlan.build("0", "last", lm.n_layers), chunk, "transfer",
+                                 target, fmt)
+            if space is None:
+                space = label_space_tokens(lm, task, subtask, prompts[0].instructed)
+            on_rows = _ChunkProgress(progress, done, done + n_rows, total)
+            cols, base = _rows_of_chunk(lm, prompts, plan, edits, space, st, batch_size, budget, on_rows)
+            n = len(cols["sample"])
+            rows_df = pd.DataFrame({**{k: np.repeat(np.array([v], dtype=object), n) for k, v in const.items()},
+                                    **cols})
+            run.write_shard(BASELINES, key, pd.DataFrame([{**const, **r} for r in base]))
+            run.write_shard(TABLE, key, rows_df)  # written last: its presence marks the chunk done
+            done += n_rows
+            if progress:
+                progress(done, total)
+            log.info("%s steer chunk %d: %d rows", name, ci // chunk_size + 1, n)
+    return SteerResult(run.read_table(TABLE), run.read_table(BASELINES), pd.DataFrame(vec_rows), stats)
