@@ -325,10 +325,14 @@ class TraceRunResult:
 
 
 def run_trace(spec: TraceSpec, *, models: Sequence[LoadedModel] | None = None, out: str | Path | None = None,
-              resume: str | Path | None = None, progress: Callable | None = None) -> TraceRunResult:
+              resume: str | Path | None = None, progress: Callable | None = None,
+              root: str | Path | None = None) -> TraceRunResult:
     """Trace one prompt per model, or (``spec.compare``) compare the two subtasks' graphs over the selected
-    samples (one resumable part per model × sample)."""
-    from .tracing.run import check_trace_memory, compare_run, trace_single
+    samples (one resumable part per model × sample). With ``spec.readout``, trace that direction at its layer
+    and ``spec.position`` (:mod:`ivlens.tracing.readout`; resolved for every model before the run directory is
+    made) and write ``readout_components.parquet``; ``root``: where a relative ``RUN_DIR`` of the read-out is read
+    from (a study's directory), default the working directory."""
+    from .tracing.run import check_trace_memory, compare_run, plan_readout, trace_single
 
     if spec.task is not None:
         t = load_task(spec.task)
@@ -345,6 +349,11 @@ def run_trace(spec: TraceSpec, *, models: Sequence[LoadedModel] | None = None, o
                            compare=spec.compare, samples=spec.samples, seed=spec.seed, fmt=spec.format,
                            beam=spec.beam, max_tokens=spec.max_tokens, dtype=spec.dtype, device=spec.device,
                            memory_budget=spec.memory_budget)
+    plans = [None] * len(lms)
+    if spec.readout is not None:  # every read-out problem is reported before a run directory exists
+        plans = [plan_readout(lm, readout=spec.readout, position=spec.position, task=spec.task, subtask=spec.subtask,
+                              sample=spec.sample, prompt=spec.prompt, fmt=spec.format, max_tokens=spec.max_tokens,
+                              base=Path(root) if root is not None else None) for lm in lms]
     name = spec.task or "prompt"
     run = start_run(spec, f"{name}-compare" if spec.compare else name, out=out, resume=resume, models=lms,
                     task=spec.task)
@@ -361,7 +370,18 @@ def run_trace(spec: TraceSpec, *, models: Sequence[LoadedModel] | None = None, o
     traces = [trace_single(lm, run, task=spec.task, subtask=spec.subtask, sample=spec.sample, prompt=spec.prompt,
                            target=target, method=spec.method, top_k=spec.top_k, beam=spec.beam,
                            threshold_rank=spec.threshold_rank, start_pos=spec.start_pos, end_pos=spec.end_pos,
-                           from_inst=spec.from_inst, fmt=spec.format, max_tokens=spec.max_tokens) for lm in lms]
+                           from_inst=spec.from_inst, fmt=spec.format, max_tokens=spec.max_tokens, readout=plan)
+              for lm, plan in zip(lms, plans, strict=True)]
+    if spec.readout is not None:
+        from .tracing.components import component_rows
+
+        run.write_table("readout_components", pd.DataFrame(
+            [{"model": tr.model, "task": spec.task, "subtask": tr.readout.get("subtask"), "readout_layer":
+              tr.readout["layer"], "pos": tr.readout["pos"], **r} for tr in traces
+             for r in component_rows(tr.result.full_graph)]))
+        run.finish(readout={tr.model: {k: tr.readout[k] for k in ("name", "layer", "pos", "value", "real",
+                                                                   "completeness_rel_err")} for tr in traces})
+        return TraceRunResult(run, traces=traces)
     run.finish()
     return TraceRunResult(run, traces=traces)
 
@@ -396,14 +416,16 @@ def run_organism(spec: OrganismSpec, *, out: str | Path | None = None, progress:
 
 # --------------------------------------------------------------------------------------------- any
 def run_spec(spec: Spec, *, models: Sequence[LoadedModel] | None = None, out: str | Path | None = None,
-             resume: str | Path | None = None) -> Path:
+             resume: str | Path | None = None, root: str | Path | None = None) -> Path:
     """Run any analysis's spec into ``out`` (or finish the run at ``resume``) through its ``run_<analysis>``;
-    returns the run directory. The study runner and ``ivlens merge`` call this."""
+    returns the run directory. The study runner and ``ivlens merge`` call this; ``root``: the study directory,
+    against which a trace read-out's relative run directory is read."""
     if isinstance(spec, OrganismSpec):
         run_organism(spec, run_dir=out if out is not None else resume, progress=False)
         return Path(out if out is not None else resume)
     runner = {EvalSpec: run_eval, PatchSpec: run_patch, ProbeSpec: run_probe, TraceSpec: run_trace,
               SteerSpec: run_steer}[type(spec)]
-    result = runner(spec, models=models, out=out, resume=resume)
+    extra = {"root": root} if isinstance(spec, TraceSpec) and root is not None else {}
+    result = runner(spec, models=models, out=out, resume=resume, **extra)
     run = result[0] if isinstance(result, tuple) else result.run
     return run.path

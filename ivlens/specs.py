@@ -308,6 +308,40 @@ class TraceSpec(_ModelsSpec):
     memory_budget: str | None = None
     format: Format = "raw"
     seed: int = 0
+    #: trace ``w · resid_l[t]`` instead of a logit (:mod:`ivlens.tracing.readout`), read at ``position``
+    readout: str | None = None
+    position: str | None = None
+
+    @field_validator("readout")
+    @classmethod
+    def _readout_syntax(cls, v: str | None) -> str | None:
+        if v is not None:
+            from .tracing.readout import parse_readout
+
+            parse_readout(v)  # syntax only: the files are read when the models are known
+        return v
+
+    @field_validator("position")
+    @classmethod
+    def _position_syntax(cls, v: str | None) -> str | None:
+        if v is not None:
+            from .tracing.readout import check_position
+
+            check_position(v)
+        return v
+
+    @model_validator(mode="after")
+    def _readout_alone(self) -> TraceSpec:
+        if self.position is not None and self.readout is None:
+            raise ValueError("--position says where a --readout is read; give --readout too (a logit is read at "
+                             "the last position)")
+        if self.readout is not None:
+            for bad, why in ((self.compare, "--compare compares answer logits"),
+                             (self.method != "exact", "--method argmax ranks answer logits"),
+                             (self.target is not None, "--target names an answer logit")):
+                if bad:
+                    raise ValueError(f"--readout traces a direction, not a logit: {why}; drop one of them")
+        return self
 
     @model_validator(mode="after")
     def _one_input(self) -> TraceSpec:

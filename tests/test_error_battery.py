@@ -14,6 +14,9 @@ import pytest
 from ivlens.cli import main
 
 M = "{model}"  # replaced by the tiny model's directory
+P = "{probe}"  # a probe run directory holding one probe (class adj_ant, layer 1) of a model named "tiny"
+V = "{vector}"  # a .npy vector of 5 numbers (the tiny model's d_model is 64)
+V64 = "{vector64}"  # a .npy vector of 64 numbers
 
 BATTERY: list[tuple[list[str], str]] = [
     # bad choices (typer checks Literal options and lists the allowed values)
@@ -62,7 +65,41 @@ BATTERY: list[tuple[list[str], str]] = [
     (["steer", "-m", M, "--vectors", "probe:/no/such/run"], "/no/such/run is not a probe run directory"),
     (["steer", "-m", M, "--layers", "0,99", "--no-figures"], "99"),
     (["steer", "-m", M, "--subtask", "nope"], "nope"),
+    # trace --readout: missing run, layer not probed, unknown class, wrong length, position past the prompt, ...
+    (["trace", "-m", M, "--task", "adjectives", "--readout", "probe:/no/such/run:1:adj_ant"],
+     "no directory /no/such/run; give the run directory of an `ivlens probe` run"),
+    (["trace", "-m", M, "--task", "adjectives", "--readout", f"probe:{P}:2:adj_ant@tiny"],
+     "layer 2 was not probed"),
+    (["trace", "-m", M, "--task", "adjectives", "--readout", f"probe:{P}:1:nope@tiny"],
+     "class 'nope' is not a class of the probes"),
+    (["trace", "-m", M, "--task", "adjectives", "--readout", f"vector:{V}:1"], "give a vector of 64 numbers"),
+    (["trace", "-m", M, "--task", "adjectives", "--readout", f"vector:{V64}:1", "--position", "999"],
+     "--position 999 is past the prompt"),
+    (["trace", "-m", M, "--prompt", "hello there", "--readout", f"vector:{V64}:1", "--position", "t_inst"],
+     "--position t_inst: this prompt has no instruction"),
+    (["trace", "-m", M, "--task", "adjectives", "--readout", f"vector:{V64}:9"], "layer 9 is outside a model"),
+    (["trace", "-m", M, "--task", "adjectives", "--readout", "probe:x"], "--readout"),
+    (["trace", "-m", M, "--task", "adjectives", "--position", "t_inst"], "give --readout too"),
+    (["trace", "-m", M, "--task", "adjectives", "--compare", "--readout", f"vector:{V64}:1"],
+     "--compare compares answer logits"),
 ]
+
+
+def _readout_files(directory) -> dict[str, str]:
+    """The probe run and vectors the read-out cases name."""
+    import numpy as np
+
+    from ivlens.probing.probes import LogisticProbe
+    from ivlens.probing.weights import ProbeWeights
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(12, 64)), np.repeat([0, 1], 6)
+    weights = ProbeWeights("tiny", 64)
+    weights.add_probe("task:adjectives", "subtask", ["adj_ant", "adj_comp"], 1, LogisticProbe().fit(X, y))
+    weights.write(directory / "probe", "tiny")
+    np.save(directory / "v5.npy", np.ones(5))
+    np.save(directory / "v64.npy", np.ones(64))
+    return {P: str(directory / "probe"), V: str(directory / "v5.npy"), V64: str(directory / "v64.npy")}
 
 
 @pytest.mark.parametrize(("args", "needle"), BATTERY, ids=[" ".join(a[:3]) + f" #{i}" for i, (a, _) in
@@ -71,6 +108,10 @@ def test_bad_invocation_is_one_line_and_exit_2(args, needle, tiny_dir, tmp_path,
     model = str(tiny_dir("olmo2"))
     capsys.readouterr()  # the fixture's own output (saving the tiny model) is not the command's
     argv = [a.replace(M, model) for a in args]
+    if any("{" in a for a in argv):
+        files = _readout_files(tmp_path)
+        for key, value in files.items():
+            argv = [a.replace(key, value) for a in argv]
     if argv[0] in ("eval", "patch", "probe", "trace", "steer") and "--resume" not in argv:
         argv += ["--out", str(tmp_path / "run")]
     monkeypatch.setattr(sys, "argv", ["ivlens", *argv])

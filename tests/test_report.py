@@ -23,7 +23,7 @@ from ivlens.report import build_report, read_study
 from ivlens.runs import RunDir
 from ivlens.testing.tiny import tiny_model, tiny_tokenizer
 
-SECTIONS = ["setup", "organism", "eval", "patching", "probing", "tracing"]
+SECTIONS = ["setup", "organism", "eval", "patching", "probing", "tracing", "iv-construction"]
 ARTIFACTS = Path(os.environ.get("IVLENS_TEST_ARTIFACTS", Path(__file__).parent / "artifacts"))
 
 
@@ -85,6 +85,12 @@ def study(tmp_path_factory) -> Path:
     compare_run(models, "adjectives", run, samples=1, top_k=10, beam=32)
     run.finish()
 
+    from ivlens.api import run_trace
+    from ivlens.specs import TraceSpec
+
+    run_trace(TraceSpec(models=("base", "sft", "dpo"), task="animals", sample=0, readout="probe:probe:-1",
+                        position="t_inst"), models=models, out=root / "trace" / "animals-readout", root=root)
+
     unfinished = RunDir.create("eval", "killed", out=root / "eval" / "killed", models=described)
     assert unfinished.manifest["status"] == "running"
     return root
@@ -127,6 +133,10 @@ def test_report_has_every_section_figure_and_link(study, page, tmp_path):
     assert "fixed by construction" in text and "interaction is" in text
     assert "A tiny test card." in text and "Not finished, so not reported: eval/killed" in text
     assert "sample_paths.parquet" in text and "lda" in text.lower()
+    # IV construction: the read-out traced for base / SFT / DPO, exact, with its component table linked
+    iv = text[text.index('<section id="iv-construction">'):]
+    assert "readout_components.parquet" in iv and all(f"{m}: y = " in iv for m in ("base", "sft", "dpo"))
+    assert iv.count('src="data:image/png;base64,') >= 2 and "base component" in iv and "dpo share" in iv
     # --out elsewhere: links stay relative to the page
     other = build_report(study, tmp_path / "elsewhere" / "r.html")
     hrefs = re.findall(r'<a href="([^"#]+\.parquet)"', other.read_text())
@@ -143,7 +153,7 @@ def test_report_makes_no_network_request(page):
 def test_sections_absent_from_a_single_run_are_omitted_with_a_note(study, tmp_path):
     page = build_report(study / "probe", tmp_path / "probe.html").read_text()
     assert '<section id="probing">' in page and '<section id="setup">' in page
-    for sid in ("organism", "eval", "patching", "tracing"):
+    for sid in ("organism", "eval", "patching", "tracing", "iv-construction"):
         assert f'<section id="{sid}">' not in page
     assert "Not in this run directory, so omitted" in page and "no finished <code>patch</code> run" in page
 

@@ -109,10 +109,21 @@ def test_the_main_job_study_dry_runs_without_organisms(tmp_path, monkeypatch):
                            env={"COLUMNS": "200"})
     assert r.exit_code == 0, r.output
     out = " ".join(r.output.split())
-    assert "12 steps on base, sft, dpo" in out and "organism-sft is not built yet: sized from its recipe" in out
-    for rel in ("organism", "eval/adjectives-heldout", "patch/adjectives-formatted", "probe", "trace/animals",
-                "steer/adjectives-bare"):
+    assert "14 steps on base, sft, dpo" in out and "organism-sft is not built yet: sized from its recipe" in out
+    for rel in ("organism", "eval/adjectives-heldout", "patch/adjectives-formatted", "probe", "trace/0-animals",
+                "trace/1-animals", "steer/adjectives-bare"):
         assert rel in out
+
+
+def test_a_trace_readout_must_read_a_probe_step_of_the_study():
+    study = tiny_study(["a", "b"])
+    study["analyses"]["trace"] = [study["analyses"]["trace"], {"readout": "probe:probes:1", "position": "t_inst"}]
+    with pytest.raises(StudyError, match="'probes', which is no probe step of this study.*write: probe"):
+        plan_steps(StudySpec(**study))
+    study["analyses"]["trace"][1]["readout"] = "probe:probe:1"
+    assert [s.rel for s in plan_steps(StudySpec(**study)) if s.analysis == "trace"] == ["trace/0-animals",
+                                                                                     "trace/1-adjectives",
+                                                                                     "trace/1-animals"]
 
 
 # ------------------------------------------------------------------------------------------ running a study

@@ -12,7 +12,8 @@ Pure functions on one layer's activations ``X: [n, d_model]`` and integer class 
   (what a probe of this capacity gets from memorising noise) and the **majority baseline** (always
   predicting the training folds' most frequent class).
 - :func:`heldout_accuracy` — train on some phrasings, test on unseen ones (``train_mask``).
-- :func:`lda_2d` / :func:`pca_2d` — 2-D projections. LDA runs on the top principal components (at most
+- :func:`lda_2d` / :func:`pca_2d` — 2-D projections (:func:`lda_project` also returns the first discriminant
+  as a direction of the IV space, for tracing). LDA runs on the top principal components (at most
   :data:`LDA_PCA_DIM`; sklearn's ``svd`` solver), which keeps d=4096 in well under a second and avoids
   the singular within-class scatter of ``n < d``. With two classes LDA has one axis; the second axis is
   then the top principal direction orthogonal to it.
@@ -198,17 +199,33 @@ def lda_2d(X: np.ndarray, y: np.ndarray, seed: int = 0, pca_dim: int = LDA_PCA_D
     Returns:
         ``(coords [n, 2], train accuracy)``. With two classes: (discriminant, top orthogonal PC).
     """
+    Z, acc, _ = lda_project(X, y, seed, pca_dim)
+    return Z, acc
+
+
+def lda_project(X: np.ndarray, y: np.ndarray, seed: int = 0, pca_dim: int = LDA_PCA_DIM
+                ) -> tuple[np.ndarray, float, np.ndarray]:
+    """:func:`lda_2d` and the first discriminant as a direction of the IVs' own space.
+
+    The first coordinate is affine in ``X``: PCA and LDA's ``svd`` transform both subtract a mean and multiply by
+    a matrix, so ``coords[:, 0] = X @ axis + c`` with ``axis = components_ᵀ · scalings_[:, 0]`` (``[d_model]``).
+
+    Returns:
+        ``(coords [n, 2], train accuracy, axis [d_model])``.
+    """
     Xc = X - X.mean(0)
-    Z = _pca(Xc, pca_dim, seed).transform(Xc)  # [n, k]
+    pca = _pca(Xc, pca_dim, seed)
+    Z = pca.transform(Xc)  # [n, k]
     lda = LinearDiscriminantAnalysis(solver="svd").fit(Z, y)
     D = lda.transform(Z)  # [n, min(C-1, k)]
+    axis = pca.components_.T @ lda.scalings_[:, 0]  # [d_model]
     if D.shape[1] >= 2:
-        return D[:, :2], float(lda.score(Z, y))
+        return D[:, :2], float(lda.score(Z, y)), axis
     # one discriminant: add the top principal direction of Z orthogonal to it
     w = lda.scalings_[:, 0] / np.linalg.norm(lda.scalings_[:, 0])  # [k]
     R = Z - np.outer(Z @ w, w)
     _, _, vt = np.linalg.svd(R - R.mean(0), full_matrices=False)
-    return np.column_stack([D[:, 0], R @ vt[0]]), float(lda.score(Z, y))
+    return np.column_stack([D[:, 0], R @ vt[0]]), float(lda.score(Z, y)), axis
 
 
 def class_cosine(X: np.ndarray, y: np.ndarray, n_classes: int | None = None, center: bool = True) -> np.ndarray:

@@ -9,6 +9,8 @@ Run directory (``ivlens.runs.RunDir``)::
                                majority, heldout_acc, heldout_std, heldout_majority, selectivity, n, n_classes
     projections.parquet        model, layer, method (lda|pca), row, class, split, variant, x, y
     similarity.parquet         model, layer, centered, class_a, class_b, cos
+    probe_weights/<model>.*    every probe refitted on all its rows, and the LDA axis (ivlens.probing.weights),
+                               for ``ivlens trace --readout probe:RUN_DIR:layer:class``
     figures/*.png + *.parquet  accuracy by layer, LDA/PCA scatters, similarity heatmaps
 
 Probes (column ``probe``): ``all`` (every class together) and, when several tasks are probed, one per task
@@ -41,7 +43,8 @@ from ivlens.tasks.schema import Task
 from . import figures
 from .collect import IVStore, collect_ivs, parse_layers
 from .instructions import Varying, instruction_set, organism_heldout
-from .probes import ProbeConfig, class_cosine, lda_2d, pca_2d, probe_layer
+from .probes import ProbeConfig, class_cosine, lda_project, make_probe, pca_2d, probe_layer
+from .weights import ProbeWeights
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +63,9 @@ def model_slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "model"
 
 
-def _probe_specs(labels: pd.DataFrame, varying: Varying) -> list[tuple[str, str, np.ndarray, np.ndarray, np.ndarray | None]]:
-    """``(probe, target, row mask, y, heldout groups)`` for every probe of one model."""
+def _probe_specs(labels: pd.DataFrame, varying: Varying
+                 ) -> list[tuple[str, str, np.ndarray, np.ndarray, np.ndarray | None, list[str]]]:
+    """``(probe, target, row mask, y, heldout groups, class names)`` for every probe of one model."""
     specs = []
     groups_all = ((labels.split == "heldout").astype(int).to_numpy() if varying == "instructions"
                   else labels.variant_slot.to_numpy() + 1)
@@ -69,7 +73,7 @@ def _probe_specs(labels: pd.DataFrame, varying: Varying) -> list[tuple[str, str,
 
     def add(probe, target, mask, classes, column):
         y = pd.Categorical(labels.loc[mask, column], categories=classes).codes.astype(np.int64)
-        specs.append((probe, target, mask, y, groups_all[mask] if target == "subtask" else None))
+        specs.append((probe, target, mask, y, groups_all[mask] if target == "subtask" else None, list(classes)))
 
     everything = np.ones(len(labels), dtype=bool)
     if len(subtasks) >= 2:
@@ -93,9 +97,12 @@ def _probe_specs(labels: pd.DataFrame, varying: Varying) -> list[tuple[str, str,
     return specs
 
 
-def analyse_store(store: IVStore, model: str, varying: Varying, cfg: ProbeConfig = ProbeConfig()
-                  ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def analyse_store(store: IVStore, model: str, varying: Varying, cfg: ProbeConfig = ProbeConfig(),
+                  weights: ProbeWeights | None = None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Probe, project and compare one model's stored IVs, one layer in memory at a time.
+
+    ``weights``: gathers each probe refitted on all its rows and the LDA axis, layer by layer, for tracing
+    (:mod:`ivlens.probing.weights`).
 
     Returns:
         ``(accuracy, projections, similarity)`` tables (see the module docstring).
@@ -107,13 +114,17 @@ def analyse_store(store: IVStore, model: str, varying: Varying, cfg: ProbeConfig
     acc_rows, proj_frames, sim_rows = [], [], []
     for layer in store.layers:
         X = store.load_layer(layer)  # [n, d_model]
-        for probe, target, mask, y, groups in specs:
+        for probe, target, mask, y, groups, names in specs:
             res = probe_layer(X[mask], y, groups, cfg)
+            if weights is not None:
+                weights.add_probe(probe, target, names, layer, make_probe(cfg).fit(X[mask], y))
             acc_rows.append({"model": model, "probe": probe, "target": target, "layer": layer, **asdict(res),
                              "selectivity": res.selectivity})
         base = labels[["row", "subtask", "split", "variant"]].rename(columns={"subtask": "class"})
         if len(classes) >= 2:
-            Z, _ = lda_2d(X, y_all, seed=cfg.seed)
+            Z, _, axis = lda_project(X, y_all, seed=cfg.seed)
+            if weights is not None:
+                weights.add_lda(classes, layer, axis)
             proj_frames.append(base.assign(model=model, layer=layer, method="lda", x=Z[:, 0], y=Z[:, 1]))
         P, _ = pca_2d(X, seed=cfg.seed)
         proj_frames.append(base.assign(model=model, layer=layer, method="pca", x=P[:, 0], y=P[:, 1]))
@@ -204,7 +215,10 @@ def probe_run(models: Sequence[str | LoadedModel], tasks: Sequence[str | Task], 
         if not isinstance(m, LoadedModel):
             del loaded
             gc.collect()
-        acc, proj, sim = analyse_store(store, m if isinstance(m, str) else m.name, varying, cfg)
+        name = m if isinstance(m, str) else m.name
+        weights = ProbeWeights(name, int(store.meta["d_model"]))
+        acc, proj, sim = analyse_store(store, name, varying, cfg, weights)
+        weights.write(run.path, store.path.name)  # the IVs' directory name: one slug per model
         accs.append(acc)
         projs.append(proj)
         sims.append(sim)

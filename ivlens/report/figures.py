@@ -331,3 +331,72 @@ def organism_transfer(iv: pd.DataFrame, models: Sequence[str], metric: str = "ex
     fig.legend(handles, labels, loc="lower center", ncol=min(6, len(keys)), fontsize=8, title="target / position",
                bbox_to_anchor=(0.5, 1.0))
     return _png(fig)
+
+
+# ----------------------------------------------------------------------------- IV construction
+def _component_label(component: str, head: int) -> str:
+    return f"H{head}" if component == "head" else {"mlp": "MLP", "attn_bias": "attn bias", "mlp_bias": "MLP bias",
+                                                   "embed": "embed", "pos_embed": "pos embed"}.get(component, component)
+
+
+def construction_grid(comp: pd.DataFrame) -> pd.DataFrame:
+    """One model's read-out components summed over positions: ``layer`` (rows, ``-1`` the embeddings) ×
+    component label (columns: heads, MLP, biases), values the signed contribution."""
+    c = comp.assign(label=[_component_label(k, h) for k, h in zip(comp["component"], comp["head"], strict=True)])
+    grid = c.pivot_table(index="layer", columns="label", values="value", aggfunc="sum", fill_value=0.0)
+    heads = sorted((x for x in grid.columns if x.startswith("H")), key=lambda x: int(x[1:]))
+    rest = [x for x in ("MLP", "attn bias", "MLP bias", "embed", "pos embed") if x in grid.columns]
+    return grid[heads + rest]
+
+
+def readout_value(comp: pd.DataFrame) -> float:
+    """The traced value ``y`` of one model's component rows: its sources (embeddings and biases) sum to it."""
+    return float(comp[comp.component.isin(["embed", "pos_embed", "attn_bias", "mlp_bias"])].value.sum())
+
+
+def construction_heatmaps(comp: pd.DataFrame, models: Sequence[str]) -> bytes:
+    """Per model (columns), the signed contribution of every head, MLP, bias and the embeddings (x) of each layer
+    (y) to the traced read-out, in units of that model's ``|y|`` (probes of different models differ in scale);
+    one symmetric colour scale for all panels."""
+    order = _present(models, comp.model)
+    grids = {}
+    for m in order:
+        part = comp[comp.model == m]
+        grids[m] = construction_grid(part) / (abs(readout_value(part)) or 1.0)
+    vmax = max(float(np.abs(g.to_numpy()).max()) for g in grids.values()) or 1.0
+    fig, axes = plt.subplots(1, len(order), figsize=(3.6 * len(order) + 1, 3.2), squeeze=False, sharey=True)
+    im = None
+    for ax, m in zip(axes[0], order, strict=True):
+        g = grids[m]
+        im = ax.imshow(g.to_numpy(), cmap="RdBu_r", vmin=-vmax, vmax=vmax, aspect="auto")
+        ax.set_xticks(range(len(g.columns)), g.columns, rotation=60, fontsize=7)
+        ax.set_yticks(range(len(g.index)), ["emb" if i < 0 else str(i) for i in g.index], fontsize=7)
+        ax.set_title(m, fontsize=9)
+        ax.set_xlabel("component")
+    axes[0][0].set_ylabel("layer")
+    fig.colorbar(im, ax=axes[0].tolist(), label="contribution / |w · resid_l[t]|")
+    return _png(fig)
+
+
+def construction_tokens(comp: pd.DataFrame, models: Sequence[str]) -> bytes:
+    """Per source token (y), the total of every path that starts at it (its embedding's edge, with the learned
+    position embedding where there is one); one bar per model. With the bias terms they sum to the value."""
+    rows = comp[comp.component.isin(["embed", "pos_embed"])]
+    scale = {m: abs(readout_value(comp[comp.model == m])) or 1.0 for m in dict.fromkeys(comp.model)}
+    tot = rows.groupby(["model", "src", "token"], as_index=False).value.sum()
+    tot["value"] = tot.value / tot.model.map(scale)
+    order = _present(models, tot.model)
+    srcs = sorted(tot.src.unique())
+    labels = [f"{s}: {tot[tot.src == s].token.iloc[0]}" for s in srcs]
+    col = colours(models)
+    fig, ax = plt.subplots(figsize=(6, 0.28 * len(srcs) * max(1, len(order)) / 2 + 1.5))
+    width = 0.8 / max(1, len(order))
+    for i, m in enumerate(order):
+        v = tot[tot.model == m].set_index("src").value.reindex(srcs, fill_value=0.0)
+        ax.barh(np.arange(len(srcs)) + i * width, v.to_numpy(), height=width, color=col[m], label=m)
+    ax.set_yticks(np.arange(len(srcs)) + width * (len(order) - 1) / 2, labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.axvline(0, color="black", lw=0.5)
+    ax.set_xlabel("all paths from this token / |w · resid_l[t]|")
+    ax.legend(fontsize=7)
+    return _png(fig)

@@ -365,7 +365,8 @@ def probing_section(ctx: Context) -> h.Section | None:
 def tracing_section(ctx: Context) -> h.Section | None:
     """Circuit selectors."""
     runs = [r for r in ctx.study.of("trace") if r.json("compare") is not None]
-    singles = [r for r in ctx.study.of("trace") if r.json("compare") is None and r.names(".paths.json")]
+    singles = [r for r in ctx.study.of("trace") if r.json("compare") is None and r.names(".paths.json")
+               and not r.has("readout_components")]
     if not runs and not singles:
         return None
     s = h.Section("tracing", "Circuit selectors (exact path tracing)")
@@ -519,11 +520,84 @@ def steering_section(ctx: Context) -> h.Section | None:
     return s
 
 
-SECTIONS = (setup_section, organism_section, eval_section, patching_section, probing_section, steering_section, tracing_section)
+# ----------------------------------------------------------------------------- IV construction
+def _top_components(comp: pd.DataFrame, models: list[str], top: int = 8) -> pd.DataFrame:
+    """The ``top`` heads and MLPs by |contribution| per model, side by side: rank, component, its value, its share
+    of the read-out's value, and the token a head reads most from (a MLP: the position it acts at most)."""
+    cols = {}
+    for m in models:
+        c = comp[(comp.model == m) & comp.component.isin(["head", "mlp"])]
+        if c.empty:
+            continue
+        total = figures.readout_value(comp[comp.model == m])
+        per = c.groupby(["layer", "component", "head"], as_index=False).value.sum()
+        per = per.reindex(per.value.abs().sort_values(ascending=False).index).head(top)
+        names, shares = [], []
+        for r in per.itertuples():
+            rows = c[(c.layer == r.layer) & (c.component == r.component) & (c["head"] == r.head)]
+            main = rows.loc[rows.value.abs().idxmax()]
+            label = f"L{r.layer}H{r.head}" if r.component == "head" else f"L{r.layer} MLP"
+            names.append(f"{label} ← {main.token!r}@{main.src}")
+            shares.append(r.value / total if total else float("nan"))
+        cols[f"{m} component"] = names + [""] * (top - len(names))
+        cols[f"{m} value"] = list(per.value) + [float("nan")] * (top - len(per))
+        cols[f"{m} share"] = shares + [float("nan")] * (top - len(shares))
+    return pd.DataFrame({"rank": range(1, top + 1), **cols})
+
+
+@_guard
+def iv_construction_section(ctx: Context) -> h.Section | None:
+    """IV construction."""
+    runs = [r for r in ctx.study.of("trace") if r.has("readout_components")]
+    if not runs:
+        return None
+    s = h.Section("iv-construction", "IV construction: which components write the instruction vector")
+    s.add(h.para("The traced value is a linear read-out y = w · resid_l[t] of the residual stream after block l at "
+                 "position t (here a probe's class direction at T_inst, the instruction's last token). With norms, "
+                 "attention patterns and MLP gates frozen on the prompt, y is exactly the sum of its paths; an "
+                 "edge's value is the total of every path through it. Heads, MLPs and biases of any one sublayer "
+                 "(with the residual skip) sum to y, so a component's value is its share of writing the IV; values "
+                 "of different layers overlap (a path crosses every layer) and do not add up."))
+    for run in runs:
+        comp = run.table("readout_components")
+        info = run.manifest.get("readout") or {}
+        models = [m for m in ctx.models if m in set(comp.model)] + [m for m in _present_models(comp, ctx.models)]
+        first = next(iter(info.values()), {})
+        s.add(h.heading(f"{run.manifest.get('task') or 'a prompt'} · {run.args.get('subtask') or ''} "
+                        f"· read-out {run.args.get('readout')} at {run.args.get('position') or 'last'} ({run.rel})"))
+        s.add(h.para(f"Read-out: {first.get('name', '?')}, layer {first.get('layer', '?')}, position "
+                     f"{first.get('pos', '?')}. " + "; ".join(
+                         f"{m}: y = {v['value']:.4g} (model {v['real']:.4g}, completeness error "
+                         f"{v['completeness_rel_err']:.1e})" for m, v in info.items()) + "."))
+        s.add(h.figure(figures.construction_heatmaps(comp, models),
+                       "Which heads and MLPs write the IV, per model (base / SFT / DPO side by side): the signed "
+                       "total of every path through each head (H<h>), MLP and bias of each layer (rows; emb: the "
+                       "embeddings) into the read-out, divided by that model's |y| (the probes of the three models "
+                       "differ in scale); red raises the probe's class logit, blue lowers it.",
+                       ctx.data(run, "readout_components")))
+        s.add(h.figure(figures.construction_tokens(comp, models),
+                       "From which tokens: the total of all paths that start at each token of the prompt (up to "
+                       "T_inst) divided by |y|, one bar per model; with the bias terms these sum to y exactly.",
+                       ctx.data(run, "readout_components")))
+        s.add(h.table(_top_components(comp, models), "The largest heads and MLPs by |value| per model, the token "
+                                                     "each reads most from (head) or acts at (MLP), and the share "
+                                                     "of y (value / y; shares of different layers overlap).",
+                      ctx.data(run, "readout_components")))
+    return s
+
+
+def _present_models(comp: pd.DataFrame, order: list[str]) -> list[str]:
+    """Models of ``comp`` that the study's order lacks (a run of models outside the study's labels)."""
+    return [m for m in dict.fromkeys(comp.model) if m not in order]
+
+
+SECTIONS = (setup_section, organism_section, eval_section, patching_section, probing_section, steering_section,
+            tracing_section, iv_construction_section)
 #: What an omitted section would have shown, and the analysis that writes it.
 OMITTED = {"organism_section": ("the organism card", "organism"),
            "eval_section": ("instruction following", "eval"),
            "patching_section": ("IV localisation", "patch"),
            "probing_section": ("probes", "probe"),
            "tracing_section": ("circuit selectors", "trace --compare"),
-           "steering_section": ("steering against patching", "steer")}
+           "steering_section": ("steering against patching", "steer"),
+           "iv_construction_section": ("IV construction", "trace --readout")}

@@ -59,9 +59,11 @@ def execute_step(work: Work, models: Sequence[LoadedModel] | None = None, shard:
     spec = step.spec if shard is None else step.spec.model_copy(update={"shard": shard})
     if models is None and step.labels:
         models = [load_labelled(step, i) for i in range(len(step.labels))]
+    # a trace read-out's relative RUN_DIR names a step of the study (plan_steps checks it)
+    root = work.directory.parents[len(Path(step.rel).parts) - 1] if getattr(spec, "readout", None) else None
     if work.resume:
-        return run_spec(spec, models=models, resume=work.directory)
-    return run_spec(spec, models=models, out=work.directory)
+        return run_spec(spec, models=models, resume=work.directory, root=root)
+    return run_spec(spec, models=models, out=work.directory, root=root)
 
 
 class LocalExecutor:

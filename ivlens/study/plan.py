@@ -114,6 +114,7 @@ def plan_steps(study: StudySpec) -> list[Step]:
                     rel = f"{analysis}/{'-'.join(parts)}" if parts else analysis
                     labels = study.labels if analysis != "organism" else ()
                     steps.append(Step(analysis, spec, rel, labels, sizing if analysis != "organism" else ()))
+    _check_readouts(steps)
     seen: dict[str, Step] = {}
     for s in steps:
         if s.rel in seen:
@@ -121,3 +122,21 @@ def plan_steps(study: StudySpec) -> list[Step]:
                              "tasks or options")
         seen[s.rel] = s
     return steps
+
+
+def _check_readouts(steps: list[Step]) -> None:
+    """A trace read-out of a study reads a probe run of the same study: its relative ``RUN_DIR`` must be the run
+    directory of one of the study's probe steps (it is read from the study directory, after that step)."""
+    from pathlib import PurePath
+
+    from ivlens.tracing.readout import parse_readout
+
+    probes = [s.rel for s in steps if s.analysis == "probe"]
+    for s in steps:
+        readout = getattr(s.spec, "readout", None)
+        if readout is None:
+            continue
+        src = parse_readout(readout)
+        if src.kind != "vector" and not PurePath(src.path).is_absolute() and src.path.rstrip("/") not in probes:
+            raise StudyError(f"analyses.trace.readout: {readout!r} reads {src.path!r}, which is no probe step of this "
+                             f"study (its probe steps write: {', '.join(probes) or 'none; add a probe block'})")

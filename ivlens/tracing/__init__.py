@@ -76,6 +76,7 @@ class TraceResult:
                "target_definition": self.full_graph.target_info["definition"],
                "softcap": self.full_graph.target_info["softcap"],
                "parallel_residual": self.sur.parallel,
+               "readout": self.full_graph.target_info.get("readout"),
                "value": self.full_graph.value,
                "real": self.full_graph.real, "completeness_rel_err": self.full_graph.completeness_rel_err,
                "sources": [int(i) for i in self.graph.sources.nonzero().flatten()],
@@ -93,13 +94,16 @@ def trace_prompt(model, tokenizer, prompt: str | Sequence[int], target=None, met
 
     ``method='exact'``: the attribution graph and the ``top_k`` paths (beam ``beam``); ``'argmax'``: in addition
     the paper's tracer with rank threshold ``threshold_rank``. ``start_pos/end_pos`` restrict the paths' source
-    positions (inclusive; negative from the end).
+    positions (inclusive; negative from the end). A read-out target (:meth:`Target.readout`) is traced on the
+    surrogate cut after its layer (``res.sur`` has ``layer + 1`` blocks).
     """
     if method not in ("exact", "argmax"):
         raise ValueError(f"--method must be exact or argmax (got {method!r})")
     ids = tokenizer(prompt)["input_ids"] if isinstance(prompt, str) else list(prompt)
     sur = build_surrogate(model, ids, tokenizer=tokenizer)
     tgt = resolve_target(tokenizer, target, sur.logits[-1])
+    if tgt.is_readout:  # blocks above the read-out's layer cannot change it
+        sur = sur.upto(tgt.layer)
     full = compute_graph(sur, tgt)
     restricted = start_pos is not None or end_pos is not None
     graph = compute_graph(sur, tgt, source_mask(sur.n_pos, start_pos, end_pos)) if restricted else full

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from .paths import Path, path_vectors, top_paths
-from .surrogate import Surrogate, Target, logit_slopes
+from .surrogate import Surrogate, Target, TracingError, logit_slopes
 
 
 def argmax_patterns(sur: Surrogate) -> list[Tensor]:
@@ -104,6 +104,9 @@ def path_logits(sur: Surrogate, paths: list[Path], pos: int, chunk: int = 256):
 def argmax_trace(sur: Surrogate, target: Target, threshold_rank: int = 10, max_paths: int = 1000,
                  beam: int = 1000, start_pos: int | None = None, end_pos: int | None = None) -> ArgmaxTrace:
     """Run the paper's tracer for ``target`` (its first token is the answer whose rank is checked)."""
+    if target.is_readout:
+        raise TracingError("--method argmax ranks an answer among the vocabulary's logits; a --readout has no "
+                           "vocabulary: trace it with --method exact")
     asur = argmax_surrogate(sur)
     paths = top_paths(asur, target, k=max_paths, beam=beam, start_pos=start_pos, end_pos=end_pos,
                       with_bias=False, merge_mlp=True)

@@ -52,6 +52,11 @@ def trace(
     from_inst: Annotated[bool, typer.Option("--from-inst", help="sources = T_inst (task prompts): paths leaving the instruction")] = False,
     max_tokens: Annotated[int | None, typer.Option("--max-tokens", help="trace only the last N tokens of the prompt "
                                                    "(the graph costs L·H·T²)")] = None,
+    readout: Annotated[str | None, typer.Option("--readout", help="trace w · resid_l[t] instead of a logit: "
+                                                "probe:RUN_DIR:LAYER[:CLASS], means:RUN_DIR:LAYER[:A-B], "
+                                                "lda:RUN_DIR:LAYER ([@MODEL]), or vector:FILE.npy|.safetensors:LAYER")] = None,
+    position: Annotated[str | None, typer.Option("--position", help="where --readout is read: t_inst, last "
+                                                 "(default) or a token index")] = None,
     fmt: FormatOpt = "raw",
     seed: SeedOpt = 0,
     out: OutOpt = None,
@@ -75,7 +80,8 @@ def trace(
                "top_k": top_k, "beam": beam, "threshold_rank": threshold_rank, "start_pos": start_pos,
                "end_pos": end_pos, "from_inst": from_inst, "max_tokens": max_tokens, "format": fmt, "seed": seed,
                "gguf_file": gguf_file, "dtype": dtype, "device": device, "revision": revision,
-               "trust_remote_code": trust_remote_code, "memory_budget": memory_budget, "shard": shard}
+               "trust_remote_code": trust_remote_code, "memory_budget": memory_budget, "shard": shard,
+               "readout": readout, "position": position}
     with friendly_errors():
         spec = build_spec(ctx, TraceSpec, options, resume, params={"models": "model", "format": "fmt"})
         if dry_run:
@@ -109,7 +115,9 @@ def _print_trace(tr, max_tokens: int | None) -> None:
     if tr.cut:
         console.print(f"--max-tokens {max_tokens}: traced the last {max_tokens} of {tr.cut + max_tokens} tokens")
     tok = res.sur.tokens
-    console.print(f"[bold]{tr.model}[/]: target {res.target.coef} at position {res.full_graph.target_pos}: "
+    what = (f"read-out {tr.readout['name']} (resid after block {res.target.layer})" if tr.readout is not None
+            else f"target {res.target.coef}")
+    console.print(f"[bold]{tr.model}[/]: {escape(what)} at position {res.full_graph.target_pos}: "
                   f"Σ paths = {res.full_graph.value:.6g}, model = {res.full_graph.real:.6g} "
                   f"(completeness error {res.full_graph.completeness_rel_err:.2e})"
                   + (f"; T_inst = {tr.t_inst}" if tr.t_inst is not None else ""))

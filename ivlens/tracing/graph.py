@@ -45,6 +45,7 @@ from .surrogate import (
     mlp_linear,
     readout_vector,
     real_target,
+    scoped,
     target_info,
 )
 
@@ -136,8 +137,10 @@ def compute_graph(sur: Surrogate, target: Target, sources: Tensor | None = None,
 
     ``sources``: ``[pos]`` bool mask of the embedding positions whose paths are counted (default all).
     ``with_bias`` defaults to ``True`` for all sources and ``False`` for a restricted set (bias terms are
-    not "from" any position).
+    not "from" any position). A read-out target (:meth:`~ivlens.tracing.surrogate.Target.readout`) at layer ``l``
+    is traced on the surrogate cut after block ``l``: the graph has ``l + 1`` layers.
     """
+    sur = scoped(sur, target)
     T = sur.n_pos
     full = sources is None or bool(sources.all())
     sources = torch.ones(T, dtype=torch.bool) if sources is None else sources

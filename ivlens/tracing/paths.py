@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from .graph import forward_states, source_mask
-from .surrogate import Surrogate, Target, _lin, _lin_T, mlp_linear, mlp_linear_T, readout_vector
+from .surrogate import Surrogate, Target, _lin, _lin_T, mlp_linear, mlp_linear_T, readout_vector, scoped
 
 
 @dataclass(frozen=True)
@@ -82,8 +82,10 @@ def top_paths(sur: Surrogate, target: Target, k: int = 20, beam: int = 256, star
 
     ``start_pos``/``end_pos`` restrict the *sources* to the token positions ``start_pos … end_pos`` (inclusive,
     negative counts from the end), e.g. the instruction's last token T_inst; biases are then left out unless
-    ``with_bias=True``. ``merge_mlp`` treats each MLP sublayer as the single edge ``I + MLP``.
+    ``with_bias=True``. ``merge_mlp`` treats each MLP sublayer as the single edge ``I + MLP``. A read-out target
+    at layer ``l`` searches the surrogate cut after block ``l``.
     """
+    sur = scoped(sur, target)
     T = sur.n_pos
     restricted = start_pos is not None or end_pos is not None
     sources = source_mask(T, start_pos, end_pos)
@@ -264,5 +266,6 @@ def path_vector(sur: Surrogate, path: Path) -> Tensor:
 
 def path_value(sur: Surrogate, target: Target, path: Path) -> float:
     """``ρ_out · path_vector`` (+ the constant for the final-bias path): the path's exact contribution."""
+    sur = scoped(sur, target)
     rho, const = readout_vector(sur, target)
     return const if path.source == "final_bias" else float(rho @ path_vector(sur, path))

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 
@@ -92,42 +93,110 @@ def compare_run(models: Sequence[LoadedModel], task: str | Task, run: RunDir, *,
 class SingleTrace:
     """One model's trace of one prompt: the :class:`ivlens.tracing.TraceResult`, T_inst in the traced ids
     (``None`` without a task instruction), how many leading tokens ``max_tokens`` cut, and ``note``: which token
-    of a multi-token target is traced (:func:`ivlens.tracing.traced_token_line`; ``None`` for one token)."""
+    of a multi-token target is traced (:func:`ivlens.tracing.traced_token_line`; ``None`` for one token);
+    ``readout``: what a read-out traced (``<model>.readout.json``), ``None`` for a logit."""
 
     model: str
     result: object
     t_inst: int | None
     cut: int
     note: str | None = None
+    readout: dict | None = None
+
+
+@dataclass(frozen=True)
+class TracedPrompt:
+    """The prompt one trace reads: token ids, T_inst (``None`` without an instruction), the task and sample, the
+    subtask whose instruction it carries and the task's other subtask (``None`` where there is none)."""
+
+    ids: list[int]
+    t_inst: int | None
+    task: Task | None = None
+    sample: object = None
+    subtask: str | None = None
+    other: str | None = None
+    built: object = None  # the ivlens.tasks.prompts.Prompt of a task sample
+
+
+def traced_prompt(lm: LoadedModel, *, task: str | None, subtask: str | None, sample: int | None,
+                  prompt: str | None, fmt: str) -> TracedPrompt:
+    """A task sample's instructed prompt (``sample`` default 0, ``subtask`` default the first), or ``prompt``."""
+    from ivlens.tasks import TaskError, instructed_prompt
+
+    if task is None:
+        return TracedPrompt(list(lm.tokenizer(prompt)["input_ids"]), None)
+    t = load_task(task)
+    sub = t.subtask(subtask)
+    index = sample or 0
+    if not 0 <= index < len(t.samples):
+        raise TaskError(f"--sample {index} is out of range: task {t.name!r} has samples 0..{len(t.samples) - 1}")
+    smp = t.samples[index]
+    p = instructed_prompt(lm.tokenizer, t, smp, sub.instruction, fmt)
+    return TracedPrompt(list(p.input_ids), p.t_inst, t, smp, sub.name, t.other(sub.name) if t.is_contrastive else None,
+                        p)
+
+
+@dataclass(frozen=True)
+class ReadoutPlan:
+    """A read-out resolved for one model before anything runs: the ids to trace (cut after the read position and
+    to ``max_tokens``), the :class:`~ivlens.tracing.surrogate.Target`, T_inst and the cut in those ids, and what
+    was read (``info``)."""
+
+    ids: list[int]
+    target: object
+    t_inst: int | None
+    cut: int
+    info: dict
+
+
+def plan_readout(lm: LoadedModel, *, readout: str, position: str | None, task: str | None, subtask: str | None,
+                 sample: int | None, prompt: str | None, fmt: str, max_tokens: int | None,
+                 base: Path | None = None) -> ReadoutPlan:
+    """Resolve ``--readout``/``--position`` for ``lm``: load the direction (checking run directory, layer, class
+    and length), find the position in the traced prompt, and cut the prompt after it (causal: later tokens cannot
+    write into ``resid_l[t]``). Raises :class:`~ivlens.tracing.readout.ReadoutError` (one line naming the option)."""
+    from .readout import load_direction, parse_readout, resolve_position
+    from .surrogate import Target
+
+    tp = traced_prompt(lm, task=task, subtask=subtask, sample=sample, prompt=prompt, fmt=fmt)
+    pos = resolve_position(position or "last", len(tp.ids), tp.t_inst)
+    d = load_direction(parse_readout(readout), model=lm.name, d_model=lm.d_model, n_layers=lm.n_layers,
+                       subtask=tp.subtask, other=tp.other, base=base)
+    ids = tp.ids[: pos + 1]
+    cut = max(0, len(ids) - max_tokens) if max_tokens is not None else 0
+    ids = ids[cut:]
+    t_inst = None if tp.t_inst is None or tp.t_inst < cut else tp.t_inst - cut
+    info = {"readout": readout, "position": position or "last", "pos": pos - cut, "prompt_tokens": len(tp.ids),
+            "t_inst": t_inst, "subtask": tp.subtask, "name": d.name, **d.info}
+    return ReadoutPlan(ids, Target.readout(d.vector, d.layer, pos - cut, d.name), t_inst, cut, info)
 
 
 def trace_single(lm: LoadedModel, run: RunDir, *, task: str | None, subtask: str | None, sample: int | None,
                  prompt: str | None, target: str | int | None, method: str, top_k: int, beam: int,
                  threshold_rank: int, start_pos: int | None, end_pos: int | None, from_inst: bool, fmt: str,
-                 max_tokens: int | None) -> SingleTrace:
-    """Trace a task sample's instructed prompt (or ``prompt``) with ``lm`` and write it to ``run``."""
-    from ivlens.tasks import TaskError, instructed_prompt, label_token_ids
+                 max_tokens: int | None, readout: ReadoutPlan | None = None) -> SingleTrace:
+    """Trace a task sample's instructed prompt (or ``prompt``) with ``lm`` and write it to ``run``; with
+    ``readout`` (:func:`plan_readout`), its direction at its layer and position instead of the answer's logit."""
+    from ivlens.tasks import TaskError, label_token_ids
 
     from . import trace_prompt, traced_token_line, write_trace
 
     ids, t_inst, note = None, None, None
-    if isinstance(target, str):
-        note = traced_token_line(lm.tokenizer, target, lm.tokenizer(target, add_special_tokens=False)["input_ids"])
-    if task is not None:
-        t = load_task(task)
-        sub = t.subtask(subtask)
-        index = sample or 0
-        if not 0 <= index < len(t.samples):
-            raise TaskError(f"--sample {index} is out of range: task {t.name!r} has samples 0..{len(t.samples) - 1}")
-        smp = t.samples[index]
-        p = instructed_prompt(lm.tokenizer, t, smp, sub.instruction, fmt)
-        ids, t_inst = list(p.input_ids), p.t_inst
-        if target is None:
-            answer_ids = label_token_ids(lm.tokenizer, p, smp.answer(sub.name))
-            note = traced_token_line(lm.tokenizer, smp.answer(sub.name), answer_ids)
-            target = answer_ids[0]
-    cut = 0
-    if max_tokens is not None:
+    if readout is not None:
+        ids, t_inst, target = readout.ids, readout.t_inst, readout.target
+    else:
+        if isinstance(target, str):
+            note = traced_token_line(lm.tokenizer, target,
+                                     lm.tokenizer(target, add_special_tokens=False)["input_ids"])
+        if task is not None:
+            tp = traced_prompt(lm, task=task, subtask=subtask, sample=sample, prompt=prompt, fmt=fmt)
+            ids, t_inst = tp.ids, tp.t_inst
+            if target is None:
+                answer_ids = label_token_ids(lm.tokenizer, tp.built, tp.sample.answer(tp.subtask))
+                note = traced_token_line(lm.tokenizer, tp.sample.answer(tp.subtask), answer_ids)
+                target = answer_ids[0]
+    cut = readout.cut if readout is not None else 0
+    if max_tokens is not None and readout is None:
         if ids is None:
             ids = list(lm.tokenizer(prompt)["input_ids"])
         cut = max(0, len(ids) - max_tokens)
@@ -141,7 +210,13 @@ def trace_single(lm: LoadedModel, run: RunDir, *, task: str | None, subtask: str
     res = trace_prompt(lm.model, lm.tokenizer, ids if ids is not None else prompt, target=target, method=method,
                        top_k=top_k, beam=beam, threshold_rank=threshold_rank, start_pos=start_pos, end_pos=end_pos)
     write_trace(res, run.path, name=slug(lm.name))
-    return SingleTrace(lm.name, res, t_inst, cut, note)
+    info = None
+    if readout is not None:
+        g = res.full_graph
+        info = {**readout.info, "model": lm.name, "tokens": list(res.sur.tokens), "value": g.value, "real": g.real,
+                "completeness_rel_err": g.completeness_rel_err, "n_layers_traced": g.n_layers}
+        atomic_write_json(run.path / f"{slug(lm.name)}.readout.json", info, indent=1)
+    return SingleTrace(lm.name, res, t_inst, cut, note, info)
 
 
 def check_trace_memory(lm: LoadedModel, *, task, subtask, sample, prompt, compare, samples, seed, fmt, beam,

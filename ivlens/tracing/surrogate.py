@@ -33,6 +33,16 @@ and the target scalar is
 coefficient times the token's frozen slope). ``y`` equals the model's real logit (difference) up to float error:
 that is the completeness test.
 
+A **linear read-out** (:meth:`Target.readout`) is any direction ``w: [d_model]`` read at the residual stream after
+decoder block ``l`` (``resid_l``, the state an IV is read from, :mod:`ivlens.probing.collect`) at position ``t``:
+
+    y = w · resid_l[t] = w · x_{2l+2}[t]          (parallel residual: w · x_{l+1}[t])
+
+The layers above ``l`` cannot change it, so the surrogate is cut after block ``l`` (:meth:`Surrogate.upto`) and the
+backward pass starts from ``w`` at ``(l, t)`` instead of the unembedding pushed through the final norm; ``y`` has no
+constant term. The real value comes from the model's own block output (``real_resid``, recorded by
+:meth:`~ivlens.models.adapters.ArchitectureAdapter.capture_resid`).
+
 Shape vocabulary: ``pos`` (T tokens), ``d_model`` (d), ``head`` (H), ``kv_head`` (KV), ``d_head`` (dh),
 ``d_mlp`` (dm), ``d_vocab`` (V); states are indexed by ``k = 0 … 2L`` (``2l``: before layer ``l``'s attention,
 ``2l+1``: before its MLP; parallel residual: ``k = 0 … L``, ``l`` before layer ``l``; :meth:`Surrogate.state_in`).
@@ -202,14 +212,21 @@ class FrozenMLP:
 
 @dataclass(frozen=True)
 class Target:
-    """The scalar to decompose: ``Σ_k coef_k · logit_k`` at position ``pos`` (``-1``: the last token).
+    """The scalar to decompose at position ``pos`` (``-1``: the last token): ``Σ_k coef_k · logit_k``, or (a
+    **read-out**, ``direction`` set) ``direction · resid_layer[pos]``, the residual stream after decoder block
+    ``layer`` read along ``direction: [d_model]`` (a probe's class direction, a difference of class means, a user's
+    vector; ``name`` says which, for the output).
 
     >>> Target.logit(42)              # the logit of token 42
     >>> Target.diff(42, 7)            # logit(42) − logit(7)
+    >>> Target.readout(w, layer=3, pos=5, name="probe adj_ant")   # w · resid_3[5]
     """
 
     coef: tuple[tuple[int, float], ...]
     pos: int = -1
+    direction: Tensor | None = field(default=None, compare=False)
+    layer: int | None = None
+    name: str = ""
 
     @classmethod
     def logit(cls, token: int, pos: int = -1) -> Target:
@@ -218,6 +235,18 @@ class Target:
     @classmethod
     def diff(cls, token: int, other: int, pos: int = -1) -> Target:
         return cls(((int(token), 1.0), (int(other), -1.0)), pos)
+
+    @classmethod
+    def readout(cls, direction: Tensor, layer: int, pos: int = -1, name: str = "") -> Target:
+        """``y = direction · resid_layer[pos]``; ``direction: [d_model]``, ``layer`` a decoder block (``≥ 0``)."""
+        direction = torch.as_tensor(direction).detach().reshape(-1).cpu()
+        if layer < 0:
+            raise ValueError(f"a read-out's layer counts blocks from 0 (got {layer})")
+        return cls((), int(pos), direction, int(layer), name)
+
+    @property
+    def is_readout(self) -> bool:
+        return self.direction is not None
 
     @property
     def tokens(self) -> list[int]:
@@ -236,7 +265,8 @@ class Surrogate:
     error. ``parallel``: the layer's attention and MLP read the same state (GPT-NeoX's parallel residual), so
     there is one state per layer instead of one per sublayer (see :meth:`state_in`). ``final_softcap``: the cap
     ``c`` of a final-logit soft-cap ``c·tanh(z/c)`` (Gemma-2), with ``pre_logits: [pos, d_vocab]`` the model's
-    logits ``z`` before it (see :func:`logit_slopes`).
+    logits ``z`` before it (see :func:`logit_slopes`). ``real_resid: [layer, pos, d_model]``: the model's own
+    residual stream after each decoder block (fp32), the real value of a read-out target.
     """
 
     input_ids: Tensor
@@ -253,6 +283,7 @@ class Surrogate:
     parallel: bool = False
     final_softcap: float | None = None
     pre_logits: Tensor | None = field(default=None, compare=False)
+    real_resid: Tensor | None = field(default=None, compare=False)
 
     @property
     def n_layers(self) -> int:
@@ -288,6 +319,17 @@ class Surrogate:
         if not 0 <= p < self.n_pos:
             raise IndexError(f"position {pos} outside a prompt of {self.n_pos} tokens")
         return p
+
+    def upto(self, layer: int) -> Surrogate:
+        """The surrogate cut after decoder block ``layer``: blocks ``0 … layer`` only, so its last state is
+        ``resid_layer`` (a read-out's state). The final norm and unembedding are kept but unused by a read-out."""
+        if not 0 <= layer < self.n_layers:
+            raise TracingError(f"a read-out at layer {layer} is outside a model of {self.n_layers} layers "
+                               f"(0..{self.n_layers - 1})")
+        if layer == self.n_layers - 1:
+            return self
+        resid = None if self.real_resid is None else self.real_resid[: layer + 1]
+        return replace(self, attn=self.attn[: layer + 1], mlp=self.mlp[: layer + 1], real_resid=resid)
 
     def with_patterns(self, patterns: list[Tensor]) -> Surrogate:
         """A copy whose attention patterns are replaced (``patterns[l]: [head, pos, pos]``); biases kept."""
@@ -363,9 +405,23 @@ def logit_slopes(sur: Surrogate, tokens: list[int], pos: int = -1) -> Tensor:
     return s.to(sur.W_U.dtype)
 
 
+def scoped(sur: Surrogate, target: Target) -> Surrogate:
+    """The surrogate a target reads: cut after block ``target.layer`` for a read-out (:meth:`Surrogate.upto`),
+    whole for a logit."""
+    return sur.upto(target.layer) if target.is_readout else sur
+
+
 def target_info(sur: Surrogate, target: Target) -> dict:
-    """What the target scalar is, for the trace output: ``definition`` (``"logit"``, or ``"capped_logit"``
-    under a final soft-cap) and, with a cap, ``softcap: {cap, tokens: [[token, coef, pre_cap_logit, slope]]}``."""
+    """What the target scalar is, for the trace output: ``definition`` (``"logit"``, ``"capped_logit"`` under a
+    final soft-cap, or ``"readout"``) and, with a cap, ``softcap: {cap, tokens: [[token, coef, pre_cap_logit,
+    slope]]}``; a read-out adds ``readout: {layer, pos, name, norm}`` (``norm``: ``‖w‖``)."""
+    if target.is_readout:
+        return {"definition": "readout",
+                "description": f"w · resid_{target.layer}[{sur.resolve_pos(target.pos)}]: the residual stream after "
+                               f"decoder block {target.layer} read along w ({target.name or 'a given direction'})",
+                "softcap": None,
+                "readout": {"layer": target.layer, "pos": sur.resolve_pos(target.pos), "name": target.name,
+                            "norm": float(target.direction.double().norm())}}
     if sur.final_softcap is None:
         return {"definition": "logit", "softcap": None}
     t = sur.resolve_pos(target.pos)
@@ -390,7 +446,14 @@ def target_vector(sur: Surrogate, target: Target) -> tuple[Tensor, float]:
 
 
 def readout_vector(sur: Surrogate, target: Target) -> tuple[Tensor, float]:
-    """``ρ_out: [d_model]`` with ``y = ρ_out · x_{2L}[T] + const`` and that constant (final-norm bias and b_U)."""
+    """``ρ_out: [d_model]`` with ``y = ρ_out · x_{2L}[T] + const`` and that constant (final-norm bias and b_U).
+    A read-out: ``ρ_out = w`` on the last state of the surrogate cut after its layer, and no constant."""
+    if target.is_readout:
+        w = target.direction.to(sur.embed.dtype)
+        if w.shape != (sur.embed.shape[1],):
+            raise TracingError(f"the read-out direction has {w.numel()} entries; the model's d_model is "
+                               f"{sur.embed.shape[1]}")
+        return w, 0.0
     e, b_u = target_vector(sur, target)
     t = torch.tensor([sur.resolve_pos(target.pos)])
     rho = sur.final_norm.apply_T(e[None], t)[0]
@@ -399,7 +462,8 @@ def readout_vector(sur: Surrogate, target: Target) -> tuple[Tensor, float]:
 
 
 def readout(sur: Surrogate, target: Target, x_last: Tensor, with_bias: bool = True) -> Tensor:
-    """The target scalar from the last residual state ``x_last: [pos, d_model]``."""
+    """The target scalar from the last residual state ``x_last: [pos, d_model]`` (of :func:`scoped`'s surrogate
+    for a read-out)."""
     rho, const = readout_vector(sur, target)
     y = rho @ x_last[sur.resolve_pos(target.pos)]
     return y + const if with_bias else y
@@ -410,7 +474,10 @@ def backward(sur: Surrogate, target: Target) -> list[Tensor]:
 
     ``g_last = ρ_out`` at the target position; ``g_k = g_{k+1} + Sub_kᵀ g_{k+1}`` (parallel residual:
     ``g_l = g_{l+1} + Attn_lᵀ g_{l+1} + MLP_lᵀ g_{l+1}``). Independent of the input (the map is linear).
+    A read-out's gradients are those of the surrogate cut after its layer (:func:`scoped`): ``g_last = w`` at
+    ``(layer, pos)``, and the states of blocks ``0 … layer`` only.
     """
+    sur = scoped(sur, target)
     rho, _ = readout_vector(sur, target)
     g = torch.zeros_like(sur.embed)
     g[sur.resolve_pos(target.pos)] = rho
@@ -429,7 +496,12 @@ def backward(sur: Surrogate, target: Target) -> list[Tensor]:
 
 def real_target(sur: Surrogate, target: Target) -> float:
     """The model's own value of the target scalar (from the recorded fp32 logits, soft-capped where the model
-    caps them)."""
+    caps them; a read-out: ``w · resid_layer[pos]`` of the recorded block output, in float64)."""
+    if target.is_readout:
+        if sur.real_resid is None:
+            raise TracingError("this surrogate recorded no residual stream (built by an older ivlens?): rebuild it")
+        x = sur.real_resid[target.layer, sur.resolve_pos(target.pos)]
+        return float(target.direction.double() @ x.double())
     row = sur.logits[sur.resolve_pos(target.pos)]
     return float(sum(c * row[k] for k, c in target.coef))
 
@@ -559,8 +631,9 @@ def build_surrogate(model, input_ids, adapter: ArchitectureAdapter | None = None
     _check_supported(adapter)
     ids = torch.as_tensor(input_ids, dtype=torch.long).reshape(1, -1)
     device = adapter.embed.weight.device
-    with eager_attention(model), _Recorder(adapter) as rec:
+    with eager_attention(model), _Recorder(adapter) as rec, adapter.capture_resid() as resid:
         logits = model(input_ids=ids.to(device)).logits[0].detach().float().cpu()
+    real_resid = torch.stack([resid[l][0].float().cpu() for l in range(adapter.n_layers)])  # noqa: E741
 
     def cast(t: Tensor | None) -> Tensor | None:
         return None if t is None else t.detach().to(dtype)
@@ -638,4 +711,4 @@ def build_surrogate(model, input_ids, adapter: ArchitectureAdapter | None = None
     return Surrogate(ids[0], embed, pos_embed, tuple(attn), tuple(mlps), final, W_U,
                      None if b_U is None else b_U.cpu(), logits, adapter.spec.name, tokens,
                      parallel=bool(adapter.parallel_residual), final_softcap=None if cap is None else float(cap),
-                     pre_logits=inp.get("pre_logits"))
+                     pre_logits=inp.get("pre_logits"), real_resid=real_resid)
