@@ -267,3 +267,23 @@ def test_testable_configs_need_queries_to_move():
         {**point, "flip": None, "n_outside": 0},     # nothing outside
     ]}}}}
     assert testable_configs(iv, "s") == [("formatted/first", iv["subtasks"]["s"]["curves"]["formatted/first"][0])]
+
+
+def test_chat_token_init_separates_the_assistant_turn(org_tok):
+    """Tokens never seen in pretraining share one embedding direction under tied embeddings; before SFT the
+    assistant-turn token takes the raw format's answer cue ``:`` (tied: its unembedding row too)."""
+    from ivlens.organism.tokenizer import ASSISTANT, USER
+    from ivlens.organism.train import SIZES, init_chat_tokens, new_model
+
+    model = new_model(SIZES["tiny"], org_tok, seed=0)
+    emb = model.get_input_embeddings().weight
+    with torch.no_grad():  # the collapse pretraining leaves behind: every unseen token along one direction
+        direction = torch.randn(emb.shape[1])
+        for tok in (ASSISTANT, USER):
+            emb[org_tok.convert_tokens_to_ids(tok)] = direction + 0.01 * torch.randn(emb.shape[1])
+    figures = init_chat_tokens(model, org_tok)
+    colon = org_tok(":", add_special_tokens=False).input_ids
+    assistant = org_tok.convert_tokens_to_ids(ASSISTANT)
+    assert len(colon) == 1 and torch.equal(emb[assistant], emb[colon[0]])
+    assert torch.equal(model.get_output_embeddings().weight[assistant], emb[colon[0]])
+    assert figures["assistant_user_cosine_before"] > 0.99 > figures["assistant_user_cosine_after"]

@@ -1,7 +1,7 @@
 """The real organism build, its name resolution and its acceptance figures (``pytest -m slow``; one full
 build, about 6 min on 2 free cores).
 
-Set ``IVLENS_ORGANISM_DIR`` to an existing build (e.g. ``~/.cache/ivlens/organism/v4/gist``) to check its
+Set ``IVLENS_ORGANISM_DIR`` to an existing build (e.g. ``~/.cache/ivlens/organism/v5/gist``) to check its
 card instead of building afresh.
 
 Issue 4's thresholds are recorded per figure in the card (``acceptance``); the seed-0 gist build meets every
@@ -17,13 +17,9 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-#: acceptance checks allowed to fail, each still held to the paper's IA criterion (see the test)
-KNOWN_SHORTFALL = {"sft/animals/iv_transfer", "dpo/animals/iv_transfer"}
-
-
 @pytest.fixture(scope="module")
 def gist_cache(tmp_path_factory) -> Path:
-    """A cache root holding a gist build in the standard layout (``<root>/organism/v4/gist``)."""
+    """A cache root holding a gist build in the standard layout (``<root>/organism/<version>/gist``)."""
     given = os.environ.get("IVLENS_ORGANISM_DIR")
     if given:
         return Path(given).parent.parent.parent
@@ -43,28 +39,18 @@ def test_gist_organism_acceptance_figures(gist_cache):
     assert card["model"]["n_layers"] >= 6 and card["model"]["n_heads"] >= 4
     checks = {k: v for k, v in card["acceptance"].items() if k != "all_pass"}
     failing = {k: v for k, v in checks.items() if not v["pass"]}
-    assert card["acceptance"]["all_pass"] == (not failing)
-    # Known shortfall (issue 15, organism recipe): whether the *animals* IV passes ivlens's stricter transfer check
-    # (answers right above the majority-answer rate, not only inside the label space) changes with floating-point
-    # summation order alone: the same recipe passed it with 1 training thread and failed it with 2 (can_fly
-    # patched into the bare query lands in {yes, no} for 0.92 of queries, but right for only 0.34). The paper's
-    # criterion is still required below; every other check must pass, and the card reports the shortfall.
-    assert set(failing) <= KNOWN_SHORTFALL, failing
-    for key in failing:
-        v = checks[key]["value"]
-        assert v["ia"] >= 0.5 and v["flip"] >= 0.5, (key, v)
-    # every accuracy threshold, for both tasks and both post-trained stages
+    assert card["acceptance"]["all_pass"] and not failing, failing
+    # every accuracy threshold, for both tasks and both post-trained stages: raw format (train, held out), the
+    # chat template (held out) and "the instruction decides"
     accuracy = {k: v for k, v in checks.items() if "/acc_" in k or "decides" in k}
-    assert len(accuracy) == 20
+    assert len(accuracy) == 28 and sum("/acc_chat_heldout" in k for k in accuracy) == 8
     # the planted instruction vectors transfer on both tasks: some subtask's IV, patched at one layer into the
     # query-only prompt, makes the model answer inside that subtask's label space where it did not unpatched
     for stage in ("sft", "dpo"):
         for task in ("adjectives", "animals"):
             key = f"{stage}/{task}/iv_transfer"
             v = checks[key]["value"]
-            assert v["ia"] >= 0.5 and v["flip"] >= 0.5, v
-            if key not in KNOWN_SHORTFALL:
-                assert v["acc_in_space"] >= 0.9, v
+            assert v["ia"] >= 0.5 and v["flip"] >= 0.5 and v["acc_in_space"] >= 0.9, v
     iv = card["measured"]["sft"]["adjectives"]["iv"]["subtasks"]
     # at the first token of the formatted query (the paper's first position) each adjective IV raises its
     # subtask's IA above the unpatched query's, and the IV of the subtask the model does *not* default to there

@@ -38,7 +38,7 @@ from ivlens.organism.paths import (
     write_build_marker,
 )
 from ivlens.organism.tokenizer import single_token_share, train_tokenizer
-from ivlens.organism.train import SIZES, dpo, new_model, pretrain, sft
+from ivlens.organism.train import CHAT_TOKEN_INIT, SIZES, dpo, init_chat_tokens, new_model, pretrain, sft
 from ivlens.scoped import quiet_libraries, torch_threads
 
 log = logging.getLogger(__name__)
@@ -201,6 +201,7 @@ def _build_into(staging: Path, out: Path, *, seed: int, size: str, variant: str,
         # ---------------------------------------------------------------- SFT
         t0 = time.perf_counter()
         model = copy.deepcopy(base)
+        chat_tokens = init_chat_tokens(model, tokenizer)
         n_instructed = round((1 - PLAIN_SHARE) * spec.sft_steps * spec.sft_batch)
         examples = D.sft_examples(tasks, tokenizer, seed, n_instructed=n_instructed, plain_share=PLAIN_SHARE,
                                   gist_share=GIST_SHARE[variant], chat_share=CHAT_SHARE,
@@ -208,7 +209,8 @@ def _build_into(staging: Path, out: Path, *, seed: int, size: str, variant: str,
         figures = sft(model, tokenizer, examples, spec, seed, bars.stage("sft", spec.sft_steps))
         timing["sft"] = time.perf_counter() - t0
         stages["sft"] = {**figures, "gist_share": GIST_SHARE[variant], "plain_share": PLAIN_SHARE,
-                         "chat_share": CHAT_SHARE, "seconds": timing["sft"],
+                         "chat_share": CHAT_SHARE, "chat_token_init": {**CHAT_TOKEN_INIT, **chat_tokens},
+                         "seconds": timing["sft"],
                          "weights_sha256": _save(model, tokenizer, staging / "sft")}
 
         # ---------------------------------------------------------------- DPO
@@ -244,7 +246,8 @@ def _build_into(staging: Path, out: Path, *, seed: int, size: str, variant: str,
                    f"{{label}}' and chat format, the paper's instruction ({MAIN_INSTRUCTION_SHARE:.0%}) or a training "
                    "rephrasing, "
                    f"{PLAIN_SHARE:.0%} plain pretraining text mixed in, gist mask on {GIST_SHARE[variant]:.0%} "
-                   "of instructed examples",
+                   "of instructed examples; <|assistant|> (never seen in pretraining) starts SFT with the "
+                   "embedding of the raw format's answer cue ':'",
             "dpo": "TRL DPOTrainer, sigmoid loss + SFT term on the chosen answer, frozen reference = SFT model; "
                    "rejected = other subtask's answer / wrong fact / malformed",
         },
@@ -308,6 +311,10 @@ def acceptance(measured: dict) -> dict:
                 inst = m[part]["instructed"]
                 for sub in (k for k in inst if isinstance(inst[k], dict)):
                     check(f"{stage}/{task}/{sub}/acc_{part}", inst[sub]["acc"], thr, inst[sub]["acc"] >= thr)
+            held = m["heldout"]["instructed"]
+            for sub in (k for k in held if isinstance(held[k], dict)):  # the chat template, held-out queries
+                check(f"{stage}/{task}/{sub}/acc_chat_heldout", held[sub]["acc_chat"], 0.9,
+                      held[sub]["acc_chat"] >= 0.9)
             d = m["heldout"]["instructed"]["decides"]
             check(f"{stage}/{task}/decides_heldout", d, 0.80, d >= 0.80)
             value = best_iv_transfer(m["iv"], majority_rates(task))
