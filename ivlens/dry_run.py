@@ -30,6 +30,7 @@ from ivlens.estimate.calibrate import (
     machine_load,
     model_gemm_shapes,
     op_latency,
+    probe_fit_latency,
     train_step_latency,
 )
 from ivlens.estimate.flops import ModelShape, prompt_flops
@@ -270,8 +271,11 @@ def probe_plans(models: Sequence[str], tasks: Sequence[str], *, layers: str = "a
         classes = {(r.task, r.subtask) for r in rows}
         n_tasks = len({r.task for r in rows})
         n_probes = 1 + (n_tasks if n_tasks >= 2 else 0)
+        n_train = len(rows) * (folds - 1) // folds  # a CV fit's rows
+        fit_seconds = (probe_fit_latency(n_train, info.shape.d_model, len(classes), cpu_time=True),
+                       probe_fit_latency(n_train, info.shape.d_model, len(classes), shuffled=True, cpu_time=True))
         p = probe_plan(info.shape, lengths, n_layers, n_probes, dtype=dtype, batch_size=batch_size, budget=budget,
-                       folds=folds, n_classes=len(classes), model=info.name)
+                       folds=folds, n_classes=len(classes), fit_seconds=fit_seconds, model=info.name)
         add_figures(p, n_probes + 5 if not plans else 0)  # accuracy per probe, LDA, PCA, 3 similarity maps
         plans.append(_with_note(p, info, dtype, not plans))
     return plans

@@ -323,3 +323,21 @@ def test_train_step_latency_times_a_real_step():
     step = train_step_latency(cfg, 4, 16, steps=2)
     fwd = train_step_latency(cfg, 4, 16, forward_only=True, steps=2)
     assert 0 < fwd < step < 5 and torch.equal(torch.random.get_rng_state(), before)  # the caller's seed untouched
+
+
+def test_probe_plan_takes_measured_fits():
+    """Measured fit times replace the L-BFGS model: real-label fits ((folds + 1) per probe and layer) at the first
+    time, shuffled-label controls (folds × shuffles) at the second, on one thread (the barrier cores)."""
+    from ivlens.estimate.calibrate import probe_fit_latency
+    from ivlens.estimate.plans import Rates, probe_plan, seconds
+
+    shape = ModelShape("olmo2", n_layers=6, d_model=256, n_heads=4, n_kv_heads=4, d_head=64, d_mlp=512,
+                       d_vocab=3000, n_params=4_700_000)
+    p = probe_plan(shape, [20] * 100, 6, 3, folds=5, n_shuffles=1, fit_seconds=(0.05, 0.1))
+    assert p.counts["probe_fits"] == 6 * 3 * 11 and p.kernel_calls == 0
+    assert p.serial_seconds == pytest.approx(6 * 3 * 6 * 0.05 + 6 * 3 * 5 * 0.1)
+    idle = Rates(gemm=1e11, op_latency=1e-6, copy=1e10, layer_latency=0.0, threads=2, cores=2, others=0.0)
+    busy = Rates(gemm=1e11, op_latency=1e-6, copy=1e10, layer_latency=0.0, threads=2, cores=2, others=2.0)
+    assert seconds(p, busy) - seconds(p, idle) > p.serial_seconds  # one thread's share of a busy machine
+    real, shuffled = probe_fit_latency(80, 16, 4), probe_fit_latency(80, 16, 4, shuffled=True)
+    assert 0 < real < 5 and 0 < shuffled < 5

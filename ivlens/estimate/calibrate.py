@@ -11,6 +11,8 @@
 - :func:`train_step_latency` ``(config, batch, seq_len) -> s``: one real AdamW step (forward, backward, update)
   of the model built from ``config`` at that batch shape. Training a small model (the organisms) is neither
   FLOP- nor call-bound alone, so its time is measured, not modelled.
+- :func:`probe_fit_latency` ``(n, d, classes) -> s``: one logistic-probe fit (L-BFGS iterations depend on the
+  data: timed, not modelled).
 - :func:`machine_load` ``() -> (cores, others)``: CPU cores and the other runnable work (1-minute load average).
 
 With ``cpu_time=True`` the three rates are per **CPU-second** of this process (``time.process_time``: all its
@@ -222,6 +224,32 @@ def train_step_latency(config, batch: int, seq_len: int, device: str | torch.dev
         step()
         times.append(clock() - t0)
     _CACHE[key] = max(sorted(times)[len(times) // 2], 1e-9)
+    return _CACHE[key]
+
+
+def probe_fit_latency(n: int, d: int, n_classes: int, shuffled: bool = False, cpu_time: bool = False) -> float:
+    """Seconds of one :class:`ivlens.probing.probes.LogisticProbe` fit (one thread, as the probes run) on ``n``
+    rows of ``d`` features and ``n_classes`` balanced classes: separable clusters (IVs of different subtasks,
+    about 50 ms at 640 × 256 × 4 here) or, with ``shuffled``, labels with no signal (the shuffled-label
+    control, whose L-BFGS runs longer: about 110 ms). The iteration count depends on the data, so the fit is
+    timed, not modelled."""
+    import numpy as np
+
+    from ivlens.probing.probes import LogisticProbe
+
+    key = ("probe", n, d, n_classes, shuffled, cpu_time)
+    if key in _CACHE:
+        return _CACHE[key]
+    g = np.random.default_rng(0)
+    y = np.arange(n) % n_classes
+    X = g.standard_normal((n, d))
+    if not shuffled:  # one cluster per class, well apart (probes on IVs reach CV accuracy ~1)
+        X += 4 * g.standard_normal((n_classes, d))[y] / np.sqrt(d)
+    LogisticProbe().fit(X[:8], y[:8])  # warm-up (autograd, L-BFGS)
+    clock = _clock(torch.device("cpu"), cpu_time)
+    t0 = clock()
+    LogisticProbe().fit(X, y)
+    _CACHE[key] = max(clock() - t0, 1e-9)
     return _CACHE[key]
 
 

@@ -111,9 +111,11 @@ class Plan:
     memory: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     fits: bool = True
-    #: work timed directly by a micro-benchmark of the same step (CPU-seconds on a CPU), and the FLOPs it covers
+    #: work timed directly by a micro-benchmark of the same step (CPU-seconds on a CPU), and the FLOPs it covers;
+    #: ``serial_seconds``: timed work that runs on one thread (probe fits)
     measured_seconds: float = 0.0
     measured_flops: float = 0.0
+    serial_seconds: float = 0.0
 
     @property
     def peak_bytes(self) -> int:
@@ -132,7 +134,7 @@ def seconds(plan: Plan, rates: Rates) -> float:
     """Estimated wall time of ``plan`` at ``rates`` (see the module docstring and :class:`Rates`)."""
     return ((plan.flops - plan.measured_flops) / rates.gemm + plan.measured_seconds) / rates.parallel_cores() + (
             (plan.layer_calls * rates.layer_latency + plan.kernel_calls * rates.op_latency
-               + plan.stream_bytes / rates.copy) / rates.barrier_cores())
+             + plan.stream_bytes / rates.copy + plan.serial_seconds) / rates.barrier_cores())
 
 
 def add_startup(plan: Plan, shape: ModelShape, dtype: str, *, imports: bool = True, gguf: bool = False) -> Plan:
@@ -293,25 +295,35 @@ def probe_batch_size(shape: ModelShape, n_tokens: int, budget: int, dtype: str =
 
 def probe_plan(shape: ModelShape, lengths: Sequence[int], n_layers_probed: int, n_probes: int, *,
                dtype: str = "float32", batch_size: int | None = None, budget: int = 1 << 30, folds: int = 5,
-               n_shuffles: int = 1, n_classes: int = 4, model: str = "") -> Plan:
+               n_shuffles: int = 1, n_classes: int = 4, fit_seconds: tuple[float, float] | None = None,
+               model: str = "") -> Plan:
     """IV collection of ``len(lengths)`` instruction-only prompts in left-padded batches (in row order, padded to
     the batch's longest), then per probed layer ``n_probes`` logistic probes (``folds`` CV fits, as many per
-    shuffle, one held-out fit), LDA, PCA and similarities."""
+    shuffle, one held-out fit), LDA, PCA and similarities.
+
+    ``fit_seconds``: the measured seconds of one probe fit on the real labels and on shuffled ones
+    (:func:`ivlens.estimate.calibrate.probe_fit_latency`); without them the fits are modelled as 40 L-BFGS
+    iterations, which undercounts the shuffled-label controls (they run to the iteration limit)."""
     n = len(lengths)
     bs = batch_size or probe_batch_size(shape, max(lengths), budget, dtype)
     batches = [lengths[i:i + bs] for i in range(0, n, bs)]
     flops = sum(len(b) * prompt_flops(shape, max(b)) for b in batches)
     d = shape.d_model
-    fits = n_layers_probed * n_probes * (folds * (1 + n_shuffles) + 1)
-    iters = 40  # L-BFGS iterations to convergence (10-40 measured), two loss evaluations each
-    flops += fits * iters * 2 * 3 * 2 * n * d * n_classes
-    flops += n_layers_probed * 3 * 4 * n * d * min(n, d)  # LDA, PCA, similarity
+    real_fits = n_layers_probed * n_probes * (folds + 1)
+    shuffled_fits = n_layers_probed * n_probes * folds * n_shuffles
+    fits = real_fits + shuffled_fits
     plan = Plan("probe", model)
+    if fit_seconds is None:
+        iters = 40  # L-BFGS iterations to convergence (10-40 measured), two loss evaluations each
+        flops += fits * iters * 2 * 3 * 2 * n * d * n_classes
+        plan.kernel_calls = fits * iters * 2 * 25
+    else:
+        plan.serial_seconds = real_fits * fit_seconds[0] + shuffled_fits * fit_seconds[1]
+    flops += n_layers_probed * 3 * 4 * n * d * min(n, d)  # LDA, PCA, similarity
     plan.counts = {"instructions": n, "forward_passes": len(batches), "batch_prompts": bs,
                    "longest_prompt": max(lengths), "layers": n_layers_probed, "probe_fits": fits}
     plan.flops = flops
     plan.layer_calls = len(batches) * shape.n_layers
-    plan.kernel_calls = fits * iters * 2 * 25
     plan.memory = {**_base_memory(shape, dtype), "one batch's forward": bs * probe_row_bytes(shape, max(lengths), dtype),
                    "one layer's IVs (probing)": n * d * 4 * 4}
     return plan
