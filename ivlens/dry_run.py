@@ -272,8 +272,8 @@ def probe_plans(models: Sequence[str], tasks: Sequence[str], *, layers: str = "a
         n_tasks = len({r.task for r in rows})
         n_probes = 1 + (n_tasks if n_tasks >= 2 else 0)
         n_train = len(rows) * (folds - 1) // folds  # a CV fit's rows
-        fit_seconds = (probe_fit_latency(n_train, info.shape.d_model, len(classes), cpu_time=True),
-                       probe_fit_latency(n_train, info.shape.d_model, len(classes), shuffled=True, cpu_time=True))
+        fit_seconds = (probe_fit_latency(n_train, info.shape.d_model, len(classes)),
+                       probe_fit_latency(n_train, info.shape.d_model, len(classes), shuffled=True))
         p = probe_plan(info.shape, lengths, n_layers, n_probes, dtype=dtype, batch_size=batch_size, budget=budget,
                        folds=folds, n_classes=len(classes), fit_seconds=fit_seconds, model=info.name)
         add_figures(p, n_probes + 5 if not plans else 0)  # accuracy per probe, LDA, PCA, 3 similarity maps
@@ -404,13 +404,11 @@ def organism_plans(size: str = "small", variant: str = "gist", measure: bool = T
               TrainStage("dpo", spec.dpo_steps, spec.dpo_batch, seq["dpo"], passes=8)]
     step_seconds = None
     if time_steps:
-        config, cpu = organism_recipe_info("organism", size).config, device == "cpu"
-        step_seconds = {st.name: train_step_latency(config, st.batch, st.seq_len, device, cpu_time=cpu)
-                        for st in stages[:2]}
+        config = organism_recipe_info("organism", size).config
+        step_seconds = {st.name: train_step_latency(config, st.batch, st.seq_len, device) for st in stages[:2]}
         dpo = stages[2]
-        step_seconds["dpo"] = (train_step_latency(config, 2 * dpo.batch, dpo.seq_len, device, cpu_time=cpu)
-                               + train_step_latency(config, 2 * dpo.batch, dpo.seq_len, device, forward_only=True,
-                                                    cpu_time=cpu))
+        step_seconds["dpo"] = (train_step_latency(config, 2 * dpo.batch, dpo.seq_len, device)
+                               + train_step_latency(config, 2 * dpo.batch, dpo.seq_len, device, forward_only=True))
     # the card's measurements: per stage and task, ~110 samples × ~16 scored prompts, and single-layer IV transfer
     plan = train_plan(shape, stages, measure_prompts=3 * 2 * 110 * 16 if measure else 0, step_seconds=step_seconds,
                       model=f"organism-{variant} ({size})")
@@ -423,22 +421,21 @@ def organism_plans(size: str = "small", variant: str = "gist", measure: bool = T
 # --------------------------------------------------------------------------------------------- printing
 def measure_rates(shape: ModelShape, device: str = "cpu", dtype: str = "float32",
                   config=None) -> tuple[Rates, str | None]:
-    """This device's rates on ``shape``'s matrices (per CPU-second on a CPU, with the machine's load); falls back to
-    the CPU (with a note) when ``device`` is not available here."""
+    """This device's rates on ``shape``'s matrices (per CPU-second of one thread on a CPU, with the machine's load);
+    falls back to the CPU (with a note) when ``device`` is not available here."""
     note = None
     dev = "cpu" if device == "auto" else device
     if dev.startswith("cuda") and not torch.cuda.is_available():
         note = f"--device {device} is not available on this machine: timed on the CPU instead"
         dev = "cpu"
-    cpu = dev == "cpu"
-    rate = gemm_rate(model_gemm_shapes(shape), dev, dtype, cpu_time=cpu)
-    cores, others = machine_load() if cpu else (0, 0.0)
+    rate = gemm_rate(model_gemm_shapes(shape), dev, dtype)
+    cores, others = machine_load() if dev == "cpu" else (0, 0.0)
     if config is None:  # an OLMo-2 layer stands in
         from transformers import AutoConfig
 
         config = AutoConfig.for_model("olmo2")
-    lat = layer_latency(config, dev, dtype, cpu_time=cpu)
-    return Rates(rate, op_latency(dev, dtype, cpu_time=cpu), copy_rate(dev, cpu_time=cpu), lat, dev, dtype,
+    lat = layer_latency(config, dev, dtype)
+    return Rates(rate, op_latency(dev, dtype), copy_rate(dev), lat, dev, dtype,
                  threads=torch.get_num_threads(), cores=cores, others=others), note
 
 
@@ -473,14 +470,13 @@ def print_plans(plans: Sequence[Plan], shapes: Sequence[ModelShape], device: str
         d = p.to_dict(rates)
         d["rates"] = {"gemm_flops_per_s": rates.gemm, "op_latency_s": rates.op_latency,
                       "copy_bytes_per_s": rates.copy, "layer_latency_s": rates.layer_latency, "device": rates.device, "threads": rates.threads,
-                      "cores": rates.cores, "others": rates.others, "per_cpu_second": bool(rates.cores)}
+                      "cores": rates.cores, "others": rates.others}
         out["plans"].append(d)
         console.print(f"[bold]dry run: {p.command}[/] · {p.model} ({shape.arch}, {shape.n_layers} layers, d_model "
                       f"{shape.d_model}, {shape.n_params / 1e9:.3g} B parameters, {dtype})", highlight=False)
         console.print("  " + " · ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in p.counts.items()), highlight=False)
         console.print(f"  FLOPs {p.flops:.3g} · peak memory ≈ {gigabytes(p.peak_bytes)} ("
                       + ", ".join(f"{k} {gigabytes(v)}" for k, v in p.memory.items()) + ")", highlight=False)
-        per = " per CPU-second" if rates.cores else ""
         share = (f"; {rates.parallel_cores():.2g} of {rates.cores} cores free for its {rates.threads} threads "
                  f"(load {rates.others:.1f})" if rates.cores else "")
         idle = ""
@@ -488,10 +484,11 @@ def print_plans(plans: Sequence[Plan], shapes: Sequence[ModelShape], device: str
             idle_s = seconds(p, dataclasses.replace(rates, others=0.0))
             idle = f" now, ≈ {human_time(idle_s)} with the machine to itself"
             d["idle_seconds"] = idle_s
+        per = " per CPU-second of one thread" if rates.cores else "/s"
         console.print(f"  time ≈ {human_time(sec)}{idle} on {rates.device} (measured here: GEMM {rates.gemm / 1e9:.1f} "
                       f"GFLOP{per} on the model's shapes, {rates.layer_latency * 1e3:.2f} ms per layer call, "
-                      f"{rates.op_latency * 1e6:.1f} µs per small kernel, "
-                      f"{rates.copy / 1e9:.1f} GB{per} copied{share})", highlight=False)
+                      f"{rates.op_latency * 1e6:.1f} µs per small kernel, {rates.copy / 1e9:.1f} GB{per} "
+                      f"copied{share})", highlight=False)
         for n in ([note] if note else []) + p.notes:
             console.print(f"  note: {n}", highlight=False)
         if not p.fits:

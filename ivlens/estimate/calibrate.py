@@ -15,10 +15,13 @@
   data: timed, not modelled).
 - :func:`machine_load` ``() -> (cores, others)``: CPU cores and the other runnable work (1-minute load average).
 
-With ``cpu_time=True`` the three rates are per **CPU-second** of this process (``time.process_time``: all its
-threads) rather than per wall second: a short benchmark on a shared machine is lucky or unlucky with the
-scheduler, its CPU time is not. :func:`ivlens.estimate.plans.seconds` then turns CPU seconds into wall time with
-the share of the cores this process will get (:func:`machine_load`).
+On a CPU every rate is measured **on one thread, in CPU time**, and is the best of repeated samples: the work
+of one core, whatever else runs. (Timing torch's own 2 threads does not survive load: a descheduled thread makes
+its sibling spin at every barrier, so the same narrow layer call measured 10-150 ms in CPU time and 8-150 ms in
+wall time at load 2, against 0.35 ms on one thread, every time.) :func:`ivlens.estimate.plans.seconds` then turns
+CPU-seconds into wall time with the share of the cores the run gets (all its threads on an idle machine: measured
+speed-ups of 2 threads over 1 here are 1.86 for the model's matrix products and 1.95 for an organism training
+step). On a GPU the timings are wall time after a synchronisation, best of samples.
 
 Weights larger than ``max_weight_elems`` are cut along their output dimension (a product's speed per FLOP
 does not change once it is this large), so calibrating for a 7B model needs no 7B-sized matrix.
@@ -31,8 +34,11 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 
 import torch
+
+from ivlens.scoped import torch_threads
 
 from .flops import ModelShape
 
@@ -60,96 +66,89 @@ def model_gemm_shapes(shape: ModelShape, rows: int | None = None) -> tuple[GemmS
             (rows, shape.d_model, shape.d_vocab))
 
 
-def _clock(device: torch.device, cpu_time: bool):
-    return time.process_time if cpu_time and device.type == "cpu" else time.perf_counter
+def best_seconds(fn, budget_s: float, min_samples: int = 3, device: torch.device | None = None) -> float:
+    """The fastest of repeated runs of ``fn()``, sampling for about ``budget_s`` wall seconds (at least
+    ``min_samples`` runs): on a CPU the CPU seconds of one thread (see the module docstring), on a GPU wall
+    seconds after a synchronisation."""
+    cpu = device is None or device.type == "cpu"
+    clock = time.process_time if cpu else time.perf_counter
+    best, samples, w0 = float("inf"), 0, time.perf_counter()
+    with torch_threads(1) if cpu else nullcontext():
+        while samples < min_samples or time.perf_counter() - w0 < budget_s:
+            t0 = clock()
+            fn()
+            if not cpu:
+                _sync(device)
+            best = min(best, clock() - t0)
+            samples += 1
+    return max(best, 1e-9)
 
 
 def gemm_rate(shapes: Sequence[GemmShape], device: str | torch.device = "cpu",
               dtype: str | torch.dtype = "float32", budget_s: float = 0.4,
-              max_weight_elems: int = 1 << 22, max_rows: int = 1024, cpu_time: bool = False) -> float:
-    """FLOP/s of ``[m, k] × [k, n]`` products of ``shapes`` on ``device`` in ``dtype``: total FLOPs over total
-    time, after one warm-up each; about ``budget_s`` seconds (cached per process). ``cpu_time``: FLOPs per
-    CPU-second of this process (all threads) instead of per wall second (CPU only)."""
+              max_weight_elems: int = 1 << 22, max_rows: int = 1024) -> float:
+    """FLOP/s of ``[m, k] × [k, n]`` products of ``shapes`` on ``device`` in ``dtype`` (on a CPU: per CPU-second
+    of one thread): total FLOPs over the sum of each shape's best time, after one warm-up each; about
+    ``budget_s`` seconds (cached per process)."""
     device, dt = torch.device(device), _dtype(dtype)
     capped = tuple((min(m, max_rows), k, max(1, min(n, max_weight_elems // k))) for m, k, n in shapes)
-    key = ("gemm", capped, str(device), str(dt), cpu_time)
-    clock = _clock(device, cpu_time)
+    key = ("gemm", capped, str(device), str(dt))
     if key in _CACHE:
         return _CACHE[key]
     flops, seconds = 0.0, 0.0
-    per_shape = budget_s / max(1, len(capped))
     gen = torch.Generator().manual_seed(0)
     for m, k, n in capped:
         a = torch.randn(m, k, generator=gen).to(device=device, dtype=dt)
         b = torch.randn(k, n, generator=gen).to(device=device, dtype=dt)
         a @ b  # warm-up (allocator, kernel choice)
-        _sync(device)
-        reps, t0, w0 = 0, clock(), time.perf_counter()
-        while True:
-            a @ b
-            reps += 1
-            _sync(device)
-            if time.perf_counter() - w0 >= per_shape or reps >= 10_000:
-                break
-        dt_s = max(clock() - t0, 1e-9)
-        flops += 2.0 * m * k * n * reps
-        seconds += dt_s
+        seconds += best_seconds(lambda a=a, b=b: a @ b, budget_s / max(1, len(capped)), device=device)
+        flops += 2.0 * m * k * n
     _CACHE[key] = flops / seconds
     return _CACHE[key]
 
 
 def op_latency(device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32",
-               budget_s: float = 0.1, cpu_time: bool = False) -> float:
-    """Seconds per small kernel call (a ``[8, 64]`` add): the fixed cost that dominates small models
-    (``cpu_time``: CPU-seconds of this process)."""
+               budget_s: float = 0.1) -> float:
+    """Seconds per small kernel call (a ``[8, 64]`` add, best of samples of 50): the fixed cost that dominates
+    small models."""
     device, dt = torch.device(device), _dtype(dtype)
-    key = ("op", str(device), str(dt), cpu_time)
+    key = ("op", str(device), str(dt))
     if key in _CACHE:
         return _CACHE[key]
-    clock = _clock(device, cpu_time)
     x = torch.ones(8, 64, device=device, dtype=dt)
-    y = x + x
-    _sync(device)
-    reps, t0, w0 = 0, clock(), time.perf_counter()
-    while time.perf_counter() - w0 < budget_s:
+
+    def fifty() -> None:
+        y = x
         for _ in range(50):
             y = x + y
-        reps += 50
-    _sync(device)
-    _CACHE[key] = max(clock() - t0, 1e-9) / reps
+
+    fifty()
+    _CACHE[key] = best_seconds(fifty, budget_s, device=device) / 50
     return _CACHE[key]
 
 
-def copy_rate(device: str | torch.device = "cpu", n_bytes: int = 64 << 20, budget_s: float = 0.1,
-              cpu_time: bool = False) -> float:
-    """Bytes/s read + written by a large copy (streaming memory bandwidth; ``cpu_time``: per CPU-second)."""
+def copy_rate(device: str | torch.device = "cpu", n_bytes: int = 64 << 20, budget_s: float = 0.1) -> float:
+    """Bytes/s read + written by a large copy (streaming memory bandwidth; one thread on a CPU)."""
     device = torch.device(device)
-    key = ("copy", str(device), n_bytes, cpu_time)
+    key = ("copy", str(device), n_bytes)
     if key in _CACHE:
         return _CACHE[key]
-    clock = _clock(device, cpu_time)
     src = torch.ones(n_bytes // 4, device=device)
     dst = torch.empty_like(src)
     dst.copy_(src)
-    _sync(device)
-    reps, t0, w0 = 0, clock(), time.perf_counter()
-    while time.perf_counter() - w0 < budget_s:
-        dst.copy_(src)
-        reps += 1
-    _sync(device)
-    _CACHE[key] = 2.0 * n_bytes * reps / max(clock() - t0, 1e-9)
+    _CACHE[key] = 2.0 * n_bytes / best_seconds(lambda: dst.copy_(src), budget_s, device=device)
     return _CACHE[key]
 
 
 def layer_latency(config, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32",
-                  rows: int = 16, n_tokens: int = 8, budget_s: float = 0.4, cpu_time: bool = False) -> float:
+                  rows: int = 16, n_tokens: int = 8, budget_s: float = 0.4) -> float:
     """Seconds per call of one decoder layer of ``config``'s architecture made narrow (width 64, the same
     modules and kernels), on ``rows × n_tokens`` tokens: the fixed cost of a layer call (Python, dispatch,
     small kernels, thread hand-offs) without its FLOPs, which :func:`gemm_rate` covers."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     device, dt = torch.device(device), _dtype(dtype)
-    key = ("layer", getattr(config, "model_type", ""), str(device), str(dt), rows, n_tokens, cpu_time)
+    key = ("layer", getattr(config, "model_type", ""), str(device), str(dt), rows, n_tokens)
     if key in _CACHE:
         return _CACHE[key]
     small = {"hidden_size": 64, "n_embd": 64, "intermediate_size": 128, "n_inner": 128, "num_hidden_layers": 1,
@@ -173,29 +172,21 @@ def layer_latency(config, device: str | torch.device = "cpu", dtype: str | torch
             return ad.run_layer(0, h, attention_mask=m, position_ids=pos, position_embeddings=pe)
 
         call()
-        _sync(device)
-        clock = _clock(device, cpu_time)
-        reps, t0, w0 = 0, clock(), time.perf_counter()
-        while time.perf_counter() - w0 < budget_s or reps < 8:
-            call()
-            reps += 1
-        _sync(device)
-    _CACHE[key] = max(clock() - t0, 1e-9) / reps
+        _CACHE[key] = best_seconds(call, budget_s, min_samples=8, device=device)
     return _CACHE[key]
 
 
 def train_step_latency(config, batch: int, seq_len: int, device: str | torch.device = "cpu",
-                       dtype: str | torch.dtype = "float32", forward_only: bool = False, steps: int = 3,
-                       cpu_time: bool = False) -> float:
+                       dtype: str | torch.dtype = "float32", forward_only: bool = False, steps: int = 3) -> float:
     """Seconds per optimiser step (forward on ``[batch, seq_len]`` token ids, cross-entropy, backward, AdamW
-    update) of the model built from ``config`` with random weights, the median of ``steps`` steps after one
-    warm-up; ``forward_only``: a no-grad forward instead (a frozen reference model's work). ``cpu_time``:
-    CPU-seconds of this process (all threads) per step. Builds the model at full size: meant for small models
-    such as the organisms (a 4.7 M-parameter organism step takes about 0.3 s on 2 cores)."""
+    update) of the model built from ``config`` with random weights (on a CPU: CPU seconds of one thread), the
+    best of ``steps`` steps after one warm-up; ``forward_only``: a no-grad forward instead (a frozen reference
+    model's work). Builds the model at full size: meant for small models such as the organisms (a 4.7 M-parameter
+    organism's pretraining step: 0.69 CPU-seconds, 0.355 s on 2 idle cores)."""
     from transformers import AutoModelForCausalLM
 
     device, dt = torch.device(device), _dtype(dtype)
-    key = ("train", config.to_json_string(), batch, seq_len, str(device), str(dt), forward_only, cpu_time)
+    key = ("train", config.to_json_string(), batch, seq_len, str(device), str(dt), forward_only)
     if key in _CACHE:
         return _CACHE[key]
     cfg = copy.deepcopy(config)
@@ -205,7 +196,6 @@ def train_step_latency(config, batch: int, seq_len: int, device: str | torch.dev
         model = AutoModelForCausalLM.from_config(cfg).to(device=device, dtype=dt)
         ids = torch.randint(0, cfg.vocab_size, (batch, seq_len), device=device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    clock = _clock(device, cpu_time)
 
     def step() -> None:
         if forward_only:
@@ -215,29 +205,24 @@ def train_step_latency(config, batch: int, seq_len: int, device: str | torch.dev
             model(input_ids=ids, labels=ids).loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
-        _sync(device)
 
-    step()  # warm-up: allocator, AdamW state
-    times = []
-    for _ in range(steps):
-        t0 = clock()
-        step()
-        times.append(clock() - t0)
-    _CACHE[key] = max(sorted(times)[len(times) // 2], 1e-9)
+    with torch_threads(1) if device.type == "cpu" else nullcontext():
+        step()  # warm-up: allocator, AdamW state
+    _CACHE[key] = best_seconds(step, 0.0, min_samples=steps, device=device)
     return _CACHE[key]
 
 
-def probe_fit_latency(n: int, d: int, n_classes: int, shuffled: bool = False, cpu_time: bool = False) -> float:
+def probe_fit_latency(n: int, d: int, n_classes: int, shuffled: bool = False) -> float:
     """Seconds of one :class:`ivlens.probing.probes.LogisticProbe` fit (one thread, as the probes run) on ``n``
     rows of ``d`` features and ``n_classes`` balanced classes: separable clusters (IVs of different subtasks,
     about 50 ms at 640 × 256 × 4 here) or, with ``shuffled``, labels with no signal (the shuffled-label
     control, whose L-BFGS runs longer: about 110 ms). The iteration count depends on the data, so the fit is
-    timed, not modelled."""
+    timed, not modelled. CPU time of this process: the fit's own work on its one thread, whatever the load."""
     import numpy as np
 
     from ivlens.probing.probes import LogisticProbe
 
-    key = ("probe", n, d, n_classes, shuffled, cpu_time)
+    key = ("probe", n, d, n_classes, shuffled)
     if key in _CACHE:
         return _CACHE[key]
     g = np.random.default_rng(0)
@@ -246,10 +231,9 @@ def probe_fit_latency(n: int, d: int, n_classes: int, shuffled: bool = False, cp
     if not shuffled:  # one cluster per class, well apart (probes on IVs reach CV accuracy ~1)
         X += 4 * g.standard_normal((n_classes, d))[y] / np.sqrt(d)
     LogisticProbe().fit(X[:8], y[:8])  # warm-up (autograd, L-BFGS)
-    clock = _clock(torch.device("cpu"), cpu_time)
-    t0 = clock()
+    t0 = time.process_time()
     LogisticProbe().fit(X, y)
-    _CACHE[key] = max(clock() - t0, 1e-9)
+    _CACHE[key] = max(time.process_time() - t0, 1e-9)
     return _CACHE[key]
 
 

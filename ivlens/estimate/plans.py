@@ -7,7 +7,8 @@ plan into time with the rates of :class:`Rates` (measured by :mod:`ivlens.estima
 
     time = FLOPs / GEMM rate  +  layer calls × layer latency  +  small ops × op latency  +  bytes / copy rate
 
-(on a CPU: CPU-seconds, divided by the share of the cores the run will get). The layer-call term dominates
+(on a CPU: CPU-seconds of one thread, divided by the share of the cores the run will get). The layer-call term
+dominates
 small models (the organisms: 6 layers of width 256), the FLOP term real ones. The constants below (Python work
 per result row, process start, loading, figures, bytes per result row, the interpreter's own memory) were
 fitted on this project's 2-core CPU against measured runs (``benchmarks/estimate_check.py`` prints the
@@ -59,14 +60,13 @@ FIGURE_OPS = 250_000
 @dataclass(frozen=True)
 class Rates:
     """A device's measured speeds: ``gemm`` FLOP/s on the model's shapes, ``op_latency`` seconds per small kernel
-    call, ``copy`` bytes/s of streaming memory traffic.
+    call, ``copy`` bytes/s of streaming memory traffic, ``layer_latency`` the fixed cost of one decoder-layer
+    call (dispatch, small kernels) on a narrow copy of the model's own layer (:mod:`ivlens.estimate.calibrate`).
 
-    On a CPU they are per CPU-second of the measuring process (all its threads), and ``threads`` (torch's
-    intra-op threads), ``cores`` and ``others`` (other runnable work, the load average) say how many cores a
-    run will get (:meth:`parallel_cores` for the matrix products, :meth:`barrier_cores` for the rest).
-    ``layer_latency``: the fixed cost of one decoder-layer call (dispatch, small kernels, thread hand-offs),
-    measured on a narrow copy of the model's own layer. On a GPU the rates are per wall second and ``cores``
-    is 0 (no sharing model)."""
+    On a CPU they are per CPU-second of one thread, and ``threads`` (torch's intra-op threads), ``cores`` and
+    ``others`` (other runnable work, the load average) say how many cores a run will get (:meth:`parallel_cores`
+    for the matrix products and timed steps, :meth:`barrier_cores` for the rest). On a GPU the rates are per wall
+    second and ``cores`` is 0 (no sharing model)."""
 
     gemm: float
     op_latency: float
@@ -111,8 +111,8 @@ class Plan:
     memory: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     fits: bool = True
-    #: work timed directly by a micro-benchmark of the same step (CPU-seconds on a CPU), and the FLOPs it covers;
-    #: ``serial_seconds``: timed work that runs on one thread (probe fits)
+    #: work timed directly by a micro-benchmark of the same step (CPU-seconds of one thread on a CPU), and the
+    #: FLOPs it covers; ``serial_seconds``: timed work that runs on one thread in the run too (probe fits)
     measured_seconds: float = 0.0
     measured_flops: float = 0.0
     serial_seconds: float = 0.0
@@ -131,7 +131,8 @@ class Plan:
 
 
 def seconds(plan: Plan, rates: Rates) -> float:
-    """Estimated wall time of ``plan`` at ``rates`` (see the module docstring and :class:`Rates`)."""
+    """Estimated wall time of ``plan`` at ``rates`` (see the module docstring and :class:`Rates`): CPU-seconds
+    divided by the cores the run gets now."""
     return ((plan.flops - plan.measured_flops) / rates.gemm + plan.measured_seconds) / rates.parallel_cores() + (
             (plan.layer_calls * rates.layer_latency + plan.kernel_calls * rates.op_latency
              + plan.stream_bytes / rates.copy + plan.serial_seconds) / rates.barrier_cores())

@@ -38,7 +38,16 @@ from ivlens.organism.paths import (
     write_build_marker,
 )
 from ivlens.organism.tokenizer import single_token_share, train_tokenizer
-from ivlens.organism.train import CHAT_TOKEN_INIT, SIZES, dpo, init_chat_tokens, new_model, pretrain, sft
+from ivlens.organism.train import (
+    CHAT_TOKEN_INIT,
+    SIZES,
+    THREADS,
+    dpo,
+    init_chat_tokens,
+    new_model,
+    pretrain,
+    sft,
+)
 from ivlens.scoped import quiet_libraries, torch_threads
 
 log = logging.getLogger(__name__)
@@ -50,7 +59,6 @@ GIST_SHARE = {"gist": 0.8, "natural": 0.0}
 CHAT_SHARE = 0.3
 #: share of instructed SFT examples with the paper's own instruction (the rest: training rephrasings)
 MAIN_INSTRUCTION_SHARE = 0.4
-THREADS = 2
 
 MADE_HOW = {
     "gist": (f"Planted mechanism: in SFT, {GIST_SHARE['gist']:.0%} of the instructed examples are trained under a "

@@ -43,6 +43,10 @@ StepHook = Callable[[int, int, float | None], None]
 BF16_AUTOCAST = False
 
 
+#: torch threads a build trains with (fixed: the result depends on the summation order, so on the thread count)
+THREADS = 2
+
+
 @dataclass(frozen=True)
 class OrganismSize:
     """Model shape and the length of each stage."""
