@@ -12,7 +12,7 @@ from ivlens.cli import app
 from ivlens.merge import MergeError, merge_runs
 from ivlens.runs import RunDir
 from ivlens.sharding import Shard
-from ivlens.specs import EvalSpec, PatchSpec, ProbeSpec, SpecError, TraceSpec
+from ivlens.specs import EvalSpec, PatchSpec, ProbeSpec, SpecError, SteerSpec, TraceSpec
 
 
 def test_a_shard_owns_every_nth_unit():
@@ -32,6 +32,10 @@ SWEEPS = {
     "probe": (ProbeSpec, {"tasks": ("adjectives", "animals"), "layers": "0,-1", "max_per_subtask": 6,
                           "batch_size": 4, "folds": 2}, ["instructions", "probe_accuracy", "projections",
                                                          "similarity"]),
+    # steer: 2 chunks per model, so shard 1/3 (m0c1) and 2/3 (m1c0) each skip the other model's IVs and vectors
+    "steer": (SteerSpec, {"task": "adjectives", "subtask": "adj_ant", "alphas": "0,2", "positions": "first,all",
+                          "layers": "0,-1", "samples": 3, "chunk_size": 2, "max_per_subtask": 4, "figures": False},
+              ["steer", "baselines", "dose_response", "vectors"]),
     "trace": (TraceSpec, {"task": "animals", "compare": True, "samples": 2, "top_k": 5, "beam": 8},
               ["compare", "sample_paths"]),
 }
@@ -51,6 +55,9 @@ def test_merged_shards_equal_the_unsharded_run(two_tiny_dirs, tmp_path, analysis
     assert b.manifest["status"] == "finished" and b.manifest["spec"]["shard"] is None
     for t in tables:
         pd.testing.assert_frame_equal(a.read_table(t), b.read_table(t), check_exact=True, obj=t)
+    for f in sorted((a.path / "vectors").glob("*")):  # steer: every shard steered with the unsharded directions
+        held = [s / "vectors" / f.name for s in shards if (s / "vectors" / f.name).is_file()]
+        assert held and all(h.read_bytes() == f.read_bytes() for h in held), f.name
 
 
 def test_merge_refuses_incomplete_or_mixed_shards(two_tiny_dirs, tmp_path):
