@@ -72,13 +72,20 @@ def test_merge_refuses_incomplete_or_mixed_shards(two_tiny_dirs, tmp_path):
     assert r.exit_code == 2 and "missing 1/2" in r.output
 
 
-def test_the_cli_shards_and_merges(two_tiny_dirs, tmp_path):
-    common = ["eval", "--model", two_tiny_dirs[0], "--task", "animals", "--samples", "2", "--chunk-size", "1"]
+CLI_SWEEPS = {"eval": (["--task", "animals"], "results"),
+              "steer": (["--alphas", "0,1", "--layers", "0", "--positions", "first", "--max-per-subtask", "4",
+                         "--no-figures"], "steer")}
+
+
+@pytest.mark.parametrize("command", list(CLI_SWEEPS))
+def test_the_cli_shards_and_merges(two_tiny_dirs, tmp_path, command):
+    options, table = CLI_SWEEPS[command]
+    common = [command, "--model", two_tiny_dirs[0], *options, "--samples", "2", "--chunk-size", "1"]
     runner = CliRunner()
     for i in range(2):
         r = runner.invoke(app, [*common, "--shard", f"{i}/2", "--out", str(tmp_path / f"s{i}")])
         assert r.exit_code == 0 and "shard" in r.output and "ivlens merge" in r.output, r.output
     r = runner.invoke(app, ["merge", str(tmp_path / "s0"), str(tmp_path / "s1"), "--out", str(tmp_path / "m")])
     assert r.exit_code == 0, r.output
-    assert len(RunDir.open(tmp_path / "m").read_table("results")) == len(
-        RunDir.open(tmp_path / "s0").read_table("results")) * 2
+    assert len(RunDir.open(tmp_path / "m").read_table(table)) == len(
+        RunDir.open(tmp_path / "s0").read_table(table)) * 2
