@@ -221,7 +221,8 @@ def run_steer(spec: SteerSpec, *, models: Sequence[LoadedModel] | None = None, o
               ) -> SteerRunResult:
     """Steer every model with ``spec.vectors`` × ``spec.alphas`` × ``spec.layers`` × ``spec.positions`` on the
     selected samples' query-only prompts (shards of ``spec.chunk_size`` samples, resumable), then the
-    dose-response table and figure."""
+    dose-response table and figure. With ``spec.shard``, only that share of the chunks, then stop
+    (:func:`stop_shard`; ``dose`` is empty)."""
     from .budget import parse_bytes
     from .probing.collect import parse_layers
     from .steering.analysis import dose_response
@@ -251,7 +252,10 @@ def run_steer(spec: SteerSpec, *, models: Sequence[LoadedModel] | None = None, o
         res = steer_sweep(lms, [lm.name for lm in lms], t, subtask, plans[0], run, samples=spec.samples,
                           split=spec.split, target=spec.target, fmt=spec.format, seed=spec.seed,
                           chunk_size=spec.chunk_size, batch_size=spec.batch_size, memory_budget=spec.memory_budget,
-                          max_per_subtask=spec.max_per_subtask, progress=progress)
+                          max_per_subtask=spec.max_per_subtask, progress=progress, owns=owner(spec.shard))
+    if spec.shard is not None:
+        stop_shard(run, spec)
+        return SteerRunResult(run, res, pd.DataFrame())
     dose = dose_response(res.rows)
     run.write_table("dose_response", dose)
     run.write_table("vectors", res.vectors)

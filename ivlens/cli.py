@@ -226,7 +226,7 @@ def merge_cmd(
     runs: Annotated[list[str], typer.Argument(help="the run directories of the shards (--shard 0/n … n-1/n)")],
     out: Annotated[str, typer.Option("--out", help="the merged run directory (new)")],
 ) -> None:
-    """Join the shards of one sweep (eval, patch, probe, trace --compare run with --shard i/n, e.g. as SLURM
+    """Join the shards of one sweep (eval, patch, steer, probe, trace --compare run with --shard i/n, e.g. as SLURM
     array jobs) into one run equal to the unsharded run, and finish it (tables, figures, manifest)."""
     from ivlens.merge import merge_runs
 

@@ -98,6 +98,12 @@ class Spec(BaseModel):
         """sha256 (hex) of the canonical JSON of :meth:`result_fields` and the analysis name."""
         return content_hash({"analysis": self.analysis, "spec": self.result_fields()})
 
+    @property
+    def shardable(self) -> bool:
+        """Whether ``shard="i/n"`` can split this run into units of work (:mod:`ivlens.sharding`); the one place
+        that says so: a spec that is not shardable refuses ``--shard``, and an executor runs it whole."""
+        return False
+
     def differences(self, other: Spec) -> list[str]:
         """``--option old → new`` for every result field where ``other`` differs from this spec."""
         mine, theirs = self.result_fields(), other.result_fields()
@@ -128,6 +134,11 @@ class _ModelsSpec(Spec):
             except IvlensError:
                 raise ValueError("give i/n with 0 ≤ i < n (e.g. 0/4 … 3/4)") from None
         return v
+
+    @property
+    def shardable(self) -> bool:
+        """A sweep over models × chunks of samples (or batches of instructions) shards; see :attr:`Spec.shardable`."""
+        return True
 
     @field_validator("device")
     @classmethod
@@ -231,7 +242,7 @@ class SteerSpec(_ModelsSpec):
     """``ivlens steer``: add ``α · v`` (an IV direction) to the query-only prompt's residual, per layer and α."""
 
     analysis: ClassVar[str] = "steer"
-    result_neutral: ClassVar[frozenset[str]] = frozenset({"batch_size", "memory_budget", "threads", "figures"})
+    result_neutral: ClassVar[frozenset[str]] = frozenset({"batch_size", "memory_budget", "threads", "figures", "shard"})
 
     task: str = "adjectives"
     subtask: str | None = None
@@ -259,8 +270,6 @@ class SteerSpec(_ModelsSpec):
         parse_vectors(self.vectors)
         parse_alphas(self.alphas)
         parse_steer_positions(self.positions)
-        if self.shard is not None:
-            raise ValueError("--shard is not supported by steer yet; run it whole (it resumes with --resume)")
         return self
 
 
@@ -343,13 +352,18 @@ class TraceSpec(_ModelsSpec):
                     raise ValueError(f"--readout traces a direction, not a logit: {why}; drop one of them")
         return self
 
+    @property
+    def shardable(self) -> bool:
+        """Only ``--compare`` shards (its samples); one traced prompt is one unit of work."""
+        return self.compare
+
     @model_validator(mode="after")
     def _one_input(self) -> TraceSpec:
         if self.compare and self.task is None:
             raise ValueError("--compare needs --task")
         if not self.compare and (self.prompt is None) == (self.task is None):
             raise ValueError("give either --prompt TEXT or --task T (with --sample i)")
-        if self.shard is not None and not self.compare:
+        if self.shard is not None and not self.shardable:
             raise ValueError("--shard splits the samples of --compare; one traced prompt is one unit of work")
         if self.compare and self.max_tokens is not None:
             raise ValueError("--max-tokens cuts one traced prompt; --compare traces whole task prompts")

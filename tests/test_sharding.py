@@ -12,7 +12,7 @@ from ivlens.cli import app
 from ivlens.merge import MergeError, merge_runs
 from ivlens.runs import RunDir
 from ivlens.sharding import Shard
-from ivlens.specs import EvalSpec, PatchSpec, ProbeSpec, SpecError, TraceSpec
+from ivlens.specs import EvalSpec, PatchSpec, ProbeSpec, SpecError, SteerSpec, TraceSpec
 
 
 def test_a_shard_owns_every_nth_unit():
@@ -32,6 +32,10 @@ SWEEPS = {
     "probe": (ProbeSpec, {"tasks": ("adjectives", "animals"), "layers": "0,-1", "max_per_subtask": 6,
                           "batch_size": 4, "folds": 2}, ["instructions", "probe_accuracy", "projections",
                                                          "similarity"]),
+    # steer: 2 chunks per model, so shard 1/3 (m0c1) and 2/3 (m1c0) each skip the other model's IVs and vectors
+    "steer": (SteerSpec, {"task": "adjectives", "subtask": "adj_ant", "alphas": "0,2", "positions": "first,all",
+                          "layers": "0,-1", "samples": 3, "chunk_size": 2, "max_per_subtask": 4, "figures": False},
+              ["steer", "baselines", "dose_response", "vectors"]),
     "trace": (TraceSpec, {"task": "animals", "compare": True, "samples": 2, "top_k": 5, "beam": 8},
               ["compare", "sample_paths"]),
 }
@@ -51,6 +55,9 @@ def test_merged_shards_equal_the_unsharded_run(two_tiny_dirs, tmp_path, analysis
     assert b.manifest["status"] == "finished" and b.manifest["spec"]["shard"] is None
     for t in tables:
         pd.testing.assert_frame_equal(a.read_table(t), b.read_table(t), check_exact=True, obj=t)
+    for f in sorted((a.path / "vectors").glob("*")):  # steer: every shard steered with the unsharded directions
+        held = [s / "vectors" / f.name for s in shards if (s / "vectors" / f.name).is_file()]
+        assert held and all(h.read_bytes() == f.read_bytes() for h in held), f.name
 
 
 def test_merge_refuses_incomplete_or_mixed_shards(two_tiny_dirs, tmp_path):
@@ -65,13 +72,20 @@ def test_merge_refuses_incomplete_or_mixed_shards(two_tiny_dirs, tmp_path):
     assert r.exit_code == 2 and "missing 1/2" in r.output
 
 
-def test_the_cli_shards_and_merges(two_tiny_dirs, tmp_path):
-    common = ["eval", "--model", two_tiny_dirs[0], "--task", "animals", "--samples", "2", "--chunk-size", "1"]
+CLI_SWEEPS = {"eval": (["--task", "animals"], "results"),
+              "steer": (["--alphas", "0,1", "--layers", "0", "--positions", "first", "--max-per-subtask", "4",
+                         "--no-figures"], "steer")}
+
+
+@pytest.mark.parametrize("command", list(CLI_SWEEPS))
+def test_the_cli_shards_and_merges(two_tiny_dirs, tmp_path, command):
+    options, table = CLI_SWEEPS[command]
+    common = [command, "--model", two_tiny_dirs[0], *options, "--samples", "2", "--chunk-size", "1"]
     runner = CliRunner()
     for i in range(2):
         r = runner.invoke(app, [*common, "--shard", f"{i}/2", "--out", str(tmp_path / f"s{i}")])
         assert r.exit_code == 0 and "shard" in r.output and "ivlens merge" in r.output, r.output
     r = runner.invoke(app, ["merge", str(tmp_path / "s0"), str(tmp_path / "s1"), "--out", str(tmp_path / "m")])
     assert r.exit_code == 0, r.output
-    assert len(RunDir.open(tmp_path / "m").read_table("results")) == len(
-        RunDir.open(tmp_path / "s0").read_table("results")) * 2
+    assert len(RunDir.open(tmp_path / "m").read_table(table)) == len(
+        RunDir.open(tmp_path / "s0").read_table(table)) * 2

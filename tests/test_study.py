@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -126,14 +127,58 @@ def test_a_trace_readout_must_read_a_probe_step_of_the_study():
                                                                                      "trace/1-animals"]
 
 
+def test_a_step_depends_on_the_organisms_and_a_readout_on_its_probe_step():
+    study = tiny_study(["a", "b"])
+    study["analyses"]["organism"] = {"size": "tiny"}
+    study["analyses"]["trace"] = [study["analyses"]["trace"], {"tasks": ["animals"], "readout": "probe:probe:1",
+                                                               "position": "t_inst", "sample": 0}]
+    steps = {s.rel: s for s in plan_steps(StudySpec(**study))}
+    assert steps["organism"].depends_on == ()
+    assert steps["eval/adjectives-all"].depends_on == ("organism",) and steps["probe"].depends_on == ("organism",)
+    assert steps["trace/0-animals"].depends_on == ("organism",)
+    assert steps["trace/1-animals"].depends_on == ("organism", "probe")
+    # which steps a sharding executor may split: every sweep, but not the organism build nor one traced prompt
+    assert {rel: s.spec.shardable for rel, s in steps.items()} == {
+        "organism": False, "eval/adjectives-all": True, "patch/adjectives": True, "probe": True,
+        "trace/0-animals": True, "trace/1-animals": False}
+
+
+def test_steps_run_after_their_dependencies_and_a_cycle_is_refused():
+    from ivlens.errors import IvlensError
+    from ivlens.study.executors import Work, in_dependency_order
+
+    study = tiny_study(["a", "b"])
+    study["analyses"]["trace"] = {"tasks": ["animals"], "readout": "probe:probe:1", "position": "t_inst",
+                                  "sample": 0}
+    work = [Work(s, Path(s.rel)) for s in plan_steps(StudySpec(**study))]
+    assert in_dependency_order(work) == work  # the plan's order already is one
+    shuffled = [work[-1], *work[:-1]]  # the read-out first: it moves after its probe step, the rest keep order
+    assert [w.step.rel for w in in_dependency_order(shuffled)] == [w.step.rel for w in work]
+    probe = next(w for w in work if w.step.rel == "probe")
+    cyclic = [w if w is not probe else Work(replace(probe.step, depends_on=("trace/animals",)), probe.directory)
+              for w in work]
+    with pytest.raises(IvlensError, match="cycle: probe waits for trace/animals; trace/animals waits for probe"):
+        in_dependency_order(cyclic)
+
+
 # ------------------------------------------------------------------------------------------ running a study
+WANTED = {"eval": ["results", "summary"], "patch": ["patch", "baselines", "single_layer", "interactions"],
+          "probe": ["instructions", "probe_accuracy", "similarity"], "trace": ["compare", "sample_paths"],
+          "steer": ["steer", "baselines", "dose_response", "vectors"]}
+
+
+def _wanted(manifest: dict) -> list[str]:
+    """The tables compared between two runs of a step (a trace read-out writes its components, not a comparison)."""
+    if manifest["command"] == "trace" and manifest["spec"].get("readout"):
+        return ["readout_components"]
+    return WANTED[manifest["command"]]
+
+
 def _tables(directory: Path) -> dict[str, pd.DataFrame]:
-    wanted = {"eval": ["results", "summary"], "patch": ["patch", "baselines", "single_layer", "interactions"],
-              "probe": ["instructions", "probe_accuracy", "similarity"], "trace": ["compare", "sample_paths"]}
     out = {}
     for mf in sorted(directory.rglob("manifest.json")):
         run = RunDir.open(mf.parent)
-        for t in wanted[run.manifest["command"]]:
+        for t in _wanted(run.manifest):
             out[f"{mf.parent.relative_to(directory)}/{t}"] = run.read_table(t)
     return out
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from ivlens.cli_common import ShardOpt
 from ivlens.specs import Dtype, Format, PatchTarget, Split
 
 
@@ -44,12 +45,13 @@ def steer(
     resume: Path | None = typer.Option(None, help="Resume this run directory (finished shards are kept; a given "
                                        "option that differs is an error)."),
     figures: bool = typer.Option(True, help="Write figures."),
+    shard: ShardOpt = None,
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (rows, FLOPs, peak memory, time) from "
                                  "the models' configs, without loading weights, and exit."),
 ) -> None:
     """Steer with IV directions: add α·v to the residual of query-only prompts, per layer and α (dose-response)."""
     from ivlens.api import run_steer
-    from ivlens.cli_common import build_spec, friendly_errors
+    from ivlens.cli_common import build_spec, friendly_errors, shard_written
     from ivlens.patching.cli import _RowsBar
     from ivlens.specs import SteerSpec
 
@@ -57,7 +59,7 @@ def steer(
                "alphas": alphas, "layers": layers, "positions": positions, "samples": samples, "split": split,
                "target": target, "format": fmt, "max_per_subtask": max_per_subtask, "batch_size": batch_size,
                "memory_budget": memory_budget, "chunk_size": chunk_size, "seed": seed, "dtype": dtype,
-               "device": device, "threads": threads, "figures": figures}
+               "device": device, "threads": threads, "figures": figures, "shard": shard}
     console = Console(stderr=True)
     with friendly_errors():
         spec = build_spec(ctx, SteerSpec, options, resume, params={"models": "model", "format": "fmt"})
@@ -72,6 +74,8 @@ def steer(
             res = run_steer(spec, out=out, resume=resume, progress=bar)
         finally:
             bar.stop()
+    if spec.shard is not None:
+        return shard_written(res.run.path, spec.shard)
     from ivlens.steering.analysis import best_per_layer
 
     for r in best_per_layer(res.dose).itertuples():

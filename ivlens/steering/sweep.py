@@ -12,6 +12,12 @@ steered row and a patched row of the same sample are comparable column by column
 
 Shards: ``steer/shard-m<model>-c<chunk>.parquet`` and ``baselines/…``, written atomically when a chunk is done; a
 resumed sweep skips finished chunks.
+
+``--shard i/n`` (:mod:`ivlens.sharding`): the units of work are the chunks, numbered model by model as the
+unsharded sweep does them, and a shard runs its own. The directions are not split: a shard that owns a chunk of a
+model collects that model's IVs whole and computes its directions itself, which are the unsharded run's (the
+collection is deterministic; ``ivlens merge`` checks that every shard's IVs and ``vectors/`` files are identical,
+byte for byte, and the merged run's vectors table is computed again from them).
 """
 
 from __future__ import annotations
@@ -148,7 +154,8 @@ def steer_sweep(lms: Sequence[LoadedModel], names: Sequence[str], task: Task, su
                 run: RunDir, *, samples: int | None = None, split: str = "all", target: str = "bare",
                 fmt: str = "raw", seed: int = 0, chunk_size: int = 25, batch_size: int | None = None,
                 memory_budget=None, max_per_subtask: int | None = None,
-                progress: Callable[[int, int], None] | None = None) -> SteerResult:
+                progress: Callable[[int, int], None] | None = None,
+                owns: Callable[[int], bool] | None = None) -> SteerResult:
     """Steer every model (``names``: their labels in the tables) over ``plan`` for the selected samples.
 
     Args:
@@ -159,14 +166,24 @@ def steer_sweep(lms: Sequence[LoadedModel], names: Sequence[str], task: Task, su
         memory_budget: bytes or ``"4GB"`` (sizes the engine's groups; results do not depend on it).
         max_per_subtask: rephrasings per subtask used for the directions (default all).
         progress: ``progress(done_rows, total_rows)``.
+        owns: ``owns(unit) -> bool``: run only these chunks (numbered model by model; a shard, see the module
+            docstring); a model none of whose chunks it owns is skipped, its IVs too.
 
     Returns:
-        :class:`SteerResult` read back from the run's shards.
+        :class:`SteerResult` read back from the run's shards (empty tables for a shard that owns no chunk).
     """
     ids_per_model = [sample_indices(task, samples, seed, split_queries(lm.path, lm.name, task, split)) for lm in lms]
     total = sum(len(ids) * len(plan.rows) for ids in ids_per_model)
-    done, stats, vec_rows = 0, {}, []
+    owns = owns or (lambda unit: True)
+    done, stats, vec_rows, first_unit = 0, {}, [], 0
     for mi, (lm, name, sample_ids) in enumerate(zip(lms, names, ids_per_model, strict=True)):
+        n_chunks = -(-len(sample_ids) // chunk_size)
+        units, first_unit = range(first_unit, first_unit + n_chunks), first_unit + n_chunks
+        if units and not any(owns(u) for u in units):  # another shard's model: no IVs, no directions
+            done += len(sample_ids) * len(plan.rows)
+            if progress:
+                progress(done, total)
+            continue
         st = stats.setdefault(name, EngineStats())
         dirs = model_directions(lm, task, subtask, plan.vectors, run, fmt=fmt, max_per_subtask=max_per_subtask,
                                 memory_budget=memory_budget)
@@ -180,11 +197,11 @@ def steer_sweep(lms: Sequence[LoadedModel], names: Sequence[str], task: Task, su
         budget = resolve_memory_budget(memory_budget, lm.device)
         const = {"model": name, "task": task.name, "subtask": subtask, "target": target, "fmt": fmt}
         space = None
-        for ci in range(0, len(sample_ids), chunk_size):
+        for unit, ci in zip(units, range(0, len(sample_ids), chunk_size), strict=True):
             chunk = sample_ids[ci:ci + chunk_size]
             key = f"m{mi}-c{ci // chunk_size:05d}"
             n_rows = len(chunk) * len(plan.rows)
-            if run.has_shard(TABLE, key):
+            if run.has_shard(TABLE, key) or not owns(unit):
                 done += n_rows
                 if progress:
                     progress(done, total)
@@ -204,4 +221,6 @@ def steer_sweep(lms: Sequence[LoadedModel], names: Sequence[str], task: Task, su
             if progress:
                 progress(done, total)
             log.info("%s steer chunk %d: %d rows", name, ci // chunk_size + 1, n)
+    if not (run.path / TABLE).is_dir():  # a shard that owns no chunk
+        return SteerResult(pd.DataFrame(), pd.DataFrame(), pd.DataFrame(vec_rows), stats)
     return SteerResult(run.read_table(TABLE), run.read_table(BASELINES), pd.DataFrame(vec_rows), stats)

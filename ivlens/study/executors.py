@@ -1,6 +1,7 @@
 """Executors: where a study's steps run. :class:`LocalExecutor` runs them one after another in this process;
 :class:`ivlens.study.ray_executor.RayExecutor` hands them to Ray. Both run each step through
-:func:`execute_step`, the one place a step becomes a ``run_<analysis>(spec)`` call."""
+:func:`execute_step`, the one place a step becomes a ``run_<analysis>(spec)`` call, and both start a step only
+after the steps it depends on (:attr:`ivlens.study.plan.Step.depends_on`, :func:`waits_for`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from ivlens.errors import IvlensError
 from ivlens.models.load import LoadedModel
 
 from .plan import Step
@@ -31,8 +33,31 @@ class Work:
 class Executor(Protocol):
     def run(self, work: Sequence[Work], on_start: Callable[[Work], None],
             on_done: Callable[[Work, float], None]) -> None:
-        """Run every step of ``work`` in order (later steps may load what earlier ones built); call
-        ``on_start(work)`` as each starts and ``on_done(work, seconds)`` as each finishes."""
+        """Run every step of ``work``, each after the steps of ``work`` it depends on; call ``on_start(work)``
+        as each starts and ``on_done(work, seconds)`` as each finishes."""
+
+
+def waits_for(w: Work, unfinished: set[str]) -> set[str]:
+    """The steps (``rel``) that ``w`` depends on and that are still to run; a dependency that is not in the work
+    (done before) is met."""
+    return set(w.step.depends_on) & unfinished
+
+
+def in_dependency_order(work: Sequence[Work]) -> list[Work]:
+    """``work`` with every step after the steps it depends on, otherwise in the given order (the plan's order
+    already is one, and is kept). Raises :class:`IvlensError` naming the steps when their dependencies form a
+    cycle."""
+    left, out = list(work), []
+    unfinished = {w.step.rel for w in work}
+    while left:
+        ready = next((w for w in left if not waits_for(w, unfinished)), None)
+        if ready is None:
+            raise IvlensError("steps that depend on each other in a cycle: " + "; ".join(
+                f"{w.step.rel} waits for {', '.join(sorted(waits_for(w, unfinished)))}" for w in left))
+        left.remove(ready)
+        unfinished.discard(ready.step.rel)
+        out.append(ready)
+    return out
 
 
 def model_key(step: Step, i: int) -> str:
@@ -67,13 +92,15 @@ def execute_step(work: Work, models: Sequence[LoadedModel] | None = None, shard:
 
 
 class LocalExecutor:
-    """Run the steps here, one after another. Each model is loaded once, kept while a later step needs it
-    and released after its last step (the main job's three organisms are loaded once for every analysis)."""
+    """Run the steps here, one after another, each after its dependencies (:func:`in_dependency_order`). Each
+    model is loaded once, kept while a later step needs it and released after its last step (the main job's three
+    organisms are loaded once for every analysis)."""
 
     def run(self, work: Sequence[Work], on_start: Callable[[Work], None],
             on_done: Callable[[Work, float], None]) -> None:
         import time
 
+        work = in_dependency_order(work)
         last_use: dict[str, int] = {}
         for n, w in enumerate(work):
             for i in range(len(w.step.labels)):

@@ -2,8 +2,12 @@
 
 :func:`plan_steps` expands every analysis block of a :class:`~ivlens.study.spec.StudySpec` into steps, one per
 task (eval, patch, trace) and per value of each swept option (a list where the spec takes one value), in the
-order organism, eval, patch, probe, trace. Each step's spec is built, and so validated, here: a bad option is
-reported with the block it came from before anything runs.
+order organism, eval, patch, probe, steer, trace. Each step's spec is built, and so validated, here: a bad option
+is reported with the block it came from before anything runs.
+
+Each step names the steps it reads (:attr:`Step.depends_on`): every step reads the organisms the organism step
+builds, and a trace read-out ``probe:<probe step>:<layer>`` reads that probe step's run directory. The run order
+puts a step after what it depends on; an executor that runs steps side by side starts one only when they are done.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import itertools
 import types
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ivlens.runs import content_hash
@@ -32,13 +36,15 @@ RESERVED = {"models": "give the study's models (models: {label: model})",
 @dataclass(frozen=True)
 class Step:
     """One run of one analysis: its spec, the labels its models take in the tables (in ``spec.models`` order),
-    the run directory relative to the study directory, and the configs a dry run sizes instead of each model."""
+    the run directory relative to the study directory, the configs a dry run sizes instead of each model, and the
+    steps (their ``rel``) whose results it reads, which must be finished before it starts."""
 
     analysis: str
     spec: Spec
     rel: str
     labels: tuple[str, ...] = ()
     sizing: tuple[str, ...] = ()
+    depends_on: tuple[str, ...] = ()
 
     def key(self) -> str:
         """What makes two steps the same computation: the spec's hash and the models' labels."""
@@ -114,7 +120,7 @@ def plan_steps(study: StudySpec) -> list[Step]:
                     rel = f"{analysis}/{'-'.join(parts)}" if parts else analysis
                     labels = study.labels if analysis != "organism" else ()
                     steps.append(Step(analysis, spec, rel, labels, sizing if analysis != "organism" else ()))
-    _check_readouts(steps)
+    steps = _with_dependencies(steps)
     seen: dict[str, Step] = {}
     for s in steps:
         if s.rel in seen:
@@ -124,19 +130,32 @@ def plan_steps(study: StudySpec) -> list[Step]:
     return steps
 
 
-def _check_readouts(steps: list[Step]) -> None:
-    """A trace read-out of a study reads a probe run of the same study: its relative ``RUN_DIR`` must be the run
-    directory of one of the study's probe steps (it is read from the study directory, after that step)."""
+def _readout_step(step: Step, probes: list[str]) -> tuple[str, ...]:
+    """The probe step a trace read-out reads, ``()`` for none (a vector file, an absolute run directory).
+
+    A relative ``RUN_DIR`` is read from the study directory, so it must be the run directory of one of the study's
+    probe steps; else :class:`StudyError` naming them."""
     from pathlib import PurePath
 
     from ivlens.tracing.readout import parse_readout
 
+    readout = getattr(step.spec, "readout", None)
+    if readout is None:
+        return ()
+    src = parse_readout(readout)
+    if src.kind == "vector" or PurePath(src.path).is_absolute():
+        return ()
+    rel = src.path.rstrip("/")
+    if rel not in probes:
+        raise StudyError(f"analyses.trace.readout: {readout!r} reads {src.path!r}, which is no probe step of this "
+                         f"study (its probe steps write: {', '.join(probes) or 'none; add a probe block'})")
+    return (rel,)
+
+
+def _with_dependencies(steps: list[Step]) -> list[Step]:
+    """``steps`` with :attr:`Step.depends_on` set: the organism steps (every other step loads the organisms),
+    and for a trace read-out the probe step it reads."""
+    organisms = tuple(s.rel for s in steps if s.analysis == "organism")
     probes = [s.rel for s in steps if s.analysis == "probe"]
-    for s in steps:
-        readout = getattr(s.spec, "readout", None)
-        if readout is None:
-            continue
-        src = parse_readout(readout)
-        if src.kind != "vector" and not PurePath(src.path).is_absolute() and src.path.rstrip("/") not in probes:
-            raise StudyError(f"analyses.trace.readout: {readout!r} reads {src.path!r}, which is no probe step of this "
-                             f"study (its probe steps write: {', '.join(probes) or 'none; add a probe block'})")
+    return [replace(s, depends_on=(organisms if s.analysis != "organism" else ()) + _readout_step(s, probes))
+            for s in steps]

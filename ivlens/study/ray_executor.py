@@ -4,8 +4,11 @@ samples) is one task that declares its resources, on a local Ray instance or a c
 A step becomes ``shards`` tasks, each running the step's spec with ``shard=i/n`` (:mod:`ivlens.sharding`) into
 ``<study>/.shards/<step>/<i>``, then one task that merges them into the step's directory
 (:func:`ivlens.merge.merge_runs`): the step's run directory is the one an unsharded local run writes, table for
-table. The organism build runs first, as one task (the other steps load what it builds). Finished shards are
-kept until their merge, so a killed study resumes shard by shard.
+table. A step whose spec cannot be sharded (:attr:`ivlens.specs.Spec.shardable`: the organism build, a trace of
+one prompt) or that an earlier local run left unfinished runs whole, as one task. A step is submitted only when the
+steps it depends on are finished, merges included (:attr:`ivlens.study.plan.Step.depends_on`: the organism build
+before everything, a probe step before the trace read-outs of its direction); the others run side by side.
+Finished shards are kept until their merge, so a killed study resumes shard by shard.
 
 Ray is optional (``pip install 'ivlens[ray]'``); it is imported only here.
 """
@@ -20,7 +23,7 @@ from pathlib import Path
 
 from ivlens.errors import IvlensError
 
-from .executors import Work, execute_step, load_labelled
+from .executors import Work, execute_step, in_dependency_order, load_labelled, waits_for
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +54,7 @@ def merge_task(work: Work, shards: list[str]) -> str:
 
 
 def step_task(work: Work) -> str:
-    """A step that is not split (the organism build; a step an earlier local run left unfinished)."""
+    """A step that is not split (:meth:`RayExecutor.runs_whole`). Runs in a Ray worker."""
     return str(execute_step(work))
 
 
@@ -90,8 +93,15 @@ class RayExecutor:
         device = str(work.step.spec.load_kwargs()["device"]) if work.step.labels else "cpu"
         return {"num_cpus": 1, "num_gpus": 1 if device.startswith("cuda") else 0}
 
+    @staticmethod
+    def runs_whole(work: Work) -> bool:
+        """Whether ``work`` runs as one task: its spec cannot be sharded, or its directory holds an unfinished run
+        of an earlier local run (resumed as it is)."""
+        return work.resume or not work.step.spec.shardable
+
     def run(self, work: Sequence[Work], on_start: Callable[[Work], None],
             on_done: Callable[[Work, float], None]) -> None:
+        in_dependency_order(work)  # refuses a cycle before Ray starts
         ray = _import_ray()
         started_here = self._init(ray)
         try:
@@ -102,30 +112,31 @@ class RayExecutor:
 
     def _run(self, ray, work: Sequence[Work], on_start, on_done) -> None:
         shard_fn, merge_fn, step_fn = (ray.remote(f) for f in (shard_task, merge_task, step_task))
-        whole = [w for w in work if w.step.analysis == "organism" or w.resume]
-        split = [w for w in work if w not in whole]
-        t0: dict[str, float] = {}
-        for w in [w for w in whole if w.step.analysis == "organism"]:  # the others load what it builds
-            on_start(w)
-            t0[w.step.rel] = time.perf_counter()
-            ray.get(step_fn.options(**self.resources(w)).remote(w))
-            on_done(w, time.perf_counter() - t0[w.step.rel])
+        waiting = list(work)
+        unfinished = {w.step.rel for w in work}
         pending: dict = {}  # object ref → (kind, work)
-        for w in [w for w in whole if w.step.analysis != "organism"]:
-            on_start(w)
-            t0[w.step.rel] = time.perf_counter()
-            pending[step_fn.options(**self.resources(w)).remote(w)] = ("step", w)
         shard_dirs: dict[str, list[str]] = {}
         left: dict[str, int] = {}
-        for w in split:
+        t0: dict[str, float] = {}
+
+        def submit(w: Work) -> None:
             on_start(w)
             t0[w.step.rel] = time.perf_counter()
+            if self.runs_whole(w):
+                pending[step_fn.options(**self.resources(w)).remote(w)] = ("step", w)
+                return
             root = study_directory(w) / SHARDS_DIR / w.step.rel
             shard_dirs[w.step.rel] = [str(root / str(i)) for i in range(self.shards)]
             left[w.step.rel] = self.shards
             for i, d in enumerate(shard_dirs[w.step.rel]):
-                ref = shard_fn.options(**self.resources(w)).remote(w, f"{i}/{self.shards}", d)
-                pending[ref] = ("shard", w)
+                pending[shard_fn.options(**self.resources(w)).remote(w, f"{i}/{self.shards}", d)] = ("shard", w)
+
+        def submit_ready() -> None:
+            for w in [w for w in waiting if not waits_for(w, unfinished)]:
+                waiting.remove(w)
+                submit(w)
+
+        submit_ready()
         while pending:
             [ready], _ = ray.wait(list(pending), num_returns=1)
             kind, w = pending.pop(ready)
@@ -134,9 +145,11 @@ class RayExecutor:
                 left[w.step.rel] -= 1
                 if left[w.step.rel] == 0:
                     pending[merge_fn.options(**self.resources(w)).remote(w, shard_dirs[w.step.rel])] = ("merge", w)
-            else:
-                on_done(w, time.perf_counter() - t0[w.step.rel])
-        for w in split[:1]:  # every step merged: the shards' folder holds nothing left
-            root = study_directory(w) / SHARDS_DIR
+                continue
+            unfinished.discard(w.step.rel)
+            on_done(w, time.perf_counter() - t0[w.step.rel])
+            submit_ready()
+        if shard_dirs:  # every step merged: the shards' folder holds nothing left
+            root = study_directory(work[0]) / SHARDS_DIR
             if not any(p.is_file() for p in root.rglob("*")):
                 shutil.rmtree(root, ignore_errors=True)

@@ -70,7 +70,7 @@ class StudyResult:
 def _record(directory: Path, study: StudySpec, steps: list[Step], result: StudyResult) -> None:
     doc = {"study": study.model_dump(mode="json"),
            "steps": [{"run": s.rel, "analysis": s.analysis, "spec_hash": s.spec.hash(), "key": s.key(),
-                      "state_before": result.states.get(s.rel), "seconds": result.seconds.get(s.rel)}
+                      "depends_on": list(s.depends_on), "state_before": result.states.get(s.rel), "seconds": result.seconds.get(s.rel)}
                      for s in steps]}
     atomic_write_text(directory / STUDY_FILE, json.dumps(doc, indent=2) + "\n")
 
