@@ -229,7 +229,7 @@ def run_steer(spec: SteerSpec, *, models: Sequence[LoadedModel] | None = None, o
     from .steering.figures import plot_dose_response
     from .steering.plan import SteerPlan, parse_steer_positions
     from .steering.sweep import steer_sweep
-    from .steering.vectors import parse_alphas, parse_vectors
+    from .steering.vectors import check_run_vectors, parse_alphas, parse_vectors
     from .tasks import require_contrastive
 
     if spec.memory_budget is not None and spec.memory_budget.strip().lower() != "auto":
@@ -238,12 +238,14 @@ def run_steer(spec: SteerSpec, *, models: Sequence[LoadedModel] | None = None, o
     subtask = t.subtask(spec.subtask or t.subtask_names[0]).name
     vectors = parse_vectors(spec.vectors)
     if any(v != "mean" for v in vectors):
-        require_contrastive(t, analysis="--vectors diff and probe:")
+        require_contrastive(t, analysis="--vectors diff, probe: and means:")
+    other = t.other(subtask) if t.is_contrastive else None
     lms = _load(spec.models, spec, models)
     plans = []
     for lm in lms:  # fail on bad specs before a run directory is made
         plans.append(SteerPlan(vectors, parse_alphas(spec.alphas), tuple(parse_layers(spec.layers, lm.n_layers)),
                                parse_steer_positions(spec.positions)))
+        check_run_vectors(vectors, lm.name, lm.d_model, plans[-1].layers, subtask, other)
         selection.sample_indices(t, spec.samples, spec.seed, split_queries(lm, t, spec.split))
     if len({p.layers for p in plans}) > 1:
         raise SpecError("--model: the models have different numbers of layers; steer them in separate runs")

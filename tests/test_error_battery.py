@@ -65,6 +65,13 @@ BATTERY: list[tuple[list[str], str]] = [
     (["steer", "-m", M, "--vectors", "probe:/no/such/run"], "/no/such/run is not a probe run directory"),
     (["steer", "-m", M, "--layers", "0,99", "--no-figures"], "99"),
     (["steer", "-m", M, "--subtask", "nope"], "nope"),
+    (["steer", "-m", M, "--vectors", f"probe:{P}"], "has no probe of model"),  # the probed model is "tiny"
+    (["steer", "-m", M, "--vectors", f"diff,probe:{P}@tiny", "--layers", "0,1"],
+     "--layers: probe:"),
+    (["steer", "-m", M, "--vectors", f"probe:{P}@tiny", "--layers", "0"], "(probed layers: 1); give --layers 1"),
+    (["steer", "-m", M, "--vectors", f"means:{P}@tiny"], "is not a probe run directory (no ivs/ in it)"),
+    (["steer", "-m", M, "--vectors", f"probe:{P}@tiny", "--task", "animals", "--subtask", "can_fly", "--layers", "1"],
+     "is not a class of the probes"),
     # trace --readout: missing run, layer not probed, unknown class, wrong length, position past the prompt, ...
     (["trace", "-m", M, "--task", "adjectives", "--readout", "probe:/no/such/run:1:adj_ant"],
      "no directory /no/such/run; give the run directory of an `ivlens probe` run"),

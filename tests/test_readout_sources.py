@@ -13,7 +13,15 @@ from ivlens.models.load import LoadedModel
 from ivlens.probing import probe_run
 from ivlens.probing.collect import ivs_at_t_inst
 from ivlens.probing.probes import LogisticProbe, lda_project
-from ivlens.probing.weights import ProbeWeights, ProbeWeightsError, lda_direction, probe_direction
+from ivlens.probing.weights import (
+    ProbeWeights,
+    ProbeWeightsError,
+    class_mean_difference,
+    contrast_row,
+    lda_direction,
+    probe_contrast,
+    probe_direction,
+)
 from ivlens.tasks import instruction_prompt, load_task
 from ivlens.testing.tiny import tiny_model, tiny_tokenizer
 from ivlens.tracing.readout import ReadoutError, load_direction, parse_readout, resolve_position
@@ -48,6 +56,36 @@ def test_saved_probe_is_the_pre_activation_logit_on_raw_ivs(tmp_path):
     with pytest.raises(ProbeWeightsError, match="no probe of model 'other'.*has m"):
         probe_direction(tmp_path, "other", 2, "b")
     assert not any(p.suffix in (".pkl", ".pickle") for p in tmp_path.rglob("*"))
+
+
+def test_probe_contrast_is_the_a_vs_b_margin(tmp_path):
+    """coef[a] − coef[b] with the intercepts' difference is logit a − logit b; moving along it raises that margin at
+    the rate of its norm; a single-row binary probe gives its row with a's sign."""
+    X, y = _blobs()
+    fitted = LogisticProbe().fit(X, y)
+    w = ProbeWeights("m", X.shape[1])
+    w.add_probe("all", "subtask", ["a", "b", "c"], 2, fitted)
+    w.add_probe("task:t", "subtask", ["a", "c"], 2, LogisticProbe().fit(X[y != 1], y[y != 1]))
+    w.write(tmp_path, "m")
+    d = probe_contrast(tmp_path, "m", 2, "c", "a")
+    assert d.probe == "task:t" and d.classes == ("a", "c")  # the most specific probe knowing both
+    d = probe_contrast(tmp_path, "m", 2, "a", "b")
+    assert d.probe == "all"
+    logits = fitted.decision_function(X)
+    np.testing.assert_allclose(X.astype(np.float64) @ d.vector + d.intercept, logits[:, 0] - logits[:, 1], atol=1e-9)
+    u = d.vector / np.linalg.norm(d.vector)
+    moved = fitted.decision_function(X + 3.0 * u)
+    np.testing.assert_allclose((moved[:, 0] - moved[:, 1]) - (logits[:, 0] - logits[:, 1]),
+                               3.0 * np.linalg.norm(d.vector), rtol=1e-9)
+    with pytest.raises(ProbeWeightsError, match="class 'z' is not a class"):
+        probe_contrast(tmp_path, "m", 2, "a", "z")
+    with pytest.raises(ProbeWeightsError, match="layer 1 was not probed.*probed: 2"):
+        probe_contrast(tmp_path, "m", 1, "a", "b")
+    row, c = np.arange(4.0), 0.5
+    for a, b, sign in (("p", "q", -1), ("q", "p", 1)):  # sklearn's binary row: logit of classes[1] vs classes[0]
+        v, k = contrast_row(row[None], np.array([c]), ["p", "q"], a, b)
+        np.testing.assert_array_equal(v, sign * row)
+        assert k == sign * c
 
 
 def test_lda_axis_is_affine_in_the_ivs():
@@ -126,8 +164,12 @@ def test_probe_run_saves_weights_and_means(tiny_probe):
     m2 = load_direction(parse_readout(f"means:{run}:1"), model="tiny", d_model=64, n_layers=4,
                         subtask="adj_ant", other="adj_comp")
     torch.testing.assert_close(m.vector, m2.vector)
-    with pytest.raises(ReadoutError, match="layer 2 was not probed"):
+    np.testing.assert_array_equal(m.vector.numpy(), class_mean_difference(run, "tiny", 1, "adj_ant", "adj_comp").vector)
+    with pytest.raises(ProbeWeightsError, match="layer 2 was not probed"):
         load_direction(parse_readout(f"means:{run}:2:adj_ant-adj_comp"), model="tiny", d_model=64, n_layers=4)
+    with pytest.raises(ProbeWeightsError, match="no IVs of model 'other'.*models: tiny"):
+        load_direction(parse_readout(f"means:{run}:1@other"), model="tiny", d_model=64, n_layers=4,
+                       subtask="adj_ant", other="adj_comp")
 
 
 def test_trace_readout_equals_the_probe_on_the_collected_iv(tiny_probe, tmp_path):

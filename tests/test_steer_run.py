@@ -1,7 +1,10 @@
-"""run_steer on a tiny model: α = 0 is the unsteered run, the vectors are what their docstring says, and a probe
-run's IVs give the class-mean difference."""
+"""run_steer on a tiny model: α = 0 is the unsteered run, the vectors are what their docstring says, a probe run
+gives its probe's A-vs-B direction (``probe:``) and its IVs' class-mean difference (``means:``), and a probe run
+that lacks the model or a steered layer is refused before a run directory is made."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pandas as pd
@@ -13,8 +16,9 @@ from ivlens.api import run_probe, run_steer
 from ivlens.models.load import load_model
 from ivlens.probing.collect import load_layer
 from ivlens.probing.run import model_slug
-from ivlens.specs import ProbeSpec, SteerSpec
+from ivlens.specs import ProbeSpec, SpecError, SteerSpec
 from ivlens.steering.analysis import compare_with_patching, dose_response
+from ivlens.steering.vectors import parse_vectors
 
 
 @pytest.fixture
@@ -45,17 +49,92 @@ def test_alpha_zero_is_the_target_run_and_vectors_are_unit(lm, tmp_path):
     assert set(dose.columns) >= {"ia", "ia_sem", "logit", "acc_top1", "n"} and (dose.n == 4).all()
 
 
-def test_probe_vector_is_the_class_mean_difference(lm, tmp_path):
-    probe = run_probe(ProbeSpec(models=(lm.path,), tasks=("adjectives", "animals"), max_per_subtask=6, folds=2),
-                      models=[lm], out=tmp_path / "p")
-    spec = SteerSpec(models=(lm.path,), alphas="1", samples=2, max_per_subtask=6, layers="1",
-                     vectors=f"diff,probe:{probe.run.path}", positions="first", figures=False)
+@pytest.fixture
+def probe13(lm, tmp_path):
+    """A probe run of the tiny model on both tasks, layers 1 and 3."""
+    return run_probe(ProbeSpec(models=(lm.path,), tasks=("adjectives", "animals"), layers="1,3", max_per_subtask=6,
+                               folds=2), models=[lm], out=tmp_path / "p").run.path
+
+
+def _saved_contrast(run, slug: str, layer: int, a: str, b: str) -> tuple[np.ndarray, np.ndarray]:
+    """``coef[a] − coef[b]`` and the intercepts' difference of the task probe, read from the files directly."""
+    meta = json.loads((run / "probe_weights" / f"{slug}.json").read_text())
+    classes = meta["probes"]["task:adjectives"]["classes"]
+    t = load_file(run / "probe_weights" / f"{slug}.safetensors")
+    coef, icpt = t[f"probe/task:adjectives/{layer}/coef"], t[f"probe/task:adjectives/{layer}/intercept"]
+    i, j = classes.index(a), classes.index(b)
+    return (coef[i] - coef[j]).numpy(), (icpt[i] - icpt[j]).numpy()
+
+
+def test_probe_vector_is_the_probes_class_direction(lm, probe13, tmp_path):
+    spec = SteerSpec(models=(lm.path,), subtask="adj_ant", alphas="0,1", samples=2, max_per_subtask=6,
+                     layers="1,3", vectors=f"diff,probe:{probe13},means:{probe13}", positions="first", figures=False)
     res = run_steer(spec, models=[lm], out=tmp_path / "s")
-    unit = load_file(res.run.path / "vectors" / f"{model_slug(lm.name)}.safetensors")["unit"]
-    torch.testing.assert_close(unit[1], unit[0], atol=1e-5, rtol=0)  # the same instructions: the same direction
+    slug = model_slug(lm.name)
+    saved = load_file(res.run.path / "vectors" / f"{slug}.safetensors")
+    unit, scale = saved["unit"].double(), saved["scale"].double()
+    ivs = res.run.path / "ivs" / slug
+    labels = pd.read_parquet(ivs / "labels.parquet")
+    is_b = (labels.subtask == "adj_comp").to_numpy()
+    for layer in (1, 3):
+        w, c = _saved_contrast(probe13, slug, layer, "adj_ant", "adj_comp")
+        torch.testing.assert_close(unit[1, layer], torch.from_numpy(w / np.linalg.norm(w)), atol=1e-6, rtol=0)
+        torch.testing.assert_close(unit[2, layer], unit[0, layer], atol=1e-5, rtol=0)  # means: diff, same IVs
+        # α = 1 along it moves B's IVs towards A: the probe's A-vs-B margin rises by s_l · ‖w‖ on every one
+        X_b = load_layer(ivs, layer)[is_b].astype(np.float64)
+        before = X_b @ w + c
+        after = (X_b + scale[layer].item() * unit[1, layer].numpy()) @ w + c
+        np.testing.assert_allclose(after - before, scale[layer].item() * np.linalg.norm(w), rtol=1e-5)
+        assert (after > before).all()
+    for layer in (0, 2):  # not probed: never steered, recorded as zero directions of NaN norm
+        assert unit[1:, layer].abs().max() == 0
+    vec = res.sweep.vectors.set_index(["vector", "layer"]).raw_norm
+    assert np.isnan(vec[(f"probe:{probe13}", 0)])
+    assert vec[(f"probe:{probe13}", 3)] == pytest.approx(np.linalg.norm(_saved_contrast(probe13, slug, 3, "adj_ant",
+                                                                                        "adj_comp")[0]), rel=1e-5)
     rows = res.sweep.rows
-    d, p = rows[rows.vector == "diff"], rows[rows.vector != "diff"]
+    d, p = rows[rows.vector == "diff"], rows[rows.vector == f"means:{probe13}"]
     np.testing.assert_allclose(d.logit.to_numpy(), p.logit.to_numpy(), atol=1e-4)
+    steered = rows[(rows.vector == f"probe:{probe13}") & (rows.alpha == 1)]
+    assert len(steered) == 2 * 2 and (steered.delta_logit_vs_target.abs() > 1e-4).any()
+
+
+def test_probe_vector_of_another_model_with_at(lm, probe13, tmp_path):
+    """``@MODEL`` takes the direction of the probe run's model of that label (here the same model, renamed)."""
+    import shutil
+
+    slug = model_slug(lm.name)
+    for ext in ("json", "safetensors"):
+        shutil.copy(probe13 / "probe_weights" / f"{slug}.{ext}", probe13 / "probe_weights" / f"other.{ext}")
+    spec = SteerSpec(models=(lm.path,), subtask="adj_ant", alphas="1", samples=1, max_per_subtask=6, layers="3",
+                     vectors=f"probe:{probe13},probe:{probe13}@other", positions="first", figures=False)
+    unit = load_file(run_steer(spec, models=[lm], out=tmp_path / "s").run.path / "vectors" / f"{slug}.safetensors")
+    torch.testing.assert_close(unit["unit"][0], unit["unit"][1])
+
+
+@pytest.mark.parametrize(("vectors", "layers", "needle"), [
+    ("probe:{run}", "2,3", r"--layers: probe:.* has no direction of model .* at layer 2 \(probed layers: 1, 3\); "
+                           "give --layers 1,3, or rerun `ivlens probe` with --layers all"),
+    ("means:{run}", "0", r"--layers: means:.* at layer 0 \(probed layers: 1, 3\)"),
+    ("probe:{run}@absent", "1", r"--vectors probe:.*@absent: .* has no probe of model 'absent'; it has "),
+    ("means:{run}@absent", "1", r"--vectors means:.*@absent: .* holds no IVs of model 'absent'"),
+])
+def test_probe_run_without_the_model_or_layer_is_refused(lm, probe13, tmp_path, vectors, layers, needle):
+    spec = SteerSpec(models=(lm.path,), subtask="adj_ant", alphas="1", samples=1, layers=layers,
+                     vectors=vectors.format(run=probe13), positions="first", figures=False)
+    with pytest.raises((SpecError, ValueError), match=needle) as info:
+        run_steer(spec, models=[lm], out=tmp_path / "s")
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_probe_run_of_an_older_ivlens_is_named(tmp_path):
+    (tmp_path / "old" / "ivs").mkdir(parents=True)
+    with pytest.raises(SpecError, match="before probe weights were saved: rerun `ivlens probe`"):
+        parse_vectors(f"probe:{tmp_path / 'old'}")
+    assert parse_vectors(f"means:{tmp_path / 'old'}") == (f"means:{tmp_path / 'old'}",)  # its IVs still serve
+    with pytest.raises(SpecError, match="give probe:RUN_DIR or probe:RUN_DIR@MODEL"):
+        parse_vectors(f"probe:{tmp_path / 'old'}@")
 
 
 def test_compare_with_patching_picks_the_best_and_tests_paired():

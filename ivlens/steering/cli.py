@@ -21,7 +21,9 @@ def steer(
     subtask: str | None = typer.Option(None, help="Subtask A: its IVs give the vectors, its label is scored "
                                        "(default: the task's first)."),
     vectors: str = typer.Option("mean,diff", help="Directions: mean (A's mean IV), diff (A − B mean IVs), "
-                                "probe:RUN_DIR (A − B class means of a probe run's IVs); comma-separated."),
+                                "probe:RUN_DIR (the probe run's A-vs-B direction coef[A] − coef[B]), "
+                                "means:RUN_DIR (A − B class means of a probe run's IVs), RUN_DIR@MODEL for another "
+                                "probed model's; comma-separated."),
     alphas: str = typer.Option("0,0.5,1,2,4,8", help="Scales α, in units of the mean norm of A's IVs at the "
                                "steered layer."),
     layers: str = typer.Option("all", help="Steered layers: all, or indices such as 0,3,-1 (one per row)."),

@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -38,16 +37,15 @@ from ivlens.patching.engine import EngineStats, RowSpec, clean_run, patched_metr
 from ivlens.patching.metrics import deltas, label_metrics
 from ivlens.patching.plan import PatchPlan
 from ivlens.patching.sweep import _ChunkProgress, _has_bos, _pad_id, _passes, label_space_tokens, prepare
-from ivlens.probing.collect import IVStore, collect_ivs
+from ivlens.probing.collect import collect_ivs
 from ivlens.probing.instructions import instruction_set, organism_heldout
 from ivlens.probing.run import model_slug
 from ivlens.runs import RunDir, atomic_write_bytes
-from ivlens.specs import SpecError
 from ivlens.tasks import Task
 from ivlens.tasks.selection import sample_indices, split_queries
 
 from .plan import SteerPlan, resolve_span
-from .vectors import NAMED_VECTORS, Directions, directions
+from .vectors import NAMED_VECTORS, Directions, directions, run_vectors
 
 log = logging.getLogger(__name__)
 
@@ -68,33 +66,20 @@ class SteerResult:
 
 def model_directions(lm: LoadedModel, task: Task, subtask: str, names: tuple[str, ...], run: RunDir, *,
                      fmt: str = "raw", max_per_subtask: int | None = None, memory_budget=None) -> Directions:
-    """Collect (or reuse) ``lm``'s IVs of the task's instructions in ``run`` and compute the directions."""
+    """Collect (or reuse) ``lm``'s IVs of the task's instructions in ``run``, read the probe-run directions of
+    ``names`` for ``lm``'s label, and compute the directions."""
     other = task.other(subtask) if task.is_contrastive else None
     rows = instruction_set([task], "instructions", None, organism_heldout(lm.path), max_per_subtask)
     store = collect_ivs(lm, rows, run.path / "ivs" / model_slug(lm.name), fmt=fmt, resume=True,
                         memory_budget=memory_budget)
-    sources = {"task": store}
-    for name in names:
-        if name not in NAMED_VECTORS:
-            path = Path(name.removeprefix("probe:"))
-            store_p = IVStore(path / "ivs" / model_slug(lm.name))
-            if not (store_p.path / "meta.json").is_file():
-                raise SpecError(f"--vectors: {name}: {path} holds no IVs of model {lm.name} (collect them with "
-                                f"ivlens probe --model {lm.name})")
-            sources[name] = store_p
-    xs, is_a, is_b = {}, {}, {}
-    for key, st in sources.items():
-        labels = st.labels()
-        if st.layers != list(range(lm.n_layers)):
-            raise SpecError(f"--vectors: {key}: IVs of layers {st.layers} stored; steering needs every layer "
-                            f"(0..{lm.n_layers - 1}): rerun the probe with --layers all")
-        xs[key] = [st.load_layer(layer) for layer in range(lm.n_layers)]
-        in_task = (labels.task == task.name).to_numpy()
-        is_a[key] = in_task & (labels.subtask == subtask).to_numpy()
-        is_b[key] = in_task & (labels.subtask == other).to_numpy() if other else np.zeros(len(labels), bool)
-        if not is_a[key].any():
-            raise SpecError(f"--vectors: {key} holds no IVs of {task.name}/{subtask}")
-    return directions(names, xs, is_a, is_b, scale_from="task")
+    labels = store.labels()
+    in_task = (labels.task == task.name).to_numpy()
+    is_a = in_task & (labels.subtask == subtask).to_numpy()
+    is_b = in_task & (labels.subtask == other).to_numpy() if other else np.zeros(len(labels), bool)
+    xs = [store.load_layer(layer) for layer in range(lm.n_layers)]
+    from_runs = {name: run_vectors(name, lm.name, lm.n_layers, subtask, other)
+                 for name in names if name not in NAMED_VECTORS}
+    return directions(names, xs, is_a, is_b, from_runs)
 
 
 def _rows_of_chunk(lm: LoadedModel, prompts, plan: SteerPlan, edits: torch.Tensor, space: torch.Tensor,

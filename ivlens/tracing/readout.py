@@ -141,34 +141,6 @@ def _layer(src: ReadoutSource, n_layers: int) -> int:
     return layer
 
 
-def _class_means(run: Path, slug: str, layer: int, a: str, b: str) -> np.ndarray:
-    """Mean IV of class ``a`` minus that of ``b`` at ``layer`` (``[d_model]``), from the run's stored IVs."""
-    import pandas as pd
-
-    from ivlens.probing.collect import load_layer
-
-    ivs = run / "ivs" / slug
-    if not (ivs / "meta.json").is_file():
-        have = sorted(p.name for p in (run / "ivs").glob("*")) if (run / "ivs").is_dir() else []
-        raise ReadoutError(f"--readout means: {run} holds no IVs of model {slug!r} (models: {', '.join(have) or 'none'}; "
-                           "pick one with @MODEL)")
-    labels = pd.read_parquet(ivs / "labels.parquet")
-    classes = sorted(labels.subtask.unique())
-    for c in (a, b):
-        if c not in classes:
-            raise ReadoutError(f"--readout means: class {c!r} is not in {run} (classes: {', '.join(classes)})")
-    try:
-        X = load_layer(ivs, layer)  # [n, d_model]
-    except KeyError:
-        import json
-
-        probed = json.loads((ivs / "meta.json").read_text())["layers"]
-        raise ReadoutError(f"--readout: layer {layer} was not probed in {run} (probed: "
-                           f"{', '.join(map(str, probed))})") from None
-    sub = labels.subtask.to_numpy()
-    return X[sub == a].astype(np.float64).mean(0) - X[sub == b].astype(np.float64).mean(0)
-
-
 def _split_pair(pair: str, known: list[str] | None) -> tuple[str, str]:
     """``A-B`` into its classes; with ``known`` class names, the split whose both sides are known."""
     if known:
@@ -209,6 +181,7 @@ def load_direction(src: ReadoutSource, *, model: str, d_model: int, n_layers: in
     subtask and the task's other one (the class, or ``A-B``, when the source names none); ``base``: the directory
     a relative ``RUN_DIR`` is read from (a study's directory), default the working directory."""
     from ivlens.probing.run import model_slug
+    from ivlens.probing.weights import class_mean_difference, iv_classes, lda_direction, probe_direction
 
     layer = _layer(src, n_layers)
     slug = model_slug(src.model or model)
@@ -221,8 +194,6 @@ def load_direction(src: ReadoutSource, *, model: str, d_model: int, n_layers: in
         run = _run_dir(src, base)
         info.update(run=str(run), model=slug)
         if src.kind in ("probe", "lda"):
-            from ivlens.probing.weights import lda_direction, probe_direction
-
             cls = src.cls or subtask
             if src.kind == "probe" and cls is None:
                 raise ReadoutError("--readout probe:RUN_DIR:LAYER names no class and the prompt has no subtask; "
@@ -238,13 +209,9 @@ def load_direction(src: ReadoutSource, *, model: str, d_model: int, n_layers: in
                                        "two subtasks; give means:RUN_DIR:LAYER:A-B")
                 a, b = subtask, other
             else:
-                import pandas as pd
-
-                labels = run / "ivs" / slug / "labels.parquet"
-                known = sorted(pd.read_parquet(labels).subtask.unique()) if labels.is_file() else None
-                a, b = _split_pair(pair, known)
-            vec = _class_means(run, slug, layer, a, b)
-            name = f"mean IV of {a!r} − mean IV of {b!r} at layer {layer}"
+                a, b = _split_pair(pair, iv_classes(run, slug))
+            d = class_mean_difference(run, slug, layer, a, b)
+            vec, name = d.vector, d.description
             info.update(classes=[a, b])
     vec = np.asarray(vec, dtype=np.float64)
     if vec.ndim == 2 and 1 in vec.shape:
