@@ -475,7 +475,8 @@ def steering_section(ctx: Context) -> h.Section | None:
     s = h.Section("steering", "Steering with IV directions, against patching")
     s.add(h.para("Instead of patching the IV, a single direction `v` is added to the query-only prompt's residual "
                  "stream after one layer: `α · s_l · v̂`, with `v̂` the unit direction (mean IV of the instructed "
-                 "subtask A, the difference of A's and B's mean IVs, or a probe run's class-mean difference) and "
+                 "subtask A, the difference of A's and B's mean IVs, a probe's A-vs-B direction or a probe run's "
+                 "class-mean difference) and "
                  "`s_l` the mean norm of A's IVs at that layer, so α = 1 adds a vector as long as a typical IV. "
                  "It is added at the first position (where patching writes the IV), at the last, or at every "
                  "token. Metrics are patching's: IA (the top token is in A's label space), accuracy, the label's "
