@@ -12,7 +12,6 @@ import datetime as _dt
 import hashlib
 import json
 import os
-import pickle
 import platform
 import re
 import subprocess
@@ -24,7 +23,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+import torch
 
 import ivlens
 
@@ -53,6 +54,17 @@ def atomic_write_json(path: Path, obj: Any, indent: int | None = 2) -> None:
     """Write ``obj`` as JSON (UTF-8, trailing newline) atomically: the one way ivlens writes a JSON file
     (manifests, cards, graphs, comparisons), so a killed process leaves the old file or the new one."""
     atomic_write_text(Path(path), json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
+
+
+def _plain(obj: Any) -> Any:
+    """``obj`` with numpy scalars and arrays turned into Python numbers and lists (for JSON)."""
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, np.generic | np.ndarray):
+        return obj.tolist()
+    return obj
 
 
 def atomic_write_parquet(path: Path, df: pd.DataFrame) -> None:
@@ -208,21 +220,38 @@ class RunDir:
         return p
 
     def part_path(self, name: str, key: str) -> Path:
-        return self.path / name / f"part-{_slug(key)}.pkl"
+        """The JSON file of a part (its tensors sit beside it, ``.safetensors``); it is written last."""
+        return self.path / name / f"part-{_slug(key)}.json"
 
     def has_part(self, name: str, key: str) -> bool:
         return self.part_path(name, key).exists()
 
-    def write_part(self, name: str, key: str, obj: Any) -> Path:
-        """Write one unit of work's Python result (pickled, atomically): for results that are not one table
-        (a unit of ``trace --compare`` holds graph comparisons and head activity). Read back only files this
-        run wrote."""
+    def write_part(self, name: str, key: str, data: dict, tensors: dict[str, torch.Tensor]) -> Path:
+        """Write one unit of work's result that is not one table (a unit of ``trace --compare``: graph
+        comparisons, rows and head activity) as JSON ``data`` plus named ``tensors`` (safetensors), never a
+        pickle: a run directory someone hands over (``--resume``, ``ivlens merge``) cannot run code. Both files
+        are written atomically, the JSON last, so its presence marks the part done."""
+        from safetensors.torch import save_file
+
         p = self.part_path(name, key)
-        atomic_write_bytes(p, pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.stem}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp)
+            os.replace(tmp, p.with_suffix(".safetensors"))
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        atomic_write_json(p, _plain(data), indent=None)
         return p
 
-    def read_part(self, name: str, key: str) -> Any:
-        return pickle.loads(self.part_path(name, key).read_bytes())
+    def read_part(self, name: str, key: str) -> tuple[dict, dict[str, torch.Tensor]]:
+        """``(data, tensors)`` of a part written by :meth:`write_part`."""
+        from safetensors.torch import load_file
+
+        p = self.part_path(name, key)
+        return json.loads(p.read_text()), load_file(p.with_suffix(".safetensors"))
 
     def figure_path(self, name: str) -> Path:
         (self.path / "figures").mkdir(exist_ok=True)

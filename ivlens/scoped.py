@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import importlib
 import logging
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 
@@ -106,13 +107,17 @@ def _plain_tqdm_off() -> Iterator[None]:
             mod.tqdm = original
 
 
+#: deprecation warnings raised inside third-party code about third-party names (nothing a user of ivlens can change)
+DEPRECATIONS_OF_OTHERS = (r".*is_gradient_checkpointing.* is deprecated",)
+
+
 @contextmanager
 def quiet_libraries(verbose: bool = False, extra_loggers: Sequence[str] = ()) -> Iterator[None]:
     """Silence third-party progress bars and chatter for the block, unless ``verbose``.
 
     Covers transformers (logging, its tqdm bars for weight loading and saving), the GGUF de-quantisation bar,
     ``datasets`` and ``huggingface_hub`` bars, and the loggers of :data:`NOISY_LOGGERS` plus ``extra_loggers``
-    (raised to ERROR). Everything is restored on exit.
+    (raised to ERROR), and :data:`DEPRECATIONS_OF_OTHERS`. Everything is restored on exit.
     """
     if verbose:
         yield
@@ -125,4 +130,7 @@ def quiet_libraries(verbose: bool = False, extra_loggers: Sequence[str] = ()) ->
         stack.enter_context(_optional_bars_off("huggingface_hub.utils", "!are_progress_bars_disabled",
                                                "disable_progress_bars", "enable_progress_bars"))
         stack.enter_context(logger_levels([*NOISY_LOGGERS, *extra_loggers], logging.ERROR))
+        stack.enter_context(warnings.catch_warnings())
+        for message in DEPRECATIONS_OF_OTHERS:
+            warnings.filterwarnings("ignore", message=message, category=FutureWarning)
         yield

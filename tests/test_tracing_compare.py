@@ -75,3 +75,32 @@ def test_compare_subtasks_on_a_task():
     if task.subtasks["adj_comp"].rephrasings[1:]:
         assert len(res.baseline) == 2 and len(s["per_layer_baseline"]) == 2
     assert set(res.head_activity) == {"adj_comp", "adj_ant"}
+
+
+def test_a_comparison_part_round_trips_without_pickle(tmp_path):
+    """A unit of ``trace --compare`` is saved as JSON + safetensors (a handed-over run directory cannot run code
+    on ``--resume`` or ``ivlens merge``) and reads back equal."""
+    import numpy as np
+    import torch
+
+    from ivlens.runs import RunDir
+    from ivlens.tracing.compare import GraphComparison, SubtaskComparison
+
+    acts = {"a": [torch.rand(3, 4), torch.rand(3, 4)], "b": [torch.rand(3, 4)]}
+    cmp = SubtaskComparison(("a", "b"), ab=[GraphComparison(0.5, 0.25, [0.1, 0.2, 0.3], None)],
+                            baseline=[GraphComparison(0.75, 0.5, [0.4, 0.5, 0.6], 0.125)],
+                            head_activity={s: torch.stack(v).mean(0) for s, v in acts.items()},
+                            completeness=1.5e-7, rows=[{"sample": 3, "query": "big", "ab_weighted_jaccard": 0.5,
+                                                        "x": np.float32(0.25)}],
+                            example=[{"subtask": "a", "rank": 0, "value": -1.25}], head_samples=acts)
+    run = RunDir.create("trace", "parts", out=tmp_path / "run")
+    run.write_part("parts", "m0-s00003", *cmp.to_part())
+    assert run.has_part("parts", "m0-s00003")
+    assert sorted(p.suffix for p in (tmp_path / "run" / "parts").iterdir()) == [".json", ".safetensors"]
+    back = SubtaskComparison.from_part(*run.read_part("parts", "m0-s00003"))
+    assert back.subtasks == cmp.subtasks and back.ab == cmp.ab and back.baseline == cmp.baseline
+    assert back.completeness == cmp.completeness and back.example == cmp.example
+    assert back.rows == [{**cmp.rows[0], "x": 0.25}]
+    for s in acts:
+        assert torch.equal(back.head_activity[s], cmp.head_activity[s])
+        assert all(torch.equal(x, y) for x, y in zip(back.head_samples[s], cmp.head_samples[s], strict=True))

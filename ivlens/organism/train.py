@@ -183,14 +183,16 @@ def init_chat_tokens(model: Olmo2ForCausalLM, tokenizer: PreTrainedTokenizerFast
     the token takes. Returns the cosine of ``<|assistant|>`` with ``<|user|>`` before and after, for the card."""
     emb = model.get_input_embeddings().weight
     ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in (ASSISTANT, USER)}
-    cos = torch.nn.functional.cosine_similarity
-    before = float(cos(emb[ids[ASSISTANT]], emb[ids[USER]], dim=0))
+
+    def cosine() -> float:
+        return float(torch.nn.functional.cosine_similarity(emb[ids[ASSISTANT]], emb[ids[USER]], dim=0))
+
     with torch.no_grad():
+        before = cosine()
         for tok, source in CHAT_TOKEN_INIT.items():
             src = tokenizer(source, add_special_tokens=False).input_ids
             emb[tokenizer.convert_tokens_to_ids(tok)] = emb[src].mean(0)
-    return {"assistant_user_cosine_before": before,
-            "assistant_user_cosine_after": float(cos(emb[ids[ASSISTANT]], emb[ids[USER]], dim=0))}
+        return {"assistant_user_cosine_before": before, "assistant_user_cosine_after": cosine()}
 
 
 def tokenise_sft(examples: list[SFTExample], tokenizer: PreTrainedTokenizerFast) -> list[dict]:

@@ -217,6 +217,27 @@ class SubtaskComparison:
         out.head_activity = {s: torch.stack(v).mean(0) for s, v in out.head_samples.items() if v}
         return out
 
+    def to_part(self) -> tuple[dict, dict[str, Tensor]]:
+        """This comparison as JSON data and named tensors, for :meth:`ivlens.runs.RunDir.write_part`."""
+        data = {"subtasks": list(self.subtasks), "ab": [c.to_dict() for c in self.ab],
+                "baseline": [c.to_dict() for c in self.baseline], "completeness": float(self.completeness),
+                "rows": self.rows, "example": self.example,
+                "head_samples": {s: len(v) for s, v in self.head_samples.items()},
+                "head_activity": list(self.head_activity)}
+        tensors = {f"head_samples.{s}.{i}": t for s, v in self.head_samples.items() for i, t in enumerate(v)}
+        tensors |= {f"head_activity.{s}": t for s, t in self.head_activity.items()}
+        return data, tensors
+
+    @classmethod
+    def from_part(cls, data: dict, tensors: dict[str, Tensor]) -> SubtaskComparison:
+        """The comparison :meth:`to_part` wrote."""
+        return cls(tuple(data["subtasks"]), ab=[GraphComparison(**d) for d in data["ab"]],
+                   baseline=[GraphComparison(**d) for d in data["baseline"]],
+                   head_activity={s: tensors[f"head_activity.{s}"] for s in data["head_activity"]},
+                   completeness=data["completeness"], rows=data["rows"], example=data["example"],
+                   head_samples={s: [tensors[f"head_samples.{s}.{i}"] for i in range(n)]
+                                 for s, n in data["head_samples"].items()})
+
     def curve(self, which: str = "ab") -> np.ndarray:
         """Mean per-layer similarity ``[layer]`` over samples."""
         comps = self.ab if which == "ab" else self.baseline

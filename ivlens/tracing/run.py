@@ -40,7 +40,7 @@ def compare_run(models: Sequence[LoadedModel], task: str | Task, run: RunDir, *,
     model; returns ``{model: summary}`` (weighted Jaccard A vs B and baseline, per-layer curves, the layer
     where the computations part, completeness error) and writes the tables and figures to ``run``.
 
-    Each sample's comparison is saved as a part (``compare_parts/part-m<i>-s<index>.pkl``) as soon as it is
+    Each sample's comparison is saved as a part (``compare_parts/part-m<i>-s<index>.json`` and ``.safetensors``) as soon as it is
     done; samples whose part exists are not traced again. ``owns(unit) -> bool``: trace only these units (model
     by model, sample by sample: a shard, :mod:`ivlens.sharding`) and stop there, before the summaries."""
     t = task if isinstance(task, Task) else load_task(task)
@@ -51,8 +51,8 @@ def compare_run(models: Sequence[LoadedModel], task: str | Task, run: RunDir, *,
             for sample in select_samples(t, samples, seed, split_queries(lm.path, lm.name, t, split)):
                 key, unit = f"m{mi}-s{sample.index:05d}", unit + 1
                 if owns(unit) and not run.has_part(PARTS, key):
-                    run.write_part(PARTS, key, compare_subtasks(lm.model, lm.tokenizer, t, [sample], fmt=fmt,
-                                                                top_k=top_k, beam=beam))
+                    run.write_part(PARTS, key, *compare_subtasks(lm.model, lm.tokenizer, t, [sample], fmt=fmt,
+                                                                 top_k=top_k, beam=beam).to_part())
         return {}
     for mi, lm in enumerate(models):
         chosen = select_samples(t, samples, seed, split_queries(lm.path, lm.name, t, split))
@@ -62,9 +62,9 @@ def compare_run(models: Sequence[LoadedModel], task: str | Task, run: RunDir, *,
             for sample in chosen:
                 key = f"m{mi}-s{sample.index:05d}"
                 if not run.has_part(PARTS, key):
-                    run.write_part(PARTS, key, compare_subtasks(lm.model, lm.tokenizer, t, [sample], fmt=fmt,
-                                                                top_k=top_k, beam=beam))
-                parts.append(run.read_part(PARTS, key))
+                    run.write_part(PARTS, key, *compare_subtasks(lm.model, lm.tokenizer, t, [sample], fmt=fmt,
+                                                                 top_k=top_k, beam=beam).to_part())
+                parts.append(SubtaskComparison.from_part(*run.read_part(PARTS, key)))
                 if advance:
                     advance()
         res = SubtaskComparison.merge(parts)
