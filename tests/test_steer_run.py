@@ -140,13 +140,18 @@ def test_a_probe_run_of_an_older_ivlens_is_named(tmp_path):
 def test_compare_with_patching_picks_the_best_and_tests_paired():
     steer = pd.DataFrame({"model": "m", "vector": "mean", "position": "first", "layer": [0] * 8 + [1] * 8,
                           "alpha": [1.0, 1.0, 1.0, 1.0, 2.0, 2.0, 2.0, 2.0] * 2, "sample": [0, 1, 2, 3] * 4,
-                          "ia": [0, 0, 0, 0, 1, 1, 1, 0] + [0] * 8, "acc_top1": 0.0, "logit": 0.0,
+                          "ia": [0, 0, 0, 0, 1, 1, 1, 0] + [0] * 8,
+                          "acc_top1": [1, 1, 0, 0, 1, 0, 0, 0] + [0] * 8, "logit": 0.0,
                           "delta_logit_vs_target": 0.0})
     patch = pd.DataFrame({"model": "m", "position": "first", "sample": [0, 1, 2, 3] * 3,
                           "layers": ["0"] * 4 + ["1"] * 4 + ["0,1"] * 4, "set_size": [1] * 8 + [2] * 4,
-                          "ia": [1, 1, 1, 1] + [1, 1, 1, 1] + [1, 1, 1, 0]})
+                          "ia": [1, 1, 1, 1] + [1, 1, 1, 1] + [1, 1, 1, 0],
+                          "acc_top1": [1, 1, 1, 0] + [0, 0, 0, 0] + [1, 0, 0, 0]})
     c = compare_with_patching(steer, patch).set_index("layer")
     assert c.loc[0, "steer_alpha"] == 2.0 and c.loc[0, "steer_ia"] == 0.75
+    # accuracy beside IA: the IA-best configuration's (0.25), the best of any configuration at the layer (0.5)
+    assert c.loc[0, "steer_acc"] == 0.25 and c.loc[0, "steer_best_acc"] == 0.5
+    assert c.loc[0, "patch_acc"] == 0.75 and c.loc[0, "set_acc"] == 0.25
     assert c.loc[0, "patch_ia"] == 1.0 and c.loc[0, "set_ia"] == 0.75 and c.loc[0, "set_layers"] == "0,1"
     assert c.loc[0, "n"] == 4 and c.loc[0, "diff"] == pytest.approx(-0.25)
     assert c.loc[1, "verdict"] == "falls short"  # 0 against 1 on every sample

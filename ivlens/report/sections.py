@@ -510,13 +510,18 @@ def steering_section(ctx: Context) -> h.Section | None:
                        "dotted: the unsteered query-only IA; crosses: steering significantly below the "
                        "single-layer patch (paired t-test over shared samples, Holm over layers).",
                        [link, *ctx.data(run, "steer"), *ctx.data(prun, "patch")]))
-        shown = cmp[["model", "layer", "steer_ia", "steer_vector", "steer_position", "steer_alpha", "patch_ia",
-                     "set_ia", "set_layers", "n", "diff", "p_t_adj", "verdict"]]
-        s.add(h.table(shown, "Steering against patching per layer: best steering IA and its configuration, the "
-                             "single-layer patch IA, the best set containing the layer, the paired difference "
-                             "(steering − single-layer patch) and its Holm-corrected p. The best configuration "
-                             "is chosen on the tested samples, among more choices for steering (vectors × "
-                             "positions × α) than for patching (positions), so a shortfall is conservative.",
+        shown = cmp[["model", "layer", "steer_ia", "steer_acc", "steer_best_acc", "steer_vector", "steer_position",
+                     "steer_alpha", "patch_ia", "patch_acc", "set_ia", "set_acc", "set_layers", "n", "diff", "p_t_adj",
+                     "verdict"]]
+        s.add(h.table(shown, "Steering against patching per layer: best steering IA, its accuracy and configuration, "
+                             "and the best accuracy of any steering configuration at the layer; the single-layer "
+                             "patch and the best set containing the layer (IA and accuracy); the paired IA "
+                             "difference (steering − single-layer patch) and its Holm-corrected p. IA counts any "
+                             "answer in the instructed label space, accuracy the instructed answer: where steering "
+                             "reaches IA but not accuracy, the direction moves the model into the label space "
+                             "without the query's answer. The best configuration is chosen on the tested samples, "
+                             "among more choices for steering (vectors × positions × α) than for patching "
+                             "(positions), so a shortfall is conservative.",
                        [link]))
     return s
 

@@ -42,17 +42,18 @@ def best_per_layer(dose: pd.DataFrame) -> pd.DataFrame:
     return d.groupby(["model", "layer"], sort=False).head(1).reset_index(drop=True)
 
 
-def _best_patch(patch: pd.DataFrame, layer: int, sets: bool) -> tuple[str, str, float] | None:
-    """``(layers, position, mean IA)`` of the best single-layer patch at ``layer`` (or, with ``sets``, the best
-    pair or triplet containing it), or ``None`` when the table has none."""
+def _best_patch(patch: pd.DataFrame, layer: int, sets: bool) -> tuple[str, str, float, float] | None:
+    """``(layers, position, mean IA, mean accuracy)`` of the best single-layer patch at ``layer`` by IA (or, with
+    ``sets``, the best pair or triplet containing it), or ``None`` when the table has none."""
     sizes = patch.set_size > 1 if sets else patch.set_size == 1
     has = patch.layers.astype(str).str.split(",").apply(lambda s: str(layer) in s)
     p = patch[sizes & has]
     if p.empty:
         return None
-    m = p.groupby(["layers", "position"], sort=False).ia.mean().sort_values(ascending=False, kind="stable")
-    (layers, position), ia = m.index[0], float(m.iloc[0])
-    return layers, position, ia
+    m = p.groupby(["layers", "position"], sort=False)[["ia", "acc_top1"]].mean()
+    m = m.sort_values("ia", ascending=False, kind="stable")
+    (layers, position), ia, acc = m.index[0], float(m.ia.iloc[0]), float(m.acc_top1.iloc[0])
+    return layers, position, ia, acc
 
 
 def compare_with_patching(steer: pd.DataFrame, patch: pd.DataFrame, *, correction: Correction = "holm",
@@ -65,23 +66,29 @@ def compare_with_patching(steer: pd.DataFrame, patch: pd.DataFrame, *, correctio
 
     Returns:
         one row per (model, layer): ``steer_ia`` and its configuration (``steer_vector``, ``steer_position``,
-        ``steer_alpha``), ``patch_ia`` / ``patch_position`` (single layer), ``set_ia`` / ``set_layers`` /
-        ``set_position`` (best set containing the layer), ``n`` shared samples, ``diff`` (steer − single-layer
+        ``steer_alpha``) with its accuracy ``steer_acc``, and ``steer_best_acc`` (the best accuracy of any
+        configuration at the layer: IA counts any answer in the label space, accuracy the instructed one);
+        ``patch_ia`` / ``patch_acc`` / ``patch_position`` (single layer), ``set_ia`` / ``set_acc`` /
+        ``set_layers`` / ``set_position`` (best set containing the layer), ``n`` shared samples, ``diff`` (steer − single-layer
         patch, on those samples), ``p_t``, ``p_wilcoxon`` and their corrected ``p_t_adj``, and ``verdict``:
         ``falls short`` / ``exceeds`` (significantly below / above the single-layer patch after correction) or
         ``no significant difference``.
     """
-    best = best_per_layer(dose_response(steer))
+    dose = dose_response(steer)
+    best = best_per_layer(dose)
+    best_acc = dose.groupby(["model", "layer"]).acc_top1.max()
     out = []
     for r in best.itertuples():
         pm = patch[patch.model == r.model]
         single = _best_patch(pm, r.layer, sets=False)
         multi = _best_patch(pm, r.layer, sets=True)
-        rec = {"model": r.model, "layer": r.layer, "steer_ia": r.ia, "steer_vector": r.vector,
+        rec = {"model": r.model, "layer": r.layer, "steer_ia": r.ia, "steer_acc": r.acc_top1,
+               "steer_best_acc": float(best_acc[r.model, r.layer]), "steer_vector": r.vector,
                "steer_position": r.position, "steer_alpha": r.alpha,
-               "patch_ia": single[2] if single else np.nan, "patch_position": single[1] if single else None,
-               "set_ia": multi[2] if multi else np.nan, "set_layers": multi[0] if multi else None,
-               "set_position": multi[1] if multi else None}
+               "patch_ia": single[2] if single else np.nan, "patch_acc": single[3] if single else np.nan,
+               "patch_position": single[1] if single else None,
+               "set_ia": multi[2] if multi else np.nan, "set_acc": multi[3] if multi else np.nan,
+               "set_layers": multi[0] if multi else None, "set_position": multi[1] if multi else None}
         if single:
             s = steer[(steer.model == r.model) & (steer.layer == r.layer) & (steer.vector == r.vector)
                       & (steer.position == r.position) & (steer.alpha == r.alpha)].groupby("sample").ia.mean()
