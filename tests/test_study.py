@@ -88,9 +88,13 @@ def test_steps_one_per_task_and_swept_value_in_run_order():
 
 
 @pytest.mark.parametrize("example, layers", [("olmo2-1b.yaml", 16), ("olmo2-7b.yaml", 32)])
-def test_the_olmo2_examples_validate_and_dry_run_from_their_configs(example, layers):
-    """The paper's setting: three checkpoints, six tasks, triplets at first and last; planned from config.json."""
+def test_the_olmo2_examples_validate_and_dry_run_from_their_configs(example, layers, tmp_path, monkeypatch):
+    """The paper's setting: three checkpoints, six tasks, triplets at first and last; planned from config.json,
+    from any working directory (the configs are given relative to the study file)."""
+    monkeypatch.chdir(tmp_path)
     study = load_study(ROOT / "examples" / example)
+    assert all(Path(m.config).is_absolute() and (Path(m.config) / "config.json").is_file() for m in study.models.values())
+    assert all(m.model.startswith("allenai/") for m in study.models.values())  # hub ids are kept as written
     steps = plan_steps(study)
     assert len(study.models) == 3 and len(study.tasks) == 6
     patch = [s for s in steps if s.analysis == "patch"]

@@ -1,7 +1,8 @@
 """A study: models × tasks × analyses with their options, read from YAML and validated before anything runs.
 
 A study file names the models (a label → a hub id, local directory, ``.gguf`` or ivlens name, optionally with a
-``config`` directory that stands in for the model in ``--dry-run``), the tasks, the options every model is
+``config`` directory that stands in for the model in ``--dry-run``; a path relative to the study file is read from
+there), the tasks, the options every model is
 loaded with, and one block of options per analysis::
 
     name: organism
@@ -120,4 +121,24 @@ def load_study(path: str | Path) -> StudySpec:
         raise StudyError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
     if not isinstance(data, dict):
         raise StudyError(f"{path}: a study file is a mapping with keys {', '.join(StudySpec.model_fields)}")
-    return StudySpec(**data)
+    return StudySpec(**_paths_from_the_file(data, path.resolve().parent))
+
+
+def _paths_from_the_file(data: dict, here: Path) -> dict:
+    """A model's ``model`` or ``config`` given as a path relative to the study file (``../tests/data/…``) made
+    absolute, so the study runs from any directory; hub ids, ivlens names and other paths are kept as written."""
+    models = data.get("models")
+    if not isinstance(models, dict):
+        return data
+
+    def resolved(value):
+        if isinstance(value, str) and not Path(value).is_absolute() and (here / value).exists():
+            return str((here / value).resolve())
+        return value
+
+    out = {}
+    for label, entry in models.items():
+        if isinstance(entry, dict):
+            entry = {k: resolved(v) if k in ("model", "config") else v for k, v in entry.items()}
+        out[label] = entry
+    return {**data, "models": out}
