@@ -161,6 +161,59 @@ def friendly_errors() -> Iterator[None]:
         raise typer.Exit(2) from None
 
 
+class RowsRateColumn(ProgressColumn):
+    """Rows per second."""
+
+    def render(self, task) -> Text:
+        return Text(f"{task.speed:,.0f} rows/s" if task.speed else "… rows/s", style="cyan")
+
+
+class RowsBar:
+    """A row sweep's bar (bar, done/total, rows per second, elapsed time, ETA) as a ``progress(done, total)``
+    callback, shown from the first report on (so input refused before any work prints its error line alone)."""
+
+    def __init__(self, console: Console, label: str):
+        self.console, self.label, self.bar, self.task_id = console, label, None, None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            self.bar = Progress(TextColumn(f"[bold]{self.label}"), BarColumn(), MofNCompleteColumn(),
+                                RowsRateColumn(), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                                console=self.console)
+            self.bar.start()
+            self.task_id = self.bar.add_task("rows", total=None)
+        self.bar.update(self.task_id, completed=done, total=total)
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def run_row_sweep(ctx: typer.Context, spec_cls: type[Spec], options: dict[str, Any], run, label: str, *,
+                  resume: Path | None, out: str | None, dry_run: bool, console: Console):
+    """The body the row-sweep commands (patch, steer) share: the spec from the options (or ``--resume``),
+    ``--dry-run``, the run with its rows bar, and a shard's closing line. Returns ``(spec, result)``; ``result``
+    is ``None`` when the command has nothing more to print (a dry run, a shard)."""
+    with friendly_errors():
+        spec = build_spec(ctx, spec_cls, options, resume, params={"models": "model", "format": "fmt"})
+        if dry_run:
+            from ivlens.dry_run import dry_run as print_dry_run
+
+            print_dry_run(spec)
+            return spec, None
+        if resume is not None:
+            console.print(f"resuming {resume}")
+        bar = RowsBar(console, label)
+        try:
+            res = run(spec, out=out, resume=resume, progress=bar)
+        finally:
+            bar.stop()
+    if spec.shard is not None:
+        shard_written(res.run.path, spec.shard)
+        return spec, None
+    return spec, res
+
+
 def shard_written(path: Path, shard: str) -> None:
     """What a sharded command prints instead of its tables."""
     console.print(f"shard {shard} written: {path} (join the shards with `ivlens merge RUN... --out DIR`)")

@@ -70,3 +70,27 @@ def test_gist_organism_resolves_by_name_and_loads(gist_cache, monkeypatch):
     assert resolve_organism("organism-dpo") == gist_cache / "organism" / ORGANISM_VERSION / "gist" / "dpo"
     lm = load_model("organism-sft")
     assert type(lm.model).__name__ == "Olmo2ForCausalLM" and lm.weight_hash
+
+
+def test_the_remote_programs_run_the_organism_as_the_torch_engine(gist_cache, monkeypatch, tmp_path):
+    """``--remote``'s nnsight programs, run locally on the built organism, give the torch engine's patch rows and
+    the torch IV collection's IVs (to 1e-5)."""
+    import numpy as np
+    from test_remote import assert_same_rows
+
+    from ivlens.models.load import load_model
+    from ivlens.ndif import local_model
+    from ivlens.patching import patch_sweep
+    from ivlens.probing.collect import collect_ivs, load_layer
+    from ivlens.probing.instructions import instruction_set
+
+    monkeypatch.setenv("IVLENS_CACHE", str(gist_cache))
+    lm = load_model("organism-dpo")
+    kw = dict(layers="single", positions="first,last", samples=4, split="heldout")
+    assert_same_rows(patch_sweep(lm, "adjectives", "adj_ant", **kw).rows,
+                     patch_sweep(local_model(lm), "adjectives", "adj_ant", **kw).rows)
+    rows = instruction_set(["adjectives"], "instructions", None, None, 4)
+    a = collect_ivs(lm, rows, tmp_path / "torch", layers=[0, 5])
+    b = collect_ivs(local_model(lm), rows, tmp_path / "nnsight", layers=[0, 5])
+    for layer in (0, 5):
+        np.testing.assert_allclose(load_layer(a.path, layer), load_layer(b.path, layer), atol=1e-5, rtol=0)

@@ -78,23 +78,6 @@ def test_iv_program_equals_torch_collection(arch, tmp_path):
         np.testing.assert_allclose(load_layer(a.path, layer), load_layer(b.path, layer), atol=1e-5, rtol=0)
 
 
-def test_organism_through_the_program(tmp_path):
-    from ivlens.models.load import load_model
-    from ivlens.organism.paths import resolve_organism
-
-    if resolve_organism("organism-dpo") is None:
-        pytest.skip("the model organisms are not built here (ivlens organism build)")
-    lm = load_model("organism-dpo")
-    kw = dict(layers="single", positions="first,last", samples=4, split="heldout")
-    assert_same_rows(patch_sweep(lm, "adjectives", "adj_ant", **kw).rows,
-                     patch_sweep(local_model(lm), "adjectives", "adj_ant", **kw).rows)
-    rows = instruction_set(["adjectives"], "instructions", None, None, 4)
-    a = collect_ivs(lm, rows, tmp_path / "torch", layers=[0, 5])
-    b = collect_ivs(local_model(lm), rows, tmp_path / "nnsight", layers=[0, 5])
-    for layer in (0, 5):
-        np.testing.assert_allclose(load_layer(a.path, layer), load_layer(b.path, layer), atol=1e-5, rtol=0)
-
-
 # ------------------------------------------------------------------------------------------- refusals
 def test_missing_key_is_one_clear_error(monkeypatch, tmp_path):
     monkeypatch.delenv("NDIF_API_KEY", raising=False)

@@ -10,53 +10,11 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.text import Text
 
 from ivlens.cli_common import RemoteOpt, ScoreOpt, ShardOpt
 from ivlens.specs import Backend, Correction, Dtype, Format, PatchMode, PatchTarget, Split
 
 log = logging.getLogger(__name__)
-
-
-class RateColumn(ProgressColumn):
-    """Rows per second."""
-
-    def render(self, task) -> Text:
-        return Text(f"{task.speed:,.0f} rows/s" if task.speed else "… rows/s", style="cyan")
-
-
-def progress_columns(console: Console | None = None) -> Progress:
-    """A rich progress bar for patched rows: bar, done/total, rows per second, elapsed time and ETA."""
-    return Progress(TextColumn("[bold]patch"), BarColumn(), MofNCompleteColumn(), RateColumn(), TimeElapsedColumn(),
-                    TextColumn("ETA"), TimeRemainingColumn(), console=console or Console(stderr=True))
-
-
-class _RowsBar:
-    """The rows bar as a ``progress(done, total)`` callback, shown from the first report on (so input refused
-    before any work prints its error line alone)."""
-
-    def __init__(self, console: Console):
-        self.console, self.bar, self.task_id = console, None, None
-
-    def __call__(self, done: int, total: int) -> None:
-        if self.bar is None:
-            self.bar = progress_columns(self.console)
-            self.bar.start()
-            self.task_id = self.bar.add_task("rows", total=None)
-        self.bar.update(self.task_id, completed=done, total=total)
-
-    def stop(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
 
 
 def patch(
@@ -103,7 +61,7 @@ def patch(
 ) -> None:
     """Localise instruction vectors: patch IVs of layer sets into targets, then interactions and figures."""
     from ivlens.api import run_patch
-    from ivlens.cli_common import build_spec, friendly_errors, shard_written
+    from ivlens.cli_common import run_row_sweep
     from ivlens.specs import PatchSpec
 
     options = {"models": tuple(model or ()), "task": task, "subtask": subtask, "layers": layers,
@@ -114,21 +72,10 @@ def patch(
                "dtype": dtype, "device": device, "threads": threads, "backend": backend, "figures": figures,
                "shard": shard, "remote": remote}
     console = Console(stderr=True)
-    with friendly_errors():
-        spec = build_spec(ctx, PatchSpec, options, resume, params={"models": "model", "format": "fmt"})
-        if dry_run:
-            from ivlens.dry_run import dry_run as print_dry_run
-
-            return print_dry_run(spec)
-        if resume is not None:
-            console.print(f"resuming {resume}")
-        bar = _RowsBar(console)
-        try:
-            res = run_patch(spec, out=out, resume=resume, progress=bar)
-        finally:
-            bar.stop()
-    if spec.shard is not None:
-        return shard_written(res.run.path, spec.shard)
+    spec, res = run_row_sweep(ctx, PatchSpec, options, run_patch, "patch", resume=resume, out=out, dry_run=dry_run,
+                              console=console)
+    if res is None:
+        return
     an = res.analysis
     best = an.single_layer.loc[an.single_layer.groupby(["model", "position"], sort=False)["mean"].idxmax()]
     for r in best.itertuples():

@@ -53,8 +53,7 @@ def steer(
 ) -> None:
     """Steer with IV directions: add α·v to the residual of query-only prompts, per layer and α (dose-response)."""
     from ivlens.api import run_steer
-    from ivlens.cli_common import build_spec, friendly_errors, shard_written
-    from ivlens.patching.cli import _RowsBar
+    from ivlens.cli_common import run_row_sweep
     from ivlens.specs import SteerSpec
 
     options = {"models": tuple(model or ()), "task": task, "subtask": subtask, "vectors": vectors,
@@ -63,21 +62,10 @@ def steer(
                "memory_budget": memory_budget, "chunk_size": chunk_size, "seed": seed, "dtype": dtype,
                "device": device, "threads": threads, "figures": figures, "shard": shard}
     console = Console(stderr=True)
-    with friendly_errors():
-        spec = build_spec(ctx, SteerSpec, options, resume, params={"models": "model", "format": "fmt"})
-        if dry_run:
-            from ivlens.dry_run import dry_run as print_dry_run
-
-            return print_dry_run(spec)
-        if resume is not None:
-            console.print(f"resuming {resume}")
-        bar = _RowsBar(console)
-        try:
-            res = run_steer(spec, out=out, resume=resume, progress=bar)
-        finally:
-            bar.stop()
-    if spec.shard is not None:
-        return shard_written(res.run.path, spec.shard)
+    spec, res = run_row_sweep(ctx, SteerSpec, options, run_steer, "steer", resume=resume, out=out, dry_run=dry_run,
+                              console=console)
+    if res is None:
+        return
     from ivlens.steering.analysis import best_per_layer
 
     for r in best_per_layer(res.dose).itertuples():
