@@ -6,6 +6,8 @@ Used only by the tests, to check :mod:`ivlens.patching.engine` and :func:`ivlens
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 
 
@@ -40,23 +42,37 @@ def source_ivs(model, ids) -> list[torch.Tensor]:
     return [out[i] for i in range(len(out))]
 
 
+@contextmanager
+def edited_layers(model, layers, edit):
+    """Forward hooks on the decoder layers ``layers`` that call ``edit(hidden, layer)`` on a clone of each layer's
+    output ``[batch, pos, d_model]`` (in place) and return it; removed on exit."""
+    handles = []
+    for layer_idx in layers:
+        def hook(_m, _inp, o, layer_idx=layer_idx):
+            t = (o[0] if isinstance(o, tuple) else o).clone()
+            edit(t, layer_idx)
+            return (t, *o[1:]) if isinstance(o, tuple) else t
+        handles.append(_layers(model)[layer_idx].register_forward_hook(hook))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _write_at(token, ivs):
+    """The patching edit: the layer's IV replaces the residual at ``token``."""
+    def edit(t, layer):
+        t[0, token] = ivs[layer]
+    return edit
+
+
 @torch.no_grad()
 def patched_logits(model, target_ids, ivs, layers, token) -> torch.Tensor:
     """Last-position logits ``[d_vocab]`` of the target with ``ivs[l]`` written at ``token`` after each layer
     ``l`` in ``layers`` (a forward hook replacing the layer's output)."""
-    handles = []
-    for layer_idx in layers:
-        def hook(_m, _inp, o, layer_idx=layer_idx):
-            t = o[0] if isinstance(o, tuple) else o
-            t = t.clone()
-            t[0, token] = ivs[layer_idx]
-            return (t, *o[1:]) if isinstance(o, tuple) else t
-        handles.append(_layers(model)[layer_idx].register_forward_hook(hook))
-    try:
+    with edited_layers(model, layers, _write_at(token, ivs)):
         return run_logits(model, target_ids)
-    finally:
-        for h in handles:
-            h.remove()
 
 
 @torch.no_grad()
@@ -65,19 +81,8 @@ def patched_continuation_logprob(model, prompt_ids, continuation, ivs, layers, t
     (of the prompt) after each layer of ``layers``: one hooked forward of ``prompt + continuation``, summing
     ``log softmax(logits[len(prompt) - 1 + i])[continuation[i]]`` in float64."""
     ids = list(prompt_ids) + list(continuation)
-    handles = []
-    for layer_idx in layers:
-        def hook(_m, _inp, o, layer_idx=layer_idx):
-            t = o[0] if isinstance(o, tuple) else o
-            t = t.clone()
-            t[0, token] = ivs[layer_idx]
-            return (t, *o[1:]) if isinstance(o, tuple) else t
-        handles.append(_layers(model)[layer_idx].register_forward_hook(hook))
-    try:
+    with edited_layers(model, layers, _write_at(token, ivs)):
         logits = model(input_ids=torch.tensor([ids])).logits[0].double()  # [pos, d_vocab]
-    finally:
-        for h in handles:
-            h.remove()
     logp = logits.log_softmax(-1)
     n = len(prompt_ids)
     return float(sum(logp[n - 1 + i, c] for i, c in enumerate(continuation)))

@@ -5,7 +5,7 @@ no caches, no batching). Used only by the tests, to check the engine's additive 
 from __future__ import annotations
 
 import torch
-from patching_reference import _layers, run_logits
+from patching_reference import edited_layers, run_logits
 
 
 @torch.no_grad()
@@ -13,16 +13,9 @@ def steered_logits(model, target_ids, vectors, layers, positions) -> torch.Tenso
     """Last-position logits ``[d_vocab]`` of the target with ``vectors[l]`` (``[d_model]``) added at every token of
     ``positions`` after each layer ``l`` in ``layers``."""
     idx = torch.tensor(list(positions))
-    handles = []
-    for layer_idx in layers:
-        def hook(_m, _inp, o, layer_idx=layer_idx):
-            t = o[0] if isinstance(o, tuple) else o
-            t = t.clone()
-            t[0, idx] = t[0, idx] + vectors[layer_idx]
-            return (t, *o[1:]) if isinstance(o, tuple) else t
-        handles.append(_layers(model)[layer_idx].register_forward_hook(hook))
-    try:
+
+    def add(t, layer):
+        t[0, idx] += vectors[layer]
+
+    with edited_layers(model, layers, add):
         return run_logits(model, target_ids)
-    finally:
-        for h in handles:
-            h.remove()

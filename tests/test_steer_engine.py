@@ -60,18 +60,7 @@ def test_zero_vector_is_the_clean_run_and_replace_spans():
     rep = patched_logits(adapter, clean, v, [RowSpec(0, 0, (2,), 1, 3)], edit="replace")[0]
     # reference: replacing = adding (v − current residual), with the current residual from the clean run
     delta = {2: v[0, 2] - clean.resid[2][0, -3:]}  # [3, d_model]: one difference per position
-    handles = []
-    layer = ref._layers(model)[2]
-
-    def hook(_m, _inp, o):
-        t = (o[0] if isinstance(o, tuple) else o).clone()
-        t[0, 1:4] = t[0, 1:4] + delta[2]
-        return (t, *o[1:]) if isinstance(o, tuple) else t
-    handles.append(layer.register_forward_hook(hook))
-    try:
-        want = ref.run_logits(model, targets[0])
-    finally:
-        handles[0].remove()
+    want = ref.steered_logits(model, targets[0], delta, (2,), range(1, 4))  # [3, d_model] added at 1..3
     torch.testing.assert_close(rep, want, atol=TOL, rtol=0)
 
 
