@@ -413,6 +413,9 @@ def organism_plans(size: str = "small", variant: str = "gist", measure: bool = T
     plan = train_plan(shape, stages, measure_prompts=3 * 2 * 110 * 16 if measure else 0, step_seconds=step_seconds,
                       model=f"organism-{variant} ({size})")
     add_startup(plan, shape, "float32")
+    from ivlens.organism.train import THREADS
+
+    plan.threads = THREADS
     plan.notes.append(f"{variant} variant, {shape.n_params / 1e6:.1f} M parameters; tokenizer training and data "
                       "generation not counted" + ("; training time from one timed step per stage" if time_steps else ""))
     return [plan]
@@ -465,6 +468,8 @@ def print_plans(plans: Sequence[Plan], shapes: Sequence[ModelShape], device: str
     total_s = 0.0
     for i, (p, shape) in enumerate(zip(plans, shapes, strict=True)):
         rates, note = measure_rates(shape, device, dtype, configs[i] if configs else None)
+        if p.threads:
+            rates = dataclasses.replace(rates, threads=p.threads)
         sec = seconds(p, rates)
         total_s += sec
         d = p.to_dict(rates)

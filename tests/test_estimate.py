@@ -341,3 +341,21 @@ def test_probe_plan_takes_measured_fits():
     assert seconds(p, busy) - seconds(p, idle) > p.serial_seconds  # one thread's share of a busy machine
     real, shuffled = probe_fit_latency(80, 16, 4), probe_fit_latency(80, 16, 4, shuffled=True)
     assert 0 < real < 5 and 0 < shuffled < 5
+
+
+def test_the_build_plan_runs_with_the_builds_threads():
+    """The organism build trains with a fixed thread count, whatever the machine: its plan says so, and the time
+    is computed with it (not with the dry run's own thread count)."""
+    import io
+
+    from rich.console import Console
+
+    from ivlens.dry_run import organism_plans, organism_shape, print_plans
+    from ivlens.organism.train import THREADS
+    from ivlens.scoped import torch_threads
+
+    assert THREADS != 1
+    with torch_threads(1):
+        plan, = organism_plans("tiny", time_steps=False)
+        out = print_plans([plan], [organism_shape("tiny")], console=Console(file=io.StringIO()))
+    assert plan.threads == THREADS and out["plans"][0]["rates"]["threads"] == THREADS

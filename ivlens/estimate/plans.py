@@ -116,6 +116,8 @@ class Plan:
     measured_seconds: float = 0.0
     measured_flops: float = 0.0
     serial_seconds: float = 0.0
+    #: torch threads the command runs with when it fixes them (the organism build); ``None``: the process's
+    threads: int | None = None
 
     @property
     def peak_bytes(self) -> int:
