@@ -151,6 +151,7 @@ def patch_plans(models: Sequence[str], task: str, subtask: str | None, *, layers
     ``score="answer"``: every sample's target runs once per candidate label, extended by that label's tokens
     (teacher-forced), so the engine's work is about ``k`` times the first-token sweep's for ``k`` candidates."""
     from ivlens.patching.plan import PatchPlan, resolve_position
+    from ivlens.patching.sweep import starts_with_bos
     from ivlens.tasks import instructed_prompt, instruction_prompt, label_token_ids, load_task, query_prompt
     from ivlens.tasks.prompts import AnswerCandidates
 
@@ -169,7 +170,7 @@ def patch_plans(models: Sequence[str], task: str, subtask: str | None, *, layers
             instructed = instructed_prompt(tok, t, s, sub.instruction, fmt)
             tgt = (query_prompt(tok, t, s, fmt, query_style=target) if mode == "transfer"
                    else instructed_prompt(tok, t, s, t.subtask(other).instruction, fmt))
-            has_bos = tok.bos_token_id is not None and len(tgt.input_ids) > 1 and tgt.input_ids[0] == tok.bos_token_id
+            has_bos = starts_with_bos(tok, tgt)
             pos = tuple(dict.fromkeys(resolve_position(p, len(tgt), t_inst=tgt.t_inst, has_bos=has_bos)
                                       for p in plan.positions))
             if not labels:
@@ -199,6 +200,7 @@ def steer_plans(spec, infos: Sequence[ModelInfo] | None = None) -> list[Plan]:
     (:func:`ivlens.estimate.plans.patch_plan`) with the engine's own count of the additive rows
     (:func:`ivlens.patching.engine.plan_work` with ``edit="add"``), plus the IV collection of the vectors."""
     from ivlens.patching.engine import RowSpec, plan_work
+    from ivlens.patching.sweep import starts_with_bos
     from ivlens.probing.collect import parse_layers
     from ivlens.probing.instructions import instruction_set
     from ivlens.steering.plan import parse_steer_positions, resolve_span
@@ -219,7 +221,7 @@ def steer_plans(spec, infos: Sequence[ModelInfo] | None = None) -> list[Plan]:
         targets, spans = [], {}
         for s in chosen:
             tgt = query_prompt(tok, t, s, spec.format, query_style=spec.target)
-            has_bos = tok.bos_token_id is not None and len(tgt.input_ids) > 1 and tgt.input_ids[0] == tok.bos_token_id
+            has_bos = starts_with_bos(tok, tgt)
             sp = tuple(resolve_span(p, len(tgt), has_bos=has_bos) for p in positions)
             spans[len(tgt), tuple(x[0] for x in sp)] = sp
             targets.append(PatchTarget(len(tgt), tuple(x[0] for x in sp),

@@ -96,7 +96,9 @@ class SweepResult:
     run: RunDir | None = None
 
 
-def _has_bos(tok, prompt: Prompt) -> bool:
+def starts_with_bos(tok, prompt: Prompt) -> bool:
+    """Whether ``prompt`` begins with the tokenizer's BOS and has a token after it (what the position names
+    ``bos`` / ``first`` resolve against)."""
     return tok.bos_token_id is not None and len(prompt.input_ids) > 1 and prompt.input_ids[0] == tok.bos_token_id
 
 
@@ -122,7 +124,7 @@ def prepare(lm: LoadedModel, task: Task, subtask: str, plan: PatchPlan, sample_i
             tgt = instructed_prompt(tok, task, s, task.subtask(other).instruction, fmt)
         label = s.answer(subtask)
         alt = s.answer(other) if other is not None else None
-        positions = tuple(resolve_position(p, len(tgt), t_inst=tgt.t_inst, has_bos=_has_bos(tok, tgt))
+        positions = tuple(resolve_position(p, len(tgt), t_inst=tgt.t_inst, has_bos=starts_with_bos(tok, tgt))
                           for p in plan.positions)
         out.append(SamplePrompts(
             sample=i, query=s.query, target=tgt, instructed=instructed, label=label,
@@ -140,7 +142,8 @@ def label_space_tokens(lm: LoadedModel, task: Task, subtask: str, instructed: Pr
     return torch.tensor(ids, dtype=torch.long)
 
 
-def _pad_id(lm: LoadedModel) -> int:
+def pad_token_id_of(lm: LoadedModel) -> int:
+    """The id the engine pads with: the tokenizer's pad token, else its EOS."""
     tok = lm.tokenizer
     return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
@@ -152,7 +155,7 @@ def clean_bytes_per_sample(lm: LoadedModel, n_tokens: int) -> int:
     return a.n_layers * n_tokens * per_token * a.embed.weight.element_size()
 
 
-def _passes(lm: LoadedModel, prompts: list[SamplePrompts], memory_budget: int,
+def engine_passes(lm: LoadedModel, prompts: list[SamplePrompts], memory_budget: int,
             sequences_per_sample: int = 1) -> list[list[int]]:
     """Split a chunk's samples into engine passes whose recorded clean runs (``sequences_per_sample`` per sample:
     one per candidate under answer scoring) take at most a quarter of the budget (rows of different targets never
@@ -187,7 +190,7 @@ def _chunk_rows(lm: LoadedModel, prompts: list[SamplePrompts], plan: PatchPlan, 
     parts: list[dict[str, np.ndarray]] = []
     base = []
     per_sample = len(candidates.labels) if candidates is not None else 1
-    for idx in _passes(lm, prompts, budget, per_sample):
+    for idx in engine_passes(lm, prompts, budget, per_sample):
         cols, b_recs = _pass_rows(lm, [prompts[b] for b in idx], plan, ivs, space, stats, batch_size, on_rows,
                                   run_rows, budget, candidates)
         parts.append(cols)
@@ -225,7 +228,7 @@ def _pass_rows(lm: LoadedModel, prompts: list[SamplePrompts], plan: PatchPlan, i
         got, base_t, base_i = first_token_scores_nnsight(
             lm, [p.target.input_ids for p in prompts], [p.instructed.input_ids for p in prompts],
             [p.positions for p in prompts], plan.layer_sets, ivs, torch.tensor([p.label_token for p in prompts]),
-            torch.tensor([p.alt_token for p in prompts]), space, _pad_id(lm), stats=stats, batch_size=batch_size,
+            torch.tensor([p.alt_token for p in prompts]), space, pad_token_id_of(lm), stats=stats, batch_size=batch_size,
             memory_budget=budget, on_rows=on_rows)
     elif candidates is None:
         got, base_t, base_i = _first_token_scores(lm, prompts, plan, ivs, space, stats, batch_size, on_rows,
@@ -273,7 +276,7 @@ def _first_token_scores(lm: LoadedModel, prompts: list[SamplePrompts], plan: Pat
                         on_rows: Callable[[int], None] | None, run_rows, budget: int):
     """Metrics of the label's first token: patched rows (sample, position, layer set order), target-only and
     instructed baselines per sample."""
-    adapter, pad = lm.adapter, _pad_id(lm)
+    adapter, pad = lm.adapter, pad_token_id_of(lm)
     clean = clean_run(adapter, [p.target.input_ids for p in prompts], pad, record=True, stats=stats)
     instr = clean_run(adapter, [p.instructed.input_ids for p in prompts], pad, record=False, stats=stats)
     specs = [RowSpec(b, 0, layers, tok_idx) for b, p in enumerate(prompts)
@@ -297,7 +300,7 @@ def _answer_scores(lm: LoadedModel, prompts: list[SamplePrompts], plan: PatchPla
     """Answer-level metrics: each sample's target (and instructed prompt) is extended by every candidate label,
     teacher-forced; the patched rows score all ``k`` candidates with the patch in place, and
     :func:`~ivlens.patching.metrics.answer_metrics` ranks the label among them."""
-    adapter, pad, tok = lm.adapter, _pad_id(lm), lm.tokenizer
+    adapter, pad, tok = lm.adapter, pad_token_id_of(lm), lm.tokenizer
     k = len(candidates.labels)
 
     def extended(prompt: Prompt) -> tuple[list[tuple[int, ...]], list[tuple[int, ...]]]:
@@ -339,7 +342,7 @@ def _answer_scores(lm: LoadedModel, prompts: list[SamplePrompts], plan: PatchPla
     return got, base_t, base_i
 
 
-class _ChunkProgress:
+class ChunkProgress:
     """Advances ``progress(done, total)`` batch by batch within one chunk (never past the chunk's end)."""
 
     def __init__(self, progress: Callable[[int, int], None] | None, start: int, end: int, total: int):
@@ -463,12 +466,12 @@ def patch_sweep(models: LoadedModel | str | Sequence[LoadedModel | str], task: T
                 if _through_nnsight(s_lm):
                     from .nnsight_rows import source_vectors_nnsight
 
-                    ivs = source_vectors_nnsight(s_lm, [src_ids], _pad_id(s_lm), stats=st)
+                    ivs = source_vectors_nnsight(s_lm, [src_ids], pad_token_id_of(s_lm), stats=st)
                 else:
-                    ivs = source_vectors(s_lm.adapter, [src_ids], _pad_id(s_lm), stats=st)
+                    ivs = source_vectors(s_lm.adapter, [src_ids], pad_token_id_of(s_lm), stats=st)
                 space = label_space_tokens(lm, task, subtask, prompts[0].instructed)
 
-            on_rows = _ChunkProgress(progress, done, done + n_rows, total)
+            on_rows = ChunkProgress(progress, done, done + n_rows, total)
             budget = resolve_memory_budget(memory_budget, device if device == "auto" else lm.device)
             cols, base = _chunk_rows(lm, prompts, plan, ivs, space, st, batch_size, on_rows, backend, budget,
                                      candidates)

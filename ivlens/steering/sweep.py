@@ -36,7 +36,14 @@ from ivlens.models.load import LoadedModel
 from ivlens.patching.engine import EngineStats, RowSpec, clean_run, patched_metrics
 from ivlens.patching.metrics import deltas, label_metrics
 from ivlens.patching.plan import PatchPlan
-from ivlens.patching.sweep import _ChunkProgress, _has_bos, _pad_id, _passes, label_space_tokens, prepare
+from ivlens.patching.sweep import (
+    ChunkProgress,
+    engine_passes,
+    label_space_tokens,
+    pad_token_id_of,
+    prepare,
+    starts_with_bos,
+)
 from ivlens.probing.collect import collect_ivs
 from ivlens.probing.instructions import instruction_set, organism_heldout
 from ivlens.probing.run import model_slug
@@ -87,12 +94,12 @@ def _rows_of_chunk(lm: LoadedModel, prompts, plan: SteerPlan, edits: torch.Tenso
     """Columns of the steered rows of one chunk (sample-major, then the plan's row order) and baseline records."""
     parts, base = [], []
     n_alpha = len(plan.alphas)
-    for idx in _passes(lm, prompts, budget):
+    for idx in engine_passes(lm, prompts, budget):
         ps = [prompts[b] for b in idx]
-        adapter, pad = lm.adapter, _pad_id(lm)
+        adapter, pad = lm.adapter, pad_token_id_of(lm)
         clean = clean_run(adapter, [p.target.input_ids for p in ps], pad, record=True, stats=stats)
         instr = clean_run(adapter, [p.instructed.input_ids for p in ps], pad, record=False, stats=stats)
-        spans = [{pos: resolve_span(pos, len(p.target), has_bos=_has_bos(lm.tokenizer, p.target))
+        spans = [{pos: resolve_span(pos, len(p.target), has_bos=starts_with_bos(lm.tokenizer, p.target))
                   for pos in plan.positions} for p in ps]
         specs = [RowSpec(b, v * n_alpha + a, (layer,), *spans[b][pos])
                  for b in range(len(ps)) for v, a, layer, pos in plan.rows]
@@ -195,7 +202,7 @@ def steer_sweep(lms: Sequence[LoadedModel], names: Sequence[str], task: Task, su
                                  target, fmt)
             if space is None:
                 space = label_space_tokens(lm, task, subtask, prompts[0].instructed)
-            on_rows = _ChunkProgress(progress, done, done + n_rows, total)
+            on_rows = ChunkProgress(progress, done, done + n_rows, total)
             cols, base = _rows_of_chunk(lm, prompts, plan, edits, space, st, batch_size, budget, on_rows)
             n = len(cols["sample"])
             rows_df = pd.DataFrame({**{k: np.repeat(np.array([v], dtype=object), n) for k, v in const.items()},
