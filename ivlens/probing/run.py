@@ -43,7 +43,7 @@ from ivlens.tasks.schema import Task
 from . import figures
 from .collect import IVStore, collect_ivs, parse_layers
 from .instructions import Varying, instruction_set, organism_heldout
-from .probes import ProbeConfig, class_cosine, lda_project, make_probe, pca_2d, probe_layer
+from .probes import ProbeConfig, class_cosine, lda_project, pca_2d, probe_layer, probe_layer_fitted
 from .weights import ProbeWeights
 
 log = logging.getLogger(__name__)
@@ -115,9 +115,11 @@ def analyse_store(store: IVStore, model: str, varying: Varying, cfg: ProbeConfig
     for layer in store.layers:
         X = store.load_layer(layer)  # [n, d_model]
         for probe, target, mask, y, groups, names in specs:
-            res = probe_layer(X[mask], y, groups, cfg)
-            if weights is not None:
-                weights.add_probe(probe, target, names, layer, make_probe(cfg).fit(X[mask], y))
+            if weights is not None:  # the refit on all rows joins the layer's batch of fits
+                res, refit = probe_layer_fitted(X[mask], y, groups, cfg)
+                weights.add_probe(probe, target, names, layer, refit)
+            else:
+                res = probe_layer(X[mask], y, groups, cfg)
             acc_rows.append({"model": model, "probe": probe, "target": target, "layer": layer, **asdict(res),
                              "selectivity": res.selectivity})
         base = labels[["row", "subtask", "split", "variant"]].rename(columns={"subtask": "class"})
