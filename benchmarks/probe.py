@@ -82,10 +82,10 @@ def collect(model: str, layers: list[int], out: Path) -> Path:
 def compare(ivs: Path, cfg: ProbeConfig, skip_old: bool) -> dict:
     """Old and new fits of every layer and probe of the stored IVs: CPU seconds and accuracy differences."""
     from ivlens.probing.collect import IVStore
-    from ivlens.probing.run import _probe_specs
+    from ivlens.probing.run import probe_specs
 
     store = IVStore(ivs)
-    specs = _probe_specs(store.labels(), "instructions")
+    specs = probe_specs(store.labels(), "instructions")
     t_old = t_new = 0.0
     diffs = {"cv_mean": 0.0, "shuffled_mean": 0.0, "heldout_acc": 0.0}
     rows = []

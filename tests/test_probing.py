@@ -4,17 +4,22 @@ controls, held-out evaluation, projections and cosine similarity against hand co
 from __future__ import annotations
 
 import numpy as np
+import probing_reference as ref
 import pytest
+import torch
 
+from ivlens.probing.lbfgs import batched_lbfgs
 from ivlens.probing.probes import (
     LogisticProbe,
     ProbeConfig,
+    ProbeFits,
     class_cosine,
     cv_accuracy,
     heldout_accuracy,
     lda_2d,
     pca_2d,
     probe_layer,
+    probe_layer_fitted,
     shuffled_cv_accuracy,
 )
 
@@ -134,3 +139,122 @@ def test_fit_leaves_the_input_unchanged():
     before = X.copy()
     LogisticProbe().fit(X, y)
     np.testing.assert_array_equal(X, before)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The batched, preconditioned fits against the former sequential ones (tests/probing_reference.py)
+
+def residual_like(n_per: int, d: int, n_classes: int, margin: float, seed: int = 0):
+    """Class clusters in a residual-stream-like space: a large common offset, a few directions of very large
+    variance (what made the plain problem ill-conditioned), isotropic noise. ``X [n, d] float32, y [n]``."""
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(n_classes), n_per)
+    dirs = rng.normal(size=(n_classes, d)) / np.sqrt(d)
+    X = rng.normal(size=(len(y), d)) + margin * np.sqrt(d) * dirs[y] / 4
+    big = rng.normal(size=(len(y), 8)) * np.array([60, 40, 30, 20, 15, 10, 8, 6])  # outlier directions
+    X += big @ np.linalg.qr(rng.normal(size=(d, 8)))[0].T + 20 * rng.normal(size=d)
+    return X.astype(np.float32), y
+
+
+def _assert_same_probes(X, y, groups, cfg=ProbeConfig()):
+    new, old = probe_layer(X, y, groups, cfg), ref.probe_layer(X, y, groups, cfg)
+    assert new.cv_mean == pytest.approx(old.cv_mean, abs=0.01)
+    assert new.shuffled_mean == pytest.approx(old.shuffled_mean, abs=0.01)
+    assert new.heldout_acc == pytest.approx(old.heldout_acc, abs=0.01)
+    assert (new.majority, new.heldout_majority, new.n, new.n_classes) == \
+        (old.majority, old.heldout_majority, old.n, old.n_classes)
+    np.testing.assert_allclose(cv_accuracy(X, y, cfg).folds, ref.cv_accuracy(X, y, cfg).folds, atol=0.01)
+    return new, old
+
+
+def test_batched_probes_match_the_sequential_fits_on_organism_like_ivs():
+    """n = 1000, d = 256 (the organism's d_model), 4 classes, the last quarter of each class held out: CV,
+    shuffled-label and held-out accuracies within 0.01 of the former one-LBFGS-per-fit probes, fold by fold."""
+    X, y = residual_like(250, 256, 4, margin=1.5)
+    groups = (np.arange(len(y)) % 250 >= 188).astype(int)
+    new, _ = _assert_same_probes(X, y, groups)
+    assert 0.8 < new.cv_mean < 1.0 and abs(new.shuffled_mean - 0.25) < 0.08  # a realistic, not a trivial, case
+
+
+def test_batched_probes_match_the_sequential_fits_with_fewer_rows_than_features():
+    """n < d (120 rows, 300 features, 3 classes): the preconditioner comes from the Gram side."""
+    X, y = residual_like(40, 300, 3, margin=2.0, seed=1)
+    _assert_same_probes(X, y, (np.arange(len(y)) % 40 >= 30).astype(int), ProbeConfig(folds=4))
+
+
+def test_heldout_split_without_a_class_matches_the_sequential_fit():
+    """A held-out group that takes every row of one class: that class is never predicted, as when the former probe
+    was fitted on the remaining rows only (its classes_ were those of the training rows)."""
+    X, y = separable(n_per=30, d=20, n_classes=3, margin=2.0)
+    groups = np.zeros(len(y), dtype=int)
+    groups[y == 2] = 1
+    groups[:10] = 1  # and a third of class 0
+    new, old = probe_layer(X, y, groups), ref.probe_layer(X, y, groups)
+    assert new.heldout_acc == pytest.approx(old.heldout_acc, abs=1e-12) and new.heldout_acc < 0.3
+
+
+def test_batched_fits_reach_the_reference_optimum():
+    """Every fit of a layer's batch (CV, shuffled, held-out, refit) ends at an objective no higher than the former
+    sequential fit's, within 1e-9, before the iteration limit (the former shuffled-label controls ran into it). Where the optimum is well conditioned (C = 0.05), the
+    coefficients agree within what the stopping rule |∇f| ≤ 1e-6 allows (under 1 % of the largest)."""
+    X, y = residual_like(100, 64, 3, margin=1.0, seed=2)
+    for C, well_conditioned in ((1.0, False), (0.05, True)):
+        cfg = ProbeConfig(C=C)
+        fits = ProbeFits(y)
+        fits.add_cv("cv", y, cfg, 0)
+        fits.add_cv("shuffled", np.random.default_rng(0).permutation(y), cfg, 1)
+        fits.add("refit", np.ones(len(y), dtype=bool), y)
+        _, _, batch, _ = fits.solve(X, cfg)
+        # converged, or stopped by |Δf| < 1e-10 just above the tolerance; never by the iteration limit
+        assert bool((batch.solver.iterations < cfg.max_iter).all()) and float(batch.solver.kkt.max()) < 1e-5
+        for p, (train, labels) in enumerate(zip(fits.train, fits.labels, strict=True)):
+            old = ref.SequentialProbe(C).fit(X[train], labels[train])
+            f_new = ref.objective(batch.coef[p], batch.intercept[p], X[train], labels[train], C)
+            f_old = ref.objective(old.coef_, old.intercept_, X[train], labels[train], C)
+            assert f_new <= f_old + 1e-9
+            if well_conditioned:  # in the standardised units of the objective, where |∇f| ≤ 1e-6 applies: each fit
+                # is within about √D · 1e-6 / λ of the minimiser (curvature ≥ λ = 1 / (C n) in W)
+                bound = 2 * np.sqrt(batch.coef[p].size) * 1e-6 * C * train.sum()
+                W_new, W_old = batch.coef[p] * batch.scale[p], old.coef_ * old.scale_
+                assert np.abs(W_new - W_old).max() <= bound < 1e-2 * np.abs(W_old).max()
+                b_new = batch.intercept[p] + batch.coef[p] @ batch.mean[p]
+                b_old = old.intercept_ + old.coef_ @ old.mean_
+                assert np.abs(b_new - b_old).max() <= bound
+
+
+def test_logistic_probe_is_the_batch_of_one():
+    """LogisticProbe.fit and the refit inside probe_layer_fitted solve the same problem: same weights."""
+    X, y = separable(n_per=30, d=24, n_classes=3, margin=1.0)
+    alone = LogisticProbe().fit(X, y)
+    _, refit = probe_layer_fitted(X, y)
+    np.testing.assert_allclose(refit.coef_, alone.coef_, rtol=1e-6, atol=1e-8)
+    np.testing.assert_array_equal(refit.classes_, alone.classes_)
+    np.testing.assert_allclose(refit.mean_, X.astype(np.float64).mean(0), atol=1e-9)
+
+
+def test_batched_lbfgs_solves_each_problem_as_if_alone():
+    """Independent strictly convex quadratics ½xᵀA_p x − b_pᵀx: the batch reaches A_p⁻¹b_p, and a problem solved in a
+    batch takes the same iterates as solved alone (its state is its own)."""
+
+    g = torch.Generator().manual_seed(0)
+    P, D = 5, 12
+    B = torch.randn(P, D, D, generator=g, dtype=torch.float64)
+    A = B @ B.transpose(1, 2) + torch.linspace(0.01, 1, P, dtype=torch.float64)[:, None, None] * torch.eye(D)
+    rhs = torch.randn(P, D, generator=g, dtype=torch.float64)
+
+    def objective(x, problems, with_grad):
+        Ax = torch.einsum("pij,pj->pi", A[problems], x)
+        f = 0.5 * (x * Ax).sum(1) - (rhs[problems] * x).sum(1)
+        if not with_grad:
+            return f, None, None
+        grad = Ax - rhs[problems]
+        return f, grad, grad.abs().amax(1)
+
+    res = batched_lbfgs(objective, torch.zeros(P, D, dtype=torch.float64), tol_grad=1e-10, tol_change=0)
+    assert bool(res.converged.all())
+    torch.testing.assert_close(res.x, torch.linalg.solve(A, rhs), rtol=1e-7, atol=1e-7)
+    for p in range(P):
+        alone = batched_lbfgs(lambda x, _, w, p=p: objective(x, torch.tensor([p]), w),
+                              torch.zeros(1, D, dtype=torch.float64), tol_grad=1e-10, tol_change=0)
+        assert int(alone.iterations[0]) == int(res.iterations[p])
+        torch.testing.assert_close(alone.x[0], res.x[p], rtol=1e-12, atol=1e-12)

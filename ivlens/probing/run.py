@@ -63,8 +63,8 @@ def model_slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "model"
 
 
-def _probe_specs(labels: pd.DataFrame, varying: Varying
-                 ) -> list[tuple[str, str, np.ndarray, np.ndarray, np.ndarray | None, list[str]]]:
+def probe_specs(labels: pd.DataFrame, varying: Varying
+                ) -> list[tuple[str, str, np.ndarray, np.ndarray, np.ndarray | None, list[str]]]:
     """``(probe, target, row mask, y, heldout groups, class names)`` for every probe of one model."""
     specs = []
     groups_all = ((labels.split == "heldout").astype(int).to_numpy() if varying == "instructions"
@@ -108,7 +108,7 @@ def analyse_store(store: IVStore, model: str, varying: Varying, cfg: ProbeConfig
         ``(accuracy, projections, similarity)`` tables (see the module docstring).
     """
     labels = store.labels()
-    specs = _probe_specs(labels, varying)
+    specs = probe_specs(labels, varying)
     classes = sorted(labels.subtask.unique())
     y_all = pd.Categorical(labels.subtask, categories=classes).codes.astype(np.int64)
     acc_rows, proj_frames, sim_rows = [], [], []
