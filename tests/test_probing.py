@@ -258,3 +258,46 @@ def test_batched_lbfgs_solves_each_problem_as_if_alone():
                               torch.zeros(1, D, dtype=torch.float64), tol_grad=1e-10, tol_change=0)
         assert int(alone.iterations[0]) == int(res.iterations[p])
         torch.testing.assert_close(alone.x[0], res.x[p], rtol=1e-12, atol=1e-12)
+
+
+def _quadratics(P: int = 4, D: int = 12, seed: int = 0):
+    """Independent strictly convex quadratics ``½xᵀA_p x − b_pᵀx`` (condition numbers 30 to 4,000) and their minimisers."""
+    g = torch.Generator().manual_seed(seed)
+    B = torch.randn(P, D, D, generator=g, dtype=torch.float64)
+    A = B @ B.transpose(1, 2) + torch.logspace(-2, 0, P, dtype=torch.float64)[:, None, None] * torch.eye(D)
+    rhs = torch.randn(P, D, generator=g, dtype=torch.float64)
+    return A, rhs, torch.linalg.solve(A, rhs)
+
+
+def _quadratic_objective(A, rhs, scale: float = 1.0, offset: float = 0.0):
+    def objective(x, problems, with_grad):
+        Ax = torch.einsum("pij,pj->pi", A[problems], x)
+        f = offset + scale * (0.5 * (x * Ax).sum(1) - (rhs[problems] * x).sum(1))
+        if not with_grad:
+            return f, None, None
+        grad = scale * (Ax - rhs[problems])
+        return f, grad, grad.abs().amax(1)
+    return objective
+
+
+def test_batched_lbfgs_is_scale_free():
+    """The same quadratics multiplied by 1e-12 converge to the same minimisers, to a tolerance scaled alike: the
+    curvature pairs are kept by a scale-free test (sᵀy > 1e-10 |s| |y|; torch.optim.LBFGS's absolute sᵀy > 1e-10
+    drops every pair of so flat a problem and leaves steepest descent, which stops far off in 200 iterations)."""
+    A, rhs, x_star = _quadratics()
+    res = batched_lbfgs(_quadratic_objective(A, rhs, scale=1e-12), torch.zeros_like(rhs), tol_grad=1e-22,
+                        tol_change=0)
+    assert bool(res.converged.all()) and int(res.iterations.max()) < 200
+    torch.testing.assert_close(res.x, x_star, rtol=1e-7, atol=1e-7)
+
+
+def test_batched_lbfgs_converges_below_what_f_resolves():
+    """|∇f| ≤ 1e-11 on quadratics with condition numbers up to 4,000: near the minimiser the changes of f (~|∇f|²/λ)
+    are below float64's rounding of f, so Armijo comparisons are noise; the line search then accepts the unit step
+    by its slope, and with the scale-free pair test every problem converges (the former rules converged none of
+    the four in 200 iterations, either rule alone at most one)."""
+    A, rhs, x_star = _quadratics(seed=1)
+    res = batched_lbfgs(_quadratic_objective(A, rhs), torch.zeros_like(rhs), tol_grad=1e-11, tol_change=0)
+    assert bool(res.converged.all()) and int(res.iterations.max()) < 100
+    torch.testing.assert_close(res.x, x_star, rtol=1e-9, atol=1e-9)
+

@@ -10,11 +10,14 @@ only shares the loop.
 Per problem ``p`` with iterate ``x_p: [D]``, one iteration:
 
 1. direction ``d_p = −H_p g_p`` by the L-BFGS two-loop recursion over its last ``history`` pairs
-   ``(s, y)`` (initial scaling ``γ = sᵀy / yᵀy`` of its newest pair; a pair with ``sᵀy ≤ 1e-10`` is skipped, as
-   in ``torch.optim.LBFGS``);
-2. backtracking line search from ``t = 1`` until the Armijo condition ``f(x + t d) ≤ f(x) + 1e-4 · t · gᵀd``
-   holds (for a convex objective this with the skipped-pair rule keeps ``H_p`` positive definite; a strong-Wolfe
-   search would cost extra gradient evaluations and changes nothing at the optimum);
+   ``(s, y)`` (initial scaling ``γ = sᵀy / yᵀy`` of its newest pair; a pair with ``sᵀy ≤ 1e-10 |s| |y|`` is skipped:
+   ``torch.optim.LBFGS`` 's absolute ``sᵀy ≤ 1e-10`` skips every pair near the optimum and stalls there);
+2. backtracking line search (halving) from ``t = 1`` until the Armijo condition
+   ``f(x + t d) ≤ f(x) + 1e-4 · t · gᵀd`` holds. Where ``f`` no longer changes beyond float64 rounding
+   (``|Δf| ≤ 1e-12 |f|``) the unit step is accepted by its slope instead, ``g(x + d)ᵀd ≤ 0.8 |gᵀd|`` (Hager and
+   Zhang's approximate Wolfe condition), so the gradient keeps converging where ``f`` comparisons cannot tell.
+   (For a convex objective the skipped-pair rule keeps ``H_p`` positive definite; a strong-Wolfe search would
+   cost extra gradient evaluations and changes nothing at the optimum.)
 3. the problem stops when its own optimality measure ``kkt_p`` (the objective returns it, e.g. the largest
    gradient entry in the problem's natural coordinates) is at most ``tol_grad``, when ``|Δf| < tol_change`` or
    the step's largest entry is below ``tol_change`` (no more progress in float64), or after ``max_iter``
@@ -39,6 +42,7 @@ import torch
 Objective = Callable[[torch.Tensor, torch.Tensor, bool], tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]]
 
 ARMIJO = 1e-4  # sufficient-decrease constant of the line search
+ROUNDING = 1e-12  # a change of f below this share of |f| is float64 noise (of a sum over many rows)
 MAX_BACKTRACKS = 40  # halvings of the step before a problem is declared stalled (t = 2⁻⁴⁰)
 
 
@@ -113,7 +117,10 @@ def batched_lbfgs(objective: Objective, x0: torch.Tensor, *, max_iter: int = 200
         t = x.new_ones(len(ids))
         f_new, g_new, kkt_new = objective(x + d, ids, True)  # the unit step is accepted almost always
         evaluations += 1
-        failing = f_new > f + ARMIJO * t * gd
+        # near the optimum f's changes drown in rounding: there accept the unit step by its slope instead
+        # (Hager & Zhang's approximate Wolfe condition: φ'(1) ≤ (1 − 2δ)|φ'(0)|, δ = 0.1, exact for quadratics)
+        flat = (f_new <= f + ROUNDING * f.abs()) & ((g_new * d).sum(1) <= -0.8 * gd)
+        failing = (f_new > f + ARMIJO * t * gd) & ~flat
         backtracked = failing.clone()
         for _ in range(MAX_BACKTRACKS):
             if not bool(failing.any()):
@@ -131,7 +138,7 @@ def batched_lbfgs(objective: Objective, x0: torch.Tensor, *, max_iter: int = 200
         y = g_new - g
         sy = (step * y).sum(1)  # [p]
         slot = it % history
-        keep = sy > 1e-10
+        keep = sy > 1e-10 * step.norm(dim=1) * y.norm(dim=1)  # curvature along the step (scale-free test)
         S[:, slot], Y[:, slot] = step, y
         rho[:, slot] = torch.where(keep, 1.0 / sy.clamp_min(1e-300), torch.zeros_like(sy))
         gamma = torch.where(keep, sy / (y * y).sum(1).clamp_min(1e-300), gamma)
