@@ -103,8 +103,11 @@ def heldout_accuracy(X: np.ndarray, y: np.ndarray, train_mask: np.ndarray, cfg: 
     return float((probe.predict(X[te]) == y[te]).mean()), majority_accuracy(y[train_mask], y[te])
 
 
-def probe_layer(X: np.ndarray, y: np.ndarray, heldout_groups: np.ndarray | None = None,
-                cfg: ProbeConfig = ProbeConfig()) -> LayerProbe:
+def layer_accuracies(X: np.ndarray, y: np.ndarray, heldout_groups: np.ndarray | None = None,
+                     cfg: ProbeConfig = ProbeConfig()) -> dict[str, np.ndarray]:
+    """Every fit's test accuracy of one layer's probe, fit after fit, in the order of
+    :func:`ivlens.probing.probes.layer_fits`: ``cv`` and ``shuffled`` fold by fold, ``heldout`` group by group
+    (with the majority baselines ``cv_majority`` and ``heldout_majority``)."""
     cv = cv_accuracy(X, y, cfg)
     sh = shuffled_cv_accuracy(X, y, cfg)
     accs, majs = [], []
@@ -114,7 +117,19 @@ def probe_layer(X: np.ndarray, y: np.ndarray, heldout_groups: np.ndarray | None 
             if not np.isnan(a):
                 accs.append(a)
                 majs.append(m)
-    nan = float("nan")
-    return LayerProbe(cv.mean, cv.std, sh.mean, sh.std, float(cv.majority.mean()),
-                      float(np.mean(accs)) if accs else nan, float(np.std(accs)) if accs else nan,
-                      float(np.mean(majs)) if majs else nan, len(y), len(np.unique(y)))
+    return {"cv": cv.folds, "cv_majority": cv.majority, "shuffled": sh.folds, "heldout": np.array(accs),
+            "heldout_majority": np.array(majs)}
+
+
+def summary(acc: dict[str, np.ndarray], y: np.ndarray) -> LayerProbe:
+    """The :class:`LayerProbe` row of :func:`layer_accuracies`' fits."""
+    ho, nan = acc["heldout"], float("nan")
+    return LayerProbe(float(acc["cv"].mean()), float(acc["cv"].std()), float(acc["shuffled"].mean()),
+                      float(acc["shuffled"].std()), float(acc["cv_majority"].mean()),
+                      float(ho.mean()) if len(ho) else nan, float(ho.std()) if len(ho) else nan,
+                      float(acc["heldout_majority"].mean()) if len(ho) else nan, len(y), len(np.unique(y)))
+
+
+def probe_layer(X: np.ndarray, y: np.ndarray, heldout_groups: np.ndarray | None = None,
+                cfg: ProbeConfig = ProbeConfig()) -> LayerProbe:
+    return summary(layer_accuracies(X, y, heldout_groups, cfg), y)

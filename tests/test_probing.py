@@ -16,6 +16,7 @@ from ivlens.probing.probes import (
     class_cosine,
     cv_accuracy,
     heldout_accuracy,
+    layer_fits,
     lda_2d,
     pca_2d,
     probe_layer,
@@ -301,3 +302,72 @@ def test_batched_lbfgs_converges_below_what_f_resolves():
     assert bool(res.converged.all()) and int(res.iterations.max()) < 100
     torch.testing.assert_close(res.x, x_star, rtol=1e-9, atol=1e-9)
 
+
+# ---------------------------------------------------------------------------------------------------------------
+# Equal results on instruction vectors as ivlens collects them: every layer, every probe, real and shuffled labels
+
+KINDS = ("cv", "shuffled", "heldout")
+
+
+def assert_equal_to_former_fits(X: np.ndarray, y: np.ndarray, groups: np.ndarray | None, where: str,
+                                cfg: ProbeConfig = ProbeConfig()) -> dict[str, float]:
+    """One layer's probe fitted as :func:`probe_layer` fits it (one batch) and fit after fit as ivlens did before
+    (tests/probing_reference.py): every CV fold's accuracy within 0.01, and the layer's CV, shuffled-label and
+    held-out means within 0.01 (a shuffled-label fold may move by a test row or two: the former fits stopped
+    unconverged at the iteration limit). Returns the largest differences."""
+    fits = layer_fits(y, groups, cfg)
+    acc, _, batch, _ = fits.solve(X, cfg)
+    new = {k: acc[fits.rows(k)] for k in KINDS}
+    old = ref.layer_accuracies(X, y, groups, cfg)
+    assert bool((batch.solver.iterations < cfg.max_iter).all()), where  # every batched fit converged
+    diff = {k: float(np.abs(new[k] - old[k]).max()) if len(old[k]) else 0.0 for k in KINDS}
+    assert diff["cv"] <= 0.01, (where, new["cv"], old["cv"])
+    for k in KINDS:
+        assert len(new[k]) == len(old[k]), where
+        if len(old[k]):
+            diff[f"{k}_mean"] = abs(float(new[k].mean() - old[k].mean()))
+            assert diff[f"{k}_mean"] <= 0.01, (where, k, new[k], old[k])
+    return diff
+
+
+def collected_ivs(loaded, out, layers: list[int] | None = None, max_per_subtask: int | None = None):
+    """The IVs of adjectives + animals (the main job's probe step) collected from ``loaded`` into ``out``, and the
+    probes ``ivlens probe`` fits on them."""
+    from ivlens.probing.collect import collect_ivs
+    from ivlens.probing.instructions import instruction_set
+    from ivlens.probing.run import probe_specs
+
+    rows = instruction_set(["adjectives", "animals"], "instructions", max_per_subtask=max_per_subtask)
+    store = collect_ivs(loaded, rows, out, layers=layers)
+    return store, probe_specs(store.labels(), "instructions")
+
+
+def test_batched_probes_equal_the_former_fits_on_collected_ivs_at_every_layer(tmp_path):
+    """IVs collected from a random OLMo-2 (4 layers, d_model 64) on the instructions of adjectives and animals
+    (400 rows): at every layer, for each probe the run fits (all, task:adjectives, task:animals), the batched fits
+    give the former fits' accuracies (CV folds, shuffled-label and held-out means within 0.01)."""
+    from ivlens.models.load import LoadedModel
+    from ivlens.testing.tiny import tiny_model, tiny_tokenizer
+
+    loaded = LoadedModel.wrap(tiny_model("olmo2"), tiny_tokenizer(), "tiny")
+    store, specs = collected_ivs(loaded, tmp_path / "ivs", max_per_subtask=100)
+    assert store.layers == [0, 1, 2, 3] and [s[0] for s in specs] == ["all", "task:adjectives", "task:animals"]
+    for layer in store.layers:
+        X = store.load_layer(layer)
+        for probe, _, mask, y, groups, _ in specs:
+            assert_equal_to_former_fits(X[mask], y, groups, f"layer {layer} {probe}")
+
+
+@pytest.mark.slow
+def test_batched_probes_equal_the_former_fits_on_smollm2_ivs(tmp_path):
+    """SmolLM2-135M-Instruct's IVs (d_model 576, a few directions of very large variance: the ill-conditioned case
+    the preconditioner is for) at four layers, 400 instructions of adjectives and animals: each probe's CV folds,
+    shuffled-label and held-out means within 0.01 of the former fits."""
+    from ivlens.models.load import load_model
+
+    store, specs = collected_ivs(load_model("smollm2-135m-instruct"), tmp_path / "ivs", layers=[0, 10, 20, 29],
+                                 max_per_subtask=100)
+    for layer in store.layers:
+        X = store.load_layer(layer)
+        for probe, _, mask, y, groups, _ in specs:
+            assert_equal_to_former_fits(X[mask], y, groups, f"layer {layer} {probe}")

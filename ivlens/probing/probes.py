@@ -52,7 +52,7 @@ class ProbeConfig:
     folds: int = 5  # stratified k-fold CV; lowered to the smallest class size when a class is smaller
     C: float = 1.0  # inverse L2 strength: loss = mean cross-entropy + ||W||^2 / (2 C n), as in sklearn
     max_iter: int = 200  # L-BFGS iterations per fit (preconditioned, convergence takes ~30-90)
-    n_shuffles: int = 1  # shuffled-label controls averaged
+    n_shuffles: int = 1  # shuffled-label permutations averaged (one is enough for a chance baseline: docs/concepts.md)
     seed: int = 0
 
 
@@ -352,8 +352,10 @@ def probe_layer_fitted(X: np.ndarray, y: np.ndarray, heldout_groups: np.ndarray 
     return res, refit
 
 
-def _probe_layer(X: np.ndarray, y: np.ndarray, heldout_groups: np.ndarray | None, cfg: ProbeConfig, refit: bool
-                 ) -> tuple[LayerProbe, LogisticProbe | None]:
+def layer_fits(y: np.ndarray, heldout_groups: np.ndarray | None, cfg: ProbeConfig, refit: bool = False) -> ProbeFits:
+    """Every fit of one layer's probe, as :func:`probe_layer` solves them: the CV folds (``cv``), the folds of each
+    shuffled-label control (``shuffled``), one held-out split per group (``heldout``) and, with ``refit``, the fit
+    on all rows (``refit``). ``ProbeFits.solve(X, cfg)`` then gives every fit's accuracy (fold by fold)."""
     fits = ProbeFits(y)
     fits.add_cv("cv", y, cfg, cfg.seed)
     _shuffles(fits, y, cfg)
@@ -364,6 +366,12 @@ def _probe_layer(X: np.ndarray, y: np.ndarray, heldout_groups: np.ndarray | None
                 fits.add("heldout", train, y)
     if refit:
         fits.add("refit", np.ones(len(y), dtype=bool), y)
+    return fits
+
+
+def _probe_layer(X: np.ndarray, y: np.ndarray, heldout_groups: np.ndarray | None, cfg: ProbeConfig, refit: bool
+                 ) -> tuple[LayerProbe, LogisticProbe | None]:
+    fits = layer_fits(y, heldout_groups, cfg, refit)
     acc, maj, fit, classes = fits.solve(X, cfg)
     cv, sh, ho = fits.rows("cv"), fits.rows("shuffled"), fits.rows("heldout")
     nan = float("nan")
