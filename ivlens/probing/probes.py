@@ -14,7 +14,7 @@ Pure functions on one layer's activations ``X: [n, d_model]`` and integer class 
   (:class:`ivlens.probing.logistic.LogisticBatch`, :mod:`ivlens.probing.lbfgs`): one matrix product for all fits,
   preconditioned L-BFGS, analytic gradients. The fits are independent and convex and keep their own optimiser
   state, so each reaches the minimiser it would reach alone; batching and preconditioning change the path and the
-  cost, not the objective. On SmolLM2's IVs this is ~7× less CPU than one ``torch.optim.LBFGS`` run per fit
+  cost, not the objective. On the organisms' IVs this is 5.9× less CPU than one ``torch.optim.LBFGS`` run per fit
   (``benchmarks/probe.py``), and the shuffled-label controls now converge (``|∇f| ≤ 1e-6``) where they used to
   stop at the 200-iteration limit. The probe is our own rather than sklearn's ``LogisticRegression``: sklearn's
   multinomial loss took ~0.1 s per L-BFGS step at n=1280 on this machine.
