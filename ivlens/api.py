@@ -406,7 +406,8 @@ def run_organism(spec: OrganismSpec, *, out: str | Path | None = None, progress:
     from .runs import atomic_write_text
 
     directory = build_organism(out=Path(out) if out is not None else None, seed=spec.seed, size=spec.size,
-                               variant=spec.variant, force=spec.force, measure=spec.measure, progress=progress)
+                               variant=spec.variant, force=spec.force, measure=spec.measure, progress=progress,
+                               threads=spec.threads)
     card = read_card(directory)
     if card.get("spec_hash") != spec.hash():
         card.update(spec=spec.model_dump(mode="json"), spec_hash=spec.hash())

@@ -216,6 +216,10 @@ def run_cmd(
     import pandas as pd
 
     console.print(frame_table(pd.DataFrame(rows), title=f"study {study.name}", floatfmt="{:.1f}"))
+    from ivlens.organism.card import study_organism_warnings
+
+    for line in study_organism_warnings(result.directory):
+        err_console.print(f"[bold yellow]warning:[/] {line}", highlight=False)
     console.print(f"[bold green]study finished.[/] results: {result.directory}")
     console.print(f"report: {result.report}")
 

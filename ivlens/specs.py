@@ -381,6 +381,7 @@ class OrganismSpec(Spec):
     variant: OrganismVariant = "gist"
     force: bool = False
     measure: bool = True
+    threads: int = Field(2, ge=1, le=256)  # torch threads the build trains on (its numerics depend on them)
 
 
 SPECS: dict[str, type[Spec]] = {s.analysis: s for s in (EvalSpec, PatchSpec, ProbeSpec, TraceSpec, OrganismSpec,
