@@ -137,6 +137,11 @@ def test_did_pairs_the_samples_both_models_traced():
     rows = selectivity_rows({"base": base, "post": post}, base="base")
     assert {r["n_paired"] for r in rows if r["model"] == "post"} == {15}
     assert {r["did"] for r in rows if r["model"] == "post"} == {0.0}
+    apart = ModelQuartets(base.samples + 100, base.sims, base.tv, base.changed)  # no sample in common
+    rows = selectivity_rows({"base": base, "apart": apart}, base="base")
+    assert {r["did_verdict"] for r in rows if r["model"] == "apart"} == {
+        "not comparable (0 samples in common with the base model)"}
+    assert "against base: not comparable" in verdict_sentences(rows)["apart"]
 
 
 def test_a_model_row_does_not_depend_on_the_other_models():

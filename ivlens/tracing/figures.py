@@ -150,10 +150,10 @@ def draw_selectivity(fig, table, models: Sequence[str], colours: Mapping[str, st
             if m == base:
                 ax.text(0.5, 0.5, f"{base}: the base model\n(the others' gaps minus its gap below)", ha="center",
                         va="center", transform=ax.transAxes, fontsize=8, color="grey")
-                ax.tick_params(left=False, labelleft=False)
             else:
-                _errorbars(ax, x, t["did"].to_numpy(), t.did_lo.to_numpy(), t.did_hi.to_numpy(),
-                           (t.did_verdict != "no more than base").to_numpy(), colours[m], "difference in differences")
+                verdict = t.did_verdict.isin(["more selective than base", "less selective than base"])
+                _errorbars(ax, x, t["did"].to_numpy(), t.did_lo.to_numpy(), t.did_hi.to_numpy(), verdict.to_numpy(),
+                           colours[m], "difference in differences")
             ax.grid(alpha=0.3)
             if j == 0:
                 ax.set_ylabel(f"gap − {base}'s gap", fontsize=8)

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -256,10 +255,13 @@ def _did(post: ModelQuartets, base: ModelQuartets, alpha: float, level: float, s
     """Per layer: the difference in differences ``gap_post − gap_base`` on the samples both models traced."""
     common, ip, ib = np.intersect1d(post.samples, base.samples, return_indices=True)
     L = post.n_layers
-    if base.n_layers != L:
-        reason = f"the base model has {base.n_layers} layers, this one {L}"
-        return [{"n_paired": 0, "did": math.nan, "did_lo": math.nan, "did_hi": math.nan, "p_did": math.nan,
-                 "p_did_adj": math.nan, "did_verdict": f"not comparable ({reason})"} for _ in range(L)]
+    reason = (f"the base model has {base.n_layers} layers, this one {L}" if base.n_layers != L else
+              f"{len(common)} sample{'' if len(common) == 1 else 's'} in common with the base model"
+              if len(common) < 2 else None)
+    if reason is not None:
+        return [{"n_paired": len(common) if base.n_layers == L else 0, "did": math.nan, "did_lo": math.nan,
+                 "did_hi": math.nan, "p_did": math.nan, "p_did_adj": math.nan,
+                 "did_verdict": f"not comparable ({reason})"} for _ in range(L)]
     d = matching_gaps(post.sims[ip])[:, 0] - matching_gaps(base.sims[ib])[:, 0]  # [n_paired, layer]
     lo, hi = bootstrap_mean_ci(d, level, _rng(seed, "did"), n_boot)
     p = sign_flip_test(d, _rng(seed, "flip"), n_perm)
@@ -291,40 +293,28 @@ def verdict_sentences(rows: list[dict]) -> dict[str, str]:
     """``{model: one sentence}`` saying what the table supports, generated from its verdicts (for the printed
     summary and the report)."""
     out = {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for name in dict.fromkeys(r["model"] for r in rows):
-            mine = [r for r in rows if r["model"] == name]
-            sel = [r["layer"] for r in mine if r["selective"]]
-            L, level = len(mine), mine[0]["ci_level"]
-            gaps = ", ".join(f"{r['gap']:.2f}" for r in mine)
-            s = (f"{name}: gap (same instruction − different) by layer {gaps}; "
-                 + (f"selective at layer{'s' if len(sel) > 1 else ''} {layer_ranges(sel)}" if sel else
-                    "selective at no layer")
-                 + f" of {L} ({mine[0]['correction']}-corrected permutation p < {mine[0]['alpha']:g} and "
-                 f"{level:.1%} CI above 0, n = {mine[0]['n']})")
-            if mine[0]["is_base"]:
-                s += "; the base model"
-            elif mine[0]["base"] is not None and mine[0]["n_paired"]:
-                more = [r["layer"] for r in mine if r["did_verdict"] == "more selective than base"]
-                less = [r["layer"] for r in mine if r["did_verdict"] == "less selective than base"]
-                same = [r["layer"] for r in mine if r["did_verdict"] == "no more than base"]
-                parts = []
-                if more:
-                    parts.append(f"more selective than {mine[0]['base']} at {layer_ranges(more)}")
-                if less:
-                    parts.append(f"less selective than {mine[0]['base']} at {layer_ranges(less)}")
-                if same:
-                    parts.append(f"no more than {mine[0]['base']} at {layer_ranges(same)}")
-                dids = ", ".join(f"{r['did']:+.2f}" for r in mine)
-                s += f"; difference in differences {dids}: " + ", ".join(parts)
-            elif mine[0]["base"] is not None:
-                s += f"; {mine[0]['did_verdict']}"
-            rate = mine[0]["answer_change_rate"]
-            tracks = [r["layer"] for r in mine if r["tracks_behaviour"]]
-            s += (f"; greedy answer changes between A and B in {rate:.0%} of samples; graph distance tracks the "
-                  "change of the next-token distribution "
-                  + (f"at layer{'s' if len(tracks) > 1 else ''} {layer_ranges(tracks)}" if tracks else "at no layer")
-                  + ".")
-            out[name] = s
+    for name in dict.fromkeys(r["model"] for r in rows):
+        mine = sorted((r for r in rows if r["model"] == name), key=lambda r: r["layer"])
+        first = mine[0]
+        sel = [r["layer"] for r in mine if r["selective"]]
+        gaps = ", ".join(f"{r['gap']:+.2f}" for r in mine)
+        s = (f"{name}{' (base model)' if first['is_base'] else ''}: gap (same instruction − different) by layer "
+             f"{gaps}; selective at " + (f"layer{'s' if len(sel) > 1 else ''} {layer_ranges(sel)}" if sel else "no layer")
+             + f" of {len(mine)} ({first['correction']}-corrected permutation p < {first['alpha']:g} and "
+             f"{first['ci_level']:.1%} CI above 0, n = {first['n']})")
+        if not first["is_base"] and first["base"] is not None and first["n_paired"] >= 2:
+            parts = []
+            for verdict in ("more selective than", "less selective than", "no more than"):
+                layers = [r["layer"] for r in mine if r["did_verdict"] == f"{verdict} base"]
+                if layers:
+                    parts.append(f"{verdict} {first['base']} at {layer_ranges(layers)}")
+            dids = ", ".join(f"{r['did']:+.2f}" for r in mine)
+            s += f"; difference in differences {dids} (n = {first['n_paired']}): " + ", ".join(parts)
+        elif not first["is_base"] and first["base"] is not None:
+            s += f"; against {first['base']}: {first['did_verdict']}"
+        tracks = [r["layer"] for r in mine if r["tracks_behaviour"]]
+        s += (f"; the greedy answer changes between A and B in {first['answer_change_rate']:.0%} of queries, and "
+              "the A-vs-B graph distance tracks the change of the next-token distribution at "
+              + (f"layer{'s' if len(tracks) > 1 else ''} {layer_ranges(tracks)}" if tracks else "no layer") + ".")
+        out[name] = s
     return out
