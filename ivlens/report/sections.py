@@ -463,6 +463,7 @@ def _selectivity_blocks(ctx: Context, run: Run) -> list[str]:
         "p (perm., adj.)": sel.p_perm_adj, "verdict": sel.verdict, "DiD": sel["did"],
         "DiD CI": [_ci(a, b) for a, b in zip(sel.did_lo, sel.did_hi, strict=True)],
         "p DiD (adj.)": sel.p_did_adj, "vs base": sel.did_verdict, "answer changes": sel.answer_change_rate,
+        "TV mean": sel.tv_mean,
         "ρ(distance, TV)": sel.behaviour_rho,
         "ρ CI": [_ci(a, b) for a, b in zip(sel.behaviour_rho_lo, sel.behaviour_rho_hi, strict=True)],
         "r(distance, answer changes)": sel.point_biserial})
@@ -472,7 +473,10 @@ def _selectivity_blocks(ctx: Context, run: Run) -> list[str]:
                                 f"layers); verdict: selective where p < {first.alpha:g} and the CI lies above 0. DiD: "
                                 "the gap minus the base model's on the same queries, its CI and sign-flip p "
                                 "(corrected the same way). Answer changes: the share of queries whose greedy next "
-                                "token differs between A and B; ρ: Spearman correlation over queries of the A-vs-B "
+                                "token differs between A and B; TV mean: the mean total variation distance between "
+                                "its next-token distributions under A and B (near 1: it answers each instruction "
+                                "with certainty, and ρ has little behaviour left to track); ρ: Spearman "
+                                "correlation over queries of the A-vs-B "
                                 "graph distance (1 − J) at the layer with the total variation distance between the "
                                 "next-token distributions under A and B; r: its point-biserial correlation with the "
                                 "answer changing (empty where the answer changes in every query or in none).",

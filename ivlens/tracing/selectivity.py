@@ -27,7 +27,9 @@ layer by layer (weighted Jaccard of edge mass, :mod:`ivlens.tracing.compare`): `
   against the total variation distance between the model's next-token distributions under A and B (Spearman ρ),
   and against whether its greedy first token changes between A and B (point-biserial r, undefined when the
   answer changes in every sample or in none), each with a bootstrap CI at ``1 − α/L``; ``tracks behaviour``
-  where ρ's CI lies above 0.
+  where ρ's CI lies above 0. The table gives the mean and spread of the total variation too: a model that
+  answers each instruction with certainty has a total variation near 1 on every query, and ρ then ranks
+  differences in its residual confidence, not in what it answers.
 
 What a verdict does not say: the two instructions' graphs are traced at different answers, so "selective" cannot
 tell an instruction that selects a circuit from two answer tokens reached by different paths. The base model
@@ -224,6 +226,7 @@ def selectivity_rows(models: Mapping[str, ModelQuartets], base: str | None = Non
             else None
         distance = 1 - q.sims[:, AB]  # [n, layer]
         change_rate = float(q.changed.mean()) if n else math.nan
+        tv_mean, tv_sd = _mean(q.tv), float(q.tv.std()) if n else math.nan
         for layer in range(L):
             selective = bool(p_adj[layer] < alpha and lo[layer] > 0)
             rho = correlation_ci(distance[:, layer], q.tv, level, _rng(seed, "behaviour"), n_boot, rank=True)
@@ -237,7 +240,7 @@ def selectivity_rows(models: Mapping[str, ModelQuartets], base: str | None = Non
             row.update(did[layer] if did is not None else {
                 "n_paired": 0, "did": math.nan, "did_lo": math.nan, "did_hi": math.nan, "p_did": math.nan,
                 "p_did_adj": math.nan, "did_verdict": "base model" if name == base else "no base model"})
-            row.update({"answer_change_rate": change_rate, "behaviour_rho": rho[0], "behaviour_rho_lo": rho[1],
+            row.update({"answer_change_rate": change_rate, "tv_mean": tv_mean, "tv_sd": tv_sd, "behaviour_rho": rho[0], "behaviour_rho_lo": rho[1],
                         "behaviour_rho_hi": rho[2], "point_biserial": pb[0], "point_biserial_lo": pb[1],
                         "point_biserial_hi": pb[2], "tracks_behaviour": bool(np.isfinite(rho[1]) and rho[1] > 0),
                         "ci_level": level, "alpha": alpha, "correction": correction, "n_boot": n_boot,
@@ -313,8 +316,9 @@ def verdict_sentences(rows: list[dict]) -> dict[str, str]:
         elif not first["is_base"] and first["base"] is not None:
             s += f"; against {first['base']}: {first['did_verdict']}"
         tracks = [r["layer"] for r in mine if r["tracks_behaviour"]]
-        s += (f"; the greedy answer changes between A and B in {first['answer_change_rate']:.0%} of queries, and "
-              "the A-vs-B graph distance tracks the change of the next-token distribution at "
+        s += (f"; the greedy answer changes between A and B in {first['answer_change_rate']:.0%} of queries (total "
+              f"variation between the next-token distributions {first['tv_mean']:.2f} ± {first['tv_sd']:.2f}), and "
+              "the A-vs-B graph distance tracks that total variation at "
               + (f"layer{'s' if len(tracks) > 1 else ''} {layer_ranges(tracks)}" if tracks else "no layer") + ".")
         out[name] = s
     return out
