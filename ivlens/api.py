@@ -330,6 +330,20 @@ class TraceRunResult:
     traces: list | None = None
 
 
+def compare_base(spec: TraceSpec, lms: Sequence[LoadedModel]) -> str | None:
+    """The name of the base model of a ``--compare`` run: the model ``spec.base`` names (a ``--model`` value or a
+    loaded model's name, e.g. a study's label), else the model named ``base``, else ``None``. Raises
+    :class:`SpecError` when ``--base`` names none of the models."""
+    names = [lm.name for lm in lms]
+    if spec.base is None:
+        return "base" if "base" in names else None
+    for given, lm in zip(spec.models, lms, strict=True):
+        if spec.base in (given, lm.name):
+            return lm.name
+    raise SpecError(f"--base {spec.base!r} is not one of the models ({', '.join(dict.fromkeys([*spec.models, *names]))}); "
+                    "name one of them")
+
+
 def run_trace(spec: TraceSpec, *, models: Sequence[LoadedModel] | None = None, out: str | Path | None = None,
               resume: str | Path | None = None, progress: Callable | None = None,
               root: str | Path | None = None) -> TraceRunResult:
@@ -360,13 +374,15 @@ def run_trace(spec: TraceSpec, *, models: Sequence[LoadedModel] | None = None, o
         plans = [plan_readout(lm, readout=spec.readout, position=spec.position, task=spec.task, subtask=spec.subtask,
                               sample=spec.sample, prompt=spec.prompt, fmt=spec.format, max_tokens=spec.max_tokens,
                               base=Path(root) if root is not None else None) for lm in lms]
+    base = compare_base(spec, lms) if spec.compare else None
     name = spec.task or "prompt"
     run = start_run(spec, f"{name}-compare" if spec.compare else name, out=out, resume=resume, models=lms,
                     task=spec.task)
     if spec.compare:
         summaries = compare_run(lms, spec.task, run, samples=spec.samples, split=spec.split, seed=spec.seed,
                                 fmt=spec.format, top_k=spec.top_k, beam=spec.beam, progress=progress,
-                                owns=owner(spec.shard) if spec.shard is not None else None)
+                                owns=owner(spec.shard) if spec.shard is not None else None, base=base,
+                                alpha=spec.alpha, correction=spec.correction)
         if spec.shard is not None:
             stop_shard(run, spec)
             return TraceRunResult(run, summaries={})

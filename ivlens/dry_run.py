@@ -310,9 +310,9 @@ def trace_plans(models: Sequence[str], *, task: str | None = None, subtask: str 
         if compare:
             t = load_task(task)
             chosen = chosen_samples(t, samples, seed, split, info)
-            sa, sb = t.subtask_names
-            reph = t.subtasks[sa].rephrasings
-            instr = [t.subtasks[sa].instruction, t.subtasks[sb].instruction, *reph[:2]]
+            sa, sb = t.subtask_names  # A, B and the first rephrasing of each (what compare_subtasks traces)
+            instr = [t.subtasks[sa].instruction, t.subtasks[sb].instruction,
+                     *t.subtasks[sa].rephrasings[:1], *t.subtasks[sb].rephrasings[:1]]
             lengths = [len(instructed_prompt(tok, t, s, i, fmt)) for s in chosen for i in instr]
         elif task is not None:
             t = load_task(task)
