@@ -75,7 +75,7 @@ def test_organism_name_resolution_errors_when_unbuilt(monkeypatch, tmp_path):
 
 def test_gguf_path_resolution(tmp_path):
     g = tmp_path / "model.gguf"
-    g.write_bytes(b"")
+    g.write_bytes(b"GGUF")  # the magic bytes: a single file is accepted only as GGUF
     assert resolve_name(str(g)) == (str(tmp_path), "model.gguf")
     assert resolve_name("repo/id", str(g)) == (str(tmp_path), "model.gguf")
     assert resolve_name("repo/id", "inside.gguf") == ("repo/id", "inside.gguf")

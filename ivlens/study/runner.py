@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from ivlens.runs import atomic_write_text
+from ivlens.runs import atomic_write_text, check_out_dir
 from ivlens.specs import spec_from_manifest
 
 from .executors import Executor, LocalExecutor, Work
@@ -81,6 +81,7 @@ def run_study(study: StudySpec, out: str | Path | None = None, *, executor: Exec
     ``say(line)`` hears what happens to each step (skipped, started, resumed, finished)."""
     say = say or log.info
     steps = plan_steps(study)
+    check_out_dir(out)
     directory = Path(out) if out is not None else default_directory(study)
     directory.mkdir(parents=True, exist_ok=True)
     directory = directory.resolve()
