@@ -156,6 +156,17 @@ def resolve_name(name: str, gguf_file: str | None = None) -> tuple[str, str | No
     return (str(p) if p.is_dir() else name), gguf_file
 
 
+def check_model_files(name: str, *, gguf_file: str | None = None, trust_remote_code: bool = False) -> None:
+    """The checks :func:`load_model` makes of a local model's files (:func:`~.files.check_local_model`: config,
+    GGUF magic, safetensors headers), without loading it, so that a study refuses a bad model before its first
+    step; organisms (built by a study step) and hub ids are left to loading."""
+    if name == SMOLLM2 or name.startswith("organism-"):
+        return
+    path, gguf = resolve_name(name, gguf_file)
+    if Path(path).is_dir():
+        check_local_model(Path(path), gguf, trust_remote_code)
+
+
 def weight_hash(path: str, gguf_file: str | None = None, full_limit: int = 2 << 30) -> str | None:
     """sha256 over the weight files of a local model (``quick:`` name/size hash above ``full_limit`` bytes)."""
     root = Path(path)

@@ -77,6 +77,24 @@ def text_config(model: nn.Module):
     return cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
 
 
+def layer_type_of(config, layer: int) -> str:
+    """``full_attention`` or ``sliding_attention`` for decoder layer ``layer`` of ``config`` (a text config): HF's
+    ``config.layer_types``; every layer of a model with a ``sliding_window`` and no ``layer_types``, as Mistral, is
+    sliding."""
+    types = getattr(config, "layer_types", None)
+    if types:
+        return types[layer]
+    return "sliding_attention" if getattr(config, "sliding_window", None) else "full_attention"
+
+
+def sliding_window_of(config, layer: int) -> int | None:
+    """Keys a query of layer ``layer`` sees (itself included: HF's ``kv > q − window``), ``None`` for full
+    attention. Read from the config alone, so it also holds for models whose weights are elsewhere (NDIF)."""
+    if layer_type_of(config, layer) != "sliding_attention":
+        return None
+    return getattr(config, "sliding_window", None)
+
+
 def n_layers_of(config) -> int | None:
     for key in ("num_hidden_layers", "n_layer", "num_layers"):
         value = getattr(config, key, None)
