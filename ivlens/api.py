@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .models.load import LoadedModel, load_model
+from .models.load import LoadedModel, check_model_files, load_model
 from .runs import RunDir, check_out_dir
 from .scoped import torch_threads
 from .sharding import owner
@@ -304,6 +304,9 @@ def run_probe(spec: ProbeSpec, *, models: Sequence[LoadedModel] | None = None, o
     if spec.remote and models is None:  # NDIF: refused here (key, hub ids) before any run directory is made
         models = _load(spec.models, spec, None)
     names = [m.name for m in models] if models is not None else list(spec.models)
+    if models is None:  # the models load one at a time, after the run directory is made: check their files now
+        for name in names:
+            check_model_files(name, gguf_file=spec.gguf_file, trust_remote_code=spec.trust_remote_code)
     if spec.layers is not None and spec.layers.strip().lower() != "all":  # refuse bad layers before any work
         for m in models if models is not None else spec.models:
             n_layers = m.n_layers if isinstance(m, LoadedModel) else _config_layers(m, spec)
