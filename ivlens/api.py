@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .models.load import LoadedModel, load_model
-from .runs import RunDir
+from .models.load import LoadedModel, check_model_files, load_model
+from .runs import RunDir, check_out_dir
 from .scoped import torch_threads
 from .sharding import owner
 from .specs import (
@@ -109,6 +109,7 @@ def run_eval(spec: EvalSpec, *, models: Sequence[LoadedModel] | None = None, out
     Returns ``(run, summary, decides)``."""
     from .eval import evaluate, instruction_decides, summarize
 
+    check_out_dir(out)  # before any model loads
     t = load_task(spec.task)
     subtasks = [t.subtask(spec.subtask).name] if spec.subtask else t.subtask_names
     judge = import_callable(spec.judge) if spec.judge else None
@@ -171,6 +172,7 @@ def run_patch(spec: PatchSpec, *, models: Sequence[LoadedModel] | None = None,
     from .patching.sweep import patch_sweep
     from .tasks import require_contrastive
 
+    check_out_dir(out)  # before any model loads
     if spec.memory_budget is not None and spec.memory_budget.strip().lower() != "auto":
         parse_bytes(spec.memory_budget)  # a bad value fails here, before any model loads
     t = load_task(spec.task)
@@ -232,6 +234,7 @@ def run_steer(spec: SteerSpec, *, models: Sequence[LoadedModel] | None = None, o
     from .steering.vectors import check_run_vectors, parse_alphas, parse_vectors
     from .tasks import require_contrastive
 
+    check_out_dir(out)  # before any model loads
     if spec.memory_budget is not None and spec.memory_budget.strip().lower() != "auto":
         parse_bytes(spec.memory_budget)
     t = load_task(spec.task)
@@ -293,6 +296,7 @@ def run_probe(spec: ProbeSpec, *, models: Sequence[LoadedModel] | None = None, o
     from .probing.run import ProbeResult, model_slug, probe_run
     from .tasks.requirements import require_rephrasings
 
+    check_out_dir(out)  # before any model loads
     if spec.varying == "instructions":
         require_rephrasings(list(spec.tasks), n=2, analysis="probing")  # before any model is loaded
     for task in spec.tasks:
@@ -300,6 +304,9 @@ def run_probe(spec: ProbeSpec, *, models: Sequence[LoadedModel] | None = None, o
     if spec.remote and models is None:  # NDIF: refused here (key, hub ids) before any run directory is made
         models = _load(spec.models, spec, None)
     names = [m.name for m in models] if models is not None else list(spec.models)
+    if models is None:  # the models load one at a time, after the run directory is made: check their files now
+        for name in names:
+            check_model_files(name, gguf_file=spec.gguf_file, trust_remote_code=spec.trust_remote_code)
     if spec.layers is not None and spec.layers.strip().lower() != "all":  # refuse bad layers before any work
         for m in models if models is not None else spec.models:
             n_layers = m.n_layers if isinstance(m, LoadedModel) else _config_layers(m, spec)
@@ -354,6 +361,7 @@ def run_trace(spec: TraceSpec, *, models: Sequence[LoadedModel] | None = None, o
     from (a study's directory), default the working directory."""
     from .tracing.run import check_trace_memory, compare_run, plan_readout, trace_single
 
+    check_out_dir(out)  # before any model loads
     if spec.task is not None:
         t = load_task(spec.task)
         if spec.subtask is not None:
@@ -421,6 +429,8 @@ def run_organism(spec: OrganismSpec, *, out: str | Path | None = None, progress:
     from .organism.card import CARD_NAME, read_card, write_card_run
     from .runs import atomic_write_text
 
+    check_out_dir(out)
+    check_out_dir(run_dir)
     directory = build_organism(out=Path(out) if out is not None else None, seed=spec.seed, size=spec.size,
                                variant=spec.variant, force=spec.force, measure=spec.measure, progress=progress,
                                threads=spec.threads)

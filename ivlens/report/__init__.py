@@ -70,8 +70,9 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         run_dir: a run directory (holding ``manifest.json``) or a directory of run directories.
         out: the HTML file to write; links to the Parquet tables are relative to its folder.
     """
-    from ivlens.runs import atomic_write_text
+    from ivlens.runs import atomic_write_text, check_out_file
 
+    check_out_file(out)
     t0 = time.perf_counter()
     study = read_study(run_dir)
     path = Path(out) if out is not None else study.root / REPORT_NAME

@@ -29,6 +29,7 @@ from ivlens.cli_common import (
     progress_bar,
     shard_written,
 )
+from ivlens.runs import check_out_dir
 from ivlens.specs import Correction, TraceMethod
 
 
@@ -90,6 +91,7 @@ def trace(
                "readout": readout, "position": position, "base": base, "alpha": alpha, "correction": correction}
     with friendly_errors():
         spec = build_spec(ctx, TraceSpec, options, resume, params={"models": "model", "format": "fmt"})
+        check_out_dir(out)  # a dry run refuses what the run would
         if dry_run:
             from ivlens.dry_run import dry_run as print_dry_run
 
