@@ -80,7 +80,7 @@ def resolve_organism(name: str) -> Path | None:
         flag = "" if variant == DEFAULT_VARIANT else f" --variant {variant}"
         raise FileNotFoundError(
             f"model organism {name!r} is not built yet (looked in {directory}); "
-            f"run `ivlens organism build{flag}` (about 6 minutes on 2 CPU cores)")
+            f"run `ivlens organism build{flag}` (`--dry-run` first says how long it takes on this machine)")
     return directory / stage
 
 
