@@ -471,7 +471,7 @@ def _plan_groups(keys: list[RowKey], lengths: Sequence[int], n_layers: int,
 
 
 def plan_work(rows: Sequence[RowSpec], lengths: Sequence[int], n_layers: int, *,
-              group_rows: int | Callable[[int], int], edit: Edit = "replace") -> EngineStats:
+              group_rows: int | Callable[[int], int], edit: Edit = "replace", continued: bool = False) -> EngineStats:
     """The work the engine will do for ``rows``, counted without running anything (no tensors).
 
     Args:
@@ -481,6 +481,8 @@ def plan_work(rows: Sequence[RowSpec], lengths: Sequence[int], n_layers: int, *,
         group_rows: rows per bounded trie, a number or a function of the suffix length ``s`` (the engine uses
             ``batch_size`` or :func:`auto_batch_size` ``(adapter, max(lengths), s, budget)``).
         edit: ``replace`` (patching) or ``add`` (steering), as the engine will run them.
+        continued: the rows are scored at the answer level (:func:`patched_answer_logprobs`: no last-position
+            identity; the trie of the candidates comes on top of this count).
 
     Returns:
         :class:`EngineStats` with ``executed_evals, minimal_evals, layer_calls, rows, unique_rows, unembed_rows,
@@ -491,7 +493,7 @@ def plan_work(rows: Sequence[RowSpec], lengths: Sequence[int], n_layers: int, *,
     >>> st.executed_evals, st.unembed_rows
     (20, 1)
     """
-    keys, _where, minimal = _dedup(rows, lengths, n_layers, edit)
+    keys, _where, minimal = _dedup(rows, lengths, n_layers, edit, continued)
     st = EngineStats(minimal_evals=minimal, rows=len(rows), unique_rows=len(keys))
     for g in _plan_groups(keys, lengths, n_layers, group_rows):
         _count(g, st)
