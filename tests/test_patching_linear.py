@@ -1,0 +1,141 @@
+"""The linear estimate of every patch (:mod:`ivlens.patching.linear`): a finite-difference derivative of the exact
+engine on every tiny architecture, an independent hook-based gradient of the unmodified HF model, and the sweep's
+``linear_estimate`` / ``nonlinearity`` columns."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import patching_reference as ref
+import pytest
+import torch
+
+from ivlens.models.adapters import get_adapter
+from ivlens.models.load import LoadedModel
+from ivlens.patching.engine import RowSpec, clean_run, patched_logits, source_vectors
+from ivlens.patching.linear import first_order_terms, set_sums
+from ivlens.patching.sweep import patch_sweep
+from ivlens.tasks import load_task
+from ivlens.testing.tiny import ARCHS, tiny_model, tiny_tokenizer
+
+TARGETS = [(5, 6, 7, 8, 9, 10), (11, 12, 13, 14)]
+SOURCE = (30, 31, 32, 33)
+LABEL, ALT = torch.tensor([50, 60]), torch.tensor([51, -1])
+SETS = [c for k in range(1, 5) for c in itertools.combinations(range(4), k)]
+
+
+def _model(arch: str, dtype=torch.float64):
+    kv = None if arch in ("gpt2", "gpt_neox") else 2
+    return tiny_model(arch, seed=0, n_layers=4, d_model=64, n_heads=4, n_kv_heads=kv).to(dtype)
+
+
+def _close(est: np.ndarray, fd: np.ndarray, scale: float) -> None:
+    """Every value within 1e-3 of its estimate, relative to ``|estimate| + scale`` (the rms of the target's
+    estimates: values far below the target's scale are compared at that scale, where HF's float32 internals
+    (RMSNorm and softmax cast to float32 even in a float64 model) leave ~1e-7 of noise in every logit)."""
+    bad = np.abs(fd - est) > 1e-3 * (np.abs(est) + scale)
+    assert not bad.any(), (est[bad], fd[bad])
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_estimate_is_the_engines_finite_difference_derivative(arch):
+    """``d/dε effect(clean + ε Δ)`` at 0, by a six-point central difference of the exact engine's additive edit
+    (steps ±ε, ±2ε, ±3ε; ε = 0.02), equals the estimate of every layer set (singles to all four layers) at three
+    positions to 1e-3 relative (float64), for the logit and the logit difference.
+
+    In float64 a left-padded batch gives NaN (HF's eager attention takes the softmax in float32, where the mask's
+    float64 minimum is -inf), so every target runs alone. OLMo-1's q/k/v clamp is raised so that it never binds:
+    at a clamp's kink a central difference averages two one-sided slopes (the gradient through the binding clamp
+    is checked against the HF model's own autograd in :func:`test_gradients_match_hooks_on_the_hf_model`)."""
+    model = _model(arch)
+    if arch == "olmo":
+        model.config.clip_qkv = 1e3
+    adapter = get_adapter(model)
+    iv = source_vectors(adapter, [SOURCE], pad_id=1)[0]  # [layer, d_model]
+    positions = [(0, 2, len(t) - 1) for t in TARGETS]
+    fo = first_order_terms(adapter, TARGETS, positions, iv, LABEL, ALT)
+    est, est_diff = set_sums(fo.logit, SETS), set_sums(fo.logit_diff, SETS)  # [target, position, set]
+    eps, weights = 0.02, {1: 45 / 60, 2: -9 / 60, 3: 1 / 60}  # f'(0) ≈ Σ_k w_k (f(kε) − f(−kε)) / ε
+    for t, tgt in enumerate(TARGETS):
+        clean = clean_run(adapter, [tgt], pad_id=1)
+        rows = [RowSpec(0, pi, s, p) for pi, p in enumerate(positions[t]) for s in SETS]
+        slope = 0
+        for k, w in weights.items():
+            for sign in (1, -1):
+                # one "source" per position: kε Δ_l = kε (iv_l − clean_l[p]) at every layer, added by the engine
+                vecs = torch.stack([torch.stack([sign * k * eps * (iv[j] - clean.resid[j][0, p]) for j in range(4)])
+                                    for p in positions[t]])
+                slope = slope + sign * w * patched_logits(adapter, clean, vecs, rows, edit="add") / eps  # [rows, vocab]
+        got = slope[:, LABEL[t]].numpy().reshape(est[t].shape)
+        _close(est[t], got, np.sqrt((est[t] ** 2).mean()))
+        if ALT[t] >= 0:
+            got_diff = (slope[:, LABEL[t]] - slope[:, ALT[t]]).numpy().reshape(est[t].shape)
+            _close(est_diff[t], got_diff, np.sqrt((est_diff[t] ** 2).mean()))
+        else:
+            assert np.isnan(est_diff[t]).all()
+    assert np.abs(est).max() > 1e-2  # a real signal, not zeros agreeing with zeros
+
+
+@pytest.mark.parametrize("arch", ["olmo2", "gpt2", "gemma2", "olmo"])
+def test_gradients_match_hooks_on_the_hf_model(arch):
+    """The engine-side gradient against an independent one: forward hooks on the unmodified HF model add a zero
+    leaf at the patched position, autograd gives ``∂z_y/∂resid_post[l][t]``."""
+    model = _model(arch)
+    adapter = get_adapter(model)
+    iv = source_vectors(adapter, [SOURCE], pad_id=1)[0]
+    positions = [(1, len(t) - 1) for t in TARGETS]
+    fo = first_order_terms(adapter, TARGETS, positions, iv, LABEL)
+    ref_ivs = ref.source_ivs(model, SOURCE)
+    for t, tgt in enumerate(TARGETS):
+        for pi, p in enumerate(positions[t]):
+            want = ref.first_order_terms(model, tgt, ref_ivs, p, int(LABEL[t]))
+            np.testing.assert_allclose(fo.logit[t, pi], want, rtol=1e-9, atol=1e-12)
+
+
+def test_set_sums_add_the_layers_terms():
+    terms = np.arange(2 * 3 * 5, dtype=float).reshape(2, 3, 5) ** 1.5
+    sets = [(0,), (4,), (1, 3), (0, 2, 4), (0, 1, 2, 3)]
+    out = set_sums(terms, sets)
+    for j, s in enumerate(sets):
+        np.testing.assert_allclose(out[..., j], terms[..., list(s)].sum(-1))
+
+
+def test_a_repeated_position_gets_its_gradient_twice():
+    """``first`` and ``last`` of a one-token target are one position: both columns carry its full estimate."""
+    model = _model("llama")
+    adapter = get_adapter(model)
+    iv = source_vectors(adapter, [SOURCE], pad_id=1)[0]
+    fo = first_order_terms(adapter, [(20,), (20,)], [(0, 0), (0,) * 2], iv, torch.tensor([50, 50]))
+    single = first_order_terms(adapter, [(20,)], [(0,)], iv, torch.tensor([50]))
+    np.testing.assert_allclose(fo.logit[0, 0], single.logit[0, 0], rtol=1e-12)
+    np.testing.assert_allclose(fo.logit[0, 1], single.logit[0, 0], rtol=1e-12)
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "gpt_neox"])
+def test_sweep_rows_carry_the_estimate(arch):
+    """The sweep's columns: ``linear_estimate`` equals the independent hook-based gradient's sum over the set,
+    ``nonlinearity = delta_logit_vs_target − linear_estimate``, and the logit-difference pair likewise."""
+    task = load_task("adjectives")
+    tok = tiny_tokenizer()
+    model = _model(arch, torch.float32)
+    lm = LoadedModel.wrap(model, tok, arch)
+    res = patch_sweep(lm, task, "adj_ant", layers="pairs", positions="first,last", samples=[0, 3], target="formatted")
+    rows = res.rows
+    for c in ("linear_estimate", "nonlinearity", "linear_estimate_logit_diff", "nonlinearity_logit_diff"):
+        assert c in rows and rows[c].notna().all(), c
+    np.testing.assert_allclose(rows.nonlinearity, rows.delta_logit_vs_target - rows.linear_estimate, atol=1e-9)
+    np.testing.assert_allclose(rows.nonlinearity_logit_diff,
+                               rows.delta_logit_diff_vs_target - rows.linear_estimate_logit_diff, atol=1e-9)
+    want = ref.reference_estimates(model, tok, task, "adj_ant", [0, 3], ["first", "last"], "formatted")
+    for r in rows.itertuples():
+        terms = want[(r.sample, r.position)]
+        layers = [int(x) for x in r.layers.split(",")]
+        assert r.linear_estimate == pytest.approx(sum(terms["logit"][layers]), rel=1e-4, abs=1e-5)
+        assert r.linear_estimate_logit_diff == pytest.approx(sum(terms["logit_diff"][layers]), rel=1e-4, abs=1e-5)
+    # a single layer's estimate is close to its effect where the patch is small; the columns are not constant
+    assert rows.linear_estimate.std() > 0
+    off = patch_sweep(lm, task, "adj_ant", layers="pairs", samples=[0, 3], target="formatted", linear_estimate="off")
+    assert "linear_estimate" not in off.rows
+    cols = [c for c in off.rows.columns]
+    assert rows[cols].equals(off.rows)  # the estimate changes no other column
