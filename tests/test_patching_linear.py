@@ -139,3 +139,134 @@ def test_sweep_rows_carry_the_estimate(arch):
     assert "linear_estimate" not in off.rows
     cols = [c for c in off.rows.columns]
     assert rows[cols].equals(off.rows)  # the estimate changes no other column
+
+
+# ------------------------------------------------------------------------------------------------ screen
+def test_screen_table_ranks_by_absolute_mean_estimate_per_position_and_size():
+    from ivlens.patching.screen import screen_table, screened_sets
+
+    sets = [(0,), (1,), (2,), (0, 1), (0, 2), (1, 2), (0, 1, 2)]
+    est = np.zeros((3, 2, len(sets)))  # [samples, positions, sets]
+    est[:, 0, 3:6] = [0.1, -0.5, 0.3]  # first: (0,2) by |mean|, then (1,2), then (0,1)
+    est[:, 1, 3:6] = [0.4, 0.0, -0.2]  # last: (0,1), then (1,2)
+    est[:, :, 6] = 1.0
+    t = screen_table(est, sets, ["first", "last"], 1, "m", "delta_logit_vs_target")
+    rank = t.set_index(["position", "layers"])["rank"]
+    assert rank["first", "0,2"] == 1 and rank["first", "1,2"] == 2 and rank["first", "0,1"] == 3
+    assert rank["last", "0,1"] == 1 and rank["last", "1,2"] == 2 and rank["first", "0,1,2"] == 1
+    sel = t.set_index(["position", "layers"])["selected"]
+    assert sel["first", "0,2"] and not sel["first", "0,1"] and sel["last", "0,1"] and sel["first", "1"]
+    # every position runs the union of the positions' top K, and every single
+    assert screened_sets(t, sets) == ((0,), (1,), (2,), (0, 1), (0, 2), (0, 1, 2))
+    assert t.estimate_mean.tolist()[:7] == pytest.approx([0, 0, 0, 0.1, -0.5, 0.3, 1.0])
+
+
+def test_recall_at_k_counts_the_exact_top_k_the_screen_found():
+    import pandas as pd
+
+    from ivlens.patching.screen import recall_at_k, screen_table
+
+    sets = [(0,), (1,), (2,), (3,), (0, 1), (0, 2), (0, 3), (1, 2)]
+    est = np.array([[[0, 0, 0, 0, 0.9, -0.8, 0.1, 0.05]]])  # screen's top 2: (0,1), (0,2)
+    screen = screen_table(est, sets, ["first"], 2, "m", "delta_logit_vs_target")
+    exact = [0, 0, 0, 0, 0.2, 0.1, -0.7, 0.0]  # exact top 2 by |mean|: (0,3), (0,1)
+    rows = pd.DataFrame({"model": "m", "position": "first", "sample": 0,
+                         "layers": [",".join(map(str, s)) for s in sets], "set_size": [len(s) for s in sets],
+                         "delta_logit_vs_target": exact})
+    r = recall_at_k(screen, rows).iloc[0]
+    assert (r.n_sets, r.k, r.found, r.recall) == (4, 2, 1, 0.5)
+    assert r.exact_top == "0,3;0,1" and r.screen_top == "0,1;0,2"
+    assert recall_at_k(screen, rows, k=4).iloc[0].recall == 1.0  # every set: found them all
+
+
+def test_screened_sweep_runs_the_top_sets_exactly(tmp_path):
+    """``--screen 2`` on triplets: the singles and each position's top 2 pairs and triplets run, their rows equal
+    the unscreened sweep's; the screen table ranks every set; a resumed run reads the ranking it wrote."""
+    from ivlens.runs import RunDir
+
+    task = load_task("adjectives")
+    lm = LoadedModel.wrap(tiny_model("olmo2", seed=0, n_layers=5, d_model=64, n_heads=4), tiny_tokenizer(), "m")
+    full = patch_sweep(lm, task, "adj_ant", layers="triplets", samples=4, chunk_size=2)
+    run = RunDir.create("patch", "screen", out=tmp_path / "run")
+    res = patch_sweep(lm, task, "adj_ant", layers="triplets", samples=4, chunk_size=2, screen=2, run=run)
+    sc = res.screen
+    assert len(sc) == 2 * (5 + 10 + 10) and sc["rank"].min() == 1
+    kept = set(sc.loc[sc["run"], "layers"])
+    assert {s for s in kept if "," not in s} == {str(i) for i in range(5)}
+    for pos in ("first", "last"):
+        for size in (2, 3):
+            top = sc[(sc.position == pos) & (sc.set_size == size) & (sc["rank"] <= 2)]
+            assert set(top.layers) <= kept
+    assert len(kept) <= 5 + 2 * 2 * 2
+    assert set(res.rows.layers) == kept and len(res.rows) == 4 * 2 * len(kept)
+    key = ["sample", "position", "layers"]
+    want = full.rows.set_index(key).loc[res.rows.set_index(key).index]
+    np.testing.assert_allclose(res.rows.logit, want.logit, atol=1e-5)
+    np.testing.assert_allclose(res.rows.linear_estimate, want.linear_estimate, rtol=0, atol=0)
+    # the ranking is the estimate's: the screen's mean per set is the full sweep's mean linear estimate
+    means = full.rows.groupby(["position", "layers"]).linear_estimate.mean()
+    at = list(zip(sc.position, sc.layers, strict=True))
+    np.testing.assert_allclose(sc.estimate_mean, means.loc[at].to_numpy(), atol=1e-12)
+    # resume after losing a chunk: the same rows, the ranking read back from the run
+    (run.path / "patch" / "shard-m0-c00001.parquet").unlink()
+    again = patch_sweep(lm, task, "adj_ant", layers="triplets", samples=4, chunk_size=2, screen=2,
+                        run=RunDir.open(run.path))
+    import pandas as pd
+
+    pd.testing.assert_frame_equal(again.rows, res.rows)
+    pd.testing.assert_frame_equal(again.screen, res.screen)
+
+
+@pytest.mark.parametrize("kwargs,msg", [
+    ({"screen": 2, "linear_estimate": "off"}, "drop --linear-estimate off"),
+    ({"screen": 2, "score": "answer"}, "drop --score answer"),
+    ({"linear_estimate": "on", "score": "answer"}, "drop --score answer"),
+    ({"screen": 2, "layers": "single"}, "two or more layers"),
+    ({"screen": 2, "layers": "2"}, "two or more layers"),
+    ({"linear_estimate": "maybe"}, "unknown --linear-estimate"),
+])
+def test_sweep_refuses_an_estimate_it_cannot_give(kwargs, msg):
+    lm = LoadedModel.wrap(_model("llama", torch.float32), tiny_tokenizer(), "m")
+    with pytest.raises(ValueError, match=msg):
+        patch_sweep(lm, load_task("adjectives"), "adj_ant", samples=1, **{"layers": "pairs", **kwargs})
+
+
+def test_auto_is_off_for_singles_and_the_answer_score():
+    task = load_task("adjectives")
+    lm = LoadedModel.wrap(_model("llama", torch.float32), tiny_tokenizer(), "m")
+    assert "linear_estimate" not in patch_sweep(lm, task, "adj_ant", layers="single", samples=1).rows
+    assert "linear_estimate" in patch_sweep(lm, task, "adj_ant", layers="single", samples=1,
+                                            linear_estimate="on").rows
+
+
+def test_spec_options_and_hash():
+    from ivlens.specs import PatchSpec, SpecError
+
+    base = PatchSpec(models=("m",), layers="triplets")
+    assert "linear_estimate" not in base.result_fields() and "screen" not in base.result_fields()
+    assert base.hash() != PatchSpec(models=("m",), layers="triplets", screen=5).hash()
+    assert base.hash() != PatchSpec(models=("m",), layers="triplets", linear_estimate="off").hash()
+    for kw, msg in (({"screen": 3, "layers": "single"}, "--screen ranks sets of two or more layers"),
+                    ({"screen": 3, "linear_estimate": "off"}, "drop --linear-estimate off"),
+                    ({"screen": 0}, "--screen"), ({"linear_estimate": "yes"}, "--linear-estimate"),
+                    ({"linear_estimate": "on", "remote": True, "models": ("org/m",)}, "drop --remote")):
+        with pytest.raises(SpecError, match=msg):
+            PatchSpec(**{"models": ("m",), "layers": "pairs", **kw})
+
+
+def test_dry_run_counts_the_estimate_and_shows_the_screens_saving():
+    from pathlib import Path
+
+    from ivlens.dry_run import patch_plans
+
+    cfg = [str(Path(__file__).parent / "data" / "olmo2-0425-1b-config")]  # 16 layers
+    kw = {"positions": "first,last", "samples": 2, "target": "formatted"}  # several tokens: sets do not collapse
+    full = patch_plans(cfg, "adjectives", "adj_ant", layers="4-sets", **kw)[0]
+    off = patch_plans(cfg, "adjectives", "adj_ant", layers="4-sets", linear_estimate="off", **kw)[0]
+    scr = patch_plans(cfg, "adjectives", "adj_ant", layers="4-sets", screen=10, **kw)[0]
+    n_sets = 16 + 120 + 560 + 1820
+    assert full.counts["layer_sets"] == n_sets and full.counts["gradient_passes"] == 2
+    assert "gradient_passes" not in off.counts and off.flops < full.flops
+    assert scr.counts["ranked_sets"] == n_sets and scr.counts["layer_sets"] == 16 + 3 * 20
+    assert scr.counts["rows"] == 2 * 2 * (16 + 60) and scr.flops < full.flops / 5
+    assert any("--screen 10" in n for n in scr.notes)

@@ -92,7 +92,8 @@ def plot_pair_heatmaps(rows: pd.DataFrame, stats: pd.DataFrame, singles: pd.Data
 
 def plot_linearity(table: pd.DataFrame, path: str | Path) -> Path:
     """The fraction of the effect the linear estimate explains (R², 95 % bootstrap CI) against the set size; one
-    panel per position, one line per model (:func:`ivlens.patching.linearity.linearity_table`)."""
+    panel per position, one line per model (:func:`ivlens.patching.linearity.linearity_table`). The axis stops
+    at R² = −1 (worse than the mean effect by as much again); a CI reaching below runs off it."""
     positions = _order(table.position)
     fig, axes = plt.subplots(1, len(positions), figsize=(4.5 * len(positions), 3.4), squeeze=False)
     for ax, pos in zip(axes[0], positions, strict=True):
@@ -102,6 +103,7 @@ def plot_linearity(table: pd.DataFrame, path: str | Path) -> Path:
             ax.errorbar(d.set_size, d.r2, yerr=np.nan_to_num(err), marker="o", capsize=3, label=model)
         ax.axhline(0, color="grey", lw=0.8)
         ax.axhline(1, color="grey", lw=0.8, ls=":")
+        ax.set_ylim(max(-1.0, float(np.nanmin(table.r2_lo.fillna(0).clip(upper=0)))) - 0.05, 1.05)  # R² < −1: off
         ax.set_title(f"position: {pos}")
         ax.set_xlabel("set size")
         ax.set_ylabel(f"R² of the linear estimate\n({table.effect.iloc[0]})")

@@ -200,6 +200,8 @@ def linearity_curves(table: pd.DataFrame, models: Sequence[str]) -> bytes:
                 ax.errorbar(x, d[value], yerr=err, marker="o", ms=4, capsize=3, color=col[m], label=m)
             ax.axhline(0, color="grey", lw=0.8)
             ax.axhline(1, color="grey", lw=0.8, ls=":")
+            if value == "r2":  # R² below −1 (worse than the mean by as much again) runs off the axis
+                ax.set_ylim(max(-1.0, float(np.nanmin(table.r2_lo.fillna(0).clip(upper=0)))) - 0.05, 1.05)
             ax.set_ylabel(label, fontsize=9)
             if i == 0:
                 ax.set_title(f"patched at the {pos} position", fontsize=10)

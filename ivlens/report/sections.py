@@ -328,7 +328,7 @@ def _linearity(s: h.Section, ctx: Context, run: Run) -> None:
                    "(gradients of the clean query-only run, attribution patching) against its exact effect "
                    f"({effect}), per set size. Top: the fraction of the effect's variance the estimate explains "
                    "(R², 1 = exact, 0 = no better than the mean); bottom: the mean |effect − estimate| against the "
-                   "mean |effect|; bars: 95% bootstrap CIs over samples. Singles are the control (one layer's own "
+                   "mean |effect|; bars: 95% bootstrap CIs over samples (the R² axis stops at −1). Singles are the control (one layer's own "
                    "curvature); a drop from singles to pairs and triplets is interaction beyond first order. At the "
                    "last position a set's exact effect is its highest layer's alone while the estimate sums every "
                    "layer, so there sets are non-linear by construction.", ctx.data(run, "linearity", "patch")))
