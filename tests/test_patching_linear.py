@@ -86,6 +86,7 @@ def test_gradients_match_hooks_on_the_hf_model(arch):
     iv = source_vectors(adapter, [SOURCE], pad_id=1)[0]
     positions = [(1, len(t) - 1) for t in TARGETS]
     fo = first_order_terms(adapter, TARGETS, positions, iv, LABEL)
+    assert all(p.requires_grad for p in model.parameters())  # the weights' flags are restored
     ref_ivs = ref.source_ivs(model, SOURCE)
     for t, tgt in enumerate(TARGETS):
         for pi, p in enumerate(positions[t]):
@@ -161,6 +162,20 @@ def test_screen_table_ranks_by_absolute_mean_estimate_per_position_and_size():
     assert t.estimate_mean.tolist()[:7] == pytest.approx([0, 0, 0, 0.1, -0.5, 0.3, 1.0])
 
 
+def test_run_estimates_rank_the_last_position_by_the_highest_layer():
+    """At the target's last token the engine runs (S, last) as ({max S}, last): the screen ranks that."""
+    from ivlens.patching.screen import run_estimates
+
+    terms = np.array([[[1.0, 2.0, 4.0], [1.0, 2.0, 4.0]], [[8.0, 16.0, 32.0], [8.0, 16.0, 32.0]]])  # [2, 2, 3]
+    sets = [(1,), (0, 1), (0, 1, 2)]
+    is_last = np.array([[False, True], [True, False]])
+    out = run_estimates(terms, sets, is_last)
+    np.testing.assert_array_equal(out[0, 0], [2, 3, 7])
+    np.testing.assert_array_equal(out[0, 1], [2, 2, 4])
+    np.testing.assert_array_equal(out[1, 0], [16, 16, 32])
+    np.testing.assert_array_equal(out[1, 1], [16, 24, 56])
+
+
 def test_recall_at_k_counts_the_exact_top_k_the_screen_found():
     import pandas as pd
 
@@ -177,6 +192,12 @@ def test_recall_at_k_counts_the_exact_top_k_the_screen_found():
     assert (r.n_sets, r.k, r.found, r.recall) == (4, 2, 1, 0.5)
     assert r.exact_top == "0,3;0,1" and r.screen_top == "0,1;0,2"
     assert recall_at_k(screen, rows, k=4).iloc[0].recall == 1.0  # every set: found them all
+    # ties at the exact K-th value count as found (the last position: sets with one highest layer tie exactly)
+    tied = rows.assign(delta_logit_vs_target=[0, 0, 0, 0, 0.2, 0.7, 0.7, 0.0])  # exact top 2: (0,2), (0,3) tied
+    r = recall_at_k(screen, tied).iloc[0]
+    assert (r.found, r.recall) == (1, 0.5)
+    assert recall_at_k(screen, tied.assign(delta_logit_vs_target=[0, 0, 0, 0, 0.7, 0.7, 0.7, 0.0])
+                       ).iloc[0].recall == 1.0  # three tied for the top 2: the screen's two are both in it
 
 
 def test_screened_sweep_runs_the_top_sets_exactly(tmp_path):
@@ -186,9 +207,10 @@ def test_screened_sweep_runs_the_top_sets_exactly(tmp_path):
 
     task = load_task("adjectives")
     lm = LoadedModel.wrap(tiny_model("olmo2", seed=0, n_layers=5, d_model=64, n_heads=4), tiny_tokenizer(), "m")
-    full = patch_sweep(lm, task, "adj_ant", layers="triplets", samples=4, chunk_size=2)
+    kw = {"layers": "triplets", "samples": 4, "chunk_size": 2, "target": "formatted"}
+    full = patch_sweep(lm, task, "adj_ant", **kw)
     run = RunDir.create("patch", "screen", out=tmp_path / "run")
-    res = patch_sweep(lm, task, "adj_ant", layers="triplets", samples=4, chunk_size=2, screen=2, run=run)
+    res = patch_sweep(lm, task, "adj_ant", screen=2, run=run, **kw)
     sc = res.screen
     assert len(sc) == 2 * (5 + 10 + 10) and sc["rank"].min() == 1
     kept = set(sc.loc[sc["run"], "layers"])
@@ -203,14 +225,15 @@ def test_screened_sweep_runs_the_top_sets_exactly(tmp_path):
     want = full.rows.set_index(key).loc[res.rows.set_index(key).index]
     np.testing.assert_allclose(res.rows.logit, want.logit, atol=1e-5)
     np.testing.assert_allclose(res.rows.linear_estimate, want.linear_estimate, rtol=0, atol=0)
-    # the ranking is the estimate's: the screen's mean per set is the full sweep's mean linear estimate
+    # the ranking is the estimate's: the screen's mean per set is the full sweep's mean linear estimate, at the
+    # last position that of the set's highest layer (the engine runs (S, last) as ({max S}, last))
     means = full.rows.groupby(["position", "layers"]).linear_estimate.mean()
-    at = list(zip(sc.position, sc.layers, strict=True))
+    at = [(p, s if p != "last" else s.split(",")[-1]) for p, s in zip(sc.position, sc.layers, strict=True)]
     np.testing.assert_allclose(sc.estimate_mean, means.loc[at].to_numpy(), atol=1e-12)
+    assert (full.rows.pos_index < full.rows.n_tokens - 1)[full.rows.position == "first"].all()
     # resume after losing a chunk: the same rows, the ranking read back from the run
     (run.path / "patch" / "shard-m0-c00001.parquet").unlink()
-    again = patch_sweep(lm, task, "adj_ant", layers="triplets", samples=4, chunk_size=2, screen=2,
-                        run=RunDir.open(run.path))
+    again = patch_sweep(lm, task, "adj_ant", screen=2, run=RunDir.open(run.path), **kw)
     import pandas as pd
 
     pd.testing.assert_frame_equal(again.rows, res.rows)

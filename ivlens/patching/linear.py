@@ -40,7 +40,8 @@ Shapes: ``n`` samples, ``P`` positions per sample, ``L`` layers, ``d_model``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -158,12 +159,26 @@ def _gradients(adapter: ArchitectureAdapter, seq: Sequence[int], positions: Sequ
         leaves.append(leaf)
         return h.index_add(1, idx, leaf[None])  # a repeated position gets the sum of its leaves: same gradient
 
-    with torch.enable_grad():
+    with torch.enable_grad(), _weights_frozen(adapter.model):
         h, _, _, _ = layer_pass(adapter, batch, after_layer=add_leaf)
         z = adapter.logits(h[:, -1])[0]  # [d_vocab]
         g_label = list(torch.autograd.grad(z[label], leaves, retain_graph=alt >= 0))
         g_alt = list(torch.autograd.grad(z[alt], leaves)) if alt >= 0 else None
     return g_label, g_alt, deltas
+
+
+@contextmanager
+def _weights_frozen(model: torch.nn.Module) -> Iterator[None]:
+    """No gradient for the weights during the pass (autograd then keeps only what the residual's gradient
+    needs); each weight's ``requires_grad`` is restored on exit."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    for p in trainable:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in trainable:
+            p.requires_grad_(True)
 
 
 def _dots(grads: list[torch.Tensor], deltas: list[torch.Tensor]) -> np.ndarray:

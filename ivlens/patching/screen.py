@@ -5,7 +5,10 @@ of every sample are known (one forward and one backward each), every set of ever
 a sum: every 4-set of a 32-layer model (35,960 sets) as cheaply as its 32 singles.
 
 **Ranking.** Per (model, position, set size ≥ 2): the sets ordered by ``|mean over samples of the estimate|``,
-largest first (ties in the plan's order). The absolute value, because a set matters to the analyses whichever way
+largest first (ties in the plan's order), where the estimate is that of the computation the engine runs
+(:func:`run_estimates`): where the patched position is the target's last token, the engine runs ``(S, last)`` as
+``({max S}, last)`` (exactly the same result, :mod:`ivlens.patching.engine`), so the screen ranks that set by its
+highest layer's term; elsewhere by the row's ``linear_estimate``, the sum over ``S``. The absolute value, because a set matters to the analyses whichever way
 it moves the scored logit: interactions are tested two-sided (super- and subadditive), and a set that suppresses
 the instructed label is as much a finding as one that restores it. The exact sweep then runs:
 
@@ -27,9 +30,25 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from .linear import set_sums
 from .plan import LayerSet, layer_set_label
 
 TABLE = "screen"
+
+
+def run_estimates(terms: np.ndarray, layer_sets: Sequence[LayerSet], is_last: np.ndarray) -> np.ndarray:
+    """The linear estimate of what the engine computes for each row, ``[n, P, sets]``: the sum of the set's terms
+    (:func:`ivlens.patching.linear.set_sums`), except where the position is the target's last token
+    (``is_last: [n, P]``), where ``(S, last)`` runs as ``({max S}, last)`` and the highest layer's term is its
+    estimate.
+
+    >>> run_estimates(np.array([[[1.0, 2.0, 4.0]] * 2]), [(0,), (0, 2)], np.array([[False, True]]))
+    array([[[1., 5.],
+            [1., 4.]]])
+    """
+    summed = set_sums(terms, layer_sets)  # [n, P, sets]
+    highest = np.asarray(terms, dtype=np.float64)[..., [s[-1] for s in layer_sets]]
+    return np.where(np.asarray(is_last, dtype=bool)[..., None], highest, summed)
 
 
 def screen_table(estimates: np.ndarray, layer_sets: Sequence[LayerSet], positions: Sequence[str], k: int,
@@ -37,8 +56,7 @@ def screen_table(estimates: np.ndarray, layer_sets: Sequence[LayerSet], position
     """The ranking of every layer set by its linear estimate, per position.
 
     Args:
-        estimates: ``[samples, positions, sets]`` every set's linear estimate per sample
-            (:func:`ivlens.patching.linear.set_sums`).
+        estimates: ``[samples, positions, sets]`` every set's linear estimate per sample (:func:`run_estimates`).
         layer_sets: the sets (the plan's, sorted by size then lexicographically).
         positions: the position names (the rows' ``position`` column).
         k: sets kept per (position, set size ≥ 2).
@@ -57,8 +75,7 @@ def screen_table(estimates: np.ndarray, layer_sets: Sequence[LayerSet], position
     for p in range(n_pos):
         for k_size in np.unique(size):
             cols = np.flatnonzero(size == k_size)
-            order = cols[np.argsort(-np.abs(mean[p, cols]), kind="stable")]
-            rank[p, order] = np.arange(1, len(cols) + 1)
+            rank[p, cols[top_k(mean[p, cols], len(cols))]] = np.arange(1, len(cols) + 1)
     selected = (rank <= k) | (size[None] == 1)
     run = selected.any(0)
     labels = np.array([layer_set_label(s) for s in layer_sets], dtype=object)
@@ -75,6 +92,15 @@ def screen_table(estimates: np.ndarray, layer_sets: Sequence[LayerSet], position
         "k": np.full(n_pos * n_sets, k, dtype=np.int64),
         "effect": np.repeat(np.array([effect], dtype=object), n_pos * n_sets),
     })
+
+
+def top_k(values: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` largest ``|values|``, largest first (ties: the earlier index first).
+
+    >>> top_k(np.array([0.1, -0.5, 0.3, 0.5]), 2)
+    array([1, 3])
+    """
+    return np.argsort(-np.abs(np.asarray(values, dtype=float)), kind="stable")[:k]
 
 
 def screened_sets(table: pd.DataFrame, layer_sets: Sequence[LayerSet]) -> tuple[LayerSet, ...]:
@@ -95,8 +121,10 @@ def recall_at_k(screen: pd.DataFrame, exact_rows: pd.DataFrame, k: int | None = 
             screen's ``effect``).
 
     Returns:
-        ``model, position, set_size, n_sets, k, found, recall`` (``found / k``; ``k`` is at most ``n_sets``), and
-        ``exact_top`` / ``screen_top``: the two top-``K`` lists, ``;``-separated, best first.
+        ``model, position, set_size, n_sets, k, found, recall`` (``found / k``; ``k`` is at most ``n_sets``;
+        ``found`` counts the screen's top ``K`` whose ``|mean effect|`` reaches the exact ``K``-th largest, so
+        sets tied with it count), and ``exact_top`` / ``screen_top``: the two top-``K`` lists, ``;``-separated,
+        best first (ties in the plan's order).
     """
     k = int(screen["k"].iloc[0]) if k is None else k
     effect = str(screen["effect"].iloc[0]) if effect is None else effect
@@ -106,9 +134,15 @@ def recall_at_k(screen: pd.DataFrame, exact_rows: pd.DataFrame, k: int | None = 
     for (model, pos, size), g in exact.groupby(["model", "position", "set_size"], sort=False):
         sc = screen[(screen.model == model) & (screen.position == pos) & (screen.set_size == size)]
         kk = min(k, len(g))
-        top_exact = list(g.iloc[np.argsort(-np.abs(g[effect].to_numpy()), kind="stable")[:kk]].layers)
+        exact_abs = np.abs(g[effect].to_numpy(float))
+        top_exact = list(g.layers.iloc[top_k(exact_abs, kk)])
         top_screen = list(sc.sort_values("rank").layers[:kk])
-        found = len(set(top_exact) & set(top_screen))
+        # a set tied with the exact K-th is as much in the exact top K as the one the order happened to keep
+        # (ties are exact where the engine computes one row for several sets: at the last position, every set
+        # with the same highest layer)
+        bar = np.sort(exact_abs)[::-1][kk - 1] if kk else np.inf
+        exact_abs_of = dict(zip(g.layers, exact_abs, strict=True))
+        found = sum(exact_abs_of[s] >= bar for s in top_screen)
         recs.append({"model": model, "position": pos, "set_size": int(size), "n_sets": len(g), "k": kk,
                      "found": found, "recall": found / kk if kk else np.nan,
                      "exact_top": ";".join(top_exact), "screen_top": ";".join(top_screen)})

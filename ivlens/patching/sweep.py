@@ -66,12 +66,11 @@ from .linear import (
     estimated_effect,
     first_order_terms,
     linear_on,
-    set_sums,
 )
 from .metrics import answer_metrics, deltas, label_metrics
 from .plan import PatchPlan, layer_set_label, resolve_position
 from .screen import TABLE as SCREEN
-from .screen import screen_table, screened_sets
+from .screen import run_estimates, screen_table, screened_sets
 
 log = logging.getLogger(__name__)
 
@@ -403,14 +402,16 @@ def _terms(lm: LoadedModel, prompts: list[SamplePrompts], ivs: torch.Tensor, sta
                              torch.tensor([p.alt_token for p in prompts]), stats=stats)
 
 
-def _screen(run: RunDir | None, key: str, terms: FirstOrder, plan: PatchPlan, k: int, model: str,
-            effect: str) -> pd.DataFrame:
+def _screen(run: RunDir | None, key: str, terms: FirstOrder, prompts: list[SamplePrompts], plan: PatchPlan, k: int,
+            model: str, effect: str) -> pd.DataFrame:
     """The model's ranking of every set (:func:`ivlens.patching.screen.screen_table`): the run's, when a resumed
-    run has it, else computed from ``terms`` and written (before any chunk, so the chunks run the same sets)."""
+    run has it, else computed from ``terms`` (of ``prompts``, every sample) and written (before any chunk, so the
+    chunks run the same sets)."""
     if run is not None and run.has_shard(SCREEN, key):
         return pd.read_parquet(run.shard_path(SCREEN, key))
     eff = estimated_effect(effect)
-    est = set_sums(getattr(terms, ESTIMATED[eff][2]), plan.layer_sets)  # [samples, positions, sets]
+    is_last = np.array([[t == len(p.target) - 1 for t in p.positions] for p in prompts], dtype=bool)
+    est = run_estimates(getattr(terms, ESTIMATED[eff][2]), plan.layer_sets, is_last)  # [samples, positions, sets]
     table = screen_table(est, plan.layer_sets, plan.positions, k, model, eff)
     if run is not None:
         run.write_shard(SCREEN, key, table)
@@ -547,7 +548,7 @@ def patch_sweep(models: LoadedModel | str | Sequence[LoadedModel | str], task: T
             ivs = _ivs(s_lm, instruction, fmt, st)
             space = label_space_tokens(lm, task, subtask, prompts[0].instructed)
             screened = (_terms(lm, prompts, ivs, st), {sid: i for i, sid in enumerate(sample_ids)})
-            table = _screen(run, f"m{mi}", screened[0], plan, screen, name, effect)
+            table = _screen(run, f"m{mi}", screened[0], prompts, plan, screen, name, effect)
             all_screens.append(table)
             n_full = len(plan.rows)
             plan = plan.with_layer_sets(screened_sets(table, plan.layer_sets))
