@@ -361,9 +361,9 @@ def trace_plans(models: Sequence[str], *, task: str | None = None, subtask: str 
         if compare:
             t = load_task(task)
             chosen = chosen_samples(t, samples, seed, split, info)
-            sa, sb = t.subtask_names
-            reph = t.subtasks[sa].rephrasings
-            instr = [t.subtasks[sa].instruction, t.subtasks[sb].instruction, *reph[:2]]
+            sa, sb = t.subtask_names  # A, B and the first rephrasing of each (what compare_subtasks traces)
+            instr = [t.subtasks[sa].instruction, t.subtasks[sb].instruction,
+                     *t.subtasks[sa].rephrasings[:1], *t.subtasks[sb].rephrasings[:1]]
             lengths = [len(instructed_prompt(tok, t, s, i, fmt)) for s in chosen for i in instr]
         elif task is not None:
             t = load_task(task)
@@ -435,30 +435,36 @@ def eval_plans(models: Sequence[str], task: str, *, subtask: str | None = None, 
 
 # --------------------------------------------------------------------------------------------- organism
 #: Padded tokens per row of each training stage: pretraining rows are packed to ``seq_len``; SFT batches pad to
-#: their longest row (54 tokens on average in the v4 build: plain-text rows are long), DPO batches to their
+#: their longest row (33 tokens on average in the v6 build: plain-text rows of 3 sentences), DPO batches to their
 #: longest prompt + answer (29).
-TRAIN_ROW_TOKENS = {"sft": 56, "dpo": 32}
+TRAIN_ROW_TOKENS = {"sft": 33, "dpo": 32}
 
 
 def organism_plans(size: str = "small", variant: str = "gist", measure: bool = True, device: str = "cpu",
-                   time_steps: bool = True) -> list[Plan]:
+                   time_steps: bool = True, threads: int = 2) -> list[Plan]:
     """The plan of ``ivlens organism build`` (the sizes of :data:`ivlens.organism.train.SIZES`).
 
     ``time_steps``: time one real optimiser step of each stage on ``device`` (a model of the organism's config,
     random weights; about 3 s in all) instead of modelling training from FLOPs and layer calls; a DPO step is a
     training step on the chosen and rejected rows together plus a no-grad forward of the reference model."""
-    from ivlens.organism.train import SIZES
+    from functools import partial
+
+    from ivlens.organism.train import SIZES, pretrain_optimizers
 
     spec = SIZES[size]
     shape = organism_shape(size)
-    seq = {"pretrain": spec.seq_len, **{k: min(v, spec.seq_len) for k, v in TRAIN_ROW_TOKENS.items()}}
+    seq = {"pretrain": spec.seq_len, **TRAIN_ROW_TOKENS}
     stages = [TrainStage("pretrain", spec.pretrain_steps, spec.pretrain_batch, seq["pretrain"]),
               TrainStage("sft", spec.sft_steps, spec.sft_batch, seq["sft"]),
               TrainStage("dpo", spec.dpo_steps, spec.dpo_batch, seq["dpo"], passes=8)]
     step_seconds = None
     if time_steps:
         config = organism_recipe_info("organism", size).config
-        step_seconds = {st.name: train_step_latency(config, st.batch, st.seq_len, device) for st in stages[:2]}
+        pre, sft = stages[:2]
+        step_seconds = {"pretrain": train_step_latency(config, pre.batch, pre.seq_len, device,
+                                                       optimizers=partial(pretrain_optimizers, size=spec),
+                                                       optimizer_name=spec.pretrain_optimizer),
+                        "sft": train_step_latency(config, sft.batch, sft.seq_len, device)}
         dpo = stages[2]
         step_seconds["dpo"] = (train_step_latency(config, 2 * dpo.batch, dpo.seq_len, device)
                                + train_step_latency(config, 2 * dpo.batch, dpo.seq_len, device, forward_only=True))
@@ -466,9 +472,7 @@ def organism_plans(size: str = "small", variant: str = "gist", measure: bool = T
     plan = train_plan(shape, stages, measure_prompts=3 * 2 * 110 * 16 if measure else 0, step_seconds=step_seconds,
                       model=f"organism-{variant} ({size})")
     add_startup(plan, shape, "float32")
-    from ivlens.organism.train import THREADS
-
-    plan.threads = THREADS
+    plan.threads = threads
     plan.notes.append(f"{variant} variant, {shape.n_params / 1e6:.1f} M parameters; tokenizer training and data "
                       "generation not counted" + ("; training time from one timed step per stage" if time_steps else ""))
     return [plan]
@@ -593,7 +597,7 @@ def spec_plans(spec, infos: Sequence[ModelInfo] = ()) -> tuple[list[Plan], bool]
     if isinstance(s, SteerSpec):
         return steer_plans(s, infos), True
     if isinstance(s, OrganismSpec):
-        return organism_plans(s.size, s.variant, s.measure), False
+        return organism_plans(s.size, s.variant, s.measure, threads=s.threads), False
     if isinstance(s, EvalSpec):
         return eval_plans([], s.task, subtask=s.subtask, samples=s.samples, fmt=s.format,
                           query_style=s.query_style, batch_size=s.batch_size, seed=s.seed, dtype=s.dtype,

@@ -351,6 +351,11 @@ class TraceSpec(_ModelsSpec):
     #: trace ``w · resid_l[t]`` instead of a logit (:mod:`ivlens.tracing.readout`), read at ``position``
     readout: str | None = None
     position: str | None = None
+    #: ``--compare``: the model the others' selectivity is compared with (a ``--model`` value or a model's name;
+    #: default: the model named ``base``, a study's label), the verdicts' level and correction over layers
+    base: str | None = None
+    alpha: float = Field(default=0.05, gt=0, lt=1)
+    correction: Correction = "holm"
 
     @field_validator("readout")
     @classmethod
@@ -398,6 +403,8 @@ class TraceSpec(_ModelsSpec):
             raise ValueError("--shard splits the samples of --compare; one traced prompt is one unit of work")
         if self.compare and self.max_tokens is not None:
             raise ValueError("--max-tokens cuts one traced prompt; --compare traces whole task prompts")
+        if self.base is not None and not self.compare:
+            raise ValueError("--base names the model the others of --compare are compared with; add --compare")
         return self
 
 
@@ -412,6 +419,7 @@ class OrganismSpec(Spec):
     variant: OrganismVariant = "gist"
     force: bool = False
     measure: bool = True
+    threads: int = Field(2, ge=1, le=256)  # torch threads the build trains on (its numerics depend on them)
 
 
 SPECS: dict[str, type[Spec]] = {s.analysis: s for s in (EvalSpec, PatchSpec, ProbeSpec, TraceSpec, OrganismSpec,

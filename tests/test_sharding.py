@@ -41,7 +41,7 @@ SWEEPS = {
                           "layers": "0,-1", "samples": 3, "chunk_size": 2, "max_per_subtask": 4, "figures": False},
               ["steer", "baselines", "dose_response", "vectors"]),
     "trace": (TraceSpec, {"task": "animals", "compare": True, "samples": 2, "top_k": 5, "beam": 8},
-              ["compare", "sample_paths"]),
+              ["compare", "sample_paths", "selectivity"]),
 }
 
 

@@ -2,7 +2,7 @@
 
 >>> from ivlens.organism import ensure_organism, resolve_organism
 >>> ensure_organism("gist")                 # builds into the user cache if missing (about 6 min, 2 cores)
->>> resolve_organism("organism-sft")        # .../organism/v5/gist/sft
+>>> resolve_organism("organism-sft")        # .../organism/v6/gist/sft
 
 Modules: ``data`` (corpora), ``tokenizer``, ``gist`` (gist attention mask), ``train`` (stages), ``measure``,
 ``card``, ``paths``, ``build``, ``cli``.

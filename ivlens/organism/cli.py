@@ -23,6 +23,8 @@ def build_command(
     variant: Annotated[OrganismVariant, typer.Option("--variant", help="gist (planted IVs, default) or natural "
                                                      "(control)")] = "gist",
     force: Annotated[bool, typer.Option("--force", help="rebuild even if a finished build exists")] = False,
+    threads: Annotated[int, typer.Option("--threads", min=1, help="torch threads to train on (the weights depend on "
+                                         "them: the card records them)")] = 2,
     no_measure: Annotated[bool, typer.Option("--no-measure", help="skip measuring (card without figures)")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan (training steps, FLOPs, peak memory, "
                                           "time on this CPU) and exit")] = False,
@@ -32,10 +34,13 @@ def build_command(
 
     from ivlens.api import run_organism
     from ivlens.cli_common import friendly_errors
+    from ivlens.runs import check_out_dir
     from ivlens.specs import OrganismSpec
 
     with friendly_errors():
-        spec = OrganismSpec(seed=seed, size=size, variant=variant, force=force, measure=not no_measure)
+        spec = OrganismSpec(seed=seed, size=size, variant=variant, force=force, measure=not no_measure,
+                            threads=threads)
+        check_out_dir(out)  # a dry run refuses what the run would
         if dry_run:
             from ivlens.dry_run import dry_run as print_dry_run
 

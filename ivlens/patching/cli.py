@@ -70,6 +70,7 @@ def patch(
     """Localise instruction vectors: patch IVs of layer sets into targets, then interactions and figures."""
     from ivlens.api import run_patch
     from ivlens.cli_common import run_row_sweep
+    from ivlens.patching.interactions import strongest_single_layer
     from ivlens.specs import PatchSpec
 
     options = {"models": tuple(model or ()), "task": task, "subtask": subtask, "layers": layers,
@@ -85,10 +86,14 @@ def patch(
     if res is None:
         return
     an = res.analysis
-    best = an.single_layer.loc[an.single_layer.groupby(["model", "position"], sort=False)["mean"].idxmax()]
-    for r in best.itertuples():
+    unread = an.single_layer[an.single_layer.zero_by_construction]
+    for r in strongest_single_layer(an.single_layer).itertuples():
         console.print(f"{r.model} · {r.position}: strongest single layer {r.layer} "
                       f"(mean {spec.effect} {r.mean:.3f} ± {r.sem:.3f})")
+    if not unread.empty:
+        where = ", ".join(dict.fromkeys(f"layer {r.layer} at {r.position}" for r in unread.itertuples()))
+        console.print(f"not ranked: {where} (no later computation reads a patch there, so its effect is 0 by "
+                      "construction)")
     if not an.additivity.empty:
         for r in an.additivity.itertuples():
             console.print(f"{r.model} · {r.position} · size {r.set_size}: {r.frac_superadditive:.0%} superadditive, "

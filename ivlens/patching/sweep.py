@@ -69,6 +69,7 @@ from .linear import (
 )
 from .metrics import answer_metrics, deltas, label_metrics
 from .plan import PatchPlan, layer_set_label, resolve_position
+from .reach import attention_windows, reaches_logits
 from .screen import TABLE as SCREEN
 from .screen import run_estimates, screen_table, screened_sets
 
@@ -273,6 +274,9 @@ def _pass_rows(lm: LoadedModel, prompts: list[SamplePrompts], plan: PatchPlan, i
         "set_size": np.tile(np.array([len(x) for x in plan.layer_sets], dtype=np.int64), B * n_pos),
         "first_layer": np.tile(np.array([x[0] for x in plan.layer_sets], dtype=np.int64), B * n_pos),
     }
+    # False: no later computation reads the patch, its effect is 0 by construction (summaries do not rank it)
+    cols["reaches_logits"] = reaches_logits(attention_windows(lm.model, lm.n_layers), cols["first_layer"],
+                                            cols["pos_index"], cols["n_tokens"])
     for k, v in got.items():  # floats as float64, as Python floats were before
         cols[k] = v.double().numpy() if v.is_floating_point() else v.numpy()
     if terms is not None:

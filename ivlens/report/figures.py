@@ -300,6 +300,18 @@ def overlap_curves(curves: dict[str, dict[str, Sequence[float]]], models: Sequen
     return _png(fig)
 
 
+def selectivity(table: pd.DataFrame, models: Sequence[str]) -> bytes:
+    """The selectivity table of a ``trace --compare`` run (:func:`ivlens.tracing.figures.draw_selectivity`): the
+    gap ± CI by layer against the permutation null and the base model's gap, and the difference in differences."""
+    from ivlens.tracing.figures import draw_selectivity
+
+    models = _present(models, table.model)
+    with_did = bool(table.is_base.any()) and len(models) > 1
+    fig = plt.figure(figsize=(3.6 * len(models), 5.6 if with_did else 3.2))
+    draw_selectivity(fig, table, models, colours(models))
+    return _png(fig)
+
+
 def sample_paths(rows: pd.DataFrame, models: Sequence[str], top: int = 10) -> bytes:
     """The top ``top`` exact paths of one sample, drawn over the token × layer grid; rows: the two subtasks'
     instructions, columns: models. Red paths raise the answer's logit, blue ones lower it; width by |value|."""

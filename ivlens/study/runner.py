@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from ivlens.runs import atomic_write_text
+from ivlens.runs import atomic_write_text, check_out_dir
 from ivlens.specs import spec_from_manifest
 
 from .executors import Executor, LocalExecutor, Work
@@ -80,7 +80,12 @@ def run_study(study: StudySpec, out: str | Path | None = None, *, executor: Exec
     """Run every step of ``study`` not already done into the study directory, then write its report.
     ``say(line)`` hears what happens to each step (skipped, started, resumed, finished)."""
     say = say or log.info
+    from ivlens.models.load import check_model_files
+
     steps = plan_steps(study)
+    check_out_dir(out)
+    for entry in study.models.values():  # a bad model file fails now, not after the steps before its first
+        check_model_files(entry.model, trust_remote_code=study.trust_remote_code)
     directory = Path(out) if out is not None else default_directory(study)
     directory.mkdir(parents=True, exist_ok=True)
     directory = directory.resolve()
