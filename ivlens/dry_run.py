@@ -478,6 +478,17 @@ def organism_plans(size: str = "small", variant: str = "gist", measure: bool = T
     return [plan]
 
 
+
+def organism_build_seconds(size: str = "small", variant: str = "gist", measure: bool = True,
+                           threads: int = 2) -> float:
+    """The dry run's estimate of ``ivlens organism build``'s wall time on this machine as it is loaded now
+    (:func:`organism_plans` with its timed steps at this machine's rates): what the build and the main job print
+    before they start one. Takes about 3 s."""
+    plan = organism_plans(size, variant, measure, threads=threads)[0]
+    shape = organism_shape(size)
+    rates, _ = measure_rates(shape, "cpu", "float32", organism_recipe_info("organism", size).config)
+    return seconds(plan, dataclasses.replace(rates, threads=threads))
+
 # --------------------------------------------------------------------------------------------- printing
 def measure_rates(shape: ModelShape, device: str = "cpu", dtype: str = "float32",
                   config=None) -> tuple[Rates, str | None]:
@@ -664,7 +675,8 @@ def organism_recipe_info(name: str, size: str = "small") -> ModelInfo:
     s = SIZES[size]
     config = Olmo2Config(vocab_size=s.vocab_size, hidden_size=s.d_model, intermediate_size=s.d_mlp,
                          num_hidden_layers=s.n_layers, num_attention_heads=s.n_heads, num_key_value_heads=s.n_heads,
-                         max_position_embeddings=256, tie_word_embeddings=True, bos_token_id=None)
+                         max_position_embeddings=256, tie_word_embeddings=True, bos_token_id=None,
+                         eos_token_id=None, pad_token_id=None)
     note = (f"{name} is not built yet: sized from its recipe ({size}), prompt lengths estimated (no tokenizer "
             "until the build has trained one)")
     return ModelInfo(name, f"{name}{RECIPE_SUFFIX}", organism_shape(size), ApproxTokenizer(None, 0, 0), note, config)

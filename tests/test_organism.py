@@ -7,6 +7,7 @@ the real build and its acceptance figures are checked by ``test_organism_build_s
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -235,12 +236,17 @@ def test_the_organism_step_puts_the_card_and_its_iv_transfer_in_a_run(tmp_path, 
     from ivlens.organism.build import build_organism
     from ivlens.report.reader import read_study
     from ivlens.specs import OrganismSpec
+    from ivlens.study.runner import organism_build_note
 
     monkeypatch.setenv("IVLENS_CACHE", str(tmp_path))
+    spec = OrganismSpec(seed=1, size="tiny")
+    # before a build, the study says what it will cost on this machine (the dry run's estimate), not a fixed figure
+    assert re.fullmatch(r" \(building the organisms: about [0-9.]+ (s|min) here, the dry run's estimate for this "
+                        r"machine as loaded now\)", organism_build_note(spec))
     build_organism(out=organism_dir("gist"), seed=1, size="tiny", progress=False)
+    assert organism_build_note(spec) == " (the organisms are built: reusing them)"
     card = read_card(organism_dir("gist"))
     assert set(card["measured"]) == {"base", "sft", "dpo"} and "all_pass" in card["acceptance"]
-    spec = OrganismSpec(seed=1, size="tiny")
     run_organism(spec, run_dir=tmp_path / "study" / "organism", progress=False)  # reuses the build
     [run] = read_study(tmp_path / "study").of("organism")
     assert run.manifest["spec_hash"] == spec.hash() and run.json("card")["made_how"] == card["made_how"]
