@@ -21,6 +21,7 @@ import functools
 import logging
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from rich.console import Console
 
@@ -151,11 +152,16 @@ def patch_plans(models: Sequence[str], task: str, subtask: str | None, *, layers
                 target: str = "bare", fmt: str = "raw", chunk_size: int = 25, batch_size: int | None = None,
                 seed: int = 0, dtype: str = "float32", device: str = "cpu", memory_budget=None,
                 figures: bool = True, split: str = "all", score: str = "first-token",
-                infos: Sequence[ModelInfo] | None = None) -> list[Plan]:
+                infos: Sequence[ModelInfo] | None = None, linear_estimate: str = "auto", screen: int | None = None,
+                remote: bool = False) -> list[Plan]:
     """The plan of ``ivlens patch`` with these options, one per model (see :func:`ivlens.patching.sweep.patch_sweep`).
 
     ``score="answer"``: the engine runs the targets once, keeping the rows' keys/values, and each distinct row (and
-    each target-only and instructed run) scores the candidates' token trie against them (:func:`answer_trie`)."""
+    each target-only and instructed run) scores the candidates' token trie against them (:func:`answer_trie`).
+    With the linear estimate on (:func:`ivlens.patching.linear.linear_on`), every sample adds one forward and one
+    backward per scored logit (:func:`add_linear_estimate`); ``screen=K`` runs the engine on the singles and at
+    most ``K`` sets per size and position (:func:`screened_stand_in`)."""
+    from ivlens.patching.linear import linear_on
     from ivlens.patching.plan import PatchPlan, resolve_position
     from ivlens.patching.sweep import starts_with_bos
     from ivlens.tasks import instructed_prompt, instruction_prompt, load_task, query_prompt
@@ -170,6 +176,10 @@ def patch_plans(models: Sequence[str], task: str, subtask: str | None, *, layers
         tok = info.tokenizer
         chosen = chosen_samples(t, samples, seed, split, info)
         plan = PatchPlan.build(layers, positions, info.shape.n_layers)
+        all_sets = plan.layer_sets
+        linear = linear_on(linear_estimate, screen, all_sets, score=score, remote=remote)
+        if screen is not None:
+            plan = plan.with_layer_sets(screened_stand_in(all_sets, screen, len(plan.positions)))
         labels = AnswerCandidates.of(t, sub.name).labels if score == "answer" else ()
         targets, trie = [], None
         for s in chosen:
@@ -189,6 +199,13 @@ def patch_plans(models: Sequence[str], task: str, subtask: str | None, *, layers
                        answer=trie)
         p.notes.append(f"{t.name}/{sub.name}, {len(chosen)} samples ({split}), {layers} × {positions}, target "
                        f"{target}, score {score}, memory budget {budget / 2**30:.2f} GiB")
+        if linear:
+            add_linear_estimate(p, info.shape, [x.n_tokens for x in targets], 2 if other is not None else 1, dtype)
+        if screen is not None:
+            p.counts["ranked_sets"] = len(all_sets)
+            p.notes.append(f"--screen {screen}: {len(plan.layer_sets):,} of {len(all_sets):,} layer sets run exactly "
+                           f"(the singles and at most {screen} per size and position; which ones the linear "
+                           "estimate decides, so the count is an upper bound and the sets a stand-in)")
         add_figures(p, 2 if figures and not plans else 0)  # single layers and pair heatmaps, once
         plans.append(_with_note(p, info, dtype, not plans))
     return plans
@@ -203,6 +220,40 @@ def answer_trie(tok, prompt, labels: Sequence[str]) -> AnswerTrie:
     conts = [label_token_ids(tok, prompt, lab) for lab in labels]
     trie = ContinuationTrie.build(1, [0] * len(conts), conts)
     return AnswerTrie(len(labels), tuple(len(x) for x in trie.token[1:]))
+
+
+def screened_stand_in(layer_sets: Sequence[tuple[int, ...]], k: int, n_positions: int) -> tuple[tuple[int, ...], ...]:
+    """What ``--screen k`` runs, for counting before the estimate exists: the singles and, per set size ≥ 2, at
+    most ``k × n_positions`` sets (each position's top ``k``, at most all of them), spread evenly over the size's
+    sets (the ranking picks them by the data; spreading them gives a typical mix of first layers)."""
+    by_size: dict[int, list[tuple[int, ...]]] = {}
+    for s in layer_sets:
+        by_size.setdefault(len(s), []).append(s)
+    out: list[tuple[int, ...]] = []
+    for size, sets in by_size.items():
+        n = len(sets) if size == 1 else min(len(sets), k * n_positions)
+        idx = sorted({int(round(x)) for x in np.linspace(0, len(sets) - 1, n)}) if n else []
+        out += [sets[i] for i in idx]
+    return tuple(out)
+
+
+def add_linear_estimate(p: Plan, shape: ModelShape, lengths: Sequence[int], n_scores: int, dtype: str) -> Plan:
+    """The linear estimate's cost (:mod:`ivlens.patching.linear`): per target (``lengths``: the targets' tokens)
+    one forward and ``n_scores`` backward passes (the label's logit, and the alternative's where the task has
+    one), each backward about twice a forward; one target at a time, so its memory is one prompt's activations
+    kept for the backward (counted beyond the engine's working set, which is free by then)."""
+    from ivlens.estimate.plans import patch_row_bytes
+
+    p.flops += sum(prompt_flops(shape, n) * (1 + 2 * n_scores) for n in lengths)
+    p.layer_calls += len(lengths) * shape.n_layers * (1 + 2 * n_scores)
+    p.counts["gradient_passes"] = len(lengths)
+    widest = max(lengths, default=0)
+    graph = shape.n_layers * patch_row_bytes(shape, widest, widest, dtype)
+    extra = max(0, graph - p.memory.get("engine working set", 0))
+    if extra:
+        p.memory["linear estimate's backward (one sample)"] = extra
+    p.notes.append(f"linear estimate: one forward + {n_scores} backward per sample (--linear-estimate off drops it)")
+    return p
 
 
 # --------------------------------------------------------------------------------------------- steer
@@ -579,7 +630,7 @@ def spec_plans(spec, infos: Sequence[ModelInfo] = ()) -> tuple[list[Plan], bool]
                            mode=s.mode, target=s.target, fmt=s.format, chunk_size=s.chunk_size,
                            batch_size=s.batch_size, seed=s.seed, dtype=s.dtype, device=s.device,
                            memory_budget=s.memory_budget, figures=s.figures, split=s.split, score=s.score,
-                           infos=infos), True
+                           infos=infos, linear_estimate=s.linear_estimate, screen=s.screen, remote=s.remote), True
     if isinstance(s, ProbeSpec):
         return probe_plans([], list(s.tasks), layers=s.layers, varying=s.varying,
                            user_instructions=dict(s.instructions), fmt=s.format, batch_size=s.batch_size,

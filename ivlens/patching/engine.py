@@ -78,7 +78,9 @@ class EngineStats:
     per-row minimum for the requested rows, ``Σ (L − 1 − l0)(T − p)`` (what a row needs on its own; sharing
     between rows goes below it); ``baseline_evals``: those of clean, instructed and source runs; ``layer_calls``:
     batched decoder-layer calls for patched rows; ``unique_rows``: distinct computations among ``rows``;
-    ``unembed_rows``: final residuals unembedded for patched rows; ``groups``: bounded tries run."""
+    ``unembed_rows``: final residuals unembedded for patched rows; ``groups``: bounded tries run;
+    ``gradient_evals``: layer-token evaluations of the linear estimate's forwards (:mod:`ivlens.patching.linear`;
+    each followed by a backward per scored logit)."""
 
     executed_evals: int = 0
     minimal_evals: int = 0
@@ -88,6 +90,7 @@ class EngineStats:
     unique_rows: int = 0
     unembed_rows: int = 0
     groups: int = 0
+    gradient_evals: int = 0
 
     def add(self, other: EngineStats) -> None:
         for k in self.__dataclass_fields__:
@@ -200,6 +203,26 @@ def clean_run(adapter: ArchitectureAdapter, sequences: Sequence[Sequence[int]], 
     :func:`patched_metrics`); without, only the last-position logits.
     """
     batch = pad_left([tuple(s) for s in sequences], pad_id).to(_device(adapter))
+    h, resid, keys, values = layer_pass(adapter, batch, record=record)
+    lengths = tuple(len(s) for s in sequences)
+    if stats is not None:
+        stats.baseline_evals += adapter.n_layers * sum(lengths)
+        stats.layer_calls += adapter.n_layers
+    return CleanRun(batch, resid, keys, values, adapter.logits(h[:, -1]), lengths)
+
+
+def layer_pass(adapter: ArchitectureAdapter, batch: Batch, *, record: bool = False,
+               after_layer: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
+               ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+    """One whole forward of a left-padded ``batch`` through the adapter's layers, layer by layer (the engine's
+    clean run; the linear estimate's gradient pass, :mod:`ivlens.patching.linear`, runs the same code with
+    autograd on).
+
+    ``after_layer(l, resid_post[l]) -> resid_post[l]`` may replace each layer's output (``[batch, pos, d_model]``)
+    before the next layer reads it. Returns the last layer's output ``[batch, pos, d_model]`` and, with
+    ``record``, ``resid_post[l]`` and the keys/values ``[batch, kv_head, pos, d_head]`` of every layer (else
+    empty lists). Gradients flow unless the caller disables them.
+    """
     h = adapter.embed_input(batch.input_ids, batch.position_ids)  # [batch, pos, d_model]
     masks: dict = {}  # one [batch, 1, pos, pos] mask per (sliding window, device)
     pes: dict = {}  # one rotary (cos, sin) per (layer type, device)
@@ -217,15 +240,13 @@ def clean_run(adapter: ArchitectureAdapter, sequences: Sequence[Sequence[int]], 
             pes[kind, dev] = _to(adapter.position_embeddings(h, pos, layer), dev)
         h = adapter.run_layer(layer, h, attention_mask=masks[window, dev], position_ids=pos,
                               position_embeddings=pes[kind, dev], cache=cache)
+        if after_layer is not None:
+            h = after_layer(layer, h)
         if record:
             resid.append(h)
             keys.append(cache.new[0])
             values.append(cache.new[1])
-    lengths = tuple(len(s) for s in sequences)
-    if stats is not None:
-        stats.baseline_evals += adapter.n_layers * sum(lengths)
-        stats.layer_calls += adapter.n_layers
-    return CleanRun(batch, resid, keys, values, adapter.logits(h[:, -1]), lengths)
+    return h, resid, keys, values
 
 
 @torch.no_grad()
