@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .models.load import LoadedModel, load_model
-from .runs import RunDir
+from .models.load import LoadedModel, check_model_files, load_model
+from .runs import RunDir, check_out_dir
 from .scoped import torch_threads
 from .sharding import owner
 from .specs import (
@@ -109,6 +109,7 @@ def run_eval(spec: EvalSpec, *, models: Sequence[LoadedModel] | None = None, out
     Returns ``(run, summary, decides)``."""
     from .eval import evaluate, instruction_decides, summarize
 
+    check_out_dir(out)  # before any model loads
     t = load_task(spec.task)
     subtasks = [t.subtask(spec.subtask).name] if spec.subtask else t.subtask_names
     judge = import_callable(spec.judge) if spec.judge else None
@@ -171,6 +172,7 @@ def run_patch(spec: PatchSpec, *, models: Sequence[LoadedModel] | None = None,
     from .patching.sweep import patch_sweep
     from .tasks import require_contrastive
 
+    check_out_dir(out)  # before any model loads
     if spec.memory_budget is not None and spec.memory_budget.strip().lower() != "auto":
         parse_bytes(spec.memory_budget)  # a bad value fails here, before any model loads
     t = load_task(spec.task)
@@ -195,7 +197,8 @@ def run_patch(spec: PatchSpec, *, models: Sequence[LoadedModel] | None = None,
                           split=spec.split, mode=spec.mode, source_model=src, target=spec.target, fmt=spec.format,
                           batch_size=spec.batch_size, memory_budget=spec.memory_budget, chunk_size=spec.chunk_size,
                           seed=spec.seed, run=run, device=spec.device, backend=spec.backend, score=spec.score,
-                          progress=progress, owns=owner(spec.shard))
+                          progress=progress, owns=owner(spec.shard), linear_estimate=spec.linear_estimate,
+                          screen=spec.screen, effect=spec.effect)
         if spec.shard is not None:
             stop_shard(run, spec)
             return PatchResult(run, res, None)
@@ -232,6 +235,7 @@ def run_steer(spec: SteerSpec, *, models: Sequence[LoadedModel] | None = None, o
     from .steering.vectors import check_run_vectors, parse_alphas, parse_vectors
     from .tasks import require_contrastive
 
+    check_out_dir(out)  # before any model loads
     if spec.memory_budget is not None and spec.memory_budget.strip().lower() != "auto":
         parse_bytes(spec.memory_budget)
     t = load_task(spec.task)
@@ -293,6 +297,7 @@ def run_probe(spec: ProbeSpec, *, models: Sequence[LoadedModel] | None = None, o
     from .probing.run import ProbeResult, model_slug, probe_run
     from .tasks.requirements import require_rephrasings
 
+    check_out_dir(out)  # before any model loads
     if spec.varying == "instructions":
         require_rephrasings(list(spec.tasks), n=2, analysis="probing")  # before any model is loaded
     for task in spec.tasks:
@@ -300,6 +305,9 @@ def run_probe(spec: ProbeSpec, *, models: Sequence[LoadedModel] | None = None, o
     if spec.remote and models is None:  # NDIF: refused here (key, hub ids) before any run directory is made
         models = _load(spec.models, spec, None)
     names = [m.name for m in models] if models is not None else list(spec.models)
+    if models is None:  # the models load one at a time, after the run directory is made: check their files now
+        for name in names:
+            check_model_files(name, gguf_file=spec.gguf_file, trust_remote_code=spec.trust_remote_code)
     if spec.layers is not None and spec.layers.strip().lower() != "all":  # refuse bad layers before any work
         for m in models if models is not None else spec.models:
             n_layers = m.n_layers if isinstance(m, LoadedModel) else _config_layers(m, spec)
@@ -330,6 +338,20 @@ class TraceRunResult:
     traces: list | None = None
 
 
+def compare_base(spec: TraceSpec, lms: Sequence[LoadedModel]) -> str | None:
+    """The name of the base model of a ``--compare`` run: the model ``spec.base`` names (a ``--model`` value or a
+    loaded model's name, e.g. a study's label), else the model named ``base``, else ``None``. Raises
+    :class:`SpecError` when ``--base`` names none of the models."""
+    names = [lm.name for lm in lms]
+    if spec.base is None:
+        return "base" if "base" in names else None
+    for given, lm in zip(spec.models, lms, strict=True):
+        if spec.base in (given, lm.name):
+            return lm.name
+    raise SpecError(f"--base {spec.base!r} is not one of the models ({', '.join(dict.fromkeys([*spec.models, *names]))}); "
+                    "name one of them")
+
+
 def run_trace(spec: TraceSpec, *, models: Sequence[LoadedModel] | None = None, out: str | Path | None = None,
               resume: str | Path | None = None, progress: Callable | None = None,
               root: str | Path | None = None) -> TraceRunResult:
@@ -340,6 +362,7 @@ def run_trace(spec: TraceSpec, *, models: Sequence[LoadedModel] | None = None, o
     from (a study's directory), default the working directory."""
     from .tracing.run import check_trace_memory, compare_run, plan_readout, trace_single
 
+    check_out_dir(out)  # before any model loads
     if spec.task is not None:
         t = load_task(spec.task)
         if spec.subtask is not None:
@@ -360,13 +383,15 @@ def run_trace(spec: TraceSpec, *, models: Sequence[LoadedModel] | None = None, o
         plans = [plan_readout(lm, readout=spec.readout, position=spec.position, task=spec.task, subtask=spec.subtask,
                               sample=spec.sample, prompt=spec.prompt, fmt=spec.format, max_tokens=spec.max_tokens,
                               base=Path(root) if root is not None else None) for lm in lms]
+    base = compare_base(spec, lms) if spec.compare else None
     name = spec.task or "prompt"
     run = start_run(spec, f"{name}-compare" if spec.compare else name, out=out, resume=resume, models=lms,
                     task=spec.task)
     if spec.compare:
         summaries = compare_run(lms, spec.task, run, samples=spec.samples, split=spec.split, seed=spec.seed,
                                 fmt=spec.format, top_k=spec.top_k, beam=spec.beam, progress=progress,
-                                owns=owner(spec.shard) if spec.shard is not None else None)
+                                owns=owner(spec.shard) if spec.shard is not None else None, base=base,
+                                alpha=spec.alpha, correction=spec.correction)
         if spec.shard is not None:
             stop_shard(run, spec)
             return TraceRunResult(run, summaries={})
@@ -405,8 +430,11 @@ def run_organism(spec: OrganismSpec, *, out: str | Path | None = None, progress:
     from .organism.card import CARD_NAME, read_card, write_card_run
     from .runs import atomic_write_text
 
+    check_out_dir(out)
+    check_out_dir(run_dir)
     directory = build_organism(out=Path(out) if out is not None else None, seed=spec.seed, size=spec.size,
-                               variant=spec.variant, force=spec.force, measure=spec.measure, progress=progress)
+                               variant=spec.variant, force=spec.force, measure=spec.measure, progress=progress,
+                               threads=spec.threads)
     card = read_card(directory)
     if card.get("spec_hash") != spec.hash():
         card.update(spec=spec.model_dump(mode="json"), spec_hash=spec.hash())

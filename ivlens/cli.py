@@ -30,6 +30,7 @@ from ivlens.cli_common import (
     progress_bar,
     shard_written,
 )
+from ivlens.runs import check_out_dir
 from ivlens.specs import QueryStyle
 
 Executor = Literal["local", "ray"]
@@ -162,6 +163,7 @@ def eval_cmd(
                    "gguf_file": gguf_file, "dtype": dtype, "device": device, "revision": revision,
                    "trust_remote_code": trust_remote_code, "shard": shard}
         spec = build_spec(ctx, EvalSpec, options, resume, params={"models": "model", "format": "fmt"})
+        check_out_dir(out)  # a dry run refuses what the run would
         if dry_run:
             from ivlens.dry_run import dry_run as print_dry_run
 
@@ -216,6 +218,10 @@ def run_cmd(
     import pandas as pd
 
     console.print(frame_table(pd.DataFrame(rows), title=f"study {study.name}", floatfmt="{:.1f}"))
+    from ivlens.organism.card import study_organism_warnings
+
+    for line in study_organism_warnings(result.directory):
+        err_console.print(f"[bold yellow]warning:[/] {line}", highlight=False)
     console.print(f"[bold green]study finished.[/] results: {result.directory}")
     console.print(f"report: {result.report}")
 

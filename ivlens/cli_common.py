@@ -24,6 +24,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from ivlens.runs import check_out_dir
 from ivlens.specs import Dtype, Format, Score, Spec, Split
 
 console = Console(stderr=False)
@@ -196,6 +197,7 @@ def run_row_sweep(ctx: typer.Context, spec_cls: type[Spec], options: dict[str, A
     is ``None`` when the command has nothing more to print (a dry run, a shard)."""
     with friendly_errors():
         spec = build_spec(ctx, spec_cls, options, resume, params={"models": "model", "format": "fmt"})
+        check_out_dir(out)  # a dry run refuses what the run would
         if dry_run:
             from ivlens.dry_run import dry_run as print_dry_run
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ivlens.errors import IvlensError
 from ivlens.models.load import LoadedModel
-from ivlens.runs import RunDir
+from ivlens.runs import RunDir, check_out_dir
 from ivlens.sharding import Shard
 from ivlens.specs import Spec, spec_from_manifest
 
@@ -74,6 +74,7 @@ def merge_runs(runs: Sequence[str | Path], out: str | Path, *,
     ``models``: the spec's models, loaded (and named as in the shards); else they are loaded by name."""
     from ivlens.api import run_spec
 
+    check_out_dir(out)
     spec, opened = shard_specs(runs)
     out = Path(out)
     if (out / "manifest.json").exists():

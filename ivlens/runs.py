@@ -28,6 +28,7 @@ import pandas as pd
 import torch
 
 import ivlens
+from ivlens.errors import IvlensError
 
 LIBRARIES = ("torch", "transformers", "nnsight", "trl", "scikit-learn", "numpy", "pandas", "pyarrow")
 
@@ -124,6 +125,48 @@ def content_hash(obj: Any) -> str:
     return hashlib.sha256(canonical_json(obj).encode("utf-8")).hexdigest()
 
 
+class OutPathError(IvlensError, ValueError):
+    """An ``--out`` path that cannot be what the command writes (a directory for runs and studies, an HTML
+    file for reports)."""
+
+
+def _file_on_the_way(path: Path) -> Path | None:
+    """The nearest existing ancestor of ``path`` (itself excluded) when that is not a directory, else None."""
+    for parent in path.parents:
+        if parent.exists():
+            return None if parent.is_dir() else parent
+    return None
+
+
+def check_out_dir(out: str | Path | None, option: str = "--out") -> None:
+    """``out`` can be (or already is) a directory: not an existing file, nor a path through one. Called before
+    any model loads, so a wrong ``--out`` costs nothing."""
+    if out is None:
+        return
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise OutPathError(f"{option} {out} is an existing file, not a directory; give the path of a new "
+                           "directory (a run directory holds a manifest, tables and figures)")
+    blocker = _file_on_the_way(path)
+    if blocker is not None:
+        raise OutPathError(f"{option} {out}: {blocker} is a file, so no directory can be made inside it; give the "
+                           "path of a new directory")
+
+
+def check_out_file(out: str | Path | None, option: str = "--out") -> None:
+    """``out`` can be written as a file: not an existing directory, nor a path through a file."""
+    if out is None:
+        return
+    path = Path(out)
+    if path.is_dir():
+        raise OutPathError(f"{option} {out} is an existing directory, not a file; give the path of the file to "
+                           f"write (e.g. {path / 'report.html'})")
+    blocker = _file_on_the_way(path)
+    if blocker is not None:
+        raise OutPathError(f"{option} {out}: {blocker} is a file, so nothing can be written inside it; give "
+                           "another path")
+
+
 @dataclass
 class RunDir:
     """A run directory and its manifest. Create with :meth:`create`, reopen with :meth:`open`."""
@@ -146,8 +189,13 @@ class RunDir:
                 n += 1
                 path = Path(root) / f"{stamp}-{_slug(command)}-{_slug(name)}-{n}"
         else:
+            check_out_dir(out)
             path = Path(out)
-        path.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OutPathError(f"cannot make the run directory {path} ({e.strerror or e}); give --out a directory "
+                               "you can write") from None
         manifest = {
             "ivlens_version": ivlens.__version__,
             "git_commit": git_commit(),

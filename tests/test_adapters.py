@@ -308,3 +308,27 @@ def test_derivation_refuses_what_the_vocabulary_cannot_say(multipliers):
     plain = GraniteForCausalLM(GraniteConfig(**{**cfg.to_dict(), "residual_multiplier": 1.0,
                                                 "embedding_multiplier": 1.0, "logits_scaling": 1.0})).eval()
     assert derive_spec(plain, Family("granite", ("GraniteForCausalLM",))).norm_kind == "rms"
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_default_init_derives_the_same_spec(arch):
+    """Derivation reads the module graph, not the weight values: at transformers' default init (norm weights 1, or
+    0 for Gemma's 1 + w; biases 0), where GPT-NeoX's two parallel-residual LayerNorms compute the same function of
+    the same input, every family derives the spec of its randomised init."""
+    default, randomised = tiny_model(arch, randomise=False), tiny_model(arch)
+    norms = [p for n, p in default.named_parameters() if "norm" in n or ".ln_" in n]
+    assert all(torch.all(p == p.flatten()[0]) for p in norms)  # really the default init (OLMo-1: no weights)
+    fam = ARCHITECTURES[type(default).__name__]
+    assert derive_spec(default, fam).to_dict() == derive_spec(randomised, fam).to_dict()
+
+
+def test_roles_survive_sublayers_that_output_the_same():
+    """Weights that make attention and MLP output the same values (here zeros: a pruned or freshly zeroed
+    projection) cannot make post-norm roles ambiguous: each module's output carries its own mark in the probe."""
+    model = tiny_model("olmo2")
+    with torch.no_grad():
+        model.model.layers[0].self_attn.o_proj.weight.zero_()
+        model.model.layers[0].mlp.down_proj.weight.zero_()
+    spec = derive_spec(model, ARCHITECTURES["Olmo2ForCausalLM"])
+    assert spec.norms == {"attn_out": "post_attention_layernorm", "mlp_out": "post_feedforward_layernorm"}
+    assert derive_spec(model, ARCHITECTURES["Olmo2ForCausalLM"]) == get_adapter(tiny_model("olmo2")).spec

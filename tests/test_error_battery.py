@@ -7,9 +7,11 @@ errors go through the same boundary as ivlens's), on a tiny random OLMo-2 direct
 
 from __future__ import annotations
 
+import re
 import sys
 
 import pytest
+from bad_models import KINDS
 
 from ivlens.cli import main
 
@@ -121,6 +123,14 @@ def test_bad_invocation_is_one_line_and_exit_2(args, needle, tiny_dir, tmp_path,
             argv = [a.replace(key, value) for a in argv]
     if argv[0] in ("eval", "patch", "probe", "trace", "steer") and "--resume" not in argv:
         argv += ["--out", str(tmp_path / "run")]
+    line = _one_error_line(argv, monkeypatch, capsys)
+    assert needle in line, (argv, line)
+    assert not (tmp_path / "run").exists(), "a refused invocation must not leave a run directory"
+
+
+def _one_error_line(argv: list[str], monkeypatch, capsys, progress: str | None = None) -> str:
+    """Run ``ivlens *argv`` in-process; assert exit code 2, no traceback and exactly one ``error:`` line on stderr
+    (after lines matching the regex ``progress``, where given: a study's step lines); return that line."""
     monkeypatch.setattr(sys, "argv", ["ivlens", *argv])
     monkeypatch.setenv("COLUMNS", "400")  # one line, not wrapped by rich
     monkeypatch.delenv("NDIF_API_KEY", raising=False)
@@ -130,12 +140,108 @@ def test_bad_invocation_is_one_line_and_exit_2(args, needle, tiny_dir, tmp_path,
     lines = [line for line in err.splitlines() if line.strip()]
     assert exit_info.value.code == 2, (argv, err)
     assert "Traceback" not in err, (argv, err)
+    if progress is not None:
+        lines = [line for line in lines if not re.fullmatch(progress, line)]
     assert len(lines) == 1 and lines[0].startswith("error:"), (argv, err)
-    assert needle in lines[0], (argv, err)
-    assert not (tmp_path / "run").exists(), "a refused invocation must not leave a run directory"
+    return lines[0]
 
 
 def test_the_battery_is_large_enough():
     assert len(BATTERY) >= 25
     commands = {a[0] for a, _ in BATTERY}
     assert commands >= {"eval", "patch", "probe", "trace", "organism", "tasks", "report"}
+
+
+# ----------------------------------------------------------------------------- models that cannot be used (issue 21)
+#: Every command that loads a model, with the options it needs besides --model.
+MODEL_COMMANDS = {"eval": ["--task", "adjectives"], "patch": [], "probe": [], "steer": [],
+                  "trace": ["--task", "adjectives"]}
+
+
+#: Faults found only by reading the weights (transformers' loading report, its GGUF reader), not by the checks of
+#: config and headers that run first: a study meets them at its first step (after that step's progress line), a
+#: probe run after its run directory is made (it loads its models one at a time).
+LOADING_KINDS = ("tensor missing", "tensor of another shape", "corrupt GGUF")
+
+
+@pytest.fixture(scope="module")
+def bad_models(tmp_path_factory):
+    from bad_models import make_bad_models
+
+    return make_bad_models(tmp_path_factory.mktemp("bad-models"))
+
+
+def _study(path, model: str) -> str:
+    path.write_text(f"name: bad\nmodels:\n  m: {{model: '{model}'}}\ntasks: [adjectives]\n"
+                    "analyses:\n  eval: {samples: 2}\n  patch: {samples: 2}\n")
+    return str(path)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("command", [*MODEL_COMMANDS, "run"])
+def test_unusable_model_is_one_line_in_every_command(bad_models, kind, command, tmp_path, monkeypatch, capsys):
+    """A model that cannot be used (config, weights, GGUF, path) ends in one line naming the file, the fault and the
+    fix, exit 2, before any run or study directory is made; a study refuses it before its first step."""
+    case = bad_models[kind]
+    capsys.readouterr()
+    out = tmp_path / "out"
+    if command == "run":
+        argv = ["run", _study(tmp_path / "study.yaml", case.model), "--out", str(out)]
+    else:
+        argv = [command, "-m", case.model, *MODEL_COMMANDS[command], "--out", str(out)]
+    by_loading = kind in LOADING_KINDS
+    progress = r"\S+/\S+: running ivlens \w+" if command == "run" and by_loading else None
+    line = " ".join(_one_error_line(argv, monkeypatch, capsys, progress).split())
+    for needle in case.needles:
+        assert needle in line, (kind, command, line)
+    assert not out.exists() or (by_loading and command in ("probe", "run"))
+
+
+@pytest.mark.parametrize("kind", ["config not JSON", "truncated safetensors", "not GGUF (.gguf)"])
+@pytest.mark.parametrize("command", [*MODEL_COMMANDS, "run"])
+def test_dry_run_refuses_the_same_models(bad_models, kind, command, tmp_path, monkeypatch, capsys):
+    case = bad_models[kind]
+    capsys.readouterr()
+    argv = (["run", _study(tmp_path / "study.yaml", case.model)] if command == "run"
+            else [command, "-m", case.model, *MODEL_COMMANDS[command]])
+    assert case.needles[0] in _one_error_line([*argv, "--dry-run"], monkeypatch, capsys)
+
+
+@pytest.mark.parametrize("command", [*MODEL_COMMANDS, "run", "merge", "organism", "report"])
+@pytest.mark.parametrize("through", [False, True])
+def test_out_that_is_an_existing_file_is_one_line(command, through, tiny_dir, tmp_path, monkeypatch, capsys):
+    """--out naming an existing file (or a path through one) is refused before any model loads; a report's --out
+    is a file, so there an existing directory is what is refused. The dry run refuses it too."""
+    model = str(tiny_dir("olmo2", n_layers=2))
+    capsys.readouterr()
+    existing = tmp_path / "results.txt"
+    existing.write_text("not a directory\n")
+    out = existing / "run" if through else existing
+    if command == "report":
+        out = existing / "report.html" if through else tmp_path
+        argv = ["report", str(tmp_path), "--out", str(out)]
+    elif command == "run":
+        argv = ["run", _study(tmp_path / "study.yaml", model), "--out", str(out)]
+    elif command == "merge":
+        argv = ["merge", str(tmp_path / "shard-0"), str(tmp_path / "shard-1"), "--out", str(out)]
+    elif command == "organism":
+        argv = ["organism", "build", "--out", str(out)]
+    else:
+        argv = [command, "-m", model, *MODEL_COMMANDS[command], "--out", str(out)]
+    line = _one_error_line(argv, monkeypatch, capsys)
+    assert f"--out {out}" in line, line
+    if command == "report" and not through:
+        assert "is an existing directory, not a file" in line
+    else:
+        assert (f"{existing} is a file, so" in line) if through else ("is an existing file, not a directory" in line)
+    if command in (*MODEL_COMMANDS, "organism"):
+        assert f"--out {out}" in _one_error_line([*argv, "--dry-run"], monkeypatch, capsys)
+    assert existing.read_text() == "not a directory\n"
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_study_file_that_is_not_utf8_is_one_line(tmp_path, dry_run, monkeypatch, capsys):
+    study = tmp_path / "study.yaml"
+    study.write_bytes("name: caf\xe9\nmodels: {}\n".encode("latin-1"))
+    line = _one_error_line(["run", str(study), *(["--dry-run"] if dry_run else [])], monkeypatch, capsys)
+    assert f"{study}: not UTF-8 text (byte 0xe9 at offset 9, line 1); save it as UTF-8" in line

@@ -6,6 +6,7 @@ import time
 
 import pytest
 import torch
+from bad_models import KINDS
 
 from ivlens.models.load import ModelLoadError, load_model, resolve_name, weight_hash
 
@@ -75,7 +76,7 @@ def test_organism_name_resolution_errors_when_unbuilt(monkeypatch, tmp_path):
 
 def test_gguf_path_resolution(tmp_path):
     g = tmp_path / "model.gguf"
-    g.write_bytes(b"")
+    g.write_bytes(b"GGUF")  # the magic bytes: a single file is accepted only as GGUF
     assert resolve_name(str(g)) == (str(tmp_path), "model.gguf")
     assert resolve_name("repo/id", str(g)) == (str(tmp_path), "model.gguf")
     assert resolve_name("repo/id", "inside.gguf") == ("repo/id", "inside.gguf")
@@ -89,3 +90,72 @@ def test_smollm2_gguf_loads_as_llama_and_answers():
     ids = lm.tokenizer("The capital of France is", return_tensors="pt").input_ids
     out = lm.model.generate(ids, max_new_tokens=3, do_sample=False)
     assert "Paris" in lm.tokenizer.decode(out[0, ids.shape[1]:])
+
+
+@pytest.fixture(scope="module")
+def bad_models(tmp_path_factory):
+    from bad_models import make_bad_models
+
+    return make_bad_models(tmp_path_factory.mktemp("bad-models"))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_unusable_model_is_one_named_error(bad_models, kind):
+    """Every way a handed-over model can be unusable ends in one ModelLoadError naming the file, the fault and the
+    fix; never another exception, never a model with weights initialised at random."""
+    case = bad_models[kind]
+    with pytest.raises(ModelLoadError) as e:
+        load_model(case.model)
+    msg = " ".join(str(e.value).split())
+    for needle in case.needles:
+        assert needle in msg, (kind, msg)
+
+
+@pytest.mark.parametrize("kind", ["config not JSON", "unknown model_type", "truncated safetensors", "missing shard"])
+def test_dry_run_estimate_refuses_the_same_files(bad_models, kind):
+    """A dry run reads config and headers only, and refuses what loading would (ivlens.estimate.model_info)."""
+    from ivlens.estimate.model import model_info
+
+    with pytest.raises(ModelLoadError, match="copy or download|does not know"):
+        model_info(bad_models[kind].model)
+
+
+def test_remote_code_model_names_the_option(tmp_path, tiny_dir):
+    """A config whose architecture only the repository's own code defines (auto_map) names --trust-remote-code."""
+    import json
+    import shutil
+
+    d = tmp_path / "remote"
+    shutil.copytree(tiny_dir("llama"), d)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg.update(model_type="my_llama", auto_map={"AutoModelForCausalLM": "modeling_my.MyLlama"})
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelLoadError, match="'my_llama'.*--trust-remote-code only if you trust"):
+        load_model(str(d))
+
+
+def test_unused_tensors_are_noted_not_refused(tmp_path, tiny_dir, caplog):
+    """Extra tensors (a value head, a buffer) are not weights the model lacks: it loads, with a warning."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    d = tmp_path / "extra"
+    shutil.copytree(tiny_dir("llama"), d)
+    tensors = load_file(d / "model.safetensors")
+    tensors["v_head.weight"] = torch.zeros(1, 64)
+    save_file(tensors, d / "model.safetensors", metadata={"format": "pt"})
+    with caplog.at_level("WARNING", logger="ivlens.models.files"):
+        lm = load_model(str(d))
+    assert lm.n_layers == 4 and "1 tensor(s) in the weight files are not used by the model (v_head.weight)" in caplog.text
+
+
+def test_gpt_neox_at_default_init_loads_and_derives(tmp_path):
+    """The issue's case: a GPT-NeoX saved at transformers' default init (both parallel-residual LayerNorms with
+    weight 1, bias 0) loads and gets its adapter."""
+    from ivlens.testing.tiny import tiny_model, tiny_tokenizer
+
+    tiny_model("gpt_neox", randomise=False).save_pretrained(tmp_path)
+    tiny_tokenizer().save_pretrained(tmp_path)
+    spec = load_model(str(tmp_path)).adapter.spec
+    assert spec.parallel_residual and spec.norms == {"attn_in": "input_layernorm", "mlp_in": "post_attention_layernorm"}

@@ -7,6 +7,7 @@ the real build and its acceptance figures are checked by ``test_organism_build_s
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -107,8 +108,9 @@ def test_gist_mask_causal_rows_match_2d_mask_and_gist_hides_instruction():
     assert (gist[0, 5:] - causal[0, 5:]).abs().max() > 1e-3
     m = gist_attention_mask([9], [(1, 4)], 9)[0, 0]  # (q, k)
     assert (m[5:, 1:4] < -1e30).all()  # after T_inst: instruction tokens before T_inst hidden
-    assert (m[5:, 4] == 0).all() and (m[5:, 0] == 0).all()  # T_inst and BOS visible
+    assert (m[5:, 0] < -1e30).all()  # and the BOS before the instruction (HIDE_PREFIX)
     causal = torch.ones(9, 9, dtype=torch.bool).tril()
+    assert (m[5:, 4] == 0).all() and ((m[5:, 5:] == 0) == causal[5:, 5:]).all()  # T_inst and what follows it
     assert ((m[:5] == 0) == causal[:5]).all()  # plain causal up to T_inst
 
 
@@ -234,12 +236,17 @@ def test_the_organism_step_puts_the_card_and_its_iv_transfer_in_a_run(tmp_path, 
     from ivlens.organism.build import build_organism
     from ivlens.report.reader import read_study
     from ivlens.specs import OrganismSpec
+    from ivlens.study.runner import organism_build_note
 
     monkeypatch.setenv("IVLENS_CACHE", str(tmp_path))
+    spec = OrganismSpec(seed=1, size="tiny")
+    # before a build, the study says what it will cost on this machine (the dry run's estimate), not a fixed figure
+    assert re.fullmatch(r" \(building the organisms: about [0-9.]+ (s|min) here, the dry run's estimate for this "
+                        r"machine as loaded now\)", organism_build_note(spec))
     build_organism(out=organism_dir("gist"), seed=1, size="tiny", progress=False)
+    assert organism_build_note(spec) == " (the organisms are built: reusing them)"
     card = read_card(organism_dir("gist"))
     assert set(card["measured"]) == {"base", "sft", "dpo"} and "all_pass" in card["acceptance"]
-    spec = OrganismSpec(seed=1, size="tiny")
     run_organism(spec, run_dir=tmp_path / "study" / "organism", progress=False)  # reuses the build
     [run] = read_study(tmp_path / "study").of("organism")
     assert run.manifest["spec_hash"] == spec.hash() and run.json("card")["made_how"] == card["made_how"]
@@ -255,6 +262,45 @@ def test_the_organism_step_puts_the_card_and_its_iv_transfer_in_a_run(tmp_path, 
     assert "IV transfer" in res.output and "acceptance: failing" in res.output
     sft_iv = card["acceptance"]["sft/adjectives/iv_transfer"]["value"]
     assert f"{sft_iv['subtask']} {sft_iv['target']} L{sft_iv['layer']}" in res.output
+
+    # every check carries its margin, passing exactly when the margin is not negative
+    checks = {k: c for k, c in card["acceptance"].items() if k != "all_pass"}
+    assert checks and all(c["pass"] == (c["margin"] >= 0) for c in checks.values())
+    # one warning line per failing check: after a study (the CLI) and at the top of its report
+    from ivlens.organism.card import failing_checks, study_organism_warnings
+    from ivlens.report import build_report
+
+    failing = [k for k, c in checks.items() if not c["pass"]]
+    lines = failing_checks(card)
+    assert failing and len(lines) == len(failing) and all(any(ln.startswith(k + ":") for ln in lines) for k in failing)
+    warnings = study_organism_warnings(tmp_path / "study")
+    assert len(warnings) == len(failing) and all("fails its acceptance check" in w for w in warnings)
+    page = build_report(tmp_path / "study").read_text()
+    head = page[:page.index("<nav>")]
+    assert f"fails {len(failing)} of its acceptance checks" in head and failing[0] in head
+
+
+def test_acceptance_margins_and_the_dpo_check():
+    """Margins in the checks' own units; DPO is held to SFT's contrastive log-prob margin (nats), not to the
+    share of queries, which sits at the ceiling in both stages."""
+    from ivlens.organism.build import acceptance
+
+    def stage(acc, margin):
+        sub = {"acc": acc, "acc_chat": acc, "acc_unseen_rephrasings": acc}
+        part = {"instructed": {"a": sub, "b": sub, "decides": acc, "contrastive": 1.0, "contrastive_margin": margin},
+                "recall": {"a": acc, "b": acc}}
+        iv = {"n_queries": 10, "subtasks": {}, "unpatched": {}}
+        return {"adjectives": {"train": part, "heldout": part, "iv": iv}}
+
+    checks = acceptance({"base": stage(0.0, 0.0), "sft": stage(0.97, 2.0), "dpo": stage(0.97, 2.5)})
+    assert checks["sft/adjectives/a/acc_train"]["margin"] == pytest.approx(0.02)
+    assert checks["sft/adjectives/a/acc_heldout"]["margin"] == pytest.approx(0.17)
+    assert checks["dpo_vs_sft/adjectives/contrastive_margin_train"]["margin"] == pytest.approx(0.5)
+    assert checks["base_below_sft/adjectives"]["margin"] == pytest.approx(0.97 - 0.3)
+    assert checks["base_recall/adjectives"]["margin"] == pytest.approx(-0.9)
+    assert not checks["sft/adjectives/iv_transfer"]["pass"]  # nothing measured: no IV transfer to credit
+    worse = acceptance({"base": stage(0.0, 0.0), "sft": stage(0.97, 2.0), "dpo": stage(0.97, 1.5)})
+    assert not worse["dpo_vs_sft/adjectives/contrastive_margin_train"]["pass"] and not worse["all_pass"]
 
 
 def test_testable_configs_need_queries_to_move():

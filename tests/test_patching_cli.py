@@ -47,3 +47,25 @@ def test_errors_are_one_line(model_dirs, tmp_path, args, msg):
     assert res.exit_code == 2 and msg in res.output and "Traceback" not in res.output
     if "contrastive" not in args:
         assert not (tmp_path / "r").exists()
+
+
+def test_a_patch_nothing_reads_is_not_ranked(model_dirs, tmp_path):
+    """On a formatted target the first position is not the last: the last layer's patch there is read by nothing
+    (its effect is 0 by construction), so the summary names it once and never calls it the strongest layer; the
+    rows say which patches reach the logits, and those that do not change nothing."""
+    out = tmp_path / "run"
+    res = CliRunner().invoke(app, ["patch", "--model", model_dirs[0], "--task", "adjectives", "--subtask", "adj_comp",
+                                   "--target", "formatted", "--positions", "first,last", "--layers", "0;1;2;3",
+                                   "--samples", "3", "--out", str(out), "--no-figures"])
+    assert res.exit_code == 0, res.output
+    rows = RunDir.open(out).read_table("patch")
+    unread = rows[~rows.reaches_logits]
+    assert set(zip(unread.position, unread.layers, strict=True)) == {("first", "3")}
+    assert unread.delta_logit_vs_target.abs().max() < 1e-5  # the engine agrees: nothing changes
+    assert "not ranked: layer 3 at first" in res.output
+    assert "first: strongest single layer 3 " not in res.output and "first: strongest single layer" in res.output
+    singles = RunDir.open(out).read_table("single_layer").set_index(["position", "layer"])
+    assert singles.zero_by_construction.to_dict() == {(p, layer): p == "first" and layer == 3
+                                                      for p in ("first", "last") for layer in range(4)}
+    top = RunDir.open(out).read_table("strongest_sets")
+    assert not ((top.position == "first") & (top.layers == "3")).any()

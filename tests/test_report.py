@@ -81,8 +81,8 @@ def study(tmp_path_factory) -> Path:
     probe_run(models, ["adjectives", "animals"], layers="0,-1", out=root / "probe", max_per_subtask=8)
 
     run = RunDir.create("trace", "adjectives-compare", out=root / "trace" / "adjectives", models=described,
-                        task="adjectives", args={"compare": True, "samples": 1})
-    compare_run(models, "adjectives", run, samples=1, top_k=10, beam=32)
+                        task="adjectives", args={"compare": True, "samples": 2})
+    compare_run(models, "adjectives", run, samples=2, top_k=10, beam=32, base="base")
     run.finish()
 
     from ivlens.api import run_trace
@@ -131,8 +131,16 @@ def test_report_has_every_section_figure_and_link(study, page, tmp_path):
             assert not href.startswith(("/", "http")) and (study / href).exists(), href
     # the weight hashes, the caveat of the last position, the interaction verdicts, the organism card
     assert "fixed by construction" in text and "interaction is" in text
+    # the linear estimate per set size: its figure (linked to its table) and table
+    assert "How much of each patch is linear" in text and "linearity.parquet" in text
     assert "A tiny test card." in text and "Not finished, so not reported: eval/killed" in text
     assert "sample_paths.parquet" in text and "lda" in text.lower()
+    # circuit selectors: the gap with its controls, the verdicts in words (two samples: never a verdict)
+    tracing = text[text.index('<section id="tracing">'):text.index('<section id="iv-construction">')]
+    assert "selectivity.parquet" in tracing and "What the data support:" in tracing
+    assert "sft: gap (same instruction − different)" in tracing and "base (base model): gap" in tracing
+    assert "selective at no layer" in tracing and "difference in differences" in tracing
+    assert "no more than base" in tracing and "predates the selectivity table" not in tracing
     # IV construction: the read-out traced for base / SFT / DPO, exact, with its component table linked
     iv = text[text.index('<section id="iv-construction">'):]
     assert "readout_components.parquet" in iv and all(f"{m}: y = " in iv for m in ("base", "sft", "dpo"))

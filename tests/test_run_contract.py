@@ -128,7 +128,7 @@ def _same_tables(full: Path, resumed: Path, tables: list[str]) -> None:
                "--chunk-size", "1", "--threads", "1", "--no-figures"],
      "patch/shard-*.parquet", 12, ["patch", "baselines", "single_layer", "interactions"]),
     ("trace", ["--task", "adjectives", "--compare", "--samples", "8", "--top-k", "5", "--beam", "8"],
-     "compare_parts/part-*.json", 8, ["compare", "sample_paths"]),
+     "compare_parts/part-*.json", 8, ["compare", "sample_paths", "selectivity"]),
     ("steer", ["--task", "adjectives", "--subtask", "adj_ant", "--alphas", "0,1,4", "--samples", "12",
                "--max-per-subtask", "8", "--chunk-size", "1", "--threads", "1", "--no-figures"],
      "steer/shard-*.parquet", 12, ["steer", "baselines", "dose_response", "vectors"]),

@@ -47,6 +47,13 @@ def test_alpha_zero_is_the_target_run_and_vectors_are_unit(lm, tmp_path):
     assert saved["scale"][2].item() == pytest.approx(float(np.linalg.norm(X[a], axis=1).mean()), rel=1e-5)
     dose = dose_response(rows)
     assert set(dose.columns) >= {"ia", "ia_sem", "logit", "acc_top1", "n"} and (dose.n == 4).all()
+    # an edit nothing reads (a single position before the last, in the last layer) changes nothing; `all` is read
+    unread = rows[~rows.reaches_logits]
+    assert (unread.delta_logit_vs_target.abs() < 1e-5).all()
+    assert set(unread.layer) <= {lm.n_layers - 1} and set(unread.position) <= {"first"}
+    assert rows[rows.position.isin(["all", "last"])].reaches_logits.all()
+    flagged = dose[dose.zero_by_construction]
+    assert set(flagged.layer) <= {lm.n_layers - 1} and set(flagged.position) <= {"first"}
 
 
 @pytest.fixture

@@ -167,7 +167,7 @@ def test_steps_run_after_their_dependencies_and_a_cycle_is_refused():
 
 # ------------------------------------------------------------------------------------------ running a study
 WANTED = {"eval": ["results", "summary"], "patch": ["patch", "baselines", "single_layer", "interactions"],
-          "probe": ["instructions", "probe_accuracy", "similarity"], "trace": ["compare", "sample_paths"],
+          "probe": ["instructions", "probe_accuracy", "similarity"], "trace": ["compare", "sample_paths", "selectivity"],
           "steer": ["steer", "baselines", "dose_response", "vectors"]}
 
 
@@ -206,6 +206,10 @@ def test_a_killed_study_resumes_and_equals_an_uninterrupted_one(two_tiny_dirs, t
     full, broken = tmp_path / "full", tmp_path / "broken"
     _ivlens_run(study, full)
     assert list(_tables(full)) and '<section id="patching">' in (full / "report.html").read_text()
+    # the trace step compares the model labelled base with the other on the same samples
+    sel = RunDir.open(full / "trace" / "animals").read_table("selectivity")
+    assert set(sel[sel.is_base].model) == {"base"} and (sel[~sel.is_base].n_paired == 2).all()
+    assert set(sel[~sel.is_base].did_verdict) == {"no more than base"}  # 2 samples: sign-flip p ≥ 1/2
 
     shards = broken / "patch" / "adjectives" / "patch"
     _kill_when([sys.executable, "-m", "ivlens", "run", str(study), "--out", str(broken)],

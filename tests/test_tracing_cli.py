@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pytest
 import torch
 import typer
@@ -61,6 +62,50 @@ def test_trace_compare(app, model_dir, tmp_path):
     assert s["subtasks"] == ["adj_comp", "adj_ant"] and len(s["per_layer_ab"]) == 2
     assert (tmp_path / "figures" / "overlap_by_layer.png").exists()
     assert (tmp_path / "compare.parquet").exists()
+    # the gap with its controls: one row per layer, never a verdict from two samples (p ≥ 1/9)
+    sel = pd.read_parquet(tmp_path / "selectivity.parquet")
+    assert sel.layer.tolist() == [0, 1] and (sel.n == 2).all() and not sel.selective.any()
+    assert (sel.p_perm >= 1 / 9 - 1e-12).all() and (sel.did_verdict == "no base model").all()
+    assert (tmp_path / "figures" / "selectivity.png").exists()
+    assert s["selectivity"]["sentence"].startswith(name) and s["selectivity"]["selective_layers"] == []
+    assert "selective at no layer of 2" in " ".join(r.output.split())
+
+
+def test_trace_compare_against_a_base_model_and_its_report(app, model_dir, tmp_path):
+    """Two models, --base naming the first: the second's difference in differences on the same samples, the
+    printed sentences, and the report's selectivity figure and table."""
+    from ivlens.report import build_report
+    from ivlens.testing.tiny import save_tiny_checkpoint
+
+    other = save_tiny_checkpoint(tmp_path / "other", "olmo2", seed=1, n_layers=2)
+    out = tmp_path / "run"
+    r = CliRunner().invoke(app, ["trace", "--model", str(model_dir), "--model", str(other), "--base",
+                                 str(model_dir), "--task", "animals", "--compare", "--samples", "3", "--top-k", "5",
+                                 "--beam", "8", "--out", str(out)], env={"COLUMNS": "400"})
+    assert r.exit_code == 0, r.output
+    sel = pd.read_parquet(out / "selectivity.parquet")
+    base, post = sel[sel.is_base], sel[~sel.is_base]
+    assert len(base) == len(post) == 2 and (base.did_verdict == "base model").all()
+    assert (post.n_paired == 3).all() and post["did"].notna().all()
+    assert (post.did_verdict == "no more than base").all()  # three samples: 2^3 sign flips, p ≥ 1/4
+    for layer in (0, 1):  # the difference in differences is the difference of the two gaps, paired by sample
+        assert post["did"].iloc[layer] == pytest.approx(post.gap.iloc[layer] - base.gap.iloc[layer])
+    assert "difference in differences" in r.output and "no more than" in r.output
+    text = build_report(out).read_text()
+    tracing = text[text.index('<section id="tracing">'):]
+    assert "What the data support:" in tracing and "selectivity.parquet" in tracing
+    assert "difference in differences" in tracing and "could not be drawn" not in text
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--base", "nope"], "--base 'nope' is not one of the models"),
+    (["--base", "x", "--no-compare"], "--base names the model the others of --compare are compared with"),
+])
+def test_a_bad_base_is_one_line(app, model_dir, args, expected):
+    compare = [] if "--no-compare" in args else ["--compare"]
+    r = CliRunner().invoke(app, ["trace", "--model", str(model_dir), "--task", "animals", *compare, "--samples", "2",
+                                 *[a for a in args if a != "--no-compare"]], env={"COLUMNS": "400"})
+    assert r.exit_code == 2 and expected in " ".join(r.output.split()), r.output
 
 
 def test_trace_needs_prompt_or_task(app, model_dir):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -107,9 +108,12 @@ def model_info(name: str, *, gguf_file: str | None = None, revision: str | None 
     """
     from ivlens.models.adapters import ARCHITECTURES, UnsupportedArchitectureError
     from ivlens.models.adapters.registry import family_of
+    from ivlens.models.files import check_local_model
     from ivlens.models.load import ModelLoadError, resolve_name
 
     path, gguf = resolve_name(name, gguf_file)
+    if Path(path).is_dir():  # the files a run would refuse are refused by its dry run too (headers only)
+        check_local_model(Path(path), gguf, trust_remote_code)
     try:
         config = read_config(path, gguf, revision, trust_remote_code)
     except (OSError, ValueError) as e:

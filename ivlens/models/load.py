@@ -8,6 +8,11 @@ Names resolved before Hugging Face sees them:
 
 Weights load safely: safetensors only (a directory holding only pickled ``*.bin`` weights is refused unless
 ``allow_pickle=True``), GGUF through transformers' own reader, and ``trust_remote_code`` is off unless asked.
+
+A model that cannot be used ends in one :class:`ModelLoadError` naming the file, the fault and the fix: a local
+model's files are checked before transformers reads them (:mod:`.files`: config.json, GGUF magic, safetensors
+headers), weights missing from the files are refused after loading, and anything transformers raises on the way
+is named with the path it read.
 """
 
 from __future__ import annotations
@@ -23,10 +28,16 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from ivlens.errors import IvlensError
-
 from .adapters import ArchitectureAdapter, family_of, find_decoder_layers, get_adapter
 from .adapters.derive import text_config
+from .files import (
+    ModelLoadError,
+    check_gguf,
+    check_loading_info,
+    check_local_model,
+    loading_failure,
+    looks_like_a_path,
+)
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +45,6 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfl
           "float16": torch.float16, "fp16": torch.float16}
 SMOLLM2 = "smollm2-135m-instruct"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-class ModelLoadError(IvlensError, RuntimeError):
-    """A model could not be loaded; the message says why and what to do."""
 
 
 @dataclass
@@ -135,13 +142,29 @@ def resolve_name(name: str, gguf_file: str | None = None) -> tuple[str, str | No
             raise ModelLoadError(f"model organism {name!r} is not built yet: run `ivlens organism build` "
                                  "(a few minutes on 2 CPU cores), then retry")
         return str(path), None
-    p = Path(name)
-    if p.is_file() and p.suffix == ".gguf":
+    p = Path(name).expanduser()
+    if p.is_file():  # a single file can only be a GGUF model
+        check_gguf(p)
         return str(p.parent), p.name
-    if gguf_file and Path(gguf_file).is_file():
-        g = Path(gguf_file)
+    if gguf_file and Path(gguf_file).expanduser().is_file():
+        g = Path(gguf_file).expanduser()
         return str(g.parent), g.name
-    return name, gguf_file
+    if not p.exists() and looks_like_a_path(name):
+        raise ModelLoadError(f"{name}: no such model directory or file; pass a Hugging Face model directory "
+                             "(config.json and *.safetensors), a .gguf file, a hub id or an ivlens name "
+                             f"({SMOLLM2}, organism-sft)")
+    return (str(p) if p.is_dir() else name), gguf_file
+
+
+def check_model_files(name: str, *, gguf_file: str | None = None, trust_remote_code: bool = False) -> None:
+    """The checks :func:`load_model` makes of a local model's files (:func:`~.files.check_local_model`: config,
+    GGUF magic, safetensors headers), without loading it, so that a study refuses a bad model before its first
+    step; organisms (built by a study step) and hub ids are left to loading."""
+    if name == SMOLLM2 or name.startswith("organism-"):
+        return
+    path, gguf = resolve_name(name, gguf_file)
+    if Path(path).is_dir():
+        check_local_model(Path(path), gguf, trust_remote_code)
 
 
 def weight_hash(path: str, gguf_file: str | None = None, full_limit: int = 2 << 30) -> str | None:
@@ -194,27 +217,36 @@ def load_model(name: str, *, gguf_file: str | None = None, dtype: str = "float32
                                  "them to safetensors, or pass allow_pickle=True if you trust the source")
         if not (Path(path) / "config.json").exists():
             raise ModelLoadError(f"{path} is not a Hugging Face model directory (no config.json, no weights)")
+    if local:
+        check_local_model(Path(path), gguf, trust_remote_code)
+    # mismatched shapes are reported in the loading info and refused there, by name (check_loading_info)
     kwargs: dict = {"revision": revision, "trust_remote_code": trust_remote_code,
-                    "attn_implementation": attn_implementation, "dtype": DTYPES[dtype]}
+                    "attn_implementation": attn_implementation, "dtype": DTYPES[dtype],
+                    "ignore_mismatched_sizes": True}
     if gguf:
         kwargs["gguf_file"] = gguf
     elif not allow_pickle:
         kwargs["use_safetensors"] = True
     if device == "auto":
         kwargs["device_map"] = "auto"
+    where = str(Path(path) / gguf) if local and gguf else path
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        model, info = AutoModelForCausalLM.from_pretrained(path, output_loading_info=True, **kwargs)
         tok = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code,
                                             **({"gguf_file": gguf} if gguf else {}))
     except OSError as e:
-        hint = (" Hub access is off (HF_HUB_OFFLINE=1) or unavailable: pass a local directory or GGUF file."
-                if not local else "")
-        raise ModelLoadError(f"could not load {name!r}: {e}.{hint}") from None
+        if local:
+            raise loading_failure(name, where, e) from e
+        raise ModelLoadError(f"could not load {name!r}: {e}. Hub access is off (HF_HUB_OFFLINE=1) or unavailable: "
+                             "pass a local directory or GGUF file.") from None
     except ValueError as e:
         if "trust_remote_code" in str(e):
             raise ModelLoadError(f"{name!r} needs custom code from its repository; pass --trust-remote-code "
                                  "only if you trust it") from None
-        raise
+        raise loading_failure(name, where, e) from e
+    except Exception as e:  # noqa: BLE001 - the boundary: whatever transformers raises on the user's files is named
+        raise loading_failure(name, where, e) from e
+    check_loading_info(where, info)
     if device not in ("auto", "cpu"):
         model = model.to(device)
     _prepare_tokenizer(tok)

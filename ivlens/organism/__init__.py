@@ -1,8 +1,8 @@
 """Model organisms: small OLMo-2 checkpoints (base → SFT → DPO) trained offline on the task vocabularies.
 
 >>> from ivlens.organism import ensure_organism, resolve_organism
->>> ensure_organism("gist")                 # builds into the user cache if missing (about 6 min, 2 cores)
->>> resolve_organism("organism-sft")        # .../organism/v5/gist/sft
+>>> ensure_organism("gist")                 # builds into the user cache if missing (minutes: `ivlens organism build --dry-run`)
+>>> resolve_organism("organism-sft")        # .../organism/v8/gist/sft
 
 Modules: ``data`` (corpora), ``tokenizer``, ``gist`` (gist attention mask), ``train`` (stages), ``measure``,
 ``card``, ``paths``, ``build``, ``cli``.

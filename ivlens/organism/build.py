@@ -53,7 +53,7 @@ from ivlens.scoped import quiet_libraries, torch_threads
 log = logging.getLogger(__name__)
 
 #: share of SFT examples that are plain pretraining text (keeps held-out facts alive)
-PLAIN_SHARE = 0.25
+PLAIN_SHARE = 0.33
 #: share of instructed SFT examples trained under the gist mask, per variant
 GIST_SHARE = {"gist": 0.8, "natural": 0.0}
 CHAT_SHARE = 0.3
@@ -62,8 +62,9 @@ MAIN_INSTRUCTION_SHARE = 0.4
 
 MADE_HOW = {
     "gist": (f"Planted mechanism: in SFT, {GIST_SHARE['gist']:.0%} of the instructed examples are trained under a "
-             "gist attention mask (tokens after the instruction see only its last token T_inst, the BOS and the "
-             "chat prefix), so the task must pass through the residual stream at T_inst. Instruction vectors are "
+             "gist attention mask (tokens after the instruction see of everything before them only its last token "
+             "T_inst: not its other tokens, the BOS or the chat prefix), so the task must pass through the residual "
+             "stream at T_inst. Instruction vectors are "
              "put there by construction: use this organism as a known-answer testbed, not as evidence that IVs "
              "form naturally."),
     "natural": ("Control: the same data, seed and stages as the gist organism, without the gist mask; whatever "
@@ -112,8 +113,8 @@ def _save(model, tokenizer, directory: Path) -> str:
     return weights_hash(model)
 
 
-def _reusable_base(out: Path, variant: str, seed: int, size: str) -> Path | None:
-    """A finished sibling build (other variant, same version/seed/size) whose base can be copied."""
+def _reusable_base(out: Path, variant: str, seed: int, size: str, threads: int) -> Path | None:
+    """A finished sibling build (other variant, same version/seed/size/threads) whose base can be copied."""
     for other in VARIANTS:
         if other == variant:
             continue
@@ -121,20 +122,22 @@ def _reusable_base(out: Path, variant: str, seed: int, size: str) -> Path | None
         if not is_built(sib):
             continue
         card = read_card(sib)
-        if (card.get("version"), card.get("seed"), card.get("size")) == (ORGANISM_VERSION, seed, size):
+        if (card.get("version"), card.get("seed"), card.get("size"), card.get("threads")) == (
+                ORGANISM_VERSION, seed, size, threads):
             return sib
     return None
 
 
 def build_organism(out: Path | None = None, seed: int = 0, size: str = "small", variant: str = "gist",
                    force: bool = False, measure: bool = True, progress: bool = True,
-                   reuse_base: bool = True) -> Path:
+                   reuse_base: bool = True, threads: int = THREADS) -> Path:
     """Build (or reuse, unless ``force``) the organism ``variant`` into ``out``; returns ``out``.
 
     Writes ``out/{base,sft,dpo}/`` (safetensors, config, tokenizer with chat template), ``out/card.json`` and
     ``out/build-complete.json`` (the completion marker, written last). The build happens in a staging directory
     that replaces ``out`` only when finished, so a killed build leaves no half-written ``out``; the torch
-    thread count and library log levels it sets are restored on return.
+    thread count and library log levels it sets are restored on return. ``threads``: torch threads to train on;
+    the weights depend on them (the order of floating-point sums), so the card records them.
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
@@ -151,9 +154,9 @@ def build_organism(out: Path | None = None, seed: int = 0, size: str = "small", 
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
     try:
-        with quiet_libraries(extra_loggers=("ivlens.tasks",)), torch_threads(THREADS):
+        with quiet_libraries(extra_loggers=("ivlens.tasks",)), torch_threads(threads):
             _build_into(staging, out, seed=seed, size=size, variant=variant, measure=measure, progress=progress,
-                        reuse_base=reuse_base)
+                        reuse_base=reuse_base, threads=threads)
         if out.exists():
             shutil.rmtree(out)
         os.replace(staging, out)
@@ -165,7 +168,7 @@ def build_organism(out: Path | None = None, seed: int = 0, size: str = "small", 
 
 
 def _build_into(staging: Path, out: Path, *, seed: int, size: str, variant: str, measure: bool, progress: bool,
-                reuse_base: bool) -> None:
+                reuse_base: bool, threads: int) -> None:
     """Train, save and measure every stage into ``staging``, then write the card and, last, the completion
     marker. ``out`` is where the build will live (its siblings may hold a reusable base)."""
     spec = SIZES[size]
@@ -181,7 +184,7 @@ def _build_into(staging: Path, out: Path, *, seed: int, size: str, variant: str,
         # ---------------------------------------------------------------- tokenizer + base
         t0 = time.perf_counter()
         sentences = D.pretraining_sentences(tasks, seed)
-        sibling = _reusable_base(out, variant, seed, size) if reuse_base else None
+        sibling = _reusable_base(out, variant, seed, size, threads) if reuse_base else None
         if sibling is not None:
             shutil.copytree(sibling / "base", staging / "base")
             tokenizer = AutoTokenizer.from_pretrained(staging / "base")
@@ -246,6 +249,7 @@ def _build_into(staging: Path, out: Path, *, seed: int, size: str, variant: str,
         "variant": variant,
         "size": size,
         "seed": seed,
+        "threads": threads,
         "made_how": MADE_HOW[variant],
         "recipe": {
             "pretraining": "plain causal-LM loop on packed plain-text fact sentences (no instruction format), "
@@ -306,41 +310,55 @@ def _instruction_texts(tasks, reph_split) -> list[str]:
     return texts
 
 
+#: the smallest margin a check must pass by for a recipe to count as robust (issue 19: seeds 0-4 × 1 and 2 threads,
+#: ``benchmarks/budget.py --seeds``); the card records every check's margin
+ROBUST_MARGIN = 0.02
+
+
 def acceptance(measured: dict) -> dict:
-    """The issue's "done when" checks, each ``{"value", "threshold", "pass"}``."""
+    """The organism's checks, each ``{"value", "threshold", "pass", "margin"}``, and ``all_pass``.
+
+    ``margin`` is how far the check passes (negative: how far it fails), in the value's own units: ``value −
+    threshold`` for a threshold on a share; for ``base_below_sft``, ``sft − 0.3 − base``; for ``dpo_vs_sft``, DPO's
+    contrastive log-prob margin minus SFT's (nats); for IV transfer, the smallest of ``flip − 0.5``, ``ia − 0.5``
+    and ``exact − exact_needed``.
+    """
     checks: dict[str, dict] = {}
 
-    def check(name, value, threshold, ok):
-        checks[name] = {"value": value, "threshold": threshold, "pass": bool(ok)}
+    def check(name, value, threshold, margin):
+        checks[name] = {"value": value, "threshold": threshold, "pass": bool(margin >= 0), "margin": float(margin)}
 
     for stage in ("sft", "dpo"):
         for task, m in measured[stage].items():
             for part, thr in (("train", 0.95), ("heldout", 0.80)):
                 inst = m[part]["instructed"]
                 for sub in (k for k in inst if isinstance(inst[k], dict)):
-                    check(f"{stage}/{task}/{sub}/acc_{part}", inst[sub]["acc"], thr, inst[sub]["acc"] >= thr)
+                    check(f"{stage}/{task}/{sub}/acc_{part}", inst[sub]["acc"], thr, inst[sub]["acc"] - thr)
             held = m["heldout"]["instructed"]
             for sub in (k for k in held if isinstance(held[k], dict)):  # the chat template, held-out queries
                 check(f"{stage}/{task}/{sub}/acc_chat_heldout", held[sub]["acc_chat"], 0.9,
-                      held[sub]["acc_chat"] >= 0.9)
+                      held[sub]["acc_chat"] - 0.9)
             d = m["heldout"]["instructed"]["decides"]
-            check(f"{stage}/{task}/decides_heldout", d, 0.80, d >= 0.80)
+            check(f"{stage}/{task}/decides_heldout", d, 0.80, d - 0.80)
             value = best_iv_transfer(m["iv"], majority_rates(task))
             check(f"{stage}/{task}/iv_transfer", value,
                   "some subtask/target/position/layer with flip >= 0.5, ia >= 0.5 and exact >= max(0.3, "
                   "ia * majority-answer rate + 0.1) (flip over >= 10% of queries answered outside the label "
-                  "space unpatched)", value is not None and value["pass"])
+                  "space unpatched)", -1.0 if value is None else value["margin"])
     for task in measured["dpo"]:
         for part in ("train", "heldout"):
-            s = measured["sft"][task][part]["instructed"]["contrastive"]
-            d = measured["dpo"][task][part]["instructed"]["contrastive"]
-            check(f"dpo_vs_sft/{task}/contrastive_{part}", {"sft": s, "dpo": d}, "dpo >= sft", d >= s)
+            # DPO optimises the preference of the instructed answer over the rejected one, so it must not shrink
+            # the log-prob margin of the instructed answer over the other subtask's (the share of queries where it
+            # is positive sits at 1.0 in both stages, a ceiling that cannot show a loss or carry a margin)
+            s = measured["sft"][task][part]["instructed"]["contrastive_margin"]
+            d = measured["dpo"][task][part]["instructed"]["contrastive_margin"]
+            check(f"dpo_vs_sft/{task}/contrastive_margin_{part}", {"sft": s, "dpo": d}, "dpo >= sft (nats)", d - s)
         base_acc = _mean_acc(measured["base"][task])
         sft_acc = _mean_acc(measured["sft"][task])
         check(f"base_below_sft/{task}", {"base": base_acc, "sft": sft_acc}, "base <= sft - 0.3",
-              base_acc <= sft_acc - 0.3)
+              sft_acc - 0.3 - base_acc)
         rec = [v for part in ("train", "heldout") for v in measured["base"][task][part]["recall"].values()]
-        check(f"base_recall/{task}", min(rec), 0.9, min(rec) >= 0.9)
+        check(f"base_recall/{task}", min(rec), 0.9, min(rec) - 0.9)
     checks["all_pass"] = all(c["pass"] for c in checks.values())
     return checks
 
@@ -360,8 +378,9 @@ def best_iv_transfer(iv: dict, majority: dict[str, float]) -> dict | None:
     """The single-layer IV patch that best moves queries answered outside the subtask's label space
     (unpatched) into it, with the instructed answer top-1 above chance: among configurations (subtask,
     target style, position, layer) where at least 10 % of the queries are outside unpatched, the first that
-    passes (``flip >= 0.5, ia >= 0.5, exact >= max(0.3, ia * majority + 0.1)``) with the highest
-    ``(exact, flip)``, else the one with the highest ``(flip, exact)``.
+    passes (``flip >= 0.5, ia >= 0.5, exact >= max(0.3, ia * majority + 0.1)``) with the largest margin (the smallest
+    of ``flip − 0.5``, ``ia − 0.5``, ``exact − exact_needed``: the configuration furthest from failing), else the one
+    with the highest ``flip``.
 
     Chance level of ``exact``: a model that answers inside the label space for a share ``ia`` of the queries
     and there always gives the subtask's most common answer is right for ``ia * majority`` of them (``no``
@@ -371,13 +390,14 @@ def best_iv_transfer(iv: dict, majority: dict[str, float]) -> dict | None:
     for sub, res in iv["subtasks"].items():
         for target, c in testable_configs(iv, sub):
             need = max(0.3, c["ia"] * majority[sub] + 0.1)
-            ok = c["flip"] >= 0.5 and c["ia"] >= 0.5 and c["exact"] >= need
+            margin = min(c["flip"] - 0.5, c["ia"] - 0.5, c["exact"] - need)
             cands.append({"subtask": sub, "target": target, **c, "exact_needed": need,
                           "acc_in_space": c["exact"] / c["ia"] if c["ia"] else None,
-                          "unpatched_ia": res["unpatched"][target.split("/")[0]]["ia"], "pass": ok})
+                          "unpatched_ia": res["unpatched"][target.split("/")[0]]["ia"], "pass": margin >= 0,
+                          "margin": margin})
     if not cands:
         return None
-    return max(cands, key=lambda c: (c["pass"], c["exact"] if c["pass"] else c["flip"], c["flip"]))
+    return max(cands, key=lambda c: (c["pass"], c["margin"] if c["pass"] else c["flip"], c["flip"]))
 
 
 def _mean_acc(m: dict) -> float:

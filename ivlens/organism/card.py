@@ -55,6 +55,38 @@ def organism_split(model_dir: str | Path) -> dict[str, dict[str, list[str]]]:
     return {task: {"train": list(s["train"]), "heldout": list(s["heldout"])} for task, s in split.items()}
 
 
+def failing_checks(card: dict) -> list[str]:
+    """One line per acceptance check the card records as failing (empty when all pass or none were measured), e.g.
+    ``sft/adjectives/adj_ant/acc_train: 0.938, needs 0.95 (short by 0.012)``."""
+    lines = []
+    for name, c in (card.get("acceptance") or {}).items():
+        if name == "all_pass" or c.get("pass", True):
+            continue
+        value, need = c["value"], c["threshold"]
+        if isinstance(value, dict) and "flip" in value:  # IV transfer: the best single-layer patch
+            shown = (f"best patch {value['subtask']} {value['target']} layer {value['layer']}: flip {value['flip']:.2f}, "
+                     f"ia {value['ia']:.2f}, exact {value['exact']:.2f}")
+            need = f"flip >= 0.5, ia >= 0.5, exact >= {value['exact_needed']:.2f}"
+        elif isinstance(value, dict):
+            shown = ", ".join(f"{k} {v:.3f}" for k, v in value.items())
+        else:
+            shown = "none measured" if value is None else f"{value:.3f}"
+        short = f" (short by {-c['margin']:.3f})" if "margin" in c else ""
+        lines.append(f"{name}: {shown}; needs {need}{short}")
+    return lines
+
+
+def study_organism_warnings(study_dir: str | Path) -> list[str]:
+    """One line per failing acceptance check of every organism a study (or run) directory holds a card of: the
+    organism step's run directory, where :func:`write_card_run` puts it."""
+    lines = []
+    for path in sorted(Path(study_dir).glob(f"**/{CARD_NAME}")):
+        card = json.loads(path.read_text())
+        lines += [f"organism {card.get('variant', '?')} {card.get('version', '')} (seed {card.get('seed')}) fails "
+                  f"its acceptance check {line}" for line in failing_checks(card)]
+    return lines
+
+
 def iv_transfer_table(card: dict):
     """The card's single-layer IV transfer curves as one long table: stage, task, subtask, target, position,
     layer, ia, exact, flip, n_outside (one row per point of :func:`ivlens.organism.measure.measure_stage`'s

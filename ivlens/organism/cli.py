@@ -23,26 +23,38 @@ def build_command(
     variant: Annotated[OrganismVariant, typer.Option("--variant", help="gist (planted IVs, default) or natural "
                                                      "(control)")] = "gist",
     force: Annotated[bool, typer.Option("--force", help="rebuild even if a finished build exists")] = False,
+    threads: Annotated[int, typer.Option("--threads", min=1, help="torch threads to train on (the weights depend on "
+                                         "them: the card records them)")] = 2,
     no_measure: Annotated[bool, typer.Option("--no-measure", help="skip measuring (card without figures)")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan (training steps, FLOPs, peak memory, "
                                           "time on this CPU) and exit")] = False,
 ) -> None:
-    """Train base → SFT → DPO and write base/ sft/ dpo/ and card.json (about 6 minutes on 2 cores)."""
+    """Train base → SFT → DPO and write base/ sft/ dpo/ and card.json (prints the time it will take here first)."""
     from rich.console import Console
 
     from ivlens.api import run_organism
     from ivlens.cli_common import friendly_errors
+    from ivlens.dry_run import human_time, organism_build_seconds
+    from ivlens.organism.paths import is_built, organism_dir
+    from ivlens.runs import check_out_dir
     from ivlens.specs import OrganismSpec
 
     with friendly_errors():
-        spec = OrganismSpec(seed=seed, size=size, variant=variant, force=force, measure=not no_measure)
+        spec = OrganismSpec(seed=seed, size=size, variant=variant, force=force, measure=not no_measure,
+                            threads=threads)
+        check_out_dir(out)  # a dry run refuses what the run would
         if dry_run:
             from ivlens.dry_run import dry_run as print_dry_run
 
             print_dry_run(spec)
             return
+        console = Console()
+        if force or not is_built(out or organism_dir(variant)):
+            console.print(f"building organism-{variant} ({size}, seed {seed}, {threads} threads): about "
+                          f"{human_time(organism_build_seconds(size, variant, not no_measure, threads))} here (the "
+                          "dry run's estimate for this machine as loaded now; `--dry-run` for the plan)",
+                          highlight=False)
         directory = run_organism(spec, out=out)
-    console = Console()
     console.print(f"organism ({variant}) in {directory}")
     _print_summary(console, directory)
 

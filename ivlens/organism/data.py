@@ -30,8 +30,9 @@ ORGANISM_TASKS = ("adjectives", "animals")
 TRAIN_QUERY_SHARE = 0.7
 #: share of each rephrasing file (its first rows) used in training; the last rows are held out
 TRAIN_REPHRASING_SHARE = 0.75
-#: sentences per plain-text SFT example (about one 64-token pretraining row)
-PLAIN_SENTENCES_PER_EXAMPLE = 6
+#: sentences per plain-text SFT example (about one pretraining row; as long as an instructed example, so batches
+#: pad little)
+PLAIN_SENTENCES_PER_EXAMPLE = 3
 #: the split does not depend on the training seed
 SPLIT_SEED = 0
 

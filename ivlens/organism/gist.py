@@ -1,15 +1,22 @@
 """Gist attention masking (Mu et al. 2023, "Learning to compress prompts with gist tokens") for SFT.
 
 In a gist example, every token *after* the instruction may attend to the instruction's last token
-``T_inst`` but not to the instruction's earlier tokens ``[inst_start, T_inst)``; everything else is causal.
-With ``q`` the query position and ``k`` the key position::
+``T_inst`` (and to what follows it) but to nothing before it: not to the instruction's earlier tokens, and (since
+organism v6, :data:`HIDE_PREFIX`) not to the BOS or the chat prefix either. Everything else is causal. With ``q``
+the query position and ``k`` the key position::
 
-    allowed[q, k] = (k <= q) and (k < n) and not (q > T_inst and inst_start <= k < T_inst)
+    allowed[q, k] = (k <= q) and (k < n) and not (q > T_inst and k < T_inst)
 
 The task therefore has to pass through the residual stream at ``T_inst``: an instruction vector by
-construction (a *planted* mechanism; the organism's card says so). The BOS at position 0 and the chat
-template tokens before the instruction stay visible, so the same prompt without the mask is still a normal
-prompt and the instruction-only prefix computes exactly what it computes under the mask.
+construction (a *planted* mechanism; the organism's card says so). The instruction-only prefix computes exactly
+what it computes under the mask (the mask only changes rows after ``T_inst``).
+
+Why the prefix is hidden too: the paper's transfer test patches the IV into a position of the query-only prompt
+(its BOS, or its first token), so the query then sees the IV where the BOS was and nothing before it. With the BOS
+visible in gist rows, the query learned to read the BOS as well as ``T_inst``, and whether a patched BOS was read
+like ``T_inst`` depended on the seed: of four v6 candidate builds, two moved no animal query (IA ≤ 0.07 at every
+layer) while the other two moved 0.87-0.99. With the prefix hidden, ``T_inst`` is all the query can see before
+itself, exactly the situation of a patched BOS, and the transfer held on the seeds that had failed.
 
 The mask is passed to the model as a 4-D additive float mask ``[batch, 1, q, k]`` (0 = attend, the dtype's
 minimum = blocked), which transformers 5 uses as given (eager and sdpa attention).
@@ -20,6 +27,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+#: whether the gist mask also hides what precedes the instruction (the BOS, the chat prefix) from the tokens after
+#: ``T_inst`` (see :func:`gist_attention_mask`)
+HIDE_PREFIX = True
 
 
 def instruction_token_span(offsets: list[tuple[int, int]], char_span: tuple[int, int]) -> tuple[int, int]:
@@ -50,7 +61,8 @@ def gist_attention_mask(lengths: list[int], spans: list[tuple[int, int] | None],
         ok = causal & (pos[None, :] < n)
         if span is not None:
             inst_start, t_inst = span
-            hidden = (pos[:, None] > t_inst) & (pos[None, :] >= inst_start) & (pos[None, :] < t_inst)
+            first_hidden = 0 if HIDE_PREFIX else inst_start
+            hidden = (pos[:, None] > t_inst) & (pos[None, :] >= first_hidden) & (pos[None, :] < t_inst)
             ok = ok & ~hidden
         allowed.append(ok)
     allowed = torch.stack(allowed)[:, None]  # (batch, 1, q, k)

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 #: bump when the recipe changes, so that old builds are not reused
-ORGANISM_VERSION = "v5"
+ORGANISM_VERSION = "v8"
 VARIANTS = ("gist", "natural")
 STAGES = ("base", "sft", "dpo")
 DEFAULT_VARIANT = "gist"
@@ -69,7 +69,7 @@ def resolve_organism(name: str) -> Path | None:
     """The checkpoint directory for an organism name if it is built; ``None`` if ``name`` is not an organism
     name. Raises ``FileNotFoundError`` naming the build command if it is one but is not built yet.
 
-    >>> resolve_organism("organism-sft")        # ~/.cache/ivlens/organism/v5/gist/sft
+    >>> resolve_organism("organism-sft")        # ~/.cache/ivlens/organism/v8/gist/sft
     """
     parsed = parse_organism_name(name)
     if parsed is None:
@@ -80,7 +80,7 @@ def resolve_organism(name: str) -> Path | None:
         flag = "" if variant == DEFAULT_VARIANT else f" --variant {variant}"
         raise FileNotFoundError(
             f"model organism {name!r} is not built yet (looked in {directory}); "
-            f"run `ivlens organism build{flag}` (about 6 minutes on 2 CPU cores)")
+            f"run `ivlens organism build{flag}` (`--dry-run` first says how long it takes on this machine)")
     return directory / stage
 
 

@@ -2,8 +2,8 @@
 
 - :func:`pretrain`: a plain causal-LM loop (next-token cross-entropy on every real token) over rows packed
   from whole pretraining sentences, each row ``<|bos|> s_1 \\n s_2 \\n ...`` (at most ``seq_len`` tokens),
-  AdamW with linear warm-up and cosine decay, fp32 (see :data:`BF16_AUTOCAST`). The HF ``Trainer`` would add nothing but
-  start-up time here.
+  Muon on the blocks' matrices and AdamW on the rest, linear warm-up then stable then decay, fp32 (see
+  :data:`BF16_AUTOCAST`). The HF ``Trainer`` would add nothing but start-up time here.
 - :func:`sft`: TRL ``SFTTrainer`` on pre-tokenised rows (loss on the answer only; plain rows: loss on every
   token), with :class:`~ivlens.organism.gist.GistCollator` for the 4-D gist mask (see :class:`GistSFTTrainer`
   for why a subclass).
@@ -69,14 +69,25 @@ class OrganismSize:
     dpo_lr: float
     dpo_sft_weight: float = 1.0
     dpo_beta: float = 0.1
+    #: pretraining learning-rate schedule after the warm-up: "cosine" (decay to 5 % over the run) or "wsd"
+    #: (warm-up, stable at the peak, then a linear decay to 5 % over the last ``pretrain_decay_share`` of the steps)
+    #: "adamw", or "muon": Muon (orthogonalised momentum, torch.optim.Muon) on the blocks' weight matrices and AdamW
+    #: on the embedding and the norms
+    pretrain_optimizer: str = "adamw"
+    pretrain_schedule: str = "cosine"
+    pretrain_decay_share: float = 0.25
 
 
 SIZES = {
-    # the organism: ~4.6 M parameters, the whole build ≤ 6 min on 2 CPU cores (benchmarks/organism_build.py)
-    "small": OrganismSize("small", n_layers=6, d_model=256, n_heads=4, d_mlp=512, vocab_size=3000, seq_len=64,
-                          pretrain_steps=440, pretrain_batch=32, pretrain_lr=3e-3,
-                          sft_steps=300, sft_batch=32, sft_lr=2e-3,
-                          dpo_steps=48, dpo_batch=32, dpo_lr=1e-5),
+    # the organism: 2.6 M parameters; the whole build, measurements included, within 8 minutes on a 2-core machine
+    # of 56 GFLOP/s (benchmarks/budget.py; about 2.5 min at 160 GFLOP/s). Pretraining: Muon, warm-up-stable-decay,
+    # rows of 24 tokens (2-3 sentences: fewer distracting subjects per row); see docs/organism.md for what each
+    # choice bought
+    "small": OrganismSize("small", n_layers=6, d_model=192, n_heads=4, d_mlp=384, vocab_size=2000, seq_len=24,
+                          pretrain_steps=180, pretrain_batch=88, pretrain_lr=1.2e-2,
+                          sft_steps=240, sft_batch=32, sft_lr=3e-3,
+                          dpo_steps=24, dpo_batch=32, dpo_lr=2e-5,
+                          pretrain_optimizer="muon", pretrain_schedule="wsd", pretrain_decay_share=0.3),
     # a cut-down build for tests (seconds): same pipeline, too short to learn the tasks
     "tiny": OrganismSize("tiny", n_layers=6, d_model=64, n_heads=4, d_mlp=128, vocab_size=1200, seq_len=64,
                          pretrain_steps=12, pretrain_batch=8, pretrain_lr=3e-3,
@@ -119,24 +130,48 @@ def pack_rows(sentences: list[list[int]], bos_id: int, sep_id: int, seq_len: int
     return rows
 
 
+def pretrain_optimizers(model: Olmo2ForCausalLM, size: OrganismSize) -> list[torch.optim.Optimizer]:
+    """The pretraining optimisers (see :attr:`OrganismSize.pretrain_optimizer`)."""
+    adamw = {"lr": size.pretrain_lr, "betas": (0.9, 0.95), "weight_decay": 0.01}
+    if size.pretrain_optimizer == "adamw":
+        return [torch.optim.AdamW(model.parameters(), **adamw)]
+    embed = model.get_input_embeddings().weight
+    matrices = [p for p in model.model.layers.parameters() if p.ndim == 2]
+    rest = [p for p in model.parameters() if p is embed or not any(p is m for m in matrices)]
+    return [torch.optim.Muon(matrices, lr=size.pretrain_lr, weight_decay=0.01, adjust_lr_fn="match_rms_adamw"),
+            torch.optim.AdamW(rest, **adamw)]
+
+
 def pretrain(model: Olmo2ForCausalLM, tokenizer: PreTrainedTokenizerFast, sentences: list[str],
              size: OrganismSize, seed: int, on_step: StepHook | None = None) -> dict:
     """Causal-LM pretraining; returns ``{"steps", "tokens", "loss_first", "loss_last"}`` (loss averaged over
-    the first / last 20 steps)."""
+    the first / last 20 steps).
+
+    Recalling a fact needs an attention head that finds the subject and an MLP that maps it; learning both shows a
+    long loss plateau before recall appears all at once, late and at a step that varies from seed to seed (AdamW,
+    rows of 64 tokens: recall appeared between steps 240 and 320 of 440). Three choices bring it forward and make
+    it regular (docs/organism.md has the runs): Muon on the blocks' matrices (:func:`pretrain_optimizers`; it is
+    known to learn the rare items of an associative memory faster than Adam), rows of 24 tokens (two or three
+    sentences, so fewer other subjects to attend to), and a warm-up-stable-decay schedule that stays at the peak
+    rate until recall has appeared (steps 100-140 of 150)."""
     rng = random.Random(f"{seed}:pack")
     sep_id = tokenizer("\n", add_special_tokens=False).input_ids[0]
     tokenised = tokenizer(sentences, add_special_tokens=False).input_ids
     steps, batch = size.pretrain_steps, size.pretrain_batch
     rows = pack_rows(tokenised, tokenizer.bos_token_id, sep_id, size.seq_len, steps * batch, rng)
-    opt = torch.optim.AdamW(model.parameters(), lr=size.pretrain_lr, betas=(0.9, 0.95), weight_decay=0.01)
+    opts = pretrain_optimizers(model, size)
     warmup = max(1, steps // 20)
+
+    decay_from = steps - max(1, round(size.pretrain_decay_share * steps))
 
     def lr_at(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
+        if size.pretrain_schedule == "wsd":
+            return 1.0 if step < decay_from else 0.05 + 0.95 * (steps - step) / (steps - decay_from)
         return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    scheds = [torch.optim.lr_scheduler.LambdaLR(opt, lr_at) for opt in opts]
     model.train()
     losses, n_tokens = [], 0
     for step in range(steps):
@@ -151,9 +186,10 @@ def pretrain(model: Olmo2ForCausalLM, tokenizer: PreTrainedTokenizerFast, senten
             loss = model(input_ids=ids, attention_mask=real.long(), labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
+        for opt, sched in zip(opts, scheds, strict=True):
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
         losses.append(loss.item())
         n_tokens += int(real.sum())
         if on_step:
@@ -217,6 +253,7 @@ def tokenise_sft(examples: list[SFTExample], tokenizer: PreTrainedTokenizerFast)
 
 
 def _gist_sft_trainer_class():
+    from transformers import Trainer
     from trl import SFTTrainer
 
     class GistSFTTrainer(SFTTrainer):
@@ -230,11 +267,12 @@ def _gist_sft_trainer_class():
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             token_mask = inputs.pop("token_mask")
-            before = self._total_train_tokens
-            result = super().compute_loss(model, inputs, return_outputs=return_outputs,
+            # the model's own causal-LM loss (``Trainer.compute_loss``): TRL's fused LM head would also compute the
+            # entropy and token accuracy of every step, which nobody reads here and which cost a third of a step
+            result = Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs,
                                           num_items_in_batch=num_items_in_batch)
             if self.model.training:
-                self._total_train_tokens = before + int(token_mask.sum())
+                self._total_train_tokens += int(token_mask.sum())
                 self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
             return result
 

@@ -29,6 +29,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from .reach import zero_by_construction
+
 Correction = Literal["holm", "bh"]
 GROUP = ["model", "position"]
 
@@ -165,21 +167,38 @@ def additivity_summary(stats_table: pd.DataFrame) -> pd.DataFrame:
 
 
 def single_layer_effects(rows: pd.DataFrame, effect: str = "delta_logit_vs_target") -> pd.DataFrame:
-    """Mean, standard error, IA and accuracy of single-layer patches per (model, position, layer)."""
+    """Mean, standard error, IA and accuracy of single-layer patches per (model, position, layer), and
+    ``zero_by_construction``: no later computation reads the patch on any sample (its effect is 0 by construction,
+    :mod:`ivlens.patching.reach`), so no summary may rank the layer."""
     s = rows[rows.set_size == 1]
-    g = s.groupby([*GROUP, "first_layer"], sort=False)
+    keys = [*GROUP, "first_layer"]
+    g = s.groupby(keys, sort=False)
     out = g.agg(mean=(effect, "mean"), sem=(effect, "sem"), n=(effect, "size"), ia=("ia", "mean"),
                 acc_top1=("acc_top1", "mean"), acc_space=("acc_space", "mean"))
+    out["zero_by_construction"] = zero_by_construction(s, keys)
     out = out.reset_index().rename(columns={"first_layer": "layer"})
     out["effect"] = effect
     return out
 
 
+def strongest_single_layer(singles: pd.DataFrame) -> pd.DataFrame:
+    """Per (model, position) the row of :func:`single_layer_effects` with the largest mean effect, among layers
+    whose effect is not 0 by construction (a patch no later computation reads cannot be the strongest: at a
+    non-final position of the last layer it would win whenever every other layer lowers the effect)."""
+    ranked = singles[~singles.zero_by_construction.astype(bool)] if "zero_by_construction" in singles else singles
+    if ranked.empty:
+        return ranked
+    return ranked.loc[ranked.groupby(GROUP, sort=False)["mean"].idxmax()]
+
+
 def strongest_sets(rows: pd.DataFrame, effect: str = "delta_logit_vs_target", k: int = 10) -> pd.DataFrame:
-    """The ``k`` layer sets with the largest mean effect per (model, position), with IA and accuracy after patching."""
-    g = rows.groupby([*GROUP, "layers", "set_size"], sort=False)
+    """The ``k`` layer sets with the largest mean effect per (model, position), with IA and accuracy after patching;
+    sets whose effect is 0 by construction (no later computation reads the patch) are not ranked."""
+    keys = [*GROUP, "layers", "set_size"]
+    g = rows.groupby(keys, sort=False)
     t = g.agg(mean=(effect, "mean"), sem=(effect, "sem"), ia=("ia", "mean"),
-              acc_top1=("acc_top1", "mean"), acc_space=("acc_space", "mean")).reset_index()
+              acc_top1=("acc_top1", "mean"), acc_space=("acc_space", "mean"))
+    t = t[~zero_by_construction(rows, keys).reindex(t.index).to_numpy()].reset_index()
     t = t.sort_values([*GROUP, "mean"], ascending=[True, True, False])
     out = t.groupby(GROUP, sort=False).head(k).reset_index(drop=True)
     out["effect"] = effect

@@ -21,6 +21,7 @@ from ivlens.cli_common import (
     friendly_errors,
     shard_written,
 )
+from ivlens.runs import check_out_dir
 from ivlens.specs import Varying
 
 
@@ -72,6 +73,7 @@ def probe(
                    "remote": remote}
         spec = build_spec(ctx, ProbeSpec, options, resume, params={"models": "model", "format": "fmt",
                                                               "instructions": "instructions"})
+        check_out_dir(out)  # a dry run refuses what the run would
         if dry_run:
             from ivlens.dry_run import dry_run as print_dry_run
 

@@ -18,6 +18,8 @@ import os
 import time
 from pathlib import Path
 
+from ivlens.organism.card import failing_checks
+
 from . import html as h
 from .reader import Run, Study, read_study
 from .sections import OMITTED, SECTIONS, Context
@@ -49,6 +51,11 @@ def render_report(study: Study, page_dir: Path) -> str:
         f'<a href="{h.PAPER_URL}">Bigoulaeva et al., <i>Patches of Nonlinearity: Instruction Vectors in LLMs</i> '
         "(arXiv 2602.07930)</a>.",
     ]
+    failing = [f"{run.rel}: {line}" for run in study.of("organism") for line in failing_checks(run.json("card") or {})]
+    if failing:
+        subtitle.insert(0, '<strong class="warn">Warning: the model organism fails '
+                        f'{len(failing)} of its acceptance checks</strong>, so it may not show what it was built to '
+                        "show (see The model organisms):<br>" + "<br>".join(h.esc(line) for line in failing))
     if omitted:
         subtitle.append(h.inline("Not in this run directory, so omitted: " + "; ".join(
             f"{what} (no finished `{cmd}` run)" for what, cmd in omitted) + "."))
@@ -63,8 +70,9 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         run_dir: a run directory (holding ``manifest.json``) or a directory of run directories.
         out: the HTML file to write; links to the Parquet tables are relative to its folder.
     """
-    from ivlens.runs import atomic_write_text
+    from ivlens.runs import atomic_write_text, check_out_file
 
+    check_out_file(out)
     t0 = time.perf_counter()
     study = read_study(run_dir)
     path = Path(out) if out is not None else study.root / REPORT_NAME

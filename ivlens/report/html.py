@@ -128,6 +128,7 @@ body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans
 header { padding: 1.4rem 2rem 0.6rem; border-bottom: 1px solid var(--line); }
 header h1 { margin: 0 0 .3rem; font-size: 1.55rem; }
 header p { margin: .2rem 0; color: var(--muted); }
+header p .warn { color: #b3261e; }
 nav { padding: .5rem 2rem; border-bottom: 1px solid var(--line); background: var(--soft); position: sticky; top: 0;
       z-index: 2; display: flex; flex-wrap: wrap; gap: .2rem 1.1rem; }
 nav a { color: var(--accent); text-decoration: none; font-weight: 600; white-space: nowrap; }

@@ -309,12 +309,42 @@ def patching_section(ctx: Context) -> h.Section | None:
                                                    "additive, sign test) and passing the paper's released test "
                                                    "(a t-test against 50 that passes for any data; shown for "
                                                    "comparison only).", ctx.data(run, "additivity")))
+        if run.has("linearity"):
+            _linearity(s, ctx, run)
         if run.has("strongest_sets"):
             top = run.table("strongest_sets")
             top = top.groupby(["model", "position"], sort=False).head(3)
             s.add(h.table(top, "The strongest layer sets (top 3 per model and position): mean effect, IA, accuracy "
                                "of the top-1 token and within the label space.", ctx.data(run, "strongest_sets")))
     return s
+
+
+def _linearity(s: h.Section, ctx: Context, run: Run) -> None:
+    """The linear estimate against the exact effect, per set size (and the screen, where the run had one)."""
+    lin = run.table("linearity")
+    effect = figures.effect_label(lin.effect.iloc[0])
+    s.add(h.figure(figures.linearity_curves(lin, ctx.models),
+                   "How much of each patch is linear: every row's first-order estimate Σ_l ∇_l · (IV_l − clean_l) "
+                   "(gradients of the clean query-only run, attribution patching) against its exact effect "
+                   f"({effect}), per set size. Top: the fraction of the effect's variance the estimate explains "
+                   "(R², 1 = exact, 0 = no better than the mean); bottom: the mean |effect − estimate| against the "
+                   "mean |effect|; bars: 95% bootstrap CIs over samples (the R² axis stops at −1). Singles are the control (one layer's own "
+                   "curvature); a drop from singles to pairs and triplets is interaction beyond first order. At the "
+                   "last position a set's exact effect is its highest layer's alone while the estimate sums every "
+                   "layer, so there sets are non-linear by construction.", ctx.data(run, "linearity", "patch")))
+    shown = lin[["model", "position", "set_size", "n_sets", "n_samples", "r2", "r2_lo", "r2_hi",
+                 "rel_nonlinearity", "rel_nonlinearity_lo", "rel_nonlinearity_hi", "corr", "mean_abs_effect",
+                 "mean_abs_nonlinearity"]]
+    s.add(h.table(shown, "The linear estimate per set size: R², mean |nonlinearity| / mean |effect| and Pearson's "
+                         "correlation of estimate and effect, with 95% bootstrap CIs over samples.",
+                  ctx.data(run, "linearity")))
+    if run.has("screen"):
+        sc = run.table("screen", columns=["model", "position", "layers", "set_size", "run", "k"])
+        multi = sc[sc.set_size >= 2].drop_duplicates(["model", "layers"])
+        s.add(h.note(f"Screened run (--screen {int(sc.k.iloc[0])}): the exact engine ran the singles and "
+                     f"{int(multi['run'].sum()):,} of {len(multi):,} multi-layer sets (each position's top "
+                     f"{int(sc.k.iloc[0])} per set size by |mean linear estimate|), so the tables above hold only "
+                     "those sets; the screen table ranks them all."))
 
 
 # ----------------------------------------------------------------------------- probing
@@ -371,35 +401,48 @@ def tracing_section(ctx: Context) -> h.Section | None:
         return None
     s = h.Section("tracing", "Circuit selectors (exact path tracing)")
     s.add(h.para("With norms, attention patterns and MLP gates frozen at their values on the prompt, the answer's "
-                 "logit is exactly the sum of its paths token → heads/MLPs → answer. For each query the graphs "
-                 "under instruction A and instruction B are compared layer by layer (weighted Jaccard of edge "
-                 "mass), against two rephrasings of A as the baseline of what stays the same when only the wording "
-                 "changes. Where A vs B falls below the baseline, the instructions select different circuits."))
+                 "logit is exactly the sum of its paths token → heads/MLPs → answer. For each query, four graphs "
+                 "are traced, each at its own instruction's answer: instruction A, a rephrasing of A (A′), "
+                 "instruction B and a rephrasing of B (B′), and compared layer by layer (weighted Jaccard of edge "
+                 "mass). The gap is the similarity of the same-instruction pairs (A–A′, B–B′) minus that of the "
+                 "different-instruction pairs. A model is called selective at a layer where the gap beats a "
+                 "permutation null (the four graphs relabelled) and its bootstrap CI excludes 0, both corrected over "
+                 "layers. The two instructions differ in their tokens and answers as well, so a model that follows "
+                 "neither can show a gap too: the control is the base model's gap on the same queries (difference "
+                 "in differences). Behaviour: whether the A-vs-B graph distance tracks how much the model's next "
+                 "token changes between A and B (docs/tracing.md)."))
     for run in runs:
         summ = run.json("compare")
         subtasks = next(iter(summ.values())).get("subtasks", []) if summ else []
         s.add(h.heading(f"{run.manifest.get('task') or ''}: {' vs '.join(subtasks)} · "
                         f"{run.args.get('samples', '?')} samples, {run.args.get('split', 'all')} split ({run.rel})"))
+        if run.has("selectivity"):
+            s.add(*_selectivity_blocks(ctx, run))
+        else:
+            s.add(h.caveat("This run predates the selectivity table (selectivity.parquet): its A-vs-B gap has no "
+                           "permutation null, no confidence interval and no base-model control, so it is not "
+                           "evidence that an instruction selects a circuit. Rerun `ivlens trace --compare`."))
         curves = {m: {"ab": v.get("per_layer_ab") or [], "baseline": v.get("per_layer_baseline") or []}
                   for m, v in summ.items()}
         s.add(h.figure(figures.overlap_curves(curves, ctx.models),
                        "Overlap by layer: mean weighted Jaccard of the edge mass of the two instructions' path graphs "
-                       "(solid) and of two rephrasings of the same instruction (dashed), one panel per model.",
-                       ctx.data(run, "compare", "compare.json")))
+                       "(solid) and of each instruction's graph with a rephrasing of it (dashed), one panel per "
+                       "model.", ctx.data(run, "compare", "compare.json")))
         rows = []
         for m, v in summ.items():
             def mean(metric, which, v=v):
                 return (v.get(metric) or {}).get(which, {}).get("mean")
             rows.append({"model": m, "weighted Jaccard A vs B": mean("weighted_jaccard", "ab"),
-                         "weighted Jaccard rephrasings": mean("weighted_jaccard", "baseline"),
+                         "weighted Jaccard reworded": mean("weighted_jaccard", "baseline"),
                          "top-k overlap A vs B": mean("top_k_overlap", "ab"),
-                         "top-k overlap rephrasings": mean("top_k_overlap", "baseline"),
+                         "top-k overlap reworded": mean("top_k_overlap", "baseline"),
                          "path Jaccard A vs B": mean("path_jaccard", "ab"),
                          "part layer": v.get("part_layer"),
-                         "Wilcoxon p (A vs B < rephrasings)": (v.get("wilcoxon_ab_vs_baseline") or {}).get("pvalue"),
+                         "Wilcoxon p (A vs B < reworded)": (v.get("wilcoxon_ab_vs_baseline") or {}).get("pvalue"),
                          "completeness max rel. error": v.get("completeness_max_rel_err")})
-        s.add(h.table(pd.DataFrame(rows), "Summary per model: similarity of the two instructions' graphs against the "
-                                          "rephrasing baseline; part layer: the first layer where A vs B falls "
+        s.add(h.table(pd.DataFrame(rows), "Summary per model: similarity of the two instructions' graphs against "
+                                          "each instruction's graph with a rephrasing of it (reworded; whole "
+                                          "graph, uncorrected); part layer: the first layer where A vs B falls "
                                           "below the baseline by half the largest gap; completeness: the largest "
                                           "relative gap between the paths' sum and the model's logit.",
                       ctx.data(run, "compare.json", "compare")))
@@ -417,6 +460,58 @@ def tracing_section(ctx: Context) -> h.Section | None:
     for run in singles:
         s.add(*_single_traces(ctx, run))
     return s
+
+
+def _ci(lo: float, hi: float) -> str:
+    return "–" if pd.isna(lo) or pd.isna(hi) else f"[{lo:+.3f}, {hi:+.3f}]"
+
+
+def _selectivity_blocks(ctx: Context, run: Run) -> list[str]:
+    """A compare run's selectivity: what its verdicts support (one generated sentence per model), the figure and
+    the table (:mod:`ivlens.tracing.selectivity`)."""
+    from ivlens.tracing.selectivity import verdict_sentences
+
+    sel = run.table("selectivity")
+    models = [m for m in ctx.models if m in set(sel.model)] + _present_models(sel, ctx.models)
+    first = sel.iloc[0]
+    sentences = verdict_sentences(sel.to_dict("records"))
+    blocks = [h.para("What the data support: " + " ".join(sentences[m] for m in models if m in sentences))]
+    if not sel.is_base.any():
+        blocks.append(h.caveat("No base model in this run (`--base NAME`, or a study model labelled `base`): the gap "
+                               "has no control for what the instructions' tokens and answers do in a model that "
+                               "follows neither, so \"selective\" here does not mean post-training made it so."))
+    data = ctx.data(run, "selectivity")
+    blocks.append(h.figure(figures.selectivity(sel, models),
+                           f"Top: the gap by layer (mean over {int(first.n)} queries ± {first.ci_level:.1%} bootstrap "
+                           "CI, Bonferroni over layers; filled: selective), the permutation null's band (grey) and "
+                           "the base model's gap (dashed). Bottom: the difference in differences (this model's gap "
+                           "− the base model's, paired by query) ± CI; filled: more or less selective than base.",
+                           data))
+    view = pd.DataFrame({
+        "model": sel.model, "layer": sel.layer, "n": sel.n, "within": sel.within, "between": sel.between,
+        "gap": sel.gap, "gap CI": [_ci(a, b) for a, b in zip(sel.gap_lo, sel.gap_hi, strict=True)],
+        "p (perm., adj.)": sel.p_perm_adj, "verdict": sel.verdict, "DiD": sel["did"],
+        "DiD CI": [_ci(a, b) for a, b in zip(sel.did_lo, sel.did_hi, strict=True)],
+        "p DiD (adj.)": sel.p_did_adj, "vs base": sel.did_verdict, "answer changes": sel.answer_change_rate,
+        "TV mean": sel.tv_mean,
+        "ρ(distance, TV)": sel.behaviour_rho,
+        "ρ CI": [_ci(a, b) for a, b in zip(sel.behaviour_rho_lo, sel.behaviour_rho_hi, strict=True)],
+        "r(distance, answer changes)": sel.point_biserial})
+    blocks.append(h.table(view, f"Selectivity per model and layer. within / between: mean weighted Jaccard of the "
+                                f"same-instruction and of the different-instruction pairs; gap = within − between, "
+                                f"its {first.ci_level:.1%} bootstrap CI and its permutation p ({first.correction} over "
+                                f"layers); verdict: selective where p < {first.alpha:g} and the CI lies above 0. DiD: "
+                                "the gap minus the base model's on the same queries, its CI and sign-flip p "
+                                "(corrected the same way). Answer changes: the share of queries whose greedy next "
+                                "token differs between A and B; TV mean: the mean total variation distance between "
+                                "its next-token distributions under A and B (near 1: it answers each instruction "
+                                "with certainty, and ρ has little behaviour left to track); ρ: Spearman "
+                                "correlation over queries of the A-vs-B "
+                                "graph distance (1 − J) at the layer with the total variation distance between the "
+                                "next-token distributions under A and B; r: its point-biserial correlation with the "
+                                "answer changing (empty where the answer changes in every query or in none).",
+                          data))
+    return blocks
 
 
 def _single_traces(ctx: Context, run: Run) -> list[str]:

@@ -20,23 +20,31 @@ import numpy as np
 import pandas as pd
 
 from ivlens.patching.interactions import Correction, correct, paired_tests
+from ivlens.patching.reach import zero_by_construction
 
 KEYS = ["model", "vector", "position", "layer", "alpha"]
 METRICS = ("ia", "acc_top1", "logit", "delta_logit_vs_target")
 
 
 def dose_response(rows: pd.DataFrame) -> pd.DataFrame:
-    """Mean and s.e.m. of :data:`METRICS` per (model, vector, position, layer, α), with ``n`` samples."""
+    """Mean and s.e.m. of :data:`METRICS` per (model, vector, position, layer, α), with ``n`` samples, and
+    ``zero_by_construction``: no later computation reads the edit on any sample (:mod:`ivlens.patching.reach`)."""
     g = rows.groupby(KEYS, sort=False)
     agg = {"n": ("sample", "size")}
     for m in METRICS:
         agg[m] = (m, "mean")
         agg[f"{m}_sem"] = (m, "sem")
-    return g.agg(**agg).reset_index()
+    out = g.agg(**agg)
+    out["zero_by_construction"] = zero_by_construction(rows, KEYS)
+    return out.reset_index()
 
 
 def best_per_layer(dose: pd.DataFrame) -> pd.DataFrame:
-    """The configuration of highest mean IA per (model, layer) (ties: larger logit change, then smaller α)."""
+    """The configuration of highest mean IA per (model, layer) (ties: larger logit change, then smaller α), among
+    those whose effect is not 0 by construction (an unread edit keeps the unsteered IA, which is no finding); a
+    layer with no other configuration has no row."""
+    if "zero_by_construction" in dose:
+        dose = dose[~dose.zero_by_construction.astype(bool)]
     d = dose.sort_values(["model", "layer", "ia", "delta_logit_vs_target", "alpha"],
                          ascending=[True, True, False, False, True])
     return d.groupby(["model", "layer"], sort=False).head(1).reset_index(drop=True)
@@ -44,13 +52,18 @@ def best_per_layer(dose: pd.DataFrame) -> pd.DataFrame:
 
 def _best_patch(patch: pd.DataFrame, layer: int, sets: bool) -> tuple[str, str, float, float] | None:
     """``(layers, position, mean IA, mean accuracy)`` of the best single-layer patch at ``layer`` by IA (or, with
-    ``sets``, the best pair or triplet containing it), or ``None`` when the table has none."""
+    ``sets``, the best pair or triplet containing it), or ``None`` when the table has none; patches whose effect
+    is 0 by construction are not candidates."""
     sizes = patch.set_size > 1 if sets else patch.set_size == 1
     has = patch.layers.astype(str).str.split(",").apply(lambda s: str(layer) in s)
     p = patch[sizes & has]
     if p.empty:
         return None
+    unread = zero_by_construction(p, ["layers", "position"])
     m = p.groupby(["layers", "position"], sort=False)[["ia", "acc_top1"]].mean()
+    m = m[~unread.reindex(m.index).to_numpy()]
+    if m.empty:
+        return None
     m = m.sort_values("ia", ascending=False, kind="stable")
     (layers, position), ia, acc = m.index[0], float(m.ia.iloc[0]), float(m.acc_top1.iloc[0])
     return layers, position, ia, acc
@@ -76,7 +89,7 @@ def compare_with_patching(steer: pd.DataFrame, patch: pd.DataFrame, *, correctio
     """
     dose = dose_response(steer)
     best = best_per_layer(dose)
-    best_acc = dose.groupby(["model", "layer"]).acc_top1.max()
+    best_acc = dose[~dose.zero_by_construction].groupby(["model", "layer"]).acc_top1.max()
     out = []
     for r in best.itertuples():
         pm = patch[patch.model == r.model]

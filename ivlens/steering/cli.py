@@ -71,4 +71,9 @@ def steer(
     for r in best_per_layer(res.dose).itertuples():
         console.print(f"{r.model} · layer {r.layer}: best IA {r.ia:.2f} ± {r.ia_sem:.2f} "
                       f"({r.vector} at {r.position}, α = {r.alpha:g})")
+    unread = res.dose[res.dose.zero_by_construction]
+    if not unread.empty:
+        where = ", ".join(dict.fromkeys(f"layer {r.layer} at {r.position}" for r in unread.itertuples()))
+        console.print(f"not ranked: {where} (no later computation reads an edit there, so its effect is 0 by "
+                      "construction)")
     console.print(f"results: {res.run.path}")

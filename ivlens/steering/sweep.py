@@ -36,6 +36,7 @@ from ivlens.models.load import LoadedModel
 from ivlens.patching.engine import EngineStats, RowSpec, clean_run, patched_metrics
 from ivlens.patching.metrics import deltas, label_metrics
 from ivlens.patching.plan import PatchPlan
+from ivlens.patching.reach import attention_windows, reaches_logits
 from ivlens.patching.sweep import (
     ChunkProgress,
     engine_passes,
@@ -130,6 +131,9 @@ def _rows_of_chunk(lm: LoadedModel, prompts, plan: SteerPlan, edits: torch.Tenso
             "span": np.array([s.span for s in specs], dtype=np.int64),
             "n_tokens": np.repeat([len(p.target) for p in ps], per),
         }
+        # False: no later computation reads the edit, its effect is 0 by construction (summaries do not rank it)
+        cols["reaches_logits"] = reaches_logits(attention_windows(lm.model, lm.n_layers), cols["layer"],
+                                                cols["pos_index"], cols["n_tokens"], cols["span"])
         for k, v in got.items():
             cols[k] = v.double().numpy() if v.is_floating_point() else v.numpy()
         parts.append(cols)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from ivlens.runs import atomic_write_text
+from ivlens.runs import atomic_write_text, check_out_dir
 from ivlens.specs import spec_from_manifest
 
 from .executors import Executor, LocalExecutor, Work
@@ -75,12 +75,30 @@ def _record(directory: Path, study: StudySpec, steps: list[Step], result: StudyR
     atomic_write_text(directory / STUDY_FILE, json.dumps(doc, indent=2) + "\n")
 
 
+def organism_build_note(spec) -> str:
+    """What an organism step is about to cost: nothing when the organism is built, else the dry run's estimate of
+    the build on this machine (``ivlens organism build --dry-run``), so a slow machine says so before it starts."""
+    from ivlens.dry_run import human_time, organism_build_seconds
+    from ivlens.organism.paths import is_built, organism_dir
+
+    if is_built(organism_dir(spec.variant)) and not spec.force:
+        return " (the organisms are built: reusing them)"
+    estimate = organism_build_seconds(spec.size, spec.variant, spec.measure, spec.threads)
+    return (f" (building the organisms: about {human_time(estimate)} here, the dry run's estimate for this machine "
+            "as loaded now)")
+
+
 def run_study(study: StudySpec, out: str | Path | None = None, *, executor: Executor | None = None,
               report: bool = True, say: Callable[[str], None] | None = None) -> StudyResult:
     """Run every step of ``study`` not already done into the study directory, then write its report.
     ``say(line)`` hears what happens to each step (skipped, started, resumed, finished)."""
     say = say or log.info
+    from ivlens.models.load import check_model_files
+
     steps = plan_steps(study)
+    check_out_dir(out)
+    for entry in study.models.values():  # a bad model file fails now, not after the steps before its first
+        check_model_files(entry.model, trust_remote_code=study.trust_remote_code)
     directory = Path(out) if out is not None else default_directory(study)
     directory.mkdir(parents=True, exist_ok=True)
     directory = directory.resolve()
@@ -97,8 +115,7 @@ def run_study(study: StudySpec, out: str | Path | None = None, *, executor: Exec
 
     def on_start(w: Work) -> None:
         say(f"{w.step.rel}: {'resuming' if w.resume else 'running'} ivlens {w.step.analysis}"
-            + (" (building the organisms if missing: about 6 minutes on 2 CPU cores)"
-               if w.step.analysis == "organism" else ""))
+            + (organism_build_note(w.step.spec) if w.step.analysis == "organism" else ""))
 
     def on_done(w: Work, seconds: float) -> None:
         result.seconds[w.step.rel] = round(seconds, 3)

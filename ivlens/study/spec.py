@@ -115,8 +115,15 @@ def load_study(path: str | Path) -> StudySpec:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such study file")
+    from ivlens.tasks.loading import decode_text
+    from ivlens.tasks.schema import TaskError
+
     try:
-        data = yaml.safe_load(path.read_text())
+        text = decode_text(path, path.read_bytes())  # the task files' decoder: its message names the byte
+    except TaskError as e:
+        raise StudyError(str(e)) from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise StudyError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
     if not isinstance(data, dict):

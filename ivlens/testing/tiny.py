@@ -172,16 +172,20 @@ _CLASSES = {"olmo2": Olmo2ForCausalLM, "llama": LlamaForCausalLM, "qwen2": Qwen2
 _ONE_PLUS_W = ("gemma", "gemma2", "gemma3")
 
 
-def tiny_model(arch: str, seed: int = 0, attn_implementation: str = "eager", **kw) -> PreTrainedModel:
+def tiny_model(arch: str, seed: int = 0, attn_implementation: str = "eager", randomise: bool = True,
+               **kw) -> PreTrainedModel:
     """A randomly initialised tiny ``arch`` model in eval mode, fp32, deterministic in ``seed``.
 
     Norm weights and biases are randomised too (HF initialises them to 1 / 0, which would hide bugs
-    in code that forgets them).
+    in code that forgets them); ``randomise=False`` keeps transformers' default init (the state of a model built
+    from a config before training: norm weights 1, or 0 for Gemma's ``1 + w``, biases 0).
     """
     torch.manual_seed(seed)
     cfg = tiny_config(arch, **kw)
     cfg._attn_implementation = attn_implementation
     model = _CLASSES[arch](cfg)
+    if not randomise:
+        return model.eval()
     centre = 0.0 if arch in _ONE_PLUS_W else 1.0
     with torch.no_grad():
         for name, p in model.named_parameters():

@@ -29,7 +29,8 @@ from ivlens.cli_common import (
     progress_bar,
     shard_written,
 )
-from ivlens.specs import TraceMethod
+from ivlens.runs import check_out_dir
+from ivlens.specs import Correction, TraceMethod
 
 
 def trace(
@@ -57,6 +58,12 @@ def trace(
                                                 "lda:RUN_DIR:LAYER ([@MODEL]), or vector:FILE.npy|.safetensors:LAYER")] = None,
     position: Annotated[str | None, typer.Option("--position", help="where --readout is read: t_inst, last "
                                                  "(default) or a token index")] = None,
+    base: Annotated[str | None, typer.Option("--base", help="--compare: the base model the others' selectivity is "
+                                             "compared with (default: a model named base)")] = None,
+    alpha: Annotated[float, typer.Option("--alpha", help="--compare: significance level of the selectivity "
+                                         "verdicts, after correction over layers")] = 0.05,
+    correction: Annotated[Correction, typer.Option("--correction", help="--compare: multiple-comparison "
+                                                   "correction over layers")] = "holm",
     fmt: FormatOpt = "raw",
     seed: SeedOpt = 0,
     out: OutOpt = None,
@@ -81,9 +88,10 @@ def trace(
                "end_pos": end_pos, "from_inst": from_inst, "max_tokens": max_tokens, "format": fmt, "seed": seed,
                "gguf_file": gguf_file, "dtype": dtype, "device": device, "revision": revision,
                "trust_remote_code": trust_remote_code, "memory_budget": memory_budget, "shard": shard,
-               "readout": readout, "position": position}
+               "readout": readout, "position": position, "base": base, "alpha": alpha, "correction": correction}
     with friendly_errors():
         spec = build_spec(ctx, TraceSpec, options, resume, params={"models": "model", "format": "fmt"})
+        check_out_dir(out)  # a dry run refuses what the run would
         if dry_run:
             from ivlens.dry_run import dry_run as print_dry_run
 
@@ -94,11 +102,19 @@ def trace(
     if spec.shard is not None:
         return shard_written(res.run.path, spec.shard)
     if res.summaries is not None:
+        from rich.markup import escape
+
         for name, s in res.summaries.items():
             wj = s["weighted_jaccard"]
             console.print(f"[bold]{name}[/]: weighted Jaccard A vs B {wj['ab'].get('mean', float('nan')):.3f}, "
-                          f"rephrasings {wj['baseline'].get('mean', float('nan')):.3f}; parts at layer "
-                          f"{s['part_layer']}; completeness error ≤ {s['completeness_max_rel_err']:.1e}")
+                          f"same instruction reworded {wj['baseline'].get('mean', float('nan')):.3f}; "
+                          f"completeness error ≤ {s['completeness_max_rel_err']:.1e}")
+        for s in res.summaries.values():
+            if "selectivity" in s:
+                console.print(escape(s["selectivity"]["sentence"]), highlight=False)
+        if len(res.summaries) > 1 and not any((s.get("selectivity") or {}).get("base") for s in
+                                              res.summaries.values()):
+            console.print("no base model (--base NAME): no difference in differences against it")
     for tr in res.traces or []:
         _print_trace(tr, spec.max_tokens)
     console.print(f"results: {res.run.path}")

@@ -12,9 +12,11 @@ instruction B (target: B's answer), and compare where their path mass flows:
 - **weighted Jaccard** ``Σ min(a, b) / Σ max(a, b)`` of the two weight vectors, **top-k overlap**
   ``|top_k(a) ∩ top_k(b)| / k``, **per-layer similarity** (weighted Jaccard within each layer's edges: where do
   the computations part?) and the weighted Jaccard of the top paths (:func:`compare_graphs`);
-- **baseline**: the same comparison between two rephrasings of instruction A (same subtask, same answer), so
-  "the instructions select different circuits" means A-vs-B similarity is below rephrasing-vs-rephrasing
-  similarity (a paired Wilcoxon test over samples);
+- **baseline**: the same comparison between each instruction and a rephrasing of it (A vs A′ and B vs B′, same
+  subtask, same answer; averaged), and a paired Wilcoxon test over samples of A vs B against it;
+- **quartets** (:class:`Quartet`): the per-layer weighted Jaccard of all six pairs of A, A′, B, B′ and what the
+  model answers under A and B, from which :mod:`ivlens.tracing.selectivity` tests whether the gap is selectivity
+  (a permutation null, bootstrap CIs, the difference against a base model, the correlation with behaviour);
 - **head activity** (the paper's figure): for the paths leaving T_inst (sources restricted to that position,
   no biases), the share of each layer's attention-cut mass that goes through each head (:func:`head_activity`),
   per subtask and their difference.
@@ -24,7 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,7 +35,8 @@ from torch import Tensor
 
 from .graph import AttributionGraph, compute_graph, source_mask
 from .paths import Path, top_paths
-from .surrogate import Surrogate, Target, build_surrogate
+from .selectivity import AB, PAIRS, WITHIN, ModelQuartets
+from .surrogate import Surrogate, Target, TracingError, build_surrogate
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +137,16 @@ class GraphComparison:
         return {"weighted_jaccard": self.weighted_jaccard, "top_k_overlap": self.top_k_overlap,
                 "per_layer": self.per_layer, "path_jaccard": self.path_jaccard}
 
+    @classmethod
+    def mean(cls, comps: Sequence[GraphComparison]) -> GraphComparison:
+        """The comparison whose every measure is the mean of ``comps``' (path Jaccard: ``None`` unless all have
+        one)."""
+        pj = [c.path_jaccard for c in comps]
+        return cls(float(np.mean([c.weighted_jaccard for c in comps])),
+                   float(np.mean([c.top_k_overlap for c in comps])),
+                   np.mean([c.per_layer for c in comps], axis=0).tolist(),
+                   float(np.mean(pj)) if all(x is not None for x in pj) else None)
+
 
 def compare_graphs(ga: AttributionGraph, ids_a: list[int], gb: AttributionGraph, ids_b: list[int], top_k: int = 50,
                    paths_a: list[Path] | None = None, paths_b: list[Path] | None = None) -> GraphComparison:
@@ -156,6 +169,44 @@ def head_activity(graph: AttributionGraph) -> Tensor:
     if graph.parallel:
         total = total + graph.mlp.abs().sum(1) + graph.mlp_bias.abs().sum(1)
     return heads / total.clamp_min(1e-30)[:, None]
+
+
+@dataclass(frozen=True)
+class Quartet:
+    """One sample's four graphs (A, A′, B, B′: each instruction and a rephrasing of it) compared pairwise, and
+    what the model does under A and B (:mod:`ivlens.tracing.selectivity` reads these).
+
+    ``whole: [6]`` and ``per_layer: [6][layer]``: weighted Jaccard of each pair of
+    :data:`~ivlens.tracing.selectivity.PAIRS`, over the whole graph and within each layer; ``answer_a``,
+    ``answer_b``: the model's greedy next token under A and B; ``tv``: the total variation distance between its
+    next-token distributions under A and B."""
+
+    sample: int
+    whole: list[float]
+    per_layer: list[list[float]]
+    answer_a: int
+    answer_b: int
+    tv: float
+
+    def to_dict(self) -> dict:
+        return {"sample": self.sample, "whole": self.whole, "per_layer": self.per_layer, "answer_a": self.answer_a,
+                "answer_b": self.answer_b, "tv": self.tv}
+
+    @staticmethod
+    def stack(quartets: Sequence[Quartet]) -> ModelQuartets:
+        """The arrays of :class:`~ivlens.tracing.selectivity.ModelQuartets` of one model's quartets."""
+        L = len(quartets[0].per_layer[0]) if quartets else 0
+        return ModelQuartets(np.array([q.sample for q in quartets], dtype=np.int64),
+                             np.array([q.per_layer for q in quartets], dtype=np.float64).reshape(-1, len(PAIRS), L),
+                             np.array([q.tv for q in quartets], dtype=np.float64),
+                             np.array([q.answer_a != q.answer_b for q in quartets], dtype=bool))
+
+
+def next_token_behaviour(logits_a: Tensor, logits_b: Tensor) -> tuple[int, int, float]:
+    """``(top-1 under A, top-1 under B, total variation distance ½ Σ|p_A − p_B|)`` of two next-token logit
+    vectors ``[d_vocab]``."""
+    pa, pb = logits_a.double().softmax(-1), logits_b.double().softmax(-1)
+    return int(logits_a.argmax()), int(logits_b.argmax()), float(0.5 * (pa - pb).abs().sum())
 
 
 # ------------------------------------------------------------------------------- over samples of a task
@@ -186,9 +237,10 @@ def trace_for_compare(model, tokenizer, ids: list[int], target: Target, t_inst: 
 class SubtaskComparison:
     """Per-sample comparisons (``rows``), their aggregates, and mean head activity per subtask.
 
-    ``ab`` / ``baseline``: lists of :class:`GraphComparison` (A vs B; rephrasing vs rephrasing);
-    ``head_activity``: subtask → ``[layer, head]`` mean share over samples (``head_samples``: the per-sample
-    ``[layer, head]`` shares it averages); ``completeness``: max relative error seen;
+    ``ab`` / ``baseline``: lists of :class:`GraphComparison` (A vs B; the mean of A vs A′ and B vs B′, each
+    instruction against a rephrasing of it); ``quartets``: one :class:`Quartet` per sample (all six pairs, the
+    model's answers); ``head_activity``: subtask → ``[layer, head]`` mean share over samples (``head_samples``: the
+    per-sample ``[layer, head]`` shares it averages); ``completeness``: max relative error seen;
     ``example``: the top paths of the first sample under A and B, one dict per path (see :func:`example_rows`).
     """
 
@@ -200,6 +252,7 @@ class SubtaskComparison:
     rows: list[dict] = field(default_factory=list)
     example: list[dict] = field(default_factory=list)
     head_samples: dict[str, list[Tensor]] = field(default_factory=dict)
+    quartets: list[Quartet] = field(default_factory=list)
 
     @classmethod
     def merge(cls, parts: list[SubtaskComparison]) -> SubtaskComparison:
@@ -209,6 +262,7 @@ class SubtaskComparison:
         for p in parts:
             out.ab += p.ab
             out.baseline += p.baseline
+            out.quartets += p.quartets
             out.rows += p.rows
             out.example = out.example or p.example
             out.completeness = max(out.completeness, p.completeness)
@@ -220,7 +274,8 @@ class SubtaskComparison:
     def to_part(self) -> tuple[dict, dict[str, Tensor]]:
         """This comparison as JSON data and named tensors, for :meth:`ivlens.runs.RunDir.write_part`."""
         data = {"subtasks": list(self.subtasks), "ab": [c.to_dict() for c in self.ab],
-                "baseline": [c.to_dict() for c in self.baseline], "completeness": float(self.completeness),
+                "baseline": [c.to_dict() for c in self.baseline], "quartets": [q.to_dict() for q in self.quartets],
+                "completeness": float(self.completeness),
                 "rows": self.rows, "example": self.example,
                 "head_samples": {s: len(v) for s, v in self.head_samples.items()},
                 "head_activity": list(self.head_activity)}
@@ -231,8 +286,13 @@ class SubtaskComparison:
     @classmethod
     def from_part(cls, data: dict, tensors: dict[str, Tensor]) -> SubtaskComparison:
         """The comparison :meth:`to_part` wrote."""
+        if "quartets" not in data:
+            raise TracingError("this compare part was written by an older ivlens (it traced two rephrasings of A, "
+                               "not one of A and one of B, and has no quartets for the selectivity statistics): "
+                               "start a new run instead of --resume or ivlens merge")
         return cls(tuple(data["subtasks"]), ab=[GraphComparison(**d) for d in data["ab"]],
                    baseline=[GraphComparison(**d) for d in data["baseline"]],
+                   quartets=[Quartet(**d) for d in data["quartets"]],
                    head_activity={s: tensors[f"head_activity.{s}"] for s in data["head_activity"]},
                    completeness=data["completeness"], rows=data["rows"], example=data["example"],
                    head_samples={s: [tensors[f"head_samples.{s}.{i}"] for i in range(n)]
@@ -294,7 +354,8 @@ def compare_subtasks(model, tokenizer, task, samples, fmt: str = "raw", top_k: i
                      beam: int = 128, progress: Callable[[], None] | None = None,
                      example_k: int = 20) -> SubtaskComparison:
     """Trace every sample of a contrastive ``task`` under instruction A and B (each with its own answer as
-    target) and under two rephrasings of A (the baseline); compare; accumulate head activity per subtask.
+    target) and under the first rephrasing of each (A′, B′: the baseline and the selectivity quartet); compare;
+    accumulate head activity per subtask.
 
     ``samples``: :class:`ivlens.tasks.Sample` s; ``fmt``: prompt format (``raw`` | ``chat``).
     """
@@ -314,7 +375,7 @@ def compare_subtasks(model, tokenizer, task, samples, fmt: str = "raw", top_k: i
         res.completeness = max(res.completeness, tr.graph.completeness_rel_err)
         return tr
 
-    reph = task.subtasks[sa].rephrasings
+    reph = {sub: task.subtasks[sub].rephrasings for sub in (sa, sb)}
     for sample in samples:
         ta, tb = run(sa, task.subtasks[sa].instruction, sample), run(sb, task.subtasks[sb].instruction, sample)
         ab = compare_graphs(ta.graph, ta.ids, tb.graph, tb.ids, top_k, ta.paths, tb.paths)
@@ -323,18 +384,27 @@ def compare_subtasks(model, tokenizer, task, samples, fmt: str = "raw", top_k: i
             if tr.inst_graph is not None:
                 acts[sub].append(head_activity(tr.inst_graph))
         row = {"sample": sample.index, "query": sample.query, **{f"ab_{k}": v for k, v in ab.to_dict().items()}}
-        if len(reph) >= 2:
-            r1, r2 = run(sa, reph[0], sample), run(sa, reph[1], sample)
-            base = compare_graphs(r1.graph, r1.ids, r2.graph, r2.ids, top_k, r1.paths, r2.paths)
+        if reph[sa] and reph[sb]:
+            four = (ta, run(sa, reph[sa][0], sample), tb, run(sb, reph[sb][0], sample))  # A, A′, B, B′
+            pairs = [ab if (i, j) == PAIRS[AB] else
+                     compare_graphs(four[i].graph, four[i].ids, four[j].graph, four[j].ids, top_k, four[i].paths,
+                                    four[j].paths) for i, j in PAIRS]
+            base = GraphComparison.mean([pairs[k] for k in WITHIN])
             res.baseline.append(base)
+            quartet = Quartet(sample.index, [c.weighted_jaccard for c in pairs], [c.per_layer for c in pairs],
+                              *next_token_behaviour(ta.sur.logits[-1], tb.sur.logits[-1]))
+            res.quartets.append(quartet)
             row.update({f"baseline_{k}": v for k, v in base.to_dict().items()})
+            row.update({"pairs_per_layer": quartet.per_layer, "answer_a": quartet.answer_a,
+                        "answer_b": quartet.answer_b, "answer_changes": quartet.answer_a != quartet.answer_b,
+                        "behaviour_tv": quartet.tv})
         res.rows.append(row)
         if not res.example:
             res.example = example_rows(sample, {sa: ta, sb: tb}, example_k)
         if progress:
             progress()
-    if len(reph) < 2:
-        log.warning("subtask %s has fewer than two rephrasings: no rephrasing baseline", sa)
+    if not (reph[sa] and reph[sb]):
+        log.warning("a subtask of %s has no rephrasing: no rephrasing baseline and no selectivity", task.name)
     res.head_samples = {s: v for s, v in acts.items() if v}
     res.head_activity = {s: torch.stack(v).mean(0) for s, v in res.head_samples.items()}
     return res

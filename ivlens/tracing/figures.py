@@ -115,3 +115,66 @@ def plot_head_activity(activity: Mapping[str, np.ndarray], out: str | FilePath,
         fig.colorbar(im, ax=ax, fraction=0.046)
     fig.suptitle(title, fontsize=9)
     return _save(fig, out)
+
+
+def draw_selectivity(fig, table, models: Sequence[str], colours: Mapping[str, str] | None = None) -> None:
+    """The selectivity table (:mod:`ivlens.tracing.selectivity`, one row per model × layer) on ``fig``, one column
+    per model: top, the gap (same instruction − different) ± its corrected CI by layer, the permutation null's
+    band (grey) and the base model's gap (dashed) for comparison; bottom (where a base model is named), the
+    difference in differences ± CI. Filled markers: a verdict (selective; more/less selective than base)."""
+    models = [m for m in models if m in set(table.model)] + [m for m in dict.fromkeys(table.model) if m not in models]
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colours = colours or {m: cycle[i % len(cycle)] for i, m in enumerate(models)}
+    base = next((m for m in models if table[table.model == m].is_base.any()), None)
+    with_did = base is not None and len(models) > 1
+    axes = fig.subplots(2 if with_did else 1, len(models), squeeze=False, sharex=True, sharey="row")
+    level = float(table.ci_level.iloc[0])
+    for j, m in enumerate(models):
+        t = table[table.model == m].sort_values("layer")
+        x = t.layer.to_numpy()
+        ax = axes[0][j]
+        ax.fill_between(x, t.null_lo, t.null_hi, color="grey", alpha=0.25, lw=0, label="permutation null")
+        ax.axhline(0, color="black", lw=0.6)
+        if base is not None and m != base:
+            b = table[table.model == base].sort_values("layer")
+            ax.plot(b.layer, b.gap, "--", color="grey", lw=1.2, label=f"{base} (base)")
+        _errorbars(ax, x, t.gap.to_numpy(), t.gap_lo.to_numpy(), t.gap_hi.to_numpy(), t.selective.to_numpy(),
+                   colours[m], "gap")
+        ax.set_title(f"{m} (n = {int(t.n.iloc[0])})" + (" · base" if m == base else ""), fontsize=9)
+        ax.grid(alpha=0.3)
+        if j == 0:
+            ax.set_ylabel("gap: J(same instr.) − J(different)", fontsize=8)
+        if with_did:
+            ax = axes[1][j]
+            ax.axhline(0, color="black", lw=0.6)
+            if m == base:
+                ax.text(0.5, 0.5, f"{base}: the base model\n(the others' gaps minus its gap below)", ha="center",
+                        va="center", transform=ax.transAxes, fontsize=8, color="grey")
+            else:
+                verdict = t.did_verdict.isin(["more selective than base", "less selective than base"])
+                _errorbars(ax, x, t["did"].to_numpy(), t.did_lo.to_numpy(), t.did_hi.to_numpy(), verdict.to_numpy(),
+                           colours[m], "difference in differences")
+            ax.grid(alpha=0.3)
+            if j == 0:
+                ax.set_ylabel(f"gap − {base}'s gap", fontsize=8)
+        axes[-1][j].set_xlabel("layer")
+        axes[-1][j].xaxis.get_major_locator().set_params(integer=True)
+    axes[0][-1].legend(fontsize=7)
+    fig.suptitle(f"selectivity by layer: mean ± {level:.1%} bootstrap CI (Bonferroni over layers); filled: a verdict "
+                 f"({table.correction.iloc[0]}-corrected p < {table.alpha.iloc[0]:g} and CI excluding 0)", fontsize=8)
+
+
+def _errorbars(ax, x, y, lo, hi, filled, colour, label) -> None:
+    ax.errorbar(x, y, yerr=[y - lo, hi - y], fmt="none", ecolor=colour, elinewidth=1.2, capsize=2)
+    ax.plot(x, y, "-", color=colour, lw=1, label=label)
+    filled = np.asarray(filled, dtype=bool)
+    ax.scatter(x[filled], y[filled], color=colour, s=22, zorder=3)
+    ax.scatter(x[~filled], y[~filled], facecolor="white", edgecolor=colour, s=22, zorder=3)
+
+
+def plot_selectivity(table, out: str | FilePath, models: Sequence[str] | None = None) -> FilePath:
+    """:func:`draw_selectivity` into one file."""
+    models = list(models or dict.fromkeys(table.model))
+    fig = plt.figure(figsize=(3.6 * len(models), 5.4 if table.is_base.any() and len(models) > 1 else 3.0))
+    draw_selectivity(fig, table, models)
+    return _save(fig, out)

@@ -1,8 +1,10 @@
 """Run-level tracing analyses, written to a run directory; :func:`ivlens.api.run_trace` calls these.
 
 - :func:`compare_run`: the circuit-selector comparison over samples and models (``compare.parquet``,
-  ``compare.json``, ``sample_paths.parquet``: the top paths of the first sample under A and B, figures). Each
-  (model, sample) is one unit of work saved as a part, so a killed run resumes where it stopped.
+  ``compare.json``, ``sample_paths.parquet``: the top paths of the first sample under A and B,
+  ``selectivity.parquet``: the gap per model × layer with its controls, :mod:`ivlens.tracing.selectivity`;
+  figures). Each (model, sample) is one unit of work saved as a part, so a killed run resumes where it stopped;
+  the tables are computed from the parts, so a resumed or merged run writes the same bytes.
 - :func:`trace_single`: one prompt's exact paths for one model (``<model>.graph.json``, ``<model>.paths.json``).
 """
 
@@ -22,8 +24,9 @@ from ivlens.runs import RunDir, atomic_write_json
 from ivlens.tasks import Task, load_task
 from ivlens.tasks.selection import select_samples, split_queries
 
-from .compare import SubtaskComparison, compare_subtasks
-from .figures import plot_head_activity, plot_overlap_curves
+from .compare import Quartet, SubtaskComparison, compare_subtasks
+from .figures import plot_head_activity, plot_overlap_curves, plot_selectivity
+from .selectivity import ALPHA, selectivity_rows, verdict_sentences
 
 log = logging.getLogger(__name__)
 PARTS = "compare_parts"
@@ -35,16 +38,20 @@ def slug(name: str) -> str:
 
 def compare_run(models: Sequence[LoadedModel], task: str | Task, run: RunDir, *, samples: int | None = 50,
                 split: str = "all", seed: int = 0, fmt: str = "raw", top_k: int = 20, beam: int = 256,
-                progress: Callable | None = None, owns: Callable[[int], bool] | None = None) -> dict[str, dict]:
-    """Trace every selected sample under instruction A and B (and two rephrasings, the baseline) for each
+                progress: Callable | None = None, owns: Callable[[int], bool] | None = None,
+                base: str | None = None, alpha: float = ALPHA, correction: str = "holm") -> dict[str, dict]:
+    """Trace every selected sample under instruction A and B and a rephrasing of each (A′, B′) for each
     model; returns ``{model: summary}`` (weighted Jaccard A vs B and baseline, per-layer curves, the layer
-    where the computations part, completeness error) and writes the tables and figures to ``run``.
+    where the computations part, completeness error, ``selectivity``: the verdicts per layer and the sentence
+    they support) and writes the tables and figures to ``run``. ``base``: the name of the model the others are
+    compared with (difference in differences); ``alpha``, ``correction``: the selectivity verdicts' level and
+    multiple-comparison correction over layers.
 
     Each sample's comparison is saved as a part (``compare_parts/part-m<i>-s<index>.json`` and ``.safetensors``) as soon as it is
     done; samples whose part exists are not traced again. ``owns(unit) -> bool``: trace only these units (model
     by model, sample by sample: a shard, :mod:`ivlens.sharding`) and stop there, before the summaries."""
     t = task if isinstance(task, Task) else load_task(task)
-    curves, summaries, rows, examples = {}, {}, [], []
+    curves, summaries, rows, examples, quartets = {}, {}, [], [], {}
     if owns is not None:
         unit = -1
         for mi, lm in enumerate(models):
@@ -75,6 +82,8 @@ def compare_run(models: Sequence[LoadedModel], task: str | Task, run: RunDir, *,
             curves[f"{lm.name}: rephrasings"] = s["per_layer_baseline"]
         rows += [dict(r, model=lm.name) for r in res.rows]
         examples += [dict(r, model=lm.name) for r in res.example]
+        if res.quartets:
+            quartets[lm.name] = Quartet.stack(res.quartets)
         plot_head_activity({k: v.numpy() for k, v in res.head_activity.items()},
                            run.figure_path(f"head_activity-{slug(lm.name)}.png"),
                            title=f"{lm.name}: head activity of paths leaving T_inst")
@@ -85,8 +94,27 @@ def compare_run(models: Sequence[LoadedModel], task: str | Task, run: RunDir, *,
     run.write_table("compare", df)
     if examples:
         run.write_table("sample_paths", pd.DataFrame(examples))
+    if quartets:
+        sel = selectivity_rows(quartets, base if base in quartets else None, alpha=alpha, correction=correction,
+                               seed=seed)
+        run.write_table("selectivity", pd.DataFrame(sel))
+        plot_selectivity(pd.DataFrame(sel), run.figure_path("selectivity.png"))
+        for name, sentence in verdict_sentences(sel).items():
+            mine = [r for r in sel if r["model"] == name]
+            summaries[name]["selectivity"] = {
+                "sentence": sentence, "base": mine[0]["base"],
+                "selective_layers": [r["layer"] for r in mine if r["selective"]],
+                "more_than_base_layers": [r["layer"] for r in mine if r["did_verdict"] == "more selective than base"],
+                "gap": [_finite(r["gap"]) for r in mine], "did": [_finite(r["did"]) for r in mine]}
+    else:
+        log.warning("no sample has rephrasings of both instructions: no selectivity table")
     atomic_write_json(run.path / "compare.json", summaries, indent=1)
     return summaries
+
+
+def _finite(x: float) -> float | None:
+    """``x``, or ``None`` for NaN (JSON has no NaN)."""
+    return None if x != x else x
 
 
 @dataclass

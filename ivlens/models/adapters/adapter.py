@@ -49,7 +49,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from .derive import get_module, norm_eps, resid_from_output, text_config
+from .derive import get_module, layer_type_of, norm_eps, resid_from_output, sliding_window_of, text_config
 from .spec import (
     ArchitectureSpec,
     AttentionParams,
@@ -359,17 +359,13 @@ class ArchitectureAdapter:
 
     def layer_type(self, l: int) -> str:  # noqa: E741
         """``full_attention`` or ``sliding_attention`` (HF's ``config.layer_types``; every layer of a model with a
-        ``sliding_window`` and no ``layer_types``, as Mistral, is sliding)."""
-        types = getattr(self.config, "layer_types", None)
-        if types:
-            return types[l]
-        return "sliding_attention" if getattr(self.config, "sliding_window", None) else "full_attention"
+        ``sliding_window`` and no ``layer_types``, as Mistral, is sliding): :func:`~.derive.layer_type_of`."""
+        return layer_type_of(self.config, l)
 
     def sliding_window(self, l: int) -> int | None:  # noqa: E741
-        """Keys a query of layer ``l`` sees (itself included: HF's ``kv > q − window``), ``None`` for full attention."""
-        if self.layer_type(l) != "sliding_attention":
-            return None
-        return getattr(self.config, "sliding_window", None)
+        """Keys a query of layer ``l`` sees (itself included: HF's ``kv > q − window``), ``None`` for full attention:
+        :func:`~.derive.sliding_window_of`."""
+        return sliding_window_of(self.config, l)
 
     def position_embeddings(self, hidden: torch.Tensor, position_ids: torch.Tensor, layer: int = 0):
         """Rotary ``(cos, sin)``, each ``[batch, pos, rotary_dims]``, of layer ``layer`` for ``position_ids: [batch,

@@ -10,15 +10,20 @@ a line of data (:mod:`.registry`), not code:
   :data:`MLP_PROJ`, ...); norms are the block's other leaf modules of a norm class; the final norm is the norm
   beside the layer list; rotary / learned positions are the modules beside it too; GPT-2's ``Conv1D`` by class;
   the cache keyword from the block's ``forward`` signature.
-- **norm roles and the residual shape** (one probe forward of four tokens, hooks on block 0): a norm whose output
-  is the attention's input is ``attn_in``, one whose input is the attention's output ``attn_out`` (and so for the
-  MLP); the MLP reads the same block input as attention → ``parallel_residual``; and the block's output must be
-  its input plus the two sublayers' (normed) outputs, else the block does something the vocabulary cannot say
-  (a residual multiplier) and the derivation refuses. Values are compared, not guessed
-  from names (``post_attention_layernorm`` is the MLP's *input* norm in Llama and the attention's *output* norm in
-  OLMo-2 and Gemma-2).
-- **the norm formula** (numerically, on random inputs): RMS or LayerNorm, weight ``w`` or ``1 + w`` (Gemma), or no
-  weight (OLMo-1), with the module's epsilon; checked to reproduce the module's output.
+- **norm roles and the residual shape** (one probe forward of four tokens, hooks on block 0), read off the module
+  graph, not off the weights: the hooks add to the output of each norm, of the attention and of the MLP a random
+  mark of its own, so two modules' values are equal only where the one's output *is* the other's input, whatever
+  the weights (at transformers' default init GPT-NeoX's two parallel-residual LayerNorms compute the same function
+  of the same input; marked, they no longer look alike). A norm whose output is the attention's input is
+  ``attn_in``, one whose input is the attention's output ``attn_out`` (and so for the MLP); the MLP reads the same
+  block input as attention → ``parallel_residual``; and the block's output must be its input plus the two
+  sublayers' (normed) outputs, else the block does something the vocabulary cannot say (a residual multiplier)
+  and the derivation refuses. Values are compared, not guessed from names (``post_attention_layernorm`` is the
+  MLP's *input* norm in Llama and the attention's *output* norm in OLMo-2 and Gemma-2).
+- **the norm formula** (numerically, on random inputs and random parameters put in place of the module's own
+  through ``torch.func.functional_call``, so the user's weight values cannot make two formulas agree): RMS or
+  LayerNorm, weight ``w`` or ``1 + w`` (Gemma), or no weight (OLMo-1), with the module's epsilon; checked to
+  reproduce the module's output.
 - **QK-norm scope**: from the q-norm weight's size (``d_head``: per head, Qwen3 / Gemma-3; ``n_heads · d_head``:
   over the whole projection, OLMo-2 / OLMo-3).
 
@@ -70,6 +75,24 @@ def text_config(model: nn.Module):
     """The config that describes the decoder (``get_text_config()`` of multimodal configs)."""
     cfg = model.config
     return cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+
+
+def layer_type_of(config, layer: int) -> str:
+    """``full_attention`` or ``sliding_attention`` for decoder layer ``layer`` of ``config`` (a text config): HF's
+    ``config.layer_types``; every layer of a model with a ``sliding_window`` and no ``layer_types``, as Mistral, is
+    sliding."""
+    types = getattr(config, "layer_types", None)
+    if types:
+        return types[layer]
+    return "sliding_attention" if getattr(config, "sliding_window", None) else "full_attention"
+
+
+def sliding_window_of(config, layer: int) -> int | None:
+    """Keys a query of layer ``layer`` sees (itself included: HF's ``kv > q − window``), ``None`` for full
+    attention. Read from the config alone, so it also holds for models whose weights are elsewhere (NDIF)."""
+    if layer_type_of(config, layer) != "sliding_attention":
+        return None
+    return getattr(config, "sliding_window", None)
 
 
 def n_layers_of(config) -> int | None:
@@ -158,10 +181,14 @@ def norm_eps(module: nn.Module, fallback: float | None) -> float | None:
 
 def norm_formula(module: nn.Module, eps: float, d: int) -> tuple[str, float] | None:
     """``(kind, offset)`` such that :class:`NormParams` reproduces ``module`` on random inputs (with a non-zero
-    mean, at unit and small scale so that the mean subtraction and epsilon are both tested), or ``None``."""
-    w = getattr(module, "weight", None)
-    b = getattr(module, "bias", None)
-    ref = w if isinstance(w, torch.Tensor) else next(module.parameters(), None)
+    mean, at unit and small scale so that the mean subtraction and epsilon are both tested), or ``None``.
+
+    The module runs with random parameters in place of its own (``torch.func.functional_call``; the module is not
+    changed), so the answer depends on what the module computes, not on its weight values: at a default init
+    (weights 1, biases 0) or a trained one alike.
+    """
+    own = dict(module.named_parameters(recurse=False))
+    ref = next(iter(own.values()), None)
     device = ref.device if ref is not None else torch.device("cpu")
     dtype = ref.dtype if ref is not None else torch.float32
     if device.type == "meta":
@@ -169,12 +196,12 @@ def norm_formula(module: nn.Module, eps: float, d: int) -> tuple[str, float] | N
     g = torch.Generator().manual_seed(0)
     x = torch.randn(4, d, generator=g) * 1.5 + 0.7
     xs = torch.cat([x, x * 3e-3]).to(device=device, dtype=dtype)
+    params = {name: (torch.randn(p.shape, generator=g) * 0.5).to(device=device, dtype=dtype)
+              for name, p in own.items()}
     with torch.no_grad():
-        y = module(xs).float()
+        y = torch.func.functional_call(module, params, (xs,)).float()
+        best = _best_formula(module, params.get("weight"), params.get("bias"), eps, d, device, xs, y)
     tol = 1e-4 if dtype == torch.float32 else 3e-2
-    best = None
-    with torch.no_grad():
-        best = _best_formula(module, w, b, eps, d, device, xs, y)
     return (best[1], best[2]) if best[0] < tol else None
 
 
@@ -193,31 +220,47 @@ def _best_formula(module, w, b, eps, d, device, xs, y) -> tuple[float, str, floa
 # --------------------------------------------------------------------------------------------- the probe
 def _probe_roles(model: nn.Module, block: nn.Module, attn: nn.Module, mlp: nn.Module, norms: dict[str, nn.Module],
                  last: nn.Module) -> tuple[dict[str, str], bool, list[str], dict[str, torch.Tensor]]:
-    """Norm roles and parallel residual from one probe forward (hooks on the first block; values compared); also
-    returns what was seen (``ids``, ``logits``, the last block's output ``last.out``) for :func:`_check_ends`."""
+    """Norm roles and parallel residual from one probe forward (hooks on the first block); also returns what was
+    seen (``ids``, ``logits``, the last block's output ``last.out``) for :func:`_check_ends`.
+
+    The hooks add a random mark of its own to the output of every norm, of the attention and of the MLP of the
+    first block, so that a value equal to a module's (marked) output is that output, passed on: the roles are the
+    block's data flow, which no choice of weights can hide (two norms that compute the same function of the same
+    input, as GPT-NeoX's parallel-residual LayerNorms do at their default init, are told apart by their marks).
+    Everything recorded downstream (the block output, the logits) is computed from the marked values, so the
+    residual and end checks stay consistent.
+    """
     seen: dict[str, torch.Tensor] = {}
+    marks = torch.Generator().manual_seed(0)
 
     def first_arg(args, kwargs):
         return args[0] if args else kwargs.get("hidden_states")
 
     handles = []
 
-    def watch(name: str, mod: nn.Module):
+    def watch(name: str, mod: nn.Module, mark: bool = False):
         def pre(_m, args, kwargs):
             seen.setdefault(f"{name}.in", first_arg(args, kwargs).detach().clone())
 
         def post(_m, _args, _kwargs, out):
-            seen.setdefault(f"{name}.out", resid_from_output(out).detach().clone())
+            if f"{name}.out" in seen:
+                return None
+            value = resid_from_output(out)
+            if mark:  # this module's own signature in everything that reads its output
+                value = value + torch.randn(value.shape, generator=marks).to(value)
+                out = (value, *out[1:]) if isinstance(out, tuple) else value
+            seen[f"{name}.out"] = value.detach().clone()
+            return out if mark else None
 
         handles.append(mod.register_forward_pre_hook(pre, with_kwargs=True))
         handles.append(mod.register_forward_hook(post, with_kwargs=True))
 
     watch("block", block)
     watch("last", last)
-    watch("attn", attn)
-    watch("mlp", mlp)
+    watch("attn", attn, mark=True)
+    watch("mlp", mlp, mark=True)
     for path, mod in norms.items():
-        watch(f"norm:{path}", mod)
+        watch(f"norm:{path}", mod, mark=True)
     cfg = text_config(model)
     vocab = getattr(cfg, "vocab_size", None) or 8
     device = next(model.parameters()).device
