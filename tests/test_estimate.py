@@ -351,21 +351,42 @@ def test_train_step_latency_times_a_real_step():
 
 
 def test_probe_plan_takes_measured_fits():
-    """Measured fit times replace the L-BFGS model: real-label fits ((folds + 1) per probe and layer) at the first
-    time, shuffled-label controls (folds × shuffles) at the second, on one thread (the barrier cores)."""
-    from ivlens.estimate.calibrate import probe_fit_latency
+    """The measured seconds of one layer's probe fits (every probe's batch) replace the L-BFGS model, on one thread
+    (the barrier cores); the fit count is what a run fits: per probe and layer, folds CV fits, folds per shuffle,
+    the held-out split and the refit on all rows."""
+    from ivlens.estimate.calibrate import probe_layer_latency
     from ivlens.estimate.plans import Rates, probe_plan, seconds
 
     shape = ModelShape("olmo2", n_layers=6, d_model=256, n_heads=4, n_kv_heads=4, d_head=64, d_mlp=512,
                        d_vocab=3000, n_params=4_700_000)
-    p = probe_plan(shape, [20] * 100, 6, 3, folds=5, n_shuffles=1, fit_seconds=(0.05, 0.1))
-    assert p.counts["probe_fits"] == 6 * 3 * 11 and p.kernel_calls == 0
-    assert p.serial_seconds == pytest.approx(6 * 3 * 6 * 0.05 + 6 * 3 * 5 * 0.1)
+    p = probe_plan(shape, [20] * 100, 6, 3, folds=5, n_shuffles=1, layer_seconds=0.4)
+    assert p.counts["probe_fits"] == 6 * 3 * 12 and p.kernel_calls == 0
+    assert p.serial_seconds == pytest.approx(6 * 0.4)
     idle = Rates(gemm=1e11, op_latency=1e-6, copy=1e10, layer_latency=0.0, threads=2, cores=2, others=0.0)
     busy = Rates(gemm=1e11, op_latency=1e-6, copy=1e10, layer_latency=0.0, threads=2, cores=2, others=2.0)
     assert seconds(p, busy) - seconds(p, idle) > p.serial_seconds  # one thread's share of a busy machine
-    real, shuffled = probe_fit_latency(80, 16, 4), probe_fit_latency(80, 16, 4, shuffled=True)
-    assert 0 < real < 5 and 0 < shuffled < 5
+    modelled = probe_plan(shape, [20] * 100, 6, 3, folds=5, n_shuffles=1)
+    assert modelled.serial_seconds == 0 and modelled.kernel_calls > 0
+    small, large = probe_layer_latency(80, 16, 4), probe_layer_latency(320, 64, 4)
+    assert 0 < small < large < 5
+
+
+def test_probe_dry_run_times_the_runs_own_probes(monkeypatch):
+    """The dry run times one batch per probe of the run (probe_specs: all, and one per task), with each probe's own
+    rows and classes, and the plan's time is the layers times their sum."""
+    import ivlens.dry_run as dr
+    from ivlens.estimate.model import ModelInfo
+    from ivlens.testing.tiny import tiny_tokenizer
+
+    timed = []
+    monkeypatch.setattr(dr, "probe_layer_latency", lambda n, d, k, heldout, folds: timed.append((n, d, k, heldout)) or 0.25)
+    shape = ModelShape("olmo2", n_layers=6, d_model=64, n_heads=4, n_kv_heads=4, d_head=16, d_mlp=128,
+                       d_vocab=384, n_params=1_000_000)
+    info = ModelInfo(name="tiny", path="tiny", shape=shape, tokenizer=tiny_tokenizer())
+    plan, = dr.probe_plans([], ["adjectives", "animals"], infos=[info], max_per_subtask=20)
+    n = plan.counts["instructions"]
+    assert sorted(timed) == sorted([(n, 64, 4, True), (n // 2, 64, 2, True), (n // 2, 64, 2, True)])
+    assert plan.serial_seconds == pytest.approx(6 * 3 * 0.25)
 
 
 def test_the_build_plan_runs_with_the_builds_threads():
