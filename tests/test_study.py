@@ -87,6 +87,18 @@ def test_steps_one_per_task_and_swept_value_in_run_order():
     assert steps[5].spec.target == "bare" and steps[6].spec.target == "formatted"
 
 
+def test_study_steps_leave_the_figures_to_the_report():
+    """Patch and steer steps of a study draw no PNGs of their own (the report draws them from the same tables) unless
+    the block asks; the option is result-neutral, so the spec hash is that of a run with figures."""
+    study = load_study(ROOT / "examples" / "organism.yaml")
+    steps = [s for s in plan_steps(study) if s.analysis in ("patch", "steer")]
+    assert steps and all(s.spec.figures is False for s in steps)
+    assert all(s.spec.hash() == s.spec.model_copy(update={"figures": True}).hash() for s in steps)
+    data = study.model_dump(mode="json")
+    data["analyses"]["steer"] = [dict(data["analyses"]["steer"][0], figures=True)]
+    assert all(s.spec.figures for s in plan_steps(StudySpec(**data)) if s.analysis == "steer")
+
+
 @pytest.mark.parametrize("example, layers", [("olmo2-1b.yaml", 16), ("olmo2-7b.yaml", 32)])
 def test_the_olmo2_examples_validate_and_dry_run_from_their_configs(example, layers, tmp_path, monkeypatch):
     """The paper's setting: three checkpoints, six tasks, triplets at first and last; planned from config.json,
