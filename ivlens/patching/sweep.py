@@ -44,7 +44,6 @@ from ivlens.tasks.prompts import (
     instruction_prompt,
     label_token_ids,
     query_prompt,
-    right_aligned,
 )
 from ivlens.tasks.selection import sample_indices, split_queries
 from ivlens.tasks.validate import warn_first_token_clashes
@@ -52,9 +51,9 @@ from ivlens.tasks.validate import warn_first_token_clashes
 from .engine import (
     EngineStats,
     RowSpec,
-    clean_continuation_logprobs,
+    clean_answer_logprobs,
     clean_run,
-    patched_continuation_logprobs,
+    patched_answer_logprobs,
     patched_metrics,
     source_vectors,
 )
@@ -158,8 +157,8 @@ def clean_bytes_per_sample(lm: LoadedModel, n_tokens: int) -> int:
 
 def engine_passes(lm: LoadedModel, prompts: list[SamplePrompts], memory_budget: int,
             sequences_per_sample: int = 1) -> list[list[int]]:
-    """Split a chunk's samples into engine passes whose recorded clean runs (``sequences_per_sample`` per sample:
-    one per candidate under answer scoring) take at most a quarter of the budget (rows of different targets never
+    """Split a chunk's samples into engine passes whose recorded clean runs (``sequences_per_sample`` recorded
+    sequences per sample) take at most a quarter of the budget (rows of different targets never
     share a trie state, so nothing is lost)."""
     out: list[list[int]] = [[]]
     width = 0
@@ -190,8 +189,7 @@ def _chunk_rows(lm: LoadedModel, prompts: list[SamplePrompts], plan: PatchPlan, 
     budget = memory_budget if memory_budget is not None else resolve_memory_budget(None, lm.device)
     parts: list[dict[str, np.ndarray]] = []
     base = []
-    per_sample = len(candidates.labels) if candidates is not None else 1
-    for idx in engine_passes(lm, prompts, budget, per_sample):
+    for idx in engine_passes(lm, prompts, budget):
         cols, b_recs = _pass_rows(lm, [prompts[b] for b in idx], plan, ivs, space, stats, batch_size, on_rows,
                                   run_rows, budget, candidates)
         parts.append(cols)
@@ -301,45 +299,29 @@ def _first_token_scores(lm: LoadedModel, prompts: list[SamplePrompts], plan: Pat
 def _answer_scores(lm: LoadedModel, prompts: list[SamplePrompts], plan: PatchPlan, ivs: torch.Tensor,
                    candidates: AnswerCandidates, stats: EngineStats, batch_size: int | None,
                    on_rows: Callable[[int], None] | None, budget: int):
-    """Answer-level metrics: each sample's target (and instructed prompt) is extended by every candidate label,
-    teacher-forced; the patched rows score all ``k`` candidates with the patch in place, and
-    :func:`~ivlens.patching.metrics.answer_metrics` ranks the label among them."""
+    """Answer-level metrics: every candidate label teacher-forced after each sample's target (and instructed
+    prompt); the patched rows score all ``k`` candidates with the patch in place
+    (:func:`~ivlens.patching.engine.patched_answer_logprobs`: each patched prompt once, the candidates against its
+    keys/values), and :func:`~ivlens.patching.metrics.answer_metrics` ranks the label among them."""
     adapter, pad, tok = lm.adapter, pad_token_id_of(lm), lm.tokenizer
-    k = len(candidates.labels)
 
-    def extended(prompt: Prompt) -> tuple[list[tuple[int, ...]], list[tuple[int, ...]]]:
-        conts = [label_token_ids(tok, prompt, c) for c in candidates.labels]
-        return [prompt.input_ids + c[:-1] for c in conts], conts
+    def conts(prompt: Prompt) -> list[tuple[int, ...]]:
+        return [label_token_ids(tok, prompt, c) for c in candidates.labels]
 
-    t_seqs, t_conts, i_seqs, i_conts = [], [], [], []
-    for p in prompts:
-        seqs, conts = extended(p.target)
-        t_seqs += seqs
-        t_conts += conts
-        seqs, conts = extended(p.instructed)
-        i_seqs += seqs
-        i_conts += conts
-    clean = clean_run(adapter, t_seqs, pad, record=True, stats=stats)  # batch row b * k + j: sample b, candidate j
-    specs = [RowSpec(b * k + j, 0, layers, tok_idx) for b, p in enumerate(prompts)
-             for tok_idx in p.positions for layers in plan.layer_sets for j in range(k)]
-    done = [0]
-
-    def per_row(n: int) -> None:  # the engine counts candidate rows; progress counts patch rows
-        before = done[0] // k
-        done[0] += n
-        if on_rows is not None and done[0] // k > before:
-            on_rows(done[0] // k - before)
-
-    scores = patched_continuation_logprobs(adapter, clean, ivs, specs, right_aligned(t_conts), batch_size=batch_size,
-                                           memory_budget=budget, stats=stats, on_rows=per_row).view(-1, k)
-    base_scores_t = clean_continuation_logprobs(adapter, clean, right_aligned(t_conts)).view(-1, k)
+    clean = clean_run(adapter, [p.target.input_ids for p in prompts], pad, record=True, stats=stats)
+    t_conts = [conts(p.target) for p in prompts]
+    specs = [RowSpec(b, 0, layers, tok_idx) for b, p in enumerate(prompts)
+             for tok_idx in p.positions for layers in plan.layer_sets]
+    scores = patched_answer_logprobs(adapter, clean, ivs, specs, t_conts, batch_size=batch_size,
+                                     memory_budget=budget, stats=stats, on_rows=on_rows)  # [rows, k]
+    base_scores_t = clean_answer_logprobs(adapter, clean, t_conts, budget, stats)
     del clean
-    instr = clean_run(adapter, i_seqs, pad, record=True, stats=stats)
-    base_scores_i = clean_continuation_logprobs(adapter, instr, right_aligned(i_conts)).view(-1, k)
+    instr = clean_run(adapter, [p.instructed.input_ids for p in prompts], pad, record=True, stats=stats)
+    base_scores_i = clean_answer_logprobs(adapter, instr, [conts(p.instructed) for p in prompts], budget, stats)
     del instr
     label = torch.tensor([candidates.index(p.label) for p in prompts])
     alt = torch.tensor([candidates.index(p.alt_label) for p in prompts])
-    row_b = torch.arange(len(prompts)).repeat_interleave(scores.shape[0] // len(prompts))
+    row_b = torch.tensor([s.target for s in specs], dtype=torch.long)
     got = answer_metrics(scores, label[row_b], alt[row_b], candidates.in_space)
     base_t = answer_metrics(base_scores_t, label, alt, candidates.in_space)
     base_i = answer_metrics(base_scores_i, label, alt, candidates.in_space)
