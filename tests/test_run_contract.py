@@ -161,6 +161,7 @@ def test_probe_sigkill_then_resume_equals_an_uninterrupted_run(model_dir, tmp_pa
     _same_tables(full, broken, ["instructions", "probe_accuracy", "projections", "similarity"])
 
 
+@pytest.mark.cli
 def test_resume_with_a_different_option_names_it(model_dir, tmp_path):
     run = tmp_path / "run"
     _run(_ivlens("eval", "--model", str(model_dir), "--task", "animals", "--samples", "2", "--out", str(run)))
@@ -189,6 +190,7 @@ BAD_INPUT = [
 ]
 
 
+@pytest.mark.cli
 @pytest.mark.parametrize("args, expected, as_process", BAD_INPUT)
 def test_bad_input_ends_in_one_red_line_and_exit_code_2(args, expected, as_process, monkeypatch, capsys):
     if as_process:
