@@ -152,6 +152,7 @@ def no_weights(monkeypatch):
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", refuse)
 
 
+@pytest.mark.cli
 def test_patch_dry_run_from_config_only(no_weights):
     r = CliRunner().invoke(_app(), ["patch", "--model", str(OLMO_7B), "--task", "adjectives", "--subtask", "adj_ant",
                                     "--layers", "triplets", "--positions", "first,last", "--samples", "3",
@@ -161,6 +162,7 @@ def test_patch_dry_run_from_config_only(no_weights):
     assert "no tokenizer" in r.output and "peak memory" in r.output and "time ≈" in r.output
 
 
+@pytest.mark.cli
 def test_patch_dry_run_for_an_absent_gpu(no_weights, monkeypatch):
     """Sizing a GPU run from a CPU machine: the plan uses the stated GPU working memory (or --memory-budget) and
     says it was timed on the CPU; no error. (CUDA is hidden, so this runs the same on a GPU machine.)"""
@@ -178,6 +180,7 @@ def test_patch_dry_run_for_an_absent_gpu(no_weights, monkeypatch):
     assert r.exit_code == 0 and "memory budget 20.00 GiB" in " ".join(r.output.split()), r.output
 
 
+@pytest.mark.cli
 def test_probe_eval_trace_dry_runs(no_weights, tmp_path):
     runner = CliRunner()
     cases = [["probe", "--model", str(OLMO_1B), "--tasks", "adjectives,animals", "--dry-run"],
@@ -193,6 +196,7 @@ def test_probe_eval_trace_dry_runs(no_weights, tmp_path):
     assert not (tmp_path / "never").exists()
 
 
+@pytest.mark.cli
 def test_dry_run_with_a_tokenizer_uses_it(tiny_dir, no_weights):
     d = tiny_dir("olmo2")
     r = CliRunner().invoke(_app(), ["patch", "--model", str(d), "--task", "adjectives", "--layers", "pairs",
@@ -213,6 +217,7 @@ def test_trace_refusal_names_max_tokens(tmp_path):
     assert trace_bytes(s, n) <= 1 << 30 < trace_bytes(s, n + 1)
 
 
+@pytest.mark.cli
 def test_trace_cli_refuses_and_max_tokens_fits(tiny_dir, tmp_path):
     from ivlens.tracing.cli import trace
 

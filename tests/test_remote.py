@@ -176,6 +176,7 @@ def _wrap(lm: LoadedModel, name: str):
     return nn
 
 
+@pytest.mark.cli
 def test_dry_run_says_the_compute_runs_on_ndif(capsys, monkeypatch):
     import sys
 

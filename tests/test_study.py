@@ -58,6 +58,7 @@ def test_a_bad_study_is_one_line_naming_the_key_and_the_allowed_values(change, e
     assert expected in str(e.value) and "\n" not in str(e.value), str(e.value)
 
 
+@pytest.mark.cli
 def test_the_cli_reports_a_bad_study_in_one_red_line(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({**tiny_study(["m0", "m1"]), "analyses": {"eval": {"split": "sometimes"}}}))
@@ -99,6 +100,7 @@ def test_study_steps_leave_the_figures_to_the_report():
     assert all(s.spec.figures for s in plan_steps(StudySpec(**data)) if s.analysis == "steer")
 
 
+@pytest.mark.cli
 @pytest.mark.parametrize("example, layers", [("olmo2-1b.yaml", 16), ("olmo2-7b.yaml", 32)])
 def test_the_olmo2_examples_validate_and_dry_run_from_their_configs(example, layers, tmp_path, monkeypatch):
     """The paper's setting: three checkpoints, six tasks, triplets at first and last; planned from config.json,
@@ -143,6 +145,7 @@ def test_the_smollm2_example_parses_and_dry_runs(tmp_path, monkeypatch):
         assert s.rel in out
 
 
+@pytest.mark.cli
 def test_the_main_job_study_dry_runs_without_organisms(tmp_path, monkeypatch):
     monkeypatch.setenv("IVLENS_CACHE", str(tmp_path))  # nothing built: sized from the organisms' recipe
     r = CliRunner().invoke(app, ["run", str(ROOT / "examples" / "organism.yaml"), "--dry-run"],
@@ -234,6 +237,7 @@ def _ivlens_run(study: Path, out: Path) -> None:
     assert r.returncode == 0, r.stderr[-3000:]
 
 
+@pytest.mark.cli
 def test_a_killed_study_resumes_and_equals_an_uninterrupted_one(two_tiny_dirs, tmp_path):
     """Both runs in processes with the same threads, so that their floats agree bit for bit."""
     study = tmp_path / "tiny.yaml"
@@ -261,6 +265,7 @@ def test_a_killed_study_resumes_and_equals_an_uninterrupted_one(two_tiny_dirs, t
     assert set(again.states.values()) == {"done"} and again.seconds == {}
 
 
+@pytest.mark.cli
 def test_a_study_runs_its_steps_skips_them_when_done_and_refuses_other_options(two_tiny_dirs, tmp_path):
     data = tiny_study(two_tiny_dirs)
     data["analyses"] = {"eval": {"tasks": ["adjectives"], "samples": 2}}
