@@ -13,16 +13,20 @@ the slowest machine measured. Targets (normalised):
 | the README test command (``--tests``) | ≤ 40 min |
 | its fast tier, ``bash scripts/test.sh -m "not slow"`` (``--tests``) | ≤ 6 min |
 | organism acceptance over seeds × threads (``--seeds``) | every check passes with margin ≥ 0.02 |
+| a study file, ``ivlens run PATH`` (``--study PATH``) | ≤ 20 min (``--study-target``; issue 21's budget for ``examples/smollm2.yaml``) |
 
     python benchmarks/budget.py                              # GEMM rate, organism build, main-job steps (~8 min)
     python benchmarks/budget.py --fresh-clone                # the whole main job from a fresh clone of HEAD instead
     python benchmarks/budget.py --tests                      # also the README test command and its fast tier
     python benchmarks/budget.py --seeds 0-4 --threads 1,2    # organism acceptance margins, every seed × thread count
+    python benchmarks/budget.py --study examples/smollm2.yaml  # one study file instead of the main job
     python benchmarks/budget.py --gemm-only                  # just this machine's GEMM rate
 
 Each item runs in a fresh process as a user would run it (``ivlens organism build``, ``ivlens run
-examples/organism.yaml``, ``bash scripts/main.sh``, ``bash scripts/test.sh``) with its own empty ``IVLENS_CACHE``
-in a temporary directory. Prints a table and, last, one JSON line with every figure.
+examples/organism.yaml``, ``bash scripts/main.sh``, ``bash scripts/test.sh``, ``ivlens run PATH``) with its own
+empty ``IVLENS_CACHE`` in a temporary directory. A study's CPU seconds (user + sys of every process it started) are
+reported beside its wall time, with the load average before and after: on a shared machine the wall time is not
+the budget. Prints a table and, last, one JSON line with every figure.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -46,6 +51,7 @@ TARGETS = {  # normalised seconds
     "test command": 40 * 60,
     "test command, fast tier": 6 * 60,
 }
+STUDY_TARGET_MIN = 20  # issue 21: examples/smollm2.yaml within 20 min at 56 GFLOP/s
 MIN_MARGIN = 0.02
 
 
@@ -118,6 +124,27 @@ def measure_main_job(work: Path) -> dict[str, float]:
         seconds[f"  {k}"] = v
     seconds["  report, start-up and the organism step"] = total - sum(analyses.values())
     seconds["_acceptance"] = card.get("acceptance", {})
+    return seconds
+
+
+def _children_cpu() -> float:
+    """User + sys CPU seconds of every finished child process of this one (and their children) so far."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def measure_study(work: Path, study: Path) -> dict[str, float]:
+    """``ivlens run STUDY`` in a fresh process with an empty cache, from the current directory (so that relative
+    paths in the study file mean what they mean to its user): wall seconds, CPU seconds, and every step's."""
+    name = f"study {study.name}"
+    cpu0, load0 = _children_cpu(), os.getloadavg()[0]
+    total = _timed([_ivlens(), "run", str(study), "--out", str(work / "study")], cwd=Path.cwd(),
+                   env=_env(work / "cache"), log=work / "study.log")
+    cpu, load1 = _children_cpu() - cpu0, os.getloadavg()[0]
+    seconds: dict = {name: total, "  CPU (user + sys)": cpu}
+    for k, v in _study_seconds(work / "study").items():
+        seconds[f"  {k}"] = v
+    seconds["_study"] = {"item": name, "cpu_seconds": round(cpu, 1), "load_before": load0, "load_after": load1}
     return seconds
 
 
@@ -201,9 +228,20 @@ def main() -> None:
     ap.add_argument("--seeds", help="organism acceptance margins over these seeds (e.g. 0-4)")
     ap.add_argument("--threads", default="1,2", help="with --seeds: thread counts (default 1,2)")
     ap.add_argument("--jobs", type=int, default=1, help="with --seeds: builds at a time (threads × jobs ≤ cores)")
+    ap.add_argument("--study", type=Path, metavar="PATH",
+                    help="time `ivlens run PATH` (a study file) instead of the main job")
+    ap.add_argument("--study-target", type=float, default=STUDY_TARGET_MIN, metavar="MIN",
+                    help=f"with --study: its target in normalised minutes (default {STUDY_TARGET_MIN})")
     ap.add_argument("--gemm-only", action="store_true", help="print this machine's GEMM rate and exit")
     ap.add_argument("--keep", type=Path, help="work here and keep the logs (default: a temporary directory)")
     args = ap.parse_args()
+    if args.study is not None:
+        if args.fresh_clone or args.seeds:
+            ap.error("--study times one study file: leave out --fresh-clone and --seeds")
+        if not args.study.is_file():
+            ap.error(f"--study {args.study}: no such file (give a study file, e.g. examples/smollm2.yaml)")
+        args.study = args.study.resolve()
+        TARGETS[f"study {args.study.name}"] = args.study_target * 60
 
     from rich.console import Console
     from rich.table import Table
@@ -221,8 +259,12 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     seconds: dict = {}
     acceptance: dict = {}
+    study: dict = {}
     try:
-        if args.seeds:
+        if args.study is not None:
+            seconds.update(measure_study(work, args.study))
+            study = seconds.pop("_study")
+        elif args.seeds:
             seeds = measure_seeds(work, _parse_range(args.seeds), _parse_range(args.threads), args.jobs)
             result["seeds"] = seeds
         else:
@@ -247,6 +289,15 @@ def main() -> None:
                           "" if target is None else f"≤ {target / 60:.0f} min",
                           "" if met is None else ("yes" if met else "[red]NO[/red]"))
         console.print(table)
+    if study:
+        item = result["items"][study["item"]]
+        item.update(cpu_seconds=study["cpu_seconds"], cpu_normalised_per_core=round(
+            study["cpu_seconds"] * factor / 2, 1), load_before=round(study["load_before"], 2),
+            load_after=round(study["load_after"], 2))
+        console.print(f"{study['item']}: CPU {study['cpu_seconds']:.0f} s (user + sys), "
+                      f"{item['cpu_normalised_per_core'] / 60:.2f} min normalised per core of 2 (what the wall time "
+                      f"would be at 56 GFLOP/s with both cores its own); load average {study['load_before']:.2f} "
+                      f"before, {study['load_after']:.2f} after")
     if acceptance:
         failing = [k for k, c in acceptance.items() if k != "all_pass" and not c["pass"]]
         result["acceptance_all_pass"] = acceptance.get("all_pass")

@@ -5,6 +5,7 @@ linear estimate explains.
     python benchmarks/linear_screen.py --model smollm2-135m-instruct --samples 3 --targets formatted \\
         --k 10 50 100 200                                              # SmolLM2's 4,060 triplets
     python benchmarks/linear_screen.py --model tiny --samples 8        # a random OLMo-2 stand-in (no organism)
+    python benchmarks/linear_screen.py --rows runs/smollm2/patch/adjectives --k 5 10 20   # a finished sweep's rows
 
 Per model and target: (a) the exact sweep of every set (``layers``, default triplets) with the linear estimate on
 (:func:`ivlens.patching.patch_sweep`), timed; (b) the screened sweep ``screen=K`` for every ``K``, timed, checked
@@ -17,6 +18,11 @@ against (a) (its ranking is (a)'s mean linear estimates; its rows are (a)'s rows
 - the linear estimate's R² per set size (:func:`ivlens.patching.linearity.linearity_table`);
 - times: CPU seconds and wall of (a) and of each (b), the machine's GEMM rate (fp32, 2 threads, best of 5 of a
   2048×2048 @ 2048×8192) and the times normalised to 56 GFLOP/s (``seconds × rate / 56``).
+
+With ``--rows RUN_DIR`` nothing runs: recall@K and R² are read off the rows of a finished exact sweep of every
+set with the linear estimate (``ivlens patch`` or a study's patch step, e.g. pairs at the first position): the
+screen's ranking is the rows' mean estimates, the same ranking ``--screen K`` computes (checked above: ``ranking
+vs exact sweep's mean estimates``), so the recall is the one ``--screen K`` would reach on those samples.
 
 Ends with one JSON line (``recall``: a list of records; ``times``; ``gemm_gflops``).
 """
@@ -121,6 +127,49 @@ def bootstrap_recall(eff: np.ndarray, est: np.ndarray, cols: np.ndarray, k: int,
     return float(np.quantile(vals, 0.025)), float(np.quantile(vals, 0.975))
 
 
+def recall_records(rows: pd.DataFrame, target: str, ks: list[int], n_boot: int) -> list[dict]:
+    """recall@K per (model, position, set size ≥ 2) of one exact sweep's rows (:func:`with_run_estimate` applied),
+    the screen ranking by the rows' mean estimates: ``found`` (ties with the exact K-th count, as in
+    :func:`ivlens.patching.screen.recall_at_k`), a 95 % bootstrap CI over samples and chance ``K / n_sets``."""
+    recs = []
+    for model in dict.fromkeys(rows.model):
+        eff, est, positions, sets, sizes = arrays(rows, model)
+        for pi, position in enumerate(positions):
+            for size in sorted(set(sizes[sizes >= 2].tolist())):
+                cols = np.flatnonzero(sizes == size)
+                for k in ks:
+                    kk = min(k, len(cols))
+                    found = found_in_top(eff[:, pi, cols].mean(0), est[:, pi, cols].mean(0), kk)
+                    lo, hi = bootstrap_recall(eff[:, pi], est[:, pi], cols, kk, n_boot, seed=k)
+                    recs.append({"model": model, "target": target, "position": position, "set_size": int(size),
+                                 "n_sets": len(cols), "k": kk, "found": found, "recall": found / kk, "lo": lo,
+                                 "hi": hi, "chance": kk / len(cols)})
+    return recs
+
+
+def from_rows(run_dir: str, ks: list[int], n_boot: int) -> int:
+    """``--rows``: recall@K and the linear estimate's R² of a finished sweep, read off its rows (nothing runs)."""
+    from ivlens.runs import RunDir
+
+    rows = RunDir.open(run_dir).read_table("patch")
+    if ESTIMATED[EFFECT][0] not in rows or rows[ESTIMATED[EFFECT][0]].isna().all():
+        sys.exit(f"--rows {run_dir}: its rows have no linear estimate (run the sweep with --linear-estimate on)")
+    if not (rows.set_size >= 2).any():
+        sys.exit(f"--rows {run_dir}: its rows have no set of two or more layers (run pairs, triplets or N-sets)")
+    rows = with_run_estimate(rows)
+    target = str(rows["target"].iloc[0]) if "target" in rows else "?"
+    n = rows["sample"].nunique()
+    print(f"== {run_dir}: {n} samples, {rows.layers.nunique()} sets, read off the rows (nothing run) ==")
+    for line in summary_lines(linearity_table(rows)):
+        print("  " + line)
+    recs = recall_records(rows, target, ks, n_boot)
+    for r in recs:
+        print(f"  {r['model']} · {r['position']} · size {r['set_size']}: recall@{r['k']} = {r['found']}/{r['k']} = "
+              f"{r['recall']:.2f} [{r['lo']:.2f}, {r['hi']:.2f}] (chance {r['chance']:.3f}; of {r['n_sets']} sets)")
+    print(json.dumps({"recall": recs, "samples": int(n), "rows": str(run_dir)}))
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", nargs="+", default=["organism-base", "organism-sft", "organism-dpo"])
@@ -133,8 +182,11 @@ def main() -> int:
     ap.add_argument("--k", type=int, nargs="+", default=[3, 5, 10])
     ap.add_argument("--boot", type=int, default=200)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rows", metavar="RUN_DIR", help="read recall@K off a finished sweep's rows instead of running")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.rows:
+        return from_rows(args.rows, args.k, args.boot)
     rate = gemm_rate()
     torch.set_num_threads(args.threads)
     print(f"GEMM rate: {rate:.1f} GFLOP/s (fp32, 2 threads; shared machine); times × {rate / 56:.2f} = at 56 GFLOP/s")
