@@ -14,11 +14,12 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
+from ivlens.analyses import spec_from_manifest
 from ivlens.errors import IvlensError
 from ivlens.models.load import LoadedModel
 from ivlens.runs import RunDir, check_out_dir
 from ivlens.sharding import Shard
-from ivlens.specs import Spec, spec_from_manifest
+from ivlens.specs import Spec
 
 
 class MergeError(IvlensError, ValueError):

@@ -203,7 +203,7 @@ def test_dry_run_with_a_tokenizer_uses_it(tiny_dir, no_weights):
 
 # ------------------------------------------------------------------------------------------------ tracer memory
 def test_trace_refusal_names_max_tokens(tmp_path):
-    from ivlens.dry_run import trace_refusal
+    from ivlens.tracing.dry_run import trace_refusal
 
     s = model_info(str(OLMO_7B)).shape
     assert trace_refusal(s, 32, 1 << 34) is None
@@ -214,7 +214,7 @@ def test_trace_refusal_names_max_tokens(tmp_path):
 
 
 def test_trace_cli_refuses_and_max_tokens_fits(tiny_dir, tmp_path):
-    from ivlens.tracing.cli import trace
+    from ivlens.cli.trace import trace
 
     app = typer.Typer()
     app.command("trace")(trace)
@@ -234,14 +234,15 @@ def test_trace_cli_refuses_and_max_tokens_fits(tiny_dir, tmp_path):
 
 # ------------------------------------------------------------------------------------------------ probe batches
 def test_probe_collection_sizes_batches_from_the_budget(tiny_dir, tmp_path):
+    from ivlens.estimate.model import forward_batch_size
     from ivlens.models.load import load_model
-    from ivlens.probing.collect import auto_batch_size, collect_ivs
+    from ivlens.probing.collect import collect_ivs
     from ivlens.probing.instructions import instruction_set
 
     lm = load_model(str(tiny_dir("llama")))
     rows = instruction_set(["adjectives"], max_per_subtask=6)
-    small = auto_batch_size(lm, 30, "16MiB")
-    assert 1 <= small <= auto_batch_size(lm, 30, "1GiB")
+    small = forward_batch_size(lm, 30, "16MiB")
+    assert 1 <= small <= forward_batch_size(lm, 30, "1GiB")
     a = collect_ivs(lm, rows, tmp_path / "a", memory_budget="16MiB")
     b = collect_ivs(lm, rows, tmp_path / "b", batch_size=1)
     assert json.loads((tmp_path / "a" / "meta.json").read_text())["batch_size"] >= 1
@@ -328,8 +329,8 @@ def test_train_step_latency_times_a_real_step():
 def test_probe_plan_takes_measured_fits():
     """Measured fit times replace the L-BFGS model: real-label fits ((folds + 1) per probe and layer) at the first
     time, shuffled-label controls (folds × shuffles) at the second, on one thread (the barrier cores)."""
-    from ivlens.estimate.calibrate import probe_fit_latency
     from ivlens.estimate.plans import Rates, probe_plan, seconds
+    from ivlens.probing.cost import probe_fit_latency
 
     shape = ModelShape("olmo2", n_layers=6, d_model=256, n_heads=4, n_kv_heads=4, d_head=64, d_mlp=512,
                        d_vocab=3000, n_params=4_700_000)

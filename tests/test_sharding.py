@@ -9,10 +9,15 @@ from typer.testing import CliRunner
 
 from ivlens.api import run_spec
 from ivlens.cli import app
+from ivlens.eval import EvalSpec
 from ivlens.merge import MergeError, merge_runs
+from ivlens.patching import PatchSpec
+from ivlens.probing import ProbeSpec
 from ivlens.runs import RunDir
 from ivlens.sharding import Shard
-from ivlens.specs import EvalSpec, PatchSpec, ProbeSpec, SpecError, SteerSpec, TraceSpec
+from ivlens.specs import SpecError
+from ivlens.steering import SteerSpec
+from ivlens.tracing import TraceSpec
 
 
 def test_a_shard_owns_every_nth_unit():

@@ -11,7 +11,7 @@
 - :func:`train_step_latency` ``(config, batch, seq_len) -> s``: one real AdamW step (forward, backward, update)
   of the model built from ``config`` at that batch shape. Training a small model (the organisms) is neither
   FLOP- nor call-bound alone, so its time is measured, not modelled.
-- :func:`probe_fit_latency` ``(n, d, classes) -> s``: one logistic-probe fit (L-BFGS iterations depend on the
+- :func:`ivlens.probing.cost.probe_fit_latency` ``(n, d, classes) -> s`` (with the probes: it times their fit): one logistic-probe fit (L-BFGS iterations depend on the
   data: timed, not modelled).
 - :func:`machine_load` ``() -> (cores, others)``: CPU cores and the other runnable work (1-minute load average).
 
@@ -44,7 +44,8 @@ from .flops import ModelShape
 
 GemmShape = tuple[int, int, int]  # (m, k, n): [m, k] × [k, n]
 
-_CACHE: dict[tuple, float] = {}
+#: rates measured in this process, by what was measured (each is measured once)
+MEASURED: dict[tuple, float] = {}
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -93,8 +94,8 @@ def gemm_rate(shapes: Sequence[GemmShape], device: str | torch.device = "cpu",
     device, dt = torch.device(device), _dtype(dtype)
     capped = tuple((min(m, max_rows), k, max(1, min(n, max_weight_elems // k))) for m, k, n in shapes)
     key = ("gemm", capped, str(device), str(dt))
-    if key in _CACHE:
-        return _CACHE[key]
+    if key in MEASURED:
+        return MEASURED[key]
     flops, seconds = 0.0, 0.0
     gen = torch.Generator().manual_seed(0)
     for m, k, n in capped:
@@ -103,8 +104,8 @@ def gemm_rate(shapes: Sequence[GemmShape], device: str | torch.device = "cpu",
         a @ b  # warm-up (allocator, kernel choice)
         seconds += best_seconds(lambda a=a, b=b: a @ b, budget_s / max(1, len(capped)), device=device)
         flops += 2.0 * m * k * n
-    _CACHE[key] = flops / seconds
-    return _CACHE[key]
+    MEASURED[key] = flops / seconds
+    return MEASURED[key]
 
 
 def op_latency(device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32",
@@ -113,8 +114,8 @@ def op_latency(device: str | torch.device = "cpu", dtype: str | torch.dtype = "f
     small models."""
     device, dt = torch.device(device), _dtype(dtype)
     key = ("op", str(device), str(dt))
-    if key in _CACHE:
-        return _CACHE[key]
+    if key in MEASURED:
+        return MEASURED[key]
     x = torch.ones(8, 64, device=device, dtype=dt)
 
     def fifty() -> None:
@@ -123,21 +124,21 @@ def op_latency(device: str | torch.device = "cpu", dtype: str | torch.dtype = "f
             y = x + y
 
     fifty()
-    _CACHE[key] = best_seconds(fifty, budget_s, device=device) / 50
-    return _CACHE[key]
+    MEASURED[key] = best_seconds(fifty, budget_s, device=device) / 50
+    return MEASURED[key]
 
 
 def copy_rate(device: str | torch.device = "cpu", n_bytes: int = 64 << 20, budget_s: float = 0.1) -> float:
     """Bytes/s read + written by a large copy (streaming memory bandwidth; one thread on a CPU)."""
     device = torch.device(device)
     key = ("copy", str(device), n_bytes)
-    if key in _CACHE:
-        return _CACHE[key]
+    if key in MEASURED:
+        return MEASURED[key]
     src = torch.ones(n_bytes // 4, device=device)
     dst = torch.empty_like(src)
     dst.copy_(src)
-    _CACHE[key] = 2.0 * n_bytes / best_seconds(lambda: dst.copy_(src), budget_s, device=device)
-    return _CACHE[key]
+    MEASURED[key] = 2.0 * n_bytes / best_seconds(lambda: dst.copy_(src), budget_s, device=device)
+    return MEASURED[key]
 
 
 def layer_latency(config, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32",
@@ -149,8 +150,8 @@ def layer_latency(config, device: str | torch.device = "cpu", dtype: str | torch
 
     device, dt = torch.device(device), _dtype(dtype)
     key = ("layer", getattr(config, "model_type", ""), str(device), str(dt), rows, n_tokens)
-    if key in _CACHE:
-        return _CACHE[key]
+    if key in MEASURED:
+        return MEASURED[key]
     small = {"hidden_size": 64, "n_embd": 64, "intermediate_size": 128, "n_inner": 128, "num_hidden_layers": 1,
              "n_layer": 1, "num_attention_heads": 4, "n_head": 4, "num_key_value_heads": 2, "head_dim": 16,
              "vocab_size": 128, "layer_types": None}
@@ -172,8 +173,8 @@ def layer_latency(config, device: str | torch.device = "cpu", dtype: str | torch
             return ad.run_layer(0, h, attention_mask=m, position_ids=pos, position_embeddings=pe)
 
         call()
-        _CACHE[key] = best_seconds(call, budget_s, min_samples=8, device=device)
-    return _CACHE[key]
+        MEASURED[key] = best_seconds(call, budget_s, min_samples=8, device=device)
+    return MEASURED[key]
 
 
 def train_step_latency(config, batch: int, seq_len: int, device: str | torch.device = "cpu",
@@ -190,8 +191,8 @@ def train_step_latency(config, batch: int, seq_len: int, device: str | torch.dev
 
     device, dt = torch.device(device), _dtype(dtype)
     key = ("train", config.to_json_string(), batch, seq_len, str(device), str(dt), forward_only, optimizer_name)
-    if key in _CACHE:
-        return _CACHE[key]
+    if key in MEASURED:
+        return MEASURED[key]
     cfg = copy.deepcopy(config)
     cfg._attn_implementation = "eager"
     with torch.random.fork_rng(devices=[]):
@@ -212,33 +213,8 @@ def train_step_latency(config, batch: int, seq_len: int, device: str | torch.dev
 
     with torch_threads(1) if device.type == "cpu" else nullcontext():
         step()  # warm-up: allocator, AdamW state
-    _CACHE[key] = best_seconds(step, 0.0, min_samples=steps, device=device)
-    return _CACHE[key]
-
-
-def probe_fit_latency(n: int, d: int, n_classes: int, shuffled: bool = False) -> float:
-    """Seconds of one :class:`ivlens.probing.probes.LogisticProbe` fit (one thread, as the probes run) on ``n``
-    rows of ``d`` features and ``n_classes`` balanced classes: separable clusters (IVs of different subtasks,
-    about 50 ms at 640 × 256 × 4 here) or, with ``shuffled``, labels with no signal (the shuffled-label
-    control, whose L-BFGS runs longer: about 110 ms). The iteration count depends on the data, so the fit is
-    timed, not modelled. CPU time of this process: the fit's own work on its one thread, whatever the load."""
-    import numpy as np
-
-    from ivlens.probing.probes import LogisticProbe
-
-    key = ("probe", n, d, n_classes, shuffled)
-    if key in _CACHE:
-        return _CACHE[key]
-    g = np.random.default_rng(0)
-    y = np.arange(n) % n_classes
-    X = g.standard_normal((n, d))
-    if not shuffled:  # one cluster per class, well apart (probes on IVs reach CV accuracy ~1)
-        X += 4 * g.standard_normal((n_classes, d))[y] / np.sqrt(d)
-    LogisticProbe().fit(X[:8], y[:8])  # warm-up (autograd, L-BFGS)
-    t0 = time.process_time()
-    LogisticProbe().fit(X, y)
-    _CACHE[key] = max(time.process_time() - t0, 1e-9)
-    return _CACHE[key]
+    MEASURED[key] = best_seconds(step, 0.0, min_samples=steps, device=device)
+    return MEASURED[key]
 
 
 def machine_load() -> tuple[int, float]:

@@ -45,6 +45,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
+from ivlens.providers import read_model_card
 from ivlens.tasks.loading import read_rephrasings
 from ivlens.tasks.registry import load_task
 from ivlens.tasks.schema import Task, TaskError
@@ -152,7 +153,7 @@ def rewrite_label_space(text: str, family: LabelFamily, variant: LabelVariant) -
 def organism_heldout(model_path: str | Path | None) -> dict[str, set[str]] | None:
     """Held-out rephrasings recorded in a model organism's ``card.json``: ``{subtask: {instruction, ...}}``.
 
-    The card sits in the stage directory or its parent (``ivlens.organism.card.read_card``). Recognised
+    The card sits in the stage directory or its parent (``ivlens.providers.read_model_card``). Recognised
     layouts, anywhere in the card: ``"heldout_rephrasings": {subtask: [...]}`` or
     ``"rephrasings": {subtask: {"heldout": [...]}}`` (merged over tasks). ``None`` when there is no card
     or it records no rephrasing split (the organisms' default split is then the same as ours: the last
@@ -161,11 +162,7 @@ def organism_heldout(model_path: str | Path | None) -> dict[str, set[str]] | Non
     if model_path is None:
         return None
     try:
-        from ivlens.organism.card import read_card
-    except ImportError:  # pragma: no cover - the organism package ships with ivlens
-        return None
-    try:
-        card = read_card(model_path)
+        card = read_model_card(model_path)
     except (FileNotFoundError, json.JSONDecodeError):
         return None
     found: dict[str, set[str]] = {}

@@ -7,18 +7,15 @@ bar, and returns the PNG as ``bytes`` for embedding. Nothing here reads files or
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Sequence
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+from ivlens.plots import colours, plt
+from ivlens.plots import png_bytes as _png
 
-DPI = 110
 #: Human names of the patch effects (the ``effect`` column of a patch run's tables).
 EFFECT_LABELS = {
     "delta_logit_vs_target": "Δ label logit vs query-only run",
@@ -30,19 +27,6 @@ EFFECT_LABELS = {
 
 def effect_label(effect: str) -> str:
     return EFFECT_LABELS.get(effect, effect)
-
-
-def colours(models: Sequence[str]) -> dict[str, str]:
-    """One fixed colour per model, in the study's model order."""
-    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    return {m: cycle[i % len(cycle)] for i, m in enumerate(models)}
-
-
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
 
 
 def _order(values) -> list:

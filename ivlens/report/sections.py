@@ -513,25 +513,9 @@ def _single_traces(ctx: Context, run: Run) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- steering
-def _matching_patch(ctx: Context, steer: pd.DataFrame) -> tuple[Run, pd.DataFrame] | None:
-    """The study's patch run of the same task, subtask, target and format as a steering table, with its rows."""
-    key = steer[["task", "subtask", "target", "fmt"]].iloc[0].to_dict()
-    for run in ctx.study.of("patch"):
-        if not run.has("patch"):
-            continue
-        rows = run.table("patch")
-        if rows.empty or rows.get("mode", pd.Series(["transfer"])).iloc[0] != "transfer":
-            continue
-        if all(str(rows[k].iloc[0]) == str(v) for k, v in key.items() if k in rows):
-            return run, rows
-    return None
-
-
 @_guard
 def steering_section(ctx: Context) -> h.Section | None:
     """Steering with IV directions."""
-    from ivlens.runs import atomic_write_parquet
-    from ivlens.steering.analysis import compare_with_patching
     from ivlens.steering.figures import dose_response_curves, versus_patching
 
     runs = [r for r in ctx.study.of("steer") if r.has("dose_response")]
@@ -558,23 +542,20 @@ def steering_section(ctx: Context) -> h.Section | None:
                            f"Dose-response, vector {vector}: IA (± s.e.m. band) against α (symmetric log scale) "
                            "for each steered layer (dark: early, light: late); rows of panels: where α·v is "
                            "added, columns: model.", ctx.data(run, "dose_response")))
-        match = _matching_patch(ctx, rows)
-        if match is None:
-            s.add(h.note("No patch run of the same task, subtask, target and format in this study: no "
-                         "comparison with patching."))
+        if not run.has("steer_vs_patch"):
+            s.add(h.note("No patch run of the same task, subtask, target and format was given (`--patch-run`; in a "
+                         "study, a transfer patch step of the same setting): no comparison with patching."))
             continue
-        prun, prows = match
-        cmp = compare_with_patching(rows, prows)
-        out = ctx.page_dir / "report_data" / f"steer_vs_patch-{run.rel.replace('/', '-')}.parquet"
-        atomic_write_parquet(out, cmp)
-        link = (f"report_data/{out.name}", os.path.relpath(out, ctx.page_dir).replace(os.sep, "/"))
+        cmp = run.table("steer_vs_patch")
+        link = ctx.data(run, "steer_vs_patch")[0]
+        prun = run.args.get("patch_run")
         unsteered = base[base.run == "target"].groupby("model", as_index=False).ia.mean()
         s.add(h.figure(versus_patching(cmp, ctx.models, unsteered),
                        "Best steering IA per layer (over vectors, positions and α) against the best patching IA "
-                       f"of that single layer and of the best pair or triplet containing it ({prun.rel}); "
+                       f"of that single layer and of the best pair or triplet containing it ({prun}); "
                        "dotted: the unsteered query-only IA; crosses: steering significantly below the "
                        "single-layer patch (paired t-test over shared samples, Holm over layers).",
-                       [link, *ctx.data(run, "steer"), *ctx.data(prun, "patch")]))
+                       [link, *ctx.data(run, "steer")]))
         shown = cmp[["model", "layer", "steer_ia", "steer_acc", "steer_best_acc", "steer_vector", "steer_position",
                      "steer_alpha", "patch_ia", "patch_acc", "set_ia", "set_acc", "set_layers", "n", "diff", "p_t_adj",
                      "verdict"]]

@@ -84,8 +84,8 @@ def execute_step(work: Work, models: Sequence[LoadedModel] | None = None, shard:
     spec = step.spec if shard is None else step.spec.model_copy(update={"shard": shard})
     if models is None and step.labels:
         models = [load_labelled(step, i) for i in range(len(step.labels))]
-    # a trace read-out's relative RUN_DIR names a step of the study (plan_steps checks it)
-    root = work.directory.parents[len(Path(step.rel).parts) - 1] if getattr(spec, "readout", None) else None
+    # the study directory: a trace read-out's relative RUN_DIR and a steer step's patch run are steps of the study
+    root = work.directory.parents[len(Path(step.rel).parts) - 1]
     if work.resume:
         return run_spec(spec, models=models, resume=work.directory, root=root)
     return run_spec(spec, models=models, out=work.directory, root=root)

@@ -18,8 +18,9 @@ import typing
 from dataclasses import dataclass, replace
 from typing import Any
 
+from ivlens.analyses import SPECS
 from ivlens.runs import content_hash
-from ivlens.specs import SPECS, Spec, SpecError
+from ivlens.specs import Spec, SpecError
 
 from .spec import StudyError, StudySpec
 
@@ -152,10 +153,33 @@ def _readout_step(step: Step, probes: list[str]) -> tuple[str, ...]:
     return (rel,)
 
 
+def _setting(spec: Spec) -> tuple:
+    """What a steering and a patch run must share to be compared: task, subtask (default: the task's first),
+    target and format."""
+    from ivlens.tasks import load_task
+
+    return spec.task, spec.subtask or load_task(spec.task).subtask_names[0], spec.target, spec.format
+
+
+def _with_patch_run(step: Step, patches: list[Step]) -> Step:
+    """A steer step compared with the study's transfer patch step of the same setting (its ``patch_run``), when
+    there is one and the block names no other."""
+    if step.analysis != "steer" or step.spec.patch_run is not None:
+        return step
+    mine = _setting(step.spec)
+    for p in patches:
+        if p.spec.mode == "transfer" and _setting(p.spec) == mine:
+            return replace(step, spec=step.spec.model_copy(update={"patch_run": p.rel}))
+    return step
+
+
 def _with_dependencies(steps: list[Step]) -> list[Step]:
     """``steps`` with :attr:`Step.depends_on` set: the organism steps (every other step loads the organisms),
-    and for a trace read-out the probe step it reads."""
+    for a trace read-out the probe step it reads, and for a steer step the patch step it is compared with."""
     organisms = tuple(s.rel for s in steps if s.analysis == "organism")
     probes = [s.rel for s in steps if s.analysis == "probe"]
-    return [replace(s, depends_on=(organisms if s.analysis != "organism" else ()) + _readout_step(s, probes))
-            for s in steps]
+    patches = [s for s in steps if s.analysis == "patch"]
+    steps = [_with_patch_run(s, patches) for s in steps]
+    return [replace(s, depends_on=(organisms if s.analysis != "organism" else ()) + _readout_step(s, probes)
+                    + ((s.spec.patch_run,) if s.analysis == "steer" and s.spec.patch_run in {p.rel for p in patches}
+                       else ())) for s in steps]

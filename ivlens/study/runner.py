@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from ivlens.analyses import spec_from_manifest
 from ivlens.runs import atomic_write_text, check_out_dir
-from ivlens.specs import spec_from_manifest
 
 from .executors import Executor, LocalExecutor, Work
 from .plan import Step, plan_steps

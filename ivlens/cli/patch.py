@@ -1,6 +1,6 @@
 """``ivlens patch``: the command-line body of a patch sweep (registered in :mod:`ivlens.cli`).
 
-Also runnable on its own: ``python -m ivlens.patching.cli --model organism-dpo --task adjectives ...``.
+Also runnable on its own: ``python -m ivlens.cli.patch --model organism-dpo --task adjectives ...``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from ivlens.cli_common import RemoteOpt, ScoreOpt, ShardOpt
+from ivlens.cli.common import RemoteOpt, ScoreOpt, ShardOpt
 from ivlens.specs import Backend, Correction, Dtype, Format, PatchMode, PatchTarget, Split
 
 log = logging.getLogger(__name__)
@@ -61,9 +61,9 @@ def patch(
 ) -> None:
     """Localise instruction vectors: patch IVs of layer sets into targets, then interactions and figures."""
     from ivlens.api import run_patch
-    from ivlens.cli_common import run_row_sweep
+    from ivlens.cli.common import run_row_sweep
+    from ivlens.patching import PatchSpec
     from ivlens.patching.interactions import strongest_single_layer
-    from ivlens.specs import PatchSpec
 
     options = {"models": tuple(model or ()), "task": task, "subtask": subtask, "layers": layers,
                "positions": positions, "samples": samples, "split": split, "mode": mode, "source_model": source_model,

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ivlens.cli_common import (
+from ivlens.cli.common import (
     DeviceOpt,
     DtypeOpt,
     FormatOpt,
@@ -59,7 +59,7 @@ def probe(
     """Linear probes, LDA and cosine similarity of instruction vectors (residual at T_inst) by layer,
     for every --model side by side."""
     from ivlens.api import run_probe
-    from ivlens.specs import ProbeSpec
+    from ivlens.probing import ProbeSpec
 
     with friendly_errors():
         from ivlens.probing.instructions import read_user_instructions

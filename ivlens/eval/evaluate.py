@@ -38,9 +38,9 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from .models.load import LoadedModel
-from .patching.metrics import continuation_logprobs
-from .tasks.prompts import (
+from ivlens.models.load import LoadedModel
+from ivlens.patching.metrics import continuation_logprobs
+from ivlens.tasks.prompts import (
     AnswerCandidates,
     Prompt,
     PromptFormat,
@@ -50,8 +50,8 @@ from .tasks.prompts import (
     pad_left,
     right_aligned,
 )
-from .tasks.schema import Sample, Subtask, Task
-from .tasks.validate import warn_first_token_clashes
+from ivlens.tasks.schema import Sample, Subtask, Task
+from ivlens.tasks.validate import warn_first_token_clashes
 
 log = logging.getLogger(__name__)
 
