@@ -3,10 +3,11 @@
 Each function validates its spec (:mod:`ivlens.specs`) and the models before any directory is made, creates the
 run directory (or, with ``resume``, reopens it after checking that its stored spec matches), computes, writes
 and finishes. The manifest records the spec and its hash. The CLI commands and the main job are thin callers;
-``models`` lets a caller pass models it already loaded (in the order of ``spec.models``).
+``models`` lets a caller pass models it already loaded (in the order of ``spec.models``). Any spec runs through
+:func:`ivlens.analyses.run_spec`, which finds its run in the registry of analyses.
 
 >>> from ivlens.api import run_eval
->>> from ivlens.specs import EvalSpec
+>>> from ivlens.eval import EvalSpec
 >>> run, summary, decides = run_eval(EvalSpec(models=("organism-sft",), task="adjectives", split="heldout"))
 """
 
@@ -21,7 +22,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from ivlens.analyses import spec_from_manifest
 from ivlens.eval import EvalSpec
 from ivlens.organism import OrganismSpec
 from ivlens.patching import PatchSpec
@@ -45,11 +45,6 @@ def split_queries(lm: LoadedModel, task: Task, split: str) -> list[str] | None:
     return selection.split_queries(lm.path, lm.name, task, split)
 
 
-def stored_spec(run_dir: str | Path) -> Spec:
-    """The spec recorded in an earlier run's manifest (for ``--resume``)."""
-    return spec_from_manifest(RunDir.open(run_dir).manifest)
-
-
 def start_run(spec: Spec, name: str, *, out: str | Path | None = None, resume: str | Path | None = None,
               models: Sequence[LoadedModel] = (), task: str | None = None) -> RunDir:
     """A new run directory for ``spec``, or the run at ``resume`` when its stored spec matches ``spec`` in every
@@ -57,9 +52,9 @@ def start_run(spec: Spec, name: str, *, out: str | Path | None = None, resume: s
     described = [m.describe() for m in models]
     if resume is not None:
         run = RunDir.open(resume)
-        old = spec_from_manifest(run.manifest)
-        if type(old) is not type(spec):
-            raise SpecError(f"--resume {resume}: that is a {old.analysis} run, not {spec.analysis}")
+        if run.manifest.get("command") != spec.analysis or "spec" not in run.manifest:
+            raise SpecError(f"--resume {resume}: that is a {run.manifest.get('command')} run, not {spec.analysis}")
+        old = type(spec)(**run.manifest["spec"])
         diffs = old.differences(spec)
         if diffs:
             raise SpecError(f"--resume {resume}: the run was made with other options: {'; '.join(diffs)}")
@@ -469,20 +464,3 @@ def run_organism(spec: OrganismSpec, *, out: str | Path | None = None, progress:
         write_card_run(run, card)
         run.finish()
     return directory
-
-
-# --------------------------------------------------------------------------------------------- any
-def run_spec(spec: Spec, *, models: Sequence[LoadedModel] | None = None, out: str | Path | None = None,
-             resume: str | Path | None = None, root: str | Path | None = None) -> Path:
-    """Run any analysis's spec into ``out`` (or finish the run at ``resume``) through its ``run_<analysis>``;
-    returns the run directory. The study runner and ``ivlens merge`` call this; ``root``: the study directory,
-    against which a trace read-out's relative run directory is read."""
-    if isinstance(spec, OrganismSpec):
-        run_organism(spec, run_dir=out if out is not None else resume, progress=False)
-        return Path(out if out is not None else resume)
-    runner = {EvalSpec: run_eval, PatchSpec: run_patch, ProbeSpec: run_probe, TraceSpec: run_trace,
-              SteerSpec: run_steer}[type(spec)]
-    extra = {"root": root} if isinstance(spec, TraceSpec | SteerSpec) and root is not None else {}
-    result = runner(spec, models=models, out=out, resume=resume, **extra)
-    run = result[0] if isinstance(result, tuple) else result.run
-    return run.path

@@ -437,62 +437,40 @@ def print_remote_plans(plans: Sequence[Plan], shapes: Sequence[ModelShape], cons
 
 
 # --------------------------------------------------------------------------------------------- any spec
-def spec_plans(spec, infos: Sequence[ModelInfo] = ()) -> tuple[list[Plan], bool]:
-    """The plans of any analysis's spec (:mod:`ivlens.specs`) on the models described by ``infos`` (in
-    ``spec.models`` order; none for the organism build), and whether the analysis holds its models together."""
-    from ivlens.eval import EvalSpec
-    from ivlens.organism import OrganismSpec
-    from ivlens.patching import PatchSpec
-    from ivlens.probing import ProbeSpec
-    from ivlens.steering import SteerSpec
-    from ivlens.tracing import TraceSpec
-
-    s = spec
-    if isinstance(s, SteerSpec):
-        return steer_plans(s, infos), True
-    if isinstance(s, OrganismSpec):
-        return organism_plans(s.size, s.variant, s.measure, threads=s.threads), False
-    if isinstance(s, EvalSpec):
-        return eval_plans([], s.task, subtask=s.subtask, samples=s.samples, fmt=s.format,
-                          query_style=s.query_style, batch_size=s.batch_size, seed=s.seed, dtype=s.dtype,
-                          split=s.split, score=s.score, infos=infos), True
-    if isinstance(s, PatchSpec):
-        return patch_plans([], s.task, s.subtask, layers=s.layers, positions=s.positions, samples=s.samples,
-                           mode=s.mode, target=s.target, fmt=s.format, chunk_size=s.chunk_size,
-                           batch_size=s.batch_size, seed=s.seed, dtype=s.dtype, device=s.device,
-                           memory_budget=s.memory_budget, figures=s.figures, split=s.split, score=s.score,
-                           infos=infos), True
-    if isinstance(s, ProbeSpec):
-        return probe_plans([], list(s.tasks), layers=s.layers, varying=s.varying,
-                           user_instructions=dict(s.instructions), fmt=s.format, batch_size=s.batch_size,
-                           folds=s.folds, max_per_subtask=s.max_per_subtask, dtype=s.dtype, device=s.device,
-                           memory_budget=s.memory_budget, infos=infos), False
-    if isinstance(s, TraceSpec):
-        return trace_plans([], task=s.task, subtask=s.subtask, sample=s.sample, prompt=s.prompt, compare=s.compare,
-                           samples=s.samples, fmt=s.format, beam=s.beam, max_tokens=s.max_tokens, seed=s.seed,
-                           dtype=s.dtype, device=s.device, memory_budget=s.memory_budget, split=s.split,
-                           infos=infos), True
-    raise TypeError(f"no dry run for {type(spec).__name__}")
+def eval_spec_plans(s, infos: Sequence[ModelInfo]) -> list[Plan]:
+    """:func:`eval_plans` of an :class:`~ivlens.eval.EvalSpec`."""
+    return eval_plans([], s.task, subtask=s.subtask, samples=s.samples, fmt=s.format, query_style=s.query_style,
+                      batch_size=s.batch_size, seed=s.seed, dtype=s.dtype, split=s.split, score=s.score, infos=infos)
 
 
-def dry_run(spec, console: Console | None = None) -> dict:
-    """``--dry-run`` of any analysis's spec, what every command's ``--dry-run`` calls: its plans on the models'
-    configs (no weights loaded), printed with this device's rates; returns the figures of :func:`print_plans`."""
-    from ivlens.eval import EvalSpec
-    from ivlens.organism import OrganismSpec
-    from ivlens.patching import PatchSpec
-    from ivlens.probing import ProbeSpec
+def patch_spec_plans(s, infos: Sequence[ModelInfo]) -> list[Plan]:
+    """:func:`patch_plans` of a :class:`~ivlens.patching.PatchSpec` (with the source model's note)."""
+    plans = patch_plans([], s.task, s.subtask, layers=s.layers, positions=s.positions, samples=s.samples,
+                        mode=s.mode, target=s.target, fmt=s.format, chunk_size=s.chunk_size, batch_size=s.batch_size,
+                        seed=s.seed, dtype=s.dtype, device=s.device, memory_budget=s.memory_budget,
+                        figures=s.figures, split=s.split, score=s.score, infos=infos)
+    if s.source_model and plans:
+        plans[0].notes.append(f"IVs from {s.source_model}: one more model in memory, one source run")
+    return plans
 
-    if isinstance(spec, OrganismSpec):  # built on the CPU in fp32
-        plans, _ = spec_plans(spec)
-        return print_plans(plans, [organism_shape(spec.size)], "cpu", "float32", console=console)
-    infos = model_infos(list(spec.models), spec.gguf_file, spec.revision, spec.trust_remote_code,
-                   require_adapter=not isinstance(spec, EvalSpec | ProbeSpec))
-    plans, together = spec_plans(spec, infos)
-    if isinstance(spec, PatchSpec) and spec.source_model:
-        plans[0].notes.append(f"IVs from {spec.source_model}: one more model in memory, one source run")
-    return print_plans(plans, [i.shape for i in infos], spec.device, spec.dtype, together=together,
-                       console=console, configs=[i.config for i in infos], remote=getattr(spec, "remote", False))
+
+def probe_spec_plans(s, infos: Sequence[ModelInfo]) -> list[Plan]:
+    """:func:`probe_plans` of a :class:`~ivlens.probing.ProbeSpec`."""
+    return probe_plans([], list(s.tasks), layers=s.layers, varying=s.varying, user_instructions=dict(s.instructions),
+                       fmt=s.format, batch_size=s.batch_size, folds=s.folds, max_per_subtask=s.max_per_subtask,
+                       dtype=s.dtype, device=s.device, memory_budget=s.memory_budget, infos=infos)
+
+
+def trace_spec_plans(s, infos: Sequence[ModelInfo]) -> list[Plan]:
+    """:func:`~ivlens.tracing.dry_run.trace_plans` of a :class:`~ivlens.tracing.TraceSpec`."""
+    return trace_plans([], task=s.task, subtask=s.subtask, sample=s.sample, prompt=s.prompt, compare=s.compare,
+                       samples=s.samples, fmt=s.format, beam=s.beam, max_tokens=s.max_tokens, seed=s.seed,
+                       dtype=s.dtype, device=s.device, memory_budget=s.memory_budget, split=s.split, infos=infos)
+
+
+def organism_spec_plans(s, infos: Sequence[ModelInfo] = ()) -> list[Plan]:
+    """:func:`organism_plans` of an :class:`~ivlens.organism.OrganismSpec` (no models: it builds them)."""
+    return organism_plans(s.size, s.variant, s.measure, threads=s.threads)
 
 
 def organism_shape(size: str = "small") -> ModelShape:

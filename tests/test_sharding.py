@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from ivlens.api import run_spec
+from ivlens.analyses import ANALYSES, run_spec
 from ivlens.cli import app
 from ivlens.eval import EvalSpec
 from ivlens.merge import MergeError, merge_runs
@@ -44,6 +44,12 @@ SWEEPS = {
     "trace": (TraceSpec, {"task": "animals", "compare": True, "samples": 2, "top_k": 5, "beam": 8},
               ["compare", "sample_paths", "selectivity"]),
 }
+
+
+def test_every_registered_sharded_analysis_is_checked():
+    """The organism build is one unit of work (its spec is never shardable); every other analysis shards."""
+    assert set(SWEEPS) == {a.name for a in ANALYSES if a.name != "organism"}
+    assert all(cls(models=("m",), **opts).shardable for cls, opts, _ in SWEEPS.values())
 
 
 @pytest.mark.parametrize("analysis", list(SWEEPS))

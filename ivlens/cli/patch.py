@@ -11,7 +11,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from ivlens.cli.common import RemoteOpt, ScoreOpt, ShardOpt
+from ivlens.cli.common import GgufOpt, RemoteOpt, RevisionOpt, ScoreOpt, ShardOpt, TrustOpt
 from ivlens.specs import Backend, Correction, Dtype, Format, PatchMode, PatchTarget, Split
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,9 @@ def patch(
                                        "not given take the run's recorded values, and a given option that differs "
                                        "is an error (memory budget, batch size, threads and figures may change)."),
     figures: bool = typer.Option(True, help="Write figures."),
+    gguf_file: GgufOpt = None,
+    revision: RevisionOpt = None,
+    trust_remote_code: TrustOpt = False,
     shard: ShardOpt = None,
     remote: RemoteOpt = False,
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (rows, FLOPs, peak memory, time on "
@@ -71,7 +74,8 @@ def patch(
                "memory_budget": memory_budget,
                "chunk_size": chunk_size, "seed": seed, "effect": effect, "correction": correction, "alpha": alpha,
                "dtype": dtype, "device": device, "threads": threads, "backend": backend, "figures": figures,
-               "shard": shard, "remote": remote}
+               "shard": shard, "gguf_file": gguf_file, "revision": revision,
+               "trust_remote_code": trust_remote_code, "remote": remote}
     console = Console(stderr=True)
     spec, res = run_row_sweep(ctx, PatchSpec, options, run_patch, "patch", resume=resume, out=out, dry_run=dry_run,
                               console=console)

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from ivlens.cli.common import ShardOpt
+from ivlens.cli.common import GgufOpt, RevisionOpt, ShardOpt, TrustOpt
 from ivlens.specs import Dtype, Format, PatchTarget, Split
 
 
@@ -47,6 +47,9 @@ def steer(
     resume: Path | None = typer.Option(None, help="Resume this run directory (finished shards are kept; a given "
                                        "option that differs is an error)."),
     figures: bool = typer.Option(True, help="Write figures."),
+    gguf_file: GgufOpt = None,
+    revision: RevisionOpt = None,
+    trust_remote_code: TrustOpt = False,
     shard: ShardOpt = None,
     patch_run: str | None = typer.Option(None, "--patch-run", help="A finished transfer `ivlens patch` run of the "
                                          "same task, subtask, target and format: compare the steering with its "
@@ -63,7 +66,8 @@ def steer(
                "alphas": alphas, "layers": layers, "positions": positions, "samples": samples, "split": split,
                "target": target, "format": fmt, "max_per_subtask": max_per_subtask, "batch_size": batch_size,
                "memory_budget": memory_budget, "chunk_size": chunk_size, "seed": seed, "dtype": dtype,
-               "device": device, "threads": threads, "figures": figures, "shard": shard, "patch_run": patch_run}
+               "device": device, "threads": threads, "figures": figures, "shard": shard, "gguf_file": gguf_file, "revision": revision,
+               "trust_remote_code": trust_remote_code, "patch_run": patch_run}
     console = Console(stderr=True)
     spec, res = run_row_sweep(ctx, SteerSpec, options, run_steer, "steer", resume=resume, out=out, dry_run=dry_run,
                               console=console)

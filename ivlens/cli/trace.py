@@ -93,7 +93,7 @@ def trace(
         spec = build_spec(ctx, TraceSpec, options, resume, params={"models": "model", "format": "fmt"})
         check_out_dir(out)  # a dry run refuses what the run would
         if dry_run:
-            from ivlens.dry_run import dry_run as print_dry_run
+            from ivlens.cli.common import print_dry_run
 
             print_dry_run(spec)
             return

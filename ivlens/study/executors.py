@@ -78,7 +78,7 @@ def execute_step(work: Work, models: Sequence[LoadedModel] | None = None, shard:
     """Run one step: ``run_<analysis>(spec)`` into its directory, or resume the unfinished run there.
     ``models``: the step's models, loaded and labelled (else each is loaded by :func:`load_labelled`);
     ``shard``: ``"i/n"``, compute only that share of the step's units of work (see :mod:`ivlens.sharding`)."""
-    from ivlens.api import run_spec
+    from ivlens.analyses import run_spec
 
     step = work.step
     spec = step.spec if shard is None else step.spec.model_copy(update={"shard": shard})

@@ -1,8 +1,9 @@
 """A study's steps: each one ``run_<analysis>(spec)`` call and the run directory it writes (pure: no I/O).
 
 :func:`plan_steps` expands every analysis block of a :class:`~ivlens.study.spec.StudySpec` into steps, one per
-task (eval, patch, trace) and per value of each swept option (a list where the spec takes one value), in the
-order organism, eval, patch, probe, steer, trace. Each step's spec is built, and so validated, here: a bad option
+task (the registry's ``per_task`` analyses: eval, patch, steer, trace) and per value of each swept option (a list
+where the spec takes one value), in the registry's order (:data:`ivlens.analyses.ANALYSES`: organism, eval, patch,
+probe, steer, trace). Each step's spec is built, and so validated, here: a bad option
 is reported with the block it came from before anything runs.
 
 Each step names the steps it reads (:attr:`Step.depends_on`): every step reads the organisms the organism step
@@ -18,16 +19,12 @@ import typing
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ivlens.analyses import SPECS
+from ivlens.analyses import BY_NAME, SPECS
 from ivlens.runs import content_hash
 from ivlens.specs import Spec, SpecError
 
 from .spec import StudyError, StudySpec
 
-#: The order steps run in: the organisms first (the other steps load them).
-ORDER = ("organism", "eval", "patch", "probe", "steer", "trace")
-#: Analyses with one ``task`` per run (one step per study task); probe takes them all (``tasks``).
-PER_TASK = frozenset({"eval", "patch", "trace", "steer"})
 #: Spec options a study block may not set, and what to do instead.
 RESERVED = {"models": "give the study's models (models: {label: model})",
             "task": "give the block's tasks (tasks: [...]), a subset of the study's",
@@ -82,7 +79,7 @@ def plan_steps(study: StudySpec) -> list[Step]:
     models = tuple(e.model for e in study.models.values())
     sizing = tuple(e.config or e.model for e in study.models.values())
     steps: list[Step] = []
-    for analysis in sorted(study.analyses, key=ORDER.index):
+    for analysis in sorted(study.analyses, key=lambda name: BY_NAME[name].order):  # the registry's run order
         spec_cls = SPECS[analysis]
         blocks = study.analyses[analysis]
         for bi, block in enumerate(blocks):
@@ -108,7 +105,7 @@ def plan_steps(study: StudySpec) -> list[Step]:
                     base["tasks"] = tasks
             for values in itertools.product(*swept.values()) if swept else [()]:
                 options = {**base, **fixed, **dict(zip(swept, values, strict=True))}
-                for task in (tasks if analysis in PER_TASK else [None]):
+                for task in (tasks if BY_NAME[analysis].per_task else [None]):
                     if task is not None:
                         options["task"] = task
                     try:
