@@ -24,11 +24,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import IvlensError
 from .runs import content_hash
+from .tasks.prompts import PromptFormat as Format
+from .tasks.prompts import QueryStyle
+from .tasks.selection import Split
 
-Format = Literal["raw", "chat"]
-Split = Literal["heldout", "train", "all"]
+#: The option types (each ``Literal`` defined once: the prompt format, query style and split where prompts and
+#: samples are made, the others here); a spec field and its CLI option both use these.
+__all__ = ["Backend", "Correction", "Dtype", "Format", "ModelsSpec", "OrganismSize", "OrganismVariant", "PatchMode",
+           "PatchTarget", "QueryStyle", "RemoteSpec", "Score", "Spec", "SpecError", "Split", "TraceMethod",
+           "Varying", "option_name"]
+
 Dtype = Literal["float32", "bfloat16", "float16"]
-QueryStyle = Literal["formatted", "bare"]
 PatchMode = Literal["transfer", "contrastive"]
 PatchTarget = Literal["bare", "formatted"]
 Correction = Literal["holm", "bh"]

@@ -46,14 +46,15 @@ from pathlib import Path
 from typing import Literal
 
 from ivlens.providers import read_model_card
+from ivlens.specs import Varying
 from ivlens.tasks.loading import read_rephrasings
 from ivlens.tasks.registry import load_task
 from ivlens.tasks.schema import Task, TaskError
 
 log = logging.getLogger(__name__)
 
-Varying = Literal["instructions", "labels"]
-Split = Literal["train", "heldout"]
+#: which half of a subtask's rephrasings a row is (probe training or held-out evaluation); not a query split
+RephrasingSplit = Literal["train", "heldout"]
 
 #: share of each rephrasing file (its first rows) treated as training phrasings when no organism card says
 #: otherwise; the same convention as the organisms' (``ivlens.organism.data.TRAIN_REPHRASING_SHARE``)
@@ -73,7 +74,7 @@ class InstructionRow:
     instruction: str
     source: str  # "main" | "rephrasing" | "user"
     index: int
-    split: Split
+    split: RephrasingSplit
     variant: str = ""
     variant_slot: int = 0
 
@@ -258,7 +259,7 @@ def _limit(texts: tuple[str, ...], n: int | None) -> tuple[str, ...]:
     return texts[:k_train] + texts[n_train:n_train + (n - k_train)]
 
 
-def _splits(texts: tuple[str, ...], full: tuple[str, ...], held: set[str] | None) -> list[Split]:
+def _splits(texts: tuple[str, ...], full: tuple[str, ...], held: set[str] | None) -> list[RephrasingSplit]:
     """Split of each text: in ``held`` if given, else by its position in the full file."""
     if held is not None:
         return ["heldout" if t in held else "train" for t in texts]
