@@ -30,7 +30,7 @@ from .tasks.selection import Split
 
 #: The option types (each ``Literal`` defined once: the prompt format, query style and split where prompts and
 #: samples are made, the others here); a spec field and its CLI option both use these.
-__all__ = ["Backend", "Correction", "Dtype", "Format", "ModelsSpec", "OrganismSize", "OrganismVariant", "PatchMode",
+__all__ = ["Backend", "Correction", "Dtype", "Format", "LinearEstimate", "ModelsSpec", "OrganismSize", "OrganismVariant", "PatchMode",
            "PatchTarget", "QueryStyle", "RemoteSpec", "Score", "Spec", "SpecError", "Split", "TraceMethod",
            "Varying", "option_name"]
 
@@ -41,6 +41,7 @@ Correction = Literal["holm", "bh"]
 Backend = Literal["torch", "nnsight"]
 Varying = Literal["instructions", "labels"]
 Score = Literal["first-token", "answer"]
+LinearEstimate = Literal["auto", "on", "off"]
 TraceMethod = Literal["exact", "argmax"]
 OrganismSize = Literal["small", "tiny"]
 OrganismVariant = Literal["gist", "natural"]

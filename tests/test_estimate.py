@@ -274,26 +274,51 @@ def test_dry_run_selects_the_split_the_command_will_run():
         patch_plans([], "adjectives", "adj_ant", split="heldout", infos=[model_info(str(OLMO_1B))])
 
 
-def test_dry_run_of_answer_scoring_counts_every_candidate():
-    """``--score answer`` runs each target once per candidate label: the same result rows, about k times the
-    engine's work; eval scores k candidates per prompt on top of generation."""
-    from ivlens.dry_run import eval_plans, patch_plans
-    from ivlens.tasks import load_task
+def test_dry_run_of_answer_scoring_counts_the_prompts_once_and_the_trie():
+    """``--score answer`` runs each prompt (each patched row's prompt) once and the candidates' token trie against
+    it: the same result rows, the engine's rows without the last-position identity, trie nodes per distinct row and
+    per baseline run; far below the k forwards per prompt of per-label scoring."""
+    from ivlens.dry_run import answer_trie, eval_plans, patch_plans
+    from ivlens.estimate.plans import answer_scoring_flops
+    from ivlens.patching.engine import RowSpec, plan_work
+    from ivlens.patching.plan import PatchPlan, resolve_position
+    from ivlens.patching.sweep import starts_with_bos
+    from ivlens.tasks import load_task, query_prompt
     from ivlens.tasks.prompts import AnswerCandidates
 
-    k = len(AnswerCandidates.of(load_task("adjectives"), "adj_ant").labels)
+    task = load_task("adjectives")
+    labels = AnswerCandidates.of(task, "adj_ant").labels
+    k = len(labels)
     info = model_info(str(OLMO_1B))
     kw = dict(layers="pairs", positions="first,last", samples=3, infos=[info])
     first, = patch_plans([], "adjectives", "adj_ant", **kw)
     answer, = patch_plans([], "adjectives", "adj_ant", score="answer", **kw)
     assert answer.counts["rows"] == first.counts["rows"] and answer.counts["answer_candidates"] == k > 1
-    # ≥ k×: in an extended target the last position is no longer the last token, so no set collapses to its top
-    assert answer.counts["distinct_rows"] >= k * first.counts["distinct_rows"]
-    assert answer.counts["layer_token_evals"] >= k * first.counts["layer_token_evals"]
-    assert answer.flops > k * 0.9 * (first.flops - prompt_flops(info.shape, 1))
+    # the engine's own count of the rows, without the last-position identity
+    from ivlens.dry_run import chosen_samples
+
+    plan = PatchPlan.build("pairs", "first,last", info.shape.n_layers)
+    targets = [query_prompt(info.tokenizer, task, s, "raw", query_style="bare")
+               for s in chosen_samples(task, 3, 0, "all", info)]
+    rows = [RowSpec(b, 0, ls, resolve_position(p, len(t), has_bos=starts_with_bos(info.tokenizer, t)))
+            for b, t in enumerate(targets)
+            for p in plan.positions for ls in plan.layer_sets]
+    engine = plan_work(rows, [len(t) for t in targets], info.shape.n_layers, group_rows=1 << 40, continued=True)
+    assert answer.counts["distinct_rows"] == engine.unique_rows > first.counts["distinct_rows"]
+    trie = answer_trie(info.tokenizer, targets[0], labels)
+    assert 0 < trie.n_nodes < k * 4 and answer.counts["answer_trie_nodes"] == (engine.unique_rows + 2 * 3) * trie.n_nodes
+    shortest = min(len(t) for t in targets)
+    assert answer.flops > first.flops + engine.unique_rows * answer_scoring_flops(info.shape, shortest, trie)
+    assert answer.flops < k * first.flops / 4  # per-label scoring ran the engine k times over
     g_first, = eval_plans([], "adjectives", samples=3, infos=[info])
     g_answer, = eval_plans([], "adjectives", samples=3, score="answer", infos=[info])
-    assert g_answer.counts["answer_candidates"] == k and g_answer.flops > g_first.flops
+    assert g_answer.counts["answer_candidates"] == k and g_answer.counts["answer_trie_nodes"] > 0
+    # per prompt: its forward (padded to its batch's width) and the trie; 3 samples × 3 conditions × 2 subtasks
+    extra = g_answer.flops - g_first.flops
+    n_prompts = g_first.counts["prompts"]
+    assert n_prompts == 18 and extra > n_prompts * (prompt_flops(info.shape, 1) + answer_scoring_flops(info.shape, 1,
+                                                                                                        trie))
+    assert extra < g_first.flops  # not k forwards per prompt
 
 
 def test_train_plan_takes_measured_steps():

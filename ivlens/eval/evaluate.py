@@ -19,7 +19,8 @@ Metrics per row:
   all tokens at the answer position, and its rank among the first tokens of S's label space.
 
 With ``score="answer"`` each row also scores every candidate label (every subtask's label space) by its
-teacher-forced log-probability after the prompt (:func:`ivlens.patching.metrics.continuation_logprobs`):
+teacher-forced log-probability after the prompt (:mod:`ivlens.scoring`: each prompt runs once and every candidate is
+scored against its cached keys/values):
 ``answer_logprob`` (the best accepted answer's), ``answer_rank`` (0 = top-1 among the candidates),
 ``answer_rank_in_space`` (among S's label space), ``answer_top1``, ``answer_ia`` (the best candidate lies in S's
 label space) and ``answer_accuracy`` (it is an accepted answer). Labels that share their first token (numbers
@@ -39,7 +40,7 @@ import pandas as pd
 import torch
 
 from ivlens.models.load import LoadedModel
-from ivlens.patching.metrics import continuation_logprobs
+from ivlens.scoring import teacher_forced_scores
 from ivlens.tasks.prompts import (
     AnswerCandidates,
     Prompt,
@@ -48,7 +49,6 @@ from ivlens.tasks.prompts import (
     build_prompt,
     label_token_ids,
     pad_left,
-    right_aligned,
 )
 from ivlens.tasks.schema import Sample, Subtask, Task
 from ivlens.tasks.validate import warn_first_token_clashes
@@ -58,8 +58,6 @@ log = logging.getLogger(__name__)
 Judge = Callable[[str, Subtask, Sample], bool]
 CONDITIONS = ("instructed", "query_only", "other_instruction")
 SCORES = ("first-token", "answer")
-#: candidate sequences per forward pass of answer-level scoring
-ANSWER_BATCH = 16
 _STRIP = " \t\r\n.,;:!?\"'`()[]{}*"
 
 
@@ -133,44 +131,48 @@ def generate_batch(lm: LoadedModel, prompts: Sequence[Prompt], max_new_tokens: i
     return texts, out.logits[0].float()
 
 
-@torch.no_grad()
-def candidate_logprobs(lm: LoadedModel, prompt: Prompt, labels: Sequence[str]) -> torch.Tensor:
-    """Teacher-forced log-probability of each label after ``prompt``, ``[len(labels)]`` float32: one forward of
-    ``prompt + label[:-1]`` per label (batched, left-padded), summing the label tokens' log-probabilities."""
-    conts = [label_token_ids(lm.tokenizer, prompt, lab) for lab in labels]
-    out = []
-    for start in range(0, len(conts), ANSWER_BATCH):
-        part = conts[start:start + ANSWER_BATCH]
-        tokens = right_aligned(part)  # [n, tail]
-        batch = pad_left([prompt.input_ids + c[:-1] for c in part], lm.tokenizer.pad_token_id).to(lm.device)
-        logits = lm.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                          position_ids=batch.position_ids).logits[:, -tokens.shape[1]:]  # [n, tail, d_vocab]
-        out.append(continuation_logprobs(logits, tokens.to(logits.device)).cpu())
-    return torch.cat(out)
+def candidate_logprobs(lm: LoadedModel, prompts: Sequence[Prompt], labels: Sequence[str],
+                       memory_budget: int | None = None) -> torch.Tensor:
+    """Teacher-forced log-probability of each label after each prompt, ``[len(prompts), len(labels)]`` float32:
+    each prompt runs once and the labels' tokens are scored against its cached keys/values
+    (:func:`ivlens.scoring.teacher_forced_scores`, which shares the labels' common first tokens)."""
+    pairs = [(p.input_ids, label_token_ids(lm.tokenizer, p, lab)) for p in prompts for lab in labels]
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else lm.tokenizer.eos_token_id
+    scores = teacher_forced_scores(lm.model, [p for p, _ in pairs], [c for _, c in pairs], pad, memory_budget)
+    return scores.logprob.view(len(prompts), len(labels))
 
 
-def answer_scores(lm: LoadedModel, task: Task, item: EvalItem, candidates: AnswerCandidates) -> dict:
-    """The ``answer_*`` columns of one row (see the module docstring)."""
-    scores = candidate_logprobs(lm, item.prompt, candidates.labels)  # [k]
-    accepted = [candidates.index(a) for a in item.sample.answers[item.scored]]
-    best = max(accepted, key=lambda i: scores[i].item())
+def answer_columns(scores: torch.Tensor, candidates: AnswerCandidates, accepted: Sequence[str]) -> dict:
+    """The ``answer_*`` columns of one row (see the module docstring) from its candidates' ``scores: [k]`` and the
+    sample's accepted answers."""
+    accepted_idx = [candidates.index(a) for a in accepted]
+    best = max(accepted_idx, key=lambda i: scores[i].item())
     top = int(scores.argmax())
     rank = int((scores > scores[best]).sum())
     return {"answer_logprob": scores[best].item(), "answer_rank": rank,
             "answer_rank_in_space": int((scores[candidates.in_space] > scores[best]).sum()),
-            "answer_top1": rank == 0, "answer_ia": bool(candidates.in_space[top]), "answer_accuracy": top in accepted}
+            "answer_top1": rank == 0, "answer_ia": bool(candidates.in_space[top]),
+            "answer_accuracy": top in accepted_idx}
+
+
+def answer_scores(lm: LoadedModel, task: Task, item: EvalItem, candidates: AnswerCandidates) -> dict:
+    """The ``answer_*`` columns of one row (see the module docstring)."""
+    scores = candidate_logprobs(lm, [item.prompt], candidates.labels)[0]  # [k]
+    return answer_columns(scores, candidates, item.sample.answers[item.scored])
 
 
 def evaluate(lm: LoadedModel, task: Task, samples: Sequence[Sample], subtasks: Sequence[str] | None = None,
              fmt: PromptFormat = "raw", conditions: Sequence[str] = CONDITIONS, query_style: QueryStyle = "formatted",
              prefill: str | None = None, batch_size: int = 16, judge: Judge | None = None,
              max_new_tokens: int | None = None, progress: Callable[[int], None] | None = None,
-             score: str = "first-token", warn_clashes: bool = True) -> pd.DataFrame:
+             score: str = "first-token", warn_clashes: bool = True, memory_budget: int | None = None) -> pd.DataFrame:
     """One row per (sample, scored subtask, condition); see the module docstring for the metrics.
 
     ``score``: ``first-token`` (default) or ``answer`` (adds the ``answer_*`` columns: whole labels scored by
     their teacher-forced log-probability). Under ``first-token`` a warning names ``--score answer`` when the
-    subtasks' labels share first tokens (``warn_clashes=False``: the caller warned once for all its chunks)."""
+    subtasks' labels share first tokens (``warn_clashes=False``: the caller warned once for all its chunks).
+    ``memory_budget``: bytes for answer-level scoring's batches (``None``: :func:`ivlens.budget.resolve_memory_budget`'s
+    default); results do not depend on it."""
     if score not in SCORES:
         raise ValueError(f"unknown score {score!r}; use {' or '.join(SCORES)}")
     subtasks = list(subtasks or task.subtask_names)
@@ -197,6 +199,7 @@ def evaluate(lm: LoadedModel, task: Task, samples: Sequence[Sample], subtasks: S
     for start in range(0, len(items), batch_size):
         chunk = items[start:start + batch_size]
         texts, logits = generate_batch(lm, [it.prompt for it in chunk], max_new_tokens)
+        answer = _chunk_answer_scores(lm, chunk, candidates, memory_budget) if score == "answer" else {}
         logprobs = logits.log_softmax(-1)
         for it, text, lg, lp in zip(chunk, texts, logits, logprobs, strict=True):
             st = task.subtasks[it.scored]
@@ -217,7 +220,7 @@ def evaluate(lm: LoadedModel, task: Task, samples: Sequence[Sample], subtasks: S
                 "first_token_top1": rank == 0, "score": score,
             }
             if score == "answer":
-                row.update(answer_scores(lm, task, it, candidates[it.scored]))
+                row.update(answer_columns(answer[id(it)], candidates[it.scored], accepted))
             if task.is_contrastive:
                 other = task.other(it.scored)
                 row["ia_other"] = in_label_space(text, task.subtasks[other].label_space)
@@ -226,6 +229,18 @@ def evaluate(lm: LoadedModel, task: Task, samples: Sequence[Sample], subtasks: S
         if progress:
             progress(len(chunk))
     return pd.DataFrame(rows)
+
+
+def _chunk_answer_scores(lm: LoadedModel, chunk: Sequence[EvalItem], candidates: dict[str, AnswerCandidates],
+                         memory_budget: int | None) -> dict[int, torch.Tensor]:
+    """Candidate scores ``[k]`` of every item of a chunk (keyed by ``id(item)``): the items of one scored subtask
+    share their candidates, so their prompts run together."""
+    out = {}
+    for st in dict.fromkeys(it.scored for it in chunk):
+        items = [it for it in chunk if it.scored == st]
+        scores = candidate_logprobs(lm, [it.prompt for it in items], candidates[st].labels, memory_budget)
+        out.update({id(it): s for it, s in zip(items, scores, strict=True)})
+    return out
 
 
 def summarize(results: pd.DataFrame) -> pd.DataFrame:

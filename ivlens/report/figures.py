@@ -164,6 +164,39 @@ def set_heatmaps(interactions: pd.DataFrame, singles: pd.DataFrame, models: Sequ
     return _png(fig)
 
 
+def linearity_curves(table: pd.DataFrame, models: Sequence[str]) -> bytes:
+    """How much of the patch effect the linear estimate explains, against the set size: R² (top row) and mean
+    |nonlinearity| / mean |effect| (bottom row), each with its 95 % bootstrap CI over samples; one panel per
+    position, one line per model (:func:`ivlens.patching.linearity.linearity_table`)."""
+    positions = _order(table.position)
+    models = _present(models, table.model)
+    col = colours(models)
+    fig, axes = plt.subplots(2, len(positions), figsize=(4.2 * len(positions), 6.0), squeeze=False, sharex=True)
+    for j, pos in enumerate(positions):
+        for i, (value, label) in enumerate((("r2", "R² of the linear estimate"),
+                                            ("rel_nonlinearity", "mean |nonlinearity| / mean |effect|"))):
+            ax = axes[i][j]
+            for k, m in enumerate(models):
+                d = table[(table.position == pos) & (table.model == m)].sort_values("set_size")
+                x = d.set_size + (k - (len(models) - 1) / 2) * 0.06  # side by side, not on top of each other
+                err = np.nan_to_num(np.abs(np.stack([d[value] - d[f"{value}_lo"], d[f"{value}_hi"] - d[value]])
+                                           .astype(float)))
+                ax.errorbar(x, d[value], yerr=err, marker="o", ms=4, capsize=3, color=col[m], label=m)
+            ax.axhline(0, color="grey", lw=0.8)
+            ax.axhline(1, color="grey", lw=0.8, ls=":")
+            if value == "r2":  # R² below −1 (worse than the mean by as much again) runs off the axis
+                ax.set_ylim(max(-1.0, float(np.nanmin(table.r2_lo.fillna(0).clip(upper=0)))) - 0.05, 1.05)
+            ax.set_ylabel(label, fontsize=9)
+            if i == 0:
+                ax.set_title(f"patched at the {pos} position", fontsize=10)
+            else:
+                ax.set_xlabel("layers in the set")
+            ax.xaxis.get_major_locator().set_params(integer=True)
+    axes[0][-1].legend(title="model", fontsize=8)
+    fig.tight_layout()
+    return _png(fig)
+
+
 # ----------------------------------------------------------------------------- probing
 def probe_accuracy(acc: pd.DataFrame, models: Sequence[str]) -> bytes:
     """Probe accuracy by layer; rows: probes, columns: models. CV accuracy (± std) solid, held-out phrasings
