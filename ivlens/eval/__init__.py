@@ -5,9 +5,9 @@ instruction (:mod:`.evaluate`; its spec: :mod:`.spec`).
 """
 
 from .evaluate import (
-    ANSWER_BATCH,
     CONDITIONS,
     SCORES,
+    answer_columns,
     answer_scores,
     build_items,
     candidate_logprobs,
@@ -21,5 +21,5 @@ from .evaluate import (
 )
 from .spec import EvalSpec
 
-__all__ = ["ANSWER_BATCH", "CONDITIONS", "SCORES", "EvalSpec", "answer_scores", "build_items", "candidate_logprobs",
+__all__ = ["CONDITIONS", "SCORES", "EvalSpec", "answer_columns", "answer_scores", "build_items", "candidate_logprobs",
            "evaluate", "generate_batch", "in_label_space", "instruction_decides", "matches", "normalize", "summarize"]
