@@ -59,7 +59,7 @@ from ivlens.estimate.plans import (
     train_plan,
     trie_work,
 )
-from ivlens.probing.cost import probe_fit_latency
+from ivlens.probing.cost import probe_layer_latency
 from ivlens.tracing.dry_run import trace_plans
 
 log = logging.getLogger(__name__)
@@ -270,8 +270,11 @@ def probe_plans(models: Sequence[str], tasks: Sequence[str], *, layers: str = "a
     """The plan of ``ivlens probe``, one per model."""
     from pathlib import Path
 
+    import pandas as pd
+
     from ivlens.probing.collect import parse_layers
     from ivlens.probing.instructions import instruction_set, organism_heldout
+    from ivlens.probing.run import probe_specs
     from ivlens.tasks import instruction_prompt
 
     budget = plan_budget(memory_budget, device)
@@ -282,13 +285,15 @@ def probe_plans(models: Sequence[str], tasks: Sequence[str], *, layers: str = "a
         lengths = [len(instruction_prompt(info.tokenizer, r.instruction, fmt)) for r in rows]
         n_layers = len(parse_layers(layers, info.shape.n_layers))
         classes = {(r.task, r.subtask) for r in rows}
-        n_tasks = len({r.task for r in rows})
-        n_probes = 1 + (n_tasks if n_tasks >= 2 else 0)
-        n_train = len(rows) * (folds - 1) // folds  # a CV fit's rows
-        fit_seconds = (probe_fit_latency(n_train, info.shape.d_model, len(classes)),
-                       probe_fit_latency(n_train, info.shape.d_model, len(classes), shuffled=True))
+        try:
+            specs = probe_specs(pd.DataFrame([r.to_dict() for r in rows]), varying)  # the run's own probes
+        except ValueError:  # a single class: the run itself refuses, with its own message
+            specs = []
+        n_probes = len(specs)
+        layer_seconds = sum(probe_layer_latency(int(mask.sum()), info.shape.d_model, len(names), groups is not None,
+                                                folds) for _, _, mask, _, groups, names in specs)
         p = probe_plan(info.shape, lengths, n_layers, n_probes, dtype=dtype, batch_size=batch_size, budget=budget,
-                       folds=folds, n_classes=len(classes), fit_seconds=fit_seconds, model=info.name)
+                       folds=folds, n_classes=len(classes), layer_seconds=layer_seconds, model=info.name)
         add_figures(p, n_probes + 5 if not plans else 0)  # accuracy per probe, LDA, PCA, 3 similarity maps
         plans.append(with_startup(p, info, dtype, not plans))
     return plans

@@ -1,4 +1,19 @@
-"""Shared fixtures: tiny random models of every supported architecture (built from config in milliseconds)."""
+"""Shared fixtures (tiny random models of every supported architecture, built from config in milliseconds; one tiny
+organism build per run) and the tests' cost markers.
+
+Every test carries exactly one cost marker (registered in pyproject.toml), so that a developer runs the layer they
+touch (docs/testing.md):
+
+- ``unit``: no model (parsers, plans, statistics, tables, tokenizers);
+- ``tiny``: tiny random models in memory, checked against plain-PyTorch references (the maths of every family);
+- ``cli``: end to end: commands (in-process or as ``python -m ivlens`` processes), studies, Ray, the tiny organism
+  build;
+- ``slow``: real weights (SmolLM2), the real organism build, long end-to-end runs (SIGKILL and resume).
+
+A test marked by hand keeps its marker; the others get one here: ``cli`` when they use the tiny organism build,
+else their file's (:data:`FILE_COST`), else ``tiny``; a ``unit`` test that asks for a tiny-model fixture
+(:data:`TINY_FIXTURES`) becomes ``tiny``. The fast tier is ``-m "unit or tiny"``.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +27,44 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import datasets  # noqa: E402, F401  (sets its logger's level on import: once here, not inside the first test using it)
 
 from ivlens.testing.tiny import ARCHS, save_tiny_checkpoint, tiny_tokenizer  # noqa: E402
+
+COST_MARKERS = ("unit", "tiny", "cli", "slow")
+#: the cost of a file's tests that are not marked by hand (files not named here: ``tiny``)
+FILE_COST = {
+    **dict.fromkeys(("test_budget.py", "test_patching_interactions.py", "test_patching_plan.py", "test_probing.py",
+                     "test_prompts.py", "test_study.py", "test_tasks.py", "test_tasks_errors.py",
+                     "test_tasks_fuzz.py", "test_tracing_selectivity.py"), "unit"),
+    **dict.fromkeys(("test_cli.py", "test_determinism.py", "test_error_battery.py", "test_families_cli.py",
+                     "test_output.py", "test_patching_cli.py", "test_patching_resume.py", "test_probing_cli.py",
+                     "test_tasks_cli_errors.py", "test_tracing_cli.py"), "cli"),
+}
+#: fixtures that make, save or load a tiny model
+TINY_FIXTURES = {"arch", "tiny_dir", "two_tiny_dirs", "model_dir"}
+#: fixtures that build an organism (tiny recipe): end to end
+CLI_FIXTURES = {"tiny_organism"}
+
+
+def cost_of(item) -> str:
+    """The cost marker of a collected test (see the module docstring)."""
+    marked = [m for m in COST_MARKERS if item.get_closest_marker(m) is not None]
+    if len(marked) > 1:
+        raise pytest.UsageError(f"{item.nodeid} is marked {' and '.join(marked)}: give it one cost marker")
+    if marked:
+        return marked[0]
+    fixtures = set(item.fixturenames)
+    if fixtures & CLI_FIXTURES:
+        return "cli"
+    cost = FILE_COST.get(item.path.name, "tiny")
+    return "tiny" if cost == "unit" and fixtures & TINY_FIXTURES else cost
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if not any(item.get_closest_marker(m) for m in COST_MARKERS):
+            item.add_marker(cost_of(item))
+        else:
+            cost_of(item)  # refuses two cost markers
+
 
 #: loggers whose levels a test must leave as it found them
 WATCHED_LOGGERS = ("", "transformers", "ivlens", "ivlens.tasks", "datasets", "nnsight", "huggingface_hub")
@@ -104,3 +157,16 @@ def two_tiny_dirs(tmp_path_factory) -> tuple[str, str]:
     a, b = (str(save_tiny_checkpoint(tmp_path_factory.mktemp(f"tiny-olmo2-seed{seed}"), "olmo2", seed=seed,
                                      n_layers=4, d_model=64, n_heads=4)) for seed in (0, 1))
     return a, b
+
+
+@pytest.fixture(scope="session")
+def tiny_organism(tmp_path_factory):
+    """One measured tiny-recipe organism build (gist variant, seed 1: ``<tmp>/gist/{base,sft,dpo}``, its card and
+    completion marker), made once per test run and shared by every test that needs a built organism. Read it;
+    copy it (``shutil.copytree``) before building next to it or changing it. The plumbing is tested on the tiny
+    recipe; the real recipe is built once, in ``test_organism_build_slow.py`` (``-m slow``)."""
+    from ivlens.organism.build import build_organism
+
+    return build_organism(out=tmp_path_factory.mktemp("tiny-organism") / "gist", seed=1, size="tiny",
+                          progress=False)
+

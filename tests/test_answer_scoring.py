@@ -193,6 +193,7 @@ def test_smollm2_numbers_answer_scores_tell_instructed_from_query_only(caplog):
     assert ans.rows["delta_logit_vs_target"].abs().max() > 0
 
 
+@pytest.mark.cli
 def test_cli_score_option_in_eval_and_patch(tiny_dir, tmp_path):
     from typer.testing import CliRunner
 

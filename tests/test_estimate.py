@@ -152,6 +152,7 @@ def no_weights(monkeypatch):
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", refuse)
 
 
+@pytest.mark.cli
 def test_patch_dry_run_from_config_only(no_weights):
     r = CliRunner().invoke(_app(), ["patch", "--model", str(OLMO_7B), "--task", "adjectives", "--subtask", "adj_ant",
                                     "--layers", "triplets", "--positions", "first,last", "--samples", "3",
@@ -161,10 +162,11 @@ def test_patch_dry_run_from_config_only(no_weights):
     assert "no tokenizer" in r.output and "peak memory" in r.output and "time ≈" in r.output
 
 
+@pytest.mark.cli
 def test_patch_dry_run_for_an_absent_gpu(no_weights, monkeypatch):
     """Sizing a GPU run from a CPU machine: the plan uses the stated GPU working memory (or --memory-budget) and
     says it was timed on the CPU; no error. (CUDA is hidden, so this runs the same on a GPU machine.)"""
-    from ivlens.dry_run import ABSENT_GPU_BUDGET
+    from ivlens.estimate.inputs import ABSENT_GPU_BUDGET
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
 
@@ -178,6 +180,7 @@ def test_patch_dry_run_for_an_absent_gpu(no_weights, monkeypatch):
     assert r.exit_code == 0 and "memory budget 20.00 GiB" in " ".join(r.output.split()), r.output
 
 
+@pytest.mark.cli
 def test_probe_eval_trace_dry_runs(no_weights, tmp_path):
     runner = CliRunner()
     cases = [["probe", "--model", str(OLMO_1B), "--tasks", "adjectives,animals", "--dry-run"],
@@ -193,6 +196,7 @@ def test_probe_eval_trace_dry_runs(no_weights, tmp_path):
     assert not (tmp_path / "never").exists()
 
 
+@pytest.mark.cli
 def test_dry_run_with_a_tokenizer_uses_it(tiny_dir, no_weights):
     d = tiny_dir("olmo2")
     r = CliRunner().invoke(_app(), ["patch", "--model", str(d), "--task", "adjectives", "--layers", "pairs",
@@ -213,6 +217,7 @@ def test_trace_refusal_names_max_tokens(tmp_path):
     assert trace_bytes(s, n) <= 1 << 30 < trace_bytes(s, n + 1)
 
 
+@pytest.mark.cli
 def test_trace_cli_refuses_and_max_tokens_fits(tiny_dir, tmp_path):
     from ivlens.cli.trace import trace
 
@@ -352,21 +357,42 @@ def test_train_step_latency_times_a_real_step():
 
 
 def test_probe_plan_takes_measured_fits():
-    """Measured fit times replace the L-BFGS model: real-label fits ((folds + 1) per probe and layer) at the first
-    time, shuffled-label controls (folds × shuffles) at the second, on one thread (the barrier cores)."""
+    """The measured seconds of one layer's probe fits (every probe's batch) replace the L-BFGS model, on one thread
+    (the barrier cores); the fit count is what a run fits: per probe and layer, folds CV fits, folds per shuffle,
+    the held-out split and the refit on all rows."""
     from ivlens.estimate.plans import Rates, probe_plan, seconds
-    from ivlens.probing.cost import probe_fit_latency
+    from ivlens.probing.cost import probe_layer_latency
 
     shape = ModelShape("olmo2", n_layers=6, d_model=256, n_heads=4, n_kv_heads=4, d_head=64, d_mlp=512,
                        d_vocab=3000, n_params=4_700_000)
-    p = probe_plan(shape, [20] * 100, 6, 3, folds=5, n_shuffles=1, fit_seconds=(0.05, 0.1))
-    assert p.counts["probe_fits"] == 6 * 3 * 11 and p.kernel_calls == 0
-    assert p.serial_seconds == pytest.approx(6 * 3 * 6 * 0.05 + 6 * 3 * 5 * 0.1)
+    p = probe_plan(shape, [20] * 100, 6, 3, folds=5, n_shuffles=1, layer_seconds=0.4)
+    assert p.counts["probe_fits"] == 6 * 3 * 12 and p.kernel_calls == 0
+    assert p.serial_seconds == pytest.approx(6 * 0.4)
     idle = Rates(gemm=1e11, op_latency=1e-6, copy=1e10, layer_latency=0.0, threads=2, cores=2, others=0.0)
     busy = Rates(gemm=1e11, op_latency=1e-6, copy=1e10, layer_latency=0.0, threads=2, cores=2, others=2.0)
     assert seconds(p, busy) - seconds(p, idle) > p.serial_seconds  # one thread's share of a busy machine
-    real, shuffled = probe_fit_latency(80, 16, 4), probe_fit_latency(80, 16, 4, shuffled=True)
-    assert 0 < real < 5 and 0 < shuffled < 5
+    modelled = probe_plan(shape, [20] * 100, 6, 3, folds=5, n_shuffles=1)
+    assert modelled.serial_seconds == 0 and modelled.kernel_calls > 0
+    small, large = probe_layer_latency(80, 16, 4), probe_layer_latency(320, 64, 4)
+    assert 0 < small < large < 5
+
+
+def test_probe_dry_run_times_the_runs_own_probes(monkeypatch):
+    """The dry run times one batch per probe of the run (probe_specs: all, and one per task), with each probe's own
+    rows and classes, and the plan's time is the layers times their sum."""
+    import ivlens.dry_run as dr
+    from ivlens.estimate.model import ModelInfo
+    from ivlens.testing.tiny import tiny_tokenizer
+
+    timed = []
+    monkeypatch.setattr(dr, "probe_layer_latency", lambda n, d, k, heldout, folds: timed.append((n, d, k, heldout)) or 0.25)
+    shape = ModelShape("olmo2", n_layers=6, d_model=64, n_heads=4, n_kv_heads=4, d_head=16, d_mlp=128,
+                       d_vocab=384, n_params=1_000_000)
+    info = ModelInfo(name="tiny", path="tiny", shape=shape, tokenizer=tiny_tokenizer())
+    plan, = dr.probe_plans([], ["adjectives", "animals"], infos=[info], max_per_subtask=20)
+    n = plan.counts["instructions"]
+    assert sorted(timed) == sorted([(n, 64, 4, True), (n // 2, 64, 2, True), (n // 2, 64, 2, True)])
+    assert plan.serial_seconds == pytest.approx(6 * 3 * 0.25)
 
 
 def test_the_build_plan_runs_with_the_builds_threads():

@@ -170,6 +170,7 @@ def test_bf16_against_fp32():
     assert torch.equal(m16["top1"][clear], m32["top1"][clear])
 
 
+@pytest.mark.cli
 def test_cli_memory_budget(tmp_path):
     d = tmp_path / "m"
     tiny_model("llama", n_layers=3, d_model=64, n_kv_heads=2).save_pretrained(d)

@@ -166,6 +166,7 @@ def test_sections_absent_from_a_single_run_are_omitted_with_a_note(study, tmp_pa
     assert "Not in this run directory, so omitted" in page and "no finished <code>patch</code> run" in page
 
 
+@pytest.mark.cli
 def test_cli_report(study, tmp_path):
     from ivlens.cli import app
 
@@ -231,6 +232,7 @@ def test_eval_table_from_a_frame():  # the table helper on its own: integers sta
     assert ">0<" in out and ">0.000<" not in out and ">–<" in out and "&lt;b&gt;" in out and "<code>c</code>" in out
 
 
+@pytest.mark.cli
 def test_ivlens_run_ends_with_the_report_and_prints_its_path(tiny_dir, tmp_path):
     """``ivlens run STUDY.yaml`` (the main job's command) writes the report of its study directory."""
     import yaml
@@ -246,6 +248,7 @@ def test_ivlens_run_ends_with_the_report_and_prints_its_path(tiny_dir, tmp_path)
     assert report.exists() and f"report: {report}" in " ".join(res.output.split())
     assert '<section id="eval">' in report.read_text() and (tmp_path / "main" / "study.json").is_file()
 
+@pytest.mark.cli
 def test_report_of_a_single_prompt_trace(tiny_dir, tmp_path):
     """``ivlens trace`` without --compare: the report draws and lists each model's top paths."""
     from ivlens.cli import app

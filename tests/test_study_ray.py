@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from ivlens.study import StudySpec, run_study
@@ -31,6 +32,7 @@ def ray_study(dirs) -> dict:
     return data
 
 
+@pytest.mark.cli
 def test_a_study_on_ray_equals_a_local_run(two_tiny_dirs, tmp_path):
     from ivlens.study.ray_executor import RayExecutor
 

@@ -11,8 +11,9 @@
 - :func:`train_step_latency` ``(config, batch, seq_len) -> s``: one real AdamW step (forward, backward, update)
   of the model built from ``config`` at that batch shape. Training a small model (the organisms) is neither
   FLOP- nor call-bound alone, so its time is measured, not modelled.
-- :func:`ivlens.probing.cost.probe_fit_latency` ``(n, d, classes) -> s`` (with the probes: it times their fit): one logistic-probe fit (L-BFGS iterations depend on the
-  data: timed, not modelled).
+- :func:`ivlens.probing.cost.probe_layer_latency` ``(n, d, classes) -> s`` (with the probes: it times their fits):
+  one layer's fits of one probe, solved as one batch (CV folds, shuffled-label folds, held-out split, refit; L-BFGS
+  iterations depend on the data: timed, not modelled).
 - :func:`machine_load` ``() -> (cores, others)``: CPU cores and the other runnable work (1-minute load average).
 
 On a CPU every rate is measured **on one thread, in CPU time**, and is the best of repeated samples: the work

@@ -383,30 +383,28 @@ def probe_batch_size(shape: ModelShape, n_tokens: int, budget: int, dtype: str =
 
 def probe_plan(shape: ModelShape, lengths: Sequence[int], n_layers_probed: int, n_probes: int, *,
                dtype: str = "float32", batch_size: int | None = None, budget: int = 1 << 30, folds: int = 5,
-               n_shuffles: int = 1, n_classes: int = 4, fit_seconds: tuple[float, float] | None = None,
-               model: str = "") -> Plan:
+               n_shuffles: int = 1, n_classes: int = 4, layer_seconds: float | None = None, model: str = "") -> Plan:
     """IV collection of ``len(lengths)`` instruction-only prompts in left-padded batches (in row order, padded to
     the batch's longest), then per probed layer ``n_probes`` logistic probes (``folds`` CV fits, as many per
-    shuffle, one held-out fit), LDA, PCA and similarities.
+    shuffle, one held-out fit and the refit on all rows, solved as one batch per probe), LDA, PCA and similarities.
 
-    ``fit_seconds``: the measured seconds of one probe fit on the real labels and on shuffled ones
-    (:func:`ivlens.estimate.calibrate.probe_fit_latency`); without them the fits are modelled as 40 L-BFGS
-    iterations, which undercounts the shuffled-label controls (they run to the iteration limit)."""
+    ``layer_seconds``: the measured CPU seconds of one layer's probe fits, all probes together
+    (:func:`ivlens.probing.cost.probe_layer_latency` per probe); without it each probe's batch is modelled
+    as 60 L-BFGS iterations (30-90 measured on real IVs) of its fits' matrix products."""
     n = len(lengths)
     bs = batch_size or probe_batch_size(shape, max(lengths), budget, dtype)
     batches = [lengths[i:i + bs] for i in range(0, n, bs)]
     flops = sum(len(b) * prompt_flops(shape, max(b)) for b in batches)
     d = shape.d_model
-    real_fits = n_layers_probed * n_probes * (folds + 1)
-    shuffled_fits = n_layers_probed * n_probes * folds * n_shuffles
-    fits = real_fits + shuffled_fits
+    fits_per_probe = folds * (1 + n_shuffles) + 2  # CV, shuffled-label CV, held-out, refit
+    fits = n_layers_probed * n_probes * fits_per_probe
     plan = Plan("probe", model)
-    if fit_seconds is None:
-        iters = 40  # L-BFGS iterations to convergence (10-40 measured), two loss evaluations each
-        flops += fits * iters * 2 * 3 * 2 * n * d * n_classes
-        plan.kernel_calls = fits * iters * 2 * 25
+    if layer_seconds is None:
+        iters = 60  # batched L-BFGS iterations, one forward and one gradient product of every fit each
+        flops += fits * iters * 2 * 2 * n * d * n_classes
+        plan.kernel_calls = n_layers_probed * n_probes * iters * 120
     else:
-        plan.serial_seconds = real_fits * fit_seconds[0] + shuffled_fits * fit_seconds[1]
+        plan.serial_seconds = n_layers_probed * layer_seconds
     flops += n_layers_probed * 3 * 4 * n * d * min(n, d)  # LDA, PCA, similarity
     plan.counts = {"instructions": n, "forward_passes": len(batches), "batch_prompts": bs,
                    "longest_prompt": max(lengths), "layers": n_layers_probed, "probe_fits": fits}

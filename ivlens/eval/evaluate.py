@@ -35,10 +35,12 @@ import logging
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import pandas as pd
 import torch
 
+from ivlens.models.greedy import greedy_generate
 from ivlens.models.load import LoadedModel
 from ivlens.scoring import teacher_forced_scores
 from ivlens.tasks.prompts import (
@@ -48,6 +50,7 @@ from ivlens.tasks.prompts import (
     QueryStyle,
     build_prompt,
     label_token_ids,
+    labels_token_ids,
     pad_left,
 )
 from ivlens.tasks.schema import Sample, Subtask, Task
@@ -80,7 +83,24 @@ def matches(answer: str, label: str) -> bool:
 
 
 def in_label_space(answer: str, labels: Sequence[str]) -> bool:
-    return any(matches(answer, lab) for lab in labels)
+    """``answer`` :func:`matches` one of ``labels`` (the normalised labels are indexed once per label space)."""
+    exact, by_words = _label_index(tuple(labels))
+    a = normalize(answer)
+    if a in exact:
+        return True
+    words = a.split(" ")
+    return any(" ".join(words[:n]).strip(_STRIP) in labs for n, labs in by_words)
+
+
+@lru_cache(maxsize=256)
+def _label_index(labels: tuple[str, ...]) -> tuple[frozenset[str], tuple[tuple[int, frozenset[str]], ...]]:
+    """The non-empty normalised labels, and the same grouped by their number of words: what :func:`matches`
+    compares an answer with, so a label space is matched by set look-ups, not label by label."""
+    normed = {lab for lab in map(normalize, labels) if lab}
+    by_words: dict[int, set[str]] = {}
+    for lab in normed:
+        by_words.setdefault(len(lab.split(" ")), set()).add(lab)
+    return frozenset(normed), tuple((n, frozenset(s)) for n, s in sorted(by_words.items()))
 
 
 @dataclass(frozen=True)
@@ -118,17 +138,14 @@ def build_items(lm: LoadedModel, task: Task, samples: Sequence[Sample], subtasks
 def generate_batch(lm: LoadedModel, prompts: Sequence[Prompt], max_new_tokens: int
                    ) -> tuple[list[str], torch.Tensor]:
     """Greedy continuations (decoded, special tokens skipped) and the first answer token's logits
-    ``[batch, d_vocab]``, for left-padded prompts."""
+    ``[batch, d_vocab]``, for left-padded prompts: ``generate``'s, by the lean loop of
+    :func:`ivlens.models.greedy.greedy_generate`."""
     tok = lm.tokenizer
     batch = pad_left(list(prompts), tok.pad_token_id).to(lm.device)
-    out = lm.model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                            max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                            pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                            return_dict_in_generate=True, output_logits=True,
-                            temperature=None, top_p=None, top_k=None)
-    new = out.sequences[:, batch.input_ids.shape[1]:]
-    texts = tok.batch_decode(new, skip_special_tokens=True)
-    return texts, out.logits[0].float()
+    sequences, first = greedy_generate(lm.model, batch.input_ids, batch.attention_mask, max_new_tokens,
+                                       tok.eos_token_id, tok.pad_token_id)
+    texts = tok.batch_decode(sequences[:, batch.input_ids.shape[1]:], skip_special_tokens=True)
+    return texts, first
 
 
 def candidate_logprobs(lm: LoadedModel, prompts: Sequence[Prompt], labels: Sequence[str],
@@ -183,7 +200,8 @@ def evaluate(lm: LoadedModel, task: Task, samples: Sequence[Sample], subtasks: S
     tok = lm.tokenizer
     if max_new_tokens is None:
         probe = items[0].prompt
-        longest = max(len(label_token_ids(tok, probe, lab)) for st in task.subtasks.values() for lab in st.label_space)
+        longest = max(len(ids) for ids in labels_token_ids(tok, probe, [lab for st in task.subtasks.values()
+                                                                         for lab in st.label_space]))
         max_new_tokens = min(longest + 2, 16)
     space_cache: dict[tuple[str, str, str], list[int]] = {}
 
@@ -192,7 +210,7 @@ def evaluate(lm: LoadedModel, task: Task, samples: Sequence[Sample], subtasks: S
         # tokenizer's merge context), so label-space ids are computed once per prompt ending.
         key = (st.name, prompt.text[-24:], prompt.answer_sep)
         if key not in space_cache:
-            space_cache[key] = sorted({label_token_ids(tok, prompt, lab)[0] for lab in st.label_space})
+            space_cache[key] = sorted({ids[0] for ids in labels_token_ids(tok, prompt, list(st.label_space))})
         return space_cache[key]
 
     rows = []
@@ -204,7 +222,7 @@ def evaluate(lm: LoadedModel, task: Task, samples: Sequence[Sample], subtasks: S
         for it, text, lg, lp in zip(chunk, texts, logits, logprobs, strict=True):
             st = task.subtasks[it.scored]
             accepted = it.sample.answers[it.scored]
-            first_ids = [label_token_ids(tok, it.prompt, a)[0] for a in accepted]
+            first_ids = [ids[0] for ids in labels_token_ids(tok, it.prompt, accepted)]
             space_ids = space_first_ids(it.prompt, st)
             best = max(first_ids, key=lambda i: lg[i].item())
             rank = int((lg > lg[best]).sum())

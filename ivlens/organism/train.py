@@ -84,7 +84,7 @@ SIZES = {
     # rows of 24 tokens (2-3 sentences: fewer distracting subjects per row); see docs/organism.md for what each
     # choice bought
     "small": OrganismSize("small", n_layers=6, d_model=192, n_heads=4, d_mlp=384, vocab_size=2000, seq_len=24,
-                          pretrain_steps=180, pretrain_batch=88, pretrain_lr=1.2e-2,
+                          pretrain_steps=150, pretrain_batch=88, pretrain_lr=1.2e-2,
                           sft_steps=240, sft_batch=32, sft_lr=3e-3,
                           dpo_steps=24, dpo_batch=32, dpo_lr=2e-5,
                           pretrain_optimizer="muon", pretrain_schedule="wsd", pretrain_decay_share=0.3),

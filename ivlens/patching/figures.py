@@ -35,10 +35,7 @@ def plot_single_layer(singles: pd.DataFrame, path: str | Path) -> Path:
         ax.set_ylabel(singles.effect.iloc[0] if "effect" in singles else "effect")
     axes[0][-1].legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def pair_matrix(values: pd.DataFrame, column: str, n_layers: int, diagonal: pd.Series | None = None) -> np.ndarray:
@@ -82,10 +79,7 @@ def plot_pair_heatmaps(rows: pd.DataFrame, stats: pd.DataFrame, singles: pd.Data
                 ax.set_xlabel("layer")
                 ax.set_ylabel("layer")
             fig.colorbar(im, ax=list(axes[2 * pi + r]), shrink=0.8)
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_linearity(table: pd.DataFrame, path: str | Path) -> Path:
@@ -108,10 +102,7 @@ def plot_linearity(table: pd.DataFrame, path: str | Path) -> Path:
         ax.xaxis.get_major_locator().set_params(integer=True)
     axes[0][-1].legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def strongest_markdown(top: pd.DataFrame) -> str:
@@ -123,3 +114,11 @@ def strongest_markdown(top: pd.DataFrame) -> str:
         lines.append(f"| {r.model} | {r.position} | {r.layers} | {r.mean:.3f} | {r.sem:.3f} | "
                      f"{r.ia:.2f} | {r.acc_top1:.2f} | {r.acc_space:.2f} |")
     return "\n".join(lines) + "\n"
+
+
+def _save(fig, path: str | Path) -> Path:
+    """Write ``fig`` as a PNG to ``path`` and release it."""
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

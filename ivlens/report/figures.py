@@ -239,7 +239,7 @@ def projection_scatter(proj: pd.DataFrame, models: Sequence[str], layers: Sequen
     classes = sorted(df["class"].unique())
     cmap = plt.get_cmap("tab10")
     fig, axes = plt.subplots(len(layers), len(models), figsize=(3.3 * len(models), 3.0 * len(layers) + 0.5),
-                             squeeze=False)
+                             squeeze=False, layout="constrained")
     for i, layer in enumerate(layers):
         for j, m in enumerate(models):
             ax = axes[i][j]
@@ -253,10 +253,9 @@ def projection_scatter(proj: pd.DataFrame, models: Sequence[str], layers: Sequen
             ax.set_xlabel(f"{method.upper()} 1", fontsize=8)
             ax.set_ylabel(f"{method.upper()} 2", fontsize=8)
             ax.tick_params(labelsize=6)
-    fig.tight_layout()
     if classes:
-        fig.legend(loc="lower center", ncol=min(len(classes), 6), fontsize=8, markerscale=2.5, title="subtask",
-                   bbox_to_anchor=(0.5, 1.0))
+        fig.legend(loc="outside upper center", ncol=min(len(classes), 6), fontsize=8, markerscale=2.5,
+                   title="subtask")
     return _png(fig)
 
 
@@ -291,7 +290,7 @@ def selectivity(table: pd.DataFrame, models: Sequence[str]) -> bytes:
 
     models = _present(models, table.model)
     with_did = bool(table.is_base.any()) and len(models) > 1
-    fig = plt.figure(figsize=(3.6 * len(models), 5.6 if with_did else 3.2))
+    fig = plt.figure(figsize=(3.6 * len(models), 5.6 if with_did else 3.2), layout="constrained")
     draw_selectivity(fig, table, models, colours(models))
     return _png(fig)
 
@@ -340,7 +339,7 @@ def organism_transfer(iv: pd.DataFrame, models: Sequence[str], metric: str = "ex
     keys = _order(iv.target + "/" + iv.position)
     cmap = plt.get_cmap("tab10")
     fig, axes = plt.subplots(len(subs), len(stages), figsize=(3.4 * len(stages), 2.4 * len(subs)), squeeze=False,
-                             sharey=True)
+                             sharey=True, layout="constrained")
     for i, (task, sub) in enumerate(subs):
         for j, st in enumerate(stages):
             ax = axes[i][j]
@@ -356,9 +355,8 @@ def organism_transfer(iv: pd.DataFrame, models: Sequence[str], metric: str = "ex
                 ax.set_ylabel("accuracy patched" if metric == "exact" else metric)
             ax.grid(alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.tight_layout()
-    fig.legend(handles, labels, loc="lower center", ncol=min(6, len(keys)), fontsize=8, title="target / position",
-               bbox_to_anchor=(0.5, 1.0))
+    fig.legend(handles, labels, loc="outside upper center", ncol=min(6, len(keys)), fontsize=8,
+               title="target / position")
     return _png(fig)
 
 
@@ -393,7 +391,8 @@ def construction_heatmaps(comp: pd.DataFrame, models: Sequence[str]) -> bytes:
         part = comp[comp.model == m]
         grids[m] = construction_grid(part) / (abs(readout_value(part)) or 1.0)
     vmax = max(float(np.abs(g.to_numpy()).max()) for g in grids.values()) or 1.0
-    fig, axes = plt.subplots(1, len(order), figsize=(3.6 * len(order) + 1, 3.2), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(order), figsize=(3.6 * len(order) + 1, 3.2), squeeze=False, sharey=True,
+                             layout="constrained")
     im = None
     for ax, m in zip(axes[0], order, strict=True):
         g = grids[m]
@@ -418,7 +417,7 @@ def construction_tokens(comp: pd.DataFrame, models: Sequence[str]) -> bytes:
     srcs = sorted(tot.src.unique())
     labels = [f"{s}: {tot[tot.src == s].token.iloc[0]}" for s in srcs]
     col = colours(models)
-    fig, ax = plt.subplots(figsize=(6, 0.28 * len(srcs) * max(1, len(order)) / 2 + 1.5))
+    fig, ax = plt.subplots(figsize=(6, 0.28 * len(srcs) * max(1, len(order)) / 2 + 1.5), layout="constrained")
     width = 0.8 / max(1, len(order))
     for i, m in enumerate(order):
         v = tot[tot.model == m].set_index("src").value.reindex(srcs, fill_value=0.0)
