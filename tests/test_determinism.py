@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 from ivlens.analyses import ANALYSES as REGISTERED
 from ivlens.cli import app
+from ivlens.specs import option_name
 
 ANALYSES = {
     "eval": ["eval", "--task", "animals", "--samples", "3", "--seed", "3"],
@@ -23,6 +24,21 @@ ANALYSES = {
 }
 #: the organism build is checked for determinism by the slow tier (tests/test_organism_build_slow.py)
 NOT_HERE = {"organism"}
+
+
+def example_args(analysis) -> list[str]:
+    """The command line of a registry entry's ``example`` (its generated command: one option per spec field)."""
+    args = [analysis.name]
+    for field, value in analysis.example.items():
+        if isinstance(value, bool):
+            args.append(option_name(field) if value else "--no-" + option_name(field)[2:])
+        else:
+            args += [option_name(field), ",".join(map(str, value)) if isinstance(value, tuple | list) else str(value)]
+    return args
+
+
+#: every other analysis runs its registry entry's example
+ANALYSES.update({a.name: example_args(a) for a in REGISTERED if a.example and a.name not in ANALYSES})
 
 
 def test_every_registered_analysis_is_checked():

@@ -50,9 +50,20 @@ SWEEPS = {
 }
 
 
+#: every other analysis whose spec shards: its registry entry's example, every table of the run compared
+SWEEPS.update({a.name: (a.spec, a.example, None) for a in ANALYSES
+               if a.example and a.name not in SWEEPS and a.spec(models=("m",), **a.example).shardable})
+
+
 def test_every_registered_sharded_analysis_is_checked():
-    """The organism build is one unit of work (its spec is never shardable); every other analysis shards."""
-    assert set(SWEEPS) == {a.name for a in ANALYSES if a.name != "organism"}
+    """The organism build is one unit of work (its spec is never shardable); every other analysis shards and is
+    checked here, or its spec refuses --shard (an analysis added through the registry, by its example)."""
+    for a in ANALYSES:
+        if a.name == "organism" or a.name in SWEEPS:
+            continue
+        assert a.example, f"{a.name}: give its registry entry an example (ivlens.analyses.Analysis.example)"
+        with pytest.raises(SpecError, match="--shard"):
+            a.spec(models=("m",), shard="0/2", **a.example)
     assert all(cls(models=("m",), **opts).shardable for cls, opts, _ in SWEEPS.values())
 
 
@@ -68,7 +79,7 @@ def test_merged_shards_equal_the_unsharded_run(two_tiny_dirs, tmp_path, analysis
     merged = merge_runs(list(reversed(shards)), tmp_path / "merged")
     a, b = RunDir.open(whole), RunDir.open(merged)
     assert b.manifest["status"] == "finished" and b.manifest["spec"]["shard"] is None
-    for t in tables:
+    for t in tables or sorted(p.stem for p in a.path.glob("*.parquet")):
         pd.testing.assert_frame_equal(a.read_table(t), b.read_table(t), check_exact=True, obj=t)
     for f in sorted((a.path / "vectors").glob("*")):  # steer: every shard steered with the unsharded directions
         held = [s / "vectors" / f.name for s in shards if (s / "vectors" / f.name).is_file()]

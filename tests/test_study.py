@@ -14,6 +14,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from ivlens.analyses import SPECS
 from ivlens.cli import app
 from ivlens.runs import RunDir
 from ivlens.study import StudyError, StudySpec, load_study, plan_steps, run_study
@@ -43,7 +44,7 @@ def tiny_study(dirs: tuple[str, ...] | list[str], name: str = "tiny") -> dict:
 @pytest.mark.parametrize("change, expected", [
     ({"modelz": {}}, "modelz: unknown key (allowed: name, models, tasks"),
     ({"dtype": "int4"}, "dtype: 'int4' is not one of float32, bfloat16, float16"),
-    ({"analyses": {"eval": {}, "sweep": {}}}, "unknown analysis 'sweep' (allowed: organism, eval, patch, probe, steer, trace)"),
+    ({"analyses": {"eval": {}, "sweep": {}}}, f"unknown analysis 'sweep' (allowed: {', '.join(SPECS)})"),
     ({"analyses": {"patch": {"layerz": "pairs"}}}, "analyses.patch: --layerz: unknown option for PatchSpec"),
     ({"analyses": {"patch": {"correction": ["holm", "bonf"]}}}, "--correction: 'bonf' is not one of holm, bh"),
     ({"analyses": {"eval": {"tasks": ["snarks"]}}}, "analyses.eval.tasks: ['snarks'] are not tasks of the study"),

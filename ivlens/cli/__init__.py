@@ -249,10 +249,11 @@ def report_cmd(
     = None,
 ) -> None:
     """Write one self-contained HTML report (figures and tables embedded; opens offline) of finished runs."""
+    from ivlens.analyses import report_sections
     from ivlens.report import build_report
 
     with friendly_errors():
-        path = build_report(run_dir, out)
+        path = build_report(run_dir, out, sections=report_sections())
     console.print(f"report: {path}")
 
 
@@ -273,6 +274,15 @@ app.command("probe")(probe)
 from ivlens.cli.steer import steer  # noqa: E402
 
 app.command("steer")(steer)
+
+# Every other registered analysis: its command generated from its spec (ivlens.cli.generated).
+from ivlens.analyses import ANALYSES  # noqa: E402
+from ivlens.cli.generated import analysis_command  # noqa: E402
+
+_written = {c.name for c in app.registered_commands} | {g.name for g in app.registered_groups}
+for _analysis in ANALYSES:
+    if _analysis.name not in _written:
+        app.command(_analysis.name)(analysis_command(_analysis))
 
 
 def main() -> None:

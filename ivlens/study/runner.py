@@ -124,7 +124,8 @@ def run_study(study: StudySpec, out: str | Path | None = None, *, executor: Exec
 
     (executor or LocalExecutor()).run(work, on_start, on_done)
     if report:
+        from ivlens.analyses import report_sections
         from ivlens.report import build_report
 
-        result.report = build_report(directory)
+        result.report = build_report(directory, sections=report_sections())
     return result

@@ -7,11 +7,13 @@ sections that draw its finished runs, whether it needs an architecture adapter, 
 task, which analyses' runs it may read, whether its models are loaded together, and its place in a study's order.
 Whether a run shards is its spec's :attr:`~ivlens.specs.Spec.shardable`.
 
-Adding an analysis: its package (``spec.py``, its run, its dry-run plan, its report section) and one entry in
-:data:`ANALYSES` (``docs/contributing.md``).
+Adding an analysis: its package ``ivlens/analyses/<name>/`` (spec, maths, run, dry-run plan, report section and
+its :class:`Analysis` entry) and one line in :data:`ANALYSES` (``docs/contributing.md``). The CLI command is
+generated from the spec (:mod:`ivlens.cli.generated`), the report takes its sections from
+:func:`report_sections`, and the registry-driven tests run its ``example``.
 
->>> [a.name for a in ANALYSES]
-['organism', 'eval', 'patch', 'probe', 'steer', 'trace']
+>>> [a.name for a in ANALYSES][:3]
+['organism', 'eval', 'patch']
 >>> analysis_of(EvalSpec(models=("m",), task="adjectives")).per_task
 True
 """
@@ -19,9 +21,7 @@ True
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ivlens import api, dry_run
 from ivlens.eval.spec import EvalSpec
@@ -34,38 +34,7 @@ from ivlens.specs import Spec, SpecError
 from ivlens.steering.spec import SteerSpec
 from ivlens.tracing.spec import TraceSpec
 
-
-@dataclass(frozen=True)
-class Analysis:
-    """One analysis, as every caller sees it.
-
-    Args:
-        name: the command (``ivlens <name>``), a study's ``analyses`` key and a run's ``command``.
-        spec: its :class:`~ivlens.specs.Spec` class (``spec.analysis == name``).
-        run: ``run(spec, *, models=None, out=None, resume=None, root=None)``: computes one run directory; returns
-            its result (whose ``run`` attribute, or first item, is the :class:`~ivlens.runs.RunDir`).
-        plan: ``plan(spec, infos) -> [Plan]``: the dry run on the models' configs (``infos`` in ``spec.models``
-            order; none for the organism build).
-        report: the report sections (``section(ctx) -> Section | None``) that draw its finished runs, in page order.
-        needs_adapter: its models need an architecture adapter (patching, steering and tracing edit internals).
-        per_task: a study runs it once per task (else once, on all the study's tasks).
-        depends_on: analyses whose runs its runs may read (a study runs those first and waits for them).
-        together: it holds all its models in memory at once (the dry run's peak adds their weights).
-        order: its place in a study's run order (lower first) and on the report's page.
-        takes_root: its run reads other run directories given relative to a study directory (``root``).
-    """
-
-    name: str
-    spec: type[Spec]
-    run: Callable[..., Any]
-    plan: Callable[[Spec, Sequence], list]
-    report: tuple[Callable, ...] = ()
-    needs_adapter: bool = False
-    per_task: bool = True
-    depends_on: tuple[str, ...] = ()
-    together: bool = True
-    order: int = 0
-    takes_root: bool = False
+from .analysis import Analysis
 
 
 def _run_organism(spec: OrganismSpec, *, models=None, out=None, resume=None, root=None) -> Path:
@@ -94,6 +63,12 @@ ANALYSES: tuple[Analysis, ...] = (
 BY_NAME: dict[str, Analysis] = {a.name: a for a in sorted(ANALYSES, key=lambda a: a.order)}
 #: the spec class of each analysis, by name
 SPECS: dict[str, type[Spec]] = {a.name: a.spec for a in ANALYSES}
+
+
+def report_sections() -> tuple[Callable, ...]:
+    """The report's sections in page order: the set-up, then each analysis's sections in registry order (what
+    ``ivlens report`` and a study's report draw; :func:`ivlens.report.build_report`)."""
+    return (sections.setup_section, *[s for a in sorted(ANALYSES, key=lambda a: a.order) for s in a.report])
 
 
 def analysis_of(spec: Spec) -> Analysis:
