@@ -34,6 +34,7 @@ from ivlens.specs import Spec, SpecError
 from ivlens.steering.spec import SteerSpec
 from ivlens.tracing.spec import TraceSpec
 
+from . import logit_lens
 from .analysis import Analysis
 
 
@@ -53,6 +54,7 @@ ANALYSES: tuple[Analysis, ...] = (
              needs_adapter=True, order=20),
     Analysis("probe", ProbeSpec, api.run_probe, dry_run.probe_spec_plans, (sections.probing_section,),
              per_task=False, together=False, order=30),
+    logit_lens.ANALYSIS,
     Analysis("steer", SteerSpec, api.run_steer, dry_run.steer_plans, (sections.steering_section,),
              needs_adapter=True, depends_on=("patch", "probe"), order=40, takes_root=True),
     Analysis("trace", TraceSpec, api.run_trace, dry_run.trace_spec_plans,
