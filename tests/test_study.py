@@ -189,9 +189,10 @@ def test_a_step_depends_on_the_organisms_and_a_readout_on_its_probe_step():
 def test_a_steer_step_is_compared_with_the_patch_step_of_its_setting_and_waits_for_it():
     study = tiny_study(["a", "b"])
     study["analyses"]["patch"]["target"] = ["bare", "formatted"]
+    del study["analyses"]["patch"]["subtask"]  # the task's first subtask, as the steer block's default
     study["analyses"]["steer"] = {"tasks": ["adjectives", "animals"], "target": ["formatted"], "alphas": "0,1"}
     steps = {s.rel: s for s in plan_steps(StudySpec(**study))}
-    # subtask None is the task's first (adj_ant), as the patch block names it; animals has no patch step
+    # subtask None is the task's first (adj_comp) in both blocks; animals has no patch step
     assert steps["steer/adjectives-formatted"].spec.patch_run == "patch/adjectives-formatted"
     assert "patch/adjectives-formatted" in steps["steer/adjectives-formatted"].depends_on
     assert steps["steer/animals-formatted"].spec.patch_run is None
