@@ -106,15 +106,22 @@ def test_estimator_counts_equal_the_engine_counters():
     assert engine_work(targets, sets, 5, lambda s: 1 << 20)[:2] == (evals, unembed)
 
 
-def test_patch_row_bytes_mirrors_the_engine():
+@pytest.mark.parametrize("arch", ["qwen2", "llama", "gemma2"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_patch_row_bytes_mirrors_the_engine(arch, dtype):
+    """One memory model of a patched row and of its metrics (ivlens.estimate.plans.trie_state_bytes and
+    metric_bytes): the engine (sizes from the adapter) and the dry run (sizes from the config) agree."""
+    from ivlens.estimate.plans import patch_metric_row_bytes
     from ivlens.models.adapters import get_adapter
     from ivlens.patching import engine
 
-    model = tiny_model("qwen2")
+    model = tiny_model(arch).to(getattr(torch, dtype))
     ad = get_adapter(model)
     s = ModelShape.from_config(model.config)
     for n_keys, n_query in ((7, 1), (12, 5)):
-        assert patch_row_bytes(s, n_keys, n_query) == engine.row_bytes(ad, n_keys, n_query)
+        assert patch_row_bytes(s, n_keys, n_query, dtype) == engine.row_bytes(ad, n_keys, n_query)
+    assert patch_metric_row_bytes(s, dtype) == engine.metric_row_bytes(ad)
+    assert engine.row_bytes(ad, 12, 5) > engine.row_bytes(ad, 12, 1) > engine.row_bytes(ad, 7, 1)
 
 
 def test_patch_plan_scales_with_samples():
