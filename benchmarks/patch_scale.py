@@ -107,7 +107,7 @@ def run_one(args) -> dict:
     seconds = time.perf_counter() - t0
     from ivlens.estimate import calibrate
 
-    calibrate._CACHE.clear()  # measure again after the sweep (the machine's speed drifts)
+    calibrate.MEASURED.clear()  # measure again after the sweep (the machine's speed drifts)
     rate_after = gemm_rate(shapes, "cpu", args.dtype)
     rate = (rate_before + rate_after) / 2
     st = res.stats[lm.name]

@@ -3,10 +3,11 @@
 Each function validates its spec (:mod:`ivlens.specs`) and the models before any directory is made, creates the
 run directory (or, with ``resume``, reopens it after checking that its stored spec matches), computes, writes
 and finishes. The manifest records the spec and its hash. The CLI commands and the main job are thin callers;
-``models`` lets a caller pass models it already loaded (in the order of ``spec.models``).
+``models`` lets a caller pass models it already loaded (in the order of ``spec.models``). Any spec runs through
+:func:`ivlens.analyses.run_spec`, which finds its run in the registry of analyses.
 
 >>> from ivlens.api import run_eval
->>> from ivlens.specs import EvalSpec
+>>> from ivlens.eval import EvalSpec
 >>> run, summary, decides = run_eval(EvalSpec(models=("organism-sft",), task="adjectives", split="heldout"))
 """
 
@@ -21,21 +22,18 @@ from pathlib import Path
 
 import pandas as pd
 
+from ivlens.eval import EvalSpec
+from ivlens.organism import OrganismSpec
+from ivlens.patching import PatchSpec
+from ivlens.probing import ProbeSpec
+from ivlens.specs import Spec, SpecError
+from ivlens.steering import SteerSpec
+from ivlens.tracing import TraceSpec
+
 from .models.load import LoadedModel, check_model_files, load_model
 from .runs import RunDir, check_out_dir
 from .scoped import torch_threads
 from .sharding import owner
-from .specs import (
-    EvalSpec,
-    OrganismSpec,
-    PatchSpec,
-    ProbeSpec,
-    Spec,
-    SpecError,
-    SteerSpec,
-    TraceSpec,
-    spec_from_manifest,
-)
 from .tasks import Task, TaskError, load_task, selection
 from .tasks.validate import warn_first_token_clashes
 
@@ -47,11 +45,6 @@ def split_queries(lm: LoadedModel, task: Task, split: str) -> list[str] | None:
     return selection.split_queries(lm.path, lm.name, task, split)
 
 
-def stored_spec(run_dir: str | Path) -> Spec:
-    """The spec recorded in an earlier run's manifest (for ``--resume``)."""
-    return spec_from_manifest(RunDir.open(run_dir).manifest)
-
-
 def start_run(spec: Spec, name: str, *, out: str | Path | None = None, resume: str | Path | None = None,
               models: Sequence[LoadedModel] = (), task: str | None = None) -> RunDir:
     """A new run directory for ``spec``, or the run at ``resume`` when its stored spec matches ``spec`` in every
@@ -59,9 +52,9 @@ def start_run(spec: Spec, name: str, *, out: str | Path | None = None, resume: s
     described = [m.describe() for m in models]
     if resume is not None:
         run = RunDir.open(resume)
-        old = spec_from_manifest(run.manifest)
-        if type(old) is not type(spec):
-            raise SpecError(f"--resume {resume}: that is a {old.analysis} run, not {spec.analysis}")
+        if run.manifest.get("command") != spec.analysis or "spec" not in run.manifest:
+            raise SpecError(f"--resume {resume}: that is a {run.manifest.get('command')} run, not {spec.analysis}")
+        old = type(spec)(**run.manifest["spec"])
         diffs = old.differences(spec)
         if diffs:
             raise SpecError(f"--resume {resume}: the run was made with other options: {'; '.join(diffs)}")
@@ -219,16 +212,39 @@ class SteerRunResult:
     dose: pd.DataFrame
 
 
+def patch_rows_to_compare(spec: SteerSpec, task: str, subtask: str, root: str | Path | None) -> pd.DataFrame:
+    """The rows of ``spec.patch_run`` (read from ``root`` when relative), checked to be a finished transfer patch
+    run of the same task, subtask, target and format as the steering; else :class:`SpecError` naming the mismatch."""
+    path = Path(spec.patch_run)
+    if not path.is_absolute() and root is not None:
+        path = Path(root) / path
+    try:
+        run = RunDir.open(path)
+    except (FileNotFoundError, ValueError, OSError) as e:
+        raise SpecError(f"--patch-run {spec.patch_run}: not a run directory ({e})") from None
+    if run.manifest.get("command") != "patch" or run.manifest.get("status") != "finished":
+        raise SpecError(f"--patch-run {spec.patch_run}: not a finished ivlens patch run (it is a "
+                        f"{run.manifest.get('status')} {run.manifest.get('command')} run)")
+    rows = run.read_table("patch")
+    want = {"task": task, "subtask": subtask, "target": spec.target, "fmt": spec.format, "mode": "transfer"}
+    have = {k: str(rows[k].iloc[0]) for k in want if k in rows and not rows.empty}
+    wrong = [f"{k} {have.get(k)!r} (steering: {v!r})" for k, v in want.items() if have.get(k, v) != v]
+    if wrong:
+        raise SpecError(f"--patch-run {spec.patch_run}: patched another setting: {'; '.join(wrong)}")
+    return rows
+
+
 def run_steer(spec: SteerSpec, *, models: Sequence[LoadedModel] | None = None, out: str | Path | None = None,
-              resume: str | Path | None = None, progress: Callable[[int, int], None] | None = None
-              ) -> SteerRunResult:
+              resume: str | Path | None = None, progress: Callable[[int, int], None] | None = None,
+              root: str | Path | None = None) -> SteerRunResult:
     """Steer every model with ``spec.vectors`` × ``spec.alphas`` × ``spec.layers`` × ``spec.positions`` on the
     selected samples' query-only prompts (shards of ``spec.chunk_size`` samples, resumable), then the
-    dose-response table and figure. With ``spec.shard``, only that share of the chunks, then stop
-    (:func:`stop_shard`; ``dose`` is empty)."""
+    dose-response table and figure; with ``spec.patch_run`` (read from ``root`` when relative, a study's
+    directory), the comparison with that patch run (``steer_vs_patch``). With ``spec.shard``, only that share of the
+    chunks, then stop (:func:`stop_shard`; ``dose`` is empty)."""
     from .budget import parse_bytes
     from .probing.collect import parse_layers
-    from .steering.analysis import dose_response
+    from .steering.analysis import compare_with_patching, dose_response
     from .steering.figures import plot_dose_response
     from .steering.plan import SteerPlan, parse_steer_positions
     from .steering.sweep import steer_sweep
@@ -253,6 +269,7 @@ def run_steer(spec: SteerSpec, *, models: Sequence[LoadedModel] | None = None, o
         selection.sample_indices(t, spec.samples, spec.seed, split_queries(lm, t, spec.split))
     if len({p.layers for p in plans}) > 1:
         raise SpecError("--model: the models have different numbers of layers; steer them in separate runs")
+    patch_rows = patch_rows_to_compare(spec, t.name, subtask, root) if spec.patch_run is not None else None
     run = start_run(spec, f"{t.name}-{subtask}", out=out, resume=resume, models=lms, task=t.name)
     with torch_threads(spec.threads):
         res = steer_sweep(lms, [lm.name for lm in lms], t, subtask, plans[0], run, samples=spec.samples,
@@ -265,6 +282,8 @@ def run_steer(spec: SteerSpec, *, models: Sequence[LoadedModel] | None = None, o
     dose = dose_response(res.rows)
     run.write_table("dose_response", dose)
     run.write_table("vectors", res.vectors)
+    if patch_rows is not None:
+        run.write_table("steer_vs_patch", compare_with_patching(res.rows, patch_rows))
     if spec.figures:
         plot_dose_response(dose, run.figure_path("dose_response.png").parent)
     run.finish(engine={k: v.to_dict() for k, v in res.stats.items()}, n_rows=len(res.rows),
@@ -446,20 +465,3 @@ def run_organism(spec: OrganismSpec, *, out: str | Path | None = None, progress:
         write_card_run(run, card)
         run.finish()
     return directory
-
-
-# --------------------------------------------------------------------------------------------- any
-def run_spec(spec: Spec, *, models: Sequence[LoadedModel] | None = None, out: str | Path | None = None,
-             resume: str | Path | None = None, root: str | Path | None = None) -> Path:
-    """Run any analysis's spec into ``out`` (or finish the run at ``resume``) through its ``run_<analysis>``;
-    returns the run directory. The study runner and ``ivlens merge`` call this; ``root``: the study directory,
-    against which a trace read-out's relative run directory is read."""
-    if isinstance(spec, OrganismSpec):
-        run_organism(spec, run_dir=out if out is not None else resume, progress=False)
-        return Path(out if out is not None else resume)
-    runner = {EvalSpec: run_eval, PatchSpec: run_patch, ProbeSpec: run_probe, TraceSpec: run_trace,
-              SteerSpec: run_steer}[type(spec)]
-    extra = {"root": root} if isinstance(spec, TraceSpec) and root is not None else {}
-    result = runner(spec, models=models, out=out, resume=resume, **extra)
-    run = result[0] if isinstance(result, tuple) else result.run
-    return run.path

@@ -32,11 +32,16 @@ from ivlens.estimate.calibrate import (
     machine_load,
     model_gemm_shapes,
     op_latency,
-    probe_layer_latency,
     train_step_latency,
 )
 from ivlens.estimate.flops import ModelShape, prompt_flops
-from ivlens.estimate.model import ModelInfo, model_info
+from ivlens.estimate.inputs import (
+    chosen_samples,
+    model_infos,
+    plan_budget,
+    with_startup,
+)
+from ivlens.estimate.model import ModelInfo
 from ivlens.estimate.plans import (
     DTYPE_BYTES,
     AnswerTrie,
@@ -48,72 +53,16 @@ from ivlens.estimate.plans import (
     add_figures,
     add_startup,
     eval_plan,
-    max_trace_tokens,
     patch_plan,
     probe_plan,
     seconds,
-    trace_bytes,
-    trace_plan,
     train_plan,
     trie_work,
-    weight_bytes,
 )
+from ivlens.probing.cost import probe_layer_latency
+from ivlens.tracing.dry_run import trace_plans
 
 log = logging.getLogger(__name__)
-
-
-def _infos(models: Sequence[str], gguf_file: str | None = None, revision: str | None = None,
-           trust_remote_code: bool = False, require_adapter: bool = False) -> list[ModelInfo]:
-    return [model_info(m, gguf_file=gguf_file, revision=revision, trust_remote_code=trust_remote_code,
-                       require_adapter=require_adapter) for m in models]
-
-
-def _with_note(plan: Plan, info: ModelInfo, dtype: str = "float32", first: bool = True) -> Plan:
-    """The tokenizer note, and the cost of starting the process (``first`` plan only) and loading the model."""
-    if info.tokenizer_note:
-        plan.notes.insert(0, info.tokenizer_note)
-    return add_startup(plan, info.shape, dtype, imports=first, gguf=info.gguf)
-
-
-def here(device: str) -> str:
-    """``device``, or the CPU when it is a GPU this machine does not have (a GPU run planned on a laptop; the
-    printed plan says it was timed on the CPU)."""
-    return "cpu" if str(device).startswith("cuda") and not torch.cuda.is_available() else device
-
-
-#: the working memory a dry run assumes for a GPU it cannot see (half of an 80 GB card's free memory, the default
-#: share ``resolve_memory_budget`` takes on a real one); ``--memory-budget`` sizes for another card
-ABSENT_GPU_BUDGET = 40 << 30
-
-
-def _budget(memory_budget, device: str) -> int:
-    from ivlens.budget import parse_bytes, resolve_memory_budget
-
-    if here(device) != device and str(device).startswith("cuda"):
-        if memory_budget is not None and str(memory_budget).strip().lower() != "auto":
-            return parse_bytes(memory_budget)
-        log.warning("--device %s is not on this machine: sizing for a working memory of %d GiB (half of an 80 GB "
-                    "GPU); pass --memory-budget to size for another card", device, ABSENT_GPU_BUDGET >> 30)
-        return ABSENT_GPU_BUDGET
-    return resolve_memory_budget(memory_budget, device)
-
-
-def chosen_samples(task, samples, seed: int, split: str, info: ModelInfo) -> list:
-    """The samples the command will run on ``info``'s model: the one seeded selector
-    (:func:`ivlens.tasks.selection.select_samples`) within ``split``'s queries, read from the organism's card as
-    the command does, or, for an organism not built yet, from its recipe's fixed split
-    (:func:`ivlens.organism.data.split_queries`, what the build will record)."""
-    from ivlens.tasks.selection import select_samples, split_queries
-
-    queries = None
-    if split != "all":
-        if info.path.endswith(RECIPE_SUFFIX):  # an organism not built yet (organism_recipe_info)
-            from ivlens.organism.data import split_queries as recipe_split
-
-            queries = recipe_split(task)[split]
-        else:
-            queries = split_queries(info.path, info.name, task, split)
-    return select_samples(task, samples, seed, queries)
 
 
 # --------------------------------------------------------------------------------------------- patch
@@ -170,9 +119,9 @@ def patch_plans(models: Sequence[str], task: str, subtask: str | None, *, layers
     t = load_task(task)
     sub = t.subtask(subtask or t.subtask_names[0])
     other = t.other(sub.name) if t.is_contrastive else None
-    budget = _budget(memory_budget, device)
+    budget = plan_budget(memory_budget, device)
     plans = []
-    for info in infos or _infos(models):
+    for info in infos or model_infos(models):
         tok = info.tokenizer
         chosen = chosen_samples(t, samples, seed, split, info)
         plan = PatchPlan.build(layers, positions, info.shape.n_layers)
@@ -207,7 +156,7 @@ def patch_plans(models: Sequence[str], task: str, subtask: str | None, *, layers
                            f"(the singles and at most {screen} per size and position; which ones the linear "
                            "estimate decides, so the count is an upper bound and the sets a stand-in)")
         add_figures(p, 2 if figures and not plans else 0)  # single layers and pair heatmaps, once
-        plans.append(_with_note(p, info, dtype, not plans))
+        plans.append(with_startup(p, info, dtype, not plans))
     return plans
 
 
@@ -273,10 +222,10 @@ def steer_plans(spec, infos: Sequence[ModelInfo] | None = None) -> list[Plan]:
     sub = t.subtask(spec.subtask or t.subtask_names[0])
     n_src = len(parse_vectors(spec.vectors)) * len(parse_alphas(spec.alphas))
     positions = parse_steer_positions(spec.positions)
-    budget = _budget(spec.memory_budget, spec.device)
+    budget = plan_budget(spec.memory_budget, spec.device)
     n_instr = len(instruction_set([t], "instructions", None, None, spec.max_per_subtask))
     plans = []
-    for info in infos or _infos(list(spec.models), require_adapter=True):
+    for info in infos or model_infos(list(spec.models), require_adapter=True):
         tok, L = info.tokenizer, info.shape.n_layers
         layers = parse_layers(spec.layers, L)
         chosen = chosen_samples(t, spec.samples, spec.seed, spec.split, info)
@@ -309,7 +258,7 @@ def steer_plans(spec, infos: Sequence[ModelInfo] | None = None) -> list[Plan]:
                        f"{spec.positions}; {n_instr} instruction IVs for the vectors; memory budget "
                        f"{budget / 2**30:.2f} GiB")
         add_figures(p, len(parse_vectors(spec.vectors)) if spec.figures and not plans else 0)
-        plans.append(_with_note(p, info, spec.dtype, not plans))
+        plans.append(with_startup(p, info, spec.dtype, not plans))
     return plans
 
 
@@ -328,9 +277,9 @@ def probe_plans(models: Sequence[str], tasks: Sequence[str], *, layers: str = "a
     from ivlens.probing.run import probe_specs
     from ivlens.tasks import instruction_prompt
 
-    budget = _budget(memory_budget, device)
+    budget = plan_budget(memory_budget, device)
     plans = []
-    for info in infos or _infos(models):
+    for info in infos or model_infos(models):
         held = organism_heldout(Path(info.path)) if Path(info.path).is_dir() else None
         rows = instruction_set(list(tasks), varying, user_instructions, held, max_per_subtask)
         lengths = [len(instruction_prompt(info.tokenizer, r.instruction, fmt)) for r in rows]
@@ -346,70 +295,11 @@ def probe_plans(models: Sequence[str], tasks: Sequence[str], *, layers: str = "a
         p = probe_plan(info.shape, lengths, n_layers, n_probes, dtype=dtype, batch_size=batch_size, budget=budget,
                        folds=folds, n_classes=len(classes), layer_seconds=layer_seconds, model=info.name)
         add_figures(p, n_probes + 5 if not plans else 0)  # accuracy per probe, LDA, PCA, 3 similarity maps
-        plans.append(_with_note(p, info, dtype, not plans))
+        plans.append(with_startup(p, info, dtype, not plans))
     return plans
 
 
 # --------------------------------------------------------------------------------------------- trace
-def trace_budget(memory_budget, device: str, shape: ModelShape | None = None, dtype: str = "float32") -> int:
-    """The tracer's working-memory budget: ``--memory-budget`` if given, else 80 % of the memory available
-    now, less the weights when they are not loaded yet (``shape``). The graph cannot be split into batches,
-    so the whole free memory is the natural limit, not the batch budget of the other analyses."""
-    if memory_budget is not None and str(memory_budget).lower() != "auto":
-        return _budget(memory_budget, device)
-    from ivlens.budget import available_bytes
-
-    free = int(available_bytes(here(device)) * 0.8)
-    return max(0, free - (weight_bytes(shape, dtype) if shape is not None else 0))
-
-
-def trace_plans(models: Sequence[str], *, task: str | None = None, subtask: str | None = None,
-                sample: int | None = None, prompt: str | None = None, compare: bool = False,
-                samples: int | None = 50, fmt: str = "raw", beam: int = 256, max_tokens: int | None = None,
-                seed: int = 0, dtype: str = "float32", device: str = "cpu", memory_budget=None, split: str = "all",
-                infos: Sequence[ModelInfo] | None = None) -> list[Plan]:
-    """The plan of ``ivlens trace`` (one prompt, or ``--compare``: four prompts per sample), one per model."""
-    from ivlens.tasks import instructed_prompt, load_task
-
-    plans = []
-    for info in infos or _infos(models):
-        tok = info.tokenizer
-        if compare:
-            t = load_task(task)
-            chosen = chosen_samples(t, samples, seed, split, info)
-            sa, sb = t.subtask_names  # A, B and the first rephrasing of each (what compare_subtasks traces)
-            instr = [t.subtasks[sa].instruction, t.subtasks[sb].instruction,
-                     *t.subtasks[sa].rephrasings[:1], *t.subtasks[sb].rephrasings[:1]]
-            lengths = [len(instructed_prompt(tok, t, s, i, fmt)) for s in chosen for i in instr]
-        elif task is not None:
-            t = load_task(task)
-            st = t.subtask(subtask or t.subtask_names[0])
-            lengths = [len(instructed_prompt(tok, t, t.samples[sample or 0], st.instruction, fmt))]
-        else:
-            lengths = [len(tok(prompt)["input_ids"])]
-        if max_tokens is not None:
-            lengths = [min(n, max_tokens) for n in lengths]
-        budget = trace_budget(memory_budget, device, info.shape, dtype)
-        mode = "compare" if compare else "single"
-        p = trace_plan(info.shape, lengths, dtype=dtype, beam=beam, mode=mode, budget=budget, model=info.name)
-        add_figures(p, 1 + (not plans) if compare else 2)  # head activity (+ overlap curves) | paths, layer mass
-        plans.append(_with_note(p, info, dtype, not plans))
-    return plans
-
-
-def trace_refusal(shape: ModelShape, n_tokens: int, budget: int, dtype: str = "float32", beam: int = 256,
-                  mode: str = "single") -> str | None:
-    """``None`` when tracing ``n_tokens`` tokens fits ``budget``; else the one message that says what it costs and
-    which options make it fit."""
-    need = trace_bytes(shape, n_tokens, dtype, beam, mode)
-    if need <= budget:
-        return None
-    L, H = shape.n_layers, shape.n_heads
-    fit = max_trace_tokens(shape, budget, dtype, beam, mode)
-    return (f"tracing {n_tokens} tokens needs about {need / 1e9:.2f} GB of working memory (its attribution graph is "
-            f"L·H·T² = {L}·{H}·{n_tokens}² = {L * H * n_tokens**2:,} entries per tensor), over the memory budget of "
-            f"{budget / 1e9:.2f} GB. Trace a shorter context with --max-tokens {fit} (keeps the last {fit} tokens), "
-            "choose a shorter prompt or sample, or raise --memory-budget.")
 
 
 # --------------------------------------------------------------------------------------------- eval
@@ -424,7 +314,7 @@ def eval_plans(models: Sequence[str], task: str, *, subtask: str | None = None, 
     t = load_task(task)
     subs = [t.subtask(subtask).name] if subtask else t.subtask_names
     plans = []
-    for info in infos or _infos(models):
+    for info in infos or model_infos(models):
         tok = info.tokenizer
         chosen = chosen_samples(t, samples, seed, split, info)
         lengths = []
@@ -442,11 +332,11 @@ def eval_plans(models: Sequence[str], task: str, *, subtask: str | None = None, 
             from ivlens.tasks.prompts import AnswerCandidates
 
             trie = answer_trie(tok, probe, AnswerCandidates.of(t, subs[0]).labels)
-            budget = _budget(None, device) // 2
+            budget = plan_budget(None, device) // 2
             cap = max(1, budget // (len(trie.nodes) * node_row_bytes(info.shape, max(lengths) + len(trie.nodes),
                                                                    DTYPE_BYTES[dtype])))
             add_answer_scoring(p, info.shape, lengths, trie, batch_size=batch_size, node_cap=cap, dtype=dtype)
-        plans.append(_with_note(p, info, dtype, not plans))
+        plans.append(with_startup(p, info, dtype, not plans))
     return plans
 
 
@@ -493,7 +383,6 @@ def organism_plans(size: str = "small", variant: str = "gist", measure: bool = T
     plan.notes.append(f"{variant} variant, {shape.n_params / 1e6:.1f} M parameters; tokenizer training and data "
                       "generation not counted" + ("; training time from one timed step per stage" if time_steps else ""))
     return [plan]
-
 
 
 def organism_build_seconds(size: str = "small", variant: str = "gist", measure: bool = True,
@@ -616,54 +505,42 @@ def print_remote_plans(plans: Sequence[Plan], shapes: Sequence[ModelShape], cons
 
 
 # --------------------------------------------------------------------------------------------- any spec
-def spec_plans(spec, infos: Sequence[ModelInfo] = ()) -> tuple[list[Plan], bool]:
-    """The plans of any analysis's spec (:mod:`ivlens.specs`) on the models described by ``infos`` (in
-    ``spec.models`` order; none for the organism build), and whether the analysis holds its models together."""
-    from ivlens.specs import EvalSpec, OrganismSpec, PatchSpec, ProbeSpec, SteerSpec, TraceSpec
-
-    s = spec
-    if isinstance(s, SteerSpec):
-        return steer_plans(s, infos), True
-    if isinstance(s, OrganismSpec):
-        return organism_plans(s.size, s.variant, s.measure, threads=s.threads), False
-    if isinstance(s, EvalSpec):
-        return eval_plans([], s.task, subtask=s.subtask, samples=s.samples, fmt=s.format,
-                          query_style=s.query_style, batch_size=s.batch_size, seed=s.seed, dtype=s.dtype,
-                          split=s.split, score=s.score, device=s.device, infos=infos), True
-    if isinstance(s, PatchSpec):
-        return patch_plans([], s.task, s.subtask, layers=s.layers, positions=s.positions, samples=s.samples,
-                           mode=s.mode, target=s.target, fmt=s.format, chunk_size=s.chunk_size,
-                           batch_size=s.batch_size, seed=s.seed, dtype=s.dtype, device=s.device,
-                           memory_budget=s.memory_budget, figures=s.figures, split=s.split, score=s.score,
-                           infos=infos, linear_estimate=s.linear_estimate, screen=s.screen, remote=s.remote), True
-    if isinstance(s, ProbeSpec):
-        return probe_plans([], list(s.tasks), layers=s.layers, varying=s.varying,
-                           user_instructions=dict(s.instructions), fmt=s.format, batch_size=s.batch_size,
-                           folds=s.folds, max_per_subtask=s.max_per_subtask, dtype=s.dtype, device=s.device,
-                           memory_budget=s.memory_budget, infos=infos), False
-    if isinstance(s, TraceSpec):
-        return trace_plans([], task=s.task, subtask=s.subtask, sample=s.sample, prompt=s.prompt, compare=s.compare,
-                           samples=s.samples, fmt=s.format, beam=s.beam, max_tokens=s.max_tokens, seed=s.seed,
-                           dtype=s.dtype, device=s.device, memory_budget=s.memory_budget, split=s.split,
-                           infos=infos), True
-    raise TypeError(f"no dry run for {type(spec).__name__}")
+def eval_spec_plans(s, infos: Sequence[ModelInfo]) -> list[Plan]:
+    """:func:`eval_plans` of an :class:`~ivlens.eval.EvalSpec`."""
+    return eval_plans([], s.task, subtask=s.subtask, samples=s.samples, fmt=s.format, query_style=s.query_style,
+                      batch_size=s.batch_size, seed=s.seed, dtype=s.dtype, split=s.split, score=s.score, device=s.device,
+                      infos=infos)
 
 
-def dry_run(spec, console: Console | None = None) -> dict:
-    """``--dry-run`` of any analysis's spec, what every command's ``--dry-run`` calls: its plans on the models'
-    configs (no weights loaded), printed with this device's rates; returns the figures of :func:`print_plans`."""
-    from ivlens.specs import EvalSpec, OrganismSpec, PatchSpec, ProbeSpec
+def patch_spec_plans(s, infos: Sequence[ModelInfo]) -> list[Plan]:
+    """:func:`patch_plans` of a :class:`~ivlens.patching.PatchSpec` (with the source model's note)."""
+    plans = patch_plans([], s.task, s.subtask, layers=s.layers, positions=s.positions, samples=s.samples,
+                        mode=s.mode, target=s.target, fmt=s.format, chunk_size=s.chunk_size, batch_size=s.batch_size,
+                        seed=s.seed, dtype=s.dtype, device=s.device, memory_budget=s.memory_budget,
+                        figures=s.figures, split=s.split, score=s.score, infos=infos,
+                        linear_estimate=s.linear_estimate, screen=s.screen, remote=s.remote)
+    if s.source_model and plans:
+        plans[0].notes.append(f"IVs from {s.source_model}: one more model in memory, one source run")
+    return plans
 
-    if isinstance(spec, OrganismSpec):  # built on the CPU in fp32
-        plans, _ = spec_plans(spec)
-        return print_plans(plans, [organism_shape(spec.size)], "cpu", "float32", console=console)
-    infos = _infos(list(spec.models), spec.gguf_file, spec.revision, spec.trust_remote_code,
-                   require_adapter=not isinstance(spec, EvalSpec | ProbeSpec))
-    plans, together = spec_plans(spec, infos)
-    if isinstance(spec, PatchSpec) and spec.source_model:
-        plans[0].notes.append(f"IVs from {spec.source_model}: one more model in memory, one source run")
-    return print_plans(plans, [i.shape for i in infos], spec.device, spec.dtype, together=together,
-                       console=console, configs=[i.config for i in infos], remote=getattr(spec, "remote", False))
+
+def probe_spec_plans(s, infos: Sequence[ModelInfo]) -> list[Plan]:
+    """:func:`probe_plans` of a :class:`~ivlens.probing.ProbeSpec`."""
+    return probe_plans([], list(s.tasks), layers=s.layers, varying=s.varying, user_instructions=dict(s.instructions),
+                       fmt=s.format, batch_size=s.batch_size, folds=s.folds, max_per_subtask=s.max_per_subtask,
+                       dtype=s.dtype, device=s.device, memory_budget=s.memory_budget, infos=infos)
+
+
+def trace_spec_plans(s, infos: Sequence[ModelInfo]) -> list[Plan]:
+    """:func:`~ivlens.tracing.dry_run.trace_plans` of a :class:`~ivlens.tracing.TraceSpec`."""
+    return trace_plans([], task=s.task, subtask=s.subtask, sample=s.sample, prompt=s.prompt, compare=s.compare,
+                       samples=s.samples, fmt=s.format, beam=s.beam, max_tokens=s.max_tokens, seed=s.seed,
+                       dtype=s.dtype, device=s.device, memory_budget=s.memory_budget, split=s.split, infos=infos)
+
+
+def organism_spec_plans(s, infos: Sequence[ModelInfo] = ()) -> list[Plan]:
+    """:func:`organism_plans` of an :class:`~ivlens.organism.OrganismSpec` (no models: it builds them)."""
+    return organism_plans(s.size, s.variant, s.measure, threads=s.threads)
 
 
 def organism_shape(size: str = "small") -> ModelShape:
@@ -687,6 +564,7 @@ def organism_recipe_info(name: str, size: str = "small") -> ModelInfo:
     from transformers import Olmo2Config
 
     from ivlens.estimate.model import ApproxTokenizer
+    from ivlens.organism.data import split_queries as recipe_split
     from ivlens.organism.train import SIZES
 
     s = SIZES[size]
@@ -696,4 +574,5 @@ def organism_recipe_info(name: str, size: str = "small") -> ModelInfo:
                          eos_token_id=None, pad_token_id=None)
     note = (f"{name} is not built yet: sized from its recipe ({size}), prompt lengths estimated (no tokenizer "
             "until the build has trained one)")
-    return ModelInfo(name, f"{name}{RECIPE_SUFFIX}", organism_shape(size), ApproxTokenizer(None, 0, 0), note, config)
+    return ModelInfo(name, f"{name}{RECIPE_SUFFIX}", organism_shape(size), ApproxTokenizer(None, 0, 0), note, config,
+                     split=recipe_split)

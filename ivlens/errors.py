@@ -1,7 +1,7 @@
 """The root of ivlens's own error types: bad input that the CLI reports in one line (exit code 2).
 
 Every ivlens error (``TaskError``, ``ModelLoadError``, ``PlanError``, ``BudgetError``, ``SpecError``, …) also
-derives from this class, so one boundary (:func:`ivlens.cli_common.friendly_errors`) catches them all; a
+derives from this class, so one boundary (:func:`ivlens.cli.common.friendly_errors`) catches them all; a
 traceback is shown only with ``--verbose``.
 """
 

@@ -14,11 +14,12 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
+from ivlens.analyses import spec_from_manifest
 from ivlens.errors import IvlensError
 from ivlens.models.load import LoadedModel
 from ivlens.runs import RunDir, check_out_dir
 from ivlens.sharding import Shard
-from ivlens.specs import Spec, spec_from_manifest
+from ivlens.specs import Spec
 
 
 class MergeError(IvlensError, ValueError):
@@ -72,7 +73,7 @@ def merge_runs(runs: Sequence[str | Path], out: str | Path, *,
                models: Sequence[LoadedModel] | None = None) -> Path:
     """Merge the shards ``runs`` into the run directory ``out`` and finish it (see the module docstring).
     ``models``: the spec's models, loaded (and named as in the shards); else they are loaded by name."""
-    from ivlens.api import run_spec
+    from ivlens.analyses import run_spec
 
     check_out_dir(out)
     spec, opened = shard_specs(runs)

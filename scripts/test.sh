@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up .venv if needed, then run the test-suite (pytest, slow tests included) and the linter.
+# Set up .venv if needed, then run the test-suite (pytest, slow tests included), the linter and the layers check.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
@@ -13,3 +13,4 @@ fi
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
 .venv/bin/ruff check ivlens tests benchmarks
+.venv/bin/lint-imports  # the layers of [tool.importlinter] in pyproject.toml

@@ -106,15 +106,22 @@ def test_estimator_counts_equal_the_engine_counters():
     assert engine_work(targets, sets, 5, lambda s: 1 << 20)[:2] == (evals, unembed)
 
 
-def test_patch_row_bytes_mirrors_the_engine():
+@pytest.mark.parametrize("arch", ["qwen2", "llama", "gemma2"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_patch_row_bytes_mirrors_the_engine(arch, dtype):
+    """One memory model of a patched row and of its metrics (ivlens.estimate.plans.trie_state_bytes and
+    metric_bytes): the engine (sizes from the adapter) and the dry run (sizes from the config) agree."""
+    from ivlens.estimate.plans import patch_metric_row_bytes
     from ivlens.models.adapters import get_adapter
     from ivlens.patching import engine
 
-    model = tiny_model("qwen2")
+    model = tiny_model(arch).to(getattr(torch, dtype))
     ad = get_adapter(model)
     s = ModelShape.from_config(model.config)
     for n_keys, n_query in ((7, 1), (12, 5)):
-        assert patch_row_bytes(s, n_keys, n_query) == engine.row_bytes(ad, n_keys, n_query)
+        assert patch_row_bytes(s, n_keys, n_query, dtype) == engine.row_bytes(ad, n_keys, n_query)
+    assert patch_metric_row_bytes(s, dtype) == engine.metric_row_bytes(ad)
+    assert engine.row_bytes(ad, 12, 5) > engine.row_bytes(ad, 12, 1) > engine.row_bytes(ad, 7, 1)
 
 
 def test_patch_plan_scales_with_samples():
@@ -166,7 +173,7 @@ def test_patch_dry_run_from_config_only(no_weights):
 def test_patch_dry_run_for_an_absent_gpu(no_weights, monkeypatch):
     """Sizing a GPU run from a CPU machine: the plan uses the stated GPU working memory (or --memory-budget) and
     says it was timed on the CPU; no error. (CUDA is hidden, so this runs the same on a GPU machine.)"""
-    from ivlens.dry_run import ABSENT_GPU_BUDGET
+    from ivlens.estimate.inputs import ABSENT_GPU_BUDGET
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
 
@@ -207,7 +214,7 @@ def test_dry_run_with_a_tokenizer_uses_it(tiny_dir, no_weights):
 
 # ------------------------------------------------------------------------------------------------ tracer memory
 def test_trace_refusal_names_max_tokens(tmp_path):
-    from ivlens.dry_run import trace_refusal
+    from ivlens.tracing.dry_run import trace_refusal
 
     s = model_info(str(OLMO_7B)).shape
     assert trace_refusal(s, 32, 1 << 34) is None
@@ -219,7 +226,7 @@ def test_trace_refusal_names_max_tokens(tmp_path):
 
 @pytest.mark.cli
 def test_trace_cli_refuses_and_max_tokens_fits(tiny_dir, tmp_path):
-    from ivlens.tracing.cli import trace
+    from ivlens.cli.trace import trace
 
     app = typer.Typer()
     app.command("trace")(trace)
@@ -239,14 +246,15 @@ def test_trace_cli_refuses_and_max_tokens_fits(tiny_dir, tmp_path):
 
 # ------------------------------------------------------------------------------------------------ probe batches
 def test_probe_collection_sizes_batches_from_the_budget(tiny_dir, tmp_path):
+    from ivlens.estimate.model import forward_batch_size
     from ivlens.models.load import load_model
-    from ivlens.probing.collect import auto_batch_size, collect_ivs
+    from ivlens.probing.collect import collect_ivs
     from ivlens.probing.instructions import instruction_set
 
     lm = load_model(str(tiny_dir("llama")))
     rows = instruction_set(["adjectives"], max_per_subtask=6)
-    small = auto_batch_size(lm, 30, "16MiB")
-    assert 1 <= small <= auto_batch_size(lm, 30, "1GiB")
+    small = forward_batch_size(lm, 30, "16MiB")
+    assert 1 <= small <= forward_batch_size(lm, 30, "1GiB")
     a = collect_ivs(lm, rows, tmp_path / "a", memory_budget="16MiB")
     b = collect_ivs(lm, rows, tmp_path / "b", batch_size=1)
     assert json.loads((tmp_path / "a" / "meta.json").read_text())["batch_size"] >= 1
@@ -359,8 +367,8 @@ def test_probe_plan_takes_measured_fits():
     """The measured seconds of one layer's probe fits (every probe's batch) replace the L-BFGS model, on one thread
     (the barrier cores); the fit count is what a run fits: per probe and layer, folds CV fits, folds per shuffle,
     the held-out split and the refit on all rows."""
-    from ivlens.estimate.calibrate import probe_layer_latency
     from ivlens.estimate.plans import Rates, probe_plan, seconds
+    from ivlens.probing.cost import probe_layer_latency
 
     shape = ModelShape("olmo2", n_layers=6, d_model=256, n_heads=4, n_kv_heads=4, d_head=64, d_mlp=512,
                        d_vocab=3000, n_params=4_700_000)

@@ -8,6 +8,7 @@ import torch
 
 from ivlens.api import run_eval
 from ivlens.eval import (
+    EvalSpec,
     evaluate,
     generate_batch,
     in_label_space,
@@ -19,7 +20,6 @@ from ivlens.eval import (
 from ivlens.models.greedy import greedy_generate, lean_supported
 from ivlens.models.load import LoadedModel
 from ivlens.runs import RunDir
-from ivlens.specs import EvalSpec
 from ivlens.tasks import build_prompt, label_token_ids, load_task, pad_left
 from ivlens.tasks.prompts import labels_token_ids
 from ivlens.tasks.selection import select_samples

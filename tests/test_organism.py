@@ -233,9 +233,9 @@ def test_the_organism_step_puts_the_card_and_its_iv_transfer_in_a_run(tmp_path, 
     """The study's organism step (``run_organism(spec, run_dir=...)``) reads a measured build's card into a run
     directory, as the report expects (a tiny build here: it fails the checks)."""
     from ivlens.api import run_organism
+    from ivlens.organism import OrganismSpec
     from ivlens.organism.build import build_organism
     from ivlens.report.reader import read_study
-    from ivlens.specs import OrganismSpec
     from ivlens.study.runner import organism_build_note
 
     monkeypatch.setenv("IVLENS_CACHE", str(tmp_path))

@@ -8,7 +8,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from ivlens.cli import app
-from ivlens.cli_common import frame_table
+from ivlens.cli.common import frame_table
 
 THIRD_PARTY_BARS = ("Loading weights", "Loading checkpoint shards", "de-quantizing", "Writing model shards", "it/s]")
 

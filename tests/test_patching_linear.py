@@ -263,7 +263,8 @@ def test_auto_is_off_for_singles_and_the_answer_score():
 
 
 def test_spec_options_and_hash():
-    from ivlens.specs import PatchSpec, SpecError
+    from ivlens.patching import PatchSpec
+    from ivlens.specs import SpecError
 
     base = PatchSpec(models=("m",), layers="triplets")
     assert "linear_estimate" not in base.result_fields() and "screen" not in base.result_fields()

@@ -20,7 +20,7 @@ KEY = ["model", "sample", "position", "layers"]
 
 
 def _cmd(model_dir: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "ivlens.patching.cli", "--model", str(model_dir), "--task", "adjectives",
+    return [sys.executable, "-m", "ivlens.cli.patch", "--model", str(model_dir), "--task", "adjectives",
             "--subtask", "adj_ant", "--layers", "triplets", "--positions", "first,last", "--samples", str(N_SAMPLES),
             "--chunk-size", "1", "--threads", "1", "--no-figures", *extra]
 
@@ -54,7 +54,7 @@ def test_sigkill_then_resume_gives_exactly_the_uninterrupted_rows(model_dir, tmp
     assert 3 <= n_before < N_SAMPLES, "the run must have been killed part-way"
     assert RunDir.open(broken).manifest["status"] == "running"
 
-    subprocess.run([sys.executable, "-m", "ivlens.patching.cli", "--resume", str(broken), "--no-figures"],
+    subprocess.run([sys.executable, "-m", "ivlens.cli.patch", "--resume", str(broken), "--no-figures"],
                    check=True, env=_env(), capture_output=True)
     a, b = RunDir.open(full), RunDir.open(broken)
     assert b.manifest["status"] == "finished"

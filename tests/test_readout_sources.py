@@ -176,7 +176,7 @@ def test_trace_readout_equals_the_probe_on_the_collected_iv(tiny_probe, tmp_path
     """End to end: the traced value at T_inst of a task prompt is w · IV, the IV as ``ivlens probe`` collects it
     (same residual definition, same T_inst), and completeness holds; the run writes the component table."""
     from ivlens.api import run_trace
-    from ivlens.specs import TraceSpec
+    from ivlens.tracing import TraceSpec
 
     lm, run = tiny_probe
     spec = TraceSpec(models=("tiny",), task="adjectives", subtask="adj_ant", sample=2,

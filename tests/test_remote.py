@@ -15,10 +15,12 @@ from ivlens.api import run_patch, run_probe
 from ivlens.errors import IvlensError
 from ivlens.models.load import LoadedModel
 from ivlens.ndif import KEY_MESSAGE, RemoteError, local_model, require_hub_id
+from ivlens.patching import PatchSpec
 from ivlens.patching.sweep import patch_sweep
+from ivlens.probing import ProbeSpec
 from ivlens.probing.collect import collect_ivs, load_layer
 from ivlens.probing.instructions import instruction_set
-from ivlens.specs import PatchSpec, ProbeSpec, SpecError
+from ivlens.specs import SpecError
 from ivlens.testing.tiny import tiny_model, tiny_tokenizer
 
 KEYS = ["model", "sample", "position", "layers"]

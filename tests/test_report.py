@@ -49,12 +49,12 @@ def study(tmp_path_factory) -> Path:
     """A study directory like the main job's: organism, eval, patch (triplets), probe and trace runs of three
     tiny models named base / sft / dpo (about ten seconds)."""
     from ivlens.api import run_eval
+    from ivlens.eval import EvalSpec
     from ivlens.organism.card import iv_transfer_table
     from ivlens.patching.analysis import analyse
     from ivlens.patching.sweep import patch_sweep
     from ivlens.probing import probe_run
     from ivlens.runs import atomic_write_text
-    from ivlens.specs import EvalSpec
     from ivlens.tracing.run import compare_run
 
     root = tmp_path_factory.mktemp("study")
@@ -86,7 +86,7 @@ def study(tmp_path_factory) -> Path:
     run.finish()
 
     from ivlens.api import run_trace
-    from ivlens.specs import TraceSpec
+    from ivlens.tracing import TraceSpec
 
     run_trace(TraceSpec(models=("base", "sft", "dpo"), task="animals", sample=0, readout="probe:probe:-1",
                         position="t_inst"), models=models, out=root / "trace" / "animals-readout", root=root)

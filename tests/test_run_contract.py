@@ -20,9 +20,13 @@ from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from ivlens.cli import app
+from ivlens.eval import EvalSpec
+from ivlens.patching import PatchSpec
+from ivlens.probing import ProbeSpec
 from ivlens.runs import RunDir, content_hash
-from ivlens.specs import EvalSpec, PatchSpec, ProbeSpec, SpecError, TraceSpec
+from ivlens.specs import SpecError
 from ivlens.testing.tiny import tiny_model, tiny_tokenizer
+from ivlens.tracing import TraceSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,12 +7,17 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from ivlens.api import run_spec
+from ivlens.analyses import ANALYSES, run_spec
 from ivlens.cli import app
+from ivlens.eval import EvalSpec
 from ivlens.merge import MergeError, merge_runs
+from ivlens.patching import PatchSpec
+from ivlens.probing import ProbeSpec
 from ivlens.runs import RunDir
 from ivlens.sharding import Shard
-from ivlens.specs import EvalSpec, PatchSpec, ProbeSpec, SpecError, SteerSpec, TraceSpec
+from ivlens.specs import SpecError
+from ivlens.steering import SteerSpec
+from ivlens.tracing import TraceSpec
 
 
 def test_a_shard_owns_every_nth_unit():
@@ -45,6 +50,23 @@ SWEEPS = {
 }
 
 
+#: every other analysis whose spec shards: its registry entry's example, every table of the run compared
+SWEEPS.update({a.name: (a.spec, a.example, None) for a in ANALYSES
+               if a.example and a.name not in SWEEPS and a.spec(models=("m",), **a.example).shardable})
+
+
+def test_every_registered_sharded_analysis_is_checked():
+    """The organism build is one unit of work (its spec is never shardable); every other analysis shards and is
+    checked here, or its spec refuses --shard (an analysis added through the registry, by its example)."""
+    for a in ANALYSES:
+        if a.name == "organism" or a.name in SWEEPS:
+            continue
+        assert a.example, f"{a.name}: give its registry entry an example (ivlens.analyses.Analysis.example)"
+        with pytest.raises(SpecError, match="--shard"):
+            a.spec(models=("m",), shard="0/2", **a.example)
+    assert all(cls(models=("m",), **opts).shardable for cls, opts, _ in SWEEPS.values())
+
+
 @pytest.mark.parametrize("analysis", list(SWEEPS))
 def test_merged_shards_equal_the_unsharded_run(two_tiny_dirs, tmp_path, analysis):
     spec_cls, options, tables = SWEEPS[analysis]
@@ -57,7 +79,7 @@ def test_merged_shards_equal_the_unsharded_run(two_tiny_dirs, tmp_path, analysis
     merged = merge_runs(list(reversed(shards)), tmp_path / "merged")
     a, b = RunDir.open(whole), RunDir.open(merged)
     assert b.manifest["status"] == "finished" and b.manifest["spec"]["shard"] is None
-    for t in tables:
+    for t in tables or sorted(p.stem for p in a.path.glob("*.parquet")):
         pd.testing.assert_frame_equal(a.read_table(t), b.read_table(t), check_exact=True, obj=t)
     for f in sorted((a.path / "vectors").glob("*")):  # steer: every shard steered with the unsharded directions
         held = [s / "vectors" / f.name for s in shards if (s / "vectors" / f.name).is_file()]

@@ -98,7 +98,7 @@ def test_wrapping_a_model_leaves_the_callers_tokenizer_as_it_was(tok):
 
 
 def test_cli_logging_restores_the_root_logger():
-    from ivlens.cli_common import cli_logging
+    from ivlens.cli.common import cli_logging
 
     before = global_state()
     with cli_logging(verbose=True):

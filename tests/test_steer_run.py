@@ -14,9 +14,11 @@ from safetensors.torch import load_file
 
 from ivlens.api import run_probe, run_steer
 from ivlens.models.load import load_model
+from ivlens.probing import ProbeSpec
 from ivlens.probing.collect import load_layer
 from ivlens.probing.run import model_slug
-from ivlens.specs import ProbeSpec, SpecError, SteerSpec
+from ivlens.specs import SpecError
+from ivlens.steering import SteerSpec
 from ivlens.steering.analysis import compare_with_patching, dose_response
 from ivlens.steering.vectors import parse_vectors
 

@@ -14,6 +14,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from ivlens.analyses import SPECS
 from ivlens.cli import app
 from ivlens.runs import RunDir
 from ivlens.study import StudyError, StudySpec, load_study, plan_steps, run_study
@@ -43,7 +44,7 @@ def tiny_study(dirs: tuple[str, ...] | list[str], name: str = "tiny") -> dict:
 @pytest.mark.parametrize("change, expected", [
     ({"modelz": {}}, "modelz: unknown key (allowed: name, models, tasks"),
     ({"dtype": "int4"}, "dtype: 'int4' is not one of float32, bfloat16, float16"),
-    ({"analyses": {"eval": {}, "sweep": {}}}, "unknown analysis 'sweep' (allowed: eval, patch, probe, trace, organism, steer)"),
+    ({"analyses": {"eval": {}, "sweep": {}}}, f"unknown analysis 'sweep' (allowed: {', '.join(SPECS)})"),
     ({"analyses": {"patch": {"layerz": "pairs"}}}, "analyses.patch: --layerz: unknown option for PatchSpec"),
     ({"analyses": {"patch": {"correction": ["holm", "bonf"]}}}, "--correction: 'bonf' is not one of holm, bh"),
     ({"analyses": {"eval": {"tasks": ["snarks"]}}}, "analyses.eval.tasks: ['snarks'] are not tasks of the study"),
@@ -183,6 +184,21 @@ def test_a_step_depends_on_the_organisms_and_a_readout_on_its_probe_step():
     assert {rel: s.spec.shardable for rel, s in steps.items()} == {
         "organism": False, "eval/adjectives-all": True, "patch/adjectives": True, "probe": True,
         "trace/0-animals": True, "trace/1-animals": False}
+
+
+def test_a_steer_step_is_compared_with_the_patch_step_of_its_setting_and_waits_for_it():
+    study = tiny_study(["a", "b"])
+    study["analyses"]["patch"]["target"] = ["bare", "formatted"]
+    del study["analyses"]["patch"]["subtask"]  # the task's first subtask, as the steer block's default
+    study["analyses"]["steer"] = {"tasks": ["adjectives", "animals"], "target": ["formatted"], "alphas": "0,1"}
+    steps = {s.rel: s for s in plan_steps(StudySpec(**study))}
+    # subtask None is the task's first (adj_comp) in both blocks; animals has no patch step
+    assert steps["steer/adjectives-formatted"].spec.patch_run == "patch/adjectives-formatted"
+    assert "patch/adjectives-formatted" in steps["steer/adjectives-formatted"].depends_on
+    assert steps["steer/animals-formatted"].spec.patch_run is None
+    assert steps["steer/animals-formatted"].depends_on == ()
+    # no patch run given: the spec hashes as before the option existed
+    assert "patch_run" not in steps["steer/animals-formatted"].spec.result_fields()
 
 
 def test_steps_run_after_their_dependencies_and_a_cycle_is_refused():

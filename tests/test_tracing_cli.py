@@ -11,8 +11,8 @@ import typer
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from typer.testing import CliRunner
 
+from ivlens.cli.trace import trace
 from ivlens.testing.tiny import ARCHS, TINY_WINDOW, tiny_model, tiny_tokenizer
-from ivlens.tracing.cli import trace
 
 
 @pytest.fixture(scope="module")

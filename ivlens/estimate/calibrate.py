@@ -11,8 +11,9 @@
 - :func:`train_step_latency` ``(config, batch, seq_len) -> s``: one real AdamW step (forward, backward, update)
   of the model built from ``config`` at that batch shape. Training a small model (the organisms) is neither
   FLOP- nor call-bound alone, so its time is measured, not modelled.
-- :func:`probe_layer_latency` ``(n, d, classes) -> s``: one layer's fits of one probe, solved as one batch (CV
-  folds, shuffled-label folds, held-out split, refit; L-BFGS iterations depend on the data: timed, not modelled).
+- :func:`ivlens.probing.cost.probe_layer_latency` ``(n, d, classes) -> s`` (with the probes: it times their fits):
+  one layer's fits of one probe, solved as one batch (CV folds, shuffled-label folds, held-out split, refit; L-BFGS
+  iterations depend on the data: timed, not modelled).
 - :func:`machine_load` ``() -> (cores, others)``: CPU cores and the other runnable work (1-minute load average).
 
 On a CPU every rate is measured **on one thread, in CPU time**, and is the best of repeated samples: the work
@@ -44,7 +45,8 @@ from .flops import ModelShape
 
 GemmShape = tuple[int, int, int]  # (m, k, n): [m, k] × [k, n]
 
-_CACHE: dict[tuple, float] = {}
+#: rates measured in this process, by what was measured (each is measured once)
+MEASURED: dict[tuple, float] = {}
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -93,8 +95,8 @@ def gemm_rate(shapes: Sequence[GemmShape], device: str | torch.device = "cpu",
     device, dt = torch.device(device), _dtype(dtype)
     capped = tuple((min(m, max_rows), k, max(1, min(n, max_weight_elems // k))) for m, k, n in shapes)
     key = ("gemm", capped, str(device), str(dt))
-    if key in _CACHE:
-        return _CACHE[key]
+    if key in MEASURED:
+        return MEASURED[key]
     flops, seconds = 0.0, 0.0
     gen = torch.Generator().manual_seed(0)
     for m, k, n in capped:
@@ -103,8 +105,8 @@ def gemm_rate(shapes: Sequence[GemmShape], device: str | torch.device = "cpu",
         a @ b  # warm-up (allocator, kernel choice)
         seconds += best_seconds(lambda a=a, b=b: a @ b, budget_s / max(1, len(capped)), device=device)
         flops += 2.0 * m * k * n
-    _CACHE[key] = flops / seconds
-    return _CACHE[key]
+    MEASURED[key] = flops / seconds
+    return MEASURED[key]
 
 
 def op_latency(device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32",
@@ -113,8 +115,8 @@ def op_latency(device: str | torch.device = "cpu", dtype: str | torch.dtype = "f
     small models."""
     device, dt = torch.device(device), _dtype(dtype)
     key = ("op", str(device), str(dt))
-    if key in _CACHE:
-        return _CACHE[key]
+    if key in MEASURED:
+        return MEASURED[key]
     x = torch.ones(8, 64, device=device, dtype=dt)
 
     def fifty() -> None:
@@ -123,21 +125,21 @@ def op_latency(device: str | torch.device = "cpu", dtype: str | torch.dtype = "f
             y = x + y
 
     fifty()
-    _CACHE[key] = best_seconds(fifty, budget_s, device=device) / 50
-    return _CACHE[key]
+    MEASURED[key] = best_seconds(fifty, budget_s, device=device) / 50
+    return MEASURED[key]
 
 
 def copy_rate(device: str | torch.device = "cpu", n_bytes: int = 64 << 20, budget_s: float = 0.1) -> float:
     """Bytes/s read + written by a large copy (streaming memory bandwidth; one thread on a CPU)."""
     device = torch.device(device)
     key = ("copy", str(device), n_bytes)
-    if key in _CACHE:
-        return _CACHE[key]
+    if key in MEASURED:
+        return MEASURED[key]
     src = torch.ones(n_bytes // 4, device=device)
     dst = torch.empty_like(src)
     dst.copy_(src)
-    _CACHE[key] = 2.0 * n_bytes / best_seconds(lambda: dst.copy_(src), budget_s, device=device)
-    return _CACHE[key]
+    MEASURED[key] = 2.0 * n_bytes / best_seconds(lambda: dst.copy_(src), budget_s, device=device)
+    return MEASURED[key]
 
 
 def layer_latency(config, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32",
@@ -149,8 +151,8 @@ def layer_latency(config, device: str | torch.device = "cpu", dtype: str | torch
 
     device, dt = torch.device(device), _dtype(dtype)
     key = ("layer", getattr(config, "model_type", ""), str(device), str(dt), rows, n_tokens)
-    if key in _CACHE:
-        return _CACHE[key]
+    if key in MEASURED:
+        return MEASURED[key]
     small = {"hidden_size": 64, "n_embd": 64, "intermediate_size": 128, "n_inner": 128, "num_hidden_layers": 1,
              "n_layer": 1, "num_attention_heads": 4, "n_head": 4, "num_key_value_heads": 2, "head_dim": 16,
              "vocab_size": 128, "layer_types": None}
@@ -172,8 +174,8 @@ def layer_latency(config, device: str | torch.device = "cpu", dtype: str | torch
             return ad.run_layer(0, h, attention_mask=m, position_ids=pos, position_embeddings=pe)
 
         call()
-        _CACHE[key] = best_seconds(call, budget_s, min_samples=8, device=device)
-    return _CACHE[key]
+        MEASURED[key] = best_seconds(call, budget_s, min_samples=8, device=device)
+    return MEASURED[key]
 
 
 def train_step_latency(config, batch: int, seq_len: int, device: str | torch.device = "cpu",
@@ -190,8 +192,8 @@ def train_step_latency(config, batch: int, seq_len: int, device: str | torch.dev
 
     device, dt = torch.device(device), _dtype(dtype)
     key = ("train", config.to_json_string(), batch, seq_len, str(device), str(dt), forward_only, optimizer_name)
-    if key in _CACHE:
-        return _CACHE[key]
+    if key in MEASURED:
+        return MEASURED[key]
     cfg = copy.deepcopy(config)
     cfg._attn_implementation = "eager"
     with torch.random.fork_rng(devices=[]):
@@ -212,47 +214,8 @@ def train_step_latency(config, batch: int, seq_len: int, device: str | torch.dev
 
     with torch_threads(1) if device.type == "cpu" else nullcontext():
         step()  # warm-up: allocator, AdamW state
-    _CACHE[key] = best_seconds(step, 0.0, min_samples=steps, device=device)
-    return _CACHE[key]
-
-
-def probe_layer_latency(n: int, d: int, n_classes: int, heldout: bool = True, folds: int = 5,
-                        n_shuffles: int = 1) -> float:
-    """CPU seconds of one layer's fits of one probe, as ``ivlens probe`` runs them: one
-    :func:`ivlens.probing.probes.probe_layer_fitted` call (``folds`` CV fits, ``folds × n_shuffles`` shuffled-label
-    fits, the held-out split when ``heldout``, the refit on all rows, solved as one batch on one thread) on ``n``
-    rows of ``d`` features and ``n_classes`` balanced classes. The rows are synthetic instruction vectors shaped
-    like real ones where it sets the solver's iteration count: separable class clusters in a space whose
-    correlation spectrum decays as a power law (SmolLM2's IVs: 111, 12, 1.1, 0.06 at eigenvalues 1, 9, 65, 257),
-    with a large common offset. About 0.38 s at 804 × 576 × 4 here, where the real fits on SmolLM2's IVs took
-    0.48-0.56 s (1.4 s at its first layer; ``benchmarks/probe.py``). CPU time of this process: the fits' own work
-    on their one thread, whatever the load."""
-    import numpy as np
-
-    from ivlens.probing.probes import ProbeConfig, probe_layer_fitted
-
-    key = ("probe-layer", n, d, n_classes, heldout, folds, n_shuffles)
-    if key in _CACHE:
-        return _CACHE[key]
-    y = np.arange(n) % n_classes
-    with torch_threads(1):  # numpy's threads would spin on a loaded machine: one thread, torch's generator
-        g = torch.Generator().manual_seed(0)
-        m = min(d, 256)  # directions of a power-law spectrum (j+1)^-1.2 e^(-8j/d), as SmolLM2's IVs; a floor beyond
-        j = torch.arange(m, dtype=torch.float64)
-        spectrum = ((j + 1.0) ** -1.2 * torch.exp(-8.0 * j / d)).sqrt()  # [m] standard deviations
-        basis = torch.linalg.qr(torch.randn(d, m, generator=g, dtype=torch.float64)).Q  # [d, m] orthonormal
-        means = torch.randn(n_classes, m, generator=g, dtype=torch.float64)  # separable clusters (CV accuracy ~1)
-        X = ((torch.randn(n, m, generator=g, dtype=torch.float64) + means[y]) * spectrum) @ basis.T  # [n, d]
-        X += spectrum[-1] * torch.randn(n, d, generator=g, dtype=torch.float64)
-        X += 20 * spectrum[0] * torch.randn(d, generator=g, dtype=torch.float64)  # the common offset
-    X = X.numpy()
-    groups = ((np.arange(n) // n_classes) % 4 == 3).astype(int) if heldout else None
-    cfg = ProbeConfig(folds=folds, n_shuffles=n_shuffles)
-    probe_layer_fitted(X[: 4 * n_classes, :8], y[: 4 * n_classes], cfg=ProbeConfig(folds=2))  # warm-up
-    t0 = time.process_time()
-    probe_layer_fitted(X, y, groups, cfg)
-    _CACHE[key] = max(time.process_time() - t0, 1e-9)
-    return _CACHE[key]
+    MEASURED[key] = best_seconds(step, 0.0, min_samples=steps, device=device)
+    return MEASURED[key]
 
 
 def machine_load() -> tuple[int, float]:

@@ -15,12 +15,16 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from ivlens.budget import resolve_memory_budget
+
 from .flops import ModelShape
+from .plans import probe_batch_size
 
 #: Letters of a word per token assumed without the model's tokenizer (English, BPE vocabularies of 50k–100k).
 CHARS_PER_TOKEN = 6
@@ -72,7 +76,8 @@ class ApproxTokenizer:
 @dataclass
 class ModelInfo:
     """What a dry run knows about a model: sizes (``shape``), the tokenizer (or :class:`ApproxTokenizer`), and
-    ``tokenizer_note`` (``None`` when the real tokenizer was found)."""
+    ``tokenizer_note`` (``None`` when the real tokenizer was found); ``split``: for a model not built yet, its
+    recipe's queries per split (``split(task) -> {"train": [...], "heldout": [...]}``), which its card will record."""
 
     name: str
     path: str
@@ -81,6 +86,7 @@ class ModelInfo:
     tokenizer_note: str | None = None
     config: object = field(default=None, repr=False)
     gguf: bool = False
+    split: Callable | None = field(default=None, repr=False)
 
 
 def read_config(path: str, gguf: str | None, revision: str | None, trust_remote_code: bool):
@@ -158,3 +164,12 @@ def _tokenizer(path, gguf, revision, trust_remote_code, config):
             f"letters, per {CHARS_PER_TOKEN} letters of longer words and per punctuation mark"
             + (", plus BOS)" if config.bos_token_id is not None else ")"))
     return ApproxTokenizer(config.bos_token_id, eos, getattr(config, "pad_token_id", None)), note
+
+
+def forward_batch_size(loaded, n_tokens: int, memory_budget: str | int | None = None) -> int:
+    """Prompts per forward of ``loaded`` (a :class:`~ivlens.models.load.LoadedModel`) that fit the memory budget
+    (:func:`ivlens.budget.resolve_memory_budget`) for prompts of up to ``n_tokens`` tokens (the cost per prompt:
+    :func:`ivlens.estimate.plans.probe_batch_size`): the batch size of IV collection and of nnsight patch rows."""
+    shape = ModelShape.from_config(loaded.model.config)
+    dtype = str(loaded.model.dtype).removeprefix("torch.")
+    return probe_batch_size(shape, n_tokens, resolve_memory_budget(memory_budget, loaded.device), dtype)

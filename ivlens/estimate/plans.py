@@ -178,19 +178,42 @@ def trie_states(layer_sets: Sequence[tuple[int, ...]], n_layers: int, last: bool
     return total
 
 
+def trie_state_bytes(d_model: int, n_heads: int, n_kv_heads: int, d_head: int, d_mlp: int, n_keys: int, n_query: int,
+                     elt: int) -> int:
+    """Peak bytes one trie state (one row of a group) of the patching engine holds during one layer call with
+    ``n_query`` recomputed positions attending to ``n_keys`` keys, at ``elt`` bytes per element: the state before,
+    after and re-gathered; the layer's activations (norms, q/k/v before and after rotary, the attention output, the
+    gated MLP's three hidden vectors, the residual adds); the prefix keys/values gathered from the clean cache and
+    concatenated with the new ones, and repeated for grouped-query heads; scores and weights; the mask and rotary
+    tables; index vectors. The one memory model of a patched row: the engine
+    (:func:`ivlens.patching.engine.row_bytes`, sizes from the adapter) and the dry run (:func:`patch_row_bytes`,
+    sizes from the config) both call it."""
+    d, H, KV, dh = d_model, n_heads, n_kv_heads, d_head
+    elems = (n_query * (10 * d + 4 * H * dh + 4 * KV * dh + 3 * d_mlp)  # states and activations per token
+             + 2 * KV * dh * (n_keys - n_query)  # prefix keys/values gathered from the clean run
+             + 2 * KV * dh * n_keys  # concatenated with this call's
+             + 2 * H * dh * n_keys  # repeated for grouped-query attention (eager)
+             + 3 * H * n_query * n_keys  # scores, softmax in float32, weights
+             + n_query * n_keys + 2 * n_query * dh)  # mask, rotary cos/sin
+    return elems * elt + 64
+
+
 def patch_row_bytes(shape: ModelShape, n_keys: int, n_query: int, dtype: str = "float32") -> int:
-    """Peak bytes of one trie state in one layer call of the patching engine (the same count as
-    :func:`ivlens.patching.engine.row_bytes`, from sizes instead of an adapter; a test keeps them equal)."""
-    d, H, KV, dh, d_mlp = shape.d_model, shape.n_heads, shape.n_kv_heads, shape.d_head, shape.d_mlp
-    elems = (n_query * (10 * d + 4 * H * dh + 4 * KV * dh + 3 * d_mlp)
-             + 2 * KV * dh * (n_keys - n_query) + 2 * KV * dh * n_keys + 2 * H * dh * n_keys
-             + 3 * H * n_query * n_keys + n_query * n_keys + 2 * n_query * dh)
-    return elems * DTYPE_BYTES[dtype] + 64
+    """:func:`trie_state_bytes` of ``shape`` in ``dtype``: one trie state in one layer call of the patching engine."""
+    return trie_state_bytes(shape.d_model, shape.n_heads, shape.n_kv_heads, shape.d_head, shape.d_mlp, n_keys, n_query,
+                            DTYPE_BYTES[dtype])
+
+
+def metric_bytes(d_vocab: int, d_model: int, elt: int) -> int:
+    """Peak bytes of one row's unembedding and metric reduction: the logits at ``elt`` bytes per element, their
+    float32 copy, the log-sum-exp temporary, the rank comparison and its count (the engine's
+    :func:`ivlens.patching.engine.metric_row_bytes` and the dry run's :func:`patch_metric_row_bytes`)."""
+    return d_vocab * (elt + 4 + 4 + 1 + 8) + 8 * d_model
 
 
 def patch_metric_row_bytes(shape: ModelShape, dtype: str = "float32") -> int:
-    """Peak bytes of one row's unembedding and metrics (as :func:`ivlens.patching.engine.metric_row_bytes`)."""
-    return shape.d_vocab * (DTYPE_BYTES[dtype] + 4 + 4 + 1 + 8) + 8 * shape.d_model
+    """:func:`metric_bytes` of ``shape`` in ``dtype``."""
+    return metric_bytes(shape.d_vocab, shape.d_model, DTYPE_BYTES[dtype])
 
 
 @dataclass(frozen=True)
@@ -389,7 +412,7 @@ def probe_plan(shape: ModelShape, lengths: Sequence[int], n_layers_probed: int, 
     shuffle, one held-out fit and the refit on all rows, solved as one batch per probe), LDA, PCA and similarities.
 
     ``layer_seconds``: the measured CPU seconds of one layer's probe fits, all probes together
-    (:func:`ivlens.estimate.calibrate.probe_layer_latency` per probe); without it each probe's batch is modelled
+    (:func:`ivlens.probing.cost.probe_layer_latency` per probe); without it each probe's batch is modelled
     as 60 L-BFGS iterations (30-90 measured on real IVs) of its fits' matrix products."""
     n = len(lengths)
     bs = batch_size or probe_batch_size(shape, max(lengths), budget, dtype)

@@ -28,6 +28,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from ivlens.providers import ModelNameError, is_registered_name, resolve_model_name
+
 from .adapters import ArchitectureAdapter, family_of, find_decoder_layers, get_adapter
 from .adapters.derive import text_config
 from .files import (
@@ -129,18 +131,11 @@ def resolve_name(name: str, gguf_file: str | None = None) -> tuple[str, str | No
     if name == SMOLLM2:
         p = smollm2_gguf()
         return str(p.parent), p.name
-    if name.startswith("organism-"):
-        try:
-            from ivlens.organism.paths import resolve_organism
-        except ImportError as e:  # pragma: no cover - the organism package ships with ivlens
-            raise ModelLoadError(f"cannot resolve {name!r}: {e}") from None
-        try:
-            path = resolve_organism(name)
-        except FileNotFoundError as e:
-            raise ModelLoadError(str(e)) from None
-        if path is None:
-            raise ModelLoadError(f"model organism {name!r} is not built yet: run `ivlens organism build` "
-                                 "(a few minutes on 2 CPU cores), then retry")
+    try:
+        path = resolve_model_name(name)  # names registered by a package above (organism-sft, ...)
+    except ModelNameError as e:
+        raise ModelLoadError(str(e)) from None
+    if path is not None:
         return str(path), None
     p = Path(name).expanduser()
     if p.is_file():  # a single file can only be a GGUF model
@@ -160,7 +155,7 @@ def check_model_files(name: str, *, gguf_file: str | None = None, trust_remote_c
     """The checks :func:`load_model` makes of a local model's files (:func:`~.files.check_local_model`: config,
     GGUF magic, safetensors headers), without loading it, so that a study refuses a bad model before its first
     step; organisms (built by a study step) and hub ids are left to loading."""
-    if name == SMOLLM2 or name.startswith("organism-"):
+    if name == SMOLLM2 or is_registered_name(name):
         return
     path, gguf = resolve_name(name, gguf_file)
     if Path(path).is_dir():

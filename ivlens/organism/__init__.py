@@ -8,8 +8,18 @@ Modules: ``data`` (corpora), ``tokenizer``, ``gist`` (gist attention mask), ``tr
 ``card``, ``paths``, ``build``, ``cli``.
 """
 
+from ivlens.organism.build import ensure_organism
 from ivlens.organism.card import organism_split, read_card
-from ivlens.organism.paths import ORGANISM_VERSION, ensure_organism, organism_dir, resolve_organism
+from ivlens.organism.paths import ORGANISM_VERSION, organism_dir, resolve_organism
+from ivlens.organism.spec import OrganismSpec
+from ivlens.providers import ModelNames, register_card_reader, register_model_names
 
-__all__ = ["ORGANISM_VERSION", "ensure_organism", "organism_dir", "organism_split", "read_card",
+# The foundations resolve organism names and read organism cards through ivlens.providers (they must not import
+# the organism): register both here, on import.
+register_model_names(ModelNames(
+    "organism-", resolve_organism,
+    "model organism {name!r} is not built yet: run `ivlens organism build` (a few minutes on 2 CPU cores), then retry"))
+register_card_reader(read_card, organism_split)
+
+__all__ = ["ORGANISM_VERSION", "OrganismSpec", "ensure_organism", "organism_dir", "organism_split", "read_card",
            "resolve_organism"]

@@ -30,6 +30,7 @@ from ivlens.organism import data as D
 from ivlens.organism.card import read_card, weights_hash, write_card
 from ivlens.organism.measure import measure_stage, testable_configs
 from ivlens.organism.paths import (
+    DEFAULT_VARIANT,
     ORGANISM_VERSION,
     STAGES,
     VARIANTS,
@@ -403,3 +404,11 @@ def best_iv_transfer(iv: dict, majority: dict[str, float]) -> dict | None:
 def _mean_acc(m: dict) -> float:
     vals = [v["acc"] for part in ("train", "heldout") for v in m[part]["instructed"].values() if isinstance(v, dict)]
     return sum(vals) / len(vals)
+
+
+def ensure_organism(variant: str = DEFAULT_VARIANT) -> Path:
+    """The build directory of ``variant``, building it first (default size and seed) if it is missing."""
+    directory = organism_dir(variant)
+    if not is_built(directory):
+        build_organism(out=directory, variant=variant)
+    return directory

@@ -11,6 +11,8 @@ import os
 import re
 from pathlib import Path
 
+from ivlens.runs import atomic_write_json
+
 #: bump when the recipe changes, so that old builds are not reused
 ORGANISM_VERSION = "v7"
 VARIANTS = ("gist", "natural")
@@ -49,8 +51,6 @@ BUILD_MARKER = "build-complete.json"
 
 def write_build_marker(directory: Path, weights_sha256: dict[str, str]) -> Path:
     """Mark ``directory`` as a finished build (call after every other file is in place)."""
-    from ivlens.runs import atomic_write_json
-
     path = Path(directory) / BUILD_MARKER
     atomic_write_json(path, {"version": ORGANISM_VERSION, "weights_sha256": weights_sha256})
     return path
@@ -82,13 +82,3 @@ def resolve_organism(name: str) -> Path | None:
             f"model organism {name!r} is not built yet (looked in {directory}); "
             f"run `ivlens organism build{flag}` (`--dry-run` first says how long it takes on this machine)")
     return directory / stage
-
-
-def ensure_organism(variant: str = DEFAULT_VARIANT) -> Path:
-    """The build directory of ``variant``, building it first (default size and seed) if it is missing."""
-    directory = organism_dir(variant)
-    if not is_built(directory):
-        from ivlens.organism.build import build_organism
-
-        build_organism(out=directory, variant=variant)
-    return directory

@@ -14,9 +14,10 @@ from .engine import (
     source_vectors,
 )
 from .plan import PatchPlan, PatchRow, PlanError, parse_layer_sets, parse_positions
+from .spec import PatchSpec
 from .sweep import SweepResult, patch_sweep
 
-__all__ = [
+__all__ = ["PatchSpec",
     "EngineStats", "PatchPlan", "PatchRow", "PlanError", "RowSpec", "SweepResult", "clean_run",
     "parse_layer_sets", "parse_positions", "patch_sweep", "patched_logits", "patched_metrics", "plan_work",
     "source_vectors",

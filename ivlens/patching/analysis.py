@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from ivlens.runs import RunDir, atomic_write_text
+from ivlens.specs import Correction
 
 from . import figures
 from .interactions import (
-    Correction,
     additivity_summary,
     interaction_stats,
     single_layer_effects,

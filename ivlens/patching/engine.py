@@ -63,6 +63,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ivlens.estimate.plans import metric_bytes, trie_state_bytes
 from ivlens.models.adapters import ArchitectureAdapter, PrefixCache
 from ivlens.tasks.prompts import Batch, pad_left
 
@@ -267,18 +268,10 @@ def _d_mlp(adapter: ArchitectureAdapter) -> int:
 
 def row_bytes(adapter: ArchitectureAdapter, n_keys: int, n_query: int) -> int:
     """Peak bytes one trie state (one row of a group) holds during one layer call with ``n_query`` recomputed
-    positions attending to ``n_keys`` keys: the state before, after and re-gathered; the layer's activations
-    (norms, q/k/v before and after rotary, the attention output, the gated MLP's three hidden vectors, the
-    residual adds); the prefix keys/values gathered from the clean cache and concatenated with the new ones, and
-    repeated for grouped-query heads; scores and weights; the mask and rotary tables; index vectors."""
-    d, H, KV, dh, d_mlp = adapter.d_model, adapter.n_heads, adapter.n_kv_heads, adapter.d_head, _d_mlp(adapter)
-    elems = (n_query * (10 * d + 4 * H * dh + 4 * KV * dh + 3 * d_mlp)  # states and activations per token
-             + 2 * KV * dh * (n_keys - n_query)  # prefix keys/values gathered from the clean run
-             + 2 * KV * dh * n_keys  # concatenated with this call's
-             + 2 * H * dh * n_keys  # repeated for grouped-query attention (eager)
-             + 3 * H * n_query * n_keys  # scores, softmax in float32, weights
-             + n_query * n_keys + 2 * n_query * dh)  # mask, rotary cos/sin
-    return elems * adapter.embed.weight.element_size() + 64
+    positions attending to ``n_keys`` keys (:func:`ivlens.estimate.plans.trie_state_bytes`, with the adapter's
+    sizes and the weights' element size)."""
+    return trie_state_bytes(adapter.d_model, adapter.n_heads, adapter.n_kv_heads, adapter.d_head, _d_mlp(adapter),
+                            n_keys, n_query, adapter.embed.weight.element_size())
 
 
 def kv_row_bytes(adapter: ArchitectureAdapter, n_tokens: int) -> int:
@@ -288,10 +281,9 @@ def kv_row_bytes(adapter: ArchitectureAdapter, n_tokens: int) -> int:
 
 
 def metric_row_bytes(adapter: ArchitectureAdapter) -> int:
-    """Peak bytes of one row's unembedding and metric reduction: the logits in the model's dtype, their float32
-    copy, the log-sum-exp temporary, the rank comparison and its count."""
-    elt = adapter.unembed.weight.element_size()
-    return adapter.d_vocab * (elt + 4 + 4 + 1 + 8) + 8 * adapter.d_model
+    """Peak bytes of one row's unembedding and metric reduction (:func:`ivlens.estimate.plans.metric_bytes`, at
+    the unembedding's element size)."""
+    return metric_bytes(adapter.d_vocab, adapter.d_model, adapter.unembed.weight.element_size())
 
 
 def auto_batch_size(adapter: ArchitectureAdapter, n_keys: int, n_query: int, budget: int | None = None) -> int:

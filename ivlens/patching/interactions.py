@@ -23,15 +23,15 @@ Across samples (per model, position and set):
 from __future__ import annotations
 
 import warnings
-from typing import Literal
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ivlens.specs import Correction
+
 from .reach import zero_by_construction
 
-Correction = Literal["holm", "bh"]
 GROUP = ["model", "position"]
 
 

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from ivlens.estimate.model import forward_batch_size
 from ivlens.ndif import NNsightModel
 from ivlens.nnsight_program import last_logits, patched_last_logits, residuals_at, slices
 from ivlens.tasks.prompts import pad_left
@@ -37,10 +38,8 @@ def source_vectors_nnsight(model: NNsightModel, sequences: Sequence[Sequence[int
 
 def rows_per_trace(model: NNsightModel, width: int, memory_budget: int) -> int:
     """Patched rows per trace within ``memory_budget`` bytes: a whole forward of ``width`` positions each (the
-    cost of one prompt in IV collection, :func:`ivlens.probing.collect.auto_batch_size`)."""
-    from ivlens.probing.collect import auto_batch_size
-
-    return auto_batch_size(model, width, memory_budget)
+    cost of one prompt in IV collection, :func:`ivlens.estimate.model.forward_batch_size`)."""
+    return forward_batch_size(model, width, memory_budget)
 
 
 def first_token_scores_nnsight(model: NNsightModel, targets: Sequence[Sequence[int]],

@@ -27,7 +27,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -36,6 +35,7 @@ import torch
 from ivlens.budget import resolve_memory_budget
 from ivlens.models.load import LoadedModel
 from ivlens.runs import RunDir
+from ivlens.specs import PatchMode, Score
 from ivlens.tasks import Task, TaskError, load_task, require_contrastive
 from ivlens.tasks.prompts import (
     AnswerCandidates,
@@ -74,8 +74,6 @@ from .screen import run_estimates, screen_table, screened_sets
 
 log = logging.getLogger(__name__)
 
-Mode = Literal["transfer", "contrastive"]
-Score = Literal["first-token", "answer"]
 SCORES = ("first-token", "answer")
 TABLE = "patch"
 BASELINES = "baselines"
@@ -115,7 +113,7 @@ def starts_with_bos(tok, prompt: Prompt) -> bool:
     return tok.bos_token_id is not None and len(prompt.input_ids) > 1 and prompt.input_ids[0] == tok.bos_token_id
 
 
-def prepare(lm: LoadedModel, task: Task, subtask: str, plan: PatchPlan, sample_ids: Sequence[int], mode: Mode,
+def prepare(lm: LoadedModel, task: Task, subtask: str, plan: PatchPlan, sample_ids: Sequence[int], mode: PatchMode,
             target: str, fmt: str) -> tuple[list[SamplePrompts], str]:
     """Target/instructed prompts and label tokens per sample, plus the source instruction text."""
     tok = lm.tokenizer
@@ -426,7 +424,7 @@ def _as_loaded(m: LoadedModel | str, dtype: str, device: str) -> LoadedModel:
 
 def patch_sweep(models: LoadedModel | str | Sequence[LoadedModel | str], task: Task | str, subtask: str | None = None,
                 *, layers: str | list = "single", positions: str | list = "first,last",
-                samples: int | Sequence[int] | None = None, split: str = "all", mode: Mode = "transfer",
+                samples: int | Sequence[int] | None = None, split: str = "all", mode: PatchMode = "transfer",
                 source_model: LoadedModel | str | None = None, target: str = "bare", fmt: str = "raw",
                 batch_size: int | None = None, chunk_size: int = 25, seed: int = 0, run: RunDir | None = None,
                 dtype: str = "float32", device: str = "cpu", backend: str = "torch",

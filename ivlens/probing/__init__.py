@@ -20,8 +20,9 @@ from .probes import (
     shuffled_cv_accuracy,
 )
 from .run import ProbeResult, analyse_store, probe_run
+from .spec import ProbeSpec
 
-__all__ = [
+__all__ = ["ProbeSpec",
     "LABEL_FAMILIES", "IVStore", "InstructionRow", "LayerProbe", "LogisticProbe", "ProbeConfig", "ProbeResult",
     "analyse_store", "class_cosine", "collect_ivs", "cv_accuracy", "heldout_accuracy", "instruction_set",
     "ivs_at_t_inst", "lda_2d", "load_layer", "organism_heldout", "parse_layers", "pca_2d", "probe_layer",

@@ -29,6 +29,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save as st_save
 
+from ivlens.estimate.model import forward_batch_size
 from ivlens.models.adapters import resid_from_output
 from ivlens.models.load import LoadedModel
 from ivlens.runs import atomic_write_bytes, atomic_write_json, atomic_write_parquet
@@ -147,18 +148,6 @@ def _batches(n: int, size: int) -> Iterator[range]:
         yield range(start, min(n, start + size))
 
 
-def auto_batch_size(loaded: LoadedModel, n_tokens: int, memory_budget: str | int | None = None) -> int:
-    """Prompts per forward that fit the memory budget (:func:`ivlens.budget.resolve_memory_budget`) for prompts
-    of up to ``n_tokens`` tokens (the cost per prompt: :func:`ivlens.estimate.plans.probe_batch_size`)."""
-    from ivlens.budget import resolve_memory_budget
-    from ivlens.estimate.flops import ModelShape
-    from ivlens.estimate.plans import probe_batch_size
-
-    shape = ModelShape.from_config(loaded.model.config)
-    dtype = str(loaded.model.dtype).removeprefix("torch.")
-    return probe_batch_size(shape, n_tokens, resolve_memory_budget(memory_budget, loaded.device), dtype)
-
-
 def collect_ivs(loaded: LoadedModel, rows: list[InstructionRow], out: str | Path, *,
                 layers: list[int] | None = None, batch_size: int | None = None, fmt: PromptFormat = "raw",
                 resume: bool = False, memory_budget: str | int | None = None,
@@ -167,7 +156,7 @@ def collect_ivs(loaded: LoadedModel, rows: list[InstructionRow], out: str | Path
 
     Batches are formed in row order; each is written as one shard right away (atomically), so with
     ``resume=True`` the shards already on disk are kept and only the missing batches run. ``batch_size=None``
-    picks as many prompts per forward as fit ``memory_budget`` (:func:`auto_batch_size`; a resumed collection
+    picks as many prompts per forward as fit ``memory_budget`` (:func:`ivlens.estimate.model.forward_batch_size`; a resumed collection
     keeps the batch size it was started with). ``owns(batch) -> bool``: collect only those batches (a shard,
     :mod:`ivlens.sharding`; the labels and meta are written whole).
 
@@ -186,7 +175,7 @@ def collect_ivs(loaded: LoadedModel, rows: list[InstructionRow], out: str | Path
     old = out / "meta.json"
     if batch_size is None:
         prev = json.loads(old.read_text()).get("batch_size") if resume and old.exists() else None
-        batch_size = prev or auto_batch_size(loaded, max((len(p) for p in prompts), default=1), memory_budget)
+        batch_size = prev or forward_batch_size(loaded, max((len(p) for p in prompts), default=1), memory_budget)
     meta = {"layers": layers, "d_model": loaded.d_model, "n": len(rows), "fmt": fmt, "batch_size": batch_size,
             "model": loaded.describe()}
     if resume and old.exists():

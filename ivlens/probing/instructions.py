@@ -45,14 +45,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
+from ivlens.providers import read_model_card
+from ivlens.specs import Varying
 from ivlens.tasks.loading import read_rephrasings
 from ivlens.tasks.registry import load_task
 from ivlens.tasks.schema import Task, TaskError
 
 log = logging.getLogger(__name__)
 
-Varying = Literal["instructions", "labels"]
-Split = Literal["train", "heldout"]
+#: which half of a subtask's rephrasings a row is (probe training or held-out evaluation); not a query split
+RephrasingSplit = Literal["train", "heldout"]
 
 #: share of each rephrasing file (its first rows) treated as training phrasings when no organism card says
 #: otherwise; the same convention as the organisms' (``ivlens.organism.data.TRAIN_REPHRASING_SHARE``)
@@ -72,7 +74,7 @@ class InstructionRow:
     instruction: str
     source: str  # "main" | "rephrasing" | "user"
     index: int
-    split: Split
+    split: RephrasingSplit
     variant: str = ""
     variant_slot: int = 0
 
@@ -152,7 +154,7 @@ def rewrite_label_space(text: str, family: LabelFamily, variant: LabelVariant) -
 def organism_heldout(model_path: str | Path | None) -> dict[str, set[str]] | None:
     """Held-out rephrasings recorded in a model organism's ``card.json``: ``{subtask: {instruction, ...}}``.
 
-    The card sits in the stage directory or its parent (``ivlens.organism.card.read_card``). Recognised
+    The card sits in the stage directory or its parent (``ivlens.providers.read_model_card``). Recognised
     layouts, anywhere in the card: ``"heldout_rephrasings": {subtask: [...]}`` or
     ``"rephrasings": {subtask: {"heldout": [...]}}`` (merged over tasks). ``None`` when there is no card
     or it records no rephrasing split (the organisms' default split is then the same as ours: the last
@@ -161,11 +163,7 @@ def organism_heldout(model_path: str | Path | None) -> dict[str, set[str]] | Non
     if model_path is None:
         return None
     try:
-        from ivlens.organism.card import read_card
-    except ImportError:  # pragma: no cover - the organism package ships with ivlens
-        return None
-    try:
-        card = read_card(model_path)
+        card = read_model_card(model_path)
     except (FileNotFoundError, json.JSONDecodeError):
         return None
     found: dict[str, set[str]] = {}
@@ -261,7 +259,7 @@ def _limit(texts: tuple[str, ...], n: int | None) -> tuple[str, ...]:
     return texts[:k_train] + texts[n_train:n_train + (n - k_train)]
 
 
-def _splits(texts: tuple[str, ...], full: tuple[str, ...], held: set[str] | None) -> list[Split]:
+def _splits(texts: tuple[str, ...], full: tuple[str, ...], held: set[str] | None) -> list[RephrasingSplit]:
     """Split of each text: in ``held`` if given, else by its position in the full file."""
     if held is not None:
         return ["heldout" if t in held else "train" for t in texts]

@@ -35,14 +35,14 @@ import pandas as pd
 from ivlens.models.load import LoadedModel, load_model
 from ivlens.runs import RunDir
 from ivlens.sharding import owner
-from ivlens.specs import SpecError
+from ivlens.specs import SpecError, Varying
 from ivlens.tasks.prompts import PromptFormat
 from ivlens.tasks.requirements import require_rephrasings
 from ivlens.tasks.schema import Task
 
 from . import figures
 from .collect import IVStore, collect_ivs, parse_layers
-from .instructions import Varying, instruction_set, organism_heldout
+from .instructions import instruction_set, organism_heldout
 from .probes import ProbeConfig, class_cosine, lda_project, pca_2d, probe_layer, probe_layer_fitted
 from .weights import ProbeWeights
 

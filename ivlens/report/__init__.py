@@ -16,13 +16,14 @@ import datetime as _dt
 import logging
 import os
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ivlens.organism.card import failing_checks
 
 from . import html as h
 from .reader import Run, Study, read_study
-from .sections import OMITTED, SECTIONS, Context
+from .sections import OMITTED, SECTIONS, Context, guard, omitted_as
 
 log = logging.getLogger(__name__)
 
@@ -31,18 +32,20 @@ __all__ = ["REPORT_NAME", "Run", "Study", "build_report", "read_study", "render_
 REPORT_NAME = "report.html"
 
 
-def render_report(study: Study, page_dir: Path) -> str:
-    """The page's HTML for ``study``, with links relative to ``page_dir``."""
+def render_report(study: Study, page_dir: Path, sections: Sequence[Callable] | None = None) -> str:
+    """The page's HTML for ``study``, with links relative to ``page_dir``; ``sections``: the sections to draw, in
+    page order (default the report's own, :data:`~ivlens.report.sections.SECTIONS`; the CLI and studies pass the
+    registry's, :func:`ivlens.analyses.report_sections`)."""
     ctx = Context(study, Path(page_dir).resolve())
-    sections, omitted = [], []
-    for fn in SECTIONS:
+    drawn, omitted = [], []
+    for fn in SECTIONS if sections is None else sections:
         t = time.perf_counter()
-        sec = fn(ctx)
+        sec = guard(fn)(ctx)
         log.info("report section %s: %.1f s", fn.__name__, time.perf_counter() - t)
         if sec is None:
-            omitted.append(OMITTED[fn.__name__])
+            omitted.append(OMITTED.get(fn.__name__) or omitted_as(fn))
         else:
-            sections.append(sec)
+            drawn.append(sec)
     commands = sorted({r.command for r in study.runs})
     subtitle = [
         h.esc(f"ivlens report of {study.root.name}: {', '.join(commands)} on "
@@ -59,16 +62,19 @@ def render_report(study: Study, page_dir: Path) -> str:
     if omitted:
         subtitle.append(h.inline("Not in this run directory, so omitted: " + "; ".join(
             f"{what} (no finished `{cmd}` run)" for what, cmd in omitted) + "."))
-    return h.page(f"ivlens report: {study.root.name}", subtitle, sections)
+    return h.page(f"ivlens report: {study.root.name}", subtitle, drawn)
 
 
-def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
+def build_report(run_dir: str | Path, out: str | Path | None = None,
+                 sections: Sequence[Callable] | None = None) -> Path:
     """Write the report of ``run_dir`` (a study directory or a single run) to ``out`` (default
     ``<run_dir>/report.html``) and return its path.
 
     Args:
         run_dir: a run directory (holding ``manifest.json``) or a directory of run directories.
         out: the HTML file to write; links to the Parquet tables are relative to its folder.
+        sections: the sections to draw (:func:`render_report`); ``ivlens report`` and studies pass every
+            registered analysis's (:func:`ivlens.analyses.report_sections`).
     """
     from ivlens.runs import atomic_write_text, check_out_file
 
@@ -77,7 +83,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     study = read_study(run_dir)
     path = Path(out) if out is not None else study.root / REPORT_NAME
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, render_report(study, path.parent))
+    atomic_write_text(path, render_report(study, path.parent, sections))
     umask = os.umask(0)
     os.umask(umask)
     path.chmod(0o666 & ~umask)  # a page to share: readable like any file the user writes (mkstemp made it 0600)

@@ -7,20 +7,15 @@ bar, and returns the PNG as ``bytes`` for embedding. Nothing here reads files or
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Sequence
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+from ivlens.plots import colours, plt
+from ivlens.plots import png_bytes as _png
 
-#: the report's resolution: figures are embedded at their natural size, and at 100 dpi the smallest text (7 pt tick
-#: labels) is still about 10 px high
-DPI = 100
 #: Human names of the patch effects (the ``effect`` column of a patch run's tables).
 EFFECT_LABELS = {
     "delta_logit_vs_target": "Δ label logit vs query-only run",
@@ -32,23 +27,6 @@ EFFECT_LABELS = {
 
 def effect_label(effect: str) -> str:
     return EFFECT_LABELS.get(effect, effect)
-
-
-def colours(models: Sequence[str]) -> dict[str, str]:
-    """One fixed colour per model, in the study's model order."""
-    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    return {m: cycle[i % len(cycle)] for i, m in enumerate(models)}
-
-
-def _png(fig) -> bytes:
-    """The figure as PNG bytes, drawn once. Each figure is laid out where it is drawn (``tight_layout``, or a
-    constrained layout engine where a legend or colour bar sits outside the axes), so there is no
-    ``bbox_inches="tight"``: that draws the whole figure twice and measures every artist in between, most of a
-    report's time."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI)
-    plt.close(fig)
-    return buf.getvalue()
 
 
 def _order(values) -> list:

@@ -65,8 +65,11 @@ def _n_layers(run: Run, *tables: pd.DataFrame) -> int:
     return best
 
 
-def _guard(fn):
-    """A section that fails to draw becomes a note naming the error, so one bad table never loses the page."""
+def guard(fn):
+    """A section that fails to draw becomes a note naming the error, so one bad table never loses the page
+    (idempotent: a guarded section is returned as it is)."""
+    if getattr(fn, "guarded", False):
+        return fn
 
     def wrapped(ctx: Context) -> h.Section | None:
         try:
@@ -79,11 +82,12 @@ def _guard(fn):
 
     wrapped.__name__ = fn.__name__
     wrapped.__doc__ = fn.__doc__
+    wrapped.guarded = True
     return wrapped
 
 
 # ----------------------------------------------------------------------------- setup
-@_guard
+@guard
 def setup_section(ctx: Context) -> h.Section:
     """Setup."""
     s = h.Section("setup", "Setup")
@@ -136,7 +140,7 @@ def setup_section(ctx: Context) -> h.Section:
 
 
 # ----------------------------------------------------------------------------- organism
-@_guard
+@guard
 def organism_section(ctx: Context) -> h.Section | None:
     """The model organisms."""
     runs = [r for r in ctx.study.of("organism") if r.json("card") is not None]
@@ -182,7 +186,7 @@ def organism_section(ctx: Context) -> h.Section | None:
 
 
 # ----------------------------------------------------------------------------- eval
-@_guard
+@guard
 def eval_section(ctx: Context) -> h.Section | None:
     """Instruction following."""
     runs = [r for r in ctx.study.of("eval") if r.has("summary")]
@@ -247,7 +251,7 @@ def _first_is_last(run: Run) -> tuple[int, int] | None:
     return int((pos["first"] == pos["last"]).sum()), len(pos)
 
 
-@_guard
+@guard
 def patching_section(ctx: Context) -> h.Section | None:
     """IV localisation."""
     runs = [r for r in ctx.study.of("patch") if r.has("single_layer")]
@@ -348,7 +352,7 @@ def _linearity(s: h.Section, ctx: Context, run: Run) -> None:
 
 
 # ----------------------------------------------------------------------------- probing
-@_guard
+@guard
 def probing_section(ctx: Context) -> h.Section | None:
     """Probes."""
     runs = [r for r in ctx.study.of("probe") if r.has("probe_accuracy")]
@@ -391,7 +395,7 @@ def probing_section(ctx: Context) -> h.Section | None:
 
 
 # ----------------------------------------------------------------------------- tracing
-@_guard
+@guard
 def tracing_section(ctx: Context) -> h.Section | None:
     """Circuit selectors."""
     runs = [r for r in ctx.study.of("trace") if r.json("compare") is not None]
@@ -543,25 +547,9 @@ def _single_traces(ctx: Context, run: Run) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- steering
-def _matching_patch(ctx: Context, steer: pd.DataFrame) -> tuple[Run, pd.DataFrame] | None:
-    """The study's patch run of the same task, subtask, target and format as a steering table, with its rows."""
-    key = steer[["task", "subtask", "target", "fmt"]].iloc[0].to_dict()
-    for run in ctx.study.of("patch"):
-        if not run.has("patch"):
-            continue
-        rows = run.table("patch")
-        if rows.empty or rows.get("mode", pd.Series(["transfer"])).iloc[0] != "transfer":
-            continue
-        if all(str(rows[k].iloc[0]) == str(v) for k, v in key.items() if k in rows):
-            return run, rows
-    return None
-
-
-@_guard
+@guard
 def steering_section(ctx: Context) -> h.Section | None:
     """Steering with IV directions."""
-    from ivlens.runs import atomic_write_parquet
-    from ivlens.steering.analysis import compare_with_patching
     from ivlens.steering.figures import dose_response_curves, versus_patching
 
     runs = [r for r in ctx.study.of("steer") if r.has("dose_response")]
@@ -588,23 +576,20 @@ def steering_section(ctx: Context) -> h.Section | None:
                            f"Dose-response, vector {vector}: IA (± s.e.m. band) against α (symmetric log scale) "
                            "for each steered layer (dark: early, light: late); rows of panels: where α·v is "
                            "added, columns: model.", ctx.data(run, "dose_response")))
-        match = _matching_patch(ctx, rows)
-        if match is None:
-            s.add(h.note("No patch run of the same task, subtask, target and format in this study: no "
-                         "comparison with patching."))
+        if not run.has("steer_vs_patch"):
+            s.add(h.note("No patch run of the same task, subtask, target and format was given (`--patch-run`; in a "
+                         "study, a transfer patch step of the same setting): no comparison with patching."))
             continue
-        prun, prows = match
-        cmp = compare_with_patching(rows, prows)
-        out = ctx.page_dir / "report_data" / f"steer_vs_patch-{run.rel.replace('/', '-')}.parquet"
-        atomic_write_parquet(out, cmp)
-        link = (f"report_data/{out.name}", os.path.relpath(out, ctx.page_dir).replace(os.sep, "/"))
+        cmp = run.table("steer_vs_patch")
+        link = ctx.data(run, "steer_vs_patch")[0]
+        prun = run.args.get("patch_run")
         unsteered = base[base.run == "target"].groupby("model", as_index=False).ia.mean()
         s.add(h.figure(versus_patching(cmp, ctx.models, unsteered),
                        "Best steering IA per layer (over vectors, positions and α) against the best patching IA "
-                       f"of that single layer and of the best pair or triplet containing it ({prun.rel}); "
+                       f"of that single layer and of the best pair or triplet containing it ({prun}); "
                        "dotted: the unsteered query-only IA; crosses: steering significantly below the "
                        "single-layer patch (paired t-test over shared samples, Holm over layers).",
-                       [link, *ctx.data(run, "steer"), *ctx.data(prun, "patch")]))
+                       [link, *ctx.data(run, "steer")]))
         shown = cmp[["model", "layer", "steer_ia", "steer_acc", "steer_best_acc", "steer_vector", "steer_position",
                      "steer_alpha", "patch_ia", "patch_acc", "set_ia", "set_acc", "set_layers", "n", "diff", "p_t_adj",
                      "verdict"]]
@@ -646,7 +631,7 @@ def _top_components(comp: pd.DataFrame, models: list[str], top: int = 8) -> pd.D
     return pd.DataFrame({"rank": range(1, top + 1), **cols})
 
 
-@_guard
+@guard
 def iv_construction_section(ctx: Context) -> h.Section | None:
     """IV construction."""
     runs = [r for r in ctx.study.of("trace") if r.has("readout_components")]
@@ -694,6 +679,14 @@ def _present_models(comp: pd.DataFrame, order: list[str]) -> list[str]:
 
 SECTIONS = (setup_section, organism_section, eval_section, patching_section, probing_section, steering_section,
             tracing_section, iv_construction_section)
+def omitted_as(fn) -> tuple[str, str]:
+    """What an omitted section would have shown (its docstring's first line) and the analysis that writes it (its
+    name less ``_section``): the note of a section not listed in :data:`OMITTED`."""
+    doc = (fn.__doc__ or "").strip().splitlines()
+    what = doc[0].rstrip(".") if doc else fn.__name__
+    return what[:1].lower() + what[1:], fn.__name__.removesuffix("_section").replace("_", "-")
+
+
 #: What an omitted section would have shown, and the analysis that writes it.
 OMITTED = {"organism_section": ("the organism card", "organism"),
            "eval_section": ("instruction following", "eval"),

@@ -19,8 +19,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ivlens.patching.interactions import Correction, correct, paired_tests
+from ivlens.patching.interactions import correct, paired_tests
 from ivlens.patching.reach import zero_by_construction
+from ivlens.specs import Correction
 
 KEYS = ["model", "vector", "position", "layer", "alpha"]
 METRICS = ("ia", "acc_top1", "logit", "delta_logit_vs_target")

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ivlens.report.figures import _png, colours, plt
+from ivlens.plots import colours, plt
+from ivlens.plots import png_bytes as _png
 from ivlens.runs import atomic_write_bytes
 
 

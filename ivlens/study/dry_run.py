@@ -13,15 +13,13 @@ import dataclasses
 from rich.console import Console
 from rich.table import Table
 
-from ivlens.dry_run import organism_recipe_info, print_plans, spec_plans
+from ivlens.analyses import BY_NAME, spec_plans
+from ivlens.dry_run import organism_recipe_info, print_plans
 from ivlens.estimate.model import ModelInfo, model_info
 from ivlens.estimate.plans import Plan
 
 from .plan import Step, plan_steps
 from .spec import StudySpec
-
-#: Analyses that need an architecture adapter (checked from the config in a dry run).
-NEEDS_ADAPTER = frozenset({"patch", "trace"})
 
 
 def _info(name: str, require_adapter: bool, cache: dict) -> ModelInfo:
@@ -39,7 +37,7 @@ def _info(name: str, require_adapter: bool, cache: dict) -> ModelInfo:
 
 def step_infos(step: Step, cache: dict) -> list[ModelInfo]:
     """The sizes of a step's models, each named by its study label."""
-    need = step.analysis in NEEDS_ADAPTER
+    need = BY_NAME[step.analysis].needs_adapter  # checked from the config in a dry run
     return [dataclasses.replace(_info(path, need, cache), name=label)
             for path, label in zip(step.sizing, step.labels, strict=True)]
 

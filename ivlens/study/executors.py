@@ -78,14 +78,14 @@ def execute_step(work: Work, models: Sequence[LoadedModel] | None = None, shard:
     """Run one step: ``run_<analysis>(spec)`` into its directory, or resume the unfinished run there.
     ``models``: the step's models, loaded and labelled (else each is loaded by :func:`load_labelled`);
     ``shard``: ``"i/n"``, compute only that share of the step's units of work (see :mod:`ivlens.sharding`)."""
-    from ivlens.api import run_spec
+    from ivlens.analyses import run_spec
 
     step = work.step
     spec = step.spec if shard is None else step.spec.model_copy(update={"shard": shard})
     if models is None and step.labels:
         models = [load_labelled(step, i) for i in range(len(step.labels))]
-    # a trace read-out's relative RUN_DIR names a step of the study (plan_steps checks it)
-    root = work.directory.parents[len(Path(step.rel).parts) - 1] if getattr(spec, "readout", None) else None
+    # the study directory: a trace read-out's relative RUN_DIR and a steer step's patch run are steps of the study
+    root = work.directory.parents[len(Path(step.rel).parts) - 1]
     if work.resume:
         return run_spec(spec, models=models, resume=work.directory, root=root)
     return run_spec(spec, models=models, out=work.directory, root=root)

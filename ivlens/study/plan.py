@@ -1,8 +1,9 @@
 """A study's steps: each one ``run_<analysis>(spec)`` call and the run directory it writes (pure: no I/O).
 
 :func:`plan_steps` expands every analysis block of a :class:`~ivlens.study.spec.StudySpec` into steps, one per
-task (eval, patch, trace) and per value of each swept option (a list where the spec takes one value), in the
-order organism, eval, patch, probe, steer, trace. Each step's spec is built, and so validated, here: a bad option
+task (the registry's ``per_task`` analyses: eval, patch, steer, trace) and per value of each swept option (a list
+where the spec takes one value), in the registry's order (:data:`ivlens.analyses.ANALYSES`: organism, eval, patch,
+probe, steer, trace). Each step's spec is built, and so validated, here: a bad option
 is reported with the block it came from before anything runs.
 
 Each step names the steps it reads (:attr:`Step.depends_on`): every step reads the organisms the organism step
@@ -22,15 +23,12 @@ import typing
 from dataclasses import dataclass, replace
 from typing import Any
 
+from ivlens.analyses import BY_NAME, SPECS
 from ivlens.runs import content_hash
-from ivlens.specs import SPECS, Spec, SpecError
+from ivlens.specs import Spec, SpecError
 
 from .spec import StudyError, StudySpec
 
-#: The order steps run in: the organisms first (the other steps load them).
-ORDER = ("organism", "eval", "patch", "probe", "steer", "trace")
-#: Analyses with one ``task`` per run (one step per study task); probe takes them all (``tasks``).
-PER_TASK = frozenset({"eval", "patch", "trace", "steer"})
 #: Spec options a study block may not set, and what to do instead.
 RESERVED = {"models": "give the study's models (models: {label: model})",
             "task": "give the block's tasks (tasks: [...]), a subset of the study's",
@@ -85,7 +83,7 @@ def plan_steps(study: StudySpec) -> list[Step]:
     models = tuple(e.model for e in study.models.values())
     sizing = tuple(e.config or e.model for e in study.models.values())
     steps: list[Step] = []
-    for analysis in sorted(study.analyses, key=ORDER.index):
+    for analysis in sorted(study.analyses, key=lambda name: BY_NAME[name].order):  # the registry's run order
         spec_cls = SPECS[analysis]
         blocks = study.analyses[analysis]
         for bi, block in enumerate(blocks):
@@ -113,7 +111,7 @@ def plan_steps(study: StudySpec) -> list[Step]:
                 base["figures"] = False
             for values in itertools.product(*swept.values()) if swept else [()]:
                 options = {**base, **fixed, **dict(zip(swept, values, strict=True))}
-                for task in (tasks if analysis in PER_TASK else [None]):
+                for task in (tasks if BY_NAME[analysis].per_task else [None]):
                     if task is not None:
                         options["task"] = task
                     try:
@@ -158,10 +156,33 @@ def _readout_step(step: Step, probes: list[str]) -> tuple[str, ...]:
     return (rel,)
 
 
+def _setting(spec: Spec) -> tuple:
+    """What a steering and a patch run must share to be compared: task, subtask (default: the task's first),
+    target and format."""
+    from ivlens.tasks import load_task
+
+    return spec.task, spec.subtask or load_task(spec.task).subtask_names[0], spec.target, spec.format
+
+
+def _with_patch_run(step: Step, patches: list[Step]) -> Step:
+    """A steer step compared with the study's transfer patch step of the same setting (its ``patch_run``), when
+    there is one and the block names no other."""
+    if step.analysis != "steer" or step.spec.patch_run is not None:
+        return step
+    mine = _setting(step.spec)
+    for p in patches:
+        if p.spec.mode == "transfer" and _setting(p.spec) == mine:
+            return replace(step, spec=step.spec.model_copy(update={"patch_run": p.rel}))
+    return step
+
+
 def _with_dependencies(steps: list[Step]) -> list[Step]:
     """``steps`` with :attr:`Step.depends_on` set: the organism steps (every other step loads the organisms),
-    and for a trace read-out the probe step it reads."""
+    for a trace read-out the probe step it reads, and for a steer step the patch step it is compared with."""
     organisms = tuple(s.rel for s in steps if s.analysis == "organism")
     probes = [s.rel for s in steps if s.analysis == "probe"]
-    return [replace(s, depends_on=(organisms if s.analysis != "organism" else ()) + _readout_step(s, probes))
-            for s in steps]
+    patches = [s for s in steps if s.analysis == "patch"]
+    steps = [_with_patch_run(s, patches) for s in steps]
+    return [replace(s, depends_on=(organisms if s.analysis != "organism" else ()) + _readout_step(s, probes)
+                    + ((s.spec.patch_run,) if s.analysis == "steer" and s.spec.patch_run in {p.rel for p in patches}
+                       else ())) for s in steps]

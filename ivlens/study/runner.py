@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from ivlens.analyses import spec_from_manifest
 from ivlens.runs import atomic_write_text, check_out_dir
-from ivlens.specs import spec_from_manifest
 
 from .executors import Executor, LocalExecutor, Work
 from .plan import Step, plan_steps
@@ -124,7 +124,8 @@ def run_study(study: StudySpec, out: str | Path | None = None, *, executor: Exec
 
     (executor or LocalExecutor()).run(work, on_start, on_done)
     if report:
+        from ivlens.analyses import report_sections
         from ivlens.report import build_report
 
-        result.report = build_report(directory)
+        result.report = build_report(directory, sections=report_sections())
     return result

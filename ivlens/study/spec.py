@@ -30,8 +30,9 @@ from typing import Any, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from ivlens.analyses import SPECS
 from ivlens.errors import IvlensError
-from ivlens.specs import SPECS, Dtype
+from ivlens.specs import Dtype
 
 
 class StudyError(IvlensError, ValueError):

@@ -12,6 +12,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Literal, get_args
 
+from ivlens.providers import read_query_split
+
 from .schema import Sample, Task, TaskError
 
 Split = Literal["heldout", "train", "all"]
@@ -57,10 +59,8 @@ def split_queries(model_path: str | Path, model_name: str, task: Task, split: st
         return None
     if split not in SPLITS:
         raise TaskError(f"--split {split!r} is not one of {', '.join(SPLITS)}")
-    from ivlens.organism.card import organism_split  # the card format lives with the organism
-
     try:
-        splits = organism_split(Path(model_path))
+        splits = read_query_split(model_path)  # the card's format lives with the organism (ivlens.providers)
     except FileNotFoundError:
         raise TaskError(f"--split {split} needs a model organism (a card.json next to the weights); "
                         f"{model_name} has none: use --split all") from None

@@ -19,9 +19,10 @@ from .argmax import ArgmaxTrace, argmax_trace
 from .compare import SubtaskComparison, compare_graphs, compare_subtasks, head_activity
 from .graph import AttributionGraph, compute_graph, cut_totals, edge_list, graph_to_json, source_mask
 from .paths import Path, top_paths
+from .spec import TraceSpec
 from .surrogate import Surrogate, Target, TracingError, build_surrogate
 
-__all__ = [
+__all__ = ["TraceSpec",
     "ArgmaxTrace", "AttributionGraph", "Path", "SubtaskComparison", "Surrogate", "Target", "TraceResult",
     "TracingError", "argmax_trace", "build_surrogate", "compare_graphs", "compare_subtasks", "compute_graph",
     "cut_totals", "edge_list", "graph_to_json", "head_activity", "resolve_target", "source_mask", "top_paths",

@@ -6,14 +6,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path as FilePath
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from ivlens.plots import plt
 
-from .graph import AttributionGraph  # noqa: E402
-from .paths import Path  # noqa: E402
+from .graph import AttributionGraph
+from .paths import Path
 
 
 def _save(fig, out: str | FilePath) -> FilePath:

@@ -251,9 +251,10 @@ def check_trace_memory(lm: LoadedModel, *, task, subtask, sample, prompt, compar
                        max_tokens, dtype, device, memory_budget) -> None:
     """Raise :class:`ivlens.budget.BudgetError` when tracing ``lm``'s longest prompt would not fit the budget."""
     from ivlens.budget import BudgetError
-    from ivlens.dry_run import trace_budget, trace_plans, trace_refusal
     from ivlens.estimate.flops import ModelShape
     from ivlens.estimate.model import ModelInfo
+
+    from .dry_run import trace_budget, trace_plans, trace_refusal
 
     shape = ModelShape.from_config(lm.model.config)
     info = ModelInfo(lm.name, str(lm.path), shape, lm.tokenizer)

@@ -35,15 +35,11 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from .spec import ArchitectureSpec, NormParams, UnsupportedArchitectureError
-
-if TYPE_CHECKING:
-    from .registry import Family
+from .spec import ArchitectureSpec, Family, NormParams, UnsupportedArchitectureError
 
 #: Separate q/k/v projection names, then fused ones, then output projections (HF's names across families).
 ATTN_QKV: tuple[tuple[str, str, str], ...] = (("q_proj", "k_proj", "v_proj"), ("query", "key", "value"))

@@ -15,34 +15,12 @@ class are supported too), never by a substring of a model or repository name.
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass, field
 
 from torch import nn
 
+from .adapter import ArchitectureAdapter
 from .derive import derive_spec
-from .spec import QKVLayout, UnsupportedArchitectureError
-
-
-@dataclass(frozen=True)
-class Family:
-    """What cannot be read off a model's module tree.
-
-    Args:
-        name: short name (``spec.name``, reports).
-        classes: the HF ``*ForCausalLM`` class names it covers.
-        qkv_layout: row layout of a fused qkv projection (``concat`` unless the family says otherwise).
-        norm_eps: epsilon of norms that expose none (hard-coded in their ``forward``).
-        overrides: :class:`~.spec.ArchitectureSpec` fields that replace what was derived.
-        notes: what is special about the family (docs, reports).
-    """
-
-    name: str
-    classes: tuple[str, ...]
-    qkv_layout: QKVLayout = "concat"
-    norm_eps: float | None = None
-    overrides: dict = field(default_factory=dict)
-    notes: str = ""
-
+from .spec import Family, UnsupportedArchitectureError
 
 FAMILIES: tuple[Family, ...] = (
     Family("olmo2", ("Olmo2ForCausalLM",),
@@ -107,8 +85,6 @@ def get_adapter(model: nn.Module):
     >>> adapter = get_adapter(model)
     >>> adapter.spec.norms, adapter.n_heads, adapter.d_head
     """
-    from .adapter import ArchitectureAdapter
-
     fam = family_of(model)
     if fam is None:
         raise UnsupportedArchitectureError(_unsupported_message(model))

@@ -9,7 +9,7 @@ Shape vocabulary used throughout ivlens: ``batch pos d_model layer head kv_head 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 import torch
@@ -156,3 +156,24 @@ class MLPParams:
     act: Callable[[torch.Tensor], torch.Tensor]
     W_gate: torch.Tensor | None = None
     b_gate: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Family:
+    """What cannot be read off a model's module tree.
+
+    Args:
+        name: short name (``spec.name``, reports).
+        classes: the HF ``*ForCausalLM`` class names it covers.
+        qkv_layout: row layout of a fused qkv projection (``concat`` unless the family says otherwise).
+        norm_eps: epsilon of norms that expose none (hard-coded in their ``forward``).
+        overrides: :class:`ArchitectureSpec` fields that replace what was derived.
+        notes: what is special about the family (docs, reports).
+    """
+
+    name: str
+    classes: tuple[str, ...]
+    qkv_layout: QKVLayout = "concat"
+    norm_eps: float | None = None
+    overrides: dict = field(default_factory=dict)
+    notes: str = ""

@@ -6,15 +6,18 @@ from typing import Annotated
 
 import typer
 
-from ivlens.cli_common import (
+from ivlens.cli.common import (
     DeviceOpt,
     DtypeOpt,
     FormatOpt,
+    GgufOpt,
     ModelOpt,
     OutOpt,
     RemoteOpt,
     ResumeOpt,
+    RevisionOpt,
     ShardOpt,
+    TrustOpt,
     build_spec,
     console,
     frame_table,
@@ -51,6 +54,9 @@ def probe(
     seed: Annotated[int, typer.Option("--seed", help="seed of the CV folds and label shuffles")] = 0,
     out: OutOpt = None,
     resume: ResumeOpt = None,
+    gguf_file: GgufOpt = None,
+    revision: RevisionOpt = None,
+    trust_remote_code: TrustOpt = False,
     shard: ShardOpt = None,
     remote: RemoteOpt = False,
     dtype: DtypeOpt = "float32",
@@ -59,7 +65,7 @@ def probe(
     """Linear probes, LDA and cosine similarity of instruction vectors (residual at T_inst) by layer,
     for every --model side by side."""
     from ivlens.api import run_probe
-    from ivlens.specs import ProbeSpec
+    from ivlens.probing import ProbeSpec
 
     with friendly_errors():
         from ivlens.probing.instructions import read_user_instructions
@@ -69,13 +75,14 @@ def probe(
         options = {"models": tuple(model or ()), "tasks": tuple(t.strip() for t in tasks.split(",") if t.strip()),
                    "layers": layers, "varying": varying, "instructions": user, "max_per_subtask": max_per_subtask,
                    "folds": folds, "figure_layers": fig_at, "batch_size": batch_size, "memory_budget": memory_budget,
-                   "format": fmt, "seed": seed, "dtype": dtype, "device": device, "shard": shard,
+                   "format": fmt, "seed": seed, "dtype": dtype, "device": device, "shard": shard, "gguf_file": gguf_file, "revision": revision,
+               "trust_remote_code": trust_remote_code,
                    "remote": remote}
         spec = build_spec(ctx, ProbeSpec, options, resume, params={"models": "model", "format": "fmt",
                                                               "instructions": "instructions"})
         check_out_dir(out)  # a dry run refuses what the run would
         if dry_run:
-            from ivlens.dry_run import dry_run as print_dry_run
+            from ivlens.cli.common import print_dry_run
 
             print_dry_run(spec)
             return

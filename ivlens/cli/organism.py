@@ -33,18 +33,18 @@ def build_command(
     from rich.console import Console
 
     from ivlens.api import run_organism
-    from ivlens.cli_common import friendly_errors
+    from ivlens.cli.common import friendly_errors
     from ivlens.dry_run import human_time, organism_build_seconds
+    from ivlens.organism import OrganismSpec
     from ivlens.organism.paths import is_built, organism_dir
     from ivlens.runs import check_out_dir
-    from ivlens.specs import OrganismSpec
 
     with friendly_errors():
         spec = OrganismSpec(seed=seed, size=size, variant=variant, force=force, measure=not no_measure,
                             threads=threads)
         check_out_dir(out)  # a dry run refuses what the run would
         if dry_run:
-            from ivlens.dry_run import dry_run as print_dry_run
+            from ivlens.cli.common import print_dry_run
 
             print_dry_run(spec)
             return

@@ -1,6 +1,6 @@
 """``ivlens patch``: the command-line body of a patch sweep (registered in :mod:`ivlens.cli`).
 
-Also runnable on its own: ``python -m ivlens.patching.cli --model organism-dpo --task adjectives ...``.
+Also runnable on its own: ``python -m ivlens.cli.patch --model organism-dpo --task adjectives ...``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from ivlens.cli_common import RemoteOpt, ScoreOpt, ShardOpt
+from ivlens.cli.common import GgufOpt, RemoteOpt, RevisionOpt, ScoreOpt, ShardOpt, TrustOpt
 from ivlens.specs import Backend, Correction, Dtype, Format, LinearEstimate, PatchMode, PatchTarget, Split
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,9 @@ def patch(
                                        "not given take the run's recorded values, and a given option that differs "
                                        "is an error (memory budget, batch size, threads and figures may change)."),
     figures: bool = typer.Option(True, help="Write figures."),
+    gguf_file: GgufOpt = None,
+    revision: RevisionOpt = None,
+    trust_remote_code: TrustOpt = False,
     shard: ShardOpt = None,
     remote: RemoteOpt = False,
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (rows, FLOPs, peak memory, time on "
@@ -69,9 +72,9 @@ def patch(
 ) -> None:
     """Localise instruction vectors: patch IVs of layer sets into targets, then interactions and figures."""
     from ivlens.api import run_patch
-    from ivlens.cli_common import run_row_sweep
+    from ivlens.cli.common import run_row_sweep
+    from ivlens.patching import PatchSpec
     from ivlens.patching.interactions import strongest_single_layer
-    from ivlens.specs import PatchSpec
 
     options = {"models": tuple(model or ()), "task": task, "subtask": subtask, "layers": layers,
                "positions": positions, "samples": samples, "split": split, "mode": mode, "source_model": source_model,
@@ -79,7 +82,9 @@ def patch(
                "memory_budget": memory_budget,
                "chunk_size": chunk_size, "seed": seed, "effect": effect, "correction": correction, "alpha": alpha,
                "dtype": dtype, "device": device, "threads": threads, "backend": backend, "figures": figures,
-               "shard": shard, "remote": remote, "linear_estimate": linear_estimate, "screen": screen}
+               "shard": shard, "gguf_file": gguf_file, "revision": revision,
+               "trust_remote_code": trust_remote_code, "remote": remote, "linear_estimate": linear_estimate,
+               "screen": screen}
     console = Console(stderr=True)
     spec, res = run_row_sweep(ctx, PatchSpec, options, run_patch, "patch", resume=resume, out=out, dry_run=dry_run,
                               console=console)

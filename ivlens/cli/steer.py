@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from ivlens.cli_common import ShardOpt
+from ivlens.cli.common import GgufOpt, RevisionOpt, ShardOpt, TrustOpt
 from ivlens.specs import Dtype, Format, PatchTarget, Split
 
 
@@ -47,20 +47,27 @@ def steer(
     resume: Path | None = typer.Option(None, help="Resume this run directory (finished shards are kept; a given "
                                        "option that differs is an error)."),
     figures: bool = typer.Option(True, help="Write figures."),
+    gguf_file: GgufOpt = None,
+    revision: RevisionOpt = None,
+    trust_remote_code: TrustOpt = False,
     shard: ShardOpt = None,
+    patch_run: str | None = typer.Option(None, "--patch-run", help="A finished transfer `ivlens patch` run of the "
+                                         "same task, subtask, target and format: compare the steering with its "
+                                         "single layers and sets (steer_vs_patch.parquet)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (rows, FLOPs, peak memory, time) from "
                                  "the models' configs, without loading weights, and exit."),
 ) -> None:
     """Steer with IV directions: add α·v to the residual of query-only prompts, per layer and α (dose-response)."""
     from ivlens.api import run_steer
-    from ivlens.cli_common import run_row_sweep
-    from ivlens.specs import SteerSpec
+    from ivlens.cli.common import run_row_sweep
+    from ivlens.steering import SteerSpec
 
     options = {"models": tuple(model or ()), "task": task, "subtask": subtask, "vectors": vectors,
                "alphas": alphas, "layers": layers, "positions": positions, "samples": samples, "split": split,
                "target": target, "format": fmt, "max_per_subtask": max_per_subtask, "batch_size": batch_size,
                "memory_budget": memory_budget, "chunk_size": chunk_size, "seed": seed, "dtype": dtype,
-               "device": device, "threads": threads, "figures": figures, "shard": shard}
+               "device": device, "threads": threads, "figures": figures, "shard": shard, "gguf_file": gguf_file, "revision": revision,
+               "trust_remote_code": trust_remote_code, "patch_run": patch_run}
     console = Console(stderr=True)
     spec, res = run_row_sweep(ctx, SteerSpec, options, run_steer, "steer", resume=resume, out=out, dry_run=dry_run,
                               console=console)

@@ -91,7 +91,7 @@ def build_spec(ctx: typer.Context, spec_cls: type[Spec], options: dict[str, Any]
     they differ), so ``--resume RUN`` alone continues the run and a given option that differs is reported."""
     if resume is None:
         return spec_cls(**options)
-    from ivlens.api import stored_spec
+    from ivlens.analyses import stored_spec
 
     params = params or {}
 
@@ -199,8 +199,6 @@ def run_row_sweep(ctx: typer.Context, spec_cls: type[Spec], options: dict[str, A
         spec = build_spec(ctx, spec_cls, options, resume, params={"models": "model", "format": "fmt"})
         check_out_dir(out)  # a dry run refuses what the run would
         if dry_run:
-            from ivlens.dry_run import dry_run as print_dry_run
-
             print_dry_run(spec)
             return spec, None
         if resume is not None:
@@ -219,3 +217,21 @@ def run_row_sweep(ctx: typer.Context, spec_cls: type[Spec], options: dict[str, A
 def shard_written(path: Path, shard: str) -> None:
     """What a sharded command prints instead of its tables."""
     console.print(f"shard {shard} written: {path} (join the shards with `ivlens merge RUN... --out DIR`)")
+
+
+def print_dry_run(spec, console=None) -> dict:
+    """``--dry-run`` of any analysis's spec, what every command's ``--dry-run`` calls: its plans on the models'
+    configs (no weights loaded; :func:`ivlens.analyses.spec_plans`), printed with this device's rates; returns the
+    figures of :func:`ivlens.dry_run.print_plans`."""
+    from ivlens.analyses import analysis_of, spec_plans
+    from ivlens.dry_run import organism_shape, print_plans
+    from ivlens.estimate.inputs import model_infos
+
+    if not hasattr(spec, "models"):  # the organism build: built on the CPU in fp32
+        plans, _ = spec_plans(spec)
+        return print_plans(plans, [organism_shape(spec.size)], "cpu", "float32", console=console)
+    infos = model_infos(list(spec.models), spec.gguf_file, spec.revision, spec.trust_remote_code,
+                        require_adapter=analysis_of(spec).needs_adapter)
+    plans, together = spec_plans(spec, infos)
+    return print_plans(plans, [i.shape for i in infos], spec.device, spec.dtype, together=together,
+                       console=console, configs=[i.config for i in infos], remote=getattr(spec, "remote", False))

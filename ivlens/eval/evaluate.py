@@ -40,10 +40,10 @@ from functools import lru_cache
 import pandas as pd
 import torch
 
-from .models.greedy import greedy_generate
-from .models.load import LoadedModel
-from .scoring import teacher_forced_scores
-from .tasks.prompts import (
+from ivlens.models.greedy import greedy_generate
+from ivlens.models.load import LoadedModel
+from ivlens.scoring import teacher_forced_scores
+from ivlens.tasks.prompts import (
     AnswerCandidates,
     Prompt,
     PromptFormat,
@@ -53,8 +53,8 @@ from .tasks.prompts import (
     labels_token_ids,
     pad_left,
 )
-from .tasks.schema import Sample, Subtask, Task
-from .tasks.validate import warn_first_token_clashes
+from ivlens.tasks.schema import Sample, Subtask, Task
+from ivlens.tasks.validate import warn_first_token_clashes
 
 log = logging.getLogger(__name__)
 

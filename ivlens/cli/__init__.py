@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 import typer
 
-from ivlens.cli_common import (
+from ivlens.cli.common import (
     DeviceOpt,
     DryRunOpt,
     DtypeOpt,
@@ -39,7 +39,7 @@ app = typer.Typer(help="ivlens: instruction vectors, layer patching, probes and 
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 tasks_app = typer.Typer(help="List, show and check tasks (built-in or YAML specs).", no_args_is_help=True)
 app.add_typer(tasks_app, name="tasks")
-from ivlens.organism.cli import organism_app  # noqa: E402
+from ivlens.cli.organism import organism_app  # noqa: E402
 
 app.add_typer(organism_app, name="organism")
 
@@ -154,7 +154,7 @@ def eval_cmd(
     """Instruction-following evaluation: IA, accuracy and first-token ranks, with the instruction, without it
     and with the other subtask's instruction."""
     from ivlens.api import run_eval
-    from ivlens.specs import EvalSpec
+    from ivlens.eval import EvalSpec
 
     with friendly_errors():
         options = {"models": tuple(model or ()), "task": task, "subtask": subtask, "samples": samples,
@@ -165,7 +165,7 @@ def eval_cmd(
         spec = build_spec(ctx, EvalSpec, options, resume, params={"models": "model", "format": "fmt"})
         check_out_dir(out)  # a dry run refuses what the run would
         if dry_run:
-            from ivlens.dry_run import dry_run as print_dry_run
+            from ivlens.cli.common import print_dry_run
 
             print_dry_run(spec)
             return
@@ -249,30 +249,40 @@ def report_cmd(
     = None,
 ) -> None:
     """Write one self-contained HTML report (figures and tables embedded; opens offline) of finished runs."""
+    from ivlens.analyses import report_sections
     from ivlens.report import build_report
 
     with friendly_errors():
-        path = build_report(run_dir, out)
+        path = build_report(run_dir, out, sections=report_sections())
     console.print(f"report: {path}")
 
 
 # ----------------------------------------------------------------------------- analysis commands
 # Each analysis lives in its own package; its CLI function is registered here.
-from ivlens.patching.cli import patch  # noqa: E402
+from ivlens.cli.patch import patch  # noqa: E402
 
 app.command("patch")(patch)
 
-from ivlens.tracing.cli import trace  # noqa: E402
+from ivlens.cli.trace import trace  # noqa: E402
 
 app.command("trace")(trace)
 
-from ivlens.probing.cli import probe  # noqa: E402
+from ivlens.cli.probe import probe  # noqa: E402
 
 app.command("probe")(probe)
 
-from ivlens.steering.cli import steer  # noqa: E402
+from ivlens.cli.steer import steer  # noqa: E402
 
 app.command("steer")(steer)
+
+# Every other registered analysis: its command generated from its spec (ivlens.cli.generated).
+from ivlens.analyses import ANALYSES  # noqa: E402
+from ivlens.cli.generated import analysis_command  # noqa: E402
+
+_written = {c.name for c in app.registered_commands} | {g.name for g in app.registered_groups}
+for _analysis in ANALYSES:
+    if _analysis.name not in _written:
+        app.command(_analysis.name)(analysis_command(_analysis))
 
 
 def main() -> None:
@@ -282,7 +292,7 @@ def main() -> None:
 
     from typer._click.exceptions import UsageError  # typer's own click: its usage errors (no public alias)
 
-    from ivlens.cli_common import error_line
+    from ivlens.cli.common import error_line
 
     try:
         code = app(standalone_mode=False)

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ivlens.cli_common import (
+from ivlens.cli.common import (
     DeviceOpt,
     DryRunOpt,
     DtypeOpt,
@@ -80,7 +80,7 @@ def trace(
     """Exact path tracing: the answer's logit decomposed into paths (token → heads/MLPs → answer) under the
     frozen linear surrogate; or (--compare) the two subtasks' graphs compared layer by layer."""
     from ivlens.api import run_trace
-    from ivlens.specs import TraceSpec
+    from ivlens.tracing import TraceSpec
 
     options = {"models": tuple(model or ()), "task": task, "subtask": subtask, "sample": sample, "prompt": prompt,
                "target": target, "method": method, "compare": compare, "samples": samples, "split": split,
@@ -93,7 +93,7 @@ def trace(
         spec = build_spec(ctx, TraceSpec, options, resume, params={"models": "model", "format": "fmt"})
         check_out_dir(out)  # a dry run refuses what the run would
         if dry_run:
-            from ivlens.dry_run import dry_run as print_dry_run
+            from ivlens.cli.common import print_dry_run
 
             print_dry_run(spec)
             return

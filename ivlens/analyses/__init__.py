@@ -1,0 +1,116 @@
+"""The analyses ivlens runs, declared once: the registry that the CLI, studies, dry runs, ``ivlens merge`` and the
+tests read instead of naming analyses.
+
+Each :class:`Analysis` says what its runs need and where its pieces are: the spec (options, validation, hash), the
+run (``run(spec, *, models, out, resume, root)``), the dry-run plan (``plan(spec, infos) -> [Plan]``), the report
+sections that draw its finished runs, whether it needs an architecture adapter, whether a study runs it once per
+task, which analyses' runs it may read, whether its models are loaded together, and its place in a study's order.
+Whether a run shards is its spec's :attr:`~ivlens.specs.Spec.shardable`.
+
+Adding an analysis: its package ``ivlens/analyses/<name>/`` (spec, maths, run, dry-run plan, report section and
+its :class:`Analysis` entry) and one line in :data:`ANALYSES` (``docs/contributing.md``). The CLI command is
+generated from the spec (:mod:`ivlens.cli.generated`), the report takes its sections from
+:func:`report_sections`, and the registry-driven tests run its ``example``.
+
+>>> [a.name for a in ANALYSES][:3]
+['organism', 'eval', 'patch']
+>>> analysis_of(EvalSpec(models=("m",), task="adjectives")).per_task
+True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from ivlens import api, dry_run
+from ivlens.eval.spec import EvalSpec
+from ivlens.organism.spec import OrganismSpec
+from ivlens.patching.spec import PatchSpec
+from ivlens.probing.spec import ProbeSpec
+from ivlens.report import sections
+from ivlens.runs import RunDir
+from ivlens.specs import Spec, SpecError
+from ivlens.steering.spec import SteerSpec
+from ivlens.tracing.spec import TraceSpec
+
+from . import logit_lens
+from .analysis import Analysis
+
+
+def _run_organism(spec: OrganismSpec, *, models=None, out=None, resume=None, root=None) -> Path:
+    """The organism build as a step: its run directory holds the card (the build itself goes to the cache)."""
+    directory = out if out is not None else resume
+    api.run_organism(spec, run_dir=directory, progress=False)
+    return Path(directory)
+
+
+#: Every analysis, in a study's run order. A new analysis is one more entry here.
+ANALYSES: tuple[Analysis, ...] = (
+    Analysis("organism", OrganismSpec, _run_organism, dry_run.organism_spec_plans, (sections.organism_section,),
+             per_task=False, together=False, order=0),
+    Analysis("eval", EvalSpec, api.run_eval, dry_run.eval_spec_plans, (sections.eval_section,), order=10),
+    Analysis("patch", PatchSpec, api.run_patch, dry_run.patch_spec_plans, (sections.patching_section,),
+             needs_adapter=True, order=20),
+    Analysis("probe", ProbeSpec, api.run_probe, dry_run.probe_spec_plans, (sections.probing_section,),
+             per_task=False, together=False, order=30),
+    logit_lens.ANALYSIS,
+    Analysis("steer", SteerSpec, api.run_steer, dry_run.steer_plans, (sections.steering_section,),
+             needs_adapter=True, depends_on=("patch", "probe"), order=40, takes_root=True),
+    Analysis("trace", TraceSpec, api.run_trace, dry_run.trace_spec_plans,
+             (sections.tracing_section, sections.iv_construction_section), needs_adapter=True,
+             depends_on=("probe",), order=50, takes_root=True),
+)
+
+BY_NAME: dict[str, Analysis] = {a.name: a for a in sorted(ANALYSES, key=lambda a: a.order)}
+#: the spec class of each analysis, by name
+SPECS: dict[str, type[Spec]] = {a.name: a.spec for a in ANALYSES}
+
+
+def report_sections() -> tuple[Callable, ...]:
+    """The report's sections in page order: the set-up, then each analysis's sections in registry order (what
+    ``ivlens report`` and a study's report draw; :func:`ivlens.report.build_report`)."""
+    return (sections.setup_section, *[s for a in sorted(ANALYSES, key=lambda a: a.order) for s in a.report])
+
+
+def analysis_of(spec: Spec) -> Analysis:
+    """The registered analysis of ``spec`` (by its class)."""
+    for a in ANALYSES:
+        if type(spec) is a.spec:
+            return a
+    raise SpecError(f"{type(spec).__name__} is no registered analysis's spec ({', '.join(BY_NAME)})")
+
+
+def spec_from_manifest(manifest: dict) -> Spec:
+    """The spec a run directory's manifest records (``command`` picks the class)."""
+    cls = SPECS.get(manifest.get("command", ""))
+    if cls is None or "spec" not in manifest:
+        raise SpecError(f"this run directory records no {', '.join(SPECS)} spec (made by an older ivlens?): "
+                        "start a new run instead of --resume")
+    return cls(**manifest["spec"])
+
+
+def stored_spec(run_dir: str | Path) -> Spec:
+    """The spec recorded in an earlier run's manifest (for ``--resume``)."""
+    return spec_from_manifest(RunDir.open(run_dir).manifest)
+
+
+def spec_plans(spec: Spec, infos: Sequence = ()) -> tuple[list, bool]:
+    """The dry-run plans of any analysis's spec on the models described by ``infos``, and whether the analysis holds
+    its models together."""
+    a = analysis_of(spec)
+    return a.plan(spec, infos), a.together
+
+
+def run_spec(spec: Spec, *, models=None, out: str | Path | None = None, resume: str | Path | None = None,
+             root: str | Path | None = None) -> Path:
+    """Run any analysis's spec into ``out`` (or finish the run at ``resume``) through its registered run; returns the
+    run directory. The study runner and ``ivlens merge`` call this; ``root``: the study directory, against which
+    the relative run directories a run reads (a trace read-out, a steer step's patch run) are read."""
+    a = analysis_of(spec)
+    extra = {"root": root} if a.takes_root and root is not None else {}
+    result = a.run(spec, models=models, out=out, resume=resume, **extra)
+    if isinstance(result, Path):
+        return result
+    run = result[0] if isinstance(result, tuple) else result.run
+    return run.path

@@ -1,0 +1,47 @@
+"""What the registry records of one analysis (:class:`Analysis`), apart from the registry itself so that an analysis
+package can declare its own entry (``ivlens/analyses/<name>/``) and the registry lists it in one line."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ivlens.specs import Spec
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """One analysis, as every caller sees it.
+
+    Args:
+        name: the command (``ivlens <name>``), a study's ``analyses`` key and a run's ``command``.
+        spec: its :class:`~ivlens.specs.Spec` class (``spec.analysis == name``).
+        run: ``run(spec, *, models=None, out=None, resume=None, root=None)``: computes one run directory; returns
+            its result (whose ``run`` attribute, or first item, is the :class:`~ivlens.runs.RunDir`).
+        plan: ``plan(spec, infos) -> [Plan]``: the dry run on the models' configs (``infos`` in ``spec.models``
+            order; none for the organism build).
+        report: the report sections (``section(ctx) -> Section | None``) that draw its finished runs, in page order.
+        needs_adapter: its models need an architecture adapter (patching, steering and tracing edit internals).
+        per_task: a study runs it once per task (else once, on all the study's tasks).
+        depends_on: analyses whose runs its runs may read (a study runs those first and waits for them).
+        together: it holds all its models in memory at once (the dry run's peak adds their weights).
+        order: its place in a study's run order (lower first) and on the report's page.
+        takes_root: its run reads other run directories given relative to a study directory (``root``).
+        example: the spec options (models aside) of a small run on tiny models, which the registry-driven tests
+            run (same seed, same bytes; shards merged equal the whole run when the spec shards); empty for an
+            analysis those tests cover by hand (their own lists).
+    """
+
+    name: str
+    spec: type[Spec]
+    run: Callable[..., Any]
+    plan: Callable[[Spec, Sequence], list]
+    report: tuple[Callable, ...] = ()
+    needs_adapter: bool = False
+    per_task: bool = True
+    depends_on: tuple[str, ...] = ()
+    together: bool = True
+    order: int = 0
+    takes_root: bool = False
+    example: dict[str, Any] = field(default_factory=dict)
