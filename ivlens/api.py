@@ -197,7 +197,8 @@ def run_patch(spec: PatchSpec, *, models: Sequence[LoadedModel] | None = None,
                           split=spec.split, mode=spec.mode, source_model=src, target=spec.target, fmt=spec.format,
                           batch_size=spec.batch_size, memory_budget=spec.memory_budget, chunk_size=spec.chunk_size,
                           seed=spec.seed, run=run, device=spec.device, backend=spec.backend, score=spec.score,
-                          progress=progress, owns=owner(spec.shard))
+                          progress=progress, owns=owner(spec.shard), linear_estimate=spec.linear_estimate,
+                          screen=spec.screen, effect=spec.effect)
         if spec.shard is not None:
             stop_shard(run, spec)
             return PatchResult(run, res, None)

@@ -17,9 +17,11 @@ then exits 0) and what ``ivlens run --dry-run`` calls per step.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from rich.console import Console
 
@@ -30,16 +32,19 @@ from ivlens.estimate.calibrate import (
     machine_load,
     model_gemm_shapes,
     op_latency,
-    probe_fit_latency,
+    probe_layer_latency,
     train_step_latency,
 )
 from ivlens.estimate.flops import ModelShape, prompt_flops
 from ivlens.estimate.model import ModelInfo, model_info
 from ivlens.estimate.plans import (
+    DTYPE_BYTES,
+    AnswerTrie,
     PatchTarget,
     Plan,
     Rates,
     TrainStage,
+    add_answer_scoring,
     add_figures,
     add_startup,
     eval_plan,
@@ -115,13 +120,15 @@ def chosen_samples(task, samples, seed: int, split: str, info: ModelInfo) -> lis
 _ENGINE_CACHE: dict[tuple, tuple[int, int]] = {}
 
 
-def engine_work(chunk: Sequence[PatchTarget], layer_sets, n_layers: int, group_rows) -> tuple[int, int, int]:
+def engine_work(chunk: Sequence[PatchTarget], layer_sets, n_layers: int, group_rows, continued: bool = False,
+                ) -> tuple[int, int, int]:
     """The patching engine's own count (:func:`ivlens.patching.engine.plan_work`) for one chunk: executed layer-token
     evaluations, unembedded rows and layer calls, without running anything.
 
     ``plan_work`` runs once per distinct target shape (length, positions) and the counts add up over targets
     (groups hold whole targets' tries); the layer calls are counted per suffix length over the whole chunk, as
-    the engine groups them (:func:`ivlens.estimate.plans.trie_work`)."""
+    the engine groups them (:func:`ivlens.estimate.plans.trie_work`). ``continued``: rows scored at the answer
+    level (no last-position identity)."""
     try:
         from ivlens.patching.engine import RowSpec, plan_work
     except ImportError:  # an engine without a counting function: the trie's own count
@@ -129,10 +136,10 @@ def engine_work(chunk: Sequence[PatchTarget], layer_sets, n_layers: int, group_r
     evals = unembed = 0
     sets = tuple(layer_sets)
     for t in chunk:
-        key = (t.n_tokens, t.positions, n_layers, hash(sets))
+        key = (t.n_tokens, t.positions, n_layers, hash(sets), continued)
         if key not in _ENGINE_CACHE:
             rows = [RowSpec(0, 0, s, p) for p in t.positions for s in sets]
-            st = plan_work(rows, [t.n_tokens], n_layers, group_rows=1 << 40)
+            st = plan_work(rows, [t.n_tokens], n_layers, group_rows=1 << 40, continued=continued)
             _ENGINE_CACHE[key] = (st.executed_evals, st.unembed_rows)
         e, u = _ENGINE_CACHE[key]
         evals, unembed = evals + e, unembed + u
@@ -145,14 +152,19 @@ def patch_plans(models: Sequence[str], task: str, subtask: str | None, *, layers
                 target: str = "bare", fmt: str = "raw", chunk_size: int = 25, batch_size: int | None = None,
                 seed: int = 0, dtype: str = "float32", device: str = "cpu", memory_budget=None,
                 figures: bool = True, split: str = "all", score: str = "first-token",
-                infos: Sequence[ModelInfo] | None = None) -> list[Plan]:
+                infos: Sequence[ModelInfo] | None = None, linear_estimate: str = "auto", screen: int | None = None,
+                remote: bool = False) -> list[Plan]:
     """The plan of ``ivlens patch`` with these options, one per model (see :func:`ivlens.patching.sweep.patch_sweep`).
 
-    ``score="answer"``: every sample's target runs once per candidate label, extended by that label's tokens
-    (teacher-forced), so the engine's work is about ``k`` times the first-token sweep's for ``k`` candidates."""
+    ``score="answer"``: the engine runs the targets once, keeping the rows' keys/values, and each distinct row (and
+    each target-only and instructed run) scores the candidates' token trie against them (:func:`answer_trie`).
+    With the linear estimate on (:func:`ivlens.patching.linear.linear_on`), every sample adds one forward and one
+    backward per scored logit (:func:`add_linear_estimate`); ``screen=K`` runs the engine on the singles and at
+    most ``K`` sets per size and position (:func:`screened_stand_in`)."""
+    from ivlens.patching.linear import linear_on
     from ivlens.patching.plan import PatchPlan, resolve_position
     from ivlens.patching.sweep import starts_with_bos
-    from ivlens.tasks import instructed_prompt, instruction_prompt, label_token_ids, load_task, query_prompt
+    from ivlens.tasks import instructed_prompt, instruction_prompt, load_task, query_prompt
     from ivlens.tasks.prompts import AnswerCandidates
 
     t = load_task(task)
@@ -164,8 +176,12 @@ def patch_plans(models: Sequence[str], task: str, subtask: str | None, *, layers
         tok = info.tokenizer
         chosen = chosen_samples(t, samples, seed, split, info)
         plan = PatchPlan.build(layers, positions, info.shape.n_layers)
+        all_sets = plan.layer_sets
+        linear = linear_on(linear_estimate, screen, all_sets, score=score, remote=remote)
+        if screen is not None:
+            plan = plan.with_layer_sets(screened_stand_in(all_sets, screen, len(plan.positions)))
         labels = AnswerCandidates.of(t, sub.name).labels if score == "answer" else ()
-        targets = []
+        targets, trie = [], None
         for s in chosen:
             instructed = instructed_prompt(tok, t, s, sub.instruction, fmt)
             tgt = (query_prompt(tok, t, s, fmt, query_style=target) if mode == "transfer"
@@ -173,25 +189,71 @@ def patch_plans(models: Sequence[str], task: str, subtask: str | None, *, layers
             has_bos = starts_with_bos(tok, tgt)
             pos = tuple(dict.fromkeys(resolve_position(p, len(tgt), t_inst=tgt.t_inst, has_bos=has_bos)
                                       for p in plan.positions))
-            if not labels:
-                targets.append(PatchTarget(len(tgt), pos, len(instructed)))
-                continue
-            for label in labels:  # the target extended by the label's tokens but its last
-                extra = len(label_token_ids(tok, tgt, label)) - 1
-                targets.append(PatchTarget(len(tgt) + extra, pos, len(instructed) + extra))
+            targets.append(PatchTarget(len(tgt), pos, len(instructed)))
+            if labels and trie is None:
+                trie = answer_trie(tok, tgt, labels)
         src = len(instruction_prompt(tok, sub.instruction, fmt))
-        p = patch_plan(info.shape, targets, plan.layer_sets, src, dtype=dtype, chunk_size=chunk_size * max(1, len(labels)),
-                       budget=budget, batch_size=batch_size, n_positions=len(plan.positions), model=info.name,
-                       engine_work=engine_work)
-        if labels:  # result rows are per sample, not per candidate
-            p.counts = {"samples": len(chosen), "answer_candidates": len(labels),
-                        **{k: v // (len(labels) if k == "rows" else 1) for k, v in p.counts.items() if k != "samples"}}
-            p.kernel_calls //= len(labels)
+        work = functools.partial(engine_work, continued=True) if trie is not None else engine_work
+        p = patch_plan(info.shape, targets, plan.layer_sets, src, dtype=dtype, chunk_size=chunk_size, budget=budget,
+                       batch_size=batch_size, n_positions=len(plan.positions), model=info.name, engine_work=work,
+                       answer=trie)
         p.notes.append(f"{t.name}/{sub.name}, {len(chosen)} samples ({split}), {layers} × {positions}, target "
                        f"{target}, score {score}, memory budget {budget / 2**30:.2f} GiB")
+        if linear:
+            add_linear_estimate(p, info.shape, [x.n_tokens for x in targets], 2 if other is not None else 1, dtype)
+        if screen is not None:
+            p.counts["ranked_sets"] = len(all_sets)
+            p.notes.append(f"--screen {screen}: {len(plan.layer_sets):,} of {len(all_sets):,} layer sets run exactly "
+                           f"(the singles and at most {screen} per size and position; which ones the linear "
+                           "estimate decides, so the count is an upper bound and the sets a stand-in)")
         add_figures(p, 2 if figures and not plans else 0)  # single layers and pair heatmaps, once
         plans.append(_with_note(p, info, dtype, not plans))
     return plans
+
+
+def answer_trie(tok, prompt, labels: Sequence[str]) -> AnswerTrie:
+    """The token trie answer-level scoring runs for ``labels`` after ``prompt`` (a representative prompt: labels
+    tokenise alike after every prompt of a format), as sizes (:class:`~ivlens.estimate.plans.AnswerTrie`)."""
+    from ivlens.scoring import ContinuationTrie
+    from ivlens.tasks import label_token_ids
+
+    conts = [label_token_ids(tok, prompt, lab) for lab in labels]
+    trie = ContinuationTrie.build(1, [0] * len(conts), conts)
+    return AnswerTrie(len(labels), tuple(len(x) for x in trie.token[1:]))
+
+
+def screened_stand_in(layer_sets: Sequence[tuple[int, ...]], k: int, n_positions: int) -> tuple[tuple[int, ...], ...]:
+    """What ``--screen k`` runs, for counting before the estimate exists: the singles and, per set size ≥ 2, at
+    most ``k × n_positions`` sets (each position's top ``k``, at most all of them), spread evenly over the size's
+    sets (the ranking picks them by the data; spreading them gives a typical mix of first layers)."""
+    by_size: dict[int, list[tuple[int, ...]]] = {}
+    for s in layer_sets:
+        by_size.setdefault(len(s), []).append(s)
+    out: list[tuple[int, ...]] = []
+    for size, sets in by_size.items():
+        n = len(sets) if size == 1 else min(len(sets), k * n_positions)
+        idx = sorted({int(round(x)) for x in np.linspace(0, len(sets) - 1, n)}) if n else []
+        out += [sets[i] for i in idx]
+    return tuple(out)
+
+
+def add_linear_estimate(p: Plan, shape: ModelShape, lengths: Sequence[int], n_scores: int, dtype: str) -> Plan:
+    """The linear estimate's cost (:mod:`ivlens.patching.linear`): per target (``lengths``: the targets' tokens)
+    one forward and ``n_scores`` backward passes (the label's logit, and the alternative's where the task has
+    one), each backward about twice a forward; one target at a time, so its memory is one prompt's activations
+    kept for the backward (counted beyond the engine's working set, which is free by then)."""
+    from ivlens.estimate.plans import patch_row_bytes
+
+    p.flops += sum(prompt_flops(shape, n) * (1 + 2 * n_scores) for n in lengths)
+    p.layer_calls += len(lengths) * shape.n_layers * (1 + 2 * n_scores)
+    p.counts["gradient_passes"] = len(lengths)
+    widest = max(lengths, default=0)
+    graph = shape.n_layers * patch_row_bytes(shape, widest, widest, dtype)
+    extra = max(0, graph - p.memory.get("engine working set", 0))
+    if extra:
+        p.memory["linear estimate's backward (one sample)"] = extra
+    p.notes.append(f"linear estimate: one forward + {n_scores} backward per sample (--linear-estimate off drops it)")
+    return p
 
 
 # --------------------------------------------------------------------------------------------- steer
@@ -259,8 +321,11 @@ def probe_plans(models: Sequence[str], tasks: Sequence[str], *, layers: str = "a
     """The plan of ``ivlens probe``, one per model."""
     from pathlib import Path
 
+    import pandas as pd
+
     from ivlens.probing.collect import parse_layers
     from ivlens.probing.instructions import instruction_set, organism_heldout
+    from ivlens.probing.run import probe_specs
     from ivlens.tasks import instruction_prompt
 
     budget = _budget(memory_budget, device)
@@ -271,13 +336,15 @@ def probe_plans(models: Sequence[str], tasks: Sequence[str], *, layers: str = "a
         lengths = [len(instruction_prompt(info.tokenizer, r.instruction, fmt)) for r in rows]
         n_layers = len(parse_layers(layers, info.shape.n_layers))
         classes = {(r.task, r.subtask) for r in rows}
-        n_tasks = len({r.task for r in rows})
-        n_probes = 1 + (n_tasks if n_tasks >= 2 else 0)
-        n_train = len(rows) * (folds - 1) // folds  # a CV fit's rows
-        fit_seconds = (probe_fit_latency(n_train, info.shape.d_model, len(classes)),
-                       probe_fit_latency(n_train, info.shape.d_model, len(classes), shuffled=True))
+        try:
+            specs = probe_specs(pd.DataFrame([r.to_dict() for r in rows]), varying)  # the run's own probes
+        except ValueError:  # a single class: the run itself refuses, with its own message
+            specs = []
+        n_probes = len(specs)
+        layer_seconds = sum(probe_layer_latency(int(mask.sum()), info.shape.d_model, len(names), groups is not None,
+                                                folds) for _, _, mask, _, groups, names in specs)
         p = probe_plan(info.shape, lengths, n_layers, n_probes, dtype=dtype, batch_size=batch_size, budget=budget,
-                       folds=folds, n_classes=len(classes), fit_seconds=fit_seconds, model=info.name)
+                       folds=folds, n_classes=len(classes), layer_seconds=layer_seconds, model=info.name)
         add_figures(p, n_probes + 5 if not plans else 0)  # accuracy per probe, LDA, PCA, 3 similarity maps
         plans.append(_with_note(p, info, dtype, not plans))
     return plans
@@ -348,9 +415,10 @@ def trace_refusal(shape: ModelShape, n_tokens: int, budget: int, dtype: str = "f
 # --------------------------------------------------------------------------------------------- eval
 def eval_plans(models: Sequence[str], task: str, *, subtask: str | None = None, samples: int | None = None,
                fmt: str = "raw", query_style: str = "formatted", batch_size: int = 16, seed: int = 0,
-               dtype: str = "float32", split: str = "all", score: str = "first-token",
+               dtype: str = "float32", split: str = "all", score: str = "first-token", device: str = "cpu",
                infos: Sequence[ModelInfo] | None = None, **_) -> list[Plan]:
-    """The plan of ``ivlens eval``, one per model (every condition of every sample and scored subtask)."""
+    """The plan of ``ivlens eval``, one per model (every condition of every sample and scored subtask); ``score=
+    "answer"`` adds each prompt's cached forward and the candidates' token trie (:func:`answer_trie`)."""
     from ivlens.tasks import build_prompt, label_token_ids, load_task
 
     t = load_task(task)
@@ -369,15 +437,15 @@ def eval_plans(models: Sequence[str], task: str, *, subtask: str | None = None, 
         probe = build_prompt(tok, t.subtasks[subs[0]].instruction, chosen[0].query, t.field, fmt, query_style)
         longest = max(len(label_token_ids(tok, probe, lab)) for st in t.subtasks.values() for lab in st.label_space)
         p = eval_plan(info.shape, lengths, min(longest + 2, 16), dtype=dtype, batch_size=batch_size, model=info.name)
-        if score == "answer":  # each prompt + every candidate label, teacher-forced, ANSWER_BATCH per forward
-            from ivlens.eval import ANSWER_BATCH
+        if score == "answer":  # each prompt once (with its cache), then the candidates' token trie against it
+            from ivlens.scoring import node_row_bytes
             from ivlens.tasks.prompts import AnswerCandidates
 
-            k = len(AnswerCandidates.of(t, subs[0]).labels)
-            forwards = len(lengths) * -(-k // ANSWER_BATCH)
-            p.flops += sum(k * prompt_flops(info.shape, n + longest, logit_rows=longest) for n in lengths)
-            p.layer_calls += forwards * info.shape.n_layers
-            p.counts |= {"answer_candidates": k, "scoring_forwards": forwards}
+            trie = answer_trie(tok, probe, AnswerCandidates.of(t, subs[0]).labels)
+            budget = _budget(None, device) // 2
+            cap = max(1, budget // (len(trie.nodes) * node_row_bytes(info.shape, max(lengths) + len(trie.nodes),
+                                                                   DTYPE_BYTES[dtype])))
+            add_answer_scoring(p, info.shape, lengths, trie, batch_size=batch_size, node_cap=cap, dtype=dtype)
         plans.append(_with_note(p, info, dtype, not plans))
     return plans
 
@@ -561,13 +629,13 @@ def spec_plans(spec, infos: Sequence[ModelInfo] = ()) -> tuple[list[Plan], bool]
     if isinstance(s, EvalSpec):
         return eval_plans([], s.task, subtask=s.subtask, samples=s.samples, fmt=s.format,
                           query_style=s.query_style, batch_size=s.batch_size, seed=s.seed, dtype=s.dtype,
-                          split=s.split, score=s.score, infos=infos), True
+                          split=s.split, score=s.score, device=s.device, infos=infos), True
     if isinstance(s, PatchSpec):
         return patch_plans([], s.task, s.subtask, layers=s.layers, positions=s.positions, samples=s.samples,
                            mode=s.mode, target=s.target, fmt=s.format, chunk_size=s.chunk_size,
                            batch_size=s.batch_size, seed=s.seed, dtype=s.dtype, device=s.device,
                            memory_budget=s.memory_budget, figures=s.figures, split=s.split, score=s.score,
-                           infos=infos), True
+                           infos=infos, linear_estimate=s.linear_estimate, screen=s.screen, remote=s.remote), True
     if isinstance(s, ProbeSpec):
         return probe_plans([], list(s.tasks), layers=s.layers, varying=s.varying,
                            user_instructions=dict(s.instructions), fmt=s.format, batch_size=s.batch_size,

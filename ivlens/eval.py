@@ -19,7 +19,8 @@ Metrics per row:
   all tokens at the answer position, and its rank among the first tokens of S's label space.
 
 With ``score="answer"`` each row also scores every candidate label (every subtask's label space) by its
-teacher-forced log-probability after the prompt (:func:`ivlens.patching.metrics.continuation_logprobs`):
+teacher-forced log-probability after the prompt (:mod:`ivlens.scoring`: each prompt runs once and every candidate is
+scored against its cached keys/values):
 ``answer_logprob`` (the best accepted answer's), ``answer_rank`` (0 = top-1 among the candidates),
 ``answer_rank_in_space`` (among S's label space), ``answer_top1``, ``answer_ia`` (the best candidate lies in S's
 label space) and ``answer_accuracy`` (it is an accepted answer). Labels that share their first token (numbers
@@ -34,12 +35,14 @@ import logging
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import pandas as pd
 import torch
 
+from .models.greedy import greedy_generate
 from .models.load import LoadedModel
-from .patching.metrics import continuation_logprobs
+from .scoring import teacher_forced_scores
 from .tasks.prompts import (
     AnswerCandidates,
     Prompt,
@@ -47,8 +50,8 @@ from .tasks.prompts import (
     QueryStyle,
     build_prompt,
     label_token_ids,
+    labels_token_ids,
     pad_left,
-    right_aligned,
 )
 from .tasks.schema import Sample, Subtask, Task
 from .tasks.validate import warn_first_token_clashes
@@ -58,8 +61,6 @@ log = logging.getLogger(__name__)
 Judge = Callable[[str, Subtask, Sample], bool]
 CONDITIONS = ("instructed", "query_only", "other_instruction")
 SCORES = ("first-token", "answer")
-#: candidate sequences per forward pass of answer-level scoring
-ANSWER_BATCH = 16
 _STRIP = " \t\r\n.,;:!?\"'`()[]{}*"
 
 
@@ -82,7 +83,24 @@ def matches(answer: str, label: str) -> bool:
 
 
 def in_label_space(answer: str, labels: Sequence[str]) -> bool:
-    return any(matches(answer, lab) for lab in labels)
+    """``answer`` :func:`matches` one of ``labels`` (the normalised labels are indexed once per label space)."""
+    exact, by_words = _label_index(tuple(labels))
+    a = normalize(answer)
+    if a in exact:
+        return True
+    words = a.split(" ")
+    return any(" ".join(words[:n]).strip(_STRIP) in labs for n, labs in by_words)
+
+
+@lru_cache(maxsize=256)
+def _label_index(labels: tuple[str, ...]) -> tuple[frozenset[str], tuple[tuple[int, frozenset[str]], ...]]:
+    """The non-empty normalised labels, and the same grouped by their number of words: what :func:`matches`
+    compares an answer with, so a label space is matched by set look-ups, not label by label."""
+    normed = {lab for lab in map(normalize, labels) if lab}
+    by_words: dict[int, set[str]] = {}
+    for lab in normed:
+        by_words.setdefault(len(lab.split(" ")), set()).add(lab)
+    return frozenset(normed), tuple((n, frozenset(s)) for n, s in sorted(by_words.items()))
 
 
 @dataclass(frozen=True)
@@ -120,57 +138,58 @@ def build_items(lm: LoadedModel, task: Task, samples: Sequence[Sample], subtasks
 def generate_batch(lm: LoadedModel, prompts: Sequence[Prompt], max_new_tokens: int
                    ) -> tuple[list[str], torch.Tensor]:
     """Greedy continuations (decoded, special tokens skipped) and the first answer token's logits
-    ``[batch, d_vocab]``, for left-padded prompts."""
+    ``[batch, d_vocab]``, for left-padded prompts: ``generate``'s, by the lean loop of
+    :func:`ivlens.models.greedy.greedy_generate`."""
     tok = lm.tokenizer
     batch = pad_left(list(prompts), tok.pad_token_id).to(lm.device)
-    out = lm.model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                            max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                            pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                            return_dict_in_generate=True, output_logits=True,
-                            temperature=None, top_p=None, top_k=None)
-    new = out.sequences[:, batch.input_ids.shape[1]:]
-    texts = tok.batch_decode(new, skip_special_tokens=True)
-    return texts, out.logits[0].float()
+    sequences, first = greedy_generate(lm.model, batch.input_ids, batch.attention_mask, max_new_tokens,
+                                       tok.eos_token_id, tok.pad_token_id)
+    texts = tok.batch_decode(sequences[:, batch.input_ids.shape[1]:], skip_special_tokens=True)
+    return texts, first
 
 
-@torch.no_grad()
-def candidate_logprobs(lm: LoadedModel, prompt: Prompt, labels: Sequence[str]) -> torch.Tensor:
-    """Teacher-forced log-probability of each label after ``prompt``, ``[len(labels)]`` float32: one forward of
-    ``prompt + label[:-1]`` per label (batched, left-padded), summing the label tokens' log-probabilities."""
-    conts = [label_token_ids(lm.tokenizer, prompt, lab) for lab in labels]
-    out = []
-    for start in range(0, len(conts), ANSWER_BATCH):
-        part = conts[start:start + ANSWER_BATCH]
-        tokens = right_aligned(part)  # [n, tail]
-        batch = pad_left([prompt.input_ids + c[:-1] for c in part], lm.tokenizer.pad_token_id).to(lm.device)
-        logits = lm.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                          position_ids=batch.position_ids).logits[:, -tokens.shape[1]:]  # [n, tail, d_vocab]
-        out.append(continuation_logprobs(logits, tokens.to(logits.device)).cpu())
-    return torch.cat(out)
+def candidate_logprobs(lm: LoadedModel, prompts: Sequence[Prompt], labels: Sequence[str],
+                       memory_budget: int | None = None) -> torch.Tensor:
+    """Teacher-forced log-probability of each label after each prompt, ``[len(prompts), len(labels)]`` float32:
+    each prompt runs once and the labels' tokens are scored against its cached keys/values
+    (:func:`ivlens.scoring.teacher_forced_scores`, which shares the labels' common first tokens)."""
+    pairs = [(p.input_ids, label_token_ids(lm.tokenizer, p, lab)) for p in prompts for lab in labels]
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else lm.tokenizer.eos_token_id
+    scores = teacher_forced_scores(lm.model, [p for p, _ in pairs], [c for _, c in pairs], pad, memory_budget)
+    return scores.logprob.view(len(prompts), len(labels))
 
 
-def answer_scores(lm: LoadedModel, task: Task, item: EvalItem, candidates: AnswerCandidates) -> dict:
-    """The ``answer_*`` columns of one row (see the module docstring)."""
-    scores = candidate_logprobs(lm, item.prompt, candidates.labels)  # [k]
-    accepted = [candidates.index(a) for a in item.sample.answers[item.scored]]
-    best = max(accepted, key=lambda i: scores[i].item())
+def answer_columns(scores: torch.Tensor, candidates: AnswerCandidates, accepted: Sequence[str]) -> dict:
+    """The ``answer_*`` columns of one row (see the module docstring) from its candidates' ``scores: [k]`` and the
+    sample's accepted answers."""
+    accepted_idx = [candidates.index(a) for a in accepted]
+    best = max(accepted_idx, key=lambda i: scores[i].item())
     top = int(scores.argmax())
     rank = int((scores > scores[best]).sum())
     return {"answer_logprob": scores[best].item(), "answer_rank": rank,
             "answer_rank_in_space": int((scores[candidates.in_space] > scores[best]).sum()),
-            "answer_top1": rank == 0, "answer_ia": bool(candidates.in_space[top]), "answer_accuracy": top in accepted}
+            "answer_top1": rank == 0, "answer_ia": bool(candidates.in_space[top]),
+            "answer_accuracy": top in accepted_idx}
+
+
+def answer_scores(lm: LoadedModel, task: Task, item: EvalItem, candidates: AnswerCandidates) -> dict:
+    """The ``answer_*`` columns of one row (see the module docstring)."""
+    scores = candidate_logprobs(lm, [item.prompt], candidates.labels)[0]  # [k]
+    return answer_columns(scores, candidates, item.sample.answers[item.scored])
 
 
 def evaluate(lm: LoadedModel, task: Task, samples: Sequence[Sample], subtasks: Sequence[str] | None = None,
              fmt: PromptFormat = "raw", conditions: Sequence[str] = CONDITIONS, query_style: QueryStyle = "formatted",
              prefill: str | None = None, batch_size: int = 16, judge: Judge | None = None,
              max_new_tokens: int | None = None, progress: Callable[[int], None] | None = None,
-             score: str = "first-token", warn_clashes: bool = True) -> pd.DataFrame:
+             score: str = "first-token", warn_clashes: bool = True, memory_budget: int | None = None) -> pd.DataFrame:
     """One row per (sample, scored subtask, condition); see the module docstring for the metrics.
 
     ``score``: ``first-token`` (default) or ``answer`` (adds the ``answer_*`` columns: whole labels scored by
     their teacher-forced log-probability). Under ``first-token`` a warning names ``--score answer`` when the
-    subtasks' labels share first tokens (``warn_clashes=False``: the caller warned once for all its chunks)."""
+    subtasks' labels share first tokens (``warn_clashes=False``: the caller warned once for all its chunks).
+    ``memory_budget``: bytes for answer-level scoring's batches (``None``: :func:`ivlens.budget.resolve_memory_budget`'s
+    default); results do not depend on it."""
     if score not in SCORES:
         raise ValueError(f"unknown score {score!r}; use {' or '.join(SCORES)}")
     subtasks = list(subtasks or task.subtask_names)
@@ -181,7 +200,8 @@ def evaluate(lm: LoadedModel, task: Task, samples: Sequence[Sample], subtasks: S
     tok = lm.tokenizer
     if max_new_tokens is None:
         probe = items[0].prompt
-        longest = max(len(label_token_ids(tok, probe, lab)) for st in task.subtasks.values() for lab in st.label_space)
+        longest = max(len(ids) for ids in labels_token_ids(tok, probe, [lab for st in task.subtasks.values()
+                                                                         for lab in st.label_space]))
         max_new_tokens = min(longest + 2, 16)
     space_cache: dict[tuple[str, str, str], list[int]] = {}
 
@@ -190,18 +210,19 @@ def evaluate(lm: LoadedModel, task: Task, samples: Sequence[Sample], subtasks: S
         # tokenizer's merge context), so label-space ids are computed once per prompt ending.
         key = (st.name, prompt.text[-24:], prompt.answer_sep)
         if key not in space_cache:
-            space_cache[key] = sorted({label_token_ids(tok, prompt, lab)[0] for lab in st.label_space})
+            space_cache[key] = sorted({ids[0] for ids in labels_token_ids(tok, prompt, list(st.label_space))})
         return space_cache[key]
 
     rows = []
     for start in range(0, len(items), batch_size):
         chunk = items[start:start + batch_size]
         texts, logits = generate_batch(lm, [it.prompt for it in chunk], max_new_tokens)
+        answer = _chunk_answer_scores(lm, chunk, candidates, memory_budget) if score == "answer" else {}
         logprobs = logits.log_softmax(-1)
         for it, text, lg, lp in zip(chunk, texts, logits, logprobs, strict=True):
             st = task.subtasks[it.scored]
             accepted = it.sample.answers[it.scored]
-            first_ids = [label_token_ids(tok, it.prompt, a)[0] for a in accepted]
+            first_ids = [ids[0] for ids in labels_token_ids(tok, it.prompt, accepted)]
             space_ids = space_first_ids(it.prompt, st)
             best = max(first_ids, key=lambda i: lg[i].item())
             rank = int((lg > lg[best]).sum())
@@ -217,7 +238,7 @@ def evaluate(lm: LoadedModel, task: Task, samples: Sequence[Sample], subtasks: S
                 "first_token_top1": rank == 0, "score": score,
             }
             if score == "answer":
-                row.update(answer_scores(lm, task, it, candidates[it.scored]))
+                row.update(answer_columns(answer[id(it)], candidates[it.scored], accepted))
             if task.is_contrastive:
                 other = task.other(it.scored)
                 row["ia_other"] = in_label_space(text, task.subtasks[other].label_space)
@@ -226,6 +247,18 @@ def evaluate(lm: LoadedModel, task: Task, samples: Sequence[Sample], subtasks: S
         if progress:
             progress(len(chunk))
     return pd.DataFrame(rows)
+
+
+def _chunk_answer_scores(lm: LoadedModel, chunk: Sequence[EvalItem], candidates: dict[str, AnswerCandidates],
+                         memory_budget: int | None) -> dict[int, torch.Tensor]:
+    """Candidate scores ``[k]`` of every item of a chunk (keyed by ``id(item)``): the items of one scored subtask
+    share their candidates, so their prompts run together."""
+    out = {}
+    for st in dict.fromkeys(it.scored for it in chunk):
+        items = [it for it in chunk if it.scored == st]
+        scores = candidate_logprobs(lm, [it.prompt for it in items], candidates[st].labels, memory_budget)
+        out.update({id(it): s for it, s in zip(items, scores, strict=True)})
+    return out
 
 
 def summarize(results: pd.DataFrame) -> pd.DataFrame:

@@ -35,6 +35,7 @@ Correction = Literal["holm", "bh"]
 Backend = Literal["torch", "nnsight"]
 Varying = Literal["instructions", "labels"]
 Score = Literal["first-token", "answer"]
+LinearEstimate = Literal["auto", "on", "off"]
 TraceMethod = Literal["exact", "argmax"]
 OrganismSize = Literal["small", "tiny"]
 OrganismVariant = Literal["gist", "natural"]
@@ -236,6 +237,36 @@ class PatchSpec(_RemoteSpec):
     threads: int | None = Field(default=None, gt=0)
     backend: Backend = "torch"
     figures: bool = True
+    #: the rows' first-order estimate (:mod:`ivlens.patching.linear`): ``auto`` = on for sets of ≥ 2 layers
+    linear_estimate: LinearEstimate = "auto"
+    #: ``K``: run exactly only the singles and each position's top K sets per size by the linear estimate
+    screen: int | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _linear_options(self) -> PatchSpec:
+        wants = self.linear_estimate == "on" or self.screen is not None
+        what = "--screen" if self.screen is not None else "--linear-estimate on"
+        if self.screen is not None and self.linear_estimate == "off":
+            raise ValueError("--screen ranks the sets by their linear estimate: drop --linear-estimate off")
+        if wants and self.score == "answer":
+            raise ValueError(f"{what} needs --score first-token (the estimate is the gradient of the label's "
+                             "logit): drop --score answer")
+        if wants and self.remote:
+            raise ValueError(f"{what} runs the estimate's backward pass on the local engine: drop --remote")
+        if self.screen is not None and self.layers.strip() == "single":
+            raise ValueError("--screen ranks sets of two or more layers: use --layers pairs, triplets or N-sets "
+                             "(e.g. 4-sets)")
+        return self
+
+    def result_fields(self) -> dict[str, Any]:
+        """As :meth:`Spec.result_fields`; ``linear_estimate`` and ``screen`` enter only when set, so runs made
+        before the options existed keep their hashes."""
+        fields = super().result_fields()
+        if self.linear_estimate == "auto":
+            fields.pop("linear_estimate", None)
+        if self.screen is None:
+            fields.pop("screen", None)
+        return fields
 
 
 class SteerSpec(_ModelsSpec):

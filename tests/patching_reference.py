@@ -129,3 +129,43 @@ def reference_rows(model, tok, task, subtask, sample_ids, layer_sets, positions,
                 m["ia"] = int(lg.argmax()) in space
                 out[(i, str(pos), ",".join(map(str, layers)))] = m
     return out
+
+
+def first_order_terms(model, target_ids, ivs, token, label, alt=None):
+    """``[n_layers]`` float64 per-layer first-order terms ``∂y/∂resid_post[l][token] · (ivs[l] − resid_post[l][token])``
+    of one unpadded target (``y = z_label``, or ``z_label − z_alt`` with ``alt``), by autograd through forward hooks
+    that add a zero leaf to each decoder layer's output at ``token`` (the model as it is, its own forward)."""
+    n = len(_layers(model))
+    leaves = [torch.zeros(ivs[0].shape[-1], dtype=ivs[0].dtype, requires_grad=True) for _ in range(n)]
+    clean: dict[int, torch.Tensor] = {}
+
+    def edit(t, layer):
+        clean[layer] = t[0, token].detach().clone()
+        t[0, token] = t[0, token] + leaves[layer]
+
+    with torch.enable_grad(), edited_layers(model, range(n), edit):
+        z = model(input_ids=torch.tensor([list(target_ids)])).logits[0, -1]
+        y = z[label] - (z[alt] if alt is not None else 0)
+        grads = torch.autograd.grad(y, leaves)
+    return torch.stack([(g.double() * (ivs[i].double() - clean[i].double())).sum() for i, g in enumerate(grads)]).numpy()
+
+
+def reference_estimates(model, tok, task, subtask, sample_ids, positions, target):
+    """Per (sample, position name): ``{"logit": [n_layers], "logit_diff": [n_layers]}`` per-layer first-order terms
+    (:func:`first_order_terms`) for the transfer-mode prompts :func:`ivlens.patching.sweep.patch_sweep` builds."""
+    from ivlens.tasks import instructed_prompt, instruction_prompt, label_token_ids, query_prompt
+
+    a, b = task.subtask(subtask), task.other(subtask)
+    ivs = source_ivs(model, instruction_prompt(tok, a.instruction).input_ids)
+    out = {}
+    for i in sample_ids:
+        s = task.samples[i]
+        instructed = instructed_prompt(tok, task, s, a.instruction)
+        tgt = query_prompt(tok, task, s, query_style=target)
+        label = label_token_ids(tok, instructed, s.answer(subtask))[0]
+        alt = label_token_ids(tok, instructed, s.answer(b))[0]
+        for pos in positions:
+            tok_idx = {"first": 0, "last": len(tgt) - 1}[pos]
+            out[(i, pos)] = {"logit": first_order_terms(model, tgt.input_ids, ivs, tok_idx, label),
+                             "logit_diff": first_order_terms(model, tgt.input_ids, ivs, tok_idx, label, alt)}
+    return out

@@ -278,26 +278,51 @@ def test_dry_run_selects_the_split_the_command_will_run():
         patch_plans([], "adjectives", "adj_ant", split="heldout", infos=[model_info(str(OLMO_1B))])
 
 
-def test_dry_run_of_answer_scoring_counts_every_candidate():
-    """``--score answer`` runs each target once per candidate label: the same result rows, about k times the
-    engine's work; eval scores k candidates per prompt on top of generation."""
-    from ivlens.dry_run import eval_plans, patch_plans
-    from ivlens.tasks import load_task
+def test_dry_run_of_answer_scoring_counts_the_prompts_once_and_the_trie():
+    """``--score answer`` runs each prompt (each patched row's prompt) once and the candidates' token trie against
+    it: the same result rows, the engine's rows without the last-position identity, trie nodes per distinct row and
+    per baseline run; far below the k forwards per prompt of per-label scoring."""
+    from ivlens.dry_run import answer_trie, eval_plans, patch_plans
+    from ivlens.estimate.plans import answer_scoring_flops
+    from ivlens.patching.engine import RowSpec, plan_work
+    from ivlens.patching.plan import PatchPlan, resolve_position
+    from ivlens.patching.sweep import starts_with_bos
+    from ivlens.tasks import load_task, query_prompt
     from ivlens.tasks.prompts import AnswerCandidates
 
-    k = len(AnswerCandidates.of(load_task("adjectives"), "adj_ant").labels)
+    task = load_task("adjectives")
+    labels = AnswerCandidates.of(task, "adj_ant").labels
+    k = len(labels)
     info = model_info(str(OLMO_1B))
     kw = dict(layers="pairs", positions="first,last", samples=3, infos=[info])
     first, = patch_plans([], "adjectives", "adj_ant", **kw)
     answer, = patch_plans([], "adjectives", "adj_ant", score="answer", **kw)
     assert answer.counts["rows"] == first.counts["rows"] and answer.counts["answer_candidates"] == k > 1
-    # ≥ k×: in an extended target the last position is no longer the last token, so no set collapses to its top
-    assert answer.counts["distinct_rows"] >= k * first.counts["distinct_rows"]
-    assert answer.counts["layer_token_evals"] >= k * first.counts["layer_token_evals"]
-    assert answer.flops > k * 0.9 * (first.flops - prompt_flops(info.shape, 1))
+    # the engine's own count of the rows, without the last-position identity
+    from ivlens.dry_run import chosen_samples
+
+    plan = PatchPlan.build("pairs", "first,last", info.shape.n_layers)
+    targets = [query_prompt(info.tokenizer, task, s, "raw", query_style="bare")
+               for s in chosen_samples(task, 3, 0, "all", info)]
+    rows = [RowSpec(b, 0, ls, resolve_position(p, len(t), has_bos=starts_with_bos(info.tokenizer, t)))
+            for b, t in enumerate(targets)
+            for p in plan.positions for ls in plan.layer_sets]
+    engine = plan_work(rows, [len(t) for t in targets], info.shape.n_layers, group_rows=1 << 40, continued=True)
+    assert answer.counts["distinct_rows"] == engine.unique_rows > first.counts["distinct_rows"]
+    trie = answer_trie(info.tokenizer, targets[0], labels)
+    assert 0 < trie.n_nodes < k * 4 and answer.counts["answer_trie_nodes"] == (engine.unique_rows + 2 * 3) * trie.n_nodes
+    shortest = min(len(t) for t in targets)
+    assert answer.flops > first.flops + engine.unique_rows * answer_scoring_flops(info.shape, shortest, trie)
+    assert answer.flops < k * first.flops / 4  # per-label scoring ran the engine k times over
     g_first, = eval_plans([], "adjectives", samples=3, infos=[info])
     g_answer, = eval_plans([], "adjectives", samples=3, score="answer", infos=[info])
-    assert g_answer.counts["answer_candidates"] == k and g_answer.flops > g_first.flops
+    assert g_answer.counts["answer_candidates"] == k and g_answer.counts["answer_trie_nodes"] > 0
+    # per prompt: its forward (padded to its batch's width) and the trie; 3 samples × 3 conditions × 2 subtasks
+    extra = g_answer.flops - g_first.flops
+    n_prompts = g_first.counts["prompts"]
+    assert n_prompts == 18 and extra > n_prompts * (prompt_flops(info.shape, 1) + answer_scoring_flops(info.shape, 1,
+                                                                                                        trie))
+    assert extra < g_first.flops  # not k forwards per prompt
 
 
 def test_train_plan_takes_measured_steps():
@@ -331,21 +356,42 @@ def test_train_step_latency_times_a_real_step():
 
 
 def test_probe_plan_takes_measured_fits():
-    """Measured fit times replace the L-BFGS model: real-label fits ((folds + 1) per probe and layer) at the first
-    time, shuffled-label controls (folds × shuffles) at the second, on one thread (the barrier cores)."""
-    from ivlens.estimate.calibrate import probe_fit_latency
+    """The measured seconds of one layer's probe fits (every probe's batch) replace the L-BFGS model, on one thread
+    (the barrier cores); the fit count is what a run fits: per probe and layer, folds CV fits, folds per shuffle,
+    the held-out split and the refit on all rows."""
+    from ivlens.estimate.calibrate import probe_layer_latency
     from ivlens.estimate.plans import Rates, probe_plan, seconds
 
     shape = ModelShape("olmo2", n_layers=6, d_model=256, n_heads=4, n_kv_heads=4, d_head=64, d_mlp=512,
                        d_vocab=3000, n_params=4_700_000)
-    p = probe_plan(shape, [20] * 100, 6, 3, folds=5, n_shuffles=1, fit_seconds=(0.05, 0.1))
-    assert p.counts["probe_fits"] == 6 * 3 * 11 and p.kernel_calls == 0
-    assert p.serial_seconds == pytest.approx(6 * 3 * 6 * 0.05 + 6 * 3 * 5 * 0.1)
+    p = probe_plan(shape, [20] * 100, 6, 3, folds=5, n_shuffles=1, layer_seconds=0.4)
+    assert p.counts["probe_fits"] == 6 * 3 * 12 and p.kernel_calls == 0
+    assert p.serial_seconds == pytest.approx(6 * 0.4)
     idle = Rates(gemm=1e11, op_latency=1e-6, copy=1e10, layer_latency=0.0, threads=2, cores=2, others=0.0)
     busy = Rates(gemm=1e11, op_latency=1e-6, copy=1e10, layer_latency=0.0, threads=2, cores=2, others=2.0)
     assert seconds(p, busy) - seconds(p, idle) > p.serial_seconds  # one thread's share of a busy machine
-    real, shuffled = probe_fit_latency(80, 16, 4), probe_fit_latency(80, 16, 4, shuffled=True)
-    assert 0 < real < 5 and 0 < shuffled < 5
+    modelled = probe_plan(shape, [20] * 100, 6, 3, folds=5, n_shuffles=1)
+    assert modelled.serial_seconds == 0 and modelled.kernel_calls > 0
+    small, large = probe_layer_latency(80, 16, 4), probe_layer_latency(320, 64, 4)
+    assert 0 < small < large < 5
+
+
+def test_probe_dry_run_times_the_runs_own_probes(monkeypatch):
+    """The dry run times one batch per probe of the run (probe_specs: all, and one per task), with each probe's own
+    rows and classes, and the plan's time is the layers times their sum."""
+    import ivlens.dry_run as dr
+    from ivlens.estimate.model import ModelInfo
+    from ivlens.testing.tiny import tiny_tokenizer
+
+    timed = []
+    monkeypatch.setattr(dr, "probe_layer_latency", lambda n, d, k, heldout, folds: timed.append((n, d, k, heldout)) or 0.25)
+    shape = ModelShape("olmo2", n_layers=6, d_model=64, n_heads=4, n_kv_heads=4, d_head=16, d_mlp=128,
+                       d_vocab=384, n_params=1_000_000)
+    info = ModelInfo(name="tiny", path="tiny", shape=shape, tokenizer=tiny_tokenizer())
+    plan, = dr.probe_plans([], ["adjectives", "animals"], infos=[info], max_per_subtask=20)
+    n = plan.counts["instructions"]
+    assert sorted(timed) == sorted([(n, 64, 4, True), (n // 2, 64, 2, True), (n // 2, 64, 2, True)])
+    assert plan.serial_seconds == pytest.approx(6 * 3 * 0.25)
 
 
 def test_the_build_plan_runs_with_the_builds_threads():

@@ -16,10 +16,12 @@ from ivlens.eval import (
     normalize,
     summarize,
 )
+from ivlens.models.greedy import greedy_generate, lean_supported
 from ivlens.models.load import LoadedModel
 from ivlens.runs import RunDir
 from ivlens.specs import EvalSpec
-from ivlens.tasks import build_prompt, label_token_ids, load_task
+from ivlens.tasks import build_prompt, label_token_ids, load_task, pad_left
+from ivlens.tasks.prompts import labels_token_ids
 from ivlens.tasks.selection import select_samples
 from ivlens.testing.tiny import tiny_model
 
@@ -43,6 +45,70 @@ def test_batched_generation_equals_one_by_one(arch, tok):
         one_text, one_logits = generate_batch(lm, [p], 4)
         assert one_text[0] == text
         torch.testing.assert_close(one_logits[0], lg, rtol=1e-4, atol=1e-4)
+
+
+def _generate(model, batch, max_new_tokens, eos, pad):
+    return model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                          max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, pad_token_id=pad,
+                          eos_token_id=eos, return_dict_in_generate=True, output_logits=True, temperature=None,
+                          top_p=None, top_k=None)
+
+
+def test_lean_greedy_equals_generate(arch, tok):
+    """The lean greedy loop gives generate's tokens and first-step logits bit for bit: left-padded and unpadded
+    batches, rows that end early (EOS) while others go on, and a batch that ends before max_new_tokens."""
+    _check_lean_greedy(tiny_model(arch), tok)
+
+
+@pytest.mark.parametrize("arch_sdpa", ["olmo2", "llama"])
+def test_lean_greedy_equals_generate_sdpa(arch_sdpa, tok):
+    """The same with SDPA attention (the default a loaded model gets), where the all-ones mask is dropped."""
+    _check_lean_greedy(tiny_model(arch_sdpa, attn_implementation="sdpa"), tok)
+
+
+def _check_lean_greedy(model, tok):
+    assert lean_supported(model)
+    t = load_task("animals")
+    prompts = [build_prompt(tok, t.subtasks["can_fly"].instruction if i % 2 else None, s.query, t.field)
+               for i, s in enumerate(t.samples[:5])]
+    padded, unpadded = pad_left(prompts, tok.pad_token_id), pad_left(prompts[:1] * 2, tok.pad_token_id)
+    assert bool((padded.attention_mask == 0).any()) and bool((unpadded.attention_mask == 1).all())
+    free = _generate(model, padded, 6, tok.eos_token_id, tok.pad_token_id)
+    n = padded.input_ids.shape[1]
+    # an EOS the first row produces at its second step: that row ends early, the others do not (in general)
+    early_eos = int(free.sequences[0, n + 1])
+    for batch, eos in ((padded, tok.eos_token_id), (unpadded, tok.eos_token_id), (padded, early_eos)):
+        ref = _generate(model, batch, 6, eos, tok.pad_token_id)
+        seqs, first = greedy_generate(model, batch.input_ids, batch.attention_mask, 6, eos, tok.pad_token_id)
+        assert torch.equal(seqs, ref.sequences)
+        assert torch.equal(first, ref.logits[0].float())
+
+
+def test_lean_greedy_falls_back_to_generate_for_other_decoding(tok):
+    """A generation config asking for a logits processor (here a repetition penalty) is decoded by generate."""
+    model = tiny_model("llama")
+    model.generation_config.repetition_penalty = 1.5
+    assert not lean_supported(model)
+    t = load_task("animals")
+    batch = pad_left([build_prompt(tok, None, s.query, t.field) for s in t.samples[:3]], tok.pad_token_id)
+    ref = _generate(model, batch, 5, tok.eos_token_id, tok.pad_token_id)
+    seqs, first = greedy_generate(model, batch.input_ids, batch.attention_mask, 5, tok.eos_token_id, tok.pad_token_id)
+    assert torch.equal(seqs, ref.sequences) and torch.equal(first, ref.logits[0].float())
+
+
+def test_label_token_ids_batched_equal_one_by_one(tok):
+    t = load_task("adjectives")
+    labels = [lab for st in t.subtasks.values() for lab in st.label_space] + ["more beautiful", "x"]
+    for s in t.samples[:3]:
+        p = build_prompt(tok, t.subtasks[t.subtask_names[0]].instruction, s.query, t.field)
+        assert labels_token_ids(tok, p, labels) == [label_token_ids(tok, p, lab) for lab in labels]
+
+
+def test_label_space_index_matches_label_by_label():
+    labels = ["yes", "no", "more beautiful", "Small", "  ", "big!", "much more beautiful"]
+    for answer in [" no.", "maybe", "more beautiful, of course", "more", "small and big", "", "Big", "much more",
+                   "much more beautiful today", "'yes'", "  \n yes"]:
+        assert in_label_space(answer, labels) == any(matches(answer, lab) for lab in labels), answer
 
 
 def test_first_token_metrics_match_a_plain_forward(tok):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from math import comb
 
 import pytest
@@ -79,3 +80,18 @@ def test_label_metrics_by_hand():
     d = deltas(m, label_metrics(logits + 1.0, label, alt), "target")
     assert d["delta_logit_vs_target"].tolist() == [-1.0, -1.0]
     assert d["delta_rank_vs_target"].tolist() == [0.0, 0.0]
+
+
+def test_n_sets_are_every_set_up_to_n_layers():
+    from ivlens.patching.plan import max_set_size
+
+    assert parse_layer_sets("4-sets", 8) == tuple(s for k in range(1, 5) for s in itertools.combinations(range(8), k))
+    assert len(parse_layer_sets("4-sets", 32)) == 32 + comb(32, 2) + comb(32, 3) + comb(32, 4)
+    assert parse_layer_sets("3-sets", 6) == parse_layer_sets("triplets", 6)
+    assert parse_layer_sets("1-sets", 6) == parse_layer_sets("single", 6)
+    assert max_set_size("pairs") == 2 and max_set_size("0,1") is None
+    with pytest.raises(PlanError, match="need at least 5 layers"):
+        parse_layer_sets("5-sets", 4)
+    with pytest.raises(PlanError, match="N-sets needs a whole number"):
+        parse_layer_sets("x-sets", 4)
+    assert PatchPlan.build("4-sets", "first", 6).with_layer_sets(((1, 2), (0,))).layer_sets == ((0,), (1, 2))

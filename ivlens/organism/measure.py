@@ -31,45 +31,23 @@ from __future__ import annotations
 
 import logging
 
-import torch
-
 from ivlens.models.load import LoadedModel
 from ivlens.organism.data import RECALL_PROMPTS, chat_prompt, raw_prompt, split_rephrasings
 from ivlens.organism.tokenizer import encode
+from ivlens.scoring import teacher_forced_scores
 from ivlens.tasks.schema import Task
 
 log = logging.getLogger(__name__)
 
 TARGET_STYLES = ("formatted", "bare")
-BATCH = 256
 
 
-def _pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    L = max(len(r) for r in rows)
-    ids = torch.full((len(rows), L), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), L), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r)
-        mask[i, : len(r)] = 1
-    return ids, mask
-
-
-@torch.no_grad()
 def score_answers(model, tokenizer, prompts: list[list[int]], answers: list[list[int]]
                   ) -> tuple[list[bool], list[float]]:
-    """``(greedy, logp)`` of each ``answers[i]`` after ``prompts[i]`` (see the module docstring)."""
-    greedy, logps = [], []
-    for s in range(0, len(prompts), BATCH):
-        P, A = prompts[s:s + BATCH], answers[s:s + BATCH]
-        ids, mask = _pad([p + a for p, a in zip(P, A, strict=True)], tokenizer.pad_token_id)
-        logprobs = model(input_ids=ids, attention_mask=mask).logits.float().log_softmax(-1)
-        for i, (p, a) in enumerate(zip(P, A, strict=True)):
-            pos = torch.arange(len(p) - 1, len(p) - 1 + len(a))
-            lp = logprobs[i, pos]  # (len(a), d_vocab)
-            tgt = torch.tensor(a)
-            greedy.append(bool((lp.argmax(-1) == tgt).all()))
-            logps.append(float(lp.gather(-1, tgt[:, None]).sum()))
-    return greedy, logps
+    """``(greedy, logp)`` of each ``answers[i]`` after ``prompts[i]`` (see the module docstring), by
+    :func:`ivlens.scoring.teacher_forced_scores` (each distinct prompt runs once)."""
+    scores = teacher_forced_scores(model, prompts, answers, tokenizer.pad_token_id)
+    return scores.greedy.tolist(), scores.logprob.tolist()
 
 
 def _answer_ids(tokenizer, label: str) -> list[int]:
@@ -108,8 +86,8 @@ def instructed_accuracy(model, tokenizer, task: Task, queries: list[str]) -> dic
         # contrastive choice: instructed answer vs the other subtask's answer, same prompt
         mine = [_answer_ids(tokenizer, s.answer(sub)) for s in samples]
         theirs = [_answer_ids(tokenizer, s.answer(other)) for s in samples]
-        _, lp_mine = score_answers(model, tokenizer, raw, mine)
-        _, lp_theirs = score_answers(model, tokenizer, raw, theirs)
+        _, lp = score_answers(model, tokenizer, raw + raw, mine + theirs)  # each prompt runs once for both
+        lp_mine, lp_theirs = lp[:len(raw)], lp[len(raw):]
         wins += [a > b for a, b in zip(lp_mine, lp_theirs, strict=True)]
         margins += [a - b for a, b in zip(lp_mine, lp_theirs, strict=True)]
         out[sub] = {

@@ -85,7 +85,7 @@ SIZES = {
     # choice bought
     "small": OrganismSize("small", n_layers=6, d_model=192, n_heads=4, d_mlp=384, vocab_size=2000, seq_len=24,
                           pretrain_steps=150, pretrain_batch=88, pretrain_lr=1.2e-2,
-                          sft_steps=200, sft_batch=32, sft_lr=3e-3,
+                          sft_steps=240, sft_batch=32, sft_lr=3e-3,
                           dpo_steps=24, dpo_batch=32, dpo_lr=2e-5,
                           pretrain_optimizer="muon", pretrain_schedule="wsd", pretrain_decay_share=0.3),
     # a cut-down build for tests (seconds): same pipeline, too short to learn the tasks

@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 
 from ivlens.cli_common import RemoteOpt, ScoreOpt, ShardOpt
-from ivlens.specs import Backend, Correction, Dtype, Format, PatchMode, PatchTarget, Split
+from ivlens.specs import Backend, Correction, Dtype, Format, LinearEstimate, PatchMode, PatchTarget, Split
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,8 @@ def patch(
                                            "needed with --resume."),
     task: str = typer.Option("adjectives", help="Task name or YAML spec."),
     subtask: str | None = typer.Option(None, help="Subtask whose IV is patched (default: the task's first)."),
-    layers: str = typer.Option("single", help="single | pairs | triplets | explicit sets like '3,5,7;2,4'."),
+    layers: str = typer.Option("single", help="single | pairs | triplets | N-sets (every set of up to N layers, "
+                               "e.g. 4-sets) | explicit sets like '3,5,7;2,4'."),
     positions: str = typer.Option("first,last", help="Target positions: bos, first, last, t_inst, or token indices."),
     samples: int | None = typer.Option(None, help="Number of samples (drawn with --seed); default all."),
     split: Split = typer.Option("all", help="Queries: an organism's heldout or train split (from its card), or all."),
@@ -43,6 +44,13 @@ def patch(
     seed: int = typer.Option(0, help="Seed of the sample draw."),
     score: ScoreOpt = "first-token",
     effect: str = typer.Option("delta_logit_vs_target", help="Effect column for interactions and figures."),
+    linear_estimate: LinearEstimate = typer.Option("auto", help="The rows' first-order (attribution-patching) "
+                                                   "estimate and nonlinearity = effect − estimate: auto (on for "
+                                                   "sets of two or more layers) | on | off. One forward and backward "
+                                                   "per sample."),
+    screen: int | None = typer.Option(None, min=1, help="Rank every set by its linear estimate and run the exact "
+                                      "engine only on the singles and each position's top K sets of every size "
+                                      "≥ 2 (with --layers pairs, triplets or N-sets, e.g. 4-sets)."),
     correction: Correction = typer.Option("holm", help="Multiple-comparison correction."),
     alpha: float = typer.Option(0.05, help="Significance level after correction."),
     dtype: Dtype = typer.Option("float32", help="Weights' dtype."),
@@ -71,7 +79,7 @@ def patch(
                "memory_budget": memory_budget,
                "chunk_size": chunk_size, "seed": seed, "effect": effect, "correction": correction, "alpha": alpha,
                "dtype": dtype, "device": device, "threads": threads, "backend": backend, "figures": figures,
-               "shard": shard, "remote": remote}
+               "shard": shard, "remote": remote, "linear_estimate": linear_estimate, "screen": screen}
     console = Console(stderr=True)
     spec, res = run_row_sweep(ctx, PatchSpec, options, run_patch, "patch", resume=resume, out=out, dry_run=dry_run,
                               console=console)
@@ -90,6 +98,18 @@ def patch(
         for r in an.additivity.itertuples():
             console.print(f"{r.model} · {r.position} · size {r.set_size}: {r.frac_superadditive:.0%} superadditive, "
                           f"{r.frac_subadditive:.0%} subadditive of {int(r.n_sets)} sets ({spec.correction})")
+    from .linearity import summary_lines
+
+    for line in summary_lines(an.linearity):
+        console.print(line, highlight=False)
+    if not res.sweep.screen.empty:
+        sc = res.sweep.screen
+        kept = sc[sc["run"] & (sc.set_size >= 2)].drop_duplicates(["model", "layers"]).groupby("model").size()
+        total = sc[sc.set_size >= 2].drop_duplicates(["model", "layers"]).groupby("model").size()
+        for model, n in kept.items():
+            console.print(f"{model}: screened {n} of {total[model]} multi-layer sets for the exact engine (top "
+                          f"{spec.screen} per position and size by |linear estimate|; ranking in the screen table)",
+                          highlight=False)
     console.print(f"results: {res.run.path}")
 
 

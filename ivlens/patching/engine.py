@@ -78,7 +78,9 @@ class EngineStats:
     per-row minimum for the requested rows, ``Σ (L − 1 − l0)(T − p)`` (what a row needs on its own; sharing
     between rows goes below it); ``baseline_evals``: those of clean, instructed and source runs; ``layer_calls``:
     batched decoder-layer calls for patched rows; ``unique_rows``: distinct computations among ``rows``;
-    ``unembed_rows``: final residuals unembedded for patched rows; ``groups``: bounded tries run."""
+    ``unembed_rows``: final residuals unembedded for patched rows; ``groups``: bounded tries run;
+    ``gradient_evals``: layer-token evaluations of the linear estimate's forwards (:mod:`ivlens.patching.linear`;
+    each followed by a backward per scored logit)."""
 
     executed_evals: int = 0
     minimal_evals: int = 0
@@ -88,6 +90,7 @@ class EngineStats:
     unique_rows: int = 0
     unembed_rows: int = 0
     groups: int = 0
+    gradient_evals: int = 0
 
     def add(self, other: EngineStats) -> None:
         for k in self.__dataclass_fields__:
@@ -111,6 +114,43 @@ class CleanRun:
     values: list[torch.Tensor]
     last_logits: torch.Tensor
     lengths: tuple[int, ...] = field(default=())
+
+
+@dataclass
+class PatchedKV:
+    """The keys/values of a group's patched rows at every layer, for tokens that follow the prompt (answer scoring).
+
+    A row equals the clean run before its recomputed suffix (the last ``s`` columns), and in the suffix at every
+    layer up to its first patched one; ``new[k]``: ``(keys, values)``, each ``[n_states, kv_head, s, d_head]``, of
+    the trie states layer ``k`` ran on (``None`` where it ran on none); ``state[k]: [n_members]`` each member's
+    state there (``-1``: the member is still clean at layer ``k``); ``targets: [n_members]`` clean batch rows.
+    """
+
+    clean: CleanRun
+    s: int
+    targets: np.ndarray
+    new: list
+    state: list[np.ndarray]
+
+    def full(self, sel: np.ndarray) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Keys and values of every prompt column of members ``sel``, per layer ``[len(sel), kv_head, W, d_head]``
+        (on that layer's device)."""
+        W, s = self.clean.batch.input_ids.shape[1], self.s
+        keys, values = [], []
+        for k in range(len(self.clean.keys)):
+            dev = self.clean.keys[k].device
+            tgt = torch.from_numpy(self.targets[sel]).to(dev)
+            ck, cv = self.clean.keys[k][tgt], self.clean.values[k][tgt]  # copies: the clean run is left as it is
+            st = self.state[k][sel]
+            if (st >= 0).any():
+                rows = torch.from_numpy(np.flatnonzero(st >= 0)).to(dev)
+                nk, nv = self.new[k]
+                si = torch.from_numpy(st[st >= 0]).to(nk.device)
+                ck[rows, :, W - s:] = nk[si].to(dev)
+                cv[rows, :, W - s:] = nv[si].to(dev)
+            keys.append(ck)
+            values.append(cv)
+        return keys, values
 
 
 @dataclass(frozen=True)
@@ -163,6 +203,26 @@ def clean_run(adapter: ArchitectureAdapter, sequences: Sequence[Sequence[int]], 
     :func:`patched_metrics`); without, only the last-position logits.
     """
     batch = pad_left([tuple(s) for s in sequences], pad_id).to(_device(adapter))
+    h, resid, keys, values = layer_pass(adapter, batch, record=record)
+    lengths = tuple(len(s) for s in sequences)
+    if stats is not None:
+        stats.baseline_evals += adapter.n_layers * sum(lengths)
+        stats.layer_calls += adapter.n_layers
+    return CleanRun(batch, resid, keys, values, adapter.logits(h[:, -1]), lengths)
+
+
+def layer_pass(adapter: ArchitectureAdapter, batch: Batch, *, record: bool = False,
+               after_layer: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
+               ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+    """One whole forward of a left-padded ``batch`` through the adapter's layers, layer by layer (the engine's
+    clean run; the linear estimate's gradient pass, :mod:`ivlens.patching.linear`, runs the same code with
+    autograd on).
+
+    ``after_layer(l, resid_post[l]) -> resid_post[l]`` may replace each layer's output (``[batch, pos, d_model]``)
+    before the next layer reads it. Returns the last layer's output ``[batch, pos, d_model]`` and, with
+    ``record``, ``resid_post[l]`` and the keys/values ``[batch, kv_head, pos, d_head]`` of every layer (else
+    empty lists). Gradients flow unless the caller disables them.
+    """
     h = adapter.embed_input(batch.input_ids, batch.position_ids)  # [batch, pos, d_model]
     masks: dict = {}  # one [batch, 1, pos, pos] mask per (sliding window, device)
     pes: dict = {}  # one rotary (cos, sin) per (layer type, device)
@@ -180,15 +240,13 @@ def clean_run(adapter: ArchitectureAdapter, sequences: Sequence[Sequence[int]], 
             pes[kind, dev] = _to(adapter.position_embeddings(h, pos, layer), dev)
         h = adapter.run_layer(layer, h, attention_mask=masks[window, dev], position_ids=pos,
                               position_embeddings=pes[kind, dev], cache=cache)
+        if after_layer is not None:
+            h = after_layer(layer, h)
         if record:
             resid.append(h)
             keys.append(cache.new[0])
             values.append(cache.new[1])
-    lengths = tuple(len(s) for s in sequences)
-    if stats is not None:
-        stats.baseline_evals += adapter.n_layers * sum(lengths)
-        stats.layer_calls += adapter.n_layers
-    return CleanRun(batch, resid, keys, values, adapter.logits(h[:, -1]), lengths)
+    return h, resid, keys, values
 
 
 @torch.no_grad()
@@ -221,6 +279,12 @@ def row_bytes(adapter: ArchitectureAdapter, n_keys: int, n_query: int) -> int:
              + 3 * H * n_query * n_keys  # scores, softmax in float32, weights
              + n_query * n_keys + 2 * n_query * dh)  # mask, rotary cos/sin
     return elems * adapter.embed.weight.element_size() + 64
+
+
+def kv_row_bytes(adapter: ArchitectureAdapter, n_tokens: int) -> int:
+    """Bytes of one row's keys and values at every layer for ``n_tokens`` positions (what answer scoring keeps of
+    each patched state until its group ends)."""
+    return adapter.n_layers * 2 * adapter.n_kv_heads * adapter.d_head * n_tokens * adapter.embed.weight.element_size()
 
 
 def metric_row_bytes(adapter: ArchitectureAdapter) -> int:
@@ -283,9 +347,11 @@ class _Group:
 
 
 def _dedup(rows: Sequence[RowSpec], lengths: Sequence[int], n_layers: int, edit: Edit = "replace",
-           ) -> tuple[list[RowKey], np.ndarray, int]:
+           continued: bool = False) -> tuple[list[RowKey], np.ndarray, int]:
     """Validate ``rows``; distinct computations (keys), the requested row → key index map, and the per-row minimal
-    layer-token evaluations."""
+    layer-token evaluations. ``continued``: the rows' keys/values are read by tokens after the prompt (answer
+    scoring), so the last-position identity does not hold (a set's lower layers change the last position's keys
+    and values, which later tokens attend to)."""
     if edit not in EDITS:
         raise ValueError(f"unknown edit {edit!r}; use {' or '.join(EDITS)}")
     L = n_layers
@@ -304,7 +370,7 @@ def _dedup(rows: Sequence[RowSpec], lengths: Sequence[int], n_layers: int, edit:
         # At the last position a patch overwrites the whole residual that later layers read there (earlier
         # positions are untouched), so only the highest patched layer matters: (S, last) ≡ ({max S}, last).
         # An addition keeps what was there, so the identity is a replacement's only.
-        last = edit == "replace" and r.token == n_tok - 1
+        last = edit == "replace" and r.token == n_tok - 1 and not continued
         key = (r.target, r.source, layers[-1:] if last else layers, r.token, r.span)
         u = unique.get(key)
         if u is None:
@@ -398,6 +464,19 @@ def _group_trie(keys: list[RowKey], members: list[int], s: int, n_layers: int) -
     return _Group(s=s, members=np.asarray(members, dtype=np.int64), steps=steps, final=state, runs=runs)
 
 
+def _states_per_layer(g: _Group) -> list[np.ndarray]:
+    """Each member's trie state entering (and leaving) layer ``k``, per layer, ``-1`` where it has none yet: undo the
+    steps from the last layer down (the state after step ``k − 1`` is the one layer ``k`` runs on)."""
+    cur = g.final.copy()
+    out: list[np.ndarray] = [np.empty(0, dtype=np.int64)] * len(g.steps)
+    for k in range(len(g.steps) - 1, -1, -1):
+        step = g.steps[k]
+        if step is not None:
+            cur = np.where(cur >= 0, step.parent[np.clip(cur, 0, None)], -1)
+        out[k] = cur
+    return out
+
+
 def _plan_groups(keys: list[RowKey], lengths: Sequence[int], n_layers: int,
                  group_rows: int | Callable[[int], int]) -> Iterator[_Group]:
     """Groups of every suffix length (shortest first), each planned as a trie, lazily (one in memory at a time)."""
@@ -413,7 +492,7 @@ def _plan_groups(keys: list[RowKey], lengths: Sequence[int], n_layers: int,
 
 
 def plan_work(rows: Sequence[RowSpec], lengths: Sequence[int], n_layers: int, *,
-              group_rows: int | Callable[[int], int], edit: Edit = "replace") -> EngineStats:
+              group_rows: int | Callable[[int], int], edit: Edit = "replace", continued: bool = False) -> EngineStats:
     """The work the engine will do for ``rows``, counted without running anything (no tensors).
 
     Args:
@@ -423,6 +502,8 @@ def plan_work(rows: Sequence[RowSpec], lengths: Sequence[int], n_layers: int, *,
         group_rows: rows per bounded trie, a number or a function of the suffix length ``s`` (the engine uses
             ``batch_size`` or :func:`auto_batch_size` ``(adapter, max(lengths), s, budget)``).
         edit: ``replace`` (patching) or ``add`` (steering), as the engine will run them.
+        continued: the rows are scored at the answer level (:func:`patched_answer_logprobs`: no last-position
+            identity; the trie of the candidates comes on top of this count).
 
     Returns:
         :class:`EngineStats` with ``executed_evals, minimal_evals, layer_calls, rows, unique_rows, unembed_rows,
@@ -433,7 +514,7 @@ def plan_work(rows: Sequence[RowSpec], lengths: Sequence[int], n_layers: int, *,
     >>> st.executed_evals, st.unembed_rows
     (20, 1)
     """
-    keys, _where, minimal = _dedup(rows, lengths, n_layers, edit)
+    keys, _where, minimal = _dedup(rows, lengths, n_layers, edit, continued)
     st = EngineStats(minimal_evals=minimal, rows=len(rows), unique_rows=len(keys))
     for g in _plan_groups(keys, lengths, n_layers, group_rows):
         _count(g, st)
@@ -454,10 +535,12 @@ def _execute(adapter: ArchitectureAdapter, clean: CleanRun, ivs: torch.Tensor, r
              keys: list[RowKey], where: np.ndarray, minimal: int,
              sink: Callable[[np.ndarray, np.ndarray, torch.Tensor], None], batch_size: int | None,
              memory_budget: int | None, stats: EngineStats | None, on_rows: Callable[[int], None] | None,
-             tail: int | None = None, edit: Edit = "replace") -> None:
+             tail: int | None = None, edit: Edit = "replace", record_kv: bool = False) -> None:
     """Run every group of the deduplicated ``keys``; ``sink(unique_idx, targets, resid)`` receives each group's
     final residuals: at the last position, ``[n, d_model]``, or with ``tail`` at the last ``min(tail, s)``
-    positions, ``[n, min(tail, s), d_model]`` (``s``: the group's recomputed positions)."""
+    positions, ``[n, min(tail, s), d_model]`` (``s``: the group's recomputed positions). With ``record_kv`` the
+    sink gets a fourth argument, the rows' keys/values at every layer (:class:`PatchedKV`), and the groups are
+    sized for them."""
     L = adapter.n_layers
     W = clean.batch.input_ids.shape[1]
     st = EngineStats(minimal_evals=minimal, rows=len(rows), unique_rows=len(keys))
@@ -467,17 +550,26 @@ def _execute(adapter: ArchitectureAdapter, clean: CleanRun, ivs: torch.Tensor, r
         memory_budget = resolve_memory_budget(None, _device(adapter))
 
     def cap(s: int) -> int:
-        return batch_size or auto_batch_size(adapter, W, s, memory_budget)
+        if batch_size:
+            return batch_size
+        if record_kv:  # the states' keys/values of every layer stay until the group ends
+            return max(1, memory_budget // (row_bytes(adapter, W, s) + kv_row_bytes(adapter, s)))
+        return auto_batch_size(adapter, W, s, memory_budget)
 
     done = np.zeros(len(keys), dtype=np.int64)  # requested rows per unique row, for progress
     np.add.at(done, where, 1)
     ivs = ivs.to(dtype=clean.resid[0].dtype)
     per_layer_ivs: dict[int, torch.Tensor] = {}
     for g in _plan_groups(keys, clean.lengths, L, cap):
-        h = _run_group(adapter, clean, ivs, g, per_layer_ivs, tail, edit)  # [n_states, (tail,) d_model]
+        new_kv: list | None = [] if record_kv else None
+        h = _run_group(adapter, clean, ivs, g, per_layer_ivs, tail, edit, new_kv)  # [n_states, (tail,) d_model]
         targets = np.array([keys[u][0] for u in g.members], dtype=np.int64)
-        sink(g.members, targets, h[torch.from_numpy(g.final).to(h.device)])
-        del h
+        final = h[torch.from_numpy(g.final).to(h.device)]
+        if record_kv:
+            sink(g.members, targets, final, PatchedKV(clean, g.s, targets, new_kv, _states_per_layer(g)))
+        else:
+            sink(g.members, targets, final)
+        del h, final, new_kv
         _count(g, st)
         if on_rows is not None:
             on_rows(int(done[g.members].sum()))
@@ -494,7 +586,7 @@ def _take(x: torch.Tensor, idx: torch.Tensor, single: bool) -> torch.Tensor:
 
 def _run_group(adapter: ArchitectureAdapter, clean: CleanRun, ivs: torch.Tensor, g: _Group,
                per_layer_ivs: dict[int, torch.Tensor], tail: int | None = None, edit: Edit = "replace",
-               ) -> torch.Tensor:
+               new_kv: list | None = None) -> torch.Tensor:
     """Run one group's trie; the last position of every final state, ``[n_states, d_model]`` (with ``tail``: its
     last ``min(tail, s)`` positions, ``[n_states, min(tail, s), d_model]``).
 
@@ -502,6 +594,8 @@ def _run_group(adapter: ArchitectureAdapter, clean: CleanRun, ivs: torch.Tensor,
     their patches below ``k`` share one state there; a row starts (``S ∩ [0, k] ≠ ∅``) from the clean
     ``resid_post[k]``. Each layer therefore runs once per *distinct* patch prefix, not once per row. Masks, positions
     and rotary tables are made once per target (and window / layer type / device) and gathered per state.
+    ``new_kv``: a list to fill with, per layer, the keys/values ``[n_states, kv_head, s, d_head]`` of the states
+    layer ``k`` ran on (``None`` where it ran on none).
     """
     s = g.s
     W = clean.batch.input_ids.shape[1]
@@ -528,9 +622,13 @@ def _run_group(adapter: ArchitectureAdapter, clean: CleanRun, ivs: torch.Tensor,
             mask = _take(per_target["mask", window, dev], h_tgt, single)
             pe = tuple(_take(x, h_tgt, single) for x in pe) if pe is not None else None
             cache = PrefixCache(_take(clean.keys[k][:, :, :W - s], h_tgt, single),
-                                _take(clean.values[k][:, :, :W - s], h_tgt, single))
+                                _take(clean.values[k][:, :, :W - s], h_tgt, single), record=new_kv is not None)
             h = adapter.run_layer(k, h, attention_mask=mask, position_ids=pos, position_embeddings=pe, cache=cache)
+            if new_kv is not None:
+                new_kv.append(cache.new)
             del mask, cache, pe
+        elif new_kv is not None:
+            new_kv.append(None)
         if step is None:
             continue
         # states after patching at layer k: prefixes S ∩ [0, k]
@@ -692,6 +790,93 @@ def clean_continuation_logprobs(adapter: ArchitectureAdapter, clean: CleanRun, c
     conts = continuations.to(udev)
     last = clean.resid[-1][:, -conts.shape[1]:].to(udev)  # [batch, tail, d_model]
     return continuation_logprobs(adapter.logits(last), conts).cpu()
+
+
+@torch.no_grad()
+def patched_answer_logprobs(adapter: ArchitectureAdapter, clean: CleanRun, ivs: torch.Tensor, rows: Sequence[RowSpec],
+                            continuations: Sequence[Sequence[Sequence[int]]], *, batch_size: int | None = None,
+                            memory_budget: int | None = None, stats: EngineStats | None = None,
+                            on_rows: Callable[[int], None] | None = None) -> torch.Tensor:
+    """Teacher-forced log-probability of every candidate continuation of each patched row (answer-level scoring),
+    with each patched prompt run once, in bounded memory.
+
+    The engine runs the rows on the prompts alone, as :func:`patched_metrics` does, keeping every layer's keys and
+    values of the recomputed positions (a row's keys/values are the clean run's before its patch position and up to
+    its first patched layer); the candidates are then scored against them by
+    :func:`ivlens.scoring.score_continuations`, which runs only the distinct prefixes of the candidates (a token
+    trie), one token each, through the model's own forward. So a row costs its prompt suffix once plus the trie,
+    not one prompt + candidate per candidate. Rows at the last position keep their whole layer set (the lower
+    layers' patches change the keys/values the candidates read).
+
+    Args:
+        adapter, clean, ivs, rows: as :func:`patched_metrics` (``clean``: the target prompts, ``record=True``).
+        continuations: per clean batch row, the ``k`` candidates' token ids (``k`` the same for every row).
+        batch_size, memory_budget, stats, on_rows: as :func:`patched_metrics`; half the budget sizes the groups
+            (their keys/values included), half the scoring of a group's rows.
+
+    Returns:
+        ``[len(rows), k]`` float32 log-probabilities, on the CPU.
+    """
+    from ivlens.scoring import PromptState, score_continuations
+
+    _check_inputs(clean, rows)
+    k = len(continuations[0]) if len(continuations) else 0
+    if any(len(c) != k for c in continuations):
+        raise ValueError("every target needs the same number of candidate continuations")
+    if memory_budget is None:
+        from ivlens.budget import resolve_memory_budget
+
+        memory_budget = resolve_memory_budget(None, _device(adapter))
+    udev = unembed_device(adapter)
+    W = clean.batch.input_ids.shape[1]
+    lengths = torch.tensor(clean.lengths)
+    sub = max(1, (memory_budget // 4) // (kv_row_bytes(adapter, W) + metric_row_bytes(adapter)))
+    keys, where, minimal = _dedup(rows, clean.lengths, adapter.n_layers, continued=True)
+    out = torch.empty(len(keys), k, dtype=torch.float32)
+    work = EngineStats()
+
+    def sink(members: np.ndarray, targets: np.ndarray, resid: torch.Tensor, kv: PatchedKV) -> None:
+        for i in range(0, len(members), sub):
+            sel = np.arange(i, min(i + sub, len(members)))
+            tgt = targets[sel]
+            keys_, values_ = kv.full(sel)
+            state = PromptState.from_key_values(adapter.model, keys_, values_, clean.batch.attention_mask[tgt],
+                                                lengths[tgt], adapter.logits(resid[sel].to(udev)))
+            del keys_, values_
+            got = score_continuations(adapter.model, state, np.repeat(np.arange(len(sel)), k),
+                                      [c for t in tgt for c in continuations[t]], memory_budget // 4)
+            out[torch.from_numpy(members[sel])] = got.logprob.view(len(sel), k)
+            work.executed_evals += got.nodes * adapter.n_layers
+            work.layer_calls += got.forwards * adapter.n_layers
+            del state
+
+    _execute(adapter, clean, ivs, rows, keys, where, minimal, sink, batch_size, memory_budget // 2, stats, on_rows,
+             record_kv=True)
+    if stats is not None:
+        stats.add(work)
+    return out[torch.from_numpy(where)]
+
+
+@torch.no_grad()
+def clean_answer_logprobs(adapter: ArchitectureAdapter, clean: CleanRun,
+                          continuations: Sequence[Sequence[Sequence[int]]], memory_budget: int | None = None,
+                          stats: EngineStats | None = None) -> torch.Tensor:
+    """Unpatched teacher-forced log-probability of every candidate continuation of each clean sequence, ``[batch,
+    k]`` float32 on the CPU: the candidates are scored against the clean run's recorded keys/values
+    (:func:`ivlens.scoring.score_continuations`; ``continuations`` as :func:`patched_answer_logprobs`)."""
+    from ivlens.scoring import PromptState, score_continuations
+
+    if not clean.keys:
+        raise ValueError("answer scoring needs a clean run with record=True")
+    k = len(continuations[0]) if len(continuations) else 0
+    state = PromptState.from_key_values(adapter.model, clean.keys, clean.values, clean.batch.attention_mask,
+                                        torch.tensor(clean.lengths), clean.last_logits)
+    got = score_continuations(adapter.model, state, np.repeat(np.arange(len(continuations)), k),
+                              [c for cs in continuations for c in cs], memory_budget)
+    if stats is not None:
+        stats.baseline_evals += got.nodes * adapter.n_layers
+        stats.layer_calls += got.forwards * adapter.n_layers
+    return got.logprob.view(len(continuations), k)
 
 
 @torch.no_grad()

@@ -37,10 +37,7 @@ def plot_single_layer(singles: pd.DataFrame, path: str | Path) -> Path:
         ax.set_ylabel(singles.effect.iloc[0] if "effect" in singles else "effect")
     axes[0][-1].legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def pair_matrix(values: pd.DataFrame, column: str, n_layers: int, diagonal: pd.Series | None = None) -> np.ndarray:
@@ -84,10 +81,30 @@ def plot_pair_heatmaps(rows: pd.DataFrame, stats: pd.DataFrame, singles: pd.Data
                 ax.set_xlabel("layer")
                 ax.set_ylabel("layer")
             fig.colorbar(im, ax=list(axes[2 * pi + r]), shrink=0.8)
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
+
+
+def plot_linearity(table: pd.DataFrame, path: str | Path) -> Path:
+    """The fraction of the effect the linear estimate explains (R², 95 % bootstrap CI) against the set size; one
+    panel per position, one line per model (:func:`ivlens.patching.linearity.linearity_table`). The axis stops
+    at R² = −1 (worse than the mean effect by as much again); a CI reaching below runs off it."""
+    positions = _order(table.position)
+    fig, axes = plt.subplots(1, len(positions), figsize=(4.5 * len(positions), 3.4), squeeze=False)
+    for ax, pos in zip(axes[0], positions, strict=True):
+        for model in _order(table.model):
+            d = table[(table.position == pos) & (table.model == model)].sort_values("set_size")
+            err = np.abs(np.stack([d.r2 - d.r2_lo, d.r2_hi - d.r2]).astype(float))
+            ax.errorbar(d.set_size, d.r2, yerr=np.nan_to_num(err), marker="o", capsize=3, label=model)
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.axhline(1, color="grey", lw=0.8, ls=":")
+        ax.set_ylim(max(-1.0, float(np.nanmin(table.r2_lo.fillna(0).clip(upper=0)))) - 0.05, 1.05)  # R² < −1: off
+        ax.set_title(f"position: {pos}")
+        ax.set_xlabel("set size")
+        ax.set_ylabel(f"R² of the linear estimate\n({table.effect.iloc[0]})")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    axes[0][-1].legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
 
 
 def strongest_markdown(top: pd.DataFrame) -> str:
@@ -99,3 +116,11 @@ def strongest_markdown(top: pd.DataFrame) -> str:
         lines.append(f"| {r.model} | {r.position} | {r.layers} | {r.mean:.3f} | {r.sem:.3f} | "
                      f"{r.ia:.2f} | {r.acc_top1:.2f} | {r.acc_space:.2f} |")
     return "\n".join(lines) + "\n"
+
+
+def _save(fig, path: str | Path) -> Path:
+    """Write ``fig`` as a PNG to ``path`` and release it."""
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

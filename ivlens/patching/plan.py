@@ -9,6 +9,9 @@ Layer-set specs (``layers=``):
 - ``single``: every layer ``(l,)``;
 - ``pairs``: every pair ``(a, b)``, ``a < b``, plus the singles (so interactions can be computed);
 - ``triplets``: every triplet, plus the pairs and singles;
+- ``N-sets`` (``4-sets``, ``5-sets``, …): every set of up to ``N`` layers (``1-sets``, ``2-sets``, ``3-sets`` are
+  ``single``, ``pairs``, ``triplets``); with ``--screen K`` only the singles and the top ``K`` of each size by
+  the linear estimate run exactly (:mod:`ivlens.patching.screen`), which makes sizes past triplets affordable;
 - an explicit list ``"3,5,7;2,4"``: those sets (``;`` separates sets, ``,`` layers), plus the singles of their
   layers (needed for the additive prediction of :mod:`ivlens.patching.interactions`).
 
@@ -21,6 +24,7 @@ the end).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +40,24 @@ class PlanError(IvlensError, ValueError):
     """A layer or position spec is invalid; the message names the valid choices."""
 
 
+def max_set_size(spec: str) -> int | None:
+    """The largest set size of a named layer spec (``single`` 1, ``pairs`` 2, ``triplets`` 3, ``N-sets`` N), or
+    ``None`` for an explicit list.
+
+    >>> max_set_size("4-sets"), max_set_size("pairs"), max_set_size("3,5")
+    (4, 2, None)
+    """
+    spec = spec.strip()
+    if spec in NAMED_LAYER_SPECS:
+        return NAMED_LAYER_SPECS.index(spec) + 1
+    head, sep, tail = spec.partition("-")
+    if sep and tail == "sets":
+        if not head.isdigit() or int(head) < 1:
+            raise PlanError(f"layer spec {spec!r}: N-sets needs a whole number N ≥ 1, e.g. 4-sets")
+        return int(head)
+    return None
+
+
 def parse_layer_sets(spec: str | list[LayerSet] | tuple[LayerSet, ...], n_layers: int) -> tuple[LayerSet, ...]:
     """Layer sets for ``spec`` on a model with ``n_layers`` layers, sorted by size then lexicographically.
 
@@ -43,24 +65,30 @@ def parse_layer_sets(spec: str | list[LayerSet] | tuple[LayerSet, ...], n_layers
     ((0,), (1,), (2,), (0, 1), (0, 2), (1, 2))
     >>> parse_layer_sets("3,5;1", 6)
     ((1,), (3,), (5,), (3, 5))
+    >>> len(parse_layer_sets("4-sets", 6))  # 6 + 15 + 20 + 15
+    56
     """
     if n_layers < 1:
         raise PlanError(f"a model needs at least one layer, got n_layers={n_layers}")
-    if isinstance(spec, str) and spec.strip() in NAMED_LAYER_SPECS:
-        max_size = NAMED_LAYER_SPECS.index(spec.strip()) + 1
+    max_size = max_set_size(spec) if isinstance(spec, str) else None
+    if max_size is not None:
+        if max_size > n_layers:
+            raise PlanError(f"layer spec {spec!r}: sets of {max_size} layers need at least {max_size} layers; this "
+                            f"model has {n_layers}")
         sets = [c for k in range(1, max_size + 1) for c in itertools.combinations(range(n_layers), k)]
         return tuple(sets)
     if isinstance(spec, str):
         raw: list[list[str]] = [[x.strip() for x in part.split(",")] for part in spec.split(";") if part.strip()]
         if not raw:
-            raise PlanError(f"empty layer spec {spec!r}; use single, pairs, triplets or a list like '3,5,7;2,4'")
+            raise PlanError(f"empty layer spec {spec!r}; use single, pairs, triplets, N-sets or a list like "
+                            "'3,5,7;2,4'")
         explicit = []
         for part in raw:
             try:
                 explicit.append(tuple(int(x) for x in part))
             except ValueError:
                 raise PlanError(f"cannot read layer set {','.join(part)!r} in {spec!r}: use single, pairs, "
-                                "triplets, or integers like '3,5,7;2,4'") from None
+                                "triplets, N-sets (e.g. 4-sets), or integers like '3,5,7;2,4'") from None
     else:
         explicit = [tuple(int(x) for x in s) for s in spec]
     out: set[LayerSet] = set()
@@ -163,6 +191,10 @@ class PatchPlan:
     def build(cls, layers: str | list, positions: str | list, n_layers: int) -> PatchPlan:
         spec = layers if isinstance(layers, str) else ";".join(layer_set_label(tuple(s)) for s in layers)
         return cls(n_layers, spec, parse_layer_sets(layers, n_layers), parse_positions(positions))
+
+    def with_layer_sets(self, layer_sets: tuple[LayerSet, ...]) -> PatchPlan:
+        """This plan restricted to ``layer_sets`` (e.g. the sets a screen keeps; :mod:`ivlens.patching.screen`)."""
+        return dataclasses.replace(self, layer_sets=tuple(sorted(layer_sets, key=lambda s: (len(s), s))))
 
     @property
     def rows(self) -> tuple[PatchRow, ...]:

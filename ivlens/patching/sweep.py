@@ -44,7 +44,6 @@ from ivlens.tasks.prompts import (
     instruction_prompt,
     label_token_ids,
     query_prompt,
-    right_aligned,
 )
 from ivlens.tasks.selection import sample_indices, split_queries
 from ivlens.tasks.validate import warn_first_token_clashes
@@ -52,15 +51,26 @@ from ivlens.tasks.validate import warn_first_token_clashes
 from .engine import (
     EngineStats,
     RowSpec,
-    clean_continuation_logprobs,
+    clean_answer_logprobs,
     clean_run,
-    patched_continuation_logprobs,
+    patched_answer_logprobs,
     patched_metrics,
     source_vectors,
+)
+from .linear import (
+    ESTIMATED,
+    LINEAR_CHOICES,
+    FirstOrder,
+    estimate_columns,
+    estimated_effect,
+    first_order_terms,
+    linear_on,
 )
 from .metrics import answer_metrics, deltas, label_metrics
 from .plan import PatchPlan, layer_set_label, resolve_position
 from .reach import attention_windows, reaches_logits
+from .screen import TABLE as SCREEN
+from .screen import run_estimates, screen_table, screened_sets
 
 log = logging.getLogger(__name__)
 
@@ -89,12 +99,14 @@ class SamplePrompts:
 @dataclass
 class SweepResult:
     """``rows``: one row per (model, sample, layer set, position); ``baselines``: target-only and instructed
-    metrics per (model, sample); ``stats``: engine work counters per model name."""
+    metrics per (model, sample); ``stats``: engine work counters per model name; ``screen``: with ``--screen``,
+    the ranking of every layer set by its linear estimate (:func:`ivlens.patching.screen.screen_table`)."""
 
     rows: pd.DataFrame
     baselines: pd.DataFrame
     stats: dict[str, EngineStats] = field(default_factory=dict)
     run: RunDir | None = None
+    screen: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def starts_with_bos(tok, prompt: Prompt) -> bool:
@@ -158,8 +170,8 @@ def clean_bytes_per_sample(lm: LoadedModel, n_tokens: int) -> int:
 
 def engine_passes(lm: LoadedModel, prompts: list[SamplePrompts], memory_budget: int,
             sequences_per_sample: int = 1) -> list[list[int]]:
-    """Split a chunk's samples into engine passes whose recorded clean runs (``sequences_per_sample`` per sample:
-    one per candidate under answer scoring) take at most a quarter of the budget (rows of different targets never
+    """Split a chunk's samples into engine passes whose recorded clean runs (``sequences_per_sample`` recorded
+    sequences per sample) take at most a quarter of the budget (rows of different targets never
     share a trie state, so nothing is lost)."""
     out: list[list[int]] = [[]]
     width = 0
@@ -177,10 +189,11 @@ def _chunk_rows(lm: LoadedModel, prompts: list[SamplePrompts], plan: PatchPlan, 
                 space: torch.Tensor, stats: EngineStats, batch_size: int | None,
                 on_rows: Callable[[int], None] | None, backend: str = "torch",
                 memory_budget: int | None = None, candidates: AnswerCandidates | None = None,
-                ) -> tuple[dict[str, np.ndarray], list[dict]]:
+                terms: FirstOrder | None = None) -> tuple[dict[str, np.ndarray], list[dict]]:
     """Run one chunk of samples: columns of the patched rows (sample-major, then position, then layer set) and
     records of the baselines. The samples run in passes bounded by ``memory_budget``. With ``candidates`` the rows
-    are scored at the answer level."""
+    are scored at the answer level; with ``terms`` (the chunk's per-layer first-order terms, in ``prompts``
+    order) they carry their linear estimates."""
     if _through_nnsight(lm):  # --remote: every forward is a trace of the nnsight program
         return _nnsight_chunk_rows(lm, prompts, plan, ivs, space, stats, batch_size, on_rows, memory_budget)
     if backend == "nnsight":
@@ -190,10 +203,9 @@ def _chunk_rows(lm: LoadedModel, prompts: list[SamplePrompts], plan: PatchPlan, 
     budget = memory_budget if memory_budget is not None else resolve_memory_budget(None, lm.device)
     parts: list[dict[str, np.ndarray]] = []
     base = []
-    per_sample = len(candidates.labels) if candidates is not None else 1
-    for idx in engine_passes(lm, prompts, budget, per_sample):
+    for idx in engine_passes(lm, prompts, budget):
         cols, b_recs = _pass_rows(lm, [prompts[b] for b in idx], plan, ivs, space, stats, batch_size, on_rows,
-                                  run_rows, budget, candidates)
+                                  run_rows, budget, candidates, terms.take(idx) if terms is not None else None)
         parts.append(cols)
         base.extend(b_recs)
     cols = {k: np.concatenate([c[k] for c in parts]) for k in parts[0]}
@@ -221,7 +233,8 @@ def _nnsight_chunk_rows(lm: LoadedModel, prompts: list[SamplePrompts], plan: Pat
 def _pass_rows(lm: LoadedModel, prompts: list[SamplePrompts], plan: PatchPlan, ivs: torch.Tensor,
                space: torch.Tensor, stats: EngineStats, batch_size: int | None,
                on_rows: Callable[[int], None] | None, run_rows, budget: int,
-               candidates: AnswerCandidates | None = None) -> tuple[dict[str, np.ndarray], list]:
+               candidates: AnswerCandidates | None = None, terms: FirstOrder | None = None,
+               ) -> tuple[dict[str, np.ndarray], list]:
     n_sets, n_pos, B = len(plan.layer_sets), len(plan.positions), len(prompts)
     if _through_nnsight(lm):
         from .nnsight_rows import first_token_scores_nnsight
@@ -264,6 +277,8 @@ def _pass_rows(lm: LoadedModel, prompts: list[SamplePrompts], plan: PatchPlan, i
                                             cols["pos_index"], cols["n_tokens"])
     for k, v in got.items():  # floats as float64, as Python floats were before
         cols[k] = v.double().numpy() if v.is_floating_point() else v.numpy()
+    if terms is not None:
+        cols.update(estimate_columns(terms, plan.layer_sets, cols))
     base = []
     for name, m in (("target", base_t), ("instructed", base_i)):
         mc = {k: v.numpy() for k, v in m.items()}
@@ -301,49 +316,92 @@ def _first_token_scores(lm: LoadedModel, prompts: list[SamplePrompts], plan: Pat
 def _answer_scores(lm: LoadedModel, prompts: list[SamplePrompts], plan: PatchPlan, ivs: torch.Tensor,
                    candidates: AnswerCandidates, stats: EngineStats, batch_size: int | None,
                    on_rows: Callable[[int], None] | None, budget: int):
-    """Answer-level metrics: each sample's target (and instructed prompt) is extended by every candidate label,
-    teacher-forced; the patched rows score all ``k`` candidates with the patch in place, and
-    :func:`~ivlens.patching.metrics.answer_metrics` ranks the label among them."""
+    """Answer-level metrics: every candidate label teacher-forced after each sample's target (and instructed
+    prompt); the patched rows score all ``k`` candidates with the patch in place
+    (:func:`~ivlens.patching.engine.patched_answer_logprobs`: each patched prompt once, the candidates against its
+    keys/values), and :func:`~ivlens.patching.metrics.answer_metrics` ranks the label among them."""
     adapter, pad, tok = lm.adapter, pad_token_id_of(lm), lm.tokenizer
-    k = len(candidates.labels)
 
-    def extended(prompt: Prompt) -> tuple[list[tuple[int, ...]], list[tuple[int, ...]]]:
-        conts = [label_token_ids(tok, prompt, c) for c in candidates.labels]
-        return [prompt.input_ids + c[:-1] for c in conts], conts
+    def conts(prompt: Prompt) -> list[tuple[int, ...]]:
+        return [label_token_ids(tok, prompt, c) for c in candidates.labels]
 
-    t_seqs, t_conts, i_seqs, i_conts = [], [], [], []
-    for p in prompts:
-        seqs, conts = extended(p.target)
-        t_seqs += seqs
-        t_conts += conts
-        seqs, conts = extended(p.instructed)
-        i_seqs += seqs
-        i_conts += conts
-    clean = clean_run(adapter, t_seqs, pad, record=True, stats=stats)  # batch row b * k + j: sample b, candidate j
-    specs = [RowSpec(b * k + j, 0, layers, tok_idx) for b, p in enumerate(prompts)
-             for tok_idx in p.positions for layers in plan.layer_sets for j in range(k)]
-    done = [0]
-
-    def per_row(n: int) -> None:  # the engine counts candidate rows; progress counts patch rows
-        before = done[0] // k
-        done[0] += n
-        if on_rows is not None and done[0] // k > before:
-            on_rows(done[0] // k - before)
-
-    scores = patched_continuation_logprobs(adapter, clean, ivs, specs, right_aligned(t_conts), batch_size=batch_size,
-                                           memory_budget=budget, stats=stats, on_rows=per_row).view(-1, k)
-    base_scores_t = clean_continuation_logprobs(adapter, clean, right_aligned(t_conts)).view(-1, k)
+    clean = clean_run(adapter, [p.target.input_ids for p in prompts], pad, record=True, stats=stats)
+    t_conts = [conts(p.target) for p in prompts]
+    specs = [RowSpec(b, 0, layers, tok_idx) for b, p in enumerate(prompts)
+             for tok_idx in p.positions for layers in plan.layer_sets]
+    scores = patched_answer_logprobs(adapter, clean, ivs, specs, t_conts, batch_size=batch_size,
+                                     memory_budget=budget, stats=stats, on_rows=on_rows)  # [rows, k]
+    base_scores_t = clean_answer_logprobs(adapter, clean, t_conts, budget, stats)
     del clean
-    instr = clean_run(adapter, i_seqs, pad, record=True, stats=stats)
-    base_scores_i = clean_continuation_logprobs(adapter, instr, right_aligned(i_conts)).view(-1, k)
+    instr = clean_run(adapter, [p.instructed.input_ids for p in prompts], pad, record=True, stats=stats)
+    base_scores_i = clean_answer_logprobs(adapter, instr, [conts(p.instructed) for p in prompts], budget, stats)
     del instr
     label = torch.tensor([candidates.index(p.label) for p in prompts])
     alt = torch.tensor([candidates.index(p.alt_label) for p in prompts])
-    row_b = torch.arange(len(prompts)).repeat_interleave(scores.shape[0] // len(prompts))
+    row_b = torch.tensor([s.target for s in specs], dtype=torch.long)
     got = answer_metrics(scores, label[row_b], alt[row_b], candidates.in_space)
     base_t = answer_metrics(base_scores_t, label, alt, candidates.in_space)
     base_i = answer_metrics(base_scores_i, label, alt, candidates.in_space)
     return got, base_t, base_i
+
+
+def _check_linear(setting: str, screen: int | None, score: str, remote: bool) -> None:
+    """Refuse a linear estimate (or a screen, which needs one) where it is not defined."""
+    if setting not in LINEAR_CHOICES:
+        raise ValueError(f"unknown --linear-estimate {setting!r}; use {', '.join(LINEAR_CHOICES)}")
+    if screen is not None and screen < 1:
+        raise ValueError(f"--screen {screen}: give the number of sets to keep per size, at least 1")
+    wants = setting == "on" or screen is not None
+    what = "--screen" if screen is not None else "--linear-estimate on"
+    if screen is not None and setting == "off":
+        raise ValueError("--screen ranks the sets by their linear estimate: drop --linear-estimate off")
+    if wants and score == "answer":
+        raise ValueError(f"{what} needs the first-token score (the estimate is the gradient of the label's logit); "
+                         "drop --score answer")
+    if wants and remote:
+        raise ValueError(f"{what} runs the estimate's backward pass on the local engine; drop --remote")
+
+
+def _linear_on(setting: str, screen: int | None, plan: PatchPlan, layers, score: str, lm: LoadedModel) -> bool:
+    """:func:`ivlens.patching.linear.linear_on` for one model's plan (the score and backend were checked already);
+    a screen needs sets of two or more layers."""
+    if screen is not None and not any(len(s) >= 2 for s in plan.layer_sets):
+        raise ValueError(f"--screen ranks sets of two or more layers; --layers {layers!r} has none: use pairs, "
+                         "triplets, N-sets (e.g. 4-sets) or explicit sets")
+    return linear_on(setting, screen, plan.layer_sets, score=score, remote=_through_nnsight(lm))
+
+
+def _ivs(s_lm: LoadedModel, instruction: str, fmt: str, stats: EngineStats) -> torch.Tensor:
+    """The IVs of the source instruction, ``[1, layer, d_model]``."""
+    src_ids = instruction_prompt(s_lm.tokenizer, instruction, fmt).input_ids
+    if _through_nnsight(s_lm):
+        from .nnsight_rows import source_vectors_nnsight
+
+        return source_vectors_nnsight(s_lm, [src_ids], pad_token_id_of(s_lm), stats=stats)
+    return source_vectors(s_lm.adapter, [src_ids], pad_token_id_of(s_lm), stats=stats)
+
+
+def _terms(lm: LoadedModel, prompts: list[SamplePrompts], ivs: torch.Tensor, stats: EngineStats) -> FirstOrder:
+    """Per-layer first-order terms of the samples' targets (:func:`ivlens.patching.linear.first_order_terms`)."""
+    return first_order_terms(lm.adapter, [p.target.input_ids for p in prompts], [p.positions for p in prompts],
+                             ivs[0], torch.tensor([p.label_token for p in prompts]),
+                             torch.tensor([p.alt_token for p in prompts]), stats=stats)
+
+
+def _screen(run: RunDir | None, key: str, terms: FirstOrder, prompts: list[SamplePrompts], plan: PatchPlan, k: int,
+            model: str, effect: str) -> pd.DataFrame:
+    """The model's ranking of every set (:func:`ivlens.patching.screen.screen_table`): the run's, when a resumed
+    run has it, else computed from ``terms`` (of ``prompts``, every sample) and written (before any chunk, so the
+    chunks run the same sets)."""
+    if run is not None and run.has_shard(SCREEN, key):
+        return pd.read_parquet(run.shard_path(SCREEN, key))
+    eff = estimated_effect(effect)
+    is_last = np.array([[t == len(p.target) - 1 for t in p.positions] for p in prompts], dtype=bool)
+    est = run_estimates(getattr(terms, ESTIMATED[eff][2]), plan.layer_sets, is_last)  # [samples, positions, sets]
+    table = screen_table(est, plan.layer_sets, plan.positions, k, model, eff)
+    if run is not None:
+        run.write_shard(SCREEN, key, table)
+    return table
 
 
 class ChunkProgress:
@@ -374,7 +432,8 @@ def patch_sweep(models: LoadedModel | str | Sequence[LoadedModel | str], task: T
                 dtype: str = "float32", device: str = "cpu", backend: str = "torch",
                 memory_budget: int | str | None = None, score: Score = "first-token",
                 progress: Callable[[int, int], None] | None = None,
-                owns: Callable[[int], bool] | None = None) -> SweepResult:
+                owns: Callable[[int], bool] | None = None, linear_estimate: str = "auto",
+                screen: int | None = None, effect: str = "delta_logit_vs_target") -> SweepResult:
     """Patch IVs into targets for every layer set × position × sample, for one or more models side by side.
 
     Args:
@@ -401,11 +460,21 @@ def patch_sweep(models: LoadedModel | str | Sequence[LoadedModel | str], task: T
         progress: ``progress(done_rows, total_rows)`` after each batch.
         owns: ``owns(unit) -> bool``: run only these units of work (chunks, numbered model by model; a shard,
             :mod:`ivlens.sharding`); the result then holds only their rows.
+        linear_estimate: ``auto`` (on where the sets have two or more layers and the rows are scored on the
+            local engine at the first token), ``on`` or ``off``: the rows' ``linear_estimate`` and ``nonlinearity``
+            columns (:mod:`ivlens.patching.linear`; one forward and backward per sample).
+        screen: ``K``: rank every set by its linear estimate over all the model's samples and run the exact
+            engine on the singles and each position's top ``K`` sets of every size ≥ 2 only
+            (:mod:`ivlens.patching.screen`; the ranking is the ``screen`` table).
+        effect: the effect whose estimate ranks the sets for ``screen`` (its own where
+            :data:`ivlens.patching.linear.ESTIMATED` has one, else the logit's).
 
     Returns:
         :class:`SweepResult`. ``rows`` columns: model, source_model, task, subtask, mode, target, sample, query,
         label, position, pos_index, layers, set_size, first_layer, logit, prob, rank, rr, logit_diff, top1, ia,
-        acc_top1, acc_space and ``delta_<metric>_vs_{target,instructed}``.
+        acc_top1, acc_space and ``delta_<metric>_vs_{target,instructed}``; with the linear estimate on also
+        ``linear_estimate``, ``nonlinearity`` (of ``delta_logit_vs_target``) and ``linear_estimate_logit_diff``,
+        ``nonlinearity_logit_diff`` (of ``delta_logit_diff_vs_target``; NaN without an alternative label).
 
     >>> res = patch_sweep(lm, "adjectives", "adj_ant", layers="pairs", samples=20)
     >>> res.rows.groupby("layers").delta_logit_vs_target.mean()
@@ -420,6 +489,7 @@ def patch_sweep(models: LoadedModel | str | Sequence[LoadedModel | str], task: T
                        if _through_nnsight(m)]
     if score == "answer" and through_nnsight:
         raise ValueError("--score answer runs on the torch engine only; drop --remote")
+    _check_linear(linear_estimate, screen, score, bool(through_nnsight))
     task = load_task(task) if isinstance(task, str) else task
     subtask = subtask or task.subtask_names[0]
     task.subtask(subtask)
@@ -438,7 +508,7 @@ def patch_sweep(models: LoadedModel | str | Sequence[LoadedModel | str], task: T
     total = sum(len(ids) * len(p.rows) for ids, p in zip(ids_per_model, plans, strict=True))
     done = 0
     stats: dict[str, EngineStats] = {}
-    all_rows, all_base = [], []
+    all_rows, all_base, all_screens = [], [], []
     unit = -1
     for mi, (lm, name, plan, sample_ids) in enumerate(zip(lms, names, plans, ids_per_model, strict=True)):
         chunks = [sample_ids[i:i + chunk_size] for i in range(0, len(sample_ids), chunk_size)]
@@ -448,6 +518,7 @@ def patch_sweep(models: LoadedModel | str | Sequence[LoadedModel | str], task: T
             raise ValueError(f"source model {s_lm.name} ({s_lm.n_layers} layers, d_model "
                              f"{s_lm.d_model}) does not match {lm.name} ({lm.n_layers} layers, "
                              f"d_model {lm.d_model})")
+        linear = _linear_on(linear_estimate, screen, plan, layers, score, lm)
         ivs = None
         space = None
         const = {"model": name, "source_model": s_lm.name if src_lm is not None else name, "task": task.name,
@@ -455,30 +526,42 @@ def patch_sweep(models: LoadedModel | str | Sequence[LoadedModel | str], task: T
                  "fmt": fmt, "score": score}
         candidates = AnswerCandidates.of(task, subtask) if score == "answer" else None
         warn_first_token_clashes(lm.tokenizer, task, [subtask], fmt, score)
+        pending = [not ((run is not None and run.has_shard(TABLE, f"m{mi}-c{ci:05d}"))
+                        or (owns is not None and not owns(unit + 1 + ci))) for ci in range(len(chunks))]
+        screened: tuple[FirstOrder, dict[int, int]] | None = None  # all samples' terms, sample id → their row
+        if screen is not None and any(pending):  # rank every set on all the model's samples, before any chunk
+            prompts, instruction = prepare(lm, task, subtask, plan, sample_ids, mode, target, fmt)
+            ivs = _ivs(s_lm, instruction, fmt, st)
+            space = label_space_tokens(lm, task, subtask, prompts[0].instructed)
+            screened = (_terms(lm, prompts, ivs, st), {sid: i for i, sid in enumerate(sample_ids)})
+            table = _screen(run, f"m{mi}", screened[0], prompts, plan, screen, name, effect)
+            all_screens.append(table)
+            n_full = len(plan.rows)
+            plan = plan.with_layer_sets(screened_sets(table, plan.layer_sets))
+            total -= len(sample_ids) * (n_full - len(plan.rows))
         for ci, chunk in enumerate(chunks):
             key = f"m{mi}-c{ci:05d}"
             n_rows = len(chunk) * len(plan.rows)
             unit += 1
-            if (run is not None and run.has_shard(TABLE, key)) or (owns is not None and not owns(unit)):
+            if not pending[ci]:
                 done += n_rows
                 if progress:
                     progress(done, total)
                 continue
             prompts, instruction = prepare(lm, task, subtask, plan, chunk, mode, target, fmt)
             if ivs is None:  # one source run per instruction (and model), only when there is work left
-                src_ids = instruction_prompt(s_lm.tokenizer, instruction, fmt).input_ids
-                if _through_nnsight(s_lm):
-                    from .nnsight_rows import source_vectors_nnsight
-
-                    ivs = source_vectors_nnsight(s_lm, [src_ids], pad_token_id_of(s_lm), stats=st)
-                else:
-                    ivs = source_vectors(s_lm.adapter, [src_ids], pad_token_id_of(s_lm), stats=st)
+                ivs = _ivs(s_lm, instruction, fmt, st)
                 space = label_space_tokens(lm, task, subtask, prompts[0].instructed)
+            terms = None
+            if linear and screened is not None:
+                terms = screened[0].take([screened[1][p.sample] for p in prompts])
+            elif linear:
+                terms = _terms(lm, prompts, ivs, st)
 
             on_rows = ChunkProgress(progress, done, done + n_rows, total)
             budget = resolve_memory_budget(memory_budget, device if device == "auto" else lm.device)
             cols, base = _chunk_rows(lm, prompts, plan, ivs, space, st, batch_size, on_rows, backend, budget,
-                                     candidates)
+                                     candidates, terms)
             n = len(cols["sample"])
             rows_df = pd.DataFrame({**{k: np.repeat(np.array([v], dtype=object), n) for k, v in const.items()},
                                     **cols})
@@ -500,4 +583,8 @@ def patch_sweep(models: LoadedModel | str | Sequence[LoadedModel | str], task: T
         rows_df, base_df = pd.DataFrame(), pd.DataFrame()
     else:
         rows_df, base_df = pd.concat(all_rows, ignore_index=True), pd.concat(all_base, ignore_index=True)
-    return SweepResult(rows_df, base_df, stats, run)
+    if run is not None:
+        screen_df = run.read_table(SCREEN) if (run.path / SCREEN).is_dir() else pd.DataFrame()
+    else:
+        screen_df = pd.concat(all_screens, ignore_index=True) if all_screens else pd.DataFrame()
+    return SweepResult(rows_df, base_df, stats, run, screen_df)

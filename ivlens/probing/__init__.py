@@ -16,6 +16,7 @@ from .probes import (
     lda_2d,
     pca_2d,
     probe_layer,
+    probe_layer_fitted,
     shuffled_cv_accuracy,
 )
 from .run import ProbeResult, analyse_store, probe_run
@@ -24,5 +25,5 @@ __all__ = [
     "LABEL_FAMILIES", "IVStore", "InstructionRow", "LayerProbe", "LogisticProbe", "ProbeConfig", "ProbeResult",
     "analyse_store", "class_cosine", "collect_ivs", "cv_accuracy", "heldout_accuracy", "instruction_set",
     "ivs_at_t_inst", "lda_2d", "load_layer", "organism_heldout", "parse_layers", "pca_2d", "probe_layer",
-    "probe_run", "shuffled_cv_accuracy",
+    "probe_layer_fitted", "probe_run", "shuffled_cv_accuracy",
 ]

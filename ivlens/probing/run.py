@@ -43,7 +43,7 @@ from ivlens.tasks.schema import Task
 from . import figures
 from .collect import IVStore, collect_ivs, parse_layers
 from .instructions import Varying, instruction_set, organism_heldout
-from .probes import ProbeConfig, class_cosine, lda_project, make_probe, pca_2d, probe_layer
+from .probes import ProbeConfig, class_cosine, lda_project, pca_2d, probe_layer, probe_layer_fitted
 from .weights import ProbeWeights
 
 log = logging.getLogger(__name__)
@@ -63,8 +63,8 @@ def model_slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "model"
 
 
-def _probe_specs(labels: pd.DataFrame, varying: Varying
-                 ) -> list[tuple[str, str, np.ndarray, np.ndarray, np.ndarray | None, list[str]]]:
+def probe_specs(labels: pd.DataFrame, varying: Varying
+                ) -> list[tuple[str, str, np.ndarray, np.ndarray, np.ndarray | None, list[str]]]:
     """``(probe, target, row mask, y, heldout groups, class names)`` for every probe of one model."""
     specs = []
     groups_all = ((labels.split == "heldout").astype(int).to_numpy() if varying == "instructions"
@@ -108,16 +108,18 @@ def analyse_store(store: IVStore, model: str, varying: Varying, cfg: ProbeConfig
         ``(accuracy, projections, similarity)`` tables (see the module docstring).
     """
     labels = store.labels()
-    specs = _probe_specs(labels, varying)
+    specs = probe_specs(labels, varying)
     classes = sorted(labels.subtask.unique())
     y_all = pd.Categorical(labels.subtask, categories=classes).codes.astype(np.int64)
     acc_rows, proj_frames, sim_rows = [], [], []
     for layer in store.layers:
         X = store.load_layer(layer)  # [n, d_model]
         for probe, target, mask, y, groups, names in specs:
-            res = probe_layer(X[mask], y, groups, cfg)
-            if weights is not None:
-                weights.add_probe(probe, target, names, layer, make_probe(cfg).fit(X[mask], y))
+            if weights is not None:  # the refit on all rows joins the layer's batch of fits
+                res, refit = probe_layer_fitted(X[mask], y, groups, cfg)
+                weights.add_probe(probe, target, names, layer, refit)
+            else:
+                res = probe_layer(X[mask], y, groups, cfg)
             acc_rows.append({"model": model, "probe": probe, "target": target, "layer": layer, **asdict(res),
                              "selectivity": res.selectivity})
         base = labels[["row", "subtask", "split", "variant"]].rename(columns={"subtask": "class"})

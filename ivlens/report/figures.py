@@ -18,7 +18,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-DPI = 110
+#: the report's resolution: figures are embedded at their natural size, and at 100 dpi the smallest text (7 pt tick
+#: labels) is still about 10 px high
+DPI = 100
 #: Human names of the patch effects (the ``effect`` column of a patch run's tables).
 EFFECT_LABELS = {
     "delta_logit_vs_target": "Δ label logit vs query-only run",
@@ -39,8 +41,12 @@ def colours(models: Sequence[str]) -> dict[str, str]:
 
 
 def _png(fig) -> bytes:
+    """The figure as PNG bytes, drawn once. Each figure is laid out where it is drawn (``tight_layout``, or a
+    constrained layout engine where a legend or colour bar sits outside the axes), so there is no
+    ``bbox_inches="tight"``: that draws the whole figure twice and measures every artist in between, most of a
+    report's time."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=DPI)
     plt.close(fig)
     return buf.getvalue()
 
@@ -180,6 +186,39 @@ def set_heatmaps(interactions: pd.DataFrame, singles: pd.DataFrame, models: Sequ
     return _png(fig)
 
 
+def linearity_curves(table: pd.DataFrame, models: Sequence[str]) -> bytes:
+    """How much of the patch effect the linear estimate explains, against the set size: R² (top row) and mean
+    |nonlinearity| / mean |effect| (bottom row), each with its 95 % bootstrap CI over samples; one panel per
+    position, one line per model (:func:`ivlens.patching.linearity.linearity_table`)."""
+    positions = _order(table.position)
+    models = _present(models, table.model)
+    col = colours(models)
+    fig, axes = plt.subplots(2, len(positions), figsize=(4.2 * len(positions), 6.0), squeeze=False, sharex=True)
+    for j, pos in enumerate(positions):
+        for i, (value, label) in enumerate((("r2", "R² of the linear estimate"),
+                                            ("rel_nonlinearity", "mean |nonlinearity| / mean |effect|"))):
+            ax = axes[i][j]
+            for k, m in enumerate(models):
+                d = table[(table.position == pos) & (table.model == m)].sort_values("set_size")
+                x = d.set_size + (k - (len(models) - 1) / 2) * 0.06  # side by side, not on top of each other
+                err = np.nan_to_num(np.abs(np.stack([d[value] - d[f"{value}_lo"], d[f"{value}_hi"] - d[value]])
+                                           .astype(float)))
+                ax.errorbar(x, d[value], yerr=err, marker="o", ms=4, capsize=3, color=col[m], label=m)
+            ax.axhline(0, color="grey", lw=0.8)
+            ax.axhline(1, color="grey", lw=0.8, ls=":")
+            if value == "r2":  # R² below −1 (worse than the mean by as much again) runs off the axis
+                ax.set_ylim(max(-1.0, float(np.nanmin(table.r2_lo.fillna(0).clip(upper=0)))) - 0.05, 1.05)
+            ax.set_ylabel(label, fontsize=9)
+            if i == 0:
+                ax.set_title(f"patched at the {pos} position", fontsize=10)
+            else:
+                ax.set_xlabel("layers in the set")
+            ax.xaxis.get_major_locator().set_params(integer=True)
+    axes[0][-1].legend(title="model", fontsize=8)
+    fig.tight_layout()
+    return _png(fig)
+
+
 # ----------------------------------------------------------------------------- probing
 def probe_accuracy(acc: pd.DataFrame, models: Sequence[str]) -> bytes:
     """Probe accuracy by layer; rows: probes, columns: models. CV accuracy (± std) solid, held-out phrasings
@@ -222,7 +261,7 @@ def projection_scatter(proj: pd.DataFrame, models: Sequence[str], layers: Sequen
     classes = sorted(df["class"].unique())
     cmap = plt.get_cmap("tab10")
     fig, axes = plt.subplots(len(layers), len(models), figsize=(3.3 * len(models), 3.0 * len(layers) + 0.5),
-                             squeeze=False)
+                             squeeze=False, layout="constrained")
     for i, layer in enumerate(layers):
         for j, m in enumerate(models):
             ax = axes[i][j]
@@ -236,10 +275,9 @@ def projection_scatter(proj: pd.DataFrame, models: Sequence[str], layers: Sequen
             ax.set_xlabel(f"{method.upper()} 1", fontsize=8)
             ax.set_ylabel(f"{method.upper()} 2", fontsize=8)
             ax.tick_params(labelsize=6)
-    fig.tight_layout()
     if classes:
-        fig.legend(loc="lower center", ncol=min(len(classes), 6), fontsize=8, markerscale=2.5, title="subtask",
-                   bbox_to_anchor=(0.5, 1.0))
+        fig.legend(loc="outside upper center", ncol=min(len(classes), 6), fontsize=8, markerscale=2.5,
+                   title="subtask")
     return _png(fig)
 
 
@@ -274,7 +312,7 @@ def selectivity(table: pd.DataFrame, models: Sequence[str]) -> bytes:
 
     models = _present(models, table.model)
     with_did = bool(table.is_base.any()) and len(models) > 1
-    fig = plt.figure(figsize=(3.6 * len(models), 5.6 if with_did else 3.2))
+    fig = plt.figure(figsize=(3.6 * len(models), 5.6 if with_did else 3.2), layout="constrained")
     draw_selectivity(fig, table, models, colours(models))
     return _png(fig)
 
@@ -323,7 +361,7 @@ def organism_transfer(iv: pd.DataFrame, models: Sequence[str], metric: str = "ex
     keys = _order(iv.target + "/" + iv.position)
     cmap = plt.get_cmap("tab10")
     fig, axes = plt.subplots(len(subs), len(stages), figsize=(3.4 * len(stages), 2.4 * len(subs)), squeeze=False,
-                             sharey=True)
+                             sharey=True, layout="constrained")
     for i, (task, sub) in enumerate(subs):
         for j, st in enumerate(stages):
             ax = axes[i][j]
@@ -339,9 +377,8 @@ def organism_transfer(iv: pd.DataFrame, models: Sequence[str], metric: str = "ex
                 ax.set_ylabel("accuracy patched" if metric == "exact" else metric)
             ax.grid(alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.tight_layout()
-    fig.legend(handles, labels, loc="lower center", ncol=min(6, len(keys)), fontsize=8, title="target / position",
-               bbox_to_anchor=(0.5, 1.0))
+    fig.legend(handles, labels, loc="outside upper center", ncol=min(6, len(keys)), fontsize=8,
+               title="target / position")
     return _png(fig)
 
 
@@ -376,7 +413,8 @@ def construction_heatmaps(comp: pd.DataFrame, models: Sequence[str]) -> bytes:
         part = comp[comp.model == m]
         grids[m] = construction_grid(part) / (abs(readout_value(part)) or 1.0)
     vmax = max(float(np.abs(g.to_numpy()).max()) for g in grids.values()) or 1.0
-    fig, axes = plt.subplots(1, len(order), figsize=(3.6 * len(order) + 1, 3.2), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(order), figsize=(3.6 * len(order) + 1, 3.2), squeeze=False, sharey=True,
+                             layout="constrained")
     im = None
     for ax, m in zip(axes[0], order, strict=True):
         g = grids[m]
@@ -401,7 +439,7 @@ def construction_tokens(comp: pd.DataFrame, models: Sequence[str]) -> bytes:
     srcs = sorted(tot.src.unique())
     labels = [f"{s}: {tot[tot.src == s].token.iloc[0]}" for s in srcs]
     col = colours(models)
-    fig, ax = plt.subplots(figsize=(6, 0.28 * len(srcs) * max(1, len(order)) / 2 + 1.5))
+    fig, ax = plt.subplots(figsize=(6, 0.28 * len(srcs) * max(1, len(order)) / 2 + 1.5), layout="constrained")
     width = 0.8 / max(1, len(order))
     for i, m in enumerate(order):
         v = tot[tot.model == m].set_index("src").value.reindex(srcs, fill_value=0.0)

@@ -309,12 +309,42 @@ def patching_section(ctx: Context) -> h.Section | None:
                                                    "additive, sign test) and passing the paper's released test "
                                                    "(a t-test against 50 that passes for any data; shown for "
                                                    "comparison only).", ctx.data(run, "additivity")))
+        if run.has("linearity"):
+            _linearity(s, ctx, run)
         if run.has("strongest_sets"):
             top = run.table("strongest_sets")
             top = top.groupby(["model", "position"], sort=False).head(3)
             s.add(h.table(top, "The strongest layer sets (top 3 per model and position): mean effect, IA, accuracy "
                                "of the top-1 token and within the label space.", ctx.data(run, "strongest_sets")))
     return s
+
+
+def _linearity(s: h.Section, ctx: Context, run: Run) -> None:
+    """The linear estimate against the exact effect, per set size (and the screen, where the run had one)."""
+    lin = run.table("linearity")
+    effect = figures.effect_label(lin.effect.iloc[0])
+    s.add(h.figure(figures.linearity_curves(lin, ctx.models),
+                   "How much of each patch is linear: every row's first-order estimate Σ_l ∇_l · (IV_l − clean_l) "
+                   "(gradients of the clean query-only run, attribution patching) against its exact effect "
+                   f"({effect}), per set size. Top: the fraction of the effect's variance the estimate explains "
+                   "(R², 1 = exact, 0 = no better than the mean); bottom: the mean |effect − estimate| against the "
+                   "mean |effect|; bars: 95% bootstrap CIs over samples (the R² axis stops at −1). Singles are the control (one layer's own "
+                   "curvature); a drop from singles to pairs and triplets is interaction beyond first order. At the "
+                   "last position a set's exact effect is its highest layer's alone while the estimate sums every "
+                   "layer, so there sets are non-linear by construction.", ctx.data(run, "linearity", "patch")))
+    shown = lin[["model", "position", "set_size", "n_sets", "n_samples", "r2", "r2_lo", "r2_hi",
+                 "rel_nonlinearity", "rel_nonlinearity_lo", "rel_nonlinearity_hi", "corr", "mean_abs_effect",
+                 "mean_abs_nonlinearity"]]
+    s.add(h.table(shown, "The linear estimate per set size: R², mean |nonlinearity| / mean |effect| and Pearson's "
+                         "correlation of estimate and effect, with 95% bootstrap CIs over samples.",
+                  ctx.data(run, "linearity")))
+    if run.has("screen"):
+        sc = run.table("screen", columns=["model", "position", "layers", "set_size", "run", "k"])
+        multi = sc[sc.set_size >= 2].drop_duplicates(["model", "layers"])
+        s.add(h.note(f"Screened run (--screen {int(sc.k.iloc[0])}): the exact engine ran the singles and "
+                     f"{int(multi['run'].sum()):,} of {len(multi):,} multi-layer sets (each position's top "
+                     f"{int(sc.k.iloc[0])} per set size by |mean linear estimate|), so the tables above hold only "
+                     "those sets; the screen table ranks them all."))
 
 
 # ----------------------------------------------------------------------------- probing

@@ -8,6 +8,10 @@ is reported with the block it came from before anything runs.
 Each step names the steps it reads (:attr:`Step.depends_on`): every step reads the organisms the organism step
 builds, and a trace read-out ``probe:<probe step>:<layer>`` reads that probe step's run directory. The run order
 puts a step after what it depends on; an executor that runs steps side by side starts one only when they are done.
+
+Steps whose spec has a ``figures`` option (patch, steer) run with ``figures=False`` unless the block sets it: the
+study's report draws the same figures again from the steps' tables (a result-neutral option: the spec hash is the
+same either way).
 """
 
 from __future__ import annotations
@@ -105,6 +109,8 @@ def plan_steps(study: StudySpec) -> list[Step]:
                 base = {**study.load_options(), "models": models}
                 if analysis == "probe":
                     base["tasks"] = tasks
+            if "figures" in spec_cls.model_fields:  # the report draws these figures again from the step's tables
+                base["figures"] = False
             for values in itertools.product(*swept.values()) if swept else [()]:
                 options = {**base, **fixed, **dict(zip(swept, values, strict=True))}
                 for task in (tasks if analysis in PER_TASK else [None]):

@@ -186,11 +186,25 @@ def label_token_ids(tokenizer: PreTrainedTokenizerBase, prompt: Prompt, label: s
     merge the separating space into the label's first token are handled; falls back to tokenising
     ``sep + label`` alone where the prompt's tokens are not a prefix of the joint encoding.
     """
-    joint = tokenizer(prompt.text + prompt.answer_sep + label, add_special_tokens=prompt.add_special_tokens)["input_ids"]
+    return labels_token_ids(tokenizer, prompt, [label])[0]
+
+
+def labels_token_ids(tokenizer: PreTrainedTokenizerBase, prompt: Prompt, labels: Sequence[str]
+                     ) -> list[tuple[int, ...]]:
+    """:func:`label_token_ids` of every label in ``labels``, from one batched tokenizer call (the same ids as one
+    call per label: a fast tokenizer encodes the batch without a Python round trip per label)."""
+    if not labels:
+        return []
+    joint = tokenizer([prompt.text + prompt.answer_sep + lab for lab in labels],
+                      add_special_tokens=prompt.add_special_tokens)["input_ids"]
     n = len(prompt.input_ids)
-    if tuple(joint[:n]) == prompt.input_ids and len(joint) > n:
-        return tuple(joint[n:])
-    return tuple(tokenizer(prompt.answer_sep + label, add_special_tokens=False)["input_ids"])
+    out = []
+    for label, ids in zip(labels, joint, strict=True):
+        if tuple(ids[:n]) == prompt.input_ids and len(ids) > n:
+            out.append(tuple(ids[n:]))
+        else:
+            out.append(tuple(tokenizer(prompt.answer_sep + label, add_special_tokens=False)["input_ids"]))
+    return out
 
 
 @dataclass(frozen=True)

@@ -33,10 +33,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .graph import AttributionGraph, compute_graph, source_mask
+from .graph import AttributionGraph, compute_graph, forward_states, source_mask
 from .paths import Path, top_paths
 from .selectivity import AB, PAIRS, WITHIN, ModelQuartets
-from .surrogate import Surrogate, Target, TracingError, build_surrogate
+from .surrogate import Surrogate, Target, TracingError, backward, build_surrogate, scoped
 
 log = logging.getLogger(__name__)
 
@@ -225,11 +225,16 @@ class PromptTrace:
 
 def trace_for_compare(model, tokenizer, ids: list[int], target: Target, t_inst: int | None, paths_k: int = 100,
                       beam: int = 128) -> PromptTrace:
-    """Everything :func:`compare_subtasks` needs of one prompt."""
+    """Everything :func:`compare_subtasks` needs of one prompt. The full graph and the path search share one
+    forward pass of the frozen map (every source, biases on), and both graphs one backward pass."""
     sur = build_surrogate(model, ids, tokenizer=tokenizer)
-    graph = compute_graph(sur, target)
-    paths = top_paths(sur, target, k=paths_k, beam=beam)
-    inst = compute_graph(sur, target, source_mask(len(ids), t_inst, t_inst)) if t_inst is not None else None
+    scope = scoped(sur, target)
+    states = forward_states(scope, source_mask(len(ids)), with_bias=True)
+    grads = backward(scope, target)
+    graph = compute_graph(sur, target, states=states, grads=grads)
+    paths = top_paths(sur, target, k=paths_k, beam=beam, states=states)
+    inst = (compute_graph(sur, target, source_mask(len(ids), t_inst, t_inst), grads=grads) if t_inst is not None
+            else None)
     return PromptTrace(list(ids), t_inst, target, sur, graph, paths, inst)
 
 

@@ -132,21 +132,26 @@ def forward_states(sur: Surrogate, sources: Tensor | None = None, with_bias: boo
 
 
 def compute_graph(sur: Surrogate, target: Target, sources: Tensor | None = None,
-                  with_bias: bool | None = None) -> AttributionGraph:
+                  with_bias: bool | None = None, *, states: list[Tensor] | None = None,
+                  grads: list[Tensor] | None = None) -> AttributionGraph:
     """All edge contributions for ``target`` (one forward + one backward pass of the frozen map).
 
     ``sources``: ``[pos]`` bool mask of the embedding positions whose paths are counted (default all).
     ``with_bias`` defaults to ``True`` for all sources and ``False`` for a restricted set (bias terms are
     not "from" any position). A read-out target (:meth:`~ivlens.tracing.surrogate.Target.readout`) at layer ``l``
     is traced on the surrogate cut after block ``l``: the graph has ``l + 1`` layers.
+
+    ``states``, ``grads``: this call's :func:`forward_states` and :func:`~ivlens.tracing.surrogate.backward`
+    (of the :func:`~ivlens.tracing.surrogate.scoped` surrogate) when the caller has them already (the gradients
+    do not depend on ``sources``; a trace's full graph, restricted graph and path search share them).
     """
     sur = scoped(sur, target)
     T = sur.n_pos
     full = sources is None or bool(sources.all())
     sources = torch.ones(T, dtype=torch.bool) if sources is None else sources
     with_bias = full if with_bias is None else with_bias
-    f = forward_states(sur, sources, with_bias)
-    g = backward(sur, target)
+    f = forward_states(sur, sources, with_bias) if states is None else states
+    g = backward(sur, target) if grads is None else grads
     heads, a_skip, a_bias, m_out, m_skip, m_bias = [], [], [], [], [], []
     zeros = torch.zeros(T, dtype=sur.embed.dtype)
     for l, (att, mlp) in enumerate(zip(sur.attn, sur.mlp, strict=True)):  # noqa: E741

@@ -77,20 +77,22 @@ class Path:
 
 
 def top_paths(sur: Surrogate, target: Target, k: int = 20, beam: int = 256, start_pos: int | None = None,
-              end_pos: int | None = None, with_bias: bool | None = None, merge_mlp: bool = False) -> list[Path]:
+              end_pos: int | None = None, with_bias: bool | None = None, merge_mlp: bool = False, *,
+              states: list[Tensor] | None = None) -> list[Path]:
     """The ``k`` largest (by ``|value|``) paths found by a beam search of width ``beam``.
 
     ``start_pos``/``end_pos`` restrict the *sources* to the token positions ``start_pos … end_pos`` (inclusive,
     negative counts from the end), e.g. the instruction's last token T_inst; biases are then left out unless
     ``with_bias=True``. ``merge_mlp`` treats each MLP sublayer as the single edge ``I + MLP``. A read-out target
-    at layer ``l`` searches the surrogate cut after block ``l``.
+    at layer ``l`` searches the surrogate cut after block ``l``. ``states``: the forward states of these sources
+    (:func:`~ivlens.tracing.graph.forward_states` of the scoped surrogate) when the caller has them already.
     """
     sur = scoped(sur, target)
     T = sur.n_pos
     restricted = start_pos is not None or end_pos is not None
     sources = source_mask(T, start_pos, end_pos)
     with_bias = (not restricted) if with_bias is None else with_bias
-    f = forward_states(sur, sources, with_bias=with_bias)
+    f = forward_states(sur, sources, with_bias=with_bias) if states is None else states
     rho_out, const = readout_vector(sur, target)
     t_out = sur.resolve_pos(target.pos)
 
@@ -100,6 +102,11 @@ def top_paths(sur: Surrogate, target: Target, k: int = 20, beam: int = 256, star
     rho = rho_out[None]  # [beam, d_model]
     pos = torch.tensor([t_out])  # [beam]
     hops: list[tuple] = [()]
+
+    def ended(kind: str, layer: int, vals: Tensor) -> None:
+        """Paths that end at a bias source (``vals: [beam]``, their exact values; zeros are no paths)."""
+        done.extend((v, kind, layer, p, h) for v, p, h in zip(vals.tolist(), pos.tolist(), hops, strict=True)
+                    if v != 0)
 
     def keep(scores: Tensor, n: int) -> Tensor:
         return scores.abs().flatten().topk(min(n, scores.numel())).indices
@@ -112,8 +119,7 @@ def top_paths(sur: Surrogate, target: Target, k: int = 20, beam: int = 256, star
         att = sur.attn[l]
         if with_bias:
             for kind, b in zip(("attn_bias", "mlp_bias"), bias_rows, strict=False):
-                vals = (rho * b[pos]).sum(-1)
-                done += [(float(v), kind, l, int(p), h) for v, p, h in zip(vals, pos, hops, strict=True) if v != 0]
+                ended(kind, l, (rho * b[pos]).sum(-1))
         x_prev = f[sur.state_in(l, "attn")]
         H, dh, n_loc = att.n_heads, att.d_head, len(local)
         v = att.values(_lin(att.norm_in)(x_prev)).view(T, H, dh).transpose(0, 1)  # [head, pos, d_head]
@@ -139,8 +145,9 @@ def top_paths(sur: Surrogate, target: Target, k: int = 20, beam: int = 256, star
             new_rho[is_head] = A[bh, hh, sh][:, None] * _lin_T(att.norm_in)(u, sh)
         new_pos = torch.where(is_head, s_idx, pos[b])
         new_hops = []
+        pos_list = pos.tolist()
         for bi, ci, hi, si in zip(b.tolist(), c.tolist(), h_idx.tolist(), s_idx.tolist(), strict=True):
-            p = int(pos[bi])
+            p = pos_list[bi]
             if ci >= n_loc:
                 new_hops.append(((l, "head", hi, si, p),) + hops[bi])
             elif local_hop[ci] is not None:
@@ -158,8 +165,7 @@ def top_paths(sur: Surrogate, target: Target, k: int = 20, beam: int = 256, star
             continue
         # ---------------- MLP sublayer: state 2l+2 -> 2l+1
         if with_bias:
-            vals = (rho * mlp.bias[pos]).sum(-1)
-            done += [(float(v), "mlp_bias", l, int(p), h) for v, p, h in zip(vals, pos, hops, strict=True) if v != 0]
+            ended("mlp_bias", l, (rho * mlp.bias[pos]).sum(-1))
         back = mlp_linear_T(mlp, rho, pos)  # [beam, d_model]
         if merge_mlp:
             rho = rho + back
@@ -170,18 +176,18 @@ def top_paths(sur: Surrogate, target: Target, k: int = 20, beam: int = 256, star
             sel = keep(scores, beam)
             b, c = sel // 2, sel % 2
             rho, pos = cand[b, c], pos[b]
-            hops = [hops[bi] if ci == 0 else ((l, "mlp", -1, int(p), int(p)),) + hops[bi]
-                    for bi, ci, p in zip(b.tolist(), c.tolist(), pos, strict=True)]
+            hops = [hops[bi] if ci == 0 else ((l, "mlp", -1, p, p),) + hops[bi]
+                    for bi, ci, p in zip(b.tolist(), c.tolist(), pos.tolist(), strict=True)]
         # ---------------- attention sublayer: state 2l+1 -> 2l
         head_step(l, [rho], [None], [att.bias])
     # ---------------- sources: the embeddings at x_0
-    keep_src = sources[pos]
-    vals = (rho * sur.embed[pos]).sum(-1)
-    done += [(float(v), "embed", -1, int(p), h) for v, p, h, ok in zip(vals, pos, hops, keep_src, strict=True) if ok]
+    keep_src = sources[pos].tolist()
+    vals = (rho * sur.embed[pos]).sum(-1).tolist()
+    pos_list = pos.tolist()
+    done += [(v, "embed", -1, p, h) for v, p, h, ok in zip(vals, pos_list, hops, keep_src, strict=True) if ok]
     if sur.pos_embed is not None:
-        vals = (rho * sur.pos_embed[pos]).sum(-1)
-        done += [(float(v), "pos_embed", -1, int(p), h) for v, p, h, ok in zip(vals, pos, hops, keep_src, strict=True)
-                 if ok]
+        vals = (rho * sur.pos_embed[pos]).sum(-1).tolist()
+        done += [(v, "pos_embed", -1, p, h) for v, p, h, ok in zip(vals, pos_list, hops, keep_src, strict=True) if ok]
     done.sort(key=lambda d: -abs(d[0]))
     return [Path(src, layer, p, tuple(Hop(*h) for h in hs), val, merge_mlp) for val, src, layer, p, hs in done[:k]]
 
