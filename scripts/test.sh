@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up .venv if needed, then run the test-suite (pytest, slow tests included) and the linter.
+# Set up .venv if needed, then run the test-suite (pytest, slow tests included, in parallel) and the linter.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
@@ -11,5 +11,9 @@ if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/
     echo "[ivlens] could not install chromium: the browser test will be skipped" >&2
 fi
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-.venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+# In parallel (pytest-xdist): one worker per core (each with its share of torch's threads), whole files per worker,
+# the costliest files first (tests/conftest.py) so that the workers end together. Override with -n N or
+# IVLENS_TEST_WORKERS=N; -n 0 runs serially in one process.
+.venv/bin/python -m pytest -q -p no:cacheprovider -n "${IVLENS_TEST_WORKERS:-auto}" --dist loadfile \
+  --no-loadscope-reorder "$@"
 .venv/bin/ruff check ivlens tests benchmarks
