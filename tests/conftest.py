@@ -1,5 +1,6 @@
 """Shared fixtures (tiny random models of every supported architecture, built from config in milliseconds; one tiny
-organism build per run) and the tests' cost markers.
+organism build per run, also across pytest-xdist workers), the tests' cost markers, their order (costliest files
+first) and each xdist worker's torch threads.
 
 Every test carries exactly one cost marker (registered in pyproject.toml), so that a developer runs the layer they
 touch (docs/testing.md):
@@ -25,6 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import datasets  # noqa: E402, F401  (sets its logger's level on import: once here, not inside the first test using it)
+from run_shared import built_once  # noqa: E402
 
 from ivlens.testing.tiny import ARCHS, save_tiny_checkpoint, tiny_tokenizer  # noqa: E402
 
@@ -58,12 +60,49 @@ def cost_of(item) -> str:
     return "tiny" if cost == "unit" and fixtures & TINY_FIXTURES else cost
 
 
+def pytest_configure(config):
+    """Run the costliest files first (:class:`CostliestFilesFirst`). In a pytest-xdist worker, torch gets its share
+    of the cores: ``max(1, threads // workers)`` threads, where ``threads`` is torch's own default (one per core),
+    so that ``-n 2`` on 2 cores runs 2 threads, not 4; the processes a test starts (``python -m ivlens``, Ray's
+    workers) get the same share through ``OMP_NUM_THREADS`` unless it is set already. Code that fixes its thread
+    count (the organism build: 2 threads) still does."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 0)
+    if os.environ.get("PYTEST_XDIST_WORKER") and workers > 1:
+        import torch
+
+        share = max(1, torch.get_num_threads() // workers)
+        torch.set_num_threads(share)
+        os.environ.setdefault("OMP_NUM_THREADS", str(share))
+    config.pluginmanager.register(CostliestFilesFirst(), "ivlens-costliest-files-first")
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if not any(item.get_closest_marker(m) for m in COST_MARKERS):
             item.add_marker(cost_of(item))
         else:
             cost_of(item)  # refuses two cost markers
+
+
+class CostliestFilesFirst:
+    """Orders the selected tests (after ``-m``/``-k`` deselected the others) by :func:`costliest_files_first`."""
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, items):
+        items[:] = costliest_files_first(items)
+
+
+def costliest_files_first(items: list) -> list:
+    """The tests, whole files at a time, the files with the costliest tests first (``slow`` before ``cli`` before
+    ``tiny`` before ``unit``; among equals, more such tests first); a file's tests keep their order. With
+    ``--dist loadfile --no-loadscope-reorder`` (scripts/test.sh) the workers take the long files first and end
+    on the short ones, so that they finish together."""
+    rank = {m: i for i, m in enumerate(COST_MARKERS)}  # unit 0 ... slow 3
+    files: dict = {}
+    for item in items:
+        files.setdefault(item.path, []).append(rank[cost_of(item)])
+    key = {path: (-max(r), -r.count(max(r))) for path, r in files.items()}
+    return sorted(items, key=lambda item: key[item.path])  # stable: a file's tests stay in order, files together
 
 
 #: loggers whose levels a test must leave as it found them
@@ -167,6 +206,6 @@ def tiny_organism(tmp_path_factory):
     recipe; the real recipe is built once, in ``test_organism_build_slow.py`` (``-m slow``)."""
     from ivlens.organism.build import build_organism
 
-    return build_organism(out=tmp_path_factory.mktemp("tiny-organism") / "gist", seed=1, size="tiny",
-                          progress=False)
+    return built_once(tmp_path_factory, "tiny-organism",
+                      lambda root: build_organism(out=root / "gist", seed=1, size="tiny", progress=False))
 

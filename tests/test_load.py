@@ -12,9 +12,21 @@ from ivlens.models.load import ModelLoadError, load_model, resolve_name, weight_
 
 
 def test_load_local_directory(tiny_dir, arch):
+    """Every family round-trips through a model directory: its adapter derives the same spec as the saved model's
+    and the loaded model computes the same logits on a prompt longer than the sliding window (so windows and
+    soft-caps survive config.json). The analyses' maths is checked per family in memory (test_patching_engine,
+    test_probing_collect, test_tracing_*); their CLI paths run on two families (test_families_cli.py)."""
+    from ivlens.models.adapters import get_adapter
+    from ivlens.testing.tiny import tiny_model
+
     d = tiny_dir(arch)
     lm = load_model(str(d))
     assert lm.adapter.spec.name == arch
+    saved = tiny_model(arch, n_layers=4)  # what tiny_dir saved (save_tiny_checkpoint's defaults)
+    assert lm.adapter.spec == get_adapter(saved).spec
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]])  # longer than the sliding window
+    with torch.no_grad():
+        torch.testing.assert_close(lm.model(ids).logits, saved(ids).logits, rtol=0, atol=1e-5)
     assert lm.tokenizer.padding_side == "left" and lm.tokenizer.pad_token_id is not None
     desc = lm.describe()
     assert desc["weight_hash"] == weight_hash(str(d)) and len(desc["weight_hash"]) == 16

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 
 import pytest
 import torch
@@ -127,13 +128,14 @@ def test_names_resolve_to_cache_and_missing_build_names_the_command(tmp_path, mo
 
 # ------------------------------------------------------------------------------- tiny build
 @pytest.fixture(scope="module")
-def tiny_builds(tmp_path_factory):
+def tiny_builds(tiny_organism, tmp_path_factory):
+    """Two tiny builds with the same seed: the session's measured one and one more, unmeasured (measuring runs
+    after the last stage is saved, so it cannot change the weights the determinism test compares)."""
     from ivlens.organism.build import build_organism
 
-    root = tmp_path_factory.mktemp("organisms")
-    a = build_organism(out=root / "a" / "gist", seed=1, size="tiny", measure=False, progress=False)
-    b = build_organism(out=root / "b" / "gist", seed=1, size="tiny", measure=False, progress=False)
-    return a, b
+    b = build_organism(out=tmp_path_factory.mktemp("organisms") / "gist", seed=1, size="tiny", measure=False,
+                       progress=False)
+    return tiny_organism, b
 
 
 def test_tiny_build_is_deterministic_and_complete(tiny_builds):
@@ -158,11 +160,13 @@ def test_tiny_build_is_deterministic_and_complete(tiny_builds):
     assert ca["split"]["adjectives"]["heldout_rephrasings"]["adj_ant"]
 
 
-def test_natural_variant_reuses_the_sibling_base(tiny_builds):
+def test_natural_variant_reuses_the_sibling_base(tiny_builds, tmp_path):
     from ivlens.organism.build import build_organism
 
-    a, _ = tiny_builds
-    nat = build_organism(out=a.parent / "natural", seed=1, size="tiny", variant="natural", measure=False,
+    shared, _ = tiny_builds
+    a = tmp_path / "gist"  # the natural build goes next to its sibling: a copy of the shared build
+    shutil.copytree(shared, a)
+    nat = build_organism(out=tmp_path / "natural", seed=1, size="tiny", variant="natural", measure=False,
                          progress=False)
     card = read_card(nat)
     assert card["stages"]["base"]["weights_sha256"] == read_card(a)["stages"]["base"]["weights_sha256"]
@@ -229,12 +233,11 @@ def test_iv_transfer_matches_a_hook_reference(tiny_builds, tasks):
     assert got["ia"] == pytest.approx(sum(inside) / len(inside))
 
 
-def test_the_organism_step_puts_the_card_and_its_iv_transfer_in_a_run(tmp_path, monkeypatch):
+def test_the_organism_step_puts_the_card_and_its_iv_transfer_in_a_run(tiny_organism, tmp_path, monkeypatch):
     """The study's organism step (``run_organism(spec, run_dir=...)``) reads a measured build's card into a run
     directory, as the report expects (a tiny build here: it fails the checks)."""
     from ivlens.api import run_organism
     from ivlens.organism import OrganismSpec
-    from ivlens.organism.build import build_organism
     from ivlens.report.reader import read_study
     from ivlens.study.runner import organism_build_note
 
@@ -243,7 +246,7 @@ def test_the_organism_step_puts_the_card_and_its_iv_transfer_in_a_run(tmp_path, 
     # before a build, the study says what it will cost on this machine (the dry run's estimate), not a fixed figure
     assert re.fullmatch(r" \(building the organisms: about [0-9.]+ (s|min) here, the dry run's estimate for this "
                         r"machine as loaded now\)", organism_build_note(spec))
-    build_organism(out=organism_dir("gist"), seed=1, size="tiny", progress=False)
+    shutil.copytree(tiny_organism, organism_dir("gist"))  # the session's build (seed 1, tiny, measured)
     assert organism_build_note(spec) == " (the organisms are built: reusing them)"
     card = read_card(organism_dir("gist"))
     assert set(card["measured"]) == {"base", "sft", "dpo"} and "all_pass" in card["acceptance"]

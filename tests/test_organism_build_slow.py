@@ -14,21 +14,26 @@ import os
 from pathlib import Path
 
 import pytest
+from run_shared import built_once
 
 pytestmark = pytest.mark.slow
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def gist_cache(tmp_path_factory) -> Path:
-    """A cache root holding a gist build in the standard layout (``<root>/organism/<version>/gist``)."""
+    """A cache root holding a gist build in the standard layout (``<root>/organism/<version>/gist``), built once
+    per run (also with several xdist workers), with the build's own fixed thread count (``THREADS``, 2) whatever
+    the worker's."""
     given = os.environ.get("IVLENS_ORGANISM_DIR")
     if given:
         return Path(given).parent.parent.parent
     from ivlens.organism.build import build_organism
     from ivlens.organism.paths import ORGANISM_VERSION
 
-    root = tmp_path_factory.mktemp("cache")
-    build_organism(out=root / "organism" / ORGANISM_VERSION / "gist", variant="gist", progress=False)
-    return root
+    def build(root: Path) -> Path:
+        build_organism(out=root / "organism" / ORGANISM_VERSION / "gist", variant="gist", progress=False)
+        return root
+
+    return built_once(tmp_path_factory, "cache", build)
 
 
 def test_gist_organism_acceptance_figures(gist_cache):
