@@ -294,3 +294,23 @@ def test_dry_run_counts_the_estimate_and_shows_the_screens_saving():
     assert scr.counts["ranked_sets"] == n_sets and scr.counts["layer_sets"] == 16 + 3 * 20
     assert scr.counts["rows"] == 2 * 2 * (16 + 60) and scr.flops < full.flops / 5
     assert any("--screen 10" in n for n in scr.notes)
+
+
+
+@pytest.mark.parametrize("arch", ["olmo2", "gpt2"])
+def test_a_targets_terms_do_not_depend_on_its_company(arch):
+    """Each target runs alone, so its terms are bit for bit the same whichever targets share the call (a chunk, a
+    shard): float32, the main job's dtype, where a shared batch would change the last bits (a batched GEMM sums in
+    another order)."""
+    model = _model(arch, torch.float32)
+    adapter = get_adapter(model)
+    iv = source_vectors(adapter, [SOURCE], pad_id=1)[0]
+    targets = [(5, 6, 7, 8, 9), (11, 12, 13, 14, 15), (16, 17, 18), (19, 20, 21, 22, 23)]
+    positions = [(0, 1, len(t) - 1) for t in targets]
+    label, alt = torch.tensor([50, 60, 70, 80]), torch.tensor([51, -1, 71, 81])
+    together = first_order_terms(adapter, targets, positions, iv, label, alt)
+    for i in range(len(targets)):
+        alone = first_order_terms(adapter, [targets[i]], [positions[i]], iv, label[[i]], alt[[i]])
+        np.testing.assert_array_equal(together.logit[i], alone.logit[0])
+        np.testing.assert_array_equal(together.logit_diff[i], alone.logit_diff[0])
+    assert np.isnan(together.logit_diff[1]).all() and not np.isnan(together.logit_diff[[0, 2, 3]]).any()

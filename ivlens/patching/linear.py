@@ -26,8 +26,8 @@ patch overwrites the only residual later layers read there; :mod:`ivlens.patchin
 still sums every layer's term, so there a set's nonlinearity is minus the lower layers' terms plus the highest
 layer's own curvature, by construction.
 
-**Cost.** Per sample one forward and one backward of the clean target (a second backward, from the same
-forward, where the sample has an alternative label), through the engine's own layer pass
+**Cost.** Per sample one forward and one backward of the clean target (where the sample has an alternative
+label, the two logits' cotangents share that backward, vectorised: ``is_grads_batched``), through the engine's own layer pass
 (:func:`ivlens.patching.engine.layer_pass`) in the model's dtype: zero leaves ``δ_l: [positions, d_model]`` are
 added to each layer's output at the patched positions, and the backward gives ``∇_{l,t}`` at every layer and
 position at once. Each sample runs alone (batch of one, no padding), so its numbers do not depend on which samples
@@ -111,7 +111,7 @@ def first_order_terms(adapter: ArchitectureAdapter, sequences: Sequence[Sequence
         label: ``[n]`` the scored label token per target; alt: ``[n]`` the alternative label (``-1``: none) or
             ``None``.
         stats: counters; ``gradient_evals`` grows by ``L × T`` per target (the forward; the backward is about
-            twice that, once per scored logit).
+            twice that; both scored logits share one vectorised backward).
 
     Returns:
         :class:`FirstOrder`, float64 ``[n, P, L]`` on the CPU.
@@ -144,7 +144,8 @@ def _gradients(adapter: ArchitectureAdapter, seq: Sequence[int], positions: Sequ
                label: int, alt: int, embed_dev: torch.device
                ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None, list[torch.Tensor]]:
     """One target alone: ``∇ z_label`` (and ``∇ z_alt`` with ``alt ≥ 0``) at every layer's patched positions,
-    ``L × [P, d_model]`` each, and ``Δ_l = iv_l − clean_l[positions]``, ``L × [P, d_model]``."""
+    ``L × [P, d_model]`` each, from one backward (with an alternative, the two logits' one-hot cotangents ride one
+    vectorised backward, ``is_grads_batched``), and ``Δ_l = iv_l − clean_l[positions]``, ``L × [P, d_model]``."""
     for p in positions:
         if not 0 <= p < len(seq):
             raise ValueError(f"patch position {p} outside the target prompt ({len(seq)} tokens)")
@@ -162,9 +163,12 @@ def _gradients(adapter: ArchitectureAdapter, seq: Sequence[int], positions: Sequ
     with torch.enable_grad(), _weights_frozen(adapter.model):
         h, _, _, _ = layer_pass(adapter, batch, after_layer=add_leaf)
         z = adapter.logits(h[:, -1])[0]  # [d_vocab]
-        g_label = list(torch.autograd.grad(z[label], leaves, retain_graph=alt >= 0))
-        g_alt = list(torch.autograd.grad(z[alt], leaves)) if alt >= 0 else None
-    return g_label, g_alt, deltas
+        if alt < 0:
+            return list(torch.autograd.grad(z[label], leaves)), None, deltas
+        scored = torch.tensor([label, alt], device=z.device)
+        cot = torch.nn.functional.one_hot(scored, z.shape[-1]).to(z.dtype)  # [2, d_vocab]: z_label, z_alt
+        grads = torch.autograd.grad(z, leaves, grad_outputs=cot, is_grads_batched=True)  # L × [2, P, d_model]
+    return [g[0] for g in grads], [g[1] for g in grads], deltas
 
 
 @contextmanager
