@@ -72,6 +72,22 @@ def test_pretraining_states_every_fact_without_instruction_format(tasks):
     assert "can the penguin fly? no." in text
 
 
+def test_pretraining_repeats_each_relation_as_its_table_says(tasks):
+    from collections import Counter
+
+    counts = Counter(D.pretraining_sentences(tasks, 0))
+    crow = next(s for s in tasks["animals"].samples if s.query == "crow")
+    big = next(s for s in tasks["adjectives"].samples if s.query == "big")
+    assert counts[f"the antonym of big is {big.answers['adj_ant'][0]}."] == D.FACT_REPEATS["adj_ant"]
+    assert counts[f"the comparative of big is {big.answers['adj_comp'][0]}."] == D.FACT_REPEATS["adj_comp"]
+    assert counts[f"the color of the crow is {crow.answers['anim_color'][0]}."] == D.FACT_REPEATS["anim_color"]
+    assert counts["can the crow fly? yes."] == D.FACT_REPEATS["can_fly"]
+    n_facts = sum(len(s.answers[sub]) * len(D.COLOUR_FORMS) * D.FACT_REPEATS[sub]
+                  for t in tasks.values() for s in t.samples for sub in t.subtasks)
+    n_fillers = sum(len(t.samples) for t in tasks.values())
+    assert sum(counts.values()) == n_facts + n_fillers
+
+
 def test_dpo_pairs_are_contrastive(tasks, org_tok):
     pairs = D.dpo_pairs(tasks, org_tok, 0)
     assert pairs and all(p["chosen"] != p["rejected"] for p in pairs)

@@ -1,7 +1,7 @@
 """The real organism build, its name resolution and its acceptance figures (``pytest -m slow``; one full
 build, about 8 min at most on a 2-core machine of 56 GFLOP/s, 2.5 min at 160).
 
-Set ``IVLENS_ORGANISM_DIR`` to an existing build (e.g. ``~/.cache/ivlens/organism/v7/gist``) to check its
+Set ``IVLENS_ORGANISM_DIR`` to an existing build (e.g. ``~/.cache/ivlens/organism/v8/gist``) to check its
 card instead of building afresh.
 
 Issue 4's thresholds are recorded per figure in the card (``acceptance``); the seed-0 gist build meets every

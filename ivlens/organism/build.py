@@ -4,7 +4,7 @@
 
 Variants:
 
-- ``gist`` (default): SFT trains 80 % of its instructed examples under the gist attention mask
+- ``gist`` (default): SFT trains 90 % of its instructed examples under the gist attention mask
   (:mod:`ivlens.organism.gist`), which plants an instruction vector at ``T_inst``: a known-answer testbed;
 - ``natural``: the same recipe without the gist mask (the control, in which IVs may not form).
 
@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 #: share of SFT examples that are plain pretraining text (keeps held-out facts alive)
 PLAIN_SHARE = 0.33
 #: share of instructed SFT examples trained under the gist mask, per variant
-GIST_SHARE = {"gist": 0.8, "natural": 0.0}
+GIST_SHARE = {"gist": 0.9, "natural": 0.0}
 CHAT_SHARE = 0.3
 #: share of instructed SFT examples with the paper's own instruction (the rest: training rephrasings)
 MAIN_INSTRUCTION_SHARE = 0.4

@@ -89,7 +89,12 @@ FLY_FORMS = {
         "we never saw the {q} fly.",
     ),
 }
+#: how many times each relation's facts appear (in every surface form) in the pretraining text: the relations whose
+#: answers are learned last get more (recall of a relation appears after a loss plateau whose end varies by seed)
+FACT_REPEATS = {"adj_comp": 2, "adj_ant": 2, "anim_color": 1, "can_fly": 1}
 FILLERS = ("{q} is a word we know.", "here is {q} again.", "we talked about {q} today.")
+
+_FACT_FORMS = {"adj_comp": COMPARATIVE_FORMS, "adj_ant": ANTONYM_FORMS, "anim_color": COLOUR_FORMS}
 
 #: one plain-text recall prompt per subtask: the base model should continue it with the fact
 RECALL_PROMPTS = {
@@ -165,7 +170,7 @@ def task_words(tasks: dict[str, Task]) -> list[str]:
 
 
 def pretraining_sentences(tasks: dict[str, Task], seed: int) -> list[str]:
-    """Every fact in every surface form; adjective facts twice (they are harder); one filler per query.
+    """Every fact in every surface form, each relation :data:`FACT_REPEATS` times; one filler per query.
 
     Sentences carry no instruction format and no field names.
     """
@@ -176,14 +181,8 @@ def pretraining_sentences(tasks: dict[str, Task], seed: int) -> list[str]:
             q = s.query
             for sub, answers in s.answers.items():
                 for a in answers:
-                    if sub == "adj_comp":
-                        out += [f.format(q=q, a=a) for f in COMPARATIVE_FORMS] * 2
-                    elif sub == "adj_ant":
-                        out += [f.format(q=q, a=a) for f in ANTONYM_FORMS] * 2
-                    elif sub == "anim_color":
-                        out += [f.format(q=q, a=a) for f in COLOUR_FORMS]
-                    elif sub == "can_fly":
-                        out += [f.format(q=q) for f in FLY_FORMS[a]]
+                    forms = FLY_FORMS[a] if sub == "can_fly" else _FACT_FORMS[sub]
+                    out += [f.format(q=q, a=a) for f in forms] * FACT_REPEATS[sub]
             out.append(rng.choice(FILLERS).format(q=q))
     rng.shuffle(out)
     return out
