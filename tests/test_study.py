@@ -153,7 +153,7 @@ def test_the_main_job_study_dry_runs_without_organisms(tmp_path, monkeypatch):
                            env={"COLUMNS": "200"})
     assert r.exit_code == 0, r.output
     out = " ".join(r.output.split())
-    assert "14 steps on base, sft, dpo" in out and "organism-sft is not built yet: sized from its recipe" in out
+    assert "16 steps on base, sft, dpo" in out and "organism-sft is not built yet: sized from its recipe" in out
     for rel in ("organism", "eval/adjectives-heldout", "patch/adjectives-formatted", "probe", "trace/0-animals",
                 "trace/1-animals", "steer/adjectives-bare"):
         assert rel in out
