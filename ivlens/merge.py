@@ -70,9 +70,10 @@ def gather_units(runs: Sequence[RunDir], out: Path) -> int:
 
 
 def merge_runs(runs: Sequence[str | Path], out: str | Path, *,
-               models: Sequence[LoadedModel] | None = None) -> Path:
+               models: Sequence[LoadedModel] | None = None, root: str | Path | None = None) -> Path:
     """Merge the shards ``runs`` into the run directory ``out`` and finish it (see the module docstring).
-    ``models``: the spec's models, loaded (and named as in the shards); else they are loaded by name."""
+    ``models``: the spec's models, loaded (and named as in the shards); else they are loaded by name. ``root``:
+    where the spec's relative run directories are read from (a study's directory for its steps; default: here)."""
     from ivlens.analyses import run_spec
 
     check_out_dir(out)
@@ -87,4 +88,4 @@ def merge_runs(runs: Sequence[str | Path], out: str | Path, *,
     merged.manifest.update(spec=spec.model_dump(mode="json"), status="running", wall_seconds=round(
         sum(r.manifest.get("wall_seconds", 0) for r in opened), 3), merged_from=[str(r.path) for r in opened])
     merged.write_manifest()
-    return run_spec(spec, models=models, resume=out)
+    return run_spec(spec, models=models, resume=out, root=root)

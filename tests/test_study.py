@@ -127,7 +127,8 @@ def test_the_olmo2_examples_validate_and_dry_run_from_their_configs(example, lay
 def test_the_smollm2_example_parses_and_dry_runs(tmp_path, monkeypatch):
     """The real-model study (docs/real-models.md): one checkpoint, the contrastive tasks and object_counting,
     answer scoring where labels share their first token, single + pair patching at the formatted target's first
-    position, probes, steering and trace --compare; `ivlens run examples/smollm2.yaml --dry-run` exits 0."""
+    position (animals/can_fly), probes, steering and trace --compare; `ivlens run examples/smollm2.yaml --dry-run`
+    exits 0."""
     monkeypatch.chdir(tmp_path)
     study = load_study(ROOT / "examples" / "smollm2.yaml")
     assert [m.model for m in study.models.values()] == ["smollm2-135m-instruct"]
@@ -137,7 +138,9 @@ def test_the_smollm2_example_parses_and_dry_runs(tmp_path, monkeypatch):
     patch = [s.spec for s in steps if s.analysis == "patch"]
     assert patch and all((p.layers, p.positions, p.target) == ("pairs", "first", "formatted") for p in patch)
     assert {s.spec.task for s in steps if s.analysis == "trace" and s.spec.compare} == {"adjectives", "animals"}
-    assert {"probe", "steer/adjectives"} <= set(by)
+    assert {"probe", "steer/animals"} <= set(by)
+    # patch and steer score can_fly: the one contrastive subtask this model follows (docs/real-models.md)
+    assert {(s.spec.task, s.spec.subtask) for s in steps if s.analysis in ("patch", "steer")} == {("animals", "can_fly")}
     r = CliRunner().invoke(app, ["run", str(ROOT / "examples" / "smollm2.yaml"), "--dry-run"], env={"COLUMNS": "200"})
     assert r.exit_code == 0, r.output
     out = " ".join(r.output.split())

@@ -47,11 +47,14 @@ def test_a_study_on_ray_equals_a_local_run(two_tiny_dirs, tmp_path):
     res = run_study(study, tmp_path / "ray", executor=RayExecutor(shards=2, num_cpus=2), say=heard.append)
     assert set(res.states.values()) == {"new"} and res.report.is_file()
     assert not (tmp_path / "ray" / ".shards").exists()  # merged, then dropped
-    # the read-out starts only once its probe step is merged; the steps without dependencies ran side by side
-    assert heard.index("trace/animals: running ivlens trace") > next(
-        i for i, line in enumerate(heard) if line.startswith("probe: finished"))
-    assert heard.index("steer/adjectives: running ivlens steer") < next(
-        i for i, line in enumerate(heard) if line.startswith("eval/adjectives-all: finished"))
+    # the read-out starts only once its probe step is merged, and steering once the patch step it is compared with
+    # is; the steps without dependencies ran side by side
+    def finished(step: str) -> int:
+        return next(i for i, line in enumerate(heard) if line.startswith(f"{step}: finished"))
+
+    assert heard.index("trace/animals: running ivlens trace") > finished("probe")
+    assert heard.index("steer/adjectives: running ivlens steer") > finished("patch/adjectives")
+    assert heard.index("patch/adjectives: running ivlens patch") < finished("eval/adjectives-all")
     tables = _tables(tmp_path / "local")
     assert {"steer/adjectives/vectors", "trace/animals/readout_components"} <= set(tables)
     _same(tables, _tables(tmp_path / "ray"))

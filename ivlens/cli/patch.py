@@ -103,7 +103,7 @@ def patch(
         for r in an.additivity.itertuples():
             console.print(f"{r.model} · {r.position} · size {r.set_size}: {r.frac_superadditive:.0%} superadditive, "
                           f"{r.frac_subadditive:.0%} subadditive of {int(r.n_sets)} sets ({spec.correction})")
-    from .linearity import summary_lines
+    from ivlens.patching.linearity import summary_lines
 
     for line in summary_lines(an.linearity):
         console.print(line, highlight=False)

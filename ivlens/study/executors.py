@@ -74,10 +74,18 @@ def load_labelled(step: Step, i: int) -> LoadedModel:
     return lm
 
 
-def execute_step(work: Work, models: Sequence[LoadedModel] | None = None, shard: str | None = None) -> Path:
+def study_directory(work: Work) -> Path:
+    """The study directory of a step (its directory is ``<study>/<step.rel>``)."""
+    return work.directory.parents[len(Path(work.step.rel).parts) - 1]
+
+
+def execute_step(work: Work, models: Sequence[LoadedModel] | None = None, shard: str | None = None,
+                 root: Path | None = None) -> Path:
     """Run one step: ``run_<analysis>(spec)`` into its directory, or resume the unfinished run there.
     ``models``: the step's models, loaded and labelled (else each is loaded by :func:`load_labelled`);
-    ``shard``: ``"i/n"``, compute only that share of the step's units of work (see :mod:`ivlens.sharding`)."""
+    ``shard``: ``"i/n"``, compute only that share of the step's units of work (see :mod:`ivlens.sharding`);
+    ``root``: the study directory (default: :func:`study_directory` of ``work``; a shard's directory lies
+    elsewhere, so a shard passes its step's)."""
     from ivlens.analyses import run_spec
 
     step = work.step
@@ -85,7 +93,7 @@ def execute_step(work: Work, models: Sequence[LoadedModel] | None = None, shard:
     if models is None and step.labels:
         models = [load_labelled(step, i) for i in range(len(step.labels))]
     # the study directory: a trace read-out's relative RUN_DIR and a steer step's patch run are steps of the study
-    root = work.directory.parents[len(Path(step.rel).parts) - 1]
+    root = study_directory(work) if root is None else root
     if work.resume:
         return run_spec(spec, models=models, resume=work.directory, root=root)
     return run_spec(spec, models=models, out=work.directory, root=root)

@@ -23,23 +23,19 @@ from pathlib import Path
 
 from ivlens.errors import IvlensError
 
-from .executors import Work, execute_step, in_dependency_order, load_labelled, waits_for
+from .executors import Work, execute_step, in_dependency_order, load_labelled, study_directory, waits_for
 
 log = logging.getLogger(__name__)
 
 SHARDS_DIR = ".shards"  # hidden: the report never reads a shard
 
 
-def study_directory(work: Work) -> Path:
-    """The study directory of a step (its directory is ``<study>/<step.rel>``)."""
-    return work.directory.parents[len(Path(work.step.rel).parts) - 1]
-
-
 def shard_task(work: Work, shard: str, directory: str) -> str:
     """One unit of work: the step's share ``shard`` into ``directory`` (resumed when it holds an unfinished
     run of that shard). Runs in a Ray worker."""
     d = Path(directory)
-    return str(execute_step(Work(work.step, d, resume=(d / "manifest.json").is_file()), shard=shard))
+    return str(execute_step(Work(work.step, d, resume=(d / "manifest.json").is_file()), shard=shard,
+                            root=study_directory(work)))
 
 
 def merge_task(work: Work, shards: list[str]) -> str:
@@ -48,7 +44,7 @@ def merge_task(work: Work, shards: list[str]) -> str:
     from ivlens.merge import merge_runs
 
     models = [load_labelled(work.step, i) for i in range(len(work.step.labels))]
-    path = merge_runs(shards, work.directory, models=models or None)
+    path = merge_runs(shards, work.directory, models=models or None, root=study_directory(work))
     shutil.rmtree(Path(shards[0]).parent, ignore_errors=True)
     return str(path)
 
