@@ -6,6 +6,7 @@ disk, resume it, and compare every table with an uninterrupted run's.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import signal
@@ -98,10 +99,12 @@ def _ivlens(*args: str) -> list[str]:
 
 
 def _kill_when(cmd: list[str], ready, timeout: float = 120) -> None:
-    """Start ``cmd``, SIGKILL it as soon as ``ready()`` holds, and check that it really died part-way."""
+    """Start ``cmd``, SIGKILL it as soon as ``ready()`` (or ``ready(proc)``) holds, and check that it really died
+    part-way."""
     proc = subprocess.Popen(cmd, env=_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + timeout
-    while time.time() < deadline and not ready() and proc.poll() is None:
+    takes_proc = len(inspect.signature(ready).parameters) == 1  # ready(proc): it may look at the process
+    while time.time() < deadline and not (ready(proc) if takes_proc else ready()) and proc.poll() is None:
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     proc.wait()

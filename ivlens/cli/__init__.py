@@ -192,6 +192,9 @@ def run_cmd(
                                                     "start a local instance)")] = None,
     shards: Annotated[int, typer.Option("--shards", min=1, help="with --executor ray: Ray tasks per step, each a "
                                         "share of the step's units of work (models × samples)")] = 2,
+    jobs: Annotated[str, typer.Option("--jobs", help="with --executor local: steps at a time, each in a worker "
+                                      "process with cores/jobs torch threads; auto: the cores, fewer when the "
+                                      "models would not fit in memory once per worker, 1 on a GPU")] = "auto",
 ) -> None:
     """Run a study: every step (one analysis run) not done yet, into one study directory, then its report."""
     from ivlens.study import load_study, run_study
@@ -208,9 +211,12 @@ def run_cmd(
 
             chosen = RayExecutor(address=ray_address, shards=shards)
         else:
-            from ivlens.study.executors import LocalExecutor
+            from ivlens.study import local_executor
 
-            chosen = LocalExecutor()
+            chosen = local_executor(study, jobs)
+            if getattr(chosen, "jobs", 1) > 1:
+                err_console.print(f"running {chosen.jobs} steps at a time, {chosen.threads} torch thread"
+                                  f"{'s' if chosen.threads > 1 else ''} each (--jobs)", highlight=False)
         result = run_study(study, out, executor=chosen,
                            say=lambda line: err_console.print(line, highlight=False))
     rows = [{"step": rel, "before": state, "seconds": result.seconds.get(rel, 0.0)}

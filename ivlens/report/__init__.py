@@ -13,6 +13,7 @@ PosixPath('runs/organism/report.html')
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import logging
 import os
 import time
@@ -32,16 +33,33 @@ __all__ = ["REPORT_NAME", "Run", "Study", "build_report", "read_study", "render_
 REPORT_NAME = "report.html"
 
 
-def render_report(study: Study, page_dir: Path, sections: Sequence[Callable] | None = None) -> str:
+def _timed_section(ctx: Context, fn: Callable) -> tuple[h.Section | None, float]:
+    t = time.perf_counter()
+    sec = guard(fn)(ctx)
+    return sec, time.perf_counter() - t
+
+
+def draw_section(root: str, page_dir: str, fn: Callable) -> tuple[h.Section | None, float]:
+    """Section ``fn`` of the study at ``root``, read here (this runs in a worker process), and its seconds."""
+    return _timed_section(Context(read_study(root), Path(page_dir)), fn)
+
+
+def render_report(study: Study, page_dir: Path, sections: Sequence[Callable] | None = None,
+                  map_sections: Callable | None = None) -> str:
     """The page's HTML for ``study``, with links relative to ``page_dir``; ``sections``: the sections to draw, in
     page order (default the report's own, :data:`~ivlens.report.sections.SECTIONS`; the CLI and studies pass the
-    registry's, :func:`ivlens.analyses.report_sections`)."""
-    ctx = Context(study, Path(page_dir).resolve())
+    registry's, :func:`ivlens.analyses.report_sections`). ``map_sections(fn, sections)``: draws them, in order
+    (default the built-in ``map``, here; a study running steps in worker processes draws them there, side by side:
+    :meth:`ivlens.study.process_executor.ProcessExecutor.map`), each section a module-level function."""
+    fns = list(SECTIONS if sections is None else sections)
+    page_dir = Path(page_dir).resolve()
+    if map_sections is None:
+        results = map(functools.partial(_timed_section, Context(study, page_dir)), fns)
+    else:
+        results = map_sections(functools.partial(draw_section, str(study.root), str(page_dir)), fns)
     drawn, omitted = [], []
-    for fn in SECTIONS if sections is None else sections:
-        t = time.perf_counter()
-        sec = guard(fn)(ctx)
-        log.info("report section %s: %.1f s", fn.__name__, time.perf_counter() - t)
+    for fn, (sec, seconds) in zip(fns, results, strict=True):
+        log.info("report section %s: %.1f s", fn.__name__, seconds)
         if sec is None:
             omitted.append(OMITTED.get(fn.__name__) or omitted_as(fn))
         else:
@@ -66,7 +84,7 @@ def render_report(study: Study, page_dir: Path, sections: Sequence[Callable] | N
 
 
 def build_report(run_dir: str | Path, out: str | Path | None = None,
-                 sections: Sequence[Callable] | None = None) -> Path:
+                 sections: Sequence[Callable] | None = None, map_sections: Callable | None = None) -> Path:
     """Write the report of ``run_dir`` (a study directory or a single run) to ``out`` (default
     ``<run_dir>/report.html``) and return its path.
 
@@ -75,6 +93,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None,
         out: the HTML file to write; links to the Parquet tables are relative to its folder.
         sections: the sections to draw (:func:`render_report`); ``ivlens report`` and studies pass every
             registered analysis's (:func:`ivlens.analyses.report_sections`).
+        map_sections: how the sections are drawn (:func:`render_report`).
     """
     from ivlens.runs import atomic_write_text, check_out_file
 
@@ -83,7 +102,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None,
     study = read_study(run_dir)
     path = Path(out) if out is not None else study.root / REPORT_NAME
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, render_report(study, path.parent, sections))
+    atomic_write_text(path, render_report(study, path.parent, sections, map_sections))
     umask = os.umask(0)
     os.umask(umask)
     path.chmod(0o666 & ~umask)  # a page to share: readable like any file the user writes (mkstemp made it 0600)

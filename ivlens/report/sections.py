@@ -7,6 +7,7 @@ the study's order (base / SFT / DPO).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -80,8 +81,7 @@ def guard(fn):
             return h.Section(fn.__name__.removesuffix("_section"), title).add(
                 h.caveat(f"This section could not be drawn: {type(e).__name__}: {e}"))
 
-    wrapped.__name__ = fn.__name__
-    wrapped.__doc__ = fn.__doc__
+    functools.update_wrapper(wrapped, fn)  # the module's name for it: a guarded section pickles by reference
     wrapped.guarded = True
     return wrapped
 

@@ -42,6 +42,17 @@ def step_infos(step: Step, cache: dict) -> list[ModelInfo]:
             for path, label in zip(step.sizing, step.labels, strict=True)]
 
 
+def model_sizes(study: StudySpec, steps: list[Step] | None = None) -> list[int]:
+    """The parameter count of each distinct model the steps (default: the study's) load, from configs alone."""
+    cache: dict = {}
+    sizes: dict[str, int] = {}
+    for step in plan_steps(study) if steps is None else steps:
+        for path in step.sizing:
+            if path not in sizes:
+                sizes[path] = _info(path, False, cache).shape.n_params
+    return list(sizes.values())
+
+
 def headline_counts(plan: Plan) -> tuple[int | None, int | None]:
     """``(rows, forward passes)`` of a plan: result rows (patch), prompts (trace, eval) or instructions (probe);
     whole forwards, counting each generation step of eval as one batched forward and each trained sequence."""

@@ -122,10 +122,17 @@ def run_study(study: StudySpec, out: str | Path | None = None, *, executor: Exec
         say(f"{w.step.rel}: finished in {seconds:.1f} s")
         _record(directory, study, steps, result)
 
-    (executor or LocalExecutor()).run(work, on_start, on_done)
-    if report:
-        from ivlens.analyses import report_sections
-        from ivlens.report import build_report
+    executor = executor or LocalExecutor()
+    try:
+        executor.run(work, on_start, on_done)
+        if report:
+            from ivlens.analyses import report_sections
+            from ivlens.report import build_report
 
-        result.report = build_report(directory, sections=report_sections())
+            # an executor with worker processes draws the sections there, side by side
+            result.report = build_report(directory, sections=report_sections(),
+                                         map_sections=getattr(executor, "map", None))
+    finally:
+        if hasattr(executor, "close"):
+            executor.close()
     return result

@@ -1,0 +1,283 @@
+"""Run a study's steps side by side in worker processes on this machine (``ivlens run --jobs N``).
+
+Small models use a CPU core badly: on the main job's organisms (6 layers, d_model 192) a step on two torch threads
+is only about 6 % faster than on one, because most of a step's time is Python between small matrix products. Two
+steps at a time on one thread each use both cores. :class:`ProcessExecutor` runs up to ``jobs`` steps at once, each
+in a worker process (``spawn``: no fork of a process that already runs OpenMP threads) with
+``cores // jobs`` torch threads (:func:`worker_threads`), and starts a step only after the steps it depends on
+(:attr:`ivlens.study.plan.Step.depends_on`).
+
+- A step that every other step still to run depends on (the organism build) runs here, alone, with this
+  process's threads: the organisms it builds do not depend on ``--jobs``.
+- Each worker keeps the models it loaded while a step still to run needs them, like :class:`LocalExecutor`.
+- A step's automatic memory budget is this machine's divided by ``jobs``, so steps side by side stay within it.
+- Results do not depend on which worker runs a step or when; a step's thread count is fixed by ``jobs`` alone.
+- Log records of the workers are handled by this process's handlers (one console, one format).
+- A worker dies with the study's process (Linux), so a study killed and rerun resumes from what its steps wrote.
+- The first step that fails stops the study: steps running finish, no new step starts, and the error is raised
+  here (the study resumes from the finished steps).
+
+:func:`auto_jobs` chooses ``jobs`` for ``--jobs auto``: the cores, fewer when the models of the study would not
+fit in memory once per worker, 1 on a GPU.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import logging.handlers
+import multiprocessing
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+
+from ivlens.errors import IvlensError
+from ivlens.models.load import LoadedModel
+
+from .executors import (
+    LocalExecutor,
+    Work,
+    execute_step,
+    in_dependency_order,
+    load_labelled,
+    model_key,
+    waits_for,
+)
+from .plan import Step
+from .spec import StudySpec
+
+log = logging.getLogger(__name__)
+
+#: bytes a worker needs besides its models' weights: Python, torch, transformers, activations of a small batch
+WORKER_BASE_BYTES = 1 << 30
+#: a worker's models take about this many times their weights at peak (weights, activations, caches, tables)
+WEIGHT_OVERHEAD = 2.0
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def worker_threads(jobs: int, cores: int | None = None, threads: int | None = None) -> int:
+    """Torch threads of each of ``jobs`` workers: the cores shared out, at least one, and no more than this
+    process's own (``threads``, default ``torch.get_num_threads()``: ``OMP_NUM_THREADS=1`` keeps one)."""
+    if threads is None:
+        import torch
+
+        threads = torch.get_num_threads()
+    return max(1, min(threads, (cores or usable_cores()) // max(1, jobs)))
+
+
+def is_barrier(w: Work, others: Sequence[Work]) -> bool:
+    """Whether every step of ``others`` (the steps still to run, ``w`` excluded) depends on ``w``: nothing can
+    run beside it, so it runs alone."""
+    return bool(others) and all(w.step.rel in o.step.depends_on for o in others if o is not w)
+
+
+def auto_jobs(study: StudySpec, steps: Sequence[Step], cores: int | None = None,
+              available: int | None = None) -> int:
+    """``--jobs auto``: steps at a time on this machine. 1 on a GPU (one device, one step) or with one step to
+    run beside another; else the usable cores, fewer when each worker's copy of the study's models
+    (:data:`WEIGHT_OVERHEAD` × their weights + :data:`WORKER_BASE_BYTES`) would not fit in ``available`` bytes
+    (default: the available RAM). The weights are sized from the models' configs (no weights are read)."""
+    cores = cores or usable_cores()
+    parallel = sum(1 for s in steps if s.labels)  # steps with models; the organism build runs alone
+    if study.device != "cpu" or cores < 2 or parallel < 2:
+        return 1
+    from ivlens.budget import available_bytes
+    from ivlens.estimate.plans import DTYPE_BYTES
+
+    from .dry_run import model_sizes
+
+    weights = sum(n * DTYPE_BYTES[study.dtype] for n in model_sizes(study, steps))
+    per_worker = WORKER_BASE_BYTES + int(WEIGHT_OVERHEAD * weights)
+    fit = (available if available is not None else available_bytes("cpu")) // per_worker
+    return int(max(1, min(cores, parallel, fit)))
+
+
+# --- the worker side ------------------------------------------------------------------------------------------
+
+_loaded: dict[str, LoadedModel] = {}
+_jobs = 1
+
+
+def _die_with_parent(parent: int) -> None:
+    """Linux: have the kernel kill this worker when the study's process dies (also by SIGKILL), so that a killed
+    study leaves no worker writing into a step that its rerun resumes."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # it died before the line above
+        os._exit(1)
+
+
+def _init_worker(threads: int, jobs: int, log_queue, level: int, parent: int) -> None:
+    """Runs once in each worker: its torch threads, and its log records sent to the study's process."""
+    global _jobs
+    import torch
+
+    _die_with_parent(parent)
+
+    torch.set_num_threads(threads)
+    _jobs = jobs
+    root = logging.getLogger()
+    root.handlers = [logging.handlers.QueueHandler(log_queue)]
+    root.setLevel(level)
+
+
+def _budget_share(step: Step) -> Step:
+    """``step`` with an automatic memory budget replaced by this machine's divided among the workers."""
+    spec = step.spec
+    if "memory_budget" not in type(spec).model_fields or spec.memory_budget not in (None, "auto"):
+        return step
+    from dataclasses import replace
+
+    from ivlens.budget import resolve_memory_budget
+
+    share = resolve_memory_budget(None, spec.load_kwargs()["device"]) // _jobs
+    return replace(step, spec=spec.model_copy(update={"memory_budget": str(share)}))
+
+
+def run_in_worker(w: Work, keep: frozenset[str]) -> float:
+    """Run step ``w`` in this worker with its models, loading those not loaded yet and first dropping the loaded
+    ones that no step still to run needs (``keep``: their :func:`model_key`); return its seconds."""
+    t0 = time.perf_counter()
+    keys = [model_key(w.step, i) for i in range(len(w.step.labels))]
+    for k in [k for k in _loaded if k not in keep and k not in keys]:
+        del _loaded[k]
+    gc.collect()
+    for i, k in enumerate(keys):
+        if k not in _loaded:
+            _loaded[k] = load_labelled(w.step, i)
+    execute_step(Work(_budget_share(w.step), w.directory, w.resume), [_loaded[k] for k in keys] or None)
+    return time.perf_counter() - t0
+
+
+# --- the study side -------------------------------------------------------------------------------------------
+
+def dependents(work: Sequence[Work]) -> dict[str, int]:
+    """For each step of ``work``: how many steps of ``work`` wait for it, directly or through others."""
+    direct: dict[str, set[str]] = {w.step.rel: set() for w in work}
+    for w in work:
+        for d in w.step.depends_on:
+            if d in direct:
+                direct[d].add(w.step.rel)
+
+    def below(rel: str, seen: set[str]) -> set[str]:
+        for r in direct[rel] - seen:
+            seen.add(r)
+            below(r, seen)
+        return seen
+
+    return {rel: len(below(rel, set())) for rel in direct}
+
+
+class ProcessExecutor:
+    """Run the steps in ``jobs`` worker processes, each step after its dependencies (see the module docstring).
+    Of the steps ready to start, those that more steps wait for start first (a chain's head before a step that ends
+    nothing), then in the plan's order. After :meth:`run` the workers stay up for :meth:`map` (the study's report
+    draws its sections there) until :meth:`close`."""
+
+    def __init__(self, jobs: int, threads: int | None = None) -> None:
+        if jobs < 1:
+            raise ValueError(f"jobs must be at least 1, not {jobs}")
+        self.jobs = jobs
+        self.threads = threads or worker_threads(jobs)
+        self._pool: ProcessPoolExecutor | None = None
+        self._listener: logging.handlers.QueueListener | None = None
+
+    def _workers(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            context = multiprocessing.get_context("spawn")
+            log_queue = context.Queue()
+            self._listener = logging.handlers.QueueListener(log_queue, *logging.getLogger().handlers,
+                                                            respect_handler_level=True)
+            self._listener.start()
+            self._pool = ProcessPoolExecutor(self.jobs, mp_context=context, initializer=_init_worker,
+                                             initargs=(self.threads, self.jobs, log_queue,
+                                                       logging.getLogger().level, os.getpid()))
+        return self._pool
+
+    def close(self) -> None:
+        """Stop the workers (the steps running finish first; steps not started are dropped)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        if self._listener is not None:
+            self._listener.stop()
+            self._listener = None
+
+    def map(self, fn: Callable, items: Sequence) -> list:
+        """``[fn(item) for item in items]``, computed in the workers side by side (``fn`` and the items pickle)."""
+        return list(self._workers().map(fn, items))
+
+    def run(self, work: Sequence[Work], on_start: Callable[[Work], None],
+            on_done: Callable[[Work, float], None]) -> None:
+        pending = in_dependency_order(work)
+        rank = dependents(pending)
+        unfinished = {w.step.rel for w in pending}
+        running: dict[Future, Work] = {}
+        try:
+            while pending or running:
+                ready = sorted((w for w in pending if not waits_for(w, unfinished)),
+                               key=lambda w: -rank[w.step.rel])  # stable: the plan's order among equals
+                for w in ready:
+                    if len(running) >= self.jobs:
+                        break
+                    if is_barrier(w, pending):
+                        if running:
+                            break  # it runs alone, after the steps running now
+                        pending.remove(w)
+                        LocalExecutor().run([w], on_start, on_done)
+                        unfinished.discard(w.step.rel)
+                        break
+                    pending.remove(w)
+                    keep = frozenset(model_key(p.step, i) for p in pending for i in range(len(p.step.labels)))
+                    on_start(w)
+                    running[self._workers().submit(run_in_worker, w, keep)] = w
+                if not running:
+                    continue
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    w = running.pop(future)
+                    try:
+                        seconds = future.result()  # a failed step raises here; the except below stops the rest
+                    except BrokenProcessPool as e:
+                        raise IvlensError(
+                            f"{w.step.rel}: its worker process died (killed, or out of memory?); rerun the study "
+                            "with --jobs 1 or a smaller memory budget: it resumes from the finished steps") from e
+                    unfinished.discard(w.step.rel)
+                    on_done(w, seconds)
+        except BaseException:
+            self.close()
+            raise
+
+
+def local_executor(study: StudySpec, jobs: str | int = "auto") -> LocalExecutor | ProcessExecutor:
+    """The executor of ``ivlens run --executor local --jobs JOBS``: ``auto`` (:func:`auto_jobs`) or a whole number
+    ≥ 1; one job runs the steps one after another in this process (:class:`LocalExecutor`). A bad value raises
+    :class:`~ivlens.study.spec.StudyError` naming ``--jobs``."""
+    from .plan import plan_steps
+    from .spec import StudyError
+
+    text = str(jobs).strip().lower()
+    if text == "auto":
+        n = auto_jobs(study, plan_steps(study))
+    else:
+        try:
+            n = int(text)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise StudyError(f"--jobs: {jobs!r} is neither a whole number of steps at a time (1 or more) nor "
+                             "'auto'; give e.g. --jobs 2")
+    return LocalExecutor() if n == 1 else ProcessExecutor(n)

@@ -1,0 +1,110 @@
+"""``ivlens run --jobs N``: steps side by side in worker processes (:mod:`ivlens.study.process_executor`). The
+scheduling rules and ``--jobs auto`` without processes; a tiny study run in two workers, equal table for table to
+the same study run one step after another, with its report drawn in the workers; a step that fails in a worker
+stops the study with its one-line error. Killing such a study and resuming it: ``tests/test_study.py``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from ivlens.cli import app
+from ivlens.errors import IvlensError
+from ivlens.study import ProcessExecutor, StudyError, StudySpec, local_executor, plan_steps, run_study
+from ivlens.study.executors import LocalExecutor, Work
+from ivlens.study.process_executor import auto_jobs, dependents, is_barrier, worker_threads
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_study import _same, _tables, tiny_study  # noqa: E402
+
+
+def _main_job_like(dirs=("a", "b")) -> StudySpec:
+    study = tiny_study(list(dirs))
+    study["analyses"] = {"organism": {"variant": "gist"}, **study["analyses"],
+                         "steer": {"tasks": ["adjectives"], "subtask": "adj_ant", "samples": 2},
+                         }
+    study["analyses"]["trace"] = [study["analyses"]["trace"],
+                                  {"tasks": ["animals"], "readout": "probe:probe:1", "position": "t_inst",
+                                   "sample": 0}]
+    return StudySpec(**study)
+
+
+@pytest.mark.unit
+def test_steps_that_others_wait_for_start_first_and_the_organism_build_runs_alone():
+    work = [Work(s, Path(s.rel)) for s in plan_steps(_main_job_like())]
+    rank = dependents(work)
+    # every step waits for the organisms; the steer step for its patch step; the read-out for the probe step
+    assert rank["organism"] == len(work) - 1
+    assert rank["patch/adjectives"] == 1 and rank["probe"] == 1 and rank["eval/adjectives-all"] == 0
+    organism = next(w for w in work if w.step.rel == "organism")
+    assert is_barrier(organism, work)
+    assert not any(is_barrier(w, work) for w in work if w is not organism)
+
+
+@pytest.mark.unit
+def test_jobs_auto_uses_the_cores_unless_memory_or_a_gpu_says_otherwise(monkeypatch):
+    import ivlens.study.dry_run as study_dry_run
+
+    study = StudySpec(**tiny_study(["a", "b"]))
+    steps = plan_steps(study)
+    monkeypatch.setattr(study_dry_run, "model_sizes", lambda study, steps=None: [100_000_000, 100_000_000])
+    gib = 1 << 30
+    assert auto_jobs(study, steps, cores=2, available=20 * gib) == 2
+    assert auto_jobs(study, steps, cores=8, available=20 * gib) == len(steps)  # no more workers than steps
+    assert auto_jobs(study, steps, cores=1, available=20 * gib) == 1
+    # each worker: 1 GiB + 2 × 800 MB of float32 weights ≈ 2.6 GB; 4 GB fits one
+    assert auto_jobs(study, steps, cores=8, available=4 * gib) == 1
+    assert auto_jobs(StudySpec(**{**tiny_study(["a", "b"]), "device": "cuda"}), steps, cores=8) == 1
+    assert worker_threads(2, cores=2, threads=2) == 1 and worker_threads(2, cores=8, threads=8) == 4
+    assert worker_threads(2, cores=8, threads=1) == 1  # OMP_NUM_THREADS=1 stays one thread per process
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("jobs", ["0", "two", "-1", "1.5"])
+def test_a_bad_jobs_value_is_one_line_naming_the_option(jobs):
+    study = StudySpec(**tiny_study(["a", "b"]))
+    with pytest.raises(StudyError, match=r"^--jobs: .* neither a whole number of steps at a time .* give e\.g\. "
+                                         r"--jobs 2$"):
+        local_executor(study, jobs)
+    assert isinstance(local_executor(study, "1"), LocalExecutor)
+    chosen = local_executor(study, " 2 ")
+    assert isinstance(chosen, ProcessExecutor) and chosen.jobs == 2
+
+
+@pytest.mark.cli
+def test_the_cli_refuses_a_bad_jobs_value_with_exit_2(tmp_path):
+    study = tmp_path / "tiny.yaml"
+    study.write_text(yaml.safe_dump(tiny_study(["a", "b"])))
+    r = CliRunner().invoke(app, ["run", str(study), "--jobs", "zero"])
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    assert "--jobs: 'zero' is neither a whole number" in " ".join(r.output.split())
+
+
+@pytest.mark.cli
+def test_steps_side_by_side_equal_steps_one_after_another(two_tiny_dirs, tmp_path):
+    """One torch thread in the workers as here, so that the floats agree bit for bit; the report's sections are
+    drawn in the workers too."""
+    study = StudySpec(**tiny_study(two_tiny_dirs))
+    one = run_study(study, tmp_path / "one", report=False)
+    two = run_study(study, tmp_path / "two", executor=ProcessExecutor(2, threads=1))
+    assert set(two.seconds) == set(one.seconds) == {s.rel for s in plan_steps(study)}
+    _same(_tables(tmp_path / "one"), _tables(tmp_path / "two"))
+    page = two.report.read_text()
+    for section in ("eval", "patching", "probing", "tracing"):
+        assert f'<section id="{section}">' in page
+    assert "could not be drawn" not in page
+
+
+@pytest.mark.cli
+def test_a_step_that_fails_in_a_worker_stops_the_study_with_its_error(tmp_path):
+    study = StudySpec(**{**tiny_study([str(tmp_path / "no-such-model"), str(tmp_path / "nor-this")]),
+                         "analyses": {"eval": {"tasks": ["adjectives"], "samples": 2, "split": ["all", "train"]}}})
+    work = [Work(s, tmp_path / "out" / s.rel) for s in plan_steps(study)]
+    done = []
+    with pytest.raises(IvlensError, match="no-such-model"):
+        ProcessExecutor(2, threads=1).run(work, lambda w: None, lambda w, s: done.append(w))
+    assert done == []
