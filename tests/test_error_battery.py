@@ -190,7 +190,9 @@ def test_unusable_model_is_one_line_in_every_command(bad_models, kind, command, 
     else:
         argv = [command, "-m", case.model, *MODEL_COMMANDS[command], "--out", str(out)]
     by_loading = kind in LOADING_KINDS
-    progress = r"\S+/\S+: running ivlens \w+" if command == "run" and by_loading else None
+    # a study's progress lines: how many steps run at a time (--jobs), each step as it starts
+    progress = (r"\S+/\S+: running ivlens \w+|running \d+ steps at a time, .*" if command == "run" and by_loading
+                else None)
     line = " ".join(_one_error_line(argv, monkeypatch, capsys, progress).split())
     for needle in case.needles:
         assert needle in line, (kind, command, line)

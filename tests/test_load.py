@@ -81,6 +81,8 @@ def test_clear_errors():
 
 
 def test_organism_name_resolution_errors_when_unbuilt(monkeypatch, tmp_path):
+    import ivlens.organism  # noqa: F401  (registers the organism names, as every entry point does)
+
     monkeypatch.setenv("IVLENS_CACHE", str(tmp_path))
     with pytest.raises(ModelLoadError, match="ivlens organism build"):
         load_model("organism-sft")
@@ -171,3 +173,33 @@ def test_gpt_neox_at_default_init_loads_and_derives(tmp_path):
     tiny_tokenizer().save_pretrained(tmp_path)
     spec = load_model(str(tmp_path)).adapter.spec
     assert spec.parallel_residual and spec.norms == {"attn_in": "input_layernorm", "mlp_in": "post_attention_layernorm"}
+
+
+@pytest.mark.slow
+def test_a_gguf_is_converted_once_into_the_cache_with_the_same_weights_and_tokenizer():
+    """load_model reads a local GGUF through its safetensors conversion in ivlens's cache (made by the first load
+    of the test session, or here): the weights, the config and the tokenizer equal transformers' own GGUF load."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ivlens.models.gguf_cache import COMPLETE, cache_root
+    from ivlens.models.load import smollm2_gguf
+
+    lm = load_model("smollm2-135m-instruct")
+    converted = list((cache_root() / "gguf").glob(f"{lm.weight_hash}/{COMPLETE}"))
+    assert len(converted) == 1 and (converted[0].parent / "model.safetensors").is_file()
+    assert (lm.path, lm.gguf_file) == (str(smollm2_gguf().parent), smollm2_gguf().name)  # identity: the GGUF
+    g = smollm2_gguf()
+    ref = AutoModelForCausalLM.from_pretrained(g.parent, gguf_file=g.name, dtype=torch.float32)
+    ref_tok = AutoTokenizer.from_pretrained(g.parent, gguf_file=g.name)
+    ours, theirs = lm.model.state_dict(), ref.state_dict()
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    mine, other = lm.model.config.to_dict(), ref.config.to_dict()
+    assert {k for k in mine.keys() | other.keys() if mine.get(k) != other.get(k)} == {"quantization_config"}
+    chat = [{"role": "user", "content": "Give the antonym: hot"}]
+    assert (lm.tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+            == ref_tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=False))
+    text = "The capital of France is Paris, and naïve café — 12345."
+    assert lm.tokenizer(text).input_ids == ref_tok(text).input_ids
+    assert lm.tokenizer.eos_token == ref_tok.eos_token and lm.tokenizer.bos_token == ref_tok.bos_token

@@ -214,9 +214,6 @@ def run_cmd(
             from ivlens.study import local_executor
 
             chosen = local_executor(study, jobs)
-            if getattr(chosen, "jobs", 1) > 1:
-                err_console.print(f"running {chosen.jobs} steps at a time, {chosen.threads} torch thread"
-                                  f"{'s' if chosen.threads > 1 else ''} each (--jobs)", highlight=False)
         result = run_study(study, out, executor=chosen,
                            say=lambda line: err_console.print(line, highlight=False))
     rows = [{"step": rel, "before": state, "seconds": result.seconds.get(rel, 0.0)}

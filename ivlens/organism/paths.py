@@ -7,10 +7,10 @@ default) and ``organism-<variant>-base|sft|dpo`` (e.g. ``organism-natural-sft``)
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
+from ivlens.models.cache import cache_root
 from ivlens.runs import atomic_write_json
 
 #: bump when the recipe changes, so that old builds are not reused
@@ -20,11 +20,6 @@ STAGES = ("base", "sft", "dpo")
 DEFAULT_VARIANT = "gist"
 
 _NAME = re.compile(r"^organism(?:-(?P<variant>[a-z]+))?-(?P<stage>base|sft|dpo)$")
-
-
-def cache_root() -> Path:
-    """``$IVLENS_CACHE`` or ``~/.cache/ivlens``."""
-    return Path(os.environ.get("IVLENS_CACHE") or Path.home() / ".cache" / "ivlens")
 
 
 def organism_dir(variant: str = DEFAULT_VARIANT) -> Path:

@@ -18,7 +18,7 @@ in a worker process (``spawn``: no fork of a process that already runs OpenMP th
   here (the study resumes from the finished steps).
 
 :func:`auto_jobs` chooses ``jobs`` for ``--jobs auto``: the cores, fewer when the models of the study would not
-fit in memory once per worker, 1 on a GPU.
+fit in memory once per worker, 1 on a GPU or when a model's config cannot be read.
 """
 
 from __future__ import annotations
@@ -95,7 +95,10 @@ def auto_jobs(study: StudySpec, steps: Sequence[Step], cores: int | None = None,
 
     from .dry_run import model_sizes
 
-    weights = sum(n * DTYPE_BYTES[study.dtype] for n in model_sizes(study, steps))
+    try:
+        weights = sum(n * DTYPE_BYTES[study.dtype] for n in model_sizes(study, steps))
+    except IvlensError:  # a model its config cannot size: one step at a time, and its first step names the fault
+        return 1
     per_worker = WORKER_BASE_BYTES + int(WEIGHT_OVERHEAD * weights)
     fit = (available if available is not None else available_bytes("cpu")) // per_worker
     return int(max(1, min(cores, parallel, fit)))
@@ -195,6 +198,10 @@ class ProcessExecutor:
         self._pool: ProcessPoolExecutor | None = None
         self._listener: logging.handlers.QueueListener | None = None
 
+    def describe(self) -> str:
+        return (f"running {self.jobs} steps at a time, {self.threads} torch thread{'s' if self.threads > 1 else ''} "
+                "each (--jobs)")
+
     def _workers(self) -> ProcessPoolExecutor:
         if self._pool is None:
             context = multiprocessing.get_context("spawn")
@@ -267,10 +274,12 @@ def local_executor(study: StudySpec, jobs: str | int = "auto") -> LocalExecutor 
     ≥ 1; one job runs the steps one after another in this process (:class:`LocalExecutor`). A bad value raises
     :class:`~ivlens.study.spec.StudyError` naming ``--jobs``."""
     from .plan import plan_steps
+    from .runner import check_study_models
     from .spec import StudyError
 
     text = str(jobs).strip().lower()
     if text == "auto":
+        check_study_models(study)  # sizing reads the models' configs: a bad file is named as a study names it
         n = auto_jobs(study, plan_steps(study))
     else:
         try:

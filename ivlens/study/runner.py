@@ -88,17 +88,24 @@ def organism_build_note(spec) -> str:
             "as loaded now)")
 
 
+def check_study_models(study: StudySpec) -> None:
+    """Refuse a study whose model files are unusable (config, GGUF magic, safetensors headers; nothing loaded), in
+    one :class:`~ivlens.models.files.ModelLoadError` naming the file: before its first step, not after the steps
+    before the model's first."""
+    from ivlens.models.load import check_model_files
+
+    for entry in study.models.values():
+        check_model_files(entry.model, trust_remote_code=study.trust_remote_code)
+
+
 def run_study(study: StudySpec, out: str | Path | None = None, *, executor: Executor | None = None,
               report: bool = True, say: Callable[[str], None] | None = None) -> StudyResult:
     """Run every step of ``study`` not already done into the study directory, then write its report.
     ``say(line)`` hears what happens to each step (skipped, started, resumed, finished)."""
     say = say or log.info
-    from ivlens.models.load import check_model_files
-
     steps = plan_steps(study)
     check_out_dir(out)
-    for entry in study.models.values():  # a bad model file fails now, not after the steps before its first
-        check_model_files(entry.model, trust_remote_code=study.trust_remote_code)
+    check_study_models(study)
     directory = Path(out) if out is not None else default_directory(study)
     directory.mkdir(parents=True, exist_ok=True)
     directory = directory.resolve()
@@ -123,6 +130,8 @@ def run_study(study: StudySpec, out: str | Path | None = None, *, executor: Exec
         _record(directory, study, steps, result)
 
     executor = executor or LocalExecutor()
+    if work and hasattr(executor, "describe"):
+        say(executor.describe())
     try:
         executor.run(work, on_start, on_done)
         if report:
