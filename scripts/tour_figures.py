@@ -17,6 +17,9 @@ Each figure is drawn by the same function, on the same tables, that the study's 
   ``--task`` (default adjectives).
 
 Bad input (no such directory, a study without the run a figure needs) ends in one line and exit code 2.
+
+It lives in ``scripts/`` beside ``main.sh`` (which writes the study it reads), not in ``benchmarks/``: it measures
+nothing, it maintains the README's images. Run it with the project's environment (``.venv/bin/python``).
 """
 
 from __future__ import annotations
