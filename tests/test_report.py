@@ -262,3 +262,24 @@ def test_report_of_a_single_prompt_trace(tiny_dir, tmp_path):
     text = build_report(out).read_text()
     assert '<section id="tracing">' in text and "single-prompt trace" in text and "could not be drawn" not in text
     assert text.count("<figure>") == 1 and ".paths.json" in text
+
+
+def test_the_probe_table_gives_each_row_its_own_probes_majority_share(study, tmp_path):
+    """The majority column is matched to its (probe, layer) row: the all-subtask probe (4 classes) and the
+    per-task probes (2 classes) have different shares, and the pivot's row order is not the table's."""
+    from ivlens.report.reader import read_study
+    from ivlens.report.sections import Context, probing_section
+
+    acc = pd.read_parquet(next((study / "probe").glob("probe_accuracy*")))
+    want = acc.groupby(["probe", "layer"]).majority.mean()
+    assert want.nunique() > 1  # else the check below could not tell rows apart
+    html = "".join(probing_section(Context(read_study(study), tmp_path)).blocks)
+    table = next(t for t in re.findall(r"<table.*?</table>", html, flags=re.S) if "majority" in t)
+    header = [re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<th.*?</th>", table, flags=re.S)]
+    rows = [[re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<td.*?</td>", r, flags=re.S)]
+            for r in re.findall(r"<tr>(.*?)</tr>", table, flags=re.S)]
+    rows = [r for r in rows if r]
+    assert len(rows) == len(want)
+    for r in rows:
+        cell = dict(zip(header, r, strict=True))
+        assert float(cell["majority"]) == pytest.approx(want[(cell["probe"], int(cell["layer"]))], abs=5e-4)

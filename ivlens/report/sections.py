@@ -379,7 +379,8 @@ def probing_section(ctx: Context) -> h.Section | None:
         models = [m for m in ctx.models if m in set(sub.model)]
         wide.columns = [f"{names[c]} {m}" for c, m in wide.columns]
         wide = wide[[f"{label} {m}" for _, label in metrics for m in models]].reset_index()
-        wide["majority"] = sub.groupby(["probe", "layer"], sort=False).majority.mean().to_numpy()
+        majority = sub.groupby(["probe", "layer"]).majority.mean()  # aligned by (probe, layer), not by row order
+        wide["majority"] = majority.reindex(pd.MultiIndex.from_frame(wide[["probe", "layer"]])).to_numpy()
         s.add(h.table(wide, "Probe accuracy by layer and model: cross-validated (CV), on held-out phrasings and "
                             "with shuffled labels; majority: the majority class's share.",
                       ctx.data(run, "probe_accuracy")))
