@@ -73,6 +73,7 @@ def _convert(gguf: Path, target: Path, dtype) -> None:
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from ivlens.runs import atomic_write_text
     from ivlens.scoped import quiet_libraries
 
     partial = target.with_name(target.name + f".partial-{os.getpid()}")
@@ -84,7 +85,7 @@ def _convert(gguf: Path, target: Path, dtype) -> None:
             tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
             _save_dequantised(model, partial)
             tokenizer.save_pretrained(partial)
-        (partial / COMPLETE).write_text(json.dumps({"gguf": str(gguf), "size": gguf.stat().st_size}) + "\n")
+        atomic_write_text(partial / COMPLETE, json.dumps({"gguf": str(gguf), "size": gguf.stat().st_size}) + "\n")
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
