@@ -43,6 +43,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
+import ivlens.organism  # noqa: E402, F401  (registers the organism-* names)
 from ivlens.models.load import LoadedModel, load_model  # noqa: E402
 from ivlens.patching import patch_sweep  # noqa: E402
 from ivlens.patching.linear import ESTIMATED  # noqa: E402
