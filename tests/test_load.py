@@ -88,6 +88,14 @@ def test_organism_name_resolution_errors_when_unbuilt(monkeypatch, tmp_path):
         load_model("organism-sft")
 
 
+def test_an_organism_name_before_ivlens_organism_is_imported_says_what_to_import(monkeypatch):
+    from ivlens import providers
+
+    monkeypatch.setattr(providers, "_MODEL_NAMES", {})  # as in a process that imported only ivlens.models
+    with pytest.raises(ModelLoadError, match=r"'organism-sft' is an organism name.*`import ivlens.organism` first"):
+        load_model("organism-sft")
+
+
 def test_gguf_path_resolution(tmp_path):
     g = tmp_path / "model.gguf"
     g.write_bytes(b"GGUF")  # the magic bytes: a single file is accepted only as GGUF

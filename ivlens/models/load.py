@@ -24,6 +24,7 @@ import copy
 import hashlib
 import importlib.util
 import logging
+import re
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -51,6 +52,8 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfl
           "float16": torch.float16, "fp16": torch.float16}
 SMOLLM2 = "smollm2-135m-instruct"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+#: ivlens's organism names (registered by :mod:`ivlens.organism`, which this layer must not import)
+ORGANISM_NAME = re.compile(r"organism(-[a-z]+)?-(base|sft|dpo)")
 
 
 @dataclass
@@ -148,6 +151,9 @@ def resolve_name(name: str, gguf_file: str | None = None) -> tuple[str, str | No
     if gguf_file and Path(gguf_file).expanduser().is_file():
         g = Path(gguf_file).expanduser()
         return str(g.parent), g.name
+    if not p.exists() and ORGANISM_NAME.fullmatch(name) and not is_registered_name(name):
+        raise ModelLoadError(f"{name!r} is an organism name, which resolves once ivlens.organism is imported (the "
+                             "ivlens CLI, ivlens.api and studies import it): `import ivlens.organism` first")
     if not p.exists() and looks_like_a_path(name):
         raise ModelLoadError(f"{name}: no such model directory or file; pass a Hugging Face model directory "
                              "(config.json and *.safetensors), a .gguf file, a hub id or an ivlens name "
