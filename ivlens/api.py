@@ -72,7 +72,10 @@ def stop_shard(run: RunDir, spec: Spec) -> None:
     run.end("shard", shard=getattr(spec, "shard", None))
 
 
-def _load(names: Sequence[str], spec: Spec, given: Sequence[LoadedModel] | None) -> list[LoadedModel]:
+def load_spec_models(names: Sequence[str], spec: Spec, given: Sequence[LoadedModel] | None) -> list[LoadedModel]:
+    """The models ``names`` of ``spec``, loaded as its options say (``given``: already loaded, checked for their
+    number; with ``spec.remote``, NDIF stand-ins holding config and tokenizer, the weights staying remote). Part of
+    the run contract every analysis's ``run`` uses (``ivlens.analyses``' own packages included)."""
     if given is not None:
         if len(given) != len(names):
             raise SpecError(f"--model: {len(names)} models in the spec but {len(given)} loaded models given")
@@ -106,7 +109,7 @@ def run_eval(spec: EvalSpec, *, models: Sequence[LoadedModel] | None = None, out
     t = load_task(spec.task)
     subtasks = [t.subtask(spec.subtask).name] if spec.subtask else t.subtask_names
     judge = import_callable(spec.judge) if spec.judge else None
-    lms = _load(spec.models, spec, models)
+    lms = load_spec_models(spec.models, spec, models)
     chosen = {lm.name: selection.select_samples(t, spec.samples, spec.seed, split_queries(lm, t, spec.split))
               for lm in lms}
     run = start_run(spec, t.name, out=out, resume=resume, models=lms, task=t.name)
@@ -172,7 +175,7 @@ def run_patch(spec: PatchSpec, *, models: Sequence[LoadedModel] | None = None,
     subtask = t.subtask(spec.subtask or t.subtask_names[0]).name
     if spec.mode == "contrastive":
         require_contrastive(t, analysis="--mode contrastive")
-    lms = _load(spec.models, spec, models)
+    lms = load_spec_models(spec.models, spec, models)
     if source is None and spec.source_model and spec.remote:
         from .ndif import open_remote_models
 
@@ -260,7 +263,7 @@ def run_steer(spec: SteerSpec, *, models: Sequence[LoadedModel] | None = None, o
     if any(v != "mean" for v in vectors):
         require_contrastive(t, analysis="--vectors diff, probe: and means:")
     other = t.other(subtask) if t.is_contrastive else None
-    lms = _load(spec.models, spec, models)
+    lms = load_spec_models(spec.models, spec, models)
     plans = []
     for lm in lms:  # fail on bad specs before a run directory is made
         plans.append(SteerPlan(vectors, parse_alphas(spec.alphas), tuple(parse_layers(spec.layers, lm.n_layers)),
@@ -292,7 +295,7 @@ def run_steer(spec: SteerSpec, *, models: Sequence[LoadedModel] | None = None, o
 
 
 # --------------------------------------------------------------------------------------------- probe
-def _config_layers(name: str, spec: Spec) -> int | None:
+def config_layer_count(name: str, spec: Spec) -> int | None:
     """The number of decoder layers of model ``name`` from its config alone (no weights loaded); ``None`` when
     the config cannot be read here (loading the model then reports why)."""
     from .estimate.flops import ModelShape
@@ -322,14 +325,14 @@ def run_probe(spec: ProbeSpec, *, models: Sequence[LoadedModel] | None = None, o
     for task in spec.tasks:
         load_task(task)
     if spec.remote and models is None:  # NDIF: refused here (key, hub ids) before any run directory is made
-        models = _load(spec.models, spec, None)
+        models = load_spec_models(spec.models, spec, None)
     names = [m.name for m in models] if models is not None else list(spec.models)
     if models is None:  # the models load one at a time, after the run directory is made: check their files now
         for name in names:
             check_model_files(name, gguf_file=spec.gguf_file, trust_remote_code=spec.trust_remote_code)
     if spec.layers is not None and spec.layers.strip().lower() != "all":  # refuse bad layers before any work
         for m in models if models is not None else spec.models:
-            n_layers = m.n_layers if isinstance(m, LoadedModel) else _config_layers(m, spec)
+            n_layers = m.n_layers if isinstance(m, LoadedModel) else config_layer_count(m, spec)
             if n_layers is not None:
                 parse_layers(spec.layers, n_layers)
     run = start_run(spec, "+".join(model_slug(n) for n in names)[:60], out=out, resume=resume,
@@ -391,7 +394,7 @@ def run_trace(spec: TraceSpec, *, models: Sequence[LoadedModel] | None = None, o
                             f"0..{len(t.samples) - 1}")
         if spec.compare and not t.is_contrastive:
             raise TaskError(f"--compare needs a task with two subtasks; {t.name!r} has {len(t.subtasks)}")
-    lms = _load(spec.models, spec, models)
+    lms = load_spec_models(spec.models, spec, models)
     for lm in lms:  # say what the graph costs before building it; refuse when it will not fit
         check_trace_memory(lm, task=spec.task, subtask=spec.subtask, sample=spec.sample, prompt=spec.prompt,
                            compare=spec.compare, samples=spec.samples, seed=spec.seed, fmt=spec.format,

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ivlens.api import _config_layers, _load, start_run
+from ivlens.api import config_layer_count, load_spec_models, start_run
 from ivlens.models.load import LoadedModel, check_model_files
 from ivlens.probing.collect import ivs_at_t_inst, parse_layers
 from ivlens.probing.instructions import instruction_set
@@ -132,7 +132,7 @@ def run_logit_lens(spec: LogitLensSpec, *, models: list[LoadedModel] | None = No
     for i, name in enumerate(names):  # bad model files and layers refused before the run directory is made
         if models is None:
             check_model_files(name, gguf_file=spec.gguf_file, trust_remote_code=spec.trust_remote_code)
-        n_layers = models[i].n_layers if models is not None else _config_layers(name, spec)
+        n_layers = models[i].n_layers if models is not None else config_layer_count(name, spec)
         if n_layers is not None:
             parse_layers(spec.layers, n_layers)
     run = start_run(spec, "+".join(model_slug(n) for n in names)[:60], out=out, resume=resume, task=task.name)
@@ -140,7 +140,7 @@ def run_logit_lens(spec: LogitLensSpec, *, models: list[LoadedModel] | None = No
         key = f"m{i:04d}"
         if run.has_shard("mass", key) and run.has_shard("top_tokens", key):
             continue
-        loaded = models[i] if models is not None else _load([name], spec, None)[0]
+        loaded = models[i] if models is not None else load_spec_models([name], spec, None)[0]
         layers = parse_layers(spec.layers, loaded.n_layers)
         mass, tops = model_rows(loaded, spec, layers)
         run.write_shard("top_tokens", key, tops)
