@@ -31,7 +31,7 @@ from ivlens.steering import SteerSpec
 from ivlens.tracing import TraceSpec
 
 from .models.load import LoadedModel, check_model_files, load_model
-from .runs import RunDir, check_out_dir
+from .runs import RunDir, check_out_dir, slug
 from .scoped import torch_threads
 from .sharding import owner
 from .tasks import Task, TaskError, load_task, selection
@@ -313,7 +313,7 @@ def run_probe(spec: ProbeSpec, *, models: Sequence[LoadedModel] | None = None, o
     and compare them layer by layer. Returns :class:`ivlens.probing.run.ProbeResult`."""
     from .probing.collect import parse_layers
     from .probing.probes import ProbeConfig
-    from .probing.run import ProbeResult, model_slug, probe_run
+    from .probing.run import ProbeResult, probe_run
     from .tasks.requirements import require_rephrasings
 
     check_out_dir(out)  # before any model loads
@@ -332,7 +332,7 @@ def run_probe(spec: ProbeSpec, *, models: Sequence[LoadedModel] | None = None, o
             n_layers = m.n_layers if isinstance(m, LoadedModel) else _config_layers(m, spec)
             if n_layers is not None:
                 parse_layers(spec.layers, n_layers)
-    run = start_run(spec, "+".join(model_slug(n) for n in names)[:60], out=out, resume=resume,
+    run = start_run(spec, "+".join(slug(n) for n in names)[:60], out=out, resume=resume,
                     task=",".join(spec.tasks))
     res = probe_run(list(models) if models is not None else list(spec.models), list(spec.tasks),
                     layers=spec.layers, varying=spec.varying, run=run, user_instructions=dict(spec.instructions), fmt=spec.format,
