@@ -105,7 +105,7 @@ RUN_NAME_CHARS = 60
 
 def slug(text: object, *, fallback: str = "x", max_len: int | None = None) -> str:
     """THE file-name form of a name, for every file and directory ivlens names after something the user chose
-    (run directories, shard and part files, a model's files in a run, figures per vector, a study's steps).
+    (run directories, shard and part files, a model's files in a run, figures per vector).
 
     Each run of characters other than ASCII letters, digits and ``_ . -`` becomes one ``-``, and leading and
     trailing ``-`` go; then the result is cut to ``max_len`` characters (``None``: no cut) and, when nothing is
