@@ -31,18 +31,13 @@ from ivlens.steering import SteerSpec
 from ivlens.tracing import TraceSpec
 
 from .models.load import LoadedModel, check_model_files, load_model
-from .runs import RunDir, check_out_dir
+from .runs import RunDir, check_out_dir, slug
 from .scoped import torch_threads
 from .sharding import owner
-from .tasks import Task, TaskError, load_task, selection
+from .tasks import TaskError, load_task, selection
 from .tasks.validate import warn_first_token_clashes
 
 log = logging.getLogger(__name__)
-
-
-def split_queries(lm: LoadedModel, task: Task, split: str) -> list[str] | None:
-    """Queries of ``split`` (``train`` / ``heldout``) recorded in a model organism's card; None for ``all``."""
-    return selection.split_queries(lm.path, lm.name, task, split)
 
 
 def start_run(spec: Spec, name: str, *, out: str | Path | None = None, resume: str | Path | None = None,
@@ -110,7 +105,8 @@ def run_eval(spec: EvalSpec, *, models: Sequence[LoadedModel] | None = None, out
     subtasks = [t.subtask(spec.subtask).name] if spec.subtask else t.subtask_names
     judge = import_callable(spec.judge) if spec.judge else None
     lms = load_spec_models(spec.models, spec, models)
-    chosen = {lm.name: selection.select_samples(t, spec.samples, spec.seed, split_queries(lm, t, spec.split))
+    chosen = {lm.name: selection.select_samples(t, spec.samples, spec.seed,
+                                                selection.split_queries(lm.path, lm.name, t, spec.split))
               for lm in lms}
     run = start_run(spec, t.name, out=out, resume=resume, models=lms, task=t.name)
     owns, unit = owner(spec.shard), -1
@@ -185,7 +181,8 @@ def run_patch(spec: PatchSpec, *, models: Sequence[LoadedModel] | None = None,
     src = source
     for lm in lms:  # fail on bad specs before a run directory is made
         PatchPlan.build(spec.layers, spec.positions, lm.n_layers)
-        selection.sample_indices(t, spec.samples, spec.seed, split_queries(lm, t, spec.split))
+        selection.sample_indices(t, spec.samples, spec.seed,
+                                 selection.split_queries(lm.path, lm.name, t, spec.split))
     run = start_run(spec, f"{t.name}-{subtask}", out=out, resume=resume, models=lms + ([src] if src else []),
                     task=t.name)
     with torch_threads(spec.threads):
@@ -269,7 +266,8 @@ def run_steer(spec: SteerSpec, *, models: Sequence[LoadedModel] | None = None, o
         plans.append(SteerPlan(vectors, parse_alphas(spec.alphas), tuple(parse_layers(spec.layers, lm.n_layers)),
                                parse_steer_positions(spec.positions)))
         check_run_vectors(vectors, lm.name, lm.d_model, plans[-1].layers, subtask, other)
-        selection.sample_indices(t, spec.samples, spec.seed, split_queries(lm, t, spec.split))
+        selection.sample_indices(t, spec.samples, spec.seed,
+                                 selection.split_queries(lm.path, lm.name, t, spec.split))
     if len({p.layers for p in plans}) > 1:
         raise SpecError("--model: the models have different numbers of layers; steer them in separate runs")
     patch_rows = patch_rows_to_compare(spec, t.name, subtask, root) if spec.patch_run is not None else None
@@ -316,7 +314,7 @@ def run_probe(spec: ProbeSpec, *, models: Sequence[LoadedModel] | None = None, o
     and compare them layer by layer. Returns :class:`ivlens.probing.run.ProbeResult`."""
     from .probing.collect import parse_layers
     from .probing.probes import ProbeConfig
-    from .probing.run import ProbeResult, model_slug, probe_run
+    from .probing.run import ProbeResult, probe_run
     from .tasks.requirements import require_rephrasings
 
     check_out_dir(out)  # before any model loads
@@ -335,7 +333,7 @@ def run_probe(spec: ProbeSpec, *, models: Sequence[LoadedModel] | None = None, o
             n_layers = m.n_layers if isinstance(m, LoadedModel) else config_layer_count(m, spec)
             if n_layers is not None:
                 parse_layers(spec.layers, n_layers)
-    run = start_run(spec, "+".join(model_slug(n) for n in names)[:60], out=out, resume=resume,
+    run = start_run(spec, "+".join(slug(n) for n in names)[:60], out=out, resume=resume,
                     task=",".join(spec.tasks))
     res = probe_run(list(models) if models is not None else list(spec.models), list(spec.tasks),
                     layers=spec.layers, varying=spec.varying, run=run, user_instructions=dict(spec.instructions), fmt=spec.format,

@@ -99,8 +99,29 @@ def library_versions() -> dict[str, str | None]:
     return out
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")[:60] or "run"
+#: how long a run directory's command and name parts, and a shard's or part's key, may be in a file name
+RUN_NAME_CHARS = 60
+
+
+def slug(text: object, *, fallback: str = "x", max_len: int | None = None) -> str:
+    """THE file-name form of a name, for every file and directory ivlens names after something the user chose
+    (run directories, shard and part files, a model's files in a run, figures per vector).
+
+    Each run of characters other than ASCII letters, digits and ``_ . -`` becomes one ``-``, and leading and
+    trailing ``-`` go; then the result is cut to ``max_len`` characters (``None``: no cut) and, when nothing is
+    left, ``fallback`` stands in. ``text`` is turned into a string with ``str`` (a swept value may be a number).
+
+    >>> slug("probe:runs/x"), slug("/tmp/my model"), slug("0.5"), slug("é", fallback="run")
+    ('probe-runs-x', 'tmp-my-model', '0.5', 'run')
+    """
+    out = re.sub(r"[^A-Za-z0-9_.-]+", "-", str(text)).strip("-")
+    if max_len is not None:
+        out = out[:max_len]
+    return out or fallback
+
+
+def _run_slug(text: str) -> str:
+    return slug(text, fallback="run", max_len=RUN_NAME_CHARS)
 
 
 def _jsonable(x: Any) -> Any:
@@ -183,11 +204,11 @@ class RunDir:
         its content hash when given: see :mod:`ivlens.specs`)."""
         if out is None:
             stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-            path = Path(root) / f"{stamp}-{_slug(command)}-{_slug(name)}"
+            path = Path(root) / f"{stamp}-{_run_slug(command)}-{_run_slug(name)}"
             n = 1
             while path.exists():
                 n += 1
-                path = Path(root) / f"{stamp}-{_slug(command)}-{_slug(name)}-{n}"
+                path = Path(root) / f"{stamp}-{_run_slug(command)}-{_run_slug(name)}-{n}"
         else:
             check_out_dir(out)
             path = Path(out)
@@ -256,7 +277,7 @@ class RunDir:
         return pd.concat([pd.read_parquet(s) for s in shards], ignore_index=True)
 
     def shard_path(self, table: str, key: str) -> Path:
-        return self.path / table / f"shard-{_slug(key)}.parquet"
+        return self.path / table / f"shard-{_run_slug(key)}.parquet"
 
     def has_shard(self, table: str, key: str) -> bool:
         return self.shard_path(table, key).exists()
@@ -269,7 +290,7 @@ class RunDir:
 
     def part_path(self, name: str, key: str) -> Path:
         """The JSON file of a part (its tensors sit beside it, ``.safetensors``); it is written last."""
-        return self.path / name / f"part-{_slug(key)}.json"
+        return self.path / name / f"part-{_run_slug(key)}.json"
 
     def has_part(self, name: str, key: str) -> bool:
         return self.part_path(name, key).exists()

@@ -24,6 +24,8 @@ from ivlens.organism.paths import (
     resolve_organism,
 )
 from ivlens.organism.tokenizer import train_tokenizer
+from ivlens.runs import content_hash
+from ivlens.tasks.selection import fixed_query_split
 from ivlens.testing.tiny import tiny_model
 
 
@@ -45,6 +47,11 @@ def test_query_split_is_fixed_disjoint_and_complete(tasks):
         assert not set(a["train"]) & set(a["heldout"])
         assert sorted(a["train"] + a["heldout"]) == sorted(s.query for s in task.samples)
         assert abs(len(a["train"]) / len(task.samples) - D.TRAIN_QUERY_SHARE) < 0.01
+    # the organisms' split is the one split rule with the recipe's share and seed, and it is what every organism of
+    # this version recorded in its card (the hash was taken before the rule moved to ivlens.tasks.selection)
+    assert all(D.split_queries(t) == fixed_query_split(t, D.TRAIN_QUERY_SHARE, D.SPLIT_SEED) for t in tasks.values())
+    assert content_hash({n: D.split_queries(t) for n, t in tasks.items()}) == (
+        "b2bf0846510c4accf23883b800e0e8e092b72331cb20910d3e71b5186a1d564c")
 
 
 def test_sft_uses_training_queries_and_phrasings_only(tasks, org_tok):
@@ -157,6 +164,8 @@ def tiny_builds(tiny_organism, tmp_path_factory):
 def test_tiny_build_is_deterministic_and_complete(tiny_builds):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from ivlens.models.load import load_model
+
     a, b = tiny_builds
     ca, cb = read_card(a), read_card(b)
     marker = json.loads((a / BUILD_MARKER).read_text())
@@ -170,6 +179,8 @@ def test_tiny_build_is_deterministic_and_complete(tiny_builds):
         tok = AutoTokenizer.from_pretrained(a / stage)
         assert tok.chat_template and tok("x").input_ids[0] == tok.bos_token_id
     assert ca["stages"]["sft"]["weights_sha256"] != ca["stages"]["base"]["weights_sha256"]
+    # the card records the weight hash a run's manifest records for the same checkpoint
+    assert load_model(str(a / "sft")).describe()["weight_hash"] == ca["stages"]["sft"]["weights_sha256"]
     model = AutoModelForCausalLM.from_pretrained(a / "dpo")
     assert type(model).__name__ == "Olmo2ForCausalLM" and model.config.num_hidden_layers >= 6
     assert model.config.num_attention_heads >= 4
@@ -191,6 +202,23 @@ def test_natural_variant_reuses_the_sibling_base(tiny_builds, tmp_path):
     assert card["stages"]["base"]["reused_from"] == str(a)
     assert card["stages"]["sft"]["gist_examples"] == 0
     assert card["stages"]["sft"]["weights_sha256"] != read_card(a)["stages"]["sft"]["weights_sha256"]
+
+
+def test_a_sibling_whose_card_holds_an_older_kind_of_weight_hash_is_read_but_not_copied(tiny_builds, tmp_path):
+    """Cards written before the card and the manifests shared :func:`ivlens.models.load.weight_hash` record a
+    state-dict hash (64 hex digits): such a card still reads, and its base is trained again rather than copied
+    unchecked."""
+    from ivlens.organism.build import _reusable_base
+
+    shared, _ = tiny_builds
+    a = tmp_path / "gist"
+    shutil.copytree(shared, a)
+    card = read_card(a)
+    assert _reusable_base(tmp_path / "natural", "natural", 1, "tiny", card["threads"]) == a
+    card["stages"]["base"]["weights_sha256"] = "ab" * 32
+    (a / "card.json").write_text(json.dumps(card))
+    assert read_card(a)["stages"]["base"]["weights_sha256"] == "ab" * 32
+    assert _reusable_base(tmp_path / "natural", "natural", 1, "tiny", card["threads"]) is None
 
 
 def test_measurement_runs_on_a_tiny_checkpoint(tiny_builds, tasks):

@@ -15,6 +15,8 @@ from ivlens.tasks import (
     load_task,
     pad_left,
 )
+from ivlens.tasks.padding import pad_tokens
+from ivlens.tasks.prompts import right_aligned
 from ivlens.testing.tiny import _CORPUS, CHAT_TEMPLATE, tiny_tokenizer
 
 INSTR = "Given an adjective, state its antonym."
@@ -124,6 +126,27 @@ def test_pad_left_positions_and_columns(tok):
     assert batch.input_ids[1, batch.column(1, 0)] == b.input_ids[0]
     assert batch.column(0, a.t_inst) == a.t_inst
     assert torch.equal(batch.input_ids[:, -1], torch.tensor([a.input_ids[-1], b.input_ids[-1]]))
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_pad_tokens_matches_torchs_pad_sequence(side):
+    """The one padding helper against torch's own ``pad_sequence`` (with an empty row and a pad id that also occurs
+    as a real token: the mask comes from the lengths, never from comparing ids with the pad id)."""
+    from torch.nn.utils.rnn import pad_sequence
+
+    rows = [[5, 1, 7], [8], [], [3, 4, 1, 1, 9]]
+    got = pad_tokens(rows, 1, side)
+    tensors = [torch.tensor(r, dtype=torch.long) for r in rows]
+    assert got.input_ids.dtype == got.attention_mask.dtype == torch.long and got.lengths == (3, 1, 0, 5)
+    assert torch.equal(got.input_ids, pad_sequence(tensors, batch_first=True, padding_value=1, padding_side=side))
+    ones = [torch.ones(len(r), dtype=torch.long) for r in rows]
+    assert torch.equal(got.attention_mask, pad_sequence(ones, batch_first=True, padding_value=0, padding_side=side))
+    with pytest.raises(ValueError, match="side must be one of left, right"):
+        pad_tokens(rows, 1, "both")
+
+
+def test_right_aligned_continuations_are_left_padded_with_minus_one():
+    assert right_aligned([(4, 5), (6,), (7, 8, 9)]).tolist() == [[-1, 4, 5], [-1, -1, 6], [7, 8, 9]]
 
 
 @pytest.mark.slow

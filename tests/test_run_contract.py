@@ -24,7 +24,7 @@ from ivlens.cli import app
 from ivlens.eval import EvalSpec
 from ivlens.patching import PatchSpec
 from ivlens.probing import ProbeSpec
-from ivlens.runs import RunDir, content_hash
+from ivlens.runs import RunDir, content_hash, slug
 from ivlens.specs import SpecError
 from ivlens.testing.tiny import tiny_model, tiny_tokenizer
 from ivlens.tracing import TraceSpec
@@ -38,6 +38,22 @@ def model_dir(tmp_path_factory):
     tiny_model("olmo2", n_layers=4, d_model=64, n_heads=4).save_pretrained(d)
     tiny_tokenizer().save_pretrained(d)
     return d
+
+
+# ------------------------------------------------------------------------------------------ names
+def test_one_slug_names_run_directories_shards_and_a_models_files(tmp_path):
+    """``ivlens.runs.slug``: each run of characters other than ASCII letters, digits and ``_.-`` becomes one ``-``,
+    none at the ends; the run directory cuts each part to 60 characters and falls back to ``run``."""
+    assert slug("smollm2-135m-instruct") == "smollm2-135m-instruct" and slug("organism-sft") == "organism-sft"
+    assert slug("/tmp/my model//v2/") == "tmp-my-model-v2"
+    assert slug("probe:runs/x") == "probe-runs-x" and slug("means:/abs/run@other") == "means-abs-run-other"
+    assert [slug(v) for v in ("heldout", 0.5, 3, True, "-1", "a--b")] == ["heldout", "0.5", "3", "True", "1", "a--b"]
+    assert slug("modèle") == "mod-le"  # ASCII only: a file name every file system and shell takes as it is
+    assert slug(" / ") == "x" and slug("", fallback="run") == "run" and slug("ab-cd", max_len=3) == "ab-"
+    run = RunDir.create("patch", "/models/a b" + "c" * 80, root=tmp_path)
+    assert run.path.name.split("-", 2)[2] == "patch-models-a-b" + "c" * 50
+    assert run.shard_path("rows", "m/0:1").name == "shard-m-0-1.parquet"
+    assert RunDir.create("eval", "::", root=tmp_path).path.name.endswith("-eval-run")
 
 
 # ------------------------------------------------------------------------------------------ specs

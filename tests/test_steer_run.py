@@ -16,7 +16,7 @@ from ivlens.api import run_probe, run_steer
 from ivlens.models.load import load_model
 from ivlens.probing import ProbeSpec
 from ivlens.probing.collect import load_layer
-from ivlens.probing.run import model_slug
+from ivlens.runs import slug
 from ivlens.specs import SpecError
 from ivlens.steering import SteerSpec
 from ivlens.steering.analysis import compare_with_patching, dose_response
@@ -38,12 +38,12 @@ def test_alpha_zero_is_the_target_run_and_vectors_are_unit(lm, tmp_path):
     assert (zero.delta_logit_vs_target.abs() < 1e-5).all()
     assert (rows[rows.alpha == 3].delta_logit_vs_target.abs() > 1e-4).any()  # steering changes something
     assert len(rows) == 4 * 2 * 3 * lm.n_layers * 3
-    saved = load_file(res.run.path / "vectors" / f"{model_slug(lm.name)}.safetensors")
+    saved = load_file(res.run.path / "vectors" / f"{slug(lm.name)}.safetensors")
     torch.testing.assert_close(saved["unit"].norm(dim=-1), torch.ones(2, lm.n_layers), atol=1e-5, rtol=0)
     # mean: the mean IV of adj_ant over its instruction and rephrasings; scale: their mean norm
-    labels = pd.read_parquet(res.run.path / "ivs" / model_slug(lm.name) / "labels.parquet")
+    labels = pd.read_parquet(res.run.path / "ivs" / slug(lm.name) / "labels.parquet")
     a = (labels.subtask == "adj_ant").to_numpy()
-    X = load_layer(res.run.path / "ivs" / model_slug(lm.name), 2)
+    X = load_layer(res.run.path / "ivs" / slug(lm.name), 2)
     mean = X[a].mean(0)
     torch.testing.assert_close(saved["unit"][0, 2], torch.tensor(mean / np.linalg.norm(mean)), atol=1e-5, rtol=0)
     assert saved["scale"][2].item() == pytest.approx(float(np.linalg.norm(X[a], axis=1).mean()), rel=1e-5)
@@ -65,11 +65,11 @@ def probe13(lm, tmp_path):
                                folds=2), models=[lm], out=tmp_path / "p").run.path
 
 
-def _saved_contrast(run, slug: str, layer: int, a: str, b: str) -> tuple[np.ndarray, np.ndarray]:
+def _saved_contrast(run, model: str, layer: int, a: str, b: str) -> tuple[np.ndarray, np.ndarray]:
     """``coef[a] − coef[b]`` and the intercepts' difference of the task probe, read from the files directly."""
-    meta = json.loads((run / "probe_weights" / f"{slug}.json").read_text())
+    meta = json.loads((run / "probe_weights" / f"{model}.json").read_text())
     classes = meta["probes"]["task:adjectives"]["classes"]
-    t = load_file(run / "probe_weights" / f"{slug}.safetensors")
+    t = load_file(run / "probe_weights" / f"{model}.safetensors")
     coef, icpt = t[f"probe/task:adjectives/{layer}/coef"], t[f"probe/task:adjectives/{layer}/intercept"]
     i, j = classes.index(a), classes.index(b)
     return (coef[i] - coef[j]).numpy(), (icpt[i] - icpt[j]).numpy()
@@ -79,14 +79,14 @@ def test_probe_vector_is_the_probes_class_direction(lm, probe13, tmp_path):
     spec = SteerSpec(models=(lm.path,), subtask="adj_ant", alphas="0,1", samples=2, max_per_subtask=6,
                      layers="1,3", vectors=f"diff,probe:{probe13},means:{probe13}", positions="first", figures=False)
     res = run_steer(spec, models=[lm], out=tmp_path / "s")
-    slug = model_slug(lm.name)
-    saved = load_file(res.run.path / "vectors" / f"{slug}.safetensors")
+    model = slug(lm.name)
+    saved = load_file(res.run.path / "vectors" / f"{model}.safetensors")
     unit, scale = saved["unit"].double(), saved["scale"].double()
-    ivs = res.run.path / "ivs" / slug
+    ivs = res.run.path / "ivs" / model
     labels = pd.read_parquet(ivs / "labels.parquet")
     is_b = (labels.subtask == "adj_comp").to_numpy()
     for layer in (1, 3):
-        w, c = _saved_contrast(probe13, slug, layer, "adj_ant", "adj_comp")
+        w, c = _saved_contrast(probe13, model, layer, "adj_ant", "adj_comp")
         torch.testing.assert_close(unit[1, layer], torch.from_numpy(w / np.linalg.norm(w)), atol=1e-6, rtol=0)
         torch.testing.assert_close(unit[2, layer], unit[0, layer], atol=1e-5, rtol=0)  # means: diff, same IVs
         # α = 1 along it moves B's IVs towards A: the probe's A-vs-B margin rises by s_l · ‖w‖ on every one
@@ -99,7 +99,7 @@ def test_probe_vector_is_the_probes_class_direction(lm, probe13, tmp_path):
         assert unit[1:, layer].abs().max() == 0
     vec = res.sweep.vectors.set_index(["vector", "layer"]).raw_norm
     assert np.isnan(vec[(f"probe:{probe13}", 0)])
-    assert vec[(f"probe:{probe13}", 3)] == pytest.approx(np.linalg.norm(_saved_contrast(probe13, slug, 3, "adj_ant",
+    assert vec[(f"probe:{probe13}", 3)] == pytest.approx(np.linalg.norm(_saved_contrast(probe13, model, 3, "adj_ant",
                                                                                         "adj_comp")[0]), rel=1e-5)
     rows = res.sweep.rows
     d, p = rows[rows.vector == "diff"], rows[rows.vector == f"means:{probe13}"]
@@ -112,12 +112,12 @@ def test_probe_vector_of_another_model_with_at(lm, probe13, tmp_path):
     """``@MODEL`` takes the direction of the probe run's model of that label (here the same model, renamed)."""
     import shutil
 
-    slug = model_slug(lm.name)
+    model = slug(lm.name)
     for ext in ("json", "safetensors"):
-        shutil.copy(probe13 / "probe_weights" / f"{slug}.{ext}", probe13 / "probe_weights" / f"other.{ext}")
+        shutil.copy(probe13 / "probe_weights" / f"{model}.{ext}", probe13 / "probe_weights" / f"other.{ext}")
     spec = SteerSpec(models=(lm.path,), subtask="adj_ant", alphas="1", samples=1, max_per_subtask=6, layers="3",
                      vectors=f"probe:{probe13},probe:{probe13}@other", positions="first", figures=False)
-    unit = load_file(run_steer(spec, models=[lm], out=tmp_path / "s").run.path / "vectors" / f"{slug}.safetensors")
+    unit = load_file(run_steer(spec, models=[lm], out=tmp_path / "s").run.path / "vectors" / f"{model}.safetensors")
     torch.testing.assert_close(unit["unit"][0], unit["unit"][1])
 
 

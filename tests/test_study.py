@@ -89,6 +89,17 @@ def test_steps_one_per_task_and_swept_value_in_run_order():
     assert steps[5].spec.target == "bare" and steps[6].spec.target == "formatted"
 
 
+def test_the_main_job_keeps_its_step_names():
+    """The main job's run directories (``ivlens.runs.slug`` of each swept value) stay as they were named before the
+    one slug rule: a study resumed across versions finds its finished steps."""
+    steps = plan_steps(load_study(ROOT / "examples" / "organism.yaml"))
+    assert [s.rel for s in steps] == [
+        "organism", "eval/adjectives-heldout", "eval/animals-heldout", "eval/adjectives-train", "eval/animals-train",
+        "patch/adjectives-bare", "patch/adjectives-formatted", "probe", "logit-lens/adjectives", "logit-lens/animals",
+        "steer/adjectives-bare", "steer/adjectives-formatted", "trace/0-adjectives", "trace/0-animals",
+        "trace/1-adjectives", "trace/1-animals"]
+
+
 def test_study_steps_leave_the_figures_to_the_report():
     """Patch and steer steps of a study draw no PNGs of their own (the report draws them from the same tables) unless
     the block asks; the option is result-neutral, so the spec hash is that of a run with figures."""

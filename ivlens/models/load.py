@@ -173,7 +173,11 @@ def check_model_files(name: str, *, gguf_file: str | None = None, trust_remote_c
 
 
 def weight_hash(path: str, gguf_file: str | None = None, full_limit: int = 2 << 30) -> str | None:
-    """sha256 over the weight files of a local model (``quick:`` name/size hash above ``full_limit`` bytes)."""
+    """THE weight hash of a local checkpoint, recorded the same way in a run's manifest (``weight_hash`` of each
+    model) and in an organism's card (``weights_sha256`` of each stage): the first 16 hex digits of the sha256 over
+    the weight files' names and bytes (``*.safetensors`` in name order, or the GGUF file), so it names the files
+    whatever dtype or device they are loaded in; above ``full_limit`` bytes, ``quick:`` and a hash of the names and
+    sizes only. ``None`` for a path that is not a directory or holds no weight files (a hub id)."""
     root = Path(path)
     if not root.is_dir():
         return None

@@ -25,9 +25,9 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from ivlens.models.load import load_model
+from ivlens.models.load import load_model, weight_hash
 from ivlens.organism import data as D
-from ivlens.organism.card import read_card, weights_hash, write_card
+from ivlens.organism.card import read_card, write_card
 from ivlens.organism.measure import measure_stage, testable_configs
 from ivlens.organism.paths import (
     DEFAULT_VARIANT,
@@ -50,6 +50,7 @@ from ivlens.organism.train import (
     sft,
 )
 from ivlens.scoped import quiet_libraries, torch_threads
+from ivlens.tasks.selection import TRAIN_REPHRASING_SHARE
 
 log = logging.getLogger(__name__)
 
@@ -108,14 +109,17 @@ class _Progress:
 
 
 def _save(model, tokenizer, directory: Path) -> str:
+    """Save one stage's checkpoint; returns the hash of its weight files that a run's manifest records for it."""
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
-    return weights_hash(model)
+    return weight_hash(str(directory))
 
 
 def _reusable_base(out: Path, variant: str, seed: int, size: str, threads: int) -> Path | None:
-    """A finished sibling build (other variant, same version/seed/size/threads) whose base can be copied."""
+    """A finished sibling build (other variant, same version/seed/size/threads) whose base can be copied: its base
+    files hash to the value its card records (a card written before the card and the manifests shared one weight
+    hash records another kind of hash: that sibling's base is trained again rather than copied unchecked)."""
     for other in VARIANTS:
         if other == variant:
             continue
@@ -125,7 +129,9 @@ def _reusable_base(out: Path, variant: str, seed: int, size: str, threads: int) 
         card = read_card(sib)
         if (card.get("version"), card.get("seed"), card.get("size"), card.get("threads")) == (
                 ORGANISM_VERSION, seed, size, threads):
-            return sib
+            if card["stages"]["base"].get("weights_sha256") == weight_hash(str(sib / "base")):
+                return sib
+            log.info("not reusing the base of %s: its files do not hash to the value its card records", sib)
     return None
 
 
@@ -191,8 +197,7 @@ def _build_into(staging: Path, out: Path, *, seed: int, size: str, variant: str,
             tokenizer = AutoTokenizer.from_pretrained(staging / "base")
             base = AutoModelForCausalLM.from_pretrained(staging / "base", attn_implementation="eager")
             sib_card = read_card(sibling)
-            h = weights_hash(base)
-            if h != sib_card["stages"]["base"]["weights_sha256"]:
+            if weight_hash(str(staging / "base")) != sib_card["stages"]["base"]["weights_sha256"]:
                 raise RuntimeError(f"base copied from {sibling} does not match its card's hash")
             stages["base"] = {**sib_card["stages"]["base"], "reused_from": str(sibling)}
             timing["tokenizer"] = 0.0
@@ -273,7 +278,7 @@ def _build_into(staging: Path, out: Path, *, seed: int, size: str, variant: str,
                       "chat_answer_separator": " ", "raw_answer_separator": " "},
         "data": {"pretraining_sentences": len(sentences), "sft_examples": len(examples),
                  "dpo_pairs": len(pairs), "train_query_share": D.TRAIN_QUERY_SHARE,
-                 "train_rephrasing_share": D.TRAIN_REPHRASING_SHARE, "tasks": list(tasks)},
+                 "train_rephrasing_share": TRAIN_REPHRASING_SHARE, "tasks": list(tasks)},
         "split": {name: {"train": split[name]["train"], "heldout": split[name]["heldout"],
                          "heldout_rephrasings": {sub: r["heldout"] for sub, r in reph_split[name].items()},
                          "rephrasings_train_count": {sub: len(r["train"]) for sub, r in reph_split[name].items()}}

@@ -2,33 +2,21 @@
 
 Keys: ``version, variant, size, seed, made_how`` (prose), ``model`` (shape, parameters), ``data`` (sizes),
 ``split`` (per task: ``train`` / ``heldout`` queries; per subtask: held-out rephrasings), ``stages``
-(per stage: steps, losses, seconds, weight hash), ``measured`` (per stage: see
+(per stage: steps, losses, seconds, ``weights_sha256``: :func:`ivlens.models.load.weight_hash` of the stage's
+directory, the value a run's manifest records for that checkpoint; cards of builds before that record a hash of
+the state dict instead, 64 hex digits, which is only read), ``measured`` (per stage: see
 :func:`ivlens.organism.measure.measure_stage`), ``acceptance`` (the issue's checks, each with its figure),
 ``timing`` (seconds per stage and in total), ``environment``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
-
-import torch
 
 from ivlens.runs import atomic_write_json
 
 CARD_NAME = "card.json"
-
-
-def weights_hash(model: torch.nn.Module) -> str:
-    """sha256 over ``name, dtype, shape, bytes`` of every state-dict tensor in name order (independent of
-    the file format's metadata)."""
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
 
 
 def write_card(directory: Path, card: dict) -> Path:

@@ -23,13 +23,12 @@ from dataclasses import dataclass
 
 from ivlens.tasks.registry import load_task
 from ivlens.tasks.schema import Task
+from ivlens.tasks.selection import fixed_query_split, training_rephrasings
 
 #: tasks the organisms are trained on (object_counting needs counting, not fact recall: left out)
 ORGANISM_TASKS = ("adjectives", "animals")
 #: share of each task's queries used in SFT/DPO; the rest are held out (facts only in pretraining)
 TRAIN_QUERY_SHARE = 0.7
-#: share of each rephrasing file (its first rows) used in training; the last rows are held out
-TRAIN_REPHRASING_SHARE = 0.75
 #: sentences per plain-text SFT example (about one pretraining row; as long as an instructed example, so batches
 #: pad little)
 PLAIN_SENTENCES_PER_EXAMPLE = 3
@@ -126,21 +125,17 @@ def load_tasks() -> dict[str, Task]:
 
 
 def split_queries(task: Task) -> dict[str, list[str]]:
-    """Fixed train/held-out split of a task's queries: ``{"train": [...], "heldout": [...]}``."""
-    queries = [s.query for s in task.samples]
-    order = list(range(len(queries)))
-    random.Random(f"{SPLIT_SEED}:{task.name}").shuffle(order)
-    n_train = round(TRAIN_QUERY_SHARE * len(queries))
-    train = sorted(order[:n_train])
-    held = sorted(order[n_train:])
-    return {"train": [queries[i] for i in train], "heldout": [queries[i] for i in held]}
+    """The organisms' train/held-out split of a task's queries, ``{"train": [...], "heldout": [...]}``: the one
+    split rule (:func:`ivlens.tasks.selection.fixed_query_split`) with this recipe's share and seed."""
+    return fixed_query_split(task, TRAIN_QUERY_SHARE, SPLIT_SEED)
 
 
 def split_rephrasings(task: Task) -> dict[str, dict[str, list[str]]]:
-    """Per subtask: the first ``TRAIN_REPHRASING_SHARE`` of its rephrasing file for training, the rest held out."""
+    """Per subtask: the first rows of its rephrasing file for training, the rest held out
+    (:func:`ivlens.tasks.selection.training_rephrasings`)."""
     out = {}
     for name, sub in task.subtasks.items():
-        n = round(TRAIN_REPHRASING_SHARE * len(sub.rephrasings))
+        n = training_rephrasings(len(sub.rephrasings))
         out[name] = {"train": list(sub.rephrasings[:n]), "heldout": list(sub.rephrasings[n:])}
     return out
 

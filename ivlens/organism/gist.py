@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ivlens.tasks.padding import pad_tokens
+
 #: whether the gist mask also hides what precedes the instruction (the BOS, the chat prefix) from the tokens after
 #: ``T_inst`` (see :func:`gist_attention_mask`)
 HIDE_PREFIX = True
@@ -83,16 +85,8 @@ class GistCollator:
     pad_token_id: int
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        lengths = [len(r["input_ids"]) for r in rows]
-        L = max(lengths)
-        ids = torch.full((len(rows), L), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(rows), L), -100, dtype=torch.long)
-        token_mask = torch.zeros((len(rows), L), dtype=torch.long)
-        for i, r in enumerate(rows):
-            n = lengths[i]
-            ids[i, :n] = torch.tensor(r["input_ids"])
-            labels[i, :n] = torch.tensor(r["labels"])
-            token_mask[i, :n] = 1
+        ids = pad_tokens([r["input_ids"] for r in rows], self.pad_token_id, "right")
+        labels = pad_tokens([r["labels"] for r in rows], -100, "right").input_ids
         spans = [(r["gist_start"], r["gist_end"]) if r["gist_end"] >= 0 else None for r in rows]
-        return {"input_ids": ids, "labels": labels, "attention_mask": gist_attention_mask(lengths, spans, L),
-                "token_mask": token_mask}
+        mask = gist_attention_mask(list(ids.lengths), spans, ids.input_ids.shape[1])
+        return {"input_ids": ids.input_ids, "labels": labels, "attention_mask": mask, "token_mask": ids.attention_mask}

@@ -30,6 +30,7 @@ from transformers.trainer_callback import PrinterCallback
 from ivlens.organism.data import SFTExample
 from ivlens.organism.gist import GistCollator, instruction_token_span
 from ivlens.organism.tokenizer import ASSISTANT, USER
+from ivlens.tasks.padding import pad_tokens
 
 log = logging.getLogger(__name__)
 
@@ -176,11 +177,8 @@ def pretrain(model: Olmo2ForCausalLM, tokenizer: PreTrainedTokenizerFast, senten
     losses, n_tokens = [], 0
     for step in range(steps):
         chunk = rows[step * batch:(step + 1) * batch]
-        L = max(len(r) for r in chunk)
-        ids = torch.full((len(chunk), L), tokenizer.pad_token_id)
-        for i, r in enumerate(chunk):
-            ids[i, : len(r)] = torch.tensor(r)
-        real = ids != tokenizer.pad_token_id
+        padded = pad_tokens(chunk, tokenizer.pad_token_id, "right")
+        ids, real = padded.input_ids, padded.attention_mask.bool()
         labels = ids.masked_fill(~real, -100)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=BF16_AUTOCAST):
             loss = model(input_ids=ids, attention_mask=real.long(), labels=labels).loss

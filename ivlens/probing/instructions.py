@@ -50,15 +50,12 @@ from ivlens.specs import Varying
 from ivlens.tasks.loading import read_rephrasings
 from ivlens.tasks.registry import load_task
 from ivlens.tasks.schema import Task, TaskError
+from ivlens.tasks.selection import training_rephrasings
 
 log = logging.getLogger(__name__)
 
 #: which half of a subtask's rephrasings a row is (probe training or held-out evaluation); not a query split
 RephrasingSplit = Literal["train", "heldout"]
-
-#: share of each rephrasing file (its first rows) treated as training phrasings when no organism card says
-#: otherwise; the same convention as the organisms' (``ivlens.organism.data.TRAIN_REPHRASING_SHARE``)
-TRAIN_REPHRASING_SHARE = 0.75
 
 
 @dataclass(frozen=True)
@@ -254,8 +251,8 @@ def _limit(texts: tuple[str, ...], n: int | None) -> tuple[str, ...]:
     if n is None or n >= len(texts):
         return texts
     # keep the first n of the training part and the matching share of the held-out tail
-    n_train = round(TRAIN_REPHRASING_SHARE * len(texts))
-    k_train = round(TRAIN_REPHRASING_SHARE * n)
+    n_train = training_rephrasings(len(texts))
+    k_train = training_rephrasings(n)
     return texts[:k_train] + texts[n_train:n_train + (n - k_train)]
 
 
@@ -263,6 +260,6 @@ def _splits(texts: tuple[str, ...], full: tuple[str, ...], held: set[str] | None
     """Split of each text: in ``held`` if given, else by its position in the full file."""
     if held is not None:
         return ["heldout" if t in held else "train" for t in texts]
-    n_train = round(TRAIN_REPHRASING_SHARE * len(full))
+    n_train = training_rephrasings(len(full))
     position = {t: i for i, t in enumerate(full)}
     return ["heldout" if position.get(t, 0) >= n_train else "train" for t in texts]

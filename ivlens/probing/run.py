@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from ivlens.models.load import LoadedModel, load_model
-from ivlens.runs import RunDir
+from ivlens.runs import RunDir, slug
 from ivlens.sharding import owner
 from ivlens.specs import SpecError, Varying
 from ivlens.tasks.prompts import PromptFormat
@@ -57,10 +56,6 @@ class ProbeResult:
     accuracy: pd.DataFrame
     projections: pd.DataFrame
     similarity: pd.DataFrame
-
-
-def model_slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "model"
 
 
 def probe_specs(labels: pd.DataFrame, varying: Varying
@@ -193,7 +188,7 @@ def probe_run(models: Sequence[str | LoadedModel], tasks: Sequence[str | Task], 
         for m in models:  # refuse bad layers before a run directory exists
             if isinstance(m, LoadedModel):
                 parse_layers(layers, m.n_layers)
-        run = RunDir.create("probe", "+".join(model_slug(n) for n in names)[:60], out=out,
+        run = RunDir.create("probe", "+".join(slug(n) for n in names)[:60], out=out,
                             args={"tasks": task_names, "layers": layers, "varying": varying, "fmt": fmt,
                                   "batch_size": batch_size, "probe": asdict(cfg),
                                   "user_instructions": user_instructions, "max_per_subtask": max_per_subtask},
@@ -205,7 +200,7 @@ def probe_run(models: Sequence[str | LoadedModel], tasks: Sequence[str | Task], 
         held = organism_heldout(loaded.path)
         rows = instruction_set(list(tasks), varying, user_instructions, held, max_per_subtask)
         model_layers = parse_layers(layers, loaded.n_layers)
-        store = collect_ivs(loaded, rows, run.path / "ivs" / model_slug(loaded.name), layers=model_layers,
+        store = collect_ivs(loaded, rows, run.path / "ivs" / slug(loaded.name), layers=model_layers,
                             batch_size=batch_size, fmt=fmt, memory_budget=memory_budget, resume=resume,
                             owns=lambda b, first=first_unit: owns(first + b))
         first_unit += store.n_batches
@@ -244,7 +239,7 @@ def probe_run(models: Sequence[str | LoadedModel], tasks: Sequence[str | Task], 
 def _figures(run: RunDir, accuracy: pd.DataFrame, projections: pd.DataFrame, similarity: pd.DataFrame,
              layers: list[int]) -> None:
     for (probe, target), _ in accuracy.groupby(["probe", "target"], sort=False):
-        figures.plot_accuracy_by_layer(accuracy, run.figure_path(f"accuracy_{model_slug(probe)}.png"), probe, target)
+        figures.plot_accuracy_by_layer(accuracy, run.figure_path(f"accuracy_{slug(probe)}.png"), probe, target)
     for method in ("lda", "pca"):
         if (projections.method == method).any():
             figures.plot_projection(projections, run.figure_path(f"{method}_scatter.png"), layers, method)

@@ -10,7 +10,7 @@ import pandas as pd
 
 from ivlens.plots import colours, plt
 from ivlens.plots import png_bytes as _png
-from ivlens.runs import atomic_write_bytes
+from ivlens.runs import atomic_write_bytes, slug
 
 
 def _order(values) -> list:
@@ -77,16 +77,11 @@ def versus_patching(compare: pd.DataFrame, models: Sequence[str], unsteered: pd.
     return _png(fig)
 
 
-def vector_slug(vector: str) -> str:
-    """A file-name form of a vector name (``probe:runs/x`` → ``probe-runs-x``)."""
-    return "".join(c if c.isalnum() or c in "._" else "-" for c in vector).strip("-")
-
-
 def plot_dose_response(dose: pd.DataFrame, directory: str | Path) -> list[Path]:
     """The run's figures: ``dose_response_<vector>.png``, IA against α, one file per vector."""
     out = []
     for v in _order(dose.vector):
-        path = Path(directory) / f"dose_response_{vector_slug(v)}.png"
+        path = Path(directory) / f"dose_response_{slug(v)}.png"
         atomic_write_bytes(path, dose_response_curves(dose, _order(dose.model), v))
         out.append(path)
     return out

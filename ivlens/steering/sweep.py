@@ -47,8 +47,7 @@ from ivlens.patching.sweep import (
 )
 from ivlens.probing.collect import collect_ivs
 from ivlens.probing.instructions import instruction_set, organism_heldout
-from ivlens.probing.run import model_slug
-from ivlens.runs import RunDir, atomic_write_bytes
+from ivlens.runs import RunDir, atomic_write_bytes, slug
 from ivlens.tasks import Task
 from ivlens.tasks.selection import sample_indices, split_queries
 
@@ -78,7 +77,7 @@ def model_directions(lm: LoadedModel, task: Task, subtask: str, names: tuple[str
     ``names`` for ``lm``'s label, and compute the directions."""
     other = task.other(subtask) if task.is_contrastive else None
     rows = instruction_set([task], "instructions", None, organism_heldout(lm.path), max_per_subtask)
-    store = collect_ivs(lm, rows, run.path / "ivs" / model_slug(lm.name), fmt=fmt, resume=True,
+    store = collect_ivs(lm, rows, run.path / "ivs" / slug(lm.name), fmt=fmt, resume=True,
                         memory_budget=memory_budget)
     labels = store.labels()
     in_task = (labels.task == task.name).to_numpy()
@@ -183,7 +182,7 @@ def steer_sweep(lms: Sequence[LoadedModel], names: Sequence[str], task: Task, su
         st = stats.setdefault(name, EngineStats())
         dirs = model_directions(lm, task, subtask, plan.vectors, run, fmt=fmt, max_per_subtask=max_per_subtask,
                                 memory_budget=memory_budget)
-        atomic_write_bytes(run.path / "vectors" / f"{model_slug(name)}.safetensors",
+        atomic_write_bytes(run.path / "vectors" / f"{slug(name)}.safetensors",
                            st_save({"unit": dirs.unit.contiguous(), "scale": dirs.scale.contiguous()},
                                    metadata={"vectors": ",".join(dirs.names)}))
         vec_rows += [{"model": name, "vector": v, "layer": layer, "raw_norm": float(dirs.raw_norm[i, layer]),

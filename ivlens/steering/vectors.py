@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ivlens.runs import slug
 from ivlens.specs import SpecError
 
 NAMED_VECTORS = ("mean", "diff")
@@ -65,9 +66,7 @@ class RunVector:
 
     def slug(self, steered: str) -> str:
         """The probe run's name of the model whose direction steers model ``steered``."""
-        from ivlens.probing.run import model_slug
-
-        return model_slug(self.model or steered)
+        return slug(self.model or steered)
 
     def layers(self, steered: str, option: str) -> list[int]:
         """The layers the probe run has this direction at for model ``steered``."""

@@ -28,6 +28,7 @@ import torch
 from jinja2 import TemplateError
 from transformers import PreTrainedTokenizerBase
 
+from .padding import pad_tokens
 from .schema import Sample, Task, TaskError
 
 log = logging.getLogger(__name__)
@@ -232,8 +233,7 @@ class AnswerCandidates:
 
 def right_aligned(continuations: Sequence[Sequence[int]]) -> torch.Tensor:
     """``[n, longest]`` token ids, each continuation right-aligned, ``-1`` on the left (the engine's layout)."""
-    width = max(len(c) for c in continuations)
-    return torch.tensor([[-1] * (width - len(c)) + list(c) for c in continuations], dtype=torch.long)
+    return pad_tokens(continuations, -1, "left").input_ids
 
 
 @dataclass(frozen=True)
@@ -256,17 +256,9 @@ class Batch:
 
 
 def pad_left(sequences: list[tuple[int, ...]] | list[Prompt], pad_id: int) -> Batch:
-    """Left-pad token sequences; position ids count real tokens only (so absolute-position models such as
-    GPT-2 see the same positions as unpadded)."""
-    seqs = [s.input_ids if isinstance(s, Prompt) else tuple(s) for s in sequences]
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    pads = []
-    for i, s in enumerate(seqs):
-        p = width - len(s)
-        ids[i, p:] = torch.tensor(s, dtype=torch.long)
-        mask[i, p:] = 1
-        pads.append(p)
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    return Batch(ids, mask, pos, tuple(pads))
+    """Left-pad token sequences (:func:`~ivlens.tasks.padding.pad_tokens`); position ids count real tokens only (so
+    absolute-position models such as GPT-2 see the same positions as unpadded)."""
+    padded = pad_tokens([s.input_ids if isinstance(s, Prompt) else tuple(s) for s in sequences], pad_id, "left")
+    width = padded.input_ids.shape[1]
+    pos = (padded.attention_mask.cumsum(-1) - 1).clamp(min=0)
+    return Batch(padded.input_ids, padded.attention_mask, pos, tuple(width - n for n in padded.lengths))

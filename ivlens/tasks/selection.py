@@ -2,7 +2,8 @@
 
 ``select_samples(task, n, seed, queries)`` draws ``n`` samples without replacement with ``random.Random(seed)``
 from the task's samples restricted to ``queries`` (a split), so the same ``--samples``, ``--seed`` and ``--split``
-pick the same queries in every analysis. :func:`split_queries` reads a split from a model organism's card.
+pick the same queries in every analysis. A split is made once, by :func:`fixed_query_split` (an organism's recipe
+calls it and records the result in the organism's card), and read back by :func:`split_queries`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from .schema import Sample, Task, TaskError
 
 Split = Literal["heldout", "train", "all"]
 SPLITS: tuple[str, ...] = get_args(Split)
+#: share of each rephrasing file (its first rows) that trains, the rest held out: the organisms' recipe records it
+#: in their cards, and probes use it where no card says otherwise
+TRAIN_REPHRASING_SHARE = 0.75
 
 
 def select_samples(task: Task, n: int | None = None, seed: int = 0, queries: Iterable[str] | None = None
@@ -50,6 +54,26 @@ def sample_indices(task: Task, samples: int | Sequence[int] | None = None, seed:
     if bad:
         raise TaskError(f"sample indices {bad} out of range: task {task.name!r} has {len(task.samples)} samples")
     return out
+
+
+def fixed_query_split(task: Task, train_share: float, seed: int | str) -> dict[str, list[str]]:
+    """THE train / held-out split of a task's queries: ``{"train": [...], "heldout": [...]}``, each in file order.
+
+    The queries are shuffled with ``random.Random(f"{seed}:{task.name}")`` and the first ``round(train_share · n)``
+    of them are the training ones, so the split depends on the task's name and ``seed`` only (not on a training
+    seed) and every build that uses the same ``seed`` holds out the same queries."""
+    queries = [s.query for s in task.samples]
+    order = list(range(len(queries)))
+    random.Random(f"{seed}:{task.name}").shuffle(order)
+    n_train = round(train_share * len(queries))
+    return {"train": [queries[i] for i in sorted(order[:n_train])],
+            "heldout": [queries[i] for i in sorted(order[n_train:])]}
+
+
+def training_rephrasings(n: int) -> int:
+    """How many of a rephrasing file's ``n`` rows are training phrasings (its first ``round(0.75 · n)``, see
+    :data:`TRAIN_REPHRASING_SHARE`); the rows after them are held out."""
+    return round(TRAIN_REPHRASING_SHARE * n)
 
 
 def split_queries(model_path: str | Path, model_name: str, task: Task, split: str) -> list[str] | None:

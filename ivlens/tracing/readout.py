@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from ivlens.errors import IvlensError
+from ivlens.runs import slug
 
 KINDS = ("probe", "means", "lda", "vector")
 SYNTAX = ("probe:RUN_DIR:LAYER[:CLASS], means:RUN_DIR:LAYER[:A-B], lda:RUN_DIR:LAYER (optionally @MODEL at the "
@@ -180,11 +181,10 @@ def load_direction(src: ReadoutSource, *, model: str, d_model: int, n_layers: in
     ``@MODEL``): the vector ``[d_model]``, the layer, and what it is. ``subtask``/``other``: the traced prompt's
     subtask and the task's other one (the class, or ``A-B``, when the source names none); ``base``: the directory
     a relative ``RUN_DIR`` is read from (a study's directory), default the working directory."""
-    from ivlens.probing.run import model_slug
     from ivlens.probing.weights import class_mean_difference, iv_classes, lda_direction, probe_direction
 
     layer = _layer(src, n_layers)
-    slug = model_slug(src.model or model)
+    probed = slug(src.model or model)
     info: dict = {"kind": src.kind, "layer": layer, "intercept": 0.0}
     if src.kind == "vector":
         vec = _vector_file(src)
@@ -192,13 +192,13 @@ def load_direction(src: ReadoutSource, *, model: str, d_model: int, n_layers: in
         name = f"vector {Path(src.path).name}" + (f"#{src.key}" if src.key else "")
     else:
         run = _run_dir(src, base)
-        info.update(run=str(run), model=slug)
+        info.update(run=str(run), model=probed)
         if src.kind in ("probe", "lda"):
             cls = src.cls or subtask
             if src.kind == "probe" and cls is None:
                 raise ReadoutError("--readout probe:RUN_DIR:LAYER names no class and the prompt has no subtask; "
                                    "give probe:RUN_DIR:LAYER:CLASS")
-            d = (probe_direction(run, slug, layer, cls) if src.kind == "probe" else lda_direction(run, slug, layer))
+            d = (probe_direction(run, probed, layer, cls) if src.kind == "probe" else lda_direction(run, probed, layer))
             vec, name = d.vector, d.description
             info.update(probe=d.probe, classes=list(d.classes), intercept=d.intercept, cls=cls)
         else:
@@ -209,8 +209,8 @@ def load_direction(src: ReadoutSource, *, model: str, d_model: int, n_layers: in
                                        "two subtasks; give means:RUN_DIR:LAYER:A-B")
                 a, b = subtask, other
             else:
-                a, b = _split_pair(pair, iv_classes(run, slug))
-            d = class_mean_difference(run, slug, layer, a, b)
+                a, b = _split_pair(pair, iv_classes(run, probed))
+            d = class_mean_difference(run, probed, layer, a, b)
             vec, name = d.vector, d.description
             info.update(classes=[a, b])
     vec = np.asarray(vec, dtype=np.float64)

@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from ivlens.models.load import LoadedModel
-from ivlens.runs import RunDir, atomic_write_json
+from ivlens.runs import RunDir, atomic_write_json, slug
 from ivlens.tasks import Task, load_task
 from ivlens.tasks.selection import select_samples, split_queries
 
@@ -30,10 +30,6 @@ from .selectivity import ALPHA, selectivity_rows, verdict_sentences
 
 log = logging.getLogger(__name__)
 PARTS = "compare_parts"
-
-
-def slug(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
 
 
 def compare_run(models: Sequence[LoadedModel], task: str | Task, run: RunDir, *, samples: int | None = 50,

@@ -28,8 +28,7 @@ from ivlens.api import config_layer_count, load_spec_models, start_run
 from ivlens.models.load import LoadedModel, check_model_files
 from ivlens.probing.collect import ivs_at_t_inst, parse_layers
 from ivlens.probing.instructions import instruction_set
-from ivlens.probing.run import model_slug
-from ivlens.runs import RunDir, check_out_dir
+from ivlens.runs import RunDir, check_out_dir, slug
 from ivlens.specs import SpecError
 from ivlens.tasks import load_task
 from ivlens.tasks.prompts import instruction_prompt, labels_token_ids, pad_left
@@ -135,7 +134,7 @@ def run_logit_lens(spec: LogitLensSpec, *, models: list[LoadedModel] | None = No
         n_layers = models[i].n_layers if models is not None else config_layer_count(name, spec)
         if n_layers is not None:
             parse_layers(spec.layers, n_layers)
-    run = start_run(spec, "+".join(model_slug(n) for n in names)[:60], out=out, resume=resume, task=task.name)
+    run = start_run(spec, "+".join(slug(n) for n in names)[:60], out=out, resume=resume, task=task.name)
     for i, name in enumerate(names):
         key = f"m{i:04d}"
         if run.has_shard("mass", key) and run.has_shard("top_tokens", key):
