@@ -71,7 +71,7 @@ _ENGINE_CACHE: dict[tuple, tuple[int, int]] = {}
 
 def engine_work(chunk: Sequence[PatchTarget], layer_sets, n_layers: int, group_rows, continued: bool = False,
                 ) -> tuple[int, int, int]:
-    """The patching engine's own count (:func:`ivlens.patching.engine.plan_work`) for one chunk: executed layer-token
+    """The patching engine's own count (:func:`ivlens.patching.trie.plan_work`) for one chunk: executed layer-token
     evaluations, unembedded rows and layer calls, without running anything.
 
     ``plan_work`` runs once per distinct target shape (length, positions) and the counts add up over targets
@@ -79,7 +79,7 @@ def engine_work(chunk: Sequence[PatchTarget], layer_sets, n_layers: int, group_r
     the engine groups them (:func:`ivlens.estimate.plans.trie_work`). ``continued``: rows scored at the answer
     level (no last-position identity)."""
     try:
-        from ivlens.patching.engine import RowSpec, plan_work
+        from ivlens.patching.trie import RowSpec, plan_work
     except ImportError:  # an engine without a counting function: the trie's own count
         return trie_work(chunk, layer_sets, n_layers, group_rows)
     evals = unembed = 0
@@ -209,9 +209,9 @@ def add_linear_estimate(p: Plan, shape: ModelShape, lengths: Sequence[int], n_sc
 def steer_plans(spec, infos: Sequence[ModelInfo] | None = None) -> list[Plan]:
     """The plan of ``ivlens steer`` for a :class:`~ivlens.specs.SteerSpec`, one per model: patching's plan
     (:func:`ivlens.estimate.plans.patch_plan`) with the engine's own count of the additive rows
-    (:func:`ivlens.patching.engine.plan_work` with ``edit="add"``), plus the IV collection of the vectors."""
-    from ivlens.patching.engine import RowSpec, plan_work
+    (:func:`ivlens.patching.trie.plan_work` with ``edit="add"``), plus the IV collection of the vectors."""
     from ivlens.patching.sweep import starts_with_bos
+    from ivlens.patching.trie import RowSpec, plan_work
     from ivlens.probing.collect import parse_layers
     from ivlens.probing.instructions import instruction_set
     from ivlens.steering.plan import parse_steer_positions, resolve_span

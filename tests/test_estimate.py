@@ -292,9 +292,9 @@ def test_dry_run_of_answer_scoring_counts_the_prompts_once_and_the_trie():
     per baseline run; far below the k forwards per prompt of per-label scoring."""
     from ivlens.dry_run import answer_trie, eval_plans, patch_plans
     from ivlens.estimate.plans import answer_scoring_flops
-    from ivlens.patching.engine import RowSpec, plan_work
     from ivlens.patching.plan import PatchPlan, resolve_position
     from ivlens.patching.sweep import starts_with_bos
+    from ivlens.patching.trie import RowSpec, plan_work
     from ivlens.tasks import load_task, query_prompt
     from ivlens.tasks.prompts import AnswerCandidates
 

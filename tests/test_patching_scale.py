@@ -22,12 +22,12 @@ from ivlens.patching.engine import (
     metric_row_bytes,
     patched_logits,
     patched_metrics,
-    plan_work,
     row_bytes,
     source_vectors,
 )
 from ivlens.patching.metrics import label_metrics
 from ivlens.patching.sweep import patch_sweep
+from ivlens.patching.trie import plan_work
 from ivlens.tasks import load_task
 from ivlens.testing.tiny import tiny_model, tiny_tokenizer
 

@@ -7,7 +7,8 @@ import steering_reference as ref
 import torch
 
 from ivlens.models.adapters import get_adapter
-from ivlens.patching.engine import EngineStats, RowSpec, clean_run, patched_logits, plan_work
+from ivlens.patching.engine import EngineStats, RowSpec, clean_run, patched_logits
+from ivlens.patching.trie import plan_work
 from ivlens.testing.tiny import ARCHS, tiny_model
 
 TOL = 1e-5

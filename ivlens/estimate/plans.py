@@ -226,7 +226,7 @@ class PatchTarget:
 
 
 #: ``engine_work(chunk, layer_sets, n_layers, group_rows) -> (executed_evals, unembed_rows, layer_calls)``: the
-#: engine's own count for one chunk of targets (``ivlens.patching.engine.plan_work``), passed in by the caller.
+#: engine's own count for one chunk of targets (``ivlens.patching.trie.plan_work``), passed in by the caller.
 EngineWork = Callable[[Sequence[PatchTarget], Sequence[tuple[int, ...]], int, Callable[[int], int]],
                       tuple[int, int, int]]
 

@@ -4,18 +4,11 @@
 >>> res = patch_sweep(["organism-base", "organism-sft"], "adjectives", "adj_ant", layers="pairs", samples=100)
 """
 
-from .engine import (
-    EngineStats,
-    RowSpec,
-    clean_run,
-    patched_logits,
-    patched_metrics,
-    plan_work,
-    source_vectors,
-)
+from .engine import clean_run, patched_logits, patched_metrics, source_vectors
 from .plan import PatchPlan, PatchRow, PlanError, parse_layer_sets, parse_positions
 from .spec import PatchSpec
 from .sweep import SweepResult, patch_sweep
+from .trie import EngineStats, RowSpec, plan_work
 
 __all__ = ["PatchSpec",
     "EngineStats", "PatchPlan", "PatchRow", "PlanError", "RowSpec", "SweepResult", "clean_run",

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from .paths import Path, path_vectors, top_paths
-from .surrogate import Surrogate, Target, TracingError, logit_slopes
+from .surrogate.frozen_map import Surrogate, Target, TracingError, logit_slopes
 
 
 def argmax_patterns(sur: Surrogate) -> list[Tensor]:

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .surrogate import (
+from .surrogate.frozen_map import (
     Surrogate,
     Target,
     _lin,

@@ -27,7 +27,16 @@ import torch
 from torch import Tensor
 
 from .graph import forward_states, source_mask
-from .surrogate import Surrogate, Target, _lin, _lin_T, mlp_linear, mlp_linear_T, readout_vector, scoped
+from .surrogate.frozen_map import (
+    Surrogate,
+    Target,
+    _lin,
+    _lin_T,
+    mlp_linear,
+    mlp_linear_T,
+    readout_vector,
+    scoped,
+)
 
 
 @dataclass(frozen=True)
