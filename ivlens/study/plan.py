@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ivlens.analyses import BY_NAME, SPECS
-from ivlens.runs import content_hash
+from ivlens.runs import content_hash, slug
 from ivlens.specs import Spec, SpecError
 
 from .spec import StudyError, StudySpec
@@ -74,10 +74,6 @@ def _sweeps(spec_cls: type[Spec], block: dict[str, Any]) -> tuple[dict[str, Any]
     return fixed, swept
 
 
-def _slug(value: Any) -> str:
-    return "".join(c if c.isalnum() or c in "._" else "-" for c in str(value)).strip("-") or "x"
-
-
 def plan_steps(study: StudySpec) -> list[Step]:
     """Every step of ``study``, validated, in run order. Raises :class:`StudyError` naming the block and option."""
     models = tuple(e.model for e in study.models.values())
@@ -118,7 +114,7 @@ def plan_steps(study: StudySpec) -> list[Step]:
                         spec = spec_cls(**options)
                     except SpecError as e:
                         raise StudyError(f"{where}: {e}") from None
-                    parts = ([task] if task is not None else []) + [_slug(v) for v in values]
+                    parts = ([task] if task is not None else []) + [slug(v) for v in values]
                     if len(blocks) > 1:
                         parts.insert(0, str(bi))
                     rel = f"{analysis}/{'-'.join(parts)}" if parts else analysis
