@@ -63,6 +63,15 @@ def parse_bytes(text: str | int | float) -> int:
     return int(value)
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the OS has one), at least 1."""
+    import os
+
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
 def available_bytes(device: str | torch.device = "cpu") -> int:
     """Free memory where activations of ``device`` live: the CUDA device's free memory; for ``auto`` (a model spread
     over the visible GPUs) the least free memory among them, or the available RAM when there is no GPU."""

@@ -294,9 +294,10 @@ def test_a_killed_study_resumes_and_equals_an_uninterrupted_one(two_tiny_dirs, t
 
     def patch_half_done(proc) -> bool:
         try:
-            workers[:] = [c for c in psutil.Process(proc.pid).children(recursive=True) if is_worker(c)]
-        except psutil.Error:
-            pass
+            children = psutil.Process(proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:  # the study ended on its own: _kill_when then fails the test
+            return False
+        workers[:] = [c for c in children if is_worker(c)]
         return len(list(shards.glob("shard-*.parquet"))) >= 2
 
     _kill_when([sys.executable, "-m", "ivlens", "run", str(study), "--out", str(broken), "--jobs", "2"],

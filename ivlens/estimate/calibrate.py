@@ -223,7 +223,9 @@ def machine_load() -> tuple[int, float]:
     load average less this process's own thread)."""
     import os
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    from ivlens.budget import usable_cores
+
+    cores = usable_cores()
     try:
         others = max(0.0, os.getloadavg()[0] - 1.0)
     except OSError:

@@ -34,6 +34,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 
+from ivlens.budget import usable_cores
 from ivlens.errors import IvlensError
 from ivlens.models.load import LoadedModel
 
@@ -55,13 +56,6 @@ log = logging.getLogger(__name__)
 WORKER_BASE_BYTES = 1 << 30
 #: a worker's models take about this many times their weights at peak (weights, activations, caches, tables)
 WEIGHT_OVERHEAD = 2.0
-
-
-def usable_cores() -> int:
-    """The CPU cores this process may run on (its affinity mask where the OS has one)."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
 
 
 def worker_threads(jobs: int, cores: int | None = None, threads: int | None = None) -> int:
