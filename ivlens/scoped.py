@@ -111,6 +111,12 @@ def _plain_tqdm_off() -> Iterator[None]:
 DEPRECATIONS_OF_OTHERS = (r".*is_gradient_checkpointing.* is deprecated",)
 
 
+def libraries_quiet() -> bool:
+    """Whether this process is inside :func:`quiet_libraries` now (transformers' logger at ERROR or above): what a
+    spawned worker copies so that it speaks as much as the process that started it."""
+    return logging.getLogger("transformers").getEffectiveLevel() >= logging.ERROR
+
+
 @contextmanager
 def quiet_libraries(verbose: bool = False, extra_loggers: Sequence[str] = ()) -> Iterator[None]:
     """Silence third-party progress bars and chatter for the block, unless ``verbose``.

@@ -108,3 +108,25 @@ def test_a_step_that_fails_in_a_worker_stops_the_study_with_its_error(tmp_path):
     with pytest.raises(IvlensError, match="no-such-model"):
         ProcessExecutor(2, threads=1).run(work, lambda w: None, lambda w, s: done.append(w))
     assert done == []
+
+
+def _transformers_level(_item) -> int:
+    import logging
+
+    return logging.getLogger("transformers").getEffectiveLevel()
+
+
+@pytest.mark.unit
+def test_workers_are_as_quiet_as_the_study_process():
+    """A spawned worker starts with the libraries' defaults; it copies the study process's quiet (else transformers'
+    load report of a model with a missing tensor reached the study's log through the worker's queue)."""
+    import logging
+
+    from ivlens.scoped import quiet_libraries
+
+    with quiet_libraries():
+        pool = ProcessExecutor(1, threads=1)
+        try:
+            assert pool.map(_transformers_level, [0]) == [logging.ERROR]
+        finally:
+            pool.close()

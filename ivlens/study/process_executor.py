@@ -31,11 +31,13 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 
 from ivlens.budget import usable_cores
 from ivlens.errors import IvlensError
+from ivlens.scoped import libraries_quiet
 from ivlens.models.load import LoadedModel
 
 from .executors import (
@@ -102,6 +104,7 @@ def auto_jobs(study: StudySpec, steps: Sequence[Step], cores: int | None = None,
 
 _loaded: dict[str, LoadedModel] = {}
 _jobs = 1
+_worker_scope = ExitStack()  # settings held for the worker's life (it ends with the process)
 
 
 def _die_with_parent(parent: int) -> None:
@@ -117,8 +120,10 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _init_worker(threads: int, jobs: int, log_queue, level: int, parent: int) -> None:
-    """Runs once in each worker: its torch threads, and its log records sent to the study's process."""
+def _init_worker(threads: int, jobs: int, log_queue, level: int, parent: int, quiet: bool) -> None:
+    """Runs once in each worker: its torch threads, its log records sent to the study's process, and (``quiet``)
+    third-party chatter off for the worker's life, as in the study's process (:func:`ivlens.scoped.quiet_libraries`):
+    a spawned worker starts with the libraries' defaults, which would forward e.g. transformers' load report."""
     global _jobs
     import torch
 
@@ -129,6 +134,10 @@ def _init_worker(threads: int, jobs: int, log_queue, level: int, parent: int) ->
     root = logging.getLogger()
     root.handlers = [logging.handlers.QueueHandler(log_queue)]
     root.setLevel(level)
+    if quiet:
+        from ivlens.scoped import quiet_libraries
+
+        _worker_scope.enter_context(quiet_libraries())
 
 
 def _budget_share(step: Step) -> Step:
@@ -205,7 +214,8 @@ class ProcessExecutor:
             self._listener.start()
             self._pool = ProcessPoolExecutor(self.jobs, mp_context=context, initializer=_init_worker,
                                              initargs=(self.threads, self.jobs, log_queue,
-                                                       logging.getLogger().level, os.getpid()))
+                                                       logging.getLogger().level, os.getpid(),
+                                                       libraries_quiet()))
         return self._pool
 
     def close(self) -> None:
