@@ -6,8 +6,8 @@
 Each figure is drawn by the same function, on the same tables, that the study's ``report.html`` uses
 (:mod:`ivlens.report.sections` → :mod:`ivlens.report.figures`), restricted to what the tour shows:
 
-- ``tour-single-layer.png``: :func:`~ivlens.report.figures.single_layer_curves` of the patch run on the **bare**
-  target (the paper's query-only prompt), both positions;
+- ``tour-single-layer.png``: :func:`~ivlens.report.figures.single_layer_curves` of the patch run on the
+  **formatted** target (the query without instruction in the organisms' answer format), both positions;
 - ``tour-pair-heatmaps.png``: :func:`~ivlens.report.figures.set_heatmaps` of the pairs of the patch run on the
   **formatted** target at its **first** position, the mean joint effect (top) above the mean interaction
   (bottom), two calls of the report's function stacked into one image;
@@ -53,7 +53,7 @@ def _patch_run(study: Study, target: str) -> Run:
 
 
 def single_layer(study: Study) -> bytes:
-    run = _patch_run(study, "bare")
+    run = _patch_run(study, "formatted")
     return figures.single_layer_curves(run.table("single_layer"), study.model_order)
 
 
