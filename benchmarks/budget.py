@@ -174,8 +174,9 @@ def measure_tests(work: Path, checkout: Path = ROOT) -> dict[str, float]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     env.pop("VIRTUAL_ENV", None)
     seconds = {}
+    # the whole command also prints its 20 slowest tests (pytest's --durations; the log keeps them)
     for name, extra, log in (("test command, fast tier", ["-m", "unit or tiny"], "tests-fast.log"),
-                             ("test command", [], "tests.log")):
+                             ("test command", ["--durations=20"], "tests.log")):
         seconds[name] = _timed(["bash", "scripts/test.sh", *extra], cwd=checkout, env=env, log=work / log)
     return seconds
 
