@@ -31,14 +31,14 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from contextlib import ExitStack
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import ExitStack
 
 from ivlens.budget import usable_cores
 from ivlens.errors import IvlensError
-from ivlens.scoped import libraries_quiet
 from ivlens.models.load import LoadedModel
+from ivlens.scoped import libraries_quiet
 
 from .executors import (
     LocalExecutor,
