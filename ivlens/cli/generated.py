@@ -79,7 +79,7 @@ def _field_option(spec_cls: type[Spec], name: str, field: Any) -> tuple[inspect.
         convert = (lambda v, p=cli.parse: p(list(v or ()))) if cli.parse else (lambda v: tuple(v or ()))
     elif cli.parse is not None:
         kind = str | None
-        default = None if default is None else ",".join(map(str, default))
+        default = ",".join(map(str, default)) if isinstance(default, tuple) else default
         convert = lambda v, p=cli.parse: p(v) if v else None  # noqa: E731
     else:
         kind, comma = _option_type(name, field.annotation)
