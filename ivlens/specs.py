@@ -3,7 +3,9 @@
 Every analysis is one spec plus one ``run_<analysis>(spec)`` in :mod:`ivlens.api`; the CLI, the main job and
 the tests build a spec and call that function. A spec:
 
-- has one field per CLI option, named like the option (``--memory-budget`` ↔ ``memory_budget``);
+- has one field per CLI option, named like the option (``--memory-budget`` ↔ ``memory_budget``), with the option's
+  help as the field's ``description`` and :class:`Cli` for what else the command line needs: the commands are
+  generated from the fields (:mod:`ivlens.cli.generated`);
 - types every option with a fixed set of values as a ``Literal`` and forbids unknown fields;
 - raises :class:`SpecError` (one line: the option, the value, the allowed values) on bad input;
 - hashes to :meth:`Spec.hash`, the sha256 of its canonical JSON (:func:`ivlens.runs.content_hash`) without the
@@ -18,7 +20,9 @@ the tests build a spec and call that function. A spec:
 from __future__ import annotations
 
 import re
-from typing import Any, ClassVar, Literal, get_args
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -30,9 +34,10 @@ from .tasks.selection import Split
 
 #: The option types (each ``Literal`` defined once: the prompt format, query style and split where prompts and
 #: samples are made, the others here); a spec field and its CLI option both use these.
-__all__ = ["Backend", "Correction", "Dtype", "Format", "LinearEstimate", "ModelsSpec", "OrganismSize", "OrganismVariant", "PatchMode",
-           "PatchTarget", "QueryStyle", "RemoteSpec", "Score", "Spec", "SpecError", "Split", "TraceMethod",
-           "Varying", "option_name"]
+__all__ = ["Backend", "Cli", "Correction", "Dtype", "Format", "FormatField", "LinearEstimate", "ModelsSpec",
+           "OrganismSize", "OrganismVariant", "PatchMode", "PatchTarget", "QueryStyle", "RemoteSpec", "Score",
+           "ScoreField", "Spec", "SpecError", "Split", "SplitField", "TraceMethod",
+           "Varying", "field_cli", "option_name"]
 
 Dtype = Literal["float32", "bfloat16", "float16"]
 PatchMode = Literal["transfer", "contrastive"]
@@ -45,6 +50,43 @@ LinearEstimate = Literal["auto", "on", "off"]
 TraceMethod = Literal["exact", "argmax"]
 OrganismSize = Literal["small", "tiny"]
 OrganismVariant = Literal["gist", "natural"]
+
+
+@dataclass(frozen=True)
+class Cli:
+    """How a spec field is given on the command line, where its name, type, default and help (the field's own
+    ``description``) do not say it all; put it in the field's annotation: ``Annotated[int | None, Cli(short="-n")]``.
+    The commands are generated from the fields (:mod:`ivlens.cli.generated`).
+
+    Attributes:
+        short: a one-letter alias (``"-m"``).
+        repeat: the option is given once per value (``--model a --model b``) instead of comma-separated.
+        flag: a ``bool`` field's only flag, which sets the field to the opposite of its default
+            (``"--no-measure"`` for ``measure = True``); default ``--x`` (``--x/--no-x`` when the default is True).
+        min: a lower bound the option parser checks (its usage error) rather than the spec.
+        parse: the option's text (a list of texts with ``repeat``) → the field's value; it raises
+            :class:`SpecError` (or :class:`~ivlens.errors.IvlensError`) naming the option on bad input.
+    """
+
+    short: str | None = None
+    repeat: bool = False
+    flag: str | None = None
+    min: int | None = None
+    parse: Callable[[Any], Any] | None = None
+
+
+def field_cli(field: Any) -> Cli:
+    """The :class:`Cli` of a pydantic field (a default one when its annotation has none)."""
+    return next((m for m in field.metadata if isinstance(m, Cli)), Cli())
+
+
+#: The option types that several analyses share, with their help (a field and its option both read it).
+FormatField = Annotated[Format, Field(description="prompt format: raw (the paper's) or chat")]
+SplitField = Annotated[Split, Field(description="queries: an organism's heldout or train split (from its card), "
+                                                "or all")]
+ScoreField = Annotated[Score, Field(description="first-token: the label's first token (the paper's); answer: whole "
+                                                "labels by teacher-forced log-probability, ranked among the label "
+                                                "space (use when labels share their first token, e.g. numbers)")]
 
 _DEVICE = re.compile(r"^(cpu|auto|mps|cuda(:\d+)?)$")
 
@@ -90,6 +132,8 @@ class Spec(BaseModel):
     analysis: ClassVar[str] = ""
     #: fields that never change a result: left out of the hash, and a resumed run takes the new value
     result_neutral: ClassVar[frozenset[str]] = frozenset()
+    #: the help of an inherited field's option where this analysis's command words it its own way
+    option_help: ClassVar[dict[str, str]] = {}
 
     def __init__(self, **data: Any) -> None:
         try:
@@ -121,14 +165,17 @@ class Spec(BaseModel):
 class ModelsSpec(Spec):
     """Models and how to load them, shared by the analyses."""
 
-    models: tuple[str, ...] = Field(min_length=1)
-    gguf_file: str | None = None
-    dtype: Dtype = "float32"
-    device: str = "cpu"
-    revision: str | None = None
-    trust_remote_code: bool = False
+    models: Annotated[tuple[str, ...], Cli(short="-m", repeat=True)] = Field(
+        min_length=1, description="Hub id, local directory, .gguf file, organism-base|sft|dpo or "
+                                  "smollm2-135m-instruct; repeat for several")
+    gguf_file: str | None = Field(None, description="GGUF file inside the model repo/directory, or its path")
+    dtype: Dtype = Field("float32", description="weights' dtype")
+    device: str = Field("cpu", description="cpu | cuda | cuda:N | auto (accelerate device_map)")
+    revision: str | None = Field(None, description="hub revision (branch, tag or commit)")
+    trust_remote_code: bool = Field(False, description="allow custom model code from the repo")
     #: ``i/n``: compute only shard i of n of the units of work, for ``ivlens merge`` (:mod:`ivlens.sharding`)
-    shard: str | None = None
+    shard: str | None = Field(None, description="i/n: compute only shard i of n of the units of work (a SLURM "
+                                                "array job's share); `ivlens merge` joins the shards")
 
     @field_validator("shard")
     @classmethod
@@ -172,7 +219,8 @@ class RemoteSpec(ModelsSpec):
     Options that load or place local weights cannot apply there and are refused with it. ``remote`` enters the
     hash only when set, so the runs made before the option existed keep their hashes."""
 
-    remote: bool = False
+    remote: bool = Field(False, description="run the model work through nnsight on NDIF (a hub id NDIF hosts; key "
+                                            "from NDIF_API_KEY; docs/remote.md)")
 
     @model_validator(mode="after")
     def _remote_options(self) -> RemoteSpec:

@@ -1,6 +1,6 @@
 """Options are declared once: every field of an analysis's spec is an option of its command (``--memory-budget`` ↔
 ``memory_budget``, :func:`ivlens.specs.option_name`) and every option of the command is a spec field, for every
-registered analysis; the exceptions are listed here with their reasons."""
+registered analysis, with the field's help; the options that are no field are listed here with their purpose."""
 
 from __future__ import annotations
 
@@ -9,17 +9,12 @@ import typer
 
 from ivlens.analyses import ANALYSES
 from ivlens.cli import app
-from ivlens.specs import option_name
+from ivlens.specs import field_cli, option_name
 
-#: options of every command that say where and how a run goes, not what it computes (no spec field)
-RUN_OPTIONS = {"--out", "--resume", "--dry-run", "--help"}
-#: per analysis: (spec fields the command has no option of that name for, options that are no spec field), and why
-EXCEPTIONS = {
-    # the build's `--no-measure` flag sets measure=False (measuring is on unless turned off)
-    "organism": ({"measure"}, {"--no-measure"}),
-    # trace has several modes (one prompt, --compare, --readout): every field is an option; no exception
-    "trace": (set(), set()),
-}
+#: the only options that are no spec field, each with its purpose: what a command does with a run, not what the run
+#: computes (every other option of an analysis's command is one of its spec's fields)
+COMMAND_ONLY = {"--out": "the run directory to write", "--resume": "the run directory to continue",
+                "--dry-run": "print the plan instead of running", "--help": "the command's help"}
 
 
 def command(name: str):
@@ -31,12 +26,72 @@ def command(name: str):
 
 @pytest.mark.parametrize("analysis", [a.name for a in ANALYSES])
 def test_every_spec_field_is_an_option_and_back(analysis):
+    """Each field is a parameter named like it, whose option is :func:`option_name` (or its ``Cli.flag``) and whose
+    help is the field's description (or the spec's ``option_help``); each option is a field or command-only."""
     spec = next(a.spec for a in ANALYSES if a.name == analysis)
-    options = {o for p in command(analysis).params for o in p.opts if o.startswith("--")} - RUN_OPTIONS
-    fields = set(spec.model_fields)
-    no_option, no_field = EXCEPTIONS.get(analysis, (set(), set()))
-    assert {f for f in fields if option_name(f) not in options} == no_option, "spec fields without an option"
-    assert {o for o in options if o not in {option_name(f) for f in fields}} == no_field, "options without a field"
+    params = {p.name: p for p in command(analysis).params}
+    for name, field in spec.model_fields.items():
+        assert name in params, f"{spec.__name__}.{name} has no option"
+        assert (field_cli(field).flag or option_name(name)) in params[name].opts
+        assert params[name].help == spec.option_help.get(name, field.description), name
+        assert field_cli(field).short is None or field_cli(field).short in params[name].opts
+    no_field = {o for n, p in params.items() if n not in spec.model_fields for o in p.opts if o.startswith("--")}
+    assert no_field <= set(COMMAND_ONLY), f"options without a field or a declared purpose: {no_field - set(COMMAND_ONLY)}"
+    assert {"--out", "--dry-run"} <= no_field
+
+
+def test_spec_command_converts_the_options_to_field_values():
+    """:func:`spec_command` on a demo spec: comma-separated and repeated tuples, a parsed option (its error is one
+    line, exit 2), a flag that turns a True default off, a bound the parser checks, the order of the options (the
+    models, the spec's own fields, the inherited ones, then the body's own), and the body's own options apart."""
+    from typing import Annotated
+
+    from pydantic import Field
+    from typer.testing import CliRunner
+
+    from ivlens.cli.generated import spec_command
+    from ivlens.specs import Cli, ModelsSpec, SpecError
+
+    def numbers(text: str) -> tuple[int, ...]:
+        try:
+            return tuple(int(x) for x in text.split(","))
+        except ValueError:
+            raise SpecError(f"--figure-layers: {text!r} is not a layer number") from None
+
+    class DemoSpec(ModelsSpec):
+        analysis = "demo"
+        tasks: Annotated[tuple[str, ...], Cli(short="-t")] = Field(("a", "b"), description="comma-separated tasks")
+        figure_layers: Annotated[tuple[int, ...] | None, Cli(parse=numbers)] = Field(None, description="layers")
+        measure: Annotated[bool, Cli(flag="--no-measure")] = Field(True, description="skip measuring")
+        top_k: Annotated[int, Cli(min=1)] = Field(3, description="how many")
+
+    seen = {}
+
+    @spec_command(DemoSpec)
+    def demo(ctx: typer.Context, options: dict, *, out: str | None = None) -> None:
+        """A demo."""
+        seen.update(options, out=out)
+
+    cli = typer.Typer()
+    cli.command("demo")(demo)
+    cli.command("other")(lambda: None)
+    names = [p.name for p in typer.main.get_command(cli).commands["demo"].params]
+    assert names[:5] == ["models", "tasks", "figure_layers", "measure", "top_k"] and names[-1] == "out"
+    r = CliRunner().invoke(cli, ["demo", "-m", "x", "-m", "y", "-t", "p, q,", "--figure-layers", "0,-1",
+                                 "--no-measure", "--out", "o"])
+    assert r.exit_code == 0, r.output
+    assert seen["models"] == ("x", "y") and seen["tasks"] == ("p", "q") and seen["figure_layers"] == (0, -1)
+    assert seen["measure"] is False and seen["top_k"] == 3 and seen["out"] == "o"
+    assert DemoSpec(**{k: v for k, v in seen.items() if k != "out"}).measure is False
+    r = CliRunner().invoke(cli, ["demo", "-m", "x"])
+    assert seen["measure"] is True and seen["tasks"] == ("a", "b") and seen["figure_layers"] is None
+    r = CliRunner().invoke(cli, ["demo", "-m", "x", "--figure-layers", "0,one"])
+    assert r.exit_code == 2 and "--figure-layers: '0,one' is not a layer number" in r.output
+    r = CliRunner().invoke(cli, ["demo", "-m", "x", "--top-k", "0"])
+    assert r.exit_code == 2 and "--top-k" in r.output
+
+    with pytest.raises(TypeError, match="fields of DemoSpec"):
+        spec_command(DemoSpec)(lambda ctx, options, *, tasks=None: None)
 
 
 def test_a_generated_command_has_one_option_per_field_with_its_help():
@@ -73,3 +128,22 @@ def test_a_generated_command_has_one_option_per_field_with_its_help():
 
     with pytest.raises(TypeError, match="Undocumented.task has no description"):
         analysis_command(Analysis("undocumented", Undocumented, lambda *a, **k: None, lambda *a: []))
+
+
+@pytest.mark.parametrize("args, line", [
+    (["probe", "-m", "x", "--figure-layers", "1,x"], "error: --figure-layers: 'x' is not a layer number"),
+    (["probe", "-m", "x", "--instructions", "bad"], "error: --instructions 'bad': expected NAME=PATH"),
+    (["patch", "-m", "x", "--screen", "0"], "Invalid value for '--screen'"),
+    (["organism", "build", "--threads", "0"], "Invalid value for '--threads'"),
+    (["organism", "build", "--measure"], "No such option: --measure"),
+    (["steer", "-m", "x", "--remote"], "No such option: --remote"),
+])
+def test_generated_options_refuse_bad_input_in_one_line(args, line, capsys, monkeypatch):
+    """The real commands' parsed, bounded and absent options: one line, exit 2, before any model is loaded."""
+    from ivlens.cli import main
+
+    monkeypatch.setattr("sys.argv", ["ivlens", *args])
+    with pytest.raises(SystemExit) as e:
+        main()
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and line in " ".join(err.split()) and len(err.strip().splitlines()) == 1, err

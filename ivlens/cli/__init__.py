@@ -7,31 +7,15 @@ from typing import Annotated, Literal
 import typer
 
 from ivlens.cli.common import (
-    DeviceOpt,
     DryRunOpt,
-    DtypeOpt,
     FormatOpt,
     GgufOpt,
-    ModelOpt,
-    OutOpt,
-    ResumeOpt,
-    RevisionOpt,
-    ScoreOpt,
-    SeedOpt,
-    ShardOpt,
-    SplitOpt,
-    TrustOpt,
-    build_spec,
     cli_logging,
     console,
     err_console,
     frame_table,
     friendly_errors,
-    progress_bar,
-    shard_written,
 )
-from ivlens.runs import check_out_dir
-from ivlens.specs import QueryStyle
 
 Executor = Literal["local", "ray"]
 
@@ -123,59 +107,9 @@ def tasks_check(spec: Annotated[str, typer.Argument(help="built-in name or YAML 
 
 
 # ----------------------------------------------------------------------------- eval
-@app.command("eval")
-def eval_cmd(
-    ctx: typer.Context,
-    model: ModelOpt = None,
-    task: Annotated[str | None, typer.Option("--task", "-t", help="built-in task name or path of a YAML task spec")]
-    = None,
-    subtask: Annotated[str | None, typer.Option("--subtask", "-s", help="score only this subtask")] = None,
-    samples: Annotated[int | None, typer.Option("--samples", "-n", help="number of samples (default all)")] = None,
-    fmt: FormatOpt = "raw",
-    split: SplitOpt = "all",
-    query_style: Annotated[QueryStyle, typer.Option("--query-style", help="query-only prompt")] = "formatted",
-    prefill: Annotated[str | None, typer.Option("--prefill", help="assistant prefill (chat format)")] = None,
-    judge: Annotated[str | None, typer.Option("--judge", help="IA judge 'module:function(answer, subtask, sample) -> bool'")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="prompts per generation batch")] = 16,
-    chunk_size: Annotated[int, typer.Option("--chunk-size", help="samples per result shard (the unit of --resume)")]
-    = 8,
-    score: ScoreOpt = "first-token",
-    seed: SeedOpt = 0,
-    out: OutOpt = None,
-    resume: ResumeOpt = None,
-    shard: ShardOpt = None,
-    gguf_file: GgufOpt = None,
-    dtype: DtypeOpt = "float32",
-    device: DeviceOpt = "cpu",
-    revision: RevisionOpt = None,
-    trust_remote_code: TrustOpt = False,
-    dry_run: DryRunOpt = False,
-) -> None:
-    """Instruction-following evaluation: IA, accuracy and first-token ranks, with the instruction, without it
-    and with the other subtask's instruction."""
-    from ivlens.api import run_eval
-    from ivlens.eval import EvalSpec
+from ivlens.cli.eval import eval_cmd  # noqa: E402
 
-    with friendly_errors():
-        options = {"models": tuple(model or ()), "task": task, "subtask": subtask, "samples": samples,
-                   "format": fmt, "split": split, "query_style": query_style, "prefill": prefill, "judge": judge,
-                   "batch_size": batch_size, "chunk_size": chunk_size, "score": score, "seed": seed,
-                   "gguf_file": gguf_file, "dtype": dtype, "device": device, "revision": revision,
-                   "trust_remote_code": trust_remote_code, "shard": shard}
-        spec = build_spec(ctx, EvalSpec, options, resume, params={"models": "model", "format": "fmt"})
-        check_out_dir(out)  # a dry run refuses what the run would
-        if dry_run:
-            from ivlens.cli.common import print_dry_run
-
-            print_dry_run(spec)
-            return
-        run, summary, decides = run_eval(spec, out=out, resume=resume, progress=progress_bar)
-    if spec.shard is not None:
-        return shard_written(run.path, spec.shard)
-    console.print(frame_table(summary, title=f"eval: {spec.task} ({spec.format}, split {spec.split})"))
-    if not decides.empty:
-        console.print(frame_table(decides, title="the instruction decides (both subtasks answered correctly)"))
-    console.print(f"results: {run.path}")
+app.command("eval")(eval_cmd)
 
 
 # ----------------------------------------------------------------------------- study
@@ -261,7 +195,7 @@ def report_cmd(
 
 
 # ----------------------------------------------------------------------------- analysis commands
-# Each analysis lives in its own package; its CLI function is registered here.
+# Each analysis lives in its own package; its CLI function (options generated from its spec) is registered here.
 from ivlens.cli.patch import patch  # noqa: E402
 
 app.command("patch")(patch)

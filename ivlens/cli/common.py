@@ -25,40 +25,23 @@ from rich.table import Table
 from rich.text import Text
 
 from ivlens.runs import check_out_dir
-from ivlens.specs import Dtype, Format, Score, Spec, Split
+from ivlens.specs import Format, FormatField, ModelsSpec, Spec
 
 console = Console(stderr=False)
 err_console = Console(stderr=True)
 _verbose = False  # set by --verbose (cli_logging): the error boundary then shows tracebacks
 
-ModelOpt = Annotated[list[str] | None, typer.Option("--model", "-m", help="Hub id, local directory, .gguf file, "
-                                             "organism-base|sft|dpo or smollm2-135m-instruct; repeat for several")]
-GgufOpt = Annotated[str | None, typer.Option("--gguf-file", help="GGUF file inside the model repo/directory, or its path")]
-DtypeOpt = Annotated[Dtype, typer.Option("--dtype", help="weights' dtype")]
-DeviceOpt = Annotated[str, typer.Option("--device", help="cpu | cuda | cuda:N | auto (accelerate device_map)")]
-RevisionOpt = Annotated[str | None, typer.Option("--revision", help="hub revision (branch, tag or commit)")]
-TrustOpt = Annotated[bool, typer.Option("--trust-remote-code", help="allow custom model code from the repo")]
-TaskOpt = Annotated[str, typer.Option("--task", "-t", help="built-in task name or path of a YAML task spec")]
+# The options of the commands that are not a spec's (a spec's options are generated from its fields,
+# ivlens.cli.generated); the two taken from a spec field keep that field's help.
+GgufOpt = Annotated[str | None, typer.Option("--gguf-file", help=ModelsSpec.model_fields["gguf_file"].description)]
+FormatOpt = Annotated[Format, typer.Option("--format", help=FormatField.__metadata__[0].description)]
 OutOpt = Annotated[str | None, typer.Option("--out", help="run directory (default runs/<date>-<command>-<name>)")]
-SeedOpt = Annotated[int, typer.Option("--seed", help="seed of the sample selection")]
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="print the plan (forward passes, FLOPs, peak memory, "
                                          "time on --device) from the models' configs, without loading weights, "
                                          "and exit")]
-MemoryBudgetOpt = Annotated[str | None, typer.Option("--memory-budget", help="working memory beyond the weights "
-                                                     "(4GB, 512MiB, 1.5G; default: a safe share of free memory)")]
-FormatOpt = Annotated[Format, typer.Option("--format", help="prompt format: raw (the paper's) or chat")]
-SplitOpt = Annotated[Split, typer.Option("--split", help="queries: an organism's heldout or train split (from its "
-                                         "card), or all")]
-ShardOpt = Annotated[str | None, typer.Option("--shard", help="i/n: compute only shard i of n of the units of work "
-                                              "(a SLURM array job's share); `ivlens merge` joins the shards")]
-RemoteOpt = Annotated[bool, typer.Option("--remote", help="run the model work through nnsight on NDIF (a hub id "
-                                          "NDIF hosts; key from NDIF_API_KEY; docs/remote.md)")]
 ResumeOpt = Annotated[Path | None, typer.Option("--resume", help="resume this run directory: finished shards are "
                                                 "kept; options not given take the run's recorded values, and a "
                                                 "given option that differs is an error")]
-ScoreOpt = Annotated[Score, typer.Option("--score", help="first-token: the label's first token (the paper's); "
-                                         "answer: whole labels by teacher-forced log-probability, ranked among the "
-                                         "label space (use when labels share their first token, e.g. numbers)")]
 
 
 @contextmanager
@@ -84,23 +67,34 @@ def cli_logging(verbose: bool = False) -> Iterator[None]:
         root.handlers, root.level, _verbose = handlers, level, was_verbose
 
 
-def build_spec(ctx: typer.Context, spec_cls: type[Spec], options: dict[str, Any], resume: Path | None = None,
-               params: dict[str, str] | None = None) -> Spec:
-    """The spec of a command from its options (``{field: value}``). With ``--resume``, the run's stored spec,
-    overridden by the options given on the command line only (``params``: field → CLI parameter name where
-    they differ), so ``--resume RUN`` alone continues the run and a given option that differs is reported."""
+def build_spec(ctx: typer.Context, spec_cls: type[Spec], options: dict[str, Any], resume: Path | None = None) -> Spec:
+    """The spec of a command from its options (``{field: value}``; the command's parameters are named like the
+    fields, :func:`ivlens.cli.generated.spec_command`). With ``--resume``, the run's stored spec, overridden by
+    the options given on the command line only, so ``--resume RUN`` alone continues the run and a given option
+    that differs is reported."""
     if resume is None:
         return spec_cls(**options)
     from ivlens.analyses import stored_spec
 
-    params = params or {}
-
     def given_on_command_line(field: str) -> bool:
-        source = ctx.get_parameter_source(params.get(field, field))
+        source = ctx.get_parameter_source(field)
         return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
 
     given = {f: v for f, v in options.items() if given_on_command_line(f)}
     return spec_cls(**{**stored_spec(resume).model_dump(), **given})
+
+
+def planned_spec(ctx: typer.Context, spec_cls: type[Spec], options: dict[str, Any], *, resume: Path | None,
+                 out: str | Path | None, dry_run: bool) -> Spec | None:
+    """What every analysis command does first: its spec from the options (:func:`build_spec`; bad input is one
+    error line, exit 2) and ``--out`` checked; with ``--dry-run``, the plan printed and ``None`` (nothing to run)."""
+    with friendly_errors():
+        spec = build_spec(ctx, spec_cls, options, resume)
+        check_out_dir(out)  # a dry run refuses what the run would
+        if dry_run:
+            print_dry_run(spec)
+            return None
+    return spec
 
 
 class RateColumn(ProgressColumn):
@@ -194,13 +188,11 @@ def run_row_sweep(ctx: typer.Context, spec_cls: type[Spec], options: dict[str, A
                   resume: Path | None, out: str | None, dry_run: bool, console: Console):
     """The body the row-sweep commands (patch, steer) share: the spec from the options (or ``--resume``),
     ``--dry-run``, the run with its rows bar, and a shard's closing line. Returns ``(spec, result)``; ``result``
-    is ``None`` when the command has nothing more to print (a dry run, a shard)."""
+    is ``None`` when the command has nothing more to print (a dry run, a shard; ``spec`` too after a dry run)."""
+    spec = planned_spec(ctx, spec_cls, options, resume=resume, out=out, dry_run=dry_run)
+    if spec is None:
+        return None, None
     with friendly_errors():
-        spec = build_spec(ctx, spec_cls, options, resume, params={"models": "model", "format": "fmt"})
-        check_out_dir(out)  # a dry run refuses what the run would
-        if dry_run:
-            print_dry_run(spec)
-            return spec, None
         if resume is not None:
             console.print(f"resuming {resume}")
         bar = RowsBar(console, label)

@@ -4,28 +4,25 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from ivlens.specs import OrganismSize, OrganismVariant
+from ivlens.cli.generated import spec_command
+from ivlens.organism.spec import OrganismSpec
+from ivlens.specs import OrganismVariant
 
 organism_app = typer.Typer(help="Build and inspect the model organisms (base → SFT → DPO, OLMo-2, offline).",
                            no_args_is_help=True)
 
 
 @organism_app.command("build")
+@spec_command(OrganismSpec)
 def build_command(
+    ctx: typer.Context,
+    options: dict[str, Any],
+    *,
     out: Annotated[Path | None, typer.Option("--out", help="output directory (default: the user cache)")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="training seed (same seed → same weights)")] = 0,
-    size: Annotated[OrganismSize, typer.Option("--size", help="small (the organism) or tiny (seconds, for tests)")]
-    = "small",
-    variant: Annotated[OrganismVariant, typer.Option("--variant", help="gist (planted IVs, default) or natural "
-                                                     "(control)")] = "gist",
-    force: Annotated[bool, typer.Option("--force", help="rebuild even if a finished build exists")] = False,
-    threads: Annotated[int, typer.Option("--threads", min=1, help="torch threads to train on (the weights depend on "
-                                         "them: the card records them)")] = 2,
-    no_measure: Annotated[bool, typer.Option("--no-measure", help="skip measuring (card without figures)")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan (training steps, FLOPs, peak memory, "
                                           "time on this CPU) and exit")] = False,
 ) -> None:
@@ -33,29 +30,22 @@ def build_command(
     from rich.console import Console
 
     from ivlens.api import run_organism
-    from ivlens.cli.common import friendly_errors
+    from ivlens.cli.common import friendly_errors, planned_spec
     from ivlens.dry_run import human_time, organism_build_seconds
-    from ivlens.organism import OrganismSpec
     from ivlens.organism.paths import is_built, organism_dir
-    from ivlens.runs import check_out_dir
 
+    spec = planned_spec(ctx, OrganismSpec, options, resume=None, out=out, dry_run=dry_run)
+    if spec is None:
+        return
     with friendly_errors():
-        spec = OrganismSpec(seed=seed, size=size, variant=variant, force=force, measure=not no_measure,
-                            threads=threads)
-        check_out_dir(out)  # a dry run refuses what the run would
-        if dry_run:
-            from ivlens.cli.common import print_dry_run
-
-            print_dry_run(spec)
-            return
         console = Console()
-        if force or not is_built(out or organism_dir(variant)):
-            console.print(f"building organism-{variant} ({size}, seed {seed}, {threads} threads): about "
-                          f"{human_time(organism_build_seconds(size, variant, not no_measure, threads))} here (the "
-                          "dry run's estimate for this machine as loaded now; `--dry-run` for the plan)",
-                          highlight=False)
+        if spec.force or not is_built(out or organism_dir(spec.variant)):
+            seconds = organism_build_seconds(spec.size, spec.variant, spec.measure, spec.threads)
+            console.print(f"building organism-{spec.variant} ({spec.size}, seed {spec.seed}, {spec.threads} threads): "
+                          f"about {human_time(seconds)} here (the dry run's estimate for this machine as loaded now; "
+                          "`--dry-run` for the plan)", highlight=False)
         directory = run_organism(spec, out=out)
-    console.print(f"organism ({variant}) in {directory}")
+    console.print(f"organism ({spec.variant}) in {directory}")
     _print_summary(console, directory)
 
 

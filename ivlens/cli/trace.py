@@ -4,99 +4,25 @@
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Annotated
+from typing import Any
 
 import typer
 
-from ivlens.cli.common import (
-    DeviceOpt,
-    DryRunOpt,
-    DtypeOpt,
-    FormatOpt,
-    GgufOpt,
-    MemoryBudgetOpt,
-    ModelOpt,
-    OutOpt,
-    ResumeOpt,
-    RevisionOpt,
-    SeedOpt,
-    ShardOpt,
-    SplitOpt,
-    TrustOpt,
-    build_spec,
-    console,
-    friendly_errors,
-    progress_bar,
-    shard_written,
-)
-from ivlens.runs import check_out_dir
-from ivlens.specs import Correction, TraceMethod
+from ivlens.cli.common import console, friendly_errors, planned_spec, progress_bar, shard_written
+from ivlens.cli.generated import spec_command
+from ivlens.tracing.spec import TraceSpec
 
 
-def trace(
-    ctx: typer.Context,
-    model: ModelOpt = None,
-    task: Annotated[str | None, typer.Option("--task", "-t", help="built-in task or YAML spec (with --sample/--compare)")] = None,
-    subtask: Annotated[str | None, typer.Option("--subtask", "-s", help="subtask whose instruction and answer to trace")] = None,
-    sample: Annotated[int | None, typer.Option("--sample", help="index of the task sample to trace")] = None,
-    prompt: Annotated[str | None, typer.Option("--prompt", help="trace this text instead of a task sample")] = None,
-    target: Annotated[str | None, typer.Option("--target", help="answer label (default: the task's answer, or the model's top token)")] = None,
-    method: Annotated[TraceMethod, typer.Option("--method", help="exact, or argmax (the paper's tracer, with its error)")] = "exact",
-    compare: Annotated[bool, typer.Option("--compare", help="circuit selectors: instruction A vs B over samples")] = False,
-    samples: Annotated[int | None, typer.Option("--samples", "-n", help="--compare: number of samples (default 50)")] = 50,
-    split: SplitOpt = "all",
-    top_k: Annotated[int, typer.Option("--top-k", help="paths to report (and edges for top-k overlap)")] = 20,
-    beam: Annotated[int, typer.Option("--beam", help="beam width of the path search")] = 256,
-    threshold_rank: Annotated[int, typer.Option("--threshold-rank", help="argmax: keep paths ranking the answer below this")] = 10,
-    start_pos: Annotated[int | None, typer.Option("--start-pos", help="first source position of the paths (negative from the end)")] = None,
-    end_pos: Annotated[int | None, typer.Option("--end-pos", help="last source position of the paths (inclusive)")] = None,
-    from_inst: Annotated[bool, typer.Option("--from-inst", help="sources = T_inst (task prompts): paths leaving the instruction")] = False,
-    max_tokens: Annotated[int | None, typer.Option("--max-tokens", help="trace only the last N tokens of the prompt "
-                                                   "(the graph costs L·H·T²)")] = None,
-    readout: Annotated[str | None, typer.Option("--readout", help="trace w · resid_l[t] instead of a logit: "
-                                                "probe:RUN_DIR:LAYER[:CLASS], means:RUN_DIR:LAYER[:A-B], "
-                                                "lda:RUN_DIR:LAYER ([@MODEL]), or vector:FILE.npy|.safetensors:LAYER")] = None,
-    position: Annotated[str | None, typer.Option("--position", help="where --readout is read: t_inst, last "
-                                                 "(default) or a token index")] = None,
-    base: Annotated[str | None, typer.Option("--base", help="--compare: the base model the others' selectivity is "
-                                             "compared with (default: a model named base)")] = None,
-    alpha: Annotated[float, typer.Option("--alpha", help="--compare: significance level of the selectivity "
-                                         "verdicts, after correction over layers")] = 0.05,
-    correction: Annotated[Correction, typer.Option("--correction", help="--compare: multiple-comparison "
-                                                   "correction over layers")] = "holm",
-    fmt: FormatOpt = "raw",
-    seed: SeedOpt = 0,
-    out: OutOpt = None,
-    resume: ResumeOpt = None,
-    shard: ShardOpt = None,
-    gguf_file: GgufOpt = None,
-    dtype: DtypeOpt = "float32",
-    device: DeviceOpt = "cpu",
-    revision: RevisionOpt = None,
-    trust_remote_code: TrustOpt = False,
-    memory_budget: MemoryBudgetOpt = None,
-    dry_run: DryRunOpt = False,
-) -> None:
+@spec_command(TraceSpec)
+def trace(ctx: typer.Context, options: dict[str, Any], *, out, resume, dry_run) -> None:
     """Exact path tracing: the answer's logit decomposed into paths (token → heads/MLPs → answer) under the
     frozen linear surrogate; or (--compare) the two subtasks' graphs compared layer by layer."""
     from ivlens.api import run_trace
-    from ivlens.tracing import TraceSpec
 
-    options = {"models": tuple(model or ()), "task": task, "subtask": subtask, "sample": sample, "prompt": prompt,
-               "target": target, "method": method, "compare": compare, "samples": samples, "split": split,
-               "top_k": top_k, "beam": beam, "threshold_rank": threshold_rank, "start_pos": start_pos,
-               "end_pos": end_pos, "from_inst": from_inst, "max_tokens": max_tokens, "format": fmt, "seed": seed,
-               "gguf_file": gguf_file, "dtype": dtype, "device": device, "revision": revision,
-               "trust_remote_code": trust_remote_code, "memory_budget": memory_budget, "shard": shard,
-               "readout": readout, "position": position, "base": base, "alpha": alpha, "correction": correction}
+    spec = planned_spec(ctx, TraceSpec, options, resume=resume, out=out, dry_run=dry_run)
+    if spec is None:
+        return
     with friendly_errors():
-        spec = build_spec(ctx, TraceSpec, options, resume, params={"models": "model", "format": "fmt"})
-        check_out_dir(out)  # a dry run refuses what the run would
-        if dry_run:
-            from ivlens.cli.common import print_dry_run
-
-            print_dry_run(spec)
-            return
         with console.status("tracing") if not spec.compare else nullcontext():
             res = run_trace(spec, out=out, resume=resume, progress=progress_bar if spec.compare else None)
     if spec.shard is not None:

@@ -1,20 +1,21 @@
-"""``ivlens patch``'s spec: every option of one run, typed and validated (:mod:`ivlens.specs`)."""
+"""``ivlens patch``'s spec: every option of one run, typed, validated and with its help (:mod:`ivlens.specs`)."""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 from pydantic import Field, model_validator
 
 from ivlens.specs import (
     Backend,
+    Cli,
     Correction,
     Format,
     LinearEstimate,
     PatchMode,
     PatchTarget,
     RemoteSpec,
-    Score,
+    ScoreField,
     Split,
 )
 
@@ -25,31 +26,48 @@ class PatchSpec(RemoteSpec):
     analysis: ClassVar[str] = "patch"
     result_neutral: ClassVar[frozenset[str]] = frozenset({"batch_size", "memory_budget", "threads", "figures", "shard"})
 
-    task: str = "adjectives"
-    subtask: str | None = None
-    layers: str = "single"
-    positions: str = "first,last"
-    samples: int | None = Field(default=None, gt=0)
-    split: Split = "all"
-    mode: PatchMode = "transfer"
-    source_model: str | None = None
-    target: PatchTarget = "bare"
-    format: Format = "raw"
-    score: Score = "first-token"
-    batch_size: int | None = Field(default=None, gt=0)
-    memory_budget: str | None = None
-    chunk_size: int = Field(default=25, gt=0)
-    seed: int = 0
-    effect: str = "delta_logit_vs_target"
-    correction: Correction = "holm"
-    alpha: float = Field(default=0.05, gt=0, lt=1)
-    threads: int | None = Field(default=None, gt=0)
-    backend: Backend = "torch"
-    figures: bool = True
+    option_help: ClassVar[dict[str, str]] = {
+        "models": "Model name or path; repeat to put models side by side (e.g. organism-base, organism-sft, "
+                  "organism-dpo); not needed with --resume.",
+        "dtype": "Weights' dtype.", "device": "cpu | cuda | cuda:N | auto."}
+
+    task: str = Field("adjectives", description="Task name or YAML spec.")
+    subtask: str | None = Field(None, description="Subtask whose IV is patched (default: the task's first).")
+    layers: str = Field("single", description="single | pairs | triplets | N-sets (every set of up to N layers, e.g. "
+                                              "4-sets) | explicit sets like '3,5,7;2,4'.")
+    positions: str = Field("first,last", description="Target positions: bos, first, last, t_inst, or token indices.")
+    samples: int | None = Field(None, gt=0, description="Number of samples (drawn with --seed); default all.")
+    split: Split = Field("all", description="Queries: an organism's heldout or train split (from its card), or all.")
+    mode: PatchMode = Field("transfer", description="transfer (IV into the query-only prompt) | contrastive (subtask "
+                                                    "A's IV into subtask B's instructed prompt at T_inst).")
+    source_model: str | None = Field(None, description="Take the IVs from this checkpoint (same shape).")
+    target: PatchTarget = Field("bare", description="Query-only target: bare (the paper's) | formatted.")
+    format: Format = Field("raw", description="Prompt format.")
+    score: ScoreField = "first-token"
+    batch_size: int | None = Field(None, gt=0, description="Rows per bounded trie of batched layer calls (default: "
+                                                           "from --memory-budget).")
+    memory_budget: str | None = Field(None, description="Working memory beyond the weights, e.g. 4GB, 512MiB, 1.5G "
+                                                        "(default: a quarter of the free RAM, at most 1 GiB; half the "
+                                                        "free GPU memory on CUDA). Batch sizes and engine passes "
+                                                        "follow from it; results do not.")
+    chunk_size: int = Field(25, gt=0, description="Samples per result shard (the unit of --resume).")
+    seed: int = Field(0, description="Seed of the sample draw.")
+    effect: str = Field("delta_logit_vs_target", description="Effect column for interactions and figures.")
+    correction: Correction = Field("holm", description="Multiple-comparison correction.")
+    alpha: float = Field(0.05, gt=0, lt=1, description="Significance level after correction.")
+    threads: int | None = Field(None, gt=0, description="torch CPU threads (default: torch's choice).")
+    backend: Backend = Field("torch", description="torch (the fast engine) | nnsight (whole forwards via nnsight).")
+    figures: bool = Field(True, description="Write figures.")
     #: the rows' first-order estimate (:mod:`ivlens.patching.linear`): ``auto`` = on for sets of ≥ 2 layers
-    linear_estimate: LinearEstimate = "auto"
+    linear_estimate: LinearEstimate = Field(
+        "auto", description="The rows' first-order (attribution-patching) estimate and nonlinearity = effect − "
+                            "estimate: auto (on for sets of two or more layers) | on | off. One forward and "
+                            "backward per sample.")
     #: ``K``: run exactly only the singles and each position's top K sets per size by the linear estimate
-    screen: int | None = Field(default=None, gt=0)
+    screen: Annotated[int | None, Cli(min=1)] = Field(
+        None, gt=0, description="Rank every set by its linear estimate and run the exact engine only on the singles "
+                                "and each position's top K sets of every size ≥ 2 (with --layers pairs, triplets or "
+                                "N-sets, e.g. 4-sets).")
 
     @model_validator(mode="after")
     def _linear_options(self) -> PatchSpec:

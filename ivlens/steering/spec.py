@@ -1,4 +1,4 @@
-"""``ivlens steer``'s spec: every option of one run, typed and validated (:mod:`ivlens.specs`)."""
+"""``ivlens steer``'s spec: every option of one run, typed, validated and with its help (:mod:`ivlens.specs`)."""
 
 from __future__ import annotations
 
@@ -18,26 +18,42 @@ class SteerSpec(ModelsSpec):
     analysis: ClassVar[str] = "steer"
     result_neutral: ClassVar[frozenset[str]] = frozenset({"batch_size", "memory_budget", "threads", "figures", "shard"})
 
-    task: str = "adjectives"
-    subtask: str | None = None
-    vectors: str = "mean,diff"
-    alphas: str = "0,0.5,1,2,4,8"
-    layers: str = "all"
-    positions: str = "first,last,all"
-    samples: int | None = Field(default=None, gt=0)
-    split: Split = "all"
-    target: PatchTarget = "bare"
-    format: Format = "raw"
-    max_per_subtask: int | None = Field(default=None, gt=0)
-    batch_size: int | None = Field(default=None, gt=0)
-    memory_budget: str | None = None
-    chunk_size: int = Field(default=25, gt=0)
-    seed: int = 0
-    threads: int | None = Field(default=None, gt=0)
-    figures: bool = True
+    option_help: ClassVar[dict[str, str]] = {
+        "models": "Model name or path; repeat to put models side by side (organism-base, organism-sft, "
+                  "organism-dpo); not needed with --resume.",
+        "dtype": "Weights' dtype.", "device": "cpu | cuda | cuda:N | auto."}
+
+    task: str = Field("adjectives", description="Task name or YAML spec.")
+    subtask: str | None = Field(None, description="Subtask A: its IVs give the vectors, its label is scored "
+                                                  "(default: the task's first).")
+    vectors: str = Field("mean,diff", description="Directions: mean (A's mean IV), diff (A − B mean IVs), "
+                                                  "probe:RUN_DIR (the probe run's A-vs-B direction coef[A] − "
+                                                  "coef[B]), means:RUN_DIR (A − B class means of a probe run's "
+                                                  "IVs), RUN_DIR@MODEL for another probed model's; comma-separated.")
+    alphas: str = Field("0,0.5,1,2,4,8", description="Scales α, in units of the mean norm of A's IVs at the steered "
+                                                     "layer.")
+    layers: str = Field("all", description="Steered layers: all, or indices such as 0,3,-1 (one per row).")
+    positions: str = Field("first,last,all", description="Where α·v is added in the query-only prompt: first (where "
+                                                         "patching writes the IV), last, all (every token), bos, "
+                                                         "token indices.")
+    samples: int | None = Field(None, gt=0, description="Number of samples (drawn with --seed); default all.")
+    split: Split = Field("all", description="Queries: an organism's heldout or train split, or all.")
+    target: PatchTarget = Field("bare", description="Query-only prompt: bare (the paper's) | formatted.")
+    format: Format = Field("raw", description="Prompt format.")
+    max_per_subtask: int | None = Field(None, gt=0, description="Rephrasings per subtask for the vectors (default "
+                                                                "all).")
+    batch_size: int | None = Field(None, gt=0, description="Rows per bounded trie (default: from --memory-budget).")
+    memory_budget: str | None = Field(None, description="Working memory beyond the weights, e.g. 4GB, 512MiB "
+                                                        "(default as ivlens patch); results do not depend on it.")
+    chunk_size: int = Field(25, gt=0, description="Samples per result shard (the unit of --resume).")
+    seed: int = Field(0, description="Seed of the sample draw.")
+    threads: int | None = Field(None, gt=0, description="torch CPU threads (default: torch's choice).")
+    figures: bool = Field(True, description="Write figures.")
     #: a finished transfer ``ivlens patch`` run of the same task, subtask, target and format: the steering is compared
     #: with its single layers and sets (``steer_vs_patch.parquet``); in a study, the matching patch step
-    patch_run: str | None = None
+    patch_run: str | None = Field(None, description="A finished transfer `ivlens patch` run of the same task, "
+                                                    "subtask, target and format: compare the steering with its "
+                                                    "single layers and sets (steer_vs_patch.parquet).")
 
     def result_fields(self) -> dict[str, Any]:
         fields = super().result_fields()

@@ -1,12 +1,12 @@
-"""``ivlens trace``'s spec: every option of one run, typed and validated (:mod:`ivlens.specs`)."""
+"""``ivlens trace``'s spec: every option of one run, typed, validated and with its help (:mod:`ivlens.specs`)."""
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 from pydantic import Field, field_validator, model_validator
 
-from ivlens.specs import Correction, Format, ModelsSpec, Split, TraceMethod
+from ivlens.specs import Cli, Correction, FormatField, ModelsSpec, SplitField, TraceMethod
 
 from .readout import check_position, parse_readout
 
@@ -17,33 +17,45 @@ class TraceSpec(ModelsSpec):
     analysis: ClassVar[str] = "trace"
     result_neutral: ClassVar[frozenset[str]] = frozenset({"memory_budget", "shard"})
 
-    task: str | None = None
-    subtask: str | None = None
-    sample: int | None = Field(default=None, ge=0)
-    prompt: str | None = None
-    target: str | None = None
-    method: TraceMethod = "exact"
-    compare: bool = False
-    samples: int | None = Field(default=50, gt=0)
-    split: Split = "all"
-    top_k: int = Field(default=20, gt=0)
-    beam: int = Field(default=256, gt=0)
-    threshold_rank: int = Field(default=10, gt=0)
-    start_pos: int | None = None
-    end_pos: int | None = None
-    from_inst: bool = False
-    max_tokens: int | None = Field(default=None, gt=0)
-    memory_budget: str | None = None
-    format: Format = "raw"
-    seed: int = 0
+    task: Annotated[str | None, Cli(short="-t")] = Field(None, description="built-in task or YAML spec (with "
+                                                                           "--sample/--compare)")
+    subtask: Annotated[str | None, Cli(short="-s")] = Field(None, description="subtask whose instruction and answer "
+                                                                              "to trace")
+    sample: int | None = Field(None, ge=0, description="index of the task sample to trace")
+    prompt: str | None = Field(None, description="trace this text instead of a task sample")
+    target: str | None = Field(None, description="answer label (default: the task's answer, or the model's top "
+                                                 "token)")
+    method: TraceMethod = Field("exact", description="exact, or argmax (the paper's tracer, with its error)")
+    compare: bool = Field(False, description="circuit selectors: instruction A vs B over samples")
+    samples: Annotated[int | None, Cli(short="-n")] = Field(50, gt=0, description="--compare: number of samples "
+                                                                                  "(default 50)")
+    split: SplitField = "all"
+    top_k: int = Field(20, gt=0, description="paths to report (and edges for top-k overlap)")
+    beam: int = Field(256, gt=0, description="beam width of the path search")
+    threshold_rank: int = Field(10, gt=0, description="argmax: keep paths ranking the answer below this")
+    start_pos: int | None = Field(None, description="first source position of the paths (negative from the end)")
+    end_pos: int | None = Field(None, description="last source position of the paths (inclusive)")
+    from_inst: bool = Field(False, description="sources = T_inst (task prompts): paths leaving the instruction")
+    max_tokens: int | None = Field(None, gt=0, description="trace only the last N tokens of the prompt (the graph "
+                                                           "costs L·H·T²)")
+    memory_budget: str | None = Field(None, description="working memory beyond the weights (4GB, 512MiB, 1.5G; "
+                                                        "default: a safe share of free memory)")
+    format: FormatField = "raw"
+    seed: int = Field(0, description="seed of the sample selection")
     #: trace ``w · resid_l[t]`` instead of a logit (:mod:`ivlens.tracing.readout`), read at ``position``
-    readout: str | None = None
-    position: str | None = None
+    readout: str | None = Field(None, description="trace w · resid_l[t] instead of a logit: "
+                                                  "probe:RUN_DIR:LAYER[:CLASS], means:RUN_DIR:LAYER[:A-B], "
+                                                  "lda:RUN_DIR:LAYER ([@MODEL]), or "
+                                                  "vector:FILE.npy|.safetensors:LAYER")
+    position: str | None = Field(None, description="where --readout is read: t_inst, last (default) or a token "
+                                                   "index")
     #: ``--compare``: the model the others' selectivity is compared with (a ``--model`` value or a model's name;
     #: default: the model named ``base``, a study's label), the verdicts' level and correction over layers
-    base: str | None = None
-    alpha: float = Field(default=0.05, gt=0, lt=1)
-    correction: Correction = "holm"
+    base: str | None = Field(None, description="--compare: the base model the others' selectivity is compared with "
+                                               "(default: a model named base)")
+    alpha: float = Field(0.05, gt=0, lt=1, description="--compare: significance level of the selectivity verdicts, "
+                                                       "after correction over layers")
+    correction: Correction = Field("holm", description="--compare: multiple-comparison correction over layers")
 
     @field_validator("readout")
     @classmethod

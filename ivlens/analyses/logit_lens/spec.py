@@ -6,7 +6,7 @@ from typing import ClassVar
 
 from pydantic import Field, field_validator
 
-from ivlens.specs import Format, ModelsSpec
+from ivlens.specs import FormatField, ModelsSpec
 
 
 class LogitLensSpec(ModelsSpec):
@@ -26,7 +26,7 @@ class LogitLensSpec(ModelsSpec):
     n_boot: int = Field(default=2000, ge=100, description="bootstrap resamples of the rephrasings for the "
                                                           "confidence intervals")
     level: float = Field(default=0.95, gt=0.5, lt=1.0, description="confidence level of the intervals")
-    format: Format = Field(default="raw", description="prompt format: raw (the paper's) or chat")
+    format: FormatField = "raw"
     batch_size: int = Field(default=16, gt=0, description="instruction prompts per forward pass")
     seed: int = Field(default=0, description="seed of the bootstrap resamples")
 
