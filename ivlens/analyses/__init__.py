@@ -23,15 +23,21 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ivlens import api, dry_run
+from ivlens import api
+from ivlens.eval.dry_run import eval_spec_plans
 from ivlens.eval.spec import EvalSpec
+from ivlens.organism.dry_run import organism_spec_plans
 from ivlens.organism.spec import OrganismSpec
+from ivlens.patching.dry_run import patch_spec_plans
 from ivlens.patching.spec import PatchSpec
+from ivlens.probing.dry_run import probe_spec_plans
 from ivlens.probing.spec import ProbeSpec
 from ivlens.report import sections
 from ivlens.runs import RunDir
 from ivlens.specs import Spec, SpecError
+from ivlens.steering.dry_run import steer_plans
 from ivlens.steering.spec import SteerSpec
+from ivlens.tracing.dry_run import trace_spec_plans
 from ivlens.tracing.spec import TraceSpec
 
 from . import logit_lens
@@ -47,17 +53,17 @@ def _run_organism(spec: OrganismSpec, *, models=None, out=None, resume=None, roo
 
 #: Every analysis, in a study's run order. A new analysis is one more entry here.
 ANALYSES: tuple[Analysis, ...] = (
-    Analysis("organism", OrganismSpec, _run_organism, dry_run.organism_spec_plans, (sections.organism_section,),
+    Analysis("organism", OrganismSpec, _run_organism, organism_spec_plans, (sections.organism_section,),
              per_task=False, together=False, order=0),
-    Analysis("eval", EvalSpec, api.run_eval, dry_run.eval_spec_plans, (sections.eval_section,), order=10),
-    Analysis("patch", PatchSpec, api.run_patch, dry_run.patch_spec_plans, (sections.patching_section,),
+    Analysis("eval", EvalSpec, api.run_eval, eval_spec_plans, (sections.eval_section,), order=10),
+    Analysis("patch", PatchSpec, api.run_patch, patch_spec_plans, (sections.patching_section,),
              needs_adapter=True, order=20),
-    Analysis("probe", ProbeSpec, api.run_probe, dry_run.probe_spec_plans, (sections.probing_section,),
+    Analysis("probe", ProbeSpec, api.run_probe, probe_spec_plans, (sections.probing_section,),
              per_task=False, together=False, order=30),
     logit_lens.ANALYSIS,
-    Analysis("steer", SteerSpec, api.run_steer, dry_run.steer_plans, (sections.steering_section,),
+    Analysis("steer", SteerSpec, api.run_steer, steer_plans, (sections.steering_section,),
              needs_adapter=True, depends_on=("patch", "probe"), order=40, takes_root=True),
-    Analysis("trace", TraceSpec, api.run_trace, dry_run.trace_spec_plans,
+    Analysis("trace", TraceSpec, api.run_trace, trace_spec_plans,
              (sections.tracing_section, sections.iv_construction_section), needs_adapter=True,
              depends_on=("probe",), order=50, takes_root=True),
 )
