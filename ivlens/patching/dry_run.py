@@ -5,8 +5,8 @@ loaded): the engine's own count of its work (:func:`engine_work`), answer-level 
 
 >>> plans = patch_plans(["tests/data/olmo2-1124-7b-config"], "adjectives", "adj_ant", layers="triplets",
 ...                     positions="first,last", samples=100)
->>> plans[0].counts["rows"], plans[0].peak_bytes / 1e9
-(1097600, 31.8...)
+>>> plans[0].counts["rows"]  # its peak memory depends on this machine's memory budget
+1097600
 """
 
 from __future__ import annotations
