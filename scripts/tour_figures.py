@@ -4,16 +4,16 @@
     python scripts/tour_figures.py STUDY_DIR --out docs/img  # the default --out
 
 Each figure is drawn by the same function, on the same tables, that the study's ``report.html`` uses
-(:mod:`ivlens.report.sections` → :mod:`ivlens.report.figures`), restricted to what the tour shows:
+(each analysis's section module, ``ivlens.<analysis>.section``), restricted to what the tour shows:
 
-- ``tour-single-layer.png``: :func:`~ivlens.report.figures.single_layer_curves` of the patch run on the
+- ``tour-single-layer.png``: :func:`~ivlens.patching.section.single_layer_curves` of the patch run on the
   **formatted** target (the query without instruction in the organisms' answer format), both positions;
-- ``tour-pair-heatmaps.png``: :func:`~ivlens.report.figures.set_heatmaps` of the pairs of the patch run on the
+- ``tour-pair-heatmaps.png``: :func:`~ivlens.patching.section.set_heatmaps` of the pairs of the patch run on the
   **formatted** target at its **first** position, the mean joint effect (top) above the mean interaction
   (bottom), two calls of the report's function stacked into one image;
-- ``tour-probe-accuracy.png``: :func:`~ivlens.report.figures.probe_accuracy` of the probe over every subtask
+- ``tour-probe-accuracy.png``: :func:`~ivlens.probing.section.probe_accuracy` of the probe over every subtask
   (``probe == "all"``; the report draws the per-task probes as further rows);
-- ``tour-trace-selectivity.png``: :func:`~ivlens.report.figures.selectivity` of the ``trace --compare`` run on
+- ``tour-trace-selectivity.png``: :func:`~ivlens.tracing.section.selectivity` of the ``trace --compare`` run on
   ``--task`` (default adjectives).
 
 Bad input (no such directory, a study without the run a figure needs) ends in one line and exit code 2.
@@ -32,10 +32,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ivlens.page.context import n_layers_of
+from ivlens.page.reader import Run, Study, read_study
+from ivlens.patching.section import set_heatmaps, single_layer_curves
 from ivlens.plots import plt
-from ivlens.report import figures
-from ivlens.report.reader import Run, Study, read_study
-from ivlens.report.sections import _n_layers
+from ivlens.probing import section as probing_section
+from ivlens.tracing.section import selectivity
 
 IMG = Path(__file__).resolve().parent.parent / "docs" / "img"
 
@@ -54,7 +56,7 @@ def _patch_run(study: Study, target: str) -> Run:
 
 def single_layer(study: Study) -> bytes:
     run = _patch_run(study, "formatted")
-    return figures.single_layer_curves(run.table("single_layer"), study.model_order)
+    return single_layer_curves(run.table("single_layer"), study.model_order)
 
 
 def _stack(pngs: list[bytes]) -> bytes:
@@ -70,12 +72,12 @@ def _stack(pngs: list[bytes]) -> bytes:
 def pair_heatmaps(study: Study, position: str = "first") -> bytes:
     run = _patch_run(study, "formatted")
     singles, inter = run.table("single_layer"), run.table("interactions")
-    n_layers = _n_layers(run, singles, inter)
+    n_layers = n_layers_of(run, singles, inter)
     singles, inter = singles[singles.position == position], inter[inter.position == position]
     if not (inter.set_size == 2).any():
         raise TourError(f"{run.path}: no pairs of layers at the {position} position (needs `layers: pairs` or "
                         "`triplets` and `positions` with first)")
-    return _stack([figures.set_heatmaps(inter, singles, study.model_order, 2, value, n_layers)
+    return _stack([set_heatmaps(inter, singles, study.model_order, 2, value, n_layers)
                    for value in ("mean_joint", "mean_interaction")])
 
 
@@ -87,7 +89,7 @@ def probe_accuracy(study: Study, probe: str = "all") -> bytes:
     acc = acc[acc.probe == probe]
     if acc.empty:
         raise TourError(f"{runs[0].path}: no probe {probe!r} in probe_accuracy.parquet")
-    return figures.probe_accuracy(acc, study.model_order)
+    return probing_section.probe_accuracy(acc, study.model_order)
 
 
 def trace_selectivity(study: Study, task: str) -> bytes:
@@ -97,7 +99,7 @@ def trace_selectivity(study: Study, task: str) -> bytes:
     sel = runs[0].table("selectivity")
     models = [m for m in study.model_order if m in set(sel.model)]
     models += [m for m in pd.unique(sel.model) if m not in models]
-    return figures.selectivity(sel, models)
+    return selectivity(sel, models)
 
 
 def main(argv: list[str] | None = None) -> int:

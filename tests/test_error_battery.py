@@ -199,14 +199,30 @@ def test_unusable_model_is_one_line_in_every_command(bad_models, kind, command, 
     assert not out.exists() or (by_loading and command in ("probe", "run"))
 
 
-@pytest.mark.parametrize("kind", ["config not JSON", "truncated safetensors", "not GGUF (.gguf)"])
+@pytest.mark.parametrize("kind", ["config not JSON", "truncated safetensors", "not GGUF (.gguf)", "corrupt GGUF"])
 @pytest.mark.parametrize("command", [*MODEL_COMMANDS, "run"])
 def test_dry_run_refuses_the_same_models(bad_models, kind, command, tmp_path, monkeypatch, capsys):
+    """The dry run refuses a bad model in the run's own line (the file, the fault and the fix), exit 2."""
     case = bad_models[kind]
     capsys.readouterr()
     argv = (["run", _study(tmp_path / "study.yaml", case.model)] if command == "run"
             else [command, "-m", case.model, *MODEL_COMMANDS[command]])
-    assert case.needles[0] in _one_error_line([*argv, "--dry-run"], monkeypatch, capsys)
+    line = " ".join(_one_error_line([*argv, "--dry-run"], monkeypatch, capsys).split())
+    for needle in case.needles:
+        assert needle in line, (kind, command, line)
+
+
+def test_a_gguf_whose_header_is_not_utf8_is_named_as_a_corrupt_gguf_not_a_json_config(tmp_path, monkeypatch, capsys):
+    """transformers re-raises the GGUF reader's UnicodeDecodeError as "the config file … is not a valid JSON file":
+    the dry run and the run name the GGUF file and the first error instead."""
+    import struct
+
+    f = tmp_path / "model.gguf"  # the magic, version 3, no tensors, one key of 4 bytes that are not UTF-8
+    f.write_bytes(b"GGUF" + struct.pack("<IQQQ", 3, 0, 1, 4) + b"\xff\xfe\xfd\xfc" + struct.pack("<IQ", 8, 3) + b"abc")
+    for extra in (["--dry-run"], ["--samples", "2", "--out", str(tmp_path / "run")]):
+        line = _one_error_line(["eval", "-m", str(f), "--task", "adjectives", *extra], monkeypatch, capsys)
+        assert f"{f} could not be read as a GGUF model (UnicodeDecodeError:" in line, (extra, line)
+        assert "JSON" not in line and "truncated, corrupt" in line, (extra, line)
 
 
 @pytest.mark.parametrize("command", [*MODEL_COMMANDS, "run", "merge", "organism", "report"])

@@ -101,7 +101,7 @@ def test_estimator_counts_equal_the_engine_counters():
     assert evals == st.executed_evals
     assert unembed == st.unique_rows
     assert trie_states(sets, 5, last=True) == sum(range(1, 5))  # singles of the highest layer
-    from ivlens.dry_run import engine_work
+    from ivlens.patching.dry_run import engine_work
 
     assert engine_work(targets, sets, 5, lambda s: 1 << 20)[:2] == (evals, unembed)
 
@@ -268,8 +268,10 @@ def test_probe_collection_sizes_batches_from_the_budget(tiny_dir, tmp_path):
 def test_dry_run_selects_the_split_the_command_will_run():
     """``--split`` restricts the samples in the dry run as in the run: an organism's recipe split before it is
     built; a model without a card is refused as the command refuses it."""
-    from ivlens.dry_run import eval_plans, organism_recipe_info, patch_plans
+    from ivlens.eval.dry_run import eval_plans
     from ivlens.organism.data import split_queries
+    from ivlens.organism.dry_run import organism_recipe_info
+    from ivlens.patching.dry_run import patch_plans
     from ivlens.tasks import TaskError, load_task
 
     task = load_task("adjectives")
@@ -290,8 +292,9 @@ def test_dry_run_of_answer_scoring_counts_the_prompts_once_and_the_trie():
     """``--score answer`` runs each prompt (each patched row's prompt) once and the candidates' token trie against
     it: the same result rows, the engine's rows without the last-position identity, trie nodes per distinct row and
     per baseline run; far below the k forwards per prompt of per-label scoring."""
-    from ivlens.dry_run import answer_trie, eval_plans, patch_plans
     from ivlens.estimate.plans import answer_scoring_flops
+    from ivlens.eval.dry_run import eval_plans
+    from ivlens.patching.dry_run import answer_trie, patch_plans
     from ivlens.patching.plan import PatchPlan, resolve_position
     from ivlens.patching.sweep import starts_with_bos
     from ivlens.patching.trie import RowSpec, plan_work
@@ -307,7 +310,7 @@ def test_dry_run_of_answer_scoring_counts_the_prompts_once_and_the_trie():
     answer, = patch_plans([], "adjectives", "adj_ant", score="answer", **kw)
     assert answer.counts["rows"] == first.counts["rows"] and answer.counts["answer_candidates"] == k > 1
     # the engine's own count of the rows, without the last-position identity
-    from ivlens.dry_run import chosen_samples
+    from ivlens.estimate.inputs import chosen_samples
 
     plan = PatchPlan.build("pairs", "first,last", info.shape.n_layers)
     targets = [query_prompt(info.tokenizer, task, s, "raw", query_style="bare")
@@ -387,7 +390,7 @@ def test_probe_plan_takes_measured_fits():
 def test_probe_dry_run_times_the_runs_own_probes(monkeypatch):
     """The dry run times one batch per probe of the run (probe_specs: all, and one per task), with each probe's own
     rows and classes, and the plan's time is the layers times their sum."""
-    import ivlens.dry_run as dr
+    import ivlens.probing.dry_run as dr
     from ivlens.estimate.model import ModelInfo
     from ivlens.testing.tiny import tiny_tokenizer
 
@@ -409,7 +412,8 @@ def test_the_build_plan_runs_with_the_builds_threads():
 
     from rich.console import Console
 
-    from ivlens.dry_run import organism_plans, organism_shape, print_plans
+    from ivlens.dry_run import print_plans
+    from ivlens.organism.dry_run import organism_plans, organism_shape
     from ivlens.organism.train import THREADS
     from ivlens.scoped import torch_threads
 

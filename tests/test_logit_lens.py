@@ -93,6 +93,8 @@ def test_a_run_writes_consistent_tables_and_a_report_section(two_tiny_dirs, tmp_
     assert (top.groupby(["model", "subtask", "layer"]).size() == spec.top_k).all()
     page = build_report(path, tmp_path / "report.html", sections=report_sections()).read_text()
     assert 'id="logit-lens"' in page and "The logit lens of the IVs" in page
+    default = build_report(path, tmp_path / "default.html").read_text()  # no sections= given: the registry's
+    assert 'id="logit-lens"' in default and "The logit lens of the IVs" in default
 
 
 def test_registered_with_a_generated_command_and_dry_run(tiny_dir):

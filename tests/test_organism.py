@@ -284,7 +284,7 @@ def test_the_organism_step_puts_the_card_and_its_iv_transfer_in_a_run(tiny_organ
     directory, as the report expects (a tiny build here: it fails the checks)."""
     from ivlens.api import run_organism
     from ivlens.organism import OrganismSpec
-    from ivlens.report.reader import read_study
+    from ivlens.page.reader import read_study
     from ivlens.study.runner import organism_build_note
 
     monkeypatch.setenv("IVLENS_CACHE", str(tmp_path))

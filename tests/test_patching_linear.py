@@ -281,7 +281,7 @@ def test_spec_options_and_hash():
 def test_dry_run_counts_the_estimate_and_shows_the_screens_saving():
     from pathlib import Path
 
-    from ivlens.dry_run import patch_plans
+    from ivlens.patching.dry_run import patch_plans
 
     cfg = [str(Path(__file__).parent / "data" / "olmo2-0425-1b-config")]  # 16 layers
     kw = {"positions": "first,last", "samples": 2, "target": "formatted"}  # several tokens: sets do not collapse

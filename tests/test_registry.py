@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from ivlens.analyses import ANALYSES, BY_NAME, SPECS, analysis_of, report_sections, spec_from_manifest
-from ivlens.report.sections import OMITTED, SECTIONS, setup_section
+from ivlens.page import omitted_as
+from ivlens.page.setup import setup_section
 from ivlens.specs import SpecError
 
 
@@ -19,8 +20,22 @@ def test_each_entry_names_its_spec_and_the_names_are_distinct():
 
 def test_the_report_page_is_the_setup_then_each_analysis_sections_in_registry_order():
     assert report_sections() == (setup_section, *[s for a in ANALYSES for s in a.report])
-    own = [s for s in report_sections() if s in SECTIONS]  # the sections that live in ivlens.report
-    assert tuple(own) == SECTIONS and set(OMITTED) == {s.__name__ for s in SECTIONS[1:]}
+    for a in ANALYSES:  # each section lives in its analysis's package and names that analysis when omitted
+        for s in a.report:
+            assert s.__module__.split(".")[:2] in (["ivlens", a.spec.__module__.split(".")[1]], ["ivlens", "analyses"])
+            assert omitted_as(s)[1].split()[0] == a.name, (s.__name__, omitted_as(s))
+
+
+def test_the_report_draws_the_registry_sections_by_default():
+    """``build_report`` without ``sections=`` draws every registered analysis's sections (the logit lens too), not a
+    list of its own; the default is the registry's, read when the page is drawn."""
+    import inspect
+
+    from ivlens.report import render_report
+
+    assert inspect.signature(render_report).parameters["sections"].default is None
+    names = [s.__name__ for s in report_sections()]
+    assert "logit_lens_section" in names and names[0] == "setup_section"
 
 
 def test_a_manifest_names_its_analysis():

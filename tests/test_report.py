@@ -226,7 +226,7 @@ def test_the_browser_check_catches_a_javascript_error(tmp_path):
 
 
 def test_eval_table_from_a_frame():  # the table helper on its own: integers stay integers, NaN shows a dash
-    from ivlens.report.html import table
+    from ivlens.page.html import table
 
     out = table(pd.DataFrame({"seed": [0, None], "x": [0.5, float("nan")], "name": ["a", "<b>"]}), "cap `c`")
     assert ">0<" in out and ">0.000<" not in out and ">–<" in out and "&lt;b&gt;" in out and "<code>c</code>" in out
@@ -267,8 +267,8 @@ def test_report_of_a_single_prompt_trace(tiny_dir, tmp_path):
 def test_the_probe_table_gives_each_row_its_own_probes_majority_share(study, tmp_path):
     """The majority column is matched to its (probe, layer) row: the all-subtask probe (4 classes) and the
     per-task probes (2 classes) have different shares, and the pivot's row order is not the table's."""
-    from ivlens.report.reader import read_study
-    from ivlens.report.sections import Context, probing_section
+    from ivlens.page import Context, read_study
+    from ivlens.probing.section import probing_section
 
     acc = pd.read_parquet(next((study / "probe").glob("probe_accuracy*")))
     want = acc.groupby(["probe", "layer"]).majority.mean()

@@ -23,15 +23,27 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ivlens import api, dry_run
+from ivlens import api
+from ivlens.eval.dry_run import eval_spec_plans
+from ivlens.eval.section import eval_section
 from ivlens.eval.spec import EvalSpec
+from ivlens.organism.dry_run import organism_spec_plans
+from ivlens.organism.section import organism_section
 from ivlens.organism.spec import OrganismSpec
+from ivlens.page.setup import setup_section
+from ivlens.patching.dry_run import patch_spec_plans
+from ivlens.patching.section import patching_section
 from ivlens.patching.spec import PatchSpec
+from ivlens.probing.dry_run import probe_spec_plans
+from ivlens.probing.section import probing_section
 from ivlens.probing.spec import ProbeSpec
-from ivlens.report import sections
 from ivlens.runs import RunDir
 from ivlens.specs import Spec, SpecError
+from ivlens.steering.dry_run import steer_plans
+from ivlens.steering.section import steering_section
 from ivlens.steering.spec import SteerSpec
+from ivlens.tracing.dry_run import trace_spec_plans
+from ivlens.tracing.section import iv_construction_section, tracing_section
 from ivlens.tracing.spec import TraceSpec
 
 from . import logit_lens
@@ -47,18 +59,18 @@ def _run_organism(spec: OrganismSpec, *, models=None, out=None, resume=None, roo
 
 #: Every analysis, in a study's run order. A new analysis is one more entry here.
 ANALYSES: tuple[Analysis, ...] = (
-    Analysis("organism", OrganismSpec, _run_organism, dry_run.organism_spec_plans, (sections.organism_section,),
+    Analysis("organism", OrganismSpec, _run_organism, organism_spec_plans, (organism_section,),
              per_task=False, together=False, order=0),
-    Analysis("eval", EvalSpec, api.run_eval, dry_run.eval_spec_plans, (sections.eval_section,), order=10),
-    Analysis("patch", PatchSpec, api.run_patch, dry_run.patch_spec_plans, (sections.patching_section,),
+    Analysis("eval", EvalSpec, api.run_eval, eval_spec_plans, (eval_section,), order=10),
+    Analysis("patch", PatchSpec, api.run_patch, patch_spec_plans, (patching_section,),
              needs_adapter=True, order=20),
-    Analysis("probe", ProbeSpec, api.run_probe, dry_run.probe_spec_plans, (sections.probing_section,),
+    Analysis("probe", ProbeSpec, api.run_probe, probe_spec_plans, (probing_section,),
              per_task=False, together=False, order=30),
     logit_lens.ANALYSIS,
-    Analysis("steer", SteerSpec, api.run_steer, dry_run.steer_plans, (sections.steering_section,),
+    Analysis("steer", SteerSpec, api.run_steer, steer_plans, (steering_section,),
              needs_adapter=True, depends_on=("patch", "probe"), order=40, takes_root=True),
-    Analysis("trace", TraceSpec, api.run_trace, dry_run.trace_spec_plans,
-             (sections.tracing_section, sections.iv_construction_section), needs_adapter=True,
+    Analysis("trace", TraceSpec, api.run_trace, trace_spec_plans,
+             (tracing_section, iv_construction_section), needs_adapter=True,
              depends_on=("probe",), order=50, takes_root=True),
 )
 
@@ -70,7 +82,7 @@ SPECS: dict[str, type[Spec]] = {a.name: a.spec for a in ANALYSES}
 def report_sections() -> tuple[Callable, ...]:
     """The report's sections in page order: the set-up, then each analysis's sections in registry order (what
     ``ivlens report`` and a study's report draw; :func:`ivlens.report.build_report`)."""
-    return (sections.setup_section, *[s for a in sorted(ANALYSES, key=lambda a: a.order) for s in a.report])
+    return (setup_section, *[s for a in sorted(ANALYSES, key=lambda a: a.order) for s in a.report])
 
 
 def analysis_of(spec: Spec) -> Analysis:

@@ -216,8 +216,9 @@ def print_dry_run(spec, console=None) -> dict:
     configs (no weights loaded; :func:`ivlens.analyses.spec_plans`), printed with this device's rates; returns the
     figures of :func:`ivlens.dry_run.print_plans`."""
     from ivlens.analyses import analysis_of, spec_plans
-    from ivlens.dry_run import organism_shape, print_plans
+    from ivlens.dry_run import print_plans
     from ivlens.estimate.inputs import model_infos
+    from ivlens.organism.dry_run import organism_shape
 
     if not hasattr(spec, "models"):  # the organism build: built on the CPU in fp32
         plans, _ = spec_plans(spec)

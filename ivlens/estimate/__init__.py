@@ -11,8 +11,8 @@ GEMM rate, and the plans of the long commands (what ``--dry-run`` prints).
 - :mod:`ivlens.estimate.plans`: the work of each command (patch, probe, trace, eval, organism build) as counts
   (:class:`~ivlens.estimate.plans.Plan`), and :func:`~ivlens.estimate.plans.seconds` turning counts into time.
 
-Pure maths on counts: nothing here knows the commands. ``--dry-run`` itself (prompts, options, printing) is
-:mod:`ivlens.dry_run`.
+Pure maths on counts: nothing here knows the commands. ``--dry-run`` itself is each analysis's plan (prompts,
+options: ``ivlens.<analysis>.dry_run``) and its printing (:mod:`ivlens.dry_run`).
 """
 
 from .flops import ModelShape, layer_flops, prompt_flops, unembed_flops

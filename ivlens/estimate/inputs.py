@@ -63,7 +63,7 @@ def chosen_samples(task, samples, seed: int, split: str, info: ModelInfo) -> lis
     build will record)."""
     queries = None
     if split != "all":
-        if info.split is not None:  # a model not built yet (e.g. ivlens.dry_run.organism_recipe_info)
+        if info.split is not None:  # a model not built yet (e.g. ivlens.organism.dry_run.organism_recipe_info)
             queries = info.split(task)[split]
         else:
             queries = split_queries(info.path, info.name, task, split)

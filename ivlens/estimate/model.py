@@ -118,15 +118,20 @@ def model_info(name: str, *, gguf_file: str | None = None, revision: str | None 
     """
     from ivlens.models.adapters import ARCHITECTURES, UnsupportedArchitectureError
     from ivlens.models.adapters.registry import family_of
-    from ivlens.models.files import check_local_model
+    from ivlens.models.files import check_local_model, loading_failure
     from ivlens.models.load import ModelLoadError, resolve_name
 
     path, gguf = resolve_name(name, gguf_file)
+    local_gguf = gguf is not None and Path(path, gguf).is_file()
     if Path(path).is_dir():  # the files a run would refuse are refused by its dry run too (headers only)
         check_local_model(Path(path), gguf, trust_remote_code)
     try:
         config = read_config(path, gguf, revision, trust_remote_code)
-    except (OSError, ValueError) as e:
+    except Exception as e:  # noqa: BLE001 - the boundary: a GGUF header transformers cannot read is named as a load names it
+        if local_gguf:
+            raise loading_failure(name, str(Path(path, gguf)), e) from None
+        if not isinstance(e, OSError | ValueError):
+            raise
         raise ModelLoadError(f"could not read the config of {name!r}: {e}") from None
     model = meta_model(config)
     if require_adapter and family_of(model) is None:  # fail now, not after the estimate

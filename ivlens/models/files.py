@@ -157,7 +157,12 @@ def check_loading_info(where: str, info: dict) -> None:
 
 
 def loading_failure(name: str, where: str, error: Exception) -> ModelLoadError:
-    """The one-line error for an exception transformers raised while loading ``name`` (read from ``where``)."""
+    """The one-line error for an exception transformers raised while loading ``name`` (read from ``where``). A GGUF
+    file's fault is named by the first error of the chain (transformers re-raises a GGUF reader's
+    ``UnicodeDecodeError`` as "the config file … is not a valid JSON file")."""
+    if where.endswith(".gguf"):
+        while (error.__cause__ or error.__context__) is not None:
+            error = error.__cause__ or error.__context__
     reason = " ".join(str(error).split()) or type(error).__name__
     if where.endswith(".gguf"):
         return ModelLoadError(f"{where} could not be read as a GGUF model ({type(error).__name__}: {reason}): it is "

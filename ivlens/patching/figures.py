@@ -12,21 +12,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ivlens.page.figures import ordered
 from ivlens.plots import plt
 
 log = logging.getLogger(__name__)
 
 
-def _order(values) -> list:
-    return list(dict.fromkeys(values))
-
-
 def plot_single_layer(singles: pd.DataFrame, path: str | Path) -> Path:
     """Mean single-layer effect (± s.e.m.) against the patched layer; one panel per position, one line per model."""
-    positions = _order(singles.position)
+    positions = ordered(singles.position)
     fig, axes = plt.subplots(1, len(positions), figsize=(4.5 * len(positions), 3.4), squeeze=False)
     for ax, pos in zip(axes[0], positions, strict=True):
-        for model in _order(singles.model):
+        for model in ordered(singles.model):
             d = singles[(singles.position == pos) & (singles.model == model)].sort_values("layer")
             ax.errorbar(d.layer, d["mean"], yerr=d["sem"].fillna(0), marker="o", capsize=2, label=model)
         ax.axhline(0, color="grey", lw=0.8)
@@ -58,7 +55,7 @@ def plot_pair_heatmaps(rows: pd.DataFrame, stats: pd.DataFrame, singles: pd.Data
     pairs = rows[rows.set_size == 2]
     if pairs.empty:
         return None
-    models, positions = _order(rows.model), _order(rows.position)
+    models, positions = ordered(rows.model), ordered(rows.position)
     n_layers = 1 + max(int(x) for s in rows.layers.unique() for x in s.split(","))
     fig, axes = plt.subplots(2 * len(positions), len(models), figsize=(3.6 * len(models), 3.2 * 2 * len(positions)),
                              squeeze=False)
@@ -86,10 +83,10 @@ def plot_linearity(table: pd.DataFrame, path: str | Path) -> Path:
     """The fraction of the effect the linear estimate explains (R², 95 % bootstrap CI) against the set size; one
     panel per position, one line per model (:func:`ivlens.patching.linearity.linearity_table`). The axis stops
     at R² = −1 (worse than the mean effect by as much again); a CI reaching below runs off it."""
-    positions = _order(table.position)
+    positions = ordered(table.position)
     fig, axes = plt.subplots(1, len(positions), figsize=(4.5 * len(positions), 3.4), squeeze=False)
     for ax, pos in zip(axes[0], positions, strict=True):
-        for model in _order(table.model):
+        for model in ordered(table.model):
             d = table[(table.position == pos) & (table.model == model)].sort_values("set_size")
             err = np.abs(np.stack([d.r2 - d.r2_lo, d.r2_hi - d.r2]).astype(float))
             ax.errorbar(d.set_size, d.r2, yerr=np.nan_to_num(err), marker="o", capsize=3, label=model)

@@ -1,9 +1,10 @@
 """``ivlens report``: one self-contained HTML page from finished run directories.
 
-Floor 3: the report reads only what runs wrote (``manifest.json``, Parquet tables, JSON) through
-:mod:`ivlens.report.reader`; :mod:`~ivlens.report.figures` draws, :mod:`~ivlens.report.sections` says what each
-section shows, :mod:`~ivlens.report.html` writes the page. The page embeds its figures as ``data:`` URIs and
-makes no network request, so it opens offline from a ``file://`` URL.
+The report reads only what runs wrote (``manifest.json``, Parquet tables, JSON) through
+:mod:`ivlens.page.reader`; each analysis's section (``ivlens.<analysis>.section``, listed by the registry:
+:func:`ivlens.analyses.report_sections`) says what it shows and draws its figures, and :mod:`ivlens.page.html`
+writes the page. The page embeds its figures as ``data:`` URIs and makes no network request, so it opens offline
+from a ``file://`` URL.
 
 >>> from ivlens.report import build_report
 >>> build_report("runs/organism")   # writes report.html in that directory
@@ -20,11 +21,11 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from ivlens.analyses import report_sections
 from ivlens.organism.card import failing_checks
-
-from . import html as h
-from .reader import Run, Study, read_study
-from .sections import OMITTED, SECTIONS, Context, guard, omitted_as
+from ivlens.page import html as h
+from ivlens.page.context import Context, guard, omitted_as
+from ivlens.page.reader import Run, Study, read_study
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +48,10 @@ def draw_section(root: str, page_dir: str, fn: Callable) -> tuple[h.Section | No
 def render_report(study: Study, page_dir: Path, sections: Sequence[Callable] | None = None,
                   map_sections: Callable | None = None) -> str:
     """The page's HTML for ``study``, with links relative to ``page_dir``; ``sections``: the sections to draw, in
-    page order (default the report's own, :data:`~ivlens.report.sections.SECTIONS`; the CLI and studies pass the
-    registry's, :func:`ivlens.analyses.report_sections`). ``map_sections(fn, sections)``: draws them, in order
+    page order (default every registered analysis's, :func:`ivlens.analyses.report_sections`). ``map_sections(fn, sections)``: draws them, in order
     (default the built-in ``map``, here; a study running steps in worker processes draws them there, side by side:
     :meth:`ivlens.study.process_executor.ProcessExecutor.map`), each section a module-level function."""
-    fns = list(SECTIONS if sections is None else sections)
+    fns = list(report_sections() if sections is None else sections)
     page_dir = Path(page_dir).resolve()
     if map_sections is None:
         results = map(functools.partial(_timed_section, Context(study, page_dir)), fns)
@@ -61,7 +61,7 @@ def render_report(study: Study, page_dir: Path, sections: Sequence[Callable] | N
     for fn, (sec, seconds) in zip(fns, results, strict=True):
         log.info("report section %s: %.1f s", fn.__name__, seconds)
         if sec is None:
-            omitted.append(OMITTED.get(fn.__name__) or omitted_as(fn))
+            omitted.append(omitted_as(fn))
         else:
             drawn.append(sec)
     commands = sorted({r.command for r in study.runs})
@@ -91,8 +91,8 @@ def build_report(run_dir: str | Path, out: str | Path | None = None,
     Args:
         run_dir: a run directory (holding ``manifest.json``) or a directory of run directories.
         out: the HTML file to write; links to the Parquet tables are relative to its folder.
-        sections: the sections to draw (:func:`render_report`); ``ivlens report`` and studies pass every
-            registered analysis's (:func:`ivlens.analyses.report_sections`).
+        sections: the sections to draw (:func:`render_report`; default every registered analysis's,
+            :func:`ivlens.analyses.report_sections`).
         map_sections: how the sections are drawn (:func:`render_report`).
     """
     from ivlens.runs import atomic_write_text, check_out_file

@@ -8,21 +8,18 @@ from pathlib import Path
 
 import pandas as pd
 
+from ivlens.page.figures import ordered
 from ivlens.plots import colours, plt
 from ivlens.plots import png_bytes as _png
 from ivlens.runs import atomic_write_bytes, slug
-
-
-def _order(values) -> list:
-    return list(dict.fromkeys(values))
 
 
 def dose_response_curves(dose: pd.DataFrame, models: Sequence[str], vector: str, metric: str = "ia") -> bytes:
     """``metric`` (mean ± s.e.m.) against α for one vector: rows of panels are positions, columns models, one line
     per steered layer (dark: early, light: late)."""
     d = dose[dose.vector == vector]
-    models = [m for m in models if m in set(d.model)] or _order(d.model)
-    positions = _order(d.position)
+    models = [m for m in models if m in set(d.model)] or ordered(d.model)
+    positions = ordered(d.position)
     layers = sorted(d.layer.unique())
     cmap = plt.get_cmap("viridis")
     fig, axes = plt.subplots(len(positions), len(models), figsize=(3.6 * len(models), 2.7 * len(positions)),
@@ -52,7 +49,7 @@ def versus_patching(compare: pd.DataFrame, models: Sequence[str], unsteered: pd.
     """Per model (panels): best steering IA per layer against the best single-layer patch at that layer and the
     best pair/triplet containing it; the unsteered IA (α = 0) as a dotted line. Layers where steering falls
     significantly short are marked with a cross."""
-    models = [m for m in models if m in set(compare.model)] or _order(compare.model)
+    models = [m for m in models if m in set(compare.model)] or ordered(compare.model)
     col = colours(["steering", "single-layer patch", "best set with the layer"])
     fig, axes = plt.subplots(1, len(models), figsize=(3.8 * len(models), 3.2), squeeze=False, sharey=True)
     for ax, m in zip(axes[0], models, strict=True):
@@ -80,8 +77,8 @@ def versus_patching(compare: pd.DataFrame, models: Sequence[str], unsteered: pd.
 def plot_dose_response(dose: pd.DataFrame, directory: str | Path) -> list[Path]:
     """The run's figures: ``dose_response_<vector>.png``, IA against α, one file per vector."""
     out = []
-    for v in _order(dose.vector):
+    for v in ordered(dose.vector):
         path = Path(directory) / f"dose_response_{slug(v)}.png"
-        atomic_write_bytes(path, dose_response_curves(dose, _order(dose.model), v))
+        atomic_write_bytes(path, dose_response_curves(dose, ordered(dose.model), v))
         out.append(path)
     return out

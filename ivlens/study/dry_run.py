@@ -3,7 +3,8 @@ models' configs alone, then one line per step and the study's total.
 
 Each model is sized from its study ``config`` directory when given (a hub checkpoint planned with no weights),
 else from the model itself (its ``config.json`` and tokenizer; an organism not built yet from its recipe). The
-plans are :mod:`ivlens.dry_run`'s, the ones each command's own ``--dry-run`` prints.
+plans are the registry's (each analysis's ``dry_run`` module, :func:`ivlens.analyses.spec_plans`), printed by
+:mod:`ivlens.dry_run`: the ones each command's own ``--dry-run`` prints.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from rich.console import Console
 from rich.table import Table
 
 from ivlens.analyses import BY_NAME, spec_plans
-from ivlens.dry_run import organism_recipe_info, print_plans
+from ivlens.dry_run import gigabytes, human_time, print_plans
 from ivlens.estimate.model import ModelInfo, model_info
 from ivlens.estimate.plans import Plan
+from ivlens.organism.dry_run import organism_recipe_info, organism_shape
+from ivlens.organism.paths import is_built, organism_dir, parse_organism_name
 
 from .plan import Step, plan_steps
 from .spec import StudySpec
@@ -25,8 +28,6 @@ from .spec import StudySpec
 def _info(name: str, require_adapter: bool, cache: dict) -> ModelInfo:
     key = (name, require_adapter)
     if key not in cache:
-        from ivlens.organism.paths import is_built, organism_dir, parse_organism_name
-
         parsed = parse_organism_name(name)
         if parsed is not None and not is_built(organism_dir(parsed[0])):
             cache[key] = organism_recipe_info(name)
@@ -79,8 +80,6 @@ def dry_run_study(study: StudySpec, console: Console | None = None) -> dict:
         if infos:
             shapes, configs = [i.shape for i in infos], [i.config for i in infos]
         else:  # the organism build
-            from ivlens.dry_run import organism_shape
-
             shapes, configs = [organism_shape(step.spec.size)], None
         printed = print_plans(plans, shapes, step.spec.load_kwargs()["device"] if infos else "cpu",
                               step.spec.load_kwargs()["dtype"] if infos else "float32", together=together,
@@ -96,8 +95,6 @@ def dry_run_study(study: StudySpec, console: Console | None = None) -> dict:
     table = Table(title=f"study {study.name}: {len(steps)} steps on {', '.join(study.labels) or 'no model'}")
     for col in ("step", "rows", "forward passes", "peak memory", "time"):
         table.add_column(col, justify="left" if col == "step" else "right")
-    from ivlens.dry_run import gigabytes, human_time
-
     for s in out["steps"]:
         table.add_row(s["step"], f"{s['rows']:,}", f"{s['forward_passes']:,}", gigabytes(s["peak_bytes"]),
                       human_time(s["seconds"]))

@@ -69,3 +69,11 @@ def trace_refusal(shape: ModelShape, n_tokens: int, budget: int, dtype: str = "f
             f"L·H·T² = {L}·{H}·{n_tokens}² = {L * H * n_tokens**2:,} entries per tensor), over the memory budget of "
             f"{budget / 1e9:.2f} GB. Trace a shorter context with --max-tokens {fit} (keeps the last {fit} tokens), "
             "choose a shorter prompt or sample, or raise --memory-budget.")
+
+
+def trace_spec_plans(s, infos: Sequence[ModelInfo]) -> list[Plan]:
+    """:func:`~ivlens.tracing.dry_run.trace_plans` of a :class:`~ivlens.tracing.TraceSpec`."""
+    return trace_plans([], task=s.task, subtask=s.subtask, sample=s.sample, prompt=s.prompt, compare=s.compare,
+                       samples=s.samples, fmt=s.format, beam=s.beam, max_tokens=s.max_tokens, seed=s.seed,
+                       dtype=s.dtype, device=s.device, memory_budget=s.memory_budget, split=s.split, infos=infos)
+

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pandas as pd
 
+from ivlens.page import html as h
+from ivlens.page.context import Context
 from ivlens.plots import colours, plt, png_bytes
-from ivlens.report import html as h
-from ivlens.report.sections import Context
 
 
 def mass_figure(summary: pd.DataFrame, models: list[str]) -> bytes:

@@ -1,0 +1,90 @@
+"""``ivlens organism build --dry-run``: the plan of a build from its recipe (:data:`ivlens.organism.train.SIZES`),
+and a dry run's view of an organism that is not built yet (:func:`organism_recipe_info`, :func:`organism_shape`).
+The registry's plan is :func:`organism_spec_plans`; the build's time on this machine
+(:func:`ivlens.dry_run.organism_build_seconds`) and printing are :mod:`ivlens.dry_run`'s."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+
+from transformers import Olmo2Config
+
+from ivlens.estimate.calibrate import train_step_latency
+from ivlens.estimate.flops import ModelShape
+from ivlens.estimate.model import ApproxTokenizer, ModelInfo
+from ivlens.estimate.plans import Plan, TrainStage, add_startup, train_plan
+
+from .data import split_queries as recipe_split
+from .train import SIZES, pretrain_optimizers
+
+#: Padded tokens per row of each training stage: pretraining rows are packed to ``seq_len``; SFT batches pad to
+#: their longest row (33 tokens on average in the v6 build: plain-text rows of 3 sentences), DPO batches to their
+#: longest prompt + answer (29).
+TRAIN_ROW_TOKENS = {"sft": 33, "dpo": 32}
+
+
+def organism_plans(size: str = "small", variant: str = "gist", measure: bool = True, device: str = "cpu",
+                   time_steps: bool = True, threads: int = 2) -> list[Plan]:
+    """The plan of ``ivlens organism build`` (the sizes of :data:`ivlens.organism.train.SIZES`).
+
+    ``time_steps``: time one real optimiser step of each stage on ``device`` (a model of the organism's config,
+    random weights; about 3 s in all) instead of modelling training from FLOPs and layer calls; a DPO step is a
+    training step on the chosen and rejected rows together plus a no-grad forward of the reference model."""
+    spec = SIZES[size]
+    shape = organism_shape(size)
+    seq = {"pretrain": spec.seq_len, **TRAIN_ROW_TOKENS}
+    stages = [TrainStage("pretrain", spec.pretrain_steps, spec.pretrain_batch, seq["pretrain"]),
+              TrainStage("sft", spec.sft_steps, spec.sft_batch, seq["sft"]),
+              TrainStage("dpo", spec.dpo_steps, spec.dpo_batch, seq["dpo"], passes=8)]
+    step_seconds = None
+    if time_steps:
+        config = organism_recipe_info("organism", size).config
+        pre, sft = stages[:2]
+        step_seconds = {"pretrain": train_step_latency(config, pre.batch, pre.seq_len, device,
+                                                       optimizers=partial(pretrain_optimizers, size=spec),
+                                                       optimizer_name=spec.pretrain_optimizer),
+                        "sft": train_step_latency(config, sft.batch, sft.seq_len, device)}
+        dpo = stages[2]
+        step_seconds["dpo"] = (train_step_latency(config, 2 * dpo.batch, dpo.seq_len, device)
+                               + train_step_latency(config, 2 * dpo.batch, dpo.seq_len, device, forward_only=True))
+    # the card's measurements: per stage and task, ~110 samples × ~16 scored prompts, and single-layer IV transfer
+    plan = train_plan(shape, stages, measure_prompts=3 * 2 * 110 * 16 if measure else 0, step_seconds=step_seconds,
+                      model=f"organism-{variant} ({size})")
+    add_startup(plan, shape, "float32")
+    plan.threads = threads
+    plan.notes.append(f"{variant} variant, {shape.n_params / 1e6:.1f} M parameters; tokenizer training and data "
+                      "generation not counted" + ("; training time from one timed step per stage" if time_steps else ""))
+    return [plan]
+
+
+def organism_spec_plans(s, infos: Sequence[ModelInfo] = ()) -> list[Plan]:
+    """:func:`organism_plans` of an :class:`~ivlens.organism.OrganismSpec` (no models: it builds them)."""
+    return organism_plans(s.size, s.variant, s.measure, threads=s.threads)
+
+
+def organism_shape(size: str = "small") -> ModelShape:
+    """The organism's sizes (:data:`ivlens.organism.train.SIZES`) as a :class:`ModelShape`."""
+    spec = SIZES[size]
+    shape = ModelShape("olmo2", spec.n_layers, spec.d_model, spec.n_heads, spec.n_heads, spec.d_model // spec.n_heads,
+                       spec.d_mlp, spec.vocab_size, gated_mlp=True, tied=True)
+    return shape.with_params(shape.count_params())
+
+
+#: the ``path`` of a :class:`ModelInfo` that stands for an organism not built yet
+RECIPE_SUFFIX = " (recipe)"
+
+
+def organism_recipe_info(name: str, size: str = "small") -> ModelInfo:
+    """A dry run's view of an organism that is not built yet: its recipe's sizes and config
+    (:data:`ivlens.organism.train.SIZES`), and prompt lengths estimated by
+    :class:`~ivlens.estimate.model.ApproxTokenizer`."""
+    s = SIZES[size]
+    config = Olmo2Config(vocab_size=s.vocab_size, hidden_size=s.d_model, intermediate_size=s.d_mlp,
+                         num_hidden_layers=s.n_layers, num_attention_heads=s.n_heads, num_key_value_heads=s.n_heads,
+                         max_position_embeddings=256, tie_word_embeddings=True, bos_token_id=None,
+                         eos_token_id=None, pad_token_id=None)
+    note = (f"{name} is not built yet: sized from its recipe ({size}), prompt lengths estimated (no tokenizer "
+            "until the build has trained one)")
+    return ModelInfo(name, f"{name}{RECIPE_SUFFIX}", organism_shape(size), ApproxTokenizer(None, 0, 0), note, config,
+                     split=recipe_split)

@@ -1,0 +1,87 @@
+"""What a report section is given (:class:`Context`: the finished runs and where the page goes) and how it is
+drawn safely (:func:`guard`), and what the page lists when a section has nothing to draw (:func:`omitted_as`)."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from . import html as h
+from .reader import Run, Study
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Context:
+    """The study and where the page is written (links to tables are relative to it)."""
+
+    study: Study
+    page_dir: Path
+
+    @property
+    def models(self) -> list[str]:
+        return self.study.model_order
+
+    def href(self, run: Run, name: str) -> str:
+        """Relative link from the page to ``run``'s table ``name`` (or any file name with a suffix)."""
+        p = run.path / name if "." in name else (run.table_path(name) or run.path / f"{name}.parquet")
+        return os.path.relpath(p, self.page_dir).replace(os.sep, "/")
+
+    def data(self, run: Run, *names: str) -> list[tuple[str, str]]:
+        """``[(label, href)]`` for the tables ``names`` of ``run`` (label: run folder / file)."""
+        out = []
+        for n in names:
+            href = self.href(run, n)
+            label = f"{run.rel}/{Path(href).name}" if run.rel != "." else Path(href).name
+            out.append((label, href))
+        return out
+
+
+def n_layers_of(run: Run, *tables: pd.DataFrame) -> int:
+    sizes = [int(m["n_layers"]) for m in run.models if m.get("n_layers")]
+    if sizes:
+        return max(sizes)
+    best = 0
+    for t in tables:
+        if "layer" in t:
+            best = max(best, int(t.layer.max()) + 1)
+        if "layers" in t:
+            best = max(best, 1 + max(int(x) for s in t.layers for x in str(s).split(",")))
+    return best
+
+
+def guard(fn):
+    """A section that fails to draw becomes a note naming the error, so one bad table never loses the page
+    (idempotent: a guarded section is returned as it is)."""
+    if getattr(fn, "guarded", False):
+        return fn
+
+    def wrapped(ctx: Context) -> h.Section | None:
+        try:
+            return fn(ctx)
+        except Exception as e:  # noqa: BLE001 - the page must still be written; the error is shown in it
+            log.exception("report section %s failed", fn.__name__)
+            title = fn.__doc__.strip().splitlines()[0].rstrip(".") if fn.__doc__ else fn.__name__
+            return h.Section(fn.__name__.removesuffix("_section"), title).add(
+                h.caveat(f"This section could not be drawn: {type(e).__name__}: {e}"))
+
+    functools.update_wrapper(wrapped, fn)  # the module's name for it: a guarded section pickles by reference
+    wrapped.guarded = True
+    return wrapped
+
+
+def omitted_as(fn) -> tuple[str, str]:
+    """What an omitted section would have shown and the analysis that writes it: the section's own ``omitted``
+    attribute where it sets one, else its docstring's first line and its name less ``_section``."""
+    if getattr(fn, "omitted", None):
+        return fn.omitted
+    doc = (fn.__doc__ or "").strip().splitlines()
+    what = doc[0].rstrip(".") if doc else fn.__name__
+    return what[:1].lower() + what[1:], fn.__name__.removesuffix("_section").replace("_", "-")
+

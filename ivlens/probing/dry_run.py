@@ -1,0 +1,55 @@
+"""``ivlens probe --dry-run``: the plan of a probing run from the models' configs and prompt lengths (no weights
+loaded), with each probe's fit timed by its cost model (:func:`ivlens.probing.cost.probe_layer_latency`). The
+registry's plan is :func:`probe_spec_plans`; printing is :mod:`ivlens.dry_run`'s."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from ivlens.estimate.inputs import model_infos, plan_budget, with_startup
+from ivlens.estimate.model import ModelInfo
+from ivlens.estimate.plans import Plan, add_figures, probe_plan
+from ivlens.tasks import instruction_prompt
+
+from .collect import parse_layers
+from .cost import probe_layer_latency
+from .instructions import instruction_set, organism_heldout
+from .run import probe_specs
+
+
+def probe_plans(models: Sequence[str], tasks: Sequence[str], *, layers: str = "all", varying: str = "instructions",
+                user_instructions: dict | None = None, fmt: str = "raw", batch_size: int | None = None,
+                folds: int = 5, max_per_subtask: int | None = None, dtype: str = "float32", device: str = "cpu",
+                memory_budget=None, infos: Sequence[ModelInfo] | None = None) -> list[Plan]:
+    """The plan of ``ivlens probe``, one per model."""
+    budget = plan_budget(memory_budget, device)
+    plans = []
+    for info in infos or model_infos(models):
+        held = organism_heldout(Path(info.path)) if Path(info.path).is_dir() else None
+        rows = instruction_set(list(tasks), varying, user_instructions, held, max_per_subtask)
+        lengths = [len(instruction_prompt(info.tokenizer, r.instruction, fmt)) for r in rows]
+        n_layers = len(parse_layers(layers, info.shape.n_layers))
+        classes = {(r.task, r.subtask) for r in rows}
+        try:
+            specs = probe_specs(pd.DataFrame([r.to_dict() for r in rows]), varying)  # the run's own probes
+        except ValueError:  # a single class: the run itself refuses, with its own message
+            specs = []
+        n_probes = len(specs)
+        layer_seconds = sum(probe_layer_latency(int(mask.sum()), info.shape.d_model, len(names), groups is not None,
+                                                folds) for _, _, mask, _, groups, names in specs)
+        p = probe_plan(info.shape, lengths, n_layers, n_probes, dtype=dtype, batch_size=batch_size, budget=budget,
+                       folds=folds, n_classes=len(classes), layer_seconds=layer_seconds, model=info.name)
+        add_figures(p, n_probes + 5 if not plans else 0)  # accuracy per probe, LDA, PCA, 3 similarity maps
+        plans.append(with_startup(p, info, dtype, not plans))
+    return plans
+
+
+def probe_spec_plans(s, infos: Sequence[ModelInfo]) -> list[Plan]:
+    """:func:`probe_plans` of a :class:`~ivlens.probing.ProbeSpec`."""
+    return probe_plans([], list(s.tasks), layers=s.layers, varying=s.varying, user_instructions=dict(s.instructions),
+                       fmt=s.format, batch_size=s.batch_size, folds=s.folds, max_per_subtask=s.max_per_subtask,
+                       dtype=s.dtype, device=s.device, memory_budget=s.memory_budget, infos=infos)
+
