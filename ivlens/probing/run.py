@@ -18,6 +18,9 @@ with two or more subtasks (``task:adjectives``: comparative vs antonym). ``targe
 or, with ``--varying labels``, also ``label_space`` (which label-space variant, within one subtask).
 The held-out evaluation trains on the training phrasings and tests on the held-out ones (``instructions``),
 or leaves one label-space slot out at a time (``labels``); see :mod:`ivlens.probing.instructions`.
+``heldout_std`` is the bootstrap standard deviation of ``heldout_acc`` over the held-out rows (the fitted probes
+kept, the test rows resampled; in closed form, :func:`ivlens.probing.probes.heldout_bootstrap_std`), not a spread
+over refits; ``cv_std`` and ``shuffled_std`` are spreads over folds.
 """
 
 from __future__ import annotations
