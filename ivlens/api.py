@@ -110,9 +110,11 @@ def run_eval(spec: EvalSpec, *, models: Sequence[LoadedModel] | None = None, out
               for lm in lms}
     run = start_run(spec, t.name, out=out, resume=resume, models=lms, task=t.name)
     owns, unit = owner(spec.shard), -1
+    warned: set[tuple[str, str]] = set()
     for mi, lm in enumerate(lms):
         picked = chosen[lm.name]
-        warn_first_token_clashes(lm.tokenizer, t, subtasks, spec.format, spec.score)  # once, not per chunk
+        # once per task and subtask in the run: not per chunk, not per model
+        warn_first_token_clashes(lm.tokenizer, t, subtasks, spec.format, spec.score, seen=warned)
         per_sample = len(subtasks) * (3 if t.is_contrastive else 2)  # scored subtasks × conditions
         ctx = progress(f"eval {lm.name}", len(picked) * per_sample) if progress else contextlib.nullcontext(None)
         with ctx as advance:
