@@ -130,6 +130,8 @@ def test_rejection_levels_agree_with_the_correction(method):
         assert ((p[ok] < level[ok]) == (adj[ok] < 0.05)).all()
     assert rejection_levels(np.array([0.001, 0.002, 0.2]), "holm", 0.05).tolist() == pytest.approx(
         [0.05 / 3, 0.05 / 2, 0.05 / 1])
+    assert rejection_levels(np.array([0.001, 0.001, 0.2]), "holm", 0.05).tolist() == pytest.approx(
+        [0.05 / 3, 0.05 / 3, 0.05 / 1])  # a tie: one level, the first rank's
 
 
 def test_summaries_and_errors():

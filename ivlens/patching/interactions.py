@@ -79,7 +79,8 @@ def rejection_levels(p: np.ndarray, method: Correction, alpha: float) -> np.ndar
     Holm (step-down): the ``k``-th smallest p is tested at ``α / (m − k + 1)`` while every smaller one was
     rejected; with ``K`` rejections, every other hypothesis would need ``p < α / (m − K)``. Benjamini–Hochberg:
     with ``K`` rejections all rejected ones are tested at ``K α / m``, every other one would need
-    ``p < (K + 1) α / m``. A figure that draws a null band at these levels agrees with the verdicts."""
+    ``p < (K + 1) α / m``. Tied p-values get one level (Holm: that of the first rank of their tie, which is
+    what decides them all). A figure that draws a null band at these levels agrees with the verdicts."""
     if method not in ("holm", "bh"):
         raise ValueError(f"unknown correction {method!r}; use holm or bh")
     p = np.asarray(p, dtype=float)
@@ -91,7 +92,7 @@ def rejection_levels(p: np.ndarray, method: Correction, alpha: float) -> np.ndar
     order = defined[np.argsort(p[defined], kind="stable")]
     rejected = correct(p[order], method) < alpha  # [m] in sorted order: a prefix
     K = int(rejected.sum())
-    k = np.arange(1, m + 1)
+    k = np.searchsorted(p[order], p[order], side="left") + 1  # rank; tied p share the first rank of their tie
     if method == "holm":
         out[order] = np.where(rejected, alpha / (m - k + 1), alpha / max(m - K, 1))
     else:

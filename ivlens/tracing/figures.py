@@ -3,6 +3,7 @@ overlap-by-layer curves and head-activity heatmaps. Each function takes plain da
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path as FilePath
 
@@ -160,9 +161,10 @@ def draw_selectivity(fig, table, models: Sequence[str], colours: Mapping[str, st
         axes[-1][j].xaxis.get_major_locator().set_params(integer=True)
     axes[0][-1].legend(fontsize=7)
     correction, alpha = _CORRECTION_NAMES.get(table.correction.iloc[0], table.correction.iloc[0]), table.alpha.iloc[0]
-    fig.suptitle(f"selectivity by layer: mean ± {level:.1%} bootstrap CI (Bonferroni over layers); grey: the "
-                 f"permutation null at each layer's {correction} level (above it: {correction}-corrected p < "
-                 f"{alpha:g});\nfilled: a verdict ({correction}-corrected p < {alpha:g} and CI excluding 0)", fontsize=8)
+    caption = (f"selectivity by layer: mean ± {level:.1%} bootstrap CI (Bonferroni over layers); grey: the "
+               f"permutation null at each layer's {correction} level (above it: {correction}-corrected p < "
+               f"{alpha:g}); filled: a verdict ({correction}-corrected p < {alpha:g} and CI excluding 0)")
+    fig.suptitle(textwrap.fill(caption, max(50, int(fig.get_figwidth() * 15))), fontsize=8)
 
 
 #: how a figure names a correction of :data:`ivlens.specs.Correction`
@@ -180,6 +182,7 @@ def _errorbars(ax, x, y, lo, hi, filled, colour, label) -> None:
 def plot_selectivity(table, out: str | FilePath, models: Sequence[str] | None = None) -> FilePath:
     """:func:`draw_selectivity` into one file."""
     models = list(models or dict.fromkeys(table.model))
-    fig = plt.figure(figsize=(3.6 * len(models), 5.4 if table.is_base.any() and len(models) > 1 else 3.0))
+    fig = plt.figure(figsize=(3.6 * len(models), 5.4 if table.is_base.any() and len(models) > 1 else 3.0),
+                     layout="constrained")
     draw_selectivity(fig, table, models)
     return _save(fig, out)
