@@ -70,7 +70,7 @@ def test_heldout_std_is_the_bootstrap_spread_over_the_heldout_rows():
     hits = np.zeros(n_test)
     hits[:round(res.heldout_acc * n_test)] = 1  # the outcomes' multiset is all the bootstrap of a mean sees
     boot = hits[rng.integers(0, n_test, size=(20000, n_test))].mean(1)
-    assert 0 < res.heldout_acc < 1 and res.heldout_std > 0
+    assert 0 < res.heldout_acc < 1 and res.heldout_std > 0 and res.heldout_n == n_test
     assert res.heldout_std == pytest.approx(boot.std(), rel=0.03)
     assert heldout_bootstrap_std(np.array([0.5, 0.9]), np.array([10, 40])) == pytest.approx(
         np.sqrt(0.25 / 10 + 0.09 / 40) / 2)

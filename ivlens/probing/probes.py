@@ -326,6 +326,10 @@ class LayerProbe:
     heldout_majority: float
     n: int
     n_classes: int
+    #: held-out rows the held-out accuracy is measured on (all groups together; 0 without held-out evaluation).
+    #: Where every one is right, ``heldout_std`` is 0 (no resample can miss); the error rate is then still only
+    #: bounded by about ``3 / heldout_n`` (95 %, the rule of three)
+    heldout_n: int = 0
 
     @property
     def selectivity(self) -> float:
@@ -388,8 +392,9 @@ def _probe_layer(X: np.ndarray, y: np.ndarray, heldout_groups: np.ndarray | None
     acc, maj, fit, classes = fits.solve(X, cfg)
     cv, sh, ho = fits.rows("cv"), fits.rows("shuffled"), fits.rows("heldout")
     nan = float("nan")
-    ho_std = heldout_bootstrap_std(acc[ho], np.array([fits.test[p].sum() for p in ho])) if ho else nan
+    n_test = np.array([int(fits.test[p].sum()) for p in ho], dtype=np.int64)
+    ho_std = heldout_bootstrap_std(acc[ho], n_test) if ho else nan
     res = LayerProbe(float(acc[cv].mean()), float(acc[cv].std()), float(acc[sh].mean()), float(acc[sh].std()),
                      float(maj[cv].mean()), float(acc[ho].mean()) if ho else nan, ho_std,
-                     float(maj[ho].mean()) if ho else nan, len(y), len(np.unique(y)))
+                     float(maj[ho].mean()) if ho else nan, len(y), len(np.unique(y)), int(n_test.sum()))
     return res, (LogisticProbe(cfg.C, cfg.max_iter)._take(fit, fits.rows("refit")[0], classes) if refit else None)
