@@ -285,8 +285,9 @@ def run_steer(spec: SteerSpec, *, models: Sequence[LoadedModel] | None = None, o
     dose = dose_response(res.rows)
     run.write_table("dose_response", dose)
     run.write_table("vectors", res.vectors)
-    if patch_rows is not None:
-        run.write_table("steer_vs_patch", compare_with_patching(res.rows, patch_rows))
+    versus = compare_with_patching(res.rows, patch_rows) if patch_rows is not None else None
+    if versus is not None and not versus.empty:  # empty: no query in common (warned, with the model's name)
+        run.write_table("steer_vs_patch", versus)
     if spec.figures:
         plot_dose_response(dose, run.figure_path("dose_response.png").parent)
     run.finish(engine={k: v.to_dict() for k, v in res.stats.items()}, n_rows=len(res.rows),

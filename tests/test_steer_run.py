@@ -5,6 +5,7 @@ that lacks the model or a steered layer is refused before a run directory is mad
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pandas as pd
@@ -146,7 +147,7 @@ def test_a_probe_run_of_an_older_ivlens_is_named(tmp_path):
         parse_vectors(f"probe:{tmp_path / 'old'}@")
 
 
-def test_compare_with_patching_computes_every_column_on_the_paired_samples():
+def test_compare_with_patching_computes_every_column_on_the_paired_samples(caplog):
     """Steering ran 6 queries, patching 4 of them: the best configuration, its IA and accuracy, the paired test and
     ``n`` all use the 4; on all 6, α = 2 would win (IA 0.67 against 0.5)."""
     ia = {1.0: [1, 1, 1, 0, 0, 0], 2.0: [1, 1, 0, 0, 1, 1]}
@@ -160,6 +161,10 @@ def test_compare_with_patching_computes_every_column_on_the_paired_samples():
                           "ia": [1] * 12, "acc_top1": [1] * 12})
     c = compare_with_patching(steer, patch).set_index("layer")
     assert (c.n == 4).all()
+    # no query in common: no comparison (a warning names the model), never columns on different queries
+    with caplog.at_level(logging.WARNING, logger="ivlens.steering.analysis"):
+        assert compare_with_patching(steer, patch.assign(sample=patch["sample"] + 100)).empty
+    assert "m shares no sample with the patch run" in caplog.text
     assert c.loc[0, "steer_alpha"] == 1.0 and c.loc[0, "steer_ia"] == 0.75
     assert c.loc[0, "steer_acc"] == 0.25 and c.loc[0, "steer_best_acc"] == 0.25
     assert c.loc[0, "diff"] == pytest.approx(-0.25)
