@@ -110,9 +110,11 @@ def run_eval(spec: EvalSpec, *, models: Sequence[LoadedModel] | None = None, out
               for lm in lms}
     run = start_run(spec, t.name, out=out, resume=resume, models=lms, task=t.name)
     owns, unit = owner(spec.shard), -1
+    warned: set[tuple[str, str]] = set()
     for mi, lm in enumerate(lms):
         picked = chosen[lm.name]
-        warn_first_token_clashes(lm.tokenizer, t, subtasks, spec.format, spec.score)  # once, not per chunk
+        # once per task and subtask in the run: not per chunk, not per model
+        warn_first_token_clashes(lm.tokenizer, t, subtasks, spec.format, spec.score, seen=warned)
         per_sample = len(subtasks) * (3 if t.is_contrastive else 2)  # scored subtasks × conditions
         ctx = progress(f"eval {lm.name}", len(picked) * per_sample) if progress else contextlib.nullcontext(None)
         with ctx as advance:
@@ -283,8 +285,9 @@ def run_steer(spec: SteerSpec, *, models: Sequence[LoadedModel] | None = None, o
     dose = dose_response(res.rows)
     run.write_table("dose_response", dose)
     run.write_table("vectors", res.vectors)
-    if patch_rows is not None:
-        run.write_table("steer_vs_patch", compare_with_patching(res.rows, patch_rows))
+    versus = compare_with_patching(res.rows, patch_rows) if patch_rows is not None else None
+    if versus is not None and not versus.empty:  # empty: no query in common (warned, with the model's name)
+        run.write_table("steer_vs_patch", versus)
     if spec.figures:
         plot_dose_response(dose, run.figure_path("dose_response.png").parent)
     run.finish(engine={k: v.to_dict() for k, v in res.stats.items()}, n_rows=len(res.rows),

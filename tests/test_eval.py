@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pandas as pd
 import pytest
 import torch
@@ -156,6 +158,16 @@ def test_run_eval_writes_run_directory(tmp_path, tok):
     # same seed, same samples, same numbers
     _, summary2, _ = run_eval(spec, models=[lm], out=tmp_path / "run2")
     pd.testing.assert_frame_equal(summary, summary2)
+
+
+def test_run_eval_warns_about_label_clashes_once_per_subtask_not_per_model(tmp_path, tok, caplog):
+    """Three models with one tokenizer (the organisms' case) used to repeat each clash warning three times."""
+    lms = [LoadedModel.wrap(tiny_model("gpt2"), tok, f"tiny-{i}") for i in range(3)]
+    spec = EvalSpec(models=tuple(lm.name for lm in lms), task="adjectives", samples=1, seed=0)
+    with caplog.at_level(logging.WARNING, logger="ivlens.tasks.validate"):
+        run_eval(spec, models=lms, out=tmp_path / "run")
+    warned = [r.getMessage() for r in caplog.records if "share their first token" in r.getMessage()]
+    assert sorted(m.split("subtask ")[1].split(":")[0] for m in warned) == ["'adj_ant'", "'adj_comp'"]
 
 
 def test_judge_hook_replaces_label_space_test(tok):

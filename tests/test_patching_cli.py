@@ -28,6 +28,8 @@ def test_contrastive_side_by_side_with_source_model(model_dirs, tmp_path):
     assert rows.model.nunique() == 2 and set(rows.source_model) == {model_dirs[1]}
     assert set(rows.layers) == {"0", "1", "2", "3", "1,3", "0,2"} and set(rows.position) == {"t_inst", "last"}
     assert rows.logit_diff.notna().all() and (rows.target == "instructed").all()
+    # 3 queries: a BH-corrected sign test cannot reach 0.05 (2 · 2⁻³ = 0.25), so no fraction but "no power"
+    assert " ".join(res.output.split()).count("paper's criterion: no power at n=3; needs n ≥ 6") == 4
     assert set(run.read_table("interactions").correction) == {"bh"}
     assert run.manifest["status"] == "finished" and run.manifest["engine"]
     assert (out / "figures" / "pair_heatmaps.png").exists()

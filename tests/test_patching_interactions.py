@@ -12,10 +12,14 @@ from scipy import stats
 from ivlens.patching.interactions import (
     additivity_summary,
     benjamini_hochberg,
+    correct,
     holm,
     interaction_stats,
+    min_queries_for_sign_test,
     paired_tests,
     per_sample_interactions,
+    rejection_levels,
+    sign_test_floor,
     single_layer_effects,
     strongest_sets,
 )
@@ -82,6 +86,52 @@ def test_corrections():
     assert holm(p).tolist() == pytest.approx([0.03, 0.06, 0.06, 0.02])
     assert benjamini_hochberg(p).tolist() == pytest.approx([0.02, 0.04, 0.04, 0.02])
     assert (holm(p) >= benjamini_hochberg(p)).all()
+
+
+def test_an_undefined_p_value_stays_undefined_and_out_of_the_family():
+    """NaN (no test was possible) is not "not significant": it stays NaN and the others are adjusted as a family
+    of the defined ones only (before, a NaN row was counted as p = 1 by its caller and came out 1.0)."""
+    p = np.array([0.01, np.nan, 0.04, 0.03, 0.005])
+    for method, alone in (("holm", holm), ("bh", benjamini_hochberg)):
+        adj = correct(p, method)
+        assert np.isnan(adj[1])
+        assert adj[[0, 2, 3, 4]].tolist() == pytest.approx(alone(p[[0, 2, 3, 4]]).tolist())
+    assert np.isnan(correct(np.array([np.nan, np.nan]), "holm")).all()
+    with pytest.raises(ValueError, match="holm or bh"):
+        correct(p, "bonferroni")
+
+
+def test_the_paper_criterion_is_nan_where_the_sign_test_has_no_power():
+    """Every set is superadditive on every query. At 8 queries the Holm-corrected sign test over the 10 sets of 4
+    layers cannot go below 10 · 2⁻⁷ ≈ 0.078: the criterion cannot be met, so its fraction is NaN with "no power",
+    not 0; at 30 queries it can, and is met by every set."""
+    few = additivity_summary(interaction_stats(_table(lambda layers, add, rng: add + 5.0, n_samples=8)))
+    assert few.frac_paper_criterion.isna().all() and (few.frac_superadditive == 1.0).all()
+    assert (few.paper_criterion_power == "no power at n=8; needs n ≥ 9").all()
+    many = additivity_summary(interaction_stats(_table(lambda layers, add, rng: add + 5.0, n_samples=30)))
+    assert (many.frac_paper_criterion == 1.0).all() and (many.paper_criterion_power == "").all()
+    # the floor in closed form: Holm needs m · 2 · 2^−n < α, BH only 2 · 2^−n < α
+    assert min_queries_for_sign_test(435, "holm", 0.05) == 15 and min_queries_for_sign_test(435, "bh", 0.05) == 6
+    assert sign_test_floor(np.array([1, 8])).tolist() == [1.0, 2 / 256]
+
+
+@pytest.mark.parametrize("method", ["holm", "bh"])
+def test_rejection_levels_agree_with_the_correction(method):
+    """``p < level`` exactly where the corrected p is below α, on random families with some NaN and ties."""
+    rng = np.random.default_rng(3)
+    for _ in range(300):
+        m = int(rng.integers(1, 12))
+        p = rng.random(m) ** 3 * 0.2  # not rounded: a p exactly at a threshold is a float-rounding coin toss
+        p[rng.integers(0, m)] = p[0]  # a tie
+        p[rng.random(m) < 0.15] = np.nan
+        level, adj = rejection_levels(p, method, 0.05), correct(p, method)
+        ok = ~np.isnan(p)
+        assert np.isnan(level[~ok]).all()
+        assert ((p[ok] < level[ok]) == (adj[ok] < 0.05)).all()
+    assert rejection_levels(np.array([0.001, 0.002, 0.2]), "holm", 0.05).tolist() == pytest.approx(
+        [0.05 / 3, 0.05 / 2, 0.05 / 1])
+    assert rejection_levels(np.array([0.001, 0.001, 0.2]), "holm", 0.05).tolist() == pytest.approx(
+        [0.05 / 3, 0.05 / 3, 0.05 / 1])  # a tie: one level, the first rank's
 
 
 def test_summaries_and_errors():

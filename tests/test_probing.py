@@ -16,6 +16,7 @@ from ivlens.probing.probes import (
     class_cosine,
     cv_accuracy,
     heldout_accuracy,
+    heldout_bootstrap_std,
     layer_fits,
     lda_2d,
     pca_2d,
@@ -54,6 +55,26 @@ def test_probe_on_pure_noise_is_at_chance():
     assert abs(res.cv_mean - 0.25) < 0.12
     assert abs(res.shuffled_mean - 0.25) < 0.12
     assert abs(res.heldout_acc - 0.25) < 0.2
+
+
+def test_heldout_std_is_the_bootstrap_spread_over_the_heldout_rows():
+    """One held-out split used to give ``heldout_std`` 0 (a spread over one group). Now it is the bootstrap standard
+    deviation of the fitted probe's held-out accuracy over its test rows: checked against a resampling bootstrap of
+    the same 0/1 outcomes, and against a two-group case by hand."""
+    rng = np.random.default_rng(1)
+    y = np.repeat(np.arange(4), 50)
+    X = rng.normal(size=(len(y), 256)).astype(np.float32)
+    groups = (np.arange(len(y)) % 50 >= 38).astype(int)  # 48 held-out rows
+    res = probe_layer(X, y, groups)
+    n_test = int(groups.sum())
+    hits = np.zeros(n_test)
+    hits[:round(res.heldout_acc * n_test)] = 1  # the outcomes' multiset is all the bootstrap of a mean sees
+    boot = hits[rng.integers(0, n_test, size=(20000, n_test))].mean(1)
+    assert 0 < res.heldout_acc < 1 and res.heldout_std > 0 and res.heldout_n == n_test
+    assert res.heldout_std == pytest.approx(boot.std(), rel=0.03)
+    assert heldout_bootstrap_std(np.array([0.5, 0.9]), np.array([10, 40])) == pytest.approx(
+        np.sqrt(0.25 / 10 + 0.09 / 40) / 2)
+    assert np.isnan(probe_layer(X, y, None).heldout_std)
 
 
 def test_probe_is_deterministic_and_uses_the_seed():

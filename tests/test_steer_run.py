@@ -5,6 +5,7 @@ that lacks the model or a steered layer is refused before a run directory is mad
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pandas as pd
@@ -144,6 +145,46 @@ def test_a_probe_run_of_an_older_ivlens_is_named(tmp_path):
     assert parse_vectors(f"means:{tmp_path / 'old'}") == (f"means:{tmp_path / 'old'}",)  # its IVs still serve
     with pytest.raises(SpecError, match="give probe:RUN_DIR or probe:RUN_DIR@MODEL"):
         parse_vectors(f"probe:{tmp_path / 'old'}@")
+
+
+def test_compare_with_patching_computes_every_column_on_the_paired_samples(caplog):
+    """Steering ran 6 queries, patching 4 of them: the best configuration, its IA and accuracy, the paired test and
+    ``n`` all use the 4; on all 6, α = 2 would win (IA 0.67 against 0.5)."""
+    ia = {1.0: [1, 1, 1, 0, 0, 0], 2.0: [1, 1, 0, 0, 1, 1]}
+    acc = {1.0: [1, 0, 0, 0, 0, 0], 2.0: [0, 0, 0, 0, 1, 1]}
+    recs = [{"model": "m", "vector": "mean", "position": "first", "layer": layer, "alpha": a, "sample": i,
+             "ia": ia[a][i] if layer == 0 else 0, "acc_top1": acc[a][i] if layer == 0 else 0, "logit": 0.0,
+             "delta_logit_vs_target": 0.0} for layer in (0, 1, 2) for a in (1.0, 2.0) for i in range(6)]
+    steer = pd.DataFrame(recs)
+    patch = pd.DataFrame({"model": "m", "position": "first", "sample": [0, 1, 2, 3] * 3,
+                          "layers": ["0"] * 4 + ["1"] * 4 + ["0,1"] * 4, "set_size": [1] * 8 + [2] * 4,
+                          "ia": [1] * 12, "acc_top1": [1] * 12})
+    c = compare_with_patching(steer, patch).set_index("layer")
+    assert (c.n == 4).all()
+    # no query in common: no comparison (a warning names the model), never columns on different queries
+    with caplog.at_level(logging.WARNING, logger="ivlens.steering.analysis"):
+        assert compare_with_patching(steer, patch.assign(sample=patch["sample"] + 100)).empty
+    assert "m shares no sample with the patch run" in caplog.text
+    assert c.loc[0, "steer_alpha"] == 1.0 and c.loc[0, "steer_ia"] == 0.75
+    assert c.loc[0, "steer_acc"] == 0.25 and c.loc[0, "steer_best_acc"] == 0.25
+    assert c.loc[0, "diff"] == pytest.approx(-0.25)
+
+
+def test_compare_with_patching_leaves_an_untested_layer_out_of_the_correction():
+    """Layer 2 has no single-layer patch: no test, so its p-values stay NaN, it has no verdict, and the correction
+    adjusts the two tested layers only (Holm over 2: the larger p keeps its raw value)."""
+    steer = pd.DataFrame({"model": "m", "vector": "mean", "position": "first", "layer": [0] * 4 + [1] * 4 + [2] * 4,
+                          "alpha": 1.0, "sample": [0, 1, 2, 3] * 3, "ia": [1, 1, 1, 0] + [0] * 4 + [1] * 4,
+                          "acc_top1": 0, "logit": 0.0, "delta_logit_vs_target": 0.0})
+    patch = pd.DataFrame({"model": "m", "position": "first", "sample": [0, 1, 2, 3] * 3,
+                          "layers": ["0"] * 4 + ["1"] * 4 + ["1,2"] * 4, "set_size": [1] * 8 + [2] * 4,
+                          "ia": [1] * 12, "acc_top1": [1] * 12})
+    c = compare_with_patching(steer, patch).set_index("layer")
+    assert np.isnan(c.loc[2, "p_t"]) and np.isnan(c.loc[2, "p_t_adj"]) and pd.isna(c.loc[2, "verdict"])
+    assert c.loc[2, "set_layers"] == "1,2" and c.loc[2, "n"] == 4
+    assert c.loc[0, "p_t_adj"] == pytest.approx(c.loc[0, "p_t"])  # rank 2 of a family of 2
+    assert c.loc[1, "p_t_adj"] == 0.0 and c.loc[1, "verdict"] == "falls short"
+    assert c.loc[0, "verdict"] == "no significant difference"
 
 
 def test_compare_with_patching_picks_the_best_and_tests_paired():

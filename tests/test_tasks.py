@@ -9,7 +9,7 @@ import pytest
 from ivlens.tasks import TaskError, load_task
 from ivlens.tasks.registry import builtin_names
 from ivlens.tasks.selection import select_samples
-from ivlens.tasks.validate import check_task
+from ivlens.tasks.validate import check_task, warn_first_token_clashes
 
 EXPECTED = {
     "adjectives": (139, ["adj_comp", "adj_ant"]),
@@ -156,3 +156,17 @@ def test_tokenizer_checks(tmp_path, tok):
     assert too_long and "shorten" in too_long[0].fix
     clash = [i for i in issues if i.severity == "warning" and "share their first token" in i.message]
     assert clash and "bigger" in clash[0].message and "biggest" in clash[0].message
+
+
+def test_clash_warnings_once_per_task_and_subtask_of_a_run(tok):
+    """A run passes one ``seen`` set to every model's call: the second model (same tokenizer) adds no warning, a new
+    subtask does; ``--score answer`` never warns."""
+    t = load_task("adjectives")
+    seen: set[tuple[str, str]] = set()
+    first = warn_first_token_clashes(tok, t, ["adj_comp"], "raw", "first-token", seen=seen)
+    assert len(first) == 1 and "'adj_comp'" in first[0] and seen == {("adjectives", "adj_comp")}
+    assert warn_first_token_clashes(tok, t, ["adj_comp"], "raw", "first-token", seen=seen) == []
+    again = warn_first_token_clashes(tok, t, ["adj_comp", "adj_ant"], "raw", "first-token", seen=seen)
+    assert len(again) == 1 and "'adj_ant'" in again[0]
+    assert warn_first_token_clashes(tok, t, ["adj_comp"], "raw", "answer") == []
+    assert len(warn_first_token_clashes(tok, t, ["adj_comp"], "raw", "first-token")) == 1  # no run: always

@@ -102,6 +102,29 @@ def test_the_ci_is_corrected_over_layers():
     assert np.isnan(bootstrap_mean_ci(x[:1], 0.95, np.random.default_rng(0))[0]).all()
 
 
+def test_the_null_band_is_drawn_at_the_verdicts_correction():
+    """Five layers with a large gap and one (layer 5) with a small one whose Holm-corrected p is below α only
+    because Holm tests the last hypothesis at α / 1. The band is drawn at each layer's Holm level, so "above the
+    band" and "corrected p < α" agree on every layer; the old Bonferroni band (two-sided, 1 − α/2L) put layer 5's
+    gap inside the band while its corrected p was 0.03."""
+    n, L = 20, 6
+    rng = np.random.default_rng(0)
+    gaps = np.array([0.3, 0.3, 0.3, 0.3, 0.3, 0.07])
+    sims = np.empty((n, len(PAIRS), L))
+    for layer in range(L):
+        mean = np.array([0.5 + gaps[layer] if k < 2 else 0.5 for k in range(len(PAIRS))])
+        sims[:, :, layer] = np.clip(mean[None, :] + 0.1 * rng.standard_normal((n, len(PAIRS))), 0, 1)
+    rows = selectivity_rows({"m": ModelQuartets(np.arange(n), sims, rng.random(n), np.ones(n, bool))})
+    above = np.array([r["gap"] > r["null_hi"] for r in rows])
+    assert above.tolist() == [r["p_perm_adj"] < 0.05 for r in rows]
+    assert above[5] and rows[5]["p_perm_adj"] == pytest.approx(rows[5]["p_perm"]) and rows[5]["p_perm"] < 0.05
+    assert rows[5]["null_level"] == pytest.approx(0.05)  # Holm's last step, after five rejections
+    # the five strong layers tie at the smallest p the null can give: one level, Holm's first step α / 6
+    assert len({r["p_perm"] for r in rows[:5]}) == 1
+    assert [r["null_level"] for r in rows[:5]] == pytest.approx([0.05 / 6] * 5)
+    assert all(r["null_lo"] < 0 < r["null_hi"] for r in rows)
+
+
 def test_difference_in_differences_of_identical_models_is_zero():
     q = synthetic(20, 3, 0.8, 0.4, seed=2)
     rows = selectivity_rows({"base": q, "sft": q}, base="base")

@@ -55,8 +55,11 @@ def patch(
                       "construction)")
     if not an.additivity.empty:
         for r in an.additivity.itertuples():
+            criterion = (f"paper's criterion: {r.paper_criterion_power}" if r.paper_criterion_power else
+                         f"{r.frac_paper_criterion:.0%} meet the paper's criterion")
             console.print(f"{r.model} · {r.position} · size {r.set_size}: {r.frac_superadditive:.0%} superadditive, "
-                          f"{r.frac_subadditive:.0%} subadditive of {int(r.n_sets)} sets ({spec.correction})")
+                          f"{r.frac_subadditive:.0%} subadditive of {int(r.n_sets)} sets ({spec.correction}); "
+                          f"{criterion}", highlight=False)
     from ivlens.patching.linearity import summary_lines
 
     for line in summary_lines(an.linearity):

@@ -218,7 +218,9 @@ def patching_section(ctx: Context) -> h.Section | None:
         if run.has("additivity"):
             s.add(h.table(run.table("additivity"), "Additivity per set size: shares of super- and subadditive sets, "
                                                    "of sets meeting the paper's per-sample criterion (joint ≥ "
-                                                   "additive, sign test) and passing the paper's released test "
+                                                   "additive, sign test; no value where the corrected sign test "
+                                                   "cannot reach significance with this many queries, as "
+                                                   "paper_criterion_power says) and passing the paper's released test "
                                                    "(a t-test against 50 that passes for any data; shown for "
                                                    "comparison only).", ctx.data(run, "additivity")))
         if run.has("linearity"):

@@ -508,6 +508,7 @@ def patch_sweep(models: LoadedModel | str | Sequence[LoadedModel | str], task: T
     stats: dict[str, EngineStats] = {}
     all_rows, all_base, all_screens = [], [], []
     unit = -1
+    warned: set[tuple[str, str]] = set()  # the label-clash warning: once per run, not per model
     for mi, (lm, name, plan, sample_ids) in enumerate(zip(lms, names, plans, ids_per_model, strict=True)):
         chunks = [sample_ids[i:i + chunk_size] for i in range(0, len(sample_ids), chunk_size)]
         st = stats.setdefault(name, EngineStats())
@@ -523,7 +524,7 @@ def patch_sweep(models: LoadedModel | str | Sequence[LoadedModel | str], task: T
                  "subtask": subtask, "mode": mode, "target": target if mode == "transfer" else "instructed",
                  "fmt": fmt, "score": score}
         candidates = AnswerCandidates.of(task, subtask) if score == "answer" else None
-        warn_first_token_clashes(lm.tokenizer, task, [subtask], fmt, score)
+        warn_first_token_clashes(lm.tokenizer, task, [subtask], fmt, score, seen=warned)
         pending = [not ((run is not None and run.has_shard(TABLE, f"m{mi}-c{ci:05d}"))
                         or (owns is not None and not owns(unit + 1 + ci))) for ci in range(len(chunks))]
         screened: tuple[FirstOrder, dict[int, int]] | None = None  # all samples' terms, sample id → their row

@@ -321,10 +321,15 @@ class LayerProbe:
     shuffled_std: float
     majority: float
     heldout_acc: float
+    #: bootstrap standard deviation of ``heldout_acc`` over the held-out rows (:func:`heldout_bootstrap_std`)
     heldout_std: float
     heldout_majority: float
     n: int
     n_classes: int
+    #: held-out rows the held-out accuracy is measured on (all groups together; 0 without held-out evaluation).
+    #: Where every one is right, ``heldout_std`` is 0 (no resample can miss); the error rate is then still only
+    #: bounded by about ``3 / heldout_n`` (95 %, the rule of three)
+    heldout_n: int = 0
 
     @property
     def selectivity(self) -> float:
@@ -339,7 +344,8 @@ def probe_layer(X: np.ndarray, y: np.ndarray, heldout_groups: np.ndarray | None 
         X: ``[n, d_model]``; y: ``[n]`` integer labels.
         heldout_groups: ``[n]`` ints: ``0`` = always training; each value ``g > 0`` is one held-out test
             set (train on every row not in ``g``, test on ``g``); held-out accuracy is the mean over groups
-            (``heldout_std`` their spread). ``None``: no held-out evaluation (NaN).
+            (``heldout_std`` its bootstrap standard deviation over the held-out rows, for the fitted probes:
+            :func:`heldout_bootstrap_std`). ``None``: no held-out evaluation (NaN).
     """
     return _probe_layer(X, y, heldout_groups, cfg, refit=False)[0]
 
@@ -369,13 +375,26 @@ def layer_fits(y: np.ndarray, heldout_groups: np.ndarray | None, cfg: ProbeConfi
     return fits
 
 
+def heldout_bootstrap_std(acc: np.ndarray, n_test: np.ndarray) -> float:
+    """The bootstrap standard deviation of the held-out accuracy over its test rows, in closed form (no refits,
+    no resampling): ``acc: [G]`` the accuracy of each held-out group's fitted probe on its ``n_test: [G]`` rows.
+    Resampling each group's rows with replacement, the mean of ``n`` 0/1 outcomes of rate ``a`` has variance
+    ``a (1 − a) / n`` (the ideal bootstrap's, exactly); the held-out accuracy is the mean over groups, so its
+    standard deviation is ``√(Σ_g a_g (1 − a_g) / n_g) / G``. It says how much the accuracy would move with other
+    held-out phrasings of the same kind; it does not include the spread of refitting the probe."""
+    acc, n_test = np.asarray(acc, float), np.asarray(n_test, float)
+    return float(np.sqrt((acc * (1 - acc) / n_test).sum()) / len(acc))
+
+
 def _probe_layer(X: np.ndarray, y: np.ndarray, heldout_groups: np.ndarray | None, cfg: ProbeConfig, refit: bool
                  ) -> tuple[LayerProbe, LogisticProbe | None]:
     fits = layer_fits(y, heldout_groups, cfg, refit)
     acc, maj, fit, classes = fits.solve(X, cfg)
     cv, sh, ho = fits.rows("cv"), fits.rows("shuffled"), fits.rows("heldout")
     nan = float("nan")
+    n_test = np.array([int(fits.test[p].sum()) for p in ho], dtype=np.int64)
+    ho_std = heldout_bootstrap_std(acc[ho], n_test) if ho else nan
     res = LayerProbe(float(acc[cv].mean()), float(acc[cv].std()), float(acc[sh].mean()), float(acc[sh].std()),
-                     float(maj[cv].mean()), float(acc[ho].mean()) if ho else nan, float(acc[ho].std()) if ho else nan,
-                     float(maj[ho].mean()) if ho else nan, len(y), len(np.unique(y)))
+                     float(maj[cv].mean()), float(acc[ho].mean()) if ho else nan, ho_std,
+                     float(maj[ho].mean()) if ho else nan, len(y), len(np.unique(y)), int(n_test.sum()))
     return res, (LogisticProbe(cfg.C, cfg.max_iter)._take(fit, fits.rows("refit")[0], classes) if refit else None)

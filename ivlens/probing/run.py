@@ -6,7 +6,8 @@ Run directory (``ivlens.runs.RunDir``)::
     instructions.parquet       the instruction set (one row per instruction; label = subtask)
     ivs/<model>/...            the IVs (see ivlens.probing.collect)
     probe_accuracy.parquet     model, probe, target, layer, cv_mean, cv_std, shuffled_mean, shuffled_std,
-                               majority, heldout_acc, heldout_std, heldout_majority, selectivity, n, n_classes
+                               majority, heldout_acc, heldout_std, heldout_majority, n, n_classes, heldout_n,
+                               selectivity
     projections.parquet        model, layer, method (lda|pca), row, class, split, variant, x, y
     similarity.parquet         model, layer, centered, class_a, class_b, cos
     probe_weights/<model>.*    every probe refitted on all its rows, and the LDA axis (ivlens.probing.weights),
@@ -18,6 +19,10 @@ with two or more subtasks (``task:adjectives``: comparative vs antonym). ``targe
 or, with ``--varying labels``, also ``label_space`` (which label-space variant, within one subtask).
 The held-out evaluation trains on the training phrasings and tests on the held-out ones (``instructions``),
 or leaves one label-space slot out at a time (``labels``); see :mod:`ivlens.probing.instructions`.
+``heldout_std`` is the bootstrap standard deviation of ``heldout_acc`` over the held-out rows (the fitted probes
+kept, the test rows resampled; in closed form, :func:`ivlens.probing.probes.heldout_bootstrap_std`), not a spread
+over refits; it is 0 where every one of the ``heldout_n`` held-out rows is right (the error rate is then bounded
+by about ``3 / heldout_n`` at 95 %, not 0). ``cv_std`` and ``shuffled_std`` are spreads over folds.
 """
 
 from __future__ import annotations

@@ -6,8 +6,12 @@
 - :func:`best_per_layer`: per (model, layer) the steering configuration (vector, position, α) of highest IA.
 - :func:`compare_with_patching`: per (model, layer) the best steering IA against the best patching IA of the
   single layer and of the best layer set (pair or triplet) containing the layer, with a paired t-test and a
-  Wilcoxon test over the samples both runs share (:func:`~ivlens.patching.interactions.paired_tests`), Holm- or
-  BH-corrected over the layers of a model, as patching corrects over its sets.
+  Wilcoxon test (:func:`~ivlens.patching.interactions.paired_tests`), Holm- or BH-corrected over the layers of a
+  model, as patching corrects over its sets. Every column of a row is computed on the same queries: those both
+  runs share (``n``); a steering run of 10 queries against a patch run of 8 of them is compared on the 8, the
+  choice of the best configuration included. A layer without a single-layer patch (its effect is 0 by
+  construction) has no test: its p-values stay NaN, it is left out of the family the correction adjusts and has
+  no verdict.
 
 The best configuration is chosen on the same samples it is tested on, on both sides (steering chooses among
 vectors × positions × α, patching among positions); the test therefore favours the side with more choices,
@@ -16,12 +20,16 @@ steering, and a "falls short" verdict is conservative.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pandas as pd
 
 from ivlens.patching.interactions import correct, paired_tests
 from ivlens.patching.reach import zero_by_construction
 from ivlens.specs import Correction
+
+log = logging.getLogger(__name__)
 
 KEYS = ["model", "vector", "position", "layer", "alpha"]
 METRICS = ("ia", "acc_top1", "logit", "delta_logit_vs_target")
@@ -70,24 +78,41 @@ def _best_patch(patch: pd.DataFrame, layer: int, sets: bool) -> tuple[str, str, 
     return layers, position, ia, acc
 
 
+def shared_samples(steer: pd.DataFrame, patch: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Both tables restricted, model by model, to the samples both ran (the paired ones); a model that shares no
+    sample with the patch table drops out (with a warning naming it)."""
+    pairs = steer[["model", "sample"]].drop_duplicates().merge(patch[["model", "sample"]].drop_duplicates())
+    lost = [m for m in dict.fromkeys(steer.model) if m not in set(pairs.model)]
+    if lost:
+        log.warning("steering vs patching: %s share%s no sample with the patch run; no comparison for %s",
+                    ", ".join(map(str, lost)), "s" if len(lost) == 1 else "", "it" if len(lost) == 1 else "them")
+    keep = pd.MultiIndex.from_frame(pairs)
+    return (steer[pd.MultiIndex.from_frame(steer[["model", "sample"]]).isin(keep)],
+            patch[pd.MultiIndex.from_frame(patch[["model", "sample"]]).isin(keep)])
+
+
 def compare_with_patching(steer: pd.DataFrame, patch: pd.DataFrame, *, correction: Correction = "holm",
                           alpha: float = 0.05) -> pd.DataFrame:
-    """Best steering IA against best patching IA per (model, layer); see the module docstring.
+    """Best steering IA against best patching IA per (model, layer), on the samples both tables share; see the
+    module docstring.
 
     Args:
         steer: a steering table (rows of :func:`ivlens.steering.sweep.steer_sweep`).
         patch: a patch table of the same task, subtask, target and format (``ivlens patch`` rows).
 
     Returns:
-        one row per (model, layer): ``steer_ia`` and its configuration (``steer_vector``, ``steer_position``,
-        ``steer_alpha``) with its accuracy ``steer_acc``, and ``steer_best_acc`` (the best accuracy of any
-        configuration at the layer: IA counts any answer in the label space, accuracy the instructed one);
-        ``patch_ia`` / ``patch_acc`` / ``patch_position`` (single layer), ``set_ia`` / ``set_acc`` /
-        ``set_layers`` / ``set_position`` (best set containing the layer), ``n`` shared samples, ``diff`` (steer − single-layer
-        patch, on those samples), ``p_t``, ``p_wilcoxon`` and their corrected ``p_t_adj``, and ``verdict``:
-        ``falls short`` / ``exceeds`` (significantly below / above the single-layer patch after correction) or
-        ``no significant difference``.
+        one row per (model, layer), every column computed on the ``n`` samples both tables share: ``steer_ia``
+        and its configuration (``steer_vector``, ``steer_position``, ``steer_alpha``, chosen on those samples)
+        with its accuracy ``steer_acc``, and ``steer_best_acc`` (the best accuracy of any configuration at the
+        layer: IA counts any answer in the label space, accuracy the instructed one); ``patch_ia`` /
+        ``patch_acc`` / ``patch_position`` (single layer), ``set_ia`` / ``set_acc`` / ``set_layers`` /
+        ``set_position`` (best set containing the layer), ``diff`` (steer − single-layer patch), ``p_t``,
+        ``p_wilcoxon`` and the corrected ``p_t_adj``, and ``verdict``: ``falls short`` / ``exceeds``
+        (significantly below / above the single-layer patch after correction) or ``no significant difference``;
+        a layer without a single-layer patch has NaN p-values (left out of the correction) and no verdict.
     """
+    steer, patch = shared_samples(steer, patch)
+    n_shared = steer.groupby("model")["sample"].nunique()
     dose = dose_response(steer)
     best = best_per_layer(dose)
     best_acc = dose[~dose.zero_by_construction].groupby(["model", "layer"]).acc_top1.max()
@@ -102,7 +127,8 @@ def compare_with_patching(steer: pd.DataFrame, patch: pd.DataFrame, *, correctio
                "patch_ia": single[2] if single else np.nan, "patch_acc": single[3] if single else np.nan,
                "patch_position": single[1] if single else None,
                "set_ia": multi[2] if multi else np.nan, "set_acc": multi[3] if multi else np.nan,
-               "set_layers": multi[0] if multi else None, "set_position": multi[1] if multi else None}
+               "set_layers": multi[0] if multi else None, "set_position": multi[1] if multi else None,
+               "n": int(n_shared[r.model]), "diff": np.nan, "p_t": np.nan, "p_wilcoxon": np.nan}
         if single:
             s = steer[(steer.model == r.model) & (steer.layer == r.layer) & (steer.vector == r.vector)
                       & (steer.position == r.position) & (steer.alpha == r.alpha)].groupby("sample").ia.mean()
@@ -113,14 +139,13 @@ def compare_with_patching(steer: pd.DataFrame, patch: pd.DataFrame, *, correctio
             rec.update(n=len(shared), diff=t["mean_interaction"], p_t=t["p_t"], p_wilcoxon=t["p_wilcoxon"])
         out.append(rec)
     table = pd.DataFrame(out)
-    if "p_t" not in table:
+    if table.empty:
         return table
     table["p_t_adj"] = np.nan
     for _m, idx in table.groupby("model", sort=False).groups.items():
-        p = table.loc[idx, "p_t"].fillna(1.0).to_numpy()
-        table.loc[idx, "p_t_adj"] = correct(p, correction)
+        table.loc[idx, "p_t_adj"] = correct(table.loc[idx, "p_t"].to_numpy(float), correction)
     sig = table.p_t_adj < alpha
     table["verdict"] = np.where(sig & (table["diff"] < 0), "falls short",
                                 np.where(sig & (table["diff"] > 0), "exceeds", "no significant difference"))
-    table.loc[table.patch_ia.isna(), "verdict"] = None
+    table["verdict"] = table.verdict.where(table.p_t_adj.notna(), None)
     return table

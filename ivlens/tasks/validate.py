@@ -53,11 +53,19 @@ def first_token_clashes(task: Task, tokenizer: PreTrainedTokenizerBase, fmt: Pro
 
 
 def warn_first_token_clashes(tokenizer: PreTrainedTokenizerBase, task: Task, subtasks: Sequence[str],
-                             fmt: PromptFormat, score: str) -> list[str]:
+                             fmt: PromptFormat, score: str, seen: set[tuple[str, str]] | None = None) -> list[str]:
     """Log (and return) one warning per subtask whose labels share first tokens, when an analysis scores by first
-    token: its first-token metrics cannot tell those labels apart, and ``--score answer`` can."""
+    token: its first-token metrics cannot tell those labels apart, and ``--score answer`` can.
+
+    ``seen``: the ``(task, subtask)`` pairs a run has already warned about (updated in place), so that a run over
+    several models warns once per task and subtask, not once per model."""
     if score == "answer":
         return []
+    if seen is not None:
+        subtasks = [st for st in subtasks if (task.name, st) not in seen]
+        seen.update((task.name, st) for st in subtasks)
+        if not subtasks:
+            return []
     messages = []
     for name, clashes in first_token_clashes(task, tokenizer, fmt, subtasks).items():
         n = sum(len(ls) for _t, ls in clashes)

@@ -3,6 +3,7 @@ overlap-by-layer curves and head-activity heatmaps. Each function takes plain da
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path as FilePath
 
@@ -118,7 +119,8 @@ def plot_head_activity(activity: Mapping[str, np.ndarray], out: str | FilePath,
 def draw_selectivity(fig, table, models: Sequence[str], colours: Mapping[str, str] | None = None) -> None:
     """The selectivity table (:mod:`ivlens.tracing.selectivity`, one row per model × layer) on ``fig``, one column
     per model: top, the gap (same instruction − different) ± its corrected CI by layer, the permutation null's
-    band (grey) and the base model's gap (dashed) for comparison; bottom (where a base model is named), the
+    band (grey, at the level the verdict's correction tests each layer at: ``null_level``) and the base model's
+    gap (dashed) for comparison; bottom (where a base model is named), the
     difference in differences ± CI. Filled markers: a verdict (selective; more/less selective than base)."""
     models = [m for m in models if m in set(table.model)] + [m for m in dict.fromkeys(table.model) if m not in models]
     cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -158,8 +160,15 @@ def draw_selectivity(fig, table, models: Sequence[str], colours: Mapping[str, st
         axes[-1][j].set_xlabel("layer")
         axes[-1][j].xaxis.get_major_locator().set_params(integer=True)
     axes[0][-1].legend(fontsize=7)
-    fig.suptitle(f"selectivity by layer: mean ± {level:.1%} bootstrap CI (Bonferroni over layers); filled: a verdict "
-                 f"({table.correction.iloc[0]}-corrected p < {table.alpha.iloc[0]:g} and CI excluding 0)", fontsize=8)
+    correction, alpha = _CORRECTION_NAMES.get(table.correction.iloc[0], table.correction.iloc[0]), table.alpha.iloc[0]
+    caption = (f"selectivity by layer: mean ± {level:.1%} bootstrap CI (Bonferroni over layers); grey: the "
+               f"permutation null at each layer's {correction} level (above it: {correction}-corrected p < "
+               f"{alpha:g}); filled: a verdict ({correction}-corrected p < {alpha:g} and CI excluding 0)")
+    fig.suptitle(textwrap.fill(caption, max(50, int(fig.get_figwidth() * 15))), fontsize=8)
+
+
+#: how a figure names a correction of :data:`ivlens.specs.Correction`
+_CORRECTION_NAMES = {"holm": "Holm", "bh": "Benjamini–Hochberg"}
 
 
 def _errorbars(ax, x, y, lo, hi, filled, colour, label) -> None:
@@ -173,6 +182,7 @@ def _errorbars(ax, x, y, lo, hi, filled, colour, label) -> None:
 def plot_selectivity(table, out: str | FilePath, models: Sequence[str] | None = None) -> FilePath:
     """:func:`draw_selectivity` into one file."""
     models = list(models or dict.fromkeys(table.model))
-    fig = plt.figure(figsize=(3.6 * len(models), 5.4 if table.is_base.any() and len(models) > 1 else 3.0))
+    fig = plt.figure(figsize=(3.6 * len(models), 5.4 if table.is_base.any() and len(models) > 1 else 3.0),
+                     layout="constrained")
     draw_selectivity(fig, table, models)
     return _save(fig, out)

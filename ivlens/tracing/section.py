@@ -248,7 +248,9 @@ def _selectivity_blocks(ctx: Context, run: Run) -> list[str]:
     data = ctx.data(run, "selectivity")
     blocks.append(h.figure(selectivity(sel, models),
                            f"Top: the gap by layer (mean over {int(first.n)} queries ± {first.ci_level:.1%} bootstrap "
-                           "CI, Bonferroni over layers; filled: selective), the permutation null's band (grey) and "
+                           "CI, Bonferroni over layers; filled: selective), the permutation null's band (grey, at the "
+                           f"level {first.correction} tests each layer at, as the verdict: above it, the "
+                           f"{first.correction}-corrected p is below {first.alpha:g}) and "
                            "the base model's gap (dashed). Bottom: the difference in differences (this model's gap "
                            "− the base model's, paired by query) ± CI; filled: more or less selective than base.",
                            data))

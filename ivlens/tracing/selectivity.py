@@ -16,7 +16,9 @@ layer by layer (weighted Jaccard of edge mass, :mod:`ivlens.tracing.compare`): `
   its three splittings independently (all ``3^n`` relabellings when ``3^n ≤ n_perm``, else ``n_perm`` random ones);
   the one-sided p-value is the share of relabellings whose mean gap reaches the observed one. Summed over its
   three splittings a sample's gap is 0, so the null is centred at 0. p-values are corrected over layers (Holm by
-  default, :func:`ivlens.patching.interactions.correct`, as patching does).
+  default, :func:`ivlens.patching.interactions.correct`, as patching does). The null's band (``null_lo``,
+  ``null_hi``) is drawn at the level that same correction tests each layer at (``null_level``,
+  :func:`null_band`), so a gap above the band is exactly one whose corrected p is below α.
 - **verdict** ``selective`` where the corrected p is below α *and* the corrected CI lies above 0.
 - **difference in differences** (a post-trained model against the base model, on the samples both traced):
   ``d_i = gap_post,i − gap_base,i``; its mean, its bootstrap CI (``1 − α/L``) and a two-sided sign-flip test (under
@@ -196,6 +198,22 @@ def _rng(seed: int, stream: str) -> np.random.Generator:
     return np.random.default_rng((int(seed), _STREAM[stream]))
 
 
+def null_band(null: np.ndarray, p: np.ndarray, correction: str, alpha: float
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The permutation null's band per layer, drawn at the level the verdict's correction tests that layer at:
+    ``null: [r, layer]`` (:func:`permutation_null`), ``p: [layer]`` its raw p-values → ``(level, lo, hi)``, each
+    ``[layer]``: ``level`` from :func:`ivlens.patching.interactions.rejection_levels` (Holm: ``α / (L − k + 1)``
+    for the ``k``-th smallest p while the smaller ones are rejected), ``hi`` the null's ``1 − level`` quantile
+    (a mean gap above it has corrected p < α, up to the null's discreteness: the one-sided test's edge) and
+    ``lo`` its ``level`` quantile (the band's other side, for the eye)."""
+    from ivlens.patching.interactions import rejection_levels
+
+    level = rejection_levels(p, correction, alpha)  # [layer]
+    lo = np.array([np.quantile(null[:, j], level[j]) for j in range(null.shape[1])])
+    hi = np.array([np.quantile(null[:, j], 1 - level[j]) for j in range(null.shape[1])])
+    return level, lo, hi
+
+
 def _correct(p: np.ndarray, correction: str) -> np.ndarray:
     from ivlens.patching.interactions import correct
 
@@ -220,8 +238,7 @@ def selectivity_rows(models: Mapping[str, ModelQuartets], base: str | None = Non
         lo, hi = bootstrap_mean_ci(gap, level, _rng(seed, "gap"), n_boot)
         p, null = permutation_null(g3, _rng(seed, "null"), n_perm)
         p_adj = _correct(p, correction)
-        nq = (1 - level) / 2
-        null_lo, null_hi = np.quantile(null, nq, axis=0), np.quantile(null, 1 - nq, axis=0)
+        null_level, null_lo, null_hi = null_band(null, p, correction, alpha)
         did = _did(q, models[base], alpha, level, seed, n_boot, n_perm, correction) if base not in (None, name) \
             else None
         distance = 1 - q.sims[:, AB]  # [n, layer]
@@ -234,6 +251,7 @@ def selectivity_rows(models: Mapping[str, ModelQuartets], base: str | None = Non
             row = {"model": name, "layer": layer, "n": n, "within": _mean(within[:, layer]),
                    "between": _mean(between[:, layer]), "gap": _mean(gap[:, layer]), "gap_lo": float(lo[layer]),
                    "gap_hi": float(hi[layer]), "null_lo": float(null_lo[layer]), "null_hi": float(null_hi[layer]),
+                   "null_level": float(null_level[layer]),
                    "p_perm": float(p[layer]), "p_perm_adj": float(p_adj[layer]), "selective": selective,
                    "verdict": "selective" if selective else "not selective",
                    "base": base, "is_base": name == base}
