@@ -26,40 +26,52 @@ def _loaded(arch: str) -> LoadedModel:
     return LoadedModel.wrap(tiny_model(arch, n_layers=3, d_model=32), tiny_tokenizer(), f"tiny-{arch}")
 
 
+def _one(p):
+    """``input_ids, attention_mask, position_ids`` of one unpadded prompt, ``[1, pos]`` each."""
+    return torch.tensor([p.input_ids]), torch.ones(1, len(p), dtype=torch.long), torch.arange(len(p))[None]
+
+
 def _batch(lm: LoadedModel):
     prompts = [instruction_prompt(lm.tokenizer, t) for t in TEXTS]
     batch = pad_left(prompts, lm.tokenizer.pad_token_id)
     return batch, [batch.column(j, p.t_inst) for j, p in enumerate(prompts)]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("arch", ["olmo2", "gpt2", "gemma2", *NO_ADAPTER_ARCHS])
-def test_columns_are_the_whole_capture_at_those_columns(arch):
-    """``columns`` keeps exactly the whole residual's entries there (float32, CPU), on any causal LM, adapter or
-    not; the hooks are gone afterwards."""
+def test_columns_are_the_whole_capture_at_those_columns(arch, dtype):
+    """``columns`` keeps exactly the whole residual's entries there (on CPU, in the model's dtype), on any causal
+    LM, adapter or not; the hooks are gone afterwards."""
     lm = _loaded(arch)
+    lm.model.to(dtype)
     batch, cols = _batch(lm)
     blocks = _layers(lm.model)  # found without ivlens
     with torch.no_grad(), capture_resid(blocks) as whole:
         lm.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids)
     got = resid_at(lm.model, blocks, batch.input_ids, batch.attention_mask, batch.position_ids, cols, [2, 0])
-    assert got.shape == (2, len(TEXTS), lm.d_model) and got.dtype == torch.float32 and got.device.type == "cpu"
+    assert got.shape == (2, len(TEXTS), lm.d_model) and got.dtype == dtype and got.device.type == "cpu"
     rows = torch.arange(len(TEXTS))
     for k, layer in enumerate([2, 0]):
-        torch.testing.assert_close(got[k], whole[layer][rows, torch.tensor(cols)].float(), rtol=0, atol=0)
+        assert torch.equal(got[k], whole[layer][rows, torch.tensor(cols)])
+    assert read_resid(lm, batch, cols, [2, 0]).dtype == torch.float32  # what the IV stores keep
     assert all(not b._forward_hooks for b in blocks)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("arch", ARCHS)
-def test_patching_source_ivs_are_the_probes_ivs(arch):
+def test_patching_source_ivs_are_the_probes_ivs(arch, dtype):
     """A patch sweep's source IV and the IV the probes and steering collect for the same instruction are one
-    read-out: equal to the last bit."""
+    read-out: equal to the last bit (the source IVs in the model's dtype, float64 included)."""
     lm = _loaded(arch)
+    lm.model.to(dtype)
     p = instruction_prompt(lm.tokenizer, TEXTS[0])
     assert p.t_inst == len(p) - 1
     layers = list(range(lm.n_layers))
     probe_iv = read_resid(lm, pad_left([p], lm.tokenizer.pad_token_id), [p.t_inst], layers)[:, 0]  # [layer, d_model]
     patch_iv = source_vectors(lm.adapter, [p.input_ids], lm.tokenizer.pad_token_id)[0]
-    assert torch.equal(patch_iv.float().cpu(), probe_iv)
+    assert patch_iv.dtype == dtype and torch.equal(patch_iv.float(), probe_iv)
+    raw = resid_at(lm.model, lm.layers, *_one(p), [p.t_inst], layers)[:, 0]
+    assert torch.equal(patch_iv, raw)
 
 
 @pytest.mark.parametrize("arch", ["olmo2", "gpt2"])

@@ -225,16 +225,16 @@ def layer_pass(adapter: ArchitectureAdapter, batch: Batch, *, record: bool = Fal
 def source_vectors(adapter: ArchitectureAdapter, sequences: Sequence[Sequence[int]], pad_id: int,
                    stats: EngineStats | None = None) -> torch.Tensor:
     """IVs of source prompts: ``resid_post[l]`` at each prompt's last token, ``[n_sources, layer, d_model]`` (on the
-    embedding's device, in its dtype), read with the one residual read-out (:func:`ivlens.models.adapters.resid_at`,
-    the read-out of the probes' and steering's IVs)."""
+    embedding's device, in the model's dtype), read with the one residual read-out
+    (:func:`ivlens.models.adapters.resid_at`, the read-out of the probes' and steering's IVs)."""
     batch = pad_left([tuple(s) for s in sequences], pad_id).to(_device(adapter))
     last = [batch.input_ids.shape[1] - 1] * len(sequences)
     resid = resid_at(adapter.model, adapter.layers, batch.input_ids, batch.attention_mask, batch.position_ids, last,
-                     range(adapter.n_layers))  # [layer, n_sources, d_model] float32
+                     range(adapter.n_layers))  # [layer, n_sources, d_model]
     if stats is not None:  # one clean forward of the sources
         stats.baseline_evals += adapter.n_layers * sum(len(s) for s in sequences)
         stats.layer_calls += adapter.n_layers
-    return resid.transpose(0, 1).to(device=_device(adapter), dtype=adapter.embed.weight.dtype)
+    return resid.transpose(0, 1).to(_device(adapter))
 
 
 # ------------------------------------------------------------------------------------------------ memory model

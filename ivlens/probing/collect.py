@@ -53,7 +53,7 @@ def read_resid(loaded: LoadedModel, batch: Batch, columns: Sequence[int], layers
 
         return program(loaded, batch, columns, layers)
     return resid_at(loaded.model, loaded.layers, batch.input_ids, batch.attention_mask, batch.position_ids, columns,
-                    layers)
+                    layers).float()
 
 
 def _through_nnsight(loaded: LoadedModel) -> bool:

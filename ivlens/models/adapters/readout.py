@@ -12,7 +12,8 @@ adapter (only the decoder blocks, :func:`~.derive.find_decoder_layers`), so it w
   the same IV with the same code.
 
 Its nnsight counterpart, the same read-out as one nnsight trace (``--remote`` and local nnsight models), is
-:func:`ivlens.nnsight_program.residuals_at`, with the same arguments and result.
+:func:`ivlens.nnsight_program.residuals_at` (the same arguments; float32 result);
+:func:`ivlens.probing.collect.read_resid` picks one of the two for a loaded model.
 
 Never read residuals from ``output_hidden_states``: its last entry is after the final norm.
 
@@ -39,9 +40,9 @@ def capture_resid(blocks: nn.ModuleList, layers: Sequence[int] | None = None,
     Args:
         blocks: the model's decoder blocks (:func:`~.derive.find_decoder_layers`, ``ArchitectureAdapter.layers``).
         layers: indices into ``blocks``.
-        columns: ``[batch]`` keep only column ``columns[i]`` of row ``i``, as ``[batch, d_model]`` float32 on CPU
-            (a batch never holds more than ``[layer, batch, d_model]`` of activations); ``None``: the whole
-            ``[batch, pos, d_model]``, detached, in the model's dtype and on the block's device.
+        columns: ``[batch]`` keep only column ``columns[i]`` of row ``i``, as ``[batch, d_model]`` on CPU (a batch
+            never holds more than ``[layer, batch, d_model]`` of activations); ``None``: the whole
+            ``[batch, pos, d_model]`` on the block's device. Either way detached, in the model's dtype.
 
     >>> with capture_resid(adapter.layers, [0, 3]) as cache:
     ...     model(input_ids)
@@ -56,7 +57,7 @@ def capture_resid(blocks: nn.ModuleList, layers: Sequence[int] | None = None,
                 cache[layer] = resid.detach()
             else:
                 rows = torch.arange(resid.shape[0], device=resid.device)
-                cache[layer] = resid[rows, columns.to(resid.device)].detach().float().cpu()  # [batch, d_model]
+                cache[layer] = resid[rows, columns.to(resid.device)].detach().cpu()  # [batch, d_model]
         handles.append(blocks[layer].register_forward_hook(hook))
     try:
         yield cache
@@ -78,7 +79,8 @@ def resid_at(model: nn.Module, blocks: nn.ModuleList, input_ids: torch.Tensor, a
         layers: decoder layers to read.
 
     Returns:
-        ``[layer, batch, d_model]`` float32 on CPU, in the order of ``layers``.
+        ``[layer, batch, d_model]`` on CPU in the model's dtype (exactly the blocks' outputs), in the order of
+        ``layers``.
     """
     columns = torch.as_tensor(columns, dtype=torch.long)
     with capture_resid(blocks, layers, columns) as cache:
