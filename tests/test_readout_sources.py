@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from ivlens.models.adapters import resid_at
 from ivlens.models.load import LoadedModel
 from ivlens.probing import probe_run
-from ivlens.probing.collect import ivs_at_t_inst
 from ivlens.probing.probes import LogisticProbe, lda_project
 from ivlens.probing.weights import (
     ProbeWeights,
@@ -188,8 +188,8 @@ def test_trace_readout_equals_the_probe_on_the_collected_iv(tiny_probe, tmp_path
     assert tr.readout["cls"] == "adj_ant" and tr.readout["pos"] == tr.t_inst == len(tr.result.sur.tokens) - 1
     task = load_task("adjectives")
     p = instruction_prompt(lm.tokenizer, task.subtask("adj_ant").instruction)
-    iv = ivs_at_t_inst(lm, torch.tensor([p.input_ids]), torch.ones(1, len(p)), torch.arange(len(p))[None],
-                       torch.tensor([p.t_inst]), [3])[0, 0]
+    iv = resid_at(lm.model, lm.layers, torch.tensor([p.input_ids]), torch.ones(1, len(p)), torch.arange(len(p))[None],
+                  [p.t_inst], [3])[0, 0]
     d = probe_direction(run, "tiny", 3, "adj_ant")
     assert g.real == pytest.approx(float(iv.double() @ torch.from_numpy(d.vector)), rel=1e-5, abs=1e-6)
     import pandas as pd

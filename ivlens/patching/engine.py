@@ -9,7 +9,8 @@ and small row counts).
 Only the work a patch changes is done:
 
 1. **Clean runs once.** Each target prompt runs once (its *clean* run), recording ``resid_post[l]`` and the
-   attention keys/values of every layer; each source prompt runs once, giving its IVs ``[layer, d_model]``.
+   attention keys/values of every layer; each source prompt runs once, giving its IVs ``[layer, d_model]`` (a plain
+   forward read with the one residual read-out, :func:`ivlens.models.adapters.resid_at`, as the probes' IVs).
 2. **Start at the first patched layer.** A row whose first patched layer is ``l0`` is identical to the clean run
    up to ``resid_post[l0]``, so it starts from the clean residual there (with the IV written at ``p``) and runs
    only layers ``l0+1 … L−1``.
@@ -66,7 +67,7 @@ import numpy as np
 import torch
 
 from ivlens.estimate.plans import metric_bytes, trie_state_bytes
-from ivlens.models.adapters import ArchitectureAdapter, PrefixCache
+from ivlens.models.adapters import ArchitectureAdapter, PrefixCache, resid_at
 from ivlens.tasks.prompts import Batch, pad_left
 
 from .metrics import continuation_logprobs, label_metrics
@@ -221,14 +222,19 @@ def layer_pass(adapter: ArchitectureAdapter, batch: Batch, *, record: bool = Fal
     return h, resid, keys, values
 
 
-@torch.no_grad()
 def source_vectors(adapter: ArchitectureAdapter, sequences: Sequence[Sequence[int]], pad_id: int,
                    stats: EngineStats | None = None) -> torch.Tensor:
     """IVs of source prompts: ``resid_post[l]`` at each prompt's last token, ``[n_sources, layer, d_model]`` (on the
-    embedding's device)."""
-    run = clean_run(adapter, sequences, pad_id, record=True, stats=stats)
-    dev = _device(adapter)
-    return torch.stack([r[:, -1].to(dev) for r in run.resid], dim=1)
+    embedding's device, in the model's dtype), read with the one residual read-out
+    (:func:`ivlens.models.adapters.resid_at`, the read-out of the probes' and steering's IVs)."""
+    batch = pad_left([tuple(s) for s in sequences], pad_id).to(_device(adapter))
+    last = [batch.input_ids.shape[1] - 1] * len(sequences)
+    resid = resid_at(adapter.model, adapter.layers, batch.input_ids, batch.attention_mask, batch.position_ids, last,
+                     range(adapter.n_layers))  # [layer, n_sources, d_model]
+    if stats is not None:  # one clean forward of the sources
+        stats.baseline_evals += adapter.n_layers * sum(len(s) for s in sequences)
+        stats.layer_calls += adapter.n_layers
+    return resid.transpose(0, 1).to(_device(adapter))
 
 
 # ------------------------------------------------------------------------------------------------ memory model

@@ -2,9 +2,9 @@
 
 An IV is ``resid_post[l][T_inst]`` of the **instruction-only** prompt (``ivlens.tasks.prompts``): the
 residual after decoder layer ``l`` at the instruction's last token. Prompts are left-padded into batches
-(with position ids counting real tokens only, so padding changes nothing), and forward hooks on the decoder
-layers keep only the T_inst column of each row, so a batch never holds more than
-``[layer, batch, d_model]`` of activations.
+(with position ids counting real tokens only, so padding changes nothing) and read with the one residual
+read-out, :func:`read_resid` (forward hooks that keep only the T_inst column of each row, so a batch never holds
+more than ``[layer, batch, d_model]`` of activations; the same read-out as an nnsight trace with ``--remote``).
 
 Storage (streamed, one shard per batch, so a large set is never held twice in memory)::
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,44 +30,30 @@ from safetensors import safe_open
 from safetensors.torch import save as st_save
 
 from ivlens.estimate.model import forward_batch_size
-from ivlens.models.adapters import resid_from_output
+from ivlens.models.adapters import resid_at
 from ivlens.models.load import LoadedModel
 from ivlens.runs import atomic_write_bytes, atomic_write_json, atomic_write_parquet
-from ivlens.tasks.prompts import PromptFormat, instruction_prompt, pad_left
+from ivlens.tasks.prompts import Batch, PromptFormat, instruction_prompt, pad_left
 
 from .instructions import InstructionRow
 
 log = logging.getLogger(__name__)
 
 
-def ivs_at_t_inst(loaded: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                  position_ids: torch.Tensor, columns: torch.Tensor, layers: list[int]) -> torch.Tensor:
-    """One forward; the residual after each of ``layers`` at one column per row.
-
-    Args:
-        input_ids, attention_mask, position_ids: ``[batch, pos]`` (left-padded batch).
-        columns: ``[batch]`` batch column of T_inst in each row.
-        layers: decoder layers to read (``resid_post``).
+def read_resid(loaded: LoadedModel, batch: Batch, columns: Sequence[int], layers: Sequence[int]) -> torch.Tensor:
+    """One forward; the residual after each of ``layers`` at column ``columns[i]`` of row ``i`` of a left-padded
+    ``batch``: :func:`ivlens.models.adapters.resid_at` (forward hooks) for a loaded model, its nnsight program
+    :func:`ivlens.nnsight_program.residuals_at` for an nnsight one (``--remote``).
 
     Returns:
         ``[layer, batch, d_model]`` float32 on CPU, in the order of ``layers``.
     """
-    rows = torch.arange(input_ids.shape[0], device=input_ids.device)
-    out: dict[int, torch.Tensor] = {}
-    handles = []
-    for layer in layers:
-        def hook(_mod, _inp, output, layer=layer):
-            resid = resid_from_output(output)  # [batch, pos, d_model]
-            out[layer] = resid[rows, columns.to(resid.device)].detach().float().cpu()  # [batch, d_model]
-        handles.append(loaded.layers[layer].register_forward_hook(hook))
-    try:
-        with torch.inference_mode():  # logits of the last position only: [batch, pos, d_vocab] is never made
-            loaded.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                         use_cache=False, logits_to_keep=1)
-    finally:
-        for h in handles:
-            h.remove()
-    return torch.stack([out[layer] for layer in layers])  # [layer, batch, d_model]
+    if _through_nnsight(loaded):  # --remote: the nnsight program, on NDIF
+        from ivlens.nnsight_program import residuals_at as program
+
+        return program(loaded, batch, columns, layers)
+    return resid_at(loaded.model, loaded.layers, batch.input_ids, batch.attention_mask, batch.position_ids, columns,
+                    layers).float()
 
 
 def _through_nnsight(loaded: LoadedModel) -> bool:
@@ -195,13 +181,8 @@ def collect_ivs(loaded: LoadedModel, rows: list[InstructionRow], out: str | Path
         if (resume and shard.exists()) or (owns is not None and not owns(b)):
             continue
         batch = pad_left([prompts[i] for i in idx], tok.pad_token_id).to(device)
-        cols = torch.tensor([batch.column(j, prompts[i].t_inst) for j, i in enumerate(idx)], device=device)
-        if _through_nnsight(loaded):  # --remote: the nnsight program, on NDIF
-            from ivlens.nnsight_program import residuals_at
-
-            resid = residuals_at(loaded, batch, cols.tolist(), layers)
-        else:
-            resid = ivs_at_t_inst(loaded, batch.input_ids, batch.attention_mask, batch.position_ids, cols, layers)
+        cols = [batch.column(j, prompts[i].t_inst) for j, i in enumerate(idx)]
+        resid = read_resid(loaded, batch, cols, layers)  # [layer, batch, d_model]
         atomic_write_bytes(shard, st_save({"resid": resid.contiguous(),
                                            "rows": torch.tensor(list(idx), dtype=torch.long)}))
         n_batches += 1

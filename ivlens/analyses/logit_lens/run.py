@@ -26,7 +26,7 @@ import torch
 
 from ivlens.api import config_layer_count, load_spec_models, start_run
 from ivlens.models.load import LoadedModel, check_model_files
-from ivlens.probing.collect import ivs_at_t_inst, parse_layers
+from ivlens.probing.collect import parse_layers, read_resid
 from ivlens.probing.instructions import instruction_set
 from ivlens.runs import RunDir, check_out_dir, slug
 from ivlens.specs import SpecError
@@ -65,8 +65,8 @@ def model_rows(loaded: LoadedModel, spec: LogitLensSpec, layers: list[int]) -> t
     for start in range(0, len(rows), spec.batch_size):
         part = prompts[start:start + spec.batch_size]
         batch = pad_left(part, tok.pad_token_id).to(loaded.device)
-        cols = torch.tensor([batch.column(j, p.t_inst) for j, p in enumerate(part)], device=loaded.device)
-        resid = ivs_at_t_inst(loaded, batch.input_ids, batch.attention_mask, batch.position_ids, cols, layers)
+        cols = [batch.column(j, p.t_inst) for j, p in enumerate(part)]
+        resid = read_resid(loaded, batch, cols, layers)  # [layer, batch, d_model]
         ivs.append(resid.transpose(0, 1))  # [batch, layer, d_model]
     ivs_all = torch.cat(ivs)  # [n, layer, d_model]
     ids = {name: label_ids(tok, prompts[0], list(sub.label_space)) for name, sub in task.subtasks.items()}

@@ -39,8 +39,7 @@ Shape vocabulary used throughout ivlens: ``batch pos d_model layer head kv_head 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Literal
@@ -50,6 +49,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from .derive import get_module, layer_type_of, norm_eps, resid_from_output, sliding_window_of, text_config
+from .readout import capture_resid
 from .spec import (
     ArchitectureSpec,
     AttentionParams,
@@ -325,25 +325,15 @@ class ArchitectureAdapter:
     # ------------------------------------------------------- residual stream
     resid_from_output = staticmethod(resid_from_output)
 
-    @contextmanager
-    def capture_resid(self, layers: list[int] | None = None) -> Iterator[dict[int, torch.Tensor]]:
-        """Record ``resid_post[l]: [batch, pos, d_model]`` with plain forward hooks for one forward.
+    def capture_resid(self, layers: list[int] | None = None) -> AbstractContextManager[dict[int, torch.Tensor]]:
+        """Record ``resid_post[l]: [batch, pos, d_model]`` with plain forward hooks for one forward
+        (:func:`~.readout.capture_resid` on this model's blocks).
 
         >>> with adapter.capture_resid([0, 3]) as cache:
         ...     model(input_ids)
         >>> cache[3].shape
         """
-        cache: dict[int, torch.Tensor] = {}
-        handles = []
-        for l in layers if layers is not None else range(self.n_layers):  # noqa: E741
-            def hook(_mod, _inp, out, l=l):  # noqa: E741
-                cache[l] = self.resid_from_output(out).detach()
-            handles.append(self._layers[l].register_forward_hook(hook))
-        try:
-            yield cache
-        finally:
-            for h in handles:
-                h.remove()
+        return capture_resid(self._layers, layers)
 
     # --------------------------------------------------- layer-level execution
     # Running decoder layers one at a time, on a slice of positions, with the keys/values of earlier positions
