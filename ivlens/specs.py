@@ -84,6 +84,14 @@ def field_cli(field: Any) -> Cli:
 FormatField = Annotated[Format, Field(description="prompt format: raw (the paper's) or chat")]
 SplitField = Annotated[Split, Field(description="queries: an organism's heldout or train split (from its card), "
                                                 "or all")]
+#: ``--seed`` where it draws the ``--samples`` queries (eval, patch, steer, trace --compare; probes and the logit
+#: lens seed other things and say so)
+SampleSeedField = Annotated[int, Field(description="seed of the sample draw: which queries --samples picks")]
+#: ``--memory-budget`` where batch sizes follow from it (:func:`ivlens.budget.resolve_memory_budget`; the tracer,
+#: which cannot batch its graph, words its own default)
+MemoryBudgetField = Annotated[str | None, Field(
+    description="working memory beyond the weights, e.g. 4GB, 512MiB, 1.5G (default: a quarter of the free RAM, at "
+                "most 1 GiB; half the free GPU memory on CUDA); batch sizes follow from it, results do not")]
 ScoreField = Annotated[Score, Field(description="first-token: the label's first token (the paper's); answer: whole "
                                                 "labels by teacher-forced log-probability, ranked among the label "
                                                 "space (use when labels share their first token, e.g. numbers)")]
@@ -132,8 +140,6 @@ class Spec(BaseModel):
     analysis: ClassVar[str] = ""
     #: fields that never change a result: left out of the hash, and a resumed run takes the new value
     result_neutral: ClassVar[frozenset[str]] = frozenset()
-    #: the help of an inherited field's option where this analysis's command words it its own way
-    option_help: ClassVar[dict[str, str]] = {}
 
     def __init__(self, **data: Any) -> None:
         try:
@@ -167,7 +173,8 @@ class ModelsSpec(Spec):
 
     models: Annotated[tuple[str, ...], Cli(short="-m", repeat=True)] = Field(
         min_length=1, description="Hub id, local directory, .gguf file, organism-base|sft|dpo or "
-                                  "smollm2-135m-instruct; repeat for several")
+                                  "smollm2-135m-instruct; repeat to put models side by side (e.g. organism-base, "
+                                  "organism-sft, organism-dpo); not needed with --resume")
     gguf_file: str | None = Field(None, description="GGUF file inside the model repo/directory, or its path")
     dtype: Dtype = Field("float32", description="weights' dtype")
     device: str = Field("cpu", description="cpu | cuda | cuda:N | auto (accelerate device_map)")

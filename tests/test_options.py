@@ -27,17 +27,41 @@ def command(name: str):
 @pytest.mark.parametrize("analysis", [a.name for a in ANALYSES])
 def test_every_spec_field_is_an_option_and_back(analysis):
     """Each field is a parameter named like it, whose option is :func:`option_name` (or its ``Cli.flag``) and whose
-    help is the field's description (or the spec's ``option_help``); each option is a field or command-only."""
+    help is the field's description; each option is a field or command-only."""
     spec = next(a.spec for a in ANALYSES if a.name == analysis)
     params = {p.name: p for p in command(analysis).params}
     for name, field in spec.model_fields.items():
         assert name in params, f"{spec.__name__}.{name} has no option"
         assert (field_cli(field).flag or option_name(name)) in params[name].opts
-        assert params[name].help == spec.option_help.get(name, field.description), name
+        assert params[name].help == field.description, name
         assert field_cli(field).short is None or field_cli(field).short in params[name].opts
     no_field = {o for n, p in params.items() if n not in spec.model_fields for o in p.opts if o.startswith("--")}
     assert no_field <= set(COMMAND_ONLY), f"options without a field or a declared purpose: {no_field - set(COMMAND_ONLY)}"
     assert {"--out", "--dry-run"} <= no_field
+
+
+#: options that mean the same in every command that has them: one shared field, one help
+SAME_EVERYWHERE = ("--model", "--dtype", "--device", "--format", "--split", "--revision", "--gguf-file", "--shard")
+
+
+def test_an_option_shared_by_commands_has_one_help():
+    """One wording per option across the commands (``patch`` and ``steer`` had their own for ``--model``,
+    ``--dtype``, ``--device``, ``--seed``, ``--memory-budget``, ``--format`` and ``--split``); where the meaning
+    differs (``--seed`` of the CV folds in ``probe``, the tracer's own memory default), one wording per meaning:
+    the sample draw's seed and the batching memory budget read the same in every command that has them."""
+    helps: dict[str, dict[str, list[str]]] = {}
+    for a in ANALYSES:
+        for p in command(a.name).params:
+            if p.opts[0].startswith("--") and p.opts[0] not in COMMAND_ONLY:
+                helps.setdefault(p.opts[0], {}).setdefault(p.help, []).append(a.name)
+    for name in SAME_EVERYWHERE:
+        assert len(helps[name]) == 1, f"{name} is worded differently by different commands: {helps[name]}"
+    for name in ("--model", "--dtype", "--device", "--format"):
+        assert {"eval", "patch", "steer", "probe", "trace"} <= set(next(iter(helps[name].values()))), name
+    seeds = {h: cmds for h, cmds in helps["--seed"].items() if "sample draw" in h}
+    assert len(seeds) == 1 and {"eval", "patch", "steer", "trace"} <= set(next(iter(seeds.values())))
+    budgets = {h: cmds for h, cmds in helps["--memory-budget"].items() if "batch sizes follow" in h}
+    assert len(budgets) == 1 and {"patch", "steer", "probe"} <= set(next(iter(budgets.values())))
 
 
 def test_spec_command_converts_the_options_to_field_values():

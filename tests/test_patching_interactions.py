@@ -77,8 +77,55 @@ def test_paired_tests_match_scipy():
     k = int((a > b).sum())
     assert r["p_sign"] == pytest.approx(stats.binomtest(k, 20, 0.5).pvalue)
     assert r["criterion_rate"] == pytest.approx((a >= b).mean())
+
+
+
+def test_an_undefined_test_gives_nan_not_one():
+    """No variance of 0 differences, or a single sample: no test is possible, so p is NaN (before: 1.0, an
+    undefined test claimed as "not significant"); constant nonzero differences are the t-test's limit, p = 0."""
+    a = np.random.default_rng(1).normal(size=20)
     same = paired_tests(a, a)
-    assert same["p_t"] == 1.0 and same["p_wilcoxon"] == 1.0 and same["p_sign"] == 1.0
+    assert np.isnan(same["t"]) and np.isnan(same["p_t"])
+    assert np.isnan(same["p_wilcoxon"]) and np.isnan(same["p_sign"])
+    one = paired_tests(a[:1], a[:1] - 1.0)
+    assert one["n"] == 1 and np.isnan(one["p_t"]) and np.isnan(one["sem_interaction"])
+    shifted = paired_tests(np.arange(5.0) + 1.0, np.arange(5.0))  # every difference exactly 1
+    assert shifted["p_t"] == 0.0 and shifted["t"] == np.inf
+
+
+def test_sets_whose_interaction_is_zero_by_construction_are_not_tested():
+    """Layer 3 (the last of 4) at a non-final position reaches no logit: its single effect and its contribution to
+    any set are 0 by construction. A pair (x, 3) has one reaching layer, so its interaction is 0 by construction
+    (up to float noise, which must not be tested): verdict "additive by construction", NaN tests, out of the Holm
+    family. A triplet (x, y, 3) keeps two reaching layers and is tested like any other set."""
+    rng = np.random.default_rng(0)
+    recs = []
+    for s in range(30):
+        single = {i: rng.normal(1.0, 1.0) if i < 3 else 0.0 for i in range(4)}
+        for layers in (c for k in (1, 2, 3) for c in itertools.combinations(range(4), k)):
+            read = [i for i in layers if i < 3]
+            add = sum(single[i] for i in read)
+            e = (single[layers[0]] if len(layers) == 1 else add + 1e-12 * rng.normal() if len(read) <= 1
+                 else add + 0.5 + rng.normal(0, 0.3))
+            recs.append({"model": "m", "position": "first", "sample": s, "layers": ",".join(map(str, layers)),
+                         "set_size": len(layers), "first_layer": layers[0], "delta_logit_vs_target": e,
+                         "reaches_logits": layers[0] < 3, "ia": e > 0, "acc_top1": e > 2, "acc_space": e > 1})
+    t = pd.DataFrame(recs)
+    st = interaction_stats(t, correction="holm").set_index("layers")
+    fixed = ["0,3", "1,3", "2,3"]
+    assert st.additive_by_construction.tolist() == [layers in fixed for layers in st.index]
+    assert (st.loc[fixed, "verdict"] == "additive by construction").all()
+    assert st.loc[fixed, ["p_t", "p_t_adj", "p_wilcoxon", "p_sign"]].isna().all().all()
+    assert not st.loc[fixed, "paper_criterion_holds"].any() and not st.loc[fixed, "paper_criterion_reachable"].any()
+    tested = st.drop(index=fixed)
+    assert (tested.verdict == "superadditive").all()  # the triplets with layer 3 included
+    assert tested.p_t_adj.tolist() == pytest.approx(holm(tested.p_t.to_numpy()).tolist())  # a family of 7, not 10
+    summ = additivity_summary(st.reset_index()).set_index("set_size")
+    assert summ.loc[2, "n_sets"] == 6 and summ.loc[2, "n_tested"] == 3
+    assert summ.loc[2, "n_additive_by_construction"] == 3 and summ.loc[2, "frac_superadditive"] == 1.0
+    assert summ.loc[3, "n_tested"] == 4 and summ.loc[3, "n_additive_by_construction"] == 0
+    # a table without reaches_logits (an older run) makes no such claim
+    assert not interaction_stats(t.drop(columns="reaches_logits")).additive_by_construction.any()
 
 
 def test_corrections():

@@ -283,3 +283,31 @@ def test_the_probe_table_gives_each_row_its_own_probes_majority_share(study, tmp
     for r in rows:
         cell = dict(zip(header, r, strict=True))
         assert float(cell["majority"]) == pytest.approx(want[(cell["probe"], int(cell["layer"]))], abs=5e-4)
+
+
+def test_the_probe_table_gives_the_heldout_accuracy_its_spread_and_n(study, tmp_path):
+    """The held-out accuracy is shown with its bootstrap standard deviation and its number of held-out rows
+    (``heldout_std``, ``heldout_n`` of the probe table), matched to its (probe, layer, model) row."""
+    from ivlens.page import Context, read_study
+    from ivlens.probing.section import heldout_cell, probing_section
+
+    acc = pd.read_parquet(next((study / "probe").glob("probe_accuracy*")))
+    acc = acc[acc.target == "subtask"] if "target" in acc else acc
+    assert acc.heldout_acc.notna().any() and (acc.heldout_n > 0).any()
+    html = "".join(probing_section(Context(read_study(study), tmp_path)).blocks)
+    table = next(t for t in re.findall(r"<table.*?</table>", html, flags=re.S) if "majority" in t)
+    header = [re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<th.*?</th>", table, flags=re.S)]
+    rows = [[re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<td.*?</td>", r, flags=re.S)]
+            for r in re.findall(r"<tr>(.*?)</tr>", table, flags=re.S)]
+    checked = 0
+    for r in (dict(zip(header, r, strict=True)) for r in rows if r):
+        for m in acc.model.unique():
+            want = acc[(acc.probe == r["probe"]) & (acc.layer == int(r["layer"])) & (acc.model == m)].iloc[0]
+            shown = r[f"held-out {m}"]
+            if pd.isna(want.heldout_acc):
+                assert shown == "–"
+                continue
+            assert shown == f"{want.heldout_acc:.3f} ± {want.heldout_std:.3f} (n={int(want.heldout_n)})"
+            checked += 1
+    assert checked > 0
+    assert heldout_cell(float("nan"), 0.1, 4) is None and heldout_cell(0.5, float("nan"), 0) == "0.500"

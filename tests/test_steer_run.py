@@ -187,6 +187,23 @@ def test_compare_with_patching_leaves_an_untested_layer_out_of_the_correction():
     assert c.loc[0, "verdict"] == "no significant difference"
 
 
+def test_compare_with_patching_gives_no_verdict_where_the_test_is_undefined():
+    """Layer 1 steers to the patch's IA on every sample: every difference is 0, the t-test is undefined, so its p
+    is NaN (not 1: "no significant difference" would claim a test), it has no verdict and stays out of Holm's
+    family (layer 0 keeps its raw p, a family of 1)."""
+    steer = pd.DataFrame({"model": "m", "vector": "mean", "position": "first", "layer": [0] * 4 + [1] * 4,
+                          "alpha": 1.0, "sample": [0, 1, 2, 3] * 2, "ia": [1, 1, 1, 0] + [1, 0, 1, 0],
+                          "acc_top1": 0, "logit": 0.0, "delta_logit_vs_target": 0.0})
+    patch = pd.DataFrame({"model": "m", "position": "first", "sample": [0, 1, 2, 3] * 2,
+                          "layers": ["0"] * 4 + ["1"] * 4, "set_size": 1,
+                          "ia": [1] * 4 + [1, 0, 1, 0], "acc_top1": [1] * 8})
+    c = compare_with_patching(steer, patch).set_index("layer")
+    assert c.loc[1, "diff"] == 0.0 and c.loc[1, "n"] == 4
+    assert np.isnan(c.loc[1, "p_t"]) and np.isnan(c.loc[1, "p_t_adj"]) and pd.isna(c.loc[1, "verdict"])
+    assert c.loc[0, "p_t_adj"] == pytest.approx(c.loc[0, "p_t"])
+    assert c.loc[0, "verdict"] == "no significant difference"
+
+
 def test_compare_with_patching_picks_the_best_and_tests_paired():
     steer = pd.DataFrame({"model": "m", "vector": "mean", "position": "first", "layer": [0] * 8 + [1] * 8,
                           "alpha": [1.0, 1.0, 1.0, 1.0, 2.0, 2.0, 2.0, 2.0] * 2, "sample": [0, 1, 2, 3] * 4,

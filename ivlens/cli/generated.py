@@ -9,7 +9,7 @@ or parsed value, a bound the parser checks).
 
 Each field becomes the option :func:`ivlens.specs.option_name` names (``memory_budget`` → ``--memory-budget``) with
 the field's ``description`` as its help (a field without one is a programming error, raised when the CLI is built;
-:attr:`ivlens.specs.Spec.option_help` words an inherited field's help for one command). Types: ``str``, ``int``,
+an option shared by several commands is one shared field, so it reads the same everywhere). Types: ``str``, ``int``,
 ``float``, ``bool`` (``--x``; ``--x/--no-x`` when the default is True), ``Literal`` choices, their optional forms,
 ``tuple[str, ...]`` given comma-separated (``--tasks adjectives,animals``) or repeated (``Cli(repeat=True)``), and
 any type with a ``Cli(parse=...)`` from the option's text.
@@ -66,7 +66,7 @@ def _comma_split(text: str | None) -> tuple[str, ...] | None:
 def _field_option(spec_cls: type[Spec], name: str, field: Any) -> tuple[inspect.Parameter, Convert | None]:
     """One spec field as a typer parameter (named like the field) and how its value becomes the field's."""
     cli = field_cli(field)
-    help_text = spec_cls.option_help.get(name, field.description)
+    help_text = field.description
     if not help_text:
         raise TypeError(f"{spec_cls.__name__}.{name} has no description: give it Field(description=...) "
                         "(the help of its option)")

@@ -57,9 +57,12 @@ def patch(
         for r in an.additivity.itertuples():
             criterion = (f"paper's criterion: {r.paper_criterion_power}" if r.paper_criterion_power else
                          f"{r.frac_paper_criterion:.0%} meet the paper's criterion")
-            console.print(f"{r.model} · {r.position} · size {r.set_size}: {r.frac_superadditive:.0%} superadditive, "
-                          f"{r.frac_subadditive:.0%} subadditive of {int(r.n_sets)} sets ({spec.correction}); "
-                          f"{criterion}", highlight=False)
+            fixed = (f", {int(r.n_additive_by_construction)} more additive by construction (untested)"
+                     if getattr(r, "n_additive_by_construction", 0) else "")
+            shares = (f"{r.frac_superadditive:.0%} superadditive, {r.frac_subadditive:.0%} subadditive"
+                      if r.n_tested else "no set tested")
+            console.print(f"{r.model} · {r.position} · size {r.set_size}: {shares} of {int(r.n_tested)} tested sets "
+                          f"({spec.correction}){fixed}; {criterion}", highlight=False)
     from ivlens.patching.linearity import summary_lines
 
     for line in summary_lines(an.linearity):

@@ -6,7 +6,7 @@ from typing import Annotated, ClassVar
 
 from pydantic import Field
 
-from ivlens.specs import Cli, FormatField, ModelsSpec, QueryStyle, ScoreField, SplitField
+from ivlens.specs import Cli, FormatField, ModelsSpec, QueryStyle, SampleSeedField, ScoreField, SplitField
 
 
 class EvalSpec(ModelsSpec):
@@ -27,4 +27,4 @@ class EvalSpec(ModelsSpec):
     score: ScoreField = "first-token"
     batch_size: int = Field(16, gt=0, description="prompts per generation batch")
     chunk_size: int = Field(8, gt=0, description="samples per result shard (the unit of --resume)")
-    seed: int = Field(0, description="seed of the sample selection")
+    seed: SampleSeedField = 0

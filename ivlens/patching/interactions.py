@@ -104,9 +104,14 @@ def paired_tests(joint: np.ndarray, additive: np.ndarray) -> dict[str, float]:
     """Tests of ``joint`` vs ``additive`` (both ``[n]``, paired by sample).
 
     Returns mean joint/additive/interaction, its standard error, the paired t-test (``t``, ``p_t``), the Wilcoxon
-    signed-rank test (``p_wilcoxon``; 1 when every difference is 0), the paper's criterion rate
-    ``mean(joint ≥ additive)`` with its sign test ``p_sign``, and ``p_paper_released`` (a one-sample t-test of the
-    0/1 indicators against 50, as released with the paper; meaningless by construction).
+    signed-rank test (``p_wilcoxon``), the paper's criterion rate ``mean(joint ≥ additive)`` with its sign test
+    ``p_sign``, and ``p_paper_released`` (a one-sample t-test of the 0/1 indicators against 50, as released with
+    the paper; meaningless by construction).
+
+    Where a test is undefined its p-value is NaN, never 1 (an undefined test is not "not significant";
+    :func:`correct` leaves NaN out of the family and callers give such a row no verdict): the t-test with fewer
+    than 2 samples or with every difference 0, the Wilcoxon and sign tests with no nonzero difference. Constant
+    nonzero differences (no variance, every sample one way) are the t-test's limit: ``t = ±inf``, ``p_t = 0``.
     """
     joint, additive = np.asarray(joint, float), np.asarray(additive, float)
     d = joint - additive
@@ -120,13 +125,13 @@ def paired_tests(joint: np.ndarray, additive: np.ndarray) -> dict[str, float]:
             out["t"], out["p_t"] = float(t.statistic), float(t.pvalue)
         else:
             out["t"] = np.nan if n < 2 or d.mean() == 0 else np.sign(d.mean()) * np.inf
-            out["p_t"] = 1.0 if n < 2 or d.mean() == 0 else 0.0
+            out["p_t"] = np.nan if n < 2 or d.mean() == 0 else 0.0
         nz = d[d != 0]
-        out["p_wilcoxon"] = float(stats.wilcoxon(nz).pvalue) if len(nz) > 0 else 1.0
+        out["p_wilcoxon"] = float(stats.wilcoxon(nz).pvalue) if len(nz) > 0 else np.nan
         ind = (joint >= additive).astype(float)
         out["criterion_rate"] = ind.mean()
         k, m = int((d > 0).sum()), int((d != 0).sum())
-        out["p_sign"] = float(stats.binomtest(k, m, 0.5).pvalue) if m > 0 else 1.0
+        out["p_sign"] = float(stats.binomtest(k, m, 0.5).pvalue) if m > 0 else np.nan
         released = stats.ttest_1samp(ind, 50.0) if n > 1 else None
         out["p_paper_released"] = float(released.pvalue) if released is not None and np.isfinite(
             released.pvalue) else (0.0 if n > 1 else np.nan)
@@ -153,6 +158,10 @@ def per_sample_interactions(rows: pd.DataFrame, effect: str = "delta_logit_vs_ta
     """Joint, additive and interaction per (model, position, sample, multi-layer set).
 
     ``rows``: the sweep's patch table. Sets whose singles are missing are dropped.
+    ``additive_by_construction``: at most one layer of the set reaches the logits on that sample (the singles'
+    ``reaches_logits``, :mod:`ivlens.patching.reach`), so its interaction is 0 by construction: a patch no later
+    computation reads (e.g. the last layer at a non-final position) adds nothing to the joint run either, since it
+    only overwrites a residual nothing reads. ``False`` for a table without ``reaches_logits`` (no claim).
     """
     if effect not in rows.columns:
         raise ValueError(f"unknown effect column {effect!r}; choose a metric column such as "
@@ -160,10 +169,13 @@ def per_sample_interactions(rows: pd.DataFrame, effect: str = "delta_logit_vs_ta
     singles = rows[rows.set_size == 1].set_index([*GROUP, "sample", "first_layer"])[effect]
     multi = rows[rows.set_size >= 2][[*GROUP, "sample", "layers", "set_size", effect]].copy()
     if multi.empty:
-        return multi.assign(joint=[], additive=[], interaction=[])
+        return multi.assign(joint=[], additive=[], interaction=[], additive_by_construction=[])
     additive = np.zeros(len(multi))
+    reaching = np.zeros(len(multi), dtype=int)  # layers of the set whose single patch reaches the logits
     ok = np.ones(len(multi), dtype=bool)
     lookup = singles.to_dict()
+    reach = (rows[rows.set_size == 1].set_index([*GROUP, "sample", "first_layer"])["reaches_logits"].to_dict()
+             if "reaches_logits" in rows else None)
     for j, (model, pos, sample, layers) in enumerate(zip(multi.model, multi.position, multi["sample"],
                                                          multi.layers, strict=True)):
         for layer in layers.split(","):
@@ -172,23 +184,33 @@ def per_sample_interactions(rows: pd.DataFrame, effect: str = "delta_logit_vs_ta
                 ok[j] = False
                 break
             additive[j] += v
+            reaching[j] += 1 if reach is None else bool(reach[(model, pos, sample, int(layer))])
     multi["joint"] = multi[effect].astype(float)
     multi["additive"] = additive
     multi["interaction"] = multi.joint - multi.additive
+    multi["additive_by_construction"] = (reach is not None) & (reaching <= 1)
     return multi[ok].drop(columns=[effect]).reset_index(drop=True)
 
 
 def interaction_stats(rows: pd.DataFrame, effect: str = "delta_logit_vs_target", correction: Correction = "holm",
                       alpha: float = 0.05) -> pd.DataFrame:
     """One row per (model, position, multi-layer set): :func:`paired_tests`, corrected p-values (over the sets of
-    each model and position), a ``verdict`` (superadditive / subadditive / n.s.), ``paper_criterion_holds``,
+    each model and position), a ``verdict``, ``additive_by_construction``, ``paper_criterion_holds``,
     ``paper_criterion_reachable`` (its corrected sign test could be significant at the set's ``n``) and
-    ``paper_criterion_min_n`` (the fewest samples at which it could, for this family of sets)."""
+    ``paper_criterion_min_n`` (the fewest samples at which it could, for this family of sets).
+
+    ``verdict``: superadditive / subadditive / n.s. where the t-test is defined; ``additive by construction``
+    where the set's interaction is 0 by construction on every sample (:func:`per_sample_interactions`; its tests
+    are NaN and it is left out of the correction's family: a 0 the model cannot help is no evidence of
+    additivity); empty (None) where the t-test is undefined (fewer than 2 samples or no variance)."""
     per = per_sample_interactions(rows, effect)
     recs = []
+    untestable = {"t": np.nan, "p_t": np.nan, "p_wilcoxon": np.nan, "p_sign": np.nan}
     for (model, pos, layers), g in per.groupby([*GROUP, "layers"], sort=False):
+        fixed = bool(g.additive_by_construction.all())
+        tests = paired_tests(g.joint.to_numpy(), g.additive.to_numpy())
         recs.append({"model": model, "position": pos, "layers": layers, "set_size": int(g.set_size.iloc[0]),
-                     **paired_tests(g.joint.to_numpy(), g.additive.to_numpy())})
+                     **tests, **(untestable if fixed else {}), "additive_by_construction": fixed})
     out = pd.DataFrame(recs)
     if out.empty:
         return out
@@ -198,22 +220,28 @@ def interaction_stats(rows: pd.DataFrame, effect: str = "delta_logit_vs_target",
         for col in ("p_t", "p_wilcoxon", "p_sign"):
             out.loc[idx, f"{col}_adj"] = correct(out.loc[idx, col].to_numpy(), correction)
     sig = out.p_t_adj < alpha
-    out["verdict"] = np.where(sig & (out.mean_interaction > 0), "superadditive",
-                              np.where(sig & (out.mean_interaction < 0), "subadditive", "n.s."))
+    verdict = pd.Series(np.where(sig & (out.mean_interaction > 0), "superadditive",
+                                 np.where(sig & (out.mean_interaction < 0), "subadditive", "n.s.")), index=out.index)
+    out["verdict"] = verdict.where(out.p_t.notna(), None).where(~out.additive_by_construction,
+                                                               "additive by construction")
     out["paper_criterion_holds"] = (out.p_sign_adj < alpha) & (out.criterion_rate > 0.5)
     out["paper_criterion_reachable"] = False
     out["paper_criterion_min_n"] = 0
     for _, idx in out.groupby(GROUP, sort=False).groups.items():
         n = out.loc[idx, "n"].to_numpy(int)
-        out.loc[idx, "paper_criterion_reachable"] = correct(sign_test_floor(n), correction) < alpha
-        out.loc[idx, "paper_criterion_min_n"] = min_queries_for_sign_test(len(n), correction, alpha)
+        floor = np.where(out.loc[idx, "additive_by_construction"].to_numpy(bool), np.nan, sign_test_floor(n))
+        out.loc[idx, "paper_criterion_reachable"] = correct(floor, correction) < alpha
+        out.loc[idx, "paper_criterion_min_n"] = min_queries_for_sign_test(max(int((~np.isnan(floor)).sum()), 1),
+                                                                         correction, alpha)
     out["effect"], out["correction"] = effect, correction
     return out
 
 
 def additivity_summary(stats_table: pd.DataFrame) -> pd.DataFrame:
-    """Per (model, position, set size): the number of sets and the fractions significantly super- and
-    subadditive, meeting the paper's criterion (sign test), and "passing" the paper's released test.
+    """Per (model, position, set size): the number of sets, of those tested (a defined t-test, not additive by
+    construction) and of those additive by construction, and, over the tested sets, the fractions significantly
+    super- and subadditive, meeting the paper's criterion (sign test), and "passing" the paper's released test,
+    and the mean interaction (NaN where no set was tested).
 
     ``frac_paper_criterion`` is over the sets whose sign test could reach significance after the correction at
     their number of samples (``paper_criterion_reachable``), and NaN where none could: a corrected exact sign test
@@ -230,15 +258,19 @@ def additivity_summary(stats_table: pd.DataFrame) -> pd.DataFrame:
 
 def _additivity_row(x: pd.DataFrame) -> dict:
     reachable = x.paper_criterion_reachable.astype(bool)
+    fixed = x.additive_by_construction.astype(bool) if "additive_by_construction" in x else x.n < 0
+    tested = x[~fixed & x.p_t.notna()]
     no_power = "" if reachable.any() else (f"no power at n={int(x.n.max())}; needs n ≥ "
                                            f"{int(x.paper_criterion_min_n.max())}")
     return {
         "n_sets": len(x),
-        "frac_superadditive": (x.verdict == "superadditive").mean(),
-        "frac_subadditive": (x.verdict == "subadditive").mean(),
+        "n_tested": len(tested),
+        "n_additive_by_construction": int(fixed.sum()),
+        "frac_superadditive": (tested.verdict == "superadditive").mean() if len(tested) else np.nan,
+        "frac_subadditive": (tested.verdict == "subadditive").mean() if len(tested) else np.nan,
         "frac_paper_criterion": x.paper_criterion_holds[reachable].mean() if reachable.any() else np.nan,
-        "frac_paper_released_test": (x.p_paper_released < 0.05).mean(),
-        "mean_interaction": x.mean_interaction.mean(),
+        "frac_paper_released_test": (tested.p_paper_released < 0.05).mean() if len(tested) else np.nan,
+        "mean_interaction": tested.mean_interaction.mean() if len(tested) else np.nan,
         "paper_criterion_power": no_power,
     }
 

@@ -206,17 +206,22 @@ def patching_section(ctx: Context) -> h.Section | None:
                                "on the right), red positive, blue negative.",
                                ctx.data(run, "interactions", "single_layer")))
         if not inter.empty:
-            verdicts = (inter.groupby(["model", "position", "set_size", "verdict"], sort=False).size()
+            verdicts = (inter.assign(verdict=inter.verdict.fillna("no test (n < 2 or no variance)"))
+                        .groupby(["model", "position", "set_size", "verdict"], sort=False).size()
                         .unstack("verdict", fill_value=0).reset_index())
             everywhere = bool(coincide and coincide[0] == coincide[1])
             verdicts.insert(3, "interaction is", ["fixed by construction" if p == "last" or (p == "first" and everywhere)
                                                   else "data" for p in verdicts.position])
             s.add(h.table(verdicts, "Interaction verdicts: number of layer sets per verdict (Holm-corrected paired "
-                                    "t-test of joint against additive, α = 0.05). Rows marked *fixed by "
-                                    "construction* are not evidence about cooperation between layers (see the note "
-                                    "above).".replace("*", ""), ctx.data(run, "interactions")))
+                                    "t-test of joint against additive, α = 0.05; sets additive by construction, "
+                                    "where at most one layer's patch reaches the logits, e.g. the last layer at a "
+                                    "non-final position, are counted apart and left out of the correction). Rows "
+                                    "marked *fixed by construction* are not evidence about cooperation between "
+                                    "layers (see the note above).".replace("*", ""), ctx.data(run, "interactions")))
         if run.has("additivity"):
-            s.add(h.table(run.table("additivity"), "Additivity per set size: shares of super- and subadditive sets, "
+            s.add(h.table(run.table("additivity"), "Additivity per set size: shares of the tested sets (n_tested: "
+                                                   "a defined t-test, not additive by construction) that are "
+                                                   "super- and subadditive, "
                                                    "of sets meeting the paper's per-sample criterion (joint ≥ "
                                                    "additive, sign test; no value where the corrected sign test "
                                                    "cannot reach significance with this many queries, as "

@@ -10,13 +10,15 @@ from ivlens.specs import (
     Backend,
     Cli,
     Correction,
-    Format,
+    FormatField,
     LinearEstimate,
+    MemoryBudgetField,
     PatchMode,
     PatchTarget,
     RemoteSpec,
+    SampleSeedField,
     ScoreField,
-    Split,
+    SplitField,
 )
 
 
@@ -26,32 +28,24 @@ class PatchSpec(RemoteSpec):
     analysis: ClassVar[str] = "patch"
     result_neutral: ClassVar[frozenset[str]] = frozenset({"batch_size", "memory_budget", "threads", "figures", "shard"})
 
-    option_help: ClassVar[dict[str, str]] = {
-        "models": "Model name or path; repeat to put models side by side (e.g. organism-base, organism-sft, "
-                  "organism-dpo); not needed with --resume.",
-        "dtype": "Weights' dtype.", "device": "cpu | cuda | cuda:N | auto."}
-
     task: str = Field("adjectives", description="Task name or YAML spec.")
     subtask: str | None = Field(None, description="Subtask whose IV is patched (default: the task's first).")
     layers: str = Field("single", description="single | pairs | triplets | N-sets (every set of up to N layers, e.g. "
                                               "4-sets) | explicit sets like '3,5,7;2,4'.")
     positions: str = Field("first,last", description="Target positions: bos, first, last, t_inst, or token indices.")
     samples: int | None = Field(None, gt=0, description="Number of samples (drawn with --seed); default all.")
-    split: Split = Field("all", description="Queries: an organism's heldout or train split (from its card), or all.")
+    split: SplitField = "all"
     mode: PatchMode = Field("transfer", description="transfer (IV into the query-only prompt) | contrastive (subtask "
                                                     "A's IV into subtask B's instructed prompt at T_inst).")
     source_model: str | None = Field(None, description="Take the IVs from this checkpoint (same shape).")
     target: PatchTarget = Field("bare", description="Query-only target: bare (the paper's) | formatted.")
-    format: Format = Field("raw", description="Prompt format.")
+    format: FormatField = "raw"
     score: ScoreField = "first-token"
     batch_size: int | None = Field(None, gt=0, description="Rows per bounded trie of batched layer calls (default: "
                                                            "from --memory-budget).")
-    memory_budget: str | None = Field(None, description="Working memory beyond the weights, e.g. 4GB, 512MiB, 1.5G "
-                                                        "(default: a quarter of the free RAM, at most 1 GiB; half the "
-                                                        "free GPU memory on CUDA). Batch sizes and engine passes "
-                                                        "follow from it; results do not.")
+    memory_budget: MemoryBudgetField = None
     chunk_size: int = Field(25, gt=0, description="Samples per result shard (the unit of --resume).")
-    seed: int = Field(0, description="Seed of the sample draw.")
+    seed: SampleSeedField = 0
     effect: str = Field("delta_logit_vs_target", description="Effect column for interactions and figures.")
     correction: Correction = Field("holm", description="Multiple-comparison correction.")
     alpha: float = Field(0.05, gt=0, lt=1, description="Significance level after correction.")

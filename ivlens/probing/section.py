@@ -76,6 +76,16 @@ def projection_scatter(proj: pd.DataFrame, models: Sequence[str], layers: Sequen
 
 
 # ----------------------------------------------------------------------------- section
+def heldout_cell(acc: float, std: float, n: float) -> str | None:
+    """A held-out accuracy with its bootstrap standard deviation and number of held-out rows, e.g.
+    ``0.950 ± 0.034 (n=40)``; ``None`` (shown as –) where there was no held-out evaluation."""
+    if pd.isna(acc):
+        return None
+    spread = "" if pd.isna(std) else f" ± {std:.3f}"
+    rows = "" if pd.isna(n) or n <= 0 else f" (n={int(n)})"
+    return f"{acc:.3f}{spread}{rows}"
+
+
 @guard
 def probing_section(ctx: Context) -> h.Section | None:
     """Probes."""
@@ -97,16 +107,23 @@ def probing_section(ctx: Context) -> h.Section | None:
         sub = acc[acc.target == "subtask"] if "target" in acc else acc
         metrics = [(c, label) for c, label in (("cv_mean", "CV"), ("heldout_acc", "held-out"),
                                                ("shuffled_mean", "shuffled")) if c in sub]
-        wide = sub.pivot_table(index=["probe", "layer"], columns="model", values=[c for c, _ in metrics],
-                               sort=False)
-        names = dict(metrics)
+        spread = [c for c in ("heldout_std", "heldout_n") if "heldout_acc" in sub and c in sub]
+        wide = sub.pivot_table(index=["probe", "layer"], columns="model",
+                               values=[c for c, _ in metrics] + spread, sort=False)
+        names = dict(metrics) | {"heldout_std": "held-out std", "heldout_n": "held-out n"}
         models = [m for m in ctx.models if m in set(sub.model)]
         wide.columns = [f"{names[c]} {m}" for c, m in wide.columns]
+        if len(spread) == 2:  # the held-out accuracy with its bootstrap spread and its number of rows, in one cell
+            for m in models:
+                wide[f"held-out {m}"] = [heldout_cell(a, sd, n) for a, sd, n in zip(
+                    wide[f"held-out {m}"], wide[f"held-out std {m}"], wide[f"held-out n {m}"], strict=True)]
         wide = wide[[f"{label} {m}" for _, label in metrics for m in models]].reset_index()
         majority = sub.groupby(["probe", "layer"]).majority.mean()  # aligned by (probe, layer), not by row order
         wide["majority"] = majority.reindex(pd.MultiIndex.from_frame(wide[["probe", "layer"]])).to_numpy()
-        s.add(h.table(wide, "Probe accuracy by layer and model: cross-validated (CV), on held-out phrasings and "
-                            "with shuffled labels; majority: the majority class's share.",
+        s.add(h.table(wide, "Probe accuracy by layer and model: cross-validated (CV), on held-out phrasings (± its "
+                            "bootstrap standard deviation over the n held-out rows; where every one is right the "
+                            "spread is 0 and the error rate is still only bounded by about 3/n) and with shuffled "
+                            "labels; majority: the majority class's share.",
                       ctx.data(run, "probe_accuracy")))
         if run.has("projections"):
             proj = run.table("projections")

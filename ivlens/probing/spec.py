@@ -7,7 +7,7 @@ from typing import Annotated, ClassVar
 from pydantic import Field
 
 from ivlens.probing.instructions import read_user_instructions
-from ivlens.specs import Cli, FormatField, RemoteSpec, SpecError, Varying
+from ivlens.specs import Cli, FormatField, MemoryBudgetField, RemoteSpec, SpecError, Varying
 
 
 def user_instructions(given: list[str]) -> dict[str, str]:
@@ -47,8 +47,7 @@ class ProbeSpec(RemoteSpec):
         None, description="layers of the LDA/PCA scatters and heatmaps (default first, middle, last)")
     batch_size: int | None = Field(None, gt=0, description="instructions per forward (default: as many as fit "
                                                            "--memory-budget)")
-    memory_budget: str | None = Field(None, description="working memory beyond the weights (4GB, 512MiB; default: a "
-                                                        "safe share of free memory)")
+    memory_budget: MemoryBudgetField = None
     format: FormatField = "raw"
     seed: int = Field(0, description="seed of the CV folds and label shuffles")
 

@@ -109,7 +109,9 @@ def compare_with_patching(steer: pd.DataFrame, patch: pd.DataFrame, *, correctio
         ``set_position`` (best set containing the layer), ``diff`` (steer − single-layer patch), ``p_t``,
         ``p_wilcoxon`` and the corrected ``p_t_adj``, and ``verdict``: ``falls short`` / ``exceeds``
         (significantly below / above the single-layer patch after correction) or ``no significant difference``;
-        a layer without a single-layer patch has NaN p-values (left out of the correction) and no verdict.
+        a layer without a single-layer patch, or where the test is undefined (fewer than 2 shared samples, or the
+        same IA on every one: :func:`~ivlens.patching.interactions.paired_tests`), has NaN p-values (left out of
+        the correction) and no verdict.
     """
     steer, patch = shared_samples(steer, patch)
     n_shared = steer.groupby("model")["sample"].nunique()

@@ -6,7 +6,7 @@ from typing import Any, ClassVar
 
 from pydantic import Field, model_validator
 
-from ivlens.specs import Format, ModelsSpec, PatchTarget, Split
+from ivlens.specs import FormatField, MemoryBudgetField, ModelsSpec, PatchTarget, SampleSeedField, SplitField
 
 from .plan import parse_steer_positions
 from .vectors import parse_alphas, parse_vectors
@@ -17,11 +17,6 @@ class SteerSpec(ModelsSpec):
 
     analysis: ClassVar[str] = "steer"
     result_neutral: ClassVar[frozenset[str]] = frozenset({"batch_size", "memory_budget", "threads", "figures", "shard"})
-
-    option_help: ClassVar[dict[str, str]] = {
-        "models": "Model name or path; repeat to put models side by side (organism-base, organism-sft, "
-                  "organism-dpo); not needed with --resume.",
-        "dtype": "Weights' dtype.", "device": "cpu | cuda | cuda:N | auto."}
 
     task: str = Field("adjectives", description="Task name or YAML spec.")
     subtask: str | None = Field(None, description="Subtask A: its IVs give the vectors, its label is scored "
@@ -37,16 +32,15 @@ class SteerSpec(ModelsSpec):
                                                          "patching writes the IV), last, all (every token), bos, "
                                                          "token indices.")
     samples: int | None = Field(None, gt=0, description="Number of samples (drawn with --seed); default all.")
-    split: Split = Field("all", description="Queries: an organism's heldout or train split, or all.")
+    split: SplitField = "all"
     target: PatchTarget = Field("bare", description="Query-only prompt: bare (the paper's) | formatted.")
-    format: Format = Field("raw", description="Prompt format.")
+    format: FormatField = "raw"
     max_per_subtask: int | None = Field(None, gt=0, description="Rephrasings per subtask for the vectors (default "
                                                                 "all).")
     batch_size: int | None = Field(None, gt=0, description="Rows per bounded trie (default: from --memory-budget).")
-    memory_budget: str | None = Field(None, description="Working memory beyond the weights, e.g. 4GB, 512MiB "
-                                                        "(default as ivlens patch); results do not depend on it.")
+    memory_budget: MemoryBudgetField = None
     chunk_size: int = Field(25, gt=0, description="Samples per result shard (the unit of --resume).")
-    seed: int = Field(0, description="Seed of the sample draw.")
+    seed: SampleSeedField = 0
     threads: int | None = Field(None, gt=0, description="torch CPU threads (default: torch's choice).")
     figures: bool = Field(True, description="Write figures.")
     #: a finished transfer ``ivlens patch`` run of the same task, subtask, target and format: the steering is compared

@@ -6,7 +6,7 @@ from typing import Annotated, ClassVar
 
 from pydantic import Field, field_validator, model_validator
 
-from ivlens.specs import Cli, Correction, FormatField, ModelsSpec, SplitField, TraceMethod
+from ivlens.specs import Cli, Correction, FormatField, ModelsSpec, SampleSeedField, SplitField, TraceMethod
 
 from .readout import check_position, parse_readout
 
@@ -38,10 +38,12 @@ class TraceSpec(ModelsSpec):
     from_inst: bool = Field(False, description="sources = T_inst (task prompts): paths leaving the instruction")
     max_tokens: int | None = Field(None, gt=0, description="trace only the last N tokens of the prompt (the graph "
                                                            "costs L·H·T²)")
-    memory_budget: str | None = Field(None, description="working memory beyond the weights (4GB, 512MiB, 1.5G; "
-                                                        "default: a safe share of free memory)")
+    memory_budget: str | None = Field(None, description="working memory beyond the weights, e.g. 4GB, 512MiB, 1.5G "
+                                                        "(default: 80% of the free memory, less the weights: the "
+                                                        "graph cannot be split into batches); results do not "
+                                                        "depend on it")
     format: FormatField = "raw"
-    seed: int = Field(0, description="seed of the sample selection")
+    seed: SampleSeedField = 0
     #: trace ``w · resid_l[t]`` instead of a logit (:mod:`ivlens.tracing.readout`), read at ``position``
     readout: str | None = Field(None, description="trace w · resid_l[t] instead of a logit: "
                                                   "probe:RUN_DIR:LAYER[:CLASS], means:RUN_DIR:LAYER[:A-B], "
