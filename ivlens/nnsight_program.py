@@ -10,7 +10,8 @@ comes back: one residual vector per (layer, row), or one row of last-position lo
   at T_inst for the probes; the sources' IVs of a patch sweep);
 - :func:`last_logits`: unpatched last-position logits (the sweep's target-only and instructed baselines);
 - :func:`patched_last_logits`: last-position logits of patched rows, ``h[rows, cols] = IV`` at each layer of a
-  row's layer set, as :func:`ivlens.patching.nnsight_backend.patched_logits_nnsight` does on a local module.
+  row's layer set: the patched rows of both ``--remote`` and ``--backend nnsight``
+  (:func:`ivlens.patching.nnsight_rows.patched_traces`).
 """
 
 from __future__ import annotations
