@@ -102,6 +102,23 @@ def test_sweep_backends_agree(task):
     a = patch_sweep(lm, task, "adj_ant", layers="pairs", samples=[3, 4], target="formatted")
     b = patch_sweep(lm, task, "adj_ant", layers="pairs", samples=[3, 4], target="formatted", backend="nnsight")
     assert (a.rows.logit - b.rows.logit).abs().max() < TOL
+
+
+def test_nnsight_backend_runs_the_remote_program(task):
+    """``--backend nnsight`` runs the patched-row program ``--remote`` sends: its rows equal, to the last bit, those
+    of the ``--remote`` path run on the same local weights (:func:`ivlens.ndif.local_model`), whose IVs and
+    baselines are nnsight traces too."""
+    import pandas as pd
+
+    from ivlens.ndif import local_model
+
+    lm = LoadedModel.wrap(_model("qwen2"), tiny_tokenizer(), "q")
+    a = patch_sweep(lm, task, "adj_ant", layers="pairs", samples=[3, 4], target="formatted", backend="nnsight",
+                    linear_estimate="off")  # the estimate runs on the local engine only
+    b = patch_sweep(local_model(lm), task, "adj_ant", layers="pairs", samples=[3, 4], target="formatted")
+    pd.testing.assert_frame_equal(a.rows, b.rows, check_exact=True)
+    pd.testing.assert_frame_equal(a.baselines, b.baselines, check_exact=True)
+    assert a.stats["q"].executed_evals == b.stats["q"].executed_evals > 0
     with pytest.raises(ValueError, match="unknown backend"):
         patch_sweep(lm, task, "adj_ant", samples=1, backend="jax")
 
