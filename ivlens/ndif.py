@@ -85,6 +85,12 @@ class NNsightModel(LoadedModel):
         return super().describe() | {"backend": "nnsight", "remote": "ndif" if self.remote else None}
 
 
+def through_nnsight(loaded: LoadedModel) -> bool:
+    """Whether ``loaded`` runs through the nnsight programs (an :class:`NNsightModel`: ``--remote``, or local
+    weights wrapped by :func:`local_model`) rather than the torch engine and hooks."""
+    return isinstance(loaded, NNsightModel)
+
+
 def _transformers_model(source, **kwargs):
     import warnings
 

@@ -10,7 +10,8 @@ comes back: one residual vector per (layer, row), or one row of last-position lo
   at T_inst for the probes; the sources' IVs of a patch sweep);
 - :func:`last_logits`: unpatched last-position logits (the sweep's target-only and instructed baselines);
 - :func:`patched_last_logits`: last-position logits of patched rows, ``h[rows, cols] = IV`` at each layer of a
-  row's layer set, as :func:`ivlens.patching.nnsight_backend.patched_logits_nnsight` does on a local module.
+  row's layer set: the patched rows of both ``--remote`` and ``--backend nnsight``
+  (:func:`ivlens.patching.nnsight_rows.patched_traces`).
 """
 
 from __future__ import annotations
@@ -32,10 +33,13 @@ def _layers(model: NNsightModel):
     return root
 
 
-def _inputs(batch: Batch, rows: torch.Tensor | None = None) -> dict:
-    pick = (lambda x: x) if rows is None else (lambda x: x[rows])
-    return {"input_ids": pick(batch.input_ids).cpu(), "attention_mask": pick(batch.attention_mask).cpu(),
-            "position_ids": pick(batch.position_ids).cpu(), "logits_to_keep": 1}
+def _inputs(model: NNsightModel, batch: Batch, rows: torch.Tensor | None = None) -> dict:
+    """The trace's model inputs (rows ``rows`` of ``batch``, else all) on the model's device: CPU for NDIF (the
+    request carries them), the weights' device for local weights (nnsight passes tensors to the module as given)."""
+    device = model.device
+    pick = (lambda x: x) if rows is None else (lambda x: x[rows.to(x.device)])
+    return {"input_ids": pick(batch.input_ids).to(device), "attention_mask": pick(batch.attention_mask).to(device),
+            "position_ids": pick(batch.position_ids).to(device), "logits_to_keep": 1}
 
 
 def residuals_at(model: NNsightModel, batch: Batch, columns: Sequence[int], layers: Sequence[int]) -> torch.Tensor:
@@ -51,7 +55,7 @@ def residuals_at(model: NNsightModel, batch: Batch, columns: Sequence[int], laye
     cols = torch.as_tensor(list(columns), dtype=torch.long)
     saved = []
     nn = model.nn  # the block may reference only nnsight, torch and tensors (no ivlens object)
-    with torch.no_grad(), nn.trace(**_inputs(batch), remote=model.remote):
+    with torch.no_grad(), nn.trace(**_inputs(model, batch), remote=model.remote):
         for layer in sorted(layers):  # forward order
             out = envoys[layer].output
             h = out[0] if isinstance(out, tuple) else out  # [batch, pos, d_model]
@@ -65,7 +69,7 @@ def last_logits(model: NNsightModel, batch: Batch) -> torch.Tensor:
     import nnsight
 
     nn = model.nn  # the block may reference only nnsight, torch and tensors (no ivlens object)
-    with torch.no_grad(), nn.trace(**_inputs(batch), remote=model.remote):
+    with torch.no_grad(), nn.trace(**_inputs(model, batch), remote=model.remote):
         logits = nnsight.save(nn.output.logits[:, -1].detach().float().cpu())
     return logits
 
@@ -79,7 +83,7 @@ def patched_last_logits(model: NNsightModel, batch: Batch, targets: torch.Tensor
 
     envoys = _layers(model)
     nn = model.nn  # the block may reference only nnsight, torch and tensors (no ivlens object)
-    with torch.no_grad(), nn.trace(**_inputs(batch, targets.cpu()), remote=model.remote):
+    with torch.no_grad(), nn.trace(**_inputs(model, batch, targets), remote=model.remote):
         for layer in sorted(patches):  # forward order
             r_idx, c_idx, vals = patches[layer]
             out = envoys[layer].output

@@ -72,8 +72,10 @@ def test_engine_logits_match_reference(arch):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_nnsight_backend_matches_reference(arch):
-    """The nnsight backend (whole batched forwards through envoys) gives the same logits as the reference."""
-    from ivlens.patching.nnsight_backend import patched_logits_nnsight
+    """The nnsight backend (the patched-row program ``--remote`` sends, run here: whole batched forwards through
+    envoys) gives the same logits as the reference."""
+    from ivlens.ndif import local_model
+    from ivlens.patching.nnsight_rows import patched_traces
 
     model = _model(arch)
     adapter = get_adapter(model)
@@ -83,7 +85,9 @@ def test_nnsight_backend_matches_reference(arch):
     sets = [(0,), (2,), (1, 3), (0, 1, 2)]
     rows = [RowSpec(t, 0, s, p) for t in range(2) for s in sets for p in (0, len(targets[t]) - 1)]
     stats = EngineStats()
-    got = patched_logits_nnsight(adapter, clean, ivs, rows, batch_size=5, stats=stats)
+    nm = local_model(LoadedModel.wrap(model, tiny_tokenizer(), arch))
+    got = torch.cat([logits for _, _, logits in patched_traces(nm, clean.batch, ivs, rows, batch_size=5,
+                                                               stats=stats)])
     fast = patched_logits(adapter, clean, ivs, rows)
     ref_ivs = ref.source_ivs(model, (30, 31, 32))
     for r, logits, f in zip(rows, got, fast, strict=True):
@@ -98,6 +102,23 @@ def test_sweep_backends_agree(task):
     a = patch_sweep(lm, task, "adj_ant", layers="pairs", samples=[3, 4], target="formatted")
     b = patch_sweep(lm, task, "adj_ant", layers="pairs", samples=[3, 4], target="formatted", backend="nnsight")
     assert (a.rows.logit - b.rows.logit).abs().max() < TOL
+
+
+def test_nnsight_backend_runs_the_remote_program(task):
+    """``--backend nnsight`` runs the patched-row program ``--remote`` sends: its rows equal, to the last bit, those
+    of the ``--remote`` path run on the same local weights (:func:`ivlens.ndif.local_model`), whose IVs and
+    baselines are nnsight traces too."""
+    import pandas as pd
+
+    from ivlens.ndif import local_model
+
+    lm = LoadedModel.wrap(_model("qwen2"), tiny_tokenizer(), "q")
+    a = patch_sweep(lm, task, "adj_ant", layers="pairs", samples=[3, 4], target="formatted", backend="nnsight",
+                    linear_estimate="off")  # the estimate runs on the local engine only
+    b = patch_sweep(local_model(lm), task, "adj_ant", layers="pairs", samples=[3, 4], target="formatted")
+    pd.testing.assert_frame_equal(a.rows, b.rows, check_exact=True)
+    pd.testing.assert_frame_equal(a.baselines, b.baselines, check_exact=True)
+    assert a.stats["q"].executed_evals == b.stats["q"].executed_evals > 0
     with pytest.raises(ValueError, match="unknown backend"):
         patch_sweep(lm, task, "adj_ant", samples=1, backend="jax")
 

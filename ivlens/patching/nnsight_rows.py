@@ -1,24 +1,27 @@
-"""A patch sweep's model work through the nnsight programs (:mod:`ivlens.nnsight_program`): ``--remote``.
+"""A patch sweep's model work through the nnsight programs (:mod:`ivlens.nnsight_program`): ``--remote`` and
+``--backend nnsight``.
 
-:func:`ivlens.patching.sweep.patch_sweep` hands a chunk of samples here when its model is an
-:class:`~ivlens.ndif.NNsightModel` (on NDIF, or local weights for the tests). Everything that touches the model
-is a trace: the sources' IVs (the residual after every layer at the instruction prompt's last token), the
-target-only and instructed baselines (last-position logits), and the patched rows (whole forwards, one batch row
-per configuration, as many rows per trace as fit the memory budget). The metrics are computed here from the
-returned logits with the same :func:`~ivlens.patching.metrics.label_metrics` as the torch engine, so the rows
-equal the engine's.
+:func:`ivlens.patching.sweep.patch_sweep` hands a chunk of samples to :func:`first_token_scores_nnsight` when its
+model is an :class:`~ivlens.ndif.NNsightModel` (``--remote``: on NDIF, or local weights for the tests).
+Everything that touches the model is a trace: the sources' IVs (the residual after every layer at the instruction
+prompt's last token), the target-only and instructed baselines (last-position logits), and the patched rows
+(:func:`patched_traces`: whole forwards, one batch row per configuration, as many rows per trace as fit the memory
+budget). ``--backend nnsight`` on a loaded model runs the same patched-row traces (:func:`patched_metrics_nnsight`
+on :func:`ivlens.ndif.local_model`) in place of the torch engine's rows; its IVs and baselines stay the engine's.
+The metrics are computed from the returned logits with the same :func:`~ivlens.patching.metrics.label_metrics` as
+the torch engine, so the rows equal the engine's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
 from ivlens.estimate.model import forward_batch_size
 from ivlens.ndif import NNsightModel
 from ivlens.nnsight_program import last_logits, patched_last_logits, residuals_at, slices
-from ivlens.tasks.prompts import pad_left
+from ivlens.tasks.prompts import Batch, pad_left
 
 from .engine import EngineStats, RowSpec
 from .metrics import label_metrics
@@ -36,10 +39,84 @@ def source_vectors_nnsight(model: NNsightModel, sequences: Sequence[Sequence[int
     return resid.permute(1, 0, 2)  # [source, layer, d_model]
 
 
-def rows_per_trace(model: NNsightModel, width: int, memory_budget: int) -> int:
+def rows_per_trace(model: NNsightModel, width: int, memory_budget: int | None) -> int:
     """Patched rows per trace within ``memory_budget`` bytes: a whole forward of ``width`` positions each (the
     cost of one prompt in IV collection, :func:`ivlens.estimate.model.forward_batch_size`)."""
     return forward_batch_size(model, width, memory_budget)
+
+
+def patched_traces(model: NNsightModel, batch: Batch, ivs: torch.Tensor, rows: Sequence[RowSpec], *,
+                   batch_size: int | None = None, memory_budget: int | None = None,
+                   stats: EngineStats | None = None) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """The patched rows as traces of :func:`ivlens.nnsight_program.patched_last_logits`, the program ``--remote``
+    sends (on NDIF, or here for ``--backend nnsight`` on a :func:`~ivlens.ndif.local_model`).
+
+    One batch row per configuration (a copy of its target's row of the left-padded ``batch``); at each layer of a
+    row's layer set the residual at its token is set to the source's IV (``ivs: [n_sources, layer, d_model]``).
+    No savings: every row runs every layer on the whole prompt. Rows per trace: ``batch_size``, else as many
+    whole forwards as fit ``memory_budget`` (:func:`rows_per_trace`).
+
+    Yields:
+        ``(start, end, logits)`` for consecutive slices of ``rows``: ``logits [end − start, d_vocab]`` float32 on
+        CPU, one trace each.
+    """
+    L, width = model.n_layers, batch.input_ids.shape[1]
+    lengths = batch.attention_mask.sum(1).tolist()
+    ivs = ivs.float().cpu()
+    bs = batch_size or rows_per_trace(model, width, memory_budget)
+    st = EngineStats()
+    for i, j in slices(len(rows), bs):
+        chunk = rows[i:j]
+        tgt = torch.tensor([r.target for r in chunk], dtype=torch.long)
+        patches = {}
+        for layer in sorted({x for r in chunk for x in r.layers}):  # forward order
+            sel = [k for k, r in enumerate(chunk) if layer in r.layers]
+            patches[layer] = (torch.tensor(sel, dtype=torch.long),
+                              torch.tensor([batch.pad[chunk[k].target] + chunk[k].token for k in sel],
+                                           dtype=torch.long),
+                              ivs[torch.tensor([chunk[k].source for k in sel]), layer])
+        logits = patched_last_logits(model, batch, tgt, patches)
+        for r in chunk:
+            st.minimal_evals += (L - 1 - r.layers[0]) * (lengths[r.target] - r.token)
+        st.executed_evals += len(chunk) * L * width
+        st.layer_calls += L
+        st.unembed_rows += len(chunk)
+        st.groups += 1
+        yield i, j, logits
+    st.rows = st.unique_rows = len(rows)
+    if stats is not None:
+        stats.add(st)
+
+
+def patched_metrics_nnsight(model: NNsightModel, batch: Batch, ivs: torch.Tensor, rows: Sequence[RowSpec],
+                            label: torch.Tensor, alt: torch.Tensor | None = None, space: torch.Tensor | None = None,
+                            *, batch_size: int | None = None, memory_budget: int | None = None,
+                            stats: EngineStats | None = None, on_rows: Callable[[int], None] | None = None,
+                            device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """The metrics ``{metric: [len(rows)]}`` (on CPU) of every patched row of :func:`patched_traces`, each trace's
+    logits reduced at once on ``device`` by :func:`~ivlens.patching.metrics.label_metrics` (``label, alt:
+    [n_targets]`` token ids per target, ``space: [k]``)."""
+    out: dict[str, torch.Tensor] = {}
+    tgt_all = torch.tensor([r.target for r in rows], dtype=torch.long)
+    label, alt = label.cpu(), (alt.cpu() if alt is not None else None)
+    space = space.to(device) if space is not None else None
+    for i, j, logits in patched_traces(model, batch, ivs, rows, batch_size=batch_size, memory_budget=memory_budget,
+                                       stats=stats):
+        t = tgt_all[i:j]
+        m = label_metrics(logits.to(device), label[t].to(device), alt[t].to(device) if alt is not None else None,
+                          space)
+        for name, v in m.items():
+            if name not in out:
+                out[name] = torch.empty(len(rows), dtype=v.dtype)
+            out[name][i:j] = v.cpu()
+        if on_rows is not None:
+            on_rows(j - i)
+    if not out:
+        empty = torch.empty(0, model.model.config.vocab_size)
+        m = label_metrics(empty, label[:0], alt[:0] if alt is not None else None, space.cpu() if space is not None
+                          else None)
+        return {k: v.cpu() for k, v in m.items()}
+    return out
 
 
 def first_token_scores_nnsight(model: NNsightModel, targets: Sequence[Sequence[int]],
@@ -54,34 +131,9 @@ def first_token_scores_nnsight(model: NNsightModel, targets: Sequence[Sequence[i
     ib = pad_left([tuple(s) for s in instructed], pad_id)
     specs = [RowSpec(b, 0, tuple(layers), tok) for b in range(len(targets)) for tok in positions[b]
              for layers in layer_sets]
-    width = tb.input_ids.shape[1]
-    bs = batch_size or rows_per_trace(model, width, memory_budget)
-    ivs = ivs.float().cpu()
-    out: dict[str, torch.Tensor] = {}
-    for i, j in slices(len(specs), bs):
-        chunk = specs[i:j]
-        tgt = torch.tensor([r.target for r in chunk], dtype=torch.long)
-        patches = {}
-        for layer in sorted({x for r in chunk for x in r.layers}):
-            sel = [k for k, r in enumerate(chunk) if layer in r.layers]
-            patches[layer] = (torch.tensor(sel, dtype=torch.long),
-                              torch.tensor([tb.pad[chunk[k].target] + chunk[k].token for k in sel], dtype=torch.long),
-                              ivs[torch.tensor([chunk[k].source for k in sel]), layer])
-        logits = patched_last_logits(model, tb, tgt, patches)
-        for name, v in label_metrics(logits, label[tgt], alt[tgt], space).items():
-            if name not in out:
-                out[name] = torch.empty(len(specs), dtype=v.dtype)
-            out[name][i:j] = v
-        stats.executed_evals += len(chunk) * model.n_layers * width
-        stats.unembed_rows += len(chunk)
-        stats.groups += 1
-        if on_rows is not None:
-            on_rows(j - i)
-    stats.rows += len(specs)
-    stats.unique_rows += len(specs)
+    out = patched_metrics_nnsight(model, tb, ivs, specs, label, alt, space, batch_size=batch_size,
+                                  memory_budget=memory_budget, stats=stats, on_rows=on_rows)
     stats.baseline_evals += model.n_layers * sum(len(s) for s in (*targets, *instructed))
     base_t = label_metrics(last_logits(model, tb), label, alt, space)
     base_i = label_metrics(last_logits(model, ib), label, alt, space)
-    if not out:
-        out = {k: v[:0] for k, v in base_t.items()}
     return out, base_t, base_i

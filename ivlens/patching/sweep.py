@@ -34,6 +34,7 @@ import torch
 
 from ivlens.budget import resolve_memory_budget
 from ivlens.models.load import LoadedModel
+from ivlens.ndif import local_model, through_nnsight
 from ivlens.runs import RunDir
 from ivlens.specs import PatchMode, Score
 from ivlens.tasks import Task, TaskError, load_task, require_contrastive
@@ -49,6 +50,7 @@ from ivlens.tasks.selection import sample_indices, split_queries
 from ivlens.tasks.validate import warn_first_token_clashes
 
 from .engine import (
+    CleanRun,
     EngineStats,
     RowSpec,
     clean_answer_logprobs,
@@ -56,6 +58,7 @@ from .engine import (
     patched_answer_logprobs,
     patched_metrics,
     source_vectors,
+    unembed_device,
 )
 from .linear import (
     ESTIMATED,
@@ -192,12 +195,9 @@ def _chunk_rows(lm: LoadedModel, prompts: list[SamplePrompts], plan: PatchPlan, 
     records of the baselines. The samples run in passes bounded by ``memory_budget``. With ``candidates`` the rows
     are scored at the answer level; with ``terms`` (the chunk's per-layer first-order terms, in ``prompts``
     order) they carry their linear estimates."""
-    if _through_nnsight(lm):  # --remote: every forward is a trace of the nnsight program
+    if through_nnsight(lm):  # --remote: every forward is a trace of the nnsight program
         return _nnsight_chunk_rows(lm, prompts, plan, ivs, space, stats, batch_size, on_rows, memory_budget)
-    if backend == "nnsight":
-        from .nnsight_backend import patched_metrics_nnsight as run_rows
-    else:
-        run_rows = patched_metrics
+    run_rows = _nnsight_rows(lm) if backend == "nnsight" else patched_metrics
     budget = memory_budget if memory_budget is not None else resolve_memory_budget(None, lm.device)
     parts: list[dict[str, np.ndarray]] = []
     base = []
@@ -211,10 +211,19 @@ def _chunk_rows(lm: LoadedModel, prompts: list[SamplePrompts], plan: PatchPlan, 
     return cols, base
 
 
-def _through_nnsight(lm: LoadedModel) -> bool:
-    from ivlens.ndif import NNsightModel
+def _nnsight_rows(lm: LoadedModel):
+    """``--backend nnsight``: the patched rows through the program ``--remote`` sends
+    (:func:`ivlens.patching.nnsight_rows.patched_metrics_nnsight`), run here on ``lm`` wrapped by
+    :func:`ivlens.ndif.local_model`; called as :func:`~ivlens.patching.engine.patched_metrics` is."""
+    from .nnsight_rows import patched_metrics_nnsight
 
-    return isinstance(lm, NNsightModel)
+    model, udev = local_model(lm), unembed_device(lm.adapter)
+
+    def run_rows(adapter, clean: CleanRun, ivs: torch.Tensor, rows: Sequence[RowSpec], label: torch.Tensor,
+                 alt: torch.Tensor | None = None, space: torch.Tensor | None = None, **kw) -> dict[str, torch.Tensor]:
+        return patched_metrics_nnsight(model, clean.batch, ivs, rows, label, alt, space, device=udev, **kw)
+
+    return run_rows
 
 
 def _nnsight_chunk_rows(lm: LoadedModel, prompts: list[SamplePrompts], plan: PatchPlan, ivs: torch.Tensor,
@@ -234,7 +243,7 @@ def _pass_rows(lm: LoadedModel, prompts: list[SamplePrompts], plan: PatchPlan, i
                candidates: AnswerCandidates | None = None, terms: FirstOrder | None = None,
                ) -> tuple[dict[str, np.ndarray], list]:
     n_sets, n_pos, B = len(plan.layer_sets), len(plan.positions), len(prompts)
-    if _through_nnsight(lm):
+    if through_nnsight(lm):
         from .nnsight_rows import first_token_scores_nnsight
 
         got, base_t, base_i = first_token_scores_nnsight(
@@ -366,13 +375,13 @@ def _linear_on(setting: str, screen: int | None, plan: PatchPlan, layers, score:
     if screen is not None and not any(len(s) >= 2 for s in plan.layer_sets):
         raise ValueError(f"--screen ranks sets of two or more layers; --layers {layers!r} has none: use pairs, "
                          "triplets, N-sets (e.g. 4-sets) or explicit sets")
-    return linear_on(setting, screen, plan.layer_sets, score=score, remote=_through_nnsight(lm))
+    return linear_on(setting, screen, plan.layer_sets, score=score, remote=through_nnsight(lm))
 
 
 def _ivs(s_lm: LoadedModel, instruction: str, fmt: str, stats: EngineStats) -> torch.Tensor:
     """The IVs of the source instruction, ``[1, layer, d_model]``."""
     src_ids = instruction_prompt(s_lm.tokenizer, instruction, fmt).input_ids
-    if _through_nnsight(s_lm):
+    if through_nnsight(s_lm):
         from .nnsight_rows import source_vectors_nnsight
 
         return source_vectors_nnsight(s_lm, [src_ids], pad_token_id_of(s_lm), stats=stats)
@@ -483,11 +492,11 @@ def patch_sweep(models: LoadedModel | str | Sequence[LoadedModel | str], task: T
         raise ValueError(f"unknown score {score!r}; use {' or '.join(SCORES)}")
     if score == "answer" and backend != "torch":
         raise ValueError("--score answer runs on the torch backend only; drop --backend nnsight")
-    through_nnsight = [m for m in ([models] if isinstance(models, LoadedModel | str) else list(models))
-                       if _through_nnsight(m)]
-    if score == "answer" and through_nnsight:
+    nnsight_models = [m for m in ([models] if isinstance(models, LoadedModel | str) else list(models))
+                      if through_nnsight(m)]
+    if score == "answer" and nnsight_models:
         raise ValueError("--score answer runs on the torch engine only; drop --remote")
-    _check_linear(linear_estimate, screen, score, bool(through_nnsight))
+    _check_linear(linear_estimate, screen, score, bool(nnsight_models))
     task = load_task(task) if isinstance(task, str) else task
     subtask = subtask or task.subtask_names[0]
     task.subtask(subtask)

@@ -32,6 +32,7 @@ from safetensors.torch import save as st_save
 from ivlens.estimate.model import forward_batch_size
 from ivlens.models.adapters import resid_at
 from ivlens.models.load import LoadedModel
+from ivlens.ndif import through_nnsight
 from ivlens.runs import atomic_write_bytes, atomic_write_json, atomic_write_parquet
 from ivlens.tasks.prompts import Batch, PromptFormat, instruction_prompt, pad_left
 
@@ -48,18 +49,12 @@ def read_resid(loaded: LoadedModel, batch: Batch, columns: Sequence[int], layers
     Returns:
         ``[layer, batch, d_model]`` float32 on CPU, in the order of ``layers``.
     """
-    if _through_nnsight(loaded):  # --remote: the nnsight program, on NDIF
+    if through_nnsight(loaded):  # --remote: the nnsight program, on NDIF
         from ivlens.nnsight_program import residuals_at as program
 
         return program(loaded, batch, columns, layers)
     return resid_at(loaded.model, loaded.layers, batch.input_ids, batch.attention_mask, batch.position_ids, columns,
                     layers).float()
-
-
-def _through_nnsight(loaded: LoadedModel) -> bool:
-    from ivlens.ndif import NNsightModel
-
-    return isinstance(loaded, NNsightModel)
 
 
 def parse_layers(spec: str | list[int] | None, n_layers: int) -> list[int]:
