@@ -46,7 +46,7 @@ def start_run(spec: Spec, name: str, *, out: str | Path | None = None, resume: s
     option that can change a result (else :class:`SpecError` naming each option, old → new)."""
     described = [m.describe() for m in models]
     if resume is not None:
-        run = RunDir.open(resume)
+        run = RunDir.resume(resume)
         if run.manifest.get("command") != spec.analysis or "spec" not in run.manifest:
             raise SpecError(f"--resume {resume}: that is a {run.manifest.get('command')} run, not {spec.analysis}")
         old = type(spec)(**run.manifest["spec"])

@@ -17,7 +17,7 @@ from pathlib import Path
 from ivlens.analyses import spec_from_manifest
 from ivlens.errors import IvlensError
 from ivlens.models.load import LoadedModel
-from ivlens.runs import RunDir, check_out_dir
+from ivlens.runs import RunDir, check_out_dir, check_run_format
 from ivlens.sharding import Shard
 from ivlens.specs import Spec
 
@@ -31,6 +31,9 @@ def shard_specs(runs: Sequence[str | Path]) -> tuple[Spec, list[RunDir]]:
     if not runs:
         raise MergeError("give the run directories of the shards to merge")
     opened = [RunDir.open(r) for r in runs]
+    for r in opened:  # the merged run is finished by --resume, which continues only this format's runs
+        check_run_format(r.path, r.manifest, "ivlens merge:", "rerun its shard with this ivlens into a new --out "
+                         "directory and merge those")
     specs = [spec_from_manifest(r.manifest) for r in opened]
     first = specs[0]
     for r, s in zip(opened, specs, strict=True):

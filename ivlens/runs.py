@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -31,6 +31,27 @@ import ivlens
 from ivlens.errors import IvlensError
 
 LIBRARIES = ("torch", "transformers", "nnsight", "trl", "scikit-learn", "numpy", "pandas", "pyarrow")
+
+#: The format of the run directories this ivlens writes: ``run_format`` in every manifest (a manifest without it is
+#: format 1). A renamed column, or a column whose values change meaning, is a new format; :data:`FORMAT_CHANGES`
+#: says what each one changed and :func:`current_table` reads an older run's tables as this format's.
+RUN_FORMAT = 2
+
+
+class FormatChange(NamedTuple):
+    """What a run format changed: in words, and the columns (per analysis and table) the format before wrote with
+    one less (so reading them adds 1)."""
+
+    what: str
+    one_less: dict[tuple[str, str], tuple[str, ...]]
+
+
+#: Each format's change, by format number.
+FORMAT_CHANGES: dict[int, FormatChange] = {
+    2: FormatChange("eval's rank columns are 1-based, top-1 is rank 1",
+                    {("eval", "results"): ("first_token_rank", "first_token_rank_in_space", "answer_rank",
+                                           "answer_rank_in_space")}),
+}
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -146,6 +167,38 @@ def content_hash(obj: Any) -> str:
     return hashlib.sha256(canonical_json(obj).encode("utf-8")).hexdigest()
 
 
+def run_format(manifest: dict) -> int:
+    """The format of the run whose manifest this is (1 when it records none: written before formats were)."""
+    return int(manifest.get("run_format", 1))
+
+
+class RunFormatError(IvlensError, ValueError):
+    """A run directory of an older format where this ivlens can only read it (``--resume``, ``ivlens merge``)."""
+
+
+def check_run_format(path: str | Path, manifest: dict, action: str, fix: str) -> None:
+    """Refuse to continue or join an older format's run (``action`` names the option or command, ``fix`` what to
+    do instead): its tables would mix two formats. Reading it (the report) goes through :func:`current_table`."""
+    found = run_format(manifest)
+    if found != RUN_FORMAT:
+        changed = "; ".join(f"format {f}: {c.what}" for f, c in sorted(FORMAT_CHANGES.items()) if found < f)
+        raise RunFormatError(f"{action} {path}: a run directory of run format {found}; this ivlens continues only "
+                             f"format {RUN_FORMAT} runs ({changed or 'that one is newer'}): {fix}")
+
+
+def current_table(manifest: dict, name: str, df: pd.DataFrame) -> pd.DataFrame:
+    """Table ``name`` of the run whose manifest is ``manifest``, as :data:`RUN_FORMAT` writes it: THE one place
+    an older format's table is converted on read (format 1's 0-based eval ranks gain 1). ``df`` may hold any
+    subset of the table's columns; a current run's table is returned as it is."""
+    found, command = run_format(manifest), manifest.get("command")
+    for fmt, change in sorted(FORMAT_CHANGES.items()):
+        if found < fmt:
+            cols = [c for c in change.one_less.get((command, name), ()) if c in df.columns]
+            if cols:
+                df = df.assign(**{c: df[c] + 1 for c in cols})
+    return df
+
+
 class OutPathError(IvlensError, ValueError):
     """An ``--out`` path that cannot be what the command writes (a directory for runs and studies, an HTML
     file for reports)."""
@@ -218,6 +271,7 @@ class RunDir:
             raise OutPathError(f"cannot make the run directory {path} ({e.strerror or e}); give --out a directory "
                                "you can write") from None
         manifest = {
+            "run_format": RUN_FORMAT,
             "ivlens_version": ivlens.__version__,
             "git_commit": git_commit(),
             "command": command,
@@ -246,6 +300,13 @@ class RunDir:
             raise FileNotFoundError(f"{path}: no manifest.json; --resume needs the directory of an earlier run")
         return cls(path, json.loads(mf.read_text()))
 
+    @classmethod
+    def resume(cls, path: str | Path, option: str = "--resume") -> RunDir:
+        """Reopen an existing run to continue it: one of :data:`RUN_FORMAT` only (else :class:`RunFormatError`)."""
+        run = cls.open(path)
+        check_run_format(path, run.manifest, option, "rerun into a new --out directory")
+        return run
+
     def write_manifest(self) -> None:
         atomic_write_json(self.path / "manifest.json", self.manifest)
 
@@ -267,14 +328,15 @@ class RunDir:
         return p
 
     def read_table(self, name: str) -> pd.DataFrame:
-        """A table written whole or as shards (shards concatenated in key order)."""
+        """A table written whole or as shards (shards concatenated in key order), as :data:`RUN_FORMAT` writes it
+        (:func:`current_table`)."""
         whole = self.path / f"{name}.parquet"
         if whole.exists():
-            return pd.read_parquet(whole)
+            return current_table(self.manifest, name, pd.read_parquet(whole))
         shards = sorted((self.path / name).glob("shard-*.parquet"))
         if not shards:
             raise FileNotFoundError(f"{self.path}: no table {name!r}")
-        return pd.concat([pd.read_parquet(s) for s in shards], ignore_index=True)
+        return current_table(self.manifest, name, pd.concat([pd.read_parquet(s) for s in shards], ignore_index=True))
 
     def shard_path(self, table: str, key: str) -> Path:
         return self.path / table / f"shard-{_run_slug(key)}.parquet"

@@ -138,7 +138,7 @@ def test_eval_answer_scores_rank_whole_labels(animals):
                                for c in cands.labels])
         best = max((cands.index(a) for a in animals.samples[r.sample].answers["can_fly"]), key=lambda i: scores[i])
         assert r.answer_logprob == pytest.approx(scores[best].item(), abs=1e-5)
-        assert r.answer_rank == int((scores > scores[best]).sum())
+        assert r.answer_rank == 1 + int((scores > scores[best]).sum())
     summary = summarize(df)
     assert {"answer_ia", "answer_accuracy", "top1", "mrr"} <= set(summary.columns)
     with pytest.raises(ValueError, match="unknown score"):
@@ -168,7 +168,7 @@ def test_smollm2_numbers_answer_scores_tell_instructed_from_query_only(caplog):
         first = evaluate(lm, task, samples, conditions=("instructed", "query_only"), max_new_tokens=3)
     assert "--score answer" in caplog.text and "first token" in caplog.text
     by_cond = first.groupby("condition")
-    assert by_cond["first_token_rank_in_space"].apply(lambda x: (x == 0).all()).all()  # cannot tell labels apart
+    assert by_cond["first_token_rank_in_space"].apply(lambda x: (x == 1).all()).all()  # cannot tell labels apart
     caplog.clear()
     with caplog.at_level("WARNING"):
         answer = evaluate(lm, task, samples, conditions=("instructed", "query_only"), max_new_tokens=3,
@@ -180,7 +180,7 @@ def test_smollm2_numbers_answer_scores_tell_instructed_from_query_only(caplog):
     s = summarize(answer).set_index("condition")
     assert s.loc["instructed", "mrr"] != s.loc["query_only", "mrr"] or \
         (inst["answer_rank"] != query["answer_rank"]).any()
-    assert (answer["answer_rank_in_space"] > 0).any()  # the rank inside the label space now moves
+    assert (answer["answer_rank_in_space"] > 1).any()  # the rank inside the label space now moves
 
     caplog.clear()
     with caplog.at_level("WARNING"):

@@ -126,7 +126,7 @@ def test_first_token_metrics_match_a_plain_forward(tok):
             lg = model(ids).logits[0, -1]
         p = build_prompt(tok, None, row["query"], t.field)
         first = label_token_ids(tok, p, row["expected"].split(" | ")[0])[0]
-        assert row["first_token_rank"] == int((lg > lg[first]).sum())
+        assert row["first_token_rank"] == 1 + int((lg > lg[first]).sum())  # 1 = top-1
         assert row["first_token_logit"] == pytest.approx(lg[first].item(), abs=1e-4)
 
 
@@ -135,7 +135,7 @@ def test_summary_and_decides():
     for sample, (a_ok, b_ok) in enumerate([(True, True), (True, False), (False, False), (True, True)]):
         for st, ok in (("a", a_ok), ("b", b_ok)):
             rows.append({"model": "m", "task": "t", "sample": sample, "subtask": st, "condition": "instructed",
-                         "ia": True, "accuracy": ok, "first_token_rank": 0 if ok else 3, "first_token_top1": ok})
+                         "ia": True, "accuracy": ok, "first_token_rank": 1 if ok else 4, "first_token_top1": ok})
     df = pd.DataFrame(rows)
     d = instruction_decides(df)
     assert d.loc[0, "decides"] == 0.5 and d.loc[0, "n"] == 4
@@ -194,4 +194,4 @@ def test_eval_on_smollm2(fmt, tmp_path):
     with torch.no_grad():
         lg = lm.model(**enc).logits[0, -1]
     assert row["first_token_logit"] <= lg.max().item() + 1e-4
-    assert (lg > row["first_token_logit"] + 1e-4).sum().item() <= row["first_token_rank"] <= (lg > row["first_token_logit"] - 1e-4).sum().item()
+    assert 1 + (lg > row["first_token_logit"] + 1e-4).sum().item() <= row["first_token_rank"] <= 1 + (lg > row["first_token_logit"] - 1e-4).sum().item()

@@ -175,9 +175,9 @@ def test_eval_answer_columns_equal_the_per_label_implementation(arch):
         best = max(accepted, key=lambda i: scores[i].item())
         top = int(scores.argmax())
         assert r.answer_logprob == pytest.approx(scores[best].item(), abs=TOL)
-        assert r.answer_rank == int((scores > scores[best]).sum())
-        assert r.answer_rank_in_space == int((scores[cands.in_space] > scores[best]).sum())
-        assert r.answer_top1 == (r.answer_rank == 0)
+        assert r.answer_rank == 1 + int((scores > scores[best]).sum())
+        assert r.answer_rank_in_space == 1 + int((scores[cands.in_space] > scores[best]).sum())
+        assert r.answer_top1 == (r.answer_rank == 1)
         assert r.answer_ia == bool(cands.in_space[top]) and r.answer_accuracy == (top in accepted)
 
 

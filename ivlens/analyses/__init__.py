@@ -103,8 +103,9 @@ def spec_from_manifest(manifest: dict) -> Spec:
 
 
 def stored_spec(run_dir: str | Path) -> Spec:
-    """The spec recorded in an earlier run's manifest (for ``--resume``)."""
-    return spec_from_manifest(RunDir.open(run_dir).manifest)
+    """The spec recorded in an earlier run's manifest (for ``--resume``: a run of an older format is refused here,
+    before any model loads)."""
+    return spec_from_manifest(RunDir.resume(run_dir).manifest)
 
 
 def spec_plans(spec: Spec, infos: Sequence = ()) -> tuple[list, bool]:

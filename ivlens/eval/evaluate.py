@@ -15,15 +15,16 @@ Metrics per row:
   a multi-word label matches the answer's first words). A user *judge* ``f(answer, subtask, sample) -> bool``
   can replace the label-space test.
 - **accuracy**: the answer is one of the sample's accepted answers for S.
-- **first-token view**: the logit, probability and rank (0 = top-1) of the first token of S's answer among
-  all tokens at the answer position, and its rank among the first tokens of S's label space.
+- **first-token view**: the logit, probability and rank (``1 + #{tokens with a larger logit}``: 1 = top-1, as in
+  :mod:`ivlens.patching.metrics`) of the first token of S's answer among all tokens at the answer position, and its
+  rank among the first tokens of S's label space (1 = it wins there).
 
 With ``score="answer"`` each row also scores every candidate label (every subtask's label space) by its
 teacher-forced log-probability after the prompt (:mod:`ivlens.scoring`: each prompt runs once and every candidate is
 scored against its cached keys/values):
-``answer_logprob`` (the best accepted answer's), ``answer_rank`` (0 = top-1 among the candidates),
-``answer_rank_in_space`` (among S's label space), ``answer_top1``, ``answer_ia`` (the best candidate lies in S's
-label space) and ``answer_accuracy`` (it is an accepted answer). Labels that share their first token (numbers
+``answer_logprob`` (the best accepted answer's), ``answer_rank`` (1 = top-1 among the candidates),
+``answer_rank_in_space`` (among S's label space, 1 = best), ``answer_top1``, ``answer_ia`` (the best candidate lies
+in S's label space) and ``answer_accuracy`` (it is an accepted answer). Labels that share their first token (numbers
 with many tokenizers) are told apart only this way; :func:`summarize` then ranks by them.
 
 For contrastive tasks, ``ia_other`` / ``acc_other`` say whether the answer followed the *other* subtask.
@@ -159,16 +160,22 @@ def candidate_logprobs(lm: LoadedModel, prompts: Sequence[Prompt], labels: Seque
     return scores.logprob.view(len(prompts), len(labels))
 
 
+def rank_of(scores: torch.Tensor, value: torch.Tensor) -> int:
+    """The 1-based rank of ``value`` (a 0-d tensor) among ``scores: [k]``: ``1 + #{scores larger than it}`` (1 = top;
+    ties count in its favour), as :func:`ivlens.patching.metrics.label_metrics` ranks."""
+    return 1 + int((scores > value).sum())
+
+
 def answer_columns(scores: torch.Tensor, candidates: AnswerCandidates, accepted: Sequence[str]) -> dict:
     """The ``answer_*`` columns of one row (see the module docstring) from its candidates' ``scores: [k]`` and the
     sample's accepted answers."""
     accepted_idx = [candidates.index(a) for a in accepted]
     best = max(accepted_idx, key=lambda i: scores[i].item())
     top = int(scores.argmax())
-    rank = int((scores > scores[best]).sum())
+    rank = rank_of(scores, scores[best])
     return {"answer_logprob": scores[best].item(), "answer_rank": rank,
-            "answer_rank_in_space": int((scores[candidates.in_space] > scores[best]).sum()),
-            "answer_top1": rank == 0, "answer_ia": bool(candidates.in_space[top]),
+            "answer_rank_in_space": rank_of(scores[candidates.in_space], scores[best]),
+            "answer_top1": rank == 1, "answer_ia": bool(candidates.in_space[top]),
             "answer_accuracy": top in accepted_idx}
 
 
@@ -225,8 +232,8 @@ def evaluate(lm: LoadedModel, task: Task, samples: Sequence[Sample], subtasks: S
             first_ids = [ids[0] for ids in labels_token_ids(tok, it.prompt, accepted)]
             space_ids = space_first_ids(it.prompt, st)
             best = max(first_ids, key=lambda i: lg[i].item())
-            rank = int((lg > lg[best]).sum())
-            space_rank = int((lg[space_ids] > lg[best]).sum())
+            rank = rank_of(lg, lg[best])
+            space_rank = rank_of(lg[space_ids], lg[best])
             ia = judge(text, st, it.sample) if judge else in_label_space(text, st.label_space)
             row = {
                 "model": lm.name, "task": task.name, "sample": it.sample.index, "query": it.sample.query,
@@ -235,7 +242,7 @@ def evaluate(lm: LoadedModel, task: Task, samples: Sequence[Sample], subtasks: S
                 "accuracy": any(matches(text, a) for a in accepted), "expected": " | ".join(accepted),
                 "first_token_logit": lg[best].item(), "first_token_prob": lp[best].exp().item(),
                 "first_token_rank": rank, "first_token_rank_in_space": space_rank,
-                "first_token_top1": rank == 0, "score": score,
+                "first_token_top1": rank == 1, "score": score,
             }
             if score == "answer":
                 row.update(answer_columns(answer[id(it)], candidates[it.scored], accepted))
@@ -262,12 +269,12 @@ def _chunk_answer_scores(lm: LoadedModel, chunk: Sequence[EvalItem], candidates:
 
 
 def summarize(results: pd.DataFrame) -> pd.DataFrame:
-    """Per model × task × subtask × condition: n, IA, accuracy (of the generated answer), top-1 and mean reciprocal
-    rank: of the first token, or under answer-level scoring of the whole label among the candidates (then also
-    ``answer_ia`` and ``answer_accuracy``, from the label scores)."""
+    """Per model × task × subtask × condition: n, IA, accuracy (of the generated answer), top-1 (rank 1) and mean
+    reciprocal rank (``1/rank``): of the first token, or under answer-level scoring of the whole label among the
+    candidates (then also ``answer_ia`` and ``answer_accuracy``, from the label scores)."""
     answer = "answer_rank" in results.columns
     rank = results["answer_rank"] if answer else results["first_token_rank"]
-    df = results.assign(rr=1.0 / (rank + 1), top1=rank == 0)
+    df = results.assign(rr=1.0 / rank, top1=rank == 1)
     extra = {"answer_ia": ("answer_ia", "mean"), "answer_accuracy": ("answer_accuracy", "mean")} if answer else {}
     agg = df.groupby(["model", "task", "subtask", "condition"], sort=False).agg(
         n=("accuracy", "size"), ia=("ia", "mean"), accuracy=("accuracy", "mean"),

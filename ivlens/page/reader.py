@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from ivlens.runs import current_table
+
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
@@ -73,14 +75,15 @@ class Run:
         return self.table_path(name) is not None
 
     def table(self, name: str, columns: list[str] | None = None) -> pd.DataFrame:
-        """The table ``name`` (shards concatenated in key order); ``columns`` reads only those."""
+        """The table ``name`` (shards concatenated in key order), as this ivlens's run format writes it (an older
+        run's is converted: :func:`ivlens.runs.current_table`); ``columns`` reads only those."""
         p = self.table_path(name)
         if p is None:
             raise FileNotFoundError(f"{self.path}: no table {name!r}")
         if p.is_file():
-            return pd.read_parquet(p, columns=columns)
-        return pd.concat([pd.read_parquet(s, columns=columns) for s in sorted(p.glob("shard-*.parquet"))],
-                         ignore_index=True)
+            return current_table(self.manifest, name, pd.read_parquet(p, columns=columns))
+        return current_table(self.manifest, name, pd.concat(
+            [pd.read_parquet(s, columns=columns) for s in sorted(p.glob("shard-*.parquet"))], ignore_index=True))
 
     def names(self, suffix: str) -> list[str]:
         """Names of the run's own files ending in ``suffix`` (e.g. ``.paths.json``), without it, sorted."""

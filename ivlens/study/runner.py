@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 from ivlens.analyses import spec_from_manifest
-from ivlens.runs import atomic_write_text, check_out_dir
+from ivlens.runs import atomic_write_text, check_out_dir, check_run_format
 
 from .executors import Executor, LocalExecutor, Work
 from .plan import Step, plan_steps
@@ -50,6 +50,9 @@ def step_state(step: Step, directory: Path) -> State:
         raise StudyError(f"{directory} holds a run made with other options ({diffs}): give the study another "
                          "--out, or remove that directory to run the step again")
     finished = manifest.get("status") == "finished"
+    if not finished:  # a finished run of an older format is read as this format's; an unfinished one cannot go on
+        check_run_format(directory, manifest, "the study's step", "give the study another --out, or remove that "
+                         "directory to run the step again")
     names = [str(m.get("name")) for m in manifest.get("models") or []][:len(step.labels)]
     if finished and step.labels and names != list(step.labels):
         raise StudyError(f"{directory} holds a run of models labelled {names}, not {list(step.labels)}: give the "
