@@ -39,18 +39,31 @@ RUN_FORMAT = 2
 
 
 class FormatChange(NamedTuple):
-    """What a run format changed: in words, and the columns (per analysis and table) the format before wrote with
-    one less (so reading them adds 1)."""
+    """What a run format changed: in words; the columns (per analysis and table) the format before wrote with
+    one less (so reading them adds 1); and the columns (per analysis and table) it wrote under another name
+    (``{old: new}``, so reading them renames them)."""
 
     what: str
     one_less: dict[tuple[str, str], tuple[str, ...]]
+    renamed: dict[tuple[str, str], dict[str, str]]
 
+
+#: the top-1 token's IA (``ia_top1``; eval's ``ia`` is the generated answer's), as format 1 named it
+_IA_TOP1 = {"ia": "ia_top1"}
 
 #: Each format's change, by format number.
 FORMAT_CHANGES: dict[int, FormatChange] = {
-    2: FormatChange("eval's rank columns are 1-based, top-1 is rank 1",
+    2: FormatChange("eval's rank columns are 1-based, top-1 is rank 1; patching's, steering's and the organism's "
+                    "ia (the top-1 token in the label space) is ia_top1",
                     {("eval", "results"): ("first_token_rank", "first_token_rank_in_space", "answer_rank",
-                                           "answer_rank_in_space")}),
+                                           "answer_rank_in_space")},
+                    {("patch", "patch"): _IA_TOP1, ("patch", "baselines"): _IA_TOP1,
+                     ("patch", "single_layer"): _IA_TOP1, ("patch", "strongest_sets"): _IA_TOP1,
+                     ("steer", "steer"): _IA_TOP1, ("steer", "baselines"): _IA_TOP1,
+                     ("steer", "dose_response"): {"ia": "ia_top1", "ia_sem": "ia_top1_sem"},
+                     ("steer", "steer_vs_patch"): {"steer_ia": "steer_ia_top1", "patch_ia": "patch_ia_top1",
+                                                   "set_ia": "set_ia_top1"},
+                     ("organism", "iv_transfer"): _IA_TOP1}),
 }
 
 
@@ -188,15 +201,33 @@ def check_run_format(path: str | Path, manifest: dict, action: str, fix: str) ->
 
 def current_table(manifest: dict, name: str, df: pd.DataFrame) -> pd.DataFrame:
     """Table ``name`` of the run whose manifest is ``manifest``, as :data:`RUN_FORMAT` writes it: THE one place
-    an older format's table is converted on read (format 1's 0-based eval ranks gain 1). ``df`` may hold any
-    subset of the table's columns; a current run's table is returned as it is."""
+    an older format's table is converted on read (format 1's 0-based eval ranks gain 1; its patch, steer and
+    organism tables' ``ia`` is ``ia_top1``). ``df`` may hold any subset of the table's columns; a current run's
+    table is returned as it is."""
     found, command = run_format(manifest), manifest.get("command")
     for fmt, change in sorted(FORMAT_CHANGES.items()):
         if found < fmt:
             cols = [c for c in change.one_less.get((command, name), ()) if c in df.columns]
             if cols:
                 df = df.assign(**{c: df[c] + 1 for c in cols})
+            renamed = {old: new for old, new in change.renamed.get((command, name), {}).items() if old in df.columns}
+            if renamed:
+                df = df.rename(columns=renamed)
     return df
+
+
+def stored_columns(manifest: dict, name: str, columns: list[str] | None) -> list[str] | None:
+    """The names under which the run whose manifest is ``manifest`` stored ``columns`` (as :data:`RUN_FORMAT`
+    names them) of its table ``name``: what to read before :func:`current_table` renames them back (an older
+    format may have written a column under another name). ``None`` (every column) stays ``None``."""
+    if columns is None:
+        return None
+    found, command = run_format(manifest), manifest.get("command")
+    for fmt, change in sorted(FORMAT_CHANGES.items(), reverse=True):
+        if found < fmt:
+            old_name = {new: old for old, new in change.renamed.get((command, name), {}).items()}
+            columns = [old_name.get(c, c) for c in columns]
+    return columns
 
 
 class OutPathError(IvlensError, ValueError):

@@ -73,7 +73,9 @@ def info_command(
 
         refresh_acceptance(directory)
     if as_json:
-        console.print_json((directory / "card.json").read_text())
+        from ivlens.organism.card import read_card
+
+        console.print_json(json.dumps(read_card(directory)))  # an earlier build's card as this ivlens writes it
         return
     _print_summary(console, directory)
 
@@ -81,7 +83,9 @@ def info_command(
 def _print_summary(console, directory: Path) -> None:
     from rich.table import Table
 
-    card = json.loads((directory / "card.json").read_text())
+    from ivlens.organism.card import read_card
+
+    card = read_card(directory)
     console.print(f"version {card['version']} · variant {card['variant']} · size {card['size']} · "
                   f"seed {card['seed']} · {card['model']['parameters']:,} parameters · "
                   f"{card['timing']['total']:.0f} s")
@@ -95,15 +99,15 @@ def _print_summary(console, directory: Path) -> None:
     for _task, s in subs:
         table.add_column(s)
     table.add_column("decides (held-out)")
-    table.add_column("IV transfer: subtask target L layer, IA unpatched → patched, exact")
+    table.add_column("IV transfer: subtask target L layer, IA (top-1) unpatched → patched, exact")
     acc = card.get("acceptance", {})
     for stage, m in measured.items():
         cells = [f"{m[t]['train']['instructed'][s]['acc']:.2f} / {m[t]['heldout']['instructed'][s]['acc']:.2f}"
                  for t, s in subs]
         decides = " · ".join(f"{m[t]['heldout']['instructed']['decides']:.2f}" for t in m)
         ivs = [acc.get(f"{stage}/{t}/iv_transfer", {}).get("value") for t in m]
-        iv = " · ".join(f"{v['subtask']} {v['target']} L{v['layer']}, {v['unpatched_ia']:.2f} → {v['ia']:.2f}, "
-                        f"{v['exact']:.2f}" for v in ivs if v) or "-"
+        iv = " · ".join(f"{v['subtask']} {v['target']} L{v['layer']}, {v['unpatched_ia_top1']:.2f} → "
+                        f"{v['ia_top1']:.2f}, {v['exact']:.2f}" for v in ivs if v) or "-"
         table.add_row(stage, *cells, decides, iv)
     console.print(table)
     if acc:

@@ -38,7 +38,7 @@ def steer(
     from ivlens.steering.analysis import best_per_layer
 
     for r in best_per_layer(res.dose).itertuples():
-        console.print(f"{r.model} · layer {r.layer}: best IA {r.ia:.2f} ± {r.ia_sem:.2f} "
+        console.print(f"{r.model} · layer {r.layer}: best IA (top-1) {r.ia_top1:.2f} ± {r.ia_top1_sem:.2f} "
                       f"({r.vector} at {r.position}, α = {r.alpha:g})")
     unread = res.dose[res.dose.zero_by_construction]
     if not unread.empty:

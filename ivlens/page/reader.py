@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ivlens.runs import current_table
+from ivlens.runs import current_table, stored_columns
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,7 @@ class Run:
         p = self.table_path(name)
         if p is None:
             raise FileNotFoundError(f"{self.path}: no table {name!r}")
+        columns = stored_columns(self.manifest, name, columns)
         if p.is_file():
             return current_table(self.manifest, name, pd.read_parquet(p, columns=columns))
         return current_table(self.manifest, name, pd.concat(

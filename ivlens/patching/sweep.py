@@ -478,7 +478,7 @@ def patch_sweep(models: LoadedModel | str | Sequence[LoadedModel | str], task: T
 
     Returns:
         :class:`SweepResult`. ``rows`` columns: model, source_model, task, subtask, mode, target, sample, query,
-        label, position, pos_index, layers, set_size, first_layer, logit, prob, rank, rr, logit_diff, top1, ia,
+        label, position, pos_index, layers, set_size, first_layer, logit, prob, rank, rr, logit_diff, top1, ia_top1,
         acc_top1, acc_space and ``delta_<metric>_vs_{target,instructed}``; with the linear estimate on also
         ``linear_estimate``, ``nonlinearity`` (of ``delta_logit_vs_target``) and ``linear_estimate_logit_diff``,
         ``nonlinearity_logit_diff`` (of ``delta_logit_diff_vs_target``; NaN without an alternative label).
