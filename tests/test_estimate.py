@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from ivlens.estimate.flops import ModelShape, layer_flops, prompt_flops, unembed_flops
 from ivlens.estimate.model import ApproxTokenizer, model_info
 from ivlens.estimate.plans import (
-    PatchTarget,
+    TargetShape,
     patch_plan,
     patch_row_bytes,
     trace_bytes,
@@ -95,7 +95,7 @@ def test_estimator_counts_equal_the_engine_counters():
     model = tiny_model("llama", n_layers=5)
     ad, tok = get_adapter(model), tiny_tokenizer()
     sets = parse_layer_sets("triplets", 5)
-    targets = [PatchTarget(4, (0, 3), 6), PatchTarget(6, (1, 5), 8), PatchTarget(1, (0,), 3)]
+    targets = [TargetShape(4, (0, 3), 6), TargetShape(6, (1, 5), 8), TargetShape(1, (0,), 3)]
     st = _engine_stats(ad, tok, [(t.n_tokens, [(p, sets) for p in t.positions]) for t in targets])
     evals, unembed, _calls = trie_work(targets, sets, 5, lambda s: 1 << 20)
     assert evals == st.executed_evals
@@ -127,8 +127,8 @@ def test_patch_row_bytes_mirrors_the_engine(arch, dtype):
 def test_patch_plan_scales_with_samples():
     s = model_info(str(OLMO_1B)).shape
     sets = tuple((i,) for i in range(16))
-    one = patch_plan(s, [PatchTarget(3, (0, 2), 14)] * 4, sets, 10, chunk_size=2)
-    two = patch_plan(s, [PatchTarget(3, (0, 2), 14)] * 8, sets, 10, chunk_size=2)
+    one = patch_plan(s, [TargetShape(3, (0, 2), 14)] * 4, sets, 10, chunk_size=2)
+    two = patch_plan(s, [TargetShape(3, (0, 2), 14)] * 8, sets, 10, chunk_size=2)
     assert two.counts["rows"] == 2 * one.counts["rows"] == 2 * 4 * 2 * 16
     assert two.counts["layer_token_evals"] == 2 * one.counts["layer_token_evals"]
     assert two.memory["clean runs (one chunk)"] == one.memory["clean runs (one chunk)"]  # bounded by the chunk

@@ -217,8 +217,10 @@ def patch_metric_row_bytes(shape: ModelShape, dtype: str = "float32") -> int:
 
 
 @dataclass(frozen=True)
-class PatchTarget:
-    """One sample as the engine sees it: target length, patched token indices, instructed-prompt length."""
+class TargetShape:
+    """A target prompt's shape for the cost model: one sample as the patching engine sees it (target length,
+    patched token indices, instructed-prompt length). Not :data:`ivlens.specs.PatchTarget`, the option naming
+    which query-only prompt is the target (``bare`` / ``formatted``)."""
 
     n_tokens: int
     positions: tuple[int, ...]
@@ -227,11 +229,11 @@ class PatchTarget:
 
 #: ``engine_work(chunk, layer_sets, n_layers, group_rows) -> (executed_evals, unembed_rows, layer_calls)``: the
 #: engine's own count for one chunk of targets (``ivlens.patching.trie.plan_work``), passed in by the caller.
-EngineWork = Callable[[Sequence[PatchTarget], Sequence[tuple[int, ...]], int, Callable[[int], int]],
+EngineWork = Callable[[Sequence[TargetShape], Sequence[tuple[int, ...]], int, Callable[[int], int]],
                       tuple[int, int, int]]
 
 
-def trie_work(chunk: Sequence[PatchTarget], layer_sets: Sequence[tuple[int, ...]], n_layers: int,
+def trie_work(chunk: Sequence[TargetShape], layer_sets: Sequence[tuple[int, ...]], n_layers: int,
               group_rows: Callable[[int], int]) -> tuple[int, int, int]:
     """A stand-in for the engine's count: :func:`trie_states` per target and position, one group per
     ``group_rows(s)`` rows of each suffix length ``s`` (exact when every group holds whole targets)."""
@@ -252,7 +254,7 @@ def trie_work(chunk: Sequence[PatchTarget], layer_sets: Sequence[tuple[int, ...]
     return evals, unembed, calls
 
 
-def patch_plan(shape: ModelShape, targets: Sequence[PatchTarget], layer_sets: Sequence[tuple[int, ...]],
+def patch_plan(shape: ModelShape, targets: Sequence[TargetShape], layer_sets: Sequence[tuple[int, ...]],
                source_tokens: int, *, dtype: str = "float32", chunk_size: int = 25, budget: int = 1 << 30,
                batch_size: int | None = None, n_positions: int | None = None, engine_work: EngineWork | None = None,
                model: str = "", answer: AnswerTrie | None = None) -> Plan:

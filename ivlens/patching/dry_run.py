@@ -21,8 +21,8 @@ from ivlens.estimate.inputs import chosen_samples, model_infos, plan_budget, wit
 from ivlens.estimate.model import ModelInfo
 from ivlens.estimate.plans import (
     AnswerTrie,
-    PatchTarget,
     Plan,
+    TargetShape,
     add_figures,
     patch_plan,
     patch_row_bytes,
@@ -40,7 +40,7 @@ from .trie import RowSpec, plan_work
 _ENGINE_CACHE: dict[tuple, tuple[int, int]] = {}
 
 
-def engine_work(chunk: Sequence[PatchTarget], layer_sets, n_layers: int, group_rows, continued: bool = False,
+def engine_work(chunk: Sequence[TargetShape], layer_sets, n_layers: int, group_rows, continued: bool = False,
                 ) -> tuple[int, int, int]:
     """The patching engine's own count (:func:`ivlens.patching.trie.plan_work`) for one chunk: executed layer-token
     evaluations, unembedded rows and layer calls, without running anything.
@@ -99,7 +99,7 @@ def patch_plans(models: Sequence[str], task: str, subtask: str | None, *, layers
             has_bos = starts_with_bos(tok, tgt)
             pos = tuple(dict.fromkeys(resolve_position(p, len(tgt), t_inst=tgt.t_inst, has_bos=has_bos)
                                       for p in plan.positions))
-            targets.append(PatchTarget(len(tgt), pos, len(instructed)))
+            targets.append(TargetShape(len(tgt), pos, len(instructed)))
             if labels and trie is None:
                 trie = answer_trie(tok, tgt, labels)
         src = len(instruction_prompt(tok, sub.instruction, fmt))

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from ivlens.estimate.flops import prompt_flops
 from ivlens.estimate.inputs import chosen_samples, model_infos, plan_budget, with_startup
 from ivlens.estimate.model import ModelInfo
-from ivlens.estimate.plans import PatchTarget, Plan, add_figures, patch_plan
+from ivlens.estimate.plans import Plan, TargetShape, add_figures, patch_plan
 from ivlens.patching.sweep import starts_with_bos
 from ivlens.patching.trie import RowSpec, plan_work
 from ivlens.probing.collect import parse_layers
@@ -41,7 +41,7 @@ def steer_plans(spec, infos: Sequence[ModelInfo] | None = None) -> list[Plan]:
             has_bos = starts_with_bos(tok, tgt)
             sp = tuple(resolve_span(p, len(tgt), has_bos=has_bos) for p in positions)
             spans[len(tgt), tuple(x[0] for x in sp)] = sp
-            targets.append(PatchTarget(len(tgt), tuple(x[0] for x in sp),
+            targets.append(TargetShape(len(tgt), tuple(x[0] for x in sp),
                                        len(instructed_prompt(tok, t, s, sub.instruction, spec.format))))
 
         def work(chunk, _sets, n_layers, group_rows, spans=spans, layers=layers):
