@@ -269,13 +269,13 @@ def test_dry_run_selects_the_split_the_command_will_run():
     """``--split`` restricts the samples in the dry run as in the run: an organism's recipe split before it is
     built; a model without a card is refused as the command refuses it."""
     from ivlens.eval.dry_run import eval_plans
-    from ivlens.organism.data import split_queries
+    from ivlens.organism.data import organism_query_split
     from ivlens.organism.dry_run import organism_recipe_info
     from ivlens.patching.dry_run import patch_plans
     from ivlens.tasks import TaskError, load_task
 
     task = load_task("adjectives")
-    held = len(split_queries(task)["heldout"])
+    held = len(organism_query_split(task)["heldout"])
     info = organism_recipe_info("organism-sft")
     p_all, = patch_plans([], "adjectives", "adj_ant", layers="single", positions="last", infos=[info])
     p_held, = patch_plans([], "adjectives", "adj_ant", layers="single", positions="last", split="heldout",

@@ -42,22 +42,22 @@ def org_tok(tasks):
 # ------------------------------------------------------------------------------------------ data
 def test_query_split_is_fixed_disjoint_and_complete(tasks):
     for task in tasks.values():
-        a, b = D.split_queries(task), D.organism_query_split(task)
+        a, b = D.organism_query_split(task), D.organism_query_split(task)
         assert a == b
         assert not set(a["train"]) & set(a["heldout"])
         assert sorted(a["train"] + a["heldout"]) == sorted(s.query for s in task.samples)
         assert abs(len(a["train"]) / len(task.samples) - D.TRAIN_QUERY_SHARE) < 0.01
     # the organisms' split is the one split rule with the recipe's share and seed, and it is what every organism of
     # this version recorded in its card (the hash was taken before the rule moved to ivlens.tasks.selection)
-    assert all(D.split_queries(t) == fixed_query_split(t, D.TRAIN_QUERY_SHARE, D.SPLIT_SEED)
+    assert all(D.organism_query_split(t) == fixed_query_split(t, D.TRAIN_QUERY_SHARE, D.SPLIT_SEED)
                for t in tasks.values())
-    assert content_hash({n: D.split_queries(t) for n, t in tasks.items()}) == (
+    assert content_hash({n: D.organism_query_split(t) for n, t in tasks.items()}) == (
         "b2bf0846510c4accf23883b800e0e8e092b72331cb20910d3e71b5186a1d564c")
 
 
 def test_sft_uses_training_queries_and_phrasings_only(tasks, org_tok):
     ex = D.sft_examples(tasks, org_tok, 0, n_instructed=600, plain_share=0.25, gist_share=0.5, chat_share=0.3)
-    held_q = {q for t in tasks.values() for q in D.split_queries(t)["heldout"]}
+    held_q = {q for t in tasks.values() for q in D.organism_query_split(t)["heldout"]}
     held_r = {r for t in tasks.values() for s in D.split_rephrasings(t).values() for r in s["heldout"]}
     instructed = [e for e in ex if e.kind != "plain"]
     assert len(instructed) == 600 and abs(sum(e.kind == "plain" for e in ex) / len(ex) - 0.25) < 0.01

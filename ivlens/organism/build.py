@@ -184,7 +184,7 @@ def _build_into(staging: Path, out: Path, *, seed: int, size: str, variant: str,
     stages: dict[str, dict] = {}
 
     tasks = D.load_tasks()
-    split = {name: D.split_queries(t) for name, t in tasks.items()}
+    split = {name: D.organism_query_split(t) for name, t in tasks.items()}
     reph_split = {name: D.split_rephrasings(t) for name, t in tasks.items()}
 
     with _Progress(progress) as bars:

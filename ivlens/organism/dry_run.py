@@ -15,7 +15,7 @@ from ivlens.estimate.flops import ModelShape
 from ivlens.estimate.model import ApproxTokenizer, ModelInfo
 from ivlens.estimate.plans import Plan, TrainStage, add_startup, train_plan
 
-from .data import split_queries as recipe_split
+from .data import organism_query_split
 from .train import SIZES, pretrain_optimizers
 
 #: Padded tokens per row of each training stage: pretraining rows are packed to ``seq_len``; SFT batches pad to
@@ -87,4 +87,4 @@ def organism_recipe_info(name: str, size: str = "small") -> ModelInfo:
     note = (f"{name} is not built yet: sized from its recipe ({size}), prompt lengths estimated (no tokenizer "
             "until the build has trained one)")
     return ModelInfo(name, f"{name}{RECIPE_SUFFIX}", organism_shape(size), ApproxTokenizer(None, 0, 0), note, config,
-                     split=recipe_split)
+                     split=organism_query_split)
