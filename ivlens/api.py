@@ -96,7 +96,7 @@ def run_eval(spec: EvalSpec, *, models: Sequence[LoadedModel] | None = None, out
              resume: str | Path | None = None, progress: Callable | None = None
              ) -> tuple[RunDir, pd.DataFrame, pd.DataFrame]:
     """Evaluate every model on ``spec.task``; writes ``results.parquet`` (one row per sample × subtask ×
-    condition, streamed as shards of ``spec.chunk_size`` samples), ``summary.parquet`` and ``decides.parquet``.
+    condition, streamed as unit files of ``spec.chunk_size`` samples), ``summary.parquet`` and ``decides.parquet``.
     Returns ``(run, summary, decides)``."""
     from .eval import evaluate, instruction_decides, summarize
 
@@ -122,7 +122,7 @@ def run_eval(spec: EvalSpec, *, models: Sequence[LoadedModel] | None = None, out
                 key = f"m{mi}-c{ci // spec.chunk_size:05d}"
                 chunk = picked[ci:ci + spec.chunk_size]
                 unit += 1
-                if run.has_shard("results", key) or not owns(unit):
+                if run.has_unit_file("results", key) or not owns(unit):
                     if advance:
                         advance(len(chunk) * per_sample)
                     continue
@@ -130,7 +130,7 @@ def run_eval(spec: EvalSpec, *, models: Sequence[LoadedModel] | None = None, out
                               prefill=spec.prefill, batch_size=spec.batch_size, judge=judge, progress=advance,
                               score=spec.score, warn_clashes=False)
                 df.insert(1, "split", spec.split)
-                run.write_shard("results", key, df)
+                run.write_unit_file("results", key, df)
     if spec.shard is not None:
         stop_shard(run, spec)
         return run, pd.DataFrame(), pd.DataFrame()
@@ -159,7 +159,7 @@ def run_patch(spec: PatchSpec, *, models: Sequence[LoadedModel] | None = None,
               source: LoadedModel | None = None, out: str | Path | None = None, resume: str | Path | None = None,
               progress: Callable[[int, int], None] | None = None) -> PatchResult:
     """Patch the IVs of ``spec.layers`` × ``spec.positions`` into every selected sample's target, for every model
-    side by side (shards of ``spec.chunk_size`` samples), then interactions and figures."""
+    side by side (unit files of ``spec.chunk_size`` samples), then interactions and figures."""
     from .budget import parse_bytes
     from .patching.analysis import analyse
     from .patching.plan import PatchPlan
@@ -240,7 +240,7 @@ def run_steer(spec: SteerSpec, *, models: Sequence[LoadedModel] | None = None, o
               resume: str | Path | None = None, progress: Callable[[int, int], None] | None = None,
               root: str | Path | None = None) -> SteerRunResult:
     """Steer every model with ``spec.vectors`` × ``spec.alphas`` × ``spec.layers`` × ``spec.positions`` on the
-    selected samples' query-only prompts (shards of ``spec.chunk_size`` samples, resumable), then the
+    selected samples' query-only prompts (unit files of ``spec.chunk_size`` samples, resumable), then the
     dose-response table and figure; with ``spec.patch_run`` (read from ``root`` when relative, a study's
     directory), the comparison with that patch run (``steer_vs_patch``). With ``spec.shard``, only that share of the
     chunks, then stop (:func:`stop_shard`; ``dose`` is empty)."""

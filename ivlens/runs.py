@@ -1,8 +1,9 @@
 """Run directories: ``runs/<date>-<command>-<name>/`` with ``manifest.json`` and Parquet results.
 
 Every write is atomic (a temporary file in the same directory, then ``os.replace``), so a killed run never
-leaves a half-written file. Long runs append **shards** (``<table>/shard-<key>.parquet``), one per unit of
-work with a deterministic key; on ``--resume`` a unit whose shard exists is skipped, so the finished table
+leaves a half-written file. Long runs append **unit files** (``<table>/shard-<key>.parquet``: the file name keeps
+the ``shard-`` of earlier versions, so their runs resume), one per unit of work with a deterministic key; on
+``--resume`` a unit whose unit file exists is skipped, so the finished table
 holds exactly the rows of an uninterrupted run, none lost or duplicated.
 """
 
@@ -133,13 +134,13 @@ def library_versions() -> dict[str, str | None]:
     return out
 
 
-#: how long a run directory's command and name parts, and a shard's or part's key, may be in a file name
+#: how long a run directory's command and name parts, and a unit file's or part's key, may be in a file name
 RUN_NAME_CHARS = 60
 
 
 def slug(text: object, *, fallback: str = "x", max_len: int | None = None) -> str:
     """THE file-name form of a name, for every file and directory ivlens names after something the user chose
-    (run directories, shard and part files, a model's files in a run, figures per vector).
+    (run directories, unit and part files, a model's files in a run, figures per vector).
 
     Each run of characters other than ASCII letters, digits and ``_ . -`` becomes one ``-``, and leading and
     trailing ``-`` go; then the result is cut to ``max_len`` characters (``None``: no cut) and, when nothing is
@@ -359,25 +360,27 @@ class RunDir:
         return p
 
     def read_table(self, name: str) -> pd.DataFrame:
-        """A table written whole or as shards (shards concatenated in key order), as :data:`RUN_FORMAT` writes it
+        """A table written whole or as unit files (concatenated in key order), as :data:`RUN_FORMAT` writes it
         (:func:`current_table`)."""
         whole = self.path / f"{name}.parquet"
         if whole.exists():
             return current_table(self.manifest, name, pd.read_parquet(whole))
-        shards = sorted((self.path / name).glob("shard-*.parquet"))
-        if not shards:
+        unit_files = sorted((self.path / name).glob("shard-*.parquet"))
+        if not unit_files:
             raise FileNotFoundError(f"{self.path}: no table {name!r}")
-        return current_table(self.manifest, name, pd.concat([pd.read_parquet(s) for s in shards], ignore_index=True))
+        return current_table(self.manifest, name, pd.concat([pd.read_parquet(f) for f in unit_files],
+                                                            ignore_index=True))
 
-    def shard_path(self, table: str, key: str) -> Path:
+    def unit_file_path(self, table: str, key: str) -> Path:
+        """The unit file of ``table`` for the unit of work ``key`` (``<table>/shard-<key>.parquet``)."""
         return self.path / table / f"shard-{_run_slug(key)}.parquet"
 
-    def has_shard(self, table: str, key: str) -> bool:
-        return self.shard_path(table, key).exists()
+    def has_unit_file(self, table: str, key: str) -> bool:
+        return self.unit_file_path(table, key).exists()
 
-    def write_shard(self, table: str, key: str, df: pd.DataFrame) -> Path:
+    def write_unit_file(self, table: str, key: str, df: pd.DataFrame) -> Path:
         """Write one unit of work's rows atomically; ``key`` must be deterministic for that unit."""
-        p = self.shard_path(table, key)
+        p = self.unit_file_path(table, key)
         atomic_write_parquet(p, df)
         return p
 

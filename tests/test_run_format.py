@@ -127,8 +127,8 @@ def test_the_report_reads_a_format_1_patch_run_with_ia_top1(tmp_path):
     (``ivlens steer --patch-run``), have ``ia_top1`` where format 1 wrote ``ia``."""
     run = RunDir.create("patch", "old", out=tmp_path / "old")
     rows = pd.DataFrame({"model": ["m", "m"], "sample": [0, 1], "ia": [True, False], "acc_top1": [True, False]})
-    run.write_shard("patch", "a", rows.iloc[:1])
-    run.write_shard("patch", "b", rows.iloc[1:])
+    run.write_unit_file("patch", "a", rows.iloc[:1])
+    run.write_unit_file("patch", "b", rows.iloc[1:])
     run.finish()
     manifest = json.loads((run.path / "manifest.json").read_text())
     assert manifest.pop("run_format") == 2

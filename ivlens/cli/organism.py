@@ -23,18 +23,18 @@ def build_command(
     options: dict[str, Any],
     *,
     out: Annotated[Path | None, typer.Option("--out", help="output directory (default: the user cache)")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan (training steps, FLOPs, peak memory, "
-                                          "time on this CPU) and exit")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the cost estimate (training steps, FLOPs, "
+                                          "peak memory, time on this CPU) and exit")] = False,
 ) -> None:
     """Train base → SFT → DPO and write base/ sft/ dpo/ and card.json (prints the time it will take here first)."""
     from rich.console import Console
 
     from ivlens.api import run_organism
-    from ivlens.cli.common import friendly_errors, planned_spec
+    from ivlens.cli.common import checked_spec, friendly_errors
     from ivlens.dry_run import human_time, organism_build_seconds
     from ivlens.organism.paths import is_built, organism_dir
 
-    spec = planned_spec(ctx, OrganismSpec, options, resume=None, out=out, dry_run=dry_run)
+    spec = checked_spec(ctx, OrganismSpec, options, resume=None, out=out, dry_run=dry_run)
     if spec is None:
         return
     with friendly_errors():
@@ -43,7 +43,7 @@ def build_command(
             seconds = organism_build_seconds(spec.size, spec.variant, spec.measure, spec.threads)
             console.print(f"building organism-{spec.variant} ({spec.size}, seed {spec.seed}, {spec.threads} threads): "
                           f"about {human_time(seconds)} here (the dry run's estimate for this machine as loaded now; "
-                          "`--dry-run` for the plan)", highlight=False)
+                          "`--dry-run` for the cost estimate)", highlight=False)
         directory = run_organism(spec, out=out)
     console.print(f"organism ({spec.variant}) in {directory}")
     _print_summary(console, directory)

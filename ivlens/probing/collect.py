@@ -6,13 +6,14 @@ residual after decoder layer ``l`` at the instruction's last token. Prompts are 
 read-out, :func:`read_resid` (forward hooks that keep only the T_inst column of each row, so a batch never holds
 more than ``[layer, batch, d_model]`` of activations; the same read-out as an nnsight trace with ``--remote``).
 
-Storage (streamed, one shard per batch, so a large set is never held twice in memory)::
+Storage (streamed, one unit file per batch, so a large set is never held twice in memory; a unit file keeps its
+``shard-`` file name, which runs written before the name changed have)::
 
     <run>/ivs/<model>/labels.parquet            one row per instruction (task, subtask, split, t_inst, ...)
     <run>/ivs/<model>/shard-00000.safetensors   "resid": [layer, batch, d_model] float32, "rows": [batch]
     <run>/ivs/<model>/meta.json                 layers, d_model, n, model description
 
-:func:`load_layer` reads one layer back from the shards (memory-mapped slices), ``X: [n, d_model]``.
+:func:`load_layer` reads one layer back from the unit files (memory-mapped slices), ``X: [n, d_model]``.
 """
 
 from __future__ import annotations
@@ -101,7 +102,8 @@ class IVStore:
         meta = self.meta
         return -(-meta["n"] // meta["batch_size"])
 
-    def shards(self) -> list[Path]:
+    def unit_files(self) -> list[Path]:
+        """The collection's unit files, one per batch, in batch order."""
         return sorted(self.path.glob("shard-*.safetensors"))
 
     def load_layer(self, layer: int) -> np.ndarray:
@@ -135,8 +137,8 @@ def collect_ivs(loaded: LoadedModel, rows: list[InstructionRow], out: str | Path
                 owns: Callable[[int], bool] | None = None) -> IVStore:
     """Run every instruction-only prompt and store its IVs at ``layers`` (default: all) under ``out``.
 
-    Batches are formed in row order; each is written as one shard right away (atomically), so with
-    ``resume=True`` the shards already on disk are kept and only the missing batches run. ``batch_size=None``
+    Batches are formed in row order; each is written as one unit file right away (atomically), so with
+    ``resume=True`` the unit files already on disk are kept and only the missing batches run. ``batch_size=None``
     picks as many prompts per forward as fit ``memory_budget`` (:func:`ivlens.estimate.model.forward_batch_size`; a resumed collection
     keeps the batch size it was started with). ``owns(batch) -> bool``: collect only those batches (a shard,
     :mod:`ivlens.sharding`; the labels and meta are written whole).

@@ -1,7 +1,7 @@
 """``run_logit_lens``: the logit lens of every model's IVs, layer by layer, into one run directory.
 
 Units of work: one model (its rephrasings' IVs at every chosen layer, read through its final norm and unembedding);
-each writes its rows as shards of ``mass`` and ``top_tokens`` (resumable with ``--resume``), then the run writes:
+each writes its rows as unit files of ``mass`` and ``top_tokens`` (resumable with ``--resume``), then the run writes:
 
 - ``mass.parquet``: ``model, task, subtask, layer, rephrasing, instruction, own_tokens, other_tokens, own_mass,
   other_mass`` per rephrasing: the probability on the first tokens of the subtask's own labels and on those of the
@@ -137,13 +137,13 @@ def run_logit_lens(spec: LogitLensSpec, *, models: list[LoadedModel] | None = No
     run = start_run(spec, "+".join(slug(n) for n in names)[:60], out=out, resume=resume, task=task.name)
     for i, name in enumerate(names):
         key = f"m{i:04d}"
-        if run.has_shard("mass", key) and run.has_shard("top_tokens", key):
+        if run.has_unit_file("mass", key) and run.has_unit_file("top_tokens", key):
             continue
         loaded = models[i] if models is not None else load_spec_models([name], spec, None)[0]
         layers = parse_layers(spec.layers, loaded.n_layers)
         mass, tops = model_rows(loaded, spec, layers)
-        run.write_shard("top_tokens", key, tops)
-        run.write_shard("mass", key, mass)
+        run.write_unit_file("top_tokens", key, tops)
+        run.write_unit_file("mass", key, mass)
         log.info("logit-lens %s: %d rephrasings at %d layers", loaded.name, len(mass) // max(len(layers), 1), len(layers))
     mass = run.read_table("mass")
     summary = summarize(mass, spec.n_boot, spec.level, spec.seed)
