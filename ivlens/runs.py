@@ -54,8 +54,8 @@ _IA_TOP1 = {"ia": "ia_top1"}
 
 #: Each format's change, by format number.
 FORMAT_CHANGES: dict[int, FormatChange] = {
-    2: FormatChange("eval's rank columns are 1-based, top-1 is rank 1; patching's, steering's and the organism's "
-                    "ia (the top-1 token in the label space) is ia_top1",
+    2: FormatChange("eval's rank columns are 1-based, top-1 is rank 1; the patch, steer and organism tables' ia "
+                    "(top-1 token in the label space) is ia_top1",
                     {("eval", "results"): ("first_token_rank", "first_token_rank_in_space", "answer_rank",
                                            "answer_rank_in_space")},
                     {("patch", "patch"): _IA_TOP1, ("patch", "baselines"): _IA_TOP1,

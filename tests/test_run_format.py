@@ -169,9 +169,9 @@ def test_resume_refuses_a_format_1_run_in_one_line(eval_runs, tmp_path):
     _, old, spec, lm = eval_runs
     with pytest.raises(RunFormatError, match=r"--resume .*format1: a run directory of run format 1; this ivlens "
                                              r"continues only format 2 runs \(format 2: eval's rank columns are "
-                                             r"1-based, top-1 is rank 1; patching's, steering's and the "
-                                             r"organism's ia \(the top-1 token in the label space\) is ia_top1\): "
-                                             r"rerun into a new --out directory"):
+                                             r"1-based, top-1 is rank 1; the patch, steer and organism tables' ia "
+                                             r"\(top-1 token in the label space\) is ia_top1\): rerun into a new "
+                                             r"--out directory"):
         run_eval(spec, models=[lm], resume=old)
     r = CliRunner().invoke(app, ["eval", "--resume", str(old)], env={"COLUMNS": "400"})
     assert r.exit_code == 2, r.output
