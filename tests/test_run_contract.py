@@ -41,7 +41,7 @@ def model_dir(tmp_path_factory):
 
 
 # ------------------------------------------------------------------------------------------ names
-def test_one_slug_names_run_directories_shards_and_a_models_files(tmp_path):
+def test_one_slug_names_run_directories_unit_files_and_a_models_files(tmp_path):
     """``ivlens.runs.slug``: each run of characters other than ASCII letters, digits and ``_.-`` becomes one ``-``,
     none at the ends; the run directory cuts each part to 60 characters and falls back to ``run``."""
     assert slug("smollm2-135m-instruct") == "smollm2-135m-instruct" and slug("organism-sft") == "organism-sft"

@@ -119,8 +119,8 @@ def load_layer(path: str | Path, layer: int) -> np.ndarray:
         raise KeyError(f"{path}: layer {layer} was not collected (collected: {meta['layers']})")
     k = meta["layers"].index(layer)
     X = np.empty((meta["n"], meta["d_model"]), dtype=np.float32)
-    for shard in sorted(path.glob("shard-*.safetensors")):
-        with safe_open(shard, framework="pt") as f:
+    for unit_file in sorted(path.glob("shard-*.safetensors")):
+        with safe_open(unit_file, framework="pt") as f:
             rows = f.get_tensor("rows").numpy()
             X[rows] = f.get_slice("resid")[k].numpy()  # [batch, d_model]: one layer's slice only
     return X
@@ -174,14 +174,14 @@ def collect_ivs(loaded: LoadedModel, rows: list[InstructionRow], out: str | Path
     device = loaded.device
     n_batches = 0
     for b, idx in enumerate(_batches(len(rows), batch_size)):
-        shard = out / f"shard-{b:05d}.safetensors"
-        if (resume and shard.exists()) or (owns is not None and not owns(b)):
+        unit_file = out / f"shard-{b:05d}.safetensors"
+        if (resume and unit_file.exists()) or (owns is not None and not owns(b)):
             continue
         batch = pad_left([prompts[i] for i in idx], tok.pad_token_id).to(device)
         cols = [batch.column(j, prompts[i].t_inst) for j, i in enumerate(idx)]
         resid = read_resid(loaded, batch, cols, layers)  # [layer, batch, d_model]
-        atomic_write_bytes(shard, st_save({"resid": resid.contiguous(),
-                                           "rows": torch.tensor(list(idx), dtype=torch.long)}))
+        atomic_write_bytes(unit_file, st_save({"resid": resid.contiguous(),
+                                               "rows": torch.tensor(list(idx), dtype=torch.long)}))
         n_batches += 1
     log.info("%s: %d instruction vectors at %d layers (%d new batches) in %s", loaded.name, len(rows),
              len(layers), n_batches, out)
