@@ -3,7 +3,7 @@
 Every write is atomic (a temporary file in the same directory, then ``os.replace``), so a killed run never
 leaves a half-written file. Long runs append **shards** (``<table>/shard-<key>.parquet``), one per unit of
 work with a deterministic key; on ``--resume`` a unit whose shard exists is skipped, so the finished table
-holds exactly the rows of an uninterrupted run, none lost or duplicated.
+holds exactly the rows of an uninterrupted run, none lost or duplicated (:mod:`ivlens.units` runs that loop).
 """
 
 from __future__ import annotations

@@ -33,12 +33,16 @@ from ivlens.estimate.model import forward_batch_size
 from ivlens.models.adapters import resid_at
 from ivlens.models.load import LoadedModel
 from ivlens.ndif import through_nnsight
-from ivlens.runs import atomic_write_bytes, atomic_write_json, atomic_write_parquet
+from ivlens.runs import atomic_write_json, atomic_write_parquet
 from ivlens.tasks.prompts import Batch, PromptFormat, instruction_prompt, pad_left
+from ivlens.units import Unit, UnitFiles, UnitLoop
 
 from .instructions import InstructionRow
 
 log = logging.getLogger(__name__)
+
+#: the file of one batch's IVs (one unit of work, :mod:`ivlens.units`), by the batch's zero-padded number
+SHARD = "shard-{key}.safetensors"
 
 
 def read_resid(loaded: LoadedModel, batch: Batch, columns: Sequence[int], layers: Sequence[int]) -> torch.Tensor:
@@ -135,10 +139,11 @@ def collect_ivs(loaded: LoadedModel, rows: list[InstructionRow], out: str | Path
                 owns: Callable[[int], bool] | None = None) -> IVStore:
     """Run every instruction-only prompt and store its IVs at ``layers`` (default: all) under ``out``.
 
-    Batches are formed in row order; each is written as one shard right away (atomically), so with
-    ``resume=True`` the shards already on disk are kept and only the missing batches run. ``batch_size=None``
-    picks as many prompts per forward as fit ``memory_budget`` (:func:`ivlens.estimate.model.forward_batch_size`; a resumed collection
-    keeps the batch size it was started with). ``owns(batch) -> bool``: collect only those batches (a shard,
+    Batches are formed in row order; each is a unit of work (:mod:`ivlens.units`) written as one shard right away
+    (atomically), so with ``resume=True`` the shards already on disk are kept and only the missing batches run.
+    ``batch_size=None`` picks as many prompts per forward as fit ``memory_budget``
+    (:func:`ivlens.estimate.model.forward_batch_size`; a resumed collection keeps the batch size it was started
+    with). ``owns(batch) -> bool``: collect only those batches (a shard,
     :mod:`ivlens.sharding`; the labels and meta are written whole).
 
     Returns:
@@ -169,18 +174,17 @@ def collect_ivs(loaded: LoadedModel, rows: list[InstructionRow], out: str | Path
             s.unlink()
     atomic_write_parquet(out / "labels.parquet", labels)
     atomic_write_json(out / "meta.json", meta)
-    device = loaded.device
-    n_batches = 0
-    for b, idx in enumerate(_batches(len(rows), batch_size)):
-        shard = out / f"shard-{b:05d}.safetensors"
-        if (resume and shard.exists()) or (owns is not None and not owns(b)):
-            continue
-        batch = pad_left([prompts[i] for i in idx], tok.pad_token_id).to(device)
+
+    def batch_shard(unit: Unit[range]) -> bytes:
+        idx = unit.work
+        batch = pad_left([prompts[i] for i in idx], tok.pad_token_id).to(loaded.device)
         cols = [batch.column(j, prompts[i].t_inst) for j, i in enumerate(idx)]
         resid = read_resid(loaded, batch, cols, layers)  # [layer, batch, d_model]
-        atomic_write_bytes(shard, st_save({"resid": resid.contiguous(),
-                                           "rows": torch.tensor(list(idx), dtype=torch.long)}))
-        n_batches += 1
+        return st_save({"resid": resid.contiguous(), "rows": torch.tensor(list(idx), dtype=torch.long)})
+
+    loop = UnitLoop(UnitFiles(out, SHARD), owns=owns)  # a unit: one batch (without resume, no shard is left)
+    units = loop.number((f"{b:05d}", idx) for b, idx in enumerate(_batches(len(rows), batch_size)))
+    n_batches = loop.run(units, batch_shard)
     log.info("%s: %d instruction vectors at %d layers (%d new batches) in %s", loaded.name, len(rows),
              len(layers), n_batches, out)
     return IVStore(out)
