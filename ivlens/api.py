@@ -18,6 +18,7 @@ import importlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -34,8 +35,9 @@ from .models.load import LoadedModel, check_model_files, load_model
 from .runs import RunDir, check_out_dir, slug
 from .scoped import torch_threads
 from .sharding import owner
-from .tasks import TaskError, load_task, selection
+from .tasks import Task, TaskError, load_task, selection
 from .tasks.validate import warn_first_token_clashes
+from .units import TablePieces, Unit, UnitLoop
 
 log = logging.getLogger(__name__)
 
@@ -92,13 +94,33 @@ def import_callable(path: str) -> Callable:
 
 
 # --------------------------------------------------------------------------------------------- eval
+def _eval_chunk(spec: EvalSpec, lm: LoadedModel, task: Task, subtasks: Sequence[str], judge: Callable | None,
+                advance: Callable[[int], None] | None, unit: Unit[list]) -> dict[str, pd.DataFrame]:
+    """One unit of eval: the ``results`` rows of a chunk of ``lm``'s samples (``advance(rows)`` after each
+    batch)."""
+    from .eval import evaluate
+
+    df = evaluate(lm, task, unit.work, subtasks, fmt=spec.format, query_style=spec.query_style,
+                  prefill=spec.prefill, batch_size=spec.batch_size, judge=judge, progress=advance,
+                  score=spec.score, warn_clashes=False)
+    df.insert(1, "split", spec.split)
+    return {"results": df}
+
+
+def _advance_skipped(advance: Callable[[int], None], per_sample: int, unit: Unit[list], ran: bool) -> None:
+    """Advance the progress bar over a chunk that was not computed now (done already, or another shard's): a
+    computed one advanced batch by batch."""
+    if not ran:
+        advance(len(unit.work) * per_sample)
+
+
 def run_eval(spec: EvalSpec, *, models: Sequence[LoadedModel] | None = None, out: str | Path | None = None,
              resume: str | Path | None = None, progress: Callable | None = None
              ) -> tuple[RunDir, pd.DataFrame, pd.DataFrame]:
     """Evaluate every model on ``spec.task``; writes ``results.parquet`` (one row per sample × subtask ×
     condition, streamed as unit files of ``spec.chunk_size`` samples), ``summary.parquet`` and ``decides.parquet``.
     Returns ``(run, summary, decides)``."""
-    from .eval import evaluate, instruction_decides, summarize
+    from .eval import instruction_decides, summarize
 
     check_out_dir(out)  # before any model loads
     t = load_task(spec.task)
@@ -109,32 +131,24 @@ def run_eval(spec: EvalSpec, *, models: Sequence[LoadedModel] | None = None, out
                                                 selection.split_queries(lm.path, lm.name, t, spec.split))
               for lm in lms}
     run = start_run(spec, t.name, out=out, resume=resume, models=lms, task=t.name)
-    owns, unit = owner(spec.shard), -1
+    pieces = TablePieces(run, ("results",))
+    loop = UnitLoop(pieces, owns=owner(spec.shard))  # a unit: a chunk of one model's samples
     warned: set[tuple[str, str]] = set()
     for mi, lm in enumerate(lms):
         picked = chosen[lm.name]
         # once per task and subtask in the run: not per chunk, not per model
         warn_first_token_clashes(lm.tokenizer, t, subtasks, spec.format, spec.score, seen=warned)
         per_sample = len(subtasks) * (3 if t.is_contrastive else 2)  # scored subtasks × conditions
+        units = loop.number((f"m{mi}-c{ci // spec.chunk_size:05d}", picked[ci:ci + spec.chunk_size])
+                            for ci in range(0, len(picked), spec.chunk_size))
         ctx = progress(f"eval {lm.name}", len(picked) * per_sample) if progress else contextlib.nullcontext(None)
         with ctx as advance:
-            for ci in range(0, len(picked), spec.chunk_size):
-                key = f"m{mi}-c{ci // spec.chunk_size:05d}"
-                chunk = picked[ci:ci + spec.chunk_size]
-                unit += 1
-                if run.has_unit_file("results", key) or not owns(unit):
-                    if advance:
-                        advance(len(chunk) * per_sample)
-                    continue
-                df = evaluate(lm, t, chunk, subtasks, fmt=spec.format, query_style=spec.query_style,
-                              prefill=spec.prefill, batch_size=spec.batch_size, judge=judge, progress=advance,
-                              score=spec.score, warn_clashes=False)
-                df.insert(1, "split", spec.split)
-                run.write_unit_file("results", key, df)
+            loop.run(units, partial(_eval_chunk, spec, lm, t, subtasks, judge, advance),
+                     progress=partial(_advance_skipped, advance, per_sample) if advance else None)
     if spec.shard is not None:
         stop_shard(run, spec)
         return run, pd.DataFrame(), pd.DataFrame()
-    results = run.read_table("results")
+    results = pieces.read("results")
     summary = summarize(results)
     decides = instruction_decides(results) if t.is_contrastive and len(subtasks) == 2 else pd.DataFrame()
     run.write_table("results", results)

@@ -3,8 +3,8 @@
 Every write is atomic (a temporary file in the same directory, then ``os.replace``), so a killed run never
 leaves a half-written file. Long runs append **unit files** (``<table>/shard-<key>.parquet``: the file name keeps
 the ``shard-`` of earlier versions, so their runs resume), one per unit of work with a deterministic key; on
-``--resume`` a unit whose unit file exists is skipped, so the finished table
-holds exactly the rows of an uninterrupted run, none lost or duplicated.
+``--resume`` a unit whose unit file exists is skipped, so the finished table holds exactly the rows of an
+uninterrupted run, none lost or duplicated (:mod:`ivlens.units` runs that loop).
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ chunk of samples by chunk for eval and patch, batch of instructions for probe's 
 ``trace --compare``). Shard ``i/n`` computes the units whose number ``u`` has ``u mod n = i`` and writes them
 as the unsharded run would (same keys, same files), then stops without finishing. :func:`ivlens.merge.merge_runs`
 puts the shards' units into one run directory and finishes it, which gives exactly the unsharded run.
+:class:`ivlens.units.UnitLoop` numbers the units, and skips another shard's.
 
 >>> Shard.parse("1/3").owns(4)
 True

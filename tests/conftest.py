@@ -31,7 +31,8 @@ from run_shared import built_once  # noqa: E402
 from ivlens.testing.tiny import ARCHS, save_tiny_checkpoint, tiny_tokenizer  # noqa: E402
 
 COST_MARKERS = ("unit", "tiny", "cli", "slow")
-#: the cost of a file's tests that are not marked by hand (files not named here: ``tiny``)
+#: the cost of a file's tests that are not marked by hand, by file name (unique across tests/; files not named
+#: here: ``tiny``)
 FILE_COST = {
     **dict.fromkeys(("test_budget.py", "test_patching_interactions.py", "test_patching_plan.py", "test_probing.py",
                      "test_prompts.py", "test_study.py", "test_tasks.py", "test_tasks_errors.py",
@@ -203,7 +204,7 @@ def tiny_organism(tmp_path_factory):
     """One measured tiny-recipe organism build (gist variant, seed 1: ``<tmp>/gist/{base,sft,dpo}``, its card and
     completion marker), made once per test run and shared by every test that needs a built organism. Read it;
     copy it (``shutil.copytree``) before building next to it or changing it. The plumbing is tested on the tiny
-    recipe; the real recipe is built once, in ``test_organism_build_slow.py`` (``-m slow``)."""
+    recipe; the real recipe is built once, in ``tests/organism/test_organism_build_slow.py`` (``-m slow``)."""
     from ivlens.organism.build import build_organism
 
     return built_once(tmp_path_factory, "tiny-organism",

@@ -22,7 +22,7 @@ ANALYSES = {
     "steer": ["steer", "--task", "adjectives", "--subtask", "adj_ant", "--alphas", "0,2", "--layers", "0,-1",
               "--positions", "first,all", "--samples", "2", "--max-per-subtask", "4", "--seed", "3", "--no-figures"],
 }
-#: the organism build is checked for determinism by the slow tier (tests/test_organism_build_slow.py)
+#: the organism build is checked for determinism by the slow tier (tests/organism/test_organism_build_slow.py)
 NOT_HERE = {"organism"}
 
 

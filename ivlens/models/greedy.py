@@ -6,7 +6,7 @@ stopping criteria, and every step runs them. On the small models ivlens studies 
 as the forwards. :func:`greedy_generate` runs the same forwards on the same inputs (the left-padded prompt, the
 position ids ``generate`` derives from the attention mask, the mask dropped when it is all ones, a
 ``DynamicCache``, only the last position's logits) and stops when every row has produced EOS or after
-``max_new_tokens``, so its tokens and first-step logits are ``generate``'s bit for bit (``tests/test_eval.py``
+``max_new_tokens``, so its tokens and first-step logits are ``generate``'s bit for bit (``tests/eval/test_eval.py``
 compares them on every supported family). Where the model's generation config asks for anything the loop does not
 do (a logits processor such as a repetition penalty, another cache, a time limit, ...), it calls ``generate``.
 

@@ -19,7 +19,8 @@ In both modes the *instructed run* is subtask A's instructed prompt and the *tar
 With ``source_model`` the IVs come from another checkpoint of the same shape.
 
 Results stream to a run directory as Parquet unit files, one per (model, chunk of samples), written atomically after
-the chunk finishes; a resumed sweep skips finished chunks, so it ends with exactly the rows of an uninterrupted run.
+the chunk finishes; a resumed sweep skips finished chunks, so it ends with exactly the rows of an uninterrupted run
+(the chunks are the units of work of :mod:`ivlens.units`).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from ivlens.tasks.prompts import (
 )
 from ivlens.tasks.selection import sample_indices, split_queries
 from ivlens.tasks.validate import warn_first_token_clashes
+from ivlens.units import TablePieces, Unit, UnitLoop
 
 from .engine import (
     CleanRun,
@@ -423,6 +425,86 @@ class ChunkProgress:
             self.progress(self.done, self.total)
 
 
+class RowProgress:
+    """``progress(done_rows, total_rows)`` of a sweep: after each chunk, computed or skipped (:meth:`advance`),
+    and batch by batch within a computed one (:meth:`chunk`)."""
+
+    def __init__(self, progress: Callable[[int, int], None] | None, total: int):
+        self.progress, self.done, self.total = progress, 0, total
+
+    def chunk(self, n_rows: int) -> ChunkProgress:
+        """The batch-by-batch progress of the next chunk (``n_rows`` rows)."""
+        return ChunkProgress(self.progress, self.done, self.done + n_rows, self.total)
+
+    def advance(self, n_rows: int) -> None:
+        """A chunk of ``n_rows`` rows is done (computed, or skipped)."""
+        self.done += n_rows
+        if self.progress:
+            self.progress(self.done, self.total)
+
+
+@dataclass
+class ModelChunks:
+    """One model's units of a patch sweep, the chunks of its samples, and what each needs; the IVs and the label
+    space are computed once, by the screen or by the first chunk that runs. ``plan``: the screened plan with
+    ``--screen``."""
+
+    lm: LoadedModel
+    name: str
+    source: LoadedModel
+    task: Task
+    subtask: str
+    plan: PatchPlan
+    mode: PatchMode
+    target: str
+    fmt: str
+    stats: EngineStats
+    const: dict
+    linear: bool
+    candidates: AnswerCandidates | None
+    units: Sequence[Unit[list[int]]]
+    progress: RowProgress
+    batch_size: int | None
+    backend: str
+    memory_budget: int | str | None
+    device: str
+    ivs: torch.Tensor | None = None  # [1, layer, d_model]
+    space: torch.Tensor | None = None
+    screened: tuple[FirstOrder, dict[int, int]] | None = None  # all samples' terms, sample id → their row
+
+    def n_rows(self, unit: Unit[list[int]]) -> int:
+        return len(unit.work) * len(self.plan.rows)
+
+    def tables(self, unit: Unit[list[int]]) -> dict[str, pd.DataFrame]:
+        """The ``patch`` rows and ``baselines`` of one chunk (the samples ``unit.work``)."""
+        lm = self.lm
+        prompts, instruction = prepare(lm, self.task, self.subtask, self.plan, unit.work, self.mode, self.target,
+                                       self.fmt)
+        if self.ivs is None:  # one source run per instruction (and model), only when there is work left
+            self.ivs = _ivs(self.source, instruction, self.fmt, self.stats)
+            self.space = label_space_tokens(lm, self.task, self.subtask, prompts[0].instructed)
+        terms = None
+        if self.linear and self.screened is not None:
+            terms = self.screened[0].take([self.screened[1][p.sample] for p in prompts])
+        elif self.linear:
+            terms = _terms(lm, prompts, self.ivs, self.stats)
+        on_rows = self.progress.chunk(self.n_rows(unit))
+        budget = resolve_memory_budget(self.memory_budget, self.device if self.device == "auto" else lm.device)
+        cols, base = _chunk_rows(lm, prompts, self.plan, self.ivs, self.space, self.stats, self.batch_size,
+                                 on_rows, self.backend, budget, self.candidates, terms)
+        n = len(cols["sample"])
+        rows_df = pd.DataFrame({**{k: np.repeat(np.array([v], dtype=object), n) for k, v in self.const.items()},
+                                **cols})
+        del cols
+        log.info("%s chunk %d/%d: %d rows", self.name, unit.number - self.units[0].number + 1, len(self.units),
+                 len(rows_df))
+        return {BASELINES: pd.DataFrame([{**self.const, **r} for r in base]), TABLE: rows_df}
+
+    def advance(self, unit: Unit[list[int]], ran: bool) -> None:
+        """After each chunk, computed or skipped: the sweep's progress."""
+        self.progress.advance(self.n_rows(unit))
+
+
 def _as_loaded(m: LoadedModel | str, dtype: str, device: str) -> LoadedModel:
     if isinstance(m, LoadedModel):
         return m
@@ -513,84 +595,43 @@ def patch_sweep(models: LoadedModel | str | Sequence[LoadedModel | str], task: T
     ids_per_model = [sample_indices(task, samples, seed, split_queries(lm.path, lm.name, task, split)) for lm in lms]
     plans = [PatchPlan.build(layers, positions, lm.n_layers) for lm in lms]
     total = sum(len(ids) * len(p.rows) for ids, p in zip(ids_per_model, plans, strict=True))
-    done = 0
+    row_progress = RowProgress(progress, total)
     stats: dict[str, EngineStats] = {}
-    all_rows, all_base, all_screens = [], [], []
-    unit = -1
+    all_screens = []
+    pieces = TablePieces(run, (BASELINES, TABLE))  # the rows last: their piece marks the chunk done
+    loop = UnitLoop(pieces, owns=owns)  # a unit: a chunk of one model's samples
     warned: set[tuple[str, str]] = set()  # the label-clash warning: once per run, not per model
     for mi, (lm, name, plan, sample_ids) in enumerate(zip(lms, names, plans, ids_per_model, strict=True)):
-        chunks = [sample_ids[i:i + chunk_size] for i in range(0, len(sample_ids), chunk_size)]
+        units = loop.number((f"m{mi}-c{ci:05d}", sample_ids[i:i + chunk_size])
+                            for ci, i in enumerate(range(0, len(sample_ids), chunk_size)))
         st = stats.setdefault(name, EngineStats())
         s_lm = src_lm or lm
         if s_lm.n_layers != lm.n_layers or s_lm.d_model != lm.d_model:
             raise ValueError(f"source model {s_lm.name} ({s_lm.n_layers} layers, d_model "
                              f"{s_lm.d_model}) does not match {lm.name} ({lm.n_layers} layers, "
                              f"d_model {lm.d_model})")
-        linear = _linear_on(linear_estimate, screen, plan, layers, score, lm)
-        ivs = None
-        space = None
-        const = {"model": name, "source_model": s_lm.name if src_lm is not None else name, "task": task.name,
-                 "subtask": subtask, "mode": mode, "target": target if mode == "transfer" else "instructed",
-                 "fmt": fmt, "score": score}
-        candidates = AnswerCandidates.of(task, subtask) if score == "answer" else None
+        chunks = ModelChunks(
+            lm, name, s_lm, task, subtask, plan, mode, target, fmt, stats=st,
+            const={"model": name, "source_model": s_lm.name if src_lm is not None else name, "task": task.name,
+                   "subtask": subtask, "mode": mode, "target": target if mode == "transfer" else "instructed",
+                   "fmt": fmt, "score": score},
+            linear=_linear_on(linear_estimate, screen, plan, layers, score, lm),
+            candidates=AnswerCandidates.of(task, subtask) if score == "answer" else None, units=units,
+            progress=row_progress, batch_size=batch_size, backend=backend, memory_budget=memory_budget,
+            device=device)
         warn_first_token_clashes(lm.tokenizer, task, [subtask], fmt, score, seen=warned)
-        pending = [not ((run is not None and run.has_unit_file(TABLE, f"m{mi}-c{ci:05d}"))
-                        or (owns is not None and not owns(unit + 1 + ci))) for ci in range(len(chunks))]
-        screened: tuple[FirstOrder, dict[int, int]] | None = None  # all samples' terms, sample id → their row
-        if screen is not None and any(pending):  # rank every set on all the model's samples, before any chunk
+        # --screen: rank every set on all the model's samples, before any chunk (when a chunk is left to run)
+        if screen is not None and any(loop.pending(u) for u in units):
             prompts, instruction = prepare(lm, task, subtask, plan, sample_ids, mode, target, fmt)
-            ivs = _ivs(s_lm, instruction, fmt, st)
-            space = label_space_tokens(lm, task, subtask, prompts[0].instructed)
-            screened = (_terms(lm, prompts, ivs, st), {sid: i for i, sid in enumerate(sample_ids)})
-            table = _screen(run, f"m{mi}", screened[0], prompts, plan, screen, name, effect)
+            chunks.ivs = _ivs(s_lm, instruction, fmt, st)
+            chunks.space = label_space_tokens(lm, task, subtask, prompts[0].instructed)
+            chunks.screened = (_terms(lm, prompts, chunks.ivs, st), {sid: i for i, sid in enumerate(sample_ids)})
+            table = _screen(run, f"m{mi}", chunks.screened[0], prompts, plan, screen, name, effect)
             all_screens.append(table)
-            n_full = len(plan.rows)
-            plan = plan.with_layer_sets(screened_sets(table, plan.layer_sets))
-            total -= len(sample_ids) * (n_full - len(plan.rows))
-        for ci, chunk in enumerate(chunks):
-            key = f"m{mi}-c{ci:05d}"
-            n_rows = len(chunk) * len(plan.rows)
-            unit += 1
-            if not pending[ci]:
-                done += n_rows
-                if progress:
-                    progress(done, total)
-                continue
-            prompts, instruction = prepare(lm, task, subtask, plan, chunk, mode, target, fmt)
-            if ivs is None:  # one source run per instruction (and model), only when there is work left
-                ivs = _ivs(s_lm, instruction, fmt, st)
-                space = label_space_tokens(lm, task, subtask, prompts[0].instructed)
-            terms = None
-            if linear and screened is not None:
-                terms = screened[0].take([screened[1][p.sample] for p in prompts])
-            elif linear:
-                terms = _terms(lm, prompts, ivs, st)
-
-            on_rows = ChunkProgress(progress, done, done + n_rows, total)
-            budget = resolve_memory_budget(memory_budget, device if device == "auto" else lm.device)
-            cols, base = _chunk_rows(lm, prompts, plan, ivs, space, st, batch_size, on_rows, backend, budget,
-                                     candidates, terms)
-            n = len(cols["sample"])
-            rows_df = pd.DataFrame({**{k: np.repeat(np.array([v], dtype=object), n) for k, v in const.items()},
-                                    **cols})
-            del cols
-            base_df = pd.DataFrame([{**const, **r} for r in base])
-            if run is not None:
-                run.write_unit_file(BASELINES, key, base_df)
-                run.write_unit_file(TABLE, key, rows_df)  # written last: its presence marks the chunk done
-            else:
-                all_rows.append(rows_df)
-                all_base.append(base_df)
-            done += n_rows
-            if progress:
-                progress(done, total)
-            log.info("%s chunk %d/%d: %d rows", name, ci + 1, len(chunks), len(rows_df))
-    if run is not None and (run.path / TABLE).is_dir():
-        rows_df, base_df = run.read_table(TABLE), run.read_table(BASELINES)
-    elif run is not None:  # a shard that owns no chunk
-        rows_df, base_df = pd.DataFrame(), pd.DataFrame()
-    else:
-        rows_df, base_df = pd.concat(all_rows, ignore_index=True), pd.concat(all_base, ignore_index=True)
+            chunks.plan = plan.with_layer_sets(screened_sets(table, plan.layer_sets))
+            row_progress.total -= len(sample_ids) * (len(plan.rows) - len(chunks.plan.rows))
+        loop.run(units, chunks.tables, progress=chunks.advance)
+    rows_df, base_df = pieces.read(TABLE), pieces.read(BASELINES)
     if run is not None:
         screen_df = run.read_table(SCREEN) if (run.path / SCREEN).is_dir() else pd.DataFrame()
     else:

@@ -34,12 +34,16 @@ from ivlens.estimate.model import forward_batch_size
 from ivlens.models.adapters import resid_at
 from ivlens.models.load import LoadedModel
 from ivlens.ndif import through_nnsight
-from ivlens.runs import atomic_write_bytes, atomic_write_json, atomic_write_parquet
+from ivlens.runs import atomic_write_json, atomic_write_parquet
 from ivlens.tasks.prompts import Batch, PromptFormat, instruction_prompt, pad_left
+from ivlens.units import Unit, UnitFiles, UnitLoop
 
 from .instructions import InstructionRow
 
 log = logging.getLogger(__name__)
+
+#: the file of one batch's IVs (one unit of work, :mod:`ivlens.units`), by the batch's zero-padded number
+UNIT_FILE = "shard-{key}.safetensors"
 
 
 def read_resid(loaded: LoadedModel, batch: Batch, columns: Sequence[int], layers: Sequence[int]) -> torch.Tensor:
@@ -137,11 +141,12 @@ def collect_ivs(loaded: LoadedModel, rows: list[InstructionRow], out: str | Path
                 owns: Callable[[int], bool] | None = None) -> IVStore:
     """Run every instruction-only prompt and store its IVs at ``layers`` (default: all) under ``out``.
 
-    Batches are formed in row order; each is written as one unit file right away (atomically), so with
-    ``resume=True`` the unit files already on disk are kept and only the missing batches run. ``batch_size=None``
-    picks as many prompts per forward as fit ``memory_budget`` (:func:`ivlens.estimate.model.forward_batch_size`; a resumed collection
-    keeps the batch size it was started with). ``owns(batch) -> bool``: collect only those batches (a shard,
-    :mod:`ivlens.sharding`; the labels and meta are written whole).
+    Batches are formed in row order; each is a unit of work (:mod:`ivlens.units`) written as one unit file right
+    away (atomically), so with ``resume=True`` the unit files already on disk are kept and only the missing batches
+    run. ``batch_size=None`` picks as many prompts per forward as fit ``memory_budget``
+    (:func:`ivlens.estimate.model.forward_batch_size`; a resumed collection keeps the batch size it was started
+    with). ``owns(batch) -> bool``: collect only those batches (a shard, :mod:`ivlens.sharding`; the labels and meta
+    are written whole).
 
     Returns:
         the :class:`IVStore` at ``out``.
@@ -171,18 +176,17 @@ def collect_ivs(loaded: LoadedModel, rows: list[InstructionRow], out: str | Path
             s.unlink()
     atomic_write_parquet(out / "labels.parquet", labels)
     atomic_write_json(out / "meta.json", meta)
-    device = loaded.device
-    n_batches = 0
-    for b, idx in enumerate(_batches(len(rows), batch_size)):
-        unit_file = out / f"shard-{b:05d}.safetensors"
-        if (resume and unit_file.exists()) or (owns is not None and not owns(b)):
-            continue
-        batch = pad_left([prompts[i] for i in idx], tok.pad_token_id).to(device)
+
+    def batch_unit_file(unit: Unit[range]) -> bytes:
+        idx = unit.work
+        batch = pad_left([prompts[i] for i in idx], tok.pad_token_id).to(loaded.device)
         cols = [batch.column(j, prompts[i].t_inst) for j, i in enumerate(idx)]
         resid = read_resid(loaded, batch, cols, layers)  # [layer, batch, d_model]
-        atomic_write_bytes(unit_file, st_save({"resid": resid.contiguous(),
-                                               "rows": torch.tensor(list(idx), dtype=torch.long)}))
-        n_batches += 1
+        return st_save({"resid": resid.contiguous(), "rows": torch.tensor(list(idx), dtype=torch.long)})
+
+    loop = UnitLoop(UnitFiles(out, UNIT_FILE), owns=owns)  # a unit: one batch (without resume, none is left)
+    units = loop.number((f"{b:05d}", idx) for b, idx in enumerate(_batches(len(rows), batch_size)))
+    n_batches = loop.run(units, batch_unit_file)
     log.info("%s: %d instruction vectors at %d layers (%d new batches) in %s", loaded.name, len(rows),
              len(layers), n_batches, out)
     return IVStore(out)

@@ -11,7 +11,7 @@ and the metrics are patching's (:func:`ivlens.patching.sweep.prepare`, :mod:`ivl
 steered row and a patched row of the same sample are comparable column by column.
 
 Unit files: ``steer/shard-m<model>-c<chunk>.parquet`` and ``baselines/…``, written atomically when a chunk is done; a
-resumed sweep skips finished chunks.
+resumed sweep skips finished chunks (the chunks are the units of work of :mod:`ivlens.units`).
 
 ``--shard i/n`` (:mod:`ivlens.sharding`): the units of work are the chunks, numbered model by model as the
 unsharded sweep does them, and a shard runs its own. The directions are not split: a shard that owns a chunk of a
@@ -38,7 +38,7 @@ from ivlens.patching.metrics import deltas, label_metrics
 from ivlens.patching.plan import PatchPlan
 from ivlens.patching.reach import attention_windows, reaches_logits
 from ivlens.patching.sweep import (
-    ChunkProgress,
+    RowProgress,
     engine_passes,
     label_space_tokens,
     pad_token_id_of,
@@ -50,6 +50,7 @@ from ivlens.probing.instructions import instruction_set, organism_heldout
 from ivlens.runs import RunDir, atomic_write_bytes, slug
 from ivlens.tasks import Task
 from ivlens.tasks.selection import sample_indices, split_queries
+from ivlens.units import TablePieces, Unit, UnitLoop
 
 from .plan import SteerPlan, resolve_span
 from .vectors import NAMED_VECTORS, Directions, directions, run_vectors
@@ -145,6 +146,51 @@ def _rows_of_chunk(lm: LoadedModel, prompts, plan: SteerPlan, edits: torch.Tenso
     return {k: np.concatenate([c[k] for c in parts]) for k in parts[0]}, base
 
 
+@dataclass
+class SteerChunks:
+    """One model's units of a steering sweep, the chunks of its samples, and what each needs (``edits``:
+    :meth:`~ivlens.steering.vectors.Directions.edits`); the label space is computed once, by the first chunk that
+    runs."""
+
+    lm: LoadedModel
+    name: str
+    task: Task
+    subtask: str
+    plan: SteerPlan
+    target: str
+    fmt: str
+    stats: EngineStats
+    units: Sequence[Unit[list[int]]]
+    progress: RowProgress
+    edits: torch.Tensor
+    batch_size: int | None
+    budget: int
+    const: dict
+    space: torch.Tensor | None = None
+
+    def n_rows(self, unit: Unit[list[int]]) -> int:
+        return len(unit.work) * len(self.plan.rows)
+
+    def tables(self, unit: Unit[list[int]]) -> dict[str, pd.DataFrame]:
+        """The ``steer`` rows and ``baselines`` of one chunk (the samples ``unit.work``)."""
+        lm = self.lm
+        prompts, _ = prepare(lm, self.task, self.subtask, PatchPlan.build("0", "last", lm.n_layers), unit.work,
+                             "transfer", self.target, self.fmt)
+        if self.space is None:
+            self.space = label_space_tokens(lm, self.task, self.subtask, prompts[0].instructed)
+        cols, base = _rows_of_chunk(lm, prompts, self.plan, self.edits, self.space, self.stats, self.batch_size,
+                                    self.budget, self.progress.chunk(self.n_rows(unit)))
+        n = len(cols["sample"])
+        rows_df = pd.DataFrame({**{k: np.repeat(np.array([v], dtype=object), n) for k, v in self.const.items()},
+                                **cols})
+        log.info("%s steer chunk %d: %d rows", self.name, unit.number - self.units[0].number + 1, n)
+        return {BASELINES: pd.DataFrame([{**self.const, **r} for r in base]), TABLE: rows_df}
+
+    def advance(self, unit: Unit[list[int]], ran: bool) -> None:
+        """After each chunk, computed or skipped: the sweep's progress."""
+        self.progress.advance(self.n_rows(unit))
+
+
 def steer_sweep(lms: Sequence[LoadedModel], names: Sequence[str], task: Task, subtask: str, plan: SteerPlan,
                 run: RunDir, *, samples: int | None = None, split: str = "all", target: str = "bare",
                 fmt: str = "raw", seed: int = 0, chunk_size: int = 25, batch_size: int | None = None,
@@ -168,16 +214,15 @@ def steer_sweep(lms: Sequence[LoadedModel], names: Sequence[str], task: Task, su
         :class:`SteerResult` read back from the run's unit files (empty tables for a shard that owns no chunk).
     """
     ids_per_model = [sample_indices(task, samples, seed, split_queries(lm.path, lm.name, task, split)) for lm in lms]
-    total = sum(len(ids) * len(plan.rows) for ids in ids_per_model)
-    owns = owns or (lambda unit: True)
-    done, stats, vec_rows, first_unit = 0, {}, [], 0
+    row_progress = RowProgress(progress, sum(len(ids) * len(plan.rows) for ids in ids_per_model))
+    stats, vec_rows = {}, []
+    pieces = TablePieces(run, (BASELINES, TABLE))  # the rows last: their piece marks the chunk done
+    loop = UnitLoop(pieces, owns=owns)  # a unit: a chunk of one model's samples
     for mi, (lm, name, sample_ids) in enumerate(zip(lms, names, ids_per_model, strict=True)):
-        n_chunks = -(-len(sample_ids) // chunk_size)
-        units, first_unit = range(first_unit, first_unit + n_chunks), first_unit + n_chunks
-        if units and not any(owns(u) for u in units):  # another shard's model: no IVs, no directions
-            done += len(sample_ids) * len(plan.rows)
-            if progress:
-                progress(done, total)
+        units = loop.number((f"m{mi}-c{ci // chunk_size:05d}", sample_ids[ci:ci + chunk_size])
+                            for ci in range(0, len(sample_ids), chunk_size))
+        if units and not any(loop.owns(u) for u in units):  # another shard's model: no IVs, no directions
+            row_progress.advance(len(sample_ids) * len(plan.rows))
             continue
         st = stats.setdefault(name, EngineStats())
         dirs = model_directions(lm, task, subtask, plan.vectors, run, fmt=fmt, max_per_subtask=max_per_subtask,
@@ -188,34 +233,10 @@ def steer_sweep(lms: Sequence[LoadedModel], names: Sequence[str], task: Task, su
         vec_rows += [{"model": name, "vector": v, "layer": layer, "raw_norm": float(dirs.raw_norm[i, layer]),
                       "scale": float(dirs.scale[layer])}
                      for i, v in enumerate(dirs.names) for layer in range(lm.n_layers)]
-        edits = dirs.edits(plan.alphas).to(lm.adapter.embed.weight.dtype)
-        budget = resolve_memory_budget(memory_budget, lm.device)
-        const = {"model": name, "task": task.name, "subtask": subtask, "target": target, "fmt": fmt}
-        space = None
-        for unit, ci in zip(units, range(0, len(sample_ids), chunk_size), strict=True):
-            chunk = sample_ids[ci:ci + chunk_size]
-            key = f"m{mi}-c{ci // chunk_size:05d}"
-            n_rows = len(chunk) * len(plan.rows)
-            if run.has_unit_file(TABLE, key) or not owns(unit):
-                done += n_rows
-                if progress:
-                    progress(done, total)
-                continue
-            prompts, _ = prepare(lm, task, subtask, PatchPlan.build("0", "last", lm.n_layers), chunk, "transfer",
-                                 target, fmt)
-            if space is None:
-                space = label_space_tokens(lm, task, subtask, prompts[0].instructed)
-            on_rows = ChunkProgress(progress, done, done + n_rows, total)
-            cols, base = _rows_of_chunk(lm, prompts, plan, edits, space, st, batch_size, budget, on_rows)
-            n = len(cols["sample"])
-            rows_df = pd.DataFrame({**{k: np.repeat(np.array([v], dtype=object), n) for k, v in const.items()},
-                                    **cols})
-            run.write_unit_file(BASELINES, key, pd.DataFrame([{**const, **r} for r in base]))
-            run.write_unit_file(TABLE, key, rows_df)  # written last: its presence marks the chunk done
-            done += n_rows
-            if progress:
-                progress(done, total)
-            log.info("%s steer chunk %d: %d rows", name, ci // chunk_size + 1, n)
-    if not (run.path / TABLE).is_dir():  # a shard that owns no chunk
-        return SteerResult(pd.DataFrame(), pd.DataFrame(), pd.DataFrame(vec_rows), stats)
-    return SteerResult(run.read_table(TABLE), run.read_table(BASELINES), pd.DataFrame(vec_rows), stats)
+        chunks = SteerChunks(lm, name, task, subtask, plan, target, fmt, st, units, row_progress,
+                             edits=dirs.edits(plan.alphas).to(lm.adapter.embed.weight.dtype),
+                             batch_size=batch_size, budget=resolve_memory_budget(memory_budget, lm.device),
+                             const={"model": name, "task": task.name, "subtask": subtask, "target": target,
+                                    "fmt": fmt})
+        loop.run(units, chunks.tables, progress=chunks.advance)
+    return SteerResult(pieces.read(TABLE), pieces.read(BASELINES), pd.DataFrame(vec_rows), stats)

@@ -2,7 +2,7 @@
 user task specs (YAML), with errors that name the file, the row and the fix.
 
 Every problem of a file or spec ends in one :class:`~ivlens.tasks.schema.TaskError` (never another
-exception; ``tests/test_tasks_fuzz.py`` checks it on arbitrary bytes and arbitrary YAML). Files are read as
+exception; ``tests/tasks/test_tasks_fuzz.py`` checks it on arbitrary bytes and arbitrary YAML). Files are read as
 bytes and decoded here, so encodings get their own message:
 
 - UTF-8, with or without a byte-order mark, is accepted; UTF-16 (a BOM ``ff fe`` / ``fe ff``), NUL bytes

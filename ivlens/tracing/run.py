@@ -15,14 +15,16 @@ import logging
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
 
 from ivlens.models.load import LoadedModel
 from ivlens.runs import RunDir, atomic_write_json, slug
-from ivlens.tasks import Task, load_task
+from ivlens.tasks import Sample, Task, load_task
 from ivlens.tasks.selection import select_samples, split_queries
+from ivlens.units import RunParts, Unit, UnitLoop
 
 from .compare import Quartet, SubtaskComparison, compare_subtasks
 from .figures import plot_head_activity, plot_overlap_curves, plot_selectivity
@@ -48,29 +50,23 @@ def compare_run(models: Sequence[LoadedModel], task: str | Task, run: RunDir, *,
     by model, sample by sample: a shard, :mod:`ivlens.sharding`) and stop there, before the summaries."""
     t = task if isinstance(task, Task) else load_task(task)
     curves, summaries, rows, examples, quartets = {}, {}, [], [], {}
-    if owns is not None:
-        unit = -1
-        for mi, lm in enumerate(models):
-            for sample in select_samples(t, samples, seed, split_queries(lm.path, lm.name, t, split)):
-                key, unit = f"m{mi}-s{sample.index:05d}", unit + 1
-                if owns(unit) and not run.has_part(PARTS, key):
-                    run.write_part(PARTS, key, *compare_subtasks(lm.model, lm.tokenizer, t, [sample], fmt=fmt,
-                                                                 top_k=top_k, beam=beam).to_part())
-        return {}
+    parts = RunParts(run, PARTS)
+    loop = UnitLoop(parts, owns=owns)  # a unit: one sample of one model
+
+    def sample_part(lm: LoadedModel, unit: Unit[Sample]) -> tuple[dict, dict]:
+        """One unit: the comparison of one sample in ``lm``, as a part."""
+        return compare_subtasks(lm.model, lm.tokenizer, t, [unit.work], fmt=fmt, top_k=top_k,
+                                beam=beam).to_part()
+
     for mi, lm in enumerate(models):
         chosen = select_samples(t, samples, seed, split_queries(lm.path, lm.name, t, split))
+        units = loop.number((f"m{mi}-s{sample.index:05d}", sample) for sample in chosen)
         ctx = progress(f"trace --compare {lm.name}", len(chosen)) if progress else nullcontext(None)
-        parts = []
         with ctx as advance:
-            for sample in chosen:
-                key = f"m{mi}-s{sample.index:05d}"
-                if not run.has_part(PARTS, key):
-                    run.write_part(PARTS, key, *compare_subtasks(lm.model, lm.tokenizer, t, [sample], fmt=fmt,
-                                                                 top_k=top_k, beam=beam).to_part())
-                parts.append(SubtaskComparison.from_part(*run.read_part(PARTS, key)))
-                if advance:
-                    advance()
-        res = SubtaskComparison.merge(parts)
+            loop.run(units, partial(sample_part, lm), progress=_each_unit(advance))
+        if owns is not None:  # a shard: its units only, no summaries
+            continue
+        res = SubtaskComparison.merge([SubtaskComparison.from_part(*parts.read(u.key)) for u in units])
         s = res.summary()
         summaries[lm.name] = s
         curves[f"{lm.name}: A vs B"] = s["per_layer_ab"]
@@ -83,6 +79,8 @@ def compare_run(models: Sequence[LoadedModel], task: str | Task, run: RunDir, *,
         plot_head_activity({k: v.numpy() for k, v in res.head_activity.items()},
                            run.figure_path(f"head_activity-{slug(lm.name)}.png"),
                            title=f"{lm.name}: head activity of paths leaving T_inst")
+    if owns is not None:
+        return {}
     plot_overlap_curves(curves, run.figure_path("overlap_by_layer.png"))
     df = pd.DataFrame(rows)
     for c in [c for c in df.columns if c.endswith("per_layer")]:
@@ -106,6 +104,13 @@ def compare_run(models: Sequence[LoadedModel], task: str | Task, run: RunDir, *,
         log.warning("no sample has rephrasings of both instructions: no selectivity table")
     atomic_write_json(run.path / "compare.json", summaries, indent=1)
     return summaries
+
+
+def _each_unit(advance: Callable[[], None] | None) -> Callable[[Unit, bool], None] | None:
+    """A :class:`~ivlens.units.UnitLoop` progress callback that advances a progress bar by one per unit."""
+    if advance is None:
+        return None
+    return lambda unit, ran: advance()
 
 
 def _finite(x: float) -> float | None:

@@ -1,7 +1,8 @@
 """``run_logit_lens``: the logit lens of every model's IVs, layer by layer, into one run directory.
 
-Units of work: one model (its rephrasings' IVs at every chosen layer, read through its final norm and unembedding);
-each writes its rows as unit files of ``mass`` and ``top_tokens`` (resumable with ``--resume``), then the run writes:
+Units of work (:mod:`ivlens.units`): one model (its rephrasings' IVs at every chosen layer, read through its
+final norm and unembedding); each writes its rows as unit files of ``mass`` and ``top_tokens`` (resumable with
+``--resume``), then the run writes:
 
 - ``mass.parquet``: ``model, task, subtask, layer, rephrasing, instruction, own_tokens, other_tokens, own_mass,
   other_mass`` per rephrasing: the probability on the first tokens of the subtask's own labels and on those of the
@@ -34,6 +35,7 @@ from ivlens.tasks import load_task
 from ivlens.tasks.prompts import instruction_prompt, labels_token_ids, pad_left
 from ivlens.tasks.requirements import require_rephrasings
 from ivlens.tracing.selectivity import bootstrap_mean_ci
+from ivlens.units import TablePieces, Unit, UnitLoop
 
 from .lens import label_mass, lens_probs, top_tokens
 from .spec import LogitLensSpec
@@ -135,20 +137,22 @@ def run_logit_lens(spec: LogitLensSpec, *, models: list[LoadedModel] | None = No
         if n_layers is not None:
             parse_layers(spec.layers, n_layers)
     run = start_run(spec, "+".join(slug(n) for n in names)[:60], out=out, resume=resume, task=task.name)
-    for i, name in enumerate(names):
-        key = f"m{i:04d}"
-        if run.has_unit_file("mass", key) and run.has_unit_file("top_tokens", key):
-            continue
-        loaded = models[i] if models is not None else load_spec_models([name], spec, None)[0]
+    pieces = TablePieces(run, ("top_tokens", "mass"))
+
+    def model_tables(unit: Unit[int]) -> dict[str, pd.DataFrame]:
+        i = unit.work
+        loaded = models[i] if models is not None else load_spec_models([names[i]], spec, None)[0]
         layers = parse_layers(spec.layers, loaded.n_layers)
         mass, tops = model_rows(loaded, spec, layers)
-        run.write_unit_file("top_tokens", key, tops)
-        run.write_unit_file("mass", key, mass)
         log.info("logit-lens %s: %d rephrasings at %d layers", loaded.name, len(mass) // max(len(layers), 1), len(layers))
-    mass = run.read_table("mass")
+        return {"top_tokens": tops, "mass": mass}
+
+    loop = UnitLoop(pieces)  # a unit: one model
+    loop.run(loop.number((f"m{i:04d}", i) for i in range(len(names))), model_tables)
+    mass = pieces.read("mass")
     summary = summarize(mass, spec.n_boot, spec.level, spec.seed)
     run.write_table("mass", mass)
     run.write_table("summary", summary)
-    run.write_table("top_tokens", run.read_table("top_tokens"))
+    run.write_table("top_tokens", pieces.read("top_tokens"))
     run.finish()
     return LogitLensResult(run, summary)

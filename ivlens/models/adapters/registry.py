@@ -114,5 +114,5 @@ def _unsupported_message(model: nn.Module) -> str:
         "(attn_in, attn_out, mlp_in, mlp_out). Add a Family for this class to "
         "ivlens.models.adapters.registry.FAMILIES, or register(Family(...)) at run time (docs/architectures.md: "
         "adding an architecture), and run "
-        "tests/test_adapters.py on a tiny random model of it."
+        "tests/models/test_adapters.py on a tiny random model of it."
     )

@@ -25,7 +25,7 @@ from ivlens.estimate.flops import ModelShape, layer_flops, prompt_flops, unembed
 from ivlens.estimate.model import ApproxTokenizer, model_info
 from ivlens.testing.tiny import ARCHS, tiny_model, tiny_tokenizer
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "data"
 OLMO_1B = DATA / "olmo2-0425-1b-config"
 OLMO_7B = DATA / "olmo2-1124-7b-config"
 

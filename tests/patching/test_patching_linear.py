@@ -283,7 +283,7 @@ def test_dry_run_counts_the_estimate_and_shows_the_screens_saving():
 
     from ivlens.patching.dry_run import patch_costs
 
-    cfg = [str(Path(__file__).parent / "data" / "olmo2-0425-1b-config")]  # 16 layers
+    cfg = [str(Path(__file__).parents[1] / "data" / "olmo2-0425-1b-config")]  # 16 layers
     kw = {"positions": "first,last", "samples": 2, "target": "formatted"}  # several tokens: sets do not collapse
     full = patch_costs(cfg, "adjectives", "adj_ant", layers="4-sets", **kw)[0]
     off = patch_costs(cfg, "adjectives", "adj_ant", layers="4-sets", linear_estimate="off", **kw)[0]

@@ -1,7 +1,7 @@
 """``ivlens run --jobs N``: steps side by side in worker processes (:mod:`ivlens.study.process_executor`). The
 scheduling rules and ``--jobs auto`` without processes; a tiny study run in two workers, equal table for table to
 the same study run one step after another, with its report drawn in the workers; a step that fails in a worker
-stops the study with its one-line error. Killing such a study and resuming it: ``tests/test_study.py``."""
+stops the study with its one-line error. Killing such a study and resuming it: ``tests/study/test_study.py``."""
 
 from __future__ import annotations
 

@@ -19,8 +19,8 @@ from ivlens.cli import app
 from ivlens.runs import RunDir
 from ivlens.study import StudyError, StudySpec, load_study, plan_steps, run_study
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).parent))
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).parents[1]))  # tests/: test_run_contract
 from test_run_contract import _env, _kill_when  # noqa: E402  (the SIGKILL helpers of the run contract's tests)
 
 

@@ -24,7 +24,7 @@ from ivlens.runs import RunDir
 from ivlens.testing.tiny import tiny_model, tiny_tokenizer
 
 SECTIONS = ["setup", "organism", "eval", "patching", "probing", "tracing", "iv-construction"]
-ARTIFACTS = Path(os.environ.get("IVLENS_TEST_ARTIFACTS", Path(__file__).parent / "artifacts"))
+ARTIFACTS = Path(os.environ.get("IVLENS_TEST_ARTIFACTS", Path(__file__).parents[1] / "artifacts"))
 
 
 def _card() -> dict:

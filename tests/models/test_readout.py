@@ -1,7 +1,7 @@
 """The one residual read-out (:mod:`ivlens.models.adapters.readout`): what patching's source IVs, the probes' and
 steering's IVs, the logit lens and the tracer read ``resid_post[l]`` with, and its nnsight twin
 (:func:`ivlens.nnsight_program.residuals_at`). Its values against a plain forward hook are checked for every family
-in ``tests/test_probing_collect.py``; here, that every reader gets the same numbers from it."""
+in ``tests/probing/test_probing_collect.py``; here, that every reader gets the same numbers from it."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@ one :class:`TaskError` that names the file (and the row or line where there is o
 another exception (issue 14, item 2).
 
 The examples are derandomised and their number fixed (profile ``ivlens-tasks``), so the suite is the same on
-every run and in CI. For a longer local hunt: ``IVLENS_FUZZ_PROFILE=ivlens-tasks-deep pytest tests/test_tasks_fuzz.py``
+every run and in CI. For a longer local hunt: ``IVLENS_FUZZ_PROFILE=ivlens-tasks-deep pytest tests/tasks/test_tasks_fuzz.py``
 (random seeds, 20x the examples).
 """
 
