@@ -23,7 +23,8 @@ the eval work alone can be read too. On a shared machine, use ``--repeats`` and 
 
 ``--patch-samples N`` (with ``--old``) also times ``ivlens patch --score answer --layers "15;20;25" --positions
 first,last --samples N`` on the same task, new vs old, and compares the ``patch`` and ``baselines`` tables' answer
-metrics (``logit``: max |Δ|; ``rank``, ``top1``, ``ia``: rows that differ).
+metrics (``logit``: max |Δ|; ``rank``, ``top1``, ``ia_top1``: rows that differ; an older tree's ``ia`` is read as
+``ia_top1``).
 """
 
 from __future__ import annotations
@@ -140,8 +141,9 @@ def patch_comparison(a, task: Path, tmp: Path, old_dir: Path) -> dict:
     for table, keys in (("patch", ["sample", "position", "layers"]), ("baselines", ["sample", "run"])):
         new, old = (RunDir.open(tmp / d).read_table(table).sort_values(keys).reset_index(drop=True)
                     for d in ("patch-new", "patch-old"))
+        old = old.rename(columns={"ia": "ia_top1"})  # an older tree's name for it (``ivlens.runs.FORMAT_CHANGES``)
         diff[f"{table}_logit_max_abs"] = float((new["logit"] - old["logit"]).abs().max())
-        for c in ("rank", "top1", "ia"):
+        for c in ("rank", "top1", "ia_top1"):
             diff[f"{table}_{c}_rows_differing"] = int((new[c] != old[c]).sum())
     out["diff"] = diff
     return out

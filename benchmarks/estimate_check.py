@@ -1,6 +1,6 @@
 """Check ``--dry-run`` estimates against measured runs: time and peak memory, estimated / measured.
 
-For each case the command first runs in this process with ``--dry-run`` (its plan, calibrated on this machine
+For each case the command first runs in this process with ``--dry-run`` (its cost estimate, calibrated on this machine
 just now), then for real in a fresh process under ``/usr/bin/time -v`` (wall time, peak resident memory). The
 target of issue 11 is a ratio within [0.5, 2] for both. The organism build is checked against the build time its
 card recorded (``card.json``: ``timing.total``), not rebuilt.
@@ -69,22 +69,22 @@ PAPER = {
 
 
 def estimate(args: list[str]) -> dict:
-    """Run ``ivlens ARGS --dry-run`` in this process; the figures :func:`ivlens.dry_run.print_plans` returned."""
+    """Run ``ivlens ARGS --dry-run`` in this process; the figures :func:`ivlens.dry_run.print_costs` returned."""
     import ivlens.dry_run as dr
     from ivlens.cli import app
 
     captured: dict = {}
-    original = dr.print_plans
+    original = dr.print_costs
 
     def capture(*a, **k):
         captured.update(original(*a, **k))
         return captured
 
-    dr.print_plans = capture
+    dr.print_costs = capture
     try:
         app([*args, "--dry-run"], standalone_mode=False)
     finally:
-        dr.print_plans = original
+        dr.print_costs = original
     return captured
 
 

@@ -118,7 +118,7 @@ def run_eval(spec: EvalSpec, *, models: Sequence[LoadedModel] | None = None, out
              resume: str | Path | None = None, progress: Callable | None = None
              ) -> tuple[RunDir, pd.DataFrame, pd.DataFrame]:
     """Evaluate every model on ``spec.task``; writes ``results.parquet`` (one row per sample × subtask ×
-    condition, streamed as shards of ``spec.chunk_size`` samples), ``summary.parquet`` and ``decides.parquet``.
+    condition, streamed as unit files of ``spec.chunk_size`` samples), ``summary.parquet`` and ``decides.parquet``.
     Returns ``(run, summary, decides)``."""
     from .eval import instruction_decides, summarize
 
@@ -173,7 +173,7 @@ def run_patch(spec: PatchSpec, *, models: Sequence[LoadedModel] | None = None,
               source: LoadedModel | None = None, out: str | Path | None = None, resume: str | Path | None = None,
               progress: Callable[[int, int], None] | None = None) -> PatchResult:
     """Patch the IVs of ``spec.layers`` × ``spec.positions`` into every selected sample's target, for every model
-    side by side (shards of ``spec.chunk_size`` samples), then interactions and figures."""
+    side by side (unit files of ``spec.chunk_size`` samples), then interactions and figures."""
     from .budget import parse_bytes
     from .patching.analysis import analyse
     from .patching.plan import PatchPlan
@@ -254,7 +254,7 @@ def run_steer(spec: SteerSpec, *, models: Sequence[LoadedModel] | None = None, o
               resume: str | Path | None = None, progress: Callable[[int, int], None] | None = None,
               root: str | Path | None = None) -> SteerRunResult:
     """Steer every model with ``spec.vectors`` × ``spec.alphas`` × ``spec.layers`` × ``spec.positions`` on the
-    selected samples' query-only prompts (shards of ``spec.chunk_size`` samples, resumable), then the
+    selected samples' query-only prompts (unit files of ``spec.chunk_size`` samples, resumable), then the
     dose-response table and figure; with ``spec.patch_run`` (read from ``root`` when relative, a study's
     directory), the comparison with that patch run (``steer_vs_patch``). With ``spec.shard``, only that share of the
     chunks, then stop (:func:`stop_shard`; ``dose`` is empty)."""

@@ -1,13 +1,13 @@
-"""``--dry-run``'s printing floor: this device's measured rates (:func:`measure_rates`), the plans printed with
-their time on it (:func:`print_plans`; ``--remote``: :func:`print_remote_plans`), and the organism build's time here
-(:func:`organism_build_seconds`, which the build and the main job print before they start one).
+"""``--dry-run``'s printing floor: this device's measured rates (:func:`measure_rates`), the cost estimates printed
+with their time on it (:func:`print_costs`; ``--remote``: :func:`print_remote_costs`), and the organism build's time
+here (:func:`organism_build_seconds`, which the build and the main job print before they start one).
 
-Each analysis's plan lives in its package (``ivlens.<analysis>.dry_run``: patching, steering, probing, tracing,
-eval, organism; ``ivlens/analyses/<name>/plan.py`` for the analyses added through the registry), and the registry
-(:data:`ivlens.analyses.ANALYSES`) points each analysis at it: each mirrors its command's choices (samples,
-prompts, positions, layer sets, batch sizes) and returns one plan per model. The maths on counts is in
-:mod:`ivlens.estimate` (``flops``, ``plans``, ``calibrate``, ``model``), which knows nothing above it. Every
-command given ``--dry-run`` prints its plans through :func:`ivlens.cli.common.print_dry_run` (then exits 0), and
+Each analysis's cost estimate lives in its package (``ivlens.<analysis>.dry_run``: patching, steering, probing,
+tracing, eval, organism; ``ivlens/analyses/<name>/cost.py`` for the analyses added through the registry), and the
+registry (:data:`ivlens.analyses.ANALYSES`) points each analysis at it: each mirrors its command's choices (samples,
+prompts, positions, layer sets, batch sizes) and returns one cost estimate per model. The maths on counts is in
+:mod:`ivlens.estimate` (``flops``, ``costs``, ``calibrate``, ``model``), which knows nothing above it. Every command
+given ``--dry-run`` prints its cost estimates through :func:`ivlens.cli.common.print_dry_run` (then exits 0), and
 ``ivlens run --dry-run`` prints each step's.
 """
 
@@ -27,20 +27,20 @@ from ivlens.estimate.calibrate import (
     model_gemm_shapes,
     op_latency,
 )
+from ivlens.estimate.costs import CostEstimate, Rates, seconds
 from ivlens.estimate.flops import ModelShape
-from ivlens.estimate.plans import Plan, Rates, seconds
-from ivlens.organism.dry_run import organism_plans, organism_recipe_info, organism_shape
+from ivlens.organism.dry_run import organism_costs, organism_recipe_info, organism_shape
 
 
 def organism_build_seconds(size: str = "small", variant: str = "gist", measure: bool = True,
                            threads: int = 2) -> float:
     """The dry run's estimate of ``ivlens organism build``'s wall time on this machine as it is loaded now
-    (:func:`organism_plans` with its timed steps at this machine's rates): what the build and the main job print
+    (:func:`organism_costs` with its timed steps at this machine's rates): what the build and the main job print
     before they start one. Takes about 3 s."""
-    plan = organism_plans(size, variant, measure, threads=threads)[0]
+    cost = organism_costs(size, variant, measure, threads=threads)[0]
     shape = organism_shape(size)
     rates, _ = measure_rates(shape, "cpu", "float32", organism_recipe_info("organism", size).config)
-    return seconds(plan, dataclasses.replace(rates, threads=threads))
+    return seconds(cost, dataclasses.replace(rates, threads=threads))
 
 # --------------------------------------------------------------------------------------------- printing
 def measure_rates(shape: ModelShape, device: str = "cpu", dtype: str = "float32",
@@ -75,19 +75,19 @@ def gigabytes(n: float) -> str:
     return f"{n / 1e9:.2f} GB"
 
 
-def print_plans(plans: Sequence[Plan], shapes: Sequence[ModelShape], device: str = "cpu", dtype: str = "float32",
-                together: bool = False, console: Console | None = None, configs: Sequence | None = None,
-                remote: bool = False) -> dict:
-    """Print every plan (counts, FLOPs, peak memory, time on ``device``) and, for several, the total; returns the
-    same figures as a dict. ``together``: the command loads all its models at once (patch, trace, eval), so the
-    peak holds every model's weights; otherwise (probe) one model at a time. ``remote``: the compute runs on
-    NDIF (:func:`print_remote_plans`)."""
+def print_costs(costs: Sequence[CostEstimate], shapes: Sequence[ModelShape], device: str = "cpu",
+                dtype: str = "float32", together: bool = False, console: Console | None = None,
+                configs: Sequence | None = None, remote: bool = False) -> dict:
+    """Print every cost estimate (counts, FLOPs, peak memory, time on ``device``) and, for several, the total;
+    returns the same figures as a dict. ``together``: the command loads all its models at once (patch, trace, eval),
+    so the peak holds every model's weights; otherwise (probe) one model at a time. ``remote``: the compute runs on
+    NDIF (:func:`print_remote_costs`)."""
     console = console or Console(soft_wrap=True)
     if remote:
-        return print_remote_plans(plans, shapes, console)
-    out: dict = {"plans": [], "device": device, "dtype": dtype}
+        return print_remote_costs(costs, shapes, console)
+    out: dict = {"costs": [], "device": device, "dtype": dtype}
     total_s = 0.0
-    for i, (p, shape) in enumerate(zip(plans, shapes, strict=True)):
+    for i, (p, shape) in enumerate(zip(costs, shapes, strict=True)):
         rates, note = measure_rates(shape, device, dtype, configs[i] if configs else None)
         if p.threads:
             rates = dataclasses.replace(rates, threads=p.threads)
@@ -97,7 +97,7 @@ def print_plans(plans: Sequence[Plan], shapes: Sequence[ModelShape], device: str
         d["rates"] = {"gemm_flops_per_s": rates.gemm, "op_latency_s": rates.op_latency,
                       "copy_bytes_per_s": rates.copy, "layer_latency_s": rates.layer_latency, "device": rates.device, "threads": rates.threads,
                       "cores": rates.cores, "others": rates.others}
-        out["plans"].append(d)
+        out["costs"].append(d)
         console.print(f"[bold]dry run: {p.command}[/] · {p.model} ({shape.arch}, {shape.n_layers} layers, d_model "
                       f"{shape.d_model}, {shape.n_params / 1e9:.3g} B parameters, {dtype})", highlight=False)
         console.print("  " + " · ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in p.counts.items()), highlight=False)
@@ -119,11 +119,11 @@ def print_plans(plans: Sequence[Plan], shapes: Sequence[ModelShape], device: str
             console.print(f"  note: {n}", highlight=False)
         if not p.fits:
             console.print("  [bold red]does not fit the memory budget[/]")
-    peak = max(p.peak_bytes for p in plans)
-    if together and len(plans) > 1:
-        peak += sum(p.memory.get("weights", 0) for p in plans) - max(p.memory.get("weights", 0) for p in plans)
-    idle_total = sum(d.get("idle_seconds", d["seconds"]) for d in out["plans"])
-    if len(plans) > 1:
+    peak = max(p.peak_bytes for p in costs)
+    if together and len(costs) > 1:
+        peak += sum(p.memory.get("weights", 0) for p in costs) - max(p.memory.get("weights", 0) for p in costs)
+    idle_total = sum(d.get("idle_seconds", d["seconds"]) for d in out["costs"])
+    if len(costs) > 1:
         how = "all models loaded together" if together else "models loaded one after another"
         idle = f" now, ≈ {human_time(idle_total)} with the machine to itself" if idle_total < total_s else ""
         console.print(f"[bold]total[/]: time ≈ {human_time(total_s)}{idle}, peak memory ≈ {gigabytes(peak)} ({how})",
@@ -132,11 +132,12 @@ def print_plans(plans: Sequence[Plan], shapes: Sequence[ModelShape], device: str
     return out
 
 
-def print_remote_plans(plans: Sequence[Plan], shapes: Sequence[ModelShape], console: Console) -> dict:
-    """``--remote``: the work each plan sends to NDIF (rows, forward passes), and no local memory or time: the
+def print_remote_costs(costs: Sequence[CostEstimate], shapes: Sequence[ModelShape], console: Console) -> dict:
+    """``--remote``: the work each cost estimate sends to NDIF (rows, forward passes), and no local memory or time:
+    the
     compute runs on NDIF's GPUs, whose speed and queue this machine cannot measure."""
-    out: dict = {"plans": [], "remote": "ndif", "total_seconds": 0.0, "idle_seconds": 0.0, "peak_bytes": 0}
-    for p, shape in zip(plans, shapes, strict=True):
+    out: dict = {"costs": [], "remote": "ndif", "total_seconds": 0.0, "idle_seconds": 0.0, "peak_bytes": 0}
+    for p, shape in zip(costs, shapes, strict=True):
         console.print(f"[bold]dry run: {p.command}[/] · {p.model} ({shape.arch}, {shape.n_layers} layers, d_model "
                       f"{shape.d_model}, {shape.n_params / 1e9:.3g} B parameters) on NDIF", highlight=False)
         counts = dict(p.counts)
@@ -146,7 +147,7 @@ def print_remote_plans(plans: Sequence[Plan], shapes: Sequence[ModelShape], cons
         console.print("  " + " · ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in counts.items()), highlight=False)
         console.print("  note: --remote: the compute runs on NDIF, so no local memory or time estimate applies (only "
                       "the model's config and tokenizer are read here)", highlight=False)
-        out["plans"].append({"command": p.command, "model": p.model, "counts": counts, "flops": p.flops,
+        out["costs"].append({"command": p.command, "model": p.model, "counts": counts, "flops": p.flops,
                              "remote": "ndif"})
     return out
 

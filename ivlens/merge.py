@@ -1,7 +1,7 @@
 """``ivlens merge RUN... --out DIR``: one run from the shards of a sweep (``--shard i/n``, :mod:`ivlens.sharding`).
 
 The shards must be runs of one spec (same analysis and spec hash; the shard is result-neutral) that together
-cover ``0/n … n−1/n``. Their units of work (table shards, IV batches, trace parts) are copied into ``DIR``, whose
+cover ``0/n … n−1/n``. Their unit files (tables' pieces, IV batches, trace parts) are copied into ``DIR``, whose
 manifest is the first shard's without the shard, and the run is then finished by its own ``run_<analysis>``
 with ``resume``: every unit is on disk, so nothing is computed again, and the summary tables, figures and
 manifest are the unsharded run's. (The models are loaded for that, as by any ``--resume``; no forward pass runs.)

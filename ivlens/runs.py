@@ -1,9 +1,10 @@
 """Run directories: ``runs/<date>-<command>-<name>/`` with ``manifest.json`` and Parquet results.
 
 Every write is atomic (a temporary file in the same directory, then ``os.replace``), so a killed run never
-leaves a half-written file. Long runs append **shards** (``<table>/shard-<key>.parquet``), one per unit of
-work with a deterministic key; on ``--resume`` a unit whose shard exists is skipped, so the finished table
-holds exactly the rows of an uninterrupted run, none lost or duplicated (:mod:`ivlens.units` runs that loop).
+leaves a half-written file. Long runs append **unit files** (``<table>/shard-<key>.parquet``: the file name keeps
+the ``shard-`` of earlier versions, so their runs resume), one per unit of work with a deterministic key; on
+``--resume`` a unit whose unit file exists is skipped, so the finished table holds exactly the rows of an
+uninterrupted run, none lost or duplicated (:mod:`ivlens.units` runs that loop).
 """
 
 from __future__ import annotations
@@ -39,18 +40,31 @@ RUN_FORMAT = 2
 
 
 class FormatChange(NamedTuple):
-    """What a run format changed: in words, and the columns (per analysis and table) the format before wrote with
-    one less (so reading them adds 1)."""
+    """What a run format changed: in words; the columns (per analysis and table) the format before wrote with
+    one less (so reading them adds 1); and the columns (per analysis and table) it wrote under another name
+    (``{old: new}``, so reading them renames them)."""
 
     what: str
     one_less: dict[tuple[str, str], tuple[str, ...]]
+    renamed: dict[tuple[str, str], dict[str, str]]
 
+
+#: the top-1 token's IA (``ia_top1``; eval's ``ia`` is the generated answer's), as format 1 named it
+_IA_TOP1 = {"ia": "ia_top1"}
 
 #: Each format's change, by format number.
 FORMAT_CHANGES: dict[int, FormatChange] = {
-    2: FormatChange("eval's rank columns are 1-based, top-1 is rank 1",
+    2: FormatChange("eval's rank columns are 1-based, top-1 is rank 1; the patch, steer and organism tables' ia "
+                    "(top-1 token in the label space) is ia_top1",
                     {("eval", "results"): ("first_token_rank", "first_token_rank_in_space", "answer_rank",
-                                           "answer_rank_in_space")}),
+                                           "answer_rank_in_space")},
+                    {("patch", "patch"): _IA_TOP1, ("patch", "baselines"): _IA_TOP1,
+                     ("patch", "single_layer"): _IA_TOP1, ("patch", "strongest_sets"): _IA_TOP1,
+                     ("steer", "steer"): _IA_TOP1, ("steer", "baselines"): _IA_TOP1,
+                     ("steer", "dose_response"): {"ia": "ia_top1", "ia_sem": "ia_top1_sem"},
+                     ("steer", "steer_vs_patch"): {"steer_ia": "steer_ia_top1", "patch_ia": "patch_ia_top1",
+                                                   "set_ia": "set_ia_top1"},
+                     ("organism", "iv_transfer"): _IA_TOP1}),
 }
 
 
@@ -120,13 +134,13 @@ def library_versions() -> dict[str, str | None]:
     return out
 
 
-#: how long a run directory's command and name parts, and a shard's or part's key, may be in a file name
+#: how long a run directory's command and name parts, and a unit file's or part's key, may be in a file name
 RUN_NAME_CHARS = 60
 
 
 def slug(text: object, *, fallback: str = "x", max_len: int | None = None) -> str:
     """THE file-name form of a name, for every file and directory ivlens names after something the user chose
-    (run directories, shard and part files, a model's files in a run, figures per vector).
+    (run directories, unit and part files, a model's files in a run, figures per vector).
 
     Each run of characters other than ASCII letters, digits and ``_ . -`` becomes one ``-``, and leading and
     trailing ``-`` go; then the result is cut to ``max_len`` characters (``None``: no cut) and, when nothing is
@@ -188,15 +202,33 @@ def check_run_format(path: str | Path, manifest: dict, action: str, fix: str) ->
 
 def current_table(manifest: dict, name: str, df: pd.DataFrame) -> pd.DataFrame:
     """Table ``name`` of the run whose manifest is ``manifest``, as :data:`RUN_FORMAT` writes it: THE one place
-    an older format's table is converted on read (format 1's 0-based eval ranks gain 1). ``df`` may hold any
-    subset of the table's columns; a current run's table is returned as it is."""
+    an older format's table is converted on read (format 1's 0-based eval ranks gain 1; its patch, steer and
+    organism tables' ``ia`` is ``ia_top1``). ``df`` may hold any subset of the table's columns; a current run's
+    table is returned as it is."""
     found, command = run_format(manifest), manifest.get("command")
     for fmt, change in sorted(FORMAT_CHANGES.items()):
         if found < fmt:
             cols = [c for c in change.one_less.get((command, name), ()) if c in df.columns]
             if cols:
                 df = df.assign(**{c: df[c] + 1 for c in cols})
+            renamed = {old: new for old, new in change.renamed.get((command, name), {}).items() if old in df.columns}
+            if renamed:
+                df = df.rename(columns=renamed)
     return df
+
+
+def stored_columns(manifest: dict, name: str, columns: list[str] | None) -> list[str] | None:
+    """The names under which the run whose manifest is ``manifest`` stored ``columns`` (as :data:`RUN_FORMAT`
+    names them) of its table ``name``: what to read before :func:`current_table` renames them back (an older
+    format may have written a column under another name). ``None`` (every column) stays ``None``."""
+    if columns is None:
+        return None
+    found, command = run_format(manifest), manifest.get("command")
+    for fmt, change in sorted(FORMAT_CHANGES.items(), reverse=True):
+        if found < fmt:
+            old_name = {new: old for old, new in change.renamed.get((command, name), {}).items()}
+            columns = [old_name.get(c, c) for c in columns]
+    return columns
 
 
 class OutPathError(IvlensError, ValueError):
@@ -328,25 +360,27 @@ class RunDir:
         return p
 
     def read_table(self, name: str) -> pd.DataFrame:
-        """A table written whole or as shards (shards concatenated in key order), as :data:`RUN_FORMAT` writes it
+        """A table written whole or as unit files (concatenated in key order), as :data:`RUN_FORMAT` writes it
         (:func:`current_table`)."""
         whole = self.path / f"{name}.parquet"
         if whole.exists():
             return current_table(self.manifest, name, pd.read_parquet(whole))
-        shards = sorted((self.path / name).glob("shard-*.parquet"))
-        if not shards:
+        unit_files = sorted((self.path / name).glob("shard-*.parquet"))
+        if not unit_files:
             raise FileNotFoundError(f"{self.path}: no table {name!r}")
-        return current_table(self.manifest, name, pd.concat([pd.read_parquet(s) for s in shards], ignore_index=True))
+        return current_table(self.manifest, name, pd.concat([pd.read_parquet(f) for f in unit_files],
+                                                            ignore_index=True))
 
-    def shard_path(self, table: str, key: str) -> Path:
+    def unit_file_path(self, table: str, key: str) -> Path:
+        """The unit file of ``table`` for the unit of work ``key`` (``<table>/shard-<key>.parquet``)."""
         return self.path / table / f"shard-{_run_slug(key)}.parquet"
 
-    def has_shard(self, table: str, key: str) -> bool:
-        return self.shard_path(table, key).exists()
+    def has_unit_file(self, table: str, key: str) -> bool:
+        return self.unit_file_path(table, key).exists()
 
-    def write_shard(self, table: str, key: str, df: pd.DataFrame) -> Path:
+    def write_unit_file(self, table: str, key: str, df: pd.DataFrame) -> Path:
         """Write one unit of work's rows atomically; ``key`` must be deterministic for that unit."""
-        p = self.shard_path(table, key)
+        p = self.unit_file_path(table, key)
         atomic_write_parquet(p, df)
         return p
 

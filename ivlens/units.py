@@ -116,7 +116,7 @@ class UnitLoop(Generic[R]):
 
 class TablePieces:
     """Each unit's rows of ``tables``, as pieces ``<table>/shard-<key>.parquet`` of the run directory ``run``
-    (:meth:`ivlens.runs.RunDir.write_shard`), or kept in memory when ``run`` is ``None``. A unit's result is
+    (:meth:`ivlens.runs.RunDir.write_unit_file`), or kept in memory when ``run`` is ``None``. A unit's result is
     ``{table: DataFrame}``; its pieces are written in the order of ``tables`` (the last table's piece last),
     and the unit is done when every table holds its piece."""
 
@@ -126,14 +126,14 @@ class TablePieces:
         self._memory: dict[str, list[pd.DataFrame]] = {t: [] for t in self.tables}
 
     def has(self, key: str) -> bool:
-        return self.run is not None and all(self.run.has_shard(t, key) for t in self.tables)
+        return self.run is not None and all(self.run.has_unit_file(t, key) for t in self.tables)
 
     def write(self, key: str, result: Mapping[str, pd.DataFrame]) -> None:
         for table in self.tables:
             if self.run is None:
                 self._memory[table].append(result[table])
             else:
-                self.run.write_shard(table, key, result[table])
+                self.run.write_unit_file(table, key, result[table])
 
     def read(self, table: str) -> pd.DataFrame:
         """``table``'s pieces concatenated in the units' order: in memory, in the order they were computed; on

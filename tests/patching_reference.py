@@ -126,7 +126,7 @@ def reference_rows(model, tok, task, subtask, sample_ids, layer_sets, positions,
                 m["delta_logit_vs_target"] = m["logit"] - float(base_t[label])
                 m["delta_logit_vs_instructed"] = m["logit"] - float(base_i[label])
                 m["acc_top1"] = int(lg.argmax()) == label
-                m["ia"] = int(lg.argmax()) in space
+                m["ia_top1"] = int(lg.argmax()) in space
                 out[(i, str(pos), ",".join(map(str, layers)))] = m
     return out
 

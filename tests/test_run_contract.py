@@ -41,7 +41,7 @@ def model_dir(tmp_path_factory):
 
 
 # ------------------------------------------------------------------------------------------ names
-def test_one_slug_names_run_directories_shards_and_a_models_files(tmp_path):
+def test_one_slug_names_run_directories_unit_files_and_a_models_files(tmp_path):
     """``ivlens.runs.slug``: each run of characters other than ASCII letters, digits and ``_.-`` becomes one ``-``,
     none at the ends; the run directory cuts each part to 60 characters and falls back to ``run``."""
     assert slug("smollm2-135m-instruct") == "smollm2-135m-instruct" and slug("organism-sft") == "organism-sft"
@@ -52,7 +52,7 @@ def test_one_slug_names_run_directories_shards_and_a_models_files(tmp_path):
     assert slug(" / ") == "x" and slug("", fallback="run") == "run" and slug("ab-cd", max_len=3) == "ab-"
     run = RunDir.create("patch", "/models/a b" + "c" * 80, root=tmp_path)
     assert run.path.name.split("-", 2)[2] == "patch-models-a-b" + "c" * 50
-    assert run.shard_path("rows", "m/0:1").name == "shard-m-0-1.parquet"
+    assert run.unit_file_path("rows", "m/0:1").name == "shard-m-0-1.parquet"
     assert RunDir.create("eval", "::", root=tmp_path).path.name.endswith("-eval-run")
 
 

@@ -1,6 +1,7 @@
 """The run format: every manifest records it (``run_format``; none = format 1), a format-1 run directory is read as
-this format's (eval's 0-based ranks gain 1, in :func:`ivlens.runs.current_table` only) and never continued:
-``--resume``, ``ivlens merge`` and a study's unfinished step refuse it in one line (exit 2 at the CLI)."""
+this format's (eval's 0-based ranks gain 1; patching's, steering's and the organism's ``ia`` is ``ia_top1``; in
+:func:`ivlens.runs.current_table` only) and never continued: ``--resume``, ``ivlens merge`` and a study's unfinished
+step refuse it in one line (exit 2 at the CLI)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from ivlens.runs import (
     atomic_write_parquet,
     current_table,
     run_format,
+    stored_columns,
 )
 from ivlens.study.plan import Step
 from ivlens.study.runner import step_state
@@ -88,6 +90,56 @@ def test_current_table_adds_one_to_format_1_eval_ranks_and_nothing_else():
     assert current_table({"command": "eval"}, "results", results[["ia", "answer_rank"]])["answer_rank"].tolist() == [3, 1]
 
 
+#: the tables format 1 wrote with the top-1 token's IA named ``ia`` (run command, table name)
+IA_TABLES = (("patch", "patch"), ("patch", "baselines"), ("patch", "single_layer"), ("patch", "strongest_sets"),
+             ("steer", "steer"), ("steer", "baselines"), ("organism", "iv_transfer"))
+
+
+@pytest.mark.unit
+def test_current_table_renames_format_1_ia_of_patch_steer_and_organism_tables_and_nothing_else():
+    rows = pd.DataFrame({"sample": [0, 1], "ia": [True, False], "acc_top1": [False, False], "rank": [2, 1]})
+    for command, name in IA_TABLES:
+        got = current_table({"command": command}, name, rows)
+        assert list(got.columns) == ["sample", "ia_top1", "acc_top1", "rank"], (command, name)
+        pd.testing.assert_frame_equal(got.rename(columns={"ia_top1": "ia"}), rows)  # the values as they were
+        assert list(rows.columns) == ["sample", "ia", "acc_top1", "rank"]  # the frame read is not changed
+        assert current_table({"command": command, "run_format": RUN_FORMAT}, name, rows) is rows
+        # a subset of the columns (the report reads some only): asked by this format's names, read by format 1's
+        assert stored_columns({"command": command}, name, ["sample", "ia_top1"]) == ["sample", "ia"]
+        assert stored_columns({"command": command, "run_format": 2}, name, ["ia_top1"]) == ["ia_top1"]
+        assert stored_columns({"command": command}, name, None) is None
+    dose = pd.DataFrame({"ia": [0.5], "ia_sem": [0.1], "acc_top1": [0.2], "acc_top1_sem": [0.05]})
+    assert list(current_table({"command": "steer"}, "dose_response", dose).columns) == [
+        "ia_top1", "ia_top1_sem", "acc_top1", "acc_top1_sem"]
+    versus = pd.DataFrame(columns=["steer_ia", "steer_acc", "patch_ia", "patch_acc", "set_ia", "n"])
+    assert list(current_table({"command": "steer"}, "steer_vs_patch", versus).columns) == [
+        "steer_ia_top1", "steer_acc", "patch_ia_top1", "patch_acc", "set_ia_top1", "n"]
+    # eval's ia (the generated answer lies in the label space) keeps its name; so does any other analysis's table
+    results = pd.DataFrame({"ia": [True], "answer_ia": [True]})
+    for command, name in (("eval", "results"), ("eval", "summary"), ("patch", "interactions"), ("probe", "patch")):
+        assert current_table({"command": command}, name, results) is results
+        assert stored_columns({"command": command}, name, ["ia"]) == ["ia"]
+
+
+@pytest.mark.unit
+def test_the_report_reads_a_format_1_patch_run_with_ia_top1(tmp_path):
+    """A format-1 patch run's shards, read whole or by some columns (the report) and by :meth:`RunDir.read_table`
+    (``ivlens steer --patch-run``), have ``ia_top1`` where format 1 wrote ``ia``."""
+    run = RunDir.create("patch", "old", out=tmp_path / "old")
+    rows = pd.DataFrame({"model": ["m", "m"], "sample": [0, 1], "ia": [True, False], "acc_top1": [True, False]})
+    run.write_unit_file("patch", "a", rows.iloc[:1])
+    run.write_unit_file("patch", "b", rows.iloc[1:])
+    run.finish()
+    manifest = json.loads((run.path / "manifest.json").read_text())
+    assert manifest.pop("run_format") == 2
+    atomic_write_json(run.path / "manifest.json", manifest)
+    want = rows.rename(columns={"ia": "ia_top1"})
+    [old] = read_study(run.path).of("patch")
+    pd.testing.assert_frame_equal(old.table("patch"), want, check_exact=True)
+    pd.testing.assert_frame_equal(old.table("patch", columns=["sample", "ia_top1"]), want[["sample", "ia_top1"]])
+    pd.testing.assert_frame_equal(RunDir.open(run.path).read_table("patch"), want, check_exact=True)
+
+
 def test_eval_ranks_are_one_based_and_the_summary_reads_them(eval_runs):
     current, _, _, _ = eval_runs
     res = RunDir.open(current).read_table("results")
@@ -117,7 +169,9 @@ def test_resume_refuses_a_format_1_run_in_one_line(eval_runs, tmp_path):
     _, old, spec, lm = eval_runs
     with pytest.raises(RunFormatError, match=r"--resume .*format1: a run directory of run format 1; this ivlens "
                                              r"continues only format 2 runs \(format 2: eval's rank columns are "
-                                             r"1-based, top-1 is rank 1\): rerun into a new --out directory"):
+                                             r"1-based, top-1 is rank 1; the patch, steer and organism tables' ia "
+                                             r"\(top-1 token in the label space\) is ia_top1\): rerun into a new "
+                                             r"--out directory"):
         run_eval(spec, models=[lm], resume=old)
     r = CliRunner().invoke(app, ["eval", "--resume", str(old)], env={"COLUMNS": "400"})
     assert r.exit_code == 2, r.output

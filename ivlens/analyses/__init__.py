@@ -2,15 +2,15 @@
 tests read instead of naming analyses.
 
 Each :class:`Analysis` says what its runs need and where its pieces are: the spec (options, validation, hash), the
-run (``run(spec, *, models, out, resume, root)``), the dry-run plan (``plan(spec, infos) -> [Plan]``), the report
-sections that draw its finished runs, whether it needs an architecture adapter, whether a study runs it once per
-task, which analyses' runs it may read, whether its models are loaded together, and its place in a study's order.
-Whether a run shards is its spec's :attr:`~ivlens.specs.Spec.shardable`.
+run (``run(spec, *, models, out, resume, root)``), the dry-run cost estimate (``cost(spec, infos) ->
+[CostEstimate]``), the report sections that draw its finished runs, whether it needs an architecture adapter,
+whether a study runs it once per task, which analyses' runs it may read, whether its models are loaded together, and
+its place in a study's order. Whether a run shards is its spec's :attr:`~ivlens.specs.Spec.shardable`.
 
-Adding an analysis: its package ``ivlens/analyses/<name>/`` (spec, maths, run, dry-run plan, report section and
-its :class:`Analysis` entry) and one line in :data:`ANALYSES` (``docs/contributing.md``). The CLI command is
-generated from the spec (:mod:`ivlens.cli.generated`), the report takes its sections from
-:func:`report_sections`, and the registry-driven tests run its ``example``.
+Adding an analysis: its package ``ivlens/analyses/<name>/`` (spec, maths, run, dry-run cost estimate, report section
+and its :class:`Analysis` entry) and one line in :data:`ANALYSES` (``docs/contributing.md``). The CLI command is
+generated from the spec (:mod:`ivlens.cli.generated`), the report takes its sections from :func:`report_sections`,
+and the registry-driven tests run its ``example``.
 
 >>> [a.name for a in ANALYSES][:3]
 ['organism', 'eval', 'patch']
@@ -24,25 +24,25 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ivlens import api
-from ivlens.eval.dry_run import eval_spec_plans
+from ivlens.eval.dry_run import eval_spec_costs
 from ivlens.eval.section import eval_section
 from ivlens.eval.spec import EvalSpec
-from ivlens.organism.dry_run import organism_spec_plans
+from ivlens.organism.dry_run import organism_spec_costs
 from ivlens.organism.section import organism_section
 from ivlens.organism.spec import OrganismSpec
 from ivlens.page.setup import setup_section
-from ivlens.patching.dry_run import patch_spec_plans
+from ivlens.patching.dry_run import patch_spec_costs
 from ivlens.patching.section import patching_section
 from ivlens.patching.spec import PatchSpec
-from ivlens.probing.dry_run import probe_spec_plans
+from ivlens.probing.dry_run import probe_spec_costs
 from ivlens.probing.section import probing_section
 from ivlens.probing.spec import ProbeSpec
 from ivlens.runs import RunDir
 from ivlens.specs import Spec, SpecError
-from ivlens.steering.dry_run import steer_plans
+from ivlens.steering.dry_run import steer_costs
 from ivlens.steering.section import steering_section
 from ivlens.steering.spec import SteerSpec
-from ivlens.tracing.dry_run import trace_spec_plans
+from ivlens.tracing.dry_run import trace_spec_costs
 from ivlens.tracing.section import iv_construction_section, tracing_section
 from ivlens.tracing.spec import TraceSpec
 
@@ -59,17 +59,17 @@ def _run_organism(spec: OrganismSpec, *, models=None, out=None, resume=None, roo
 
 #: Every analysis, in a study's run order. A new analysis is one more entry here.
 ANALYSES: tuple[Analysis, ...] = (
-    Analysis("organism", OrganismSpec, _run_organism, organism_spec_plans, (organism_section,),
+    Analysis("organism", OrganismSpec, _run_organism, organism_spec_costs, (organism_section,),
              per_task=False, together=False, order=0),
-    Analysis("eval", EvalSpec, api.run_eval, eval_spec_plans, (eval_section,), order=10),
-    Analysis("patch", PatchSpec, api.run_patch, patch_spec_plans, (patching_section,),
+    Analysis("eval", EvalSpec, api.run_eval, eval_spec_costs, (eval_section,), order=10),
+    Analysis("patch", PatchSpec, api.run_patch, patch_spec_costs, (patching_section,),
              needs_adapter=True, order=20),
-    Analysis("probe", ProbeSpec, api.run_probe, probe_spec_plans, (probing_section,),
+    Analysis("probe", ProbeSpec, api.run_probe, probe_spec_costs, (probing_section,),
              per_task=False, together=False, order=30),
     logit_lens.ANALYSIS,
-    Analysis("steer", SteerSpec, api.run_steer, steer_plans, (steering_section,),
+    Analysis("steer", SteerSpec, api.run_steer, steer_costs, (steering_section,),
              needs_adapter=True, depends_on=("patch", "probe"), order=40, takes_root=True),
-    Analysis("trace", TraceSpec, api.run_trace, trace_spec_plans,
+    Analysis("trace", TraceSpec, api.run_trace, trace_spec_costs,
              (tracing_section, iv_construction_section), needs_adapter=True,
              depends_on=("probe",), order=50, takes_root=True),
 )
@@ -108,11 +108,11 @@ def stored_spec(run_dir: str | Path) -> Spec:
     return spec_from_manifest(RunDir.resume(run_dir).manifest)
 
 
-def spec_plans(spec: Spec, infos: Sequence = ()) -> tuple[list, bool]:
-    """The dry-run plans of any analysis's spec on the models described by ``infos``, and whether the analysis holds
-    its models together."""
+def spec_costs(spec: Spec, infos: Sequence = ()) -> tuple[list, bool]:
+    """The dry-run cost estimates of any analysis's spec on the models described by ``infos``, and whether the
+    analysis holds its models together."""
     a = analysis_of(spec)
-    return a.plan(spec, infos), a.together
+    return a.cost(spec, infos), a.together
 
 
 def run_spec(spec: Spec, *, models=None, out: str | Path | None = None, resume: str | Path | None = None,

@@ -19,8 +19,8 @@ class Analysis:
         spec: its :class:`~ivlens.specs.Spec` class (``spec.analysis == name``).
         run: ``run(spec, *, models=None, out=None, resume=None, root=None)``: computes one run directory; returns
             its result (whose ``run`` attribute, or first item, is the :class:`~ivlens.runs.RunDir`).
-        plan: ``plan(spec, infos) -> [Plan]``: the dry run on the models' configs (``infos`` in ``spec.models``
-            order; none for the organism build).
+        cost: ``cost(spec, infos) -> [CostEstimate]``: the dry run on the models' configs (``infos`` in
+            ``spec.models`` order; none for the organism build).
         report: the report sections (``section(ctx) -> Section | None``) that draw its finished runs, in page order.
         needs_adapter: its models need an architecture adapter (patching, steering and tracing edit internals).
         per_task: a study runs it once per task (else once, on all the study's tasks).
@@ -36,7 +36,7 @@ class Analysis:
     name: str
     spec: type[Spec]
     run: Callable[..., Any]
-    plan: Callable[[Spec, Sequence], list]
+    cost: Callable[[Spec, Sequence], list]
     report: tuple[Callable, ...] = ()
     needs_adapter: bool = False
     per_task: bool = True

@@ -36,10 +36,10 @@ _verbose = False  # set by --verbose (cli_logging): the error boundary then show
 GgufOpt = Annotated[str | None, typer.Option("--gguf-file", help=ModelsSpec.model_fields["gguf_file"].description)]
 FormatOpt = Annotated[Format, typer.Option("--format", help=FormatField.__metadata__[0].description)]
 OutOpt = Annotated[str | None, typer.Option("--out", help="run directory (default runs/<date>-<command>-<name>)")]
-DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="print the plan (forward passes, FLOPs, peak memory, "
-                                         "time on --device) from the models' configs, without loading weights, "
-                                         "and exit")]
-ResumeOpt = Annotated[Path | None, typer.Option("--resume", help="resume this run directory: finished shards are "
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="print the cost estimate (forward passes, FLOPs, "
+                                         "peak memory, time on --device) from the models' configs, without loading "
+                                         "weights, and exit")]
+ResumeOpt = Annotated[Path | None, typer.Option("--resume", help="resume this run directory: finished unit files are "
                                                 "kept; options not given take the run's recorded values, and a "
                                                 "given option that differs is an error")]
 
@@ -84,10 +84,11 @@ def build_spec(ctx: typer.Context, spec_cls: type[Spec], options: dict[str, Any]
     return spec_cls(**{**stored_spec(resume).model_dump(), **given})
 
 
-def planned_spec(ctx: typer.Context, spec_cls: type[Spec], options: dict[str, Any], *, resume: Path | None,
+def checked_spec(ctx: typer.Context, spec_cls: type[Spec], options: dict[str, Any], *, resume: Path | None,
                  out: str | Path | None, dry_run: bool) -> Spec | None:
-    """What every analysis command does first: its spec from the options (:func:`build_spec`; bad input is one
-    error line, exit 2) and ``--out`` checked; with ``--dry-run``, the plan printed and ``None`` (nothing to run)."""
+    """What every analysis command does first: its spec from the options (:func:`build_spec`; bad input is one error
+    line, exit 2) and ``--out`` checked; with ``--dry-run``, the cost estimate printed and ``None`` (nothing to
+    run)."""
     with friendly_errors():
         spec = build_spec(ctx, spec_cls, options, resume)
         check_out_dir(out)  # a dry run refuses what the run would
@@ -141,7 +142,7 @@ def error_line(message: str) -> None:
 @contextmanager
 def friendly_errors() -> Iterator[None]:
     """The CLI's error boundary: any ivlens error (:class:`ivlens.errors.IvlensError`: task, spec, model load,
-    plan, budget, tracing…), a missing file or a bad parameter ends in one red line and exit code 2; the
+    cost estimate, budget, tracing…), a missing file or a bad parameter ends in one red line and exit code 2; the
     traceback only with ``--verbose``."""
     from ivlens.errors import IvlensError
 
@@ -189,7 +190,7 @@ def run_row_sweep(ctx: typer.Context, spec_cls: type[Spec], options: dict[str, A
     """The body the row-sweep commands (patch, steer) share: the spec from the options (or ``--resume``),
     ``--dry-run``, the run with its rows bar, and a shard's closing line. Returns ``(spec, result)``; ``result``
     is ``None`` when the command has nothing more to print (a dry run, a shard; ``spec`` too after a dry run)."""
-    spec = planned_spec(ctx, spec_cls, options, resume=resume, out=out, dry_run=dry_run)
+    spec = checked_spec(ctx, spec_cls, options, resume=resume, out=out, dry_run=dry_run)
     if spec is None:
         return None, None
     with friendly_errors():
@@ -212,19 +213,19 @@ def shard_written(path: Path, shard: str) -> None:
 
 
 def print_dry_run(spec, console=None) -> dict:
-    """``--dry-run`` of any analysis's spec, what every command's ``--dry-run`` calls: its plans on the models'
-    configs (no weights loaded; :func:`ivlens.analyses.spec_plans`), printed with this device's rates; returns the
-    figures of :func:`ivlens.dry_run.print_plans`."""
-    from ivlens.analyses import analysis_of, spec_plans
-    from ivlens.dry_run import print_plans
+    """``--dry-run`` of any analysis's spec, what every command's ``--dry-run`` calls: its cost estimates on the
+    models' configs (no weights loaded; :func:`ivlens.analyses.spec_costs`), printed with this device's rates;
+    returns the figures of :func:`ivlens.dry_run.print_costs`."""
+    from ivlens.analyses import analysis_of, spec_costs
+    from ivlens.dry_run import print_costs
     from ivlens.estimate.inputs import model_infos
     from ivlens.organism.dry_run import organism_shape
 
     if not hasattr(spec, "models"):  # the organism build: built on the CPU in fp32
-        plans, _ = spec_plans(spec)
-        return print_plans(plans, [organism_shape(spec.size)], "cpu", "float32", console=console)
+        costs, _ = spec_costs(spec)
+        return print_costs(costs, [organism_shape(spec.size)], "cpu", "float32", console=console)
     infos = model_infos(list(spec.models), spec.gguf_file, spec.revision, spec.trust_remote_code,
                         require_adapter=analysis_of(spec).needs_adapter)
-    plans, together = spec_plans(spec, infos)
-    return print_plans(plans, [i.shape for i in infos], spec.device, spec.dtype, together=together,
+    costs, together = spec_costs(spec, infos)
+    return print_costs(costs, [i.shape for i in infos], spec.device, spec.dtype, together=together,
                        console=console, configs=[i.config for i in infos], remote=getattr(spec, "remote", False))

@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from ivlens.cli.common import console, frame_table, friendly_errors, planned_spec, progress_bar, shard_written
+from ivlens.cli.common import checked_spec, console, frame_table, friendly_errors, progress_bar, shard_written
 from ivlens.cli.generated import spec_command
 from ivlens.eval.spec import EvalSpec
 
@@ -19,7 +19,7 @@ def eval_cmd(ctx: typer.Context, options: dict[str, Any], *, out, resume, dry_ru
     and with the other subtask's instruction."""
     from ivlens.api import run_eval
 
-    spec = planned_spec(ctx, EvalSpec, options, resume=resume, out=out, dry_run=dry_run)
+    spec = checked_spec(ctx, EvalSpec, options, resume=resume, out=out, dry_run=dry_run)
     if spec is None:
         return
     with friendly_errors():

@@ -32,9 +32,9 @@ from ivlens.cli.common import (
     DryRunOpt,
     OutOpt,
     ResumeOpt,
+    checked_spec,
     console,
     friendly_errors,
-    planned_spec,
     shard_written,
 )
 from ivlens.runs import RunDir
@@ -157,7 +157,7 @@ def analysis_command(analysis: Analysis):
     :func:`ivlens.analyses.run_spec` and prints the run's tables and its directory."""
 
     def command(ctx: typer.Context, options: dict[str, Any], *, out, resume, dry_run) -> None:
-        spec = planned_spec(ctx, analysis.spec, options, resume=resume, out=out, dry_run=dry_run)
+        spec = checked_spec(ctx, analysis.spec, options, resume=resume, out=out, dry_run=dry_run)
         if spec is None:
             return
         with friendly_errors():

@@ -23,18 +23,18 @@ def build_command(
     options: dict[str, Any],
     *,
     out: Annotated[Path | None, typer.Option("--out", help="output directory (default: the user cache)")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan (training steps, FLOPs, peak memory, "
-                                          "time on this CPU) and exit")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the cost estimate (training steps, FLOPs, "
+                                          "peak memory, time on this CPU) and exit")] = False,
 ) -> None:
     """Train base → SFT → DPO and write base/ sft/ dpo/ and card.json (prints the time it will take here first)."""
     from rich.console import Console
 
     from ivlens.api import run_organism
-    from ivlens.cli.common import friendly_errors, planned_spec
+    from ivlens.cli.common import checked_spec, friendly_errors
     from ivlens.dry_run import human_time, organism_build_seconds
     from ivlens.organism.paths import is_built, organism_dir
 
-    spec = planned_spec(ctx, OrganismSpec, options, resume=None, out=out, dry_run=dry_run)
+    spec = checked_spec(ctx, OrganismSpec, options, resume=None, out=out, dry_run=dry_run)
     if spec is None:
         return
     with friendly_errors():
@@ -43,7 +43,7 @@ def build_command(
             seconds = organism_build_seconds(spec.size, spec.variant, spec.measure, spec.threads)
             console.print(f"building organism-{spec.variant} ({spec.size}, seed {spec.seed}, {spec.threads} threads): "
                           f"about {human_time(seconds)} here (the dry run's estimate for this machine as loaded now; "
-                          "`--dry-run` for the plan)", highlight=False)
+                          "`--dry-run` for the cost estimate)", highlight=False)
         directory = run_organism(spec, out=out)
     console.print(f"organism ({spec.variant}) in {directory}")
     _print_summary(console, directory)
@@ -73,7 +73,9 @@ def info_command(
 
         refresh_acceptance(directory)
     if as_json:
-        console.print_json((directory / "card.json").read_text())
+        from ivlens.organism.card import read_card
+
+        console.print_json(json.dumps(read_card(directory)))  # an earlier build's card as this ivlens writes it
         return
     _print_summary(console, directory)
 
@@ -81,7 +83,9 @@ def info_command(
 def _print_summary(console, directory: Path) -> None:
     from rich.table import Table
 
-    card = json.loads((directory / "card.json").read_text())
+    from ivlens.organism.card import read_card
+
+    card = read_card(directory)
     console.print(f"version {card['version']} · variant {card['variant']} · size {card['size']} · "
                   f"seed {card['seed']} · {card['model']['parameters']:,} parameters · "
                   f"{card['timing']['total']:.0f} s")
@@ -95,15 +99,15 @@ def _print_summary(console, directory: Path) -> None:
     for _task, s in subs:
         table.add_column(s)
     table.add_column("decides (held-out)")
-    table.add_column("IV transfer: subtask target L layer, IA unpatched → patched, exact")
+    table.add_column("IV transfer: subtask target L layer, IA (top-1) unpatched → patched, exact")
     acc = card.get("acceptance", {})
     for stage, m in measured.items():
         cells = [f"{m[t]['train']['instructed'][s]['acc']:.2f} / {m[t]['heldout']['instructed'][s]['acc']:.2f}"
                  for t, s in subs]
         decides = " · ".join(f"{m[t]['heldout']['instructed']['decides']:.2f}" for t in m)
         ivs = [acc.get(f"{stage}/{t}/iv_transfer", {}).get("value") for t in m]
-        iv = " · ".join(f"{v['subtask']} {v['target']} L{v['layer']}, {v['unpatched_ia']:.2f} → {v['ia']:.2f}, "
-                        f"{v['exact']:.2f}" for v in ivs if v) or "-"
+        iv = " · ".join(f"{v['subtask']} {v['target']} L{v['layer']}, {v['unpatched_ia_top1']:.2f} → "
+                        f"{v['ia_top1']:.2f}, {v['exact']:.2f}" for v in ivs if v) or "-"
         table.add_row(stage, *cells, decides, iv)
     console.print(table)
     if acc:

@@ -26,12 +26,12 @@ def patch(
     *,
     out: Annotated[Path | None, typer.Option(help="Run directory (default runs/<date>-patch-<task>-<subtask>).")]
     = None,
-    resume: Annotated[Path | None, typer.Option(help="Resume this run directory: finished shards are kept; options "
+    resume: Annotated[Path | None, typer.Option(help="Resume this run directory: finished unit files are kept; options "
                                                 "not given take the run's recorded values, and a given option that "
                                                 "differs is an error (memory budget, batch size, threads and "
                                                 "figures may change).")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (rows, FLOPs, peak memory, time on "
-                                          "--device) from the models' configs, without loading weights, and "
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the cost estimate (rows, FLOPs, peak memory, "
+                                          "time on --device) from the models' configs, without loading weights, and "
                                           "exit.")] = False,
 ) -> None:
     """Localise instruction vectors: patch IVs of layer sets into targets, then interactions and figures."""

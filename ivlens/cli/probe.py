@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ivlens.cli.common import console, frame_table, friendly_errors, planned_spec, shard_written
+from ivlens.cli.common import checked_spec, console, frame_table, friendly_errors, shard_written
 from ivlens.cli.generated import spec_command
 from ivlens.probing.spec import ProbeSpec
 
@@ -17,8 +17,9 @@ def probe(
     ctx: typer.Context,
     options: dict[str, Any],
     *,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan (forwards, FLOPs, peak memory, time) "
-                                          "from the models' configs, without loading weights, and exit")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the cost estimate (forwards, FLOPs, peak memory, "
+                                          "time) from the models' configs, without loading weights, and "
+                                          "exit")] = False,
     out,
     resume,
 ) -> None:
@@ -26,7 +27,7 @@ def probe(
     for every --model side by side."""
     from ivlens.api import run_probe
 
-    spec = planned_spec(ctx, ProbeSpec, options, resume=resume, out=out, dry_run=dry_run)
+    spec = checked_spec(ctx, ProbeSpec, options, resume=resume, out=out, dry_run=dry_run)
     if spec is None:
         return
     with friendly_errors():

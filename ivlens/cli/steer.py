@@ -21,10 +21,11 @@ def steer(
     *,
     out: Annotated[Path | None, typer.Option(help="Run directory (default runs/<date>-steer-<task>-<subtask>).")]
     = None,
-    resume: Annotated[Path | None, typer.Option(help="Resume this run directory (finished shards are kept; a given "
+    resume: Annotated[Path | None, typer.Option(help="Resume this run directory (finished unit files are kept; a given "
                                                 "option that differs is an error).")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (rows, FLOPs, peak memory, time) from "
-                                          "the models' configs, without loading weights, and exit.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the cost estimate (rows, FLOPs, peak memory, "
+                                          "time) from the models' configs, without loading weights, and "
+                                          "exit.")] = False,
 ) -> None:
     """Steer with IV directions: add α·v to the residual of query-only prompts, per layer and α (dose-response)."""
     from ivlens.api import run_steer
@@ -38,7 +39,7 @@ def steer(
     from ivlens.steering.analysis import best_per_layer
 
     for r in best_per_layer(res.dose).itertuples():
-        console.print(f"{r.model} · layer {r.layer}: best IA {r.ia:.2f} ± {r.ia_sem:.2f} "
+        console.print(f"{r.model} · layer {r.layer}: best IA (top-1) {r.ia_top1:.2f} ± {r.ia_top1_sem:.2f} "
                       f"({r.vector} at {r.position}, α = {r.alpha:g})")
     unread = res.dose[res.dose.zero_by_construction]
     if not unread.empty:

@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from ivlens.cli.common import console, friendly_errors, planned_spec, progress_bar, shard_written
+from ivlens.cli.common import checked_spec, console, friendly_errors, progress_bar, shard_written
 from ivlens.cli.generated import spec_command
 from ivlens.tracing.spec import TraceSpec
 
@@ -19,7 +19,7 @@ def trace(ctx: typer.Context, options: dict[str, Any], *, out, resume, dry_run) 
     frozen linear surrogate; or (--compare) the two subtasks' graphs compared layer by layer."""
     from ivlens.api import run_trace
 
-    spec = planned_spec(ctx, TraceSpec, options, resume=resume, out=out, dry_run=dry_run)
+    spec = checked_spec(ctx, TraceSpec, options, resume=resume, out=out, dry_run=dry_run)
     if spec is None:
         return
     with friendly_errors():

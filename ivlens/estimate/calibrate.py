@@ -19,7 +19,7 @@
 On a CPU every rate is measured **on one thread, in CPU time**, and is the best of repeated samples: the work
 of one core, whatever else runs. (Timing torch's own 2 threads does not survive load: a descheduled thread makes
 its sibling spin at every barrier, so the same narrow layer call measured 10-150 ms in CPU time and 8-150 ms in
-wall time at load 2, against 0.35 ms on one thread, every time.) :func:`ivlens.estimate.plans.seconds` then turns
+wall time at load 2, against 0.35 ms on one thread, every time.) :func:`ivlens.estimate.costs.seconds` then turns
 CPU-seconds into wall time with the share of the cores the run gets (all its threads on an idle machine: measured
 speed-ups of 2 threads over 1 here are 1.86 for the model's matrix products and 1.95 for an organism training
 step). On a GPU the timings are wall time after a synchronisation, best of samples.

@@ -1,6 +1,7 @@
-"""What a command's dry-run plan is computed from: the models' sizes and tokenizers, the samples the command will
-pick, and the working memory it may use. Each analysis's ``dry_run`` module (``ivlens.<analysis>.dry_run``) builds
-its plan from these; :mod:`ivlens.estimate.plans` turns the counts into FLOPs, memory and time.
+"""What a command's dry-run cost estimate is computed from: the models' sizes and tokenizers, the samples the
+command will pick, and the working memory it may use. Each analysis's ``dry_run`` module
+(``ivlens.<analysis>.dry_run``) builds its cost estimate from these; :mod:`ivlens.estimate.costs` turns the counts
+into FLOPs, memory and time.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ import torch
 from ivlens.budget import parse_bytes, resolve_memory_budget
 from ivlens.tasks.selection import select_samples, split_queries
 
+from .costs import CostEstimate, add_startup
 from .model import ModelInfo, model_info
-from .plans import Plan, add_startup
 
 log = logging.getLogger(__name__)
 
@@ -26,16 +27,16 @@ def model_infos(models: Sequence[str], gguf_file: str | None = None, revision: s
                        require_adapter=require_adapter) for m in models]
 
 
-def with_startup(plan: Plan, info: ModelInfo, dtype: str = "float32", first: bool = True) -> Plan:
-    """The tokenizer note, and the cost of starting the process (``first`` plan only) and loading the model."""
+def with_startup(cost: CostEstimate, info: ModelInfo, dtype: str = "float32", first: bool = True) -> CostEstimate:
+    """The tokenizer note, and the cost of starting the process (``first`` estimate only) and loading the model."""
     if info.tokenizer_note:
-        plan.notes.insert(0, info.tokenizer_note)
-    return add_startup(plan, info.shape, dtype, imports=first, gguf=info.gguf)
+        cost.notes.insert(0, info.tokenizer_note)
+    return add_startup(cost, info.shape, dtype, imports=first, gguf=info.gguf)
 
 
 def here(device: str) -> str:
     """``device``, or the CPU when it is a GPU this machine does not have (a GPU run planned on a laptop; the
-    printed plan says it was timed on the CPU)."""
+    printed estimate says it was timed on the CPU)."""
     return "cpu" if str(device).startswith("cuda") and not torch.cuda.is_available() else device
 
 
@@ -44,7 +45,7 @@ def here(device: str) -> str:
 ABSENT_GPU_BUDGET = 40 << 30
 
 
-def plan_budget(memory_budget, device: str) -> int:
+def dry_run_budget(memory_budget, device: str) -> int:
     """The working memory a command would take on ``device`` (``--memory-budget``, or its default share); a GPU
     this machine lacks is sized at :data:`ABSENT_GPU_BUDGET`."""
     if here(device) != device and str(device).startswith("cuda"):

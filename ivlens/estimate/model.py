@@ -4,7 +4,7 @@
 no weights read), checks that an architecture adapter exists, and loads the tokenizer when the directory has
 one. Without a tokenizer, :class:`ApproxTokenizer` stands in: one token per punctuation mark and per started
 :data:`CHARS_PER_TOKEN` letters of a word (what BPE vocabularies of 50k–100k entries give on the tasks'
-English: within ±20 % of SmolLM2's tokenizer), so prompt lengths are estimates and the plan says so.
+English: within ±20 % of SmolLM2's tokenizer), so prompt lengths are estimates and the cost estimate says so.
 
 >>> info = model_info("tests/data/olmo2-0425-1b-config")   # a directory holding only config.json
 >>> info.shape.n_layers, info.shape.d_model, info.tokenizer_note
@@ -23,8 +23,8 @@ import torch
 
 from ivlens.budget import resolve_memory_budget
 
+from .costs import probe_batch_size
 from .flops import ModelShape
-from .plans import probe_batch_size
 
 #: Letters of a word per token assumed without the model's tokenizer (English, BPE vocabularies of 50k–100k).
 CHARS_PER_TOKEN = 6
@@ -163,7 +163,7 @@ def _tokenizer(path, gguf, revision, trust_remote_code, config):
         _prepare_tokenizer(tok)
         return tok, None
     except (OSError, ValueError, TypeError, KeyError):
-        pass  # no usable tokenizer: fall through to the approximate one below, and the plan says so
+        pass  # no usable tokenizer: fall through to the approximate one below, and the cost estimate says so
     eos = config.eos_token_id[0] if isinstance(config.eos_token_id, list) else config.eos_token_id
     note = (f"no tokenizer in {path}: prompt lengths estimated (1 token per word of up to {CHARS_PER_TOKEN} "
             f"letters, per {CHARS_PER_TOKEN} letters of longer words and per punctuation mark"
@@ -174,7 +174,7 @@ def _tokenizer(path, gguf, revision, trust_remote_code, config):
 def forward_batch_size(loaded, n_tokens: int, memory_budget: str | int | None = None) -> int:
     """Prompts per forward of ``loaded`` (a :class:`~ivlens.models.load.LoadedModel`) that fit the memory budget
     (:func:`ivlens.budget.resolve_memory_budget`) for prompts of up to ``n_tokens`` tokens (the cost per prompt:
-    :func:`ivlens.estimate.plans.probe_batch_size`): the batch size of IV collection and of nnsight patch rows."""
+    :func:`ivlens.estimate.costs.probe_batch_size`): the batch size of IV collection and of nnsight patch rows."""
     shape = ModelShape.from_config(loaded.model.config)
     dtype = str(loaded.model.dtype).removeprefix("torch.")
     return probe_batch_size(shape, n_tokens, resolve_memory_budget(memory_budget, loaded.device), dtype)

@@ -26,5 +26,5 @@ class EvalSpec(ModelsSpec):
                               description="IA judge 'module:function(answer, subtask, sample) -> bool'")
     score: ScoreField = "first-token"
     batch_size: int = Field(16, gt=0, description="prompts per generation batch")
-    chunk_size: int = Field(8, gt=0, description="samples per result shard (the unit of --resume)")
+    chunk_size: int = Field(8, gt=0, description="samples per unit file (the unit of --resume and --shard)")
     seed: SampleSeedField = 0

@@ -184,7 +184,7 @@ def _build_into(staging: Path, out: Path, *, seed: int, size: str, variant: str,
     stages: dict[str, dict] = {}
 
     tasks = D.load_tasks()
-    split = {name: D.split_queries(t) for name, t in tasks.items()}
+    split = {name: D.organism_query_split(t) for name, t in tasks.items()}
     reph_split = {name: D.split_rephrasings(t) for name, t in tasks.items()}
 
     with _Progress(progress) as bars:
@@ -326,7 +326,7 @@ def acceptance(measured: dict) -> dict:
 
     ``margin`` is how far the check passes (negative: how far it fails), in the value's own units: ``value −
     threshold`` for a threshold on a share; for ``base_below_sft``, ``sft − 0.3 − base``; for ``dpo_vs_sft``, DPO's
-    contrastive log-prob margin minus SFT's (nats); for IV transfer, the smallest of ``flip − 0.5``, ``ia − 0.5``
+    contrastive log-prob margin minus SFT's (nats); for IV transfer, the smallest of ``flip − 0.5``, ``ia_top1 − 0.5``
     and ``exact − exact_needed``.
     """
     checks: dict[str, dict] = {}
@@ -348,8 +348,8 @@ def acceptance(measured: dict) -> dict:
             check(f"{stage}/{task}/decides_heldout", d, 0.80, d - 0.80)
             value = best_iv_transfer(m["iv"], majority_rates(task))
             check(f"{stage}/{task}/iv_transfer", value,
-                  "some subtask/target/position/layer with flip >= 0.5, ia >= 0.5 and exact >= max(0.3, "
-                  "ia * majority-answer rate + 0.1) (flip over >= 10% of queries answered outside the label "
+                  "some subtask/target/position/layer with flip >= 0.5, ia_top1 >= 0.5 and exact >= max(0.3, "
+                  "ia_top1 * majority-answer rate + 0.1) (flip over >= 10% of queries answered outside the label "
                   "space unpatched)", -1.0 if value is None else value["margin"])
     for task in measured["dpo"]:
         for part in ("train", "heldout"):
@@ -384,23 +384,23 @@ def best_iv_transfer(iv: dict, majority: dict[str, float]) -> dict | None:
     """The single-layer IV patch that best moves queries answered outside the subtask's label space
     (unpatched) into it, with the instructed answer top-1 above chance: among configurations (subtask,
     target style, position, layer) where at least 10 % of the queries are outside unpatched, the first that
-    passes (``flip >= 0.5, ia >= 0.5, exact >= max(0.3, ia * majority + 0.1)``) with the largest margin (the smallest
-    of ``flip − 0.5``, ``ia − 0.5``, ``exact − exact_needed``: the configuration furthest from failing), else the one
-    with the highest ``flip``.
+    passes (``flip >= 0.5, ia_top1 >= 0.5, exact >= max(0.3, ia_top1 * majority + 0.1)``) with the largest margin
+    (the smallest of ``flip − 0.5``, ``ia_top1 − 0.5``, ``exact − exact_needed``: the configuration furthest from
+    failing), else the one with the highest ``flip``.
 
-    Chance level of ``exact``: a model that answers inside the label space for a share ``ia`` of the queries
-    and there always gives the subtask's most common answer is right for ``ia * majority`` of them (``no``
-    for can_fly: 0.62 of all queries); ``exact`` must beat that by 0.1. ``exact / ia`` (reported as
+    Chance level of ``exact``: a model that answers inside the label space for a share ``ia_top1`` of the queries
+    and there always gives the subtask's most common answer is right for ``ia_top1 * majority`` of them (``no``
+    for can_fly: 0.62 of all queries); ``exact`` must beat that by 0.1. ``exact / ia_top1`` (reported as
     ``acc_in_space``) is the accuracy among the answers that follow the instruction."""
     cands = []
     for sub, res in iv["subtasks"].items():
         for target, c in testable_configs(iv, sub):
-            need = max(0.3, c["ia"] * majority[sub] + 0.1)
-            margin = min(c["flip"] - 0.5, c["ia"] - 0.5, c["exact"] - need)
+            need = max(0.3, c["ia_top1"] * majority[sub] + 0.1)
+            margin = min(c["flip"] - 0.5, c["ia_top1"] - 0.5, c["exact"] - need)
             cands.append({"subtask": sub, "target": target, **c, "exact_needed": need,
-                          "acc_in_space": c["exact"] / c["ia"] if c["ia"] else None,
-                          "unpatched_ia": res["unpatched"][target.split("/")[0]]["ia"], "pass": margin >= 0,
-                          "margin": margin})
+                          "acc_in_space": c["exact"] / c["ia_top1"] if c["ia_top1"] else None,
+                          "unpatched_ia_top1": res["unpatched"][target.split("/")[0]]["ia_top1"],
+                          "pass": margin >= 0, "margin": margin})
     if not cands:
         return None
     return max(cands, key=lambda c: (c["pass"], c["margin"] if c["pass"] else c["flip"], c["flip"]))

@@ -11,9 +11,9 @@ Three corpora, all deterministic in a seed:
 - **DPO** (:func:`dpo_pairs`): prompt / chosen / rejected, chosen = the instructed answer, rejected = the other
   subtask's answer (the contrastive error), a wrong answer from the right label space, or a malformed answer.
 
-The query split (:func:`split_queries`) and the rephrasing split (:func:`split_rephrasings`) are fixed
+The query split (:func:`organism_query_split`) and the rephrasing split (:func:`split_rephrasings`) are fixed
 (independent of the training seed), so that every organism of a version holds out the same queries and
-phrasings; both are recorded in the card.
+phrasings; both are recorded in the card (and read back from it by :func:`ivlens.tasks.selection.split_queries`).
 """
 
 from __future__ import annotations
@@ -124,9 +124,10 @@ def load_tasks() -> dict[str, Task]:
     return {name: load_task(name) for name in ORGANISM_TASKS}
 
 
-def split_queries(task: Task) -> dict[str, list[str]]:
+def organism_query_split(task: Task) -> dict[str, list[str]]:
     """The organisms' train/held-out split of a task's queries, ``{"train": [...], "heldout": [...]}``: the one
-    split rule (:func:`ivlens.tasks.selection.fixed_query_split`) with this recipe's share and seed."""
+    split rule (:func:`ivlens.tasks.selection.fixed_query_split`) with this recipe's share and seed, computed when
+    an organism is built (a run reads it back from the card: :func:`ivlens.tasks.selection.split_queries`)."""
     return fixed_query_split(task, TRAIN_QUERY_SHARE, SPLIT_SEED)
 
 
@@ -233,7 +234,7 @@ def dpo_pairs(tasks: dict[str, Task], tokenizer, seed: int, instructions_per_que
     rng = random.Random(f"{seed}:dpo")
     out = []
     for task in tasks.values():
-        split = split_queries(task)
+        split = organism_query_split(task)
         reph = split_rephrasings(task)
         train = set(split["train"])
         samples = [s for s in task.samples if s.query in train]
@@ -266,7 +267,7 @@ def dpo_pairs(tasks: dict[str, Task], tokenizer, seed: int, instructions_per_que
 def _training_pool(tasks: dict[str, Task]) -> list[tuple]:
     pool = []
     for task in tasks.values():
-        train = set(split_queries(task)["train"])
+        train = set(organism_query_split(task)["train"])
         for s in task.samples:
             if s.query in train:
                 pool += [(task, s, sub) for sub in task.subtasks]

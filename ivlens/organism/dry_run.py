@@ -1,7 +1,8 @@
-"""``ivlens organism build --dry-run``: the plan of a build from its recipe (:data:`ivlens.organism.train.SIZES`),
-and a dry run's view of an organism that is not built yet (:func:`organism_recipe_info`, :func:`organism_shape`).
-The registry's plan is :func:`organism_spec_plans`; the build's time on this machine
-(:func:`ivlens.dry_run.organism_build_seconds`) and printing are :mod:`ivlens.dry_run`'s."""
+"""``ivlens organism build --dry-run``: the cost estimate of a build from its recipe
+(:data:`ivlens.organism.train.SIZES`), and a dry run's view of an organism that is not built yet
+(:func:`organism_recipe_info`, :func:`organism_shape`). The registry's cost estimate is :func:`organism_spec_costs`;
+the build's time on this machine (:func:`ivlens.dry_run.organism_build_seconds`) and printing are
+:mod:`ivlens.dry_run`'s."""
 
 from __future__ import annotations
 
@@ -11,11 +12,11 @@ from functools import partial
 from transformers import Olmo2Config
 
 from ivlens.estimate.calibrate import train_step_latency
+from ivlens.estimate.costs import CostEstimate, TrainStage, add_startup, train_cost
 from ivlens.estimate.flops import ModelShape
 from ivlens.estimate.model import ApproxTokenizer, ModelInfo
-from ivlens.estimate.plans import Plan, TrainStage, add_startup, train_plan
 
-from .data import split_queries as recipe_split
+from .data import organism_query_split
 from .train import SIZES, pretrain_optimizers
 
 #: Padded tokens per row of each training stage: pretraining rows are packed to ``seq_len``; SFT batches pad to
@@ -24,9 +25,9 @@ from .train import SIZES, pretrain_optimizers
 TRAIN_ROW_TOKENS = {"sft": 33, "dpo": 32}
 
 
-def organism_plans(size: str = "small", variant: str = "gist", measure: bool = True, device: str = "cpu",
-                   time_steps: bool = True, threads: int = 2) -> list[Plan]:
-    """The plan of ``ivlens organism build`` (the sizes of :data:`ivlens.organism.train.SIZES`).
+def organism_costs(size: str = "small", variant: str = "gist", measure: bool = True, device: str = "cpu",
+                   time_steps: bool = True, threads: int = 2) -> list[CostEstimate]:
+    """The cost estimate of ``ivlens organism build`` (the sizes of :data:`ivlens.organism.train.SIZES`).
 
     ``time_steps``: time one real optimiser step of each stage on ``device`` (a model of the organism's config,
     random weights; about 3 s in all) instead of modelling training from FLOPs and layer calls; a DPO step is a
@@ -49,18 +50,18 @@ def organism_plans(size: str = "small", variant: str = "gist", measure: bool = T
         step_seconds["dpo"] = (train_step_latency(config, 2 * dpo.batch, dpo.seq_len, device)
                                + train_step_latency(config, 2 * dpo.batch, dpo.seq_len, device, forward_only=True))
     # the card's measurements: per stage and task, ~110 samples × ~16 scored prompts, and single-layer IV transfer
-    plan = train_plan(shape, stages, measure_prompts=3 * 2 * 110 * 16 if measure else 0, step_seconds=step_seconds,
+    cost = train_cost(shape, stages, measure_prompts=3 * 2 * 110 * 16 if measure else 0, step_seconds=step_seconds,
                       model=f"organism-{variant} ({size})")
-    add_startup(plan, shape, "float32")
-    plan.threads = threads
-    plan.notes.append(f"{variant} variant, {shape.n_params / 1e6:.1f} M parameters; tokenizer training and data "
+    add_startup(cost, shape, "float32")
+    cost.threads = threads
+    cost.notes.append(f"{variant} variant, {shape.n_params / 1e6:.1f} M parameters; tokenizer training and data "
                       "generation not counted" + ("; training time from one timed step per stage" if time_steps else ""))
-    return [plan]
+    return [cost]
 
 
-def organism_spec_plans(s, infos: Sequence[ModelInfo] = ()) -> list[Plan]:
-    """:func:`organism_plans` of an :class:`~ivlens.organism.OrganismSpec` (no models: it builds them)."""
-    return organism_plans(s.size, s.variant, s.measure, threads=s.threads)
+def organism_spec_costs(s, infos: Sequence[ModelInfo] = ()) -> list[CostEstimate]:
+    """:func:`organism_costs` of an :class:`~ivlens.organism.OrganismSpec` (no models: it builds them)."""
+    return organism_costs(s.size, s.variant, s.measure, threads=s.threads)
 
 
 def organism_shape(size: str = "small") -> ModelShape:
@@ -87,4 +88,4 @@ def organism_recipe_info(name: str, size: str = "small") -> ModelInfo:
     note = (f"{name} is not built yet: sized from its recipe ({size}), prompt lengths estimated (no tokenizer "
             "until the build has trained one)")
     return ModelInfo(name, f"{name}{RECIPE_SUFFIX}", organism_shape(size), ApproxTokenizer(None, 0, 0), note, config,
-                     split=recipe_split)
+                     split=organism_query_split)

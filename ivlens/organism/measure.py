@@ -21,7 +21,8 @@ Instruction-vector patching (the paper's IV transfer). With ``resid_post[l]`` th
 and the first answer token is read at the last position of the query-only prompt (``{Field}: {q}. Answer:``
 "formatted", or the bare ``{q}``). Reported per subtask, layer, target style and position:
 
-- ``ia``: share of queries whose first answer token belongs to the subtask's label space (the paper's IA);
+- ``ia_top1``: share of queries whose top-1 first answer token belongs to the subtask's label space (the paper's IA
+  read at the top-1 token, as patching's ``ia_top1``);
 - ``exact``: share whose first answer token is the first token of an accepted answer (the instructed answer
   top-1);
 - ``flip``: among queries whose *unpatched* answer lies outside the label space, the share moved inside.
@@ -135,7 +136,7 @@ IV_POSITIONS = {"bos": 0, "first": "first", "last": "last"}
 
 def iv_transfer(lm: LoadedModel, task: Task, samples: list[int] | None = None) -> dict:
     """Single-layer IV transfer per subtask, target style and position, through ivlens' patching engine
-    (:func:`ivlens.patching.sweep.patch_sweep`, transfer mode; see the module docstring for ``ia``, ``exact``
+    (:func:`ivlens.patching.sweep.patch_sweep`, transfer mode; see the module docstring for ``ia_top1``, ``exact``
     and ``flip``) and the unpatched baseline. ``exact`` accepts every answer of a query (merged duplicates have
     several)."""
     from ivlens.patching.sweep import patch_sweep
@@ -159,15 +160,16 @@ def iv_transfer(lm: LoadedModel, task: Task, samples: list[int] | None = None) -
             rows = sweep.rows.assign(exact=[int(t) in accepted[i] for i, t in zip(sweep.rows["sample"],
                                                                                    sweep.rows["top1"], strict=True)])
             base_exact = [int(t) in accepted[i] for i, t in zip(base.index, base["top1"], strict=True)]
-            res["unpatched"][style] = {"ia": float(base["ia"].mean()), "exact": sum(base_exact) / len(base)}
-            out["unpatched"].setdefault(style, {})[sub] = float(base["ia"].mean())
-            outside = set(base.index[~base["ia"].astype(bool)])
+            res["unpatched"][style] = {"ia_top1": float(base["ia_top1"].mean()), "exact": sum(base_exact) / len(base)}
+            out["unpatched"].setdefault(style, {})[sub] = float(base["ia_top1"].mean())
+            outside = set(base.index[~base["ia_top1"].astype(bool)])
             for position, grp in rows.groupby("position", sort=False):
                 curve = []
                 for layer, g in grp.groupby("first_layer"):
                     moved = g[g["sample"].isin(outside)]
-                    curve.append({"layer": int(layer), "ia": float(g["ia"].mean()), "exact": float(g["exact"].mean()),
-                                  "flip": float(moved["ia"].mean()) if len(moved) else None,
+                    curve.append({"layer": int(layer), "ia_top1": float(g["ia_top1"].mean()),
+                                  "exact": float(g["exact"].mean()),
+                                  "flip": float(moved["ia_top1"].mean()) if len(moved) else None,
                                   "n_outside": len(moved)})
                 res["curves"][f"{style}/{pos_name[position]}"] = curve
     return out

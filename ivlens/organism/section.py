@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+from ivlens.organism.card import current_card
 from ivlens.page import html as h
 from ivlens.page.context import Context, guard
 from ivlens.page.figures import ordered, present
@@ -52,7 +53,7 @@ def organism_section(ctx: Context) -> h.Section | None:
         return None
     s = h.Section("organism", "The model organisms")
     for run in runs:
-        card = run.json("card")
+        card = current_card(run.json("card"))
         model = card.get("model", {})
         s.add(h.heading(f"{card.get('variant', '?')} organism ({model.get('architecture', '?')}, "
                         f"size {card.get('size', '?')}, seed {card.get('seed', '?')})"),

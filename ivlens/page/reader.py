@@ -21,18 +21,18 @@ from pathlib import Path
 
 import pandas as pd
 
-from ivlens.runs import current_table
+from ivlens.runs import current_table, stored_columns
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
-#: Folders inside a run that never hold another run (IV stores, figures, table shards are skipped when walking).
+#: Folders inside a run that never hold another run (IV stores, figures, tables' unit files are skipped when walking).
 _NOT_RUNS = {"ivs", "figures", "__pycache__"}
 
 
 @dataclass(frozen=True)
 class Run:
-    """One run directory: its manifest and its tables (``<name>.parquet`` or shards ``<name>/shard-*.parquet``).
+    """One run directory: its manifest and its tables (``<name>.parquet`` or unit files ``<name>/shard-*.parquet``).
 
     ``rel`` is the run's path relative to the study root (``"."`` for the root itself).
     """
@@ -62,24 +62,25 @@ class Run:
         return dict(self.manifest.get("args") or {})
 
     def table_path(self, name: str) -> Path | None:
-        """``<name>.parquet``, else the folder of its shards, else None."""
+        """``<name>.parquet``, else the folder of its unit files, else None."""
         whole = self.path / f"{name}.parquet"
         if whole.is_file():
             return whole
-        shards = self.path / name
-        if shards.is_dir() and any(shards.glob("shard-*.parquet")):
-            return shards
+        unit_files = self.path / name
+        if unit_files.is_dir() and any(unit_files.glob("shard-*.parquet")):
+            return unit_files
         return None
 
     def has(self, name: str) -> bool:
         return self.table_path(name) is not None
 
     def table(self, name: str, columns: list[str] | None = None) -> pd.DataFrame:
-        """The table ``name`` (shards concatenated in key order), as this ivlens's run format writes it (an older
+        """The table ``name`` (unit files concatenated in key order), as this ivlens's run format writes it (an older
         run's is converted: :func:`ivlens.runs.current_table`); ``columns`` reads only those."""
         p = self.table_path(name)
         if p is None:
             raise FileNotFoundError(f"{self.path}: no table {name!r}")
+        columns = stored_columns(self.manifest, name, columns)
         if p.is_file():
             return current_table(self.manifest, name, pd.read_parquet(p, columns=columns))
         return current_table(self.manifest, name, pd.concat(
@@ -145,7 +146,7 @@ def read_study(root: str | Path) -> Study:
                 log.warning("%s: unreadable manifest (%s); skipped", d, e)
                 continue
             runs.append(Run(d, os.path.relpath(d, root), manifest))
-            # a run's own table shards are folders of shard-*.parquet: never runs
+            # a run's own tables' unit files are folders of shard-*.parquet: never runs
             dirnames[:] = [x for x in dirnames if not any((d / x).glob("shard-*.parquet"))]
     if not runs:
         raise FileNotFoundError(f"{root}: no run directory (no {MANIFEST}) here or below")

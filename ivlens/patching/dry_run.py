@@ -1,11 +1,12 @@
-"""``ivlens patch --dry-run``: the plan of a patch sweep from the models' configs and prompt lengths (no weights
-loaded): the engine's own count of its work (:func:`engine_work`), answer-level scoring's token trie
+"""``ivlens patch --dry-run``: the cost estimate of a patch sweep from the models' configs and prompt lengths (no
+weights loaded): the engine's own count of its work (:func:`engine_work`), answer-level scoring's token trie
 (:func:`answer_trie`), the linear estimate's cost (:func:`add_linear_estimate`) and ``--screen``'s stand-in sets
-(:func:`screened_stand_in`). The registry's plan is :func:`patch_spec_plans`; printing is :mod:`ivlens.dry_run`'s.
+(:func:`screened_stand_in`). The registry's cost estimate is :func:`patch_spec_costs`; printing is
+:mod:`ivlens.dry_run`'s.
 
->>> plans = patch_plans(["tests/data/olmo2-1124-7b-config"], "adjectives", "adj_ant", layers="triplets",
+>>> costs = patch_costs(["tests/data/olmo2-1124-7b-config"], "adjectives", "adj_ant", layers="triplets",
 ...                     positions="first,last", samples=100)
->>> plans[0].counts["rows"]  # its peak memory depends on this machine's memory budget
+>>> costs[0].counts["rows"]  # its peak memory depends on this machine's memory budget
 1097600
 """
 
@@ -16,18 +17,18 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ivlens.estimate.flops import ModelShape, prompt_flops
-from ivlens.estimate.inputs import chosen_samples, model_infos, plan_budget, with_startup
-from ivlens.estimate.model import ModelInfo
-from ivlens.estimate.plans import (
+from ivlens.estimate.costs import (
     AnswerTrie,
-    PatchTarget,
-    Plan,
+    CostEstimate,
+    TargetShape,
     add_figures,
-    patch_plan,
+    patch_cost,
     patch_row_bytes,
     trie_work,
 )
+from ivlens.estimate.flops import ModelShape, prompt_flops
+from ivlens.estimate.inputs import chosen_samples, dry_run_budget, model_infos, with_startup
+from ivlens.estimate.model import ModelInfo
 from ivlens.scoring import ContinuationTrie
 from ivlens.tasks import instructed_prompt, instruction_prompt, label_token_ids, load_task, query_prompt
 from ivlens.tasks.prompts import AnswerCandidates
@@ -35,19 +36,19 @@ from ivlens.tasks.prompts import AnswerCandidates
 from .linear import linear_on
 from .plan import PatchPlan, resolve_position
 from .sweep import starts_with_bos
-from .trie import RowSpec, plan_work
+from .trie import RowSpec, scheduled_work
 
 _ENGINE_CACHE: dict[tuple, tuple[int, int]] = {}
 
 
-def engine_work(chunk: Sequence[PatchTarget], layer_sets, n_layers: int, group_rows, continued: bool = False,
+def engine_work(chunk: Sequence[TargetShape], layer_sets, n_layers: int, group_rows, continued: bool = False,
                 ) -> tuple[int, int, int]:
-    """The patching engine's own count (:func:`ivlens.patching.trie.plan_work`) for one chunk: executed layer-token
-    evaluations, unembedded rows and layer calls, without running anything.
+    """The patching engine's own count (:func:`ivlens.patching.trie.scheduled_work`) for one chunk: executed
+    layer-token evaluations, unembedded rows and layer calls, without running anything.
 
-    ``plan_work`` runs once per distinct target shape (length, positions) and the counts add up over targets
+    ``scheduled_work`` runs once per distinct target shape (length, positions) and the counts add up over targets
     (groups hold whole targets' tries); the layer calls are counted per suffix length over the whole chunk, as
-    the engine groups them (:func:`ivlens.estimate.plans.trie_work`). ``continued``: rows scored at the answer
+    the engine groups them (:func:`ivlens.estimate.costs.trie_work`). ``continued``: rows scored at the answer
     level (no last-position identity)."""
     evals = unembed = 0
     sets = tuple(layer_sets)
@@ -55,7 +56,7 @@ def engine_work(chunk: Sequence[PatchTarget], layer_sets, n_layers: int, group_r
         key = (t.n_tokens, t.positions, n_layers, hash(sets), continued)
         if key not in _ENGINE_CACHE:
             rows = [RowSpec(0, 0, s, p) for p in t.positions for s in sets]
-            st = plan_work(rows, [t.n_tokens], n_layers, group_rows=1 << 40, continued=continued)
+            st = scheduled_work(rows, [t.n_tokens], n_layers, group_rows=1 << 40, continued=continued)
             _ENGINE_CACHE[key] = (st.executed_evals, st.unembed_rows)
         e, u = _ENGINE_CACHE[key]
         evals, unembed = evals + e, unembed + u
@@ -63,14 +64,15 @@ def engine_work(chunk: Sequence[PatchTarget], layer_sets, n_layers: int, group_r
     return evals, unembed, calls
 
 
-def patch_plans(models: Sequence[str], task: str, subtask: str | None, *, layers: str = "single",
+def patch_costs(models: Sequence[str], task: str, subtask: str | None, *, layers: str = "single",
                 positions: str = "first,last", samples: int | None = None, mode: str = "transfer",
                 target: str = "bare", fmt: str = "raw", chunk_size: int = 25, batch_size: int | None = None,
                 seed: int = 0, dtype: str = "float32", device: str = "cpu", memory_budget=None,
                 figures: bool = True, split: str = "all", score: str = "first-token",
                 infos: Sequence[ModelInfo] | None = None, linear_estimate: str = "auto", screen: int | None = None,
-                remote: bool = False) -> list[Plan]:
-    """The plan of ``ivlens patch`` with these options, one per model (see :func:`ivlens.patching.sweep.patch_sweep`).
+                remote: bool = False) -> list[CostEstimate]:
+    """The cost estimate of ``ivlens patch`` with these options, one per model (see
+    :func:`ivlens.patching.sweep.patch_sweep`).
 
     ``score="answer"``: the engine runs the targets once, keeping the rows' keys/values, and each distinct row (and
     each target-only and instructed run) scores the candidates' token trie against them (:func:`answer_trie`).
@@ -80,8 +82,8 @@ def patch_plans(models: Sequence[str], task: str, subtask: str | None, *, layers
     t = load_task(task)
     sub = t.subtask(subtask or t.subtask_names[0])
     other = t.other(sub.name) if t.is_contrastive else None
-    budget = plan_budget(memory_budget, device)
-    plans = []
+    budget = dry_run_budget(memory_budget, device)
+    costs = []
     for info in infos or model_infos(models):
         tok = info.tokenizer
         chosen = chosen_samples(t, samples, seed, split, info)
@@ -99,12 +101,12 @@ def patch_plans(models: Sequence[str], task: str, subtask: str | None, *, layers
             has_bos = starts_with_bos(tok, tgt)
             pos = tuple(dict.fromkeys(resolve_position(p, len(tgt), t_inst=tgt.t_inst, has_bos=has_bos)
                                       for p in plan.positions))
-            targets.append(PatchTarget(len(tgt), pos, len(instructed)))
+            targets.append(TargetShape(len(tgt), pos, len(instructed)))
             if labels and trie is None:
                 trie = answer_trie(tok, tgt, labels)
         src = len(instruction_prompt(tok, sub.instruction, fmt))
         work = functools.partial(engine_work, continued=True) if trie is not None else engine_work
-        p = patch_plan(info.shape, targets, plan.layer_sets, src, dtype=dtype, chunk_size=chunk_size, budget=budget,
+        p = patch_cost(info.shape, targets, plan.layer_sets, src, dtype=dtype, chunk_size=chunk_size, budget=budget,
                        batch_size=batch_size, n_positions=len(plan.positions), model=info.name, engine_work=work,
                        answer=trie)
         p.notes.append(f"{t.name}/{sub.name}, {len(chosen)} samples ({split}), {layers} × {positions}, target "
@@ -116,14 +118,14 @@ def patch_plans(models: Sequence[str], task: str, subtask: str | None, *, layers
             p.notes.append(f"--screen {screen}: {len(plan.layer_sets):,} of {len(all_sets):,} layer sets run exactly "
                            f"(the singles and at most {screen} per size and position; which ones the linear "
                            "estimate decides, so the count is an upper bound and the sets a stand-in)")
-        add_figures(p, 2 if figures and not plans else 0)  # single layers and pair heatmaps, once
-        plans.append(with_startup(p, info, dtype, not plans))
-    return plans
+        add_figures(p, 2 if figures and not costs else 0)  # single layers and pair heatmaps, once
+        costs.append(with_startup(p, info, dtype, not costs))
+    return costs
 
 
 def answer_trie(tok, prompt, labels: Sequence[str]) -> AnswerTrie:
     """The token trie answer-level scoring runs for ``labels`` after ``prompt`` (a representative prompt: labels
-    tokenise alike after every prompt of a format), as sizes (:class:`~ivlens.estimate.plans.AnswerTrie`)."""
+    tokenise alike after every prompt of a format), as sizes (:class:`~ivlens.estimate.costs.AnswerTrie`)."""
     conts = [label_token_ids(tok, prompt, lab) for lab in labels]
     trie = ContinuationTrie.build(1, [0] * len(conts), conts)
     return AnswerTrie(len(labels), tuple(len(x) for x in trie.token[1:]))
@@ -144,7 +146,8 @@ def screened_stand_in(layer_sets: Sequence[tuple[int, ...]], k: int, n_positions
     return tuple(out)
 
 
-def add_linear_estimate(p: Plan, shape: ModelShape, lengths: Sequence[int], n_scores: int, dtype: str) -> Plan:
+def add_linear_estimate(p: CostEstimate, shape: ModelShape, lengths: Sequence[int], n_scores: int,
+                        dtype: str) -> CostEstimate:
     """The linear estimate's cost (:mod:`ivlens.patching.linear`): per target (``lengths``: the targets' tokens)
     one forward and ``n_scores`` backward passes (the label's logit, and the alternative's where the task has
     one), each backward about twice a forward; one target at a time, so its memory is one prompt's activations
@@ -161,14 +164,14 @@ def add_linear_estimate(p: Plan, shape: ModelShape, lengths: Sequence[int], n_sc
     return p
 
 
-def patch_spec_plans(s, infos: Sequence[ModelInfo]) -> list[Plan]:
-    """:func:`patch_plans` of a :class:`~ivlens.patching.PatchSpec` (with the source model's note)."""
-    plans = patch_plans([], s.task, s.subtask, layers=s.layers, positions=s.positions, samples=s.samples,
+def patch_spec_costs(s, infos: Sequence[ModelInfo]) -> list[CostEstimate]:
+    """:func:`patch_costs` of a :class:`~ivlens.patching.PatchSpec` (with the source model's note)."""
+    costs = patch_costs([], s.task, s.subtask, layers=s.layers, positions=s.positions, samples=s.samples,
                         mode=s.mode, target=s.target, fmt=s.format, chunk_size=s.chunk_size, batch_size=s.batch_size,
                         seed=s.seed, dtype=s.dtype, device=s.device, memory_budget=s.memory_budget,
                         figures=s.figures, split=s.split, score=s.score, infos=infos,
                         linear_estimate=s.linear_estimate, screen=s.screen, remote=s.remote)
-    if s.source_model and plans:
-        plans[0].notes.append(f"IVs from {s.source_model}: one more model in memory, one source run")
-    return plans
+    if s.source_model and costs:
+        costs[0].notes.append(f"IVs from {s.source_model}: one more model in memory, one source run")
+    return costs
 

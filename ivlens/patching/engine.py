@@ -42,10 +42,10 @@ residual: after every layer ``l ∈ S``, ``resid_post[l][p : p + span] += v[l]``
 ``p``; ``ivlens steer`` passes ``α · v`` as the "IVs"). Everything above holds unchanged (a row still equals the
 clean run up to ``l0`` and before ``p``), except the last-position identity, which needs a replacement.
 
-**Planning apart from running.** The plan (deduplication, groups, tries) is :mod:`ivlens.patching.trie`'s: index
-arithmetic on the row specs alone (no tensors). Its :func:`~ivlens.patching.trie.plan_work` builds the same groups
-and tries and returns the :class:`EngineStats` the engine will report, so cost estimates reuse the engine's plan;
-this module executes them (forward passes).
+**Scheduling apart from running.** The schedule (deduplication, groups, tries) is :mod:`ivlens.patching.trie`'s:
+index arithmetic on the row specs alone (no tensors). Its :func:`~ivlens.patching.trie.scheduled_work` builds the
+same groups and tries and returns the :class:`EngineStats` the engine will report, so cost estimates reuse the
+engine's schedule; this module executes them (forward passes).
 
 **Devices.** Each layer runs on its own parameters' device (a model spread with accelerate's
 ``device_map="auto"``): states, masks, caches, rotary embeddings and IVs move to it; metrics are computed on the
@@ -66,7 +66,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ivlens.estimate.plans import metric_bytes, trie_state_bytes
+from ivlens.estimate.costs import metric_bytes, trie_state_bytes
 from ivlens.models.adapters import ArchitectureAdapter, PrefixCache, resid_at
 from ivlens.tasks.prompts import Batch, pad_left
 
@@ -79,7 +79,7 @@ from .trie import (
     TrieGroup,
     count_group,
     dedup_rows,
-    plan_groups,
+    schedule_groups,
     states_per_layer,
 )
 
@@ -245,7 +245,7 @@ def _d_mlp(adapter: ArchitectureAdapter) -> int:
 
 def row_bytes(adapter: ArchitectureAdapter, n_keys: int, n_query: int) -> int:
     """Peak bytes one trie state (one row of a group) holds during one layer call with ``n_query`` recomputed
-    positions attending to ``n_keys`` keys (:func:`ivlens.estimate.plans.trie_state_bytes`, with the adapter's
+    positions attending to ``n_keys`` keys (:func:`ivlens.estimate.costs.trie_state_bytes`, with the adapter's
     sizes and the weights' element size)."""
     return trie_state_bytes(adapter.d_model, adapter.n_heads, adapter.n_kv_heads, adapter.d_head, _d_mlp(adapter),
                             n_keys, n_query, adapter.embed.weight.element_size())
@@ -258,7 +258,7 @@ def kv_row_bytes(adapter: ArchitectureAdapter, n_tokens: int) -> int:
 
 
 def metric_row_bytes(adapter: ArchitectureAdapter) -> int:
-    """Peak bytes of one row's unembedding and metric reduction (:func:`ivlens.estimate.plans.metric_bytes`, at
+    """Peak bytes of one row's unembedding and metric reduction (:func:`ivlens.estimate.costs.metric_bytes`, at
     the unembedding's element size)."""
     return metric_bytes(adapter.d_vocab, adapter.d_model, adapter.unembed.weight.element_size())
 
@@ -312,7 +312,7 @@ def _execute(adapter: ArchitectureAdapter, clean: CleanRun, ivs: torch.Tensor, r
     np.add.at(done, where, 1)
     ivs = ivs.to(dtype=clean.resid[0].dtype)
     per_layer_ivs: dict[int, torch.Tensor] = {}
-    for g in plan_groups(keys, clean.lengths, L, cap):
+    for g in schedule_groups(keys, clean.lengths, L, cap):
         new_kv: list | None = [] if record_kv else None
         h = _run_group(adapter, clean, ivs, g, per_layer_ivs, tail, edit, new_kv)  # [n_states, (tail,) d_model]
         targets = np.array([keys[u][0] for u in g.members], dtype=np.int64)

@@ -103,13 +103,14 @@ def plot_linearity(table: pd.DataFrame, path: str | Path) -> Path:
 
 
 def strongest_markdown(top: pd.DataFrame) -> str:
-    """The strongest sets as a Markdown table (model, position, layers, mean ± sem, IA, accuracy)."""
-    lines = ["| model | position | layers | mean effect | s.e.m. | IA | accuracy (top-1) "
+    """The strongest sets as a Markdown table (model, position, layers, mean ± sem, ``ia_top1``,
+    accuracy)."""
+    lines = ["| model | position | layers | mean effect | s.e.m. | IA (top-1) | accuracy (top-1) "
              "| accuracy within label space |",
              "|---|---|---|---|---|---|---|---|"]
     for r in top.itertuples():
         lines.append(f"| {r.model} | {r.position} | {r.layers} | {r.mean:.3f} | {r.sem:.3f} | "
-                     f"{r.ia:.2f} | {r.acc_top1:.2f} | {r.acc_space:.2f} |")
+                     f"{r.ia_top1:.2f} | {r.acc_top1:.2f} | {r.acc_space:.2f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -276,13 +276,13 @@ def _additivity_row(x: pd.DataFrame) -> dict:
 
 
 def single_layer_effects(rows: pd.DataFrame, effect: str = "delta_logit_vs_target") -> pd.DataFrame:
-    """Mean, standard error, IA and accuracy of single-layer patches per (model, position, layer), and
+    """Mean, standard error, ``ia_top1`` and accuracy of single-layer patches per (model, position, layer), and
     ``zero_by_construction``: no later computation reads the patch on any sample (its effect is 0 by construction,
     :mod:`ivlens.patching.reach`), so no summary may rank the layer."""
     s = rows[rows.set_size == 1]
     keys = [*GROUP, "first_layer"]
     g = s.groupby(keys, sort=False)
-    out = g.agg(mean=(effect, "mean"), sem=(effect, "sem"), n=(effect, "size"), ia=("ia", "mean"),
+    out = g.agg(mean=(effect, "mean"), sem=(effect, "sem"), n=(effect, "size"), ia_top1=("ia_top1", "mean"),
                 acc_top1=("acc_top1", "mean"), acc_space=("acc_space", "mean"))
     out["zero_by_construction"] = zero_by_construction(s, keys)
     out = out.reset_index().rename(columns={"first_layer": "layer"})
@@ -301,11 +301,11 @@ def strongest_single_layer(singles: pd.DataFrame) -> pd.DataFrame:
 
 
 def strongest_sets(rows: pd.DataFrame, effect: str = "delta_logit_vs_target", k: int = 10) -> pd.DataFrame:
-    """The ``k`` layer sets with the largest mean effect per (model, position), with IA and accuracy after patching;
-    sets whose effect is 0 by construction (no later computation reads the patch) are not ranked."""
+    """The ``k`` layer sets with the largest mean effect per (model, position), with ``ia_top1`` and accuracy after
+    patching; sets whose effect is 0 by construction (no later computation reads the patch) are not ranked."""
     keys = [*GROUP, "layers", "set_size"]
     g = rows.groupby(keys, sort=False)
-    t = g.agg(mean=(effect, "mean"), sem=(effect, "sem"), ia=("ia", "mean"),
+    t = g.agg(mean=(effect, "mean"), sem=(effect, "sem"), ia_top1=("ia_top1", "mean"),
               acc_top1=("acc_top1", "mean"), acc_space=("acc_space", "mean"))
     t = t[~zero_by_construction(rows, keys).reindex(t.index).to_numpy()].reset_index()
     t = t.sort_values([*GROUP, "mean"], ascending=[True, True, False])

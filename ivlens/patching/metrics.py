@@ -4,8 +4,9 @@ For a row with logits ``z`` and label token ``y`` (the first token of the instru
 
 - ``logit = z[y]``; ``prob = softmax(z)[y]``;
 - ``rank = 1 + #{v : z[v] > z[y]}`` (1 = top-1; ties count in the label's favour); ``rr = 1 / rank``;
-- ``ia``: ``argmax_v z[v] ∈ S``, the top-1 token is the first token of some answer in the subtask's label space
-  ``S`` (the paper's instruction-following accuracy, IA: the model does the instructed subtask);
+- ``ia_top1``: ``argmax_v z[v] ∈ S``, the top-1 token is the first token of some answer in the subtask's label space
+  ``S`` (the top-1 form of the paper's instruction-following accuracy, IA: the model does the instructed subtask;
+  eval's ``ia`` is the generated answer's);
 - ``acc_top1``: ``argmax_v z[v] == y`` (plain accuracy: the top-1 token is the right answer's);
 - ``acc_space``: ``argmax_{v in S} z[v] == y`` (the right answer wins within the label space);
 - ``logit_diff = z[y] − z[y_alt]`` where an alternative label exists (the other subtask's answer).
@@ -13,7 +14,7 @@ For a row with logits ``z`` and label token ``y`` (the first token of the instru
 **Answer-level scoring** (``score="answer"``): each candidate label ``c`` (every subtask's label space) is scored
 by its teacher-forced log-probability ``s_c = Σ_i log p(c_i | prompt, c_<i)`` (:func:`continuation_logprobs`),
 and :func:`answer_metrics` gives the same columns on those scores: ``logit = s_y``, ``prob = exp(s_y)``,
-``rank = 1 + #{c : s_c > s_y}``, ``top1`` the best candidate's index, ``ia`` whether it lies in ``S``, and so
+``rank = 1 + #{c : s_c > s_y}``, ``top1`` the best candidate's index, ``ia_top1`` whether it lies in ``S``, and so
 on. Labels that share their first token (numbers with many tokenizers) are told apart only this way.
 
 Deltas compare a patched row with the target-only run (``*_vs_target``) and with the instructed run
@@ -39,8 +40,8 @@ def label_metrics(logits: torch.Tensor, label: torch.Tensor, alt: torch.Tensor |
         space: ``[k]`` token ids of the label space's first tokens, or ``None``.
 
     Returns:
-        ``logit, prob, rr, logit_diff: [rows]`` float, ``rank, top1: [rows]`` int64, ``ia, acc_top1, acc_space: [rows]``
-        bool (``logit_diff`` NaN without ``alt``; ``ia`` and ``acc_space`` False without ``space``).
+        ``logit, prob, rr, logit_diff: [rows]`` float, ``rank, top1: [rows]`` int64, ``ia_top1, acc_top1, acc_space:
+        [rows]`` bool (``logit_diff`` NaN without ``alt``; ``ia_top1`` and ``acc_space`` False without ``space``).
     """
     z = logits.float()
     rows = torch.arange(z.shape[0], device=z.device)
@@ -61,10 +62,10 @@ def label_metrics(logits: torch.Tensor, label: torch.Tensor, alt: torch.Tensor |
     if space is not None and space.numel():
         zs = z[:, space]  # [rows, k]
         out["acc_space"] = space[zs.argmax(-1)] == label
-        out["ia"] = torch.isin(top1, space)
+        out["ia_top1"] = torch.isin(top1, space)
     else:
         out["acc_space"] = torch.zeros_like(label, dtype=torch.bool)
-        out["ia"] = torch.zeros_like(label, dtype=torch.bool)
+        out["ia_top1"] = torch.zeros_like(label, dtype=torch.bool)
     return out
 
 
@@ -99,7 +100,7 @@ def answer_metrics(scores: torch.Tensor, label: torch.Tensor, alt: torch.Tensor 
 
     Returns:
         ``logit`` (the label's log-probability), ``prob, rr, logit_diff: [rows]`` float; ``rank`` (1 + candidates
-        scored strictly higher), ``top1`` (index of the best candidate): ``[rows]`` int64; ``ia`` (the best
+        scored strictly higher), ``top1`` (index of the best candidate): ``[rows]`` int64; ``ia_top1`` (the best
         candidate lies in the label space), ``acc_top1`` (the best candidate is the label), ``acc_space`` (the label
         is the best candidate within the label space): ``[rows]`` bool.
     """
@@ -111,7 +112,7 @@ def answer_metrics(scores: torch.Tensor, label: torch.Tensor, alt: torch.Tensor 
     in_space = torch.ones(z.shape[1], dtype=torch.bool, device=z.device) if space is None else space.to(z.device)
     best_in_space = z.masked_fill(~in_space, float("-inf")).max(-1).indices
     out = {"logit": zy, "prob": zy.exp(), "rank": rank, "rr": 1.0 / rank.float(), "top1": top1,
-           "acc_top1": top1 == label, "acc_space": best_in_space == label, "ia": in_space[top1]}
+           "acc_top1": top1 == label, "acc_space": best_in_space == label, "ia_top1": in_space[top1]}
     if alt is not None:
         has = alt >= 0
         out["logit_diff"] = torch.where(has, zy - z[rows, alt.clamp(min=0)], torch.full_like(zy, float("nan")))

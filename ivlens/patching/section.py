@@ -233,8 +233,9 @@ def patching_section(ctx: Context) -> h.Section | None:
         if run.has("strongest_sets"):
             top = run.table("strongest_sets")
             top = top.groupby(["model", "position"], sort=False).head(3)
-            s.add(h.table(top, "The strongest layer sets (top 3 per model and position): mean effect, IA, accuracy "
-                               "of the top-1 token and within the label space.", ctx.data(run, "strongest_sets")))
+            s.add(h.table(top, "The strongest layer sets (top 3 per model and position): mean effect, IA and "
+                               "accuracy of the top-1 token (ia_top1, acc_top1) and accuracy within the label "
+                               "space.", ctx.data(run, "strongest_sets")))
     return s
 
 

@@ -44,7 +44,7 @@ class PatchSpec(RemoteSpec):
     batch_size: int | None = Field(None, gt=0, description="Rows per bounded trie of batched layer calls (default: "
                                                            "from --memory-budget).")
     memory_budget: MemoryBudgetField = None
-    chunk_size: int = Field(25, gt=0, description="Samples per result shard (the unit of --resume).")
+    chunk_size: int = Field(25, gt=0, description="Samples per unit file (the unit of --resume and --shard).")
     seed: SampleSeedField = 0
     effect: str = Field("delta_logit_vs_target", description="Effect column for interactions and figures.")
     correction: Correction = Field("holm", description="Multiple-comparison correction.")

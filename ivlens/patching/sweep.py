@@ -18,7 +18,7 @@ share their first token (numbers with many tokenizers), where first-token metric
 In both modes the *instructed run* is subtask A's instructed prompt and the *target-only run* the unpatched target.
 With ``source_model`` the IVs come from another checkpoint of the same shape.
 
-Results stream to a run directory as Parquet shards, one per (model, chunk of samples), written atomically after
+Results stream to a run directory as Parquet unit files, one per (model, chunk of samples), written atomically after
 the chunk finishes; a resumed sweep skips finished chunks, so it ends with exactly the rows of an uninterrupted run
 (the chunks are the units of work of :mod:`ivlens.units`).
 """
@@ -402,14 +402,14 @@ def _screen(run: RunDir | None, key: str, terms: FirstOrder, prompts: list[Sampl
     """The model's ranking of every set (:func:`ivlens.patching.screen.screen_table`): the run's, when a resumed
     run has it, else computed from ``terms`` (of ``prompts``, every sample) and written (before any chunk, so the
     chunks run the same sets)."""
-    if run is not None and run.has_shard(SCREEN, key):
-        return pd.read_parquet(run.shard_path(SCREEN, key))
+    if run is not None and run.has_unit_file(SCREEN, key):
+        return pd.read_parquet(run.unit_file_path(SCREEN, key))
     eff = estimated_effect(effect)
     is_last = np.array([[t == len(p.target) - 1 for t in p.positions] for p in prompts], dtype=bool)
     est = run_estimates(getattr(terms, ESTIMATED[eff][2]), plan.layer_sets, is_last)  # [samples, positions, sets]
     table = screen_table(est, plan.layer_sets, plan.positions, k, model, eff)
     if run is not None:
-        run.write_shard(SCREEN, key, table)
+        run.write_unit_file(SCREEN, key, table)
     return table
 
 
@@ -540,8 +540,8 @@ def patch_sweep(models: LoadedModel | str | Sequence[LoadedModel | str], task: T
         memory_budget: bytes (or ``"4GB"``, ``"512MiB"``) of working memory beyond the weights; ``None``: the
             default of :func:`ivlens.budget.resolve_memory_budget` for the model's device. Sizes the groups, the
             unembedding sub-batches and the samples per engine pass; results do not depend on it.
-        chunk_size: samples per shard (the unit of streaming and of ``--resume``).
-        run: a :class:`~ivlens.runs.RunDir` to stream shards to (and to resume from); ``None`` keeps results in memory.
+        chunk_size: samples per unit file (the unit of streaming, of ``--resume`` and of ``--shard``).
+        run: a :class:`~ivlens.runs.RunDir` to stream unit files to (and to resume from); ``None`` keeps results in memory.
         backend: ``torch`` (the fast layer-level engine) or ``nnsight`` (whole batched forwards through nnsight
             envoys: slower, remote-ready; same results).
         score: ``first-token`` (the label's first token at the last position) or ``answer`` (every candidate label
@@ -560,7 +560,7 @@ def patch_sweep(models: LoadedModel | str | Sequence[LoadedModel | str], task: T
 
     Returns:
         :class:`SweepResult`. ``rows`` columns: model, source_model, task, subtask, mode, target, sample, query,
-        label, position, pos_index, layers, set_size, first_layer, logit, prob, rank, rr, logit_diff, top1, ia,
+        label, position, pos_index, layers, set_size, first_layer, logit, prob, rank, rr, logit_diff, top1, ia_top1,
         acc_top1, acc_space and ``delta_<metric>_vs_{target,instructed}``; with the linear estimate on also
         ``linear_estimate``, ``nonlinearity`` (of ``delta_logit_vs_target``) and ``linear_estimate_logit_diff``,
         ``nonlinearity_logit_diff`` (of ``delta_logit_diff_vs_target``; NaN without an alternative label).

@@ -1,13 +1,14 @@
-"""The patching engine's planner: which rows are distinct computations and how they share work, from the row
-specs alone (no model, no tensors; numpy index arrays).
+"""The patching engine's scheduler: which rows are distinct computations, how they share work and in which order
+they run (the schedule), from the row specs alone (no model, no tensors; numpy index arrays).
 
 :func:`dedup_rows` validates the rows and keeps one per distinct computation (at the last position a replaced set
-counts as its highest layer alone); :func:`plan_groups` sorts them by suffix length ``s = T − p`` and by
+counts as its highest layer alone); :func:`schedule_groups` sorts them by suffix length ``s = T − p`` and by
 ``(target, source, span, layer set)``, cuts them into groups of at most ``G`` rows made of whole subtrees, and
-plans each group as a trie over layer sets (:class:`TrieGroup`: per layer, which states run, which continue which,
-which get which source's vector); :func:`plan_work` counts the work the engine will do for a list of rows, so cost
-estimates reuse the engine's plan. Why the trie is exact and what it saves: :mod:`ivlens.patching.engine`, which
-executes these plans (forward passes).
+schedules each group as a trie over layer sets (:class:`TrieGroup`: per layer, which states run, which continue
+which, which get which source's vector); :func:`scheduled_work` counts the work the engine will do for a list of
+rows, so cost estimates reuse the engine's schedule. Why the trie is exact and what it saves:
+:mod:`ivlens.patching.engine`, which executes these schedules (forward passes). (A sweep's *plan*, the layer sets
+and positions it computes, is :mod:`ivlens.patching.plan`'s.)
 
 Shapes: ``rows`` counts patch configurations; a group's arrays are indexed by its members (unique rows) or its
 trie states.
@@ -227,9 +228,9 @@ def states_per_layer(g: TrieGroup) -> list[np.ndarray]:
     return out
 
 
-def plan_groups(keys: list[RowKey], lengths: Sequence[int], n_layers: int,
-                 group_rows: int | Callable[[int], int]) -> Iterator[TrieGroup]:
-    """Groups of every suffix length (shortest first), each planned as a trie, lazily (one in memory at a time)."""
+def schedule_groups(keys: list[RowKey], lengths: Sequence[int], n_layers: int,
+                    group_rows: int | Callable[[int], int]) -> Iterator[TrieGroup]:
+    """Groups of every suffix length (shortest first), each scheduled as a trie, lazily (one in memory at a time)."""
     by_s: dict[int, list[int]] = {}
     for u, key in enumerate(keys):
         by_s.setdefault(lengths[key[0]] - key[3], []).append(u)
@@ -241,8 +242,9 @@ def plan_groups(keys: list[RowKey], lengths: Sequence[int], n_layers: int,
             yield _group_trie(keys, g, s, n_layers)
 
 
-def plan_work(rows: Sequence[RowSpec], lengths: Sequence[int], n_layers: int, *,
-              group_rows: int | Callable[[int], int], edit: Edit = "replace", continued: bool = False) -> EngineStats:
+def scheduled_work(rows: Sequence[RowSpec], lengths: Sequence[int], n_layers: int, *,
+                   group_rows: int | Callable[[int], int], edit: Edit = "replace",
+                   continued: bool = False) -> EngineStats:
     """The work the engine will do for ``rows``, counted without running anything (no tensors).
 
     Args:
@@ -263,13 +265,13 @@ def plan_work(rows: Sequence[RowSpec], lengths: Sequence[int], n_layers: int, *,
         groups`` exactly as the engine reports them for these rows (``baseline_evals`` 0: clean and source runs
         are the caller's: ``n_layers × Σ tokens`` each).
 
-    >>> st = plan_work([RowSpec(0, 0, (1, 3), 0)], lengths=[5], n_layers=6, group_rows=1024)
+    >>> st = scheduled_work([RowSpec(0, 0, (1, 3), 0)], lengths=[5], n_layers=6, group_rows=1024)
     >>> st.executed_evals, st.unembed_rows
     (20, 1)
     """
     keys, _where, minimal = dedup_rows(rows, lengths, n_layers, edit, continued)
     st = EngineStats(minimal_evals=minimal, rows=len(rows), unique_rows=len(keys))
-    for g in plan_groups(keys, lengths, n_layers, group_rows):
+    for g in schedule_groups(keys, lengths, n_layers, group_rows):
         count_group(g, st)
     return st
 

@@ -6,13 +6,14 @@ residual after decoder layer ``l`` at the instruction's last token. Prompts are 
 read-out, :func:`read_resid` (forward hooks that keep only the T_inst column of each row, so a batch never holds
 more than ``[layer, batch, d_model]`` of activations; the same read-out as an nnsight trace with ``--remote``).
 
-Storage (streamed, one shard per batch, so a large set is never held twice in memory)::
+Storage (streamed, one unit file per batch, so a large set is never held twice in memory; a unit file keeps its
+``shard-`` file name, which runs written before the name changed have)::
 
     <run>/ivs/<model>/labels.parquet            one row per instruction (task, subtask, split, t_inst, ...)
     <run>/ivs/<model>/shard-00000.safetensors   "resid": [layer, batch, d_model] float32, "rows": [batch]
     <run>/ivs/<model>/meta.json                 layers, d_model, n, model description
 
-:func:`load_layer` reads one layer back from the shards (memory-mapped slices), ``X: [n, d_model]``.
+:func:`load_layer` reads one layer back from the unit files (memory-mapped slices), ``X: [n, d_model]``.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from .instructions import InstructionRow
 log = logging.getLogger(__name__)
 
 #: the file of one batch's IVs (one unit of work, :mod:`ivlens.units`), by the batch's zero-padded number
-SHARD = "shard-{key}.safetensors"
+UNIT_FILE = "shard-{key}.safetensors"
 
 
 def read_resid(loaded: LoadedModel, batch: Batch, columns: Sequence[int], layers: Sequence[int]) -> torch.Tensor:
@@ -105,7 +106,8 @@ class IVStore:
         meta = self.meta
         return -(-meta["n"] // meta["batch_size"])
 
-    def shards(self) -> list[Path]:
+    def unit_files(self) -> list[Path]:
+        """The collection's unit files, one per batch, in batch order."""
         return sorted(self.path.glob("shard-*.safetensors"))
 
     def load_layer(self, layer: int) -> np.ndarray:
@@ -121,8 +123,8 @@ def load_layer(path: str | Path, layer: int) -> np.ndarray:
         raise KeyError(f"{path}: layer {layer} was not collected (collected: {meta['layers']})")
     k = meta["layers"].index(layer)
     X = np.empty((meta["n"], meta["d_model"]), dtype=np.float32)
-    for shard in sorted(path.glob("shard-*.safetensors")):
-        with safe_open(shard, framework="pt") as f:
+    for unit_file in sorted(path.glob("shard-*.safetensors")):
+        with safe_open(unit_file, framework="pt") as f:
             rows = f.get_tensor("rows").numpy()
             X[rows] = f.get_slice("resid")[k].numpy()  # [batch, d_model]: one layer's slice only
     return X
@@ -139,12 +141,12 @@ def collect_ivs(loaded: LoadedModel, rows: list[InstructionRow], out: str | Path
                 owns: Callable[[int], bool] | None = None) -> IVStore:
     """Run every instruction-only prompt and store its IVs at ``layers`` (default: all) under ``out``.
 
-    Batches are formed in row order; each is a unit of work (:mod:`ivlens.units`) written as one shard right away
-    (atomically), so with ``resume=True`` the shards already on disk are kept and only the missing batches run.
-    ``batch_size=None`` picks as many prompts per forward as fit ``memory_budget``
+    Batches are formed in row order; each is a unit of work (:mod:`ivlens.units`) written as one unit file right
+    away (atomically), so with ``resume=True`` the unit files already on disk are kept and only the missing batches
+    run. ``batch_size=None`` picks as many prompts per forward as fit ``memory_budget``
     (:func:`ivlens.estimate.model.forward_batch_size`; a resumed collection keeps the batch size it was started
-    with). ``owns(batch) -> bool``: collect only those batches (a shard,
-    :mod:`ivlens.sharding`; the labels and meta are written whole).
+    with). ``owns(batch) -> bool``: collect only those batches (a shard, :mod:`ivlens.sharding`; the labels and meta
+    are written whole).
 
     Returns:
         the :class:`IVStore` at ``out``.
@@ -175,16 +177,16 @@ def collect_ivs(loaded: LoadedModel, rows: list[InstructionRow], out: str | Path
     atomic_write_parquet(out / "labels.parquet", labels)
     atomic_write_json(out / "meta.json", meta)
 
-    def batch_shard(unit: Unit[range]) -> bytes:
+    def batch_unit_file(unit: Unit[range]) -> bytes:
         idx = unit.work
         batch = pad_left([prompts[i] for i in idx], tok.pad_token_id).to(loaded.device)
         cols = [batch.column(j, prompts[i].t_inst) for j, i in enumerate(idx)]
         resid = read_resid(loaded, batch, cols, layers)  # [layer, batch, d_model]
         return st_save({"resid": resid.contiguous(), "rows": torch.tensor(list(idx), dtype=torch.long)})
 
-    loop = UnitLoop(UnitFiles(out, SHARD), owns=owns)  # a unit: one batch (without resume, no shard is left)
+    loop = UnitLoop(UnitFiles(out, UNIT_FILE), owns=owns)  # a unit: one batch (without resume, none is left)
     units = loop.number((f"{b:05d}", idx) for b, idx in enumerate(_batches(len(rows), batch_size)))
-    n_batches = loop.run(units, batch_shard)
+    n_batches = loop.run(units, batch_unit_file)
     log.info("%s: %d instruction vectors at %d layers (%d new batches) in %s", loaded.name, len(rows),
              len(layers), n_batches, out)
     return IVStore(out)

@@ -1,6 +1,6 @@
-"""``ivlens probe --dry-run``: the plan of a probing run from the models' configs and prompt lengths (no weights
-loaded), with each probe's fit timed by its cost model (:func:`ivlens.probing.cost.probe_layer_latency`). The
-registry's plan is :func:`probe_spec_plans`; printing is :mod:`ivlens.dry_run`'s."""
+"""``ivlens probe --dry-run``: the cost estimate of a probing run from the models' configs and prompt lengths (no
+weights loaded), with each probe's fit timed by its cost model (:func:`ivlens.probing.cost.probe_layer_latency`).
+The registry's cost estimate is :func:`probe_spec_costs`; printing is :mod:`ivlens.dry_run`'s."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from ivlens.estimate.inputs import model_infos, plan_budget, with_startup
+from ivlens.estimate.costs import CostEstimate, add_figures, probe_cost
+from ivlens.estimate.inputs import dry_run_budget, model_infos, with_startup
 from ivlens.estimate.model import ModelInfo
-from ivlens.estimate.plans import Plan, add_figures, probe_plan
 from ivlens.tasks import instruction_prompt
 
 from .collect import parse_layers
@@ -20,13 +20,13 @@ from .instructions import instruction_set, organism_heldout
 from .run import probe_specs
 
 
-def probe_plans(models: Sequence[str], tasks: Sequence[str], *, layers: str = "all", varying: str = "instructions",
+def probe_costs(models: Sequence[str], tasks: Sequence[str], *, layers: str = "all", varying: str = "instructions",
                 user_instructions: dict | None = None, fmt: str = "raw", batch_size: int | None = None,
                 folds: int = 5, max_per_subtask: int | None = None, dtype: str = "float32", device: str = "cpu",
-                memory_budget=None, infos: Sequence[ModelInfo] | None = None) -> list[Plan]:
-    """The plan of ``ivlens probe``, one per model."""
-    budget = plan_budget(memory_budget, device)
-    plans = []
+                memory_budget=None, infos: Sequence[ModelInfo] | None = None) -> list[CostEstimate]:
+    """The cost estimate of ``ivlens probe``, one per model."""
+    budget = dry_run_budget(memory_budget, device)
+    costs = []
     for info in infos or model_infos(models):
         held = organism_heldout(Path(info.path)) if Path(info.path).is_dir() else None
         rows = instruction_set(list(tasks), varying, user_instructions, held, max_per_subtask)
@@ -40,16 +40,16 @@ def probe_plans(models: Sequence[str], tasks: Sequence[str], *, layers: str = "a
         n_probes = len(specs)
         layer_seconds = sum(probe_layer_latency(int(mask.sum()), info.shape.d_model, len(names), groups is not None,
                                                 folds) for _, _, mask, _, groups, names in specs)
-        p = probe_plan(info.shape, lengths, n_layers, n_probes, dtype=dtype, batch_size=batch_size, budget=budget,
+        p = probe_cost(info.shape, lengths, n_layers, n_probes, dtype=dtype, batch_size=batch_size, budget=budget,
                        folds=folds, n_classes=len(classes), layer_seconds=layer_seconds, model=info.name)
-        add_figures(p, n_probes + 5 if not plans else 0)  # accuracy per probe, LDA, PCA, 3 similarity maps
-        plans.append(with_startup(p, info, dtype, not plans))
-    return plans
+        add_figures(p, n_probes + 5 if not costs else 0)  # accuracy per probe, LDA, PCA, 3 similarity maps
+        costs.append(with_startup(p, info, dtype, not costs))
+    return costs
 
 
-def probe_spec_plans(s, infos: Sequence[ModelInfo]) -> list[Plan]:
-    """:func:`probe_plans` of a :class:`~ivlens.probing.ProbeSpec`."""
-    return probe_plans([], list(s.tasks), layers=s.layers, varying=s.varying, user_instructions=dict(s.instructions),
+def probe_spec_costs(s, infos: Sequence[ModelInfo]) -> list[CostEstimate]:
+    """:func:`probe_costs` of a :class:`~ivlens.probing.ProbeSpec`."""
+    return probe_costs([], list(s.tasks), layers=s.layers, varying=s.varying, user_instructions=dict(s.instructions),
                        fmt=s.format, batch_size=s.batch_size, folds=s.folds, max_per_subtask=s.max_per_subtask,
                        dtype=s.dtype, device=s.device, memory_budget=s.memory_budget, infos=infos)
 

@@ -173,7 +173,7 @@ def probe_run(models: Sequence[str | LoadedModel], tasks: Sequence[str | Task], 
         max_per_subtask: use only the first N rephrasings of each file (quick runs).
         batch_size: prompts per forward of IV collection (``None``: as many as fit ``memory_budget``,
             ``--memory-budget``; default a safe share of free memory, :mod:`ivlens.budget`).
-        resume: keep the IV shards already in ``run`` (a killed run resumed; see :func:`collect_ivs`).
+        resume: keep the IV unit files already in ``run`` (a killed run resumed; see :func:`collect_ivs`).
         shard: ``"i/n"``: collect only that share of the batches (numbered model by model,
             :mod:`ivlens.sharding`) and stop before the probes (returns ``None``); ``ivlens merge`` finishes.
 

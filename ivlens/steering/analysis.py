@@ -1,17 +1,19 @@
 """From a steering table to dose-response curves and the comparison with patching (pure: tables in, tables out).
 
-- :func:`dose_response`: per (model, vector, position, layer, α) the mean and s.e.m. over samples of IA,
-  accuracy, the label's logit and its change against the unsteered query-only run: patching's columns and its
-  statistics (:func:`ivlens.patching.interactions.single_layer_effects` reports mean ± s.e.m. the same way).
-- :func:`best_per_layer`: per (model, layer) the steering configuration (vector, position, α) of highest IA.
-- :func:`compare_with_patching`: per (model, layer) the best steering IA against the best patching IA of the
-  single layer and of the best layer set (pair or triplet) containing the layer, with a paired t-test and a
-  Wilcoxon test (:func:`~ivlens.patching.interactions.paired_tests`), Holm- or BH-corrected over the layers of a
-  model, as patching corrects over its sets. Every column of a row is computed on the same queries: those both
-  runs share (``n``); a steering run of 10 queries against a patch run of 8 of them is compared on the 8, the
-  choice of the best configuration included. A layer without a single-layer patch (its effect is 0 by
-  construction) has no test: its p-values stay NaN, it is left out of the family the correction adjusts and has
-  no verdict.
+- :func:`dose_response`: per (model, vector, position, layer, α) the mean and s.e.m. over samples of
+  ``ia_top1`` (the top-1 token is in the label space), ``acc_top1``, the label's logit and its change against the
+  unsteered query-only run: patching's columns and its statistics
+  (:func:`ivlens.patching.interactions.single_layer_effects` reports mean ± s.e.m. the same way).
+- :func:`best_per_layer`: per (model, layer) the steering configuration (vector, position, α) of highest
+  ``ia_top1``.
+- :func:`compare_with_patching`: per (model, layer) the best steering ``ia_top1`` against the best patching
+  ``ia_top1`` of the single layer and of the best layer set (pair or triplet) containing the layer, with a paired
+  t-test and a Wilcoxon test (:func:`~ivlens.patching.interactions.paired_tests`), Holm- or BH-corrected over the
+  layers of a model, as patching corrects over its sets. Every column of a row is computed on the same queries:
+  those both runs share (``n``); a steering run of 10 queries against a patch run of 8 of them is compared on the 8,
+  the choice of the best configuration included. A layer without a single-layer patch (its effect is 0 by
+  construction) has no test: its p-values stay NaN, it is left out of the family the correction adjusts and has no
+  verdict.
 
 The best configuration is chosen on the same samples it is tested on, on both sides (steering chooses among
 vectors × positions × α, patching among positions); the test therefore favours the side with more choices,
@@ -32,7 +34,7 @@ from ivlens.specs import Correction
 log = logging.getLogger(__name__)
 
 KEYS = ["model", "vector", "position", "layer", "alpha"]
-METRICS = ("ia", "acc_top1", "logit", "delta_logit_vs_target")
+METRICS = ("ia_top1", "acc_top1", "logit", "delta_logit_vs_target")
 
 
 def dose_response(rows: pd.DataFrame) -> pd.DataFrame:
@@ -49,33 +51,33 @@ def dose_response(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def best_per_layer(dose: pd.DataFrame) -> pd.DataFrame:
-    """The configuration of highest mean IA per (model, layer) (ties: larger logit change, then smaller α), among
-    those whose effect is not 0 by construction (an unread edit keeps the unsteered IA, which is no finding); a
-    layer with no other configuration has no row."""
+    """The configuration of highest mean ``ia_top1`` per (model, layer) (ties: larger logit change, then smaller α),
+    among those whose effect is not 0 by construction (an unread edit keeps the unsteered ``ia_top1``, which is no
+    finding); a layer with no other configuration has no row."""
     if "zero_by_construction" in dose:
         dose = dose[~dose.zero_by_construction.astype(bool)]
-    d = dose.sort_values(["model", "layer", "ia", "delta_logit_vs_target", "alpha"],
+    d = dose.sort_values(["model", "layer", "ia_top1", "delta_logit_vs_target", "alpha"],
                          ascending=[True, True, False, False, True])
     return d.groupby(["model", "layer"], sort=False).head(1).reset_index(drop=True)
 
 
 def _best_patch(patch: pd.DataFrame, layer: int, sets: bool) -> tuple[str, str, float, float] | None:
-    """``(layers, position, mean IA, mean accuracy)`` of the best single-layer patch at ``layer`` by IA (or, with
-    ``sets``, the best pair or triplet containing it), or ``None`` when the table has none; patches whose effect
-    is 0 by construction are not candidates."""
+    """``(layers, position, mean ia_top1, mean acc_top1)`` of the best single-layer patch at ``layer`` by
+    ``ia_top1`` (or, with ``sets``, the best pair or triplet containing it), or ``None`` when the table has none;
+    patches whose effect is 0 by construction are not candidates."""
     sizes = patch.set_size > 1 if sets else patch.set_size == 1
     has = patch.layers.astype(str).str.split(",").apply(lambda s: str(layer) in s)
     p = patch[sizes & has]
     if p.empty:
         return None
     unread = zero_by_construction(p, ["layers", "position"])
-    m = p.groupby(["layers", "position"], sort=False)[["ia", "acc_top1"]].mean()
+    m = p.groupby(["layers", "position"], sort=False)[["ia_top1", "acc_top1"]].mean()
     m = m[~unread.reindex(m.index).to_numpy()]
     if m.empty:
         return None
-    m = m.sort_values("ia", ascending=False, kind="stable")
-    (layers, position), ia, acc = m.index[0], float(m.ia.iloc[0]), float(m.acc_top1.iloc[0])
-    return layers, position, ia, acc
+    m = m.sort_values("ia_top1", ascending=False, kind="stable")
+    (layers, position), ia_top1, acc = m.index[0], float(m.ia_top1.iloc[0]), float(m.acc_top1.iloc[0])
+    return layers, position, ia_top1, acc
 
 
 def shared_samples(steer: pd.DataFrame, patch: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -93,25 +95,25 @@ def shared_samples(steer: pd.DataFrame, patch: pd.DataFrame) -> tuple[pd.DataFra
 
 def compare_with_patching(steer: pd.DataFrame, patch: pd.DataFrame, *, correction: Correction = "holm",
                           alpha: float = 0.05) -> pd.DataFrame:
-    """Best steering IA against best patching IA per (model, layer), on the samples both tables share; see the
-    module docstring.
+    """Best steering ``ia_top1`` against best patching ``ia_top1`` per (model, layer), on the samples both tables
+    share; see the module docstring.
 
     Args:
         steer: a steering table (rows of :func:`ivlens.steering.sweep.steer_sweep`).
         patch: a patch table of the same task, subtask, target and format (``ivlens patch`` rows).
 
     Returns:
-        one row per (model, layer), every column computed on the ``n`` samples both tables share: ``steer_ia``
-        and its configuration (``steer_vector``, ``steer_position``, ``steer_alpha``, chosen on those samples)
-        with its accuracy ``steer_acc``, and ``steer_best_acc`` (the best accuracy of any configuration at the
-        layer: IA counts any answer in the label space, accuracy the instructed one); ``patch_ia`` /
-        ``patch_acc`` / ``patch_position`` (single layer), ``set_ia`` / ``set_acc`` / ``set_layers`` /
-        ``set_position`` (best set containing the layer), ``diff`` (steer − single-layer patch), ``p_t``,
-        ``p_wilcoxon`` and the corrected ``p_t_adj``, and ``verdict``: ``falls short`` / ``exceeds``
+        one row per (model, layer), every column computed on the ``n`` samples both tables share:
+        ``steer_ia_top1`` and its configuration (``steer_vector``, ``steer_position``, ``steer_alpha``, chosen on
+        those samples) with its accuracy ``steer_acc``, and ``steer_best_acc`` (the best accuracy of any
+        configuration at the layer: ``ia_top1`` counts any answer in the label space, accuracy the instructed one);
+        ``patch_ia_top1`` / ``patch_acc`` / ``patch_position`` (single layer), ``set_ia_top1`` / ``set_acc`` /
+        ``set_layers`` / ``set_position`` (best set containing the layer), ``diff`` (steer − single-layer patch),
+        ``p_t``, ``p_wilcoxon`` and the corrected ``p_t_adj``, and ``verdict``: ``falls short`` / ``exceeds``
         (significantly below / above the single-layer patch after correction) or ``no significant difference``;
         a layer without a single-layer patch, or where the test is undefined (fewer than 2 shared samples, or the
-        same IA on every one: :func:`~ivlens.patching.interactions.paired_tests`), has NaN p-values (left out of
-        the correction) and no verdict.
+        same ``ia_top1`` on every one: :func:`~ivlens.patching.interactions.paired_tests`), has NaN p-values (left
+        out of the correction) and no verdict.
     """
     steer, patch = shared_samples(steer, patch)
     n_shared = steer.groupby("model")["sample"].nunique()
@@ -123,19 +125,19 @@ def compare_with_patching(steer: pd.DataFrame, patch: pd.DataFrame, *, correctio
         pm = patch[patch.model == r.model]
         single = _best_patch(pm, r.layer, sets=False)
         multi = _best_patch(pm, r.layer, sets=True)
-        rec = {"model": r.model, "layer": r.layer, "steer_ia": r.ia, "steer_acc": r.acc_top1,
+        rec = {"model": r.model, "layer": r.layer, "steer_ia_top1": r.ia_top1, "steer_acc": r.acc_top1,
                "steer_best_acc": float(best_acc[r.model, r.layer]), "steer_vector": r.vector,
                "steer_position": r.position, "steer_alpha": r.alpha,
-               "patch_ia": single[2] if single else np.nan, "patch_acc": single[3] if single else np.nan,
+               "patch_ia_top1": single[2] if single else np.nan, "patch_acc": single[3] if single else np.nan,
                "patch_position": single[1] if single else None,
-               "set_ia": multi[2] if multi else np.nan, "set_acc": multi[3] if multi else np.nan,
+               "set_ia_top1": multi[2] if multi else np.nan, "set_acc": multi[3] if multi else np.nan,
                "set_layers": multi[0] if multi else None, "set_position": multi[1] if multi else None,
                "n": int(n_shared[r.model]), "diff": np.nan, "p_t": np.nan, "p_wilcoxon": np.nan}
         if single:
             s = steer[(steer.model == r.model) & (steer.layer == r.layer) & (steer.vector == r.vector)
-                      & (steer.position == r.position) & (steer.alpha == r.alpha)].groupby("sample").ia.mean()
+                      & (steer.position == r.position) & (steer.alpha == r.alpha)].groupby("sample").ia_top1.mean()
             p = pm[(pm.set_size == 1) & (pm.layers.astype(str) == str(r.layer))
-                   & (pm.position == single[1])].groupby("sample").ia.mean()
+                   & (pm.position == single[1])].groupby("sample").ia_top1.mean()
             shared = s.index.intersection(p.index)
             t = paired_tests(s[shared].to_numpy(float), p[shared].to_numpy(float))
             rec.update(n=len(shared), diff=t["mean_interaction"], p_t=t["p_t"], p_wilcoxon=t["p_wilcoxon"])

@@ -1,17 +1,17 @@
-"""``ivlens steer --dry-run``: the plan of a steering sweep from the models' configs and prompt lengths (no weights
-loaded), with the patching engine's own count of the additive rows (the registry's plan: :func:`steer_plans`;
-printing is :mod:`ivlens.dry_run`'s)."""
+"""``ivlens steer --dry-run``: the cost estimate of a steering sweep from the models' configs and prompt lengths (no
+weights loaded), with the patching engine's own count of the additive rows (the registry's cost estimate:
+:func:`steer_costs`; printing is :mod:`ivlens.dry_run`'s)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ivlens.estimate.costs import CostEstimate, TargetShape, add_figures, patch_cost
 from ivlens.estimate.flops import prompt_flops
-from ivlens.estimate.inputs import chosen_samples, model_infos, plan_budget, with_startup
+from ivlens.estimate.inputs import chosen_samples, dry_run_budget, model_infos, with_startup
 from ivlens.estimate.model import ModelInfo
-from ivlens.estimate.plans import PatchTarget, Plan, add_figures, patch_plan
 from ivlens.patching.sweep import starts_with_bos
-from ivlens.patching.trie import RowSpec, plan_work
+from ivlens.patching.trie import RowSpec, scheduled_work
 from ivlens.probing.collect import parse_layers
 from ivlens.probing.instructions import instruction_set
 from ivlens.tasks import instructed_prompt, instruction_prompt, load_task, query_prompt
@@ -20,17 +20,17 @@ from .plan import parse_steer_positions, resolve_span
 from .vectors import parse_alphas, parse_vectors
 
 
-def steer_plans(spec, infos: Sequence[ModelInfo] | None = None) -> list[Plan]:
-    """The plan of ``ivlens steer`` for a :class:`~ivlens.specs.SteerSpec`, one per model: patching's plan
-    (:func:`ivlens.estimate.plans.patch_plan`) with the engine's own count of the additive rows
-    (:func:`ivlens.patching.trie.plan_work` with ``edit="add"``), plus the IV collection of the vectors."""
+def steer_costs(spec, infos: Sequence[ModelInfo] | None = None) -> list[CostEstimate]:
+    """The cost estimate of ``ivlens steer`` for a :class:`~ivlens.specs.SteerSpec`, one per model: patching's
+    (:func:`ivlens.estimate.costs.patch_cost`) with the engine's own count of the additive rows
+    (:func:`ivlens.patching.trie.scheduled_work` with ``edit="add"``), plus the IV collection of the vectors."""
     t = load_task(spec.task)
     sub = t.subtask(spec.subtask or t.subtask_names[0])
     n_src = len(parse_vectors(spec.vectors)) * len(parse_alphas(spec.alphas))
     positions = parse_steer_positions(spec.positions)
-    budget = plan_budget(spec.memory_budget, spec.device)
+    budget = dry_run_budget(spec.memory_budget, spec.device)
     n_instr = len(instruction_set([t], "instructions", None, None, spec.max_per_subtask))
-    plans = []
+    costs = []
     for info in infos or model_infos(list(spec.models), require_adapter=True):
         tok, L = info.tokenizer, info.shape.n_layers
         layers = parse_layers(spec.layers, L)
@@ -41,7 +41,7 @@ def steer_plans(spec, infos: Sequence[ModelInfo] | None = None) -> list[Plan]:
             has_bos = starts_with_bos(tok, tgt)
             sp = tuple(resolve_span(p, len(tgt), has_bos=has_bos) for p in positions)
             spans[len(tgt), tuple(x[0] for x in sp)] = sp
-            targets.append(PatchTarget(len(tgt), tuple(x[0] for x in sp),
+            targets.append(TargetShape(len(tgt), tuple(x[0] for x in sp),
                                        len(instructed_prompt(tok, t, s, sub.instruction, spec.format))))
 
         def work(chunk, _sets, n_layers, group_rows, spans=spans, layers=layers):
@@ -50,11 +50,11 @@ def steer_plans(spec, infos: Sequence[ModelInfo] | None = None) -> list[Plan]:
                 lengths.append(tg.n_tokens)
                 rows += [RowSpec(b, v, (layer,), tok_i, span) for v in range(n_src) for layer in layers
                          for tok_i, span in spans[tg.n_tokens, tg.positions]]
-            st = plan_work(rows, lengths, n_layers, group_rows=group_rows, edit="add")
+            st = scheduled_work(rows, lengths, n_layers, group_rows=group_rows, edit="add")
             return st.executed_evals, st.unembed_rows, st.layer_calls
 
         src = len(instruction_prompt(tok, sub.instruction, spec.format))
-        p = patch_plan(info.shape, targets, [(layer,) for layer in layers] * n_src, src, dtype=spec.dtype,
+        p = patch_cost(info.shape, targets, [(layer,) for layer in layers] * n_src, src, dtype=spec.dtype,
                        chunk_size=spec.chunk_size, budget=budget, batch_size=spec.batch_size,
                        n_positions=len(positions), model=info.name, engine_work=work)
         p.command = "steer"
@@ -63,7 +63,7 @@ def steer_plans(spec, infos: Sequence[ModelInfo] | None = None) -> list[Plan]:
         p.notes.append(f"{t.name}/{sub.name}, {len(chosen)} samples ({spec.split}), {n_src} vector × α, {len(layers)} layers × "
                        f"{spec.positions}; {n_instr} instruction IVs for the vectors; memory budget "
                        f"{budget / 2**30:.2f} GiB")
-        add_figures(p, len(parse_vectors(spec.vectors)) if spec.figures and not plans else 0)
-        plans.append(with_startup(p, info, spec.dtype, not plans))
-    return plans
+        add_figures(p, len(parse_vectors(spec.vectors)) if spec.figures and not costs else 0)
+        costs.append(with_startup(p, info, spec.dtype, not costs))
+    return costs
 

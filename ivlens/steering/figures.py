@@ -14,7 +14,7 @@ from ivlens.plots import png_bytes as _png
 from ivlens.runs import atomic_write_bytes, slug
 
 
-def dose_response_curves(dose: pd.DataFrame, models: Sequence[str], vector: str, metric: str = "ia") -> bytes:
+def dose_response_curves(dose: pd.DataFrame, models: Sequence[str], vector: str, metric: str = "ia_top1") -> bytes:
     """``metric`` (mean ± s.e.m.) against α for one vector: rows of panels are positions, columns models, one line
     per steered layer (dark: early, light: late)."""
     d = dose[dose.vector == vector]
@@ -38,7 +38,7 @@ def dose_response_curves(dose: pd.DataFrame, models: Sequence[str], vector: str,
             if i == len(positions) - 1:
                 ax.set_xlabel("α (units of the mean IV norm)")
             if j == 0:
-                ax.set_ylabel({"ia": "IA", "acc_top1": "accuracy"}.get(metric, metric))
+                ax.set_ylabel({"ia_top1": "IA (top-1)", "acc_top1": "accuracy"}.get(metric, metric))
     axes[0][-1].legend(fontsize=7, loc="best")
     fig.suptitle(f"vector: {vector}", fontsize=10)
     fig.tight_layout()
@@ -46,36 +46,37 @@ def dose_response_curves(dose: pd.DataFrame, models: Sequence[str], vector: str,
 
 
 def versus_patching(compare: pd.DataFrame, models: Sequence[str], unsteered: pd.DataFrame | None = None) -> bytes:
-    """Per model (panels): best steering IA per layer against the best single-layer patch at that layer and the
-    best pair/triplet containing it; the unsteered IA (α = 0) as a dotted line. Layers where steering falls
-    significantly short are marked with a cross."""
+    """Per model (panels): best steering ``ia_top1`` per layer against the best single-layer patch at that layer
+    and the best pair/triplet containing it; the unsteered ``ia_top1`` (α = 0) as a dotted line. Layers where
+    steering falls significantly short are marked with a cross."""
     models = [m for m in models if m in set(compare.model)] or ordered(compare.model)
     col = colours(["steering", "single-layer patch", "best set with the layer"])
     fig, axes = plt.subplots(1, len(models), figsize=(3.8 * len(models), 3.2), squeeze=False, sharey=True)
     for ax, m in zip(axes[0], models, strict=True):
         c = compare[compare.model == m].sort_values("layer")
-        ax.plot(c.layer, c.steer_ia, "-o", ms=4, color=col["steering"], label="steering (best α, vector, position)")
-        ax.plot(c.layer, c.patch_ia, "-s", ms=4, color=col["single-layer patch"], label="patching: single layer")
-        ax.plot(c.layer, c.set_ia, "--^", ms=4, color=col["best set with the layer"],
+        ax.plot(c.layer, c.steer_ia_top1, "-o", ms=4, color=col["steering"],
+                label="steering (best α, vector, position)")
+        ax.plot(c.layer, c.patch_ia_top1, "-s", ms=4, color=col["single-layer patch"], label="patching: single layer")
+        ax.plot(c.layer, c.set_ia_top1, "--^", ms=4, color=col["best set with the layer"],
                 label="patching: best pair/triplet with the layer")
         if "verdict" in c:
             short = c[c.verdict == "falls short"]
-            ax.plot(short.layer, short.steer_ia, "x", ms=9, color="black", label="steering significantly below")
+            ax.plot(short.layer, short.steer_ia_top1, "x", ms=9, color="black", label="steering significantly below")
         if unsteered is not None and m in set(unsteered.model):
-            ax.axhline(float(unsteered.loc[unsteered.model == m, "ia"].iloc[0]), color="grey", ls=":", lw=1,
+            ax.axhline(float(unsteered.loc[unsteered.model == m, "ia_top1"].iloc[0]), color="grey", ls=":", lw=1,
                        label="unsteered query-only")
         ax.set_title(m, fontsize=10)
         ax.set_xlabel("layer")
         ax.set_ylim(-0.03, 1.03)
         ax.xaxis.get_major_locator().set_params(integer=True)
-    axes[0][0].set_ylabel("IA")
+    axes[0][0].set_ylabel("IA (top-1)")
     axes[0][-1].legend(fontsize=7, loc="best")
     fig.tight_layout()
     return _png(fig)
 
 
 def plot_dose_response(dose: pd.DataFrame, directory: str | Path) -> list[Path]:
-    """The run's figures: ``dose_response_<vector>.png``, IA against α, one file per vector."""
+    """The run's figures: ``dose_response_<vector>.png``, ``ia_top1`` against α, one file per vector."""
     out = []
     for v in ordered(dose.vector):
         path = Path(directory) / f"dose_response_{slug(v)}.png"

@@ -22,8 +22,8 @@ def steering_section(ctx: Context) -> h.Section | None:
                  "class-mean difference) and "
                  "`s_l` the mean norm of A's IVs at that layer, so α = 1 adds a vector as long as a typical IV. "
                  "It is added at the first position (where patching writes the IV), at the last, or at every "
-                 "token. Metrics are patching's: IA (the top token is in A's label space), accuracy, the label's "
-                 "logit. See docs/steering.md."))
+                 "token. Metrics are patching's: IA of the top-1 token (`ia_top1`: it is in A's label space), "
+                 "accuracy, the label's logit. See docs/steering.md."))
     for run in runs:
         dose = run.table("dose_response")
         rows = run.table("steer")
@@ -33,8 +33,9 @@ def steering_section(ctx: Context) -> h.Section | None:
                         f"{rows['sample'].nunique()} samples ({run.rel})"))
         for vector in dict.fromkeys(dose.vector):
             s.add(h.figure(dose_response_curves(dose, ctx.models, vector),
-                           f"Dose-response, vector {vector}: IA (± s.e.m. band) against α (symmetric log scale) "
-                           "for each steered layer (dark: early, light: late); rows of panels: where α·v is "
+                           f"Dose-response, vector {vector}: IA of the top-1 token (`ia_top1`, ± s.e.m. band) "
+                           "against α (symmetric log scale) for each steered layer (dark: early, light: late); "
+                           "rows of panels: where α·v is "
                            "added, columns: model.", ctx.data(run, "dose_response")))
         if not run.has("steer_vs_patch"):
             s.add(h.note("No patch run of the same task, subtask, target and format was given (`--patch-run`; in a "
@@ -43,18 +44,20 @@ def steering_section(ctx: Context) -> h.Section | None:
         cmp = run.table("steer_vs_patch")
         link = ctx.data(run, "steer_vs_patch")[0]
         prun = run.args.get("patch_run")
-        unsteered = base[base.run == "target"].groupby("model", as_index=False).ia.mean()
+        unsteered = base[base.run == "target"].groupby("model", as_index=False).ia_top1.mean()
         s.add(h.figure(versus_patching(cmp, ctx.models, unsteered),
-                       "Best steering IA per layer (over vectors, positions and α) against the best patching IA "
-                       f"of that single layer and of the best pair or triplet containing it ({prun}); "
+                       "Best steering IA (top-1) per layer (over vectors, positions and α) against the best "
+                       f"patching IA (top-1) of that single layer and of the best pair or triplet containing it "
+                       f"({prun}); "
                        "dotted: the unsteered query-only IA; crosses: steering significantly below the "
                        "single-layer patch (paired t-test over shared samples, Holm over layers).",
                        [link, *ctx.data(run, "steer")]))
-        shown = cmp[["model", "layer", "steer_ia", "steer_acc", "steer_best_acc", "steer_vector", "steer_position",
-                     "steer_alpha", "patch_ia", "patch_acc", "set_ia", "set_acc", "set_layers", "n", "diff", "p_t_adj",
-                     "verdict"]]
-        s.add(h.table(shown, "Steering against patching per layer: best steering IA, its accuracy and configuration, "
-                             "and the best accuracy of any steering configuration at the layer; the single-layer "
+        shown = cmp[["model", "layer", "steer_ia_top1", "steer_acc", "steer_best_acc", "steer_vector",
+                     "steer_position", "steer_alpha", "patch_ia_top1", "patch_acc", "set_ia_top1", "set_acc",
+                     "set_layers", "n", "diff", "p_t_adj", "verdict"]]
+        s.add(h.table(shown, "Steering against patching per layer: best steering IA of the top-1 "
+                             "token (`ia_top1`), its accuracy and configuration, and the best accuracy of any "
+                             "steering configuration at the layer; the single-layer "
                              "patch and the best set containing the layer (IA and accuracy); the paired IA "
                              "difference (steering − single-layer patch) and its Holm-corrected p (none, and no "
                              "verdict, where the test is undefined: fewer than 2 shared samples or the same IA on "

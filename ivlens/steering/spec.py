@@ -39,7 +39,7 @@ class SteerSpec(ModelsSpec):
                                                                 "all).")
     batch_size: int | None = Field(None, gt=0, description="Rows per bounded trie (default: from --memory-budget).")
     memory_budget: MemoryBudgetField = None
-    chunk_size: int = Field(25, gt=0, description="Samples per result shard (the unit of --resume).")
+    chunk_size: int = Field(25, gt=0, description="Samples per unit file (the unit of --resume and --shard).")
     seed: SampleSeedField = 0
     threads: int | None = Field(None, gt=0, description="torch CPU threads (default: torch's choice).")
     figures: bool = Field(True, description="Write figures.")

@@ -1,5 +1,5 @@
 """Steering sweeps: directions from IVs, then every vector × α × layer × position × sample through the patching
-engine as additive edits, streamed to Parquet shards.
+engine as additive edits, streamed to Parquet unit files.
 
 Per model: the IVs of the task's instructions and rephrasings are collected into ``<run>/ivs/<model>/``
 (:func:`ivlens.probing.collect.collect_ivs`, resumable), the directions computed from them
@@ -10,7 +10,7 @@ its layer, and only the positions from its first edited token on are recomputed.
 and the metrics are patching's (:func:`ivlens.patching.sweep.prepare`, :mod:`ivlens.patching.metrics`), so a
 steered row and a patched row of the same sample are comparable column by column.
 
-Shards: ``steer/shard-m<model>-c<chunk>.parquet`` and ``baselines/…``, written atomically when a chunk is done; a
+Unit files: ``steer/shard-m<model>-c<chunk>.parquet`` and ``baselines/…``, written atomically when a chunk is done; a
 resumed sweep skips finished chunks (the chunks are the units of work of :mod:`ivlens.units`).
 
 ``--shard i/n`` (:mod:`ivlens.sharding`): the units of work are the chunks, numbered model by model as the
@@ -202,7 +202,7 @@ def steer_sweep(lms: Sequence[LoadedModel], names: Sequence[str], task: Task, su
     Args:
         lms: loaded models (side by side); task, subtask: the instructed subtask A (its label is scored).
         plan: vectors × α × layers × positions (:class:`~ivlens.steering.plan.SteerPlan`).
-        run: the run directory shards stream to (and are resumed from).
+        run: the run directory unit files stream to (and are resumed from).
         samples, split, seed: the samples, drawn as in every analysis; target: ``bare`` or ``formatted``.
         memory_budget: bytes or ``"4GB"`` (sizes the engine's groups; results do not depend on it).
         max_per_subtask: rephrasings per subtask used for the directions (default all).
@@ -211,7 +211,7 @@ def steer_sweep(lms: Sequence[LoadedModel], names: Sequence[str], task: Task, su
             docstring); a model none of whose chunks it owns is skipped, its IVs too.
 
     Returns:
-        :class:`SteerResult` read back from the run's shards (empty tables for a shard that owns no chunk).
+        :class:`SteerResult` read back from the run's unit files (empty tables for a shard that owns no chunk).
     """
     ids_per_model = [sample_indices(task, samples, seed, split_queries(lm.path, lm.name, task, split)) for lm in lms]
     row_progress = RowProgress(progress, sum(len(ids) * len(plan.rows) for ids in ids_per_model))

@@ -1,9 +1,9 @@
-"""``ivlens run STUDY.yaml --dry-run``: every step's plan (rows, forward passes, peak memory, time) from the
+"""``ivlens run STUDY.yaml --dry-run``: every step's cost estimate (rows, forward passes, peak memory, time) from the
 models' configs alone, then one line per step and the study's total.
 
-Each model is sized from its study ``config`` directory when given (a hub checkpoint planned with no weights),
+Each model is sized from its study ``config`` directory when given (a hub checkpoint estimated with no weights),
 else from the model itself (its ``config.json`` and tokenizer; an organism not built yet from its recipe). The
-plans are the registry's (each analysis's ``dry_run`` module, :func:`ivlens.analyses.spec_plans`), printed by
+cost estimates are the registry's (each analysis's ``dry_run`` module, :func:`ivlens.analyses.spec_costs`), printed by
 :mod:`ivlens.dry_run`: the ones each command's own ``--dry-run`` prints.
 """
 
@@ -14,10 +14,10 @@ import dataclasses
 from rich.console import Console
 from rich.table import Table
 
-from ivlens.analyses import BY_NAME, spec_plans
-from ivlens.dry_run import gigabytes, human_time, print_plans
+from ivlens.analyses import BY_NAME, spec_costs
+from ivlens.dry_run import gigabytes, human_time, print_costs
+from ivlens.estimate.costs import CostEstimate
 from ivlens.estimate.model import ModelInfo, model_info
-from ivlens.estimate.plans import Plan
 from ivlens.organism.dry_run import organism_recipe_info, organism_shape
 from ivlens.organism.paths import is_built, organism_dir, parse_organism_name
 
@@ -54,21 +54,22 @@ def model_sizes(study: StudySpec, steps: list[Step] | None = None) -> list[int]:
     return list(sizes.values())
 
 
-def headline_counts(plan: Plan) -> tuple[int | None, int | None]:
-    """``(rows, forward passes)`` of a plan: result rows (patch), prompts (trace, eval) or instructions (probe);
-    whole forwards, counting each generation step of eval as one batched forward and each trained sequence."""
-    c = plan.counts
+def headline_counts(cost: CostEstimate) -> tuple[int | None, int | None]:
+    """``(rows, forward passes)`` of a cost estimate: result rows (patch), prompts (trace, eval) or instructions
+    (probe); whole forwards, counting each generation step of eval as one batched forward and each trained sequence."""
+    c = cost.counts
     rows = c.get("rows", c.get("prompts", c.get("instructions")))
     forwards = c.get("forward_passes", c.get("generation_steps"))
     if forwards is None and "measure_forwards" in c:  # an organism build: training steps and measurements
         forwards = sum(v for k, v in c.items() if k.endswith("_steps")) + c["measure_forwards"]
-    if forwards is None and plan.command.startswith("trace"):
+    if forwards is None and cost.command.startswith("trace"):
         forwards = c.get("prompts")
     return rows, forwards
 
 
 def dry_run_study(study: StudySpec, console: Console | None = None) -> dict:
-    """Print every step's plans and a table of steps; return ``{"steps": [...], "total_seconds", "peak_bytes"}``."""
+    """Print every step's cost estimates and a table of steps; return ``{"steps": [...], "total_seconds",
+    "peak_bytes"}``."""
     console = console or Console(soft_wrap=True)
     steps = plan_steps(study)
     cache: dict = {}
@@ -76,16 +77,16 @@ def dry_run_study(study: StudySpec, console: Console | None = None) -> dict:
     for n, step in enumerate(steps, 1):
         console.rule(f"[bold]step {n}/{len(steps)}: {step.rel}[/] (ivlens {step.analysis})")
         infos = step_infos(step, cache)
-        plans, together = spec_plans(step.spec, infos)
+        costs, together = spec_costs(step.spec, infos)
         if infos:
             shapes, configs = [i.shape for i in infos], [i.config for i in infos]
         else:  # the organism build
             shapes, configs = [organism_shape(step.spec.size)], None
-        printed = print_plans(plans, shapes, step.spec.load_kwargs()["device"] if infos else "cpu",
+        printed = print_costs(costs, shapes, step.spec.load_kwargs()["device"] if infos else "cpu",
                               step.spec.load_kwargs()["dtype"] if infos else "float32", together=together,
                               console=console, configs=configs, remote=getattr(step.spec, "remote", False))
         rows = forwards = 0
-        for p in plans:
+        for p in costs:
             r, f = headline_counts(p)
             rows, forwards = rows + (r or 0), forwards + (f or 0)
         out["steps"].append({"step": step.rel, "analysis": step.analysis, "rows": rows, "forward_passes": forwards,

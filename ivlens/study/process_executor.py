@@ -87,7 +87,7 @@ def auto_jobs(study: StudySpec, steps: Sequence[Step], cores: int | None = None,
     if study.device != "cpu" or cores < 2 or parallel < 2:
         return 1
     from ivlens.budget import available_bytes
-    from ivlens.estimate.plans import DTYPE_BYTES
+    from ivlens.estimate.costs import DTYPE_BYTES
 
     from .dry_run import model_sizes
 

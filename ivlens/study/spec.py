@@ -41,7 +41,7 @@ class StudyError(IvlensError, ValueError):
 
 class ModelEntry(BaseModel):
     """One model of a study: what to load, and (``config``) a directory with its ``config.json`` that a dry run
-    sizes instead, so a study of hub checkpoints can be planned with no weights and no network."""
+    sizes instead, so a study of hub checkpoints can be estimated with no weights and no network."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 

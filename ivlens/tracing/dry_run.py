@@ -7,10 +7,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ivlens.budget import available_bytes
+from ivlens.estimate.costs import (
+    CostEstimate,
+    add_figures,
+    max_trace_tokens,
+    trace_bytes,
+    trace_cost,
+    weight_bytes,
+)
 from ivlens.estimate.flops import ModelShape
-from ivlens.estimate.inputs import chosen_samples, here, model_infos, plan_budget, with_startup
+from ivlens.estimate.inputs import chosen_samples, dry_run_budget, here, model_infos, with_startup
 from ivlens.estimate.model import ModelInfo
-from ivlens.estimate.plans import Plan, add_figures, max_trace_tokens, trace_bytes, trace_plan, weight_bytes
 from ivlens.tasks import instructed_prompt, load_task
 
 
@@ -19,18 +26,18 @@ def trace_budget(memory_budget, device: str, shape: ModelShape | None = None, dt
     now, less the weights when they are not loaded yet (``shape``). The graph cannot be split into batches,
     so the whole free memory is the natural limit, not the batch budget of the other analyses."""
     if memory_budget is not None and str(memory_budget).lower() != "auto":
-        return plan_budget(memory_budget, device)
+        return dry_run_budget(memory_budget, device)
     free = int(available_bytes(here(device)) * 0.8)
     return max(0, free - (weight_bytes(shape, dtype) if shape is not None else 0))
 
 
-def trace_plans(models: Sequence[str], *, task: str | None = None, subtask: str | None = None,
+def trace_costs(models: Sequence[str], *, task: str | None = None, subtask: str | None = None,
                 sample: int | None = None, prompt: str | None = None, compare: bool = False,
                 samples: int | None = 50, fmt: str = "raw", beam: int = 256, max_tokens: int | None = None,
                 seed: int = 0, dtype: str = "float32", device: str = "cpu", memory_budget=None, split: str = "all",
-                infos: Sequence[ModelInfo] | None = None) -> list[Plan]:
-    """The plan of ``ivlens trace`` (one prompt, or ``--compare``: four prompts per sample), one per model."""
-    plans = []
+                infos: Sequence[ModelInfo] | None = None) -> list[CostEstimate]:
+    """The cost estimate of ``ivlens trace`` (one prompt, or ``--compare``: four prompts per sample), one per model."""
+    costs = []
     for info in infos or model_infos(models):
         tok = info.tokenizer
         if compare:
@@ -50,10 +57,10 @@ def trace_plans(models: Sequence[str], *, task: str | None = None, subtask: str 
             lengths = [min(n, max_tokens) for n in lengths]
         budget = trace_budget(memory_budget, device, info.shape, dtype)
         mode = "compare" if compare else "single"
-        p = trace_plan(info.shape, lengths, dtype=dtype, beam=beam, mode=mode, budget=budget, model=info.name)
-        add_figures(p, 1 + (not plans) if compare else 2)  # head activity (+ overlap curves) | paths, layer mass
-        plans.append(with_startup(p, info, dtype, not plans))
-    return plans
+        p = trace_cost(info.shape, lengths, dtype=dtype, beam=beam, mode=mode, budget=budget, model=info.name)
+        add_figures(p, 1 + (not costs) if compare else 2)  # head activity (+ overlap curves) | paths, layer mass
+        costs.append(with_startup(p, info, dtype, not costs))
+    return costs
 
 
 def trace_refusal(shape: ModelShape, n_tokens: int, budget: int, dtype: str = "float32", beam: int = 256,
@@ -71,9 +78,9 @@ def trace_refusal(shape: ModelShape, n_tokens: int, budget: int, dtype: str = "f
             "choose a shorter prompt or sample, or raise --memory-budget.")
 
 
-def trace_spec_plans(s, infos: Sequence[ModelInfo]) -> list[Plan]:
-    """:func:`~ivlens.tracing.dry_run.trace_plans` of a :class:`~ivlens.tracing.TraceSpec`."""
-    return trace_plans([], task=s.task, subtask=s.subtask, sample=s.sample, prompt=s.prompt, compare=s.compare,
+def trace_spec_costs(s, infos: Sequence[ModelInfo]) -> list[CostEstimate]:
+    """:func:`~ivlens.tracing.dry_run.trace_costs` of a :class:`~ivlens.tracing.TraceSpec`."""
+    return trace_costs([], task=s.task, subtask=s.subtask, sample=s.sample, prompt=s.prompt, compare=s.compare,
                        samples=s.samples, fmt=s.format, beam=s.beam, max_tokens=s.max_tokens, seed=s.seed,
                        dtype=s.dtype, device=s.device, memory_budget=s.memory_budget, split=s.split, infos=infos)
 

@@ -255,17 +255,17 @@ def check_trace_memory(lm: LoadedModel, *, task, subtask, sample, prompt, compar
     from ivlens.estimate.flops import ModelShape
     from ivlens.estimate.model import ModelInfo
 
-    from .dry_run import trace_budget, trace_plans, trace_refusal
+    from .dry_run import trace_budget, trace_costs, trace_refusal
 
     shape = ModelShape.from_config(lm.model.config)
     info = ModelInfo(lm.name, str(lm.path), shape, lm.tokenizer)
-    plan = trace_plans([], task=task, subtask=subtask, sample=sample, prompt=prompt, compare=compare,
+    cost = trace_costs([], task=task, subtask=subtask, sample=sample, prompt=prompt, compare=compare,
                        samples=samples, fmt=fmt, beam=beam, max_tokens=max_tokens, seed=seed, dtype=dtype,
                        infos=[info])[0]
-    n = plan.counts["max_tokens"]
+    n = cost.counts["max_tokens"]
     budget = trace_budget(memory_budget, device)  # weights are loaded: available memory already excludes them
     log.info("%s: tracing up to %d tokens needs about %.2f GB (graph %.2f GB)", lm.name, n,
-             plan.peak_bytes / 1e9, plan.memory["graph (L·H·T² tensors)"] / 1e9)
+             cost.peak_bytes / 1e9, cost.memory["graph (L·H·T² tensors)"] / 1e9)
     msg = trace_refusal(shape, n, budget, dtype, beam, "compare" if compare else "single")
     if msg is not None:
         raise BudgetError(f"{lm.name}: {msg}")

@@ -14,7 +14,7 @@ from ivlens.specs import field_cli, option_name
 #: the only options that are no spec field, each with its purpose: what a command does with a run, not what the run
 #: computes (every other option of an analysis's command is one of its spec's fields)
 COMMAND_ONLY = {"--out": "the run directory to write", "--resume": "the run directory to continue",
-                "--dry-run": "print the plan instead of running", "--help": "the command's help"}
+                "--dry-run": "print the cost estimate instead of running", "--help": "the command's help"}
 
 
 def command(name: str):

@@ -13,16 +13,16 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from ivlens.estimate.flops import ModelShape, layer_flops, prompt_flops, unembed_flops
-from ivlens.estimate.model import ApproxTokenizer, model_info
-from ivlens.estimate.plans import (
-    PatchTarget,
-    patch_plan,
+from ivlens.estimate.costs import (
+    TargetShape,
+    patch_cost,
     patch_row_bytes,
     trace_bytes,
     trie_states,
     trie_work,
 )
+from ivlens.estimate.flops import ModelShape, layer_flops, prompt_flops, unembed_flops
+from ivlens.estimate.model import ApproxTokenizer, model_info
 from ivlens.testing.tiny import ARCHS, tiny_model, tiny_tokenizer
 
 DATA = Path(__file__).parents[1] / "data"
@@ -95,7 +95,7 @@ def test_estimator_counts_equal_the_engine_counters():
     model = tiny_model("llama", n_layers=5)
     ad, tok = get_adapter(model), tiny_tokenizer()
     sets = parse_layer_sets("triplets", 5)
-    targets = [PatchTarget(4, (0, 3), 6), PatchTarget(6, (1, 5), 8), PatchTarget(1, (0,), 3)]
+    targets = [TargetShape(4, (0, 3), 6), TargetShape(6, (1, 5), 8), TargetShape(1, (0,), 3)]
     st = _engine_stats(ad, tok, [(t.n_tokens, [(p, sets) for p in t.positions]) for t in targets])
     evals, unembed, _calls = trie_work(targets, sets, 5, lambda s: 1 << 20)
     assert evals == st.executed_evals
@@ -109,9 +109,9 @@ def test_estimator_counts_equal_the_engine_counters():
 @pytest.mark.parametrize("arch", ["qwen2", "llama", "gemma2"])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_patch_row_bytes_mirrors_the_engine(arch, dtype):
-    """One memory model of a patched row and of its metrics (ivlens.estimate.plans.trie_state_bytes and
+    """One memory model of a patched row and of its metrics (ivlens.estimate.costs.trie_state_bytes and
     metric_bytes): the engine (sizes from the adapter) and the dry run (sizes from the config) agree."""
-    from ivlens.estimate.plans import patch_metric_row_bytes
+    from ivlens.estimate.costs import patch_metric_row_bytes
     from ivlens.models.adapters import get_adapter
     from ivlens.patching import engine
 
@@ -127,8 +127,8 @@ def test_patch_row_bytes_mirrors_the_engine(arch, dtype):
 def test_patch_plan_scales_with_samples():
     s = model_info(str(OLMO_1B)).shape
     sets = tuple((i,) for i in range(16))
-    one = patch_plan(s, [PatchTarget(3, (0, 2), 14)] * 4, sets, 10, chunk_size=2)
-    two = patch_plan(s, [PatchTarget(3, (0, 2), 14)] * 8, sets, 10, chunk_size=2)
+    one = patch_cost(s, [TargetShape(3, (0, 2), 14)] * 4, sets, 10, chunk_size=2)
+    two = patch_cost(s, [TargetShape(3, (0, 2), 14)] * 8, sets, 10, chunk_size=2)
     assert two.counts["rows"] == 2 * one.counts["rows"] == 2 * 4 * 2 * 16
     assert two.counts["layer_token_evals"] == 2 * one.counts["layer_token_evals"]
     assert two.memory["clean runs (one chunk)"] == one.memory["clean runs (one chunk)"]  # bounded by the chunk
@@ -171,7 +171,7 @@ def test_patch_dry_run_from_config_only(no_weights):
 
 @pytest.mark.cli
 def test_patch_dry_run_for_an_absent_gpu(no_weights, monkeypatch):
-    """Sizing a GPU run from a CPU machine: the plan uses the stated GPU working memory (or --memory-budget) and
+    """Sizing a GPU run from a CPU machine: the cost estimate uses the stated GPU working memory (or --memory-budget) and
     says it was timed on the CPU; no error. (CUDA is hidden, so this runs the same on a GPU machine.)"""
     from ivlens.estimate.inputs import ABSENT_GPU_BUDGET
 
@@ -268,36 +268,36 @@ def test_probe_collection_sizes_batches_from_the_budget(tiny_dir, tmp_path):
 def test_dry_run_selects_the_split_the_command_will_run():
     """``--split`` restricts the samples in the dry run as in the run: an organism's recipe split before it is
     built; a model without a card is refused as the command refuses it."""
-    from ivlens.eval.dry_run import eval_plans
-    from ivlens.organism.data import split_queries
+    from ivlens.eval.dry_run import eval_costs
+    from ivlens.organism.data import organism_query_split
     from ivlens.organism.dry_run import organism_recipe_info
-    from ivlens.patching.dry_run import patch_plans
+    from ivlens.patching.dry_run import patch_costs
     from ivlens.tasks import TaskError, load_task
 
     task = load_task("adjectives")
-    held = len(split_queries(task)["heldout"])
+    held = len(organism_query_split(task)["heldout"])
     info = organism_recipe_info("organism-sft")
-    p_all, = patch_plans([], "adjectives", "adj_ant", layers="single", positions="last", infos=[info])
-    p_held, = patch_plans([], "adjectives", "adj_ant", layers="single", positions="last", split="heldout",
+    p_all, = patch_costs([], "adjectives", "adj_ant", layers="single", positions="last", infos=[info])
+    p_held, = patch_costs([], "adjectives", "adj_ant", layers="single", positions="last", split="heldout",
                           infos=[info])
     assert p_all.counts["samples"] == len(task.samples) and p_held.counts["samples"] == held < len(task.samples)
-    e_held, = eval_plans([], "adjectives", split="heldout", infos=[info])
-    e_all, = eval_plans([], "adjectives", infos=[info])
+    e_held, = eval_costs([], "adjectives", split="heldout", infos=[info])
+    e_all, = eval_costs([], "adjectives", infos=[info])
     assert e_held.counts["prompts"] * len(task.samples) == e_all.counts["prompts"] * held
     with pytest.raises(TaskError, match="--split heldout needs a model organism"):
-        patch_plans([], "adjectives", "adj_ant", split="heldout", infos=[model_info(str(OLMO_1B))])
+        patch_costs([], "adjectives", "adj_ant", split="heldout", infos=[model_info(str(OLMO_1B))])
 
 
 def test_dry_run_of_answer_scoring_counts_the_prompts_once_and_the_trie():
     """``--score answer`` runs each prompt (each patched row's prompt) once and the candidates' token trie against
     it: the same result rows, the engine's rows without the last-position identity, trie nodes per distinct row and
     per baseline run; far below the k forwards per prompt of per-label scoring."""
-    from ivlens.estimate.plans import answer_scoring_flops
-    from ivlens.eval.dry_run import eval_plans
-    from ivlens.patching.dry_run import answer_trie, patch_plans
+    from ivlens.estimate.costs import answer_scoring_flops
+    from ivlens.eval.dry_run import eval_costs
+    from ivlens.patching.dry_run import answer_trie, patch_costs
     from ivlens.patching.plan import PatchPlan, resolve_position
     from ivlens.patching.sweep import starts_with_bos
-    from ivlens.patching.trie import RowSpec, plan_work
+    from ivlens.patching.trie import RowSpec, scheduled_work
     from ivlens.tasks import load_task, query_prompt
     from ivlens.tasks.prompts import AnswerCandidates
 
@@ -306,8 +306,8 @@ def test_dry_run_of_answer_scoring_counts_the_prompts_once_and_the_trie():
     k = len(labels)
     info = model_info(str(OLMO_1B))
     kw = dict(layers="pairs", positions="first,last", samples=3, infos=[info])
-    first, = patch_plans([], "adjectives", "adj_ant", **kw)
-    answer, = patch_plans([], "adjectives", "adj_ant", score="answer", **kw)
+    first, = patch_costs([], "adjectives", "adj_ant", **kw)
+    answer, = patch_costs([], "adjectives", "adj_ant", score="answer", **kw)
     assert answer.counts["rows"] == first.counts["rows"] and answer.counts["answer_candidates"] == k > 1
     # the engine's own count of the rows, without the last-position identity
     from ivlens.estimate.inputs import chosen_samples
@@ -318,15 +318,15 @@ def test_dry_run_of_answer_scoring_counts_the_prompts_once_and_the_trie():
     rows = [RowSpec(b, 0, ls, resolve_position(p, len(t), has_bos=starts_with_bos(info.tokenizer, t)))
             for b, t in enumerate(targets)
             for p in plan.positions for ls in plan.layer_sets]
-    engine = plan_work(rows, [len(t) for t in targets], info.shape.n_layers, group_rows=1 << 40, continued=True)
+    engine = scheduled_work(rows, [len(t) for t in targets], info.shape.n_layers, group_rows=1 << 40, continued=True)
     assert answer.counts["distinct_rows"] == engine.unique_rows > first.counts["distinct_rows"]
     trie = answer_trie(info.tokenizer, targets[0], labels)
     assert 0 < trie.n_nodes < k * 4 and answer.counts["answer_trie_nodes"] == (engine.unique_rows + 2 * 3) * trie.n_nodes
     shortest = min(len(t) for t in targets)
     assert answer.flops > first.flops + engine.unique_rows * answer_scoring_flops(info.shape, shortest, trie)
     assert answer.flops < k * first.flops / 4  # per-label scoring ran the engine k times over
-    g_first, = eval_plans([], "adjectives", samples=3, infos=[info])
-    g_answer, = eval_plans([], "adjectives", samples=3, score="answer", infos=[info])
+    g_first, = eval_costs([], "adjectives", samples=3, infos=[info])
+    g_answer, = eval_costs([], "adjectives", samples=3, score="answer", infos=[info])
     assert g_answer.counts["answer_candidates"] == k and g_answer.counts["answer_trie_nodes"] > 0
     # per prompt: its forward (padded to its batch's width) and the trie; 3 samples × 3 conditions × 2 subtasks
     extra = g_answer.flops - g_first.flops
@@ -339,13 +339,13 @@ def test_dry_run_of_answer_scoring_counts_the_prompts_once_and_the_trie():
 def test_train_plan_takes_measured_steps():
     """With measured step times the training stages cost ``steps × step`` (CPU-seconds over the cores the run
     gets), not the FLOP model; the FLOPs are still counted for the printout."""
-    from ivlens.estimate.plans import TRAINER_OPS_PER_STEP, Rates, TrainStage, seconds, train_plan
+    from ivlens.estimate.costs import TRAINER_OPS_PER_STEP, Rates, TrainStage, seconds, train_cost
 
     shape = ModelShape("olmo2", n_layers=6, d_model=256, n_heads=4, n_kv_heads=4, d_head=64, d_mlp=512,
                        d_vocab=3000, n_params=4_700_000)
     stages = [TrainStage("pretrain", 100, 32, 64), TrainStage("sft", 50, 32, 56)]
-    modelled = train_plan(shape, stages)
-    timed = train_plan(shape, stages, step_seconds={"pretrain": 0.5, "sft": 0.3})
+    modelled = train_cost(shape, stages)
+    timed = train_cost(shape, stages, step_seconds={"pretrain": 0.5, "sft": 0.3})
     assert timed.flops == modelled.flops and timed.measured_flops == modelled.flops
     assert timed.measured_seconds == pytest.approx(100 * 0.5 + 50 * 0.3)
     rates = Rates(gemm=1e11, op_latency=1e-6, copy=1e10, layer_latency=1e-3, threads=2, cores=2, others=0.0)
@@ -370,18 +370,18 @@ def test_probe_plan_takes_measured_fits():
     """The measured seconds of one layer's probe fits (every probe's batch) replace the L-BFGS model, on one thread
     (the barrier cores); the fit count is what a run fits: per probe and layer, folds CV fits, folds per shuffle,
     the held-out split and the refit on all rows."""
-    from ivlens.estimate.plans import Rates, probe_plan, seconds
+    from ivlens.estimate.costs import Rates, probe_cost, seconds
     from ivlens.probing.cost import probe_layer_latency
 
     shape = ModelShape("olmo2", n_layers=6, d_model=256, n_heads=4, n_kv_heads=4, d_head=64, d_mlp=512,
                        d_vocab=3000, n_params=4_700_000)
-    p = probe_plan(shape, [20] * 100, 6, 3, folds=5, n_shuffles=1, layer_seconds=0.4)
+    p = probe_cost(shape, [20] * 100, 6, 3, folds=5, n_shuffles=1, layer_seconds=0.4)
     assert p.counts["probe_fits"] == 6 * 3 * 12 and p.kernel_calls == 0
     assert p.serial_seconds == pytest.approx(6 * 0.4)
     idle = Rates(gemm=1e11, op_latency=1e-6, copy=1e10, layer_latency=0.0, threads=2, cores=2, others=0.0)
     busy = Rates(gemm=1e11, op_latency=1e-6, copy=1e10, layer_latency=0.0, threads=2, cores=2, others=2.0)
     assert seconds(p, busy) - seconds(p, idle) > p.serial_seconds  # one thread's share of a busy machine
-    modelled = probe_plan(shape, [20] * 100, 6, 3, folds=5, n_shuffles=1)
+    modelled = probe_cost(shape, [20] * 100, 6, 3, folds=5, n_shuffles=1)
     assert modelled.serial_seconds == 0 and modelled.kernel_calls > 0
     small, large = probe_layer_latency(80, 16, 4), probe_layer_latency(320, 64, 4)
     assert 0 < small < large < 5
@@ -389,7 +389,7 @@ def test_probe_plan_takes_measured_fits():
 
 def test_probe_dry_run_times_the_runs_own_probes(monkeypatch):
     """The dry run times one batch per probe of the run (probe_specs: all, and one per task), with each probe's own
-    rows and classes, and the plan's time is the layers times their sum."""
+    rows and classes, and the estimate's time is the layers times their sum."""
     import ivlens.probing.dry_run as dr
     from ivlens.estimate.model import ModelInfo
     from ivlens.testing.tiny import tiny_tokenizer
@@ -399,26 +399,26 @@ def test_probe_dry_run_times_the_runs_own_probes(monkeypatch):
     shape = ModelShape("olmo2", n_layers=6, d_model=64, n_heads=4, n_kv_heads=4, d_head=16, d_mlp=128,
                        d_vocab=384, n_params=1_000_000)
     info = ModelInfo(name="tiny", path="tiny", shape=shape, tokenizer=tiny_tokenizer())
-    plan, = dr.probe_plans([], ["adjectives", "animals"], infos=[info], max_per_subtask=20)
-    n = plan.counts["instructions"]
+    cost, = dr.probe_costs([], ["adjectives", "animals"], infos=[info], max_per_subtask=20)
+    n = cost.counts["instructions"]
     assert sorted(timed) == sorted([(n, 64, 4, True), (n // 2, 64, 2, True), (n // 2, 64, 2, True)])
-    assert plan.serial_seconds == pytest.approx(6 * 3 * 0.25)
+    assert cost.serial_seconds == pytest.approx(6 * 3 * 0.25)
 
 
 def test_the_build_plan_runs_with_the_builds_threads():
-    """The organism build trains with a fixed thread count, whatever the machine: its plan says so, and the time
+    """The organism build trains with a fixed thread count, whatever the machine: its cost estimate says so, and the time
     is computed with it (not with the dry run's own thread count)."""
     import io
 
     from rich.console import Console
 
-    from ivlens.dry_run import print_plans
-    from ivlens.organism.dry_run import organism_plans, organism_shape
+    from ivlens.dry_run import print_costs
+    from ivlens.organism.dry_run import organism_costs, organism_shape
     from ivlens.organism.train import THREADS
     from ivlens.scoped import torch_threads
 
     assert THREADS != 1
     with torch_threads(1):
-        plan, = organism_plans("tiny", time_steps=False)
-        out = print_plans([plan], [organism_shape("tiny")], console=Console(file=io.StringIO()))
-    assert plan.threads == THREADS and out["plans"][0]["rates"]["threads"] == THREADS
+        cost, = organism_costs("tiny", time_steps=False)
+        out = print_costs([cost], [organism_shape("tiny")], console=Console(file=io.StringIO()))
+    assert cost.threads == THREADS and out["costs"][0]["rates"]["threads"] == THREADS

@@ -42,21 +42,22 @@ def org_tok(tasks):
 # ------------------------------------------------------------------------------------------ data
 def test_query_split_is_fixed_disjoint_and_complete(tasks):
     for task in tasks.values():
-        a, b = D.split_queries(task), D.split_queries(task)
+        a, b = D.organism_query_split(task), D.organism_query_split(task)
         assert a == b
         assert not set(a["train"]) & set(a["heldout"])
         assert sorted(a["train"] + a["heldout"]) == sorted(s.query for s in task.samples)
         assert abs(len(a["train"]) / len(task.samples) - D.TRAIN_QUERY_SHARE) < 0.01
     # the organisms' split is the one split rule with the recipe's share and seed, and it is what every organism of
     # this version recorded in its card (the hash was taken before the rule moved to ivlens.tasks.selection)
-    assert all(D.split_queries(t) == fixed_query_split(t, D.TRAIN_QUERY_SHARE, D.SPLIT_SEED) for t in tasks.values())
-    assert content_hash({n: D.split_queries(t) for n, t in tasks.items()}) == (
+    assert all(D.organism_query_split(t) == fixed_query_split(t, D.TRAIN_QUERY_SHARE, D.SPLIT_SEED)
+               for t in tasks.values())
+    assert content_hash({n: D.organism_query_split(t) for n, t in tasks.items()}) == (
         "b2bf0846510c4accf23883b800e0e8e092b72331cb20910d3e71b5186a1d564c")
 
 
 def test_sft_uses_training_queries_and_phrasings_only(tasks, org_tok):
     ex = D.sft_examples(tasks, org_tok, 0, n_instructed=600, plain_share=0.25, gist_share=0.5, chat_share=0.3)
-    held_q = {q for t in tasks.values() for q in D.split_queries(t)["heldout"]}
+    held_q = {q for t in tasks.values() for q in D.organism_query_split(t)["heldout"]}
     held_r = {r for t in tasks.values() for s in D.split_rephrasings(t).values() for r in s["heldout"]}
     instructed = [e for e in ex if e.kind != "plain"]
     assert len(instructed) == 600 and abs(sum(e.kind == "plain" for e in ex) / len(ex) - 0.25) < 0.01
@@ -238,7 +239,7 @@ def test_measurement_runs_on_a_tiny_checkpoint(tiny_builds, tasks):
                                                         for p in ("bos", "first", "last")}
     curve = iv["subtasks"]["adj_ant"]["curves"]["formatted/bos"]
     assert [c["layer"] for c in curve] == list(range(model.config.num_hidden_layers))
-    assert all(0 <= c["ia"] <= 1 and 0 <= c["exact"] <= c["ia"] for c in curve)
+    assert all(0 <= c["ia_top1"] <= 1 and 0 <= c["exact"] <= c["ia_top1"] for c in curve)
     assert json.dumps(iv)  # the card must be able to hold it
 
 
@@ -276,7 +277,7 @@ def test_iv_transfer_matches_a_hook_reference(tiny_builds, tasks):
             finally:
                 handle.remove()
             inside.append(top in space)
-    assert got["ia"] == pytest.approx(sum(inside) / len(inside))
+    assert got["ia_top1"] == pytest.approx(sum(inside) / len(inside))
 
 
 def test_the_organism_step_puts_the_card_and_its_iv_transfer_in_a_run(tiny_organism, tmp_path, monkeypatch):
@@ -311,6 +312,16 @@ def test_the_organism_step_puts_the_card_and_its_iv_transfer_in_a_run(tiny_organ
     assert "IV transfer" in res.output and "acceptance: failing" in res.output
     sft_iv = card["acceptance"]["sft/adjectives/iv_transfer"]["value"]
     assert f"{sft_iv['subtask']} {sft_iv['target']} L{sft_iv['layer']}" in res.output
+    # a card of an earlier build (its IV transfer's ia_top1 named ia) shows the same and rechecks the same
+    from ivlens.organism.build import acceptance, refresh_acceptance
+
+    card_path = organism_dir("gist") / "card.json"
+    now = json.loads(card_path.read_text())  # the step recorded its spec in the card
+    card_path.write_text(json.dumps(as_earlier_card(now), indent=2))
+    assert '"ia"' in card_path.read_text() and read_card(organism_dir("gist")) == now
+    old = CliRunner().invoke(app, ["organism", "info", "--path", str(organism_dir("gist"))], env={"COLUMNS": "200"})
+    assert old.exit_code == 0 and old.output == res.output, old.output
+    assert refresh_acceptance(organism_dir("gist")) == acceptance(card["measured"])
 
     # every check carries its margin, passing exactly when the margin is not negative
     checks = {k: c for k, c in card["acceptance"].items() if k != "all_pass"}
@@ -327,6 +338,49 @@ def test_the_organism_step_puts_the_card_and_its_iv_transfer_in_a_run(tiny_organ
     page = build_report(tmp_path / "study").read_text()
     head = page[:page.index("<nav>")]
     assert f"fails {len(failing)} of its acceptance checks" in head and failing[0] in head
+
+
+def as_earlier_card(card: dict) -> dict:
+    """``card`` as builds before ``ia_top1`` wrote it: the IV-transfer figures' ``ia_top1`` named ``ia`` and
+    ``unpatched_ia_top1`` named ``unpatched_ia`` (every such key, at any depth)."""
+    old = {"ia_top1": "ia", "unpatched_ia_top1": "unpatched_ia"}
+    if isinstance(card, dict):
+        return {old.get(k, k): as_earlier_card(v) for k, v in card.items()}
+    if isinstance(card, list):
+        return [as_earlier_card(v) for v in card]
+    return card
+
+
+def test_a_card_of_an_earlier_build_is_read_with_ia_top1(tmp_path):
+    """Cards written before the IV-transfer figures' ``ia`` became ``ia_top1`` (the top-1 token lies in the label
+    space, as patching's column) keep working: every reader sees this ivlens's keys, the old card is not changed."""
+    from ivlens.organism.card import current_card, failing_checks, iv_transfer_table, study_organism_warnings
+
+    curve = [{"layer": layer, "ia_top1": 0.5, "exact": 0.1 * layer, "flip": 0.2, "n_outside": 10}
+             for layer in range(3)]
+    best = {"subtask": "adj_ant", "target": "formatted/first", **curve[2], "exact_needed": 0.4,
+            "acc_in_space": 0.4, "unpatched_ia_top1": 0.1, "pass": False, "margin": -0.3}
+    iv = {"n_queries": 10, "subtasks": {"adj_ant": {"curves": {"formatted/first": curve},
+                                                    "unpatched": {"formatted": {"ia_top1": 0.1, "exact": 0.0}}}},
+          "unpatched": {"formatted": {"adj_ant": 0.1}}}
+    card = {"version": "v3", "variant": "gist", "split": {},
+            "measured": {"sft": {"adjectives": {"train": {"instructed": {"decides": 1.0}}, "iv": iv}}},
+            "acceptance": {"sft/adjectives/iv_transfer": {"value": best, "threshold": "...", "pass": False,
+                                                          "margin": -0.3},
+                           "base_recall/adjectives": {"value": 0.5, "threshold": 0.9, "pass": False, "margin": -0.4},
+                           "all_pass": False}}
+    old = as_earlier_card(card)
+    assert old["measured"]["sft"]["adjectives"]["iv"]["subtasks"]["adj_ant"]["curves"]["formatted/first"][0]["ia"]
+    assert current_card(old) == card and current_card(card) == card
+    assert "ia" in old["acceptance"]["sft/adjectives/iv_transfer"]["value"]  # current_card changes no card it reads
+    (tmp_path / "card.json").write_text(json.dumps(old))
+    assert read_card(tmp_path) == card
+    assert failing_checks(old) == failing_checks(card) and "ia_top1 0.50" in failing_checks(card)[0]
+    assert study_organism_warnings(tmp_path) == [f"organism gist v3 (seed None) fails its acceptance check {line}"
+                                                 for line in failing_checks(card)]
+    assert list(iv_transfer_table(card).columns) == ["stage", "task", "subtask", "target", "position", "layer",
+                                                     "ia_top1", "exact", "flip", "n_outside"]
+    assert iv_transfer_table(old).equals(iv_transfer_table(card))
 
 
 def test_acceptance_margins_and_the_dpo_check():
@@ -355,7 +409,7 @@ def test_acceptance_margins_and_the_dpo_check():
 def test_testable_configs_need_queries_to_move():
     from ivlens.organism.measure import testable_configs
 
-    point = {"layer": 0, "ia": 0.9, "exact": 0.8}
+    point = {"layer": 0, "ia_top1": 0.9, "exact": 0.8}
     iv = {"n_queries": 100, "subtasks": {"s": {"curves": {"formatted/first": [
         {**point, "flip": 0.9, "n_outside": 10},     # 10 % outside: testable
         {**point, "flip": 0.9, "n_outside": 9},      # too few to move

@@ -61,13 +61,13 @@ def test_gist_organism_acceptance_figures(gist_cache):
         for task in ("adjectives", "animals"):
             key = f"{stage}/{task}/iv_transfer"
             v = checks[key]["value"]
-            assert v["ia"] >= 0.5 and v["flip"] >= 0.5 and v["acc_in_space"] >= 0.9, v
+            assert v["ia_top1"] >= 0.5 and v["flip"] >= 0.5 and v["acc_in_space"] >= 0.9, v
     iv = card["measured"]["sft"]["adjectives"]["iv"]["subtasks"]
     # at the first token of the formatted query (the paper's first position) each adjective IV raises its
     # subtask's IA above the unpatched query's, and the IV of the subtask the model does *not* default to there
     # (the lower unpatched IA) takes over: IA >= 0.85
-    best = {sub: max(c["ia"] for c in iv[sub]["curves"]["formatted/first"]) for sub in ("adj_comp", "adj_ant")}
-    unpatched = {sub: iv[sub]["unpatched"]["formatted"]["ia"] for sub in best}
+    best = {sub: max(c["ia_top1"] for c in iv[sub]["curves"]["formatted/first"]) for sub in ("adj_comp", "adj_ant")}
+    unpatched = {sub: iv[sub]["unpatched"]["formatted"]["ia_top1"] for sub in best}
     assert all(best[sub] > unpatched[sub] for sub in best), (best, unpatched)
     assert best[min(unpatched, key=unpatched.get)] >= 0.85, (best, unpatched)
     assert card["timing"]["total"] > 0 and card["stages"]["base"]["weights_sha256"]

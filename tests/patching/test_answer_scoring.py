@@ -77,7 +77,7 @@ def test_answer_metrics_rank_the_label_among_the_candidates():
     m = answer_metrics(scores, label=torch.tensor([0, 0]), alt=torch.tensor([1, -1]),
                        space=torch.tensor([True, True, False]))
     assert m["rank"].tolist() == [2, 2] and m["top1"].tolist() == [2, 1]
-    assert m["ia"].tolist() == [False, True] and m["acc_top1"].tolist() == [False, False]
+    assert m["ia_top1"].tolist() == [False, True] and m["acc_top1"].tolist() == [False, False]
     assert m["acc_space"].tolist() == [True, False]
     assert m["prob"][0].item() == pytest.approx(math.exp(-1.0))
     assert m["logit_diff"][0].item() == pytest.approx(1.0) and math.isnan(m["logit_diff"][1].item())
@@ -116,7 +116,7 @@ def test_sweep_answer_scores_match_the_reference(animals):
         y = cands.index(r.label)
         assert r.logit == pytest.approx(scores[y].item(), abs=TOL)
         assert r.rank == 1 + int((scores > scores[y]).sum())
-        assert r.ia == bool(cands.in_space[int(scores.argmax())])
+        assert r.ia_top1 == bool(cands.in_space[int(scores.argmax())])
     base = res.baselines
     assert set(base["run"]) == {"target", "instructed"} and base["logit"].notna().all()
 

@@ -169,7 +169,7 @@ def test_sweep_matches_reference(arch, mode, target, positions, task):
         w = want[(row.sample, row.position, row.layers)]
         for k in ("logit", "prob", "rr", "logit_diff", "delta_logit_vs_target", "delta_logit_vs_instructed"):
             assert getattr(row, k) == pytest.approx(w[k], abs=TOL), (k, row.layers, row.position)
-        assert row.rank == w["rank"] and row.acc_top1 == w["acc_top1"] and row.ia == w["ia"]
+        assert row.rank == w["rank"] and row.acc_top1 == w["acc_top1"] and row.ia_top1 == w["ia_top1"]
 
 
 @pytest.mark.parametrize("arch", ["olmo2", "gpt2"])

@@ -37,7 +37,7 @@ def _table(joint_fn, n_samples=30, n_layers=4, seed=0):
             e = single[layers[0]] if len(layers) == 1 else joint_fn(layers, add, rng)
             recs.append({"model": "m", "position": "last", "sample": s, "layers": ",".join(map(str, layers)),
                          "set_size": len(layers), "first_layer": layers[0], "delta_logit_vs_target": e,
-                         "ia": e > 0, "acc_top1": e > 2, "acc_space": e > 1})
+                         "ia_top1": e > 0, "acc_top1": e > 2, "acc_space": e > 1})
     return pd.DataFrame(recs)
 
 
@@ -109,7 +109,7 @@ def test_sets_whose_interaction_is_zero_by_construction_are_not_tested():
                  else add + 0.5 + rng.normal(0, 0.3))
             recs.append({"model": "m", "position": "first", "sample": s, "layers": ",".join(map(str, layers)),
                          "set_size": len(layers), "first_layer": layers[0], "delta_logit_vs_target": e,
-                         "reaches_logits": layers[0] < 3, "ia": e > 0, "acc_top1": e > 2, "acc_space": e > 1})
+                         "reaches_logits": layers[0] < 3, "ia_top1": e > 0, "acc_top1": e > 2, "acc_space": e > 1})
     t = pd.DataFrame(recs)
     st = interaction_stats(t, correction="holm").set_index("layers")
     fixed = ["0,3", "1,3", "2,3"]

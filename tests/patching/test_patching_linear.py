@@ -281,13 +281,13 @@ def test_spec_options_and_hash():
 def test_dry_run_counts_the_estimate_and_shows_the_screens_saving():
     from pathlib import Path
 
-    from ivlens.patching.dry_run import patch_plans
+    from ivlens.patching.dry_run import patch_costs
 
     cfg = [str(Path(__file__).parents[1] / "data" / "olmo2-0425-1b-config")]  # 16 layers
     kw = {"positions": "first,last", "samples": 2, "target": "formatted"}  # several tokens: sets do not collapse
-    full = patch_plans(cfg, "adjectives", "adj_ant", layers="4-sets", **kw)[0]
-    off = patch_plans(cfg, "adjectives", "adj_ant", layers="4-sets", linear_estimate="off", **kw)[0]
-    scr = patch_plans(cfg, "adjectives", "adj_ant", layers="4-sets", screen=10, **kw)[0]
+    full = patch_costs(cfg, "adjectives", "adj_ant", layers="4-sets", **kw)[0]
+    off = patch_costs(cfg, "adjectives", "adj_ant", layers="4-sets", linear_estimate="off", **kw)[0]
+    scr = patch_costs(cfg, "adjectives", "adj_ant", layers="4-sets", screen=10, **kw)[0]
     n_sets = 16 + 120 + 560 + 1820
     assert full.counts["layer_sets"] == n_sets and full.counts["gradient_passes"] == 2
     assert "gradient_passes" not in off.counts and off.flops < full.flops

@@ -75,7 +75,8 @@ def test_label_metrics_by_hand():
     assert m["rr"].tolist() == [0.5, 0.5]
     assert m["top1"].tolist() == [1, 0] and m["acc_top1"].tolist() == [False, False]
     assert m["acc_space"].tolist() == [True, False]  # within {0, 2}: row 0 picks 2 (the label), row 1 picks 0
-    assert m["ia"].tolist() == [False, True]  # the top-1 token (1, 0) lies in the label space {0, 2} only in row 1
+    # the top-1 token (1, 0) lies in the label space {0, 2} only in row 1
+    assert m["ia_top1"].tolist() == [False, True]
     assert m["logit_diff"][0].item() == -1.0 and torch.isnan(m["logit_diff"][1])
     d = deltas(m, label_metrics(logits + 1.0, label, alt), "target")
     assert d["delta_logit_vs_target"].tolist() == [-1.0, -1.0]

@@ -74,7 +74,7 @@ def _rows(first_layer_mean: float = -0.5) -> pd.DataFrame:
                 effect = (first_layer_mean + 0.1 * layer + 0.01 * sample) if read else 0.0
                 recs.append(dict(model="m", position=position, sample=sample, layers=str(layer), set_size=1,
                                  first_layer=layer, pos_index=pos_index, n_tokens=5, reaches_logits=read,
-                                 delta_logit_vs_target=effect, ia=0.5, acc_top1=0.5, acc_space=0.5))
+                                 delta_logit_vs_target=effect, ia_top1=0.5, acc_top1=0.5, acc_space=0.5))
     return pd.DataFrame(recs)
 
 
@@ -100,13 +100,15 @@ def test_tables_without_the_column_make_no_claim():
 
 
 def test_steering_best_skips_unread_edits():
-    """An unread steering edit keeps the unsteered IA; when every read edit lowers IA it would be "best"."""
+    """An unread steering edit keeps the unsteered ia_top1; when every read edit lowers it, an unread one would be
+    "best"."""
     recs = []
     for sample in range(3):
-        for position, read, ia in (("first", False, 0.6), ("last", True, 0.2)):
+        for position, read, ia_top1 in (("first", False, 0.6), ("last", True, 0.2)):
             for alpha in (1.0, 4.0):
                 recs.append(dict(model="m", vector="mean", position=position, layer=3, alpha=alpha, sample=sample,
-                                 reaches_logits=read, ia=ia, acc_top1=ia, logit=0.0, delta_logit_vs_target=0.0))
+                                 reaches_logits=read, ia_top1=ia_top1, acc_top1=ia_top1, logit=0.0,
+                                 delta_logit_vs_target=0.0))
     dose = dose_response(pd.DataFrame(recs))
     assert dose.set_index("position").zero_by_construction.groupby(level=0).all().to_dict() == {
         "first": True, "last": False}

@@ -27,7 +27,7 @@ from ivlens.patching.engine import (
 )
 from ivlens.patching.metrics import label_metrics
 from ivlens.patching.sweep import patch_sweep
-from ivlens.patching.trie import plan_work
+from ivlens.patching.trie import scheduled_work
 from ivlens.tasks import load_task
 from ivlens.testing.tiny import tiny_model, tiny_tokenizer
 
@@ -110,23 +110,23 @@ def test_tensors_stay_bounded(monkeypatch):
 
 
 @pytest.mark.parametrize("group_rows", [2, 5, 64, 100_000])
-def test_plan_work_counts_what_the_engine_runs(group_rows):
+def test_scheduled_work_counts_what_the_engine_runs(group_rows):
     _model, adapter, clean, ivs, rows, label, alt, space = _setup()
     stats = EngineStats()
     patched_metrics(adapter, clean, ivs, rows, label, alt, space, batch_size=group_rows, stats=stats)
-    planned = plan_work(rows, [len(t) for t in TARGETS], adapter.n_layers, group_rows=group_rows)
-    assert planned.to_dict() == {**stats.to_dict(), "baseline_evals": 0}
-    assert planned.executed_evals <= planned.minimal_evals
+    scheduled = scheduled_work(rows, [len(t) for t in TARGETS], adapter.n_layers, group_rows=group_rows)
+    assert scheduled.to_dict() == {**stats.to_dict(), "baseline_evals": 0}
+    assert scheduled.executed_evals <= scheduled.minimal_evals
     if group_rows == 100_000:  # one group per suffix length: the full trie's sharing
-        assert planned.groups == len({len(t) - r.token for r in rows for t in [TARGETS[r.target]]})
+        assert scheduled.groups == len({len(t) - r.token for r in rows for t in [TARGETS[r.target]]})
 
 
-def test_plan_work_example_and_many_layers():
-    st = plan_work([RowSpec(0, 0, (1, 3), 0)], lengths=[5], n_layers=6, group_rows=1024)
+def test_scheduled_work_example_and_many_layers():
+    st = scheduled_work([RowSpec(0, 0, (1, 3), 0)], lengths=[5], n_layers=6, group_rows=1024)
     assert (st.executed_evals, st.unembed_rows, st.layer_calls) == (20, 1, 4)
     # past 62 layers the bit masks become Python integers: the same counts as a direct sum
     rows = [RowSpec(0, 0, (a, b), 0) for a, b in itertools.combinations(range(0, 70, 7), 2)]
-    st = plan_work(rows, lengths=[2], n_layers=70, group_rows=1024)
+    st = scheduled_work(rows, lengths=[2], n_layers=70, group_rows=1024)
     last_b = {}
     for r in rows:
         last_b[r.layers[0]] = max(last_b.get(r.layers[0], 0), r.layers[1])

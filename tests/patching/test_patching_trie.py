@@ -1,4 +1,4 @@
-"""The patching engine's planner on its own (no model, no tensors): deduplication, bounded groups of whole
+"""The patching engine's scheduler on its own (no model, no tensors): deduplication, bounded groups of whole
 subtrees, the trie over layer sets and its work count, checked against counts worked out by hand from the
 engine's semantics (a row with first patched layer ``l0`` at position ``p`` runs layers ``l0+1 … L−1`` on the
 ``T − p`` positions from ``p``; rows that agree on their patches below layer ``k`` are one state there)."""
@@ -15,8 +15,8 @@ from ivlens.patching.trie import (
     RowSpec,
     count_group,
     dedup_rows,
-    plan_groups,
-    plan_work,
+    schedule_groups,
+    scheduled_work,
     states_per_layer,
 )
 
@@ -38,7 +38,7 @@ def test_the_trie_shares_patch_prefixes_as_the_engine_docstring_says():
     # (0, 3), (0, 4) and (0, 3, 5) at the first of 5 tokens, 6 layers: one state entering layers 1–3, two
     # entering 4 and 5 ({0, 3} and {0, 4}); each evaluation covers the 5 recomputed positions
     rows = [RowSpec(0, 0, s, 0) for s in ((0, 3), (0, 4), (0, 3, 5))]
-    st = plan_work(rows, lengths=[5], n_layers=6, group_rows=1024)
+    st = scheduled_work(rows, lengths=[5], n_layers=6, group_rows=1024)
     assert st.executed_evals == (1 + 1 + 1 + 2 + 2) * 5 == 35
     assert st.minimal_evals == 3 * (6 - 1 - 0) * 5 == 75  # what each row needs on its own
     assert (st.layer_calls, st.rows, st.unique_rows, st.unembed_rows, st.groups) == (5, 3, 3, 3, 1)
@@ -94,13 +94,13 @@ def test_groups_are_bounded_cover_every_row_once_and_count_like_the_naive_trie(c
     lengths, L = [4, 6], 5
     rows = _sweep(2, 2, lengths, L, 3)
     keys, _, _ = dedup_rows(rows, lengths, L)
-    groups = list(plan_groups(keys, lengths, L, cap))
+    groups = list(schedule_groups(keys, lengths, L, cap))
     members = np.concatenate([g.members for g in groups])
     assert sorted(members.tolist()) == list(range(len(keys)))  # every unique row in exactly one group
     assert all(len(g.members) <= cap for g in groups)
     for g in groups:  # one suffix length per group, and its members' suffixes agree
         assert {lengths[keys[u][0]] - keys[u][3] for u in g.members} == {g.s}
-    st = plan_work(rows, lengths, L, group_rows=cap)
+    st = scheduled_work(rows, lengths, L, group_rows=cap)
     assert st.groups == len(groups) and st.unembed_rows == len(keys)
     # within one group the trie is exactly the naive count of distinct prefix states
     expected = sum(_naive_evals([RowSpec(keys[u][0], keys[u][1], keys[u][2], keys[u][3], keys[u][4])
@@ -112,7 +112,7 @@ def test_groups_are_bounded_cover_every_row_once_and_count_like_the_naive_trie(c
 def test_one_row_per_group_is_the_per_row_minimum_and_one_group_shares_most():
     lengths, L = [5, 7], 6
     rows = _sweep(2, 1, lengths, L, 3)  # no duplicates: neither position is a last one
-    work = [plan_work(rows, lengths, L, group_rows=cap) for cap in (1, 4, 16, 64, 1 << 20)]
+    work = [scheduled_work(rows, lengths, L, group_rows=cap) for cap in (1, 4, 16, 64, 1 << 20)]
     assert work[0].executed_evals == work[0].minimal_evals == sum(
         (L - 1 - r.layers[0]) * (lengths[r.target] - r.token) for r in rows)
     assert work[-1].executed_evals == min(w.executed_evals for w in work)  # one trie per suffix length
@@ -124,7 +124,7 @@ def test_a_group_size_per_suffix_length():
     lengths, L = [6], 4
     rows = _sweep(1, 1, lengths, L, 2)
     keys, _, _ = dedup_rows(rows, lengths, L)
-    groups = list(plan_groups(keys, lengths, L, lambda s: 2 if s > 1 else 1000))
+    groups = list(schedule_groups(keys, lengths, L, lambda s: 2 if s > 1 else 1000))
     assert [g.s for g in groups] == sorted(g.s for g in groups)  # shortest suffix first
     assert all(len(g.members) <= (2 if g.s > 1 else 1000) for g in groups)
 
@@ -133,7 +133,7 @@ def test_states_per_layer_follow_the_steps_back_from_the_final_states():
     lengths, L = [5], 6
     rows = [RowSpec(0, 0, s, 0) for s in ((0, 3), (0, 4), (0, 3, 5), (2,))]
     keys, _, _ = dedup_rows(rows, lengths, L)
-    (g,) = plan_groups(keys, lengths, L, 100)
+    (g,) = schedule_groups(keys, lengths, L, 100)
     per_layer = states_per_layer(g)
     assert len(per_layer) == L
     for k in range(L):

@@ -74,12 +74,12 @@ def test_collect_layer_subset_and_resume(tmp_path):
     layers = parse_layers("0,-1", loaded.n_layers)
     assert layers == [0, 3]
     store = collect_ivs(loaded, _rows(TEXTS), tmp_path, layers=layers, batch_size=2)
-    assert store.layers == [0, 3] and len(store.shards()) == 3
+    assert store.layers == [0, 3] and len(store.unit_files()) == 3
     X3 = load_layer(tmp_path, 3)
     with pytest.raises(KeyError, match="not collected"):
         load_layer(tmp_path, 1)
     # resume keeps existing shards and recomputes only missing ones
-    store.shards()[1].unlink()
+    store.unit_files()[1].unlink()
     again = collect_ivs(loaded, _rows(TEXTS), tmp_path, layers=layers, batch_size=2, resume=True)
     np.testing.assert_array_equal(again.load_layer(3), X3)
     with pytest.raises(ValueError, match="out of range"):

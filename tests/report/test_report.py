@@ -29,7 +29,8 @@ ARTIFACTS = Path(os.environ.get("IVLENS_TEST_ARTIFACTS", Path(__file__).parents[
 
 def _card() -> dict:
     """A small organism card with the keys the report reads (the real one comes from ``organism build``)."""
-    curve = [{"layer": layer, "ia": 0.5, "exact": 0.1 * layer, "flip": 0.2, "n_outside": 10} for layer in range(4)]
+    curve = [{"layer": layer, "ia_top1": 0.5, "exact": 0.1 * layer, "flip": 0.2, "n_outside": 10}
+             for layer in range(4)]
     iv = {"n_queries": 10, "subtasks": {s: {"curves": {"formatted/first": curve, "bare/last": curve}}
                                         for s in ("adj_comp", "adj_ant")}}
     return {"version": "v3", "variant": "gist", "size": "tiny", "seed": 1, "made_how": "A tiny test card.",

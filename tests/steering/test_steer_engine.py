@@ -8,7 +8,7 @@ import torch
 
 from ivlens.models.adapters import get_adapter
 from ivlens.patching.engine import EngineStats, RowSpec, clean_run, patched_logits
-from ivlens.patching.trie import plan_work
+from ivlens.patching.trie import scheduled_work
 from ivlens.testing.tiny import ARCHS, tiny_model
 
 TOL = 1e-5
@@ -44,8 +44,8 @@ def test_additive_edits_match_hook_reference(arch):
         torch.testing.assert_close(logits, want, atol=TOL, rtol=0)
     # an addition is not a replacement: the last-position identity (S, last) ≡ ({max S}, last) is not applied
     assert stats.unique_rows == len(set(rows))
-    planned = plan_work(rows, clean.lengths, adapter.n_layers, group_rows=5, edit="add")
-    assert planned.executed_evals == stats.executed_evals and planned.unique_rows == stats.unique_rows
+    scheduled = scheduled_work(rows, clean.lengths, adapter.n_layers, group_rows=5, edit="add")
+    assert scheduled.executed_evals == stats.executed_evals and scheduled.unique_rows == stats.unique_rows
 
 
 def test_zero_vector_is_the_clean_run_and_replace_spans():

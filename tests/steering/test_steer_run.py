@@ -33,7 +33,7 @@ def test_alpha_zero_is_the_target_run_and_vectors_are_unit(lm, tmp_path):
     spec = SteerSpec(models=(lm.path,), subtask="adj_ant", alphas="0,1,3", samples=4, max_per_subtask=6, figures=False)
     res = run_steer(spec, models=[lm], out=tmp_path / "s")
     rows, base = res.sweep.rows, res.sweep.baselines
-    zero = rows[rows.alpha == 0].merge(base[base.run == "target"][["sample", "logit", "ia"]], on="sample",
+    zero = rows[rows.alpha == 0].merge(base[base.run == "target"][["sample", "logit", "ia_top1"]], on="sample",
                                        suffixes=("", "_target"))
     np.testing.assert_allclose(zero.logit, zero.logit_target, atol=1e-5)
     assert (zero.delta_logit_vs_target.abs() < 1e-5).all()
@@ -49,7 +49,7 @@ def test_alpha_zero_is_the_target_run_and_vectors_are_unit(lm, tmp_path):
     torch.testing.assert_close(saved["unit"][0, 2], torch.tensor(mean / np.linalg.norm(mean)), atol=1e-5, rtol=0)
     assert saved["scale"][2].item() == pytest.approx(float(np.linalg.norm(X[a], axis=1).mean()), rel=1e-5)
     dose = dose_response(rows)
-    assert set(dose.columns) >= {"ia", "ia_sem", "logit", "acc_top1", "n"} and (dose.n == 4).all()
+    assert set(dose.columns) >= {"ia_top1", "ia_top1_sem", "logit", "acc_top1", "n"} and (dose.n == 4).all()
     # an edit nothing reads (a single position before the last, in the last layer) changes nothing; `all` is read
     unread = rows[~rows.reaches_logits]
     assert (unread.delta_logit_vs_target.abs() < 1e-5).all()
@@ -150,22 +150,22 @@ def test_a_probe_run_of_an_older_ivlens_is_named(tmp_path):
 def test_compare_with_patching_computes_every_column_on_the_paired_samples(caplog):
     """Steering ran 6 queries, patching 4 of them: the best configuration, its IA and accuracy, the paired test and
     ``n`` all use the 4; on all 6, α = 2 would win (IA 0.67 against 0.5)."""
-    ia = {1.0: [1, 1, 1, 0, 0, 0], 2.0: [1, 1, 0, 0, 1, 1]}
+    ia_top1 = {1.0: [1, 1, 1, 0, 0, 0], 2.0: [1, 1, 0, 0, 1, 1]}
     acc = {1.0: [1, 0, 0, 0, 0, 0], 2.0: [0, 0, 0, 0, 1, 1]}
     recs = [{"model": "m", "vector": "mean", "position": "first", "layer": layer, "alpha": a, "sample": i,
-             "ia": ia[a][i] if layer == 0 else 0, "acc_top1": acc[a][i] if layer == 0 else 0, "logit": 0.0,
+             "ia_top1": ia_top1[a][i] if layer == 0 else 0, "acc_top1": acc[a][i] if layer == 0 else 0, "logit": 0.0,
              "delta_logit_vs_target": 0.0} for layer in (0, 1, 2) for a in (1.0, 2.0) for i in range(6)]
     steer = pd.DataFrame(recs)
     patch = pd.DataFrame({"model": "m", "position": "first", "sample": [0, 1, 2, 3] * 3,
                           "layers": ["0"] * 4 + ["1"] * 4 + ["0,1"] * 4, "set_size": [1] * 8 + [2] * 4,
-                          "ia": [1] * 12, "acc_top1": [1] * 12})
+                          "ia_top1": [1] * 12, "acc_top1": [1] * 12})
     c = compare_with_patching(steer, patch).set_index("layer")
     assert (c.n == 4).all()
     # no query in common: no comparison (a warning names the model), never columns on different queries
     with caplog.at_level(logging.WARNING, logger="ivlens.steering.analysis"):
         assert compare_with_patching(steer, patch.assign(sample=patch["sample"] + 100)).empty
     assert "m shares no sample with the patch run" in caplog.text
-    assert c.loc[0, "steer_alpha"] == 1.0 and c.loc[0, "steer_ia"] == 0.75
+    assert c.loc[0, "steer_alpha"] == 1.0 and c.loc[0, "steer_ia_top1"] == 0.75
     assert c.loc[0, "steer_acc"] == 0.25 and c.loc[0, "steer_best_acc"] == 0.25
     assert c.loc[0, "diff"] == pytest.approx(-0.25)
 
@@ -174,11 +174,11 @@ def test_compare_with_patching_leaves_an_untested_layer_out_of_the_correction():
     """Layer 2 has no single-layer patch: no test, so its p-values stay NaN, it has no verdict, and the correction
     adjusts the two tested layers only (Holm over 2: the larger p keeps its raw value)."""
     steer = pd.DataFrame({"model": "m", "vector": "mean", "position": "first", "layer": [0] * 4 + [1] * 4 + [2] * 4,
-                          "alpha": 1.0, "sample": [0, 1, 2, 3] * 3, "ia": [1, 1, 1, 0] + [0] * 4 + [1] * 4,
+                          "alpha": 1.0, "sample": [0, 1, 2, 3] * 3, "ia_top1": [1, 1, 1, 0] + [0] * 4 + [1] * 4,
                           "acc_top1": 0, "logit": 0.0, "delta_logit_vs_target": 0.0})
     patch = pd.DataFrame({"model": "m", "position": "first", "sample": [0, 1, 2, 3] * 3,
                           "layers": ["0"] * 4 + ["1"] * 4 + ["1,2"] * 4, "set_size": [1] * 8 + [2] * 4,
-                          "ia": [1] * 12, "acc_top1": [1] * 12})
+                          "ia_top1": [1] * 12, "acc_top1": [1] * 12})
     c = compare_with_patching(steer, patch).set_index("layer")
     assert np.isnan(c.loc[2, "p_t"]) and np.isnan(c.loc[2, "p_t_adj"]) and pd.isna(c.loc[2, "verdict"])
     assert c.loc[2, "set_layers"] == "1,2" and c.loc[2, "n"] == 4
@@ -192,11 +192,11 @@ def test_compare_with_patching_gives_no_verdict_where_the_test_is_undefined():
     is NaN (not 1: "no significant difference" would claim a test), it has no verdict and stays out of Holm's
     family (layer 0 keeps its raw p, a family of 1)."""
     steer = pd.DataFrame({"model": "m", "vector": "mean", "position": "first", "layer": [0] * 4 + [1] * 4,
-                          "alpha": 1.0, "sample": [0, 1, 2, 3] * 2, "ia": [1, 1, 1, 0] + [1, 0, 1, 0],
+                          "alpha": 1.0, "sample": [0, 1, 2, 3] * 2, "ia_top1": [1, 1, 1, 0] + [1, 0, 1, 0],
                           "acc_top1": 0, "logit": 0.0, "delta_logit_vs_target": 0.0})
     patch = pd.DataFrame({"model": "m", "position": "first", "sample": [0, 1, 2, 3] * 2,
                           "layers": ["0"] * 4 + ["1"] * 4, "set_size": 1,
-                          "ia": [1] * 4 + [1, 0, 1, 0], "acc_top1": [1] * 8})
+                          "ia_top1": [1] * 4 + [1, 0, 1, 0], "acc_top1": [1] * 8})
     c = compare_with_patching(steer, patch).set_index("layer")
     assert c.loc[1, "diff"] == 0.0 and c.loc[1, "n"] == 4
     assert np.isnan(c.loc[1, "p_t"]) and np.isnan(c.loc[1, "p_t_adj"]) and pd.isna(c.loc[1, "verdict"])
@@ -207,18 +207,18 @@ def test_compare_with_patching_gives_no_verdict_where_the_test_is_undefined():
 def test_compare_with_patching_picks_the_best_and_tests_paired():
     steer = pd.DataFrame({"model": "m", "vector": "mean", "position": "first", "layer": [0] * 8 + [1] * 8,
                           "alpha": [1.0, 1.0, 1.0, 1.0, 2.0, 2.0, 2.0, 2.0] * 2, "sample": [0, 1, 2, 3] * 4,
-                          "ia": [0, 0, 0, 0, 1, 1, 1, 0] + [0] * 8,
+                          "ia_top1": [0, 0, 0, 0, 1, 1, 1, 0] + [0] * 8,
                           "acc_top1": [1, 1, 0, 0, 1, 0, 0, 0] + [0] * 8, "logit": 0.0,
                           "delta_logit_vs_target": 0.0})
     patch = pd.DataFrame({"model": "m", "position": "first", "sample": [0, 1, 2, 3] * 3,
                           "layers": ["0"] * 4 + ["1"] * 4 + ["0,1"] * 4, "set_size": [1] * 8 + [2] * 4,
-                          "ia": [1, 1, 1, 1] + [1, 1, 1, 1] + [1, 1, 1, 0],
+                          "ia_top1": [1, 1, 1, 1] + [1, 1, 1, 1] + [1, 1, 1, 0],
                           "acc_top1": [1, 1, 1, 0] + [0, 0, 0, 0] + [1, 0, 0, 0]})
     c = compare_with_patching(steer, patch).set_index("layer")
-    assert c.loc[0, "steer_alpha"] == 2.0 and c.loc[0, "steer_ia"] == 0.75
+    assert c.loc[0, "steer_alpha"] == 2.0 and c.loc[0, "steer_ia_top1"] == 0.75
     # accuracy beside IA: the IA-best configuration's (0.25), the best of any configuration at the layer (0.5)
     assert c.loc[0, "steer_acc"] == 0.25 and c.loc[0, "steer_best_acc"] == 0.5
     assert c.loc[0, "patch_acc"] == 0.75 and c.loc[0, "set_acc"] == 0.25
-    assert c.loc[0, "patch_ia"] == 1.0 and c.loc[0, "set_ia"] == 0.75 and c.loc[0, "set_layers"] == "0,1"
+    assert c.loc[0, "patch_ia_top1"] == 1.0 and c.loc[0, "set_ia_top1"] == 0.75 and c.loc[0, "set_layers"] == "0,1"
     assert c.loc[0, "n"] == 4 and c.loc[0, "diff"] == pytest.approx(-0.25)
     assert c.loc[1, "verdict"] == "falls short"  # 0 against 1 on every sample

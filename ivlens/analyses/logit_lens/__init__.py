@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from ivlens.analyses.analysis import Analysis
 
-from .plan import logit_lens_plans
+from .cost import logit_lens_costs
 from .run import LogitLensResult, run_logit_lens
 from .section import logit_lens_section
 from .spec import LogitLensSpec
 
-__all__ = ["ANALYSIS", "LogitLensResult", "LogitLensSpec", "logit_lens_plans", "logit_lens_section", "run_logit_lens"]
+__all__ = ["ANALYSIS", "LogitLensResult", "LogitLensSpec", "logit_lens_costs", "logit_lens_section", "run_logit_lens"]
 
-ANALYSIS = Analysis("logit-lens", LogitLensSpec, run_logit_lens, logit_lens_plans, (logit_lens_section,),
+ANALYSIS = Analysis("logit-lens", LogitLensSpec, run_logit_lens, logit_lens_costs, (logit_lens_section,),
                     needs_adapter=True, per_task=True, order=35,
                     example={"task": "adjectives", "layers": "0,-1", "max_per_subtask": 3, "n_boot": 200, "seed": 3})

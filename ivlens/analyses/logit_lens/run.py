@@ -1,7 +1,7 @@
 """``run_logit_lens``: the logit lens of every model's IVs, layer by layer, into one run directory.
 
 Units of work (:mod:`ivlens.units`): one model (its rephrasings' IVs at every chosen layer, read through its
-final norm and unembedding); each writes its rows as shards of ``mass`` and ``top_tokens`` (resumable with
+final norm and unembedding); each writes its rows as unit files of ``mass`` and ``top_tokens`` (resumable with
 ``--resume``), then the run writes:
 
 - ``mass.parquet``: ``model, task, subtask, layer, rephrasing, instruction, own_tokens, other_tokens, own_mass,

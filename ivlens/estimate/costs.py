@@ -1,9 +1,9 @@
 """The work of each long command, as counts: what ``--dry-run`` prints before anything runs.
 
 Every function here is pure: it takes sizes (:class:`~ivlens.estimate.flops.ModelShape`), prompt lengths and the
-command's options, and returns a :class:`Plan`: counts (rows, forward passes, tokens), matrix FLOPs, the number
-of small kernel calls, bytes moved by memory-bound steps, and the parts of peak memory. :func:`seconds` turns a
-plan into time with the rates of :class:`Rates` (measured by :mod:`ivlens.estimate.calibrate`):
+command's options, and returns a :class:`CostEstimate`: counts (rows, forward passes, tokens), matrix FLOPs, the
+number of small kernel calls, bytes moved by memory-bound steps, and the parts of peak memory. :func:`seconds` turns
+a cost estimate into time with the rates of :class:`Rates` (measured by :mod:`ivlens.estimate.calibrate`):
 
     time = FLOPs / GEMM rate  +  layer calls × layer latency  +  small ops × op latency  +  bytes / copy rate
 
@@ -98,7 +98,7 @@ class Rates:
 
 
 @dataclass
-class Plan:
+class CostEstimate:
     """One command's work on one model (or several: :meth:`merge`)."""
 
     command: str
@@ -132,30 +132,31 @@ class Plan:
         return out
 
 
-def seconds(plan: Plan, rates: Rates) -> float:
-    """Estimated wall time of ``plan`` at ``rates`` (see the module docstring and :class:`Rates`): CPU-seconds
+def seconds(cost: CostEstimate, rates: Rates) -> float:
+    """Estimated wall time of ``cost`` at ``rates`` (see the module docstring and :class:`Rates`): CPU-seconds
     divided by the cores the run gets now."""
-    return ((plan.flops - plan.measured_flops) / rates.gemm + plan.measured_seconds) / rates.parallel_cores() + (
-            (plan.layer_calls * rates.layer_latency + plan.kernel_calls * rates.op_latency
-             + plan.stream_bytes / rates.copy + plan.serial_seconds) / rates.barrier_cores())
+    return ((cost.flops - cost.measured_flops) / rates.gemm + cost.measured_seconds) / rates.parallel_cores() + (
+            (cost.layer_calls * rates.layer_latency + cost.kernel_calls * rates.op_latency
+             + cost.stream_bytes / rates.copy + cost.serial_seconds) / rates.barrier_cores())
 
 
-def add_startup(plan: Plan, shape: ModelShape, dtype: str, *, imports: bool = True, gguf: bool = False) -> Plan:
-    """Add starting the process (``imports``) and loading ``shape``'s weights to ``plan``; a GGUF checkpoint is
+def add_startup(cost: CostEstimate, shape: ModelShape, dtype: str, *, imports: bool = True,
+                gguf: bool = False) -> CostEstimate:
+    """Add starting the process (``imports``) and loading ``shape``'s weights to ``cost``; a GGUF checkpoint is
     dequantized while loading, which also holds a second copy of the weights for a moment."""
-    plan.kernel_calls += (IMPORT_OPS if imports else 0) + (shape.n_params * GGUF_OPS_PER_PARAM if gguf else 0)
-    plan.stream_bytes += LOAD_COPIES * weight_bytes(shape, dtype)
+    cost.kernel_calls += (IMPORT_OPS if imports else 0) + (shape.n_params * GGUF_OPS_PER_PARAM if gguf else 0)
+    cost.stream_bytes += LOAD_COPIES * weight_bytes(shape, dtype)
     if gguf:
-        plan.memory["GGUF dequantization (while loading)"] = weight_bytes(shape, "float32")
-    return plan
+        cost.memory["GGUF dequantization (while loading)"] = weight_bytes(shape, "float32")
+    return cost
 
 
-def add_figures(plan: Plan, n: int) -> Plan:
-    """Add writing ``n`` matplotlib figures (and importing matplotlib for the first) to ``plan``."""
+def add_figures(cost: CostEstimate, n: int) -> CostEstimate:
+    """Add writing ``n`` matplotlib figures (and importing matplotlib for the first) to ``cost``."""
     if n:
-        plan.kernel_calls += FIGURE_OPS * (n + 2)
-        plan.counts["figures"] = plan.counts.get("figures", 0) + n
-    return plan
+        cost.kernel_calls += FIGURE_OPS * (n + 2)
+        cost.counts["figures"] = cost.counts.get("figures", 0) + n
+    return cost
 
 
 def weight_bytes(shape: ModelShape, dtype: str) -> int:
@@ -217,8 +218,10 @@ def patch_metric_row_bytes(shape: ModelShape, dtype: str = "float32") -> int:
 
 
 @dataclass(frozen=True)
-class PatchTarget:
-    """One sample as the engine sees it: target length, patched token indices, instructed-prompt length."""
+class TargetShape:
+    """A target prompt's shape for the cost model: one sample as the patching engine sees it (target length,
+    patched token indices, instructed-prompt length). Not :data:`ivlens.specs.PatchTarget`, the option naming
+    which query-only prompt is the target (``bare`` / ``formatted``)."""
 
     n_tokens: int
     positions: tuple[int, ...]
@@ -226,12 +229,12 @@ class PatchTarget:
 
 
 #: ``engine_work(chunk, layer_sets, n_layers, group_rows) -> (executed_evals, unembed_rows, layer_calls)``: the
-#: engine's own count for one chunk of targets (``ivlens.patching.trie.plan_work``), passed in by the caller.
-EngineWork = Callable[[Sequence[PatchTarget], Sequence[tuple[int, ...]], int, Callable[[int], int]],
+#: engine's own count for one chunk of targets (``ivlens.patching.trie.scheduled_work``), passed in by the caller.
+EngineWork = Callable[[Sequence[TargetShape], Sequence[tuple[int, ...]], int, Callable[[int], int]],
                       tuple[int, int, int]]
 
 
-def trie_work(chunk: Sequence[PatchTarget], layer_sets: Sequence[tuple[int, ...]], n_layers: int,
+def trie_work(chunk: Sequence[TargetShape], layer_sets: Sequence[tuple[int, ...]], n_layers: int,
               group_rows: Callable[[int], int]) -> tuple[int, int, int]:
     """A stand-in for the engine's count: :func:`trie_states` per target and position, one group per
     ``group_rows(s)`` rows of each suffix length ``s`` (exact when every group holds whole targets)."""
@@ -252,10 +255,10 @@ def trie_work(chunk: Sequence[PatchTarget], layer_sets: Sequence[tuple[int, ...]
     return evals, unembed, calls
 
 
-def patch_plan(shape: ModelShape, targets: Sequence[PatchTarget], layer_sets: Sequence[tuple[int, ...]],
+def patch_cost(shape: ModelShape, targets: Sequence[TargetShape], layer_sets: Sequence[tuple[int, ...]],
                source_tokens: int, *, dtype: str = "float32", chunk_size: int = 25, budget: int = 1 << 30,
                batch_size: int | None = None, n_positions: int | None = None, engine_work: EngineWork | None = None,
-               model: str = "", answer: AnswerTrie | None = None) -> Plan:
+               model: str = "", answer: AnswerTrie | None = None) -> CostEstimate:
     """A patch sweep of ``layer_sets`` at each target's positions (transfer or contrastive: the same work).
 
     Work per model: one source run; per chunk of ``chunk_size`` samples, a padded clean run of the targets
@@ -271,7 +274,7 @@ def patch_plan(shape: ModelShape, targets: Sequence[PatchTarget], layer_sets: Se
     """
     L, n = shape.n_layers, len(targets)
     engine_work = engine_work or trie_work
-    plan = Plan("patch", model)
+    cost = CostEstimate("patch", model)
     rows = (n * n_positions if n_positions else sum(len(t.positions) for t in targets)) * len(layer_sets)
     chunks = [targets[i:i + chunk_size] for i in range(0, n, chunk_size)]
     flops = prompt_flops(shape, source_tokens)
@@ -302,27 +305,27 @@ def patch_plan(shape: ModelShape, targets: Sequence[PatchTarget], layer_sets: Se
             scoring = math.ceil(u / sub) * answer_forwards(min(u, sub), answer, node_cap) \
                 + 2 * answer_forwards(len(c), answer, node_cap)
             calls += scoring * L
-            plan.stream_bytes += scoring * weight_bytes(shape, dtype)  # few rows per forward: bound by the weights
+            cost.stream_bytes += scoring * weight_bytes(shape, dtype)  # few rows per forward: bound by the weights
             answer_nodes += (u + 2 * len(c)) * answer.n_nodes
     flops += unembed * unembed_flops(shape)
-    plan.counts = {"samples": n, "rows": rows, "distinct_rows": unembed, "layer_sets": len(layer_sets),
+    cost.counts = {"samples": n, "rows": rows, "distinct_rows": unembed, "layer_sets": len(layer_sets),
                    "forward_passes": 1 + 2 * n, "layer_token_evals": evals, "layer_calls": calls + base_calls}
-    plan.flops = flops
-    plan.layer_calls = calls + base_calls
-    plan.kernel_calls = rows * OPS_PER_ROW
+    cost.flops = flops
+    cost.layer_calls = calls + base_calls
+    cost.kernel_calls = rows * OPS_PER_ROW
     if answer is not None:
-        plan.counts |= {"answer_candidates": answer.candidates, "answer_trie_nodes": answer_nodes}
-        plan.kernel_calls += 2 * n * answer.candidates * OPS_PER_CANDIDATE
-    plan.stream_bytes += unembed * shape.d_vocab * 4 * 6  # log-sum-exp, ranks, top-1 over each logits row
+        cost.counts |= {"answer_candidates": answer.candidates, "answer_trie_nodes": answer_nodes}
+        cost.kernel_calls += 2 * n * answer.candidates * OPS_PER_CANDIDATE
+    cost.stream_bytes += unembed * shape.d_vocab * 4 * 6  # log-sum-exp, ranks, top-1 over each logits row
     # memory: the clean run of one chunk (residuals + keys/values of every layer), one group, the records
     c = min(chunk_size, n)
     clean = L * c * widest * (shape.d_model + 2 * shape.n_kv_heads * shape.d_head) * DTYPE_BYTES[dtype]
     s_max = max(t.n_tokens - min(t.positions) for t in targets)
     need = max(patch_row_bytes(shape, widest, s_max, dtype) * min(rows, 1 << 20), patch_metric_row_bytes(shape, dtype))
     rows_chunk = rows * c // max(1, n)
-    plan.memory = {**_base_memory(shape, dtype), "clean runs (one chunk)": clean, "engine working set": min(budget, need),
+    cost.memory = {**_base_memory(shape, dtype), "clean runs (one chunk)": clean, "engine working set": min(budget, need),
                    "row records (one chunk)": rows_chunk * ROW_RECORD_BYTES, "result table": rows * ROW_TABLE_BYTES}
-    return plan
+    return cost
 
 
 # --------------------------------------------------------------------------------------------- answer scoring
@@ -363,9 +366,9 @@ def kv_bytes(shape: ModelShape, n_tokens: int, dtype: str = "float32") -> int:
     return shape.n_layers * 2 * shape.n_kv_heads * shape.d_head * n_tokens * DTYPE_BYTES[dtype]
 
 
-def add_answer_scoring(plan: Plan, shape: ModelShape, lengths: Sequence[int], trie: AnswerTrie, *, batch_size: int,
-                       node_cap: int, dtype: str = "float32") -> Plan:
-    """Add eval's answer-level scoring to ``plan``: per batch of ``batch_size`` prompts (lengths ``lengths``), one
+def add_answer_scoring(cost: CostEstimate, shape: ModelShape, lengths: Sequence[int], trie: AnswerTrie, *,
+                       batch_size: int, node_cap: int, dtype: str = "float32") -> CostEstimate:
+    """Add eval's answer-level scoring to ``cost``: per batch of ``batch_size`` prompts (lengths ``lengths``), one
     padded forward of the prompts with their cache, then the candidates' trie (:func:`answer_scoring_flops`,
     ``node_cap`` nodes per forward)."""
     L = shape.n_layers
@@ -373,20 +376,20 @@ def add_answer_scoring(plan: Plan, shape: ModelShape, lengths: Sequence[int], tr
     for i in range(0, len(lengths), batch_size):
         b = lengths[i:i + batch_size]
         w = max(b)
-        plan.flops += len(b) * (prompt_flops(shape, w) + answer_scoring_flops(shape, w, trie))
+        cost.flops += len(b) * (prompt_flops(shape, w) + answer_scoring_flops(shape, w, trie))
         node_forwards += answer_forwards(len(b), trie, node_cap)
         forwards += 1
     forwards += node_forwards
-    plan.layer_calls += forwards * L
-    plan.stream_bytes += node_forwards * weight_bytes(shape, dtype)  # a few rows per forward: bound by the weights
-    plan.kernel_calls += len(lengths) * trie.candidates * OPS_PER_CANDIDATE
-    plan.counts |= {"answer_candidates": trie.candidates, "answer_trie_nodes": trie.n_nodes,
+    cost.layer_calls += forwards * L
+    cost.stream_bytes += node_forwards * weight_bytes(shape, dtype)  # a few rows per forward: bound by the weights
+    cost.kernel_calls += len(lengths) * trie.candidates * OPS_PER_CANDIDATE
+    cost.counts |= {"answer_candidates": trie.candidates, "answer_trie_nodes": trie.n_nodes,
                     "scoring_forwards": forwards}
     w = max(lengths)
-    plan.memory["answer scoring (prompt caches + trie nodes)"] = (
+    cost.memory["answer scoring (prompt caches + trie nodes)"] = (
         batch_size * kv_bytes(shape, w, dtype) + min(node_cap, batch_size * trie.n_nodes) * kv_bytes(shape, w + len(
             trie.nodes), dtype))
-    return plan
+    return cost
 
 
 # --------------------------------------------------------------------------------------------- probe
@@ -404,9 +407,10 @@ def probe_batch_size(shape: ModelShape, n_tokens: int, budget: int, dtype: str =
     return max(1, min(256, budget // max(1, probe_row_bytes(shape, n_tokens, dtype))))
 
 
-def probe_plan(shape: ModelShape, lengths: Sequence[int], n_layers_probed: int, n_probes: int, *,
+def probe_cost(shape: ModelShape, lengths: Sequence[int], n_layers_probed: int, n_probes: int, *,
                dtype: str = "float32", batch_size: int | None = None, budget: int = 1 << 30, folds: int = 5,
-               n_shuffles: int = 1, n_classes: int = 4, layer_seconds: float | None = None, model: str = "") -> Plan:
+               n_shuffles: int = 1, n_classes: int = 4, layer_seconds: float | None = None,
+               model: str = "") -> CostEstimate:
     """IV collection of ``len(lengths)`` instruction-only prompts in left-padded batches (in row order, padded to
     the batch's longest), then per probed layer ``n_probes`` logistic probes (``folds`` CV fits, as many per
     shuffle, one held-out fit and the refit on all rows, solved as one batch per probe), LDA, PCA and similarities.
@@ -421,21 +425,21 @@ def probe_plan(shape: ModelShape, lengths: Sequence[int], n_layers_probed: int, 
     d = shape.d_model
     fits_per_probe = folds * (1 + n_shuffles) + 2  # CV, shuffled-label CV, held-out, refit
     fits = n_layers_probed * n_probes * fits_per_probe
-    plan = Plan("probe", model)
+    cost = CostEstimate("probe", model)
     if layer_seconds is None:
         iters = 60  # batched L-BFGS iterations, one forward and one gradient product of every fit each
         flops += fits * iters * 2 * 2 * n * d * n_classes
-        plan.kernel_calls = n_layers_probed * n_probes * iters * 120
+        cost.kernel_calls = n_layers_probed * n_probes * iters * 120
     else:
-        plan.serial_seconds = n_layers_probed * layer_seconds
+        cost.serial_seconds = n_layers_probed * layer_seconds
     flops += n_layers_probed * 3 * 4 * n * d * min(n, d)  # LDA, PCA, similarity
-    plan.counts = {"instructions": n, "forward_passes": len(batches), "batch_prompts": bs,
+    cost.counts = {"instructions": n, "forward_passes": len(batches), "batch_prompts": bs,
                    "longest_prompt": max(lengths), "layers": n_layers_probed, "probe_fits": fits}
-    plan.flops = flops
-    plan.layer_calls = len(batches) * shape.n_layers
-    plan.memory = {**_base_memory(shape, dtype), "one batch's forward": bs * probe_row_bytes(shape, max(lengths), dtype),
+    cost.flops = flops
+    cost.layer_calls = len(batches) * shape.n_layers
+    cost.memory = {**_base_memory(shape, dtype), "one batch's forward": bs * probe_row_bytes(shape, max(lengths), dtype),
                    "one layer's IVs (probing)": n * d * 4 * 4}
-    return plan
+    return cost
 
 
 # --------------------------------------------------------------------------------------------- trace
@@ -465,10 +469,10 @@ def trace_bytes(shape: ModelShape, n_tokens: int, dtype: str = "float32", beam: 
     return out
 
 
-def trace_plan(shape: ModelShape, lengths: Sequence[int], *, dtype: str = "float32", beam: int = 256,
-               mode: str = "single", budget: int | None = None, model: str = "") -> Plan:
+def trace_cost(shape: ModelShape, lengths: Sequence[int], *, dtype: str = "float32", beam: int = 256,
+               mode: str = "single", budget: int | None = None, model: str = "") -> CostEstimate:
     """Tracing ``len(lengths)`` prompts one at a time: a forward with eager attention, the frozen surrogate, the
-    attribution graph (one frozen forward and backward), and a beam search over paths. ``budget``: mark the plan
+    attribution graph (one frozen forward and backward), and a beam search over paths. ``budget``: mark the estimate
     as not fitting (``fits = False``) when the longest prompt's working memory exceeds it."""
     L, d = shape.n_layers, shape.d_model
     graphs = 2 if mode == "compare" else 1
@@ -480,24 +484,24 @@ def trace_plan(shape: ModelShape, lengths: Sequence[int], *, dtype: str = "float
         flops += graphs * L * 2 * shape.n_heads * T * T * shape.d_head  # per-head edges
         flops += L * 2 * beam * (shape.n_heads + 1) * T * d * 2  # beam expansion through heads and MLPs
     T = max(lengths)
-    plan = Plan("trace", model)
-    plan.counts = {"prompts": len(lengths), "max_tokens": T, "graph_entries": L * shape.n_heads * T * T}
-    plan.flops = flops
-    plan.layer_calls = len(lengths) * L * (3 + graphs)  # the forward, the surrogate, frozen passes
-    plan.kernel_calls = len(lengths) * L * beam // 4
+    cost = CostEstimate("trace", model)
+    cost.counts = {"prompts": len(lengths), "max_tokens": T, "graph_entries": L * shape.n_heads * T * T}
+    cost.flops = flops
+    cost.layer_calls = len(lengths) * L * (3 + graphs)  # the forward, the surrogate, frozen passes
+    cost.kernel_calls = len(lengths) * L * beam // 4
     work = trace_bytes(shape, T, dtype, beam, mode)
     graph = trace_graph_bytes(shape, T, mode)
-    plan.memory = {**_base_memory(shape, dtype), "graph (L·H·T² tensors)": graph, "other tracer state": work - graph}
+    cost.memory = {**_base_memory(shape, dtype), "graph (L·H·T² tensors)": graph, "other tracer state": work - graph}
     if budget is not None and budget <= 0:
-        plan.fits = False
-        plan.notes.append(f"the weights ({weight_bytes(shape, dtype) / 1e9:.1f} GB in {dtype}) leave no memory for the "
+        cost.fits = False
+        cost.notes.append(f"the weights ({weight_bytes(shape, dtype) / 1e9:.1f} GB in {dtype}) leave no memory for the "
                           "tracer on this machine; the working memory it needs is listed above")
     elif budget is not None and work > budget:
-        plan.fits = False
-        plan.notes.append(f"the tracer's working memory ({work / 1e9:.2f} GB) exceeds the budget "
+        cost.fits = False
+        cost.notes.append(f"the tracer's working memory ({work / 1e9:.2f} GB) exceeds the budget "
                           f"({budget / 1e9:.2f} GB): at most {max_trace_tokens(shape, budget, dtype, beam, mode)} "
                           "tokens fit (--max-tokens)")
-    return plan
+    return cost
 
 
 def max_trace_tokens(shape: ModelShape, budget: int, dtype: str = "float32", beam: int = 256,
@@ -514,8 +518,8 @@ def max_trace_tokens(shape: ModelShape, budget: int, dtype: str = "float32", bea
 
 
 # --------------------------------------------------------------------------------------------- eval
-def eval_plan(shape: ModelShape, lengths: Sequence[int], max_new_tokens: int, *, dtype: str = "float32",
-              batch_size: int = 16, model: str = "") -> Plan:
+def eval_cost(shape: ModelShape, lengths: Sequence[int], max_new_tokens: int, *, dtype: str = "float32",
+              batch_size: int = 16, model: str = "") -> CostEstimate:
     """Greedy generation of ``max_new_tokens`` for each prompt (lengths ``lengths``), ``batch_size`` at a time:
     a padded prefill (logits at every position), then one step per new token that reads every weight once."""
     L = shape.n_layers
@@ -531,18 +535,18 @@ def eval_plan(shape: ModelShape, lengths: Sequence[int], max_new_tokens: int, *,
         stream += (max_new_tokens - 1) * weight_bytes(shape, dtype)  # few rows per step: bound by reading weights
         kv = max(kv, len(b) * L * 2 * shape.n_kv_heads * shape.d_head * (w + max_new_tokens) * DTYPE_BYTES[dtype])
     w = max(lengths)
-    plan = Plan("eval", model)
-    plan.counts = {"prompts": len(lengths), "batches": len(batches), "generation_steps": steps,
+    cost = CostEstimate("eval", model)
+    cost.counts = {"prompts": len(lengths), "batches": len(batches), "generation_steps": steps,
                    "new_tokens_per_prompt": max_new_tokens}
-    plan.flops = flops
-    plan.layer_calls = steps * L
-    plan.kernel_calls = steps * 40
-    plan.stream_bytes = stream
-    plan.memory = {**_base_memory(shape, dtype), "KV cache": kv,
+    cost.flops = flops
+    cost.layer_calls = steps * L
+    cost.kernel_calls = steps * 40
+    cost.stream_bytes = stream
+    cost.memory = {**_base_memory(shape, dtype), "KV cache": kv,
                    "prefill logits": batch_size * w * shape.d_vocab * 4 * 2,
                    "prefill activations": batch_size * (2 * shape.n_heads * w * w + w * 3 * shape.d_mlp)
                    * DTYPE_BYTES[dtype]}
-    return plan
+    return cost
 
 
 # --------------------------------------------------------------------------------------------- organism build
@@ -558,13 +562,14 @@ class TrainStage:
     passes: int = 3
 
 
-def train_plan(shape: ModelShape, stages: Sequence[TrainStage], *, measure_prompts: int = 0,
-               measure_tokens: int = 24, step_seconds: Mapping[str, float] | None = None, model: str = "") -> Plan:
+def train_cost(shape: ModelShape, stages: Sequence[TrainStage], *, measure_prompts: int = 0,
+               measure_tokens: int = 24, step_seconds: Mapping[str, float] | None = None,
+               model: str = "") -> CostEstimate:
     """Training stages on ``shape`` (fp32, AdamW), then ``measure_prompts`` short forwards (the card's checks).
 
     ``step_seconds``: the measured seconds (CPU-seconds on a CPU) of one optimiser step of each stage, by name
     (:func:`ivlens.estimate.calibrate.train_step_latency`): the stages' time is then ``steps × step`` (in
-    :attr:`Plan.measured_seconds`) instead of the FLOP and layer-call model, which misjudges small models'
+    :attr:`CostEstimate.measured_seconds`) instead of the FLOP and layer-call model, which misjudges small models'
     training (backward and optimiser kernels, thread hand-offs) by a factor of 3 either way."""
     flops, calls, layer_calls, measured, measured_flops = 0.0, 0.0, 0.0, 0.0, 0.0
     counts: dict[str, int] = {}
@@ -583,16 +588,16 @@ def train_plan(shape: ModelShape, stages: Sequence[TrainStage], *, measure_promp
         calls += st.steps * n_param_tensors * 6
     flops += measure_prompts * prompt_flops(shape, measure_tokens, logit_rows=measure_tokens)
     layer_calls += measure_prompts / 16 * shape.n_layers
-    plan = Plan("organism build", model)
-    plan.counts = counts | {"measure_forwards": measure_prompts}
-    plan.flops = flops
-    plan.measured_seconds, plan.measured_flops = measured, measured_flops
-    plan.kernel_calls = calls
-    plan.layer_calls = layer_calls
+    cost = CostEstimate("organism build", model)
+    cost.counts = counts | {"measure_forwards": measure_prompts}
+    cost.flops = flops
+    cost.measured_seconds, cost.measured_flops = measured, measured_flops
+    cost.kernel_calls = calls
+    cost.layer_calls = layer_calls
     big = max(stages, key=lambda s: s.batch * s.seq_len * (2 if s.passes > 3 else 1))
     acts = big.batch * big.seq_len * (2 if big.passes > 3 else 1) * shape.n_layers * (
         12 * shape.d_model + 4 * shape.d_mlp + 2 * shape.n_heads * big.seq_len) * 4
-    plan.memory = {"runtime": RUNTIME_BYTES + (300 << 20),  # + trl, datasets
+    cost.memory = {"runtime": RUNTIME_BYTES + (300 << 20),  # + trl, datasets
                    "weights, grads, AdamW states (+ DPO reference)": shape.n_params * 4 * 5,
                    "activations of one batch": acts + big.batch * big.seq_len * shape.d_vocab * 4 * 3}
-    return plan
+    return cost
