@@ -37,7 +37,7 @@ from .scoped import torch_threads
 from .sharding import owner
 from .tasks import Task, TaskError, load_task, selection
 from .tasks.validate import warn_first_token_clashes
-from .units import TablePieces, Unit, UnitLoop
+from .units import TablePieces, Unit, UnitLoop, unit_key
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ def run_eval(spec: EvalSpec, *, models: Sequence[LoadedModel] | None = None, out
         # once per task and subtask in the run: not per chunk, not per model
         warn_first_token_clashes(lm.tokenizer, t, subtasks, spec.format, spec.score, seen=warned)
         per_sample = len(subtasks) * (3 if t.is_contrastive else 2)  # scored subtasks × conditions
-        units = loop.number((f"m{mi}-c{ci // spec.chunk_size:05d}", picked[ci:ci + spec.chunk_size])
+        units = loop.number((unit_key(mi, "c", ci // spec.chunk_size), picked[ci:ci + spec.chunk_size])
                             for ci in range(0, len(picked), spec.chunk_size))
         ctx = progress(f"eval {lm.name}", len(picked) * per_sample) if progress else contextlib.nullcontext(None)
         with ctx as advance:

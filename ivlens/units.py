@@ -67,6 +67,14 @@ class UnitStore(Protocol[R_contra]):
     def write(self, key: str, result: R_contra) -> None: ...
 
 
+def unit_key(model: int, kind: str | None = None, index: int | None = None) -> str:
+    """THE key of a unit: ``m<model>`` and, for a unit within a model, ``-<kind><index>``, both zero-padded
+    (``unit_key(2, "c", 7) == "m0002-c00007"``), so that file-name order is the unsharded run's order whatever
+    the number of models, chunks or samples (:meth:`TablePieces.read` concatenates in that order)."""
+    head = f"m{model:04d}"
+    return head if kind is None else f"{head}-{kind}{index:05d}"
+
+
 def _every_unit(number: int) -> bool:
     return True
 

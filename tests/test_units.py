@@ -13,7 +13,7 @@ import torch
 
 from ivlens.runs import RunDir
 from ivlens.sharding import Shard
-from ivlens.units import RunParts, TablePieces, Unit, UnitFiles, UnitLoop
+from ivlens.units import RunParts, TablePieces, Unit, UnitFiles, UnitLoop, unit_key
 
 pytestmark = pytest.mark.unit
 
@@ -182,3 +182,15 @@ def test_a_shard_that_owns_no_unit_reads_empty_tables(tmp_path):
     assert loop.run(loop.number([("c0", 0), ("c1", 1)]), lambda u: pytest.fail("not this shard's")) == 0
     assert pieces.read("rows").empty
     assert TablePieces(None, ("rows",)).read("rows").empty
+
+
+def test_unit_keys_sort_in_the_unsharded_order_past_ten_models_and_chunks(tmp_path):
+    """File-name order is the units' order: 12 models × 12 chunks read back in the order they were numbered
+    (an unpadded ``m10`` would sort before ``m2``)."""
+    assert unit_key(2, "c", 7) == "m0002-c00007" and unit_key(11) == "m0011"
+    run = _run(tmp_path / "run")
+    loop = UnitLoop(TablePieces(run, ("rows",)))
+    work = [(unit_key(m, "c", c), (m, c)) for m in range(12) for c in range(12)]
+    loop.run(loop.number(work), lambda unit: {"rows": pd.DataFrame({"m": [unit.work[0]], "c": [unit.work[1]]})})
+    back = loop.store.read("rows")
+    assert list(zip(back.m, back.c, strict=True)) == [w for _, w in work]

@@ -49,7 +49,7 @@ from ivlens.tasks.prompts import (
 )
 from ivlens.tasks.selection import sample_indices, split_queries
 from ivlens.tasks.validate import warn_first_token_clashes
-from ivlens.units import TablePieces, Unit, UnitLoop
+from ivlens.units import TablePieces, Unit, UnitLoop, unit_key
 
 from .engine import (
     CleanRun,
@@ -602,7 +602,7 @@ def patch_sweep(models: LoadedModel | str | Sequence[LoadedModel | str], task: T
     loop = UnitLoop(pieces, owns=owns)  # a unit: a chunk of one model's samples
     warned: set[tuple[str, str]] = set()  # the label-clash warning: once per run, not per model
     for mi, (lm, name, plan, sample_ids) in enumerate(zip(lms, names, plans, ids_per_model, strict=True)):
-        units = loop.number((f"m{mi}-c{ci:05d}", sample_ids[i:i + chunk_size])
+        units = loop.number((unit_key(mi, "c", ci), sample_ids[i:i + chunk_size])
                             for ci, i in enumerate(range(0, len(sample_ids), chunk_size)))
         st = stats.setdefault(name, EngineStats())
         s_lm = src_lm or lm
@@ -626,7 +626,7 @@ def patch_sweep(models: LoadedModel | str | Sequence[LoadedModel | str], task: T
             chunks.ivs = _ivs(s_lm, instruction, fmt, st)
             chunks.space = label_space_tokens(lm, task, subtask, prompts[0].instructed)
             chunks.screened = (_terms(lm, prompts, chunks.ivs, st), {sid: i for i, sid in enumerate(sample_ids)})
-            table = _screen(run, f"m{mi}", chunks.screened[0], prompts, plan, screen, name, effect)
+            table = _screen(run, unit_key(mi), chunks.screened[0], prompts, plan, screen, name, effect)
             all_screens.append(table)
             chunks.plan = plan.with_layer_sets(screened_sets(table, plan.layer_sets))
             row_progress.total -= len(sample_ids) * (len(plan.rows) - len(chunks.plan.rows))

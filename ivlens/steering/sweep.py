@@ -50,7 +50,7 @@ from ivlens.probing.instructions import instruction_set, organism_heldout
 from ivlens.runs import RunDir, atomic_write_bytes, slug
 from ivlens.tasks import Task
 from ivlens.tasks.selection import sample_indices, split_queries
-from ivlens.units import TablePieces, Unit, UnitLoop
+from ivlens.units import TablePieces, Unit, UnitLoop, unit_key
 
 from .plan import SteerPlan, resolve_span
 from .vectors import NAMED_VECTORS, Directions, directions, run_vectors
@@ -219,7 +219,7 @@ def steer_sweep(lms: Sequence[LoadedModel], names: Sequence[str], task: Task, su
     pieces = TablePieces(run, (BASELINES, TABLE))  # the rows last: their piece marks the chunk done
     loop = UnitLoop(pieces, owns=owns)  # a unit: a chunk of one model's samples
     for mi, (lm, name, sample_ids) in enumerate(zip(lms, names, ids_per_model, strict=True)):
-        units = loop.number((f"m{mi}-c{ci // chunk_size:05d}", sample_ids[ci:ci + chunk_size])
+        units = loop.number((unit_key(mi, "c", ci // chunk_size), sample_ids[ci:ci + chunk_size])
                             for ci in range(0, len(sample_ids), chunk_size))
         if units and not any(loop.owns(u) for u in units):  # another shard's model: no IVs, no directions
             row_progress.advance(len(sample_ids) * len(plan.rows))

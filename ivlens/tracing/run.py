@@ -24,7 +24,7 @@ from ivlens.models.load import LoadedModel
 from ivlens.runs import RunDir, atomic_write_json, slug
 from ivlens.tasks import Sample, Task, load_task
 from ivlens.tasks.selection import select_samples, split_queries
-from ivlens.units import RunParts, Unit, UnitLoop
+from ivlens.units import RunParts, Unit, UnitLoop, unit_key
 
 from .compare import Quartet, SubtaskComparison, compare_subtasks
 from .figures import plot_head_activity, plot_overlap_curves, plot_selectivity
@@ -60,7 +60,7 @@ def compare_run(models: Sequence[LoadedModel], task: str | Task, run: RunDir, *,
 
     for mi, lm in enumerate(models):
         chosen = select_samples(t, samples, seed, split_queries(lm.path, lm.name, t, split))
-        units = loop.number((f"m{mi}-s{sample.index:05d}", sample) for sample in chosen)
+        units = loop.number((unit_key(mi, "s", sample.index), sample) for sample in chosen)
         ctx = progress(f"trace --compare {lm.name}", len(chosen)) if progress else nullcontext(None)
         with ctx as advance:
             loop.run(units, partial(sample_part, lm), progress=_each_unit(advance))

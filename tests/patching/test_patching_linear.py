@@ -18,6 +18,7 @@ from ivlens.patching.linear import first_order_terms, set_sums
 from ivlens.patching.sweep import patch_sweep
 from ivlens.tasks import load_task
 from ivlens.testing.tiny import ARCHS, tiny_model, tiny_tokenizer
+from ivlens.units import unit_key
 
 TARGETS = [(5, 6, 7, 8, 9, 10), (11, 12, 13, 14)]
 SOURCE = (30, 31, 32, 33)
@@ -232,7 +233,7 @@ def test_screened_sweep_runs_the_top_sets_exactly(tmp_path):
     np.testing.assert_allclose(sc.estimate_mean, means.loc[at].to_numpy(), atol=1e-12)
     assert (full.rows.pos_index < full.rows.n_tokens - 1)[full.rows.position == "first"].all()
     # resume after losing a chunk: the same rows, the ranking read back from the run
-    (run.path / "patch" / "shard-m0-c00001.parquet").unlink()
+    (run.path / "patch" / f"shard-{unit_key(0, 'c', 1)}.parquet").unlink()
     again = patch_sweep(lm, task, "adj_ant", screen=2, run=RunDir.open(run.path), **kw)
     import pandas as pd
 

@@ -35,7 +35,7 @@ from ivlens.tasks import load_task
 from ivlens.tasks.prompts import instruction_prompt, labels_token_ids, pad_left
 from ivlens.tasks.requirements import require_rephrasings
 from ivlens.tracing.selectivity import bootstrap_mean_ci
-from ivlens.units import TablePieces, Unit, UnitLoop
+from ivlens.units import TablePieces, Unit, UnitLoop, unit_key
 
 from .lens import label_mass, lens_probs, top_tokens
 from .spec import LogitLensSpec
@@ -148,7 +148,7 @@ def run_logit_lens(spec: LogitLensSpec, *, models: list[LoadedModel] | None = No
         return {"top_tokens": tops, "mass": mass}
 
     loop = UnitLoop(pieces)  # a unit: one model
-    loop.run(loop.number((f"m{i:04d}", i) for i in range(len(names))), model_tables)
+    loop.run(loop.number((unit_key(i), i) for i in range(len(names))), model_tables)
     mass = pieces.read("mass")
     summary = summarize(mass, spec.n_boot, spec.level, spec.seed)
     run.write_table("mass", mass)
