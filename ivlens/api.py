@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 
@@ -114,12 +115,20 @@ def _advance_skipped(advance: Callable[[int], None], per_sample: int, unit: Unit
         advance(len(unit.work) * per_sample)
 
 
+class EvalResult(NamedTuple):
+    """What :func:`run_eval` produced: the run and its summary and decides tables (empty for one shard,
+    ``spec.shard``; ``decides`` also where the task is not contrastive)."""
+
+    run: RunDir
+    summary: pd.DataFrame
+    decides: pd.DataFrame
+
+
 def run_eval(spec: EvalSpec, *, models: Sequence[LoadedModel] | None = None, out: str | Path | None = None,
-             resume: str | Path | None = None, progress: Callable | None = None
-             ) -> tuple[RunDir, pd.DataFrame, pd.DataFrame]:
+             resume: str | Path | None = None, progress: Callable | None = None) -> EvalResult:
     """Evaluate every model on ``spec.task``; writes ``results.parquet`` (one row per sample × subtask ×
     condition, streamed as unit files of ``spec.chunk_size`` samples), ``summary.parquet`` and ``decides.parquet``.
-    Returns ``(run, summary, decides)``."""
+    Returns an :class:`EvalResult` (``run, summary, decides = run_eval(...)`` unpacks it)."""
     from .eval import instruction_decides, summarize
 
     check_out_dir(out)  # before any model loads
@@ -147,7 +156,7 @@ def run_eval(spec: EvalSpec, *, models: Sequence[LoadedModel] | None = None, out
                      progress=partial(_advance_skipped, advance, per_sample) if advance else None)
     if spec.shard is not None:
         stop_shard(run, spec)
-        return run, pd.DataFrame(), pd.DataFrame()
+        return EvalResult(run, pd.DataFrame(), pd.DataFrame())
     results = pieces.read("results")
     summary = summarize(results)
     decides = instruction_decides(results) if t.is_contrastive and len(subtasks) == 2 else pd.DataFrame()
@@ -156,7 +165,7 @@ def run_eval(spec: EvalSpec, *, models: Sequence[LoadedModel] | None = None, out
     if not decides.empty:
         run.write_table("decides", decides)
     run.finish()
-    return run, summary, decides
+    return EvalResult(run, summary, decides)
 
 
 # --------------------------------------------------------------------------------------------- patch

@@ -21,6 +21,7 @@ True
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from ivlens import api
@@ -50,11 +51,20 @@ from . import logit_lens
 from .analysis import Analysis
 
 
-def _run_organism(spec: OrganismSpec, *, models=None, out=None, resume=None, root=None) -> Path:
+@dataclass(frozen=True)
+class OrganismStepResult:
+    """What the organism step produced: its run directory (the card and its IV-transfer table) and the build's
+    directory (in the cache, or ``spec``'s ``out``)."""
+
+    run: RunDir
+    build: Path
+
+
+def _run_organism(spec: OrganismSpec, *, models=None, out=None, resume=None, root=None) -> OrganismStepResult:
     """The organism build as a step: its run directory holds the card (the build itself goes to the cache)."""
     directory = out if out is not None else resume
-    api.run_organism(spec, run_dir=directory, progress=False)
-    return Path(directory)
+    build = api.run_organism(spec, run_dir=directory, progress=False)
+    return OrganismStepResult(RunDir.open(directory), Path(build))
 
 
 #: Every analysis, in a study's run order. A new analysis is one more entry here.
@@ -122,8 +132,4 @@ def run_spec(spec: Spec, *, models=None, out: str | Path | None = None, resume: 
     the relative run directories a run reads (a trace read-out, a steer step's patch run) are read."""
     a = analysis_of(spec)
     extra = {"root": root} if a.takes_root and root is not None else {}
-    result = a.run(spec, models=models, out=out, resume=resume, **extra)
-    if isinstance(result, Path):
-        return result
-    run = result[0] if isinstance(result, tuple) else result.run
-    return run.path
+    return a.run(spec, models=models, out=out, resume=resume, **extra).run.path

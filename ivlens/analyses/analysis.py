@@ -18,7 +18,8 @@ class Analysis:
         name: the command (``ivlens <name>``), a study's ``analyses`` key and a run's ``command``.
         spec: its :class:`~ivlens.specs.Spec` class (``spec.analysis == name``).
         run: ``run(spec, *, models=None, out=None, resume=None, root=None)``: computes one run directory; returns
-            its result (whose ``run`` attribute, or first item, is the :class:`~ivlens.runs.RunDir`).
+            its result, whose ``run`` attribute is the :class:`~ivlens.runs.RunDir` (every analysis's result has
+            one, so callers need not know which analysis ran).
         cost: ``cost(spec, infos) -> [CostEstimate]``: the dry run on the models' configs (``infos`` in
             ``spec.models`` order; none for the organism build).
         report: the report sections (``section(ctx) -> Section | None``) that draw its finished runs, in page order.

@@ -147,7 +147,9 @@ def test_summary_and_decides():
 def test_run_eval_writes_run_directory(tmp_path, tok):
     lm = LoadedModel.wrap(tiny_model("gpt2"), tok, "tiny-gpt2")
     spec = EvalSpec(models=("tiny-gpt2",), task="animals", samples=4, seed=2)
-    run, summary, decides = run_eval(spec, models=[lm], out=tmp_path / "run")
+    result = run_eval(spec, models=[lm], out=tmp_path / "run")
+    run, summary, decides = result  # a named tuple: unpacks as before, and has .run like every analysis's result
+    assert result.run is run and result.summary is summary
     assert (tmp_path / "run" / "manifest.json").exists()
     res = RunDir.open(tmp_path / "run").read_table("results")
     assert len(res) == 4 * 2 * 3 and set(res["split"]) == {"all"}

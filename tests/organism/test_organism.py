@@ -281,9 +281,9 @@ def test_iv_transfer_matches_a_hook_reference(tiny_builds, tasks):
 
 
 def test_the_organism_step_puts_the_card_and_its_iv_transfer_in_a_run(tiny_organism, tmp_path, monkeypatch):
-    """The study's organism step (``run_organism(spec, run_dir=...)``) reads a measured build's card into a run
+    """The study's organism step (the registry's run: ``api.run_organism(spec, run_dir=...)``) reads a measured build's card into a run
     directory, as the report expects (a tiny build here: it fails the checks)."""
-    from ivlens.api import run_organism
+    from ivlens.analyses import analysis_of, run_spec
     from ivlens.organism import OrganismSpec
     from ivlens.page.reader import read_study
     from ivlens.study.runner import organism_build_note
@@ -297,7 +297,10 @@ def test_the_organism_step_puts_the_card_and_its_iv_transfer_in_a_run(tiny_organ
     assert organism_build_note(spec) == " (the organisms are built: reusing them)"
     card = read_card(organism_dir("gist"))
     assert set(card["measured"]) == {"base", "sft", "dpo"} and "all_pass" in card["acceptance"]
-    run_organism(spec, run_dir=tmp_path / "study" / "organism", progress=False)  # reuses the build
+    # the step through the registry (as a study runs it): reuses the build; its result has .run like every analysis's
+    step = analysis_of(spec).run(spec, out=tmp_path / "study" / "organism")
+    assert step.build == organism_dir("gist") and step.run.path == tmp_path / "study" / "organism"
+    assert run_spec(spec, out=tmp_path / "again") == tmp_path / "again"  # run_spec: the run directory
     [run] = read_study(tmp_path / "study").of("organism")
     assert run.manifest["spec_hash"] == spec.hash() and run.json("card")["made_how"] == card["made_how"]
     iv = run.table("iv_transfer")
