@@ -43,19 +43,33 @@ from .units import TablePieces, Unit, UnitLoop, unit_key
 log = logging.getLogger(__name__)
 
 
+def resumable_run(spec: Spec, resume: str | Path) -> RunDir:
+    """The run at ``resume``, checked to be continued with ``spec``: of this run format, of ``spec``'s analysis and
+    made with the same options that can change a result (else one error naming what differs). Writes nothing."""
+    run = RunDir.resume(resume)
+    if run.manifest.get("command") != spec.analysis or "spec" not in run.manifest:
+        raise SpecError(f"--resume {resume}: that is a {run.manifest.get('command')} run, not {spec.analysis}")
+    diffs = type(spec)(**run.manifest["spec"]).differences(spec)
+    if diffs:
+        raise SpecError(f"--resume {resume}: the run was made with other options: {'; '.join(diffs)}")
+    return run
+
+
+def check_run_target(spec: Spec, out: str | Path | None, resume: str | Path | None) -> None:
+    """Refuse, before any model loads, an ``--out`` that cannot hold a run (:func:`check_out_dir`) and a
+    ``--resume`` run that cannot be continued with ``spec`` (:func:`resumable_run`)."""
+    check_out_dir(out)
+    if resume is not None:
+        resumable_run(spec, resume)
+
+
 def start_run(spec: Spec, name: str, *, out: str | Path | None = None, resume: str | Path | None = None,
               models: Sequence[LoadedModel] = (), task: str | None = None) -> RunDir:
     """A new run directory for ``spec``, or the run at ``resume`` when its stored spec matches ``spec`` in every
     option that can change a result (else :class:`SpecError` naming each option, old → new)."""
     described = [m.describe() for m in models]
     if resume is not None:
-        run = RunDir.resume(resume)
-        if run.manifest.get("command") != spec.analysis or "spec" not in run.manifest:
-            raise SpecError(f"--resume {resume}: that is a {run.manifest.get('command')} run, not {spec.analysis}")
-        old = type(spec)(**run.manifest["spec"])
-        diffs = old.differences(spec)
-        if diffs:
-            raise SpecError(f"--resume {resume}: the run was made with other options: {'; '.join(diffs)}")
+        run = resumable_run(spec, resume)
         run.manifest.update(spec=spec.model_dump(mode="json"), status="running")  # neutral options: the new values
         run.write_manifest()
         return run
@@ -131,7 +145,7 @@ def run_eval(spec: EvalSpec, *, models: Sequence[LoadedModel] | None = None, out
     Returns an :class:`EvalResult` (``run, summary, decides = run_eval(...)`` unpacks it)."""
     from .eval import instruction_decides, summarize
 
-    check_out_dir(out)  # before any model loads
+    check_run_target(spec, out, resume)  # before any model loads
     t = load_task(spec.task)
     subtasks = [t.subtask(spec.subtask).name] if spec.subtask else t.subtask_names
     judge = import_callable(spec.judge) if spec.judge else None
@@ -189,7 +203,7 @@ def run_patch(spec: PatchSpec, *, models: Sequence[LoadedModel] | None = None,
     from .patching.sweep import patch_sweep
     from .tasks import require_contrastive
 
-    check_out_dir(out)  # before any model loads
+    check_run_target(spec, out, resume)  # before any model loads
     if spec.memory_budget is not None and spec.memory_budget.strip().lower() != "auto":
         parse_bytes(spec.memory_budget)  # a bad value fails here, before any model loads
     t = load_task(spec.task)
@@ -276,7 +290,7 @@ def run_steer(spec: SteerSpec, *, models: Sequence[LoadedModel] | None = None, o
     from .steering.vectors import check_run_vectors, parse_alphas, parse_vectors
     from .tasks import require_contrastive
 
-    check_out_dir(out)  # before any model loads
+    check_run_target(spec, out, resume)  # before any model loads
     if spec.memory_budget is not None and spec.memory_budget.strip().lower() != "auto":
         parse_bytes(spec.memory_budget)
     t = load_task(spec.task)
@@ -343,7 +357,7 @@ def run_probe(spec: ProbeSpec, *, models: Sequence[LoadedModel] | None = None, o
     from .probing.run import ProbeResult, probe_run
     from .tasks.requirements import require_rephrasings
 
-    check_out_dir(out)  # before any model loads
+    check_run_target(spec, out, resume)  # before any model loads
     if spec.varying == "instructions":
         require_rephrasings(list(spec.tasks), n=2, analysis="probing")  # before any model is loaded
     for task in spec.tasks:
@@ -408,7 +422,7 @@ def run_trace(spec: TraceSpec, *, models: Sequence[LoadedModel] | None = None, o
     from (a study's directory), default the working directory."""
     from .tracing.run import check_trace_memory, compare_run, plan_readout, trace_single
 
-    check_out_dir(out)  # before any model loads
+    check_run_target(spec, out, resume)  # before any model loads
     if spec.task is not None:
         t = load_task(spec.task)
         if spec.subtask is not None:

@@ -173,6 +173,9 @@ def test_resume_refuses_a_format_1_run_in_one_line(eval_runs, tmp_path):
                                              r"\(top-1 token in the label space\) is ia_top1\): rerun into a new "
                                              r"--out directory"):
         run_eval(spec, models=[lm], resume=old)
+    # refused before any model loads: a model that is not there is never reached
+    with pytest.raises(RunFormatError, match="run format 1"):
+        run_eval(spec.model_copy(update={"models": ("/nonexistent/model",)}), resume=old)
     r = CliRunner().invoke(app, ["eval", "--resume", str(old)], env={"COLUMNS": "400"})
     assert r.exit_code == 2, r.output
     lines = [x for x in r.output.splitlines() if x.strip()]

@@ -25,11 +25,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ivlens.api import config_layer_count, load_spec_models, start_run
+from ivlens.api import check_run_target, config_layer_count, load_spec_models, start_run
 from ivlens.models.load import LoadedModel, check_model_files
 from ivlens.probing.collect import parse_layers, read_resid
 from ivlens.probing.instructions import instruction_set
-from ivlens.runs import RunDir, check_out_dir, slug
+from ivlens.runs import RunDir, slug
 from ivlens.specs import SpecError
 from ivlens.tasks import load_task
 from ivlens.tasks.prompts import instruction_prompt, labels_token_ids, pad_left
@@ -123,7 +123,7 @@ def summarize(mass: pd.DataFrame, n_boot: int, level: float, seed: int) -> pd.Da
 def run_logit_lens(spec: LogitLensSpec, *, models: list[LoadedModel] | None = None, out: str | Path | None = None,
                    resume: str | Path | None = None) -> LogitLensResult:
     """The logit lens of ``spec.task``'s IVs in every model, layer by layer (module docstring)."""
-    check_out_dir(out)  # before any model loads
+    check_run_target(spec, out, resume)  # before any model loads
     task = load_task(spec.task)
     if len(task.subtasks) < 2:
         raise SpecError(f"--task {spec.task}: it has one subtask ({', '.join(task.subtasks)}); the logit lens "
