@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
+from rich.console import Console
 
-from ivlens.analyses import Analysis, run_spec
+from ivlens.analyses import BY_NAME, Analysis, run_spec
 from ivlens.cli.common import (
     DryRunOpt,
     OutOpt,
@@ -35,6 +36,7 @@ from ivlens.cli.common import (
     checked_spec,
     console,
     friendly_errors,
+    run_row_sweep,
     shard_written,
 )
 from ivlens.runs import RunDir
@@ -172,3 +174,28 @@ def analysis_command(analysis: Analysis):
     command.__name__ = analysis.name.replace("-", "_")
     command.__doc__ = (analysis.spec.__doc__ or analysis.name).strip()
     return spec_command(analysis.spec)(command)
+
+
+def row_sweep_command(spec_cls: type[Spec]) -> Callable[[Callable], Callable]:
+    """Decorator: the whole command of a row sweep (``patch``, ``steer``) around a body that only prints what the
+    finished run shows, ``body(spec, result, console)``.
+
+    The command has the spec's options and the shared ``--out``, ``--resume`` and ``--dry-run``
+    (:func:`spec_command`); it builds the spec (or prints ``--dry-run``'s estimate), runs the registered analysis
+    with its rows bar and ends a shard with its closing line (:func:`ivlens.cli.common.run_row_sweep`); then
+    ``body`` prints on ``console`` (stderr). The command keeps the body's name and docstring (its help)."""
+
+    def wrap(body: Callable[[Spec, Any, Console], None]) -> Callable:
+        def command(ctx: typer.Context, options: dict[str, Any], *, out, resume, dry_run) -> None:
+            err = Console(stderr=True)
+            run = BY_NAME[spec_cls.analysis].run
+            spec, res = run_row_sweep(ctx, spec_cls, options, run, spec_cls.analysis, resume=resume, out=out,
+                                      dry_run=dry_run, console=err)
+            if res is not None:
+                body(spec, res, err)
+
+        for name in ("__module__", "__name__", "__qualname__", "__doc__"):
+            setattr(command, name, getattr(body, name))
+        return spec_command(spec_cls)(command)
+
+    return wrap

@@ -1,5 +1,6 @@
-"""``ivlens patch``: the command-line body of a patch sweep (registered in :mod:`ivlens.cli`); its options are
-:class:`~ivlens.patching.PatchSpec`'s fields (:func:`ivlens.cli.generated.spec_command`).
+"""``ivlens patch``: what a patch sweep prints (registered in :mod:`ivlens.cli`); the command around it, whose
+options are :class:`~ivlens.patching.PatchSpec`'s fields and which runs :func:`ivlens.api.run_patch`, is
+:func:`ivlens.cli.generated.row_sweep_command`'s.
 
 Also runnable on its own: ``python -m ivlens.cli.patch --model organism-dpo --task adjectives ...``.
 """
@@ -7,43 +8,22 @@ Also runnable on its own: ``python -m ivlens.cli.patch --model organism-dpo --ta
 from __future__ import annotations
 
 import logging
-from pathlib import Path
-from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 
-from ivlens.cli.generated import spec_command
+from ivlens.api import PatchResult
+from ivlens.cli.generated import row_sweep_command
 from ivlens.patching.spec import PatchSpec
 
 log = logging.getLogger(__name__)
 
 
-@spec_command(PatchSpec)
-def patch(
-    ctx: typer.Context,
-    options: dict[str, Any],
-    *,
-    out: Annotated[Path | None, typer.Option(help="Run directory (default runs/<date>-patch-<task>-<subtask>).")]
-    = None,
-    resume: Annotated[Path | None, typer.Option(help="Resume this run directory: finished unit files are kept; options "
-                                                "not given take the run's recorded values, and a given option that "
-                                                "differs is an error (memory budget, batch size, threads and "
-                                                "figures may change).")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the cost estimate (rows, FLOPs, peak memory, "
-                                          "time on --device) from the models' configs, without loading weights, and "
-                                          "exit.")] = False,
-) -> None:
+@row_sweep_command(PatchSpec)
+def patch(spec: PatchSpec, res: PatchResult, console: Console) -> None:
     """Localise instruction vectors: patch IVs of layer sets into targets, then interactions and figures."""
-    from ivlens.api import run_patch
-    from ivlens.cli.common import run_row_sweep
     from ivlens.patching.interactions import strongest_single_layer
 
-    console = Console(stderr=True)
-    spec, res = run_row_sweep(ctx, PatchSpec, options, run_patch, "patch", resume=resume, out=out, dry_run=dry_run,
-                              console=console)
-    if res is None:
-        return
     an = res.analysis
     unread = an.single_layer[an.single_layer.zero_by_construction]
     for r in strongest_single_layer(an.single_layer).itertuples():
