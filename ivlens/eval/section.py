@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 
 from ivlens.page import html as h
-from ivlens.page.context import Context, guard
+from ivlens.page.context import Context, runs_section
 from ivlens.page.figures import ordered, present
+from ivlens.page.reader import Run
 from ivlens.plots import colours, plt, png_bytes
 
 
@@ -47,17 +48,14 @@ def eval_bars(summary: pd.DataFrame, models: Sequence[str]) -> bytes:
 
 
 # ----------------------------------------------------------------------------- section
-@guard
-def eval_section(ctx: Context) -> h.Section | None:
-    """Instruction following."""
-    runs = [r for r in ctx.study.of("eval") if r.has("summary")]
-    if not runs:
-        return None
-    s = h.Section("eval", "Instruction following")
-    s.add(h.para("Greedy answers of each model with the subtask's instruction (`instructed`), without it "
-                 "(`query_only`) and with the other subtask's instruction (`other_instruction`). Accuracy: the "
-                 "answer is right; IA: the answer lies in the subtask's label space (the paper's "
-                 "instruction-following accuracy)."))
+@runs_section("eval", having="summary", id="eval", title="Instruction following")
+def eval_section(ctx: Context, runs: list[Run], s: h.Section) -> h.Section:
+    """Instruction following.
+
+    Greedy answers of each model with the subtask's instruction (`instructed`), without it (`query_only`) and
+    with the other subtask's instruction (`other_instruction`). Accuracy: the answer is right; IA: the answer
+    lies in the subtask's label space (the paper's instruction-following accuracy).
+    """
     frames = []
     for r in runs:
         d = r.table("summary")

@@ -8,8 +8,9 @@ import pandas as pd
 
 from ivlens.organism.card import current_card
 from ivlens.page import html as h
-from ivlens.page.context import Context, guard
+from ivlens.page.context import Context, runs_section
 from ivlens.page.figures import ordered, present
+from ivlens.page.reader import Run
 from ivlens.plots import plt, png_bytes
 
 
@@ -45,13 +46,10 @@ def organism_transfer(iv: pd.DataFrame, models: Sequence[str], metric: str = "ex
 
 
 # ----------------------------------------------------------------------------- section
-@guard
-def organism_section(ctx: Context) -> h.Section | None:
+@runs_section("organism", having=lambda run: run.json("card") is not None, id="organism",
+              title="The model organisms")
+def organism_section(ctx: Context, runs: list[Run], s: h.Section) -> h.Section:
     """The model organisms."""
-    runs = [r for r in ctx.study.of("organism") if r.json("card") is not None]
-    if not runs:
-        return None
-    s = h.Section("organism", "The model organisms")
     for run in runs:
         card = current_card(run.json("card"))
         model = card.get("model", {})

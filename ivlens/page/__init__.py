@@ -7,7 +7,7 @@ Each analysis's own section lives in its package (``ivlens.<analysis>.section``,
 and the registry (:data:`ivlens.analyses.ANALYSES`) lists it; :mod:`ivlens.report` assembles the page.
 """
 
-from .context import Context, guard, omitted_as
+from .context import Context, guard, omitted_as, runs_section
 from .reader import Run, Study, read_study
 
-__all__ = ["Context", "Run", "Study", "guard", "omitted_as", "read_study"]
+__all__ = ["Context", "Run", "Study", "guard", "omitted_as", "read_study", "runs_section"]

@@ -1,11 +1,14 @@
-"""What a report section is given (:class:`Context`: the finished runs and where the page goes) and how it is
-drawn safely (:func:`guard`), and what the page lists when a section has nothing to draw (:func:`omitted_as`)."""
+"""What a report section is given (:class:`Context`: the finished runs and where the page goes), how it is
+drawn from the runs it shows (:func:`runs_section`) and safely (:func:`guard`), and what the page lists when a
+section has nothing to draw (:func:`omitted_as`)."""
 
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +30,12 @@ class Context:
     @property
     def models(self) -> list[str]:
         return self.study.model_order
+
+    def section_runs(self, kind: str, having: str | Callable[[Run], bool]) -> list[Run]:
+        """The study's finished runs of ``kind`` (the command that made them) that a section draws: those that
+        wrote the table ``having`` or, given a test, pass it; in the study's order."""
+        drawn = having if callable(having) else lambda run: run.has(having)
+        return [r for r in self.study.of(kind) if drawn(r)]
 
     def href(self, run: Run, name: str) -> str:
         """Relative link from the page to ``run``'s table ``name`` (or any file name with a suffix)."""
@@ -74,6 +83,35 @@ def guard(fn):
     functools.update_wrapper(wrapped, fn)  # the module's name for it: a guarded section pickles by reference
     wrapped.guarded = True
     return wrapped
+
+
+def runs_section(kind: str, having: str | Callable[[Run], bool], *, id: str, title: str) -> Callable:
+    """Decorator: a report section drawn from the runs ``ctx.section_runs(kind, having)``.
+
+    The decorated ``fn(ctx, runs, s) -> Section`` fills ``s``, the section opened with the anchor ``id``, the
+    ``title`` and, where ``fn``'s docstring has more than its first line, that text as its opening paragraph
+    (:func:`about`: the page's prose about a section is written once, in its docstring); the section is left
+    out (``None``) where no run is drawn, and is :func:`guard`-ed. It keeps ``fn``'s name and docstring."""
+
+    def wrap(fn: Callable[[Context, list[Run], h.Section], h.Section]) -> Callable[[Context], h.Section | None]:
+        intro = about(fn)
+
+        def section(ctx: Context) -> h.Section | None:
+            runs = ctx.section_runs(kind, having)
+            if not runs:
+                return None
+            return fn(ctx, runs, h.Section(id, title).add(h.para(intro) if intro else ""))
+
+        functools.update_wrapper(section, fn)
+        return guard(section)
+
+    return wrap
+
+
+def about(fn) -> str:
+    """The text of ``fn``'s docstring after its first line, as one paragraph (its lines joined by spaces)."""
+    lines = inspect.cleandoc(fn.__doc__ or "").splitlines()[1:]
+    return " ".join(line for line in lines if line)
 
 
 def omitted_as(fn) -> tuple[str, str]:

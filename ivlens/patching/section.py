@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from ivlens.page import html as h
-from ivlens.page.context import Context, guard, n_layers_of
+from ivlens.page.context import Context, n_layers_of, runs_section
 from ivlens.page.figures import effect_label, layer_set, ordered, present
 from ivlens.page.reader import Run
 from ivlens.plots import colours, plt, png_bytes
@@ -159,19 +159,17 @@ def _first_is_last(run: Run) -> tuple[int, int] | None:
     return int((pos["first"] == pos["last"]).sum()), len(pos)
 
 
-@guard
-def patching_section(ctx: Context) -> h.Section | None:
-    """IV localisation."""
-    runs = [r for r in ctx.study.of("patch") if r.has("single_layer")]
-    if not runs:
-        return None
-    s = h.Section("patching", "IV localisation (layer patching)")
-    s.add(h.para("The instruction vector (the residual stream at the instruction's last token T_inst) is patched "
-                 "into a query-only prompt at one layer, at every pair and every triplet of layers, at the query's "
-                 "first and last positions. Effect: the change of the instructed label's logit against the "
-                 "unpatched query-only run. Interaction of a set: its joint effect minus the sum of its layers' "
-                 "single effects; a set is super- or subadditive when a paired t-test (Holm-corrected over the "
-                 "sets of one model and position) rejects additivity."))
+@runs_section("patch", having="single_layer", id="patching", title="IV localisation (layer patching)")
+def patching_section(ctx: Context, runs: list[Run], s: h.Section) -> h.Section:
+    """IV localisation.
+
+    The instruction vector (the residual stream at the instruction's last token T_inst) is patched into a
+    query-only prompt at one layer, at every pair and every triplet of layers, at the query's first and last
+    positions. Effect: the change of the instructed label's logit against the unpatched query-only run.
+    Interaction of a set: its joint effect minus the sum of its layers' single effects; a set is super- or
+    subadditive when a paired t-test (Holm-corrected over the sets of one model and position) rejects
+    additivity.
+    """
     for run in runs:
         a = run.args
         singles = run.table("single_layer")

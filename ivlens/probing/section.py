@@ -7,8 +7,9 @@ from collections.abc import Sequence
 import pandas as pd
 
 from ivlens.page import html as h
-from ivlens.page.context import Context, guard
+from ivlens.page.context import Context, runs_section
 from ivlens.page.figures import ordered, present
+from ivlens.page.reader import Run
 from ivlens.plots import colours, plt, png_bytes
 
 
@@ -86,16 +87,14 @@ def heldout_cell(acc: float, std: float, n: float) -> str | None:
     return f"{acc:.3f}{spread}{rows}"
 
 
-@guard
-def probing_section(ctx: Context) -> h.Section | None:
-    """Probes."""
-    runs = [r for r in ctx.study.of("probe") if r.has("probe_accuracy")]
-    if not runs:
-        return None
-    s = h.Section("probing", "Linear probes on instruction vectors")
-    s.add(h.para("IVs of many rephrasings of each instruction, one per layer; a logistic-regression probe predicts "
-                 "the subtask. Controls: the same probe on shuffled labels, the majority class, and a probe trained "
-                 "on some phrasings and tested on phrasings it never saw (held-out)."))
+@runs_section("probe", having="probe_accuracy", id="probing", title="Linear probes on instruction vectors")
+def probing_section(ctx: Context, runs: list[Run], s: h.Section) -> h.Section:
+    """Probes.
+
+    IVs of many rephrasings of each instruction, one per layer; a logistic-regression probe predicts the
+    subtask. Controls: the same probe on shuffled labels, the majority class, and a probe trained on some
+    phrasings and tested on phrasings it never saw (held-out).
+    """
     for run in runs:
         acc = run.table("probe_accuracy")
         s.add(h.heading(f"tasks {run.manifest.get('task') or ''} ({run.rel})"),

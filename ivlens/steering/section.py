@@ -3,27 +3,26 @@
 from __future__ import annotations
 
 from ivlens.page import html as h
-from ivlens.page.context import Context, guard
+from ivlens.page.context import Context, runs_section
+from ivlens.page.reader import Run
 
 from .figures import dose_response_curves, versus_patching
 
 
 # ----------------------------------------------------------------------------- section
-@guard
-def steering_section(ctx: Context) -> h.Section | None:
-    """Steering with IV directions."""
-    runs = [r for r in ctx.study.of("steer") if r.has("dose_response")]
-    if not runs:
-        return None
-    s = h.Section("steering", "Steering with IV directions, against patching")
-    s.add(h.para("Instead of patching the IV, a single direction `v` is added to the query-only prompt's residual "
-                 "stream after one layer: `α · s_l · v̂`, with `v̂` the unit direction (mean IV of the instructed "
-                 "subtask A, the difference of A's and B's mean IVs, a probe's A-vs-B direction or a probe run's "
-                 "class-mean difference) and "
-                 "`s_l` the mean norm of A's IVs at that layer, so α = 1 adds a vector as long as a typical IV. "
-                 "It is added at the first position (where patching writes the IV), at the last, or at every "
-                 "token. Metrics are patching's: IA of the top-1 token (`ia_top1`: it is in A's label space), "
-                 "accuracy, the label's logit. See docs/steering.md."))
+@runs_section("steer", having="dose_response", id="steering",
+              title="Steering with IV directions, against patching")
+def steering_section(ctx: Context, runs: list[Run], s: h.Section) -> h.Section:
+    """Steering with IV directions.
+
+    Instead of patching the IV, a single direction `v` is added to the query-only prompt's residual stream
+    after one layer: `α · s_l · v̂`, with `v̂` the unit direction (mean IV of the instructed subtask A, the
+    difference of A's and B's mean IVs, a probe's A-vs-B direction or a probe run's class-mean difference) and
+    `s_l` the mean norm of A's IVs at that layer, so α = 1 adds a vector as long as a typical IV. It is added
+    at the first position (where patching writes the IV), at the last, or at every token. Metrics are
+    patching's: IA of the top-1 token (`ia_top1`: it is in A's label space), accuracy, the label's logit. See
+    docs/steering.md.
+    """
     for run in runs:
         dose = run.table("dose_response")
         rows = run.table("steer")

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from ivlens.page import html as h
-from ivlens.page.context import Context, guard, n_layers_of
+from ivlens.page.context import Context, n_layers_of, runs_section
 from ivlens.page.figures import ordered, present
 from ivlens.page.reader import Run
 from ivlens.plots import colours, plt, png_bytes
@@ -158,26 +158,34 @@ def construction_tokens(comp: pd.DataFrame, models: Sequence[str]) -> bytes:
 
 
 # ----------------------------------------------------------------------------- section
-@guard
-def tracing_section(ctx: Context) -> h.Section | None:
-    """Circuit selectors."""
-    runs = [r for r in ctx.study.of("trace") if r.json("compare") is not None]
-    singles = [r for r in ctx.study.of("trace") if r.json("compare") is None and r.names(".paths.json")
-               and not r.has("readout_components")]
-    if not runs and not singles:
-        return None
-    s = h.Section("tracing", "Circuit selectors (exact path tracing)")
-    s.add(h.para("With norms, attention patterns and MLP gates frozen at their values on the prompt, the answer's "
-                 "logit is exactly the sum of its paths token → heads/MLPs → answer. For each query, four graphs "
-                 "are traced, each at its own instruction's answer: instruction A, a rephrasing of A (A′), "
-                 "instruction B and a rephrasing of B (B′), and compared layer by layer (weighted Jaccard of edge "
-                 "mass). The gap is the similarity of the same-instruction pairs (A–A′, B–B′) minus that of the "
-                 "different-instruction pairs. A model is called selective at a layer where the gap beats a "
-                 "permutation null (the four graphs relabelled) and its bootstrap CI excludes 0, both corrected over "
-                 "layers. The two instructions differ in their tokens and answers as well, so a model that follows "
-                 "neither can show a gap too: the control is the base model's gap on the same queries (difference "
-                 "in differences). Behaviour: whether the A-vs-B graph distance tracks how much the model's next "
-                 "token changes between A and B (docs/tracing.md)."))
+def _compared(run: Run) -> bool:
+    """A ``trace --compare`` run: its selectivity and overlaps, in the tracing section."""
+    return run.json("compare") is not None
+
+
+def _single_trace(run: Run) -> bool:
+    """A trace run of one prompt (no ``--compare``, no read-out): its top paths, in the tracing section."""
+    return not _compared(run) and bool(run.names(".paths.json")) and not run.has("readout_components")
+
+
+@runs_section("trace", having=lambda run: _compared(run) or _single_trace(run), id="tracing",
+              title="Circuit selectors (exact path tracing)")
+def tracing_section(ctx: Context, drawn: list[Run], s: h.Section) -> h.Section:
+    """Circuit selectors.
+
+    With norms, attention patterns and MLP gates frozen at their values on the prompt, the answer's logit is
+    exactly the sum of its paths token → heads/MLPs → answer. For each query, four graphs are traced, each at
+    its own instruction's answer: instruction A, a rephrasing of A (A′), instruction B and a rephrasing of B
+    (B′), and compared layer by layer (weighted Jaccard of edge mass). The gap is the similarity of the
+    same-instruction pairs (A–A′, B–B′) minus that of the different-instruction pairs. A model is called
+    selective at a layer where the gap beats a permutation null (the four graphs relabelled) and its bootstrap
+    CI excludes 0, both corrected over layers. The two instructions differ in their tokens and answers as
+    well, so a model that follows neither can show a gap too: the control is the base model's gap on the same
+    queries (difference in differences). Behaviour: whether the A-vs-B graph distance tracks how much the
+    model's next token changes between A and B (docs/tracing.md).
+    """
+    runs = [r for r in drawn if _compared(r)]
+    singles = [r for r in drawn if _single_trace(r)]
     for run in runs:
         summ = run.json("compare")
         subtasks = next(iter(summ.values())).get("subtasks", []) if summ else []
@@ -309,19 +317,18 @@ def _single_traces(ctx: Context, run: Run) -> list[str]:
     return blocks
 
 
-@guard
-def iv_construction_section(ctx: Context) -> h.Section | None:
-    """IV construction."""
-    runs = [r for r in ctx.study.of("trace") if r.has("readout_components")]
-    if not runs:
-        return None
-    s = h.Section("iv-construction", "IV construction: which components write the instruction vector")
-    s.add(h.para("The traced value is a linear read-out y = w · resid_l[t] of the residual stream after block l at "
-                 "position t (here a probe's class direction at T_inst, the instruction's last token). With norms, "
-                 "attention patterns and MLP gates frozen on the prompt, y is exactly the sum of its paths; an "
-                 "edge's value is the total of every path through it. Heads, MLPs and biases of any one sublayer "
-                 "(with the residual skip) sum to y, so a component's value is its share of writing the IV; values "
-                 "of different layers overlap (a path crosses every layer) and do not add up."))
+@runs_section("trace", having="readout_components", id="iv-construction",
+              title="IV construction: which components write the instruction vector")
+def iv_construction_section(ctx: Context, runs: list[Run], s: h.Section) -> h.Section:
+    """IV construction.
+
+    The traced value is a linear read-out y = w · resid_l[t] of the residual stream after block l at position
+    t (here a probe's class direction at T_inst, the instruction's last token). With norms, attention patterns
+    and MLP gates frozen on the prompt, y is exactly the sum of its paths; an edge's value is the total of
+    every path through it. Heads, MLPs and biases of any one sublayer (with the residual skip) sum to y, so a
+    component's value is its share of writing the IV; values of different layers overlap (a path crosses every
+    layer) and do not add up.
+    """
     for run in runs:
         comp = run.table("readout_components")
         info = run.manifest.get("readout") or {}

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pandas as pd
 
 from ivlens.page import html as h
-from ivlens.page.context import Context
+from ivlens.page.context import Context, runs_section
+from ivlens.page.reader import Run
 from ivlens.plots import colours, plt, png_bytes
 
 
@@ -31,19 +32,17 @@ def mass_figure(summary: pd.DataFrame, models: list[str]) -> bytes:
     return png_bytes(fig)
 
 
-def logit_lens_section(ctx: Context) -> h.Section | None:
-    """The logit lens of the IVs."""
-    runs = [r for r in ctx.study.of("logit-lens") if r.has("summary")]
-    if not runs:
-        return None
-    s = h.Section("logit-lens", "The logit lens of the IVs")
-    s.add(h.para("Each IV (the residual after layer l at the instruction's last token, T_inst) read through the "
-                 "model's final norm and unembedding: the probability it puts on the first tokens of its own "
-                 "subtask's labels less the probability on the other subtask's labels (a token that starts labels of "
-                 "both counts in neither), averaged over rephrasings, with a bootstrap interval over rephrasings. "
-                 "The other subtask's labels are the control within a model (the two sets differ in size: see "
-                 "`own_tokens`, `other_tokens`); the first model (the base) is the control for training "
-                 "(`vs_control`, which cancels the sets' sizes)."))
+@runs_section("logit-lens", having="summary", id="logit-lens", title="The logit lens of the IVs")
+def logit_lens_section(ctx: Context, runs: list[Run], s: h.Section) -> h.Section:
+    """The logit lens of the IVs.
+
+    Each IV (the residual after layer l at the instruction's last token, T_inst) read through the model's
+    final norm and unembedding: the probability it puts on the first tokens of its own subtask's labels less
+    the probability on the other subtask's labels (a token that starts labels of both counts in neither),
+    averaged over rephrasings, with a bootstrap interval over rephrasings. The other subtask's labels are the
+    control within a model (the two sets differ in size: see `own_tokens`, `other_tokens`); the first model
+    (the base) is the control for training (`vs_control`, which cancels the sets' sizes).
+    """
     for r in runs:
         summary = r.table("summary")
         models = [m for m in ctx.models if m in set(summary.model)] + [
