@@ -54,6 +54,24 @@ def plot_accuracy_by_layer(acc: pd.DataFrame, path: Path, probe: str = "all", ta
     return _save(fig, df, path)
 
 
+def scatter_phrasings(ax, panel: pd.DataFrame, classes: list[str], *, legend: bool,
+                      sizes: tuple[float, float, float]) -> None:
+    """One panel of a 2-D projection of IVs (``panel``: rows ``x``, ``y``, ``class``, ``split``): each class in its
+    ``tab10`` colour, in ``classes`` order, its training phrasings filled and its held-out ones hollow.
+
+    Args:
+        legend: label the filled points with their class (for the figure's legend; one panel does).
+        sizes: the filled points' size, the hollow points' size and their edge width.
+    """
+    filled, hollow, edge = sizes
+    cmap = plt.get_cmap("tab10")
+    for k, cls in enumerate(classes):
+        points = panel[panel["class"] == cls]
+        train, held_out = points[points.split == "train"], points[points.split != "train"]
+        ax.scatter(train.x, train.y, s=filled, color=cmap(k % 10), label=cls if legend else None)
+        ax.scatter(held_out.x, held_out.y, s=hollow, facecolors="none", edgecolors=cmap(k % 10), lw=edge)
+
+
 def plot_projection(proj: pd.DataFrame, path: Path, layers: list[int], method: str = "lda") -> Path:
     """2-D projections (rows: models, columns: layers), one colour per class; held-out phrasings hollow."""
     df = proj[(proj.method == method) & proj.layer.isin(layers)]
@@ -61,16 +79,11 @@ def plot_projection(proj: pd.DataFrame, path: Path, layers: list[int], method: s
     fig, axes = plt.subplots(max(1, len(models)), max(1, len(layers)), squeeze=False,
                              figsize=(3.2 * max(1, len(layers)), 3.0 * max(1, len(models))))
     classes = sorted(df["class"].unique()) if len(df) else []
-    colours = plt.get_cmap("tab10")
     for i, model in enumerate(models):
         for j, layer in enumerate(layers):
             ax = axes[i, j]
-            g = df[(df.model == model) & (df.layer == layer)]
-            for k, cls in enumerate(classes):
-                h = g[g["class"] == cls]
-                tr, te = h[h.split == "train"], h[h.split != "train"]
-                ax.scatter(tr.x, tr.y, s=6, color=colours(k % 10), label=cls if (i, j) == (0, 0) else None)
-                ax.scatter(te.x, te.y, s=10, facecolors="none", edgecolors=colours(k % 10), lw=0.6)
+            scatter_phrasings(ax, df[(df.model == model) & (df.layer == layer)], classes, legend=(i, j) == (0, 0),
+                              sizes=(6, 10, 0.6))
             ax.set_title(f"{model} · layer {layer}", fontsize=8)
             ax.set_xticks([])
             ax.set_yticks([])

@@ -12,6 +12,8 @@ from ivlens.page.figures import ordered, present
 from ivlens.page.reader import Run
 from ivlens.plots import colours, plt, png_bytes
 
+from .figures import scatter_phrasings
+
 
 # ----------------------------------------------------------------------------- figures
 def probe_accuracy(acc: pd.DataFrame, models: Sequence[str]) -> bytes:
@@ -53,18 +55,13 @@ def projection_scatter(proj: pd.DataFrame, models: Sequence[str], layers: Sequen
     df = proj[(proj.method == method) & proj.layer.isin(layers)]
     models = present(models, df.model)
     classes = sorted(df["class"].unique())
-    cmap = plt.get_cmap("tab10")
     fig, axes = plt.subplots(len(layers), len(models), figsize=(3.3 * len(models), 3.0 * len(layers) + 0.5),
                              squeeze=False, layout="constrained")
     for i, layer in enumerate(layers):
         for j, m in enumerate(models):
             ax = axes[i][j]
-            g = df[(df.model == m) & (df.layer == layer)]
-            for k, cls in enumerate(classes):
-                h = g[g["class"] == cls]
-                tr, te = h[h.split == "train"], h[h.split != "train"]
-                ax.scatter(tr.x, tr.y, s=5, color=cmap(k % 10), label=cls if (i, j) == (0, 0) else None)
-                ax.scatter(te.x, te.y, s=12, facecolors="none", edgecolors=cmap(k % 10), lw=0.7)
+            scatter_phrasings(ax, df[(df.model == m) & (df.layer == layer)], classes, legend=(i, j) == (0, 0),
+                              sizes=(5, 12, 0.7))
             ax.set_title(f"{m} · layer {layer}", fontsize=9)
             ax.set_xlabel(f"{method.upper()} 1", fontsize=8)
             ax.set_ylabel(f"{method.upper()} 2", fontsize=8)
