@@ -233,6 +233,38 @@ def test_eval_table_from_a_frame():  # the table helper on its own: integers sta
     assert ">0<" in out and ">0.000<" not in out and ">–<" in out and "&lt;b&gt;" in out and "<code>c</code>" in out
 
 
+def test_runs_section_draws_its_runs_opens_with_its_docstring_and_guards(study, tmp_path):
+    """``runs_section``: the finished runs of the kind that wrote the table (the killed eval run is not one), the
+    docstring after its first line as the opening paragraph, no section without a run, a caveat for an error."""
+    from ivlens.page import Context, html, read_study, runs_section
+
+    @runs_section("eval", having="summary", id="demo", title="Demo")
+    def demo_section(ctx, runs, s):
+        """Demo.
+
+        What the `demo` shows,
+        in one paragraph.
+        """
+        return s.add(html.para(" ".join(r.rel for r in runs)))
+
+    @runs_section("eval", having="no_such_table", id="none", title="None")
+    def none_section(ctx, runs, s):
+        """Never drawn."""
+        raise AssertionError("drawn without a run")
+
+    @runs_section("eval", having=lambda run: True, id="broken", title="Broken")
+    def broken_section(ctx, runs, s):
+        """Broken."""
+        raise ValueError("no")
+
+    ctx = Context(read_study(study), tmp_path)
+    demo = demo_section(ctx)
+    assert (demo.id, demo.title, demo_section.__name__) == ("demo", "Demo", "demo_section")
+    assert demo.blocks == ["<p>What the <code>demo</code> shows, in one paragraph.</p>", "<p>eval/adjectives</p>"]
+    assert none_section(ctx) is None
+    assert "could not be drawn: ValueError: no" in broken_section(ctx).blocks[0]
+
+
 @pytest.mark.cli
 def test_ivlens_run_ends_with_the_report_and_prints_its_path(tiny_dir, tmp_path):
     """``ivlens run STUDY.yaml`` (the main job's command) writes the report of its study directory."""
