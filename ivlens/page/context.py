@@ -90,11 +90,12 @@ def runs_section(kind: str, having: str | Callable[[Run], bool], *, id: str, tit
 
     The decorated ``fn(ctx, runs, s) -> Section`` fills ``s``, the section opened with the anchor ``id``, the
     ``title`` and, where ``fn``'s docstring has more than its first line, that text as its opening paragraph
-    (:func:`about`: the page's prose about a section is written once, in its docstring); the section is left
-    out (``None``) where no run is drawn, and is :func:`guard`-ed. It keeps ``fn``'s name and docstring."""
+    (:func:`docstring_body`: the page's prose about a section is written once, in its docstring); the section
+    is left out (``None``) where no run is drawn, and is :func:`guard`-ed. It keeps ``fn``'s name and
+    docstring."""
 
     def wrap(fn: Callable[[Context, list[Run], h.Section], h.Section]) -> Callable[[Context], h.Section | None]:
-        intro = about(fn)
+        intro = docstring_body(fn)
 
         def section(ctx: Context) -> h.Section | None:
             runs = ctx.section_runs(kind, having)
@@ -108,7 +109,7 @@ def runs_section(kind: str, having: str | Callable[[Run], bool], *, id: str, tit
     return wrap
 
 
-def about(fn) -> str:
+def docstring_body(fn) -> str:
     """The text of ``fn``'s docstring after its first line, as one paragraph (its lines joined by spaces)."""
     lines = inspect.cleandoc(fn.__doc__ or "").splitlines()[1:]
     return " ".join(line for line in lines if line)
