@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from ivlens.errors import IvlensError
-from ivlens.models.load import SMOLLM2, LoadedModel, _prepare_tokenizer
+from ivlens.models.load import SMOLLM2, LoadedModel, prepare_tokenizer
 
 KEY_VARIABLE = "NDIF_API_KEY"
 KEY_MESSAGE = "--remote needs NDIF_API_KEY: get a key at https://login.ndif.us and export NDIF_API_KEY=..."
@@ -108,7 +108,7 @@ def open_remote(name: str, *, revision: str | None = None) -> NNsightModel:
     configure_key()
     nn = _transformers_model(name, revision=revision)
     tok = nn.tokenizer
-    _prepare_tokenizer(tok)
+    prepare_tokenizer(tok)
     return NNsightModel(nn._module, tok, name, name, revision, None, None, nn=nn, remote=True)
 
 

@@ -151,7 +151,7 @@ def _tokenizer(path, gguf, revision, trust_remote_code, config):
 
     from transformers import AutoTokenizer
 
-    from ivlens.models.load import _prepare_tokenizer
+    from ivlens.models.load import prepare_tokenizer
 
     files = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
     has_files = gguf is not None or not Path(path).is_dir() or any((Path(path) / f).exists() for f in files)
@@ -160,7 +160,7 @@ def _tokenizer(path, gguf, revision, trust_remote_code, config):
             raise OSError("no tokenizer files")
         tok = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code,
                                             **({"gguf_file": gguf} if gguf else {}))
-        _prepare_tokenizer(tok)
+        prepare_tokenizer(tok)
         return tok, None
     except (OSError, ValueError, TypeError, KeyError):
         pass  # no usable tokenizer: fall through to the approximate one below, and the cost estimate says so

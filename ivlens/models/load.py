@@ -118,7 +118,7 @@ class LoadedModel:
         """Wrap an already constructed model (tests, notebooks). The tokenizer is copied before it is set to
         left padding, so the caller's tokenizer keeps its padding side and pad token."""
         tokenizer = copy.deepcopy(tokenizer)
-        _prepare_tokenizer(tokenizer)
+        prepare_tokenizer(tokenizer)
         return cls(model.eval(), tokenizer, name, name)
 
 
@@ -197,7 +197,9 @@ def weight_hash(path: str, gguf_file: str | None = None, full_limit: int = 2 << 
     return ("" if total <= full_limit else "quick:") + h.hexdigest()[:16]
 
 
-def _prepare_tokenizer(tok: PreTrainedTokenizerBase) -> None:
+def prepare_tokenizer(tok: PreTrainedTokenizerBase) -> None:
+    """Set ``tok`` up as every analysis uses it (in place): left padding, and the EOS token as the pad token where
+    it has none. Loading (:func:`load_model`), NDIF models and the dry run's tokenizer all call this."""
     tok.padding_side = "left"
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
@@ -264,6 +266,6 @@ def load_model(name: str, *, gguf_file: str | None = None, dtype: str = "float32
         model.config._name_or_path = path  # the GGUF's directory, as when transformers reads the GGUF itself
     if device not in ("auto", "cpu"):
         model = model.to(device)
-    _prepare_tokenizer(tok)
+    prepare_tokenizer(tok)
     rev = revision or getattr(model.config, "_commit_hash", None)
     return LoadedModel(model.eval(), tok, name, path, rev, hashed, gguf)
