@@ -143,6 +143,11 @@ class TablePieces:
             else:
                 self.run.write_unit_file(table, key, result[table])
 
+    def piece(self, table: str, key: str) -> pd.DataFrame:
+        """Unit ``key``'s piece of ``table``, as written to the run directory (a resumed run's, where
+        :meth:`has` says it is there)."""
+        return pd.read_parquet(self.run.unit_file_path(table, key))
+
     def read(self, table: str) -> pd.DataFrame:
         """``table``'s pieces concatenated in the units' order: in memory, in the order they were computed; on
         disk, in the order of their keys (:meth:`ivlens.runs.RunDir.read_table`; the whole table when it was

@@ -397,19 +397,18 @@ def _terms(lm: LoadedModel, prompts: list[SamplePrompts], ivs: torch.Tensor, sta
                              torch.tensor([p.alt_token for p in prompts]), stats=stats)
 
 
-def _screen(run: RunDir | None, key: str, terms: FirstOrder, prompts: list[SamplePrompts], plan: PatchPlan, k: int,
-            model: str, effect: str) -> pd.DataFrame:
-    """The model's ranking of every set (:func:`ivlens.patching.screen.screen_table`): the run's, when a resumed
-    run has it, else computed from ``terms`` (of ``prompts``, every sample) and written (before any chunk, so the
-    chunks run the same sets)."""
-    if run is not None and run.has_unit_file(SCREEN, key):
-        return pd.read_parquet(run.unit_file_path(SCREEN, key))
+def _screen(screens: TablePieces, key: str, terms: FirstOrder, prompts: list[SamplePrompts], plan: PatchPlan,
+            k: int, model: str, effect: str) -> pd.DataFrame:
+    """The model's ranking of every set (:func:`ivlens.patching.screen.screen_table`): the piece ``key`` of
+    ``screens`` (the ``screen`` table's unit files), when a resumed run has it, else computed from ``terms`` (of
+    ``prompts``, every sample) and written there (before any chunk, so the chunks run the same sets)."""
+    if screens.has(key):
+        return screens.piece(SCREEN, key)
     eff = estimated_effect(effect)
     is_last = np.array([[t == len(p.target) - 1 for t in p.positions] for p in prompts], dtype=bool)
     est = run_estimates(getattr(terms, ESTIMATED[eff][2]), plan.layer_sets, is_last)  # [samples, positions, sets]
     table = screen_table(est, plan.layer_sets, plan.positions, k, model, eff)
-    if run is not None:
-        run.write_unit_file(SCREEN, key, table)
+    screens.write(key, {SCREEN: table})
     return table
 
 
@@ -597,7 +596,7 @@ def patch_sweep(models: LoadedModel | str | Sequence[LoadedModel | str], task: T
     total = sum(len(ids) * len(p.rows) for ids, p in zip(ids_per_model, plans, strict=True))
     row_progress = RowProgress(progress, total)
     stats: dict[str, EngineStats] = {}
-    all_screens = []
+    screens = TablePieces(run, (SCREEN,))  # --screen's ranking: a piece per model, written before its chunks
     pieces = TablePieces(run, (BASELINES, TABLE))  # the rows last: their piece marks the chunk done
     loop = UnitLoop(pieces, owns=owns)  # a unit: a chunk of one model's samples
     warned: set[tuple[str, str]] = set()  # the label-clash warning: once per run, not per model
@@ -626,14 +625,8 @@ def patch_sweep(models: LoadedModel | str | Sequence[LoadedModel | str], task: T
             chunks.ivs = _ivs(s_lm, instruction, fmt, st)
             chunks.space = label_space_tokens(lm, task, subtask, prompts[0].instructed)
             chunks.screened = (_terms(lm, prompts, chunks.ivs, st), {sid: i for i, sid in enumerate(sample_ids)})
-            table = _screen(run, unit_key(mi), chunks.screened[0], prompts, plan, screen, name, effect)
-            all_screens.append(table)
+            table = _screen(screens, unit_key(mi), chunks.screened[0], prompts, plan, screen, name, effect)
             chunks.plan = plan.with_layer_sets(screened_sets(table, plan.layer_sets))
             row_progress.total -= len(sample_ids) * (len(plan.rows) - len(chunks.plan.rows))
         loop.run(units, chunks.tables, progress=chunks.advance)
-    rows_df, base_df = pieces.read(TABLE), pieces.read(BASELINES)
-    if run is not None:
-        screen_df = run.read_table(SCREEN) if (run.path / SCREEN).is_dir() else pd.DataFrame()
-    else:
-        screen_df = pd.concat(all_screens, ignore_index=True) if all_screens else pd.DataFrame()
-    return SweepResult(rows_df, base_df, stats, run, screen_df)
+    return SweepResult(pieces.read(TABLE), pieces.read(BASELINES), stats, run, screens.read(SCREEN))
