@@ -33,6 +33,7 @@ it: every unit is then done, and the run ends as the unsharded one does.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,19 +82,26 @@ def _every_unit(number: int) -> bool:
 
 class UnitLoop(Generic[R]):
     """Runs units of work into ``store``: those ``owns(number)`` keeps (default: every unit) whose result the
-    store does not hold yet (see the module docstring)."""
+    store does not hold yet (see the module docstring). ``store`` is ``None`` for a loop that only numbers and
+    owns a run's units, whose results go to the stores of its :meth:`on` loops."""
 
-    def __init__(self, store: UnitStore[R], *, owns: Callable[[int], bool] | None = None):
+    def __init__(self, store: UnitStore[R] | None, *, owns: Callable[[int], bool] | None = None):
         self.store = store
         self._owns = owns or _every_unit
-        self._next = 0
+        self._numbers = itertools.count()
 
     def number(self, work: Iterable[tuple[str, W]]) -> list[Unit[W]]:
         """``(key, work)`` pairs in the unsharded run's order as units, numbered on from the last call's (so
         one loop numbers a run's models one after the other)."""
-        units = [Unit(self._next + i, key, w) for i, (key, w) in enumerate(work)]
-        self._next += len(units)
-        return units
+        return [Unit(next(self._numbers), key, w) for key, w in work]
+
+    def on(self, store: UnitStore[R]) -> UnitLoop[R]:
+        """A loop into ``store`` that shares this loop's ownership and numbering: its units number on from this
+        loop's and later ones on from its (one run's units in stores of their own: probe's IV batches, a
+        directory per model)."""
+        loop = UnitLoop(store, owns=self._owns)
+        loop._numbers = self._numbers
+        return loop
 
     def owns(self, unit: Unit) -> bool:
         """Whether ``unit`` is this run's to compute (another shard's, when not)."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,15 +138,16 @@ def _batches(n: int, size: int) -> Iterator[range]:
 def collect_ivs(loaded: LoadedModel, rows: list[InstructionRow], out: str | Path, *,
                 layers: list[int] | None = None, batch_size: int | None = None, fmt: PromptFormat = "raw",
                 resume: bool = False, memory_budget: str | int | None = None,
-                owns: Callable[[int], bool] | None = None) -> IVStore:
+                units: UnitLoop | None = None) -> IVStore:
     """Run every instruction-only prompt and store its IVs at ``layers`` (default: all) under ``out``.
 
     Batches are formed in row order; each is a unit of work (:mod:`ivlens.units`) written as one unit file right
     away (atomically), so with ``resume=True`` the unit files already on disk are kept and only the missing batches
     run. ``batch_size=None`` picks as many prompts per forward as fit ``memory_budget``
     (:func:`ivlens.estimate.model.forward_batch_size`; a resumed collection keeps the batch size it was started
-    with). ``owns(batch) -> bool``: collect only those batches (a shard, :mod:`ivlens.sharding`; the labels and meta
-    are written whole).
+    with). ``units``: the run's loop whose numbering and shard ownership the batches join (:meth:`UnitLoop.on`:
+    numbered on from earlier models' batches; a shard, :mod:`ivlens.sharding`, collects only its own, the labels
+    and meta are written whole); default: every batch, numbered from 0.
 
     Returns:
         the :class:`IVStore` at ``out``.
@@ -184,7 +185,8 @@ def collect_ivs(loaded: LoadedModel, rows: list[InstructionRow], out: str | Path
         resid = read_resid(loaded, batch, cols, layers)  # [layer, batch, d_model]
         return st_save({"resid": resid.contiguous(), "rows": torch.tensor(list(idx), dtype=torch.long)})
 
-    loop = UnitLoop(UnitFiles(out, UNIT_FILE), owns=owns)  # a unit: one batch (without resume, none is left)
+    files = UnitFiles(out, UNIT_FILE)
+    loop = units.on(files) if units is not None else UnitLoop(files)  # a unit: one batch (without resume: none left)
     units = loop.number((f"{b:05d}", idx) for b, idx in enumerate(_batches(len(rows), batch_size)))
     n_batches = loop.run(units, batch_unit_file)
     log.info("%s: %d instruction vectors at %d layers (%d new batches) in %s", loaded.name, len(rows),

@@ -43,6 +43,7 @@ from ivlens.specs import SpecError, Varying
 from ivlens.tasks.prompts import PromptFormat
 from ivlens.tasks.requirements import require_rephrasings
 from ivlens.tasks.schema import Task
+from ivlens.units import UnitLoop
 
 from . import figures
 from .collect import IVStore, collect_ivs, parse_layers
@@ -199,7 +200,7 @@ def probe_run(models: Sequence[str | LoadedModel], tasks: Sequence[str | Task], 
                                   "user_instructions": user_instructions, "max_per_subtask": max_per_subtask},
                             task=",".join(task_names), seed=cfg.seed)
     accs, projs, sims, described, probed_layers = [], [], [], [], []
-    owns, first_unit = owner(shard), 0
+    batches = UnitLoop(None, owns=owner(shard))  # numbers every model's IV batches, one after the other
     for m in models:
         loaded = m if isinstance(m, LoadedModel) else load_model(m, **(load_kwargs or {}))
         held = organism_heldout(loaded.path)
@@ -207,8 +208,7 @@ def probe_run(models: Sequence[str | LoadedModel], tasks: Sequence[str | Task], 
         model_layers = parse_layers(layers, loaded.n_layers)
         store = collect_ivs(loaded, rows, run.path / "ivs" / slug(loaded.name), layers=model_layers,
                             batch_size=batch_size, fmt=fmt, memory_budget=memory_budget, resume=resume,
-                            owns=lambda b, first=first_unit: owns(first + b))
-        first_unit += store.n_batches
+                            units=batches)
         if shard is not None:
             continue
         described.append(loaded.describe() | {"heldout_from_card": held is not None})
