@@ -40,25 +40,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from gemm import gemm_gflops
+
 REPO = Path(__file__).resolve().parents[1]
 ANSWER_COLUMNS = ("answer_logprob", "answer_rank", "answer_rank_in_space", "answer_top1", "answer_ia",
                   "answer_accuracy")
-
-
-def gemm_rate() -> float:
-    """fp32 GFLOP/s of ``[2048, 2048] × [2048, 8192]`` on 2 threads, best of 5 (the project's reference product)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 8192)
-    best = float("inf")
-    for _ in range(5):
-        t = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t)
-    torch.set_num_threads(threads)
-    return 2 * 2048 * 2048 * 8192 / best / 1e9
 
 
 def write_task(directory: Path, n_samples: int, n_labels: int) -> Path:
@@ -165,7 +151,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1, help="runs of each eval (medians reported)")
     ap.add_argument("--patch-samples", type=int, default=0, help="also time patch --score answer (needs --old)")
     a = ap.parse_args()
-    rate = gemm_rate()
+    rate = gemm_gflops()
     with tempfile.TemporaryDirectory(prefix="ivlens-answer-bench-") as tmp:
         tmp = Path(tmp)
         task = write_task(tmp, a.samples, a.labels)

@@ -42,6 +42,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from gemm import gemm_gflops
+
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_GFLOPS = 56.0
 TARGETS = {  # normalised seconds
@@ -53,25 +55,6 @@ TARGETS = {  # normalised seconds
 }
 STUDY_TARGET_MIN = 20  # issue 21: examples/smollm2.yaml within 20 min at 56 GFLOP/s
 MIN_MARGIN = 0.02
-
-
-def gemm_gflops(threads: int = 2, repeats: int = 5) -> float:
-    """fp32 GEMM rate of this machine: best of ``repeats`` of a 2048×2048 @ 2048×8192 product on ``threads``."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        a, b = torch.randn(2048, 2048), torch.randn(2048, 8192)
-        a @ b  # warm-up
-        best = float("inf")
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            a @ b
-            best = min(best, time.perf_counter() - t0)
-    finally:
-        torch.set_num_threads(before)
-    return 2 * 2048 * 2048 * 8192 / best / 1e9
 
 
 def _env(cache: Path) -> dict[str, str]:

@@ -42,6 +42,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
+from gemm import gemm_gflops  # noqa: E402
 
 import ivlens.organism  # noqa: E402, F401  (registers the organism-* names)
 from ivlens.models.load import LoadedModel, load_model  # noqa: E402
@@ -52,20 +53,6 @@ from ivlens.patching.screen import recall_at_k, top_k  # noqa: E402
 
 EFFECT = "delta_logit_vs_target"
 KEY = ["model", "sample", "position", "layers"]
-
-
-def gemm_rate() -> float:
-    """GFLOP/s of fp32 ``a @ b`` (2048×2048 @ 2048×8192) on 2 threads, best of 5."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 8192)
-    best = float("inf")
-    for _ in range(5):
-        t = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t)
-    torch.set_num_threads(threads)
-    return 2 * 2048 * 2048 * 8192 / best / 1e9
 
 
 def timed(fn):
@@ -188,7 +175,7 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING)
     if args.rows:
         return from_rows(args.rows, args.k, args.boot)
-    rate = gemm_rate()
+    rate = gemm_gflops()
     torch.set_num_threads(args.threads)
     print(f"GEMM rate: {rate:.1f} GFLOP/s (fp32, 2 threads; shared machine); times × {rate / 56:.2f} = at 56 GFLOP/s")
     lms = models_of(args.model)
