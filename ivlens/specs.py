@@ -41,7 +41,7 @@ __all__ = ["Backend", "Cli", "Correction", "Dtype", "Format", "FormatField", "Li
 
 Dtype = Literal["float32", "bfloat16", "float16"]
 PatchMode = Literal["transfer", "contrastive"]
-PatchTarget = Literal["bare", "formatted"]
+PatchTarget = QueryStyle  # the query-only target prompt of patch and steer (--target): one of the query styles
 Correction = Literal["holm", "bh"]
 Backend = Literal["torch", "nnsight"]
 Varying = Literal["instructions", "labels"]
