@@ -38,11 +38,11 @@ from torch import Tensor
 from .surrogate.frozen_map import (
     Surrogate,
     Target,
-    _lin,
-    _lin_T,
     backward,
     frozen_forward,
     mlp_linear,
+    norm_linear,
+    norm_linear_T,
     readout_vector,
     real_target,
     scoped,
@@ -159,8 +159,8 @@ def compute_graph(sur: Surrogate, target: Target, sources: Tensor | None = None,
         x, gm = f[ka], g[ka + 1]  # attention reads x, its output is read by gm
         m, gx = f[km], g[km + 1]  # the MLP's
         H, dh = att.n_heads, att.d_head
-        v = att.values(_lin(att.norm_in)(x)).view(T, H, dh).transpose(0, 1)  # [head, pos(s), d_head]
-        beta = (_lin_T(att.norm_out)(gm) @ att.W_O_flat).view(T, H, dh).transpose(0, 1)  # [head, pos(t), d_head]
+        v = att.values(norm_linear(att.norm_in)(x)).view(T, H, dh).transpose(0, 1)  # [head, pos(s), d_head]
+        beta = (norm_linear_T(att.norm_out)(gm) @ att.W_O_flat).view(T, H, dh).transpose(0, 1)  # [head, pos(t), d_head]
         heads.append(att.pattern * torch.einsum("htk,hsk->hts", beta, v))  # [head, t, s]
         a_skip.append((gm * x).sum(-1))
         a_bias.append((gm * att.bias).sum(-1) if with_bias else zeros)

@@ -30,10 +30,10 @@ from .graph import forward_states, source_mask
 from .surrogate.frozen_map import (
     Surrogate,
     Target,
-    _lin,
-    _lin_T,
     mlp_linear,
     mlp_linear_T,
+    norm_linear,
+    norm_linear_T,
     readout_vector,
     scoped,
 )
@@ -131,8 +131,8 @@ def top_paths(sur: Surrogate, target: Target, k: int = 20, beam: int = 256, star
                 ended(kind, l, (rho * b[pos]).sum(-1))
         x_prev = f[sur.state_in(l, "attn")]
         H, dh, n_loc = att.n_heads, att.d_head, len(local)
-        v = att.values(_lin(att.norm_in)(x_prev)).view(T, H, dh).transpose(0, 1)  # [head, pos, d_head]
-        beta = (_lin_T(att.norm_out)(rho, pos) @ att.W_O_flat).view(len(pos), H, dh)  # [beam, head, d_head]
+        v = att.values(norm_linear(att.norm_in)(x_prev)).view(T, H, dh).transpose(0, 1)  # [head, pos, d_head]
+        beta = (norm_linear_T(att.norm_out)(rho, pos) @ att.W_O_flat).view(len(pos), H, dh)  # [beam, head, d_head]
         A = att.pattern[:, pos].transpose(0, 1)  # [beam, head, pos(s)]
         head_scores = A * torch.einsum("bhk,hsk->bhs", beta, v)  # [beam, head, pos(s)]
         cand = torch.stack(local, 1)  # [beam, n_loc, d_model]
@@ -151,7 +151,7 @@ def top_paths(sur: Surrogate, target: Target, k: int = 20, beam: int = 256, star
             onehot = torch.zeros(len(hh), H, dh, dtype=beta.dtype)
             onehot[torch.arange(len(hh)), hh] = beta[bh, hh]
             u = att.values_T(onehot.view(len(hh), H * dh), sh)  # W_V^hᵀ M_s β: [n, d_model]
-            new_rho[is_head] = A[bh, hh, sh][:, None] * _lin_T(att.norm_in)(u, sh)
+            new_rho[is_head] = A[bh, hh, sh][:, None] * norm_linear_T(att.norm_in)(u, sh)
         new_pos = torch.where(is_head, s_idx, pos[b])
         new_hops = []
         pos_list = pos.tolist()
@@ -238,10 +238,10 @@ def path_vectors(sur: Surrogate, paths: list[Path]) -> Tensor:
         hs = [h for _, h in heads[l]]
         h_idx, src, dst = (torch.tensor([getattr(h, a) for h in hs]) for a in ("head", "src", "dst"))
         m, H, dh = len(r), att.n_heads, att.d_head
-        v_all = att.values(_lin(att.norm_in)(vec[r], src), src).view(m, H, dh)  # every head's value of each path
+        v_all = att.values(norm_linear(att.norm_in)(vec[r], src), src).view(m, H, dh)  # every head's value of each path
         z = torch.zeros_like(v_all)
         z[torch.arange(m), h_idx] = att.pattern[h_idx, dst, src][:, None] * v_all[torch.arange(m), h_idx]
-        vec[r] = _lin(att.norm_out)(z.view(m, H * dh) @ att.W_O_flat.T, dst)
+        vec[r] = norm_linear(att.norm_out)(z.view(m, H * dh) @ att.W_O_flat.T, dst)
         pos[r] = dst
         return r
 

@@ -55,11 +55,13 @@ def _ident(x: Tensor, pos: Tensor | None = None) -> Tensor:
     return x
 
 
-def _lin(norm: FrozenNorm | None):
+def norm_linear(norm: FrozenNorm | None):
+    """The frozen norm's linear map ``x -> norm(x)`` (its :meth:`FrozenNorm.apply`; the identity for no norm)."""
     return norm.apply if norm is not None else _ident
 
 
-def _lin_T(norm: FrozenNorm | None):
+def norm_linear_T(norm: FrozenNorm | None):
+    """The transpose of :func:`norm_linear` (:meth:`FrozenNorm.apply_T`), for backward passes."""
     return norm.apply_T if norm is not None else _ident
 
 
@@ -278,32 +280,32 @@ def attn_linear(att: FrozenAttention, x: Tensor) -> Tensor:
     """Linear part of the attention sublayer: ``x: [pos, d] → [pos, d]``,
     ``Post_t Σ_h W_O^h Σ_s A_h[t, s] M_s W_V^h Pre_s x[s]``."""
     T, H, dh = x.shape[0], att.n_heads, att.d_head
-    v = att.values(_lin(att.norm_in)(x)).view(T, H, dh).transpose(0, 1)  # [head, pos, d_head]
+    v = att.values(norm_linear(att.norm_in)(x)).view(T, H, dh).transpose(0, 1)  # [head, pos, d_head]
     z = torch.einsum("hts,hsk->htk", att.pattern, v)  # [head, pos, d_head]
-    return _lin(att.norm_out)(torch.einsum("hdk,htk->td", att.W_O, z))
+    return norm_linear(att.norm_out)(torch.einsum("hdk,htk->td", att.W_O, z))
 
 
 def attn_linear_T(att: FrozenAttention, rho: Tensor) -> Tensor:
     """Transpose (VJP) of :func:`attn_linear`: ``ρ: [pos, d] → [pos, d]``."""
     T = rho.shape[0]
-    beta = torch.einsum("hdk,td->htk", att.W_O, _lin_T(att.norm_out)(rho))  # [head, pos(t), d_head]
+    beta = torch.einsum("hdk,td->htk", att.W_O, norm_linear_T(att.norm_out)(rho))  # [head, pos(t), d_head]
     gz = torch.einsum("hts,htk->hsk", att.pattern, beta)  # [head, pos(s), d_head]
-    return _lin_T(att.norm_in)(att.values_T(gz.transpose(0, 1).reshape(T, -1)))
+    return norm_linear_T(att.norm_in)(att.values_T(gz.transpose(0, 1).reshape(T, -1)))
 
 
 def mlp_linear(mlp: FrozenMLP, x: Tensor, pos: Tensor | None = None) -> Tensor:
     """Linear part of the MLP sublayer: ``x: [pos, d] → [pos, d]``, ``Post W_out (slope ⊙ W_in Pre x)``
     (``x: [n, d]`` with ``pos: [n]`` for selected positions)."""
     slope = mlp.slope if pos is None else mlp.slope[pos]
-    u = _lin(mlp.norm_in)(x, pos) @ mlp.W_in.T  # [n, d_mlp]
-    return _lin(mlp.norm_out)((slope * u) @ mlp.W_out.T, pos)
+    u = norm_linear(mlp.norm_in)(x, pos) @ mlp.W_in.T  # [n, d_mlp]
+    return norm_linear(mlp.norm_out)((slope * u) @ mlp.W_out.T, pos)
 
 
 def mlp_linear_T(mlp: FrozenMLP, rho: Tensor, pos: Tensor | None = None) -> Tensor:
     """Transpose (VJP) of :func:`mlp_linear`, same shapes."""
     slope = mlp.slope if pos is None else mlp.slope[pos]
-    g = (_lin_T(mlp.norm_out)(rho, pos) @ mlp.W_out) * slope  # [n, d_mlp]
-    return _lin_T(mlp.norm_in)(g @ mlp.W_in, pos)
+    g = (norm_linear_T(mlp.norm_out)(rho, pos) @ mlp.W_out) * slope  # [n, d_mlp]
+    return norm_linear_T(mlp.norm_in)(g @ mlp.W_in, pos)
 
 
 def frozen_forward(sur: Surrogate, x0: Tensor, with_bias: bool = True) -> list[Tensor]:
