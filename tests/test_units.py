@@ -53,6 +53,21 @@ def test_units_are_numbered_model_after_model():
                                                                    (2, "m1-c00000", "c")]
 
 
+def test_loops_into_stores_of_their_own_share_the_numbering_and_the_shard(tmp_path):
+    """``UnitLoop.on``: each model's units in a directory of its own (probe's IV batches), numbered on from the
+    last model's, and the shard owns the same units as one loop over all of them would."""
+    batches = UnitLoop(None, owns=Shard(1, 2).owns)
+    written = []
+    for model, n in (("a", 3), ("b", 2)):
+        loop = batches.on(UnitFiles(tmp_path / model, "shard-{key}.bin"))
+        units = loop.number((f"{b:05d}", b) for b in range(n))
+        loop.run(units, lambda unit: written.append(unit.number) or b"x")
+        assert [u.number for u in units] == ([0, 1, 2] if model == "a" else [3, 4])
+    assert written == [1, 3]
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.bin")) == [
+        "a/shard-00001.bin", "b/shard-00000.bin"]
+
+
 def test_a_shard_computes_exactly_the_units_it_owns(tmp_path):
     owned = []
     for i in range(3):
