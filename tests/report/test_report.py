@@ -198,6 +198,7 @@ CHECK = """(() => {
 })()"""
 
 
+@pytest.mark.cli  # drives a real browser
 @needs_chromium
 def test_report_in_headless_chromium(page):
     res = browser.load_page(page.resolve().as_uri(), expression=CHECK, screenshot=True)
@@ -213,6 +214,7 @@ def test_report_in_headless_chromium(page):
     assert res.screenshot[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.cli  # drives a real browser
 @needs_chromium
 def test_the_browser_check_catches_a_javascript_error(tmp_path):
     bad = tmp_path / "bad.html"

@@ -116,7 +116,7 @@ def _transformers_level(_item) -> int:
     return logging.getLogger("transformers").getEffectiveLevel()
 
 
-@pytest.mark.unit
+@pytest.mark.cli  # spawns a worker process
 def test_workers_are_as_quiet_as_the_study_process():
     """A spawned worker starts with the libraries' defaults; it copies the study process's quiet (else transformers'
     load report of a model with a missing tensor reached the study's log through the worker's queue)."""
