@@ -267,17 +267,22 @@ def test_report_of_a_single_prompt_trace(tiny_dir, tmp_path):
     assert text.count("<figure>") == 1 and ".paths.json" in text
 
 
-def test_the_probe_table_gives_each_row_its_own_probes_majority_share(study, tmp_path):
-    """The majority column is matched to its (probe, layer) row: the all-subtask probe (4 classes) and the
-    per-task probes (2 classes) have different shares, and the pivot's row order is not the table's."""
+@pytest.fixture(scope="module")
+def probing_html(study, tmp_path_factory) -> str:
+    """The study's probing section as HTML, drawn once for the tests that only read its table."""
     from ivlens.page import Context, read_study
     from ivlens.probing.section import probing_section
 
+    return "".join(probing_section(Context(read_study(study), tmp_path_factory.mktemp("probing"))).blocks)
+
+
+def test_the_probe_table_gives_each_row_its_own_probes_majority_share(study, probing_html):
+    """The majority column is matched to its (probe, layer) row: the all-subtask probe (4 classes) and the
+    per-task probes (2 classes) have different shares, and the pivot's row order is not the table's."""
     acc = pd.read_parquet(next((study / "probe").glob("probe_accuracy*")))
     want = acc.groupby(["probe", "layer"]).majority.mean()
     assert want.nunique() > 1  # else the check below could not tell rows apart
-    html = "".join(probing_section(Context(read_study(study), tmp_path)).blocks)
-    table = next(t for t in re.findall(r"<table.*?</table>", html, flags=re.S) if "majority" in t)
+    table = next(t for t in re.findall(r"<table.*?</table>", probing_html, flags=re.S) if "majority" in t)
     header = [re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<th.*?</th>", table, flags=re.S)]
     rows = [[re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<td.*?</td>", r, flags=re.S)]
             for r in re.findall(r"<tr>(.*?)</tr>", table, flags=re.S)]
@@ -288,17 +293,15 @@ def test_the_probe_table_gives_each_row_its_own_probes_majority_share(study, tmp
         assert float(cell["majority"]) == pytest.approx(want[(cell["probe"], int(cell["layer"]))], abs=5e-4)
 
 
-def test_the_probe_table_gives_the_heldout_accuracy_its_spread_and_n(study, tmp_path):
+def test_the_probe_table_gives_the_heldout_accuracy_its_spread_and_n(study, probing_html):
     """The held-out accuracy is shown with its bootstrap standard deviation and its number of held-out rows
     (``heldout_std``, ``heldout_n`` of the probe table), matched to its (probe, layer, model) row."""
-    from ivlens.page import Context, read_study
-    from ivlens.probing.section import heldout_cell, probing_section
+    from ivlens.probing.section import heldout_cell
 
     acc = pd.read_parquet(next((study / "probe").glob("probe_accuracy*")))
     acc = acc[acc.target == "subtask"] if "target" in acc else acc
     assert acc.heldout_acc.notna().any() and (acc.heldout_n > 0).any()
-    html = "".join(probing_section(Context(read_study(study), tmp_path)).blocks)
-    table = next(t for t in re.findall(r"<table.*?</table>", html, flags=re.S) if "majority" in t)
+    table = next(t for t in re.findall(r"<table.*?</table>", probing_html, flags=re.S) if "majority" in t)
     header = [re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<th.*?</th>", table, flags=re.S)]
     rows = [[re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<td.*?</td>", r, flags=re.S)]
             for r in re.findall(r"<tr>(.*?)</tr>", table, flags=re.S)]
