@@ -268,15 +268,13 @@ def _ivlens_run(study: Path, out: Path, jobs: str = "1") -> None:
 
 
 @pytest.mark.cli
-def test_a_killed_study_resumes_and_equals_an_uninterrupted_one(two_tiny_dirs, tmp_path):
-    """The uninterrupted run takes one step at a time; the killed one and its rerun two, in worker processes that
-    die with it. One torch thread everywhere (``OMP_NUM_THREADS=1``), so that the floats agree bit for bit."""
+def test_a_killed_study_resumes_and_equals_an_uninterrupted_one(tiny_study_run, tmp_path):
+    """The uninterrupted run (shared: ``tiny_study_run``) takes one step at a time; the killed one and its rerun
+    two, in worker processes that die with it. One torch thread everywhere (``OMP_NUM_THREADS=1``), so that the
+    floats agree bit for bit."""
     import psutil
 
-    study = tmp_path / "tiny.yaml"
-    study.write_text(yaml.safe_dump(tiny_study(two_tiny_dirs)))
-    full, broken = tmp_path / "full", tmp_path / "broken"
-    _ivlens_run(study, full)
+    study, full, broken = tiny_study_run / "tiny.yaml", tiny_study_run / "full", tmp_path / "broken"
     assert list(_tables(full)) and '<section id="patching">' in (full / "report.html").read_text()
     # the trace step compares the model labelled base with the other on the same samples
     sel = RunDir.open(full / "trace" / "animals").read_table("selectivity")
