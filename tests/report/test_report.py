@@ -114,7 +114,7 @@ def test_reader_finds_every_run(study):
     assert not any(r.rel.startswith("probe/ivs") for r in st.runs)
 
 
-def test_report_has_every_section_figure_and_link(study, page, tmp_path):
+def test_report_has_every_section_figure_and_link(study, page):
     path = page
     assert path == study / "report.html"
     text = path.read_text()
@@ -146,7 +146,11 @@ def test_report_has_every_section_figure_and_link(study, page, tmp_path):
     iv = text[text.index('<section id="iv-construction">'):]
     assert "readout_components.parquet" in iv and all(f"{m}: y = " in iv for m in ("base", "sft", "dpo"))
     assert iv.count('src="data:image/png;base64,') >= 2 and "base component" in iv and "dpo share" in iv
-    # --out elsewhere: links stay relative to the page
+
+
+@pytest.mark.cli  # a second build of the whole page, end to end
+def test_report_elsewhere_links_relative_to_the_page(study, tmp_path):
+    """``--out`` elsewhere: links stay relative to the page."""
     other = build_report(study, tmp_path / "elsewhere" / "r.html")
     hrefs = re.findall(r'<a href="([^"#]+\.parquet)"', other.read_text())
     assert hrefs and all((other.parent / h).exists() for h in hrefs)
