@@ -21,23 +21,8 @@ from ivlens.study import StudyError, StudySpec, load_study, plan_steps, run_stud
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).parents[1]))  # tests/: test_run_contract
+from conftest import tiny_study  # noqa: E402  (tests/conftest.py: the tiny study, also of tiny_study_run)
 from test_run_contract import _env, _kill_when  # noqa: E402  (the SIGKILL helpers of the run contract's tests)
-
-
-def tiny_study(dirs: tuple[str, ...] | list[str], name: str = "tiny") -> dict:
-    """Every analysis on two tiny models, small enough for the default suite (patch in 1-sample shards)."""
-    return {
-        "name": name,
-        "models": {"base": dirs[0], "sft": {"model": dirs[1]}},
-        "tasks": ["adjectives", "animals"],
-        "analyses": {
-            "eval": {"tasks": ["adjectives"], "samples": 3, "split": ["all"]},
-            "patch": {"tasks": ["adjectives"], "subtask": "adj_ant", "layers": "pairs", "samples": 6,
-                      "chunk_size": 1, "threads": 1, "figures": False},
-            "probe": {"layers": "0,-1", "max_per_subtask": 12, "folds": 2, "batch_size": 4},
-            "trace": {"tasks": ["animals"], "compare": True, "samples": 2, "top_k": 5, "beam": 8},
-        },
-    }
 
 
 # ------------------------------------------------------------------------------------------ the study file
