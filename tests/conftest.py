@@ -1,6 +1,6 @@
 """Shared fixtures (tiny random models of every supported architecture, built from config in milliseconds; one tiny
-organism build per run, also across pytest-xdist workers), the tests' cost markers, their order (costliest files
-first) and each xdist worker's torch threads.
+organism build and one run of the tiny study per test run, also across pytest-xdist workers), the tests' cost
+markers, their order (costliest files first) and each xdist worker's torch threads.
 
 Every test carries exactly one cost marker (registered in pyproject.toml), so that a developer runs the layer they
 touch (docs/testing.md):
@@ -18,7 +18,9 @@ else their file's (:data:`FILE_COST`), else ``tiny``; a ``unit`` test that asks 
 
 from __future__ import annotations
 
+import functools
 import os
+from pathlib import Path
 
 import pytest
 
@@ -197,6 +199,55 @@ def two_tiny_dirs(tmp_path_factory) -> tuple[str, str]:
     a, b = (str(save_tiny_checkpoint(tmp_path_factory.mktemp(f"tiny-olmo2-seed{seed}"), "olmo2", seed=seed,
                                      n_layers=4, d_model=64, n_heads=4)) for seed in (0, 1))
     return a, b
+
+
+def tiny_study(dirs: tuple[str, ...] | list[str], name: str = "tiny") -> dict:
+    """Every analysis on two tiny models, small enough for the default suite (patch in 1-sample shards): the study
+    of ``tests/study/``."""
+    return {
+        "name": name,
+        "models": {"base": dirs[0], "sft": {"model": dirs[1]}},
+        "tasks": ["adjectives", "animals"],
+        "analyses": {
+            "eval": {"tasks": ["adjectives"], "samples": 3, "split": ["all"]},
+            "patch": {"tasks": ["adjectives"], "subtask": "adj_ant", "layers": "pairs", "samples": 6,
+                      "chunk_size": 1, "threads": 1, "figures": False},
+            "probe": {"layers": "0,-1", "max_per_subtask": 12, "folds": 2, "batch_size": 4},
+            "trace": {"tasks": ["animals"], "compare": True, "samples": 2, "top_k": 5, "beam": 8},
+        },
+    }
+
+
+def run_tiny_study(root: Path, models: tuple[str, str]) -> Path:
+    """Into ``root``: copies of the two tiny checkpoints ``models`` (:func:`two_tiny_dirs`), their tiny study
+    (:func:`tiny_study`, ``tiny.yaml``) and its uninterrupted run (``full/``): one step after another in this
+    process, on one torch thread (as under ``OMP_NUM_THREADS=1``, and as each worker of ``--jobs 2``), report
+    included. Returns ``root``."""
+    import shutil
+
+    import torch
+    import yaml
+
+    from ivlens.study import load_study, run_study
+
+    dirs = [str(shutil.copytree(m, root / Path(m).name)) for m in models]
+    (root / "tiny.yaml").write_text(yaml.safe_dump(tiny_study(dirs)))
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run_study(load_study(root / "tiny.yaml"), root / "full")
+    finally:
+        torch.set_num_threads(before)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_study_run(tmp_path_factory, two_tiny_dirs) -> Path:
+    """The tiny study run once per test run and shared by the test processes (:func:`run_tiny_study`; every
+    process's ``two_tiny_dirs`` hold the same bytes): the reference that steps side by side, and a killed and
+    resumed study, must equal. ``<dir>/tiny.yaml`` (the study), ``<dir>/full`` (its run). Read it; run the study
+    elsewhere."""
+    return built_once(tmp_path_factory, "tiny-study", functools.partial(run_tiny_study, models=two_tiny_dirs))
 
 
 @pytest.fixture(scope="session")

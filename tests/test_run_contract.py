@@ -1,7 +1,8 @@
 """The run contract: specs (typed, frozen, hashed), ``--resume`` checks, one sample selector, one error line.
 
 The SIGKILL tests start ``python -m ivlens`` on a tiny random model, kill it once some units of work are on
-disk, resume it, and compare every table with an uninterrupted run's.
+disk, resume it (a process again), and compare every table with an uninterrupted run's (made in this process, on
+one torch thread as the processes).
 """
 
 from __future__ import annotations
@@ -132,6 +133,21 @@ def _run(cmd: list[str]) -> None:
     assert r.returncode == 0, r.stderr[-2000:]
 
 
+def _run_here(*args: str) -> None:
+    """``ivlens ARGS`` in this process, on one torch thread as the processes of :func:`_env`
+    (``OMP_NUM_THREADS=1``), so that its floats agree bit for bit with theirs: the uninterrupted reference of the
+    SIGKILL tests (the killed run and its resumption stay real processes)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        r = CliRunner().invoke(app, list(args), env={"COLUMNS": "300"})
+    finally:
+        torch.set_num_threads(before)
+    assert r.exit_code == 0, (r.output[-2000:], r.exception)
+
+
 def _count(d: Path, pattern: str) -> int:
     return len(list(d.glob(pattern)))
 
@@ -160,7 +176,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(model_dir, tmp_path, an
                                                          tables):
     full, broken = tmp_path / "full", tmp_path / "broken"
     base = [analysis, "--model", str(model_dir), *args]
-    _run(_ivlens(*base, "--out", str(full)))
+    _run_here(*base, "--out", str(full))
     _kill_when(_ivlens(*base, "--out", str(broken)), lambda: _count(broken, marker) >= 2)
     done = _count(broken, marker)
     assert 2 <= done < n_units and RunDir.open(broken).manifest["status"] == "running"
@@ -174,7 +190,7 @@ def test_probe_sigkill_then_resume_equals_an_uninterrupted_run(model_dir, tmp_pa
     full, broken = tmp_path / "full", tmp_path / "broken"
     base = ["probe", "--model", str(model_dir), "--tasks", "adjectives,animals", "--layers", "0,-1",
             "--max-per-subtask", "24", "--batch-size", "2", "--folds", "2"]
-    _run(_ivlens(*base, "--out", str(full)))
+    _run_here(*base, "--out", str(full))
     shards = "ivs/*/shard-*.safetensors"
     _kill_when(_ivlens(*base, "--out", str(broken)), lambda: _count(broken, shards) >= 3)
     n_total = _count(full, shards)

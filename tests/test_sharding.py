@@ -67,6 +67,7 @@ def test_every_registered_sharded_analysis_is_checked():
     assert all(cls(models=("m",), **opts).shardable for cls, opts, _ in SWEEPS.values())
 
 
+@pytest.mark.cli  # four runs of each analysis end to end, and a merge
 @pytest.mark.parametrize("analysis", list(SWEEPS))
 def test_merged_shards_equal_the_unsharded_run(two_tiny_dirs, tmp_path, analysis):
     spec_cls, options, tables = SWEEPS[analysis]

@@ -22,6 +22,7 @@ attention patterns and edge contributions for tracing, ...).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -171,7 +172,15 @@ def _base_memory(shape: ModelShape, dtype: str) -> dict[str, int]:
 def trie_states(layer_sets: Sequence[tuple[int, ...]], n_layers: int, last: bool) -> int:
     """Layer evaluations per recomputed token for one (target, source, position) of the patching engine: the
     number of distinct non-empty patch prefixes ``S ∩ [0, k−1]`` entering each layer ``k ≥ 1`` (the engine's
-    trie). At the **last** position a set runs as its highest layer alone, so only those count."""
+    trie). At the **last** position a set runs as its highest layer alone, so only those count.
+
+    Remembered per distinct argument (:func:`_trie_states`): a dry run asks again for every chunk, model and task of
+    the same plan (a 7B study's triplets: 4,960 sets, counted once instead of 144 times)."""
+    return _trie_states(tuple(map(tuple, layer_sets)), n_layers, last)
+
+
+@functools.lru_cache(maxsize=64)
+def _trie_states(layer_sets: tuple[tuple[int, ...], ...], n_layers: int, last: bool) -> int:
     sets = {(s[-1],) for s in layer_sets} if last else set(layer_sets)
     total = 0
     for k in range(1, n_layers):

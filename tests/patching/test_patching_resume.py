@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from test_run_contract import _run_here  # tests/: ivlens ARGS here, on one torch thread as the processes
 
 from ivlens.runs import RunDir
 from ivlens.testing.tiny import tiny_model, tiny_tokenizer
@@ -19,10 +20,14 @@ N_SAMPLES = 24
 KEY = ["model", "sample", "position", "layers"]
 
 
+def _args(model_dir: Path, *extra: str) -> list[str]:
+    return ["--model", str(model_dir), "--task", "adjectives", "--subtask", "adj_ant", "--layers", "triplets",
+            "--positions", "first,last", "--samples", str(N_SAMPLES), "--chunk-size", "1", "--threads", "1",
+            "--no-figures", *extra]
+
+
 def _cmd(model_dir: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "ivlens.cli.patch", "--model", str(model_dir), "--task", "adjectives",
-            "--subtask", "adj_ant", "--layers", "triplets", "--positions", "first,last", "--samples", str(N_SAMPLES),
-            "--chunk-size", "1", "--threads", "1", "--no-figures", *extra]
+    return [sys.executable, "-m", "ivlens.cli.patch", *_args(model_dir, *extra)]
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +45,8 @@ def _env():
 @pytest.mark.slow
 def test_sigkill_then_resume_gives_exactly_the_uninterrupted_rows(model_dir, tmp_path):
     full, broken = tmp_path / "full", tmp_path / "broken"
-    subprocess.run(_cmd(model_dir, "--out", str(full)), check=True, env=_env(), capture_output=True)
+    _run_here("patch", *_args(model_dir, "--out", str(full)))  # the reference, in this process; the killed run and
+    # its resumption are processes
 
     proc = subprocess.Popen(_cmd(model_dir, "--out", str(broken)), env=_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)

@@ -114,7 +114,7 @@ def test_reader_finds_every_run(study):
     assert not any(r.rel.startswith("probe/ivs") for r in st.runs)
 
 
-def test_report_has_every_section_figure_and_link(study, page, tmp_path):
+def test_report_has_every_section_figure_and_link(study, page):
     path = page
     assert path == study / "report.html"
     text = path.read_text()
@@ -146,7 +146,11 @@ def test_report_has_every_section_figure_and_link(study, page, tmp_path):
     iv = text[text.index('<section id="iv-construction">'):]
     assert "readout_components.parquet" in iv and all(f"{m}: y = " in iv for m in ("base", "sft", "dpo"))
     assert iv.count('src="data:image/png;base64,') >= 2 and "base component" in iv and "dpo share" in iv
-    # --out elsewhere: links stay relative to the page
+
+
+@pytest.mark.cli  # a second build of the whole page, end to end
+def test_report_elsewhere_links_relative_to_the_page(study, tmp_path):
+    """``--out`` elsewhere: links stay relative to the page."""
     other = build_report(study, tmp_path / "elsewhere" / "r.html")
     hrefs = re.findall(r'<a href="([^"#]+\.parquet)"', other.read_text())
     assert hrefs and all((other.parent / h).exists() for h in hrefs)
@@ -198,6 +202,7 @@ CHECK = """(() => {
 })()"""
 
 
+@pytest.mark.cli  # drives a real browser
 @needs_chromium
 def test_report_in_headless_chromium(page):
     res = browser.load_page(page.resolve().as_uri(), expression=CHECK, screenshot=True)
@@ -213,6 +218,7 @@ def test_report_in_headless_chromium(page):
     assert res.screenshot[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.cli  # drives a real browser
 @needs_chromium
 def test_the_browser_check_catches_a_javascript_error(tmp_path):
     bad = tmp_path / "bad.html"
@@ -297,17 +303,22 @@ def test_report_of_a_single_prompt_trace(tiny_dir, tmp_path):
     assert text.count("<figure>") == 1 and ".paths.json" in text
 
 
-def test_the_probe_table_gives_each_row_its_own_probes_majority_share(study, tmp_path):
-    """The majority column is matched to its (probe, layer) row: the all-subtask probe (4 classes) and the
-    per-task probes (2 classes) have different shares, and the pivot's row order is not the table's."""
+@pytest.fixture(scope="module")
+def probing_html(study, tmp_path_factory) -> str:
+    """The study's probing section as HTML, drawn once for the tests that only read its table."""
     from ivlens.page import Context, read_study
     from ivlens.probing.section import probing_section
 
+    return "".join(probing_section(Context(read_study(study), tmp_path_factory.mktemp("probing"))).blocks)
+
+
+def test_the_probe_table_gives_each_row_its_own_probes_majority_share(study, probing_html):
+    """The majority column is matched to its (probe, layer) row: the all-subtask probe (4 classes) and the
+    per-task probes (2 classes) have different shares, and the pivot's row order is not the table's."""
     acc = pd.read_parquet(next((study / "probe").glob("probe_accuracy*")))
     want = acc.groupby(["probe", "layer"]).majority.mean()
     assert want.nunique() > 1  # else the check below could not tell rows apart
-    html = "".join(probing_section(Context(read_study(study), tmp_path)).blocks)
-    table = next(t for t in re.findall(r"<table.*?</table>", html, flags=re.S) if "majority" in t)
+    table = next(t for t in re.findall(r"<table.*?</table>", probing_html, flags=re.S) if "majority" in t)
     header = [re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<th.*?</th>", table, flags=re.S)]
     rows = [[re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<td.*?</td>", r, flags=re.S)]
             for r in re.findall(r"<tr>(.*?)</tr>", table, flags=re.S)]
@@ -318,17 +329,15 @@ def test_the_probe_table_gives_each_row_its_own_probes_majority_share(study, tmp
         assert float(cell["majority"]) == pytest.approx(want[(cell["probe"], int(cell["layer"]))], abs=5e-4)
 
 
-def test_the_probe_table_gives_the_heldout_accuracy_its_spread_and_n(study, tmp_path):
+def test_the_probe_table_gives_the_heldout_accuracy_its_spread_and_n(study, probing_html):
     """The held-out accuracy is shown with its bootstrap standard deviation and its number of held-out rows
     (``heldout_std``, ``heldout_n`` of the probe table), matched to its (probe, layer, model) row."""
-    from ivlens.page import Context, read_study
-    from ivlens.probing.section import heldout_cell, probing_section
+    from ivlens.probing.section import heldout_cell
 
     acc = pd.read_parquet(next((study / "probe").glob("probe_accuracy*")))
     acc = acc[acc.target == "subtask"] if "target" in acc else acc
     assert acc.heldout_acc.notna().any() and (acc.heldout_n > 0).any()
-    html = "".join(probing_section(Context(read_study(study), tmp_path)).blocks)
-    table = next(t for t in re.findall(r"<table.*?</table>", html, flags=re.S) if "majority" in t)
+    table = next(t for t in re.findall(r"<table.*?</table>", probing_html, flags=re.S) if "majority" in t)
     header = [re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<th.*?</th>", table, flags=re.S)]
     rows = [[re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<td.*?</td>", r, flags=re.S)]
             for r in re.findall(r"<tr>(.*?)</tr>", table, flags=re.S)]

@@ -22,11 +22,13 @@ from ivlens.specs import SpecError
 from ivlens.steering import SteerSpec
 from ivlens.steering.analysis import compare_with_patching, dose_response
 from ivlens.steering.vectors import parse_vectors
+from ivlens.testing.tiny import save_tiny_checkpoint
 
 
-@pytest.fixture
-def lm(tiny_dir):
-    return load_model(str(tiny_dir("olmo2")))
+@pytest.fixture(scope="module")
+def lm(tmp_path_factory):
+    """The tiny OLMo-2, saved and loaded once for the module: the tests only read it."""
+    return load_model(str(save_tiny_checkpoint(tmp_path_factory.mktemp("tiny-olmo2"), "olmo2")))
 
 
 def test_alpha_zero_is_the_target_run_and_vectors_are_unit(lm, tmp_path):
@@ -59,11 +61,12 @@ def test_alpha_zero_is_the_target_run_and_vectors_are_unit(lm, tmp_path):
     assert set(flagged.layer) <= {lm.n_layers - 1} and set(flagged.position) <= {"first"}
 
 
-@pytest.fixture
-def probe13(lm, tmp_path):
-    """A probe run of the tiny model on both tasks, layers 1 and 3."""
+@pytest.fixture(scope="module")
+def probe13(lm, tmp_path_factory):
+    """A probe run of the tiny model on both tasks, layers 1 and 3, made once for the module: the tests only read
+    it (copy it to change it)."""
     return run_probe(ProbeSpec(models=(lm.path,), tasks=("adjectives", "animals"), layers="1,3", max_per_subtask=6,
-                               folds=2), models=[lm], out=tmp_path / "p").run.path
+                               folds=2), models=[lm], out=tmp_path_factory.mktemp("probe13") / "p").run.path
 
 
 def _saved_contrast(run, model: str, layer: int, a: str, b: str) -> tuple[np.ndarray, np.ndarray]:
@@ -114,10 +117,11 @@ def test_probe_vector_of_another_model_with_at(lm, probe13, tmp_path):
     import shutil
 
     model = slug(lm.name)
+    probes = shutil.copytree(probe13, tmp_path / "p")  # the module's probe run stays as it is
     for ext in ("json", "safetensors"):
-        shutil.copy(probe13 / "probe_weights" / f"{model}.{ext}", probe13 / "probe_weights" / f"other.{ext}")
+        shutil.copy(probes / "probe_weights" / f"{model}.{ext}", probes / "probe_weights" / f"other.{ext}")
     spec = SteerSpec(models=(lm.path,), subtask="adj_ant", alphas="1", samples=1, max_per_subtask=6, layers="3",
-                     vectors=f"probe:{probe13},probe:{probe13}@other", positions="first", figures=False)
+                     vectors=f"probe:{probes},probe:{probes}@other", positions="first", figures=False)
     unit = load_file(run_steer(spec, models=[lm], out=tmp_path / "s").run.path / "vectors" / f"{model}.safetensors")
     torch.testing.assert_close(unit["unit"][0], unit["unit"][1])
 

@@ -21,23 +21,8 @@ from ivlens.study import StudyError, StudySpec, load_study, plan_steps, run_stud
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).parents[1]))  # tests/: test_run_contract
+from conftest import tiny_study  # noqa: E402  (tests/conftest.py: the tiny study, also of tiny_study_run)
 from test_run_contract import _env, _kill_when  # noqa: E402  (the SIGKILL helpers of the run contract's tests)
-
-
-def tiny_study(dirs: tuple[str, ...] | list[str], name: str = "tiny") -> dict:
-    """Every analysis on two tiny models, small enough for the default suite (patch in 1-sample shards)."""
-    return {
-        "name": name,
-        "models": {"base": dirs[0], "sft": {"model": dirs[1]}},
-        "tasks": ["adjectives", "animals"],
-        "analyses": {
-            "eval": {"tasks": ["adjectives"], "samples": 3, "split": ["all"]},
-            "patch": {"tasks": ["adjectives"], "subtask": "adj_ant", "layers": "pairs", "samples": 6,
-                      "chunk_size": 1, "threads": 1, "figures": False},
-            "probe": {"layers": "0,-1", "max_per_subtask": 12, "folds": 2, "batch_size": 4},
-            "trace": {"tasks": ["animals"], "compare": True, "samples": 2, "top_k": 5, "beam": 8},
-        },
-    }
 
 
 # ------------------------------------------------------------------------------------------ the study file
@@ -268,15 +253,13 @@ def _ivlens_run(study: Path, out: Path, jobs: str = "1") -> None:
 
 
 @pytest.mark.cli
-def test_a_killed_study_resumes_and_equals_an_uninterrupted_one(two_tiny_dirs, tmp_path):
-    """The uninterrupted run takes one step at a time; the killed one and its rerun two, in worker processes that
-    die with it. One torch thread everywhere (``OMP_NUM_THREADS=1``), so that the floats agree bit for bit."""
+def test_a_killed_study_resumes_and_equals_an_uninterrupted_one(tiny_study_run, tmp_path):
+    """The uninterrupted run (shared: ``tiny_study_run``) takes one step at a time; the killed one and its rerun
+    two, in worker processes that die with it. One torch thread everywhere (``OMP_NUM_THREADS=1``), so that the
+    floats agree bit for bit."""
     import psutil
 
-    study = tmp_path / "tiny.yaml"
-    study.write_text(yaml.safe_dump(tiny_study(two_tiny_dirs)))
-    full, broken = tmp_path / "full", tmp_path / "broken"
-    _ivlens_run(study, full)
+    study, full, broken = tiny_study_run / "tiny.yaml", tiny_study_run / "full", tmp_path / "broken"
     assert list(_tables(full)) and '<section id="patching">' in (full / "report.html").read_text()
     # the trace step compares the model labelled base with the other on the same samples
     sel = RunDir.open(full / "trace" / "animals").read_table("selectivity")

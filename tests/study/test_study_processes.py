@@ -5,6 +5,7 @@ stops the study with its one-line error. Killing such a study and resuming it: `
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -14,7 +15,15 @@ from typer.testing import CliRunner
 
 from ivlens.cli import app
 from ivlens.errors import IvlensError
-from ivlens.study import ProcessExecutor, StudyError, StudySpec, local_executor, plan_steps, run_study
+from ivlens.study import (
+    ProcessExecutor,
+    StudyError,
+    StudySpec,
+    load_study,
+    local_executor,
+    plan_steps,
+    run_study,
+)
 from ivlens.study.executors import LocalExecutor, Work
 from ivlens.study.process_executor import auto_jobs, dependents, is_barrier, worker_threads
 
@@ -85,14 +94,15 @@ def test_the_cli_refuses_a_bad_jobs_value_with_exit_2(tmp_path):
 
 
 @pytest.mark.cli
-def test_steps_side_by_side_equal_steps_one_after_another(two_tiny_dirs, tmp_path):
-    """One torch thread in the workers as here, so that the floats agree bit for bit; the report's sections are
-    drawn in the workers too."""
-    study = StudySpec(**tiny_study(two_tiny_dirs))
-    one = run_study(study, tmp_path / "one", report=False)
+def test_steps_side_by_side_equal_steps_one_after_another(tiny_study_run, tmp_path):
+    """One torch thread in the workers as in the steps run one after another (shared: ``tiny_study_run``), so that
+    the floats agree bit for bit; the report's sections are drawn in the workers too."""
+    study = load_study(tiny_study_run / "tiny.yaml")
+    one = {s["run"] for s in json.loads((tiny_study_run / "full" / "study.json").read_text())["steps"]
+           if s["seconds"] is not None}  # the steps the uninterrupted run ran
     two = run_study(study, tmp_path / "two", executor=ProcessExecutor(2, threads=1))
-    assert set(two.seconds) == set(one.seconds) == {s.rel for s in plan_steps(study)}
-    _same(_tables(tmp_path / "one"), _tables(tmp_path / "two"))
+    assert set(two.seconds) == one == {s.rel for s in plan_steps(study)}
+    _same(_tables(tiny_study_run / "full"), _tables(tmp_path / "two"))
     page = two.report.read_text()
     for section in ("eval", "patching", "probing", "tracing"):
         assert f'<section id="{section}">' in page
@@ -116,7 +126,7 @@ def _transformers_level(_item) -> int:
     return logging.getLogger("transformers").getEffectiveLevel()
 
 
-@pytest.mark.unit
+@pytest.mark.cli  # spawns a worker process
 def test_workers_are_as_quiet_as_the_study_process():
     """A spawned worker starts with the libraries' defaults; it copies the study process's quiet (else transformers'
     load report of a model with a missing tensor reached the study's log through the worker's queue)."""

