@@ -28,13 +28,17 @@ echo "[ivlens] installing dependencies into .venv" >&2
 pip_install() {  # pip, minus its noise about index locations that do not exist on this machine
   .venv/bin/python -m pip install -q "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 }
-# uv (pinned in constraints.txt) installs the same pinned versions as pip in about 10 s where pip spends about two
+# uv (pinned in constraints.txt) installs the same pinned versions as pip in about 15 s where pip spends about two
 # minutes of CPU (resolving, unpacking, compiling); pip stays the fallback where uv cannot be installed. uv does not
-# read pip's configuration, so pip's find-links (where a machine keeps its own torch build) is handed over.
+# read pip's configuration, so pip's find-links (where a machine keeps its own torch build) is handed over. uv leaves
+# byte-compiling to Python's first import of each module, which writes the .pyc; where PYTHONDONTWRITEBYTECODE is
+# set it never does, and every process would compile torch and transformers again (an import of ivlens.api: 26 s
+# instead of 10), so there uv compiles at install, as pip does (about 35 s more).
 install() {
   if [ -x .venv/bin/uv ] || pip_install -c constraints.txt uv 2>/dev/null; then
     local find_links=${PIP_FIND_LINKS:-$(.venv/bin/python -m pip config get global.find-links 2>/dev/null || true)}
-    .venv/bin/uv pip install --quiet --python .venv/bin/python ${find_links:+--find-links "$find_links"} "$@"
+    .venv/bin/uv pip install --quiet ${PYTHONDONTWRITEBYTECODE:+--compile-bytecode} --python .venv/bin/python \
+      ${find_links:+--find-links "$find_links"} "$@"
   else
     echo "[ivlens] uv could not be installed: installing with pip (about two minutes)" >&2
     pip_install "$@"
