@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar, Literal, get_args
+from typing import Annotated, Any, ClassVar, Literal, NamedTuple, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -166,6 +166,15 @@ class Spec(BaseModel):
         mine, theirs = self.result_fields(), other.result_fields()
         return [f"{option_name(k)} {mine.get(k)!r} → {theirs.get(k)!r}" for k in dict.fromkeys([*mine, *theirs])
                 if mine.get(k) != theirs.get(k)]
+
+
+class StepRef(NamedTuple):
+    """Another step of a study, as an analysis's ``link`` sees it (:class:`ivlens.analyses.analysis.Analysis`): its
+    analysis, its run directory relative to the study directory, and its spec."""
+
+    analysis: str
+    rel: str
+    spec: Spec
 
 
 class ModelsSpec(Spec):

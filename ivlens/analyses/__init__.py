@@ -43,9 +43,11 @@ from ivlens.specs import Spec, SpecError
 from ivlens.steering.dry_run import steer_costs
 from ivlens.steering.section import steering_section
 from ivlens.steering.spec import SteerSpec
+from ivlens.steering.study_link import link_steer
 from ivlens.tracing.dry_run import trace_spec_costs
 from ivlens.tracing.section import iv_construction_section, tracing_section
 from ivlens.tracing.spec import TraceSpec
+from ivlens.tracing.study_link import link_trace
 
 from . import logit_lens
 from .analysis import Analysis
@@ -60,6 +62,19 @@ class OrganismStepResult:
     build: Path
 
 
+def organism_build_note(spec: OrganismSpec) -> str:
+    """What an organism step is about to cost: nothing when the organism is built, else the dry run's estimate of
+    the build on this machine (``ivlens organism build --dry-run``), so a slow machine says so before it starts."""
+    from ivlens.dry_run import human_time, organism_build_seconds
+    from ivlens.organism.paths import is_built, organism_dir
+
+    if is_built(organism_dir(spec.variant)) and not spec.force:
+        return " (the organisms are built: reusing them)"
+    estimate = organism_build_seconds(spec.size, spec.variant, spec.measure, spec.threads)
+    return (f" (building the organisms: about {human_time(estimate)} here, the dry run's estimate for this machine "
+            "as loaded now)")
+
+
 def _run_organism(spec: OrganismSpec, *, models=None, out=None, resume=None, root=None) -> OrganismStepResult:
     """The organism build as a step: its run directory holds the card (the build itself goes to the cache)."""
     directory = out if out is not None else resume
@@ -70,7 +85,7 @@ def _run_organism(spec: OrganismSpec, *, models=None, out=None, resume=None, roo
 #: Every analysis, in a study's run order. A new analysis is one more entry here.
 ANALYSES: tuple[Analysis, ...] = (
     Analysis("organism", OrganismSpec, _run_organism, organism_spec_costs, (organism_section,),
-             per_task=False, together=False, order=0),
+             per_task=False, together=False, order=0, provides_models=True, start_note=organism_build_note),
     Analysis("eval", EvalSpec, api.run_eval, eval_spec_costs, (eval_section,), order=10),
     Analysis("patch", PatchSpec, api.run_patch, patch_spec_costs, (patching_section,),
              needs_adapter=True, order=20),
@@ -78,10 +93,10 @@ ANALYSES: tuple[Analysis, ...] = (
              per_task=False, together=False, order=30),
     logit_lens.ANALYSIS,
     Analysis("steer", SteerSpec, api.run_steer, steer_costs, (steering_section,),
-             needs_adapter=True, depends_on=("patch", "probe"), order=40, takes_root=True),
+             needs_adapter=True, depends_on=("patch", "probe"), order=40, takes_root=True, link=link_steer),
     Analysis("trace", TraceSpec, api.run_trace, trace_spec_costs,
              (tracing_section, iv_construction_section), needs_adapter=True,
-             depends_on=("probe",), order=50, takes_root=True),
+             depends_on=("probe",), order=50, takes_root=True, link=link_trace),
 )
 
 BY_NAME: dict[str, Analysis] = {a.name: a for a in sorted(ANALYSES, key=lambda a: a.order)}

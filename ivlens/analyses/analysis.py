@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ivlens.specs import Spec
+from ivlens.specs import Spec, StepRef
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,15 @@ class Analysis:
         example: the spec options (models aside) of a small run on tiny models, which the registry-driven tests
             run (same seed, same bytes; shards merged equal the whole run when the spec shards); empty for an
             analysis those tests cover by hand (their own lists).
+        provides_models: its runs make the models that the other steps of a study load (the organism build): in a
+            study it takes no models, its tasks need not be the study's, and every other step waits for it.
+        link: in a study, ``link(spec, others) -> (spec, reads)``: completes the step's spec from the study's steps
+            of the analyses in ``depends_on`` (``others``: :class:`~ivlens.specs.StepRef`, in run order) and names
+            the run directories (study-relative) that the step reads, which the study runs first; raises
+            :class:`~ivlens.specs.SpecError` for a spec that reads a run the study does not make. ``None``: the
+            step reads no other step.
+        start_note: in a study, ``start_note(spec) -> str``: what is appended to the line that says the step starts
+            (the organism build: its estimated time on this machine, or that the organisms are reused).
     """
 
     name: str
@@ -46,3 +55,6 @@ class Analysis:
     order: int = 0
     takes_root: bool = False
     example: dict[str, Any] = field(default_factory=dict)
+    provides_models: bool = False
+    link: Callable[[Spec, Sequence[StepRef]], tuple[Spec, tuple[str, ...]]] | None = None
+    start_note: Callable[[Spec], str] | None = None

@@ -6,9 +6,11 @@ where the spec takes one value), in the registry's order (:data:`ivlens.analyses
 probe, steer, trace). Each step's spec is built, and so validated, here: a bad option
 is reported with the block it came from before anything runs.
 
-Each step names the steps it reads (:attr:`Step.depends_on`): every step reads the organisms the organism step
-builds, and a trace read-out ``probe:<probe step>:<layer>`` reads that probe step's run directory. The run order
-puts a step after what it depends on; an executor that runs steps side by side starts one only when they are done.
+Each step names the steps it reads (:attr:`Step.depends_on`), as the registry says: every step reads the models
+that a ``provides_models`` step makes (the organism build), and an analysis's ``link`` names the other steps its
+step reads (a trace read-out ``probe:<probe step>:<layer>``: that probe step; a steer step: the transfer patch step
+it is compared with). This module names no analysis. The run order puts a step after what it depends on; an
+executor that runs steps side by side starts one only when they are done.
 
 Steps whose spec has a ``figures`` option (patch, steer) run with ``figures=False`` unless the block sets it: the
 study's report draws the same figures again from the steps' tables (a result-neutral option: the spec hash is the
@@ -25,7 +27,7 @@ from typing import Any
 
 from ivlens.analyses import BY_NAME, SPECS
 from ivlens.runs import content_hash, slug
-from ivlens.specs import Spec, SpecError
+from ivlens.specs import Spec, SpecError, StepRef
 
 from .spec import StudyError, StudySpec
 
@@ -91,23 +93,24 @@ def plan_steps(study: StudySpec) -> list[Step]:
             tasks = tuple(block.pop("tasks", study.tasks))
             if isinstance(tasks, str):
                 tasks = (tasks,)
+            entry = BY_NAME[analysis]
             unknown = [t for t in tasks if t not in study.tasks]
-            if unknown and analysis != "organism":
+            if unknown and not entry.provides_models:
                 raise StudyError(f"{where}.tasks: {unknown} are not tasks of the study (its tasks: "
                                  f"{', '.join(study.tasks) or 'none'})")
             fixed, swept = _sweeps(spec_cls, block)
             base: dict[str, Any] = {}
-            if analysis != "organism":
+            if not entry.provides_models:
                 if not models:
                     raise StudyError(f"{where}: the study names no models (models: {{label: model}})")
                 base = {**study.load_options(), "models": models}
-                if analysis == "probe":
+                if not entry.per_task and "tasks" in spec_cls.model_fields:  # one run on the block's tasks
                     base["tasks"] = tasks
             if "figures" in spec_cls.model_fields:  # the report draws these figures again from the step's tables
                 base["figures"] = False
             for values in itertools.product(*swept.values()) if swept else [()]:
                 options = {**base, **fixed, **dict(zip(swept, values, strict=True))}
-                for task in (tasks if BY_NAME[analysis].per_task else [None]):
+                for task in (tasks if entry.per_task else [None]):
                     if task is not None:
                         options["task"] = task
                     try:
@@ -118,8 +121,8 @@ def plan_steps(study: StudySpec) -> list[Step]:
                     if len(blocks) > 1:
                         parts.insert(0, str(bi))
                     rel = f"{analysis}/{'-'.join(parts)}" if parts else analysis
-                    labels = study.labels if analysis != "organism" else ()
-                    steps.append(Step(analysis, spec, rel, labels, sizing if analysis != "organism" else ()))
+                    loads = not entry.provides_models
+                    steps.append(Step(analysis, spec, rel, study.labels if loads else (), sizing if loads else ()))
     steps = _with_dependencies(steps)
     seen: dict[str, Step] = {}
     for s in steps:
@@ -130,55 +133,22 @@ def plan_steps(study: StudySpec) -> list[Step]:
     return steps
 
 
-def _readout_step(step: Step, probes: list[str]) -> tuple[str, ...]:
-    """The probe step a trace read-out reads, ``()`` for none (a vector file, an absolute run directory).
-
-    A relative ``RUN_DIR`` is read from the study directory, so it must be the run directory of one of the study's
-    probe steps; else :class:`StudyError` naming them."""
-    from pathlib import PurePath
-
-    from ivlens.tracing.readout import parse_readout
-
-    readout = getattr(step.spec, "readout", None)
-    if readout is None:
-        return ()
-    src = parse_readout(readout)
-    if src.kind == "vector" or PurePath(src.path).is_absolute():
-        return ()
-    rel = src.path.rstrip("/")
-    if rel not in probes:
-        raise StudyError(f"analyses.trace.readout: {readout!r} reads {src.path!r}, which is no probe step of this "
-                         f"study (its probe steps write: {', '.join(probes) or 'none; add a probe block'})")
-    return (rel,)
-
-
-def _setting(spec: Spec) -> tuple:
-    """What a steering and a patch run must share to be compared: task, subtask (default: the task's first),
-    target and format."""
-    from ivlens.tasks import load_task
-
-    return spec.task, spec.subtask or load_task(spec.task).subtask_names[0], spec.target, spec.format
-
-
-def _with_patch_run(step: Step, patches: list[Step]) -> Step:
-    """A steer step compared with the study's transfer patch step of the same setting (its ``patch_run``), when
-    there is one and the block names no other."""
-    if step.analysis != "steer" or step.spec.patch_run is not None:
-        return step
-    mine = _setting(step.spec)
-    for p in patches:
-        if p.spec.mode == "transfer" and _setting(p.spec) == mine:
-            return replace(step, spec=step.spec.model_copy(update={"patch_run": p.rel}))
-    return step
-
-
 def _with_dependencies(steps: list[Step]) -> list[Step]:
-    """``steps`` with :attr:`Step.depends_on` set: the organism steps (every other step loads the organisms),
-    for a trace read-out the probe step it reads, and for a steer step the patch step it is compared with."""
-    organisms = tuple(s.rel for s in steps if s.analysis == "organism")
-    probes = [s.rel for s in steps if s.analysis == "probe"]
-    patches = [s for s in steps if s.analysis == "patch"]
-    steps = [_with_patch_run(s, patches) for s in steps]
-    return [replace(s, depends_on=(organisms if s.analysis != "organism" else ()) + _readout_step(s, probes)
-                    + ((s.spec.patch_run,) if s.analysis == "steer" and s.spec.patch_run in {p.rel for p in patches}
-                       else ())) for s in steps]
+    """``steps`` with :attr:`Step.depends_on` set, from the registry: every step waits for the steps that make the
+    models (:attr:`~ivlens.analyses.analysis.Analysis.provides_models`: the organism build), and a step whose
+    analysis has a ``link`` gets its spec completed from, and waits for, the steps it reads (a steer step: the
+    transfer patch step of its setting; a trace read-out: its probe step). Raises :class:`StudyError` naming the
+    step for a spec that reads a run the study does not make."""
+    providers = tuple(s.rel for s in steps if BY_NAME[s.analysis].provides_models)
+    linked = []
+    for s in steps:
+        entry = BY_NAME[s.analysis]
+        spec, reads = s.spec, ()
+        if entry.link is not None:
+            others = [StepRef(o.analysis, o.rel, o.spec) for o in steps if o.analysis in entry.depends_on]
+            try:
+                spec, reads = entry.link(s.spec, others)
+            except SpecError as e:
+                raise StudyError(f"analyses.{s.analysis} ({s.rel}): {e}") from None
+        linked.append(replace(s, spec=spec, depends_on=(() if entry.provides_models else providers) + reads))
+    return linked

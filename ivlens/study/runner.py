@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from ivlens.analyses import spec_from_manifest
+from ivlens.analyses import BY_NAME, spec_from_manifest
 from ivlens.runs import atomic_write_text, check_out_dir, check_run_format
 
 from .executors import Executor, LocalExecutor, Work
@@ -78,19 +78,6 @@ def _record(directory: Path, study: StudySpec, steps: list[Step], result: StudyR
     atomic_write_text(directory / STUDY_FILE, json.dumps(doc, indent=2) + "\n")
 
 
-def organism_build_note(spec) -> str:
-    """What an organism step is about to cost: nothing when the organism is built, else the dry run's estimate of
-    the build on this machine (``ivlens organism build --dry-run``), so a slow machine says so before it starts."""
-    from ivlens.dry_run import human_time, organism_build_seconds
-    from ivlens.organism.paths import is_built, organism_dir
-
-    if is_built(organism_dir(spec.variant)) and not spec.force:
-        return " (the organisms are built: reusing them)"
-    estimate = organism_build_seconds(spec.size, spec.variant, spec.measure, spec.threads)
-    return (f" (building the organisms: about {human_time(estimate)} here, the dry run's estimate for this machine "
-            "as loaded now)")
-
-
 def check_study_models(study: StudySpec) -> None:
     """Refuse a study whose model files are unusable (config, GGUF magic, safetensors headers; nothing loaded), in
     one :class:`~ivlens.models.files.ModelLoadError` naming the file: before its first step, not after the steps
@@ -124,8 +111,9 @@ def run_study(study: StudySpec, out: str | Path | None = None, *, executor: Exec
     _record(directory, study, steps, result)
 
     def on_start(w: Work) -> None:
+        note = BY_NAME[w.step.analysis].start_note
         say(f"{w.step.rel}: {'resuming' if w.resume else 'running'} ivlens {w.step.analysis}"
-            + (organism_build_note(w.step.spec) if w.step.analysis == "organism" else ""))
+            + (note(w.step.spec) if note is not None else ""))
 
     def on_done(w: Work, seconds: float) -> None:
         result.seconds[w.step.rel] = round(seconds, 3)

@@ -283,10 +283,9 @@ def test_iv_transfer_matches_a_hook_reference(tiny_builds, tasks):
 def test_the_organism_step_puts_the_card_and_its_iv_transfer_in_a_run(tiny_organism, tmp_path, monkeypatch):
     """The study's organism step (the registry's run: ``api.run_organism(spec, run_dir=...)``) reads a measured build's card into a run
     directory, as the report expects (a tiny build here: it fails the checks)."""
-    from ivlens.analyses import analysis_of, run_spec
+    from ivlens.analyses import analysis_of, organism_build_note, run_spec
     from ivlens.organism import OrganismSpec
     from ivlens.page.reader import read_study
-    from ivlens.study.runner import organism_build_note
 
     monkeypatch.setenv("IVLENS_CACHE", str(tmp_path))
     spec = OrganismSpec(seed=1, size="tiny")

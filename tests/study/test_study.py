@@ -185,6 +185,19 @@ def test_a_step_depends_on_the_organisms_and_a_readout_on_its_probe_step():
         "trace/0-animals": True, "trace/1-animals": False}
 
 
+def test_the_study_plan_names_no_analysis():
+    """Which steps make the models and which steps a step reads come from the registry (``provides_models``,
+    ``link``), so a new analysis needs no line in the study's planner (issue 20)."""
+    import ivlens.study.plan as plan
+    from ivlens.analyses import BY_NAME
+
+    source = Path(plan.__file__).read_text()
+    named = [name for name in BY_NAME if f'"{name}"' in source or f"'{name}'" in source]
+    assert named == [], f"ivlens/study/plan.py names {named}: declare what it needs in the registry entry"
+    assert [a.name for a in BY_NAME.values() if a.provides_models] == ["organism"]
+    assert {a.name for a in BY_NAME.values() if a.link is not None} == {"steer", "trace"}
+
+
 def test_a_steer_step_is_compared_with_the_patch_step_of_its_setting_and_waits_for_it():
     study = tiny_study(["a", "b"])
     study["analyses"]["patch"]["target"] = ["bare", "formatted"]
