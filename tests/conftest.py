@@ -46,8 +46,9 @@ FILE_COST = {
 #: fixtures that make, save or load a tiny model
 TINY_FIXTURES = {"arch", "tiny_dir", "two_tiny_dirs", "model_dir"}
 #: fixtures that run analyses end to end: an organism build (tiny recipe); tests/report's study directory (organism,
-#: eval, patch, probe and trace runs of three tiny models, about 15 s) and the page drawn from it (about 15 s)
-CLI_FIXTURES = {"tiny_organism", "study", "page"}
+#: eval, patch, probe and trace runs of three tiny models, about 15 s), which the page drawn from it (about 15 s)
+#: requests too (``item.fixturenames`` holds the fixtures a test needs through others)
+CLI_FIXTURES = {"tiny_organism", "study"}
 
 
 def cost_of(item) -> str:
