@@ -30,7 +30,6 @@ import warnings
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from ivlens.specs import Correction
 
@@ -55,6 +54,8 @@ def holm(p: np.ndarray) -> np.ndarray:
 def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
     """Benjamini–Hochberg adjusted p-values ``[m]``: ``p̃_(k) = min_{j ≥ k} min(1, m p_(j) / j)``
     (scipy's ``false_discovery_control``)."""
+    from scipy import stats  # imported where used: a process that tests no interaction skips its import
+
     p = np.asarray(p, dtype=float)
     return p if len(p) == 0 else stats.false_discovery_control(p, method="bh")
 
@@ -113,6 +114,8 @@ def paired_tests(joint: np.ndarray, additive: np.ndarray) -> dict[str, float]:
     than 2 samples or with every difference 0, the Wilcoxon and sign tests with no nonzero difference. Constant
     nonzero differences (no variance, every sample one way) are the t-test's limit: ``t = ±inf``, ``p_t = 0``.
     """
+    from scipy import stats  # imported where used: a process that tests no interaction skips its import
+
     joint, additive = np.asarray(joint, float), np.asarray(additive, float)
     d = joint - additive
     n = len(d)

@@ -33,13 +33,14 @@ Every function is deterministic in ``seed``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-from sklearn.decomposition import PCA
-from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
-from sklearn.model_selection import StratifiedKFold
 
 from .logistic import BatchFit, LogisticBatch
+
+if TYPE_CHECKING:  # scikit-learn is imported where it is used: a process that fits no probe does not pay its import
+    from sklearn.decomposition import PCA
 
 #: principal components kept before LDA (speed and a well-conditioned within-class scatter at n < d)
 LDA_PCA_DIM = 64
@@ -153,6 +154,8 @@ class ProbeFits:
 
     def add_cv(self, kind: str, labels: np.ndarray, cfg: ProbeConfig, seed: int) -> None:
         """The stratified folds of ``labels`` (shuffled with ``seed``): one problem per fold."""
+        from sklearn.model_selection import StratifiedKFold
+
         n = len(labels)
         skf = StratifiedKFold(n_splits=n_folds(labels, cfg.folds), shuffle=True, random_state=seed)
         for tr, _ in skf.split(np.zeros((n, 1)), labels):
@@ -233,6 +236,8 @@ def heldout_accuracy(X: np.ndarray, y: np.ndarray, train_mask: np.ndarray, cfg: 
 
 
 def _pca(X: np.ndarray, k: int, seed: int) -> PCA:
+    from sklearn.decomposition import PCA
+
     k = max(1, min(k, X.shape[0] - 1, X.shape[1]))
     solver = "randomized" if k < min(X.shape) // 2 else "full"
     return PCA(n_components=k, svd_solver=solver, random_state=seed).fit(X)
@@ -271,6 +276,8 @@ def lda_project(X: np.ndarray, y: np.ndarray, seed: int = 0, pca_dim: int = LDA_
     Returns:
         ``(coords [n, 2], train accuracy, axis [d_model])``.
     """
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+
     Xc = X - X.mean(0)
     pca = _pca(Xc, pca_dim, seed)
     Z = pca.transform(Xc)  # [n, k]
