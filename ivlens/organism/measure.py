@@ -55,9 +55,62 @@ def _answer_ids(tokenizer, label: str) -> list[int]:
     return tokenizer(" " + label, add_special_tokens=False).input_ids
 
 
-def _accuracy(model, tokenizer, prompts: list[list[int]], accepted: list[tuple[str, ...]]) -> float:
-    """Share of prompts for which greedy decoding yields one of the accepted answers."""
-    ok = _per_query_correct(model, tokenizer, prompts, accepted)
+class _AnswerBatch:
+    """The teacher-forced answers of one measurement, scored in one :func:`score_answers` call: a prompt that
+    several figures need (the raw prompt's accepted answers and its contrastive pair) runs once, and the model runs
+    a few large batches instead of a dozen small ones (the measurement's cost is mostly per forward, not per row).
+
+    :meth:`correct` and :meth:`logp` register requests and return handles; after :meth:`run`, :meth:`result`
+    gives each handle's value."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.prompts: list[list[int]] = []
+        self.answers: list[list[int]] = []
+        #: per request: its kind, the prompt each of its (prompt, answer) pairs belongs to, its number of prompts,
+        #: and the index of its first pair
+        self._requests: list[tuple[str, list[int], int, int]] = []
+        self._greedy: list[bool] = []
+        self._logp: list[float] = []
+
+    def _add(self, kind: str, prompts: list[list[int]], answers: list[list[int]], owner: list[int], n: int) -> int:
+        self._requests.append((kind, owner, n, len(self.prompts)))
+        self.prompts += prompts
+        self.answers += answers
+        return len(self._requests) - 1
+
+    def correct(self, prompts: list[list[int]], accepted: list[tuple[str, ...]]) -> int:
+        """Request, per prompt: does greedy decoding yield one of its accepted answers (``list[bool]``)?"""
+        flat_p, flat_a, owner = [], [], []
+        for i, (p, acc) in enumerate(zip(prompts, accepted, strict=True)):
+            for a in acc:
+                flat_p.append(p)
+                flat_a.append(_answer_ids(self.tokenizer, a))
+                owner.append(i)
+        return self._add("correct", flat_p, flat_a, owner, len(prompts))
+
+    def logp(self, prompts: list[list[int]], labels: list[str]) -> int:
+        """Request, per prompt: ``logp(prompt, label)`` (``list[float]``)."""
+        answers = [_answer_ids(self.tokenizer, a) for a in labels]
+        return self._add("logp", list(prompts), answers, list(range(len(prompts))), len(prompts))
+
+    def run(self, model) -> None:
+        """Score every request's pairs (identical prompts run once)."""
+        self._greedy, self._logp = score_answers(model, self.tokenizer, self.prompts, self.answers)
+
+    def result(self, handle: int) -> list:
+        """A request's value after :meth:`run`."""
+        kind, owner, n, first = self._requests[handle]
+        rows = range(first, first + len(owner))
+        if kind == "logp":
+            return [self._logp[r] for r in rows]
+        ok = [False] * n
+        for i, r in zip(owner, rows, strict=True):
+            ok[i] |= self._greedy[r]
+        return ok
+
+
+def _share(ok: list[bool]) -> float:
     return sum(ok) / max(len(ok), 1)
 
 
@@ -68,12 +121,13 @@ def instructed_accuracy(model, tokenizer, task: Task, queries: list[str]) -> dic
     ``decides``: share of queries answered correctly under *both* subtasks' instructions (the instruction,
     not the query, picks the answer). ``contrastive``: share of (query, subtask) with
     ``logp(instructed answer) > logp(other subtask's answer)``; ``contrastive_margin`` its mean difference.
+    Every answer of the call is scored in one batch (:class:`_AnswerBatch`).
     """
     samples = [s for s in task.samples if s.query in set(queries)]
     held_reph = split_rephrasings(task)
     out: dict = {"n_queries": len(samples)}
-    correct_raw: dict[str, list[bool]] = {}
-    wins, margins = [], []
+    batch = _AnswerBatch(tokenizer)
+    handles: dict[str, dict[str, int]] = {}
     for sub, spec in task.subtasks.items():
         other = task.other(sub)
         raw = [encode(tokenizer, raw_prompt(spec.instruction, task.field, s.query)) for s in samples]
@@ -82,51 +136,44 @@ def instructed_accuracy(model, tokenizer, task: Task, queries: list[str]) -> dic
         reph = [encode(tokenizer, raw_prompt(unseen[i % len(unseen)], task.field, s.query))
                 for i, s in enumerate(samples)]
         accepted = [s.answers[sub] for s in samples]
-        per_query = _per_query_correct(model, tokenizer, raw, accepted)
-        correct_raw[sub] = per_query
-        # contrastive choice: instructed answer vs the other subtask's answer, same prompt
-        mine = [_answer_ids(tokenizer, s.answer(sub)) for s in samples]
-        theirs = [_answer_ids(tokenizer, s.answer(other)) for s in samples]
-        _, lp = score_answers(model, tokenizer, raw + raw, mine + theirs)  # each prompt runs once for both
-        lp_mine, lp_theirs = lp[:len(raw)], lp[len(raw):]
+        handles[sub] = {
+            "raw": batch.correct(raw, accepted), "chat": batch.correct(chat, accepted),
+            "reph": batch.correct(reph, accepted),
+            # contrastive choice: instructed answer vs the other subtask's answer, same prompt
+            "mine": batch.logp(raw, [s.answer(sub) for s in samples]),
+            "theirs": batch.logp(raw, [s.answer(other) for s in samples]),
+        }
+    batch.run(model)
+    correct_raw: dict[str, list[bool]] = {}
+    wins, margins = [], []
+    for sub, h in handles.items():
+        correct_raw[sub] = batch.result(h["raw"])
+        lp_mine, lp_theirs = batch.result(h["mine"]), batch.result(h["theirs"])
         wins += [a > b for a, b in zip(lp_mine, lp_theirs, strict=True)]
         margins += [a - b for a, b in zip(lp_mine, lp_theirs, strict=True)]
         out[sub] = {
-            "acc": sum(per_query) / max(len(per_query), 1),
-            "acc_chat": _accuracy(model, tokenizer, chat, accepted),
-            "acc_unseen_rephrasings": _accuracy(model, tokenizer, reph, accepted),
+            "acc": _share(correct_raw[sub]),
+            "acc_chat": _share(batch.result(h["chat"])),
+            "acc_unseen_rephrasings": _share(batch.result(h["reph"])),
         }
     a, b = list(task.subtasks)
     both = [x and y for x, y in zip(correct_raw[a], correct_raw[b], strict=True)]
-    out["decides"] = sum(both) / max(len(both), 1)
-    out["contrastive"] = sum(wins) / max(len(wins), 1)
+    out["decides"] = _share(both)
+    out["contrastive"] = _share(wins)
     out["contrastive_margin"] = sum(margins) / max(len(margins), 1)
     return out
 
 
-def _per_query_correct(model, tokenizer, prompts, accepted) -> list[bool]:
-    """Per prompt: does greedy decoding yield one of its accepted answers?"""
-    flat_p, flat_a, owner = [], [], []
-    for i, (p, acc) in enumerate(zip(prompts, accepted, strict=True)):
-        for a in acc:
-            flat_p.append(p)
-            flat_a.append(_answer_ids(tokenizer, a))
-            owner.append(i)
-    greedy, _ = score_answers(model, tokenizer, flat_p, flat_a)
-    ok = [False] * len(prompts)
-    for i, g in zip(owner, greedy, strict=True):
-        ok[i] |= g
-    return ok
-
-
 def recall(model, tokenizer, task: Task, queries: list[str]) -> dict[str, float]:
-    """Plain-text recall per subtask: ``RECALL_PROMPTS[sub]`` continued greedily with an accepted answer."""
+    """Plain-text recall per subtask: ``RECALL_PROMPTS[sub]`` continued greedily with an accepted answer (every
+    subtask's prompts in one batch)."""
     samples = [s for s in task.samples if s.query in set(queries)]
-    out = {}
-    for sub in task.subtasks:
-        prompts = [encode(tokenizer, RECALL_PROMPTS[sub].format(q=s.query)) for s in samples]
-        out[sub] = _accuracy(model, tokenizer, prompts, [s.answers[sub] for s in samples])
-    return out
+    batch = _AnswerBatch(tokenizer)
+    handles = {sub: batch.correct([encode(tokenizer, RECALL_PROMPTS[sub].format(q=s.query)) for s in samples],
+                                  [s.answers[sub] for s in samples])
+               for sub in task.subtasks}
+    batch.run(model)
+    return {sub: _share(batch.result(h)) for sub, h in handles.items()}
 
 
 # --------------------------------------------------------------------------------- IV patching
