@@ -50,6 +50,7 @@ from ivlens.tasks.prompts import (
     PromptFormat,
     QueryStyle,
     build_prompt,
+    label_space_first_ids,
     label_token_ids,
     labels_token_ids,
     pad_left,
@@ -210,16 +211,6 @@ def evaluate(lm: LoadedModel, task: Task, samples: Sequence[Sample], subtasks: S
         longest = max(len(ids) for ids in labels_token_ids(tok, probe, [lab for st in task.subtasks.values()
                                                                          for lab in st.label_space]))
         max_new_tokens = min(longest + 2, 16)
-    space_cache: dict[tuple[str, str, str], list[int]] = {}
-
-    def space_first_ids(prompt: Prompt, st: Subtask) -> list[int]:
-        # The first token of a label depends on the prompt only through its last characters (the
-        # tokenizer's merge context), so label-space ids are computed once per prompt ending.
-        key = (st.name, prompt.text[-24:], prompt.answer_sep)
-        if key not in space_cache:
-            space_cache[key] = sorted({ids[0] for ids in labels_token_ids(tok, prompt, list(st.label_space))})
-        return space_cache[key]
-
     rows = []
     for start in range(0, len(items), batch_size):
         chunk = items[start:start + batch_size]
@@ -230,7 +221,7 @@ def evaluate(lm: LoadedModel, task: Task, samples: Sequence[Sample], subtasks: S
             st = task.subtasks[it.scored]
             accepted = it.sample.answers[it.scored]
             first_ids = [ids[0] for ids in labels_token_ids(tok, it.prompt, accepted)]
-            space_ids = space_first_ids(it.prompt, st)
+            space_ids = label_space_first_ids(tok, it.prompt, st.label_space)
             best = max(first_ids, key=lambda i: lg[i].item())
             rank = rank_of(lg, lg[best])
             space_rank = rank_of(lg[space_ids], lg[best])

@@ -19,7 +19,10 @@ into the next token (byte-level BPE: ``" Adjective"``) and for SentencePiece one
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import weakref
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -206,6 +209,53 @@ def labels_token_ids(tokenizer: PreTrainedTokenizerBase, prompt: Prompt, labels:
         else:
             out.append(tuple(tokenizer(prompt.answer_sep + label, add_special_tokens=False)["input_ids"]))
     return out
+
+
+#: characters of a prompt's end that decide how a label after it is tokenized (the tokenizer's merge context)
+LABEL_CONTEXT_CHARS = 24
+#: label spaces' first-token ids kept by :func:`label_space_first_ids` (least recently used dropped first)
+SPACE_IDS_CACHE_SIZE = 65536
+_space_first_ids: OrderedDict[tuple, list[int]] = OrderedDict()
+_fingerprints: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
+    """A hash of everything that decides how a fast ``tokenizer`` encodes text (its serialised pipeline:
+    normaliser, pre-tokenizer, model, post-processor, added tokens): equal for two loads of the same files, such as
+    an organism's three stages, so their encodings can be shared. A slow tokenizer's fingerprint is its identity."""
+    try:
+        return _fingerprints[tokenizer]
+    except (KeyError, TypeError):
+        pass
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    fingerprint = (hashlib.sha256(backend.to_str().encode()).hexdigest() if backend is not None
+                   else f"object:{id(tokenizer)}")
+    try:
+        _fingerprints[tokenizer] = fingerprint
+    except TypeError:  # not weak-referenceable: computed again next time
+        pass
+    return fingerprint
+
+
+def label_space_first_ids(tokenizer: PreTrainedTokenizerBase, prompt: Prompt, labels: Sequence[str]) -> list[int]:
+    """The distinct first-token ids (sorted) of ``labels`` as the model answers them after ``prompt``
+    (:func:`labels_token_ids`; a label that adds no token is left out).
+
+    The first token of a label depends on the prompt only through its last :data:`LABEL_CONTEXT_CHARS` characters
+    (the tokenizer's merge context), so it is computed once per prompt ending, separator and tokenizer
+    (:func:`tokenizer_fingerprint`) and shared by every later call: an evaluation of three checkpoints with one
+    tokenizer tokenizes each label space once per query instead of once per query and checkpoint.
+    """
+    key = (tokenizer_fingerprint(tokenizer), prompt.text[-LABEL_CONTEXT_CHARS:], prompt.answer_sep,
+           prompt.add_special_tokens, tuple(labels))
+    if key in _space_first_ids:
+        _space_first_ids.move_to_end(key)
+        return _space_first_ids[key]
+    ids = sorted({t[0] for t in labels_token_ids(tokenizer, prompt, labels) if t})
+    _space_first_ids[key] = ids
+    if len(_space_first_ids) > SPACE_IDS_CACHE_SIZE:
+        _space_first_ids.popitem(last=False)
+    return ids
 
 
 @dataclass(frozen=True)

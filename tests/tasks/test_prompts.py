@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -113,6 +115,28 @@ def test_label_tokens_in_context(any_tok):
     ids = label_token_ids(any_tok, p, "small")
     joint = any_tok(p.text + " small", add_special_tokens=True)["input_ids"]
     assert tuple(joint[len(p.input_ids):]) == ids
+
+
+def test_label_space_first_ids_are_computed_once_per_tokenizer_and_prompt_ending(any_tok, monkeypatch):
+    """The cached first-token ids equal the direct computation; a second load of the same tokenizer (another
+    checkpoint's copy) shares them; another tokenizer does not."""
+    import ivlens.tasks.prompts as prompts
+
+    labels = ["small", "sad", "cold", "small"]
+    p = build_prompt(any_tok, INSTR, "big", "Adjective")
+    direct = sorted({ids[0] for ids in prompts.labels_token_ids(any_tok, p, labels)})
+    calls = []
+    counted = prompts.labels_token_ids
+    monkeypatch.setattr(prompts, "labels_token_ids", lambda *a: calls.append(a) or counted(*a))
+    monkeypatch.setattr(prompts, "_space_first_ids", type(prompts._space_first_ids)())
+    assert prompts.label_space_first_ids(any_tok, p, labels) == direct
+    same = copy.deepcopy(any_tok)  # equal files, another object: as base, SFT and DPO load theirs
+    assert prompts.tokenizer_fingerprint(same) == prompts.tokenizer_fingerprint(any_tok)
+    assert prompts.label_space_first_ids(same, p, labels) == direct and len(calls) == 1
+    other = next(t for t in (make() for make in TOKENIZERS.values())
+                 if prompts.tokenizer_fingerprint(t) != prompts.tokenizer_fingerprint(any_tok))
+    prompts.label_space_first_ids(other, build_prompt(other, INSTR, "big", "Adjective"), labels)
+    assert len(calls) == 2
 
 
 def test_pad_left_positions_and_columns(tok):

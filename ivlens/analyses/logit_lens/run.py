@@ -32,7 +32,7 @@ from ivlens.probing.instructions import instruction_set
 from ivlens.runs import RunDir, slug
 from ivlens.specs import SpecError
 from ivlens.tasks import load_task
-from ivlens.tasks.prompts import instruction_prompt, labels_token_ids, pad_left
+from ivlens.tasks.prompts import instruction_prompt, label_space_first_ids, pad_left
 from ivlens.tasks.requirements import require_rephrasings
 from ivlens.tracing.selectivity import bootstrap_mean_ci
 from ivlens.units import TablePieces, Unit, UnitLoop, unit_key
@@ -51,11 +51,6 @@ class LogitLensResult:
     summary: pd.DataFrame
 
 
-def label_ids(tokenizer, prompt, labels: list[str]) -> list[int]:
-    """First token ids of ``labels`` as the model answers them after ``prompt`` (after its answer separator)."""
-    return sorted({ids[0] for ids in labels_token_ids(tokenizer, prompt, labels) if ids})
-
-
 def model_rows(loaded: LoadedModel, spec: LogitLensSpec, layers: list[int]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """One model's ``mass`` and ``top_tokens`` rows (see the module docstring)."""
     task = load_task(spec.task)
@@ -71,7 +66,7 @@ def model_rows(loaded: LoadedModel, spec: LogitLensSpec, layers: list[int]) -> t
         resid = read_resid(loaded, batch, cols, layers)  # [layer, batch, d_model]
         ivs.append(resid.transpose(0, 1))  # [batch, layer, d_model]
     ivs_all = torch.cat(ivs)  # [n, layer, d_model]
-    ids = {name: label_ids(tok, prompts[0], list(sub.label_space)) for name, sub in task.subtasks.items()}
+    ids = {name: label_space_first_ids(tok, prompts[0], list(sub.label_space)) for name, sub in task.subtasks.items()}
     mass, tops = [], []
     for li, layer in enumerate(layers):
         probs = lens_probs(adapter, ivs_all[:, li].to(loaded.model.dtype))  # [n, d_vocab]
