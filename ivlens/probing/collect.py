@@ -114,19 +114,32 @@ class IVStore:
         """``X: [n, d_model]`` float32 for decoder layer ``layer``, rows in label order."""
         return load_layer(self.path, layer)
 
+    def load_layers(self, layers: Sequence[int]) -> np.ndarray:
+        """``X: [L, n, d_model]`` float32 for the decoder ``layers``, rows in label order."""
+        return load_layers(self.path, layers)
+
 
 def load_layer(path: str | Path, layer: int) -> np.ndarray:
     """Read decoder layer ``layer`` of a stored IV set: ``[n, d_model]`` float32, rows in label order."""
+    return load_layers(path, [layer])[0]
+
+
+def load_layers(path: str | Path, layers: Sequence[int]) -> np.ndarray:
+    """Read decoder ``layers`` of a stored IV set: ``[L, n, d_model]`` float32, rows in label order; each unit file
+    is opened once, and only the ``layers`` ' slices of it are read."""
     path = Path(path)
     meta = json.loads((path / "meta.json").read_text())
-    if layer not in meta["layers"]:
-        raise KeyError(f"{path}: layer {layer} was not collected (collected: {meta['layers']})")
-    k = meta["layers"].index(layer)
-    X = np.empty((meta["n"], meta["d_model"]), dtype=np.float32)
+    for layer in layers:
+        if layer not in meta["layers"]:
+            raise KeyError(f"{path}: layer {layer} was not collected (collected: {meta['layers']})")
+    ks = [meta["layers"].index(layer) for layer in layers]
+    X = np.empty((len(ks), meta["n"], meta["d_model"]), dtype=np.float32)
     for unit_file in sorted(path.glob("shard-*.safetensors")):
         with safe_open(unit_file, framework="pt") as f:
             rows = f.get_tensor("rows").numpy()
-            X[rows] = f.get_slice("resid")[k].numpy()  # [batch, d_model]: one layer's slice only
+            resid = f.get_slice("resid")  # [layers collected, batch, d_model]
+            for i, k in enumerate(ks):
+                X[i, rows] = resid[k].numpy()  # [batch, d_model]: one layer's slice only
     return X
 
 

@@ -55,15 +55,21 @@ PRECONDITIONER_RANK = 64
 #: a feature whose standard deviation on a problem's training rows is below this share of its root-mean-square
 #: over all rows is constant there (rounding only) and is left unscaled, as a zero standard deviation is
 CONSTANT_FEATURE = 1e-12
+#: the fewest problem slots per layer in the batched products: MKL multiplies by a matrix of one or two columns with
+#: another kernel (other rounding), so with fewer slots a problem's arithmetic would depend on how many others run
+#: beside it; with at least two (``k ≥ 2`` classes each) it never does
+MIN_SLOTS = 2
 
 
 @dataclass(frozen=True)
 class BatchFit:
-    """The fitted problems of a :class:`LogisticBatch`.
+    """The fitted problems of a :class:`LogisticBatch`: ``L·P`` problems, layer-major (problem ``q = l·P + p`` is
+    problem ``p`` on layer ``l``; ``L = 1`` for one matrix).
 
-    ``coef: [P, k, d]`` and ``intercept: [P, k]`` act on raw features (standardisation folded in);
-    ``mean, scale: [P, d]`` the standardisation of each problem's training rows; ``present: [P, k]`` the classes
-    of each problem's training rows (the others are never predicted); ``solver``: the L-BFGS run."""
+    ``coef: [L·P, k, d]`` and ``intercept: [L·P, k]`` act on raw features (standardisation folded in);
+    ``mean, scale: [L·P, d]`` the standardisation of each problem's training rows; ``present: [L·P, k]`` the
+    classes of each problem's training rows (the others are never predicted); ``solver``: the L-BFGS run;
+    ``n_layers``: ``L``."""
 
     coef: np.ndarray
     intercept: np.ndarray
@@ -71,26 +77,59 @@ class BatchFit:
     scale: np.ndarray
     present: np.ndarray
     solver: LBFGSResult
+    n_layers: int = 1
 
     def decision_function(self, X: np.ndarray) -> np.ndarray:
-        """Logits of every problem on the rows of ``X: [n, d]``: ``[P, n, k]`` (``−inf`` for absent classes)."""
-        logits = np.einsum("nd,pkd->pnk", np.asarray(X, dtype=np.float64), self.coef) + self.intercept[:, None, :]
+        """Logits of every problem on the rows of ``X: [n, d]`` (one layer) or ``[L, n, d]`` (problem ``q`` on its
+        layer's rows): ``[L·P, n, k]`` (``−inf`` for absent classes)."""
+        X = np.asarray(X, dtype=np.float64).reshape(self.n_layers, -1, self.coef.shape[-1])  # [L, n, d]
+        P = len(self.coef) // self.n_layers
+        logits = np.concatenate([np.einsum("nd,pkd->pnk", X[layer], self.coef[layer * P:(layer + 1) * P])
+                                 for layer in range(self.n_layers)]) + self.intercept[:, None, :]
         return np.where(self.present[:, None, :], logits, -np.inf)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        """Class indices ``[P, n]`` in ``0..k−1``."""
+        """Class indices ``[L·P, n]`` in ``0..k−1``."""
         return self.decision_function(X).argmax(-1)
+
+
+@dataclass(frozen=True)
+class _Slots:
+    """Where the listed problems sit in a zero-padded ``[L, S]`` layout (``S``: the most problems listed on any
+    one layer), so that each layer's problems meet its own ``X`` in one batched product (``torch.bmm``).
+    ``layer, slot, problem: [q]`` (``problem`` the index within its layer, ``0..P−1``)."""
+
+    layer: torch.Tensor
+    slot: torch.Tensor
+    problem: torch.Tensor
+    S: int
+
+    @classmethod
+    def of(cls, problems: torch.Tensor, L: int, P: int) -> _Slots:
+        """``problems: [q]`` ascending (as :func:`~ivlens.probing.lbfgs.batched_lbfgs` lists them)."""
+        layer = problems // P
+        counts = torch.bincount(layer, minlength=L)  # [L]
+        first = counts.cumsum(0) - counts  # [L] position of each layer's first listed problem
+        slot = torch.arange(len(problems)) - first[layer]
+        return cls(layer, slot, problems - layer * P, max(int(counts.max()), MIN_SLOTS))
+
+    def pad(self, t: torch.Tensor, L: int) -> torch.Tensor:
+        """``t: [q, ...]`` → ``[L, S, ...]`` (zeros in the unused slots)."""
+        out = t.new_zeros(L, self.S, *t.shape[1:])
+        out[self.layer, self.slot] = t
+        return out
 
 
 @dataclass
 class LogisticBatch:
-    """``P`` logistic-regression problems on the rows of one matrix (see the module docstring).
+    """``P`` logistic-regression problems on the rows of each of ``L`` matrices (see the module docstring): ``L·P``
+    problems, layer-major (problem ``q = l·P + p`` fits problem ``p`` 's rows and labels on layer ``l``).
 
-    Tensors (float64): ``X: [n, d]`` centred on ``center: [d]``, the mean of all rows; ``train: [P, n]`` 0/1 row
-    weights; ``n_train: [P]``; ``onehot: [P, n, k]`` labels (zero outside ``train``); ``absent: [P, k]`` bool or
-    ``None`` (every class present everywhere); ``mean, scale: [P, d]`` standardisation of each problem's training
-    rows (of the centred ``X``); ``lam: [P]`` ``= 1 / (C n_p)``; the preconditioner
-    ``M = Q diag(a) Qᵀ + c (I − QQᵀ)`` as ``Q: [d, r]``, ``a: [r]``, ``c``."""
+    Tensors (float64): ``X: [L, n, d]``, each layer centred on its mean over all rows, ``center: [L, d]``;
+    ``train: [P, n]`` 0/1 row weights; ``n_train: [P]``; ``onehot: [P, n, k]`` labels (zero outside ``train``);
+    ``absent: [P, k]`` bool or ``None`` (every class present everywhere); ``mean, scale: [L·P, d]`` standardisation
+    of each problem's training rows (of its layer's centred ``X``); ``lam: [P]`` ``= 1 / (C n_p)``; each layer's
+    preconditioner ``M_l = Q_l diag(a_l) Q_lᵀ + c_l (I − Q_l Q_lᵀ)`` as ``Q: [L, d, r]``, ``a: [L, r]``, ``c: [L]``."""
 
     X: torch.Tensor
     center: torch.Tensor
@@ -103,94 +142,106 @@ class LogisticBatch:
     lam: torch.Tensor
     Q: torch.Tensor
     a: torch.Tensor
-    c: float
+    c: torch.Tensor
 
     @property
-    def shape(self) -> tuple[int, int, int]:
-        """``(P, k, d)``."""
-        return self.onehot.shape[0], self.onehot.shape[2], self.X.shape[1]
+    def shape(self) -> tuple[int, int, int, int]:
+        """``(L, P, k, d)``."""
+        return self.X.shape[0], self.onehot.shape[0], self.onehot.shape[2], self.X.shape[2]
 
     @classmethod
     def build(cls, X: np.ndarray, train: np.ndarray, labels: np.ndarray, n_classes: int, C: float = 1.0
               ) -> LogisticBatch:
         """Args:
-            X: ``[n, d]`` activations (any float dtype; copied to float64, never modified).
+            X: ``[n, d]`` activations, or ``[L, n, d]``: the same rows at ``L`` layers, each with the ``P``
+                problems (any float dtype; copied to float64, never modified).
             train: ``[P, n]`` bool, the training rows of each problem (each with at least one row).
             labels: ``[P, n]`` ints in ``0..n_classes−1`` (read on training rows only).
             n_classes: ``k``; C: inverse L2 strength.
         """
         with torch_threads(1):
-            Xt = torch.as_tensor(np.asarray(X)).to(torch.float64, copy=True)  # [n, d]; never alias the caller's X
-            n = Xt.shape[0]
-            center = Xt.mean(0)
-            Xt -= center  # centred: the problems' means are then small, so E[x²] − μ² loses nothing
+            Xt = torch.as_tensor(np.asarray(X)).to(torch.float64, copy=True)  # never alias the caller's X
+            Xt = Xt.reshape(-1, *Xt.shape[-2:])  # [L, n, d]
+            n = Xt.shape[1]
+            center = Xt.mean(1)  # [L, d]
+            Xt -= center[:, None, :]  # centred: the problems' means are then small, so E[x²] − μ² loses nothing
             T = torch.as_tensor(np.asarray(train, dtype=np.float64))  # [P, n]
             n_p = T.sum(1)  # [P]
-            mean = T @ Xt / n_p[:, None]  # [P, d]
+            mean = T @ Xt / n_p[:, None]  # [L, P, d]
             var = (T @ (Xt * Xt) / n_p[:, None] - mean * mean).clamp_min(0)
-            rms = (Xt * Xt).mean(0).sqrt()  # [d]
+            rms = (Xt * Xt).mean(1).sqrt()  # [L, d]
             scale = var.sqrt()
-            scale = torch.where(scale <= CONSTANT_FEATURE * rms, torch.ones_like(scale), scale)
+            scale = torch.where(scale <= CONSTANT_FEATURE * rms[:, None, :], torch.ones_like(scale), scale)
             y = torch.as_tensor(np.asarray(labels, dtype=np.int64))
             onehot = torch.nn.functional.one_hot(y, n_classes).to(torch.float64) * T[:, :, None]  # [P, n, k]
             absent = onehot.sum(1) == 0  # [P, k]
-            Q, a, c = preconditioner(Xt, n_classes, 1.0 / (C * n))
-        return cls(Xt, center, T, n_p, onehot, absent if bool(absent.any()) else None, mean, scale,
-                   1.0 / (C * n_p), Q, a, c)
+            Q, a, c = zip(*(preconditioner(Xl, n_classes, 1.0 / (C * n)) for Xl in Xt), strict=True)
+        return cls(Xt, center, T, n_p, onehot, absent if bool(absent.any()) else None, mean.flatten(0, 1),
+                   scale.flatten(0, 1), 1.0 / (C * n_p), torch.stack(Q), torch.stack(a), torch.tensor(c, dtype=torch.float64))
 
-    def _times_M(self, V: torch.Tensor) -> torch.Tensor:
-        """``V M`` for ``V: [m, d]`` (``M`` is symmetric, so this is also ``V Mᵀ``)."""
-        VQ = V @ self.Q  # [m, r]
-        return self.c * V + (VQ * (self.a - self.c)) @ self.Q.T
+    def _times_M(self, V: torch.Tensor, at: _Slots) -> torch.Tensor:
+        """``V M_l`` for ``V: [q, k, d]``, row ``i`` with the ``M`` of its layer ``at.layer[i]`` (``M`` is symmetric,
+        so this is also ``V Mᵀ``)."""
+        L, _, k, d = self.shape
+        Vp = at.pad(V, L).reshape(L, at.S * k, d)  # [L, S·k, d]
+        VQ = torch.bmm(Vp, self.Q)  # [L, S·k, r]
+        VM = self.c[:, None, None] * Vp + torch.bmm(VQ * (self.a - self.c[:, None])[:, None, :], self.Q.mT)
+        return VM.reshape(L, at.S, k, d)[at.layer, at.slot]  # [q, k, d]
 
-    def unpack(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``v: [p, k·d + k]`` (the solver's variables) → ``W: [p, k, d]`` (standardised units), ``b: [p, k]``."""
-        p = v.shape[0]
-        _, k, d = self.shape
-        W = self._times_M(v[:, : k * d].reshape(p * k, d)).reshape(p, k, d)
+    def unpack(self, v: torch.Tensor, at: _Slots | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``v: [q, k·d + k]`` (the solver's variables of the problems ``at`` lists; default all ``L·P``) →
+        ``W: [q, k, d]`` (standardised units), ``b: [q, k]``."""
+        L, P, k, d = self.shape
+        if at is None:
+            at = _Slots.of(torch.arange(L * P), L, P)
+        W = self._times_M(v[:, : k * d].reshape(-1, k, d), at)
         return W, v[:, k * d:] * np.sqrt(k)  # the intercepts' curvature at 0 is 1/k: the same rescaling
 
     def objective(self, v: torch.Tensor, problems: torch.Tensor, with_grad: bool
                   ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """``f`` of ``problems`` at ``v: [p, k·d + k]``; with ``with_grad`` also ``∂f/∂v: [p, k·d + k]`` and the
-        largest entry of ``∂f/∂(W, b)`` (the optimality measure, in the problem's own units, as
-        ``torch.optim.LBFGS`` 's ``tolerance_grad`` was applied to the unbatched probe)."""
-        p = v.shape[0]
-        _, k, d = self.shape
-        W, b = self.unpack(v)
-        mean, scale = self.mean[problems], self.scale[problems]  # [p, d]
-        A = W / scale[:, None, :]  # [p, k, d]: acts on the centred raw rows
-        offset = b - (A * mean[:, None, :]).sum(-1)  # [p, k]
-        logits = (self.X @ A.reshape(p * k, d).T).reshape(-1, p, k).transpose(0, 1) + offset[:, None, :]  # [p, n, k]
-        T, onehot, n_p, lam = self.train[problems], self.onehot[problems], self.n_train[problems], self.lam[problems]
-        target = (logits * onehot).sum(-1)  # [p, n]: the label's logit (0 outside train)
+        """``f`` of ``problems: [q]`` (ascending) at ``v: [q, k·d + k]``; with ``with_grad`` also
+        ``∂f/∂v: [q, k·d + k]`` and the largest entry of ``∂f/∂(W, b)`` (the optimality measure, in the problem's
+        own units, as ``torch.optim.LBFGS`` 's ``tolerance_grad`` was applied to the unbatched probe). The products
+        with ``X`` are one ``torch.bmm`` over the layers, each layer's listed problems side by side."""
+        L, P, k, d = self.shape
+        at = _Slots.of(problems, L, P)
+        W, b = self.unpack(v, at)
+        mean, scale = self.mean[problems], self.scale[problems]  # [q, d]
+        A = W / scale[:, None, :]  # [q, k, d]: acts on the centred raw rows
+        offset = b - (A * mean[:, None, :]).sum(-1)  # [q, k]
+        XA = torch.bmm(self.X, at.pad(A, L).reshape(L, at.S * k, d).mT)  # [L, n, S·k]
+        logits = XA.reshape(L, -1, at.S, k)[at.layer, :, at.slot] + offset[:, None, :]  # [q, n, k] contiguous
+        p = at.problem
+        T, onehot, n_p, lam = self.train[p], self.onehot[p], self.n_train[p], self.lam[p]
+        target = (logits * onehot).sum(-1)  # [q, n]: the label's logit (0 outside train)
         if self.absent is not None:
-            logits = logits.masked_fill(self.absent[problems][:, None, :], -torch.inf)
-        lse = torch.logsumexp(logits, -1)  # [p, n]
+            logits = logits.masked_fill(self.absent[p][:, None, :], -torch.inf)
+        lse = torch.logsumexp(logits, -1)  # [q, n]
         f = ((lse - target) * T).sum(1) / n_p + 0.5 * lam * (W * W).sum((1, 2))
         if not with_grad:
             return f, None, None
-        R = (torch.exp(logits - lse[..., None]) * T[..., None] - onehot) / n_p[:, None, None]  # [p, n, k]
-        gb = R.sum(1)  # [p, k]
-        GA = (R.transpose(1, 2).reshape(p * k, -1) @ self.X).reshape(p, k, d)  # Σ_i R_ic x_i
-        gW = (GA - gb[..., None] * mean[:, None, :]) / scale[:, None, :] + lam[:, None, None] * W  # [p, k, d]
+        R = (torch.exp(logits - lse[..., None]) * T[..., None] - onehot) / n_p[:, None, None]  # [q, n, k]
+        gb = R.sum(1)  # [q, k]
+        RX = torch.bmm(at.pad(R.transpose(1, 2), L).reshape(L, at.S * k, -1), self.X)  # [L, S·k, d]
+        GA = RX.reshape(L, at.S, k, d)[at.layer, at.slot]  # [q, k, d]: Σ_i R_ic x_i
+        gW = (GA - gb[..., None] * mean[:, None, :]) / scale[:, None, :] + lam[:, None, None] * W  # [q, k, d]
         kkt = torch.maximum(gW.abs().amax((1, 2)), gb.abs().amax(1))
-        gv = torch.cat([self._times_M(gW.reshape(p * k, d)).reshape(p, k * d), gb * np.sqrt(k)], 1)
+        gv = torch.cat([self._times_M(gW, at).reshape(-1, k * d), gb * np.sqrt(k)], 1)
         return f, gv, kkt
 
     def solve(self, max_iter: int = 200, tol_grad: float = 1e-6, tol_change: float = 1e-10) -> BatchFit:
         """Fit every problem from ``W = 0, b = 0`` (one thread; the rules: :func:`ivlens.probing.lbfgs.batched_lbfgs`).
         """
-        P, k, d = self.shape
+        L, P, k, d = self.shape
         with torch_threads(1):
-            res = batched_lbfgs(self.objective, torch.zeros(P, k * d + k, dtype=torch.float64),
+            res = batched_lbfgs(self.objective, torch.zeros(L * P, k * d + k, dtype=torch.float64),
                                 max_iter=max_iter, tol_grad=tol_grad, tol_change=tol_change)
             W, b = self.unpack(res.x)
-            A = W / self.scale[:, None, :]  # [P, k, d]
-            intercept = b - (A * (self.mean + self.center)[:, None, :]).sum(-1)
-        present = np.ones((P, k), bool) if self.absent is None else ~self.absent.numpy()
-        return BatchFit(A.numpy(), intercept.numpy(), (self.mean + self.center).numpy(), self.scale.numpy(),
-                        present, res)
+            A = W / self.scale[:, None, :]  # [L·P, k, d]
+            mean = self.mean + self.center.repeat_interleave(P, 0)  # [L·P, d] on raw features
+            intercept = b - (A * mean[:, None, :]).sum(-1)
+        present = np.ones((L * P, k), bool) if self.absent is None else np.tile(~self.absent.numpy(), (L, 1))
+        return BatchFit(A.numpy(), intercept.numpy(), mean.numpy(), self.scale.numpy(), present, res, L)
 
 
 def preconditioner(Xc: torch.Tensor, k: int, lam: float, rank: int = PRECONDITIONER_RANK, seed: int = 0

@@ -44,6 +44,8 @@ if TYPE_CHECKING:  # scikit-learn is imported where it is used: a process that f
 
 #: principal components kept before LDA (speed and a well-conditioned within-class scatter at n < d)
 LDA_PCA_DIM = 64
+#: the most memory one solve of several layers' fits may take (:func:`layers_per_batch`)
+LAYER_BATCH_BYTES = 1 << 28
 
 
 @dataclass(frozen=True)
@@ -167,22 +169,27 @@ class ProbeFits:
         return [p for p, k in enumerate(self.kind) if k == kind]
 
     def solve(self, X: np.ndarray, cfg: ProbeConfig) -> tuple[np.ndarray, np.ndarray, BatchFit, np.ndarray]:
-        """Fit every problem on ``X: [n, d]`` at once.
+        """Fit every problem on ``X: [n, d]``, or on every layer of ``X: [L, n, d]`` (the same rows at ``L``
+        layers), at once.
 
         Returns:
-            ``(accuracy [P], majority [P], fit, classes)``: test accuracy and majority baseline of each problem (NaN
-            without test rows), the batch's fit and the label values its class indices stand for.
+            ``(accuracy, majority, fit, classes)``: test accuracy and majority baseline of each problem (``[P]``, or
+            ``[L, P]`` for ``[L, n, d]``; NaN without test rows), the batch's fit (problem ``p`` of layer ``l`` is its
+            problem ``l·P + p``) and the label values its class indices stand for.
         """
         classes = np.unique(self.y)
         codes = np.searchsorted(classes, np.stack(self.labels))  # [P, n]
         train = np.stack(self.train)
         fit = LogisticBatch.build(X, train, codes, len(classes), cfg.C).solve(cfg.max_iter)
-        pred = fit.predict(X)  # [P, n]
-        acc, maj = np.full(len(codes), np.nan), np.full(len(codes), np.nan)
+        P = len(codes)
+        pred = fit.predict(X).reshape(fit.n_layers, P, -1)  # [L, P, n]
+        acc, maj = np.full((fit.n_layers, P), np.nan), np.full((fit.n_layers, P), np.nan)
         for p, (tr, te, lab) in enumerate(zip(self.train, self.test, self.labels, strict=True)):
             if te.any():
-                acc[p] = float((pred[p][te] == codes[p][te]).mean())
-                maj[p] = majority_accuracy(lab[tr], lab[te])
+                acc[:, p] = (pred[:, p][:, te] == codes[p][te]).mean(1)
+                maj[:, p] = majority_accuracy(lab[tr], lab[te])
+        if np.ndim(X) == 2:
+            return acc[0], maj[0], fit, classes
         return acc, maj, fit, classes
 
 
@@ -354,15 +361,47 @@ def probe_layer(X: np.ndarray, y: np.ndarray, heldout_groups: np.ndarray | None 
             (``heldout_std`` its bootstrap standard deviation over the held-out rows, for the fitted probes:
             :func:`heldout_bootstrap_std`). ``None``: no held-out evaluation (NaN).
     """
-    return _probe_layer(X, y, heldout_groups, cfg, refit=False)[0]
+    return probe_layers(np.asarray(X)[None], y, heldout_groups, cfg)[0][0]
 
 
 def probe_layer_fitted(X: np.ndarray, y: np.ndarray, heldout_groups: np.ndarray | None = None,
                        cfg: ProbeConfig = ProbeConfig()) -> tuple[LayerProbe, LogisticProbe]:
     """:func:`probe_layer` and the probe refitted on all rows (for its weights), in the same batch."""
-    res, refit = _probe_layer(X, y, heldout_groups, cfg, refit=True)
+    res, refit = probe_layers(np.asarray(X)[None], y, heldout_groups, cfg, refit=True)[0]
     assert refit is not None
     return res, refit
+
+
+def probe_layers(X: np.ndarray, y: np.ndarray, heldout_groups: np.ndarray | None = None,
+                 cfg: ProbeConfig = ProbeConfig(), refit: bool = False
+                 ) -> list[tuple[LayerProbe, LogisticProbe | None]]:
+    """:func:`probe_layer` (with ``refit``, :func:`probe_layer_fitted`) at every layer of ``X: [L, n, d_model]``
+    (the same rows and labels ``y: [n]`` at ``L`` layers), the fits of all layers solved as one batch: each
+    L-BFGS iteration is one set of batched operations for every layer, not one per layer. Each layer's fits keep
+    their own activations, standardisation, preconditioner and optimiser state, so each layer's numbers are those
+    of :func:`probe_layer` on ``X[l]``.
+
+    Returns:
+        ``[(LayerProbe, refitted probe or None)]``, one per layer.
+    """
+    fits = layer_fits(y, heldout_groups, cfg, refit)
+    acc, maj, fit, classes = fits.solve(X, cfg)  # [L, P]
+    cv, sh, ho = fits.rows("cv"), fits.rows("shuffled"), fits.rows("heldout")
+    nan = float("nan")
+    n_test = np.array([int(fits.test[p].sum()) for p in ho], dtype=np.int64)
+    out = []
+    for layer in range(len(acc)):
+        a, m = acc[layer], maj[layer]
+        ho_std = heldout_bootstrap_std(a[ho], n_test) if ho else nan
+        res = LayerProbe(float(a[cv].mean()), float(a[cv].std()), float(a[sh].mean()), float(a[sh].std()),
+                         float(m[cv].mean()), float(a[ho].mean()) if ho else nan, ho_std,
+                         float(m[ho].mean()) if ho else nan, len(y), len(np.unique(y)), int(n_test.sum()))
+        probe = None
+        if refit:  # the refit is problem l·P + p of the batch
+            probe = LogisticProbe(cfg.C, cfg.max_iter)._take(fit, layer * len(fits.kind) + fits.rows("refit")[0],
+                                                             classes)
+        out.append((res, probe))
+    return out
 
 
 def layer_fits(y: np.ndarray, heldout_groups: np.ndarray | None, cfg: ProbeConfig, refit: bool = False) -> ProbeFits:
@@ -382,6 +421,20 @@ def layer_fits(y: np.ndarray, heldout_groups: np.ndarray | None, cfg: ProbeConfi
     return fits
 
 
+def layers_per_batch(n: int, d: int, n_classes: int, n_fits: int, history: int = 20,
+                     budget: int = LAYER_BATCH_BYTES) -> int:
+    """How many layers :func:`probe_layers` may fit in one solve within ``budget`` bytes: per layer its float64
+    activations (``[n, d]``, about three copies), and per fit the solver's state (``2·history`` curvature pairs and
+    a few vectors of ``k·d + k`` variables) and the objective's ``[n, k]`` temporaries. At least 1.
+
+    >>> layers_per_batch(804, 576, 4, 13)   # SmolLM2's IVs of adjectives + animals: 10 layers at once
+    10
+    """
+    variables = n_classes * d + n_classes
+    per_layer = 8 * (3 * n * d + n_fits * ((2 * history + 8) * variables + 6 * n * n_classes))
+    return max(1, budget // per_layer)
+
+
 def heldout_bootstrap_std(acc: np.ndarray, n_test: np.ndarray) -> float:
     """The bootstrap standard deviation of the held-out accuracy over its test rows, in closed form (no refits,
     no resampling): ``acc: [G]`` the accuracy of each held-out group's fitted probe on its ``n_test: [G]`` rows.
@@ -391,17 +444,3 @@ def heldout_bootstrap_std(acc: np.ndarray, n_test: np.ndarray) -> float:
     held-out phrasings of the same kind; it does not include the spread of refitting the probe."""
     acc, n_test = np.asarray(acc, float), np.asarray(n_test, float)
     return float(np.sqrt((acc * (1 - acc) / n_test).sum()) / len(acc))
-
-
-def _probe_layer(X: np.ndarray, y: np.ndarray, heldout_groups: np.ndarray | None, cfg: ProbeConfig, refit: bool
-                 ) -> tuple[LayerProbe, LogisticProbe | None]:
-    fits = layer_fits(y, heldout_groups, cfg, refit)
-    acc, maj, fit, classes = fits.solve(X, cfg)
-    cv, sh, ho = fits.rows("cv"), fits.rows("shuffled"), fits.rows("heldout")
-    nan = float("nan")
-    n_test = np.array([int(fits.test[p].sum()) for p in ho], dtype=np.int64)
-    ho_std = heldout_bootstrap_std(acc[ho], n_test) if ho else nan
-    res = LayerProbe(float(acc[cv].mean()), float(acc[cv].std()), float(acc[sh].mean()), float(acc[sh].std()),
-                     float(maj[cv].mean()), float(acc[ho].mean()) if ho else nan, ho_std,
-                     float(maj[ho].mean()) if ho else nan, len(y), len(np.unique(y)), int(n_test.sum()))
-    return res, (LogisticProbe(cfg.C, cfg.max_iter)._take(fit, fits.rows("refit")[0], classes) if refit else None)

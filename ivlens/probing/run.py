@@ -48,7 +48,7 @@ from ivlens.units import UnitLoop
 from . import figures
 from .collect import IVStore, collect_ivs, parse_layers
 from .instructions import instruction_set, organism_heldout
-from .probes import ProbeConfig, class_cosine, lda_project, pca_2d, probe_layer, probe_layer_fitted
+from .probes import ProbeConfig, class_cosine, layer_fits, layers_per_batch, lda_project, pca_2d, probe_layers
 from .weights import ProbeWeights
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,9 @@ def probe_specs(labels: pd.DataFrame, varying: Varying
 
 def analyse_store(store: IVStore, model: str, varying: Varying, cfg: ProbeConfig = ProbeConfig(),
                   weights: ProbeWeights | None = None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Probe, project and compare one model's stored IVs, one layer in memory at a time.
+    """Probe, project and compare one model's stored IVs, a batch of layers in memory at a time: each probe's fits
+    of all the batch's layers are one solve (:func:`ivlens.probing.probes.probe_layers`; as many layers as
+    :func:`ivlens.probing.probes.layers_per_batch` allows: all 6 of an organism, 10 of SmolLM2's 30).
 
     ``weights``: gathers each probe refitted on all its rows and the LDA axis, layer by layer, for tracing
     (:mod:`ivlens.probing.weights`).
@@ -112,31 +114,37 @@ def analyse_store(store: IVStore, model: str, varying: Varying, cfg: ProbeConfig
     specs = probe_specs(labels, varying)
     classes = sorted(labels.subtask.unique())
     y_all = pd.Categorical(labels.subtask, categories=classes).codes.astype(np.int64)
+    refit = weights is not None  # the refit on all rows joins the layers' batch of fits
+    d = int(store.meta["d_model"])
+    chunk = min(layers_per_batch(int(mask.sum()), d, len(names), len(layer_fits(y, groups, cfg, refit).kind))
+                for _, _, mask, y, groups, names in specs)
     acc_rows, proj_frames, sim_rows = [], [], []
-    for layer in store.layers:
-        X = store.load_layer(layer)  # [n, d_model]
-        for probe, target, mask, y, groups, names in specs:
-            if weights is not None:  # the refit on all rows joins the layer's batch of fits
-                res, refit = probe_layer_fitted(X[mask], y, groups, cfg)
-                weights.add_probe(probe, target, names, layer, refit)
-            else:
-                res = probe_layer(X[mask], y, groups, cfg)
-            acc_rows.append({"model": model, "probe": probe, "target": target, "layer": layer, **asdict(res),
-                             "selectivity": res.selectivity})
-        base = labels[["row", "subtask", "split", "variant"]].rename(columns={"subtask": "class"})
-        if len(classes) >= 2:
-            Z, _, axis = lda_project(X, y_all, seed=cfg.seed)
-            if weights is not None:
-                weights.add_lda(classes, layer, axis)
-            proj_frames.append(base.assign(model=model, layer=layer, method="lda", x=Z[:, 0], y=Z[:, 1]))
-        P, _ = pca_2d(X, seed=cfg.seed)
-        proj_frames.append(base.assign(model=model, layer=layer, method="pca", x=P[:, 0], y=P[:, 1]))
-        for centered in (True, False):
-            S = class_cosine(X, y_all, len(classes), center=centered)  # [C, C]
-            sim_rows += [{"model": model, "layer": layer, "centered": centered, "class_a": a, "class_b": b,
-                          "cos": float(S[i, j])} for i, a in enumerate(classes) for j, b in enumerate(classes)]
-        log.info("%s layer %d: %s", model, layer,
-                 ", ".join(f"{r['probe']} {r['cv_mean']:.2f}" for r in acc_rows[-len(specs):]))
+    for start in range(0, len(store.layers), chunk):
+        layers = store.layers[start:start + chunk]
+        Xs = store.load_layers(layers)  # [L, n, d_model]
+        fitted = [probe_layers(Xs[:, mask], y, groups, cfg, refit) for _, _, mask, y, groups, _ in specs]
+        for pos, layer in enumerate(layers):
+            X = Xs[pos]  # [n, d_model]
+            for (probe, target, _, _, _, names), per_layer in zip(specs, fitted, strict=True):
+                res, probe_refit = per_layer[pos]
+                if weights is not None:
+                    weights.add_probe(probe, target, names, layer, probe_refit)
+                acc_rows.append({"model": model, "probe": probe, "target": target, "layer": layer, **asdict(res),
+                                 "selectivity": res.selectivity})
+            base = labels[["row", "subtask", "split", "variant"]].rename(columns={"subtask": "class"})
+            if len(classes) >= 2:
+                Z, _, axis = lda_project(X, y_all, seed=cfg.seed)
+                if weights is not None:
+                    weights.add_lda(classes, layer, axis)
+                proj_frames.append(base.assign(model=model, layer=layer, method="lda", x=Z[:, 0], y=Z[:, 1]))
+            P, _ = pca_2d(X, seed=cfg.seed)
+            proj_frames.append(base.assign(model=model, layer=layer, method="pca", x=P[:, 0], y=P[:, 1]))
+            for centered in (True, False):
+                S = class_cosine(X, y_all, len(classes), center=centered)  # [C, C]
+                sim_rows += [{"model": model, "layer": layer, "centered": centered, "class_a": a, "class_b": b,
+                              "cos": float(S[i, j])} for i, a in enumerate(classes) for j, b in enumerate(classes)]
+            log.info("%s layer %d: %s", model, layer,
+                     ", ".join(f"{r['probe']} {r['cv_mean']:.2f}" for r in acc_rows[-len(specs):]))
     proj = pd.concat(proj_frames, ignore_index=True)[["model", "layer", "method", "row", "class", "split",
                                                       "variant", "x", "y"]]
     return pd.DataFrame(acc_rows), proj, pd.DataFrame(sim_rows)
