@@ -154,14 +154,15 @@ def whole_step(model: str, out: Path) -> dict:
 
     import ivlens.probing.run as run_module
 
-    def former(X, y, groups, cfg):  # what analyse_store did before: probe_layer, then a refit for the weights
-        return ref.probe_layer(X, y, groups, cfg), ref.SequentialProbe(cfg.C, cfg.max_iter).fit(X, y)
+    def former(X, y, groups, cfg, refit=False):  # what analyse_store did before: per layer probe_layer, then a refit
+        return [(ref.probe_layer(Xl, y, groups, cfg), ref.SequentialProbe(cfg.C, cfg.max_iter).fit(Xl, y) if refit
+                 else None) for Xl in X]
 
     res = {}
     tables = {}
     for name, patch in (("old", former), ("new", None)):
         shutil.rmtree(out / name, ignore_errors=True)
-        with mock.patch.object(run_module, "probe_layer_fitted", patch) if patch else nullcontext():
+        with mock.patch.object(run_module, "probe_layers", patch) if patch else nullcontext():
             t, w = time.process_time(), time.perf_counter()
             r = run_module.probe_run([model], ["adjectives", "animals"], out=out / name)
             res[f"{name}_cpu_s"], res[f"{name}_wall_s"] = time.process_time() - t, time.perf_counter() - w

@@ -17,6 +17,7 @@ from ivlens.tasks import instruction_prompt
 from .collect import parse_layers
 from .cost import probe_layer_latency
 from .instructions import instruction_set, organism_heldout
+from .probes import layers_per_batch
 from .run import probe_specs
 
 
@@ -38,8 +39,11 @@ def probe_costs(models: Sequence[str], tasks: Sequence[str], *, layers: str = "a
         except ValueError:  # a single class: the run itself refuses, with its own message
             specs = []
         n_probes = len(specs)
-        layer_seconds = sum(probe_layer_latency(int(mask.sum()), info.shape.d_model, len(names), groups is not None,
-                                                folds) for _, _, mask, _, groups, names in specs)
+        d = info.shape.d_model
+        layer_seconds = sum(  # per layer, in a batch of layers as the run fits them (CV, shuffled, held-out, refit)
+            probe_layer_latency(int(mask.sum()), d, len(names), groups is not None, folds,
+                                layers=min(n_layers, layers_per_batch(int(mask.sum()), d, len(names), 2 * folds + 2)))
+            for _, _, mask, _, groups, names in specs)
         p = probe_cost(info.shape, lengths, n_layers, n_probes, dtype=dtype, batch_size=batch_size, budget=budget,
                        folds=folds, n_classes=len(classes), layer_seconds=layer_seconds, model=info.name)
         add_figures(p, n_probes + 5 if not costs else 0)  # accuracy per probe, LDA, PCA, 3 similarity maps

@@ -1,7 +1,8 @@
 """Batched L-BFGS: many independent smooth convex problems solved side by side along a leading problem axis.
 
-The probes of one layer (the CV folds, the shuffled-label controls, the held-out fits, the refit on all rows)
-are independent problems of the same shape. Solving them one by one pays Python, autograd and small-kernel
+The probes of one layer (the CV folds, the shuffled-label controls, the held-out fits, the refit on all rows),
+and those of several layers side by side (:mod:`ivlens.probing.logistic`), are independent problems of the same
+shape. Solving them one by one pays Python, autograd and small-kernel
 overhead for every iteration of every problem; solving them as one batch pays it once per iteration, and the
 matrix products of all problems become one larger product. Each problem keeps its *own* optimiser state (its
 iterate, its curvature pairs, its step size), so the batch computes exactly what separate runs would; the batch
@@ -37,8 +38,8 @@ from dataclasses import dataclass
 import torch
 
 #: ``objective(x [p, D], problems [p] long, with_grad) -> (f [p], g [p, D] | None, kkt [p] | None)``: the value of
-#: the listed problems at ``x`` (rows in the order of ``problems``), and with ``with_grad`` the gradient and the
-#: optimality measure that ``tol_grad`` applies to.
+#: the listed problems at ``x`` (rows in the order of ``problems``, always ascending), and with ``with_grad`` the
+#: gradient and the optimality measure that ``tol_grad`` applies to.
 Objective = Callable[[torch.Tensor, torch.Tensor, bool], tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]]
 
 ARMIJO = 1e-4  # sufficient-decrease constant of the line search

@@ -1,4 +1,5 @@
-"""Many multinomial logistic-regression probes on the rows of one activation matrix, fitted as one batch.
+"""Many multinomial logistic-regression probes on the rows of one activation matrix, or of several (one per layer),
+fitted as one batch.
 
 Problem ``p`` trains on the rows ``train[p]`` of ``X: [n, d]`` with labels ``labels[p]`` (a CV fold, a
 shuffled-label control, a held-out split, or all rows) and minimises
@@ -17,6 +18,14 @@ the problem's training rows. ``f_p`` is strictly convex in ``W`` (a unique minim
   come from the same centred ``X`` times its own ``[d, k]`` block, so the batch's logits are one GEMM
   ``[n, d] @ [d, P·k]`` (rows outside ``train[p]`` get weight 0). Fitting the problems one by one made ``P``
   thin products and paid Python and autograd overhead ``P`` times per iteration.
+- *One batched product for all layers.* Given ``X: [L, n, d]`` (the same rows at ``L`` layers), the ``P`` problems
+  are posed at every layer: ``L·P`` problems, each layer with its own centring, standardisation and
+  preconditioner. Per objective call the products with ``X`` are one ``torch.bmm`` over the layers, each layer's
+  running problems side by side (zero-padded to the layer with the most), and every elementwise step is one
+  operation over all layers. One layer per batch paid the solver's Python and dispatch overhead ``L`` times per
+  iteration; the arithmetic of each problem is the same either way (the logits are laid out ``[q, n, k]``, so no
+  reduction's order depends on the batch, and :data:`MIN_SLOTS` keeps MKL on one kernel): a layer's fits in a
+  batch equal its fits alone, bit for bit.
 - *Preconditioning by a change of variables.* ``W = V M`` for a fixed symmetric positive-definite ``M`` shared by
   the batch, and L-BFGS runs on ``V`` (:mod:`ivlens.probing.lbfgs`). Any invertible ``M`` leaves the minimiser
   unchanged (``V* = W* M⁻¹``); only the path to it differs. ``M`` is ``(Λ/k + λ)^(-1/2)`` on the top
@@ -34,9 +43,9 @@ the problem's training rows. ``f_p`` is strictly convex in ``W`` (a unique minim
 
 All arithmetic is float64, on one thread (the products are small; more threads contend on a shared CPU).
 
->>> batch = LogisticBatch.build(X, train, labels, n_classes=4, C=1.0)   # X [n, d]; train, labels [P, n]
+>>> batch = LogisticBatch.build(X, train, labels, n_classes=4, C=1.0)   # X [L, n, d] or [n, d]; train, labels [P, n]
 >>> fit = batch.solve(max_iter=200)
->>> fit.coef.shape, fit.intercept.shape          # [P, k, d], [P, k]: on raw features
+>>> fit.coef.shape, fit.intercept.shape          # [L·P, k, d], [L·P, k]: on raw features, layer-major
 """
 
 from __future__ import annotations

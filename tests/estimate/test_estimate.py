@@ -391,19 +391,20 @@ def test_probe_plan_takes_measured_fits():
 
 def test_probe_dry_run_times_the_runs_own_probes(monkeypatch):
     """The dry run times one batch per probe of the run (probe_specs: all, and one per task), with each probe's own
-    rows and classes, and the estimate's time is the layers times their sum."""
+    rows and classes and the run's layers (fitted together), and the estimate's time is the layers times their sum."""
     import ivlens.probing.dry_run as dr
     from ivlens.estimate.model import ModelInfo
     from ivlens.testing.tiny import tiny_tokenizer
 
     timed = []
-    monkeypatch.setattr(dr, "probe_layer_latency", lambda n, d, k, heldout, folds: timed.append((n, d, k, heldout)) or 0.25)
+    monkeypatch.setattr(dr, "probe_layer_latency",
+                        lambda n, d, k, heldout, folds, layers: timed.append((n, d, k, heldout, layers)) or 0.25)
     shape = ModelShape("olmo2", n_layers=6, d_model=64, n_heads=4, n_kv_heads=4, d_head=16, d_mlp=128,
                        d_vocab=384, n_params=1_000_000)
     info = ModelInfo(name="tiny", path="tiny", shape=shape, tokenizer=tiny_tokenizer())
     cost, = dr.probe_costs([], ["adjectives", "animals"], infos=[info], max_per_subtask=20)
     n = cost.counts["instructions"]
-    assert sorted(timed) == sorted([(n, 64, 4, True), (n // 2, 64, 2, True), (n // 2, 64, 2, True)])
+    assert sorted(timed) == sorted([(n, 64, 4, True, 6), (n // 2, 64, 2, True, 6), (n // 2, 64, 2, True, 6)])
     assert cost.serial_seconds == pytest.approx(6 * 3 * 0.25)
 
 

@@ -22,6 +22,7 @@ from ivlens.probing.probes import (
     pca_2d,
     probe_layer,
     probe_layer_fitted,
+    probe_layers,
     shuffled_cv_accuracy,
 )
 
@@ -252,6 +253,24 @@ def test_logistic_probe_is_the_batch_of_one():
     np.testing.assert_allclose(refit.coef_, alone.coef_, rtol=1e-6, atol=1e-8)
     np.testing.assert_array_equal(refit.classes_, alone.classes_)
     np.testing.assert_allclose(refit.mean_, X.astype(np.float64).mean(0), atol=1e-9)
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_probe_layers_equal_each_layer_fitted_alone(n_classes):
+    """Three layers' probes fitted in one solve (probe_layers, the run's way) give each layer's numbers and refit of
+    probe_layer_fitted on that layer alone, bit for bit: a problem's arithmetic does not depend on which problems
+    run beside it, also where a layer has only one or two fits left (two classes: the narrowest products)."""
+    X = np.stack([residual_like(40, 48, n_classes, margin=m, seed=s)[0] for s, m in ((0, 1.0), (1, 2.0), (2, 4.0))])
+    y = np.repeat(np.arange(n_classes), 40)
+    groups = (np.arange(len(y)) % 40 >= 30).astype(int)
+    together = probe_layers(X, y, groups, ProbeConfig(), refit=True)
+    assert len(together) == 3
+    for layer, (res, refit) in enumerate(together):
+        alone, refit_alone = probe_layer_fitted(X[layer], y, groups)
+        assert res == alone, layer
+        np.testing.assert_array_equal(refit.coef_, refit_alone.coef_)
+        np.testing.assert_array_equal(refit.intercept_, refit_alone.intercept_)
+        assert refit.n_iter_ == refit_alone.n_iter_
 
 
 def test_batched_lbfgs_solves_each_problem_as_if_alone():

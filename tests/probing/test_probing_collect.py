@@ -9,7 +9,7 @@ import torch
 from patching_reference import _layers
 
 from ivlens.models.load import LoadedModel
-from ivlens.probing.collect import collect_ivs, load_layer, parse_layers
+from ivlens.probing.collect import collect_ivs, load_layer, load_layers, parse_layers
 from ivlens.probing.instructions import (
     LABEL_FAMILIES,
     InstructionRow,
@@ -76,6 +76,8 @@ def test_collect_layer_subset_and_resume(tmp_path):
     store = collect_ivs(loaded, _rows(TEXTS), tmp_path, layers=layers, batch_size=2)
     assert store.layers == [0, 3] and len(store.unit_files()) == 3
     X3 = load_layer(tmp_path, 3)
+    assert X3.shape == (len(TEXTS), loaded.d_model)
+    np.testing.assert_array_equal(load_layers(tmp_path, [3, 0]), np.stack([X3, load_layer(tmp_path, 0)]))
     with pytest.raises(KeyError, match="not collected"):
         load_layer(tmp_path, 1)
     # resume keeps existing shards and recomputes only missing ones
