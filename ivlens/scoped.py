@@ -2,7 +2,7 @@
 
 Library code never leaves a global setting changed behind it: each context manager here records the value it
 replaces and puts it back on exit, also when the block raises. This module is the one place where ivlens
-changes torch's thread count and quiets third-party libraries.
+changes torch's and BLAS's thread counts and quiets third-party libraries.
 
 >>> with torch_threads(2), quiet_libraries():
 ...     model = AutoModelForCausalLM.from_pretrained(path, gguf_file=gguf)   # no tqdm bars, 2 threads
@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 
 import torch
+from threadpoolctl import threadpool_limits
 
 #: third-party loggers that speak at INFO/WARNING about things an ivlens user cannot act on
 NOISY_LOGGERS = ("transformers", "nnsight", "httpx", "datasets", "huggingface_hub", "accelerate")
@@ -36,6 +37,14 @@ def torch_threads(n: int | None) -> Iterator[None]:
     finally:
         if torch.get_num_threads() != before:
             torch.set_num_threads(before)
+
+
+@contextmanager
+def blas_threads(n: int) -> Iterator[None]:
+    """Run the block with numpy's and scipy's BLAS and LAPACK (OpenBLAS) on ``n`` threads, then restore them (torch's
+    own threads: :func:`torch_threads`). Also a decorator: ``@blas_threads(1)``."""
+    with threadpool_limits(limits=n, user_api="blas"):
+        yield
 
 
 @contextmanager

@@ -14,7 +14,7 @@ from conftest import _restore, global_state
 
 import ivlens
 from ivlens.runs import atomic_write_json
-from ivlens.scoped import logger_levels, quiet_libraries, torch_threads
+from ivlens.scoped import blas_threads, logger_levels, quiet_libraries, torch_threads
 
 PACKAGE = Path(ivlens.__file__).parent
 
@@ -54,6 +54,23 @@ def test_torch_threads_and_logger_levels_are_restored_also_after_an_error():
     assert torch.get_num_threads() == threads and lg.level == level
     with torch_threads(None):
         assert torch.get_num_threads() == threads
+
+
+def test_blas_threads_sets_numpys_blas_and_restores_it_also_after_an_error():
+    """Inside the block (or a function decorated with it) numpy's BLAS runs on one thread; after it, on as many as
+    before, also when the block raises."""
+    import numpy as np  # noqa: F401  (loads numpy's OpenBLAS)
+    from threadpoolctl import threadpool_info
+
+    def blas() -> list[int]:
+        return [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+
+    before = blas()
+    with pytest.raises(RuntimeError), blas_threads(1):
+        assert blas() and set(blas()) == {1}
+        raise RuntimeError("boom")
+    assert blas() == before
+    assert set(blas_threads(1)(blas)()) == {1} and blas() == before
 
 
 def test_quiet_libraries_silences_bars_and_restores_them():

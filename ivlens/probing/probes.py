@@ -22,7 +22,10 @@ Pure functions on one layer's activations ``X: [n, d_model]`` and integer class 
   as a direction of the IV space, for tracing). LDA runs on the top principal components (at most
   :data:`LDA_PCA_DIM`; sklearn's ``svd`` solver), which keeps d=4096 in well under a second and avoids
   the singular within-class scatter of ``n < d``. With two classes LDA has one axis; the second axis is
-  then the top principal direction orthogonal to it.
+  then the top principal direction orthogonal to it. Both run numpy's and scipy's BLAS on one thread: their
+  matrices are small (``n × 64``), and on the loaded 2-core machine of issue 19 OpenBLAS's second thread made the
+  organisms' LDA and PCA 10-40× slower in wall time (about 1 s a layer instead of 0.05 s); the float32 results
+  differ from two threads' in the last bits only.
 - :func:`class_cosine` — mean pairwise cosine similarity within (diagonal, self-pairs excluded) and
   between classes, optionally after subtracting the global mean (residual streams share a large common
   component, which makes raw cosines all close to 1).
@@ -36,6 +39,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from ivlens.scoped import blas_threads
 
 from .logistic import BatchFit, LogisticBatch
 
@@ -250,6 +255,7 @@ def _pca(X: np.ndarray, k: int, seed: int) -> PCA:
     return PCA(n_components=k, svd_solver=solver, random_state=seed).fit(X)
 
 
+@blas_threads(1)
 def pca_2d(X: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Top-2 principal components: ``(coords [n, 2], explained variance ratio [2])``."""
     pca = _pca(X, 2, seed)
@@ -273,6 +279,7 @@ def lda_2d(X: np.ndarray, y: np.ndarray, seed: int = 0, pca_dim: int = LDA_PCA_D
     return Z, acc
 
 
+@blas_threads(1)
 def lda_project(X: np.ndarray, y: np.ndarray, seed: int = 0, pca_dim: int = LDA_PCA_DIM
                 ) -> tuple[np.ndarray, float, np.ndarray]:
     """:func:`lda_2d` and the first discriminant as a direction of the IVs' own space.
