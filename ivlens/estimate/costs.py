@@ -419,14 +419,15 @@ def probe_batch_size(shape: ModelShape, n_tokens: int, budget: int, dtype: str =
 def probe_cost(shape: ModelShape, lengths: Sequence[int], n_layers_probed: int, n_probes: int, *,
                dtype: str = "float32", batch_size: int | None = None, budget: int = 1 << 30, folds: int = 5,
                n_shuffles: int = 1, n_classes: int = 4, layer_seconds: float | None = None,
-               model: str = "") -> CostEstimate:
+               layers_per_solve: int = 1, model: str = "") -> CostEstimate:
     """IV collection of ``len(lengths)`` instruction-only prompts in left-padded batches (in row order, padded to
     the batch's longest), then per probed layer ``n_probes`` logistic probes (``folds`` CV fits, as many per
     shuffle, one held-out fit and the refit on all rows, solved as one batch per probe), LDA, PCA and similarities.
 
     ``layer_seconds``: the measured CPU seconds of one layer's probe fits, all probes together
     (:func:`ivlens.probing.cost.probe_layer_latency` per probe); without it each probe's batch is modelled
-    as 60 L-BFGS iterations (30-90 measured on real IVs) of its fits' matrix products."""
+    as 60 L-BFGS iterations (30-90 measured on real IVs) of its fits' matrix products. ``layers_per_solve``: the
+    layers whose IVs and fits the run holds at once (:func:`ivlens.probing.probes.layers_per_batch`)."""
     n = len(lengths)
     bs = batch_size or probe_batch_size(shape, max(lengths), budget, dtype)
     batches = [lengths[i:i + bs] for i in range(0, n, bs)]
@@ -438,7 +439,7 @@ def probe_cost(shape: ModelShape, lengths: Sequence[int], n_layers_probed: int, 
     if layer_seconds is None:
         iters = 60  # batched L-BFGS iterations, one forward and one gradient product of every fit each
         flops += fits * iters * 2 * 2 * n * d * n_classes
-        cost.kernel_calls = n_layers_probed * n_probes * iters * 120
+        cost.kernel_calls = -(-n_layers_probed // layers_per_solve) * n_probes * iters * 120  # per solve of layers
     else:
         cost.serial_seconds = n_layers_probed * layer_seconds
     flops += n_layers_probed * 3 * 4 * n * d * min(n, d)  # LDA, PCA, similarity
@@ -447,7 +448,7 @@ def probe_cost(shape: ModelShape, lengths: Sequence[int], n_layers_probed: int, 
     cost.flops = flops
     cost.layer_calls = len(batches) * shape.n_layers
     cost.memory = {**_base_memory(shape, dtype), "one batch's forward": bs * probe_row_bytes(shape, max(lengths), dtype),
-                   "one layer's IVs (probing)": n * d * 4 * 4}
+                   "the IVs of one solve's layers (probing)": layers_per_solve * n * d * 4 * 4}
     return cost
 
 

@@ -40,12 +40,15 @@ def probe_costs(models: Sequence[str], tasks: Sequence[str], *, layers: str = "a
             specs = []
         n_probes = len(specs)
         d = info.shape.d_model
-        layer_seconds = sum(  # per layer, in a batch of layers as the run fits them (CV, shuffled, held-out, refit)
-            probe_layer_latency(int(mask.sum()), d, len(names), groups is not None, folds,
-                                layers=min(n_layers, layers_per_batch(int(mask.sum()), d, len(names), 2 * folds + 2)))
-            for _, _, mask, _, groups, names in specs)
+        # the layers the run fits at once (each probe's CV, shuffled-label, held-out and refit fits: analyse_store),
+        # and each probe's seconds per layer when its fits are solved so
+        solve_layers = min([n_layers] + [layers_per_batch(int(mask.sum()), d, len(names), 2 * folds + 2)
+                                         for _, _, mask, _, _, names in specs])
+        layer_seconds = sum(probe_layer_latency(int(mask.sum()), d, len(names), groups is not None, folds,
+                                                layers=solve_layers) for _, _, mask, _, groups, names in specs)
         p = probe_cost(info.shape, lengths, n_layers, n_probes, dtype=dtype, batch_size=batch_size, budget=budget,
-                       folds=folds, n_classes=len(classes), layer_seconds=layer_seconds, model=info.name)
+                       folds=folds, n_classes=len(classes), layer_seconds=layer_seconds,
+                       layers_per_solve=solve_layers, model=info.name)
         add_figures(p, n_probes + 5 if not costs else 0)  # accuracy per probe, LDA, PCA, 3 similarity maps
         costs.append(with_startup(p, info, dtype, not costs))
     return costs
