@@ -451,7 +451,7 @@ def run_trace(spec: TraceSpec, *, models: Sequence[LoadedModel] | None = None, o
         summaries = compare_run(lms, spec.task, run, samples=spec.samples, split=spec.split, seed=spec.seed,
                                 fmt=spec.format, top_k=spec.top_k, beam=spec.beam, progress=progress,
                                 owns=owner(spec.shard) if spec.shard is not None else None, base=base,
-                                alpha=spec.alpha, correction=spec.correction)
+                                alpha=spec.alpha, correction=spec.correction, figures=spec.figures)
         if spec.shard is not None:
             stop_shard(run, spec)
             return TraceRunResult(run, summaries={})
@@ -461,7 +461,8 @@ def run_trace(spec: TraceSpec, *, models: Sequence[LoadedModel] | None = None, o
     traces = [trace_single(lm, run, task=spec.task, subtask=spec.subtask, sample=spec.sample, prompt=spec.prompt,
                            target=target, method=spec.method, top_k=spec.top_k, beam=spec.beam,
                            threshold_rank=spec.threshold_rank, start_pos=spec.start_pos, end_pos=spec.end_pos,
-                           from_inst=spec.from_inst, fmt=spec.format, max_tokens=spec.max_tokens, readout=plan)
+                           from_inst=spec.from_inst, fmt=spec.format, max_tokens=spec.max_tokens, readout=plan,
+                           figures=spec.figures)
               for lm, plan in zip(lms, plans, strict=True)]
     if spec.readout is not None:
         from .tracing.components import component_rows

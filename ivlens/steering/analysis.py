@@ -61,12 +61,13 @@ def best_per_layer(dose: pd.DataFrame) -> pd.DataFrame:
     return d.groupby(["model", "layer"], sort=False).head(1).reset_index(drop=True)
 
 
-def _best_patch(patch: pd.DataFrame, layer: int, sets: bool) -> tuple[str, str, float, float] | None:
+def _best_patch(patch: pd.DataFrame, layer: int, sets: bool, layer_lists: pd.Series) -> tuple[str, str, float, float] | None:
     """``(layers, position, mean ia_top1, mean acc_top1)`` of the best single-layer patch at ``layer`` by
     ``ia_top1`` (or, with ``sets``, the best pair or triplet containing it), or ``None`` when the table has none;
-    patches whose effect is 0 by construction are not candidates."""
+    patches whose effect is 0 by construction are not candidates. ``layer_lists``: each patch row's layers as
+    strings (``"0,3"`` → ``["0", "3"]``), split once for every call."""
     sizes = patch.set_size > 1 if sets else patch.set_size == 1
-    has = patch.layers.astype(str).str.split(",").apply(lambda s: str(layer) in s)
+    has = layer_lists.apply(lambda s: str(layer) in s)
     p = patch[sizes & has]
     if p.empty:
         return None
@@ -121,10 +122,12 @@ def compare_with_patching(steer: pd.DataFrame, patch: pd.DataFrame, *, correctio
     best = best_per_layer(dose)
     best_acc = dose[~dose.zero_by_construction].groupby(["model", "layer"]).acc_top1.max()
     out = []
+    layer_lists = patch.layers.astype(str).str.split(",")
     for r in best.itertuples():
-        pm = patch[patch.model == r.model]
-        single = _best_patch(pm, r.layer, sets=False)
-        multi = _best_patch(pm, r.layer, sets=True)
+        mine = (patch.model == r.model).to_numpy()
+        pm, lists = patch[mine], layer_lists[mine]
+        single = _best_patch(pm, r.layer, sets=False, layer_lists=lists)
+        multi = _best_patch(pm, r.layer, sets=True, layer_lists=lists)
         rec = {"model": r.model, "layer": r.layer, "steer_ia_top1": r.ia_top1, "steer_acc": r.acc_top1,
                "steer_best_acc": float(best_acc[r.model, r.layer]), "steer_vector": r.vector,
                "steer_position": r.position, "steer_alpha": r.alpha,

@@ -26,7 +26,10 @@ def steer_costs(spec, infos: Sequence[ModelInfo] | None = None) -> list[CostEsti
     (:func:`ivlens.patching.trie.scheduled_work` with ``edit="add"``), plus the IV collection of the vectors."""
     t = load_task(spec.task)
     sub = t.subtask(spec.subtask or t.subtask_names[0])
-    n_src = len(parse_vectors(spec.vectors)) * len(parse_alphas(spec.alphas))
+    alphas = parse_alphas(spec.alphas)
+    n_src = len(parse_vectors(spec.vectors)) * len(alphas)
+    # α = 0 adds the zero vector whatever the direction: the engine runs those rows once (first_equal_sources)
+    source = [v % len(alphas) if alphas[v % len(alphas)] == 0 else v for v in range(n_src)]
     positions = parse_steer_positions(spec.positions)
     budget = dry_run_budget(spec.memory_budget, spec.device)
     n_instr = len(instruction_set([t], "instructions", None, None, spec.max_per_subtask))
@@ -44,11 +47,11 @@ def steer_costs(spec, infos: Sequence[ModelInfo] | None = None) -> list[CostEsti
             targets.append(TargetShape(len(tgt), tuple(x[0] for x in sp),
                                        len(instructed_prompt(tok, t, s, sub.instruction, spec.format))))
 
-        def work(chunk, _sets, n_layers, group_rows, spans=spans, layers=layers):
+        def work(chunk, _sets, n_layers, group_rows, spans=spans, layers=layers, source=source):
             rows, lengths = [], []
             for b, tg in enumerate(chunk):
                 lengths.append(tg.n_tokens)
-                rows += [RowSpec(b, v, (layer,), tok_i, span) for v in range(n_src) for layer in layers
+                rows += [RowSpec(b, source[v], (layer,), tok_i, span) for v in range(n_src) for layer in layers
                          for tok_i, span in spans[tg.n_tokens, tg.positions]]
             st = scheduled_work(rows, lengths, n_layers, group_rows=group_rows, edit="add")
             return st.executed_evals, st.unembed_rows, st.layer_calls

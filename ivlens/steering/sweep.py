@@ -90,11 +90,26 @@ def model_directions(lm: LoadedModel, task: Task, subtask: str, names: tuple[str
     return directions(names, xs, is_a, is_b, from_runs)
 
 
+def first_equal_sources(edits: torch.Tensor) -> np.ndarray:
+    """``[n_sources, layer]``: for each added vector ``edits[i, l]`` (``edits: [n_sources, layer, d_model]``), the
+    first source ``j ≤ i`` whose vector at layer ``l`` is equal to it element for element (``i`` itself where none
+    before is). Rows that add equal vectors at the same layer and positions compute the same thing, so giving them
+    one source lets the engine run them once (:func:`ivlens.patching.trie.dedup_rows`): α = 0 adds the zero vector
+    for every direction (``0 · v`` is ±0, and ``x + (±0)`` is ``x`` for every residual entry that is not itself −0)."""
+    n, L = edits.shape[:2]
+    first = np.tile(np.arange(n, dtype=np.int64)[:, None], (1, L))
+    for layer in range(L):
+        for i in range(n):
+            first[i, layer] = next(j for j in range(i + 1) if torch.equal(edits[j, layer], edits[i, layer]))
+    return first
+
+
 def _rows_of_chunk(lm: LoadedModel, prompts, plan: SteerPlan, edits: torch.Tensor, space: torch.Tensor,
                    stats: EngineStats, batch_size: int | None, budget: int, on_rows) -> tuple[dict, list[dict]]:
     """Columns of the steered rows of one chunk (sample-major, then the plan's row order) and baseline records."""
     parts, base = [], []
     n_alpha = len(plan.alphas)
+    source = first_equal_sources(edits)  # equal added vectors: one computation
     for idx in engine_passes(lm, prompts, budget):
         ps = [prompts[b] for b in idx]
         adapter, pad = lm.adapter, pad_token_id_of(lm)
@@ -102,7 +117,7 @@ def _rows_of_chunk(lm: LoadedModel, prompts, plan: SteerPlan, edits: torch.Tenso
         instr = clean_run(adapter, [p.instructed.input_ids for p in ps], pad, record=False, stats=stats)
         spans = [{pos: resolve_span(pos, len(p.target), has_bos=starts_with_bos(lm.tokenizer, p.target))
                   for pos in plan.positions} for p in ps]
-        specs = [RowSpec(b, v * n_alpha + a, (layer,), *spans[b][pos])
+        specs = [RowSpec(b, int(source[v * n_alpha + a, layer]), (layer,), *spans[b][pos])
                  for b in range(len(ps)) for v, a, layer, pos in plan.rows]
         label = torch.tensor([p.label_token for p in ps])
         alt = torch.tensor([p.alt_token for p in ps])

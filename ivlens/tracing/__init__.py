@@ -114,15 +114,19 @@ def trace_prompt(model, tokenizer, prompt: str | Sequence[int], target=None, met
     return TraceResult(sur, tgt, graph, full, paths, method, arg)
 
 
-def write_trace(res: TraceResult, out: str | FilePath, name: str = "trace", json_top_k: int = 500) -> list[FilePath]:
-    """Write ``<name>.graph.json`` (schema in docs/tracing.md), ``<name>.paths.json`` and the figures."""
-    from .figures import plot_layer_mass, plot_paths
-
+def write_trace(res: TraceResult, out: str | FilePath, name: str = "trace", json_top_k: int = 500,
+                figures: bool = True) -> list[FilePath]:
+    """Write ``<name>.graph.json`` (schema in docs/tracing.md), ``<name>.paths.json`` and (``figures``) the
+    figures."""
     out = FilePath(out)
     out.mkdir(parents=True, exist_ok=True)
     files = [out / f"{name}.graph.json", out / f"{name}.paths.json"]
     atomic_write_json(files[0], graph_to_json(res.graph, top_k=json_top_k), indent=1)
     atomic_write_json(files[1], res.summary(), indent=1)
+    if not figures:
+        return files
+    from .figures import plot_layer_mass, plot_paths
+
     tokens = list(res.sur.tokens) or [str(i) for i in res.sur.input_ids.tolist()]
     files.append(plot_paths(res.paths, tokens, res.sur.n_layers, out / "figures" / f"{name}.paths.png"))
     files.append(plot_layer_mass(res.graph, out / "figures" / f"{name}.layer_mass.png"))

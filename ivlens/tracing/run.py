@@ -37,13 +37,15 @@ PARTS = "compare_parts"
 def compare_run(models: Sequence[LoadedModel], task: str | Task, run: RunDir, *, samples: int | None = 50,
                 split: str = "all", seed: int = 0, fmt: str = "raw", top_k: int = 20, beam: int = 256,
                 progress: Callable | None = None, owns: Callable[[int], bool] | None = None,
-                base: str | None = None, alpha: float = ALPHA, correction: str = "holm") -> dict[str, dict]:
+                base: str | None = None, alpha: float = ALPHA, correction: str = "holm",
+                figures: bool = True) -> dict[str, dict]:
     """Trace every selected sample under instruction A and B and a rephrasing of each (A′, B′) for each
     model; returns ``{model: summary}`` (weighted Jaccard A vs B and baseline, per-layer curves, the layer
     where the computations part, completeness error, ``selectivity``: the verdicts per layer and the sentence
     they support) and writes the tables and figures to ``run``. ``base``: the name of the model the others are
     compared with (difference in differences); ``alpha``, ``correction``: the selectivity verdicts' level and
-    multiple-comparison correction over layers.
+    multiple-comparison correction over layers; ``figures``: draw the figures too (a study's report draws its own
+    from the tables).
 
     Each sample's comparison is saved as a part (``compare_parts/part-m<i>-s<index>.json`` and ``.safetensors``) as soon as it is
     done; samples whose part exists are not traced again. ``owns(unit) -> bool``: trace only these units (model
@@ -76,12 +78,14 @@ def compare_run(models: Sequence[LoadedModel], task: str | Task, run: RunDir, *,
         examples += [dict(r, model=lm.name) for r in res.example]
         if res.quartets:
             quartets[lm.name] = Quartet.stack(res.quartets)
-        plot_head_activity({k: v.numpy() for k, v in res.head_activity.items()},
-                           run.figure_path(f"head_activity-{slug(lm.name)}.png"),
-                           title=f"{lm.name}: head activity of paths leaving T_inst")
+        if figures:
+            plot_head_activity({k: v.numpy() for k, v in res.head_activity.items()},
+                               run.figure_path(f"head_activity-{slug(lm.name)}.png"),
+                               title=f"{lm.name}: head activity of paths leaving T_inst")
     if owns is not None:
         return {}
-    plot_overlap_curves(curves, run.figure_path("overlap_by_layer.png"))
+    if figures:
+        plot_overlap_curves(curves, run.figure_path("overlap_by_layer.png"))
     df = pd.DataFrame(rows)
     for c in [c for c in df.columns if c.endswith("per_layer")]:
         df[c] = df[c].map(json.dumps)
@@ -92,7 +96,8 @@ def compare_run(models: Sequence[LoadedModel], task: str | Task, run: RunDir, *,
         sel = selectivity_rows(quartets, base if base in quartets else None, alpha=alpha, correction=correction,
                                seed=seed)
         run.write_table("selectivity", pd.DataFrame(sel))
-        plot_selectivity(pd.DataFrame(sel), run.figure_path("selectivity.png"))
+        if figures:
+            plot_selectivity(pd.DataFrame(sel), run.figure_path("selectivity.png"))
         for name, sentence in verdict_sentences(sel).items():
             mine = [r for r in sel if r["model"] == name]
             summaries[name]["selectivity"] = {
@@ -203,9 +208,10 @@ def plan_readout(lm: LoadedModel, *, readout: str, position: str | None, task: s
 def trace_single(lm: LoadedModel, run: RunDir, *, task: str | None, subtask: str | None, sample: int | None,
                  prompt: str | None, target: str | int | None, method: str, top_k: int, beam: int,
                  threshold_rank: int, start_pos: int | None, end_pos: int | None, from_inst: bool, fmt: str,
-                 max_tokens: int | None, readout: ReadoutPlan | None = None) -> SingleTrace:
-    """Trace a task sample's instructed prompt (or ``prompt``) with ``lm`` and write it to ``run``; with
-    ``readout`` (:func:`plan_readout`), its direction at its layer and position instead of the answer's logit."""
+                 max_tokens: int | None, readout: ReadoutPlan | None = None, figures: bool = True) -> SingleTrace:
+    """Trace a task sample's instructed prompt (or ``prompt``) with ``lm`` and write it to ``run`` (``figures``:
+    its figures too); with ``readout`` (:func:`plan_readout`), its direction at its layer and position instead of
+    the answer's logit."""
     from ivlens.tasks import TaskError, label_token_ids
 
     from . import trace_prompt, traced_token_line, write_trace
@@ -238,7 +244,7 @@ def trace_single(lm: LoadedModel, run: RunDir, *, task: str | None, subtask: str
         start_pos = end_pos = t_inst
     res = trace_prompt(lm.model, lm.tokenizer, ids if ids is not None else prompt, target=target, method=method,
                        top_k=top_k, beam=beam, threshold_rank=threshold_rank, start_pos=start_pos, end_pos=end_pos)
-    write_trace(res, run.path, name=slug(lm.name))
+    write_trace(res, run.path, name=slug(lm.name), figures=figures)
     info = None
     if readout is not None:
         g = res.full_graph

@@ -15,7 +15,7 @@ class TraceSpec(ModelsSpec):
     """``ivlens trace``: one prompt's exact paths, or (``compare``) the two subtasks' graphs over samples."""
 
     analysis: ClassVar[str] = "trace"
-    result_neutral: ClassVar[frozenset[str]] = frozenset({"memory_budget", "shard"})
+    result_neutral: ClassVar[frozenset[str]] = frozenset({"memory_budget", "shard", "figures"})
 
     task: Annotated[str | None, Cli(short="-t")] = Field(None, description="built-in task or YAML spec (with "
                                                                            "--sample/--compare)")
@@ -58,6 +58,7 @@ class TraceSpec(ModelsSpec):
     alpha: float = Field(0.05, gt=0, lt=1, description="--compare: significance level of the selectivity verdicts, "
                                                        "after correction over layers")
     correction: Correction = Field("holm", description="--compare: multiple-comparison correction over layers")
+    figures: bool = Field(True, description="Write figures.")
 
     @field_validator("readout")
     @classmethod

@@ -74,3 +74,30 @@ def test_bad_edit_and_span_are_refused():
         patched_logits(adapter, clean, v, [RowSpec(0, 0, (1,), 1, 3)], edit="add")
     with pytest.raises(ValueError, match="unknown edit 'mix'"):
         patched_logits(adapter, clean, v, [RowSpec(0, 0, (1,), 1)], edit="mix")
+
+
+def test_equal_added_vectors_run_once_with_the_same_results():
+    """Rows that add equal vectors at a layer (α = 0 for every direction: ±0) get one source
+    (:func:`first_equal_sources`): the engine runs them once, and every row's logits are those of its own source."""
+    from ivlens.steering.sweep import first_equal_sources
+
+    model = _model("olmo2")
+    adapter = get_adapter(model)
+    targets = [(5, 6, 7, 8, 9), (11, 12, 13, 14, 15)]
+    unit = torch.randn(2, 4, 64, generator=torch.Generator().manual_seed(2))  # [vector, layer, d_model]
+    edits = (torch.tensor([0.0, 1.0, -2.0])[None, :, None, None] * unit[:, None]).reshape(6, 4, 64)  # vector-major
+    edits[4, 2] = edits[1, 2]  # an equal vector at one layer only
+    first = first_equal_sources(edits)
+    want = torch.arange(6)[:, None].repeat(1, 4).numpy()
+    want[3] = 0  # the second direction's α = 0: the first's zero vector (0 · v is −0 where v < 0)
+    want[4, 2] = 1
+    assert (first == want).all()
+    clean = clean_run(adapter, targets, pad_id=1)
+    rows = [RowSpec(t, src, (layer,), p, span) for t in range(2) for src in range(6) for layer in range(4)
+            for p, span in ((1, 1), (0, 5))]
+    shared = [RowSpec(r.target, int(first[r.source, r.layers[0]]), r.layers, r.token, r.span) for r in rows]
+    alone, once = EngineStats(), EngineStats()
+    got = patched_logits(adapter, clean, edits, shared, batch_size=64, stats=once, edit="add")
+    ref_logits = patched_logits(adapter, clean, edits, rows, batch_size=64, stats=alone, edit="add")
+    torch.testing.assert_close(got, ref_logits, atol=TOL, rtol=0)
+    assert once.unique_rows == alone.unique_rows - 2 * 5 * 2  # per target: α = 0 at 4 layers, the equal one, 2 spans

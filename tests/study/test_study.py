@@ -86,10 +86,11 @@ def test_the_main_job_keeps_its_step_names():
 
 
 def test_study_steps_leave_the_figures_to_the_report():
-    """Patch and steer steps of a study draw no PNGs of their own (the report draws them from the same tables) unless
-    the block asks; the option is result-neutral, so the spec hash is that of a run with figures."""
+    """Patch, steer and trace steps of a study draw no PNGs of their own (the report draws its figures from the same
+    tables) unless the block asks; the option is result-neutral, so the spec hash is that of a run with figures."""
     study = load_study(ROOT / "examples" / "organism.yaml")
-    steps = [s for s in plan_steps(study) if s.analysis in ("patch", "steer")]
+    steps = [s for s in plan_steps(study) if s.analysis in ("patch", "steer", "trace")]
+    assert {s.analysis for s in steps} == {"patch", "steer", "trace"}
     assert steps and all(s.spec.figures is False for s in steps)
     assert all(s.spec.hash() == s.spec.model_copy(update={"figures": True}).hash() for s in steps)
     data = study.model_dump(mode="json")

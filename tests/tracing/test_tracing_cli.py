@@ -71,6 +71,21 @@ def test_trace_compare(app, model_dir, tmp_path):
     assert "selective at no layer of 2" in " ".join(r.output.split())
 
 
+def test_trace_compare_without_figures(app, model_dir, tmp_path):
+    """--no-figures (a study's trace steps: the report draws its own figures): the same tables, no PNG."""
+    runs = {}
+    for figures in ("--figures", "--no-figures"):
+        out = tmp_path / figures
+        r = CliRunner().invoke(app, ["trace", "--model", str(model_dir), "--task", "adjectives", "--compare",
+                                     "--samples", "2", figures, "--out", str(out)])
+        assert r.exit_code == 0, r.output
+        runs[figures] = out
+    assert list(runs["--figures"].glob("figures/*.png")) and not list(runs["--no-figures"].glob("figures/*.png"))
+    for table in ("compare", "selectivity", "sample_paths"):
+        pd.testing.assert_frame_equal(pd.read_parquet(runs["--figures"] / f"{table}.parquet"),
+                                      pd.read_parquet(runs["--no-figures"] / f"{table}.parquet"))
+
+
 def test_trace_compare_against_a_base_model_and_its_report(app, model_dir, tmp_path):
     """Two models, --base naming the first: the second's difference in differences on the same samples, the
     printed sentences, and the report's selectivity figure and table."""
