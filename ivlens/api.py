@@ -380,7 +380,8 @@ def run_probe(spec: ProbeSpec, *, models: Sequence[LoadedModel] | None = None, o
                     batch_size=spec.batch_size, cfg=ProbeConfig(folds=spec.folds, seed=spec.seed),
                     figure_at=list(spec.figure_layers) if spec.figure_layers is not None else None,
                     max_per_subtask=spec.max_per_subtask, memory_budget=spec.memory_budget,
-                    load_kwargs=spec.load_kwargs(), resume=resume is not None, shard=spec.shard)
+                    load_kwargs=spec.load_kwargs(), resume=resume is not None, shard=spec.shard,
+                    figures=spec.figures)
     if spec.shard is not None:
         stop_shard(run, spec)
         return ProbeResult(run, pd.DataFrame(), pd.DataFrame(), pd.DataFrame())

@@ -24,7 +24,8 @@ from .run import probe_specs
 def probe_costs(models: Sequence[str], tasks: Sequence[str], *, layers: str = "all", varying: str = "instructions",
                 user_instructions: dict | None = None, fmt: str = "raw", batch_size: int | None = None,
                 folds: int = 5, max_per_subtask: int | None = None, dtype: str = "float32", device: str = "cpu",
-                memory_budget=None, infos: Sequence[ModelInfo] | None = None) -> list[CostEstimate]:
+                memory_budget=None, infos: Sequence[ModelInfo] | None = None, figures: bool = True
+                ) -> list[CostEstimate]:
     """The cost estimate of ``ivlens probe``, one per model."""
     budget = dry_run_budget(memory_budget, device)
     costs = []
@@ -49,7 +50,7 @@ def probe_costs(models: Sequence[str], tasks: Sequence[str], *, layers: str = "a
         p = probe_cost(info.shape, lengths, n_layers, n_probes, dtype=dtype, batch_size=batch_size, budget=budget,
                        folds=folds, n_classes=len(classes), layer_seconds=layer_seconds,
                        layers_per_solve=solve_layers, model=info.name)
-        add_figures(p, n_probes + 5 if not costs else 0)  # accuracy per probe, LDA, PCA, 3 similarity maps
+        add_figures(p, n_probes + 5 if figures and not costs else 0)  # accuracy per probe, LDA, PCA, 3 similarity maps
         costs.append(with_startup(p, info, dtype, not costs))
     return costs
 
@@ -58,5 +59,6 @@ def probe_spec_costs(s, infos: Sequence[ModelInfo]) -> list[CostEstimate]:
     """:func:`probe_costs` of a :class:`~ivlens.probing.ProbeSpec`."""
     return probe_costs([], list(s.tasks), layers=s.layers, varying=s.varying, user_instructions=dict(s.instructions),
                        fmt=s.format, batch_size=s.batch_size, folds=s.folds, max_per_subtask=s.max_per_subtask,
-                       dtype=s.dtype, device=s.device, memory_budget=s.memory_budget, infos=infos)
+                       dtype=s.dtype, device=s.device, memory_budget=s.memory_budget, infos=infos,
+                       figures=s.figures)
 

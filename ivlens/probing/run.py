@@ -165,7 +165,7 @@ def probe_run(models: Sequence[str | LoadedModel], tasks: Sequence[str | Task], 
               batch_size: int | None = None, cfg: ProbeConfig = ProbeConfig(), figure_at: list[int] | None = None,
               max_per_subtask: int | None = None, load_kwargs: dict | None = None,
               memory_budget: str | int | None = None, resume: bool = False,
-              shard: str | None = None) -> ProbeResult | None:
+              shard: str | None = None, figures: bool = True) -> ProbeResult | None:
     """Collect IVs of ``tasks`` ' instructions in every model and analyse their geometry layer by layer.
 
     Models given by name are loaded one at a time and released after collection, so three 7B models do
@@ -185,6 +185,7 @@ def probe_run(models: Sequence[str | LoadedModel], tasks: Sequence[str | Task], 
         resume: keep the IV unit files already in ``run`` (a killed run resumed; see :func:`collect_ivs`).
         shard: ``"i/n"``: collect only that share of the batches (numbered model by model,
             :mod:`ivlens.sharding`) and stop before the probes (returns ``None``); ``ivlens merge`` finishes.
+        figures: write the run's figures (``figures/``); the tables do not depend on it.
 
     Returns:
         :class:`ProbeResult`.
@@ -243,7 +244,8 @@ def probe_run(models: Sequence[str | LoadedModel], tasks: Sequence[str | Task], 
     run.write_table("projections", projections)
     run.write_table("similarity", similarity)
     chosen = figure_at if figure_at is not None else figure_layers(probed_layers)
-    _figures(run, accuracy, projections, similarity, chosen)
+    if figures:  # a study's probe step draws none: its report draws its own from the tables
+        _figures(run, accuracy, projections, similarity, chosen)
     run.manifest["models"] = described
     run.finish(figure_layers=chosen)
     return ProbeResult(run, accuracy, projections, similarity)

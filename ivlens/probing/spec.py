@@ -30,7 +30,7 @@ class ProbeSpec(RemoteSpec):
     """``ivlens probe``: probes, LDA and similarity of IVs (residual at T_inst of instruction-only prompts)."""
 
     analysis: ClassVar[str] = "probe"
-    result_neutral: ClassVar[frozenset[str]] = frozenset({"batch_size", "memory_budget", "shard"})
+    result_neutral: ClassVar[frozenset[str]] = frozenset({"batch_size", "memory_budget", "shard", "figures"})
 
     tasks: Annotated[tuple[str, ...], Cli(short="-t")] = Field(
         ("adjectives", "animals"), description="comma-separated built-in tasks or YAML specs")
@@ -50,4 +50,5 @@ class ProbeSpec(RemoteSpec):
     memory_budget: MemoryBudgetField = None
     format: FormatField = "raw"
     seed: int = Field(0, description="seed of the CV folds and label shuffles")
+    figures: bool = Field(True, description="Write figures.")
 

@@ -74,6 +74,15 @@ def test_cli_probe_on_a_tiny_model_directory(tiny_dir, tmp_path):
     assert sorted(acc.layer.unique()) == [0, 2]
     bad = runner.invoke(app, ["probe", "--model", str(d), "--tasks", "nope", "--out", str(tmp_path / "x")])
     assert bad.exit_code == 2 and "unknown task" in bad.output
+    # --no-figures (a study's probe step: the report draws its own figures): the same tables, no figure
+    quiet = tmp_path / "no-figures"
+    r = runner.invoke(app, ["probe", "--model", str(d), "--tasks", "adjectives,animals", "--layers", "0,2",
+                            "--max-per-subtask", "6", "--folds", "3", "--no-figures", "--out", str(quiet)])
+    assert r.exit_code == 0, r.output
+    assert list(out.glob("figures/*.png")) and not list(quiet.glob("figures/*"))
+    for table in ("probe_accuracy", "projections", "similarity", "instructions"):
+        pd.testing.assert_frame_equal(pd.read_parquet(out / f"{table}.parquet"),
+                                      pd.read_parquet(quiet / f"{table}.parquet"))
 
 
 @pytest.mark.slow
