@@ -12,8 +12,8 @@ step reads (a trace read-out ``probe:<probe step>:<layer>``: that probe step; a 
 it is compared with). This module names no analysis. The run order puts a step after what it depends on; an
 executor that runs steps side by side starts one only when they are done.
 
-Steps whose spec has a ``figures`` option (patch, steer, probe, trace) run with ``figures=False`` unless the block sets it: the
-study's report draws the same figures again from the steps' tables (a result-neutral option: the spec hash is the
+Steps whose spec has a ``figures`` option (patch, steer, probe, trace) run with ``figures=False`` unless the block
+sets it: the study's report draws its figures from the steps' tables (a result-neutral option: the spec hash is the
 same either way).
 """
 
