@@ -22,6 +22,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, NamedTuple, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -177,13 +178,26 @@ class StepRef(NamedTuple):
     spec: Spec
 
 
+def model_names(given: list[str]) -> tuple[str, ...]:
+    """``--model`` values → model names: each value is one model, or a comma-separated list of them
+    (``-m organism-base,organism-sft`` = ``-m organism-base -m organism-sft``); a value that is an existing path
+    stays whole, commas and all."""
+    names: list[str] = []
+    for value in given:
+        if "," in value and not Path(value).exists():
+            names += [v.strip() for v in value.split(",") if v.strip()]
+        else:
+            names.append(value)
+    return tuple(names)
+
+
 class ModelsSpec(Spec):
     """Models and how to load them, shared by the analyses."""
 
-    models: Annotated[tuple[str, ...], Cli(short="-m", repeat=True)] = Field(
+    models: Annotated[tuple[str, ...], Cli(short="-m", repeat=True, parse=model_names)] = Field(
         min_length=1, description="Hub id, local directory, .gguf file, organism-base|sft|dpo or "
-                                  "smollm2-135m-instruct; repeat to put models side by side (e.g. organism-base, "
-                                  "organism-sft, organism-dpo); not needed with --resume")
+                                  "smollm2-135m-instruct; repeat or comma-separate to put models side by side "
+                                  "(e.g. organism-base,organism-sft,organism-dpo); not needed with --resume")
     gguf_file: str | None = Field(None, description="GGUF file inside the model repo/directory, or its path")
     dtype: Dtype = Field("float32", description="weights' dtype")
     device: str = Field("cpu", description="cpu | cuda | cuda:N | auto (accelerate device_map)")

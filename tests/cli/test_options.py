@@ -107,6 +107,8 @@ def test_spec_command_converts_the_options_to_field_values():
     assert seen["models"] == ("x", "y") and seen["tasks"] == ("p", "q") and seen["figure_layers"] == (0, -1)
     assert seen["measure"] is False and seen["top_k"] == 3 and seen["out"] == "o"
     assert DemoSpec(**{k: v for k, v in seen.items() if k != "out"}).measure is False
+    r = CliRunner().invoke(cli, ["demo", "-m", "x, y", "-m", "z"])  # --model also takes a comma-separated list
+    assert r.exit_code == 0 and seen["models"] == ("x", "y", "z"), r.output
     r = CliRunner().invoke(cli, ["demo", "-m", "x"])
     assert seen["measure"] is True and seen["tasks"] == ("a", "b") and seen["figure_layers"] is None
     r = CliRunner().invoke(cli, ["demo", "-m", "x", "--figure-layers", "0,one"])
