@@ -61,7 +61,8 @@ def best_per_layer(dose: pd.DataFrame) -> pd.DataFrame:
     return d.groupby(["model", "layer"], sort=False).head(1).reset_index(drop=True)
 
 
-def _best_patch(patch: pd.DataFrame, layer: int, sets: bool, layer_lists: pd.Series) -> tuple[str, str, float, float] | None:
+def _best_patch(patch: pd.DataFrame, layer: int, sets: bool, layer_lists: pd.Series
+                ) -> tuple[str, str, float, float] | None:
     """``(layers, position, mean ia_top1, mean acc_top1)`` of the best single-layer patch at ``layer`` by
     ``ia_top1`` (or, with ``sets``, the best pair or triplet containing it), or ``None`` when the table has none;
     patches whose effect is 0 by construction are not candidates. ``layer_lists``: each patch row's layers as
