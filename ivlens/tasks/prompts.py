@@ -219,21 +219,18 @@ _space_first_ids: OrderedDict[tuple, list[int]] = OrderedDict()
 _fingerprints: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str | None:
     """A hash of everything that decides how a fast ``tokenizer`` encodes text (its serialised pipeline:
     normaliser, pre-tokenizer, model, post-processor, added tokens): equal for two loads of the same files, such as
-    an organism's three stages, so their encodings can be shared. A slow tokenizer's fingerprint is its identity."""
-    try:
-        return _fingerprints[tokenizer]
-    except (KeyError, TypeError):
-        pass
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    fingerprint = (hashlib.sha256(backend.to_str().encode()).hexdigest() if backend is not None
-                   else f"object:{id(tokenizer)}")
-    try:
+    an organism's three stages, so their encodings can be shared. ``None`` for a slow tokenizer (nothing to hash:
+    its encodings are not shared)."""
+    fingerprint = _fingerprints.get(tokenizer)
+    if fingerprint is None:
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if backend is None:
+            return None
+        fingerprint = hashlib.sha256(backend.to_str().encode()).hexdigest()
         _fingerprints[tokenizer] = fingerprint
-    except TypeError:  # not weak-referenceable: computed again next time
-        pass
     return fingerprint
 
 
@@ -242,19 +239,21 @@ def label_space_first_ids(tokenizer: PreTrainedTokenizerBase, prompt: Prompt, la
     (:func:`labels_token_ids`; a label that adds no token is left out).
 
     The first token of a label depends on the prompt only through its last :data:`LABEL_CONTEXT_CHARS` characters
-    (the tokenizer's merge context), so it is computed once per prompt ending, separator and tokenizer
-    (:func:`tokenizer_fingerprint`) and shared by every later call: an evaluation of three checkpoints with one
-    tokenizer tokenizes each label space once per query instead of once per query and checkpoint.
+    (the tokenizer's merge context), so for a fast tokenizer it is computed once per prompt ending, separator and
+    tokenizer (:func:`tokenizer_fingerprint`) and shared by every later call: an evaluation of three checkpoints
+    with one tokenizer tokenizes each label space once per query instead of once per query and checkpoint.
     """
-    key = (tokenizer_fingerprint(tokenizer), prompt.text[-LABEL_CONTEXT_CHARS:], prompt.answer_sep,
-           prompt.add_special_tokens, tuple(labels))
+    fingerprint = tokenizer_fingerprint(tokenizer)
+    key = None if fingerprint is None else (fingerprint, prompt.text[-LABEL_CONTEXT_CHARS:], prompt.answer_sep,
+                                            prompt.add_special_tokens, tuple(labels))
     if key in _space_first_ids:
         _space_first_ids.move_to_end(key)
         return _space_first_ids[key]
     ids = sorted({t[0] for t in labels_token_ids(tokenizer, prompt, labels) if t})
-    _space_first_ids[key] = ids
-    if len(_space_first_ids) > SPACE_IDS_CACHE_SIZE:
-        _space_first_ids.popitem(last=False)
+    if key is not None:
+        _space_first_ids[key] = ids
+        if len(_space_first_ids) > SPACE_IDS_CACHE_SIZE:
+            _space_first_ids.popitem(last=False)
     return ids
 
 
