@@ -25,8 +25,9 @@ RUN = ["matplotlib.pyplot", "matplotlib.backends.backend_agg", "PIL.Image", "skl
        "sklearn.model_selection", "sklearn.discriminant_analysis", "scipy.stats", "datasets", "trl",
        "pandas.core.reshape.reshape", "pandas.core.arrays.arrow.extension_types"]
 #: the test-suite's own imports on top (the dev extra, and what the tests import at their top)
-DEV = ["pytest", "xdist", "hypothesis", "ray", "gguf", "nnsight", "importlinter.cli", "yaml", "psutil", "websocket",
-       "filelock"]
+DEV = ["pytest", "xdist", "xdist.looponfail", "execnet", "hypothesis", "_hypothesis_pytestplugin",
+       "anyio.pytest_plugin", "typer.testing", "ray", "gguf", "nnsight", "importlinter.cli", "yaml", "psutil",
+       "websocket", "filelock"]
 
 
 def main(level: str) -> int:
@@ -40,7 +41,12 @@ def main(level: str) -> int:
     import ivlens
 
     own = [m.name for m in pkgutil.walk_packages(ivlens.__path__, "ivlens.") if not m.name.endswith("__main__")]
-    for name in own + RUN + (DEV if level == "dev" else []):
+    names = own + RUN
+    if level == "dev":
+        from _pytest.config import default_plugins  # pytest's own plugins, which it imports at start-up
+
+        names += DEV + [f"_pytest.{p}" for p in default_plugins]
+    for name in names:
         try:
             module = importlib.import_module(name)
             if name == "trl":  # TRL's trainers are lazy attributes: touching them imports their modules
