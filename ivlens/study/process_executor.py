@@ -14,6 +14,8 @@ in a worker process (``spawn``: no fork of a process that already runs OpenMP th
 - Results do not depend on which worker runs a step or when; a step's thread count is fixed by ``jobs`` alone.
 - Log records of the workers are handled by this process's handlers (one console, one format).
 - A worker dies with the study's process (Linux), so a study killed and rerun resumes from what its steps wrote.
+- A worker that no step can use while steps still run computes the caller's idle tasks, each once the steps it
+  waits for are done: a study draws its report's sections there (:func:`ivlens.study.runner.sections_ahead`).
 - The first step that fails stops the study: steps running finish, no new step starts, and the error is raised
   here (the study resumes from the finished steps).
 
