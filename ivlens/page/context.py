@@ -92,7 +92,8 @@ def runs_section(kind: str, having: str | Callable[[Run], bool], *, id: str, tit
     ``title`` and, where ``fn``'s docstring has more than its first line, that text as its opening paragraph
     (:func:`docstring_body`: the page's prose about a section is written once, in its docstring); the section
     is left out (``None``) where no run is drawn, and is :func:`guard`-ed. It keeps ``fn``'s name and
-    docstring."""
+    docstring, and records ``kind`` as its ``reads``: the only runs it reads, so a study can draw it as soon as its
+    steps of that analysis are done (:func:`ivlens.study.runner.sections_ahead`)."""
 
     def wrap(fn: Callable[[Context, list[Run], h.Section], h.Section]) -> Callable[[Context], h.Section | None]:
         intro = docstring_body(fn)
@@ -104,6 +105,7 @@ def runs_section(kind: str, having: str | Callable[[Run], bool], *, id: str, tit
             return fn(ctx, runs, h.Section(id, title).add(h.para(intro) if intro else ""))
 
         functools.update_wrapper(section, fn)
+        section.reads = kind
         return guard(section)
 
     return wrap

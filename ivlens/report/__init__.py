@@ -18,7 +18,9 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 
 from ivlens.analyses import report_sections
@@ -29,7 +31,7 @@ from ivlens.page.reader import Run, Study, read_study
 
 log = logging.getLogger(__name__)
 
-__all__ = ["REPORT_NAME", "Run", "Study", "build_report", "read_study", "render_report"]
+__all__ = ["REPORT_NAME", "Drawn", "Run", "Study", "build_report", "draw_ahead", "read_study", "render_report"]
 
 REPORT_NAME = "report.html"
 
@@ -45,21 +47,52 @@ def draw_section(root: str, page_dir: str, fn: Callable) -> tuple[h.Section | No
     return _timed_section(Context(read_study(root), Path(page_dir)), fn)
 
 
+@dataclass(frozen=True)
+class Drawn:
+    """A section drawn ahead of its page (:func:`draw_ahead`), its seconds, and the study's model order it was drawn
+    with: the page takes it only where the finished study's order is the same."""
+
+    section: h.Section | None
+    seconds: float
+    models: tuple[str, ...]
+
+
+def draw_ahead(root: str, page_dir: str, fn: Callable) -> Drawn:
+    """Section ``fn`` of the study at ``root`` as it is now, for a page written later in ``page_dir``: a study
+    draws a section in a worker that no step can use while its other steps still run, once the steps whose runs
+    the section reads are done (:meth:`ivlens.study.process_executor.ProcessExecutor.run`)."""
+    study = read_study(root)
+    sec, seconds = _timed_section(Context(study, Path(page_dir)), fn)
+    return Drawn(sec, seconds, tuple(study.model_order))
+
+
 def render_report(study: Study, page_dir: Path, sections: Sequence[Callable] | None = None,
-                  map_sections: Callable | None = None) -> str:
+                  map_sections: Callable | None = None, ahead: Mapping[Callable, Future] | None = None) -> str:
     """The page's HTML for ``study``, with links relative to ``page_dir``; ``sections``: the sections to draw, in
     page order (default every registered analysis's, :func:`ivlens.analyses.report_sections`). ``map_sections(fn, sections)``: draws them, in order
     (default the built-in ``map``, here; a study running steps in worker processes draws them there, side by side:
-    :meth:`ivlens.study.process_executor.ProcessExecutor.map`), each section a module-level function."""
+    :meth:`ivlens.study.process_executor.ProcessExecutor.map`), each section a module-level function. ``ahead``:
+    sections already being drawn (futures of :func:`draw_ahead`, by section), taken as they are where they were
+    drawn with the study's model order, else drawn again here."""
     fns = list(report_sections() if sections is None else sections)
     page_dir = Path(page_dir).resolve()
+    ahead = {fn: f for fn, f in (ahead or {}).items() if fn in fns}
+    rest = [fn for fn in fns if fn not in ahead]
     if map_sections is None:
-        results = map(functools.partial(_timed_section, Context(study, page_dir)), fns)
+        results = dict(zip(rest, map(functools.partial(_timed_section, Context(study, page_dir)), rest), strict=True))
     else:
-        results = map_sections(functools.partial(draw_section, str(study.root), str(page_dir)), fns)
+        results = dict(zip(rest, map_sections(functools.partial(draw_section, str(study.root), str(page_dir)), rest),
+                           strict=True))
+    for fn, future in ahead.items():
+        early = future.result()
+        if early.models == tuple(study.model_order):
+            results[fn] = early.section, early.seconds
+        else:  # a run that started after it was drawn changed the models' order: draw it again
+            results[fn] = _timed_section(Context(study, page_dir), fn)
     drawn, omitted = [], []
-    for fn, (sec, seconds) in zip(fns, results, strict=True):
-        log.info("report section %s: %.1f s", fn.__name__, seconds)
+    for fn in fns:
+        sec, seconds = results[fn]
+        log.info("report section %s: %.1f s%s", fn.__name__, seconds, " (drawn ahead)" if fn in ahead else "")
         if sec is None:
             omitted.append(omitted_as(fn))
         else:
@@ -84,7 +117,8 @@ def render_report(study: Study, page_dir: Path, sections: Sequence[Callable] | N
 
 
 def build_report(run_dir: str | Path, out: str | Path | None = None,
-                 sections: Sequence[Callable] | None = None, map_sections: Callable | None = None) -> Path:
+                 sections: Sequence[Callable] | None = None, map_sections: Callable | None = None,
+                 ahead: Mapping[Callable, Future] | None = None) -> Path:
     """Write the report of ``run_dir`` (a study directory or a single run) to ``out`` (default
     ``<run_dir>/report.html``) and return its path.
 
@@ -94,6 +128,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None,
         sections: the sections to draw (:func:`render_report`; default every registered analysis's,
             :func:`ivlens.analyses.report_sections`).
         map_sections: how the sections are drawn (:func:`render_report`).
+        ahead: sections a study drew while its last steps ran (:func:`render_report`).
     """
     from ivlens.runs import atomic_write_text, check_out_file
 
@@ -102,7 +137,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None,
     study = read_study(run_dir)
     path = Path(out) if out is not None else study.root / REPORT_NAME
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, render_report(study, path.parent, sections, map_sections))
+    atomic_write_text(path, render_report(study, path.parent, sections, map_sections, ahead))
     umask = os.umask(0)
     os.umask(umask)
     path.chmod(0o666 & ~umask)  # a page to share: readable like any file the user writes (mkstemp made it 0600)

@@ -14,6 +14,8 @@ in a worker process (``spawn``: no fork of a process that already runs OpenMP th
 - Results do not depend on which worker runs a step or when; a step's thread count is fixed by ``jobs`` alone.
 - Log records of the workers are handled by this process's handlers (one console, one format).
 - A worker dies with the study's process (Linux), so a study killed and rerun resumes from what its steps wrote.
+- A worker that no step can use while steps still run computes the caller's idle tasks, each once the steps it
+  waits for are done: a study draws its report's sections there (:func:`ivlens.study.runner.sections_ahead`).
 - The first step that fails stops the study: steps running finish, no new step starts, and the error is raised
   here (the study resumes from the finished steps).
 
@@ -232,33 +234,52 @@ class ProcessExecutor:
         return list(self._workers().map(fn, items))
 
     def run(self, work: Sequence[Work], on_start: Callable[[Work], None],
-            on_done: Callable[[Work, float], None]) -> None:
+            on_done: Callable[[Work, float], None],
+            idle: Sequence[tuple[Callable[[], object], frozenset[str]]] = ()) -> dict[int, Future]:
+        """Run ``work``; ``idle``: ``(task, after)`` pairs, each task (a pickling callable of no argument) to
+        compute in a worker that no step can use while steps still run, once the steps ``after`` (their ``rel``)
+        are done: a study draws its report's sections there while its last steps run. Returns the futures of the
+        idle tasks started, by index into ``idle`` (some may still run); a task not started before the last step
+        ended is left to the caller."""
         pending = in_dependency_order(work)
         rank = dependents(pending)
         unfinished = {w.step.rel for w in pending}
         running: dict[Future, Work] = {}
+        waiting = dict(enumerate(idle))  # idle tasks not started yet
+        side: set[Future] = set()  # idle tasks running
+        started: dict[int, Future] = {}
         try:
             while pending or running:
                 ready = sorted((w for w in pending if not waits_for(w, unfinished)),
                                key=lambda w: -rank[w.step.rel])  # stable: the plan's order among equals
                 for w in ready:
-                    if len(running) >= self.jobs:
-                        break
                     if is_barrier(w, pending):
                         if running:
-                            break  # it runs alone, after the steps running now
+                            break  # it runs alone, here, after the steps running now (idle tasks go on)
                         pending.remove(w)
                         LocalExecutor().run([w], on_start, on_done)
                         unfinished.discard(w.step.rel)
+                        break
+                    if len(running) + len(side) >= self.jobs:
                         break
                     pending.remove(w)
                     keep = frozenset(model_key(p.step, i) for p in pending for i in range(len(p.step.labels)))
                     on_start(w)
                     running[self._workers().submit(run_in_worker, w, keep)] = w
-                if not running:
+                if (pending or running) and not any(not waits_for(w, unfinished) and not is_barrier(w, pending)
+                                                    for w in pending):
+                    for i, (task, after) in list(waiting.items()):  # the workers no step can use now
+                        if len(running) + len(side) >= self.jobs:
+                            break
+                        if not after & unfinished:
+                            del waiting[i]
+                            started[i] = self._workers().submit(task)
+                            side.add(started[i])
+                if not running and not side:
                     continue
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in done:
+                done, _ = wait([*running, *side], return_when=FIRST_COMPLETED)
+                side -= done
+                for future in (f for f in done if f in running):
                     w = running.pop(future)
                     try:
                         seconds = future.result()  # a failed step raises here; the except below stops the rest
@@ -271,6 +292,7 @@ class ProcessExecutor:
         except BaseException:
             self.close()
             raise
+        return started
 
 
 def local_executor(study: StudySpec, jobs: str | int = "auto") -> LocalExecutor | ProcessExecutor:

@@ -12,9 +12,10 @@ Before running, each step's directory is checked (:func:`step_state`):
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -88,6 +89,20 @@ def check_study_models(study: StudySpec) -> None:
         check_model_files(entry.model, trust_remote_code=study.trust_remote_code)
 
 
+def sections_ahead(sections: Sequence[Callable], steps: Sequence[Step]) -> list[tuple[Callable, frozenset[str]]]:
+    """The report's sections that a study can draw before its last step ends, each with the steps it waits for
+    (their ``rel``): a section of an analysis (:attr:`~ivlens.analyses.analysis.Analysis.report`) that reads only
+    that analysis's runs (its ``reads``: :func:`ivlens.page.context.runs_section`) waits for that analysis's steps.
+    Not the set-up section (it lists every run), nor a section of an analysis with no step in ``steps``."""
+    out = []
+    for fn in sections:
+        for a in BY_NAME.values():
+            after = frozenset(s.rel for s in steps if s.analysis == a.name)
+            if fn in a.report and getattr(fn, "reads", None) == a.name and after:
+                out.append((fn, after))
+    return out
+
+
 def run_study(study: StudySpec, out: str | Path | None = None, *, executor: Executor | None = None,
               report: bool = True, say: Callable[[str], None] | None = None) -> StudyResult:
     """Run every step of ``study`` not already done into the study directory, then write its report.
@@ -124,14 +139,25 @@ def run_study(study: StudySpec, out: str | Path | None = None, *, executor: Exec
     if work and hasattr(executor, "describe"):
         say(executor.describe())
     try:
-        executor.run(work, on_start, on_done)
+        ahead = {}
+        if report and hasattr(executor, "map"):
+            from ivlens.analyses import report_sections
+            from ivlens.report import draw_ahead
+
+            # an executor with worker processes draws the sections there: a section whose steps are done in a
+            # worker that no step can use while the last steps run, the others side by side after them
+            early = sections_ahead(report_sections(), steps)
+            started = executor.run(work, on_start, on_done, idle=[
+                (functools.partial(draw_ahead, str(directory), str(directory), fn), after) for fn, after in early])
+            ahead = {early[i][0]: future for i, future in started.items()}
+        else:
+            executor.run(work, on_start, on_done)
         if report:
             from ivlens.analyses import report_sections
             from ivlens.report import build_report
 
-            # an executor with worker processes draws the sections there, side by side
             result.report = build_report(directory, sections=report_sections(),
-                                         map_sections=getattr(executor, "map", None))
+                                         map_sections=getattr(executor, "map", None), ahead=ahead)
     finally:
         if hasattr(executor, "close"):
             executor.close()

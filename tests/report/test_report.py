@@ -353,3 +353,36 @@ def test_the_probe_table_gives_the_heldout_accuracy_its_spread_and_n(study, prob
             checked += 1
     assert checked > 0
     assert heldout_cell(float("nan"), 0.1, 4) is None and heldout_cell(0.5, float("nan"), 0) == "0.500"
+
+
+def _unstamped(page: str) -> str:
+    """The page less the minute it was built."""
+    return re.sub(r"built \d{4}-\d\d-\d\d \d\d:\d\d", "built", page)
+
+
+def test_sections_drawn_ahead_give_the_same_page_and_are_redrawn_for_another_model_order(study, tmp_path):
+    """``ahead``: sections a study drew while its last steps ran (:func:`ivlens.report.draw_ahead`) stand in the
+    page as drawn; one drawn with another model order (a run that started later listed a new model) is drawn
+    again."""
+    from concurrent.futures import Future
+    from dataclasses import replace
+
+    from ivlens.analyses import report_sections
+    from ivlens.page.context import Context
+    from ivlens.report import draw_ahead, render_report
+
+    def done(value) -> Future:
+        f = Future()
+        f.set_result(value)
+        return f
+
+    sections = report_sections()
+    st = read_study(study)
+    plain = render_report(st, tmp_path, sections)
+    ahead = {fn: done(draw_ahead(str(study), str(tmp_path), fn)) for fn in sections[1:]}
+    assert _unstamped(render_report(st, tmp_path, sections, ahead=ahead)) == _unstamped(plain)
+    eval_section = next(fn for fn in sections if fn.__name__ == "eval_section")
+    stale = replace(ahead[eval_section].result(), section=None, models=("dpo", "sft", "base"))
+    assert stale.section is None and eval_section(Context(st, tmp_path)) is not None
+    again = render_report(st, tmp_path, sections, ahead={**ahead, eval_section: done(stale)})
+    assert _unstamped(again) == _unstamped(plain)

@@ -6,6 +6,7 @@ stops the study with its one-line error. Killing such a study and resuming it: `
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -107,6 +108,13 @@ def test_steps_side_by_side_equal_steps_one_after_another(tiny_study_run, tmp_pa
     for section in ("eval", "patching", "probing", "tracing"):
         assert f'<section id="{section}">' in page
     assert "could not be drawn" not in page
+    # sections drawn in a worker while the last steps ran stand as the page drawn here, after them, would show
+    from ivlens.report import read_study, render_report
+
+    def unstamped(text: str) -> str:
+        return re.sub(r"built \d{4}-\d\d-\d\d \d\d:\d\d", "built", text)
+
+    assert unstamped(page) == unstamped(render_report(read_study(tmp_path / "two"), tmp_path / "two"))
 
 
 @pytest.mark.cli
@@ -140,3 +148,41 @@ def test_workers_are_as_quiet_as_the_study_process():
             assert pool.map(_transformers_level, [0]) == [logging.ERROR]
         finally:
             pool.close()
+
+
+@pytest.mark.unit
+def test_a_section_is_drawn_ahead_once_the_steps_of_its_analysis_are_done():
+    """The patching section waits for the patch steps, the steering section for the steer steps; the set-up
+    section (every run) and sections of analyses without a step are drawn with the page."""
+    from ivlens.analyses import report_sections
+    from ivlens.study.runner import sections_ahead
+
+    steps = plan_steps(_main_job_like())
+    ahead = {fn.__name__: after for fn, after in sections_ahead(report_sections(), steps)}
+    assert ahead["patching_section"] == {s.rel for s in steps if s.analysis == "patch"} != set()
+    assert ahead["steering_section"] == {s.rel for s in steps if s.analysis == "steer"} != set()
+    assert ahead["tracing_section"] == ahead["iv_construction_section"] == {s.rel for s in steps
+                                                                            if s.analysis == "trace"}
+    assert "setup_section" not in ahead and "logit_lens_section" not in ahead  # no logit-lens step here
+
+
+@pytest.mark.cli  # spawns two workers
+def test_idle_tasks_start_in_a_worker_no_step_can_use_once_their_steps_are_done(two_tiny_dirs, tmp_path):
+    """``ProcessExecutor.run(idle=...)``: while two eval steps run in two of three workers, the third computes an
+    idle task that waits for nothing; a task waiting for both steps is not started (no step ran after them: the
+    caller computes it)."""
+    import os
+
+    study = StudySpec(**{**tiny_study(list(two_tiny_dirs)),
+                         "analyses": {"eval": {"tasks": ["adjectives", "animals"], "samples": 2, "split": ["all"]}}})
+    steps = plan_steps(study)
+    done = []
+    pool = ProcessExecutor(3, threads=1)
+    try:
+        started = pool.run([Work(s, tmp_path / s.rel) for s in steps], lambda w: None,
+                           lambda w, s: done.append(w.step.rel),
+                           idle=[(os.getpid, frozenset()), (os.getpid, frozenset(s.rel for s in steps))])
+        assert sorted(done) == sorted(s.rel for s in steps) and set(started) == {0}
+        assert started[0].result() != os.getpid()  # computed in a worker
+    finally:
+        pool.close()
