@@ -74,8 +74,10 @@ def worker_threads(jobs: int, cores: int | None = None, threads: int | None = No
 
 def is_barrier(w: Work, others: Sequence[Work]) -> bool:
     """Whether every step of ``others`` (the steps still to run, ``w`` excluded) depends on ``w``: nothing can
-    run beside it, so it runs alone."""
-    return bool(others) and all(w.step.rel in o.step.depends_on for o in others if o is not w)
+    run beside it, so it runs alone. The last step left is no barrier: it runs in a worker like the others, at
+    once and on a worker's threads (its results then do not depend on its being last)."""
+    rest = [o for o in others if o is not w]
+    return bool(rest) and all(w.step.rel in o.step.depends_on for o in rest)
 
 
 def auto_jobs(study: StudySpec, steps: Sequence[Step], cores: int | None = None,

@@ -53,6 +53,10 @@ def test_steps_that_others_wait_for_start_first_and_the_organism_build_runs_alon
     organism = next(w for w in work if w.step.rel == "organism")
     assert is_barrier(organism, work)
     assert not any(is_barrier(w, work) for w in work if w is not organism)
+    # the last step left runs in a worker at once, not alone after the running steps (nothing waits for it)
+    last = work[-1]
+    assert not is_barrier(last, [last])
+    assert is_barrier(organism, [organism, last])
 
 
 @pytest.mark.unit
