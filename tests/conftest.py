@@ -43,6 +43,18 @@ FILE_COST = {
                      "test_output.py", "test_patching_cli.py", "test_patching_resume.py", "test_probing_cli.py",
                      "test_tasks_cli_errors.py", "test_tracing_cli.py"), "cli"),
 }
+#: the fast tier's costliest files (``-m "unit or tiny"``, ``--durations=0`` summed per file, seconds on the loaded
+#: 2-core machine with 2 workers, 2026-12-06), by file name: they run first, costliest first (a unit file can cost
+#: more than most tiny ones: test_probing.py's reference fits); refresh when a file's cost moves, only the order counts
+FAST_TIER_SECONDS = {
+    "test_patching_engine.py": 81, "test_probing.py": 37, "test_scoring.py": 31, "test_steer_engine.py": 29,
+    "test_patching_scale.py": 25, "test_eval.py": 19, "test_patching_linear.py": 16, "test_adapters.py": 16,
+    "test_probing_collect.py": 13, "test_tasks_fuzz.py": 12, "test_logit_lens.py": 9, "test_load.py": 8,
+    "test_remote.py": 8, "test_estimate.py": 7, "test_patching_analysis.py": 6, "test_readout_sources.py": 6,
+    "test_tracing_graph.py": 6, "test_tracing_readout.py": 5, "test_tracing_surrogate.py": 4,
+    "test_steer_run.py": 4, "test_run_contract.py": 4, "test_answer_scoring.py": 4, "test_readout.py": 3,
+    "test_options.py": 2, "test_tracing_selectivity.py": 2, "test_layers.py": 2,
+}
 #: fixtures that make, save or load a tiny model
 TINY_FIXTURES = {"arch", "tiny_dir", "two_tiny_dirs", "model_dir"}
 #: fixtures that run analyses end to end: an organism build (tiny recipe); tests/report's study directory (organism,
@@ -99,14 +111,16 @@ class CostliestFilesFirst:
 
 def costliest_files_first(items: list) -> list:
     """The tests, whole files at a time, the files with the costliest tests first (``slow`` before ``cli`` before
-    ``tiny`` before ``unit``; among equals, more such tests first); a file's tests keep their order. With
+    the fast tier's; the fast tier's files by their measured cost (:data:`FAST_TIER_SECONDS`), then ``tiny``
+    before ``unit``; among equals, more such tests first); a file's tests keep their order. With
     ``--dist loadfile --no-loadscope-reorder`` (scripts/test.sh) the workers take the long files first and end
     on the short ones, so that they finish together."""
     rank = {m: i for i, m in enumerate(COST_MARKERS)}  # unit 0 ... slow 3
     files: dict = {}
     for item in items:
         files.setdefault(item.path, []).append(rank[cost_of(item)])
-    key = {path: (-max(r), -r.count(max(r))) for path, r in files.items()}
+    key = {path: (-max(max(r), rank["tiny"]), -FAST_TIER_SECONDS.get(path.name, 0), -max(r), -r.count(max(r)))
+           for path, r in files.items()}
     return sorted(items, key=lambda item: key[item.path])  # stable: a file's tests stay in order, files together
 
 

@@ -1,5 +1,6 @@
 """Naive, independent reference for layer patching: plain PyTorch forward hooks on the unmodified HF model,
-one full forward per layer set and position, one prompt at a time (no padding, no caches, no batching).
+one full forward per layer set and position, one prompt at a time (no padding, no caches, no batching): each forward passes ``use_cache=False``, the same
+logits bit for bit, without the key-value cache that nothing reads (a tenth of a tiny model's forward).
 
 Used only by the tests, to check :mod:`ivlens.patching.engine` and :func:`ivlens.patching.sweep.patch_sweep`.
 """
@@ -21,7 +22,7 @@ def _layers(model):
 @torch.no_grad()
 def run_logits(model, ids) -> torch.Tensor:
     """Last-position logits ``[d_vocab]`` of one unpadded prompt."""
-    return model(input_ids=torch.tensor([list(ids)])).logits[0, -1]
+    return model(input_ids=torch.tensor([list(ids)]), use_cache=False).logits[0, -1]
 
 
 @torch.no_grad()
@@ -35,7 +36,7 @@ def source_ivs(model, ids) -> list[torch.Tensor]:
             out[i] = o[0, -1].clone()
         handles.append(layer.register_forward_hook(hook))
     try:
-        model(input_ids=torch.tensor([list(ids)]))
+        model(input_ids=torch.tensor([list(ids)]), use_cache=False)
     finally:
         for h in handles:
             h.remove()
@@ -82,7 +83,7 @@ def patched_continuation_logprob(model, prompt_ids, continuation, ivs, layers, t
     ``log softmax(logits[len(prompt) - 1 + i])[continuation[i]]`` in float64."""
     ids = list(prompt_ids) + list(continuation)
     with edited_layers(model, layers, _write_at(token, ivs)):
-        logits = model(input_ids=torch.tensor([ids])).logits[0].double()  # [pos, d_vocab]
+        logits = model(input_ids=torch.tensor([ids]), use_cache=False).logits[0].double()  # [pos, d_vocab]
     logp = logits.log_softmax(-1)
     n = len(prompt_ids)
     return float(sum(logp[n - 1 + i, c] for i, c in enumerate(continuation)))
@@ -144,7 +145,7 @@ def first_order_terms(model, target_ids, ivs, token, label, alt=None):
         t[0, token] = t[0, token] + leaves[layer]
 
     with torch.enable_grad(), edited_layers(model, range(n), edit):
-        z = model(input_ids=torch.tensor([list(target_ids)])).logits[0, -1]
+        z = model(input_ids=torch.tensor([list(target_ids)]), use_cache=False).logits[0, -1]
         y = z[label] - (z[alt] if alt is not None else 0)
         grads = torch.autograd.grad(y, leaves)
     return torch.stack([(g.double() * (ivs[i].double() - clean[i].double())).sum() for i, g in enumerate(grads)]).numpy()

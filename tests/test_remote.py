@@ -162,7 +162,8 @@ def test_remote_true_reaches_nnsight_with_the_key(monkeypatch, tmp_path):
     assert res.run.manifest["spec"]["remote"] is True
 
     calls.clear()
-    probe = run_probe(ProbeSpec(models=(hub,), remote=True, tasks=("adjectives",), max_per_subtask=4, folds=2),
+    probe = run_probe(ProbeSpec(models=(hub,), remote=True, tasks=("adjectives",), max_per_subtask=4, folds=2,
+                                figures=False),
                       out=tmp_path / "probe")
     assert calls and set(calls) == {(True, "test-key-123")}
     assert set(probe.accuracy.layer) == {0, 1, 2, 3}

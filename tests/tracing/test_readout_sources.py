@@ -146,10 +146,11 @@ def test_user_vectors_load_safely(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_probe(tmp_path_factory):
-    """A probe run of one tiny OLMo-2 on both tasks' rephrasings, layers 1 and 3."""
+    """A probe run of one tiny OLMo-2 on both tasks' rephrasings, layers 1 and 3 (no figures: the readouts read its
+    weights and IVs)."""
     lm = LoadedModel.wrap(tiny_model("olmo2", seed=0), tiny_tokenizer(), "tiny")
     out = tmp_path_factory.mktemp("probe") / "run"
-    probe_run([lm], ["adjectives", "animals"], layers="1,3", out=out, max_per_subtask=6)
+    probe_run([lm], ["adjectives", "animals"], layers="1,3", out=out, max_per_subtask=6, figures=False)
     return lm, out
 
 
