@@ -1,6 +1,7 @@
 """Naive, independent reference for layer patching: plain PyTorch forward hooks on the unmodified HF model,
-one full forward per layer set and position, one prompt at a time (no padding, no caches, no batching): each forward passes ``use_cache=False``, the same
-logits bit for bit, without the key-value cache that nothing reads (a tenth of a tiny model's forward).
+one full forward per layer set and position, one prompt at a time (no padding, no caches, no batching). Each forward
+passes ``use_cache=False``: the same logits bit for bit, without the key-value cache that nothing reads (a tenth
+of a tiny model's forward).
 
 Used only by the tests, to check :mod:`ivlens.patching.engine` and :func:`ivlens.patching.sweep.patch_sweep`.
 """

@@ -66,8 +66,9 @@ def probe13(lm, tmp_path_factory):
     """A probe run of the tiny model on both tasks, layers 1 and 3, made once for the module: the tests only read
     it (copy it to change it). Its tables and weights only: figures are result-neutral (``ProbeSpec.figures``) and
     take most of the run's time."""
-    return run_probe(ProbeSpec(models=(lm.path,), tasks=("adjectives", "animals"), layers="1,3", max_per_subtask=6,
-                               folds=2, figures=False), models=[lm], out=tmp_path_factory.mktemp("probe13") / "p").run.path
+    spec = ProbeSpec(models=(lm.path,), tasks=("adjectives", "animals"), layers="1,3", max_per_subtask=6, folds=2,
+                     figures=False)
+    return run_probe(spec, models=[lm], out=tmp_path_factory.mktemp("probe13") / "p").run.path
 
 
 def _saved_contrast(run, model: str, layer: int, a: str, b: str) -> tuple[np.ndarray, np.ndarray]:
