@@ -84,10 +84,15 @@ def render_report(study: Study, page_dir: Path, sections: Sequence[Callable] | N
         results = dict(zip(rest, map_sections(functools.partial(draw_section, str(study.root), str(page_dir)), rest),
                            strict=True))
     for fn, future in ahead.items():
-        early = future.result()
-        if early.models == tuple(study.model_order):
+        try:
+            early = future.result()
+        except Exception as e:  # e.g. a run half-written by a step beside it, or the worker gone: draw it here
+            log.info("report section %s: drawing it ahead failed (%s: %s); drawn again", fn.__name__,
+                     type(e).__name__, e)
+            early = None
+        if early is not None and early.models == tuple(study.model_order):
             results[fn] = early.section, early.seconds
-        else:  # a run that started after it was drawn changed the models' order: draw it again
+        else:  # failed, or a run that started after it was drawn changed the models' order: draw it again
             results[fn] = _timed_section(Context(study, page_dir), fn)
     drawn, omitted = [], []
     for fn in fns:

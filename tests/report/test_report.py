@@ -386,3 +386,7 @@ def test_sections_drawn_ahead_give_the_same_page_and_are_redrawn_for_another_mod
     assert stale.section is None and eval_section(Context(st, tmp_path)) is not None
     again = render_report(st, tmp_path, sections, ahead={**ahead, eval_section: done(stale)})
     assert _unstamped(again) == _unstamped(plain)
+    failed = Future()
+    failed.set_exception(RuntimeError("a run half-written beside it"))  # drawing it ahead failed: drawn again
+    assert _unstamped(render_report(st, tmp_path, sections, ahead={**ahead, eval_section: failed})) == \
+        _unstamped(plain)
