@@ -40,7 +40,12 @@ def main(level: str) -> int:
     start = time.perf_counter()
     import ivlens
 
-    own = [m.name for m in pkgutil.walk_packages(ivlens.__path__, "ivlens.") if not m.name.endswith("__main__")]
+    def unwritten(name: str, e: BaseException | None = None) -> None:
+        print(f"[ivlens] bytecode: {name} not importable ({e or 'walking its package failed'}); it will be compiled "
+              "when first used", file=sys.stderr)
+
+    own = [m.name for m in pkgutil.walk_packages(ivlens.__path__, "ivlens.", onerror=unwritten)
+           if not m.name.endswith("__main__")]
     names = own + RUN
     if level == "dev":
         from _pytest.config import default_plugins  # pytest's own plugins, which it imports at start-up
@@ -53,9 +58,8 @@ def main(level: str) -> int:
                 module.SFTTrainer, module.DPOTrainer  # noqa: B018
             if name == "PIL.Image":  # the image formats' plugins, which PIL imports on first use
                 module.init()
-        except ImportError as e:  # an optional package missing here: the set-up still succeeds
-            print(f"[ivlens] bytecode: {name} not importable ({e}); it will be compiled when first used",
-                  file=sys.stderr)
+        except Exception as e:  # an optional package missing here, or a module failing: the set-up still succeeds
+            unwritten(name, e)
     print(f"[ivlens] bytecode of {len(sys.modules):,} modules written in {time.perf_counter() - start:.0f} s",
           file=sys.stderr)
     return 0
