@@ -139,11 +139,11 @@ def run_study(study: StudySpec, out: str | Path | None = None, *, executor: Exec
     if work and hasattr(executor, "describe"):
         say(executor.describe())
     try:
+        if report:
+            from ivlens.analyses import report_sections
+            from ivlens.report import build_report, draw_ahead
         ahead = {}
         if report and hasattr(executor, "map"):
-            from ivlens.analyses import report_sections
-            from ivlens.report import draw_ahead
-
             # an executor with worker processes draws the sections there: a section whose steps are done in a
             # worker that no step can use while the last steps run, the others side by side after them
             early = sections_ahead(report_sections(), steps)
@@ -153,9 +153,6 @@ def run_study(study: StudySpec, out: str | Path | None = None, *, executor: Exec
         else:
             executor.run(work, on_start, on_done)
         if report:
-            from ivlens.analyses import report_sections
-            from ivlens.report import build_report
-
             result.report = build_report(directory, sections=report_sections(),
                                          map_sections=getattr(executor, "map", None), ahead=ahead)
     finally:

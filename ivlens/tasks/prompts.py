@@ -215,7 +215,7 @@ def labels_token_ids(tokenizer: PreTrainedTokenizerBase, prompt: Prompt, labels:
 LABEL_CONTEXT_CHARS = 24
 #: label spaces' first-token ids kept by :func:`label_space_first_ids` (least recently used dropped first)
 SPACE_IDS_CACHE_SIZE = 65536
-_space_first_ids: OrderedDict[tuple, list[int]] = OrderedDict()
+_space_first_ids: OrderedDict[tuple, tuple[int, ...]] = OrderedDict()
 _fingerprints: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -248,13 +248,13 @@ def label_space_first_ids(tokenizer: PreTrainedTokenizerBase, prompt: Prompt, la
                                             prompt.add_special_tokens, tuple(labels))
     if key in _space_first_ids:
         _space_first_ids.move_to_end(key)
-        return _space_first_ids[key]
-    ids = sorted({t[0] for t in labels_token_ids(tokenizer, prompt, labels) if t})
+        return list(_space_first_ids[key])  # a copy: a caller's change cannot reach the cache
+    ids = tuple(sorted({t[0] for t in labels_token_ids(tokenizer, prompt, labels) if t}))
     if key is not None:
         _space_first_ids[key] = ids
         if len(_space_first_ids) > SPACE_IDS_CACHE_SIZE:
             _space_first_ids.popitem(last=False)
-    return ids
+    return list(ids)
 
 
 @dataclass(frozen=True)
