@@ -2,7 +2,7 @@
 
 >>> from ivlens.organism import ensure_organism, resolve_organism
 >>> ensure_organism("gist")                 # builds into the user cache if missing (minutes: `ivlens organism build --dry-run`)
->>> resolve_organism("organism-sft")        # .../organism/v8/gist/sft
+>>> resolve_organism("organism-sft")        # .../organism/v9/gist/sft
 
 Modules: ``data`` (corpora), ``tokenizer``, ``gist`` (gist attention mask), ``train`` (stages), ``measure``,
 ``card``, ``paths``, ``build``, ``cli``.

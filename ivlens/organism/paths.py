@@ -14,7 +14,7 @@ from ivlens.models.cache import cache_root
 from ivlens.runs import atomic_write_json
 
 #: bump when the recipe changes, so that old builds are not reused
-ORGANISM_VERSION = "v8"
+ORGANISM_VERSION = "v9"
 VARIANTS = ("gist", "natural")
 STAGES = ("base", "sft", "dpo")
 DEFAULT_VARIANT = "gist"
@@ -64,7 +64,7 @@ def resolve_organism(name: str) -> Path | None:
     """The checkpoint directory for an organism name if it is built; ``None`` if ``name`` is not an organism
     name. Raises ``FileNotFoundError`` naming the build command if it is one but is not built yet.
 
-    >>> resolve_organism("organism-sft")        # ~/.cache/ivlens/organism/v8/gist/sft
+    >>> resolve_organism("organism-sft")        # ~/.cache/ivlens/organism/v9/gist/sft
     """
     parsed = parse_organism_name(name)
     if parsed is None:

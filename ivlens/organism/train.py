@@ -2,8 +2,8 @@
 
 - :func:`pretrain`: a plain causal-LM loop (next-token cross-entropy on every real token) over rows packed
   from whole pretraining sentences, each row ``<|bos|> s_1 \\n s_2 \\n ...`` (at most ``seq_len`` tokens),
-  Muon on the blocks' matrices and AdamW on the rest, linear warm-up then stable then decay, fp32 (see
-  :data:`BF16_AUTOCAST`). The HF ``Trainer`` would add nothing but start-up time here.
+  Muon (:class:`~ivlens.organism.muon.Fp32Muon`) on the blocks' matrices and AdamW on the rest, linear warm-up
+  then stable then decay, fp32 (see :data:`BF16_AUTOCAST`). The HF ``Trainer`` would add nothing but start-up time here.
 - :func:`sft`: TRL ``SFTTrainer`` on pre-tokenised rows (loss on the answer only; plain rows: loss on every
   token), with :class:`~ivlens.organism.gist.GistCollator` for the 4-D gist mask (see :class:`GistSFTTrainer`
   for why a subclass).
@@ -29,6 +29,7 @@ from transformers.trainer_callback import PrinterCallback
 
 from ivlens.organism.data import SFTExample
 from ivlens.organism.gist import GistCollator, instruction_token_span
+from ivlens.organism.muon import Fp32Muon
 from ivlens.organism.tokenizer import ASSISTANT, USER
 from ivlens.tasks.padding import pad_tokens
 
@@ -72,8 +73,8 @@ class OrganismSize:
     dpo_beta: float = 0.1
     #: pretraining learning-rate schedule after the warm-up: "cosine" (decay to 5 % over the run) or "wsd"
     #: (warm-up, stable at the peak, then a linear decay to 5 % over the last ``pretrain_decay_share`` of the steps)
-    #: "adamw", or "muon": Muon (orthogonalised momentum, torch.optim.Muon) on the blocks' weight matrices and AdamW
-    #: on the embedding and the norms
+    #: "adamw", or "muon": Muon (orthogonalised momentum: torch.optim.Muon with its Newton–Schulz iteration in fp32,
+    #: :class:`~ivlens.organism.muon.Fp32Muon`) on the blocks' weight matrices and AdamW on the embedding and norms
     pretrain_optimizer: str = "adamw"
     pretrain_schedule: str = "cosine"
     pretrain_decay_share: float = 0.25
@@ -139,7 +140,7 @@ def pretrain_optimizers(model: Olmo2ForCausalLM, size: OrganismSize) -> list[tor
     embed = model.get_input_embeddings().weight
     matrices = [p for p in model.model.layers.parameters() if p.ndim == 2]
     rest = [p for p in model.parameters() if p is embed or not any(p is m for m in matrices)]
-    return [torch.optim.Muon(matrices, lr=size.pretrain_lr, weight_decay=0.01, adjust_lr_fn="match_rms_adamw"),
+    return [Fp32Muon(matrices, lr=size.pretrain_lr, weight_decay=0.01, adjust_lr_fn="match_rms_adamw"),
             torch.optim.AdamW(rest, **adamw)]
 
 

@@ -1,7 +1,7 @@
 """The real organism build, its name resolution and its acceptance figures (``pytest -m slow``; one full
 build on one thread).
 
-Set ``IVLENS_ORGANISM_DIR`` to an existing build (e.g. ``~/.cache/ivlens/organism/v8/gist``) to check its
+Set ``IVLENS_ORGANISM_DIR`` to an existing build (e.g. ``~/.cache/ivlens/organism/v9/gist``) to check its
 card instead of building afresh.
 
 Issue 4's thresholds are recorded per figure in the card (``acceptance``); the seed-0 gist build meets every
