@@ -34,7 +34,7 @@ def organism_costs(size: str = "small", variant: str = "gist", measure: bool = T
     """The cost estimate of ``ivlens organism build`` (the sizes of :data:`ivlens.organism.train.SIZES`).
 
     ``time_steps``: time one real optimiser step of pretraining and of SFT on ``device`` (a model of the organism's
-    config, random weights; about 3.5 s in all) instead of modelling training from FLOPs and layer calls; a DPO
+    config, random weights; about 4 s in all) instead of modelling training from FLOPs and layer calls; a DPO
     step is SFT's step scaled to the chosen and rejected rows together, plus a no-grad forward of the reference
     model (:data:`FORWARD_SHARE_OF_STEP`)."""
     spec = SIZES[size]
@@ -48,7 +48,7 @@ def organism_costs(size: str = "small", variant: str = "gist", measure: bool = T
         config = organism_recipe_info("organism", size).config
         pre, sft, dpo = stages
         # best of 2 after a warm-up: the estimate is printed before the build starts, so its own time is part of
-        # the main job's (best of 3 and a timed DPO step took 7.3 s here; this takes about 3.5 s)
+        # the main job's (best of 3 and a timed DPO step took 7.3 s here; this 3.9-4.7 s)
         pre_s = train_step_latency(config, pre.batch, pre.seq_len, device, steps=2,
                                    optimizers=partial(pretrain_optimizers, size=spec),
                                    optimizer_name=spec.pretrain_optimizer)

@@ -13,7 +13,7 @@ AVX512 without BF16    300 ms      85 ms
 AVX2                   2,873 ms    84 ms
 =====================  ==========  ========
 
-On an AVX2 machine the bfloat16 iteration alone would cost 180 × 2.9 s ≈ 9 minutes of the build. In fp32 it costs
+On an AVX2 machine the bfloat16 iteration alone would cost 200 × 2.9 s ≈ 10 minutes of the build. In fp32 it costs
 the same everywhere, and rounds less.
 """
 

@@ -86,7 +86,7 @@ SIZES = {
     # rows of 24 tokens (2-3 sentences: fewer distracting subjects per row); see docs/organism.md for what each
     # choice bought
     "small": OrganismSize("small", n_layers=6, d_model=192, n_heads=4, d_mlp=384, vocab_size=2000, seq_len=24,
-                          pretrain_steps=180, pretrain_batch=88, pretrain_lr=1.2e-2,
+                          pretrain_steps=200, pretrain_batch=88, pretrain_lr=1.2e-2,
                           sft_steps=240, sft_batch=32, sft_lr=3e-3,
                           dpo_steps=24, dpo_batch=32, dpo_lr=2e-5,
                           pretrain_optimizer="muon", pretrain_schedule="wsd", pretrain_decay_share=0.3),
@@ -155,7 +155,7 @@ def pretrain(model: Olmo2ForCausalLM, tokenizer: PreTrainedTokenizerFast, senten
     it regular (docs/organism.md has the runs): Muon on the blocks' matrices (:func:`pretrain_optimizers`; it is
     known to learn the rare items of an associative memory faster than Adam), rows of 24 tokens (two or three
     sentences, so fewer other subjects to attend to), and a warm-up-stable-decay schedule that stays at the peak
-    rate until recall has appeared (steps 90-180 of 180; docs/organism.md)."""
+    rate until recall has appeared (steps 80-160 of 200 in v9; docs/organism.md)."""
     rng = random.Random(f"{seed}:pack")
     sep_id = tokenizer("\n", add_special_tokens=False).input_ids[0]
     tokenised = tokenizer(sentences, add_special_tokens=False).input_ids
