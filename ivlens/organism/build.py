@@ -204,8 +204,8 @@ def _build_into(staging: Path, out: Path, *, seed: int, size: str, variant: str,
             timing["base"] = time.perf_counter() - t0
             bars.stage("base", 1)(1, 1)
         else:
-            tok_texts = sentences + _instruction_texts(tasks, reph_split)
-            tokenizer = train_tokenizer(tok_texts, D.task_words(tasks), spec.vocab_size)
+            tokenizer = train_tokenizer(tokenizer_texts(tasks, sentences, reph_split), D.task_words(tasks),
+                                        spec.vocab_size)
             timing["tokenizer"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             base = new_model(spec, tokenizer, seed)
@@ -305,9 +305,13 @@ def refresh_acceptance(directory: Path) -> dict:
     return card["acceptance"]
 
 
-def _instruction_texts(tasks, reph_split) -> list[str]:
-    """Raw-format texts with every *training* instruction, for the tokenizer (held-out phrasings excluded)."""
-    texts = []
+def tokenizer_texts(tasks, sentences: list[str], reph_split=None) -> list[str]:
+    """What the organism's tokenizer is trained on: the pretraining ``sentences``, then raw-format texts with every
+    *training* instruction (held-out phrasings excluded; ``reph_split``: :func:`~ivlens.organism.data.split_rephrasings`
+    per task, computed when not given)."""
+    if reph_split is None:
+        reph_split = {name: D.split_rephrasings(t) for name, t in tasks.items()}
+    texts = list(sentences)
     for name, task in tasks.items():
         q = task.samples[0].query
         for sub, spec in task.subtasks.items():
