@@ -175,8 +175,8 @@ def _parse_range(text: str) -> list[int]:
 def measure_seeds(work: Path, seeds: list[int], threads: list[int], jobs: int) -> dict:
     """Build the organism for every seed × thread count and collect each acceptance check's margin. ``jobs`` is the
     number of threads the builds may run at once: 1-thread builds ``jobs`` at a time, 2-thread builds ``jobs // 2``
-    (at least one). Two 2-thread builds on 2 cores took 3-4× as long as one after the other (each thread of one
-    build waits for its partner at every kernel)."""
+    (at least one). Two 2-thread builds at once on 2 cores (with a test run beside them) had one build's pretraining
+    take 16 minutes of wall instead of about 1.5: each thread of a build waits for its partner at every kernel."""
     builds = [(s, t) for t in threads for s in seeds]
     pending, running, cards = list(builds), {}, {}
     while pending or running:
