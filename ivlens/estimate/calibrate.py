@@ -179,19 +179,18 @@ def layer_latency(config, device: str | torch.device = "cpu", dtype: str | torch
 
 
 def train_step_latency(config, batch: int, seq_len: int, device: str | torch.device = "cpu",
-                       dtype: str | torch.dtype = "float32", forward_only: bool = False, steps: int = 3,
+                       dtype: str | torch.dtype = "float32", steps: int = 3,
                        optimizers: Callable[[torch.nn.Module], list[torch.optim.Optimizer]] | None = None,
                        optimizer_name: str = "adamw") -> float:
     """Seconds per optimiser step (forward on ``[batch, seq_len]`` token ids, cross-entropy, backward, update) of
     the model built from ``config`` with random weights (on a CPU: CPU seconds of one thread), the best of
-    ``steps`` steps after one warm-up; ``forward_only``: a no-grad forward instead (a frozen reference model's
-    work). ``optimizers(model)`` builds the update's optimisers (default one AdamW; ``optimizer_name`` keys the
+    ``steps`` steps after one warm-up. ``optimizers(model)`` builds the update's optimisers (default one AdamW; ``optimizer_name`` keys the
     cache). Builds the model at full size: meant for small models such as the organisms (the v6 organism's
     pretraining step, 88 × 24 tokens with Muon: about 0.6 CPU-seconds)."""
     from transformers import AutoModelForCausalLM
 
     device, dt = torch.device(device), _dtype(dtype)
-    key = ("train", config.to_json_string(), batch, seq_len, str(device), str(dt), forward_only, optimizer_name)
+    key = ("train", config.to_json_string(), batch, seq_len, str(device), str(dt), optimizer_name)
     if key in MEASURED:
         return MEASURED[key]
     cfg = copy.deepcopy(config)
@@ -203,14 +202,10 @@ def train_step_latency(config, batch: int, seq_len: int, device: str | torch.dev
     opts = optimizers(model) if optimizers is not None else [torch.optim.AdamW(model.parameters(), lr=1e-4)]
 
     def step() -> None:
-        if forward_only:
-            with torch.no_grad():
-                model(input_ids=ids)
-        else:
-            model(input_ids=ids, labels=ids).loss.backward()
-            for opt in opts:
-                opt.step()
-                opt.zero_grad(set_to_none=True)
+        model(input_ids=ids, labels=ids).loss.backward()
+        for opt in opts:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
 
     with torch_threads(1) if device.type == "cpu" else nullcontext():
         step()  # warm-up: allocator, AdamW state
