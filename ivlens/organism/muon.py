@@ -30,12 +30,13 @@ def orthogonalise(update: torch.Tensor, coefficients: tuple[float, float, float]
     ``[rows, cols]`` update, in the update's own dtype: ``≈ U S' Vᵀ`` with ``S'`` near 1, for ``update = U S Vᵀ``.
     Returns ``[rows, cols]``."""
     a, b, c = coefficients
-    wide = update.T if update.size(0) > update.size(1) else update  # [short, long]: the Gram matrix is the small one
-    x = wide / wide.norm().clamp(min=eps)  # spectral norm at most 1
+    tall = update.size(0) > update.size(1)
+    x = update.T if tall else update  # [short, long]: the Gram matrix is the small one
+    x = x / x.norm().clamp(min=eps)  # spectral norm at most 1
     for _ in range(steps):
         gram = x @ x.T  # [short, short]
         x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
-    return x.T if update.size(0) > update.size(1) else x
+    return x.T if tall else x
 
 
 def adjusted_lr(lr: float, rule: str | None, shape: torch.Size) -> float:
@@ -61,14 +62,15 @@ class Fp32Muon(torch.optim.Muon):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            grads = [p.grad for p in params]
-            for p in params:
-                if "momentum_buffer" not in self.state[p]:  # torch.optim.Muon's state, under its name
-                    self.state[p]["momentum_buffer"] = torch.zeros_like(p.grad)
-            buffers = [self.state[p]["momentum_buffer"] for p in params]
             lr, momentum = group["lr"], group["momentum"]
-            for param, grad, buf in zip(params, grads, buffers, strict=True):
+            for param in group["params"]:
+                grad = param.grad
+                if grad is None:
+                    continue
+                state = self.state[param]
+                if "momentum_buffer" not in state:  # torch.optim.Muon's state, under its name
+                    state["momentum_buffer"] = torch.zeros_like(grad)
+                buf = state["momentum_buffer"]
                 buf.lerp_(grad, 1 - momentum)
                 update = grad.lerp(buf, momentum) if group["nesterov"] else buf
                 update = orthogonalise(update, group["ns_coefficients"], group["ns_steps"], group["eps"])
