@@ -8,7 +8,7 @@ Compiling at install instead (``uv pip install --compile-bytecode``) compiles ev
 packages' own tests). A module left out here still works: each process that imports it compiles it again.
 
 On two or more cores two processes import side by side, one ivlens' own modules (which pull in torch and
-transformers), the other the libraries of :data:`RUN` (and :data:`DEV`): about 16 s instead of 28 here. They
+transformers), the other the libraries of :data:`RUN` (and :data:`DEV`): 19 s instead of 28 for ``run`` here. They
 compile some modules both (torch, each for its own imports); Python writes each ``.pyc`` to a temporary file and
 renames it, so two writers of one file leave one whole file.
 
@@ -72,18 +72,25 @@ def groups(level: str) -> list[list[str]]:
     return [own, libraries]
 
 
+def _last_count(stdout: str) -> int:
+    """The module count a child printed last (0 where it printed none: it failed, and said why on stderr)."""
+    last = stdout.strip().splitlines()[-1:] or ["0"]
+    return int(last[0]) if last[0].isdigit() else 0
+
+
 def main(level: str) -> int:
     if level not in ("run", "dev"):
         print(f"error: scripts/write_bytecode.py: unknown level {level!r}; give run or dev", file=sys.stderr)
         return 2
     start = time.perf_counter()
     parts = groups(level)
-    if len(os.sched_getaffinity(0)) < 2:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if cores < 2:
         counts = [import_all([name for part in parts for name in part])]
     else:
         children = [subprocess.Popen([sys.executable, __file__, "--import", *part], stdout=subprocess.PIPE, text=True)
                     for part in parts]
-        counts = [int(c.communicate()[0].strip() or 0) for c in children]
+        counts = [_last_count(c.communicate()[0]) for c in children]
     print(f"[ivlens] bytecode of the modules imported by {len(counts)} process{'es' if len(counts) > 1 else ''} "
           f"({' + '.join(f'{n:,}' for n in counts)}, shared ones counted in each) written in "
           f"{time.perf_counter() - start:.0f} s", file=sys.stderr)
