@@ -10,8 +10,8 @@ the slowest machine measured. Targets (normalised):
 | organism build from scratch (train + measure) | ≤ 8 min |
 | main job from a fresh clone, set-up included (``--fresh-clone``) | ≤ 15 min |
 | the main job's analyses after the build (every study step but the organism, and the report) | ≤ 5 min |
-| the README test command (``--tests``) | ≤ 40 min |
-| its fast tier, ``bash scripts/test.sh -m "not slow"`` (``--tests``) | ≤ 6 min |
+| the README test command with its set-up, as CI runs it on a fresh clone (``--tests``) | ≤ 40 min |
+| its fast tier, ``bash scripts/test.sh -m "unit or tiny"``, set up (``--tests``; the set-up is its own item) | ≤ 6 min |
 | organism acceptance over seeds × threads (``--seeds``) | every check passes with margin ≥ 0.02 |
 | a study file, ``ivlens run PATH`` (``--study PATH``) | ≤ 20 min (``--study-target``; issue 21's budget for ``examples/smollm2.yaml``) |
 
@@ -50,8 +50,8 @@ TARGETS = {  # normalised seconds
     "organism build": 8 * 60,
     "main job, fresh clone": 15 * 60,
     "analyses after the build": 5 * 60,
-    "test command": 40 * 60,
-    "test command, fast tier": 6 * 60,
+    "test command with its set-up": 40 * 60,  # what CI pays: a fresh clone's set-up, then the command
+    "test command, fast tier": 6 * 60,  # timed set up (the set-up is its own item)
 }
 STUDY_TARGET_MIN = 20  # issue 21: examples/smollm2.yaml within 20 min at 56 GFLOP/s
 MIN_MARGIN = 0.02
@@ -152,15 +152,21 @@ def measure_fresh_clone(work: Path) -> dict[str, float]:
 
 
 def measure_tests(work: Path, checkout: Path = ROOT) -> dict[str, float]:
-    """The README test command, whole and its fast tier (``-m "unit or tiny"``, docs/testing.md), in ``checkout``
-    (this one, or the fresh clone that ``--fresh-clone`` made). A failing command is a failed measurement."""
+    """The README test command in ``checkout`` (this one, or the fresh clone that ``--fresh-clone`` made): its
+    set-up (``scripts/setup_env.sh dev``, which ``scripts/test.sh`` runs first; nothing to do where ``.venv``
+    already holds the dev level), its fast tier (``-m "unit or tiny"``, docs/testing.md) and the whole command,
+    each timed apart, and the whole command with its set-up: what CI pays on a fresh machine. The fast tier is
+    what a developer reruns, so it is timed set up, as the whole command is. A failing command is a failed
+    measurement."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     env.pop("VIRTUAL_ENV", None)
-    seconds = {}
+    setup = _timed(["bash", "scripts/setup_env.sh", "dev"], cwd=checkout, env=env, log=work / "tests-setup.log")
+    seconds = {"test command, set-up (setup_env.sh dev)": setup}
     # the whole command also prints its 20 slowest tests (pytest's --durations; the log keeps them)
     for name, extra, log in (("test command, fast tier", ["-m", "unit or tiny"], "tests-fast.log"),
                              ("test command", ["--durations=20"], "tests.log")):
         seconds[name] = _timed(["bash", "scripts/test.sh", *extra], cwd=checkout, env=env, log=work / log)
+    seconds["test command with its set-up"] = setup + seconds["test command"]
     return seconds
 
 
