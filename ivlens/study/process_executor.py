@@ -3,9 +3,17 @@
 Small models use a CPU core badly: on the main job's organisms (6 layers, d_model 192) a step on two torch threads
 is only about 6 % faster than on one, because most of a step's time is Python between small matrix products. Two
 steps at a time on one thread each use both cores. :class:`ProcessExecutor` runs up to ``jobs`` steps at once, each
-in a worker process (``spawn``: no fork of a process that already runs OpenMP threads) with
-``cores // jobs`` torch threads (:func:`worker_threads`), and starts a step only after the steps it depends on
-(:attr:`ivlens.study.plan.Step.depends_on`).
+in a worker process with ``cores // jobs`` torch threads (:func:`worker_threads`), and starts a step only after the
+steps it depends on (:attr:`ivlens.study.plan.Step.depends_on`).
+
+The workers are forked by a fork server (:func:`worker_context`), never by the study's process, which may already
+run OpenMP threads (a fork of it could hang in the child). The server imports what a worker needs once
+(:data:`PRELOAD`: torch, transformers, the analyses, the report; about 6.5 s of CPU here) and forks each worker
+from that state, so a worker costs a fork, not an import of its own: two workers cost one import instead of two,
+and every later pool of the same process (the test-suite's) none. The server starts with the executor's first :meth:`run`, so it
+imports while the organisms are being built. A worker takes the study process's environment variables as they are
+when the pool starts (the server's were those of its own start). Where the platform has no fork server (Windows),
+the workers are spawned, each importing for itself.
 
 - A step that every other step still to run depends on (the organism build) runs here, alone, with this
   process's threads: the organisms it builds do not depend on ``--jobs``.
@@ -13,7 +21,8 @@ in a worker process (``spawn``: no fork of a process that already runs OpenMP th
 - A step's automatic memory budget is this machine's divided by ``jobs``, so steps side by side stay within it.
 - Results do not depend on which worker runs a step or when; a step's thread count is fixed by ``jobs`` alone.
 - Log records of the workers are handled by this process's handlers (one console, one format).
-- A worker dies with the study's process (Linux), so a study killed and rerun resumes from what its steps wrote.
+- A worker ends the moment the study's process ends (Linux; :func:`_die_with_parent`), so a study killed and rerun
+  resumes from what its steps wrote.
 - A worker that no step can use while steps still run computes the caller's idle tasks, each once the steps it
   waits for are done: a study draws its report's sections there (:func:`ivlens.study.runner.sections_ahead`).
 - The first step that fails stops the study: steps running finish, no new step starts, and the error is raised
@@ -56,6 +65,9 @@ from .spec import StudySpec
 
 log = logging.getLogger(__name__)
 
+#: modules the fork server imports once for every worker it forks (:func:`worker_context`): the analyses' code
+#: (torch, transformers, the engine) and the report's sections (matplotlib), which workers draw
+PRELOAD = ["ivlens.api", "ivlens.report"]
 #: bytes a worker needs besides its models' weights: Python, torch, transformers, activations of a small batch
 WORKER_BASE_BYTES = 1 << 30
 #: a worker's models take about this many times their weights at peak (weights, activations, caches, tables)
@@ -104,6 +116,17 @@ def auto_jobs(study: StudySpec, steps: Sequence[Step], cores: int | None = None,
     return int(max(1, min(cores, parallel, fit)))
 
 
+def worker_context() -> multiprocessing.context.BaseContext:
+    """How workers start: forked by the ``forkserver`` with :data:`PRELOAD` imported (see the module docstring),
+    or ``spawn`` where the platform has no fork server. Not ``fork``: the study's process may already run OpenMP
+    threads (the organism build runs in it)."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(PRELOAD)  # read when the server starts; a running server keeps its own
+    return context
+
+
 # --- the worker side ------------------------------------------------------------------------------------------
 
 _loaded: dict[str, LoadedModel] = {}
@@ -112,26 +135,50 @@ _worker_scope = ExitStack()  # settings held for the worker's life (it ends with
 
 
 def _die_with_parent(parent: int) -> None:
-    """Linux: have the kernel kill this worker when the study's process dies (also by SIGKILL), so that a killed
-    study leaves no worker writing into a step that its rerun resumes."""
-    if sys.platform.startswith("linux"):
+    """End this worker the moment the study's process (``parent``) ends, also by SIGKILL, so that a killed study
+    leaves no worker writing into a step that its rerun resumes. Linux: a thread waits on a file descriptor of the
+    study's process (``os.pidfd_open``) and ends this one when it becomes readable. Not the kernel's parent-death
+    signal: a worker's parent is the fork server, which outlives a killed study by the seconds that its
+    interpreter takes to shut down (the killed study's last step went on writing meanwhile); that signal remains
+    where a kernel has no pidfd (before Linux 5.3), for a spawned worker, whose parent is the study's process."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        watched = os.pidfd_open(parent)
+    except ProcessLookupError:  # it ended before this worker got here
+        os._exit(1)
+    except OSError:  # no pidfd on this kernel
         import ctypes
         import signal
 
         PR_SET_PDEATHSIG = 1
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:  # it died before the line above
+        if os.getppid() != parent:  # it ended before the line above
+            os._exit(1)
+        return
+    import select
+    import threading
+
+    def end_with_it() -> None:
+        select.select([watched], [], [])  # readable once the study's process has ended
         os._exit(1)
 
+    threading.Thread(target=end_with_it, name="ivlens-end-with-study", daemon=True).start()
 
-def _init_worker(threads: int, jobs: int, log_queue, level: int, parent: int, quiet: bool) -> None:
-    """Runs once in each worker: its torch threads, its log records sent to the study's process, and (``quiet``)
+
+def _init_worker(threads: int, jobs: int, log_queue, level: int, parent: int, quiet: bool,
+                 environ: dict[str, str]) -> None:
+    """Runs once in each worker: the study process's environment variables (a forked worker has the fork server's,
+    from when it started), its torch threads, its log records sent to the study's process, and (``quiet``)
     third-party chatter off for the worker's life, as in the study's process (:func:`ivlens.scoped.quiet_libraries`):
-    a spawned worker starts with the libraries' defaults, which would forward e.g. transformers' load report."""
+    a new worker starts with the libraries' defaults, which would forward e.g. transformers' load report."""
     global _jobs
     import torch
 
     _die_with_parent(parent)
+    if dict(os.environ) != environ:
+        os.environ.clear()
+        os.environ.update(environ)
 
     torch.set_num_threads(threads)
     _jobs = jobs
@@ -209,9 +256,17 @@ class ProcessExecutor:
         return (f"running {self.jobs} steps at a time, {self.threads} torch thread{'s' if self.threads > 1 else ''} "
                 "each (--jobs)")
 
+    def _start_server(self) -> None:
+        """Start the fork server now, if the workers come from one (:func:`worker_context`): it imports
+        :data:`PRELOAD` while this process goes on (the organism build, run here), not when the first step waits."""
+        if worker_context().get_start_method() == "forkserver":
+            from multiprocessing import forkserver
+
+            forkserver.ensure_running()
+
     def _workers(self) -> ProcessPoolExecutor:
         if self._pool is None:
-            context = multiprocessing.get_context("spawn")
+            context = worker_context()
             log_queue = context.Queue()
             self._listener = logging.handlers.QueueListener(log_queue, *logging.getLogger().handlers,
                                                             respect_handler_level=True)
@@ -219,7 +274,7 @@ class ProcessExecutor:
             self._pool = ProcessPoolExecutor(self.jobs, mp_context=context, initializer=_init_worker,
                                              initargs=(self.threads, self.jobs, log_queue,
                                                        logging.getLogger().level, os.getpid(),
-                                                       libraries_quiet()))
+                                                       libraries_quiet(), dict(os.environ)))
         return self._pool
 
     def close(self) -> None:
@@ -250,6 +305,8 @@ class ProcessExecutor:
         waiting = dict(enumerate(idle))  # idle tasks not started yet
         side: set[Future] = set()  # idle tasks running
         started: dict[int, Future] = {}
+        if pending and self._pool is None:
+            self._start_server()  # some step runs in a worker (the last one always does)
         try:
             while pending or running:
                 ready = sorted((w for w in pending if not waits_for(w, unfinished)),

@@ -138,9 +138,9 @@ def _transformers_level(_item) -> int:
     return logging.getLogger("transformers").getEffectiveLevel()
 
 
-@pytest.mark.cli  # spawns a worker process
+@pytest.mark.cli  # starts a worker process
 def test_workers_are_as_quiet_as_the_study_process():
-    """A spawned worker starts with the libraries' defaults; it copies the study process's quiet (else transformers'
+    """A new worker starts with the libraries' defaults; it copies the study process's quiet (else transformers'
     load report of a model with a missing tensor reached the study's log through the worker's queue)."""
     import logging
 
@@ -152,6 +152,91 @@ def test_workers_are_as_quiet_as_the_study_process():
             assert pool.map(_transformers_level, [0]) == [logging.ERROR]
         finally:
             pool.close()
+
+
+def _worker_facts(name: str) -> dict:
+    import os
+
+    return {"pid": os.getpid(), "parent": os.getppid(), "env": os.environ.get(name),
+            "preloaded": all(m in sys.modules for m in ("ivlens.api", "ivlens.report"))}
+
+
+@pytest.mark.cli  # forks two workers
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the fork server and pidfd: Linux")
+def test_workers_come_from_the_fork_server_with_the_study_environment(monkeypatch):
+    """The workers are forked by the fork server (not this process, not spawned), which imported ``PRELOAD`` once
+    for them; a variable set here after the server started reaches a pool started later (the server's own
+    environment is that of its start)."""
+    import os
+
+    from ivlens.study.process_executor import worker_context
+
+    assert worker_context().get_start_method() == "forkserver"
+    monkeypatch.setenv("IVLENS_TEST_ENV", "first")
+    pool = ProcessExecutor(2, threads=1)
+    try:
+        pool._start_server()
+        first = pool.map(_worker_facts, ["IVLENS_TEST_ENV"] * 2)
+    finally:
+        pool.close()
+    monkeypatch.setenv("IVLENS_TEST_ENV", "second")
+    pool = ProcessExecutor(1, threads=1)
+    try:
+        second = pool.map(_worker_facts, ["IVLENS_TEST_ENV"])
+    finally:
+        pool.close()
+    parents = {f["parent"] for f in first + second}
+    assert len(parents) == 1 and os.getpid() not in parents  # one server forked them all
+    assert all(f["preloaded"] for f in first + second)
+    assert [f["env"] for f in first] == ["first", "first"] and second[0]["env"] == "second"
+
+
+@pytest.mark.cli  # starts a study process with one worker
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the fork server and pidfd: Linux")
+def test_a_worker_ends_the_moment_its_study_process_is_killed(tmp_path):
+    """SIGKILL the process that started the pool: its worker (forked by the fork server, which outlives it by the
+    seconds its interpreter takes to shut down) ends at once, not when its task is done."""
+    import signal
+    import subprocess
+    import time
+
+    import psutil
+
+    script = tmp_path / "study.py"
+    script.write_text(
+        "import sys, time\n"
+        "from ivlens.study.process_executor import ProcessExecutor\n"
+        "if __name__ == '__main__':\n"
+        "    pool = ProcessExecutor(1, threads=1)\n"
+        "    pool._workers().submit(time.sleep, 60)\n"
+        "    print('submitted', flush=True)\n"
+        "    time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "submitted"
+        deadline = time.time() + 60
+        workers: list = []
+        while not workers and time.time() < deadline:  # the worker: a grandchild, under the fork server
+            workers = [c for c in psutil.Process(proc.pid).children(recursive=True)
+                       if c.ppid() != proc.pid]
+            time.sleep(0.05)
+        assert workers
+        time.sleep(1)  # the worker is sleeping in its 60-second task
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+        def ended(p) -> bool:  # gone, or a zombie that the shutting-down fork server has not reaped yet
+            try:
+                return p.status() == psutil.STATUS_ZOMBIE
+            except psutil.NoSuchProcess:
+                return True
+
+        t0 = time.time()
+        while not all(map(ended, workers)) and time.time() - t0 < 30:
+            time.sleep(0.02)
+        assert all(map(ended, workers)) and time.time() - t0 < 2  # ended with the study, not after its task
+    finally:
+        proc.kill()
 
 
 @pytest.mark.unit
