@@ -10,10 +10,10 @@ The workers are forked by a fork server (:func:`worker_context`), never by the s
 run OpenMP threads (a fork of it could hang in the child). The server imports what a worker needs once
 (:data:`PRELOAD`: torch, transformers, the analyses, the report; about 6.5 s of CPU here) and forks each worker
 from that state, so a worker costs a fork, not an import of its own: two workers cost one import instead of two,
-and every later pool of the same process (the test-suite's) none. The server starts with the executor's first :meth:`run`, so it
-imports while the organisms are being built. A worker takes the study process's environment variables as they are
-when the pool starts (the server's were those of its own start). Where the platform has no fork server (Windows),
-the workers are spawned, each importing for itself.
+and every later pool of the same process (the test-suite's) none. The server starts with the executor's first
+:meth:`run`, so it imports while the organisms are being built. A worker takes the study process's environment
+variables as they are when the pool starts (the server's are those of its own start). Where the platform has no
+fork server (Windows), the workers are spawned, each importing for itself.
 
 - A step that every other step still to run depends on (the organism build) runs here, alone, with this
   process's threads: the organisms it builds do not depend on ``--jobs``.
