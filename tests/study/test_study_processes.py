@@ -157,17 +157,17 @@ def test_workers_are_as_quiet_as_the_study_process():
 def _worker_facts(name: str) -> dict:
     import os
 
-    return {"pid": os.getpid(), "parent": os.getppid(), "env": os.environ.get(name),
-            "preloaded": all(m in sys.modules for m in ("ivlens.api", "ivlens.report"))}
+    return {"pid": os.getpid(), "parent": os.getppid(), "env": os.environ.get(name)}
 
 
 @pytest.mark.cli  # forks two workers
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the fork server and pidfd: Linux")
 def test_workers_come_from_the_fork_server_with_the_study_environment(monkeypatch):
-    """The workers are forked by the fork server (not this process, not spawned), which imported ``PRELOAD`` once
-    for them; a variable set here after the server started reaches a pool started later (the server's own
-    environment is that of its start)."""
+    """The workers of two pools are forked by one fork server (not this process, not spawned); a variable set here
+    after the server started reaches a pool started later (the server's own environment is that of its start)."""
     import os
+
+    import psutil
 
     from ivlens.study.process_executor import worker_context
 
@@ -187,7 +187,7 @@ def test_workers_come_from_the_fork_server_with_the_study_environment(monkeypatc
         pool.close()
     parents = {f["parent"] for f in first + second}
     assert len(parents) == 1 and os.getpid() not in parents  # one server forked them all
-    assert all(f["preloaded"] for f in first + second)
+    assert "multiprocessing.forkserver" in " ".join(psutil.Process(parents.pop()).cmdline())
     assert [f["env"] for f in first] == ["first", "first"] and second[0]["env"] == "second"
 
 
@@ -217,8 +217,10 @@ def test_a_worker_ends_the_moment_its_study_process_is_killed(tmp_path):
         deadline = time.time() + 60
         workers: list = []
         while not workers and time.time() < deadline:  # the worker: a grandchild, under the fork server
-            workers = [c for c in psutil.Process(proc.pid).children(recursive=True)
-                       if c.ppid() != proc.pid]
+            try:
+                workers = [c for c in psutil.Process(proc.pid).children(recursive=True) if c.ppid() != proc.pid]
+            except psutil.NoSuchProcess:  # a process that ended while being listed: look again
+                workers = []
             time.sleep(0.05)
         assert workers
         time.sleep(1)  # the worker is sleeping in its 60-second task
