@@ -161,7 +161,7 @@ def _worker_facts(name: str) -> dict:
 
 
 @pytest.mark.cli  # forks two workers
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the fork server and pidfd: Linux")
+@pytest.mark.skipif(sys.platform == "win32", reason="no fork server on Windows: workers are spawned there")
 def test_workers_come_from_the_fork_server_with_the_study_environment(monkeypatch):
     """The workers of two pools are forked by one fork server (not this process, not spawned); a variable set here
     after the server started reaches a pool started later (the server's own environment is that of its start)."""
@@ -192,7 +192,7 @@ def test_workers_come_from_the_fork_server_with_the_study_environment(monkeypatc
 
 
 @pytest.mark.cli  # starts a study process with one worker
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the fork server and pidfd: Linux")
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a worker watches its study through a pidfd: Linux")
 def test_a_worker_ends_the_moment_its_study_process_is_killed(tmp_path):
     """SIGKILL the process that started the pool: its worker (forked by the fork server, which outlives it by the
     seconds its interpreter takes to shut down) ends at once, not when its task is done."""
