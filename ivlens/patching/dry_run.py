@@ -38,30 +38,41 @@ from .plan import PatchPlan, resolve_position
 from .sweep import starts_with_bos
 from .trie import RowSpec, scheduled_work
 
-_ENGINE_CACHE: dict[tuple, tuple[int, int]] = {}
-
 
 def engine_work(chunk: Sequence[TargetShape], layer_sets, n_layers: int, group_rows, continued: bool = False,
                 ) -> tuple[int, int, int]:
     """The patching engine's own count (:func:`ivlens.patching.trie.scheduled_work`) for one chunk: executed
     layer-token evaluations, unembedded rows and layer calls, without running anything.
 
-    ``scheduled_work`` runs once per distinct target shape (length, positions) and the counts add up over targets
-    (groups hold whole targets' tries); the layer calls are counted per suffix length over the whole chunk, as
-    the engine groups them (:func:`ivlens.estimate.costs.trie_work`). ``continued``: rows scored at the answer
-    level (no last-position identity)."""
+    The engine runs each patched position of a target as its own trie over the suffix from that position
+    (``s = n_tokens − position`` columns; distinct positions have distinct ``s``), and that trie's states depend on
+    the layer sets and on whether the position is the last one (the last-position identity), not on the target's
+    length: so one position's evaluations are its states (:func:`position_work`) times ``s``, and the counts add up
+    over positions and targets (groups hold whole targets' tries). The layer calls are counted per suffix length
+    over the whole chunk, as the engine groups them (:func:`ivlens.estimate.costs.trie_work`). ``continued``: rows
+    scored at the answer level (no last-position identity)."""
     evals = unembed = 0
-    sets = tuple(layer_sets)
+    sets = tuple(map(tuple, layer_sets))
     for t in chunk:
-        key = (t.n_tokens, t.positions, n_layers, hash(sets), continued)
-        if key not in _ENGINE_CACHE:
-            rows = [RowSpec(0, 0, s, p) for p in t.positions for s in sets]
-            st = scheduled_work(rows, [t.n_tokens], n_layers, group_rows=1 << 40, continued=continued)
-            _ENGINE_CACHE[key] = (st.executed_evals, st.unembed_rows)
-        e, u = _ENGINE_CACHE[key]
-        evals, unembed = evals + e, unembed + u
+        for p in t.positions:
+            states, rows = position_work(sets, n_layers, p == t.n_tokens - 1, continued)
+            evals, unembed = evals + states * (t.n_tokens - p), unembed + rows
     _, _, calls = trie_work(chunk, layer_sets, n_layers, group_rows)
     return evals, unembed, calls
+
+
+@functools.lru_cache(maxsize=64)
+def position_work(layer_sets: tuple[tuple[int, ...], ...], n_layers: int, last: bool, continued: bool
+                  ) -> tuple[int, int]:
+    """``(states, rows)`` of one patched position by :func:`~ivlens.patching.trie.scheduled_work`: the trie states
+    the engine runs per recomputed column (summed over layers ``1 … n_layers − 1``), and its unembedded rows. A
+    two-token target stands for every length: patched at its last token (``last``) or its first. Remembered per
+    distinct argument: a 7B study's triplets (5,488 sets) are scheduled once per kind of position, not once per
+    prompt length, model and task."""
+    token = 1 if last else 0
+    st = scheduled_work([RowSpec(0, 0, s, token) for s in layer_sets], [2], n_layers, group_rows=1 << 40,
+                        continued=continued)
+    return st.executed_evals // (2 - token), st.unembed_rows
 
 
 def patch_costs(models: Sequence[str], task: str, subtask: str | None, *, layers: str = "single",

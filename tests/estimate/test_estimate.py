@@ -106,6 +106,25 @@ def test_estimator_counts_equal_the_engine_counters():
     assert engine_work(targets, sets, 5, lambda s: 1 << 20)[:2] == (evals, unembed)
 
 
+@pytest.mark.parametrize("continued", [False, True])
+def test_engine_work_equals_scheduling_the_whole_chunk(continued):
+    """The dry run's engine count, one schedule per kind of position scaled by each suffix, equals the engine's
+    schedule of every row of the chunk at once, for targets of several lengths, a one-token target and positions
+    at the start, the middle and the end, with and without the last-position identity."""
+    from ivlens.patching.dry_run import engine_work
+    from ivlens.patching.plan import parse_layer_sets
+    from ivlens.patching.trie import RowSpec, scheduled_work
+
+    sets = parse_layer_sets("triplets", 6)
+    targets = [TargetShape(7, (1, 6), 9), TargetShape(4, (0, 2, 3), 6), TargetShape(1, (0,), 3),
+               TargetShape(12, (1, 11), 14), TargetShape(7, (1, 6), 9)]
+    rows = [RowSpec(b, 0, s, p) for b, t in enumerate(targets) for p in t.positions for s in sets]
+    st = scheduled_work(rows, [t.n_tokens for t in targets], 6, group_rows=1 << 40, continued=continued)
+    evals, unembed, _calls = engine_work(targets, sets, 6, lambda s: 1 << 20, continued=continued)
+    assert (evals, unembed) == (st.executed_evals, st.unembed_rows)
+    assert evals > 0 and unembed == (len(rows) if continued else st.unique_rows)
+
+
 @pytest.mark.parametrize("arch", ["qwen2", "llama", "gemma2"])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_patch_row_bytes_mirrors_the_engine(arch, dtype):
