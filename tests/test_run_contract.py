@@ -1,8 +1,9 @@
 """The run contract: specs (typed, frozen, hashed), ``--resume`` checks, one sample selector, one error line.
 
-The SIGKILL tests start ``python -m ivlens`` on a tiny random model, kill it once some units of work are on
-disk, resume it (a process again), and compare every table with an uninterrupted run's (made in this process, on
-one torch thread as the processes).
+The SIGKILL tests start ``ivlens`` on a tiny random model as a process (forked from the study's fork server, which
+has imported ivlens once: ``tests/cli_process.py``), kill it once some units of work are on disk, resume it (a
+process again), and compare every table with an uninterrupted run's (made in this process, on one torch thread as
+the processes).
 """
 
 from __future__ import annotations
@@ -14,10 +15,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
+from cli_process import CliProcess  # tests/: ivlens ARGS as a process forked from the fork server
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
@@ -115,10 +119,19 @@ def _ivlens(*args: str) -> list[str]:
     return [sys.executable, "-m", "ivlens", *args]
 
 
-def _kill_when(cmd: list[str], ready, timeout: float = 120) -> None:
-    """Start ``cmd``, SIGKILL it as soon as ``ready()`` (or ``ready(proc)``) holds, and check that it really died
-    part-way."""
-    proc = subprocess.Popen(cmd, env=_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def _forked(*args: str, log: Path) -> CliProcess:
+    """``ivlens ARGS`` as a process forked from the fork server, with :func:`_env`'s variables and one torch thread
+    (``OMP_NUM_THREADS=1``), writing its output to ``log``."""
+    return CliProcess(list(args), _env(), ROOT, log, threads=1)
+
+
+def _kill_when(cmd: list[str] | Callable[[], Any], ready, timeout: float = 120) -> None:
+    """Start ``cmd`` (a command line, or a function starting a :class:`CliProcess`), SIGKILL it as soon as
+    ``ready()`` (or ``ready(proc)``) holds, and check that it really died part-way."""
+    if callable(cmd):
+        proc = cmd()
+    else:
+        proc = subprocess.Popen(cmd, env=_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + timeout
     takes_proc = len(inspect.signature(ready).parameters) == 1  # ready(proc): it may look at the process
     while time.time() < deadline and not (ready(proc) if takes_proc else ready()) and proc.poll() is None:
@@ -128,9 +141,10 @@ def _kill_when(cmd: list[str], ready, timeout: float = 120) -> None:
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
 
 
-def _run(cmd: list[str]) -> None:
-    r = subprocess.run(cmd, env=_env(), cwd=ROOT, capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-2000:]
+def _run_forked(*args: str, log: Path) -> None:
+    """``ivlens ARGS`` as a forked process (:func:`_forked`), to its end; it must exit 0."""
+    proc = _forked(*args, log=log)
+    assert proc.wait(600) == 0, proc.output[-2000:]
 
 
 def _run_here(*args: str) -> None:
@@ -159,7 +173,7 @@ def _same_tables(full: Path, resumed: Path, tables: list[str]) -> None:
         pd.testing.assert_frame_equal(a.read_table(t), b.read_table(t), check_exact=True)
 
 
-@pytest.mark.slow  # three CLI processes each (about 25 s on 2 busy cores)
+@pytest.mark.slow  # a run here, a killed and a resumed one as processes (about 15 s on 2 busy cores)
 @pytest.mark.parametrize("analysis, args, marker, n_units, tables", [
     ("eval", ["--task", "adjectives", "--samples", "12", "--chunk-size", "1", "--batch-size", "4"],
      "results/shard-*.parquet", 12, ["results", "summary", "decides"]),
@@ -177,10 +191,11 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(model_dir, tmp_path, an
     full, broken = tmp_path / "full", tmp_path / "broken"
     base = [analysis, "--model", str(model_dir), *args]
     _run_here(*base, "--out", str(full))
-    _kill_when(_ivlens(*base, "--out", str(broken)), lambda: _count(broken, marker) >= 2)
+    _kill_when(lambda: _forked(*base, "--out", str(broken), log=tmp_path / "killed.log"),
+               lambda: _count(broken, marker) >= 2)
     done = _count(broken, marker)
     assert 2 <= done < n_units and RunDir.open(broken).manifest["status"] == "running"
-    _run(_ivlens(analysis, "--resume", str(broken)))
+    _run_forked(analysis, "--resume", str(broken), log=tmp_path / "resumed.log")
     assert _count(broken, marker) == n_units
     _same_tables(full, broken, tables)
 
@@ -192,10 +207,11 @@ def test_probe_sigkill_then_resume_equals_an_uninterrupted_run(model_dir, tmp_pa
             "--max-per-subtask", "24", "--batch-size", "2", "--folds", "2"]
     _run_here(*base, "--out", str(full))
     shards = "ivs/*/shard-*.safetensors"
-    _kill_when(_ivlens(*base, "--out", str(broken)), lambda: _count(broken, shards) >= 3)
+    _kill_when(lambda: _forked(*base, "--out", str(broken), log=tmp_path / "killed.log"),
+               lambda: _count(broken, shards) >= 3)
     n_total = _count(full, shards)
     assert 3 <= _count(broken, shards) < n_total
-    _run(_ivlens("probe", "--resume", str(broken)))
+    _run_forked("probe", "--resume", str(broken), log=tmp_path / "resumed.log")
     assert _count(broken, shards) == n_total
     _same_tables(full, broken, ["instructions", "probe_accuracy", "projections", "similarity"])
 
@@ -203,7 +219,8 @@ def test_probe_sigkill_then_resume_equals_an_uninterrupted_run(model_dir, tmp_pa
 @pytest.mark.cli
 def test_resume_with_a_different_option_names_it(model_dir, tmp_path):
     run = tmp_path / "run"
-    _run(_ivlens("eval", "--model", str(model_dir), "--task", "animals", "--samples", "2", "--out", str(run)))
+    _run_forked("eval", "--model", str(model_dir), "--task", "animals", "--samples", "2", "--out", str(run),
+                log=tmp_path / "eval.log")
     r = CliRunner().invoke(app, ["eval", "--resume", str(run), "--samples", "3", "--format", "chat"])
     assert r.exit_code == 2
     line = " ".join(r.output.split())

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from cli_process import CliProcess  # tests/: ivlens ARGS as a process forked from the fork server
 from test_run_contract import _run_here  # tests/: ivlens ARGS here, on one torch thread as the processes
 
 from ivlens.runs import RunDir
@@ -24,10 +25,6 @@ def _args(model_dir: Path, *extra: str) -> list[str]:
     return ["--model", str(model_dir), "--task", "adjectives", "--subtask", "adj_ant", "--layers", "triplets",
             "--positions", "first,last", "--samples", str(N_SAMPLES), "--chunk-size", "1", "--threads", "1",
             "--no-figures", *extra]
-
-
-def _cmd(model_dir: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "ivlens.cli.patch", *_args(model_dir, *extra)]
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +45,8 @@ def test_sigkill_then_resume_gives_exactly_the_uninterrupted_rows(model_dir, tmp
     _run_here("patch", *_args(model_dir, "--out", str(full)))  # the reference, in this process; the killed run and
     # its resumption are processes
 
-    proc = subprocess.Popen(_cmd(model_dir, "--out", str(broken)), env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    # the killed run: forked from the fork server (tests/cli_process.py; no interpreter start-up to wait for)
+    proc = CliProcess(["patch", *_args(model_dir, "--out", str(broken))], _env(), Path.cwd(), tmp_path / "killed.log")
     deadline = time.time() + 120
     while time.time() < deadline and len(list((broken / "patch").glob("shard-*.parquet"))) < 3:
         time.sleep(0.01)
@@ -60,6 +57,7 @@ def test_sigkill_then_resume_gives_exactly_the_uninterrupted_rows(model_dir, tmp
     assert 3 <= n_before < N_SAMPLES, "the run must have been killed part-way"
     assert RunDir.open(broken).manifest["status"] == "running"
 
+    # the resumption: a real interpreter, through the command's own module entry point
     subprocess.run([sys.executable, "-m", "ivlens.cli.patch", "--resume", str(broken), "--no-figures"],
                    check=True, env=_env(), capture_output=True)
     a, b = RunDir.open(full), RunDir.open(broken)

@@ -45,14 +45,15 @@ def test_a_bad_study_is_one_line_naming_the_key_and_the_allowed_values(change, e
 
 
 @pytest.mark.cli
-def test_the_cli_reports_a_bad_study_in_one_red_line(tmp_path):
+def test_the_cli_reports_a_bad_study_in_one_red_line(tmp_path, monkeypatch, capsys):
+    """Through :func:`ivlens.cli.main`, in this process (the console entry point's own exit code and stderr are
+    checked by tests/test_run_contract.py's processes): exit code 2, no traceback, one ``error:`` line."""
+    from test_error_battery import _one_error_line
+
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({**tiny_study(["m0", "m1"]), "analyses": {"eval": {"split": "sometimes"}}}))
-    r = subprocess.run([sys.executable, "-m", "ivlens", "run", str(bad)], env={**_env(), "COLUMNS": "400"},
-                       cwd=ROOT, capture_output=True, text=True)
-    lines = [x for x in r.stderr.splitlines() if x.strip()]
-    assert r.returncode == 2 and len(lines) == 1, r.stderr
-    assert "analyses.eval: --split: 'sometimes' is not one of heldout, train, all" in lines[0]
+    line = _one_error_line(["run", str(bad)], monkeypatch, capsys)
+    assert "analyses.eval: --split: 'sometimes' is not one of heldout, train, all" in line
 
 
 def test_steps_one_per_task_and_swept_value_in_run_order():
