@@ -245,7 +245,8 @@ def _build_into(staging: Path, out: Path, *, seed: int, size: str, variant: str,
             step = bars.stage("measure", len(STAGES))
             for i, stage in enumerate(STAGES):
                 # measure the saved checkpoint, loaded as any user would load it
-                measured[stage] = measure_stage(load_model(str(staging / stage)), tasks, split)
+                measured[stage] = measure_stage(load_model(str(staging / stage)), tasks, split,
+                                                queries=spec.measure_queries)
                 step(i + 1, len(STAGES))
             timing["measure"] = time.perf_counter() - t0
     timing["total"] = time.perf_counter() - t_start

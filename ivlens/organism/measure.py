@@ -236,17 +236,20 @@ def testable_configs(iv: dict, subtask: str) -> list[tuple[str, dict]]:
 
 
 def measure_stage(lm: LoadedModel, tasks: dict[str, Task], split: dict[str, dict[str, list[str]]],
-                  iv: bool = True) -> dict:
-    """All figures of one stage: per task, per split (train / heldout) accuracy and recall; IV transfer
-    over all queries."""
+                  iv: bool = True, queries: int | None = None) -> dict:
+    """All figures of one stage: per task, per split (train / heldout) accuracy and recall; IV transfer over all
+    queries. ``queries``: measure only the first ``queries`` of each split (IV transfer on their samples)."""
     model, tokenizer = lm.model.eval(), lm.tokenizer
     out = {}
     for name, task in tasks.items():
+        parts = {part: split[name][part][:queries] for part in ("train", "heldout")}
         out[name] = {
-            part: {"instructed": instructed_accuracy(model, tokenizer, task, split[name][part]),
-                   "recall": recall(model, tokenizer, task, split[name][part])}
-            for part in ("train", "heldout")
+            part: {"instructed": instructed_accuracy(model, tokenizer, task, chosen),
+                   "recall": recall(model, tokenizer, task, chosen)}
+            for part, chosen in parts.items()
         }
         if iv:
-            out[name]["iv"] = iv_transfer(lm, task)
+            measured = set(parts["train"]) | set(parts["heldout"])
+            samples = None if queries is None else [i for i, s in enumerate(task.samples) if s.query in measured]
+            out[name]["iv"] = iv_transfer(lm, task, samples)
     return out
