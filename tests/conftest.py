@@ -27,10 +27,9 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import datasets  # noqa: E402, F401  (sets its logger's level on import: once here, not inside the first test using it)
 from run_shared import built_once  # noqa: E402
 
-from ivlens.testing.tiny import ARCHS, save_tiny_checkpoint, tiny_tokenizer  # noqa: E402
+from ivlens.testing import ARCHS  # noqa: E402  (names only: pytest-xdist's controller imports no model code)
 
 COST_MARKERS = ("unit", "tiny", "cli", "slow")
 #: the cost of a file's tests that are not marked by hand, by file name (unique across tests/; files not named
@@ -77,12 +76,20 @@ def cost_of(item) -> str:
     return "tiny" if cost == "unit" and fixtures & TINY_FIXTURES else cost
 
 
+def xdist_controller(config) -> bool:
+    """Whether this process is pytest-xdist's controller, which starts the workers and runs no test: it imports no
+    torch, transformers or ivlens model code (about 9 s of CPU here, before the workers could start)."""
+    return bool(config.getoption("numprocesses", None)) and not hasattr(config, "workerinput")
+
+
 def pytest_configure(config):
     """Run the costliest files first (:class:`CostliestFilesFirst`). In a pytest-xdist worker, torch gets its share
     of the cores: ``max(1, threads // workers)`` threads, where ``threads`` is torch's own default (one per core),
     so that ``-n 2`` on 2 cores runs 2 threads, not 4; the processes a test starts (``python -m ivlens``, Ray's
     workers) get the same share through ``OMP_NUM_THREADS`` unless it is set already. Code that fixes its thread
     count (the organism build: 2 threads) still does."""
+    if not xdist_controller(config):
+        import datasets  # noqa: F401  (sets its logger's level on import: once here, not inside the first test using it)
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 0)
     if os.environ.get("PYTEST_XDIST_WORKER") and workers > 1:
         import torch
@@ -195,12 +202,16 @@ def arch(request) -> str:
 
 @pytest.fixture
 def tok():
+    from ivlens.testing.tiny import tiny_tokenizer
+
     return tiny_tokenizer()
 
 
 @pytest.fixture
 def tiny_dir(tmp_path_factory):
     """Factory: save a tiny model of ``arch`` with the tiny tokenizer to a directory and return its path."""
+
+    from ivlens.testing.tiny import save_tiny_checkpoint
 
     def make(arch: str = "olmo2", **kw):
         return save_tiny_checkpoint(tmp_path_factory.mktemp(f"tiny-{arch}"), arch, **kw)
@@ -212,6 +223,8 @@ def tiny_dir(tmp_path_factory):
 def two_tiny_dirs(tmp_path_factory) -> tuple[str, str]:
     """Two tiny OLMo-2 checkpoints (seeds 0 and 1, 4 layers, d_model 64) saved with the tiny tokenizer: the
     models of the study and shard tests."""
+    from ivlens.testing.tiny import save_tiny_checkpoint
+
     a, b = (str(save_tiny_checkpoint(tmp_path_factory.mktemp(f"tiny-olmo2-seed{seed}"), "olmo2", seed=seed,
                                      n_layers=4, d_model=64, n_heads=4)) for seed in (0, 1))
     return a, b

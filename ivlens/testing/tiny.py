@@ -44,11 +44,8 @@ from transformers import (
     Starcoder2ForCausalLM,
 )
 
-#: Every architecture with a tiny random model, one per supported family (tests parametrise over these).
-ARCHS = ("olmo2", "llama", "qwen2", "gpt2", "gemma", "gemma2", "gemma3", "qwen3", "olmo3", "olmo", "mistral", "phi3",
-         "gpt_neox", "starcoder2")
-#: Tiny models of classes that have *no* adapter (eval and IV collection must still work on them).
-NO_ADAPTER_ARCHS = ("stablelm",)
+from ivlens.testing import ARCHS, NO_ADAPTER_ARCHS
+
 TINY_VOCAB = 384
 
 _CORPUS = [
