@@ -5,7 +5,7 @@ seconds measured on this machine and ``seconds × rate / 56``, where ``rate`` is
 (``torch.set_num_threads(2)``, best of 5 of ``a @ b`` with ``a`` 2048×2048 and ``b`` 2048×8192) and 56 GFLOP/s is
 the slowest machine measured. The rate is measured before the timed items and again after them, and the times are
 normalised by the mean of the two: on a shared machine one measurement moves by 10–25 % from minute to minute
-(212.6–276.1 GFLOP/s within two minutes here), and a target met at one of the two rates but not at the other is
+(212.6–276.1 GFLOP/s within three minutes here), and a target met at one of the two rates but not at the other is
 reported as ``borderline``, not as met. Targets (normalised):
 
 | item | target |

@@ -144,7 +144,11 @@ def _kill_when(cmd: list[str] | Callable[[], Any], ready, timeout: float = 120) 
 def _run_forked(*args: str, log: Path) -> None:
     """``ivlens ARGS`` as a forked process (:func:`_forked`), to its end; it must exit 0."""
     proc = _forked(*args, log=log)
-    assert proc.wait(600) == 0, proc.output[-2000:]
+    code = proc.wait(600)
+    if code is None:  # still running after 10 minutes: end it rather than leave it behind the failed test
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert code == 0, proc.output[-2000:]
 
 
 def _run_here(*args: str) -> None:
