@@ -244,22 +244,32 @@ EngineWork = Callable[[Sequence[TargetShape], Sequence[tuple[int, ...]], int, Ca
 
 
 def trie_work(chunk: Sequence[TargetShape], layer_sets: Sequence[tuple[int, ...]], n_layers: int,
-              group_rows: Callable[[int], int]) -> tuple[int, int, int]:
-    """A stand-in for the engine's count: :func:`trie_states` per target and position, one group per
-    ``group_rows(s)`` rows of each suffix length ``s`` (exact when every group holds whole targets)."""
-    evals = unembed = calls = 0
+              group_rows: Callable[[int], int],
+              position: Callable[[bool], tuple[int, int]] | None = None) -> tuple[int, int, int]:
+    """The engine's work for one chunk: ``(executed_evals, unembed_rows, layer_calls)``. Each patched position is a
+    trie over the suffix from it (``s = n_tokens − position`` columns) whose states and rows do not depend on the
+    target's length, only on whether the position is the last: ``position(last) -> (states per column, rows)``
+    (default: :func:`trie_states` and the sets, the highest layers alone at the last position; the patching dry
+    run passes the engine's own scheduler). One group per ``group_rows(s)`` rows of each suffix length ``s``
+    (exact when every group holds whole targets)."""
+    if position is None:
+        highest = len({x[-1] for x in layer_sets})
+
+        def position(last: bool) -> tuple[int, int]:
+            return trie_states(layer_sets, n_layers, last), highest if last else len(layer_sets)
+
+    evals = unembed = 0
     per_s: dict[int, int] = {}
-    cache: dict[bool, int] = {}
-    highest = len({x[-1] for x in layer_sets})
+    cache: dict[bool, tuple[int, int]] = {}
     for t in chunk:
         for p in t.positions:
             last = p == t.n_tokens - 1
             if last not in cache:
-                cache[last] = trie_states(layer_sets, n_layers, last)
-            evals += cache[last] * (t.n_tokens - p)
-            k = highest if last else len(layer_sets)
-            unembed += k
-            per_s[t.n_tokens - p] = per_s.get(t.n_tokens - p, 0) + k
+                cache[last] = position(last)
+            states, rows = cache[last]
+            evals += states * (t.n_tokens - p)
+            unembed += rows
+            per_s[t.n_tokens - p] = per_s.get(t.n_tokens - p, 0) + rows
     calls = sum(math.ceil(n / max(1, group_rows(s))) * (n_layers - 1) for s, n in per_s.items())
     return evals, unembed, calls
 

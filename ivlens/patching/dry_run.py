@@ -42,23 +42,12 @@ from .trie import RowSpec, scheduled_work
 def engine_work(chunk: Sequence[TargetShape], layer_sets, n_layers: int, group_rows, continued: bool = False,
                 ) -> tuple[int, int, int]:
     """The patching engine's own count (:func:`ivlens.patching.trie.scheduled_work`) for one chunk: executed
-    layer-token evaluations, unembedded rows and layer calls, without running anything.
-
-    The engine runs each patched position of a target as its own trie over the suffix from that position
-    (``s = n_tokens − position`` columns; distinct positions have distinct ``s``), and that trie's states depend on
-    the layer sets and on whether the position is the last one (the last-position identity), not on the target's
-    length: so one position's evaluations are its states (:func:`position_work`) times ``s``, and the counts add up
-    over positions and targets (groups hold whole targets' tries). The layer calls are counted per suffix length
-    over the whole chunk, as the engine groups them (:func:`ivlens.estimate.costs.trie_work`). ``continued``: rows
+    layer-token evaluations, unembedded rows and layer calls, without running anything: :func:`ivlens.estimate
+    .costs.trie_work` with each kind of position scheduled by the engine (:func:`position_work`). ``continued``: rows
     scored at the answer level (no last-position identity)."""
-    evals = unembed = 0
     sets = tuple(map(tuple, layer_sets))
-    for t in chunk:
-        for p in t.positions:
-            states, rows = position_work(sets, n_layers, p == t.n_tokens - 1, continued)
-            evals, unembed = evals + states * (t.n_tokens - p), unembed + rows
-    _, _, calls = trie_work(chunk, layer_sets, n_layers, group_rows)
-    return evals, unembed, calls
+    return trie_work(chunk, sets, n_layers, group_rows,
+                     position=lambda last: position_work(sets, n_layers, last, continued))
 
 
 @functools.lru_cache(maxsize=64)
