@@ -77,7 +77,9 @@ class ApproxTokenizer:
 class ModelInfo:
     """What a dry run knows about a model: sizes (``shape``), the tokenizer (or :class:`ApproxTokenizer`), and
     ``tokenizer_note`` (``None`` when the real tokenizer was found); ``split``: for a model not built yet, its
-    recipe's queries per split (``split(task) -> {"train": [...], "heldout": [...]}``), which its card will record."""
+    recipe's queries per split (``split(task) -> {"train": [...], "heldout": [...]}``), which its card will record;
+    ``architecture``: the model class, with ``has_adapter`` whether ivlens has a family for it (patching and tracing
+    need one: :func:`check_adapter`)."""
 
     name: str
     path: str
@@ -87,6 +89,21 @@ class ModelInfo:
     config: object = field(default=None, repr=False)
     gguf: bool = False
     split: Callable | None = field(default=None, repr=False)
+    architecture: str | None = None
+    has_adapter: bool = True
+
+
+def check_adapter(info: ModelInfo) -> None:
+    """Raise :class:`~ivlens.models.adapters.UnsupportedArchitectureError` when ``info``'s model class has no
+    registered family (the meta-device weights cannot run the adapter's probe forward, so only the registration is
+    checked before a run; the real run derives and verifies the adapter)."""
+    from ivlens.models.adapters import ARCHITECTURES, UnsupportedArchitectureError
+
+    if not info.has_adapter:  # fail now, not after the estimate
+        raise UnsupportedArchitectureError(
+            f"ivlens has no architecture adapter for {info.architecture} (patching and tracing need one; eval "
+            f"and probes do not). Supported: {', '.join(sorted(ARCHITECTURES))}. docs/architectures.md says how "
+            "to add one.")
 
 
 def read_config(path: str, gguf: str | None, revision: str | None, trust_remote_code: bool):
@@ -111,22 +128,30 @@ def model_info(name: str, *, gguf_file: str | None = None, revision: str | None 
                trust_remote_code: bool = False, require_adapter: bool = False) -> ModelInfo:
     """Sizes and tokenizer of ``name`` (hub id, local directory, ``.gguf``, ivlens name) without its weights.
 
+    A local GGUF file that an earlier run has already converted (:mod:`ivlens.models.gguf_cache`) is sized from its
+    conversion: the same config and tokenizer, read in about a second instead of parsing the GGUF header twice (10 s
+    for SmolLM2 here), and its load is estimated as that of the conversion (no dequantisation; ``gguf`` False).
+
     Raises :class:`~ivlens.models.load.ModelLoadError` when no config can be read, and, with
     ``require_adapter`` (patching, tracing), :class:`~ivlens.models.adapters.UnsupportedArchitectureError` for a
-    class with no registered family (the meta-device weights cannot run the adapter's probe forward, so only the
-    registration is checked here; the real run derives and verifies the adapter).
+    class with no registered family (:func:`check_adapter`).
     """
-    from ivlens.models.adapters import ARCHITECTURES, UnsupportedArchitectureError
     from ivlens.models.adapters.registry import family_of
     from ivlens.models.files import check_local_model, loading_failure
-    from ivlens.models.load import ModelLoadError, resolve_name
+    from ivlens.models.gguf_cache import existing_conversion
+    from ivlens.models.load import ModelLoadError, resolve_name, weight_hash
 
     path, gguf = resolve_name(name, gguf_file)
     local_gguf = gguf is not None and Path(path, gguf).is_file()
     if Path(path).is_dir():  # the files a run would refuse are refused by its dry run too (headers only)
         check_local_model(Path(path), gguf, trust_remote_code)
+    source, source_gguf = path, gguf
+    if local_gguf:
+        converted = existing_conversion(path, gguf, weight_hash(path, gguf), torch.float32)
+        if converted is not None:
+            source, source_gguf = str(converted), None
     try:
-        config = read_config(path, gguf, revision, trust_remote_code)
+        config = read_config(source, source_gguf, revision, trust_remote_code)
     except Exception as e:  # noqa: BLE001 - the boundary: a GGUF header transformers cannot read is named as a load names it
         if local_gguf:
             raise loading_failure(name, str(Path(path, gguf)), e) from None
@@ -134,16 +159,16 @@ def model_info(name: str, *, gguf_file: str | None = None, revision: str | None 
             raise
         raise ModelLoadError(f"could not read the config of {name!r}: {e}") from None
     model = meta_model(config)
-    if require_adapter and family_of(model) is None:  # fail now, not after the estimate
-        raise UnsupportedArchitectureError(
-            f"ivlens has no architecture adapter for {type(model).__name__} (patching and tracing need one; eval "
-            f"and probes do not). Supported: {', '.join(sorted(ARCHITECTURES))}. docs/architectures.md says how "
-            "to add one.")
     n_params = sum(p.numel() for p in model.parameters())  # shared (tied) matrices counted once
     shape = ModelShape.from_config(config, n_params=n_params)
+    # gguf: the load will dequantise the file (the conversion's safetensors load as any checkpoint does)
+    info = ModelInfo(name, path, shape, None, None, config, source_gguf is not None, architecture=type(model).__name__,
+                     has_adapter=family_of(model) is not None)
     del model
-    tok, note = _tokenizer(path, gguf, revision, trust_remote_code, config)
-    return ModelInfo(name, path, shape, tok, note, config, gguf is not None)
+    if require_adapter:
+        check_adapter(info)
+    info.tokenizer, info.tokenizer_note = _tokenizer(source, source_gguf, revision, trust_remote_code, config)
+    return info
 
 
 def _tokenizer(path, gguf, revision, trust_remote_code, config):

@@ -33,15 +33,26 @@ def conversion_key(gguf: Path, content_hash: str) -> str:
     return content_hash
 
 
+def _target(directory: str, gguf_file: str, content_hash: str, dtype) -> Path:
+    gguf = Path(directory) / gguf_file
+    suffix = "" if str(dtype) == "torch.float32" else "-" + str(dtype).removeprefix("torch.")
+    return cache_root() / "gguf" / (conversion_key(gguf, content_hash) + suffix)
+
+
+def existing_conversion(directory: str, gguf_file: str, content_hash: str, dtype) -> Path | None:
+    """The complete safetensors directory of GGUF ``directory/gguf_file`` in ``dtype`` if the cache has one (nothing
+    is converted; a dry run sizes the model from it)."""
+    target = _target(directory, gguf_file, content_hash, dtype)
+    return target if (target / COMPLETE).is_file() else None
+
+
 def converted_dir(directory: str, gguf_file: str, content_hash: str, dtype) -> Path:
     """The safetensors directory of GGUF ``directory/gguf_file``, converting it first if the cache lacks it
     (``dtype``: the torch dtype the weights are dequantised to and saved in)."""
     from filelock import FileLock
 
     gguf = Path(directory) / gguf_file
-    key = conversion_key(gguf, content_hash)
-    suffix = "" if str(dtype) == "torch.float32" else "-" + str(dtype).removeprefix("torch.")
-    target = cache_root() / "gguf" / (key + suffix)
+    target = _target(directory, gguf_file, content_hash, dtype)
     if (target / COMPLETE).is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

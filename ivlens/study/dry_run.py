@@ -17,7 +17,7 @@ from rich.table import Table
 from ivlens.analyses import BY_NAME, spec_costs
 from ivlens.dry_run import gigabytes, human_time, print_costs
 from ivlens.estimate.costs import CostEstimate
-from ivlens.estimate.model import ModelInfo, model_info
+from ivlens.estimate.model import ModelInfo, check_adapter, model_info
 from ivlens.organism.dry_run import organism_recipe_info, organism_shape
 from ivlens.organism.paths import is_built, organism_dir, parse_organism_name
 
@@ -26,14 +26,16 @@ from .spec import StudySpec
 
 
 def _info(name: str, require_adapter: bool, cache: dict) -> ModelInfo:
-    key = (name, require_adapter)
-    if key not in cache:
+    """``name``'s sizes, read once per dry run whichever steps need it (a GGUF header takes seconds to parse)."""
+    if name not in cache:
         parsed = parse_organism_name(name)
         if parsed is not None and not is_built(organism_dir(parsed[0])):
-            cache[key] = organism_recipe_info(name)
+            cache[name] = organism_recipe_info(name)
         else:
-            cache[key] = model_info(name, require_adapter=require_adapter)
-    return cache[key]
+            cache[name] = model_info(name)
+    if require_adapter:
+        check_adapter(cache[name])
+    return cache[name]
 
 
 def step_infos(step: Step, cache: dict) -> list[ModelInfo]:

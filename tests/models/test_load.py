@@ -190,6 +190,8 @@ def test_a_gguf_is_converted_once_into_the_cache_with_the_same_weights_and_token
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from ivlens.estimate.flops import ModelShape
+    from ivlens.estimate.model import model_info
     from ivlens.models.gguf_cache import COMPLETE, cache_root
     from ivlens.models.load import smollm2_gguf
 
@@ -211,3 +213,10 @@ def test_a_gguf_is_converted_once_into_the_cache_with_the_same_weights_and_token
     text = "The capital of France is Paris, and naïve café — 12345."
     assert lm.tokenizer(text).input_ids == ref_tok(text).input_ids
     assert lm.tokenizer.eos_token == ref_tok.eos_token and lm.tokenizer.bos_token == ref_tok.bos_token
+    # a dry run sizes the converted GGUF from its conversion: the GGUF's shape and tokenizer, loaded without
+    # dequantising
+    info = model_info("smollm2-135m-instruct")
+    n_params = sum(p.numel() for p in ref.parameters())
+    assert info.shape == ModelShape.from_config(ref.config, n_params=n_params) and not info.gguf
+    assert info.tokenizer(text).input_ids == ref_tok(text).input_ids
+    assert info.path == str(g.parent) and info.has_adapter

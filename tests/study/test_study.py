@@ -75,6 +75,36 @@ def test_steps_one_per_task_and_swept_value_in_run_order():
     assert steps[5].spec.target == "bare" and steps[6].spec.target == "formatted"
 
 
+def test_a_dry_run_reads_each_model_once_and_still_refuses_patching_without_an_adapter(monkeypatch):
+    """Every step of a study sizes its models from one model_info call per model (a GGUF header takes seconds to
+    parse), eval and probe steps read it without an adapter, and a step that patches refuses the class that has none."""
+    import ivlens.study.dry_run as study_dry_run
+    from ivlens.estimate.flops import ModelShape
+    from ivlens.estimate.model import ApproxTokenizer, ModelInfo
+    from ivlens.models.adapters import UnsupportedArchitectureError
+
+    calls = []
+
+    def fake_model_info(name, **kw):
+        calls.append((name, kw))
+        shape = ModelShape("llama", n_layers=2, d_model=8, n_heads=2, n_kv_heads=2, d_head=4, d_mlp=16, d_vocab=100,
+                           n_params=1000)
+        return ModelInfo(name, name, shape, ApproxTokenizer(1, 2, 2), architecture="WeirdForCausalLM",
+                         has_adapter=name != "m1")
+
+    monkeypatch.setattr(study_dry_run, "model_info", fake_model_info)
+    study = StudySpec(**{**tiny_study(["m0", "m1"]), "analyses": {
+        "eval": {"split": ["heldout", "train"]}, "probe": {"layers": "all"}}})
+    cache: dict = {}
+    for step in plan_steps(study):
+        assert [i.name for i in study_dry_run.step_infos(step, cache)] == ["base", "sft"]
+    assert calls == [("m0", {}), ("m1", {})]  # five steps, two models: read once each
+    patching = StudySpec(**{**tiny_study(["m0", "m1"]), "analyses": {"patch": {"tasks": ["adjectives"]}}})
+    with pytest.raises(UnsupportedArchitectureError, match="no architecture adapter for WeirdForCausalLM"):
+        study_dry_run.step_infos(plan_steps(patching)[0], cache)
+    assert len(calls) == 2
+
+
 def test_the_main_job_keeps_its_step_names():
     """The main job's run directories (``ivlens.runs.slug`` of each swept value) stay as they were named before the
     one slug rule: a study resumed across versions finds its finished steps."""
