@@ -338,10 +338,10 @@ def config_layer_count(name: str, spec: Spec) -> int | None:
     the config cannot be read here (loading the model then reports why)."""
     from .estimate.flops import ModelShape
     from .estimate.model import read_config
-    from .models.load import resolve_name
+    from .models.load import header_source, resolve_name
 
     try:
-        path, gguf = resolve_name(name, getattr(spec, "gguf_file", None))
+        path, gguf = header_source(*resolve_name(name, getattr(spec, "gguf_file", None)))
         config = read_config(path, gguf, getattr(spec, "revision", None), getattr(spec, "trust_remote_code", False))
         return ModelShape.from_config(config).n_layers
     except (OSError, ValueError, TypeError):

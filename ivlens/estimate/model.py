@@ -138,18 +138,13 @@ def model_info(name: str, *, gguf_file: str | None = None, revision: str | None 
     """
     from ivlens.models.adapters.registry import family_of
     from ivlens.models.files import check_local_model, loading_failure
-    from ivlens.models.gguf_cache import existing_conversion
-    from ivlens.models.load import ModelLoadError, resolve_name, weight_hash
+    from ivlens.models.load import ModelLoadError, header_source, resolve_name
 
     path, gguf = resolve_name(name, gguf_file)
     local_gguf = gguf is not None and Path(path, gguf).is_file()
     if Path(path).is_dir():  # the files a run would refuse are refused by its dry run too (headers only)
         check_local_model(Path(path), gguf, trust_remote_code)
-    source, source_gguf = path, gguf
-    if local_gguf:
-        converted = existing_conversion(path, gguf, weight_hash(path, gguf), torch.float32)
-        if converted is not None:
-            source, source_gguf = str(converted), None
+    source, source_gguf = header_source(path, gguf)
     try:
         config = read_config(source, source_gguf, revision, trust_remote_code)
     except Exception as e:  # noqa: BLE001 - the boundary: a GGUF header transformers cannot read is named as a load names it

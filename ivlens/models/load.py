@@ -44,7 +44,7 @@ from .files import (
     loading_failure,
     looks_like_a_path,
 )
-from .gguf_cache import converted_dir
+from .gguf_cache import converted_dir, existing_conversion
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +159,18 @@ def resolve_name(name: str, gguf_file: str | None = None) -> tuple[str, str | No
                              "(config.json and *.safetensors), a .gguf file, a hub id or an ivlens name "
                              f"({SMOLLM2}, organism-sft)")
     return (str(p) if p.is_dir() else name), gguf_file
+
+
+def header_source(path: str, gguf: str | None) -> tuple[str, str | None]:
+    """Where the config and tokenizer of a resolved model (``(path, gguf)`` of :func:`resolve_name`) are read without
+    its weights: the conversion of a local GGUF file in ivlens's cache once a load has made it (:mod:`.gguf_cache`:
+    the same config and tokenizer, read in about a second where parsing the GGUF header takes seconds, 5-6 s for
+    SmolLM2 here), else the model itself. Converts nothing."""
+    if gguf is not None and Path(path, gguf).is_file():
+        converted = existing_conversion(path, gguf, weight_hash(path, gguf), torch.float32)
+        if converted is not None:
+            return str(converted), None
+    return path, gguf
 
 
 def check_model_files(name: str, *, gguf_file: str | None = None, trust_remote_code: bool = False) -> None:

@@ -193,7 +193,7 @@ def test_a_gguf_is_converted_once_into_the_cache_with_the_same_weights_and_token
     from ivlens.estimate.flops import ModelShape
     from ivlens.estimate.model import model_info
     from ivlens.models.gguf_cache import COMPLETE, cache_root
-    from ivlens.models.load import smollm2_gguf
+    from ivlens.models.load import header_source, smollm2_gguf
 
     lm = load_model("smollm2-135m-instruct")
     converted = list((cache_root() / "gguf").glob(f"{lm.weight_hash}/{COMPLETE}"))
@@ -213,8 +213,9 @@ def test_a_gguf_is_converted_once_into_the_cache_with_the_same_weights_and_token
     text = "The capital of France is Paris, and naïve café — 12345."
     assert lm.tokenizer(text).input_ids == ref_tok(text).input_ids
     assert lm.tokenizer.eos_token == ref_tok.eos_token and lm.tokenizer.bos_token == ref_tok.bos_token
-    # a dry run sizes the converted GGUF from its conversion: the GGUF's shape and tokenizer, loaded without
-    # dequantising
+    # its config and tokenizer are read from the conversion (no GGUF header parsed), and a dry run sizes it from
+    # there: the GGUF's shape and tokenizer, loaded without dequantising
+    assert header_source(*resolve_name("smollm2-135m-instruct")) == (str(converted[0].parent), None)
     info = model_info("smollm2-135m-instruct")
     n_params = sum(p.numel() for p in ref.parameters())
     assert info.shape == ModelShape.from_config(ref.config, n_params=n_params) and not info.gguf
