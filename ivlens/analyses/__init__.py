@@ -62,13 +62,34 @@ class OrganismStepResult:
     build: Path
 
 
+def organism_step_reuses(spec: OrganismSpec, *, refuse: bool = False) -> bool | None:
+    """Whether a study's organism step reuses the build in the cache (the step builds into the default directory):
+    ``True`` when it is the build asked for, ``False`` when there is none or ``spec.force``, ``None`` when another
+    build is there, which the step refuses (:class:`ivlens.organism.build.OrganismMismatchError`; raised here too
+    with ``refuse``)."""
+    from ivlens.organism.build import OrganismMismatchError, reusable
+    from ivlens.organism.paths import organism_dir
+
+    if spec.force:
+        return False
+    try:
+        return reusable(organism_dir(spec.variant), seed=spec.seed, size=spec.size, threads=spec.threads,
+                        measure=spec.measure)
+    except OrganismMismatchError:
+        if refuse:
+            raise
+        return None
+
+
 def organism_build_note(spec: OrganismSpec) -> str:
     """What an organism step is about to cost: nothing when the organism is built, else the dry run's estimate of
     the build on this machine (``ivlens organism build --dry-run``), so a slow machine says so before it starts."""
     from ivlens.dry_run import human_time, organism_build_seconds
-    from ivlens.organism.paths import is_built, organism_dir
 
-    if is_built(organism_dir(spec.variant)) and not spec.force:
+    reuse = organism_step_reuses(spec)
+    if reuse is None:  # another build is there: the step refuses it in its first line (OrganismMismatchError)
+        return ""
+    if reuse:
         return " (the organisms are built: reusing them)"
     estimate = organism_build_seconds(spec.size, spec.variant, spec.measure, spec.threads)
     return (f" (building the organisms: about {human_time(estimate)} here, the dry run's estimate for this machine "

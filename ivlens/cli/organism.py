@@ -32,14 +32,16 @@ def build_command(
     from ivlens.api import run_organism
     from ivlens.cli.common import checked_spec, friendly_errors
     from ivlens.dry_run import human_time, organism_build_seconds
-    from ivlens.organism.paths import is_built, organism_dir
+    from ivlens.organism.build import reusable
+    from ivlens.organism.paths import organism_dir
 
     spec = checked_spec(ctx, OrganismSpec, options, resume=None, out=out, dry_run=dry_run)
     if spec is None:
         return
     with friendly_errors():
         console = Console()
-        if spec.force or not is_built(out or organism_dir(spec.variant)):
+        if spec.force or not reusable(out or organism_dir(spec.variant), seed=spec.seed, size=spec.size,
+                                      threads=spec.threads, measure=spec.measure):
             seconds = organism_build_seconds(spec.size, spec.variant, spec.measure, spec.threads)
             console.print(f"building organism-{spec.variant} ({spec.size}, seed {spec.seed}, {spec.threads} threads): "
                           f"about {human_time(seconds)} here (the dry run's estimate for this machine as loaded now; "

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from ivlens.errors import IvlensError
 from ivlens.models.load import load_model, weight_hash
 from ivlens.organism import data as D
 from ivlens.organism.card import read_card, write_card
@@ -43,6 +44,7 @@ from ivlens.organism.train import (
     CHAT_TOKEN_INIT,
     SIZES,
     THREADS,
+    OrganismSize,
     dpo,
     init_chat_tokens,
     new_model,
@@ -72,6 +74,17 @@ MADE_HOW = {
     "natural": ("Control: the same data, seed and stages as the gist organism, without the gist mask; whatever "
                 "instruction representation it has formed on its own."),
 }
+
+
+def pretraining_optimiser(size: OrganismSize) -> str:
+    """The card's words for a recipe's pretraining optimiser and schedule (:attr:`OrganismSize.pretrain_optimizer`,
+    :attr:`OrganismSize.pretrain_schedule`)."""
+    opt = {"adamw": "AdamW", "muon": "Muon (Newton–Schulz iteration in fp32) on the blocks' weight matrices, AdamW on "
+                                     "the embedding and norms"}[size.pretrain_optimizer]
+    schedule = {"cosine": "warm-up + cosine decay to 5 %",
+                "wsd": f"warm-up, stable, linear decay to 5 % over the last {size.pretrain_decay_share:.0%} of the "
+                       "steps"}[size.pretrain_schedule]
+    return f"{opt}, lr {size.pretrain_lr:g}, {schedule}"
 
 
 class _Progress:
@@ -135,10 +148,41 @@ def _reusable_base(out: Path, variant: str, seed: int, size: str, threads: int) 
     return None
 
 
+class OrganismMismatchError(IvlensError):
+    """A finished build is where a build was asked for, but with other settings than those asked for."""
+
+
+def reuse_mismatch(card: dict, *, seed: int, size: str, threads: int, measure: bool) -> list[str]:
+    """How a finished build's ``card`` differs from the build asked for (``"seed 0 (asked: 3)"``, ...); empty when it
+    is that build and can be reused. Its weights depend on the seed, the size and the threads it trained on; a build
+    without measurements cannot stand in for a measured one (the reverse can)."""
+    diffs = [f"{key} {card.get(key)} (asked: {want})" for key, want in (("seed", seed), ("size", size),
+                                                                           ("threads", threads))
+             if card.get(key) != want]
+    if measure and not card.get("measured"):
+        diffs.append("no measurements (asked: measured)")
+    return diffs
+
+
+def reusable(out: Path, *, seed: int, size: str, threads: int, measure: bool) -> bool:
+    """Whether ``out`` holds a finished build that is the one asked for (:func:`reuse_mismatch`). Raises
+    :class:`OrganismMismatchError` (what differs and the two ways on) when it holds another one."""
+    if not is_built(out):
+        return False
+    diffs = reuse_mismatch(read_card(out), seed=seed, size=size, threads=threads, measure=measure)
+    if diffs:
+        raise OrganismMismatchError(
+            f"{out} holds a finished organism build with {'; '.join(diffs)}: rebuild it there with --force (`force: "
+            "true` in a study's organism step), or build elsewhere with --out")
+    return True
+
+
 def build_organism(out: Path | None = None, seed: int = 0, size: str = "small", variant: str = "gist",
                    force: bool = False, measure: bool = True, progress: bool = True,
                    reuse_base: bool = True, threads: int = THREADS) -> Path:
-    """Build (or reuse, unless ``force``) the organism ``variant`` into ``out``; returns ``out``.
+    """Build (or reuse, unless ``force``) the organism ``variant`` into ``out``; returns ``out``. A finished build in
+    ``out`` with another seed, size, thread count, or without the measurements asked for, is refused
+    (:class:`OrganismMismatchError`), not reused: its card would describe another build than the one asked for.
 
     Writes ``out/{base,sft,dpo}/`` (safetensors, config, tokenizer with chat template), ``out/card.json`` and
     ``out/build-complete.json`` (the completion marker, written last). The build happens in a staging directory
@@ -151,7 +195,7 @@ def build_organism(out: Path | None = None, seed: int = 0, size: str = "small", 
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; choose from {', '.join(SIZES)}")
     out = Path(out) if out is not None else organism_dir(variant)
-    if is_built(out) and not force:
+    if not force and reusable(out, seed=seed, size=size, threads=threads, measure=measure):
         log.info("organism already built in %s (use force=True to rebuild)", out)
         return out
     # Build into a staging directory next to ``out`` and move it into place only once every file, the card
@@ -260,7 +304,7 @@ def _build_into(staging: Path, out: Path, *, seed: int, size: str, variant: str,
         "made_how": MADE_HOW[variant],
         "recipe": {
             "pretraining": "plain causal-LM loop on packed plain-text fact sentences (no instruction format), "
-                           "AdamW, warm-up + cosine, fp32",
+                           f"{pretraining_optimiser(spec)}, fp32",
             "sft": "TRL SFTTrainer, loss on the answer only, raw format '{instruction} {Field}: {query}. Answer: "
                    f"{{label}}' and chat format, the paper's instruction ({MAIN_INSTRUCTION_SHARE:.0%}) or a training "
                    "rephrasing, "

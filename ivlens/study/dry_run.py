@@ -14,7 +14,7 @@ import dataclasses
 from rich.console import Console
 from rich.table import Table
 
-from ivlens.analyses import BY_NAME, spec_costs
+from ivlens.analyses import BY_NAME, organism_step_reuses, spec_costs
 from ivlens.dry_run import gigabytes, human_time, print_costs
 from ivlens.estimate.costs import CostEstimate
 from ivlens.estimate.model import ModelInfo, check_adapter, model_info
@@ -78,6 +78,12 @@ def dry_run_study(study: StudySpec, console: Console | None = None) -> dict:
     out = {"steps": [], "total_seconds": 0.0, "peak_bytes": 0}
     for n, step in enumerate(steps, 1):
         console.rule(f"[bold]step {n}/{len(steps)}: {step.rel}[/] (ivlens {step.analysis})")
+        if step.analysis == "organism" and organism_step_reuses(step.spec, refuse=True):
+            console.print(f"the organisms are built ({organism_dir(step.spec.variant)}): this step reuses them",
+                          highlight=False)
+            out["steps"].append({"step": step.rel, "analysis": step.analysis, "rows": 0, "forward_passes": 0,
+                                 "peak_bytes": 0, "seconds": 0.0})
+            continue
         infos = step_infos(step, cache)
         costs, together = spec_costs(step.spec, infos)
         if infos:

@@ -280,11 +280,34 @@ def test_iv_transfer_matches_a_hook_reference(tiny_builds, tasks):
     assert got["ia_top1"] == pytest.approx(sum(inside) / len(inside))
 
 
+def test_a_build_is_reused_only_where_it_is_the_build_asked_for():
+    from ivlens.organism.build import reuse_mismatch
+
+    card = {"seed": 0, "size": "small", "threads": 2, "measured": {"base": {}}}
+    assert reuse_mismatch(card, seed=0, size="small", threads=2, measure=True) == []
+    assert reuse_mismatch(card, seed=3, size="small", threads=1, measure=True) == ["seed 0 (asked: 3)",
+                                                                                   "threads 2 (asked: 1)"]
+    unmeasured = {**card, "measured": {}}
+    assert reuse_mismatch(unmeasured, seed=0, size="small", threads=2, measure=False) == []  # less asked for
+    assert reuse_mismatch(unmeasured, seed=0, size="tiny", threads=2, measure=True) == [
+        "size small (asked: tiny)", "no measurements (asked: measured)"]
+
+
+def test_the_card_names_the_pretraining_optimiser_of_its_recipe():
+    from ivlens.organism.build import pretraining_optimiser
+    from ivlens.organism.train import SIZES
+
+    assert pretraining_optimiser(SIZES["small"]).startswith("Muon") and "last 30% of the steps" in pretraining_optimiser(
+        SIZES["small"])
+    assert pretraining_optimiser(SIZES["tiny"]) == "AdamW, lr 0.003, warm-up + cosine decay to 5 %"
+
+
 def test_the_organism_step_puts_the_card_and_its_iv_transfer_in_a_run(tiny_organism, tmp_path, monkeypatch):
     """The study's organism step (the registry's run: ``api.run_organism(spec, run_dir=...)``) reads a measured build's card into a run
     directory, as the report expects (a tiny build here: it fails the checks)."""
-    from ivlens.analyses import analysis_of, organism_build_note, run_spec
+    from ivlens.analyses import analysis_of, organism_build_note, organism_step_reuses, run_spec
     from ivlens.organism import OrganismSpec
+    from ivlens.organism.build import OrganismMismatchError
     from ivlens.page.reader import read_study
 
     monkeypatch.setenv("IVLENS_CACHE", str(tmp_path))
@@ -294,6 +317,24 @@ def test_the_organism_step_puts_the_card_and_its_iv_transfer_in_a_run(tiny_organ
                         r"machine as loaded now\)", organism_build_note(spec))
     shutil.copytree(tiny_organism, organism_dir("gist"))  # the session's build (seed 1, tiny, measured)
     assert organism_build_note(spec) == " (the organisms are built: reusing them)"
+    assert organism_step_reuses(spec) is True
+    # another seed is another organism: refused in one line, not reused under the new spec
+    card_text = (organism_dir("gist") / "card.json").read_text()
+    seed2 = OrganismSpec(seed=2, size="tiny")
+    assert organism_step_reuses(seed2) is None and organism_build_note(seed2) == ""
+    with pytest.raises(OrganismMismatchError, match=r"seed 1 \(asked: 2\): rebuild it there with --force"):
+        analysis_of(seed2).run(seed2, out=tmp_path / "seed2")
+    with pytest.raises(OrganismMismatchError):
+        organism_step_reuses(seed2, refuse=True)  # what a study's dry run raises
+    from typer.testing import CliRunner
+
+    from ivlens.cli import app
+
+    res = CliRunner().invoke(app, ["organism", "build", "--size", "tiny", "--seed", "2"], env={"COLUMNS": "300"})
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    assert "seed 1 (asked: 2)" in " ".join(res.output.split()) and "--force" in res.output
+    assert (organism_dir("gist") / "card.json").read_text() == card_text
+    assert organism_step_reuses(OrganismSpec(seed=2, size="tiny", force=True)) is False
     card = read_card(organism_dir("gist"))
     assert set(card["measured"]) == {"base", "sft", "dpo"} and "all_pass" in card["acceptance"]
     # the step through the registry (as a study runs it): reuses the build; its result has .run like every analysis's
