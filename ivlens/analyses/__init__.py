@@ -82,8 +82,9 @@ def organism_step_reuses(spec: OrganismSpec, *, refuse: bool = False) -> bool | 
 
 
 def organism_build_note(spec: OrganismSpec) -> str:
-    """What an organism step is about to cost: nothing when the organism is built, else the dry run's estimate of
-    the build on this machine (``ivlens organism build --dry-run``), so a slow machine says so before it starts."""
+    """What an organism step is about to cost: nothing when the build asked for is there (:func:`organism_step_reuses`),
+    else the dry run's estimate of the build on this machine (``ivlens organism build --dry-run``), so a slow machine
+    says so before it starts; no note where another build is there (the step refuses it in its first line)."""
     from ivlens.dry_run import human_time, organism_build_seconds
 
     reuse = organism_step_reuses(spec)
