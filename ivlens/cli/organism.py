@@ -30,18 +30,28 @@ def build_command(
     from rich.console import Console
 
     from ivlens.api import run_organism
-    from ivlens.cli.common import checked_spec, friendly_errors
+    from ivlens.cli.common import checked_spec, friendly_errors, print_dry_run
     from ivlens.dry_run import human_time, organism_build_seconds
     from ivlens.organism.build import reusable
     from ivlens.organism.paths import organism_dir
 
-    spec = checked_spec(ctx, OrganismSpec, options, resume=None, out=out, dry_run=dry_run)
+    spec = checked_spec(ctx, OrganismSpec, options, resume=None, out=out, dry_run=False)
     if spec is None:
         return
     with friendly_errors():
         console = Console()
-        if spec.force or not reusable(out or organism_dir(spec.variant), seed=spec.seed, size=spec.size,
-                                      threads=spec.threads, measure=spec.measure):
+        directory = out or organism_dir(spec.variant)
+        build = spec.force or not reusable(directory, seed=spec.seed, size=spec.size, threads=spec.threads,
+                                           measure=spec.measure)  # another build there is refused, also by --dry-run
+        if dry_run:
+            if build:
+                print_dry_run(spec)
+            else:
+                console.print(f"organism-{spec.variant} ({spec.size}, seed {spec.seed}, {spec.threads} threads) is "
+                              f"built in {directory}: this command reuses it, nothing to compute (`--force "
+                              "--dry-run` for what a rebuild costs)", highlight=False)
+            return
+        if build:
             seconds = organism_build_seconds(spec.size, spec.variant, spec.measure, spec.threads)
             console.print(f"building organism-{spec.variant} ({spec.size}, seed {spec.seed}, {spec.threads} threads): "
                           f"about {human_time(seconds)} here (the dry run's estimate for this machine as loaded now; "

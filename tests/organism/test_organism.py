@@ -330,6 +330,17 @@ def test_the_organism_step_puts_the_card_and_its_iv_transfer_in_a_run(tiny_organ
 
     from ivlens.cli import app
 
+    # its dry run says it reuses the build asked for, and estimates a rebuild only when forced
+    res = CliRunner().invoke(app, ["organism", "build", "--size", "tiny", "--seed", "1", "--dry-run"],
+                             env={"COLUMNS": "300"})
+    assert res.exit_code == 0 and "this command reuses it, nothing to compute" in res.output, res.output
+    res = CliRunner().invoke(app, ["organism", "build", "--size", "tiny", "--seed", "1", "--force", "--dry-run"],
+                             env={"COLUMNS": "300"})
+    assert res.exit_code == 0 and "dry run: organism build" in res.output, res.output
+    assert (organism_dir("gist") / "card.json").read_text() == card_text
+    res = CliRunner().invoke(app, ["organism", "build", "--size", "tiny", "--seed", "2", "--dry-run"],
+                             env={"COLUMNS": "300"})
+    assert res.exit_code == 2 and "seed 1 (asked: 2)" in " ".join(res.output.split()), res.output
     res = CliRunner().invoke(app, ["organism", "build", "--size", "tiny", "--seed", "2"], env={"COLUMNS": "300"})
     assert res.exit_code == 2 and "Traceback" not in res.output, res.output
     assert "seed 1 (asked: 2)" in " ".join(res.output.split()) and "--force" in res.output
