@@ -10,7 +10,8 @@
   with few rows is bound by it).
 - :func:`train_step_latency` ``(config, batch, seq_len) -> s``: one real AdamW step (forward, backward, update)
   of the model built from ``config`` at that batch shape. Training a small model (the organisms) is neither
-  FLOP- nor call-bound alone, so its time is measured, not modelled.
+  FLOP- nor call-bound alone, so its time is measured, not modelled; the organism build's estimate times it in
+  wall time on the build's own threads (below).
 - :func:`ivlens.probing.cost.probe_layer_latency` ``(n, d, classes) -> s`` (with the probes: it times their fits):
   one layer's fits of one probe, solved as one batch (CV folds, shuffled-label folds, held-out split, refit; L-BFGS
   iterations depend on the data: timed, not modelled).
@@ -21,8 +22,11 @@ of one core, whatever else runs. (Timing torch's own 2 threads does not survive 
 its sibling spin at every barrier, so the same narrow layer call measured 10-150 ms in CPU time and 8-150 ms in
 wall time at load 2, against 0.35 ms on one thread, every time.) :func:`ivlens.estimate.costs.seconds` then turns
 CPU-seconds into wall time with the share of the cores the run gets (all its threads on an idle machine: measured
-speed-ups of 2 threads over 1 here are 1.86 for the model's matrix products and 1.95 for an organism training
-step). On a GPU the timings are wall time after a synchronisation, best of samples.
+speed-ups of 2 threads over 1 here are 1.86 for the model's matrix products and 1.95 for organism v6's training
+step). The exception is a training step timed for a run that trains on its own threads right after (the organism
+build): organism v9's pretraining step (88 rows of 24 tokens) is only 1.64-1.74 times as fast on two threads as on
+one (measured alternately, 12 pairs), so it is timed in wall time on those threads (``train_step_latency(...,
+threads=2)``). On a GPU the timings are wall time after a synchronisation, best of samples.
 
 Weights larger than ``max_weight_elems`` are cut along their output dimension (a product's speed per FLOP
 does not change once it is this large), so calibrating for a 7B model needs no 7B-sized matrix.
@@ -68,14 +72,16 @@ def model_gemm_shapes(shape: ModelShape, rows: int | None = None) -> tuple[GemmS
             (rows, shape.d_model, shape.d_vocab))
 
 
-def best_seconds(fn, budget_s: float, min_samples: int = 3, device: torch.device | None = None) -> float:
+def best_seconds(fn, budget_s: float, min_samples: int = 3, device: torch.device | None = None,
+                 threads: int | None = None) -> float:
     """The fastest of repeated runs of ``fn()``, sampling for about ``budget_s`` wall seconds (at least
-    ``min_samples`` runs): on a CPU the CPU seconds of one thread (see the module docstring), on a GPU wall
-    seconds after a synchronisation."""
+    ``min_samples`` runs): on a CPU the CPU seconds of one thread (see the module docstring), or with ``threads``
+    the wall seconds on that many torch threads, as the machine is loaded now; on a GPU wall seconds after a
+    synchronisation."""
     cpu = device is None or device.type == "cpu"
-    clock = time.process_time if cpu else time.perf_counter
+    clock = time.process_time if cpu and threads is None else time.perf_counter
     best, samples, w0 = float("inf"), 0, time.perf_counter()
-    with torch_threads(1) if cpu else nullcontext():
+    with torch_threads(threads or 1) if cpu else nullcontext():
         while samples < min_samples or time.perf_counter() - w0 < budget_s:
             t0 = clock()
             fn()
@@ -181,16 +187,20 @@ def layer_latency(config, device: str | torch.device = "cpu", dtype: str | torch
 def train_step_latency(config, batch: int, seq_len: int, device: str | torch.device = "cpu",
                        dtype: str | torch.dtype = "float32", steps: int = 3,
                        optimizers: Callable[[torch.nn.Module], list[torch.optim.Optimizer]] | None = None,
-                       optimizer_name: str = "adamw") -> float:
+                       optimizer_name: str = "adamw", threads: int | None = None) -> float:
     """Seconds per optimiser step (forward on ``[batch, seq_len]`` token ids, cross-entropy, backward, update) of
-    the model built from ``config`` with random weights (on a CPU: CPU seconds of one thread), the best of
-    ``steps`` steps after one warm-up. ``optimizers(model)`` builds the update's optimisers (default one AdamW; ``optimizer_name`` keys the
-    cache). Builds the model at full size: meant for small models such as the organisms (the v6 organism's
-    pretraining step, 88 × 24 tokens with Muon: about 0.6 CPU-seconds)."""
+    the model built from ``config`` with random weights, the best of ``steps`` steps after one warm-up: on a CPU
+    the CPU seconds of one thread, or with ``threads`` the wall seconds on that many torch threads as the machine
+    is loaded now (what a run training on those threads right after takes per step; organism v9's pretraining
+    step is only 1.64-1.74 times as fast on two threads as on one, measured alternately here, so one thread's
+    time halved was 15-20 % short). ``optimizers(model)`` builds the update's optimisers (default one AdamW;
+    ``optimizer_name`` keys the cache). Builds the model at full size: meant for small models such as the
+    organisms (organism v9's pretraining step, 88 × 24 tokens with Muon: about 0.65 CPU-seconds, 0.4 s on two
+    threads)."""
     from transformers import AutoModelForCausalLM
 
     device, dt = torch.device(device), _dtype(dtype)
-    key = ("train", config.to_json_string(), batch, seq_len, str(device), str(dt), optimizer_name)
+    key = ("train", config.to_json_string(), batch, seq_len, str(device), str(dt), optimizer_name, threads)
     if key in MEASURED:
         return MEASURED[key]
     cfg = copy.deepcopy(config)
@@ -207,9 +217,9 @@ def train_step_latency(config, batch: int, seq_len: int, device: str | torch.dev
             opt.step()
             opt.zero_grad(set_to_none=True)
 
-    with torch_threads(1) if device.type == "cpu" else nullcontext():
+    with torch_threads(threads or 1) if device.type == "cpu" else nullcontext():
         step()  # warm-up: allocator, AdamW state
-    MEASURED[key] = best_seconds(step, 0.0, min_samples=steps, device=device)
+    MEASURED[key] = best_seconds(step, 0.0, min_samples=steps, device=device, threads=threads)
     return MEASURED[key]
 
 

@@ -117,6 +117,10 @@ class CostEstimate:
     measured_seconds: float = 0.0
     measured_flops: float = 0.0
     serial_seconds: float = 0.0
+    #: work timed in wall seconds on the command's own threads as the machine is loaded now (the organism build's
+    #: training steps), and the FLOPs it covers: taken as it is, neither shared out over cores nor scaled by load
+    wall_seconds: float = 0.0
+    wall_flops: float = 0.0
     #: torch threads the command runs with when it fixes them (the organism build); ``None``: the process's
     threads: int | None = None
 
@@ -136,7 +140,8 @@ class CostEstimate:
 def seconds(cost: CostEstimate, rates: Rates) -> float:
     """Estimated wall time of ``cost`` at ``rates`` (see the module docstring and :class:`Rates`): CPU-seconds
     divided by the cores the run gets now."""
-    return ((cost.flops - cost.measured_flops) / rates.gemm + cost.measured_seconds) / rates.parallel_cores() + (
+    return cost.wall_seconds + (
+        (cost.flops - cost.measured_flops - cost.wall_flops) / rates.gemm + cost.measured_seconds) / rates.parallel_cores() + (
             (cost.layer_calls * rates.layer_latency + cost.kernel_calls * rates.op_latency
              + cost.stream_bytes / rates.copy + cost.serial_seconds) / rates.barrier_cores())
 
@@ -584,13 +589,15 @@ class TrainStage:
 
 def train_cost(shape: ModelShape, stages: Sequence[TrainStage], *, measure_prompts: int = 0,
                measure_tokens: int = 24, step_seconds: Mapping[str, float] | None = None,
-               model: str = "") -> CostEstimate:
+               step_wall: bool = False, model: str = "") -> CostEstimate:
     """Training stages on ``shape`` (fp32, AdamW), then ``measure_prompts`` short forwards (the card's checks).
 
-    ``step_seconds``: the measured seconds (CPU-seconds on a CPU) of one optimiser step of each stage, by name
-    (:func:`ivlens.estimate.calibrate.train_step_latency`): the stages' time is then ``steps × step`` (in
-    :attr:`CostEstimate.measured_seconds`) instead of the FLOP and layer-call model, which misjudges small models'
-    training (backward and optimiser kernels, thread hand-offs) by a factor of 3 either way."""
+    ``step_seconds``: the measured seconds of one optimiser step of each stage, by name
+    (:func:`ivlens.estimate.calibrate.train_step_latency`): the stages' time is then ``steps × step`` instead of
+    the FLOP and layer-call model, which misjudges small models' training (backward and optimiser kernels, thread
+    hand-offs) by a factor of 3 either way. The steps are CPU-seconds of one thread on a CPU
+    (:attr:`CostEstimate.measured_seconds`), or with ``step_wall`` wall seconds timed on the training's own
+    threads (:attr:`CostEstimate.wall_seconds`)."""
     flops, calls, layer_calls, measured, measured_flops = 0.0, 0.0, 0.0, 0.0, 0.0
     counts: dict[str, int] = {}
     for st in stages:
@@ -611,7 +618,10 @@ def train_cost(shape: ModelShape, stages: Sequence[TrainStage], *, measure_promp
     cost = CostEstimate("organism build", model)
     cost.counts = counts | {"measure_forwards": measure_prompts}
     cost.flops = flops
-    cost.measured_seconds, cost.measured_flops = measured, measured_flops
+    if step_wall:
+        cost.wall_seconds, cost.wall_flops = measured, measured_flops
+    else:
+        cost.measured_seconds, cost.measured_flops = measured, measured_flops
     cost.kernel_calls = calls
     cost.layer_calls = layer_calls
     big = max(stages, key=lambda s: s.batch * s.seq_len * (2 if s.passes > 3 else 1))

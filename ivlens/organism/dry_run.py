@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import partial
 
+import torch
 from transformers import Olmo2Config
 
 from ivlens.estimate.calibrate import train_step_latency
@@ -34,9 +35,10 @@ def organism_costs(size: str = "small", variant: str = "gist", measure: bool = T
     """The cost estimate of ``ivlens organism build`` (the sizes of :data:`ivlens.organism.train.SIZES`).
 
     ``time_steps``: time one real optimiser step of pretraining and of SFT on ``device`` (a model of the organism's
-    config, random weights; about 4 s in all) instead of modelling training from FLOPs and layer calls; a DPO
-    step is SFT's step scaled to the chosen and rejected rows together, plus a no-grad forward of the reference
-    model (:data:`FORWARD_SHARE_OF_STEP`)."""
+    config, random weights; on a CPU in wall time on the build's ``threads``, as the machine is loaded now; about
+    3 s in all) instead of modelling training from FLOPs and layer calls; a DPO step is SFT's step scaled to the
+    chosen and rejected rows together, plus a no-grad forward of the reference model
+    (:data:`FORWARD_SHARE_OF_STEP`)."""
     spec = SIZES[size]
     shape = organism_shape(size)
     seq = {"pretrain": spec.seq_len, **TRAIN_ROW_TOKENS}
@@ -48,18 +50,21 @@ def organism_costs(size: str = "small", variant: str = "gist", measure: bool = T
         config = organism_recipe_info("organism", size).config
         pre, sft, dpo = stages
         # best of 2 after a warm-up: the estimate is printed before the build starts, so its own time is part of
-        # the main job's (best of 3 and a timed DPO step took 7.3 s here; this 3.9-4.7 s)
+        # the main job's (best of 3 and a timed DPO step took 7.3 s here). Timed on the build's threads: the
+        # pretraining step is only 1.64-1.74 times as fast on two threads as on one (one thread's time halved left
+        # the estimate 15-20 % short)
+        wall = threads if torch.device(device).type == "cpu" else None
         pre_s = train_step_latency(config, pre.batch, pre.seq_len, device, steps=2,
                                    optimizers=partial(pretrain_optimizers, size=spec),
-                                   optimizer_name=spec.pretrain_optimizer)
-        sft_s = train_step_latency(config, sft.batch, sft.seq_len, device, steps=2)
+                                   optimizer_name=spec.pretrain_optimizer, threads=wall)
+        sft_s = train_step_latency(config, sft.batch, sft.seq_len, device, steps=2, threads=wall)
         # a DPO step is an AdamW step on the chosen and rejected rows (SFT's step scaled by tokens) plus a no-grad
         # forward of the reference model on the same rows
         dpo_train = sft_s * (2 * dpo.batch * dpo.seq_len) / (sft.batch * sft.seq_len)
         step_seconds = {"pretrain": pre_s, "sft": sft_s, "dpo": dpo_train * (1 + FORWARD_SHARE_OF_STEP)}
     # the card's measurements: per stage and task, ~110 samples × ~16 scored prompts, and single-layer IV transfer
     cost = train_cost(shape, stages, measure_prompts=3 * 2 * 110 * 16 if measure else 0, step_seconds=step_seconds,
-                      model=f"organism-{variant} ({size})")
+                      step_wall=time_steps and torch.device(device).type == "cpu", model=f"organism-{variant} ({size})")
     add_startup(cost, shape, "float32")
     cost.threads = threads
     cost.notes.append(f"{variant} variant, {shape.n_params / 1e6:.1f} M parameters; tokenizer training and data "

@@ -10,8 +10,10 @@ The workers are forked by a fork server (:func:`worker_context`), never by the s
 run OpenMP threads (a fork of it could hang in the child). The server imports what a worker needs once
 (:data:`PRELOAD`: torch, transformers, the analyses, the report; about 6.5 s of CPU here) and forks each worker
 from that state, so a worker costs a fork, not an import of its own: two workers cost one import instead of two,
-and every later pool of the same process (the test-suite's) none. The server starts with the executor's first
-:meth:`run`, so it imports while the organisms are being built. A worker takes the study process's environment
+and every later pool of the same process (the test-suite's) none. A step run here first (the organism build)
+starts the server once its start note is printed, so the server imports while the organisms are being built, and
+not while the note's estimate times a training step on the build's threads; otherwise the first step sent to a
+worker starts it. A worker takes the study process's environment
 variables as they are when the pool starts (the server's are those of its own start). Where the platform has no
 fork server (Windows), the workers are spawned, each importing for itself.
 
@@ -305,8 +307,6 @@ class ProcessExecutor:
         waiting = dict(enumerate(idle))  # idle tasks not started yet
         side: set[Future] = set()  # idle tasks running
         started: dict[int, Future] = {}
-        if pending and self._pool is None:
-            self._start_server()  # some step runs in a worker (the last one always does)
         try:
             while pending or running:
                 ready = sorted((w for w in pending if not waits_for(w, unfinished)),
@@ -316,7 +316,13 @@ class ProcessExecutor:
                         if running:
                             break  # it runs alone, here, after the steps running now (idle tasks go on)
                         pending.remove(w)
-                        LocalExecutor().run([w], on_start, on_done)
+
+                        def start_here(w: Work) -> None:
+                            on_start(w)  # its start note first: the organism build's estimate times training steps
+                            if self._pool is None:
+                                self._start_server()  # then the server imports while the step runs here
+
+                        LocalExecutor().run([w], start_here, on_done)
                         unfinished.discard(w.step.rel)
                         break
                     if len(running) + len(side) >= self.jobs:

@@ -4,6 +4,7 @@ accuracy of the estimates are checked by ``benchmarks/estimate_check.py``."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -370,6 +371,14 @@ def test_train_plan_takes_measured_steps():
     rates = Rates(gemm=1e11, op_latency=1e-6, copy=1e10, layer_latency=1e-3, threads=2, cores=2, others=0.0)
     overhead = 150 * TRAINER_OPS_PER_STEP * 1e-6
     assert seconds(timed, rates) == pytest.approx((100 * 0.5 + 50 * 0.3) / 2 + overhead)  # CPU-s on 2 idle cores
+    # steps timed in wall time on the run's own threads (the organism build's estimate) are taken as they are: not
+    # shared out over the cores, not scaled by the load average, and their FLOPs not counted again
+    wall = train_cost(shape, stages, step_seconds={"pretrain": 0.5, "sft": 0.3}, step_wall=True)
+    assert wall.measured_seconds == 0 and wall.wall_seconds == pytest.approx(100 * 0.5 + 50 * 0.3)
+    assert wall.flops == modelled.flops and wall.wall_flops == modelled.flops
+    assert seconds(wall, rates) == pytest.approx(100 * 0.5 + 50 * 0.3 + overhead)
+    loaded = dataclasses.replace(rates, others=2.0)
+    assert seconds(wall, loaded) - seconds(wall, rates) == pytest.approx(overhead / loaded.barrier_cores() - overhead)
 
 
 def test_train_step_latency_times_a_real_step():
@@ -380,9 +389,14 @@ def test_train_step_latency_times_a_real_step():
     cfg = Olmo2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=4)
     before = torch.random.get_rng_state()
+    threads = torch.get_num_threads()
     step = train_step_latency(cfg, 4, 16, steps=5)
     assert 0 < step < 5 and torch.equal(torch.random.get_rng_state(), before)  # the caller's seed untouched
     assert train_step_latency(cfg, 4, 16, steps=5) == step  # timed once per process (cached by shape and optimiser)
+    # on the run's own two threads, in wall time: timed apart (its own cache entry), the caller's threads restored
+    on_two = train_step_latency(cfg, 4, 16, steps=2, threads=2)
+    assert 0 < on_two < 5 and train_step_latency(cfg, 4, 16, steps=2, threads=2) == on_two
+    assert torch.get_num_threads() == threads and torch.equal(torch.random.get_rng_state(), before)
 
 
 def test_probe_plan_takes_measured_fits():
@@ -442,3 +456,31 @@ def test_the_build_plan_runs_with_the_builds_threads():
         cost, = organism_costs("tiny", time_steps=False)
         out = print_costs([cost], [organism_shape("tiny")], console=Console(file=io.StringIO()))
     assert cost.threads == THREADS and out["costs"][0]["rates"]["threads"] == THREADS
+
+
+def test_the_build_plan_times_training_steps_on_the_builds_threads(monkeypatch):
+    """The build's estimate times a pretraining and an SFT step on the threads the build trains with, in wall time
+    (two threads are not twice as fast as one on the organism's small matrices), and takes the stages' time as
+    ``steps × step`` in wall seconds; a DPO step is SFT's scaled to its rows, plus the reference model's forward."""
+    import ivlens.organism.dry_run as organism_dry_run
+    from ivlens.organism.train import SIZES
+
+    timed = []
+
+    def step_seconds(config, batch, seq_len, device="cpu", *, steps=3, optimizers=None, optimizer_name="adamw",
+                     threads=None):
+        timed.append((batch, seq_len, threads))
+        return 0.25
+
+    monkeypatch.setattr(organism_dry_run, "train_step_latency", step_seconds)
+    size = SIZES["tiny"]
+    for threads in (2, 1):
+        timed.clear()
+        cost, = organism_dry_run.organism_costs("tiny", threads=threads)
+        assert timed == [(size.pretrain_batch, size.seq_len, threads),
+                         (size.sft_batch, organism_dry_run.TRAIN_ROW_TOKENS["sft"], threads)]
+        rows = organism_dry_run.TRAIN_ROW_TOKENS
+        dpo_step = 0.25 * (2 * size.dpo_batch * rows["dpo"]) / (size.sft_batch * rows["sft"])
+        expected = 0.25 * (size.pretrain_steps + size.sft_steps) + size.dpo_steps * dpo_step * (
+            1 + organism_dry_run.FORWARD_SHARE_OF_STEP)
+        assert cost.measured_seconds == 0 and cost.wall_seconds == pytest.approx(expected)

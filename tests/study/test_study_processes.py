@@ -60,6 +60,42 @@ def test_steps_that_others_wait_for_start_first_and_the_organism_build_runs_alon
 
 
 @pytest.mark.unit
+def test_the_fork_server_starts_after_the_organism_builds_start_note(monkeypatch):
+    """The organism build runs in the study's process and first prints its estimate, which times training steps on
+    the build's threads: the fork server, whose import takes seconds of CPU, starts after that note and before the
+    build, not beside the note's timing (which it would slow, making the estimate long)."""
+    from concurrent.futures import Future
+
+    import ivlens.study.process_executor as process_executor
+
+    events: list[str] = []
+
+    class BuildHere:
+        def run(self, work, on_start, on_done):
+            for w in work:
+                on_start(w)
+                events.append(f"ran {w.step.rel} here")
+                on_done(w, 0.0)
+
+    class Pool:
+        def submit(self, fn, w, keep):
+            events.append(f"sent {w.step.rel} to a worker")
+            done = Future()
+            done.set_result(0.0)
+            return done
+
+    monkeypatch.setattr(process_executor, "LocalExecutor", BuildHere)
+    executor = ProcessExecutor(2, threads=1)
+    monkeypatch.setattr(executor, "_start_server", lambda: events.append("server started"))
+    monkeypatch.setattr(executor, "_workers", lambda: Pool())
+    work = [Work(s, Path(s.rel)) for s in plan_steps(_main_job_like())]
+    executor.run(work, lambda w: events.append(f"note {w.step.rel}"), lambda w, seconds: None)
+    assert events[:3] == ["note organism", "server started", "ran organism here"]
+    assert events.count("server started") == 1
+    assert sum(e.startswith("sent ") for e in events) == len(work) - 1
+
+
+@pytest.mark.unit
 def test_jobs_auto_uses_the_cores_unless_memory_or_a_gpu_says_otherwise(monkeypatch):
     import ivlens.study.dry_run as study_dry_run
 
