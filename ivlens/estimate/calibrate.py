@@ -22,11 +22,11 @@ of one core, whatever else runs. (Timing torch's own 2 threads does not survive 
 its sibling spin at every barrier, so the same narrow layer call measured 10-150 ms in CPU time and 8-150 ms in
 wall time at load 2, against 0.35 ms on one thread, every time.) :func:`ivlens.estimate.costs.seconds` then turns
 CPU-seconds into wall time with the share of the cores the run gets (all its threads on an idle machine: measured
-speed-ups of 2 threads over 1 here are 1.86 for the model's matrix products and 1.95 for organism v6's training
-step). The exception is a training step timed for a run that trains on its own threads right after (the organism
-build): organism v9's pretraining step (88 rows of 24 tokens) is only 1.64-1.74 times as fast on two threads as on
-one (measured alternately, 12 pairs), so it is timed in wall time on those threads (``train_step_latency(...,
-threads=2)``). On a GPU the timings are wall time after a synchronisation, best of samples.
+speed-ups of 2 threads over 1 here are 1.86 for the model's matrix products; 1.95 was noted for an organism
+training step before v9). The exception is a training step timed for a run that trains on its own threads right
+after (the organism build): organism v9's pretraining step (88 rows of 24 tokens) is only 1.64-1.74 times as fast
+on two threads as on one (three runs of 12 alternated pairs), so it is timed in wall time on those threads
+(``train_step_latency(..., threads=2)``). On a GPU the timings are wall time after a synchronisation, best of samples.
 
 Weights larger than ``max_weight_elems`` are cut along their output dimension (a product's speed per FLOP
 does not change once it is this large), so calibrating for a 7B model needs no 7B-sized matrix.
@@ -195,8 +195,8 @@ def train_step_latency(config, batch: int, seq_len: int, device: str | torch.dev
     step is only 1.64-1.74 times as fast on two threads as on one, measured alternately here, so one thread's
     time halved was 15-20 % short). ``optimizers(model)`` builds the update's optimisers (default one AdamW;
     ``optimizer_name`` keys the cache). Builds the model at full size: meant for small models such as the
-    organisms (organism v9's pretraining step, 88 × 24 tokens with Muon: about 0.65 CPU-seconds, 0.4 s on two
-    threads)."""
+    organisms (organism v9's pretraining step, 88 × 24 tokens with Muon: 0.6-0.8 CPU-seconds, 0.35-0.45 s on two
+    threads here)."""
     from transformers import AutoModelForCausalLM
 
     device, dt = torch.device(device), _dtype(dtype)
