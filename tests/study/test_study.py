@@ -188,6 +188,10 @@ def test_the_main_job_study_dry_runs_without_organisms(tmp_path, monkeypatch):
     for rel in ("organism", "eval/adjectives-heldout", "patch/adjectives-formatted", "probe", "trace/0-animals",
                 "trace/1-animals", "steer/adjectives-bare"):
         assert rel in out
+    # the total says what it adds up: steps one after another, each as its own command (an upper bound with --jobs)
+    from ivlens.study.dry_run import TOTAL_MEANS
+
+    assert TOTAL_MEANS in out
 
 
 def test_a_trace_readout_must_read_a_probe_step_of_the_study():
