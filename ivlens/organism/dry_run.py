@@ -46,6 +46,7 @@ def organism_costs(size: str = "small", variant: str = "gist", measure: bool = T
               TrainStage("sft", spec.sft_steps, spec.sft_batch, seq["sft"]),
               TrainStage("dpo", spec.dpo_steps, spec.dpo_batch, seq["dpo"], passes=8)]
     step_seconds = None
+    cpu = torch.device(device).type == "cpu"
     if time_steps:
         config = organism_recipe_info("organism", size).config
         pre, sft, dpo = stages
@@ -53,18 +54,18 @@ def organism_costs(size: str = "small", variant: str = "gist", measure: bool = T
         # the main job's (best of 3 and a timed DPO step took 7.3 s here). Timed on the build's threads: the
         # pretraining step is only 1.64-1.74 times as fast on two threads as on one (one thread's time halved left
         # the estimate 15-20 % short)
-        wall = threads if torch.device(device).type == "cpu" else None
         pre_s = train_step_latency(config, pre.batch, pre.seq_len, device, steps=2,
                                    optimizers=partial(pretrain_optimizers, size=spec),
-                                   optimizer_name=spec.pretrain_optimizer, threads=wall)
-        sft_s = train_step_latency(config, sft.batch, sft.seq_len, device, steps=2, threads=wall)
+                                   optimizer_name=spec.pretrain_optimizer, threads=threads if cpu else None)
+        sft_s = train_step_latency(config, sft.batch, sft.seq_len, device, steps=2,
+                                   threads=threads if cpu else None)
         # a DPO step is an AdamW step on the chosen and rejected rows (SFT's step scaled by tokens) plus a no-grad
         # forward of the reference model on the same rows
         dpo_train = sft_s * (2 * dpo.batch * dpo.seq_len) / (sft.batch * sft.seq_len)
         step_seconds = {"pretrain": pre_s, "sft": sft_s, "dpo": dpo_train * (1 + FORWARD_SHARE_OF_STEP)}
     # the card's measurements: per stage and task, ~110 samples × ~16 scored prompts, and single-layer IV transfer
     cost = train_cost(shape, stages, measure_prompts=3 * 2 * 110 * 16 if measure else 0, step_seconds=step_seconds,
-                      step_wall=time_steps and torch.device(device).type == "cpu", model=f"organism-{variant} ({size})")
+                      step_wall=time_steps and cpu, model=f"organism-{variant} ({size})")
     add_startup(cost, shape, "float32")
     cost.threads = threads
     cost.notes.append(f"{variant} variant, {shape.n_params / 1e6:.1f} M parameters; tokenizer training and data "
